@@ -1,0 +1,12 @@
+"""The engine: conditions, relate (and later predict, assign, ...) over a snapshot.
+
+Numpy in, dataclasses out; never imports grpc.
+"""
+
+from .conditions import All, And, AnyOf, Not, Or, Range, SegmentRef, Term, evaluate, parse_where
+from .relate import RelateHit, RelateQuery, RelateResult, relate
+
+__all__ = [
+    "All", "And", "AnyOf", "Not", "Or", "Range", "SegmentRef", "Term", "evaluate", "parse_where",
+    "RelateHit", "RelateQuery", "RelateResult", "relate",
+]

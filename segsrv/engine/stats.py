@@ -1,0 +1,141 @@
+"""Exact relate statistics from the four counts of a 2x2 table (DESIGN.md section 3).
+
+All functions are vectorised over features: n and n_c are scalars (universe
+size, rows in the condition C), n_f and n_cf arrays (rows with feature F,
+rows with both). C is the antecedent and F the consequent, as in
+association-rule libraries (mlxtend).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import hypergeom
+
+Z95 = 1.959963984540054
+
+
+def _div(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
+
+
+def wilson_interval(k, m, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion k/m."""
+    k = np.asarray(k, dtype=np.float64)
+    m = np.asarray(m, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = k / m
+        denom = 1 + z * z / m
+        center = (p + z * z / (2 * m)) / denom
+        half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
+    lo = np.where(m > 0, np.clip(center - half, 0, 1), np.nan)
+    hi = np.where(m > 0, np.clip(center + half, 0, 1), np.nan)
+    return lo, hi
+
+
+def _xlog2(p, q):
+    """p * log2(p / q) with 0 log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0) / np.where(q > 0, q, 1.0)), 0.0)
+
+
+def mutual_information(n, n_c, n_f, n_cf) -> np.ndarray:
+    """Mutual information (bits) between membership of C and of F."""
+    n = float(n)
+    n_f = np.asarray(n_f, dtype=np.float64)
+    n_cf = np.asarray(n_cf, dtype=np.float64)
+    if n <= 0:
+        return np.zeros_like(n_f)
+    pc = n_c / n
+    pf = n_f / n
+    p11 = n_cf / n
+    p10 = (n_c - n_cf) / n
+    p01 = (n_f - n_cf) / n
+    p00 = (n - n_c - n_f + n_cf) / n
+    return (
+        _xlog2(p11, pc * pf)
+        + _xlog2(p10, pc * (1 - pf))
+        + _xlog2(p01, (1 - pc) * pf)
+        + _xlog2(p00, (1 - pc) * (1 - pf))
+    )
+
+
+def p_value_over(n, n_c, n_f, n_cf) -> np.ndarray:
+    """P(X >= n_cf), X ~ Hypergeometric(population n, successes n_f, draws n_c)."""
+    return np.clip(hypergeom.sf(np.asarray(n_cf) - 1, n, n_f, n_c), 0.0, 1.0)
+
+
+def p_value_under(n, n_c, n_f, n_cf) -> np.ndarray:
+    """P(X <= n_cf): the under-representation tail."""
+    return np.clip(hypergeom.cdf(n_cf, n, n_f, n_c), 0.0, 1.0)
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values), same order as p."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    ranked = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def relate_statistics(n: int, n_c: int, n_f, n_cf, prior_strength: float = 10.0, direction: str = "over") -> dict[str, np.ndarray]:
+    """Every statistic of DESIGN.md section 3, as arrays aligned with n_f / n_cf."""
+    n_f = np.asarray(n_f, dtype=np.int64)
+    n_cf = np.asarray(n_cf, dtype=np.int64)
+    fn = float(n)
+    p = _div(n_cf, n_c)
+    p_base = _div(n_f, n)
+    p_not = _div(n_f - n_cf, n - n_c)
+    lift = _div(p, p_base)
+    a = float(prior_strength)
+    lift_smoothed = _div(_div(n_cf + a * p_base, n_c + a), p_base)
+    p_lo, p_hi = wilson_interval(n_cf, n_c)
+    s_c = n_c / fn if n else np.nan
+    s_f = p_base
+    s_cf = _div(n_cf, n)
+    leverage = s_cf - s_c * s_f
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conviction = np.where(p < 1.0, (1.0 - s_f) / (1.0 - p), np.inf)
+        conviction = np.where(np.isnan(p), np.nan, conviction)
+        denom = np.maximum(s_cf * (1 - s_c), s_c * (s_f - s_cf))
+        zhang = np.where(denom == 0, 0.0, leverage / np.where(denom == 0, 1.0, denom))
+        certainty = np.where(1 - s_f == 0, 0.0, (p - s_f) / np.where(1 - s_f == 0, 1.0, 1 - s_f))
+    jaccard = _div(n_cf, n_c + n_f - n_cf)
+    kulczynski = 0.5 * (p + _div(n_cf, n_f))
+    if direction == "under":
+        p_value = p_value_under(n, n_c, n_f, n_cf)
+    elif direction == "over":
+        p_value = p_value_over(n, n_c, n_f, n_cf)
+    else:  # each feature's own direction
+        over = ~(lift < 1)
+        p_value = np.where(over, p_value_over(n, n_c, n_f, n_cf), p_value_under(n, n_c, n_f, n_cf))
+    return {
+        "n": np.full(len(n_f), n, dtype=np.int64),
+        "n_condition": np.full(len(n_f), n_c, dtype=np.int64),
+        "n_feature": n_f,
+        "support": n_cf,
+        "support_ratio": s_cf,
+        "p": p,
+        "p_base": p_base,
+        "p_not": p_not,
+        "lift": lift,
+        "lift_smoothed": lift_smoothed,
+        "lift_low": _div(p_lo, p_base),
+        "lift_high": _div(p_hi, p_base),
+        "p_value": p_value,
+        "leverage": leverage,
+        "conviction": conviction,
+        "jaccard": jaccard,
+        "certainty": certainty,
+        "kulczynski": kulczynski,
+        "zhang": zhang,
+        "mutual_information": mutual_information(n, n_c, n_f, n_cf),
+    }

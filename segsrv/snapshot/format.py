@@ -1,0 +1,203 @@
+"""On-disk format of a segsrv snapshot (format version 1). This docstring is the spec.
+
+Layout
+------
+A snapshot lives in ``ROOT/NAME/VERSION/``; ``ROOT/NAME/CURRENT`` is a small
+text file holding the VERSION to serve, replaced atomically (write a temporary
+file, fsync, rename). A version directory is never modified after it is
+published; a failed build leaves nothing behind (it writes into
+``ROOT/NAME/.build-*`` and renames the directory into place only when done).
+
+``VERSION`` defaults to the first 16 hex digits of the SHA-256 of the manifest
+body, so identical input gives an identical version name and identical bytes.
+
+Inside a version directory::
+
+    manifest.json                       written last (see below)
+    universes/<universe>/dense.bin      uint64 [n_dense, n_words]   dense feature bitsets
+    universes/<universe>/sparse_ids.bin uint32 [nnz_sparse]          sorted row ids of sparse features
+    universes/<universe>/sparse_offsets.bin int64 [n_sparse + 1]
+    universes/<universe>/feature_slot.bin int64 [n_features]         >= 0: row of dense.bin;
+                                                                      < 0: sparse feature -slot - 1
+    universes/<universe>/feature_count.bin int64 [n_features]        rows having each feature
+    universes/<universe>/csr_indptr.bin  int64 [n_rows + 1]          row -> features index (CSR)
+    universes/<universe>/csr_indices.bin uint32 [nnz]                feature ids, ascending per row
+    universes/<universe>/row_ids.bin     int64 [n_rows] or |S<w> [n_rows]  external id of each row
+    universes/<universe>/numeric/<k>.bin float64 [n_rows]            raw numeric column (NaN = missing)
+
+Rows of a universe are numbered 0..n_rows-1 in ascending order of the key, so
+``row_ids.bin`` is sorted and is itself the id -> row index (binary search; for
+byte-string ids the comparison is bytewise). Bit ``r`` of a bitset is bit
+``r & 63`` of word ``r >> 6``; bits past n_rows are zero.
+
+Array files
+-----------
+Every ``.bin`` file starts with a 64-byte header, then the data, which starts
+at offset 64 so a read-only memory map is 64-byte aligned:
+
+    offset  size  field
+    0       8     magic  b"\\x93SEGARR\\x00"
+    8       2     format version (uint16, little-endian)
+    10      2     reserved, zero
+    12      8     numpy dtype string, ASCII, space padded (e.g. "<u8", "|S12")
+    20      4     ndim (uint32, 0..4)
+    24      32    shape, 4 x uint64 (unused dims zero)
+    56      8     data length in bytes (uint64)
+
+A file shorter than 64 + data length is truncated; a wrong magic is corrupt.
+
+Manifest
+--------
+``manifest.json`` is UTF-8 JSON with sorted keys. Top level::
+
+    format          "segsrv-snapshot"
+    format_version  1
+    name, version   snapshot name and version
+    source          {"spec_sha256": ...} fingerprint of the build input
+    universes       {universe: {table, key, key_kind ("int"|"bytes"), n_rows,
+                     n_features, n_dense, n_sparse, dense_threshold,
+                     fields: [{name, kind, semantics, hops, values, counts,
+                               feature_offset, edges?, numeric_file?}]}}
+    segments        the segment catalog ({} until segments are applied)
+    files           {relative path: {"bytes": n, "sha256": hex}}
+
+A field's features are ``feature_offset .. feature_offset + len(values) - 1``
+in the order of ``values``. ``kind`` is categorical, multi or numeric (banded;
+``edges`` gives the band edges, band i is [edges[i-1], edges[i])); semantics is
+"own", "forward" (one value per row through forward links) or "exists"
+(through at least one reverse link: a row has the feature when any linked row
+has it).
+
+Compatibility: readers accept MIN_READ_VERSION <= format_version <=
+FORMAT_VERSION and raise distinct errors for too-old and too-new snapshots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import (
+    CorruptSnapshotError,
+    SnapshotFormatTooNewError,
+    SnapshotFormatTooOldError,
+    TruncatedSnapshotError,
+)
+
+FORMAT_NAME = "segsrv-snapshot"
+FORMAT_VERSION = 1
+MIN_READ_VERSION = 1
+ARRAY_MAGIC = b"\x93SEGARR\x00"
+HEADER_BYTES = 64
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+
+_HEADER = struct.Struct("<8sHH8sI4QQ")
+assert _HEADER.size == HEADER_BYTES
+
+
+def check_format_version(version: int, where: str) -> None:
+    """Raise the distinct too-new / too-old errors for a format version."""
+    if not isinstance(version, int):
+        raise CorruptSnapshotError(f"{where}: format version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise SnapshotFormatTooNewError(
+            f"{where}: snapshot format version {version} is newer than this segsrv reads "
+            f"(<= {FORMAT_VERSION}); upgrade segsrv"
+        )
+    if version < MIN_READ_VERSION:
+        raise SnapshotFormatTooOldError(
+            f"{where}: snapshot format version {version} is older than this segsrv reads "
+            f"(>= {MIN_READ_VERSION}); rebuild the snapshot with `segsrv build`"
+        )
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    """Write `array` with the 64-byte header; data starts 64-byte aligned."""
+    array = np.ascontiguousarray(array)
+    if array.ndim > 4:
+        raise ValueError("arrays of at most 4 dimensions")
+    dtype = array.dtype.str.encode("ascii")
+    if len(dtype) > 8:
+        raise ValueError(f"dtype {array.dtype} string too long for the header")
+    shape = list(array.shape) + [0] * (4 - array.ndim)
+    header = _HEADER.pack(
+        ARRAY_MAGIC, FORMAT_VERSION, 0, dtype.ljust(8), array.ndim, *shape, array.nbytes
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(header)
+        fh.write(memoryview(array).cast("B") if array.nbytes else b"")
+
+
+def read_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise TruncatedSnapshotError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
+    with open(path, "rb") as fh:
+        raw = fh.read(HEADER_BYTES)
+    magic, version, _, dtype, ndim, d0, d1, d2, d3, nbytes = _HEADER.unpack(raw)
+    if magic != ARRAY_MAGIC:
+        raise CorruptSnapshotError(f"{path}: bad magic {magic!r}, not a segsrv array file")
+    check_format_version(version, str(path))
+    try:
+        dt = np.dtype(dtype.decode("ascii").strip())
+    except (TypeError, UnicodeDecodeError) as exc:
+        raise CorruptSnapshotError(f"{path}: bad dtype in header {dtype!r}") from exc
+    if ndim > 4:
+        raise CorruptSnapshotError(f"{path}: bad ndim {ndim} in header")
+    shape = (d0, d1, d2, d3)[:ndim]
+    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize if ndim else dt.itemsize
+    if expected != nbytes:
+        raise CorruptSnapshotError(f"{path}: header shape {shape} x {dt} != data length {nbytes}")
+    if size < HEADER_BYTES + nbytes:
+        raise TruncatedSnapshotError(
+            f"{path}: truncated, {size} bytes on disk, header needs {HEADER_BYTES + nbytes}"
+        )
+    return dt, shape, nbytes
+
+
+def open_array(path: Path) -> np.ndarray:
+    """Memory-map an array file read-only (an empty array is returned in memory)."""
+    dt, shape, nbytes = read_header(path)
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dt)
+    return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=shape)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dumps_manifest(manifest: dict) -> bytes:
+    return (json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file, fsync and rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass

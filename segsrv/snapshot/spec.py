@@ -1,0 +1,283 @@
+"""The build spec: a TOML file describing tables, links and universes.
+
+See docs/spec.md for the user documentation. Parsing checks the shape of the
+spec (unknown keys, wrong types, links to undeclared tables); whether the
+named files and columns exist is checked by the builder against the data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SpecError
+
+FILE_FORMATS = ("csv", "tsv", "parquet", "json", "ndjson")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class NumericSpec:
+    column: str
+    edges: tuple[float, ...] | None = None  # explicit band edges, ascending
+    quantiles: int | None = None  # or: number of quantile bands
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    name: str  # the step name in field paths (forward)
+    column: str
+    table: str
+    reverse: str | None  # the step name from the target back to this table
+
+
+@dataclass
+class TableSpec:
+    name: str
+    key: str
+    file: Path | None = None
+    format: str | None = None
+    sql: str | None = None
+    delimiter: str | None = None  # CSV/TSV override
+    categorical: list[str] = field(default_factory=list)
+    multi: dict[str, str] = field(default_factory=dict)  # column -> delimiter
+    numeric: dict[str, NumericSpec] = field(default_factory=dict)
+    links: dict[str, LinkSpec] = field(default_factory=dict)
+
+    def feature_columns(self) -> dict[str, str]:
+        """column -> kind (categorical, multi, numeric)."""
+        out = {c: "categorical" for c in self.categorical}
+        out.update({c: "multi" for c in self.multi})
+        out.update({c: "numeric" for c in self.numeric})
+        return out
+
+
+@dataclass
+class UniverseSpec:
+    name: str
+    table: str
+    include: list[str]
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Spec:
+    name: str
+    description: str
+    base_dir: Path
+    tables: dict[str, TableSpec]
+    universes: dict[str, UniverseSpec]
+    dense_threshold: float
+    max_hops: int
+    fingerprint: str  # sha256 of the spec text
+
+
+def suggest(name: str, candidates, n: int = 3) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _expect(obj, kind, where: str):
+    if not isinstance(obj, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise SpecError(f"{where}: expected {names}, got {type(obj).__name__} {obj!r}")
+    return obj
+
+
+def _check_keys(obj: dict, allowed: set[str], where: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise SpecError(f"{where}: unknown key {key!r}{suggest(key, allowed)}; allowed: {sorted(allowed)}")
+
+
+def _parse_numeric(col: str, raw, where: str) -> NumericSpec:
+    if raw is True or raw == {}:
+        return NumericSpec(col, quantiles=4)
+    _expect(raw, dict, where)
+    _check_keys(raw, {"edges", "quantiles"}, where)
+    if ("edges" in raw) == ("quantiles" in raw):
+        raise SpecError(f"{where}: give exactly one of 'edges' (list of numbers) or 'quantiles' (int)")
+    if "edges" in raw:
+        edges = _expect(raw["edges"], list, f"{where}.edges")
+        if not edges or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges):
+            raise SpecError(f"{where}.edges: expected a non-empty list of numbers, got {edges!r}")
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise SpecError(f"{where}.edges: must be strictly ascending, got {edges!r}")
+        return NumericSpec(col, edges=tuple(float(e) for e in edges))
+    q = raw["quantiles"]
+    if not isinstance(q, int) or isinstance(q, bool) or not 2 <= q <= 100:
+        raise SpecError(f"{where}.quantiles: expected an integer 2..100, got {q!r}")
+    return NumericSpec(col, quantiles=q)
+
+
+def _parse_table(name: str, raw: dict, base_dir: Path) -> TableSpec:
+    where = f"tables.{name}"
+    _expect(raw, dict, where)
+    _check_keys(
+        raw,
+        {"file", "format", "sql", "key", "categorical", "multi", "numeric", "links", "delimiter"},
+        where,
+    )
+    if ("file" in raw) == ("sql" in raw):
+        raise SpecError(f"{where}: give exactly one of 'file' or 'sql'")
+    if "key" not in raw:
+        raise SpecError(f"{where}: missing 'key' (the column that identifies a row)")
+    table = TableSpec(name=name, key=_expect(raw["key"], str, f"{where}.key"))
+    if "file" in raw:
+        path = Path(_expect(raw["file"], str, f"{where}.file"))
+        table.file = path if path.is_absolute() else base_dir / path
+        fmt = raw.get("format")
+        if fmt is None:
+            fmt = infer_format(table.file)
+            if fmt is None:
+                raise SpecError(
+                    f"{where}.file: cannot tell the format of {raw['file']!r} from its name; "
+                    f"set format to one of {list(FILE_FORMATS)}"
+                )
+        if fmt not in FILE_FORMATS:
+            raise SpecError(f"{where}.format: {fmt!r} is not one of {list(FILE_FORMATS)}")
+        table.format = fmt
+    else:
+        table.sql = _expect(raw["sql"], str, f"{where}.sql")
+    if "delimiter" in raw:
+        table.delimiter = _expect(raw["delimiter"], str, f"{where}.delimiter")
+    table.categorical = [
+        _expect(c, str, f"{where}.categorical") for c in _expect(raw.get("categorical", []), list, f"{where}.categorical")
+    ]
+    for col, delim in _expect(raw.get("multi", {}), dict, f"{where}.multi").items():
+        if not isinstance(delim, str) or not delim:
+            raise SpecError(f"{where}.multi.{col}: expected a non-empty delimiter string, got {delim!r}")
+        table.multi[col] = delim
+    for col, spec in _expect(raw.get("numeric", {}), dict, f"{where}.numeric").items():
+        table.numeric[col] = _parse_numeric(col, spec, f"{where}.numeric.{col}")
+    for link, spec in _expect(raw.get("links", {}), dict, f"{where}.links").items():
+        lw = f"{where}.links.{link}"
+        _expect(spec, dict, lw)
+        _check_keys(spec, {"column", "table", "reverse"}, lw)
+        for req in ("column", "table"):
+            if req not in spec:
+                raise SpecError(f"{lw}: missing '{req}'")
+        reverse = spec.get("reverse")
+        if reverse is not None:
+            _expect(reverse, str, f"{lw}.reverse")
+        if not _NAME_RE.match(link):
+            raise SpecError(f"{lw}: link name {link!r} must be an identifier (no dots)")
+        table.links[link] = LinkSpec(link, spec["column"], spec["table"], reverse)
+    seen: dict[str, str] = {}
+    for col, kind in (
+        [(c, "categorical") for c in table.categorical]
+        + [(c, "multi") for c in table.multi]
+        + [(c, "numeric") for c in table.numeric]
+    ):
+        if col in seen:
+            raise SpecError(f"{where}: column {col!r} is declared both {seen[col]} and {kind}")
+        if "." in col:
+            raise SpecError(f"{where}: column name {col!r} contains a dot; rename it with a sql table")
+        if col in table.links:
+            raise SpecError(f"{where}: {col!r} is both a link name and a feature column")
+        seen[col] = kind
+    return table
+
+
+def infer_format(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".parquet", "parquet"), (".pq", "parquet"),
+                     (".ndjson", "ndjson"), (".jsonl", "ndjson"), (".json", "json")):
+        if name.endswith(ext):
+            return fmt
+    return None
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"spec file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    return parse_spec(raw, path.resolve().parent, hashlib.sha256(text).hexdigest())
+
+
+def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
+    _check_keys(raw, {"name", "description", "tables", "universes", "build"}, "spec")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SpecError(f"spec.name: expected a snapshot name (letters, digits, _ and -), got {name!r}")
+    build = _expect(raw.get("build", {}), dict, "build")
+    _check_keys(build, {"dense_threshold", "max_hops"}, "build")
+    dense_threshold = float(build.get("dense_threshold", 0.005))
+    if not 0.0 <= dense_threshold <= 1.0:
+        raise SpecError(f"build.dense_threshold: expected a fraction 0..1, got {dense_threshold!r}")
+    max_hops = build.get("max_hops", 4)
+    if not isinstance(max_hops, int) or not 1 <= max_hops <= 8:
+        raise SpecError(f"build.max_hops: expected an integer 1..8, got {max_hops!r}")
+    tables_raw = _expect(raw.get("tables"), dict, "tables") if "tables" in raw else None
+    if not tables_raw:
+        raise SpecError("spec: no [tables.*] declared")
+    tables = {}
+    for tname, traw in tables_raw.items():
+        if not _NAME_RE.match(tname):
+            raise SpecError(f"tables.{tname}: table name must be an identifier")
+        tables[tname] = _parse_table(tname, traw, base_dir)
+    # links must point at declared tables; reverse names must not clash
+    reverse_names: dict[tuple[str, str], str] = {}
+    for t in tables.values():
+        for link in t.links.values():
+            if link.table not in tables:
+                raise SpecError(
+                    f"tables.{t.name}.links.{link.name}.table: unknown table {link.table!r}"
+                    f"{suggest(link.table, tables)}"
+                )
+            if link.reverse:
+                target = tables[link.table]
+                k = (link.table, link.reverse)
+                if k in reverse_names:
+                    raise SpecError(
+                        f"tables.{t.name}.links.{link.name}.reverse: {link.reverse!r} is already the "
+                        f"reverse name of {reverse_names[k]} on table {link.table!r}"
+                    )
+                if link.reverse in target.links or link.reverse in target.feature_columns():
+                    raise SpecError(
+                        f"tables.{t.name}.links.{link.name}.reverse: {link.reverse!r} clashes with a "
+                        f"link or column of table {link.table!r}"
+                    )
+                reverse_names[k] = f"{t.name}.{link.name}"
+    universes_raw = _expect(raw.get("universes", {}), dict, "universes")
+    if not universes_raw:
+        raise SpecError("spec: no [universes.*] declared")
+    universes = {}
+    for uname, uraw in universes_raw.items():
+        where = f"universes.{uname}"
+        if not _NAME_RE.match(uname):
+            raise SpecError(f"{where}: universe name must be an identifier")
+        _expect(uraw, dict, where)
+        _check_keys(uraw, {"table", "include", "exclude"}, where)
+        table = uraw.get("table", uname)
+        if table not in tables:
+            raise SpecError(f"{where}.table: unknown table {table!r}{suggest(table, tables)}")
+        include = _expect(uraw.get("include", ["*"]), list, f"{where}.include")
+        exclude = _expect(uraw.get("exclude", []), list, f"{where}.exclude")
+        for p in include + exclude:
+            _expect(p, str, f"{where}.include")
+        universes[uname] = UniverseSpec(uname, table, list(include), list(exclude))
+    return Spec(
+        name=name,
+        description=str(raw.get("description", "")),
+        base_dir=base_dir,
+        tables=tables,
+        universes=universes,
+        dense_threshold=dense_threshold,
+        max_hops=max_hops,
+        fingerprint=fingerprint,
+    )
