@@ -1,0 +1,54 @@
+"""Shared helpers of the benchmarks: the cached 1M-customer demo shop and its snapshot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+# run from a checkout without installing: the package and its in-place kernels are in REPO
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+DATA_ROOT = Path(os.environ.get("SEGSRV_BENCH_DATA", BENCH_DIR / ".data"))
+RESULTS = BENCH_DIR / "results"
+
+
+def demo_tables(n_customers: int) -> Path:
+    """Generate the demo shop once (cached); returns its spec.toml."""
+    out = DATA_ROOT / f"demo-{n_customers}"
+    spec = out / "spec.toml"
+    if not spec.exists():
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "segsrv", "demo-data", "--customers", str(n_customers),
+                        "--out", str(out)], check=True)
+        print(f"[bench] generated demo shop of {n_customers:,} customers in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+    return spec
+
+
+def demo_snapshot(n_customers: int) -> Path:
+    """Build the demo snapshot once (cached); returns the snapshot root."""
+    spec = demo_tables(n_customers)
+    root = DATA_ROOT / f"snap-{n_customers}"
+    if not (root / "demo" / "CURRENT").exists():
+        subprocess.run([sys.executable, "-m", "segsrv", "build", str(spec), "--out", str(root)], check=True)
+    return root
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def percentile(values, q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=float), q))

@@ -1,0 +1,765 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Dense bitset kernels (segsrv._kernels.bitset).
+
+Layout: a bitset is a C-contiguous numpy uint64 array; bit r is bit (r & 63)
+of word (r >> 6) (little-endian bit order, like
+``np.packbits(bools, bitorder="little").view(np.uint64)``).  Row ids are
+uint32, sorted ascending, unique.
+
+Each public function is a thin Python-facing wrapper that validates its
+arguments (TypeError for a wrong type/dtype, ValueError for a wrong shape,
+layout or value), allocates ``out`` when None, asks
+``segsrv._kernels.resolve_threads`` for a thread count, then runs a typed
+``noexcept nogil`` core on raw pointers with the GIL released.  Inputs are
+const memoryviews, so read-only arrays (``np.memmap(mode="r")``) are accepted.
+
+The popcount inner loops are chosen at import by CPU dispatch (popcnt.h):
+"avx512vpopcntdq" > "avx2" > "popcnt" > "generic".  Env SEGSRV_CPU_PATH may
+force a lower path; ``set_cpu_path`` does the same at run time (for tests).
+"""
+import os
+import warnings
+
+import numpy as np
+
+import segsrv._kernels as _pkg
+
+from cython.parallel cimport prange
+from libc.stdint cimport uint64_t, uint32_t, int64_t
+from libc.string cimport memset
+
+cdef extern from "popcnt.h" nogil:
+    int SEGSRV_PATH_GENERIC
+    int SEGSRV_PATH_POPCNT
+    int SEGSRV_PATH_AVX2
+    int SEGSRV_PATH_AVX512
+    int segsrv_max_level()
+    void segsrv_set_level(int level)
+    int segsrv_get_level()
+    uint64_t segsrv_and_popcount(const uint64_t *a, const uint64_t *b, size_t n)
+    uint64_t segsrv_popcount(const uint64_t *a, size_t n)
+    uint64_t segsrv_or_reduce(const uint64_t *a, size_t n)
+    void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t stride,
+                               size_t n_words, const int64_t *rows, int64_t row_base,
+                               size_t k, int64_t *out, size_t block)
+
+cdef extern from "sorted_ids.h" nogil:
+    size_t segsrv_intersect_count(const uint32_t *a, size_t na, const uint32_t *b, size_t nb)
+    size_t segsrv_probe_count(const uint64_t *q, uint64_t n_bits, const uint32_t *ids,
+                              size_t n, int *bad)
+    size_t segsrv_bits_to_ids(const uint64_t *bits, size_t n_words, uint64_t n_bits,
+                              uint32_t *out)
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define SEGSRV_HAVE_OPENMP 1
+    #else
+    #define SEGSRV_HAVE_OPENMP 0
+    #endif
+    """
+    int SEGSRV_HAVE_OPENMP
+
+__all__ = [
+    "cpu_path",
+    "available_cpu_paths",
+    "set_cpu_path",
+    "has_openmp",
+    "popcount",
+    "and_count_dense",
+    "and_count_sparse",
+    "and_count_ids",
+    "bitset_and",
+    "bitset_or",
+    "bitset_andnot",
+    "bitset_to_ids",
+    "ids_to_bitset",
+    "set_bits",
+    "read_bandwidth_probe",
+]
+
+# Column block (in 64-bit words) for one-vs-many dense AND-count: the query
+# block stays in L1/L2 while each matrix row block streams from memory.
+cdef size_t _DENSE_BLOCK_WORDS = 0
+
+
+def _set_dense_block_words(size_t n):
+    """Tuning hook (benchmarks only): column block of and_count_dense, 0 = no blocking."""
+    global _DENSE_BLOCK_WORDS
+    _DENSE_BLOCK_WORDS = n
+
+_PATH_NAMES = ("generic", "popcnt", "avx2", "avx512vpopcntdq")
+cdef int _MAX_LEVEL = segsrv_max_level()
+
+
+# ---------------------------------------------------------------------------
+# dispatch
+# ---------------------------------------------------------------------------
+
+def available_cpu_paths():
+    """Dispatch paths this CPU supports, best first (e.g. ``["avx2", "popcnt", "generic"]``)."""
+    return [_PATH_NAMES[i] for i in range(_MAX_LEVEL, -1, -1)]
+
+
+def cpu_path():
+    """The popcount dispatch path in use: "avx512vpopcntdq" | "avx2" | "popcnt" | "generic"."""
+    return _PATH_NAMES[segsrv_get_level()]
+
+
+def set_cpu_path(name=None):
+    """Force a dispatch path (for tests/benchmarks); None selects the best one.
+
+    Not thread-safe with respect to kernels running concurrently.
+    Raises ValueError for an unknown path or one this CPU does not support.
+    """
+    if name is None:
+        segsrv_set_level(_MAX_LEVEL)
+        return cpu_path()
+    if name not in _PATH_NAMES:
+        raise ValueError(f"unknown cpu path {name!r}; expected one of {_PATH_NAMES}")
+    level = _PATH_NAMES.index(name)
+    if level > _MAX_LEVEL:
+        raise ValueError(
+            f"cpu path {name!r} is not supported on this CPU (available: {available_cpu_paths()})")
+    segsrv_set_level(level)
+    return cpu_path()
+
+
+def _init_dispatch():
+    forced = os.environ.get("SEGSRV_CPU_PATH", "").strip().lower()
+    if not forced:
+        segsrv_set_level(_MAX_LEVEL)
+        return
+    if forced not in _PATH_NAMES:
+        warnings.warn(f"SEGSRV_CPU_PATH={forced!r} is not one of {_PATH_NAMES}; ignored",
+                      RuntimeWarning, stacklevel=2)
+        segsrv_set_level(_MAX_LEVEL)
+        return
+    level = _PATH_NAMES.index(forced)
+    if level > _MAX_LEVEL:
+        warnings.warn(f"SEGSRV_CPU_PATH={forced!r} is not supported by this CPU; "
+                      f"using {_PATH_NAMES[_MAX_LEVEL]!r}", RuntimeWarning, stacklevel=2)
+        level = _MAX_LEVEL
+    segsrv_set_level(level)
+
+
+_init_dispatch()
+
+
+def has_openmp():
+    """True when the kernels were compiled with OpenMP (parallel prange)."""
+    return bool(SEGSRV_HAVE_OPENMP)
+
+
+# ---------------------------------------------------------------------------
+# validation helpers (shared with csr.pyx)
+# ---------------------------------------------------------------------------
+
+def _check(arr, name, dtype, ndim=1):
+    """Validate an input array: ndarray, exact (native) dtype, ndim, C-contiguous."""
+    dtype = np.dtype(dtype)
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of dtype {dtype.name}, "
+                        f"got {type(arr).__name__}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype.name} (native byte order), got {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+    return arr
+
+
+def _check_out(out, name, dtype, shape):
+    """Allocate (out is None) or validate a writable output array of exact shape."""
+    dtype = np.dtype(dtype)
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    _check(out, name, dtype, len(shape))
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    return out
+
+
+def _check_int(value, name, minimum=0):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+cdef inline size_t _addr(arr):
+    return <size_t>arr.__array_interface__["data"][0]
+
+
+def _check_alias(out, name, *inputs):
+    """out may be exactly one of the inputs (in place) but must not partially overlap."""
+    for arg_name, a in inputs:
+        if out is a:
+            continue
+        if np.may_share_memory(out, a) and _addr(out) != _addr(a):
+            raise ValueError(f"{name} partially overlaps {arg_name}; "
+                             f"it must be the same array or disjoint")
+
+
+# ---------------------------------------------------------------------------
+# popcount / probe
+# ---------------------------------------------------------------------------
+
+cdef uint64_t _pop_part(int t, int nt, const uint64_t *a, size_t n) noexcept nogil:
+    cdef size_t lo = n * <size_t>t // <size_t>nt
+    cdef size_t hi = n * <size_t>(t + 1) // <size_t>nt
+    return segsrv_popcount(a + lo, hi - lo)
+
+
+cdef uint64_t _andpop_part(int t, int nt, const uint64_t *a, const uint64_t *b,
+                           size_t n) noexcept nogil:
+    cdef size_t lo = n * <size_t>t // <size_t>nt
+    cdef size_t hi = n * <size_t>(t + 1) // <size_t>nt
+    return segsrv_and_popcount(a + lo, b + lo, hi - lo)
+
+
+cdef uint64_t _popcount_core(const uint64_t *a, size_t n, int nt) noexcept nogil:
+    cdef uint64_t total = 0
+    cdef int t
+    if nt <= 1:
+        return segsrv_popcount(a, n)
+    for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+        total += _pop_part(t, nt, a, n)
+    return total
+
+
+def popcount(bits, n_threads=None):
+    """Number of set bits in a C-contiguous uint64 array (any ndim)."""
+    _check(bits, "bits", np.uint64, None)
+    cdef const uint64_t[::1] b = bits.reshape(-1)
+    cdef size_t n = b.shape[0]
+    cdef int nt = _pkg.resolve_threads(n_threads, n)
+    cdef uint64_t r = 0
+    if n == 0:
+        return 0
+    with nogil:
+        r = _popcount_core(&b[0], n, nt)
+    return int(r)
+
+
+def read_bandwidth_probe(buf):
+    """One-thread OR-reduce of a uint64 array (any ndim, C-contiguous).
+
+    The fastest streaming read we can do (vectorised, several accumulators,
+    same dispatch path as the popcount kernels): the memory-bandwidth anchor of
+    bench/kernels.py.  Returns the OR of all words (so the read can't be elided).
+    """
+    _check(buf, "buf", np.uint64, None)
+    cdef const uint64_t[::1] b = buf.reshape(-1)
+    cdef size_t n = b.shape[0]
+    cdef uint64_t r = 0
+    if n == 0:
+        return 0
+    with nogil:
+        r = segsrv_or_reduce(&b[0], n)
+    return int(r)
+
+
+# ---------------------------------------------------------------------------
+# one-vs-many AND-count
+# ---------------------------------------------------------------------------
+
+cdef void _dense_part(int t, int nt, const uint64_t *q, const uint64_t *M, size_t stride,
+                      size_t n_words, const int64_t *rows, size_t k,
+                      int64_t *out) noexcept nogil:
+    cdef size_t lo = k * <size_t>t // <size_t>nt
+    cdef size_t hi = k * <size_t>(t + 1) // <size_t>nt
+    if hi <= lo:
+        return
+    segsrv_and_count_rows(q, M, stride, n_words, rows + lo if rows != NULL else NULL,
+                          <int64_t>lo, hi - lo, out + lo, _DENSE_BLOCK_WORDS)
+
+
+cdef void _dense_core(const uint64_t *q, const uint64_t *M, size_t n_words,
+                      const int64_t *rows, size_t k, int64_t *out, int nt) noexcept nogil:
+    cdef int t, nc
+    cdef size_t i
+    cdef int64_t r
+    cdef uint64_t total
+    if nt <= 1:
+        segsrv_and_count_rows(q, M, n_words, n_words, rows, 0, k, out, _DENSE_BLOCK_WORDS)
+    elif k >= <size_t>nt:
+        # ~8 row chunks per thread, handed out dynamically: a thread that gets
+        # descheduled (shared machine) does not hold up the others
+        nc = <int>(k if k < <size_t>(8 * nt) else <size_t>(8 * nt))
+        for t in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
+            _dense_part(t, nc, q, M, n_words, n_words, rows, k, out)
+    else:
+        # few long rows: split each row's words across threads
+        for i in range(k):
+            r = rows[i] if rows != NULL else <int64_t>i
+            total = 0
+            for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                total += _andpop_part(t, nt, q, M + <size_t>r * n_words, n_words)
+            out[i] = <int64_t>total
+
+
+cdef Py_ssize_t _first_bad_index(const int64_t *idx, size_t k, int64_t limit) noexcept nogil:
+    cdef size_t i
+    for i in range(k):
+        if idx[i] < 0 or idx[i] >= limit:
+            return <Py_ssize_t>i
+    return -1
+
+
+def and_count_dense(query, matrix, rows=None, out=None, n_threads=None):
+    """out[i] = popcount(query & matrix[rows[i]]) -> int64[k].
+
+    query: uint64[n_words]; matrix: uint64[n_features, n_words] C-contiguous;
+    rows: int64 row indices into matrix (default: all rows, k = n_features).
+    """
+    _check(query, "query", np.uint64, 1)
+    _check(matrix, "matrix", np.uint64, 2)
+    cdef size_t n_words = matrix.shape[1]
+    cdef int64_t n_rows = matrix.shape[0]
+    if query.shape[0] != <Py_ssize_t>n_words:
+        raise ValueError(f"query has {query.shape[0]} words but matrix rows have {n_words}")
+    cdef const int64_t[::1] rv
+    cdef const int64_t *rp = NULL
+    cdef size_t k
+    cdef Py_ssize_t bad
+    if rows is None:
+        k = <size_t>n_rows
+    else:
+        _check(rows, "rows", np.int64, 1)
+        k = rows.shape[0]
+        if k:
+            rv = rows
+            rp = &rv[0]
+            bad = _first_bad_index(rp, k, n_rows)
+            if bad >= 0:
+                raise ValueError(f"rows[{bad}] = {rows[bad]} is out of range for a matrix "
+                                 f"with {n_rows} rows")
+    out = _check_out(out, "out", np.int64, (k,))
+    cdef int64_t[::1] ov = out
+    if k == 0:
+        return out
+    if n_words == 0:
+        out[:] = 0
+        return out
+    cdef const uint64_t[::1] qv = query
+    cdef const uint64_t[:, ::1] mv = matrix
+    cdef int nt = _pkg.resolve_threads(n_threads, k * n_words)
+    with nogil:
+        _dense_core(&qv[0], &mv[0, 0], n_words, rp, k, &ov[0], nt)
+    return out
+
+
+# sparse: error codes written into out[i] (race-free), turned into ValueError
+cdef enum:
+    _ERR_FEATURE = -1
+    _ERR_OFFSETS = -2
+    _ERR_ID = -3
+
+
+cdef inline int64_t _offsets_ok(const int64_t *offsets, int64_t f, int64_t n_feat,
+                                int64_t n_ids) noexcept nogil:
+    if f < 0 or f >= n_feat:
+        return _ERR_FEATURE
+    if offsets[f] < 0 or offsets[f] > offsets[f + 1] or offsets[f + 1] > n_ids:
+        return _ERR_OFFSETS
+    return 0
+
+
+cdef void _sparse_core(const uint64_t *q, uint64_t n_bits, const uint32_t *ids, int64_t n_ids,
+                       const int64_t *offsets, int64_t n_feat, const int64_t *features,
+                       size_t k, int64_t *out, int nt) noexcept nogil:
+    cdef Py_ssize_t i
+    if nt <= 1:
+        for i in range(<Py_ssize_t>k):
+            out[i] = _sparse_one(q, n_bits, ids, n_ids, offsets, n_feat, features, i)
+    else:
+        for i in prange(<Py_ssize_t>k, num_threads=nt, schedule="dynamic", chunksize=8):
+            out[i] = _sparse_one(q, n_bits, ids, n_ids, offsets, n_feat, features, i)
+
+
+cdef int64_t _sparse_one(const uint64_t *q, uint64_t n_bits, const uint32_t *ids, int64_t n_ids,
+                         const int64_t *offsets, int64_t n_feat, const int64_t *features,
+                         Py_ssize_t i) noexcept nogil:
+    cdef int64_t f = features[i] if features != NULL else <int64_t>i
+    cdef int64_t err = _offsets_ok(offsets, f, n_feat, n_ids)
+    cdef int bad = 0
+    cdef size_t c
+    if err:
+        return err
+    c = segsrv_probe_count(q, n_bits, ids + offsets[f], <size_t>(offsets[f + 1] - offsets[f]), &bad)
+    if bad:
+        return _ERR_ID
+    return <int64_t>c
+
+
+cdef int64_t _ids_one(const uint32_t *qids, size_t nq, const uint32_t *ids, int64_t n_ids,
+                      const int64_t *offsets, int64_t n_feat, const int64_t *features,
+                      Py_ssize_t i) noexcept nogil:
+    cdef int64_t f = features[i] if features != NULL else <int64_t>i
+    cdef int64_t err = _offsets_ok(offsets, f, n_feat, n_ids)
+    if err:
+        return err
+    return <int64_t>segsrv_intersect_count(qids, nq, ids + offsets[f],
+                                           <size_t>(offsets[f + 1] - offsets[f]))
+
+
+cdef void _ids_core(const uint32_t *qids, size_t nq, const uint32_t *ids, int64_t n_ids,
+                    const int64_t *offsets, int64_t n_feat, const int64_t *features,
+                    size_t k, int64_t *out, int nt) noexcept nogil:
+    cdef Py_ssize_t i
+    if nt <= 1:
+        for i in range(<Py_ssize_t>k):
+            out[i] = _ids_one(qids, nq, ids, n_ids, offsets, n_feat, features, i)
+    else:
+        for i in prange(<Py_ssize_t>k, num_threads=nt, schedule="dynamic", chunksize=4):
+            out[i] = _ids_one(qids, nq, ids, n_ids, offsets, n_feat, features, i)
+
+
+def _sparse_args(ids, offsets, features):
+    _check(ids, "ids", np.uint32, 1)
+    _check(offsets, "offsets", np.int64, 1)
+    if offsets.shape[0] < 1:
+        raise ValueError("offsets must have n_features + 1 >= 1 entries")
+    n_feat = offsets.shape[0] - 1
+    if features is None:
+        k = n_feat
+    else:
+        _check(features, "features", np.int64, 1)
+        k = features.shape[0]
+    return n_feat, k
+
+
+def _raise_sparse_error(out, features, n_feat, n_ids, extra=""):
+    i = int(np.argmax(out < 0))
+    code = int(out[i])
+    f = int(features[i]) if features is not None else i
+    if code == _ERR_FEATURE:
+        raise ValueError(f"features[{i}] = {f} is out of range for {n_feat} features")
+    if code == _ERR_OFFSETS:
+        raise ValueError(f"offsets of feature {f} are invalid (must satisfy "
+                         f"0 <= offsets[f] <= offsets[f+1] <= len(ids) = {n_ids})")
+    raise ValueError(f"feature {f} has an id >= {extra}")
+
+
+def and_count_sparse(query, ids, offsets, features=None, out=None, n_threads=None):
+    """out[i] = number of ids of feature features[i] whose bit is set in query -> int64[k].
+
+    query: dense uint64 bitset; feature j = ids[offsets[j]:offsets[j+1]] (uint32
+    ids, int64 offsets); features: int64 feature indices (default: all).
+    An id >= 64 * len(query) raises ValueError.
+    """
+    _check(query, "query", np.uint64, 1)
+    n_feat, k = _sparse_args(ids, offsets, features)
+    out = _check_out(out, "out", np.int64, (k,))
+    if k == 0:
+        return out
+    cdef const uint64_t[::1] qv = query
+    cdef const uint32_t[::1] iv = ids
+    cdef const int64_t[::1] ofv = offsets
+    cdef const int64_t[::1] fv
+    cdef const int64_t *fp = NULL
+    cdef int64_t[::1] ov = out
+    cdef uint64_t dummy_q = 0
+    cdef uint32_t dummy_id = 0
+    cdef const uint64_t *qp = &dummy_q
+    cdef const uint32_t *ip = &dummy_id
+    if features is not None:
+        fv = features
+        fp = &fv[0]
+    if qv.shape[0]:
+        qp = &qv[0]
+    if iv.shape[0]:
+        ip = &iv[0]
+    cdef uint64_t n_bits = <uint64_t>qv.shape[0] * 64
+    cdef int64_t n_ids = iv.shape[0]
+    cdef int64_t nf = n_feat
+    cdef size_t kk = k
+    # work estimate: average feature length * k (random probes cost ~ a word each)
+    cdef int nt = _pkg.resolve_threads(n_threads, (n_ids * kk) // max(nf, 1) + kk)
+    with nogil:
+        _sparse_core(qp, n_bits, ip, n_ids, &ofv[0], nf, fp, kk, &ov[0], nt)
+    if out.min() < 0:
+        _raise_sparse_error(out, features, n_feat, n_ids, f"64 * len(query) = {n_bits}")
+    return out
+
+
+cdef Py_ssize_t _first_unsorted(const uint32_t *a, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(1, n):
+        if a[i] <= a[i - 1]:
+            return <Py_ssize_t>i
+    return -1
+
+
+def and_count_ids(query_ids, ids, offsets, features=None, out=None, n_threads=None):
+    """out[i] = |query_ids & ids of feature features[i]| -> int64[k].
+
+    query_ids: sorted unique uint32 ids (checked); feature ids must be sorted
+    unique too (not checked; unsorted feature ids give wrong counts, never
+    unsafe memory access).  Merge when sizes are similar, galloping search
+    when one side is >32x smaller.
+    """
+    _check(query_ids, "query_ids", np.uint32, 1)
+    n_feat, k = _sparse_args(ids, offsets, features)
+    out = _check_out(out, "out", np.int64, (k,))
+    cdef const uint32_t[::1] qv = query_ids
+    cdef Py_ssize_t bad
+    cdef size_t nq = qv.shape[0]
+    if nq:
+        bad = _first_unsorted(&qv[0], nq)
+        if bad >= 0:
+            raise ValueError(f"query_ids must be sorted ascending and unique "
+                             f"(query_ids[{bad - 1}] = {query_ids[bad - 1]} >= "
+                             f"query_ids[{bad}] = {query_ids[bad]})")
+    if k == 0:
+        return out
+    cdef const uint32_t[::1] iv = ids
+    cdef const int64_t[::1] ofv = offsets
+    cdef const int64_t[::1] fv
+    cdef const int64_t *fp = NULL
+    cdef int64_t[::1] ov = out
+    cdef uint32_t dummy_id = 0
+    cdef const uint32_t *qp = &dummy_id
+    cdef const uint32_t *ip = &dummy_id
+    if features is not None:
+        fv = features
+        fp = &fv[0]
+    if nq:
+        qp = &qv[0]
+    if iv.shape[0]:
+        ip = &iv[0]
+    cdef int64_t n_ids = iv.shape[0]
+    cdef int64_t nf = n_feat
+    cdef size_t kk = k
+    cdef int nt = _pkg.resolve_threads(
+        n_threads, (n_ids * kk) // max(nf, 1) + kk * min(nq, 64))
+    with nogil:
+        _ids_core(qp, nq, ip, n_ids, &ofv[0], nf, fp, kk, &ov[0], nt)
+    if out.min() < 0:
+        _raise_sparse_error(out, features, n_feat, n_ids)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# element-wise ops
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    _OP_AND = 0
+    _OP_OR = 1
+    _OP_ANDNOT = 2
+
+
+cdef void _binop_range(int op, const uint64_t *a, const uint64_t *b, uint64_t *o,
+                       size_t lo, size_t hi) noexcept nogil:
+    # out may alias a or b exactly: each word is read before it is written
+    cdef size_t i
+    if op == _OP_AND:
+        for i in range(lo, hi):
+            o[i] = a[i] & b[i]
+    elif op == _OP_OR:
+        for i in range(lo, hi):
+            o[i] = a[i] | b[i]
+    else:
+        for i in range(lo, hi):
+            o[i] = a[i] & ~b[i]
+
+
+cdef void _binop_part(int t, int nt, int op, const uint64_t *a, const uint64_t *b,
+                      uint64_t *o, size_t n) noexcept nogil:
+    cdef size_t lo = (n * <size_t>t // <size_t>nt) & ~(<size_t>7)
+    cdef size_t hi = n if t == nt - 1 else (n * <size_t>(t + 1) // <size_t>nt) & ~(<size_t>7)
+    _binop_range(op, a, b, o, lo, hi)
+
+
+cdef void _binop_core(int op, const uint64_t *a, const uint64_t *b, uint64_t *o, size_t n,
+                      int nt) noexcept nogil:
+    cdef int t
+    if nt <= 1:
+        _binop_range(op, a, b, o, 0, n)
+    else:
+        for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+            _binop_part(t, nt, op, a, b, o, n)
+
+
+def _binop(int op, a, b, out):
+    _check(a, "a", np.uint64, 1)
+    _check(b, "b", np.uint64, 1)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same length, got {a.shape[0]} and {b.shape[0]}")
+    out = _check_out(out, "out", np.uint64, a.shape)
+    _check_alias(out, "out", ("a", a), ("b", b))
+    cdef size_t n = a.shape[0]
+    if n == 0:
+        return out
+    cdef const uint64_t[::1] av = a
+    cdef const uint64_t[::1] bv = b
+    cdef uint64_t[::1] ov = out
+    cdef int nt = _pkg.resolve_threads(None, 3 * n)
+    with nogil:
+        _binop_core(op, &av[0], &bv[0], &ov[0], n, nt)
+    return out
+
+
+def bitset_and(a, b, out=None):
+    """out = a & b (out may be a or b itself)."""
+    return _binop(_OP_AND, a, b, out)
+
+
+def bitset_or(a, b, out=None):
+    """out = a | b (out may be a or b itself)."""
+    return _binop(_OP_OR, a, b, out)
+
+
+def bitset_andnot(a, b, out=None):
+    """out = a & ~b (out may be a or b itself)."""
+    return _binop(_OP_ANDNOT, a, b, out)
+
+
+# ---------------------------------------------------------------------------
+# conversions
+# ---------------------------------------------------------------------------
+
+cdef uint64_t _masked_popcount(const uint64_t *b, size_t n_words, uint64_t n_bits) noexcept nogil:
+    cdef size_t full = <size_t>(n_bits >> 6)
+    cdef uint64_t c
+    cdef uint64_t rem = n_bits & 63
+    if full > n_words:
+        full = n_words
+    c = segsrv_popcount(b, full)
+    if rem and full < n_words:
+        c += segsrv_popcount_word(b[full] & ((<uint64_t>1 << rem) - 1))
+    return c
+
+
+cdef inline uint64_t segsrv_popcount_word(uint64_t x) noexcept nogil:
+    return segsrv_popcount(&x, 1)
+
+
+def bitset_to_ids(bits, n_bits=None):
+    """Sorted uint32 positions of the set bits (bits >= n_bits ignored)."""
+    _check(bits, "bits", np.uint64, 1)
+    cdef size_t n_words = bits.shape[0]
+    cdef uint64_t nb
+    if n_bits is None:
+        nb = <uint64_t>n_words * 64
+    else:
+        nb = _check_int(n_bits, "n_bits")
+        if nb > <uint64_t>n_words * 64:
+            raise ValueError(f"n_bits = {nb} exceeds 64 * len(bits) = {n_words * 64}")
+    if nb > (<uint64_t>1 << 32):
+        raise ValueError(f"n_bits = {nb} exceeds the uint32 id range (2**32)")
+    if n_words == 0 or nb == 0:
+        return np.empty(0, dtype=np.uint32)
+    cdef const uint64_t[::1] bv = bits
+    cdef uint64_t cnt
+    with nogil:
+        cnt = _masked_popcount(&bv[0], n_words, nb)
+    out = np.empty(cnt, dtype=np.uint32)
+    if cnt == 0:
+        return out
+    cdef uint32_t[::1] ov = out
+    with nogil:
+        segsrv_bits_to_ids(&bv[0], n_words, nb, &ov[0])
+    return out
+
+
+cdef Py_ssize_t _ids_to_bits_core(const uint32_t *ids, size_t n, uint64_t *o,
+                                  uint64_t n_bits) noexcept nogil:
+    cdef size_t i
+    cdef uint32_t x
+    for i in range(n):
+        x = ids[i]
+        if x >= n_bits:
+            return <Py_ssize_t>i
+        o[x >> 6] |= (<uint64_t>1) << (x & 63)
+    return -1
+
+
+def ids_to_bitset(ids, n_words, out=None):
+    """Dense uint64[n_words] bitset with the bits of ``ids`` (any order) set.
+
+    ``out`` (if given) is zeroed first.  Raises ValueError if an id >= 64 * n_words.
+    """
+    _check(ids, "ids", np.uint32, 1)
+    n_words = _check_int(n_words, "n_words")
+    out = _check_out(out, "out", np.uint64, (n_words,))
+    if np.may_share_memory(out, ids):
+        raise ValueError("out must not share memory with ids")
+    cdef size_t nw = n_words
+    cdef uint64_t[::1] ov
+    cdef const uint32_t[::1] iv = ids
+    cdef Py_ssize_t bad = -1
+    if nw:
+        ov = out
+        with nogil:
+            memset(&ov[0], 0, nw * 8)
+    cdef size_t n = iv.shape[0]
+    if n == 0:
+        return out
+    if nw == 0:
+        raise ValueError(f"ids[0] = {ids[0]} is out of range for n_words = 0")
+    with nogil:
+        bad = _ids_to_bits_core(&iv[0], n, &ov[0], <uint64_t>nw * 64)
+    if bad >= 0:
+        raise ValueError(f"ids[{bad}] = {ids[bad]} is out of range for n_words = {nw} "
+                         f"({nw * 64} bits)")
+    return out
+
+
+cdef Py_ssize_t _set_bits_check(const int64_t *rows, const uint32_t *ids, size_t n,
+                                int64_t n_rows, uint64_t n_bits) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if rows[i] < 0 or rows[i] >= n_rows or ids[i] >= n_bits:
+            return <Py_ssize_t>i
+    return -1
+
+
+cdef void _set_bits_core(uint64_t *M, size_t stride, const int64_t *rows, const uint32_t *ids,
+                         size_t n) noexcept nogil:
+    cdef size_t i
+    cdef uint32_t x
+    for i in range(n):
+        x = ids[i]
+        M[<size_t>rows[i] * stride + (x >> 6)] |= (<uint64_t>1) << (x & 63)
+
+
+def set_bits(matrix, matrix_rows, ids):
+    """In place: for each k, set bit ids[k] of row matrix_rows[k] of the 2-D matrix.
+
+    matrix: writable uint64[n_rows, n_words] C-contiguous; matrix_rows: int64;
+    ids: uint32; all bounds are checked before anything is written.
+    """
+    _check(matrix, "matrix", np.uint64, 2)
+    if not matrix.flags.writeable:
+        raise ValueError("matrix must be writable")
+    _check(matrix_rows, "matrix_rows", np.int64, 1)
+    _check(ids, "ids", np.uint32, 1)
+    if matrix_rows.shape[0] != ids.shape[0]:
+        raise ValueError(f"matrix_rows and ids must have the same length, got "
+                         f"{matrix_rows.shape[0]} and {ids.shape[0]}")
+    cdef size_t n = ids.shape[0]
+    if n == 0:
+        return None
+    cdef int64_t n_rows = matrix.shape[0]
+    cdef size_t stride = matrix.shape[1]
+    cdef const int64_t[::1] rv = matrix_rows
+    cdef const uint32_t[::1] iv = ids
+    cdef Py_ssize_t bad
+    with nogil:
+        bad = _set_bits_check(&rv[0], &iv[0], n, n_rows, <uint64_t>stride * 64)
+    if bad >= 0:
+        raise ValueError(f"(matrix_rows[{bad}], ids[{bad}]) = ({matrix_rows[bad]}, {ids[bad]}) "
+                         f"is out of range for a matrix of shape {matrix.shape} "
+                         f"({stride * 64} bits per row)")
+    cdef uint64_t[:, ::1] mv = matrix
+    with nogil:
+        _set_bits_core(&mv[0, 0], stride, &rv[0], &iv[0], n)
+    return None

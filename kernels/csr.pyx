@@ -1,0 +1,266 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""CSR (row -> feature ids) kernels (segsrv._kernels.csr).
+
+A CSR store is ``indptr`` int64[n_rows + 1] and ``indices`` uint32 (the
+feature ids of row r are ``indices[indptr[r]:indptr[r+1]]``).  Row ids are
+uint32.  Same two-layer design as bitset.pyx: validating Python wrappers,
+``noexcept nogil`` cores on raw pointers, OpenMP prange where parallel.
+Bounds (row ids, indptr entries of the rows used, feature ids) are checked
+inside the cores and reported as ValueError.
+"""
+import numpy as np
+
+import segsrv._kernels as _pkg
+from segsrv._kernels.bitset import _check, _check_int, _check_out
+
+from cython.parallel cimport prange
+from libc.stdint cimport uint32_t, int64_t
+from libc.string cimport memset
+
+__all__ = ["csr_histogram", "csr_row_scores"]
+
+cdef enum:
+    _OK = 0
+    _ERR_ROW = 1
+    _ERR_INDPTR = 2
+    _ERR_FEATURE = 3
+
+
+cdef inline int64_t _row_range(const int64_t *indptr, int64_t n_rows, int64_t n_idx,
+                               int64_t r, int64_t *lo, int64_t *hi) noexcept nogil:
+    if r >= n_rows:
+        return _ERR_ROW
+    lo[0] = indptr[r]
+    hi[0] = indptr[r + 1]
+    if lo[0] < 0 or lo[0] > hi[0] or hi[0] > n_idx:
+        return _ERR_INDPTR
+    return _OK
+
+
+# err[0] = code, err[1] = position (index into rows) of the first error
+cdef void _hist_range(const int64_t *indptr, int64_t n_rows, const uint32_t *indices,
+                      int64_t n_idx, const uint32_t *rows, size_t lo_i, size_t hi_i,
+                      int64_t *hist, int64_t n_features, int64_t *err) noexcept nogil:
+    cdef size_t i
+    cdef int64_t j, lo = 0, hi = 0, code
+    cdef uint32_t f
+    for i in range(lo_i, hi_i):
+        code = _row_range(indptr, n_rows, n_idx, rows[i], &lo, &hi)
+        if code:
+            err[0] = code
+            err[1] = <int64_t>i
+            return
+        for j in range(lo, hi):
+            f = indices[j]
+            if f >= n_features:
+                err[0] = _ERR_FEATURE
+                err[1] = <int64_t>i
+                return
+            hist[f] += 1
+
+
+cdef void _hist_part(int t, int nt, const int64_t *indptr, int64_t n_rows,
+                     const uint32_t *indices, int64_t n_idx, const uint32_t *rows, size_t k,
+                     int64_t *hists, int64_t n_features, int64_t *errs) noexcept nogil:
+    cdef size_t lo = k * <size_t>t // <size_t>nt
+    cdef size_t hi = k * <size_t>(t + 1) // <size_t>nt
+    _hist_range(indptr, n_rows, indices, n_idx, rows, lo, hi,
+                hists + <size_t>t * <size_t>n_features, n_features, errs + 2 * t)
+
+
+cdef void _hist_core(const int64_t *indptr, int64_t n_rows, const uint32_t *indices,
+                     int64_t n_idx, const uint32_t *rows, size_t k, int64_t *hists,
+                     int64_t n_features, int64_t *errs, int nt) noexcept nogil:
+    cdef int t
+    if nt <= 1:
+        _hist_range(indptr, n_rows, indices, n_idx, rows, 0, k, hists, n_features, errs)
+    else:
+        for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+            _hist_part(t, nt, indptr, n_rows, indices, n_idx, rows, k, hists, n_features, errs)
+
+
+cdef void _sum_rows_part(int t, int nt, const int64_t *hists, int nh, int64_t n_features,
+                         int64_t *out) noexcept nogil:
+    cdef size_t lo = <size_t>n_features * <size_t>t // <size_t>nt
+    cdef size_t hi = <size_t>n_features * <size_t>(t + 1) // <size_t>nt
+    cdef size_t f
+    cdef int h
+    for f in range(lo, hi):
+        out[f] = hists[f]
+    for h in range(1, nh):
+        for f in range(lo, hi):
+            out[f] += hists[<size_t>h * <size_t>n_features + f]
+
+
+def _raise_csr_error(errs, rows, n_rows, n_idx, n_features, what="n_features"):
+    errs = np.asarray(errs).reshape(-1, 2)
+    bad = errs[errs[:, 0] != 0]
+    code, i = int(bad[0, 0]), int(bad[0, 1])
+    r = int(rows[i]) if rows is not None else i
+    if code == _ERR_ROW:
+        raise ValueError(f"rows[{i}] = {r} is out of range for {n_rows} rows "
+                         f"(len(indptr) - 1)")
+    if code == _ERR_INDPTR:
+        raise ValueError(f"indptr of row {r} is invalid (must satisfy "
+                         f"0 <= indptr[r] <= indptr[r+1] <= len(indices) = {n_idx})")
+    raise ValueError(f"row {r} has a feature id >= {what} = {n_features}")
+
+
+def _check_indptr(indptr, indices):
+    _check(indptr, "indptr", np.int64, 1)
+    _check(indices, "indices", np.uint32, 1)
+    if indptr.shape[0] < 1:
+        raise ValueError("indptr must have n_rows + 1 >= 1 entries")
+    return indptr.shape[0] - 1
+
+
+def csr_histogram(indptr, indices, rows, n_features, out=None, n_threads=None):
+    """out[f] = number of the listed rows that have feature f -> int64[n_features].
+
+    indptr int64[n_rows+1], indices uint32, rows uint32 (any order; a row listed
+    twice counts twice).  Parallel: per-thread private histograms, then reduced.
+    """
+    n_rows = _check_indptr(indptr, indices)
+    _check(rows, "rows", np.uint32, 1)
+    n_features = _check_int(n_features, "n_features")
+    out = _check_out(out, "out", np.int64, (n_features,))
+    cdef size_t k = rows.shape[0]
+    cdef int64_t nf = n_features
+    cdef int64_t[::1] ov
+    if nf:
+        ov = out
+        memset(&ov[0], 0, <size_t>nf * 8)
+    if k == 0:
+        return out
+    cdef const int64_t[::1] ipv = indptr
+    cdef const uint32_t[::1] rv = rows
+    cdef const uint32_t[::1] iv
+    cdef uint32_t dummy = 0
+    cdef const uint32_t *ip = &dummy
+    if indices.shape[0]:
+        iv = indices
+        ip = &iv[0]
+    cdef int64_t n_idx = indices.shape[0]
+    cdef int64_t nr = n_rows
+    # work: expected number of indices touched, plus the private histograms
+    cdef int64_t work = <int64_t>k * (n_idx // max(nr, 1) + 1)
+    cdef int nt = _pkg.resolve_threads(n_threads, work)
+    if nt > 1 and nf * (nt - 1) > 4 * work:
+        nt = 1  # zeroing/reducing private histograms would dominate
+    errs = np.zeros(2 * nt, dtype=np.int64)
+    cdef int64_t[::1] ev = errs
+    cdef int64_t[::1] hv
+    dummy_hist = np.zeros(1, dtype=np.int64)
+    cdef int t
+    cdef int64_t *hp
+    cdef int64_t *op
+    if nt <= 1:
+        hv = out if nf else dummy_hist
+        with nogil:
+            _hist_core(&ipv[0], nr, ip, n_idx, &rv[0], k, &hv[0], nf, &ev[0], 1)
+    else:
+        hists = np.zeros(nt * nf if nf else 1, dtype=np.int64)
+        hv = hists
+        hp = &hv[0]
+        op = &ov[0] if nf else hp
+        with nogil:
+            _hist_core(&ipv[0], nr, ip, n_idx, &rv[0], k, hp, nf, &ev[0], nt)
+            if nf:
+                for t in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                    _sum_rows_part(t, nt, hp, nt, nf, op)
+    if errs.any():
+        _raise_csr_error(errs, rows, nr, n_idx, nf)
+    return out
+
+
+cdef void _scores_range(const int64_t *indptr, int64_t n_rows, const uint32_t *indices,
+                        int64_t n_idx, const double *w, int64_t n_w, const uint32_t *rows,
+                        size_t lo_i, size_t hi_i, double *out, int64_t *err) noexcept nogil:
+    cdef size_t i
+    cdef int64_t j, lo = 0, hi = 0, code, r
+    cdef uint32_t f
+    cdef double s
+    for i in range(lo_i, hi_i):
+        r = rows[i] if rows != NULL else <int64_t>i
+        code = _row_range(indptr, n_rows, n_idx, r, &lo, &hi)
+        if code:
+            err[0] = code
+            err[1] = <int64_t>i
+            return
+        s = 0.0
+        for j in range(lo, hi):
+            f = indices[j]
+            if f >= n_w:
+                err[0] = _ERR_FEATURE
+                err[1] = <int64_t>i
+                return
+            s += w[f]
+        out[i] = s
+
+
+cdef void _scores_part(int c, int nc, const int64_t *indptr, int64_t n_rows,
+                       const uint32_t *indices, int64_t n_idx, const double *w, int64_t n_w,
+                       const uint32_t *rows, size_t k, double *out, int64_t *errs) noexcept nogil:
+    cdef size_t lo = k * <size_t>c // <size_t>nc
+    cdef size_t hi = k * <size_t>(c + 1) // <size_t>nc
+    _scores_range(indptr, n_rows, indices, n_idx, w, n_w, rows, lo, hi, out, errs + 2 * c)
+
+
+def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None):
+    """out[i] = sum of weights[f] over the features f of row rows[i] -> float64[k].
+
+    indptr int64[n_rows+1], indices uint32, weights float64[n_features],
+    rows uint32 row ids (default: all rows).  Each row is summed sequentially
+    in index order, so results do not depend on the thread count.
+    """
+    n_rows = _check_indptr(indptr, indices)
+    _check(weights, "weights", np.float64, 1)
+    if rows is not None:
+        _check(rows, "rows", np.uint32, 1)
+        k = rows.shape[0]
+    else:
+        k = n_rows
+    out = _check_out(out, "out", np.float64, (k,))
+    if k == 0:
+        return out
+    cdef const int64_t[::1] ipv = indptr
+    cdef const uint32_t[::1] rv
+    cdef const uint32_t[::1] iv
+    cdef const double[::1] wv
+    cdef double[::1] ov = out
+    cdef uint32_t dummy = 0
+    cdef double dummy_w = 0.0
+    cdef const uint32_t *rp = NULL
+    cdef const uint32_t *ip = &dummy
+    cdef const double *wp = &dummy_w
+    if rows is not None:
+        rv = rows
+        rp = &rv[0]
+    if indices.shape[0]:
+        iv = indices
+        ip = &iv[0]
+    if weights.shape[0]:
+        wv = weights
+        wp = &wv[0]
+    cdef int64_t n_idx = indices.shape[0]
+    cdef int64_t nr = n_rows
+    cdef int64_t n_w = weights.shape[0]
+    cdef size_t kk = k
+    cdef int nt = _pkg.resolve_threads(n_threads, <int64_t>kk * (n_idx // max(nr, 1) + 1))
+    # several chunks per thread (dynamic) to balance uneven row lengths
+    cdef int nc = 1 if nt <= 1 else <int>min(<size_t>(8 * nt), kk)
+    errs = np.zeros(2 * nc, dtype=np.int64)
+    cdef int64_t[::1] ev = errs
+    cdef int c
+    cdef const int64_t *ipp = &ipv[0]
+    cdef double *op = &ov[0]
+    cdef int64_t *ep = &ev[0]
+    with nogil:
+        if nc <= 1:
+            _scores_range(ipp, nr, ip, n_idx, wp, n_w, rp, 0, kk, op, ep)
+        else:
+            for c in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
+                _scores_part(c, nc, ipp, nr, ip, n_idx, wp, n_w, rp, kk, op, ep)
+    if errs.any():
+        _raise_csr_error(errs, rows, nr, n_idx, n_w, what="len(weights)")
+    return out

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install segsrv in editable mode with test and bench extras.
+# Compiles the Cython kernels. Idempotent; safe to run again after pulling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv with $($PY --version)"
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "[setup] installing segsrv (editable; compiles kernels)"
+.venv/bin/python -m pip install -q -e ".[test,bench]"
+.venv/bin/python -c "import segsrv._kernels as k; print('[setup] kernels ok: cpu path', k.cpu_path(), '| openmp', k.has_openmp())"

@@ -1,0 +1,118 @@
+"""Compiled bitset / CSR kernels and the one place that decides thread counts.
+
+Thread policy
+-------------
+* ``set_num_threads(n)`` sets the process-wide default; ``set_num_threads(None)``
+  restores the built-in default: env ``SEGSRV_NUM_THREADS`` if set, else
+  ``len(os.sched_getaffinity(0))`` (the CPUs this process may run on).
+* ``resolve_threads(n_threads, work_words)`` is what every kernel wrapper calls:
+  an explicit ``n_threads >= 1`` wins; otherwise the default, scaled down for
+  small work (1 thread below ``SMALL_WORK_WORDS`` words, at most one thread per
+  ``SMALL_WORK_WORDS`` words), never more than the default.
+
+See docs/kernels.md.
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "get_num_threads",
+    "set_num_threads",
+    "resolve_threads",
+    "SMALL_WORK_WORDS",
+    # re-exported from .bitset / .csr below
+    "cpu_path",
+    "available_cpu_paths",
+    "set_cpu_path",
+    "has_openmp",
+    "popcount",
+    "and_count_dense",
+    "and_count_sparse",
+    "and_count_ids",
+    "bitset_and",
+    "bitset_or",
+    "bitset_andnot",
+    "bitset_to_ids",
+    "ids_to_bitset",
+    "set_bits",
+    "read_bandwidth_probe",
+    "csr_histogram",
+    "csr_row_scores",
+]
+
+#: Below this many 64-bit words of work a kernel runs on one thread (thread
+#: start-up and the GIL release cost more than they save).
+SMALL_WORK_WORDS = 1 << 16
+
+_num_threads: int | None = None
+
+
+def _default_num_threads() -> int:
+    env = os.environ.get("SEGSRV_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"SEGSRV_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"SEGSRV_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads() -> int:
+    """The default number of threads kernels may use."""
+    if _num_threads is None:
+        return _default_num_threads()
+    return _num_threads
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the default thread count (``None``: env SEGSRV_NUM_THREADS or CPU affinity)."""
+    global _num_threads
+    if n is None:
+        _num_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _num_threads = n
+
+
+def resolve_threads(n_threads: int | None, work_words: int) -> int:
+    """Thread count for a kernel call doing about ``work_words`` words of work."""
+    if n_threads is not None:
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int):
+            raise TypeError(f"n_threads must be an int or None, got {type(n_threads).__name__}")
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1 or None, got {n_threads}")
+        return n_threads
+    default = get_num_threads()
+    if work_words < SMALL_WORK_WORDS:
+        return 1
+    return max(1, min(default, int(work_words) // SMALL_WORK_WORDS))
+
+
+from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
+    and_count_dense,
+    and_count_ids,
+    and_count_sparse,
+    available_cpu_paths,
+    bitset_and,
+    bitset_andnot,
+    bitset_or,
+    bitset_to_ids,
+    cpu_path,
+    has_openmp,
+    ids_to_bitset,
+    popcount,
+    read_bandwidth_probe,
+    set_bits,
+    set_cpu_path,
+)
+from .csr import csr_histogram, csr_row_scores  # noqa: E402

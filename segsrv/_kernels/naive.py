@@ -1,0 +1,130 @@
+"""Naive pure-numpy twins of the compiled kernels (tests only).
+
+Same signatures as segsrv._kernels.bitset / .csr minus ``out`` / ``n_threads``;
+written for obviousness, not speed.  Inputs are assumed valid.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "popcount",
+    "and_count_dense",
+    "and_count_sparse",
+    "and_count_ids",
+    "bitset_and",
+    "bitset_or",
+    "bitset_andnot",
+    "bitset_to_ids",
+    "ids_to_bitset",
+    "set_bits",
+    "read_bandwidth_probe",
+    "csr_histogram",
+    "csr_row_scores",
+]
+
+
+def _bools(bits: np.ndarray) -> np.ndarray:
+    """uint64 bitset -> bool array of 64 * len(bits) bits (little-endian bit order)."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint64).reshape(-1)
+    as_bytes = bits.astype("<u8").view(np.uint8)
+    return np.unpackbits(as_bytes, bitorder="little").astype(bool)
+
+
+def _from_bools(mask: np.ndarray) -> np.ndarray:
+    """bool array (length multiple of 64) -> uint64 bitset."""
+    packed = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+    return packed.view("<u8").astype(np.uint64)
+
+
+def popcount(bits):
+    return int(_bools(bits).sum())
+
+
+def and_count_dense(query, matrix, rows=None):
+    matrix = np.asarray(matrix, dtype=np.uint64)
+    if rows is None:
+        rows = np.arange(matrix.shape[0], dtype=np.int64)
+    q = _bools(query)
+    return np.array([int((q & _bools(matrix[r])).sum()) for r in rows], dtype=np.int64)
+
+
+def _feature(ids, offsets, f):
+    return np.asarray(ids[offsets[f]:offsets[f + 1]], dtype=np.int64)
+
+
+def and_count_sparse(query, ids, offsets, features=None):
+    if features is None:
+        features = np.arange(len(offsets) - 1, dtype=np.int64)
+    q = _bools(query)
+    res = []
+    for f in features:
+        members = _feature(ids, offsets, f)
+        res.append(int(q[members].sum()) if len(members) else 0)
+    return np.array(res, dtype=np.int64)
+
+
+def and_count_ids(query_ids, ids, offsets, features=None):
+    if features is None:
+        features = np.arange(len(offsets) - 1, dtype=np.int64)
+    qset = set(int(x) for x in query_ids)
+    return np.array(
+        [sum(1 for x in _feature(ids, offsets, f) if int(x) in qset) for f in features],
+        dtype=np.int64,
+    )
+
+
+def bitset_and(a, b):
+    return _from_bools(_bools(a) & _bools(b))
+
+
+def bitset_or(a, b):
+    return _from_bools(_bools(a) | _bools(b))
+
+
+def bitset_andnot(a, b):
+    return _from_bools(_bools(a) & ~_bools(b))
+
+
+def bitset_to_ids(bits, n_bits=None):
+    mask = _bools(bits)
+    if n_bits is not None:
+        mask = mask[:n_bits]
+    return np.flatnonzero(mask).astype(np.uint32)
+
+
+def ids_to_bitset(ids, n_words):
+    mask = np.zeros(64 * n_words, dtype=bool)
+    mask[np.asarray(ids, dtype=np.int64)] = True
+    return _from_bools(mask)
+
+
+def set_bits(matrix, matrix_rows, ids):
+    """In place, like the kernel."""
+    for r, x in zip(np.asarray(matrix_rows).tolist(), np.asarray(ids).tolist()):
+        matrix[r, x >> 6] |= np.uint64(1) << np.uint64(x & 63)
+
+
+def read_bandwidth_probe(buf):
+    flat = np.asarray(buf, dtype=np.uint64).reshape(-1)
+    return int(np.bitwise_or.reduce(flat)) if flat.size else 0
+
+
+def csr_histogram(indptr, indices, rows, n_features):
+    out = np.zeros(n_features, dtype=np.int64)
+    for r in np.asarray(rows).tolist():
+        for f in indices[indptr[r]:indptr[r + 1]].tolist():
+            out[f] += 1
+    return out
+
+
+def csr_row_scores(indptr, indices, weights, rows=None):
+    if rows is None:
+        rows = np.arange(len(indptr) - 1)
+    out = np.empty(len(rows), dtype=np.float64)
+    for i, r in enumerate(np.asarray(rows).tolist()):
+        s = 0.0
+        for f in indices[indptr[r]:indptr[r + 1]].tolist():
+            s += float(weights[f])
+        out[i] = s
+    return out

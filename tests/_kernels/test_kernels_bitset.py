@@ -1,0 +1,439 @@
+"""segsrv._kernels.bitset vs its naive numpy twin, on every dispatch path."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import segsrv._kernels as K
+from segsrv._kernels import bitset as B
+from segsrv._kernels import naive as N
+
+WORD_COUNTS = [0, 1, 63, 64, 65, 129, 1031]
+PATHS = B.available_cpu_paths()
+HYP = settings(max_examples=40, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(params=PATHS)
+def cpu_path(request):
+    B.set_cpu_path(request.param)
+    assert B.cpu_path() == request.param
+    yield request.param
+    B.set_cpu_path(None)
+
+
+def rand_bits(rng, n_words, density, shape=()):
+    shape = tuple(shape) + (n_words * 64,)
+    mask = rng.random(shape) < density
+    packed = np.packbits(mask, axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed.view("<u8").astype(np.uint64))
+
+
+def readonly(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def as_memmap(tmp_path, a, name):
+    path = tmp_path / f"{name}.bin"
+    a.tofile(path)
+    return np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape)
+
+
+def sparse_store(rng, n_bits, n_features, density):
+    """Concatenated sorted uint32 ids + int64 offsets."""
+    parts = [np.flatnonzero(rng.random(n_bits) < density).astype(np.uint32)
+             for _ in range(n_features)]
+    offsets = np.zeros(n_features + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in parts])
+    ids = np.concatenate(parts) if parts else np.empty(0, np.uint32)
+    return ids.astype(np.uint32), offsets
+
+
+# ---------------------------------------------------------------------------
+# dispatch / config
+# ---------------------------------------------------------------------------
+
+def test_paths_and_openmp():
+    assert B.cpu_path() in ("avx512vpopcntdq", "avx2", "popcnt", "generic")
+    assert PATHS[-1] == "generic"
+    assert B.cpu_path() == PATHS[0] or os.environ.get("SEGSRV_CPU_PATH")
+    assert isinstance(K.has_openmp(), bool)
+    assert K.cpu_path is B.cpu_path
+
+
+def test_set_cpu_path_errors():
+    with pytest.raises(ValueError):
+        B.set_cpu_path("sse9")
+    if "avx512vpopcntdq" not in PATHS:
+        with pytest.raises(ValueError):
+            B.set_cpu_path("avx512vpopcntdq")
+    assert B.set_cpu_path(None) == PATHS[0]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_env_forces_path(path):
+    code = ("import numpy as np, segsrv._kernels as K;"
+            "q = np.arange(1, 200, dtype=np.uint64);"
+            "m = np.stack([q, q[::-1].copy()]);"
+            "print(K.cpu_path(), K.and_count_dense(q, m).tolist(), K.popcount(m))")
+    env = dict(os.environ, SEGSRV_CPU_PATH=path)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    q = np.arange(1, 200, dtype=np.uint64)
+    m = np.stack([q, q[::-1].copy()])
+    expected = f"{path} {N.and_count_dense(q, m).tolist()} {N.popcount(m)}"
+    assert res.stdout.strip() == expected
+
+
+def test_env_bad_path_warns():
+    code = "import segsrv._kernels as K; print(K.cpu_path())"
+    env = dict(os.environ, SEGSRV_CPU_PATH="bogus")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert res.stdout.strip() == PATHS[0]
+    assert "SEGSRV_CPU_PATH" in res.stderr
+
+
+# ---------------------------------------------------------------------------
+# popcount / probe
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_words", WORD_COUNTS)
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 1.0])
+def test_popcount(cpu_path, n_words, density):
+    rng = np.random.default_rng(n_words)
+    a = rand_bits(rng, n_words, density)
+    expected = N.popcount(a)
+    assert K.popcount(a) == expected
+    assert K.popcount(readonly(a), n_threads=2) == expected
+    assert K.read_bandwidth_probe(a) == N.read_bandwidth_probe(a)
+
+
+def test_popcount_large_threads(cpu_path):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2**64 - 1, size=300_001, dtype=np.uint64, endpoint=True)
+    expected = int(np.bitwise_count(a).sum())
+    assert K.popcount(a, n_threads=1) == K.popcount(a, n_threads=2) == expected
+    assert K.popcount(a.reshape(1, -1)[:, :300_000]) == int(np.bitwise_count(a[:300_000]).sum())
+    assert K.read_bandwidth_probe(a) == N.read_bandwidth_probe(a)
+
+
+# ---------------------------------------------------------------------------
+# dense one-vs-many
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_words", WORD_COUNTS)
+def test_and_count_dense(cpu_path, n_words):
+    rng = np.random.default_rng(100 + n_words)
+    for density in (0.001, 0.2, 0.9):
+        q = rand_bits(rng, n_words, density)
+        m = rand_bits(rng, n_words, density, shape=(7,))
+        expected = N.and_count_dense(q, m)
+        for nt in (1, 2):
+            np.testing.assert_array_equal(K.and_count_dense(q, m, n_threads=nt), expected)
+        rows = np.array([6, 0, 0, 3], dtype=np.int64)
+        np.testing.assert_array_equal(K.and_count_dense(q, m, rows=rows, n_threads=2),
+                                      N.and_count_dense(q, m, rows))
+        # one row, two threads: the word-split path
+        one = np.array([5], dtype=np.int64)
+        np.testing.assert_array_equal(K.and_count_dense(q, m, rows=one, n_threads=2),
+                                      expected[5:6])
+
+
+def test_and_count_dense_memmap_out_and_threads(cpu_path, tmp_path):
+    rng = np.random.default_rng(7)
+    n_words = 2053
+    q = rand_bits(rng, n_words, 0.3)
+    m = rand_bits(rng, n_words, 0.4, shape=(33,))
+    expected = np.bitwise_count(q & m).sum(axis=1).astype(np.int64)
+    qm, mm = as_memmap(tmp_path, q, "q"), as_memmap(tmp_path, m, "m")
+    out = np.full(33, -5, dtype=np.int64)
+    res = K.and_count_dense(qm, mm, out=out, n_threads=2)
+    assert res is out
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(K.and_count_dense(readonly(q), readonly(m), n_threads=1),
+                                  expected)
+    rows = readonly(np.arange(32, -1, -1, dtype=np.int64))
+    np.testing.assert_array_equal(K.and_count_dense(qm, mm, rows=rows), expected[::-1])
+
+
+def test_and_count_dense_empty_and_errors():
+    q = np.zeros(3, np.uint64)
+    m = np.zeros((4, 3), np.uint64)
+    assert K.and_count_dense(q, np.zeros((0, 3), np.uint64)).shape == (0,)
+    np.testing.assert_array_equal(K.and_count_dense(np.zeros(0, np.uint64),
+                                                    np.zeros((2, 0), np.uint64)), [0, 0])
+    assert K.and_count_dense(q, m, rows=np.zeros(0, np.int64)).shape == (0,)
+    with pytest.raises(TypeError, match="query"):
+        K.and_count_dense(q.astype(np.int64), m)
+    with pytest.raises(TypeError, match="matrix"):
+        K.and_count_dense(q, m.astype(np.uint32))
+    with pytest.raises(TypeError, match="query"):
+        K.and_count_dense(list(q), m)
+    with pytest.raises(ValueError, match="matrix"):
+        K.and_count_dense(q, m[0])
+    with pytest.raises(ValueError, match="matrix"):
+        K.and_count_dense(q, np.zeros((3, 4), np.uint64).T)
+    with pytest.raises(ValueError, match="query"):
+        K.and_count_dense(np.zeros(4, np.uint64), m)
+    with pytest.raises(TypeError, match="rows"):
+        K.and_count_dense(q, m, rows=np.array([0], np.int32))
+    with pytest.raises(ValueError, match="rows"):
+        K.and_count_dense(q, m, rows=np.array([0, 4], np.int64))
+    with pytest.raises(ValueError, match="rows"):
+        K.and_count_dense(q, m, rows=np.array([-1], np.int64))
+    with pytest.raises(ValueError, match="out"):
+        K.and_count_dense(q, m, out=np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="out"):
+        K.and_count_dense(q, m, out=np.zeros(4, np.float64))
+    with pytest.raises(ValueError, match="out"):
+        K.and_count_dense(q, m, out=readonly(np.zeros(4, np.int64)))
+    with pytest.raises(TypeError, match="query"):
+        K.and_count_dense(q.astype(">u8"), m)
+    with pytest.raises(ValueError, match="n_threads"):
+        K.and_count_dense(q, m, n_threads=0)
+
+
+# ---------------------------------------------------------------------------
+# sparse features
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_words", WORD_COUNTS)
+def test_and_count_sparse_and_ids(n_words):
+    rng = np.random.default_rng(200 + n_words)
+    n_bits = n_words * 64
+    for density in (0.001, 0.05, 0.6):
+        q = rand_bits(rng, n_words, 0.3)
+        qids = N.bitset_to_ids(q)
+        ids, offsets = sparse_store(rng, n_bits, 9, density)
+        expected = N.and_count_sparse(q, ids, offsets)
+        np.testing.assert_array_equal(N.and_count_ids(qids, ids, offsets), expected)
+        for nt in (1, 2):
+            np.testing.assert_array_equal(
+                K.and_count_sparse(q, ids, offsets, n_threads=nt), expected)
+            np.testing.assert_array_equal(
+                K.and_count_ids(qids, ids, offsets, n_threads=nt), expected)
+        feats = np.array([8, 0, 0, 4], np.int64)
+        np.testing.assert_array_equal(
+            K.and_count_sparse(readonly(q), readonly(ids), readonly(offsets), readonly(feats)),
+            expected[feats])
+        np.testing.assert_array_equal(
+            K.and_count_ids(readonly(qids), readonly(ids), readonly(offsets), readonly(feats)),
+            expected[feats])
+
+
+@st.composite
+def id_sets(draw, max_id=5000):
+    n_feat = draw(st.integers(0, 6))
+    feats = [sorted(draw(st.sets(st.integers(0, max_id - 1), max_size=300)))
+             for _ in range(n_feat)]
+    # mix in a huge/tiny pair so galloping is exercised both ways
+    if draw(st.booleans()):
+        feats.append(list(range(0, max_id, draw(st.integers(1, 3)))))
+    query = sorted(draw(st.sets(st.integers(0, max_id - 1), max_size=draw(
+        st.sampled_from([0, 3, 50, 2000])))))
+    return query, feats
+
+
+@HYP
+@given(id_sets())
+def test_ids_vs_naive_hypothesis(data):
+    query, feats = data
+    n_words = (5000 + 63) // 64
+    qids = np.array(query, dtype=np.uint32)
+    ids = np.array([x for f in feats for x in f], dtype=np.uint32)
+    offsets = np.zeros(len(feats) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(f) for f in feats])
+    qbits = N.ids_to_bitset(qids, n_words)
+    expected = N.and_count_ids(qids, ids, offsets)
+    np.testing.assert_array_equal(K.and_count_ids(qids, ids, offsets), expected)
+    np.testing.assert_array_equal(K.and_count_sparse(qbits, ids, offsets), expected)
+    np.testing.assert_array_equal(K.and_count_ids(qids, ids, offsets, n_threads=2), expected)
+
+
+def test_sparse_errors():
+    q = np.zeros(2, np.uint64)
+    ids = np.array([1, 5, 127, 3], np.uint32)
+    offsets = np.array([0, 3, 4], np.int64)
+    np.testing.assert_array_equal(K.and_count_sparse(q, ids, offsets), [0, 0])
+    assert K.and_count_sparse(q, ids, np.array([0], np.int64)).shape == (0,)
+    assert K.and_count_ids(np.zeros(0, np.uint32), ids, offsets).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="id >= 64"):
+        K.and_count_sparse(np.zeros(1, np.uint64), ids, offsets)
+    with pytest.raises(ValueError, match="features"):
+        K.and_count_sparse(q, ids, offsets, features=np.array([2], np.int64))
+    with pytest.raises(ValueError, match="features"):
+        K.and_count_ids(q.view(np.uint32)[:0], ids, offsets, features=np.array([-1], np.int64))
+    with pytest.raises(ValueError, match="offsets"):
+        K.and_count_sparse(q, ids, np.array([0, 5, 4], np.int64))
+    with pytest.raises(ValueError, match="offsets"):
+        K.and_count_ids(np.zeros(0, np.uint32), ids, np.array([0, 3, 2], np.int64))
+    with pytest.raises(ValueError, match="offsets"):
+        K.and_count_ids(np.zeros(0, np.uint32), ids, np.zeros(0, np.int64))
+    with pytest.raises(TypeError, match="ids"):
+        K.and_count_sparse(q, ids.astype(np.int64), offsets)
+    with pytest.raises(TypeError, match="offsets"):
+        K.and_count_ids(np.zeros(0, np.uint32), ids, offsets.astype(np.int32))
+    with pytest.raises(TypeError, match="query_ids"):
+        K.and_count_ids(np.zeros(0, np.int32), ids, offsets)
+    with pytest.raises(ValueError, match="sorted"):
+        K.and_count_ids(np.array([3, 1], np.uint32), ids, offsets)
+    with pytest.raises(ValueError, match="sorted"):
+        K.and_count_ids(np.array([1, 1], np.uint32), ids, offsets)
+
+
+# ---------------------------------------------------------------------------
+# element-wise ops
+# ---------------------------------------------------------------------------
+
+OPS = [(K.bitset_and, N.bitset_and), (K.bitset_or, N.bitset_or),
+       (K.bitset_andnot, N.bitset_andnot)]
+
+
+@pytest.mark.parametrize("n_words", WORD_COUNTS + [200_003])
+@pytest.mark.parametrize("op,ref", OPS)
+def test_binops(op, ref, n_words):
+    rng = np.random.default_rng(n_words)
+    a = rng.integers(0, 2**64 - 1, size=n_words, dtype=np.uint64, endpoint=True)
+    b = rng.integers(0, 2**64 - 1, size=n_words, dtype=np.uint64, endpoint=True)
+    expected = ref(a, b) if n_words < 5000 else {
+        K.bitset_and: a & b, K.bitset_or: a | b, K.bitset_andnot: a & ~b}[op]
+    np.testing.assert_array_equal(op(readonly(a), readonly(b)), expected)
+    out = np.empty_like(a)
+    assert op(a, b, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    a2, b2 = a.copy(), b.copy()
+    assert op(a2, b, out=a2) is a2          # in place into a
+    np.testing.assert_array_equal(a2, expected)
+    assert op(a, b2, out=b2) is b2          # in place into b
+    np.testing.assert_array_equal(b2, expected)
+    a3 = a.copy()
+    op(a3, a3, out=a3[:])                   # same memory, different view object
+    np.testing.assert_array_equal(a3, ref(a, a) if n_words < 5000 else op(a, a))
+
+
+def test_binop_errors():
+    a = np.zeros(8, np.uint64)
+    with pytest.raises(ValueError, match="same length"):
+        K.bitset_and(a, np.zeros(7, np.uint64))
+    with pytest.raises(TypeError, match="b"):
+        K.bitset_or(a, np.zeros(8, np.int64))
+    with pytest.raises(ValueError, match="overlap"):
+        big = np.zeros(9, np.uint64)
+        K.bitset_andnot(big[:8], a, out=big[1:])
+    with pytest.raises(ValueError, match="out"):
+        K.bitset_and(a, a, out=readonly(a))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.bitset_and(np.zeros(16, np.uint64)[::2], a)
+
+
+# ---------------------------------------------------------------------------
+# conversions
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_words", WORD_COUNTS)
+def test_bitset_ids_roundtrip(n_words):
+    rng = np.random.default_rng(300 + n_words)
+    for density in (0.0, 0.01, 0.5, 1.0):
+        bits = rand_bits(rng, n_words, density)
+        ids = K.bitset_to_ids(readonly(bits))
+        assert ids.dtype == np.uint32
+        np.testing.assert_array_equal(ids, N.bitset_to_ids(bits))
+        np.testing.assert_array_equal(K.ids_to_bitset(readonly(ids), n_words), bits)
+        for n_bits in sorted({0, 1, 63, 64, 65, n_words * 64 - 1, n_words * 64}):
+            if 0 <= n_bits <= n_words * 64:
+                np.testing.assert_array_equal(K.bitset_to_ids(bits, n_bits),
+                                              N.bitset_to_ids(bits, n_bits))
+        out = np.full(n_words, 2**64 - 1, np.uint64)
+        assert K.ids_to_bitset(ids, n_words, out=out) is out   # zeroed first
+        np.testing.assert_array_equal(out, bits)
+
+
+@HYP
+@given(st.lists(st.integers(0, 64 * 70 - 1), max_size=400), st.integers(70, 90))
+def test_ids_to_bitset_hypothesis(id_list, n_words):
+    ids = np.array(id_list, dtype=np.uint32)   # any order, duplicates allowed
+    np.testing.assert_array_equal(K.ids_to_bitset(ids, n_words), N.ids_to_bitset(ids, n_words))
+    np.testing.assert_array_equal(K.bitset_to_ids(K.ids_to_bitset(ids, n_words)),
+                                  np.unique(ids))
+
+
+def test_conversion_errors():
+    with pytest.raises(ValueError, match="out of range"):
+        K.ids_to_bitset(np.array([0, 128], np.uint32), 2)
+    with pytest.raises(ValueError, match="out of range"):
+        K.ids_to_bitset(np.array([0], np.uint32), 0)
+    assert K.ids_to_bitset(np.zeros(0, np.uint32), 0).shape == (0,)
+    with pytest.raises(TypeError, match="ids"):
+        K.ids_to_bitset(np.array([0], np.int64), 2)
+    with pytest.raises(ValueError, match="n_words"):
+        K.ids_to_bitset(np.array([0], np.uint32), -1)
+    with pytest.raises(ValueError, match="n_bits"):
+        K.bitset_to_ids(np.zeros(2, np.uint64), 129)
+    with pytest.raises(TypeError, match="bits"):
+        K.bitset_to_ids(np.zeros(2, np.uint32))
+    assert K.bitset_to_ids(np.zeros(0, np.uint64)).shape == (0,)
+
+
+def test_set_bits():
+    rng = np.random.default_rng(5)
+    for n_words in (1, 63, 64, 65):
+        m = np.zeros((5, n_words), np.uint64)
+        rows = rng.integers(0, 5, size=300).astype(np.int64)
+        ids = rng.integers(0, 64 * n_words, size=300).astype(np.uint32)
+        ref = m.copy()
+        N.set_bits(ref, rows, ids)
+        assert K.set_bits(m, readonly(rows), readonly(ids)) is None
+        np.testing.assert_array_equal(m, ref)
+    m = np.zeros((2, 2), np.uint64)
+    K.set_bits(m, np.zeros(0, np.int64), np.zeros(0, np.uint32))
+    with pytest.raises(ValueError, match="out of range"):
+        K.set_bits(m, np.array([0, 2], np.int64), np.array([0, 0], np.uint32))
+    with pytest.raises(ValueError, match="out of range"):
+        K.set_bits(m, np.array([0, 1], np.int64), np.array([0, 128], np.uint32))
+    assert not m.any()   # nothing written on error
+    with pytest.raises(ValueError, match="same length"):
+        K.set_bits(m, np.array([0], np.int64), np.array([0, 1], np.uint32))
+    with pytest.raises(ValueError, match="writable"):
+        K.set_bits(readonly(m), np.array([0], np.int64), np.array([0], np.uint32))
+    with pytest.raises(TypeError, match="matrix_rows"):
+        K.set_bits(m, np.array([0], np.uint32), np.array([0], np.uint32))
+
+
+# ---------------------------------------------------------------------------
+# thread policy
+# ---------------------------------------------------------------------------
+
+def test_thread_policy(monkeypatch):
+    monkeypatch.delenv("SEGSRV_NUM_THREADS", raising=False)
+    K.set_num_threads(None)
+    default = len(os.sched_getaffinity(0))
+    assert K.get_num_threads() == default
+    assert K.resolve_threads(None, 10) == 1
+    assert K.resolve_threads(None, 1 << 40) == default
+    assert K.resolve_threads(3, 10) == 3
+    monkeypatch.setenv("SEGSRV_NUM_THREADS", "5")
+    assert K.get_num_threads() == 5
+    assert K.resolve_threads(None, 1 << 40) == 5
+    assert K.resolve_threads(None, 2 * K.SMALL_WORK_WORDS) == 2
+    K.set_num_threads(1)
+    try:
+        assert K.resolve_threads(None, 1 << 40) == 1
+        assert K.resolve_threads(2, 1) == 2
+    finally:
+        K.set_num_threads(None)
+    with pytest.raises(ValueError):
+        K.resolve_threads(0, 10)
+    with pytest.raises(TypeError):
+        K.resolve_threads(1.5, 10)
+    with pytest.raises(ValueError):
+        K.set_num_threads(0)
+    monkeypatch.setenv("SEGSRV_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="SEGSRV_NUM_THREADS"):
+        K.get_num_threads()
