@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +38,10 @@ Progress = Callable[[str], None]
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT"}
 _NUM_TYPES = _INT_TYPES | {"FLOAT", "DOUBLE", "REAL"}
 _EXAMPLES = 5
+
+
+def _is_num(sql_type: str) -> bool:
+    return sql_type in _NUM_TYPES or sql_type.startswith("DECIMAL")
 
 
 def _q(name: str) -> str:
@@ -71,14 +76,43 @@ def _default_progress(msg: str) -> None:
 
 
 @dataclass
+class _Leaf:
+    """A feature column of one table, encoded once: value codes per row of that table."""
+
+    values: list[str]
+    codes: np.ndarray | None = None  # int32 [n_table], -1 = missing (single-valued columns)
+    multi_offsets: np.ndarray | None = None  # int64 [n_table + 1] (multi-valued columns)
+    multi_codes: np.ndarray | None = None  # int32, codes of each row, ascending
+    raw: np.ndarray | None = None  # float64 [n_table] for numeric columns
+    edges: list[float] | None = None
+
+
+@dataclass
 class _FieldData:
     path: FieldPath
     values: list[str]
-    rows: np.ndarray  # uint32, row of each pair
-    codes: np.ndarray  # uint32, value index of each pair
-    unique_rows: bool  # at most one value per row
+    counts: np.ndarray  # int64 [n_values]
+    codes_by_row: np.ndarray | None  # int32 [n_rows], -1 = none (at most one value per row)
+    rows: np.ndarray | None  # uint32 pairs sorted by (row, code) (several values per row)
+    codes: np.ndarray | None
     edges: list[float] | None = None
     raw: np.ndarray | None = None  # float64 [n_rows] for own/forward numeric fields
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.codes_by_row is not None:
+            rows = np.flatnonzero(self.codes_by_row >= 0).astype(np.uint32)
+            return rows, self.codes_by_row[rows].astype(np.uint32)
+        return self.rows, self.codes
+
+
+def _expand(counts: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Concatenation of the ranges [starts[i], starts[i] + counts[i])."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    shift = np.repeat(starts - (ends - counts), counts)
+    return np.arange(total, dtype=np.int64) + shift
 
 
 class Builder:
@@ -88,10 +122,13 @@ class Builder:
         self.con = duckdb.connect(":memory:")
         if threads:
             self.con.execute(f"SET threads={int(threads)}")
-        self.con.execute("SET preserve_insertion_order=false")
         self.types: dict[str, dict[str, str]] = {}
         self.n_rows: dict[str, int] = {}
         self.key_kind: dict[str, str] = {}
+        self.keys: dict[str, np.ndarray] = {}  # row -> key, sorted
+        self.links: dict[tuple[str, str], np.ndarray] = {}  # (table, link) -> target row or -1
+        self._reverse: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._leaves: dict[tuple[str, str], _Leaf] = {}
         self._t0 = time.perf_counter()
 
     # -- helpers ---------------------------------------------------------------
@@ -104,6 +141,24 @@ class Builder:
             return self.con.execute(sql)
         except duckdb.Error as exc:
             raise BuildError(f"{where}: {str(exc).splitlines()[0]}") from None
+
+    def _by_row(self, table: str, expr: str, dtype, fill, where: str = "TRUE") -> np.ndarray:
+        """Column expression scattered into an array indexed by row (fill where NULL)."""
+        res = self.con.execute(
+            f"SELECT __row, {expr} AS x FROM {_q('__ix_' + table)} WHERE ({expr}) IS NOT NULL AND {where}"
+        ).fetchnumpy()
+        out = np.full(self.n_rows[table], fill, dtype=dtype)
+        out[np.asarray(res["__row"], dtype=np.int64)] = np.asarray(res["x"], dtype=dtype)
+        return out
+
+    def _examples(self, table: str, rows: np.ndarray, column: str, sep: str = ": ") -> str:
+        t = self.spec.tables[table]
+        rows = [int(r) for r in rows[:_EXAMPLES]]
+        got = self.con.execute(
+            f"SELECT {_q(t.key)}, {_q(column)} FROM {_q('__ix_' + table)} WHERE __row IN ({', '.join(map(str, rows))}) "
+            f"ORDER BY __row"
+        ).fetchall()
+        return ", ".join(f"{t.key}={k!r}{sep}{v!r}" for k, v in got)
 
     # -- loading and checks ----------------------------------------------------
 
@@ -144,89 +199,102 @@ class Builder:
                     f"table {t.name!r}: column {col!r} ({role}) not found{suggest(col, cols)}; "
                     f"the table has columns {list(cols)}"
                 )
+        if "__row" in cols:
+            raise BuildError(f"table {t.name!r}: column name '__row' is reserved; rename it with a sql table")
 
-    def _check_key(self, t: TableSpec) -> None:
+    def _index_table(self, t: TableSpec) -> None:
+        """__ix_<t>: the table with its row number (ascending key); checks the key."""
         key = _q(t.key)
-        nulls = self.con.execute(
-            f"SELECT count(*) FROM {_q(t.name)} WHERE {key} IS NULL"
-        ).fetchone()[0]
+        nulls = self.con.execute(f"SELECT count(*) FROM {_q(t.name)} WHERE {key} IS NULL").fetchone()[0]
         if nulls:
             raise BuildError(f"table {t.name!r}: key column {t.key!r} is empty in {nulls:,} rows")
-        dups = self.con.execute(
-            f"SELECT {key}, count(*) AS n FROM {_q(t.name)} GROUP BY {key} HAVING count(*) > 1 "
-            f"ORDER BY n DESC, {key} LIMIT {_EXAMPLES}"
-        ).fetchall()
-        if dups:
-            total = self.con.execute(
-                f"SELECT count(*) FROM (SELECT {key} FROM {_q(t.name)} GROUP BY {key} HAVING count(*) > 1)"
-            ).fetchone()[0]
-            shown = ", ".join(f"{k!r} ({n} rows)" for k, n in dups)
-            raise BuildError(
-                f"table {t.name!r}: key column {t.key!r} has {total:,} duplicate values, e.g. {shown}"
-            )
         ktype = self.types[t.name][t.key]
+        kind = "int" if ktype in _INT_TYPES - {"UBIGINT", "HUGEINT"} else "bytes"
+        self.key_kind[t.name] = kind
+        order = key if kind == "int" else f"CAST({key} AS VARCHAR)"
         self.con.execute(
-            f"CREATE TABLE {_q('__rows_' + t.name)} AS SELECT {key} AS __key, "
-            f"(row_number() OVER (ORDER BY {key}) - 1)::BIGINT AS __row FROM {_q(t.name)}"
+            f"CREATE TABLE {_q('__ix_' + t.name)} AS SELECT (row_number() OVER (ORDER BY {order}) - 1)::BIGINT AS __row, "
+            f"* FROM {_q(t.name)}"
         )
-        self.key_kind[t.name] = "int" if ktype in _INT_TYPES else "bytes"
-
-    def _link_join(self, t: TableSpec, link) -> str:
-        """The ON clause joining table alias s to the target's row table alias r."""
-        target = self.spec.tables[link.table]
-        same = self.types[t.name][link.column] == self.types[target.name][target.key]
-        left = f"s.{_q(link.column)}"
-        return f"{left} = r.__key" if same else f"CAST({left} AS VARCHAR) = CAST(r.__key AS VARCHAR)"
-
-    def _check_link(self, t: TableSpec, link) -> None:
-        on = self._link_join(t, link)
-        col = _q(link.column)
-        bad = self.con.execute(
-            f"SELECT s.{_q(t.key)}, s.{col} FROM {_q(t.name)} s LEFT JOIN {_q('__rows_' + link.table)} r "
-            f"ON {on} WHERE s.{col} IS NOT NULL AND r.__row IS NULL ORDER BY s.{_q(t.key)} LIMIT {_EXAMPLES}"
-        ).fetchall()
-        if bad:
-            total = self.con.execute(
-                f"SELECT count(*) FROM {_q(t.name)} s LEFT JOIN {_q('__rows_' + link.table)} r "
-                f"ON {on} WHERE s.{col} IS NOT NULL AND r.__row IS NULL"
-            ).fetchone()[0]
-            shown = ", ".join(f"{t.key}={k!r} -> {v!r}" for k, v in bad)
+        if kind == "int":
+            keys = self._by_row(t.name, key, np.int64, 0)
+        else:
+            res = self.con.execute(f"SELECT CAST({key} AS VARCHAR) FROM {_q('__ix_' + t.name)} ORDER BY __row").fetchall()
+            encoded = [k.encode("utf-8") for (k,) in res]
+            width = max((len(e) for e in encoded), default=1) or 1
+            keys = np.array(encoded, dtype=f"S{width}")
+        dup = np.flatnonzero(keys[1:] == keys[:-1]) if len(keys) > 1 else np.zeros(0, np.int64)
+        if len(dup):
+            values, counts = np.unique(keys[dup], return_counts=True)
+            worst = sorted(zip(-counts, values.tolist()))[:_EXAMPLES]  # most repeated first
+            shown = ", ".join(f"{_key_text(v)!r} ({1 - c} rows)" for c, v in worst)
             raise BuildError(
-                f"table {t.name!r}: column {link.column!r} (link {link.name!r} -> "
-                f"{link.table}.{self.spec.tables[link.table].key}) has {total:,} values with no matching "
-                f"key in {link.table!r}, e.g. {shown}"
+                f"table {t.name!r}: key column {t.key!r} has {len(values):,} duplicate values, e.g. {shown}"
             )
+        if kind == "bytes" and len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
+            raise BuildError(
+                f"table {t.name!r}: key values differ only in trailing NUL bytes or do not sort bytewise; "
+                "use keys without NUL characters"
+            )
+        self.keys[t.name] = keys
+        self.con.execute(f"DROP TABLE {_q(t.name)}")
 
     def _check_numeric(self, t: TableSpec, column: str) -> None:
-        ctype = self.types[t.name][column]
-        if ctype in _NUM_TYPES or ctype.startswith("DECIMAL"):
+        if _is_num(self.types[t.name][column]):
             return
         col = _q(column)
         bad = self.con.execute(
-            f"SELECT {_q(t.key)}, {col} FROM {_q(t.name)} WHERE {col} IS NOT NULL AND "
-            f"TRY_CAST({col} AS DOUBLE) IS NULL ORDER BY {_q(t.key)} LIMIT {_EXAMPLES}"
-        ).fetchall()
-        if bad:
-            total = self.con.execute(
-                f"SELECT count(*) FROM {_q(t.name)} WHERE {col} IS NOT NULL AND TRY_CAST({col} AS DOUBLE) IS NULL"
-            ).fetchone()[0]
-            shown = ", ".join(f"{t.key}={k!r}: {v!r}" for k, v in bad)
+            f"SELECT __row FROM {_q('__ix_' + t.name)} WHERE {col} IS NOT NULL AND TRY_CAST({col} AS DOUBLE) IS NULL "
+            f"ORDER BY __row"
+        ).fetchnumpy()["__row"]
+        if len(bad):
             raise BuildError(
-                f"table {t.name!r}: numeric column {column!r} has {total:,} unparsable values, e.g. {shown}"
+                f"table {t.name!r}: numeric column {column!r} has {len(bad):,} unparsable values, e.g. "
+                f"{self._examples(t.name, np.asarray(bad), column)}"
             )
 
-    def _index_table(self, t: TableSpec) -> None:
-        """__ix_<t>: the table with its own row number and the row number of every link target."""
-        joins, cols = [], []
-        for i, link in enumerate(t.links.values()):
-            on = self._link_join(t, link).replace("r.__key", f"r{i}.__key")
-            joins.append(f"LEFT JOIN {_q('__rows_' + link.table)} r{i} ON {on}")
-            cols.append(f"r{i}.__row AS {_q('__lk_' + link.name)}")
-        select = ", ".join(["rr.__row AS __row", *cols, "s.*"])
-        self.con.execute(
-            f"CREATE TABLE {_q('__ix_' + t.name)} AS SELECT {select} FROM {_q(t.name)} s "
-            f"JOIN {_q('__rows_' + t.name)} rr ON s.{_q(t.key)} = rr.__key {' '.join(joins)}"
-        )
+    def _resolve_link(self, t: TableSpec, link) -> None:
+        """links[(t, link)]: target row of every row (-1 where the column is empty)."""
+        target = self.spec.tables[link.table]
+        tkeys = self.keys[target.name]
+        col = _q(link.column)
+        ltype = self.types[t.name][link.column]
+        n = self.n_rows[t.name]
+        if self.key_kind[target.name] == "int":
+            if ltype in _INT_TYPES:
+                expr = f"CAST({col} AS BIGINT)"
+            elif _is_num(ltype):  # 3.0 matches key 3; 3.5 matches nothing
+                expr = f"CASE WHEN {col} = floor({col}) THEN TRY_CAST({col} AS BIGINT) END"
+            else:
+                expr = f"TRY_CAST(trim(CAST({col} AS VARCHAR)) AS BIGINT)"
+            res = self.con.execute(
+                f"SELECT __row, COALESCE({expr}, 0) AS x, ({expr}) IS NOT NULL AS ok FROM {_q('__ix_' + t.name)} "
+                f"WHERE {col} IS NOT NULL"
+            ).fetchnumpy()
+            rows = np.asarray(res["__row"], dtype=np.int64)
+            x = np.asarray(res["x"], dtype=np.int64)
+            ok = np.asarray(res["ok"], dtype=bool)
+        else:
+            res = self.con.execute(
+                f"SELECT __row, CAST({col} AS VARCHAR) AS x FROM {_q('__ix_' + t.name)} WHERE {col} IS NOT NULL"
+            ).fetchall()
+            rows = np.fromiter((r for r, _ in res), dtype=np.int64, count=len(res))
+            enc = [v.encode("utf-8") for _, v in res]
+            ok = np.fromiter((len(e) <= tkeys.dtype.itemsize for e in enc), dtype=bool, count=len(enc))
+            x = np.array([e if len(e) <= tkeys.dtype.itemsize else b"" for e in enc], dtype=tkeys.dtype)
+        pos = np.searchsorted(tkeys, x)
+        found = ok & (pos < len(tkeys))
+        found[found] = tkeys[pos[found]] == x[found]
+        if not found.all():
+            bad_rows = np.sort(rows[~found])
+            raise BuildError(
+                f"table {t.name!r}: column {link.column!r} (link {link.name!r} -> {link.table}.{target.key}) has "
+                f"{len(bad_rows):,} values with no matching key in {link.table!r}, e.g. "
+                f"{self._examples(t.name, bad_rows, link.column, ' -> ')}"
+            )
+        out = np.full(n, -1, dtype=np.int64)
+        out[rows] = pos
+        self.links[(t.name, link.name)] = out
 
     def load(self) -> None:
         for t in self.spec.tables.values():
@@ -234,107 +302,156 @@ class Builder:
         for t in self.spec.tables.values():
             self._check_columns(t)
         for t in self.spec.tables.values():
-            self._check_key(t)
+            self._index_table(t)
             for col in t.numeric:
                 self._check_numeric(t, col)
         for t in self.spec.tables.values():
             for link in t.links.values():
-                self._check_link(t, link)
-        for t in self.spec.tables.values():
-            self._index_table(t)
+                self._resolve_link(t, link)
         self._say("keys, links and numeric columns checked")
 
-    # -- fields ----------------------------------------------------------------
-
-    def _path_from(self, fp: FieldPath) -> tuple[str, str]:
-        """FROM ... JOIN ... clause of a field path and the leaf alias."""
-        parts = [f"{_q('__ix_' + (fp.steps[0].source if fp.steps else fp.table))} t0"]
-        for i, step in enumerate(fp.steps):
-            nxt = f"t{i + 1}"
-            tab = _q("__ix_" + step.target)
-            lk = _q("__lk_" + step.link.name)
-            if step.direction == "forward":
-                parts.append(f"JOIN {tab} {nxt} ON {nxt}.__row = t{i}.{lk}")
-            else:
-                parts.append(f"JOIN {tab} {nxt} ON {nxt}.{lk} = t{i}.__row")
-        return " ".join(parts), f"t{len(fp.steps)}"
+    # -- leaves and paths ------------------------------------------------------
 
     def _quantile_edges(self, table: str, column: str, q: int) -> list[float]:
         probs = ", ".join(f"{i / q!r}" for i in range(1, q))
         row = self.con.execute(
-            f"SELECT quantile_disc(TRY_CAST({_q(column)} AS DOUBLE), [{probs}]) FROM {_q(table)} "
+            f"SELECT quantile_disc(TRY_CAST({_q(column)} AS DOUBLE), [{probs}]) FROM {_q('__ix_' + table)} "
             f"WHERE TRY_CAST({_q(column)} AS DOUBLE) IS NOT NULL"
         ).fetchone()[0]
-        edges = sorted({float(f"{x:.6g}") for x in (row or []) if x is not None and math.isfinite(x)})
-        return edges
+        return sorted({float(f"{x:.6g}") for x in (row or []) if x is not None and math.isfinite(x)})
 
-    def _field(self, fp: FieldPath, n_rows: int) -> _FieldData:
-        frm, leaf = self._path_from(fp)
-        col = f"{leaf}.{_q(fp.column)}"
-        exists = fp.semantics == "exists"
-        if fp.kind == "numeric":
-            nspec = self.spec.tables[fp.table].numeric[fp.column]
-            edges = list(nspec.edges) if nspec.edges else self._quantile_edges(fp.table, fp.column, nspec.quantiles)
-            res = self.con.execute(
-                f"SELECT t0.__row AS r, TRY_CAST({col} AS DOUBLE) AS x FROM {frm} WHERE {col} IS NOT NULL"
-            ).fetchnumpy()
-            rows = np.asarray(res["r"], dtype=np.int64)
-            x = np.asarray(res["x"], dtype=np.float64)
-            ok = ~np.isnan(x)
-            rows, x = rows[ok], x[ok]
-            raw = None
-            if not exists:
-                raw = np.full(n_rows, np.nan)
-                raw[rows] = x
-            if not edges:
-                return _FieldData(fp, [], np.zeros(0, np.uint32), np.zeros(0, np.uint32), True, [], raw)
-            bands = np.searchsorted(np.asarray(edges), x, side="right").astype(np.int64)
-            if exists:
-                pair = np.unique(rows * (len(edges) + 1) + bands)
-                rows, bands = pair // (len(edges) + 1), pair % (len(edges) + 1)
-            return _FieldData(
-                fp, band_labels(edges), rows.astype(np.uint32), bands.astype(np.uint32), not exists, edges, raw
-            )
-        if fp.kind == "multi":
-            ctype = self.types[fp.table][fp.column]
-            if ctype.endswith("[]"):
+    def _leaf(self, table: str, column: str, kind: str) -> _Leaf:
+        cached = self._leaves.get((table, column))
+        if cached is not None:
+            return cached
+        ix = _q("__ix_" + table)
+        col = _q(column)
+        n = self.n_rows[table]
+        if kind == "numeric":
+            nspec = self.spec.tables[table].numeric[column]
+            edges = list(nspec.edges) if nspec.edges else self._quantile_edges(table, column, nspec.quantiles)
+            raw = self._by_row(table, f"TRY_CAST({col} AS DOUBLE)", np.float64, np.nan)
+            raw[~np.isfinite(raw)] = np.nan
+            codes = np.full(n, -1, dtype=np.int32)
+            if edges:
+                ok = ~np.isnan(raw)
+                codes[ok] = np.searchsorted(np.asarray(edges), raw[ok], side="right")
+            leaf = _Leaf(band_labels(edges) if edges else [], codes=codes, raw=raw, edges=edges)
+        elif kind == "multi":
+            if self.types[table][column].endswith("[]"):
                 value = f"trim(CAST(unnest({col}) AS VARCHAR))"
             else:
-                delim = self.spec.tables[fp.table].multi[fp.column]
+                delim = self.spec.tables[table].multi[column]
                 value = f"trim(unnest(string_split(CAST({col} AS VARCHAR), {_lit(delim)})))"
-            inner = f"SELECT t0.__row AS r, {value} AS v FROM {frm} WHERE {col} IS NOT NULL"
-            pairs = f"SELECT DISTINCT r, v FROM ({inner}) WHERE v <> ''"
-            unique_rows = False
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __pairs AS SELECT DISTINCT r, v FROM "
+                f"(SELECT __row AS r, {value} AS v FROM {ix} WHERE {col} IS NOT NULL) WHERE v <> ''"
+            )
+            values = [v for (v,) in self.con.execute("SELECT DISTINCT v FROM __pairs ORDER BY v").fetchall()]
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE __dict AS SELECT v, (row_number() OVER (ORDER BY v) - 1)::INTEGER AS code "
+                "FROM (SELECT DISTINCT v FROM __pairs)"
+            )
+            res = self.con.execute("SELECT p.r, d.code FROM __pairs p JOIN __dict d USING (v)").fetchnumpy()
+            self.con.execute("DROP TABLE __pairs; DROP TABLE __dict")
+            rows = np.asarray(res["r"], dtype=np.int64)
+            key = np.sort(rows * max(len(values), 1) + np.asarray(res["code"], dtype=np.int64))
+            rows, mcodes = np.divmod(key, max(len(values), 1))
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+            leaf = _Leaf(values, multi_offsets=offsets, multi_codes=mcodes.astype(np.int32))
         else:
-            pairs = f"SELECT {'DISTINCT ' if exists else ''}t0.__row AS r, CAST({col} AS VARCHAR) AS v FROM {frm} WHERE {col} IS NOT NULL"
-            unique_rows = not exists
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE __pairs AS {pairs}")
-        values = [v for (v,) in self.con.execute("SELECT DISTINCT v FROM __pairs ORDER BY v").fetchall()]
-        self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE __codes AS SELECT v, (row_number() OVER (ORDER BY v) - 1)::UINTEGER AS code "
-            "FROM (SELECT DISTINCT v FROM __pairs)"
-        )
-        res = self.con.execute("SELECT p.r::UINTEGER AS r, c.code FROM __pairs p JOIN __codes c USING (v)").fetchnumpy()
-        self.con.execute("DROP TABLE __pairs; DROP TABLE __codes")
-        return _FieldData(fp, values, np.asarray(res["r"], np.uint32), np.asarray(res["code"], np.uint32), unique_rows)
+            text = f"CAST({col} AS VARCHAR)"
+            values = [v for (v,) in self.con.execute(
+                f"SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL ORDER BY v").fetchall()]
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __dict AS SELECT v, (row_number() OVER (ORDER BY v) - 1)::INTEGER AS code "
+                f"FROM (SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL)"
+            )
+            res = self.con.execute(
+                f"SELECT t.__row, d.code FROM {ix} t JOIN __dict d ON CAST(t.{col} AS VARCHAR) = d.v"
+            ).fetchnumpy()
+            self.con.execute("DROP TABLE __dict")
+            codes = np.full(n, -1, dtype=np.int32)
+            codes[np.asarray(res["__row"], dtype=np.int64)] = np.asarray(res["code"], dtype=np.int32)
+            leaf = _Leaf(values, codes=codes)
+        self._leaves[(table, column)] = leaf
+        return leaf
+
+    def _reverse_index(self, owner: str, link: str) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of `owner` grouped by the row their link points at: (order, offsets)."""
+        cached = self._reverse.get((owner, link))
+        if cached is None:
+            lk = self.links[(owner, link)]
+            target = self.spec.tables[owner].links[link].table
+            valid = np.flatnonzero(lk >= 0)
+            order = valid[np.argsort(lk[valid], kind="stable")]
+            offsets = np.zeros(self.n_rows[target] + 1, dtype=np.int64)
+            np.cumsum(np.bincount(lk[valid], minlength=self.n_rows[target]), out=offsets[1:])
+            cached = self._reverse[(owner, link)] = (order, offsets)
+        return cached
+
+    def _walk(self, root: str, steps, cache: dict) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(root rows, rows reached, one-per-root?) pairs along `steps`, prefixes cached."""
+        key = tuple((s.direction, s.owner, s.link.name) for s in steps)
+        if key in cache:
+            return cache[key]
+        if not steps:
+            rows = np.arange(self.n_rows[root], dtype=np.int64)
+            state = (rows, rows, True)
+        else:
+            base, cur, unique = self._walk(root, steps[:-1], cache)
+            step = steps[-1]
+            if step.direction == "forward":
+                nxt = self.links[(step.owner, step.link.name)][cur]
+                keep = nxt >= 0
+                state = (base, nxt, unique) if keep.all() else (base[keep], nxt[keep], unique)
+            else:
+                order, offsets = self._reverse_index(step.owner, step.link.name)
+                counts = offsets[cur + 1] - offsets[cur]
+                state = (np.repeat(base, counts), order[_expand(counts, offsets[cur])], False)
+        cache[key] = state
+        return state
+
+    def _field(self, fp: FieldPath, universe_table: str, cache: dict) -> _FieldData:
+        n = self.n_rows[universe_table]
+        leaf = self._leaf(fp.table, fp.column, fp.kind)
+        base, cur, unique = self._walk(universe_table, fp.steps, cache)
+        k = max(len(leaf.values), 1)
+        raw = None
+        if leaf.codes is not None:
+            c = leaf.codes[cur]
+            keep = c >= 0
+            rows, codes = base[keep], c[keep].astype(np.int64)
+            if leaf.raw is not None and unique:
+                raw = np.full(n, np.nan)
+                raw[base] = leaf.raw[cur]
+        else:
+            counts = leaf.multi_offsets[cur + 1] - leaf.multi_offsets[cur]
+            rows = np.repeat(base, counts)
+            codes = leaf.multi_codes[_expand(counts, leaf.multi_offsets[cur])].astype(np.int64)
+            unique = False
+        if not unique:
+            key = rows * k + codes
+            key.sort()
+            if len(key) > 1:
+                key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+            rows, codes = np.divmod(key, k)
+        values = list(leaf.values)
+        counts = np.bincount(codes, minlength=len(values)).astype(np.int64)
+        if fp.kind != "numeric" and len(values) and not counts.all():
+            # values of the column that no row of this universe reaches
+            kept = counts > 0
+            codes = (np.cumsum(kept) - 1)[codes]
+            values = [v for v, kp in zip(values, kept) if kp]
+            counts = counts[kept]
+        if unique:
+            by_row = np.full(n, -1, dtype=np.int32)
+            by_row[rows] = codes
+            return _FieldData(fp, values, counts, by_row, None, None, leaf.edges, raw)
+        return _FieldData(fp, values, counts, None, rows.astype(np.uint32), codes.astype(np.uint32), leaf.edges, raw)
 
     # -- universes -------------------------------------------------------------
-
-    def _row_ids(self, table: str) -> np.ndarray:
-        res = self.con.execute(f"SELECT __key FROM {_q('__rows_' + table)} ORDER BY __row")
-        if self.key_kind[table] == "int":
-            ids = np.asarray(res.fetchnumpy()["__key"], dtype=np.int64)
-        else:
-            keys = [str(k) for (k,) in res.fetchall()]
-            encoded = [k.encode("utf-8") for k in keys]
-            width = max((len(e) for e in encoded), default=1) or 1
-            ids = np.array(encoded, dtype=f"S{width}")
-            if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
-                raise BuildError(
-                    f"table {table!r}: key values differ only in trailing NUL bytes or do not sort bytewise; "
-                    "use keys without NUL characters"
-                )
-        return ids
 
     def build_universe(self, name: str, out: Path) -> dict:
         uspec = self.spec.universes[name]
@@ -345,7 +462,8 @@ class Builder:
         n_words = (n + 63) // 64
         udir = out / "universes" / name
         threshold = self.spec.dense_threshold
-        min_dense = max(1, math.ceil(threshold * n))
+        # exact: 0.07 * 100 is 7.000000000000001 in floating point, yet 7 of 100 rows is 7%
+        min_dense = max(1, math.ceil(Fraction(repr(float(threshold))) * n))
 
         field_meta, datas = [], []
         feature_offset = 0
@@ -353,34 +471,42 @@ class Builder:
         slots, counts_all = [], []
         row_counts = np.zeros(n, dtype=np.int64)
         n_dense = n_sparse = 0
-        for fp in fields:
-            fd = self._field(fp, n)
+        cache: dict = {}
+        for i, fp in enumerate(fields):
+            fd = self._field(fp, uspec.table, cache)
+            # drop cached walks no later field shares a prefix with
+            later = {tuple((s.direction, s.owner, s.link.name) for s in f.steps[:j]) for f in fields[i + 1:]
+                     for j in range(len(f.steps) + 1)}
+            for key in [k for k in cache if k not in later]:
+                del cache[key]
             k = len(fd.values)
-            counts = np.bincount(fd.codes, minlength=k).astype(np.int64) if k else np.zeros(0, np.int64)
+            counts = fd.counts
             dense_mask = counts >= min_dense
             slot = np.empty(k, dtype=np.int64)
             d_idx = np.flatnonzero(dense_mask)
             s_idx = np.flatnonzero(~dense_mask)
             slot[d_idx] = n_dense + np.arange(len(d_idx))
             slot[s_idx] = -(n_sparse + np.arange(len(s_idx))) - 1
+            rows, codes = fd.pairs()
             if len(d_idx):
                 local = np.full(k, -1, dtype=np.int64)
                 local[d_idx] = np.arange(len(d_idx))
                 block = np.zeros((len(d_idx), n_words), dtype=np.uint64)
-                sel = dense_mask[fd.codes]
-                _kernels.set_bits(block, local[fd.codes[sel]], np.ascontiguousarray(fd.rows[sel]))
+                sel = dense_mask[codes]
+                _kernels.set_bits(block, local[codes[sel]], np.ascontiguousarray(rows[sel]))
                 dense_blocks.append(block)
             if len(s_idx):
-                sel = ~dense_mask[fd.codes]
-                r, c = fd.rows[sel], fd.codes[sel]
-                order = np.lexsort((r, c))
+                sel = ~dense_mask[codes]
+                r, c = rows[sel], codes[sel]
+                order = np.argsort(c, kind="stable")  # pairs are row-sorted: ids come out ascending
                 sparse_ids_blocks.append(r[order])
                 sparse_sizes.append(counts[s_idx])
             n_dense += len(d_idx)
             n_sparse += len(s_idx)
             slots.append(slot)
             counts_all.append(counts)
-            row_counts += np.bincount(fd.rows, minlength=n)
+            row_counts += np.bincount(rows, minlength=n)
+            del rows, codes
             meta = {
                 "name": fp.name,
                 "kind": fp.kind,
@@ -402,12 +528,15 @@ class Builder:
             fd.raw = None
             datas.append((fd, feature_offset))
             feature_offset += k
+            self._say(f"universe {name}: field {fp.name} ({fp.semantics}): {k:,} values")
         n_features = feature_offset
+        del cache
         self._say(f"universe {name}: {len(fields)} fields, {n_features:,} features ({n_dense} dense, {n_sparse} sparse)")
 
         dense = np.concatenate(dense_blocks) if dense_blocks else np.zeros((0, n_words), np.uint64)
+        del dense_blocks
         fmt.write_array(udir / "dense.bin", dense)
-        del dense, dense_blocks
+        del dense
         sparse_ids = np.concatenate(sparse_ids_blocks).astype(np.uint32) if sparse_ids_blocks else np.zeros(0, np.uint32)
         sizes = np.concatenate(sparse_sizes) if sparse_sizes else np.zeros(0, np.int64)
         fmt.write_array(udir / "sparse_ids.bin", sparse_ids)
@@ -418,27 +547,27 @@ class Builder:
         # CSR: fields are visited in feature-id order, so each row's ids come out ascending
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(row_counts, out=indptr[1:])
+        del row_counts
         indices = np.empty(int(indptr[-1]), dtype=np.uint32)
         cursor = indptr[:-1].copy()
         for fd, offset in datas:
-            rows = fd.rows.astype(np.int64)
-            fids = fd.codes.astype(np.uint32) + np.uint32(offset)
-            if fd.unique_rows:
-                indices[cursor[rows]] = fids
+            if fd.codes_by_row is not None:
+                rows = np.flatnonzero(fd.codes_by_row >= 0)
+                indices[cursor[rows]] = fd.codes_by_row[rows].astype(np.uint32) + np.uint32(offset)
                 cursor[rows] += 1
-            else:
-                order = np.lexsort((fids, rows))
-                rows, fids = rows[order], fids[order]
+            else:  # pairs sorted by (row, code)
+                rows = fd.rows.astype(np.int64)
                 idx = np.arange(len(rows))
                 first = np.ones(len(rows), dtype=bool)
                 first[1:] = rows[1:] != rows[:-1]
                 rank = idx - np.maximum.accumulate(np.where(first, idx, 0))
-                indices[cursor[rows] + rank] = fids
+                indices[cursor[rows] + rank] = fd.codes + np.uint32(offset)
                 cursor += np.bincount(rows, minlength=n)
-            fd.rows = fd.codes = None
+            fd.codes_by_row = fd.rows = fd.codes = None
+        del cursor
         fmt.write_array(udir / "csr_indptr.bin", indptr)
         fmt.write_array(udir / "csr_indices.bin", indices)
-        fmt.write_array(udir / "row_ids.bin", self._row_ids(uspec.table))
+        fmt.write_array(udir / "row_ids.bin", self.keys[uspec.table])
         self._say(f"universe {name}: {n:,} rows, {len(indices):,} row-feature pairs written")
         return {
             "table": uspec.table,
@@ -451,6 +580,10 @@ class Builder:
             "dense_threshold": threshold,
             "fields": field_meta,
         }
+
+
+def _key_text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _publish(tmp: Path, snapshot_dir: Path, version: str, progress: Progress) -> Path:

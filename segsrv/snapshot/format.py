@@ -75,6 +75,7 @@ FORMAT_VERSION and raise distinct errors for too-old and too-new snapshots.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import struct
@@ -119,7 +120,8 @@ def check_format_version(version: int, where: str) -> None:
 
 def write_array(path: Path, array: np.ndarray) -> None:
     """Write `array` with the 64-byte header; data starts 64-byte aligned."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)
+    array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if array.ndim > 4:
         raise ValueError("arrays of at most 4 dimensions")
     dtype = array.dtype.str.encode("ascii")
@@ -149,10 +151,15 @@ def read_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
         dt = np.dtype(dtype.decode("ascii").strip())
     except (TypeError, UnicodeDecodeError) as exc:
         raise CorruptSnapshotError(f"{path}: bad dtype in header {dtype!r}") from exc
+    if dt.kind not in "biufcS" or dt.hasobject or dt.itemsize == 0:
+        # never map e.g. object pointers ("|O") from a file: numpy would dereference them
+        raise CorruptSnapshotError(f"{path}: unsupported dtype {dt.str!r} in header")
     if ndim > 4:
         raise CorruptSnapshotError(f"{path}: bad ndim {ndim} in header")
     shape = (d0, d1, d2, d3)[:ndim]
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize if ndim else dt.itemsize
+    if any(d >= 1 << 48 for d in shape):
+        raise CorruptSnapshotError(f"{path}: implausible shape {shape} in header")
+    expected = math.prod(int(d) for d in shape) * dt.itemsize  # exact: no int64 overflow
     if expected != nbytes:
         raise CorruptSnapshotError(f"{path}: header shape {shape} x {dt} != data length {nbytes}")
     if size < HEADER_BYTES + nbytes:
@@ -167,6 +174,8 @@ def open_array(path: Path) -> np.ndarray:
     dt, shape, nbytes = read_header(path)
     if nbytes == 0:
         return np.zeros(shape, dtype=dt)
+    if not shape:  # np.memmap turns shape () into (1,)
+        return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=(1,)).reshape(())
     return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=shape)
 
 

@@ -159,17 +159,29 @@ class Universe:
 
     def rows_for_ids(self, ids) -> np.ndarray:
         """Row of each external id, -1 when the id is not in the universe."""
+        valid = None
         if self.key_kind == "int":
             try:
-                q = np.asarray(ids, dtype=np.int64)
+                arr = np.asarray(ids)
             except (TypeError, ValueError, OverflowError):
+                arr = None
+            if arr is not None and arr.dtype.kind == "i":
+                q = arr.astype(np.int64)
+            else:  # strings, floats, huge ints, mixtures: one by one, never truncating
                 q = np.asarray([_as_int(i) for i in ids], dtype=np.int64)
         else:
-            q = np.asarray([str(i).encode("utf-8") for i in ids], dtype=self.row_ids.dtype if len(ids) else "S1")
+            encoded = [str(i).encode("utf-8") for i in ids]
+            # numpy would silently cut ids longer than the stored width (and ignore trailing NULs),
+            # making e.g. "CUST-000011" match "CUST-00001": such ids are never keys
+            width = self.row_ids.dtype.itemsize
+            valid = np.array([len(e) <= width and not e.endswith(b"\0") for e in encoded], dtype=bool)
+            q = np.asarray(encoded, dtype=self.row_ids.dtype if len(ids) else "S1")
         q = np.atleast_1d(q)
         pos = np.searchsorted(self.row_ids, q)
         pos_c = np.minimum(pos, max(self.n_rows - 1, 0))
         found = (pos < self.n_rows) & (self.row_ids[pos_c] == q) if self.n_rows else np.zeros(len(q), bool)
+        if valid is not None:
+            found &= valid
         return np.where(found, pos, -1).astype(np.int64)
 
     def ids_for_rows(self, rows) -> list:
@@ -180,10 +192,14 @@ class Universe:
 
 
 def _as_int(value) -> int:
+    missing = -(2**63)  # never a key: reported as not found
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        return missing  # 5.5 is not the id 5
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        return -(2**63)  # never a key: reported as not found
+        v = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return missing
+    return v if -(2**63) < v < 2**63 else missing
 
 
 class Snapshot:

@@ -164,6 +164,8 @@ def _parse_table(name: str, raw: dict, base_dir: Path) -> TableSpec:
         reverse = spec.get("reverse")
         if reverse is not None:
             _expect(reverse, str, f"{lw}.reverse")
+            if not _NAME_RE.match(reverse):
+                raise SpecError(f"{lw}.reverse: reverse name {reverse!r} must be an identifier (no dots)")
         if not _NAME_RE.match(link):
             raise SpecError(f"{lw}: link name {link!r} must be an identifier (no dots)")
         table.links[link] = LinkSpec(link, spec["column"], spec["table"], reverse)
@@ -216,11 +218,14 @@ def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
         raise SpecError(f"spec.name: expected a snapshot name (letters, digits, _ and -), got {name!r}")
     build = _expect(raw.get("build", {}), dict, "build")
     _check_keys(build, {"dense_threshold", "max_hops"}, "build")
-    dense_threshold = float(build.get("dense_threshold", 0.005))
+    dense_threshold = build.get("dense_threshold", 0.005)
+    if not isinstance(dense_threshold, (int, float)) or isinstance(dense_threshold, bool):
+        raise SpecError(f"build.dense_threshold: expected a fraction 0..1, got {dense_threshold!r}")
+    dense_threshold = float(dense_threshold)
     if not 0.0 <= dense_threshold <= 1.0:
         raise SpecError(f"build.dense_threshold: expected a fraction 0..1, got {dense_threshold!r}")
     max_hops = build.get("max_hops", 4)
-    if not isinstance(max_hops, int) or not 1 <= max_hops <= 8:
+    if not isinstance(max_hops, int) or isinstance(max_hops, bool) or not 1 <= max_hops <= 8:
         raise SpecError(f"build.max_hops: expected an integer 1..8, got {max_hops!r}")
     tables_raw = _expect(raw.get("tables"), dict, "tables") if "tables" in raw else None
     if not tables_raw:

@@ -1,0 +1,191 @@
+"""Shared fixtures of the snapshot tests.
+
+* ``petnord_root``: specs/petnord.toml built once per session into a tmp root
+  (checked, at the end of the session, to be unmodified: tests that corrupt
+  files must work on copies);
+* ``petnord_src``: a DuckDB connection holding the PetNord source tables, for
+  brute-force counts independent of the builder;
+* ``tiny``: a small CSV dataset + spec (writer function) and ``tiny_root``, it
+  built once per session, for reader / CLI tests that damage copies;
+* ``snapshot_state``: a picture of a snapshot root (entries, CURRENT, files)
+  to prove a failed build left it untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from segsrv.snapshot.builder import build_snapshot
+from segsrv.snapshot.reader import open_snapshot
+from segsrv.snapshot.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+PETNORD_SPEC = REPO / "specs" / "petnord.toml"
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def petnord_spec():
+    if not PETNORD_SPEC.exists():
+        pytest.skip("specs/petnord.toml missing")
+    spec = load_spec(PETNORD_SPEC)
+    missing = [t.file for t in spec.tables.values() if t.file is not None and not t.file.exists()]
+    if missing:
+        pytest.skip(f"PetNord data missing: {missing}")
+    return spec
+
+
+def _tree_digest(vdir: Path) -> dict[str, str]:
+    return {
+        p.relative_to(vdir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(vdir.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def petnord_root(tmp_path_factory, petnord_spec):
+    root = tmp_path_factory.mktemp("petnord_root")
+    vdir = build_snapshot(PETNORD_SPEC, root, progress=quiet)
+    before = _tree_digest(vdir)
+    yield root
+    # the published snapshot must never be modified by any test
+    assert _tree_digest(vdir) == before, "a test modified the published PetNord snapshot"
+    open_snapshot(root, verify="full")
+
+
+@pytest.fixture(scope="session")
+def petnord(petnord_root):
+    return open_snapshot(petnord_root)
+
+
+@pytest.fixture(scope="session")
+def petnord_src(petnord_spec):
+    con = duckdb.connect(":memory:")
+    for t in petnord_spec.tables.values():
+        con.execute(f"CREATE TABLE {t.name} AS SELECT * FROM read_json_auto('{t.file}')")
+    yield con
+    con.close()
+
+
+# --- a tiny dataset -----------------------------------------------------------
+
+TINY_SPEC = """\
+name = "tiny"
+description = "tiny test shop"
+
+[tables.customers]
+file = "customers.csv"
+key = "cust_id"
+categorical = ["region"]
+numeric = { age = { edges = [30, 50] } }
+
+[tables.orders]
+file = "orders.csv"
+key = "order_id"
+categorical = ["channel"]
+multi = { tags = "|" }
+numeric = { total = { edges = [10] } }
+links = { customer = { column = "cust_id", table = "customers", reverse = "orders" } }
+
+[build]
+dense_threshold = 0.3
+
+[universes.customers]
+include = ["*", "orders.channel", "orders.tags"]
+
+[universes.orders]
+include = ["*", "customer.*"]
+"""
+
+TINY_CUSTOMERS = """\
+cust_id,name,region,age
+1,Ann,north,25
+2,Bob,south,41
+3,Cid,north,
+4,Dee,east,67
+5,Eve,south,33
+"""
+
+TINY_ORDERS = """\
+order_id,cust_id,channel,tags,total
+10,1,web,a|b,5.5
+11,1,shop,b,12
+12,2,web,,20
+13,4,web,c|a,7
+14,5,app,a,30
+15,5,web,b|c,9
+"""
+
+
+def write_tiny(directory: Path, spec: str = TINY_SPEC, customers: str = TINY_CUSTOMERS,
+               orders: str = TINY_ORDERS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "customers.csv").write_text(customers)
+    (directory / "orders.csv").write_text(orders)
+    path = directory / "spec.toml"
+    path.write_text(textwrap.dedent(spec))
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Write the tiny dataset into tmp_path/data and return the spec path."""
+    return write_tiny(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    spec = write_tiny(base / "data")
+    root = base / "root"
+    build_snapshot(spec, root, progress=quiet)
+    before = root_state(root)
+    yield root
+    assert root_state(root) == before, "a test modified the published tiny snapshot"
+
+
+@pytest.fixture
+def tiny_copy(tiny_root, tmp_path):
+    """A private copy of the tiny snapshot root (safe to damage)."""
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_root, dst)
+    return dst
+
+
+def root_state(root: Path) -> dict:
+    """Everything below a snapshot root: relative path -> bytes digest (dirs as 'dir')."""
+    if not root.exists():
+        return {}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def snapshot_state():
+    return root_state
+
+
+class _Tiny:
+    spec = TINY_SPEC
+    customers = TINY_CUSTOMERS
+    orders = TINY_ORDERS
+    write = staticmethod(write_tiny)
+
+
+@pytest.fixture
+def tiny_data():
+    """The tiny dataset's texts and its writer: tiny_data.write(dir, spec=..., customers=..., orders=...)."""
+    return _Tiny
