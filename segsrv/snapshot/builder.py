@@ -126,6 +126,8 @@ class Builder:
         self.n_rows: dict[str, int] = {}
         self.key_kind: dict[str, str] = {}
         self.keys: dict[str, np.ndarray] = {}  # row -> key, sorted
+        self.row_of_pos: dict[str, np.ndarray] = {}  # DuckDB rowid -> row
+        self.pos_of_row: dict[str, np.ndarray] = {}
         self.links: dict[tuple[str, str], np.ndarray] = {}  # (table, link) -> target row or -1
         self._reverse: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._leaves: dict[tuple[str, str], _Leaf] = {}
@@ -145,18 +147,18 @@ class Builder:
     def _by_row(self, table: str, expr: str, dtype, fill, where: str = "TRUE") -> np.ndarray:
         """Column expression scattered into an array indexed by row (fill where NULL)."""
         res = self.con.execute(
-            f"SELECT __row, {expr} AS x FROM {_q('__ix_' + table)} WHERE ({expr}) IS NOT NULL AND {where}"
+            f"SELECT rowid AS p, {expr} AS x FROM {_q(table)} WHERE ({expr}) IS NOT NULL AND {where}"
         ).fetchnumpy()
         out = np.full(self.n_rows[table], fill, dtype=dtype)
-        out[np.asarray(res["__row"], dtype=np.int64)] = np.asarray(res["x"], dtype=dtype)
+        out[self._rows(table, res["p"])] = np.asarray(res["x"], dtype=dtype)
         return out
 
     def _examples(self, table: str, rows: np.ndarray, column: str, sep: str = ": ") -> str:
         t = self.spec.tables[table]
         rows = [int(r) for r in rows[:_EXAMPLES]]
         got = self.con.execute(
-            f"SELECT {_q(t.key)}, {_q(column)} FROM {_q('__ix_' + table)} WHERE __row IN ({', '.join(map(str, rows))}) "
-            f"ORDER BY __row"
+            f"SELECT {_q(t.key)}, {_q(column)} FROM {_q(table)} WHERE rowid IN "
+            f"({', '.join(str(int(self.pos_of_row[table][r])) for r in rows)}) ORDER BY {_q(t.key)}"
         ).fetchall()
         return ", ".join(f"{t.key}={k!r}{sep}{v!r}" for k, v in got)
 
@@ -199,11 +201,15 @@ class Builder:
                     f"table {t.name!r}: column {col!r} ({role}) not found{suggest(col, cols)}; "
                     f"the table has columns {list(cols)}"
                 )
-        if "__row" in cols:
-            raise BuildError(f"table {t.name!r}: column name '__row' is reserved; rename it with a sql table")
+        if "rowid" in cols:
+            raise BuildError(f"table {t.name!r}: column name 'rowid' is reserved; rename it with a sql table")
+
+    def _rows(self, table: str, positions) -> np.ndarray:
+        """DuckDB rowids (insertion positions) -> our row numbers."""
+        return self.row_of_pos[table][np.asarray(positions, dtype=np.int64)]
 
     def _index_table(self, t: TableSpec) -> None:
-        """__ix_<t>: the table with its row number (ascending key); checks the key."""
+        """Number the rows of a table by ascending key (row_of_pos / pos_of_row); check the key."""
         key = _q(t.key)
         nulls = self.con.execute(f"SELECT count(*) FROM {_q(t.name)} WHERE {key} IS NULL").fetchone()[0]
         if nulls:
@@ -211,18 +217,27 @@ class Builder:
         ktype = self.types[t.name][t.key]
         kind = "int" if ktype in _INT_TYPES - {"UBIGINT", "HUGEINT"} else "bytes"
         self.key_kind[t.name] = kind
-        order = key if kind == "int" else f"CAST({key} AS VARCHAR)"
-        self.con.execute(
-            f"CREATE TABLE {_q('__ix_' + t.name)} AS SELECT (row_number() OVER (ORDER BY {order}) - 1)::BIGINT AS __row, "
-            f"* FROM {_q(t.name)}"
-        )
+        n = self.n_rows[t.name]
         if kind == "int":
-            keys = self._by_row(t.name, key, np.int64, 0)
+            res = self.con.execute(f"SELECT rowid AS p, CAST({key} AS BIGINT) AS k FROM {_q(t.name)}").fetchnumpy()
+            pos = np.asarray(res["p"], dtype=np.int64)
+            raw_keys = np.asarray(res["k"], dtype=np.int64)
         else:
-            res = self.con.execute(f"SELECT CAST({key} AS VARCHAR) FROM {_q('__ix_' + t.name)} ORDER BY __row").fetchall()
-            encoded = [k.encode("utf-8") for (k,) in res]
+            res = self.con.execute(f"SELECT rowid, CAST({key} AS VARCHAR) FROM {_q(t.name)}").fetchall()
+            pos = np.fromiter((p for p, _ in res), dtype=np.int64, count=len(res))
+            encoded = [k.encode("utf-8") for _, k in res]
             width = max((len(e) for e in encoded), default=1) or 1
-            keys = np.array(encoded, dtype=f"S{width}")
+            raw_keys = np.array(encoded, dtype=f"S{width}")
+        if len(pos) != n or (n and (pos.min() < 0 or pos.max() >= n)):
+            raise BuildError(f"table {t.name!r}: unexpected row positions from DuckDB")
+        by_pos = np.empty(n, dtype=raw_keys.dtype)
+        by_pos[pos] = raw_keys
+        order = np.argsort(by_pos, kind="stable")  # row r is the r-th smallest key
+        keys = by_pos[order]
+        self.pos_of_row[t.name] = order
+        row_of_pos = np.empty(n, dtype=np.int64)
+        row_of_pos[order] = np.arange(n, dtype=np.int64)
+        self.row_of_pos[t.name] = row_of_pos
         dup = np.flatnonzero(keys[1:] == keys[:-1]) if len(keys) > 1 else np.zeros(0, np.int64)
         if len(dup):
             values, counts = np.unique(keys[dup], return_counts=True)
@@ -237,16 +252,15 @@ class Builder:
                 "use keys without NUL characters"
             )
         self.keys[t.name] = keys
-        self.con.execute(f"DROP TABLE {_q(t.name)}")
 
     def _check_numeric(self, t: TableSpec, column: str) -> None:
         if _is_num(self.types[t.name][column]):
             return
         col = _q(column)
         bad = self.con.execute(
-            f"SELECT __row FROM {_q('__ix_' + t.name)} WHERE {col} IS NOT NULL AND TRY_CAST({col} AS DOUBLE) IS NULL "
-            f"ORDER BY __row"
-        ).fetchnumpy()["__row"]
+            f"SELECT rowid AS p FROM {_q(t.name)} WHERE {col} IS NOT NULL AND TRY_CAST({col} AS DOUBLE) IS NULL"
+        ).fetchnumpy()["p"]
+        bad = np.sort(self._rows(t.name, bad))
         if len(bad):
             raise BuildError(
                 f"table {t.name!r}: numeric column {column!r} has {len(bad):,} unparsable values, e.g. "
@@ -268,23 +282,27 @@ class Builder:
             else:
                 expr = f"TRY_CAST(trim(CAST({col} AS VARCHAR)) AS BIGINT)"
             res = self.con.execute(
-                f"SELECT __row, COALESCE({expr}, 0) AS x, ({expr}) IS NOT NULL AS ok FROM {_q('__ix_' + t.name)} "
+                f"SELECT rowid AS p, COALESCE({expr}, 0) AS x, ({expr}) IS NOT NULL AS ok FROM {_q(t.name)} "
                 f"WHERE {col} IS NOT NULL"
             ).fetchnumpy()
-            rows = np.asarray(res["__row"], dtype=np.int64)
+            rows = self._rows(t.name, res["p"])
             x = np.asarray(res["x"], dtype=np.int64)
             ok = np.asarray(res["ok"], dtype=bool)
         else:
             res = self.con.execute(
-                f"SELECT __row, CAST({col} AS VARCHAR) AS x FROM {_q('__ix_' + t.name)} WHERE {col} IS NOT NULL"
+                f"SELECT rowid, CAST({col} AS VARCHAR) AS x FROM {_q(t.name)} WHERE {col} IS NOT NULL"
             ).fetchall()
-            rows = np.fromiter((r for r, _ in res), dtype=np.int64, count=len(res))
+            rows = self._rows(t.name, np.fromiter((r for r, _ in res), dtype=np.int64, count=len(res)))
             enc = [v.encode("utf-8") for _, v in res]
             ok = np.fromiter((len(e) <= tkeys.dtype.itemsize for e in enc), dtype=bool, count=len(enc))
             x = np.array([e if len(e) <= tkeys.dtype.itemsize else b"" for e in enc], dtype=tkeys.dtype)
-        pos = np.searchsorted(tkeys, x)
-        found = ok & (pos < len(tkeys))
-        found[found] = tkeys[pos[found]] == x[found]
+        if self.key_kind[target.name] == "int" and len(tkeys) and int(tkeys[-1]) - int(tkeys[0]) == len(tkeys) - 1:
+            pos = x - tkeys[0]  # contiguous integer keys: the position is an offset
+            found = ok & (pos >= 0) & (pos < len(tkeys))
+        else:
+            pos = np.searchsorted(tkeys, x)
+            found = ok & (pos < len(tkeys))
+            found[found] = tkeys[pos[found]] == x[found]
         if not found.all():
             bad_rows = np.sort(rows[~found])
             raise BuildError(
@@ -315,7 +333,7 @@ class Builder:
     def _quantile_edges(self, table: str, column: str, q: int) -> list[float]:
         probs = ", ".join(f"{i / q!r}" for i in range(1, q))
         row = self.con.execute(
-            f"SELECT quantile_disc(TRY_CAST({_q(column)} AS DOUBLE), [{probs}]) FROM {_q('__ix_' + table)} "
+            f"SELECT quantile_disc(TRY_CAST({_q(column)} AS DOUBLE), [{probs}]) FROM {_q(table)} "
             f"WHERE TRY_CAST({_q(column)} AS DOUBLE) IS NOT NULL"
         ).fetchone()[0]
         return sorted({float(f"{x:.6g}") for x in (row or []) if x is not None and math.isfinite(x)})
@@ -324,7 +342,7 @@ class Builder:
         cached = self._leaves.get((table, column))
         if cached is not None:
             return cached
-        ix = _q("__ix_" + table)
+        ix = _q(table)
         col = _q(column)
         n = self.n_rows[table]
         if kind == "numeric":
@@ -345,7 +363,7 @@ class Builder:
                 value = f"trim(unnest(string_split(CAST({col} AS VARCHAR), {_lit(delim)})))"
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE __pairs AS SELECT DISTINCT r, v FROM "
-                f"(SELECT __row AS r, {value} AS v FROM {ix} WHERE {col} IS NOT NULL) WHERE v <> ''"
+                f"(SELECT rowid AS r, {value} AS v FROM {ix} WHERE {col} IS NOT NULL) WHERE v <> ''"
             )
             values = [v for (v,) in self.con.execute("SELECT DISTINCT v FROM __pairs ORDER BY v").fetchall()]
             self.con.execute(
@@ -354,7 +372,7 @@ class Builder:
             )
             res = self.con.execute("SELECT p.r, d.code FROM __pairs p JOIN __dict d USING (v)").fetchnumpy()
             self.con.execute("DROP TABLE __pairs; DROP TABLE __dict")
-            rows = np.asarray(res["r"], dtype=np.int64)
+            rows = self._rows(table, res["r"])
             key = np.sort(rows * max(len(values), 1) + np.asarray(res["code"], dtype=np.int64))
             rows, mcodes = np.divmod(key, max(len(values), 1))
             offsets = np.zeros(n + 1, dtype=np.int64)
@@ -369,11 +387,11 @@ class Builder:
                 f"FROM (SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL)"
             )
             res = self.con.execute(
-                f"SELECT t.__row, d.code FROM {ix} t JOIN __dict d ON CAST(t.{col} AS VARCHAR) = d.v"
+                f"SELECT t.rowid AS p, d.code FROM {ix} t JOIN __dict d ON CAST(t.{col} AS VARCHAR) = d.v"
             ).fetchnumpy()
             self.con.execute("DROP TABLE __dict")
             codes = np.full(n, -1, dtype=np.int32)
-            codes[np.asarray(res["__row"], dtype=np.int64)] = np.asarray(res["code"], dtype=np.int32)
+            codes[self._rows(table, res["p"])] = np.asarray(res["code"], dtype=np.int32)
             leaf = _Leaf(values, codes=codes)
         self._leaves[(table, column)] = leaf
         return leaf
