@@ -58,7 +58,12 @@ def relate_query_from_json(obj: dict) -> tuple[RelateQuery, list[str]]:
         if key in obj:
             setattr(q, attr, obj[key])
     if "include_condition_fields" in obj:
-        q.exclude_condition_fields = not bool(obj["include_condition_fields"])
+        if not isinstance(obj["include_condition_fields"], bool):
+            raise QueryError(
+                f"include_condition_fields: expected true or false, got {obj['include_condition_fields']!r}",
+                [("include_condition_fields", "expected a boolean")],
+            )
+        q.exclude_condition_fields = not obj["include_condition_fields"]
     q.validate()
     return q, select
 

@@ -32,6 +32,10 @@ def wilson_interval(k, m, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
         half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
     lo = np.where(m > 0, np.clip(center - half, 0, 1), np.nan)
     hi = np.where(m > 0, np.clip(center + half, 0, 1), np.nan)
+    # the exact endpoints at k = 0 and k = m (center -/+ half leaves rounding residue like 3e-18,
+    # which would put the interval above p = 0)
+    lo = np.where((m > 0) & (k <= 0), 0.0, lo)
+    hi = np.where((m > 0) & (k >= m), 1.0, hi)
     return lo, hi
 
 
