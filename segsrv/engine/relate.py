@@ -185,13 +185,16 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
         n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan)
 
     tested = (n_f > 0) & (n_f < n)
-    stats = st.relate_statistics(n, n_c, n_f, n_cf, query.prior_strength, query.direction)
-    q = np.full(len(fids), np.nan)
-    q[tested] = st.benjamini_hochberg(stats["p_value"][tested])
-    stats["q_value"] = q
+    # the p-values of every tested feature are needed for the q-values; every other statistic
+    # only for the features that are ordered or returned
+    p_value = np.ones(len(fids))
+    p_value[tested] = st.p_values(n, n_c, n_f[tested], n_cf[tested], query.direction)
+    q_value = np.full(len(fids), np.nan)
+    q_value[tested] = st.benjamini_hochberg(p_value[tested])
 
     keep = tested & (n_cf >= query.min_support) & (n_c > 0)
-    lift = stats["lift"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = (n_cf / n_c) / (n_f / n) if n_c else np.full(len(fids), np.nan)
     if query.direction == "over":
         keep &= lift > 1
     elif query.direction == "under":
@@ -199,18 +202,32 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     if query.min_lift is not None:
         keep &= lift >= query.min_lift
     if query.max_p_value is not None:
-        keep &= stats["p_value"] <= query.max_p_value
+        keep &= p_value <= query.max_p_value
     idx = np.flatnonzero(keep)
-    key = stats[query.order_by][idx]
+
+    def statistics(sel: np.ndarray) -> dict[str, np.ndarray]:
+        out = st.relate_statistics(n, n_c, n_f[sel], n_cf[sel], query.prior_strength, query.direction, p_value[sel])
+        out["q_value"] = q_value[sel]
+        return out
+
+    if query.order_by == "lift":
+        key = lift[idx]
+    elif query.order_by == "lift_smoothed":
+        a = float(query.prior_strength)
+        p_base = n_f[idx] / n
+        key = ((n_cf[idx] + a * p_base) / (n_c + a)) / p_base
+    elif query.order_by in ("support", "p_value", "q_value"):
+        key = {"support": n_cf, "p_value": p_value, "q_value": q_value}[query.order_by][idx].astype(np.float64)
+    else:
+        key = statistics(idx)[query.order_by]
     ascending = query.order_by in _ASCENDING_ALWAYS or (query.direction == "under" and query.order_by in _ASCENDING_UNDER)
     key = np.where(np.isnan(key), np.inf if ascending else -np.inf, key)
     order = np.lexsort((fids[idx], key if ascending else -key))
     top = idx[order[: query.limit]]
-
-    columns = {name: stats[name][top].tolist() for name in STAT_NAMES}
+    stats = statistics(top)
+    columns = {name: stats[name].tolist() for name in STAT_NAMES}
     hits = []
-    for j, i in enumerate(top.tolist()):
-        fid = int(fids[i])
+    for j, fid in enumerate(fids[top].tolist()):
         fname, value = universe.feature_name(fid)
         hits.append(RelateHit(fid, fname, value, {name: col[j] for name, col in columns.items()}))
     return RelateResult(
@@ -225,9 +242,3 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
         hits=hits,
         elapsed_ms=(time.perf_counter() - t0) * 1e3,
     )
-
-
-def _py(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    return float(x)

@@ -9,6 +9,7 @@ association-rule libraries (mlxtend).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import _ufuncs as _scipy_ufuncs
 from scipy.stats import hypergeom
 
 Z95 = 1.959963984540054
@@ -66,14 +67,36 @@ def mutual_information(n, n_c, n_f, n_cf) -> np.ndarray:
     )
 
 
+# scipy.stats.hypergeom evaluates Boost's hypergeometric tails through these ufuncs; calling them
+# directly skips rv_discrete's per-call argument handling (~0.3 ms, most of a small relate).
+# Arguments are valid by construction (0 <= n_cf <= min(n_c, n_f), n_c, n_f <= n); the public
+# function is the fallback when a scipy release moves them.
+_sf_ufunc = getattr(_scipy_ufuncs, "_hypergeom_sf", None)
+_cdf_ufunc = getattr(_scipy_ufuncs, "_hypergeom_cdf", None)
+
+
 def p_value_over(n, n_c, n_f, n_cf) -> np.ndarray:
     """P(X >= n_cf), X ~ Hypergeometric(population n, successes n_f, draws n_c)."""
-    return np.clip(hypergeom.sf(np.asarray(n_cf) - 1, n, n_f, n_c), 0.0, 1.0)
+    n_cf = np.asarray(n_cf, dtype=np.float64)
+    if _sf_ufunc is None:
+        return np.clip(hypergeom.sf(n_cf - 1, n, n_f, n_c), 0.0, 1.0)
+    n_f = np.broadcast_to(np.asarray(n_f, dtype=np.float64), n_cf.shape)
+    out = np.ones(n_cf.shape)
+    inner = n_cf > np.maximum(0.0, n_c + n_f - n)  # at or below the support's minimum: P = 1
+    out[inner] = _sf_ufunc(n_cf[inner] - 1, n_f[inner], float(n_c), float(n))
+    return np.clip(out, 0.0, 1.0)
 
 
 def p_value_under(n, n_c, n_f, n_cf) -> np.ndarray:
     """P(X <= n_cf): the under-representation tail."""
-    return np.clip(hypergeom.cdf(n_cf, n, n_f, n_c), 0.0, 1.0)
+    if _cdf_ufunc is None:
+        return np.clip(hypergeom.cdf(n_cf, n, n_f, n_c), 0.0, 1.0)
+    n_cf = np.asarray(n_cf, dtype=np.float64)
+    n_f = np.broadcast_to(np.asarray(n_f, dtype=np.float64), n_cf.shape)
+    out = np.ones(n_cf.shape)
+    inner = n_cf < np.minimum(float(n_c), n_f)  # at or above the support's maximum: P = 1
+    out[inner] = _cdf_ufunc(n_cf[inner], n_f[inner], float(n_c), float(n))
+    return np.clip(out, 0.0, 1.0)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -90,8 +113,24 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def relate_statistics(n: int, n_c: int, n_f, n_cf, prior_strength: float = 10.0, direction: str = "over") -> dict[str, np.ndarray]:
-    """Every statistic of DESIGN.md section 3, as arrays aligned with n_f / n_cf."""
+def p_values(n, n_c, n_f, n_cf, direction: str = "over") -> np.ndarray:
+    """Hypergeometric tail of each feature: upper for "over", lower for "under", own side for "all"."""
+    if direction == "under":
+        return p_value_under(n, n_c, n_f, n_cf)
+    if direction == "over":
+        return p_value_over(n, n_c, n_f, n_cf)
+    # lift >= 1 (or undefined) <=> n_cf * n >= n_c * n_f, in exact integer arithmetic
+    over = np.asarray(n_cf, dtype=object) * n >= np.asarray(n_f, dtype=object) * n_c
+    return np.where(over.astype(bool), p_value_over(n, n_c, n_f, n_cf), p_value_under(n, n_c, n_f, n_cf))
+
+
+def relate_statistics(
+    n: int, n_c: int, n_f, n_cf, prior_strength: float = 10.0, direction: str = "over", p_value=None
+) -> dict[str, np.ndarray]:
+    """Every statistic of DESIGN.md section 3, as arrays aligned with n_f / n_cf.
+
+    `p_value`, when given, is reused instead of recomputed (it is the costly one).
+    """
     n_f = np.asarray(n_f, dtype=np.int64)
     n_cf = np.asarray(n_cf, dtype=np.int64)
     fn = float(n)
@@ -114,13 +153,8 @@ def relate_statistics(n: int, n_c: int, n_f, n_cf, prior_strength: float = 10.0,
         certainty = np.where(1 - s_f == 0, 0.0, (p - s_f) / np.where(1 - s_f == 0, 1.0, 1 - s_f))
     jaccard = _div(n_cf, n_c + n_f - n_cf)
     kulczynski = 0.5 * (p + _div(n_cf, n_f))
-    if direction == "under":
-        p_value = p_value_under(n, n_c, n_f, n_cf)
-    elif direction == "over":
-        p_value = p_value_over(n, n_c, n_f, n_cf)
-    else:  # each feature's own direction
-        over = ~(lift < 1)
-        p_value = np.where(over, p_value_over(n, n_c, n_f, n_cf), p_value_under(n, n_c, n_f, n_cf))
+    if p_value is None:
+        p_value = p_values(n, n_c, n_f, n_cf, direction)
     return {
         "n": np.full(len(n_f), n, dtype=np.int64),
         "n_condition": np.full(len(n_f), n_c, dtype=np.int64),

@@ -177,3 +177,24 @@ def test_relate_statistics_edge_cases(ref):
     # C = everyone: p_not undefined
     s = stats.relate_statistics(10, 10, np.array([3]), np.array([3]))
     assert math.isnan(s["p_not"][0]) and s["lift"][0] == 1.0
+
+
+def test_p_value_tails_equal_scipy_hypergeom_including_support_edges():
+    """The direct Boost ufunc path equals scipy.stats.hypergeom, also at the edges of the support."""
+    from scipy.stats import hypergeom
+
+    from segsrv.engine import stats as st
+
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        n = int(rng.integers(1, 10**6)) if rng.random() < 0.5 else int(rng.integers(1, 40))
+        n_c = int(rng.integers(0, n + 1))
+        n_f = rng.integers(0, n + 1, size=16)
+        lo, hi = np.maximum(0, n_c + n_f - n), np.minimum(n_c, n_f)
+        n_cf = np.rint(lo + (hi - lo) * rng.random(16)).astype(np.int64)
+        n_cf[:2] = lo[:2]  # the support's minimum and maximum
+        n_cf[2:4] = hi[2:4]
+        np.testing.assert_allclose(st.p_value_over(n, n_c, n_f, n_cf),
+                                   np.clip(hypergeom.sf(n_cf - 1, n, n_f, n_c), 0, 1), rtol=1e-12, atol=0)
+        np.testing.assert_allclose(st.p_value_under(n, n_c, n_f, n_cf),
+                                   np.clip(hypergeom.cdf(n_cf, n, n_f, n_c), 0, 1), rtol=1e-12, atol=0)
