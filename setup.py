@@ -39,6 +39,35 @@ def _compiler_supports_openmp() -> bool:
         return result.returncode == 0
 
 
+def generate_protos() -> None:
+    """proto/segsrv/v1/*.proto -> segsrv/v1/*_pb2.py, *_pb2_grpc.py and .pyi stubs (grpcio-tools' protoc).
+
+    The include root is proto/, which mirrors the package path, so generated modules import
+    each other as `segsrv.v1.<name>_pb2`. Generated code is never edited or committed.
+    """
+    from grpc_tools import protoc
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    proto_dir = os.path.join(root, "proto")
+    sources = sorted(
+        os.path.relpath(os.path.join(d, f), proto_dir)
+        for d, _, files in os.walk(os.path.join(proto_dir, "segsrv"))
+        for f in files
+        if f.endswith(".proto")
+    )
+    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    args = ["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={root}", f"--pyi_out={root}",
+            f"--grpc_python_out={root}", *sources]
+    cwd = os.getcwd()
+    os.chdir(proto_dir)
+    try:
+        if protoc.main(args) != 0:
+            raise SystemExit(f"segsrv: protoc failed on {sources}")
+    finally:
+        os.chdir(cwd)
+
+
+generate_protos()
 openmp = _compiler_supports_openmp()
 if not openmp:
     print(

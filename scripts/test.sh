@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "[test] buf lint (proto/, STANDARD rules)"
+.venv/bin/buf lint
+echo "[test] buf lint ok"
 exec .venv/bin/python -m pytest -q "$@"
