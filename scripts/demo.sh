@@ -1,38 +1,88 @@
 #!/usr/bin/env bash
-# The main job: set up, generate the demo shop, build its snapshot, run example queries.
-# DEMO_CUSTOMERS (default 100000) sets the shop size; DEMO_DIR (default ./demo) where it goes.
+# The main job: set up, generate and build the demo shop (once), serve it over gRPC,
+# and show example calls through the CLI and the Python client.
+#   DEMO_CUSTOMERS  shop size (default 100000)      DEMO_DIR   where data and snapshots go (default ./demo)
+#   DEMO_PORT       server port (default 50051)     DEMO_EXIT=1  stop the server after the examples
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 N=${DEMO_CUSTOMERS:-100000}
 DIR=${DEMO_DIR:-demo}
+PORT=${DEMO_PORT:-50051}
 SEG=.venv/bin/segsrv
+PY=.venv/bin/python
 if [ ! -f "$DIR/data-$N/spec.toml" ]; then
     $SEG demo-data --customers "$N" --out "$DIR/data-$N"
 fi
-if [ ! -f "$DIR/snapshots-$N/demo/CURRENT" ]; then
-    $SEG build "$DIR/data-$N/spec.toml" --out "$DIR/snapshots-$N"
-fi
 ROOT="$DIR/snapshots-$N"
+if [ ! -f "$ROOT/demo/CURRENT" ]; then
+    $SEG build "$DIR/data-$N/spec.toml" --out "$ROOT"
+fi
+
 echo
-echo "== snapshot"
-$SEG info "$ROOT" | head -40
+echo "== starting: segsrv serve --snapshots $ROOT --port $PORT"
+$SEG serve --snapshots "$ROOT" --host 127.0.0.1 --port "$PORT" &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+$PY - "$PORT" <<'PYEOF'
+import sys, time
+from segsrv.client import SegsrvClient, SegsrvRpcError
+deadline = time.time() + 60
+while True:
+    try:
+        with SegsrvClient(f"127.0.0.1:{sys.argv[1]}", timeout=2) as c:
+            if c.health() == "SERVING":
+                break
+    except SegsrvRpcError:
+        pass
+    if time.time() > deadline:
+        sys.exit("server did not become healthy within 60 s")
+    time.sleep(0.3)
+PYEOF
+ADDR="127.0.0.1:$PORT"
+
 echo
 echo "== seed 000 query: where do grain-free dog dry-food order lines over-index?"
 Q='{"from": "order_lines", "where": {"product.category": "dog-dryfood", "product.tag": "grain-free"}, "relate": ["customer.region", "customer.lifetime_value_band"], "select": ["$lift", "$p", "$support", "customer.region"], "limit": 10}'
-echo "segsrv query relate --local $ROOT --json '$Q'"
-$SEG query relate --local "$ROOT" --json "$Q"
+echo "\$ segsrv query relate --addr $ADDR --json '$Q'"
+$SEG query relate --addr "$ADDR" --json "$Q"
+
 echo
 echo "== what else do dog dry-food buyers buy? (customers universe, reverse links)"
 Q='{"from": "customers", "where": {"orders.lines.product.category": "dog-dryfood"}, "relate": ["orders.lines.product.category"], "select": ["$value", "$lift", "$p", "$support", "$p_value"], "limit": 5}'
-echo "segsrv query relate --local $ROOT --json '$Q'"
-$SEG query relate --local "$ROOT" --json "$Q"
-echo
-echo "== which attributes over-index among churned customers?"
-Q='{"from": "customers", "where": {"churned": true}, "select": ["$field", "$value", "$lift", "$support", "$q_value"], "limit": 8}'
-echo "segsrv query relate --local $ROOT --json '$Q'"
-$SEG query relate --local "$ROOT" --json "$Q"
+echo "\$ segsrv query relate --addr $ADDR --json '$Q'"
+$SEG query relate --addr "$ADDR" --json "$Q"
+
 echo
 echo "== count: grain-free filterers who bought premium brands"
 Q='{"from": "customers", "where": {"events.filter": "grain-free", "orders.lines.product.brand_tier": "premium"}}'
-$SEG query count --local "$ROOT" --json "$Q"
+echo "\$ segsrv query count --addr $ADDR --json '$Q'"
+$SEG query count --addr "$ADDR" --json "$Q"
+
+echo
+echo "== the same from Python (segsrv.client):"
+cat <<PYEOF
+from segsrv.client import SegsrvClient
+with SegsrvClient("$ADDR") as client:
+    answer = client.relate({"from": "customers", "where": {"churned": True}, "min_support": 100,
+                            "select": ["\$field", "\$value", "\$lift", "\$support"], "limit": 5})
+    for hit in answer["hits"]:
+        print(hit)
+PYEOF
+$PY - "$ADDR" <<'PYEOF'
+import sys
+from segsrv.client import SegsrvClient
+with SegsrvClient(sys.argv[1]) as client:
+    answer = client.relate({"from": "customers", "where": {"churned": True}, "min_support": 100,
+                            "select": ["$field", "$value", "$lift", "$support"], "limit": 5})
+    for hit in answer["hits"]:
+        print(hit)
+PYEOF
+
+if [ "${DEMO_EXIT:-0}" = "1" ]; then
+    echo; echo "== DEMO_EXIT=1: stopping the server"
+    exit 0
+fi
+echo
+echo "== serving $ROOT on $ADDR; Ctrl-C to stop"
+wait $SERVER

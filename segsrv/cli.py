@@ -1,4 +1,4 @@
-"""Command line: segsrv demo-data | build | info | verify | query.
+"""Command line: segsrv demo-data | build | info | verify | query | serve.
 
 Every command prints errors as one line `segsrv: error: ...` on stderr and
 exits 1 for bad input or a failed build, 2 for bad usage. See docs/cli.md.
@@ -111,12 +111,35 @@ def cmd_query(args) -> int:
     from .snapshot.reader import open_snapshot
 
     query = _load_query(args.json)
-    if args.addr:
-        raise SegsrvError("--addr (querying a server) arrives with the gRPC server; use --local ROOT for now")
+    if args.addr:  # the same JSON as --local, answered by a server through SegsrvClient
+        from .client import SegsrvClient, SegsrvRpcError
+
+        if args.timeout is not None and not args.timeout > 0:
+            raise SegsrvError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+        with SegsrvClient(args.addr, timeout=args.timeout, version=args.version or "") as client:
+            try:
+                answer = client.relate(query) if args.kind == "relate" else client.count(query)
+            except SegsrvRpcError as exc:
+                print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
+                for field, description in exc.violations:
+                    print(f"  {field}: {description}", file=sys.stderr)
+                return 1
+        _print_json(answer)
+        return 0
     snap = open_snapshot(args.local, version=args.version)
     runner = {"relate": run_relate_json, "count": run_count_json}[args.kind]
     _print_json(runner(snap, query))
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server.app import MIB, serve
+
+    return serve(
+        args.snapshots, args.host, args.port, grace_seconds=args.grace, max_workers=args.max_workers,
+        max_concurrent_rpcs=args.max_concurrent_rpcs, max_receive_message_bytes=int(args.max_message_mb * MIB),
+        kernel_threads=args.kernel_threads,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
     p.add_argument("--json", required=True, metavar="QUERY", help="inline JSON, a JSON file, or - for stdin")
     p.add_argument("--version", help="snapshot version (default: CURRENT)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="deadline of the call with --addr (default 10)")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("serve", help="serve every snapshot under ROOT over gRPC (see docs/server.md)")
+    p.add_argument("--snapshots", required=True, metavar="ROOT", help="snapshot root (ROOT/NAME/CURRENT)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 = any free port)")
+    p.add_argument("--max-workers", type=int, default=8, help="request handler threads (default 8)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=64,
+                   help="RPCs in progress before RESOURCE_EXHAUSTED (default 64)")
+    p.add_argument("--max-message-mb", type=float, default=4.0,
+                   help="largest request message in MiB (default 4)")
+    p.add_argument("--kernel-threads", type=int, default=1,
+                   help="threads per kernel call (default 1: concurrent requests already use the cores; "
+                        "more processes, not threads, scale a server)")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds in-flight RPCs get to finish on SIGTERM/SIGINT (default 5)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -56,6 +56,14 @@ class SnapshotFormatTooOldError(SnapshotError):
     """The snapshot's format is older than the oldest this segsrv reads."""
 
 
+class VersionNotServedError(SnapshotError):
+    """A request pins a snapshot version other than the one being served."""
+
+
+class NoSnapshotServedError(SnapshotError):
+    """The server has not loaded any snapshot yet (it is not ready)."""
+
+
 # --- queries ------------------------------------------------------------------
 
 
@@ -73,6 +81,10 @@ class UnknownValueError(QueryError):
 
 class UnknownUniverseError(QueryError):
     """The request names a universe the snapshot does not index."""
+
+
+class UnknownSegmentError(QueryError):
+    """A condition references a segment the snapshot's catalog does not hold."""
 
 
 class LimitExceededError(QueryError):

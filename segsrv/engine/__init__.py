@@ -3,10 +3,11 @@
 Numpy in, dataclasses out; never imports grpc.
 """
 
+from .._kernels import set_num_threads as set_kernel_threads
 from .conditions import All, And, AnyOf, Not, Or, Range, SegmentRef, Term, evaluate, parse_where
 from .relate import RelateHit, RelateQuery, RelateResult, relate
 
 __all__ = [
     "All", "And", "AnyOf", "Not", "Or", "Range", "SegmentRef", "Term", "evaluate", "parse_where",
-    "RelateHit", "RelateQuery", "RelateResult", "relate",
+    "RelateHit", "RelateQuery", "RelateResult", "relate", "set_kernel_threads",
 ]

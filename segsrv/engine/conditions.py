@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError
+from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownSegmentError
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 
@@ -302,7 +302,7 @@ class Evaluator:
     def _segment(self, name: str) -> np.ndarray:
         catalog = self.snapshot.segments or {}
         if name not in catalog:
-            raise QueryError(
+            raise UnknownSegmentError(
                 f"snapshot {self.snapshot.name!r} has no segment {name!r}{suggest(name, catalog)}"
                 + ("" if catalog else " (its segment catalog is empty)"),
                 [("$segment", f"unknown segment {name!r}")],

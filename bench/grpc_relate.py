@@ -1,0 +1,330 @@
+"""gRPC Relate benchmark: our server against an empty server on the same stack.
+
+Two servers, each in its own process, built the same way (grpcio sync server,
+the same thread pool size, options and concurrency limit as
+segsrv.server.app.create_server):
+
+  empty   a generic handler for /segsrv.v1.SegmentationService/Relate that
+          parses the request and returns an empty RelateResponse (the floor:
+          pure per-RPC framework cost)
+  segsrv  create_server over the 1M-customer demo snapshot (bench/common.py)
+
+The requests are the same for both: Relate over the customers universe, a few
+fields (~100 features, bench/relate.py's pick_fields) and 20 conditions
+(bench/relate.py's conditions), limit 20. Measured per server:
+
+  * sequential latency p50/p99: one client, one channel, ~500 calls
+  * throughput at concurrency 1, 8, 32: closed loop for ~5 s, the load spread
+    over up to 4 client processes (each with its own channel / connection),
+    threads within a process sharing its channel
+  * server CPU per RPC (from /proc/PID/stat) and client CPU, to say what limits it
+
+    python bench/grpc_relate.py [--seconds 5] [--calls 500] [--customers 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import multiprocessing as mp
+import os
+import threading
+import time
+
+from common import demo_snapshot, percentile, write_result
+
+CONCURRENCY = (1, 8, 32)
+MAX_CLIENT_PROCS = 4
+TARGET_RATIO = 0.60
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- servers (each in its own process) -------------------------------------------------------
+
+
+def _server_defaults() -> dict:
+    from segsrv.server.app import create_server
+
+    return {k: p.default for k, p in inspect.signature(create_server).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _empty_server():
+    """The same grpc.server construction as create_server, with a handler that does nothing."""
+    from concurrent import futures
+
+    import grpc
+
+    from segsrv.v1 import segsrv_pb2 as pb
+
+    d = _server_defaults()
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", int(d["max_receive_message_bytes"])),
+        ("grpc.max_send_message_length", int(d["max_send_message_bytes"])),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=d["max_workers"], thread_name_prefix="empty-rpc"),
+                         options=options, maximum_concurrent_rpcs=d["max_concurrent_rpcs"])
+    empty = pb.RelateResponse()
+    handler = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: empty,
+        request_deserializer=pb.RelateRequest.FromString,
+        response_serializer=pb.RelateResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "segsrv.v1.SegmentationService", {"Relate": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    return server, port
+
+
+def server_main(kind: str, root: str, conn, stop) -> None:
+    if kind == "empty":
+        server, port = _empty_server()
+    else:
+        from segsrv.server.app import create_server
+
+        server, port = create_server(root, host="127.0.0.1", port=0)
+    server.start()
+    conn.send(port)
+    stop.wait()
+    server.stop(0)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+# --- clients ------------------------------------------------------------------------------
+
+
+def _stub(addr: str):
+    import grpc
+
+    from segsrv.v1 import segsrv_pb2_grpc
+
+    channel = grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+    return channel, segsrv_pb2_grpc.SegmentationServiceStub(channel)
+
+
+def _requests(blobs: list[bytes]):
+    from segsrv.v1 import segsrv_pb2 as pb
+
+    return [pb.RelateRequest.FromString(b) for b in blobs]
+
+
+def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list[dict] | None, out) -> None:
+    """Sequential calls on one channel: per-call latency (raw stub), and the SegsrvClient path."""
+    channel, stub = _stub(addr)
+    reqs = _requests(blobs)
+    for i in range(50):  # connect, warm caches
+        stub.Relate(reqs[i % len(reqs)], timeout=30)
+    lat, server_ms = [], []
+    for i in range(calls):
+        t = time.perf_counter()
+        resp = stub.Relate(reqs[i % len(reqs)], timeout=30)
+        lat.append(time.perf_counter() - t)
+        server_ms.append(resp.info.server_time_ms)
+    result = {"p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
+              "server_time_p50_ms": percentile(server_ms, 50)}
+    if client_queries:  # the whole client path: JSON query -> request -> RPC -> rendered dict
+        from segsrv.client import SegsrvClient
+
+        with SegsrvClient(addr) as client:
+            queries = client_queries
+            for q in queries[:10]:
+                client.relate(q)
+            lat2 = []
+            for i in range(min(calls, 200)):
+                t = time.perf_counter()
+                client.relate(queries[i % len(queries)])
+                lat2.append(time.perf_counter() - t)
+        result["client_relate_p50_ms"] = percentile(lat2, 50) * 1e3
+    channel.close()
+    out.put(result)
+
+
+def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float, ready, out) -> None:
+    """Closed loop: `threads` threads sharing one channel, for `seconds` from the shared start time."""
+    channel, stub = _stub(addr)
+    reqs = _requests(blobs)
+    for i in range(20):
+        stub.Relate(reqs[i % len(reqs)], timeout=30)
+    ready.put(True)
+    while start.value == 0.0:
+        time.sleep(0.002)
+    start_at = start.value
+    stop_at = start_at + seconds
+    counts = [0] * threads
+    errors = [0] * threads
+
+    def loop(k: int) -> None:
+        i = k
+        while time.time() < start_at:
+            time.sleep(0.001)
+        while time.time() < stop_at:
+            try:
+                stub.Relate(reqs[i % len(reqs)], timeout=30)
+                counts[k] += 1
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors[k] += 1
+            i += threads
+
+    cpu0 = time.process_time()
+    ts = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put({"calls": sum(counts), "errors": sum(errors), "cpu_s": time.process_time() - cpu0})
+    channel.close()
+
+
+def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: float, server_pid: int) -> dict:
+    procs = min(concurrency, MAX_CLIENT_PROCS)
+    per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    ready, out = ctx.Queue(), ctx.Queue()
+    start = ctx.Value("d", 0.0)  # set once every client is connected and warm
+    workers = [ctx.Process(target=load_main, args=(addr, blobs, n, start, seconds, ready, out)) for n in per]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=120)
+    start_at = time.time() + 0.2
+    stop_at = start_at + seconds
+    start.value = start_at
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = proc_cpu_seconds(server_pid)
+    time.sleep(max(0.0, stop_at - time.time()))
+    cpu1 = proc_cpu_seconds(server_pid)
+    results = [out.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join()
+    calls = sum(r["calls"] for r in results)
+    return {
+        "concurrency": concurrency,
+        "client_processes": procs,
+        "calls": calls,
+        "errors": sum(r["errors"] for r in results),
+        "qps": calls / seconds,
+        "server_cores": (cpu1 - cpu0) / seconds,
+        "server_cpu_us_per_rpc": (cpu1 - cpu0) / calls * 1e6 if calls else None,
+        "client_cores": sum(r["cpu_s"] for r in results) / seconds,
+    }
+
+
+def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: list[dict], args) -> dict:
+    parent, child = ctx.Pipe()
+    stop = ctx.Event()
+    proc = ctx.Process(target=server_main, args=(kind, root, child, stop))
+    proc.start()
+    try:
+        port = parent.recv()
+        addr = f"127.0.0.1:{port}"
+        out = ctx.Queue()
+        lat = ctx.Process(target=latency_main, args=(addr, blobs, args.calls, queries if kind == "segsrv" else None, out))
+        lat.start()
+        latency = out.get(timeout=300)
+        lat.join()
+        runs = [throughput(ctx, addr, blobs, c, args.seconds, proc.pid) for c in CONCURRENCY]
+        return {"latency": latency, "throughput": {str(r["concurrency"]): r for r in runs}}
+    finally:
+        stop.set()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+def build_requests(root) -> tuple[list[bytes], list[str], list[dict], int, int]:
+    """Serialized RelateRequests (customers, few fields, 20 conditions, limit 20), built by SegsrvClient."""
+    from relate import conditions, pick_fields
+
+    from segsrv.client import SegsrvClient
+    from segsrv.client_conditions import where_from_condition
+    from segsrv.snapshot.reader import open_snapshot
+
+    snap = open_snapshot(root)
+    u = snap.universes["customers"]
+    fields = pick_fields(u)
+    queries = [{"from": "customers", "where": where_from_condition(c), "relate": fields, "limit": 20}
+               for c in conditions(u)]
+    client = SegsrvClient("127.0.0.1:1")  # request building only: no RPC
+    try:
+        blobs = [client.relate_request(q)[0].SerializeToString() for q in queries]
+    finally:
+        client.close()
+    n_features = sum(len(u.fields[f].values) for f in fields)
+    return blobs, fields, queries, n_features, u.n_rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--calls", type=int, default=500)
+    args = ap.parse_args()
+    root = str(demo_snapshot(args.customers))
+    blobs, fields, queries, n_features, n_rows = build_requests(root)
+    ctx = mp.get_context("spawn")  # this process has used grpc (request building): no fork
+    t0 = time.perf_counter()
+    servers = {kind: run_server_bench(ctx, kind, root, blobs, queries, args) for kind in ("empty", "segsrv")}
+    empty, ours = servers["empty"], servers["segsrv"]
+    ratios = {c: ours["throughput"][c]["qps"] / empty["throughput"][c]["qps"] for c in map(str, CONCURRENCY)}
+
+    # what limits it, at the highest concurrency
+    top = str(CONCURRENCY[-1])
+    e, o = empty["throughput"][top], ours["throughput"][top]
+    cores = os.cpu_count()
+    engine_ms = ours["latency"]["server_time_p50_ms"]
+    cpu_ratio = o["server_cpu_us_per_rpc"] / e["server_cpu_us_per_rpc"]
+    limit_line = (
+        f"at c={top}: each Relate costs the server {o['server_cpu_us_per_rpc']:.0f} us CPU against "
+        f"{e['server_cpu_us_per_rpc']:.0f} us for an empty RPC ({cpu_ratio:.1f}x; the handler's time is "
+        f"~{engine_ms:.2f} ms of it), in one process under the GIL ({o['server_cores']:.2f} server cores used; "
+        f"clients {o['client_cores']:.2f}; {cores} cores shared by server and clients). With both servers "
+        f"CPU-bound the ratio could not exceed {1 / cpu_ratio:.0%}; the empty server was capped by the client "
+        f"side here ({e['server_cores']:.2f} server cores), so the measured ratio is higher. The 60% target "
+        f"needs a cheaper relate or more server processes (so_reuseport), not gRPC tuning"
+    )
+    result = {
+        "customers": n_rows,
+        "fields": fields,
+        "n_features": n_features,
+        "requests": len(blobs),
+        "seconds_per_run": args.seconds,
+        "sequential_calls": args.calls,
+        "cpu_count": cores,
+        "server_settings": {k: v for k, v in _server_defaults().items()
+                            if k in ("max_workers", "max_concurrent_rpcs", "reuse_port")},
+        "empty": empty,
+        "segsrv": ours,
+        "ratio_qps_segsrv_over_empty": {c: round(r, 3) for c, r in ratios.items()},
+        "target_ratio": TARGET_RATIO,
+        "meets_target": {c: r >= TARGET_RATIO for c, r in ratios.items()},
+        "what_limits_it": limit_line,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(f"gRPC Relate on {n_rows:,} customers, {n_features} features ({len(fields)} fields), limit 20, "
+          f"{cores} cores; empty = same grpcio sync server, handler returns an empty RelateResponse")
+    print(f"{'':24s}{'empty':>12s}{'segsrv':>12s}{'ratio':>9s}")
+    el, ol = empty["latency"], ours["latency"]
+    print(f"{'sequential p50 (ms)':24s}{el['p50_ms']:12.3f}{ol['p50_ms']:12.3f}")
+    print(f"{'sequential p99 (ms)':24s}{el['p99_ms']:12.3f}{ol['p99_ms']:12.3f}")
+    print(f"{'server time p50 (ms)':24s}{el['server_time_p50_ms']:12.3f}{ol['server_time_p50_ms']:12.3f}")
+    print(f"{'SegsrvClient.relate p50':24s}{'':12s}{ol['client_relate_p50_ms']:12.3f}")
+    for c in map(str, CONCURRENCY):
+        et, ot = empty["throughput"][c], ours["throughput"][c]
+        mark = "ok" if ratios[c] >= TARGET_RATIO else f"< {TARGET_RATIO:.0%}"
+        print(f"{'QPS c=' + c + ' (' + str(ot['client_processes']) + ' procs)':24s}{et['qps']:12.0f}{ot['qps']:12.0f}"
+              f"{ratios[c]:8.0%} {mark}")
+        print(f"{'  server us/RPC, cores':24s}{et['server_cpu_us_per_rpc']:7.0f}/{et['server_cores']:4.2f}"
+              f"{ot['server_cpu_us_per_rpc']:7.0f}/{ot['server_cores']:4.2f}"
+              f"   clients {et['client_cores']:.2f} / {ot['client_cores']:.2f} cores"
+              + (f"  errors {et['errors']}/{ot['errors']}" if et["errors"] or ot["errors"] else ""))
+    print(f"what limits it: {limit_line}")
+    print(f"results: {write_result('grpc_relate', result)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Python client of a segsrv gRPC server.
+
+    from segsrv.client import SegsrvClient, SegsrvRpcError
+
+    with SegsrvClient("127.0.0.1:50051", timeout=5.0) as client:
+        answer = client.relate({"from": "customers", "where": {"region": "north"}, "limit": 10})
+        n = client.count({"from": "customers", "where": {"region": "north"}})["count"]
+
+`relate` and `count` take the JSON query form of `segsrv query --local` (see
+docs/query.md) and return the same dicts as segsrv.engine.query's
+run_relate_json / run_count_json. Queries are validated client-side with the
+engine's own parser first, so malformed input raises the same QueryError a
+local query raises, before any RPC. Every failed RPC (server errors, deadline
+exceeded, server unavailable) raises SegsrvRpcError. See docs/client.md.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from .client_conditions import condition_to_proto, to_condition, where_from_proto
+from .engine.query import _check_keys, relate_query_from_json, render_relate
+from .engine.relate import STAT_NAMES, RelateHit, RelateResult
+from .errors import QueryError
+from .v1 import segsrv_pb2 as pb
+from .v1 import segsrv_pb2_grpc as pb_grpc
+
+__all__ = ["SegsrvClient", "SegsrvRpcError"]
+
+_UNSET = object()
+
+ORDER_TO_PROTO = {name: pb.RelateOrder.Value(f"RELATE_ORDER_{name.upper()}") for name in (
+    "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
+    "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
+)}
+DIRECTION_TO_PROTO = {name: pb.RelateDirection.Value(f"RELATE_DIRECTION_{name.upper()}") for name in ("over", "under", "all")}
+PLAN_TO_PROTO = {name: pb.RelatePlan.Value(f"RELATE_PLAN_{name.upper()}") for name in ("auto", "scan", "histogram")}
+# the engine reports "none" when nothing was counted (empty condition or no features): no proto value
+PLAN_FROM_PROTO = {v: k for k, v in PLAN_TO_PROTO.items()} | {pb.RELATE_PLAN_UNSPECIFIED: "none"}
+
+# engine statistic name -> RelateHit proto field
+_STAT_FIELDS = {name: name for name in STAT_NAMES} | {"n_feature": "feature_count"}
+_INT_STATS = {"support", "n_feature"}
+
+_FIELD_KINDS = {pb.FIELD_KIND_CATEGORICAL: "categorical", pb.FIELD_KIND_MULTI: "multi",
+                pb.FIELD_KIND_NUMERIC: "numeric", pb.FIELD_KIND_UNSPECIFIED: None}
+_FIELD_SEMANTICS = {pb.FIELD_SEMANTICS_OWN: "own", pb.FIELD_SEMANTICS_FORWARD: "forward",
+                    pb.FIELD_SEMANTICS_EXISTS: "exists", pb.FIELD_SEMANTICS_UNSPECIFIED: None}
+
+
+class SegsrvRpcError(Exception):
+    """A failed RPC: the gRPC status code, its message and the BadRequest field violations.
+
+    code        grpc.StatusCode (INVALID_ARGUMENT, NOT_FOUND, DEADLINE_EXCEEDED, UNAVAILABLE, ...)
+    message     the status message
+    violations  [(field, description)] from google.rpc.BadRequest details (may be empty)
+    details     the raw google.protobuf.Any details of the google.rpc.Status (may be empty)
+    status      the google.rpc.Status, or None when the server sent no rich status
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, violations=None, details=None, status=None):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.violations = list(violations or [])
+        self.details = list(details or [])
+        self.status = status
+
+    @classmethod
+    def from_rpc_error(cls, exc: grpc.RpcError) -> "SegsrvRpcError":
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        message = (exc.details() if hasattr(exc, "details") else None) or ""
+        status, violations, details = None, [], []
+        try:
+            from google.rpc import error_details_pb2
+            from grpc_status import rpc_status
+
+            status = rpc_status.from_call(exc)
+        except Exception:  # no grpc_status, or a status that disagrees with the call's code/message
+            status = None
+        if status is not None:
+            details = list(status.details)
+            for any_msg in details:
+                if any_msg.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    br = error_details_pb2.BadRequest()
+                    any_msg.Unpack(br)
+                    violations.extend((v.field, v.description) for v in br.field_violations)
+            message = status.message or message
+        return cls(code, message, violations, details, status)
+
+
+class SegsrvClient:
+    """Blocking client of segsrv.v1.SegmentationService over one insecure channel.
+
+    timeout     per-call deadline in seconds (None: no deadline); each method takes timeout= too
+    snapshot    snapshot name sent with every request ("" : the server's only snapshot)
+    version     snapshot version to pin ("" : the version the server currently serves)
+    """
+
+    def __init__(self, address: str, *, timeout: float | None = 10.0, snapshot: str = "", version: str = "",
+                 channel_options=None):
+        self.address = address
+        self.timeout = timeout
+        self.snapshot = snapshot or ""
+        self.version = version or ""
+        self._channel = grpc.insecure_channel(address, options=list(channel_options or []))
+        self._stub = pb_grpc.SegmentationServiceStub(self._channel)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "SegsrvClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------
+
+    def _selector(self) -> pb.SnapshotSelector:
+        return pb.SnapshotSelector(name=self.snapshot, version=self.version)
+
+    def _call(self, method, request, timeout):
+        timeout = self.timeout if timeout is _UNSET else timeout
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise SegsrvRpcError.from_rpc_error(exc) from None
+
+    # --- requests (exposed for callers that want the proto) --------------------
+
+    def relate_request(self, query: dict | None = None, **kwargs) -> tuple[pb.RelateRequest, list[str]]:
+        """The JSON relate query -> (RelateRequest, select); raises QueryError like a local query."""
+        obj = _merge_query(query, kwargs)
+        where = obj.get("where")
+        direct = where is not None and not isinstance(where, dict)
+        if direct:  # an engine dataclass or a proto Condition: validate the rest with the engine's parser
+            obj = {k: v for k, v in obj.items() if k != "where"}
+        q, select = relate_query_from_json(obj)
+        # limits (depth, terms) are checked here, as the local evaluation checks them
+        cond = to_condition(where if direct else q.where)
+        for pat in q.relate or ():
+            if not isinstance(pat, str) or not pat:
+                raise QueryError(f"relate: bad field pattern {pat!r}", [("relate", f"bad pattern {pat!r}")])
+        if q.universe is not None and not isinstance(q.universe, str):
+            raise QueryError(f"from: expected a universe name, got {q.universe!r}", [("from", "expected a string")])
+        req = pb.RelateRequest(
+            snapshot=self._selector(),
+            universe=q.universe or "",
+            condition=condition_to_proto(cond),
+            fields=list(q.relate or ()),
+            order_by=ORDER_TO_PROTO[q.order_by],
+            direction=DIRECTION_TO_PROTO[q.direction],
+            limit=q.limit,
+            min_support=q.min_support,
+            prior_strength=float(q.prior_strength),
+            include_condition_fields=not q.exclude_condition_fields,
+            plan=PLAN_TO_PROTO[q.plan],
+        )
+        if q.min_lift is not None:
+            req.min_lift = float(q.min_lift)
+        if q.max_p_value is not None:
+            req.max_p_value = float(q.max_p_value)
+        return req, select
+
+    def count_request(self, query: dict | None = None, **kwargs) -> pb.CountRequest:
+        obj = _merge_query(query, kwargs)
+        where = obj.get("where")
+        if where is not None and not isinstance(where, dict):
+            cond = to_condition(where)
+            obj = {k: v for k, v in obj.items() if k != "where"}
+            _check_keys(obj, {"from"}, "count")
+        else:
+            _check_keys(obj, {"from", "where"}, "count")
+            cond = to_condition(where)
+        universe = obj.get("from")
+        if universe is not None and not isinstance(universe, str):
+            raise QueryError(f"from: expected a universe name, got {universe!r}", [("from", "expected a string")])
+        return pb.CountRequest(snapshot=self._selector(), universe=universe or "", condition=condition_to_proto(cond))
+
+    # --- RPCs ------------------------------------------------------------------
+
+    def relate(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
+        """Relate: the same dict as run_relate_json (elapsed_ms is the server's handling time).
+
+        `query` is the JSON relate query; keyword arguments add or override keys
+        (`from_=` or `universe=` for "from"). `where` may also be an engine
+        condition dataclass or a proto Condition.
+        """
+        req, select = self.relate_request(query, **kwargs)
+        resp = self._call(self._stub.Relate, req, timeout)
+        return render_relate(relate_result_from_proto(resp), select)
+
+    def count(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
+        """Count: the same dict as run_count_json."""
+        resp = self._call(self._stub.Count, self.count_request(query, **kwargs), timeout)
+        return {
+            "snapshot": resp.info.snapshot_name,
+            "version": resp.info.snapshot_version,
+            "from": resp.universe,
+            "n_rows": resp.row_count,
+            "count": resp.count,
+        }
+
+    def snapshot_info(self, universe: str = "", include_values: bool = False, *, timeout=_UNSET) -> dict:
+        """The served snapshot, shaped like `segsrv info` (values as {value: count} when requested)."""
+        req = pb.GetSnapshotInfoRequest(snapshot=self._selector(), universe=universe or "",
+                                        include_values=include_values)
+        resp = self._call(self._stub.GetSnapshotInfo, req, timeout)
+        universes = {}
+        for u in resp.universes:
+            fields = {}
+            for f in u.fields:
+                entry = {"kind": _FIELD_KINDS.get(f.kind), "semantics": _FIELD_SEMANTICS.get(f.semantics),
+                         "n_values": f.value_count, "has_raw_values": f.has_raw_values}
+                if include_values:
+                    entry["values"] = {v.value: v.count for v in f.values}
+                if f.band_edges:
+                    entry["edges"] = list(f.band_edges)
+                fields[f.name] = entry
+            universes[u.name] = {"table": u.table, "key": u.key, "n_rows": u.row_count,
+                                 "n_features": u.feature_count, "fields": fields}
+        return {
+            "name": resp.info.snapshot_name,
+            "version": resp.info.snapshot_version,
+            "description": resp.description,
+            "served_snapshots": list(resp.served_snapshots),
+            "universes": universes,
+            "elapsed_ms": round(resp.info.server_time_ms, 3),
+        }
+
+    def list_segments(self, universe: str = "", *, timeout=_UNSET) -> list[dict]:
+        """The segment catalog: name, description, universe, where (JSON form), priority, tags, size, share."""
+        req = pb.ListSegmentsRequest(snapshot=self._selector(), universe=universe or "")
+        resp = self._call(self._stub.ListSegments, req, timeout)
+        return [
+            {"name": s.name, "description": s.description, "universe": s.universe,
+             "where": where_from_proto(s.condition), "priority": s.priority, "tags": list(s.tags),
+             "size": s.size, "share": s.share}
+            for s in resp.segments
+        ]
+
+    def health(self, service: str = "", *, timeout=_UNSET) -> str:
+        """grpc.health.v1 Check: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN"."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        resp = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def _merge_query(query, kwargs) -> dict:
+    if query is not None and not isinstance(query, dict):
+        raise QueryError(f"query must be a JSON object (dict), got {type(query).__name__}", [("query", "not an object")])
+    obj = dict(query or {})
+    for key, val in kwargs.items():
+        obj["from" if key in ("from_", "universe") else key] = val
+    return obj
+
+
+def relate_result_from_proto(resp: pb.RelateResponse) -> RelateResult:
+    """RelateResponse -> the engine's RelateResult (feature ids are not sent: None)."""
+    hits = []
+    for h in resp.hits:
+        stats = {}
+        for name, attr in _STAT_FIELDS.items():
+            v = getattr(h, attr)
+            stats[name] = int(v) if name in _INT_STATS else float(v)
+        hits.append(RelateHit(None, h.field, h.value, stats))
+    return RelateResult(
+        snapshot=resp.info.snapshot_name,
+        version=resp.info.snapshot_version,
+        universe=resp.universe,
+        n_rows=resp.row_count,
+        n_condition=resp.condition_count,
+        n_candidates=resp.candidate_count,
+        n_matching=resp.matching_count,
+        plan=PLAN_FROM_PROTO.get(resp.plan, "none"),
+        hits=hits,
+        elapsed_ms=resp.info.server_time_ms,
+    )

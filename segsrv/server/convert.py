@@ -1,0 +1,271 @@
+"""Conversions between the segsrv.v1 messages and the engine's dataclasses.
+
+Only conversions live here (and the structural checks a message needs before
+it is a valid engine input, like "a list has at least one item"); every
+statement about the data (unknown fields, values, universes, limits of the
+engine) comes from the engine itself.
+
+While converting a condition, ``RequestPaths`` records where each field,
+value and segment name sits in the request, so that an engine error naming
+the domain field ``region`` can be reported as a violation of the request
+field ``condition.all_of.conditions[1].term.field``.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import time
+from collections import defaultdict
+
+from ..engine.conditions import MAX_DEPTH, All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term
+from ..engine.count import CountResult
+from ..engine.relate import DEFAULT_LIMIT, DEFAULT_PRIOR_STRENGTH, RelateQuery, RelateResult
+from ..errors import LimitExceededError, QueryError
+from ..snapshot.reader import Snapshot, Universe
+from ..v1 import condition_pb2, segsrv_pb2
+
+# --- conditions ---------------------------------------------------------------
+
+
+class RequestPaths:
+    """Where the names of a request's condition sit in the request message."""
+
+    def __init__(self, root: str = "condition", fields: list[str] | None = None):
+        self.root = root
+        self.relate_fields = list(fields or [])
+        self.fields: dict[str, list[str]] = defaultdict(list)  # field name -> paths of its `field` member
+        self.values: dict[tuple[str, str], list[str]] = defaultdict(list)  # (field, value) -> value paths
+        self.ranges: dict[str, list[str]] = defaultdict(list)  # field name -> paths of numeric ranges
+        self.segments: dict[str, list[str]] = defaultdict(list)  # segment name -> paths of its `name`
+
+    def locate(self, field: str, description: str) -> list[str]:
+        """Request paths for an engine violation (field, description); [field] when unknown."""
+        if field == "from":
+            return ["universe"]
+        if field == "where":
+            return [self.root]
+        if field == "relate":
+            hits = [f"fields[{i}]" for i, pat in enumerate(self.relate_fields) if repr(pat) in description]
+            return hits or ["fields"]
+        if field == "$segment":
+            hits = [p for name, ps in self.segments.items() if repr(name) in description for p in ps]
+            return hits or [p for ps in self.segments.values() for p in ps] or [self.root]
+        if field in self.fields:
+            if description.startswith("unknown value "):
+                try:
+                    value = ast.literal_eval(description[len("unknown value "):])
+                except (ValueError, SyntaxError):
+                    value = None
+                if (field, value) in self.values:
+                    return self.values[(field, value)]
+            if "range" in description and field in self.ranges:
+                return self.ranges[field]
+            return self.fields[field]
+        return [field]
+
+
+def _bad(path: str, description: str) -> QueryError:
+    return QueryError(f"{path}: {description}", [(path, description)])
+
+
+def condition_from_proto(msg: condition_pb2.Condition | None, paths: RequestPaths | None = None,
+                         path: str | None = None) -> Condition:
+    """A request's condition -> engine tree; unset (or no message) at the top means every row."""
+    paths = paths if paths is not None else RequestPaths()
+    path = path or paths.root
+    if msg is None or msg.WhichOneof("kind") is None:
+        return All()
+    return _node(msg, paths, path, 0)
+
+
+def _node(msg: condition_pb2.Condition, paths: RequestPaths, path: str, depth: int) -> Condition:
+    if depth > MAX_DEPTH:
+        raise LimitExceededError(
+            f"{path}: condition nests deeper than {MAX_DEPTH} levels", [(path, f"depth > {MAX_DEPTH}")]
+        )
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise _bad(path, "condition has no kind set (one of term, value_set, numeric_range, all_of, any_of, "
+                         "negation, segment, all_rows)")
+    at = f"{path}.{kind}"
+    if kind == "term":
+        _field(msg.term.field, paths, at)
+        paths.values[(msg.term.field, msg.term.value)].append(f"{at}.value")
+        return Term(msg.term.field, msg.term.value)
+    if kind == "value_set":
+        _field(msg.value_set.field, paths, at)
+        if not msg.value_set.values:
+            raise _bad(f"{at}.values", "at least one value is required")
+        for i, v in enumerate(msg.value_set.values):
+            paths.values[(msg.value_set.field, v)].append(f"{at}.values[{i}]")
+        return AnyOf(msg.value_set.field, tuple(msg.value_set.values))
+    if kind == "numeric_range":
+        r = msg.numeric_range
+        _field(r.field, paths, at)
+        paths.ranges[r.field].append(at)
+        bounds = {}
+        for name in ("gte", "gt", "lte", "lt"):
+            if r.HasField(name):
+                x = getattr(r, name)
+                if math.isnan(x):
+                    raise _bad(f"{at}.{name}", "bound is NaN")
+                bounds[name] = float(x)
+        if "gte" in bounds and "gt" in bounds:
+            raise _bad(at, "give at most one lower bound (gte or gt)")
+        if "lte" in bounds and "lt" in bounds:
+            raise _bad(at, "give at most one upper bound (lte or lt)")
+        return Range(r.field, **bounds)
+    if kind in ("all_of", "any_of"):
+        items = getattr(msg, kind).conditions
+        if not items:
+            raise _bad(f"{at}.conditions", "at least one condition is required")
+        parts = tuple(_node(c, paths, f"{at}.conditions[{i}]", depth + 1) for i, c in enumerate(items))
+        return And(parts) if kind == "all_of" else Or(parts)
+    if kind == "negation":
+        return Not(_node(msg.negation, paths, at, depth + 1))
+    if kind == "segment":
+        if not msg.segment.name:
+            raise _bad(f"{at}.name", "segment name is required")
+        paths.segments[msg.segment.name].append(f"{at}.name")
+        return SegmentRef(msg.segment.name)
+    return All()  # all_rows
+
+
+def _field(name: str, paths: RequestPaths, at: str) -> None:
+    if not name:
+        raise _bad(f"{at}.field", "field is required")
+    paths.fields[name].append(f"{at}.field")
+
+
+def condition_to_proto(cond: Condition) -> condition_pb2.Condition:
+    """Engine tree -> message (e.g. a catalog segment's definition)."""
+    c = condition_pb2
+    if isinstance(cond, Term):
+        return c.Condition(term=c.Term(field=cond.field, value=cond.value))
+    if isinstance(cond, AnyOf):
+        return c.Condition(value_set=c.ValueSet(field=cond.field, values=list(cond.values)))
+    if isinstance(cond, Range):
+        bounds = {k: getattr(cond, k) for k in ("gte", "gt", "lte", "lt") if getattr(cond, k) is not None}
+        return c.Condition(numeric_range=c.NumericRange(field=cond.field, **bounds))
+    if isinstance(cond, And):
+        return c.Condition(all_of=c.ConditionList(conditions=[condition_to_proto(i) for i in cond.items]))
+    if isinstance(cond, Or):
+        return c.Condition(any_of=c.ConditionList(conditions=[condition_to_proto(i) for i in cond.items]))
+    if isinstance(cond, Not):
+        return c.Condition(negation=condition_to_proto(cond.item))
+    if isinstance(cond, SegmentRef):
+        return c.Condition(segment=c.SegmentReference(name=cond.name))
+    return c.Condition(all_rows=c.AllRows())
+
+
+# --- enums --------------------------------------------------------------------
+
+
+def _enum_from_proto(enum_type, prefix: str, number: int, default: str, field: str) -> str:
+    if number == 0:
+        return default
+    try:
+        return enum_type.Name(number).removeprefix(prefix).lower()
+    except ValueError:
+        raise _bad(field, f"unknown {enum_type.DESCRIPTOR.name} value {number}") from None
+
+
+def _enum_to_proto(enum_type, prefix: str, name: str) -> int:
+    try:
+        return enum_type.Value(prefix + name.upper())
+    except ValueError:
+        return 0
+
+
+# --- relate -------------------------------------------------------------------
+
+
+def relate_query_from_proto(req: segsrv_pb2.RelateRequest, paths: RequestPaths) -> RelateQuery:
+    q = RelateQuery(
+        where=condition_from_proto(req.condition if req.HasField("condition") else None, paths),
+        universe=req.universe or None,
+        relate=list(req.fields) or None,
+        order_by=_enum_from_proto(segsrv_pb2.RelateOrder, "RELATE_ORDER_", req.order_by, "lift_smoothed", "order_by"),
+        direction=_enum_from_proto(segsrv_pb2.RelateDirection, "RELATE_DIRECTION_", req.direction, "over", "direction"),
+        limit=req.limit or DEFAULT_LIMIT,
+        min_support=req.min_support if req.HasField("min_support") else 1,
+        min_lift=req.min_lift if req.HasField("min_lift") else None,
+        max_p_value=req.max_p_value if req.HasField("max_p_value") else None,
+        prior_strength=req.prior_strength if req.HasField("prior_strength") else DEFAULT_PRIOR_STRENGTH,
+        exclude_condition_fields=not req.include_condition_fields,
+        plan=_enum_from_proto(segsrv_pb2.RelatePlan, "RELATE_PLAN_", req.plan, "auto", "plan"),
+    )
+    return q
+
+
+def relate_response_to_proto(result: RelateResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.RelateResponse:
+    hits = []
+    for h in result.hits:
+        s = h.stats
+        hits.append(segsrv_pb2.RelateHit(
+            field=h.field, value=h.value, support=int(s["support"]), support_ratio=s["support_ratio"],
+            p=s["p"], p_base=s["p_base"], p_not=s["p_not"], lift=s["lift"], lift_smoothed=s["lift_smoothed"],
+            lift_low=s["lift_low"], lift_high=s["lift_high"], p_value=s["p_value"], q_value=s["q_value"],
+            leverage=s["leverage"], conviction=s["conviction"], jaccard=s["jaccard"], certainty=s["certainty"],
+            kulczynski=s["kulczynski"], zhang=s["zhang"], mutual_information=s["mutual_information"],
+            feature_count=int(s["n_feature"]),
+        ))
+    return segsrv_pb2.RelateResponse(
+        info=info, universe=result.universe, row_count=result.n_rows, condition_count=result.n_condition,
+        candidate_count=result.n_candidates, matching_count=result.n_matching,
+        plan=_enum_to_proto(segsrv_pb2.RelatePlan, "RELATE_PLAN_", result.plan),  # "none" (empty C) -> UNSPECIFIED
+        hits=hits,
+    )
+
+
+# --- count --------------------------------------------------------------------
+
+
+def count_response_to_proto(result: CountResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.CountResponse:
+    return segsrv_pb2.CountResponse(info=info, universe=result.universe, count=result.count, row_count=result.n_rows)
+
+
+# --- snapshot info and catalog ------------------------------------------------
+
+_KINDS = {"categorical": segsrv_pb2.FIELD_KIND_CATEGORICAL, "multi": segsrv_pb2.FIELD_KIND_MULTI,
+          "numeric": segsrv_pb2.FIELD_KIND_NUMERIC}
+_SEMANTICS = {"own": segsrv_pb2.FIELD_SEMANTICS_OWN, "forward": segsrv_pb2.FIELD_SEMANTICS_FORWARD,
+              "exists": segsrv_pb2.FIELD_SEMANTICS_EXISTS}
+
+
+def universe_to_proto(u: Universe, include_values: bool) -> segsrv_pb2.UniverseInfo:
+    fields = []
+    for f in u.fields.values():
+        fi = segsrv_pb2.FieldInfo(
+            name=f.name, kind=_KINDS.get(f.kind, 0), semantics=_SEMANTICS.get(f.semantics, 0),
+            value_count=len(f.values), band_edges=[float(e) for e in (f.edges or [])],
+            has_raw_values=f.numeric is not None,
+        )
+        if include_values:
+            fi.values.extend(segsrv_pb2.ValueCount(value=v, count=int(c)) for v, c in zip(f.values, f.counts))
+        fields.append(fi)
+    return segsrv_pb2.UniverseInfo(name=u.name, table=u.table, key=u.key, row_count=u.n_rows,
+                                   feature_count=u.n_features, fields=fields)
+
+
+def snapshot_info_to_proto(snapshot: Snapshot, universes: list[Universe], include_values: bool,
+                           served: list[str], info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.GetSnapshotInfoResponse:
+    return segsrv_pb2.GetSnapshotInfoResponse(
+        info=info, description=snapshot.description,
+        universes=[universe_to_proto(u, include_values) for u in universes], served_snapshots=served,
+    )
+
+
+def segment_to_proto(name: str, entry: dict, cond: Condition, size: int, n_rows: int) -> segsrv_pb2.Segment:
+    return segsrv_pb2.Segment(
+        name=name, description=str(entry.get("description", "")), universe=str(entry.get("universe", "")),
+        condition=condition_to_proto(cond), priority=int(entry.get("priority", 0)),
+        tags=[str(t) for t in entry.get("tags", [])], size=size, share=size / n_rows if n_rows else 0.0,
+    )
+
+
+def response_info(snapshot: Snapshot, t0: float) -> segsrv_pb2.ResponseInfo:
+    """What answered; t0 is the handler's time.perf_counter() at entry."""
+    return segsrv_pb2.ResponseInfo(snapshot_name=snapshot.name, snapshot_version=snapshot.version,
+                                   server_time_ms=(time.perf_counter() - t0) * 1e3)

@@ -1,0 +1,136 @@
+"""The error model: one table from exception classes to gRPC status codes.
+
+An exception's status is that of the first class of its MRO found in
+``STATUS_TABLE`` (so subclasses can differ from their parent), INTERNAL when
+none is. ``abort`` ends an RPC with a ``google.rpc.Status`` whose details
+carry:
+
+- ``google.rpc.BadRequest``: one field violation per (field, description)
+  pair of the exception, the field being a path into the request message
+  (e.g. ``condition.all_of.conditions[1].term.field``);
+- ``google.rpc.ErrorInfo``: a machine-readable reason (``UNKNOWN_FIELD``,
+  ``LIMIT_EXCEEDED``, ...) in domain ``segsrv.dev``;
+- for INTERNAL: ``google.rpc.RequestInfo`` with a request id that is also
+  logged with the traceback. The client never sees the traceback nor the
+  exception's text.
+
+See docs/server.md for the table in prose.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Callable, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..errors import (
+    LimitExceededError,
+    NoSnapshotServedError,
+    NotBuiltYetError,
+    QueryError,
+    SnapshotNotFoundError,
+    UnknownSegmentError,
+    VersionNotServedError,
+)
+
+log = logging.getLogger("segsrv.server")
+
+ERROR_DOMAIN = "segsrv.dev"
+
+
+class DeadlineExpired(Exception):
+    """The client's deadline passed while the server was working (checked between steps)."""
+
+
+class RequestCancelled(Exception):
+    """The client cancelled the call (or its connection went away)."""
+
+
+# The table. Order does not matter: lookup follows the exception's MRO.
+STATUS_TABLE: dict[type[BaseException], grpc.StatusCode] = {
+    # bad requests: malformed messages, unknown fields / values / universes
+    QueryError: grpc.StatusCode.INVALID_ARGUMENT,
+    # a request over a documented limit (hits > 10,000, depth > 32, terms > 1,024): RESOURCE_EXHAUSTED
+    # as DESIGN.md section 5 specifies, with ErrorInfo reason LIMIT_EXCEEDED and field violations, so
+    # clients can tell it from capacity exhaustion (message size, concurrent RPCs) and not retry it
+    LimitExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnknownSegmentError: grpc.StatusCode.NOT_FOUND,
+    SnapshotNotFoundError: grpc.StatusCode.NOT_FOUND,
+    VersionNotServedError: grpc.StatusCode.FAILED_PRECONDITION,
+    NoSnapshotServedError: grpc.StatusCode.UNAVAILABLE,
+    NotBuiltYetError: grpc.StatusCode.UNIMPLEMENTED,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    RequestCancelled: grpc.StatusCode.CANCELLED,
+}
+
+
+def status_code_for(exc: BaseException) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_TABLE:
+            return STATUS_TABLE[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def reason_for(exc: BaseException) -> str:
+    """UnknownFieldError -> UNKNOWN_FIELD (a plain QueryError -> INVALID_REQUEST)."""
+    if type(exc) is QueryError:
+        return "INVALID_REQUEST"
+    name = type(exc).__name__
+    for suffix in ("Error", "Exception"):
+        name = name.removesuffix(suffix)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
+
+
+def _pack(msg) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(msg)
+    return a
+
+
+def build_status(exc: BaseException, locate: Callable[[str, str], list[str]] | None = None,
+                 method: str = "") -> tuple[status_pb2.Status, str | None]:
+    """The google.rpc.Status answering `exc`, and the request id when it is an internal error."""
+    code = status_code_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        request_id = uuid.uuid4().hex[:16]
+        log.error("internal error in %s (request id %s)", method or "rpc", request_id,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        details = [
+            _pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN,
+                                              metadata={"request_id": request_id})),
+            _pack(error_details_pb2.RequestInfo(request_id=request_id)),
+        ]
+        message = f"internal error (request id {request_id}); the server log has the details"
+        return status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=details), request_id
+
+    message = getattr(exc, "message", None) or str(exc) or code.name.lower().replace("_", " ")
+    violations = list(getattr(exc, "violations", []) or [])
+    details = []
+    if violations:
+        bad = error_details_pb2.BadRequest()
+        for field, description in violations:
+            # one violation: the exception's message is the fuller text (it names the snapshot or
+            # universe and suggests close matches)
+            text = message if len(violations) == 1 else description
+            for path in (locate(field, description) if locate else [field]):
+                bad.field_violations.add(field=path, description=text)
+        details.append(_pack(bad))
+    metadata = {}
+    if isinstance(exc, LimitExceededError) and violations:
+        metadata["limit"] = violations[0][1]
+    details.append(_pack(error_details_pb2.ErrorInfo(reason=reason_for(exc), domain=ERROR_DOMAIN, metadata=metadata)))
+    return status_pb2.Status(code=code.value[0], message=message, details=details), None
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException,
+          locate: Callable[[str, str], list[str]] | None = None, method: str = "") -> NoReturn:
+    """End the RPC with the status for `exc` (raises, as grpc's abort does)."""
+    status, _ = build_status(exc, locate, method)
+    context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable")  # abort_with_status raises

@@ -1,0 +1,159 @@
+"""SegmentationService: convert the request, call the engine, convert the answer.
+
+Every handler runs inside ``_call``, which times it (ResponseInfo.server_time_ms),
+and turns any exception into a status through the one table in errors.py. The
+client's deadline is checked (``context.is_active()``) between the expensive
+steps; the engine's computations are not interrupted inside.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import grpc
+
+from ..engine.conditions import SegmentRef, parse_where
+from ..engine.count import count
+from ..engine.relate import MAX_LIMIT, relate
+from ..errors import LimitExceededError, NotBuiltYetError
+from ..v1 import segsrv_pb2, segsrv_pb2_grpc
+from . import convert, errors
+from .convert import RequestPaths
+from .registry import SnapshotRegistry
+
+# what will provide the methods that are part of the contract but not built yet
+NOT_BUILT = {
+    "Predict": "Predict (probability of a target within a segment, with explanations) arrives with the "
+               "predict engine (DESIGN.md 1, 'Predict within a segment')",
+    "ScoreSegment": "ScoreSegment (scoring every member of a segment, streamed) arrives with the predict engine",
+    "Assign": "Assign (segments of a customer, with propensities) arrives with the segment catalog and the "
+              "assign engine",
+    "ExportMembers": "ExportMembers (streaming member ids) arrives with the export feature and its "
+                     "privileged-scope authentication",
+    "Discover": "Discover (strongest non-redundant conjunctions) arrives with the discover engine",
+    "Profile": "Profile (over- and under-indexed values per field, numeric summaries) arrives with the "
+               "profile engine",
+    "Evaluate": "Evaluate (holdout evaluation of Predict) arrives with the predict engine",
+}
+
+
+def check_active(context: grpc.ServicerContext) -> None:
+    """Raise DeadlineExpired / RequestCancelled when the call is over (cheap)."""
+    if context.is_active():
+        return
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise errors.DeadlineExpired("deadline exceeded while the server was working")
+    raise errors.RequestCancelled("the call was cancelled")
+
+
+class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
+    def __init__(self, registry: SnapshotRegistry, *, max_result_hits: int = MAX_LIMIT):
+        if not 1 <= max_result_hits <= MAX_LIMIT:
+            raise ValueError(f"max_result_hits must be within 1..{MAX_LIMIT}, got {max_result_hits}")
+        self.registry = registry
+        self.max_result_hits = max_result_hits
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _call(self, context, method: str, paths: RequestPaths, body: Callable[[float], object]):
+        t0 = time.perf_counter()
+        try:
+            return body(t0)
+        except Exception as exc:  # noqa: BLE001 - every exception becomes a status (INTERNAL if unknown)
+            errors.abort(context, exc, paths.locate, method)
+
+    def _resolve(self, selector: segsrv_pb2.SnapshotSelector):
+        return self.registry.resolve(selector.name, selector.version)
+
+    # -- implemented ---------------------------------------------------------------
+
+    def Relate(self, request, context):
+        paths = RequestPaths("condition", list(request.fields))
+
+        def body(t0):
+            query = convert.relate_query_from_proto(request, paths)
+            if request.limit == 0:  # "0 means 100", but never more than this server returns
+                query.limit = min(query.limit, self.max_result_hits)
+            if query.limit > self.max_result_hits:
+                raise LimitExceededError(
+                    f"limit: {query.limit} exceeds the maximum {self.max_result_hits}",
+                    [("limit", f"at most {self.max_result_hits}")],
+                )
+            snap = self._resolve(request.snapshot)
+            check_active(context)
+            result = relate(snap, query)
+            check_active(context)
+            return convert.relate_response_to_proto(result, convert.response_info(snap, t0))
+
+        return self._call(context, "Relate", paths, body)
+
+    def Count(self, request, context):
+        paths = RequestPaths("condition")
+
+        def body(t0):
+            where = convert.condition_from_proto(request.condition if request.HasField("condition") else None, paths)
+            snap = self._resolve(request.snapshot)
+            check_active(context)
+            result = count(snap, request.universe or None, where)
+            return convert.count_response_to_proto(result, convert.response_info(snap, t0))
+
+        return self._call(context, "Count", paths, body)
+
+    def GetSnapshotInfo(self, request, context):
+        paths = RequestPaths("condition")
+
+        def body(t0):
+            snap = self._resolve(request.snapshot)
+            universes = [snap.universe(request.universe)] if request.universe else list(snap.universes.values())
+            return convert.snapshot_info_to_proto(snap, universes, request.include_values, self.registry.names(),
+                                                  convert.response_info(snap, t0))
+
+        return self._call(context, "GetSnapshotInfo", paths, body)
+
+    def ListSegments(self, request, context):
+        paths = RequestPaths("condition")
+
+        def body(t0):
+            snap = self._resolve(request.snapshot)
+            if request.universe:
+                snap.universe(request.universe)  # unknown universe -> INVALID_ARGUMENT
+            out = []
+            for name, entry in sorted((snap.segments or {}).items()):
+                universe = entry.get("universe") or request.universe or None
+                if request.universe and universe != request.universe:
+                    continue
+                check_active(context)
+                size = count(snap, universe, SegmentRef(name))
+                out.append(convert.segment_to_proto(name, entry, parse_where(entry.get("where")), size.count,
+                                                    size.n_rows))
+            return segsrv_pb2.ListSegmentsResponse(info=convert.response_info(snap, t0), segments=out)
+
+        return self._call(context, "ListSegments", paths, body)
+
+    # -- part of the contract, not built yet ------------------------------------------
+
+    def _not_built(self, method: str, context):
+        errors.abort(context, NotBuiltYetError(f"{method} is not implemented yet: {NOT_BUILT[method]}"), method=method)
+
+    def Predict(self, request, context):
+        self._not_built("Predict", context)
+
+    def ScoreSegment(self, request, context):
+        self._not_built("ScoreSegment", context)
+
+    def Assign(self, request, context):
+        self._not_built("Assign", context)
+
+    def ExportMembers(self, request, context):
+        self._not_built("ExportMembers", context)
+
+    def Discover(self, request, context):
+        self._not_built("Discover", context)
+
+    def Profile(self, request, context):
+        self._not_built("Profile", context)
+
+    def Evaluate(self, request, context):
+        self._not_built("Evaluate", context)
