@@ -36,11 +36,11 @@ def quiet(_msg: str) -> None:
 @pytest.fixture(scope="session")
 def petnord_spec():
     if not PETNORD_SPEC.exists():
-        pytest.skip("specs/petnord.toml missing")
+        pytest.fail("specs/petnord.toml missing")
     spec = load_spec(PETNORD_SPEC)
     missing = [t.file for t in spec.tables.values() if t.file is not None and not t.file.exists()]
     if missing:
-        pytest.skip(f"PetNord data missing: {missing}")
+        pytest.fail(f"PetNord data missing (../shared/data/petnord must sit beside the repository): {missing}")
     return spec
 
 
