@@ -116,7 +116,8 @@ def cmd_query(args) -> int:
 
         if args.timeout is not None and not args.timeout > 0:
             raise SegsrvError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
-        with SegsrvClient(args.addr, timeout=args.timeout, version=args.version or "") as client:
+        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot or "",
+                          version=args.version or "") as client:
             try:
                 answer = client.relate(query) if args.kind == "relate" else client.count(query)
             except SegsrvRpcError as exc:
@@ -126,6 +127,8 @@ def cmd_query(args) -> int:
                 return 1
         _print_json(answer)
         return 0
+    if args.snapshot:
+        raise SegsrvError("--snapshot names a snapshot of a server (--addr); with --local give ROOT/NAME")
     snap = open_snapshot(args.local, version=args.version)
     runner = {"relate": run_relate_json, "count": run_count_json}[args.kind]
     _print_json(runner(snap, query))
@@ -179,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
     p.add_argument("--json", required=True, metavar="QUERY", help="inline JSON, a JSON file, or - for stdin")
-    p.add_argument("--version", help="snapshot version (default: CURRENT)")
+    p.add_argument("--version", help="snapshot version (default: CURRENT); with --addr, pins the version")
+    p.add_argument("--snapshot", metavar="NAME",
+                   help="with --addr: the snapshot to ask when the server serves several")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="deadline of the call with --addr (default 10)")
     p.set_defaults(func=cmd_query)

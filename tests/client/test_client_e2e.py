@@ -276,3 +276,15 @@ def test_cli_addr_error(server_addr, slow_server_addr):
 
     out = _cli("query", "count", "--addr", server_addr, "--timeout", "0", "--json", "{}")
     assert out.returncode == 1 and "--timeout" in out.stderr
+
+
+def test_cli_snapshot_flag_names_the_served_snapshot(server_addr):
+    query = json.dumps({"from": "customers", "where": {"churned": True}})
+    ok = subprocess.run([sys.executable, "-m", "segsrv", "query", "count", "--addr", server_addr,
+                         "--snapshot", "petnord", "--json", query], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["snapshot"] == "petnord"
+    bad = subprocess.run([sys.executable, "-m", "segsrv", "query", "count", "--addr", server_addr,
+                          "--snapshot", "nosuch", "--json", query], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "NOT_FOUND" in bad.stderr and "nosuch" in bad.stderr
