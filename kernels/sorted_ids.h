@@ -69,6 +69,8 @@ static size_t segsrv_probe_count(const uint64_t *q, uint64_t n_bits, const uint3
         uint32_t a = ids[i], b = ids[i + 1], c = ids[i + 2], d = ids[i + 3];
         uint32_t m1 = a > b ? a : b, m2 = c > d ? c : d;
         if ((uint64_t)(m1 > m2 ? m1 : m2) >= n_bits) break; /* slow path below */
+        if (i + 64 < n && (uint64_t)ids[i + 64] < n_bits) /* sparse ids: each probe is a new cache line */
+            __builtin_prefetch(&q[ids[i + 64] >> 6], 0, 0);
         c0 += (q[a >> 6] >> (a & 63)) & 1;
         c1 += (q[b >> 6] >> (b & 63)) & 1;
         c2 += (q[c >> 6] >> (c & 63)) & 1;
