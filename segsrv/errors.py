@@ -91,5 +91,9 @@ class LimitExceededError(QueryError):
     """A request exceeds a documented limit (condition size, result size...)."""
 
 
+class UnknownIdError(QueryError):
+    """A request names a row id (customer id, ...) the universe does not hold."""
+
+
 class NotBuiltYetError(SegsrvError):
     """The feature is part of the contract but not implemented yet."""

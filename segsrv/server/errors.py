@@ -35,6 +35,7 @@ from ..errors import (
     NotBuiltYetError,
     QueryError,
     SnapshotNotFoundError,
+    UnknownIdError,
     UnknownSegmentError,
     VersionNotServedError,
 )
@@ -61,6 +62,8 @@ STATUS_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     # clients can tell it from capacity exhaustion (message size, concurrent RPCs) and not retry it
     LimitExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnknownSegmentError: grpc.StatusCode.NOT_FOUND,
+    # a row id (customer id) the snapshot does not hold: the resource named by the request is absent
+    UnknownIdError: grpc.StatusCode.NOT_FOUND,
     SnapshotNotFoundError: grpc.StatusCode.NOT_FOUND,
     VersionNotServedError: grpc.StatusCode.FAILED_PRECONDITION,
     NoSnapshotServedError: grpc.StatusCode.UNAVAILABLE,

@@ -1,0 +1,287 @@
+"""Evaluate a prediction on a deterministic holdout. See docs/predict.md.
+
+Holdout: a row is held out when hash(seed, external id) / 2^64 < holdout_fraction,
+so the split depends only on the ids (not on row order or snapshot version).
+hash = splitmix64(key ^ splitmix64(seed)), key = the int id as uint64, or the
+64-bit FNV-1a of a string id's UTF-8 bytes. The model's counts come from the
+training rows only (segment AND NOT holdout).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _kernels
+from ..errors import QueryError
+from ..snapshot.reader import Snapshot, Universe
+from .conditions import All, Condition, tail_mask
+from .predict import (
+    DEFAULT_MAX_CORRELATION,
+    DEFAULT_MAX_TARGET_VALUES,
+    DEFAULT_MIN_SUPPORT,
+    DEFAULT_PRIOR_STRENGTH,
+    METHODS,
+    PredictQuery,
+    _bad,
+    _check_common,
+    _combine,
+    _question,
+    _questions,
+    class_log_scores,
+    evidence_feature_mask,
+    factorized_weights,
+    resolve_target,
+    row_features,
+    softmax,
+)
+
+DEFAULT_MAX_TEST_ROWS_CONJUNCTION = 10_000
+N_CALIBRATION_BINS = 10
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def id_keys(universe: Universe) -> np.ndarray:
+    """uint64 key of every row's external id (int ids as is, string ids by FNV-1a 64)."""
+    ids = np.asarray(universe.row_ids)
+    if universe.key_kind == "int":
+        return ids.astype(np.int64).view(np.uint64)
+    width = ids.dtype.itemsize
+    b = np.ascontiguousarray(ids).view(np.uint8).reshape(len(ids), width)
+    h = np.full(len(ids), np.uint64(0xCBF29CE484222325), dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for j in range(width):  # ids never contain NUL: NUL is padding
+            col = b[:, j].astype(np.uint64)
+            live = col != 0
+            h = np.where(live, (h ^ col) * prime, h)
+    return h
+
+
+def holdout_rows(universe: Universe, fraction: float, seed: int) -> np.ndarray:
+    """bool[n_rows]: rows held out for testing."""
+    s = _splitmix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    h = _splitmix64(id_keys(universe) ^ s)
+    u = (h >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+    return u < fraction
+
+
+def bool_to_bitset(mask: np.ndarray, n_words: int) -> np.ndarray:
+    packed = np.packbits(mask, bitorder="little")
+    bits = np.zeros(n_words, dtype=np.uint64)
+    bits.view(np.uint8)[: len(packed)] = packed
+    return bits
+
+
+@dataclass
+class EvaluateQuery:
+    target: str
+    universe: str | None = None
+    segment: Condition = field(default_factory=All)
+    evidence_fields: list[str] | None = None
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH
+    min_support: int = DEFAULT_MIN_SUPPORT
+    max_correlation: float = DEFAULT_MAX_CORRELATION
+    max_target_values: int = DEFAULT_MAX_TARGET_VALUES
+    method: str = "factorized"
+    max_test_rows: int | None = None  # None: every test row (factorized), 10,000 (conjunction)
+
+
+@dataclass
+class CalibrationBin:
+    predicted_low: float
+    predicted_high: float
+    mean_predicted: float
+    observed_rate: float
+    count: int
+
+
+@dataclass
+class EvaluateResult:
+    snapshot: str
+    version: str
+    universe: str
+    target: str
+    method: str
+    values: list[str]
+    n_train: int
+    n_test: int
+    accuracy: float
+    baseline_accuracy: float
+    baseline_value: str
+    log_loss: float
+    auc: float | None
+    positive_value: str | None
+    mean_rank: float
+    geometric_mean_probability: float
+    calibration: list[CalibrationBin]
+    calibration_of: str  # what the calibration bins: P(positive) (binary) or top-1 confidence
+    test_rows: np.ndarray  # int64 rows of the test set (in row order)
+    true_index: np.ndarray  # index into `values` of each test row's value
+    probabilities: np.ndarray  # [n_test, K]
+    elapsed_ms: float
+
+
+def auc_score(y: np.ndarray, s: np.ndarray) -> float | None:
+    """ROC AUC by the rank-sum formula (ties get average ranks)."""
+    y = np.asarray(y, dtype=bool)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ss = s[order]
+    ranks = np.empty(len(s))
+    r = np.arange(1, len(s) + 1, dtype=np.float64)
+    # average ranks over runs of ties
+    bounds = np.flatnonzero(np.diff(ss)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(s)]])
+    avg = np.repeat((r[starts] + r[ends - 1]) / 2.0, ends - starts)
+    ranks[order] = avg
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def calibration_table(pred: np.ndarray, observed: np.ndarray, n_bins: int = N_CALIBRATION_BINS) -> list[CalibrationBin]:
+    """Deciles of the predicted probability (equal-count bins of the sorted predictions)."""
+    order = np.argsort(pred, kind="mergesort")
+    out = []
+    for chunk in np.array_split(order, min(n_bins, len(order))):
+        if len(chunk) == 0:
+            continue
+        p = pred[chunk]
+        out.append(CalibrationBin(float(p.min()), float(p.max()), float(p.mean()),
+                                  float(observed[chunk].mean()), int(len(chunk))))
+    return out
+
+
+def _check(q: EvaluateQuery) -> None:
+    _check_common(q)
+    if q.method not in METHODS:
+        _bad("method", f"must be one of {list(METHODS)}, got {q.method!r}")
+    f = q.holdout_fraction
+    if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f < 1:
+        _bad("holdout_fraction", f"must be a number strictly between 0 and 1, got {f!r}")
+    if isinstance(q.seed, bool) or not isinstance(q.seed, int):
+        _bad("seed", f"must be an integer, got {q.seed!r}")
+    m = q.max_test_rows
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+        _bad("max_test_rows", f"must be a positive integer or None, got {m!r}")
+
+
+def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
+    t0 = time.perf_counter()
+    _check(query)
+    u = snapshot.universe(query.universe)
+    hold = holdout_rows(u, float(query.holdout_fraction), query.seed)
+    train_mask = bool_to_bitset(~hold, u.n_words)
+    _kernels.bitset_and(train_mask, tail_mask(u.n_rows, u.n_words), train_mask)
+    t = resolve_target(snapshot, u.name, query.target, query.segment, train_mask, query.max_target_values)
+    if t.multi:
+        raise QueryError(
+            f"target {t.info.name!r} is multi-valued (a row can have several values); Evaluate needs a "
+            f"single-valued target",
+            [("target", "multi-valued field")],
+        )
+    values = list(t.info.values)
+    K = len(values)
+    # test rows: segment members held out that have a value of the target
+    test_bits = _kernels.bitset_and(t.segment, bool_to_bitset(hold, u.n_words))
+    _kernels.bitset_and(test_bits, t.has_target, test_bits)
+    test_rows = _kernels.bitset_to_ids(test_bits, u.n_rows).astype(np.int64)
+    cap = query.max_test_rows
+    if cap is None and query.method == "conjunction":
+        cap = DEFAULT_MAX_TEST_ROWS_CONJUNCTION
+    if cap is not None and len(test_rows) > cap:  # keep the rows with the smallest hash: deterministic
+        s = _splitmix64(id_keys(u)[test_rows] ^ np.uint64(0x5EED))
+        test_rows = np.sort(test_rows[np.argsort(s, kind="mergesort")[:cap]])
+    if len(test_rows) == 0:
+        raise QueryError("evaluate: no test rows (the segment has no held-out row with a target value)",
+                         [("holdout_fraction", "empty test set")])
+    # true value of each test row (single-valued: at most one value per row)
+    true_index = np.full(len(test_rows), -1, dtype=np.int64)
+    member = np.zeros(u.n_rows + 64, dtype=bool)
+    for i, bits in enumerate(t.value_bits):
+        ids = _kernels.bitset_to_ids(bits, u.n_rows)
+        member[:] = False
+        member[ids] = True
+        true_index[member[test_rows]] = i
+    ev_mask = evidence_feature_mask(t, query.evidence_fields)
+    classes, p0, _ = _questions(t)[0]
+    if query.method == "factorized":
+        log_base, W = factorized_weights(t, classes, p0, ev_mask, float(query.prior_strength))
+        logits = class_log_scores(u, log_base, W, test_rows)
+        probs = softmax(logits)
+        m = logits.max(axis=1, keepdims=True)
+        log_probs = logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
+    else:
+        pq = PredictQuery(target=t.info.name, prior_strength=query.prior_strength, min_support=query.min_support,
+                          max_correlation=query.max_correlation, method="conjunction")
+        probs = np.empty((len(test_rows), K))
+        for j, r in enumerate(test_rows.tolist()):
+            fids = row_features(u, r)
+            fids = np.sort(fids[ev_mask[fids]])
+            base, factors = _question(u, t.S, t.n_S, classes, p0, fids, pq)
+            probs[j], _ = _combine(base, factors)
+        with np.errstate(divide="ignore"):
+            log_probs = np.log(probs)
+    n_train_value = np.array([_kernels.popcount(_kernels.bitset_and(t.S, c)) for c in classes], dtype=np.int64)
+    baseline = int(np.argmax(n_train_value))
+    p_true = probs[np.arange(len(test_rows)), true_index]
+    pred = np.argmax(probs, axis=1)
+    greater = (probs > p_true[:, None]).sum(axis=1)
+    ties = (probs == p_true[:, None]).sum(axis=1) - 1
+    mean_rank = float(np.mean(1 + greater + ties / 2.0))
+    # from log-probabilities: finite even when a probability underflows to 0 in linear space
+    log_loss = float(-np.mean(log_probs[np.arange(len(test_rows)), true_index]))
+    auc = None
+    positive = None
+    if K == 2:
+        positive = values[1]
+        auc = auc_score(true_index == 1, probs[:, 1])
+        calibration = calibration_table(probs[:, 1], (true_index == 1).astype(np.float64))
+        calibration_of = f"P({t.info.name}={positive})"
+    else:
+        conf = probs[np.arange(len(test_rows)), pred]
+        calibration = calibration_table(conf, (pred == true_index).astype(np.float64))
+        calibration_of = "top-1 confidence (observed = accuracy)"
+    return EvaluateResult(
+        snapshot=snapshot.name,
+        version=snapshot.version,
+        universe=u.name,
+        target=t.info.name,
+        method=query.method,
+        values=values,
+        n_train=t.n_S,
+        n_test=len(test_rows),
+        accuracy=float(np.mean(pred == true_index)),
+        baseline_accuracy=float(np.mean(true_index == baseline)),
+        baseline_value=values[baseline],
+        log_loss=log_loss,
+        auc=auc,
+        positive_value=positive,
+        mean_rank=mean_rank,
+        geometric_mean_probability=math.exp(-log_loss),
+        calibration=calibration,
+        calibration_of=calibration_of,
+        test_rows=test_rows,
+        true_index=true_index,
+        probabilities=probs,
+        elapsed_ms=(time.perf_counter() - t0) * 1e3,
+    )
