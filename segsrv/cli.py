@@ -106,11 +106,31 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _write_scores(answer: dict, csv_path: str | None) -> None:
+    """`query score`: id,score rows to CSV_PATH (or JSON lines to stdout); the summary on stderr."""
+    import csv
+
+    scores = answer.pop("scores")
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "score"])
+            w.writerows([s["id"], s["score"]] for s in scores)
+    else:
+        for s in scores:
+            sys.stdout.write(json.dumps(s) + "\n")
+    print(json.dumps(answer), file=sys.stderr)
+
+
 def cmd_query(args) -> int:
+    from .engine.predict_query import run_evaluate_json, run_predict_json, run_score_json
     from .engine.query import run_count_json, run_relate_json
     from .snapshot.reader import open_snapshot
 
+    if args.csv and args.kind != "score":
+        raise SegsrvError("--csv is for `segsrv query score`")
     query = _load_query(args.json)
+    emit = (lambda a: _write_scores(a, args.csv)) if args.kind == "score" else _print_json
     if args.addr:  # the same JSON as --local, answered by a server through SegsrvClient
         from .client import SegsrvClient, SegsrvRpcError
 
@@ -119,19 +139,21 @@ def cmd_query(args) -> int:
         with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot or "",
                           version=args.version or "") as client:
             try:
-                answer = client.relate(query) if args.kind == "relate" else client.count(query)
+                answer = {"relate": client.relate, "count": client.count, "predict": client.predict,
+                          "score": client.score_segment, "evaluate": client.evaluate}[args.kind](query)
             except SegsrvRpcError as exc:
                 print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
                 for field, description in exc.violations:
                     print(f"  {field}: {description}", file=sys.stderr)
                 return 1
-        _print_json(answer)
+        emit(answer)
         return 0
     if args.snapshot:
         raise SegsrvError("--snapshot names a snapshot of a server (--addr); with --local give ROOT/NAME")
     snap = open_snapshot(args.local, version=args.version)
-    runner = {"relate": run_relate_json, "count": run_count_json}[args.kind]
-    _print_json(runner(snap, query))
+    runner = {"relate": run_relate_json, "count": run_count_json, "predict": run_predict_json,
+              "score": run_score_json, "evaluate": run_evaluate_json}[args.kind]
+    emit(runner(snap, query))
     return 0
 
 
@@ -177,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("query", help="run a JSON query")
-    p.add_argument("kind", choices=["relate", "count"], help="query kind")
+    p.add_argument("kind", choices=["relate", "count", "predict", "score", "evaluate"], help="query kind")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
@@ -187,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --addr: the snapshot to ask when the server serves several")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="deadline of the call with --addr (default 10)")
+    p.add_argument("--csv", metavar="OUT",
+                   help="score only: write id,score rows to OUT (default: JSON lines on stdout); summary on stderr")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("serve", help="serve every snapshot under ROOT over gRPC (see docs/server.md)")

@@ -8,7 +8,8 @@
 
 `relate` and `count` take the JSON query form of `segsrv query --local` (see
 docs/query.md) and return the same dicts as segsrv.engine.query's
-run_relate_json / run_count_json. Queries are validated client-side with the
+run_relate_json / run_count_json; `predict`, `score_segment` (or `score_stream`)
+and `evaluate` those of segsrv.engine.predict_query's run_*_json. Queries are validated client-side with the
 engine's own parser first, so malformed input raises the same QueryError a
 local query raises, before any RPC. Every failed RPC (server errors, deadline
 exceeded, server unavailable) raises SegsrvRpcError. See docs/client.md.
@@ -18,14 +19,21 @@ from __future__ import annotations
 
 import grpc
 
+from types import SimpleNamespace
+
 from .client_conditions import condition_to_proto, to_condition, where_from_proto
+from .engine.predict_query import (
+    EVALUATE_KEYS, PREDICT_KEYS, SCORE_KEYS, evaluate_query_from_json, predict_query_from_json,
+    render_evaluate, render_predict, score_query_from_json, score_summary,
+)
 from .engine.query import _check_keys, relate_query_from_json, render_relate
 from .engine.relate import STAT_NAMES, RelateHit, RelateResult
 from .errors import QueryError
+from .v1 import condition_pb2
 from .v1 import segsrv_pb2 as pb
 from .v1 import segsrv_pb2_grpc as pb_grpc
 
-__all__ = ["SegsrvClient", "SegsrvRpcError"]
+__all__ = ["SegsrvClient", "SegsrvRpcError", "ScoreStream"]
 
 _UNSET = object()
 
@@ -37,6 +45,13 @@ DIRECTION_TO_PROTO = {name: pb.RelateDirection.Value(f"RELATE_DIRECTION_{name.up
 PLAN_TO_PROTO = {name: pb.RelatePlan.Value(f"RELATE_PLAN_{name.upper()}") for name in ("auto", "scan", "histogram")}
 # the engine reports "none" when nothing was counted (empty condition or no features): no proto value
 PLAN_FROM_PROTO = {v: k for k, v in PLAN_TO_PROTO.items()} | {pb.RELATE_PLAN_UNSPECIFIED: "none"}
+
+# engine method name <-> PredictMethod
+METHOD_TO_PROTO = {name.removeprefix("PREDICT_METHOD_").lower(): number
+                   for name, number in pb.PredictMethod.items() if number}
+METHOD_FROM_PROTO = {v: k for k, v in METHOD_TO_PROTO.items()} | {pb.PREDICT_METHOD_UNSPECIFIED: ""}
+FACTOR_KIND_FROM_PROTO = {number: name.removeprefix("FACTOR_KIND_").lower()
+                          for name, number in pb.FactorKind.items() if number} | {pb.FACTOR_KIND_UNSPECIFIED: ""}
 
 # engine statistic name -> RelateHit proto field
 _STAT_FIELDS = {name: name for name in STAT_NAMES} | {"n_feature": "feature_count"}
@@ -180,6 +195,75 @@ class SegsrvClient:
             raise QueryError(f"from: expected a universe name, got {universe!r}", [("from", "expected a string")])
         return pb.CountRequest(snapshot=self._selector(), universe=universe or "", condition=condition_to_proto(cond))
 
+    def _segment(self, obj: dict, keys: set, kind: str) -> tuple[dict, object]:
+        """(the query without a non-JSON segment, the segment condition as a proto)."""
+        segment = obj.get("segment")
+        if segment is not None and not isinstance(segment, dict):  # an engine dataclass or a proto Condition
+            cond = to_condition(segment, "segment")
+            obj = {k: v for k, v in obj.items() if k != "segment"}
+            _check_keys(obj, keys, kind)
+            return obj, condition_to_proto(cond)
+        _check_keys(obj, keys, kind)
+        return obj, None
+
+    def _method(self, obj: dict) -> int:
+        if "method" not in obj:
+            return pb.PREDICT_METHOD_UNSPECIFIED
+        if obj["method"] not in METHOD_TO_PROTO:
+            raise QueryError(f"method: must be one of {sorted(METHOD_TO_PROTO)}, got {obj['method']!r}",
+                             [("method", f"unknown method {obj['method']!r}")])
+        return METHOD_TO_PROTO[obj["method"]]
+
+    def predict_request(self, query: dict | None = None, **kwargs) -> pb.PredictRequest:
+        """The JSON predict query -> PredictRequest; raises QueryError like a local query.
+
+        Keys not given stay unset, so the server applies the engine's defaults."""
+        obj, segment = self._segment(_merge_query(query, kwargs), PREDICT_KEYS, "predict")
+        q = predict_query_from_json(obj)
+        req = pb.PredictRequest(
+            snapshot=self._selector(), universe=q.universe or "",
+            segment=segment if segment is not None else condition_to_proto(to_condition(q.segment, "segment")),
+            target_field=q.target, id="" if q.row_id is None else str(q.row_id),
+            evidence=[condition_pb2.Term(field=f, value=v) for f, v in q.evidence],
+            evidence_fields=list(q.evidence_fields or ()), method=self._method(obj),
+        )
+        if "prior_strength" in obj:
+            req.prior_strength = float(q.prior_strength)
+        if "min_support" in obj:
+            req.min_support = int(q.min_support)
+        return req
+
+    def score_request(self, query: dict | None = None, *, chunk_size: int = 0, **kwargs) -> pb.ScoreSegmentRequest:
+        """The JSON score query -> ScoreSegmentRequest (chunk_size 0: the server's default)."""
+        obj, segment = self._segment(_merge_query(query, kwargs), SCORE_KEYS, "score")
+        q = score_query_from_json(obj)
+        req = pb.ScoreSegmentRequest(
+            snapshot=self._selector(), universe=q.universe or "",
+            segment=segment if segment is not None else condition_to_proto(to_condition(q.segment, "segment")),
+            target_field=q.target, target_value=q.value, top_k=int(q.top_k), chunk_size=int(chunk_size),
+            evidence_fields=list(q.evidence_fields or ()), method=self._method(obj),
+        )
+        if "prior_strength" in obj:
+            req.prior_strength = float(q.prior_strength)
+        return req
+
+    def evaluate_request(self, query: dict | None = None, **kwargs) -> pb.EvaluateRequest:
+        """The JSON evaluate query -> EvaluateRequest."""
+        obj, segment = self._segment(_merge_query(query, kwargs), EVALUATE_KEYS, "evaluate")
+        q = evaluate_query_from_json(obj)
+        req = pb.EvaluateRequest(
+            snapshot=self._selector(), universe=q.universe or "",
+            segment=segment if segment is not None else condition_to_proto(to_condition(q.segment, "segment")),
+            target_field=q.target, evidence_fields=list(q.evidence_fields or ()),
+            holdout_fraction=float(q.holdout_fraction) if "holdout_fraction" in obj else 0.0,
+            seed=int(q.seed), method=self._method(obj),
+        )
+        if "prior_strength" in obj:
+            req.prior_strength = float(q.prior_strength)
+        if "min_support" in obj:
+            req.min_support = int(q.min_support)
+        return req
+
     # --- RPCs ------------------------------------------------------------------
 
     def relate(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
@@ -203,6 +287,36 @@ class SegsrvClient:
             "n_rows": resp.row_count,
             "count": resp.count,
         }
+
+    def predict(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
+        """Predict: the same dict as segsrv.engine.predict_query.run_predict_json."""
+        resp = self._call(self._stub.Predict, self.predict_request(query, **kwargs), timeout)
+        return render_predict(predict_result_from_proto(resp))
+
+    def score_stream(self, query: dict | None = None, /, *, timeout=_UNSET, chunk_size: int = 0,
+                     **kwargs) -> "ScoreStream":
+        """ScoreSegment as it streams: iterate (id, score) pairs; `.summary` afterwards."""
+        req = self.score_request(query, chunk_size=chunk_size, **kwargs)
+        timeout = self.timeout if timeout is _UNSET else timeout
+        try:
+            call = self._stub.ScoreSegment(req, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise SegsrvRpcError.from_rpc_error(exc) from None
+        return ScoreStream(call)
+
+    def score_segment(self, query: dict | None = None, /, *, timeout=_UNSET, chunk_size: int = 0,
+                      **kwargs) -> dict:
+        """ScoreSegment, collected: the same dict as run_score_json (ids as text)."""
+        stream = self.score_stream(query, timeout=timeout, chunk_size=chunk_size, **kwargs)
+        scores = [{"id": i, "score": s} for i, s in stream]
+        out = dict(stream.summary)
+        out["scores"] = scores
+        return out
+
+    def evaluate(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
+        """Evaluate: the same dict as run_evaluate_json."""
+        resp = self._call(self._stub.Evaluate, self.evaluate_request(query, **kwargs), timeout)
+        return render_evaluate(evaluate_result_from_proto(resp))
 
     def snapshot_info(self, universe: str = "", include_values: bool = False, *, timeout=_UNSET) -> dict:
         """The served snapshot, shaped like `segsrv info` (values as {value: count} when requested)."""
@@ -249,6 +363,79 @@ class SegsrvClient:
         stub = health_pb2_grpc.HealthStub(self._channel)
         resp = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+class ScoreStream:
+    """The (id, score) pairs of a ScoreSegment call as they arrive (ids as text).
+
+    After the last pair, `summary` holds the closing summary shaped like run_score_json's
+    answer without "scores" (elapsed_ms: the server's time at the summary); `chunks` counts
+    the chunk messages. A failed call raises SegsrvRpcError while iterating; `cancel()`
+    ends the call early."""
+
+    def __init__(self, call):
+        self._call = call
+        self.summary: dict | None = None
+        self.chunks = 0
+
+    def __iter__(self):
+        try:
+            for msg in self._call:
+                kind = msg.WhichOneof("payload")
+                if kind == "chunk":
+                    self.chunks += 1
+                    for m in msg.chunk.scores:
+                        yield m.id, m.score
+                elif kind == "summary":
+                    s = msg.summary
+                    self.summary = score_summary(SimpleNamespace(
+                        snapshot=msg.info.snapshot_name, version=msg.info.snapshot_version, universe=s.universe,
+                        target=s.target_field, value=s.target_value, n_members=s.member_count,
+                        scores=range(s.returned_count), mean_score=s.mean_score, elapsed_ms=msg.info.server_time_ms))
+        except grpc.RpcError as exc:
+            raise SegsrvRpcError.from_rpc_error(exc) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+def _terms_from_proto(terms) -> list[tuple[str, str]]:
+    return [(t.field, t.value) for t in terms]
+
+
+def predict_result_from_proto(resp: pb.PredictResponse) -> SimpleNamespace:
+    """PredictResponse -> an object with the attributes of the engine's PredictResult."""
+    probs = []
+    for tp in resp.probabilities:
+        e = tp.explanation
+        factors = [SimpleNamespace(evidence=_terms_from_proto(f.evidence), factor=f.factor, support=f.support,
+                                   kind=FACTOR_KIND_FROM_PROTO.get(f.kind, ""), note=f.note) for f in e.factors]
+        probs.append(SimpleNamespace(value=tp.value, probability=tp.probability, base_probability=e.base_probability,
+                                     factors=factors, normalizer=e.normalizer))
+    return SimpleNamespace(
+        snapshot=resp.info.snapshot_name, version=resp.info.snapshot_version, universe=resp.universe,
+        target=resp.target_field, multi_valued=resp.multi_valued, method=METHOD_FROM_PROTO.get(resp.method, ""),
+        n_segment=resp.segment_count, evidence=_terms_from_proto(resp.evidence), probabilities=probs,
+        elapsed_ms=resp.info.server_time_ms,
+    )
+
+
+def evaluate_result_from_proto(resp: pb.EvaluateResponse) -> SimpleNamespace:
+    """EvaluateResponse -> an object with the attributes of the engine's EvaluateResult (no per-row arrays)."""
+    return SimpleNamespace(
+        snapshot=resp.info.snapshot_name, version=resp.info.snapshot_version, universe=resp.universe,
+        target=resp.target_field, method=METHOD_FROM_PROTO.get(resp.method, ""), values=list(resp.values),
+        n_train=resp.train_count, n_test=resp.test_count, accuracy=resp.accuracy,
+        baseline_accuracy=resp.baseline_accuracy, baseline_value=resp.baseline_value, log_loss=resp.log_loss,
+        auc=resp.auc if resp.HasField("auc") else None,
+        positive_value=resp.positive_value if resp.HasField("positive_value") else None,
+        mean_rank=resp.mean_rank, geometric_mean_probability=resp.geometric_mean_probability,
+        calibration_of=resp.calibration_of,
+        calibration=[SimpleNamespace(predicted_low=b.predicted_low, predicted_high=b.predicted_high,
+                                     mean_predicted=b.mean_predicted, observed_rate=b.observed_rate, count=b.count)
+                     for b in resp.calibration],
+        elapsed_ms=resp.info.server_time_ms,
+    )
 
 
 def _merge_query(query, kwargs) -> dict:

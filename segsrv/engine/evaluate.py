@@ -21,6 +21,8 @@ from ..errors import QueryError
 from ..snapshot.reader import Snapshot, Universe
 from .conditions import All, Condition, tail_mask
 from .predict import (
+    DEFAULT_BULK_METHOD,
+    DEFAULT_L2,
     DEFAULT_MAX_CORRELATION,
     DEFAULT_MAX_TARGET_VALUES,
     DEFAULT_MIN_SUPPORT,
@@ -35,6 +37,7 @@ from .predict import (
     class_log_scores,
     evidence_feature_mask,
     factorized_weights,
+    logistic_weights,
     resolve_target,
     row_features,
     softmax,
@@ -99,8 +102,9 @@ class EvaluateQuery:
     min_support: int = DEFAULT_MIN_SUPPORT
     max_correlation: float = DEFAULT_MAX_CORRELATION
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
-    method: str = "factorized"
-    max_test_rows: int | None = None  # None: every test row (factorized), 10,000 (conjunction)
+    method: str = DEFAULT_BULK_METHOD  # "logistic" (default), "factorized" or "conjunction"
+    max_test_rows: int | None = None  # None: every test row (logistic, factorized), 10,000 (conjunction)
+    l2: float = DEFAULT_L2
 
 
 @dataclass
@@ -224,8 +228,13 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         true_index[member[test_rows]] = i
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
     classes, p0, _ = _questions(t)[0]
-    if query.method == "factorized":
-        log_base, W = factorized_weights(t, classes, p0, ev_mask, float(query.prior_strength))
+    if query.method in ("factorized", "logistic"):
+        if query.method == "factorized":
+            log_base, W = factorized_weights(t, classes, p0, ev_mask, float(query.prior_strength))
+        else:
+            a = float(query.prior_strength)
+            n_Sc = np.array([_kernels.popcount(_kernels.bitset_and(t.S, c)) for c in classes], dtype=np.int64)
+            log_base, W = logistic_weights(t, classes, ev_mask, float(query.l2), 0, (n_Sc + a * p0) / (t.n_S + a))
         logits = class_log_scores(u, log_base, W, test_rows)
         probs = softmax(logits)
         m = logits.max(axis=1, keepdims=True)

@@ -24,6 +24,11 @@ S = segment AND train_mask [AND has a value of T]), prior strength a > 0:
     u(c)         = base(c) * conjunction factor * prod lift_e(c)
     P(c)         = u(c) / sum_c u(c)
 
+``method="logistic"`` fits an L2-regularised logistic regression (scikit-learn's objective with
+C = 1 / l2) on the one-hot evidence features of the rows of S and explains it in the same product
+form (base, an intercept factor, one exp(weight) factor per evidence, the normaliser); it is the
+default of ScoreSegment and Evaluate (cached per S).
+
 ``method="factorized"`` is the naive-Bayes floor: no conjunction and no
 correlation pruning, every evidence's lift within S. It is the model that
 ScoreSegment and Evaluate apply in bulk: per-class log-lift weights for all
@@ -32,9 +37,12 @@ features at once and one CSR row-score pass per class.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,8 +54,10 @@ from ..snapshot.spec import suggest
 from .conditions import All, Condition, evaluate, feature_bitset, tail_mask
 from .relate import count_features, select_fields
 
-METHODS = ("conjunction", "factorized")
+METHODS = ("conjunction", "factorized", "logistic")
 DEFAULT_PRIOR_STRENGTH = 1.0
+DEFAULT_L2 = 1.0  # L2 penalty of the logistic method (scikit-learn's C = 1 / l2)
+DEFAULT_BULK_METHOD = "logistic"  # ScoreSegment and Evaluate
 DEFAULT_MIN_SUPPORT = 30
 DEFAULT_MAX_CORRELATION = 0.9
 DEFAULT_MAX_TARGET_VALUES = 64
@@ -72,6 +82,7 @@ class PredictQuery:
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
     method: str = "conjunction"
     train_mask: np.ndarray | None = None
+    l2: float = DEFAULT_L2
 
 
 @dataclass
@@ -117,6 +128,8 @@ class ScoreQuery:
     evidence_fields: list[str] | None = None
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
     train_mask: np.ndarray | None = None
+    method: str = DEFAULT_BULK_METHOD  # "logistic" or "factorized"
+    l2: float = DEFAULT_L2
 
 
 @dataclass
@@ -158,6 +171,9 @@ def _check_common(q) -> None:
         not isinstance(q.evidence_fields, (list, tuple)) or not all(isinstance(f, str) for f in q.evidence_fields)
     ):
         _bad("evidence_fields", "expected a list of field names or globs")
+    l2 = getattr(q, "l2", DEFAULT_L2)
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not math.isfinite(l2) or l2 <= 0:
+        _bad("l2", f"must be a finite number > 0, got {l2!r}")
 
 
 def _check_predict(q: PredictQuery) -> None:
@@ -479,8 +495,12 @@ def predict(snapshot: Snapshot, query: PredictQuery) -> PredictResult:
     u = t.universe
     fids = _evidence_fids(t, query)
     out: list[ValueProbability] = []
-    for classes, p0, vidx in _questions(t):
-        base, factors = _question(u, t.S, t.n_S, classes, p0, fids, query)
+    ev_mask = evidence_feature_mask(t, query.evidence_fields) if query.method == "logistic" else None
+    for qi, (classes, p0, vidx) in enumerate(_questions(t)):
+        if query.method == "logistic":
+            base, factors = _logistic_question(t, qi, classes, p0, fids, ev_mask, query)
+        else:
+            base, factors = _question(u, t.S, t.n_S, classes, p0, fids, query)
         probs, norm = _combine(base, factors)
         for c, vi in enumerate(vidx):
             out.append(ValueProbability(t.info.values[vi], float(probs[c]), float(base[c]), factors[c], norm))
@@ -497,6 +517,181 @@ def predict(snapshot: Snapshot, query: PredictQuery) -> PredictResult:
         probabilities=[out[j] for j in order],
         elapsed_ms=(time.perf_counter() - t0) * 1e3,
     )
+
+
+# ----------------------------------------------------------------------------
+# the logistic method: L2-regularised logistic regression within S
+# ----------------------------------------------------------------------------
+
+_LOGISTIC_CACHE: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+_LOGISTIC_CACHE_SIZE = 16
+_LOGISTIC_LOCK = threading.Lock()  # the server calls the engine from several threads
+LOGISTIC_MAX_ITER = 1000
+LOGISTIC_GTOL_SMALL = 1e-7
+LOGISTIC_GTOL_LARGE = 1e-4
+LOGISTIC_SMALL_NNZ = 2_000_000
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def design_matrix(u: Universe, rows: np.ndarray, col_of: np.ndarray, n_cols: int):
+    """scipy CSR [len(rows), n_cols] of the rows' features mapped by col_of (feature -> column, -1 = drop)."""
+    from scipy.sparse import csr_matrix
+
+    rows = np.asarray(rows, dtype=np.int64)
+    indptr = np.asarray(u.csr_indptr)
+    starts = indptr[rows].astype(np.int64)
+    lens = indptr[rows + 1].astype(np.int64) - starts
+    total = int(lens.sum())
+    offs = np.arange(total, dtype=np.int64) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    cols = col_of[np.asarray(u.csr_indices)[offs]]
+    keep = cols >= 0
+    kept_per_row = np.bincount(np.repeat(np.arange(len(rows)), lens)[keep], minlength=len(rows))
+    new_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(kept_per_row, out=new_ptr[1:])
+    idx = cols[keep].astype(np.int32)
+    return csr_matrix((np.ones(len(idx)), idx, new_ptr), shape=(len(rows), n_cols))
+
+
+def fit_logistic(X, y: np.ndarray, K: int, l2: float, max_iter: int = LOGISTIC_MAX_ITER):
+    """Minimise sum_i -ln P(y_i | x_i) + l2/2 ||W||^2 (intercepts unpenalised) by L-BFGS.
+
+    K == 2: one weight vector w for class 1 against class 0 (logit b + x.w); K > 2: multinomial
+    (softmax over K weight vectors). -> (intercepts, weights) with shapes (1,), (1, F) or (K,), (K, F)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, logsumexp
+
+    n, F = X.shape
+    XT = X.T.tocsr()
+    # stopping: projected gradient of the mean objective <= gtol (tight on small problems; scikit-learn's
+    # default tol 1e-4 on large ones, where every iteration is a pass over millions of non-zeros)
+    gtol = LOGISTIC_GTOL_SMALL if X.nnz <= LOGISTIC_SMALL_NNZ else LOGISTIC_GTOL_LARGE
+    scale = 1.0 / max(n, 1)  # the mean loss: same minimiser, better conditioned for L-BFGS
+    if K == 2:
+        yb = (y == 1).astype(np.float64)
+        rate = (yb.sum() + 0.5) / (n + 1.0)
+
+        def fg(theta):
+            w, b = theta[:F], theta[F]
+            z = X @ w + b
+            loss = np.logaddexp(0.0, z).sum() - float(z @ yb) + 0.5 * l2 * float(w @ w)
+            r = expit(z) - yb
+            g = np.empty(F + 1)
+            g[:F] = XT @ r + l2 * w
+            g[F] = r.sum()
+            return loss * scale, g * scale
+
+        theta0 = np.zeros(F + 1)
+        theta0[F] = math.log(rate / (1.0 - rate))
+        res = minimize(fg, theta0, jac=True, method="L-BFGS-B",
+                       options=dict(maxiter=max_iter, ftol=1e-12, gtol=gtol, maxcor=20))
+        return res.x[F:F + 1].copy(), res.x[None, :F].copy()
+    Y = np.zeros((n, K))
+    Y[np.arange(n), y] = 1.0
+    counts = Y.sum(axis=0)
+
+    def fg(theta):
+        W = theta[: K * F].reshape(K, F)
+        b = theta[K * F:]
+        Z = (X @ W.T) + b[None, :]
+        lse = logsumexp(Z, axis=1)
+        loss = float(lse.sum() - (Z * Y).sum()) + 0.5 * l2 * float((W * W).sum())
+        R = np.exp(Z - lse[:, None]) - Y
+        g = np.empty_like(theta)
+        g[: K * F] = ((XT @ R).T + l2 * W).ravel()
+        g[K * F:] = R.sum(axis=0)
+        return loss * scale, g * scale
+
+    theta0 = np.zeros(K * F + K)
+    lb = np.log((counts + 0.5) / (n + 0.5 * K))
+    theta0[K * F:] = lb - lb.mean()
+    res = minimize(fg, theta0, jac=True, method="L-BFGS-B",
+                   options=dict(maxiter=max_iter, ftol=1e-12, gtol=gtol, maxcor=20))
+    return res.x[K * F:].copy(), res.x[: K * F].reshape(K, F).copy()
+
+
+def logistic_weights(t: _Target, classes: list[np.ndarray], ev_mask: np.ndarray, l2: float,
+                     question: int, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(intercept logits[K], W[K, n_features]) of the logistic model within S: a row's class logit is
+    intercept[c] + sum of W[c, f] over its evidence features, P = softmax. Binary questions split the
+    fitted logit symmetrically (class 1 gets +(b + x.w)/2, class 0 the negative), so each class's
+    factors explain it. When S holds fewer than two classes there is nothing to fit: the intercepts are
+    log base(c) and every weight 0. Fitted once per (universe, target, S, evidence features, l2), cached."""
+    u = t.universe
+    K = len(classes)
+    key = (id(u), u.name, u.n_rows, u.n_features, t.info.name, question, K, _digest(t.S, ev_mask, base),
+           float(l2))
+    with _LOGISTIC_LOCK:
+        hit = _LOGISTIC_CACHE.get(key)
+        if hit is not None:
+            _LOGISTIC_CACHE.move_to_end(key)
+            return hit
+    fids = np.flatnonzero(ev_mask).astype(np.int64)
+    col_of = np.full(u.n_features, -1, dtype=np.int64)
+    col_of[fids] = np.arange(len(fids))
+    rows = _kernels.bitset_to_ids(t.S, u.n_rows).astype(np.int64)
+    y = np.full(len(rows), -1, dtype=np.int64)
+    for c, bits in enumerate(classes):
+        member = _kernels.bitset_and(t.S, bits)
+        ids = _kernels.bitset_to_ids(member, u.n_rows).astype(np.int64)
+        y[np.searchsorted(rows, ids)] = c
+    W = np.zeros((K, u.n_features))
+    intercept = np.log(np.asarray(base, dtype=np.float64))
+    present = np.unique(y[y >= 0]) if len(rows) else np.zeros(0, np.int64)
+    if len(present) >= 2:  # fit over the classes present in S (as scikit-learn does)
+        X = design_matrix(u, rows, col_of, len(fids))
+        yp = np.searchsorted(present, y)
+        b, w = fit_logistic(X, yp, len(present), float(l2))
+        if len(present) == 2:
+            c0, c1 = int(present[0]), int(present[1])
+            intercept[c0], intercept[c1] = -b[0] / 2.0, b[0] / 2.0
+            W[c0, fids] = -w[0] / 2.0
+            W[c1, fids] = w[0] / 2.0
+        else:
+            intercept[present] = b
+            W[np.ix_(present, fids)] = w
+        absent = np.setdiff1d(np.arange(K), present)
+        if len(absent):  # constant logit: a row without evidence gets about its smoothed base
+            bp = np.asarray(base, dtype=np.float64)
+            lse = float(np.log(np.exp(intercept[present] - intercept[present].max()).sum()) + intercept[present].max())
+            intercept[absent] = np.log(bp[absent] / max(1.0 - bp[absent].sum(), 1e-300)) + lse
+    out = (intercept, W)
+    with _LOGISTIC_LOCK:
+        _LOGISTIC_CACHE[key] = out
+        while len(_LOGISTIC_CACHE) > _LOGISTIC_CACHE_SIZE:
+            _LOGISTIC_CACHE.popitem(last=False)
+    return out
+
+
+def _logistic_question(t: _Target, qi: int, classes: list[np.ndarray], p0: np.ndarray, fids: np.ndarray,
+                       ev_mask: np.ndarray, q: PredictQuery):
+    """-> (base[K], factors[K][...]): base(c) as in the other methods; an "intercept" factor
+    exp(intercept_c) / base(c); one factor exp(W[c, e]) per evidence (feature-id order)."""
+    u = t.universe
+    a = float(q.prior_strength)
+    K = len(classes)
+    n_Sc = np.array([_kernels.popcount(_kernels.bitset_and(t.S, c)) for c in classes], dtype=np.int64)
+    base = (n_Sc + a * p0) / (t.n_S + a)
+    intercept, W = logistic_weights(t, classes, ev_mask, float(q.l2), qi, base)
+    names = [u.feature_name(int(f)) for f in fids]
+    n_Se = count_features(u, t.S, t.n_S, fids)[0] if len(fids) and t.n_S else np.zeros(len(fids), np.int64)
+    factors: list[list[Factor]] = [[] for _ in range(K)]
+    for c in range(K):
+        factors[c].append(Factor([], float(math.exp(intercept[c]) / base[c]), int(t.n_S), "lift", "intercept"))
+        for i, f in enumerate(fids.tolist()):
+            if not ev_mask[f]:
+                note = "not a feature of the model (outside the evidence fields)"
+            elif n_Se[i] == 0:
+                note = "not observed in the segment"
+            else:
+                note = "logistic weight"
+            factors[c].append(Factor([names[i]], float(math.exp(W[c, f])), int(n_Se[i]), "lift", note))
+    return base, factors
 
 
 # ----------------------------------------------------------------------------
@@ -546,6 +741,8 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
     k = query.top_k
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         _bad("top_k", f"must be a non-negative integer (0 = every member), got {k!r}")
+    if query.method not in ("factorized", "logistic"):
+        _bad("method", f"must be 'logistic' or 'factorized', got {query.method!r}")
     t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
                        query.max_target_values)
     u = t.universe
@@ -558,7 +755,13 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
         classes, p0, _ = questions[0]
         ci = vi
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
-    log_base, W = factorized_weights(t, classes, p0, ev_mask, float(query.prior_strength))
+    if query.method == "logistic":
+        a = float(query.prior_strength)
+        n_Sc = np.array([_kernels.popcount(_kernels.bitset_and(t.S, c)) for c in classes], dtype=np.int64)
+        log_base, W = logistic_weights(t, classes, ev_mask, float(query.l2), vi if t.multi else 0,
+                                       (n_Sc + a * p0) / (t.n_S + a))
+    else:
+        log_base, W = factorized_weights(t, classes, p0, ev_mask, float(query.prior_strength))
     members = _kernels.bitset_to_ids(t.segment, u.n_rows)
     probs = softmax(class_log_scores(u, log_base, W, members))[:, ci] if len(members) else np.zeros(0)
     rows = members.astype(np.int64)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..errors import SegsrvError
 from ..engine import set_kernel_threads
+from ..engine.predict import DEFAULT_MAX_TARGET_VALUES
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
 from .registry import SnapshotRegistry
 from .servicer import SegmentationServiceServicer
@@ -49,13 +50,15 @@ def create_server(
     max_receive_message_bytes: int = 4 * MIB,
     max_send_message_bytes: int = 64 * MIB,
     max_result_hits: int = 10_000,
+    max_target_values: int = DEFAULT_MAX_TARGET_VALUES,
     reuse_port: bool = False,
     registry: SnapshotRegistry | None = None,
     kernel_threads: int | None = 1,
 ) -> tuple[grpc.Server, int]:
     """A bound, not yet started server over the snapshots under `snapshot_root`, and its port.
 
-    port 0 picks a free port. With reuse_port False (the default outside multi-process mode) a
+    port 0 picks a free port. max_target_values caps the values of a Predict / ScoreSegment /
+    Evaluate target (more: RESOURCE_EXHAUSTED). With reuse_port False (the default outside multi-process mode) a
     port already in use raises BindError instead of being shared silently. `registry` lets a
     caller (tests, a reloader) keep a handle on the served snapshots; by default one is opened
     over snapshot_root. Health is NOT_SERVING until at least one snapshot is loaded.
@@ -67,7 +70,8 @@ def create_server(
         # OpenMP team per request oversubscribes the cores (measured: 8 ms vs 2 ms per relate)
         set_kernel_threads(kernel_threads)
     registry = registry if registry is not None else SnapshotRegistry(snapshot_root)
-    servicer = SegmentationServiceServicer(registry, max_result_hits=max_result_hits)
+    servicer = SegmentationServiceServicer(registry, max_result_hits=max_result_hits,
+                                           max_target_values=max_target_values)
     options = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_receive_message_length", int(max_receive_message_bytes)),

@@ -20,8 +20,10 @@ from collections import defaultdict
 
 from ..engine.conditions import MAX_DEPTH, All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term
 from ..engine.count import CountResult
+from ..engine.evaluate import EvaluateQuery, EvaluateResult
+from ..engine.predict import PredictQuery, PredictResult, ScoreQuery, ScoreResult
 from ..engine.relate import DEFAULT_LIMIT, DEFAULT_PRIOR_STRENGTH, RelateQuery, RelateResult
-from ..errors import LimitExceededError, QueryError
+from ..errors import LimitExceededError, QueryError, UnknownIdError
 from ..snapshot.reader import Snapshot, Universe
 from ..v1 import condition_pb2, segsrv_pb2
 
@@ -224,6 +226,184 @@ def relate_response_to_proto(result: RelateResult, info: segsrv_pb2.ResponseInfo
 
 def count_response_to_proto(result: CountResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.CountResponse:
     return segsrv_pb2.CountResponse(info=info, universe=result.universe, count=result.count, row_count=result.n_rows)
+
+
+# --- predict, score, evaluate ----------------------------------------------------
+
+MAX_CHUNK_SIZE = 100_000
+DEFAULT_CHUNK_SIZE = 1_000
+
+
+class PredictPaths(RequestPaths):
+    """RequestPaths of Predict / ScoreSegment / Evaluate: the condition is `segment`, and the
+    engine's names of the request's parts (target, row_id, value, evidence_fields as "relate")
+    map to the request fields (target_field, id, target_value, evidence_fields[i])."""
+
+    ALIASES = {"target": ["target_field"], "row_id": ["id"]}
+
+    def __init__(self, evidence_fields: list[str] | None = None, target: str = "", target_value: str | None = None):
+        super().__init__("segment")
+        self.evidence_fields = list(evidence_fields or [])
+        self.target = target
+        self.target_value = target_value
+
+    def locate(self, field: str, description: str) -> list[str]:
+        if field in self.ALIASES:
+            return self.ALIASES[field]
+        if field in ("relate", "evidence_fields"):
+            hits = [f"evidence_fields[{i}]" for i, pat in enumerate(self.evidence_fields) if repr(pat) in description]
+            return hits or ["evidence_fields"]
+        if field == "value" or (self.target_value is not None and field == self.target
+                                and description == f"unknown value {self.target_value!r}"):
+            return ["target_value"]
+        return super().locate(field, description)
+
+
+_FACTOR_KINDS = {name.removeprefix("FACTOR_KIND_").lower(): number
+                 for name, number in segsrv_pb2.FactorKind.items() if number}
+
+
+def method_from_proto(number: int) -> str | None:
+    """PredictMethod -> the engine's method name; None (unset) keeps the engine's default."""
+    return _enum_from_proto(segsrv_pb2.PredictMethod, "PREDICT_METHOD_", number, None, "method")
+
+
+def method_to_proto(name: str) -> int:
+    return _enum_to_proto(segsrv_pb2.PredictMethod, "PREDICT_METHOD_", name)
+
+
+def _segment(req, paths: RequestPaths) -> Condition:
+    return condition_from_proto(req.segment if req.HasField("segment") else None, paths)
+
+
+def _evidence_fields(req) -> list[str] | None:
+    fields = list(req.evidence_fields)
+    for i, pat in enumerate(fields):
+        if not pat:
+            raise _bad(f"evidence_fields[{i}]", "empty field name or glob")
+    return fields or None
+
+
+def _set_method(query, req) -> None:
+    method = method_from_proto(req.method)
+    if method is not None:
+        query.method = method
+
+
+def row_id_from_proto(text: str, universe: Universe):
+    """The request's id (text) -> the universe's key (an int for integer-keyed universes)."""
+    if universe.key_kind == "int":
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise UnknownIdError(
+                f"id: universe {universe.name!r} has no row with {universe.key} {text!r} (its ids are integers)",
+                [("id", f"unknown id {text!r}")],
+            ) from None
+    return text
+
+
+def predict_query_from_proto(req: segsrv_pb2.PredictRequest, paths: PredictPaths,
+                             max_target_values: int) -> PredictQuery:
+    """Everything but the row id (which needs the universe: row_id_from_proto)."""
+    evidence = []
+    for i, t in enumerate(req.evidence):
+        if not t.field:
+            raise _bad(f"evidence[{i}].field", "field is required")
+        paths.fields[t.field].append(f"evidence[{i}].field")
+        paths.values[(t.field, t.value)].append(f"evidence[{i}].value")
+        evidence.append((t.field, t.value))
+    q = PredictQuery(target=req.target_field, universe=req.universe or None, segment=_segment(req, paths),
+                     evidence=evidence, evidence_fields=_evidence_fields(req),
+                     max_target_values=max_target_values)
+    if req.HasField("prior_strength"):
+        q.prior_strength = req.prior_strength
+    if req.HasField("min_support"):
+        q.min_support = req.min_support
+    _set_method(q, req)
+    return q
+
+
+def _terms(pairs) -> list:
+    return [condition_pb2.Term(field=f, value=v) for f, v in pairs]
+
+
+def predict_response_to_proto(result: PredictResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.PredictResponse:
+    probs = []
+    for vp in result.probabilities:
+        factors = [segsrv_pb2.ExplanationFactor(evidence=_terms(f.evidence), factor=f.factor, support=int(f.support),
+                                                kind=_FACTOR_KINDS.get(f.kind, 0), note=f.note or "")
+                   for f in vp.factors]
+        probs.append(segsrv_pb2.TargetProbability(
+            value=vp.value, probability=vp.probability,
+            explanation=segsrv_pb2.Explanation(base_probability=vp.base_probability, factors=factors,
+                                               normalizer=vp.normalizer)))
+    return segsrv_pb2.PredictResponse(
+        info=info, target_field=result.target, segment_count=result.n_segment, probabilities=probs,
+        universe=result.universe, multi_valued=result.multi_valued, method=method_to_proto(result.method),
+        evidence=_terms(result.evidence),
+    )
+
+
+def chunk_size_from_proto(n: int) -> int:
+    if n < 0:
+        raise _bad("chunk_size", f"must be >= 0 (0 means {DEFAULT_CHUNK_SIZE}), got {n}")
+    if n > MAX_CHUNK_SIZE:
+        raise LimitExceededError(f"chunk_size: {n} exceeds the maximum {MAX_CHUNK_SIZE}",
+                                 [("chunk_size", f"at most {MAX_CHUNK_SIZE}")])
+    return n or DEFAULT_CHUNK_SIZE
+
+
+def score_query_from_proto(req: segsrv_pb2.ScoreSegmentRequest, paths: PredictPaths,
+                           max_target_values: int) -> ScoreQuery:
+    if req.top_k < 0:
+        raise _bad("top_k", f"must be >= 0 (0 means every member), got {req.top_k}")
+    q = ScoreQuery(target=req.target_field, value=req.target_value, universe=req.universe or None,
+                   segment=_segment(req, paths), top_k=int(req.top_k), evidence_fields=_evidence_fields(req),
+                   max_target_values=max_target_values)
+    if req.HasField("prior_strength"):
+        q.prior_strength = req.prior_strength
+    _set_method(q, req)
+    return q
+
+
+def score_summary_to_proto(result: ScoreResult) -> segsrv_pb2.ScoreSummary:
+    return segsrv_pb2.ScoreSummary(member_count=int(result.n_members), returned_count=len(result.scores),
+                                   mean_score=float(result.mean_score), universe=result.universe,
+                                   target_field=result.target, target_value=result.value)
+
+
+def evaluate_query_from_proto(req: segsrv_pb2.EvaluateRequest, paths: PredictPaths,
+                              max_target_values: int) -> EvaluateQuery:
+    q = EvaluateQuery(target=req.target_field, universe=req.universe or None, segment=_segment(req, paths),
+                      evidence_fields=_evidence_fields(req), seed=int(req.seed),
+                      max_target_values=max_target_values)
+    if req.holdout_fraction != 0:  # 0 means the default
+        q.holdout_fraction = req.holdout_fraction
+    if req.HasField("prior_strength"):
+        q.prior_strength = req.prior_strength
+    if req.HasField("min_support"):
+        q.min_support = req.min_support
+    _set_method(q, req)
+    return q
+
+
+def evaluate_response_to_proto(result: EvaluateResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.EvaluateResponse:
+    resp = segsrv_pb2.EvaluateResponse(
+        info=info, test_count=result.n_test, train_count=result.n_train, accuracy=result.accuracy,
+        baseline_accuracy=result.baseline_accuracy, log_loss=result.log_loss, mean_rank=result.mean_rank,
+        geometric_mean_probability=result.geometric_mean_probability,
+        calibration=[segsrv_pb2.CalibrationBin(predicted_low=b.predicted_low, predicted_high=b.predicted_high,
+                                               mean_predicted=b.mean_predicted, observed_rate=b.observed_rate,
+                                               count=int(b.count)) for b in result.calibration],
+        universe=result.universe, target_field=result.target, method=method_to_proto(result.method),
+        values=list(result.values), baseline_value=result.baseline_value, calibration_of=result.calibration_of,
+    )
+    if result.auc is not None:
+        resp.auc = result.auc
+    if result.positive_value is not None:
+        resp.positive_value = result.positive_value
+    return resp
 
 
 # --- snapshot info and catalog ------------------------------------------------

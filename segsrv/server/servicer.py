@@ -15,6 +15,8 @@ import grpc
 
 from ..engine.conditions import SegmentRef, parse_where
 from ..engine.count import count
+from ..engine.evaluate import evaluate
+from ..engine.predict import DEFAULT_MAX_TARGET_VALUES, predict, score_segment
 from ..engine.relate import MAX_LIMIT, relate
 from ..errors import LimitExceededError, NotBuiltYetError
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
@@ -24,9 +26,6 @@ from .registry import SnapshotRegistry
 
 # what will provide the methods that are part of the contract but not built yet
 NOT_BUILT = {
-    "Predict": "Predict (probability of a target within a segment, with explanations) arrives with the "
-               "predict engine (DESIGN.md 1, 'Predict within a segment')",
-    "ScoreSegment": "ScoreSegment (scoring every member of a segment, streamed) arrives with the predict engine",
     "Assign": "Assign (segments of a customer, with propensities) arrives with the segment catalog and the "
               "assign engine",
     "ExportMembers": "ExportMembers (streaming member ids) arrives with the export feature and its "
@@ -34,7 +33,6 @@ NOT_BUILT = {
     "Discover": "Discover (strongest non-redundant conjunctions) arrives with the discover engine",
     "Profile": "Profile (over- and under-indexed values per field, numeric summaries) arrives with the "
                "profile engine",
-    "Evaluate": "Evaluate (holdout evaluation of Predict) arrives with the predict engine",
 }
 
 
@@ -49,11 +47,15 @@ def check_active(context: grpc.ServicerContext) -> None:
 
 
 class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
-    def __init__(self, registry: SnapshotRegistry, *, max_result_hits: int = MAX_LIMIT):
+    def __init__(self, registry: SnapshotRegistry, *, max_result_hits: int = MAX_LIMIT,
+                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES):
         if not 1 <= max_result_hits <= MAX_LIMIT:
             raise ValueError(f"max_result_hits must be within 1..{MAX_LIMIT}, got {max_result_hits}")
+        if max_target_values < 2:
+            raise ValueError(f"max_target_values must be at least 2, got {max_target_values}")
         self.registry = registry
         self.max_result_hits = max_result_hits
+        self.max_target_values = max_target_values
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -132,16 +134,64 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
 
         return self._call(context, "ListSegments", paths, body)
 
+    def Predict(self, request, context):
+        paths = convert.PredictPaths(list(request.evidence_fields), request.target_field)
+
+        def body(t0):
+            query = convert.predict_query_from_proto(request, paths, self.max_target_values)
+            snap = self._resolve(request.snapshot)
+            if request.id:
+                query.row_id = convert.row_id_from_proto(request.id, snap.universe(query.universe))
+            check_active(context)
+            result = predict(snap, query)
+            check_active(context)
+            return convert.predict_response_to_proto(result, convert.response_info(snap, t0))
+
+        return self._call(context, "Predict", paths, body)
+
+    def ScoreSegment(self, request, context):
+        """Chunks of `chunk_size` scored members, then one summary; the deadline is checked between
+        chunks. An error before the first message ends the call like a unary one."""
+        paths = convert.PredictPaths(list(request.evidence_fields), request.target_field, request.target_value)
+        t0 = time.perf_counter()
+        try:
+            chunk = convert.chunk_size_from_proto(request.chunk_size)
+            query = convert.score_query_from_proto(request, paths, self.max_target_values)
+            snap = self._resolve(request.snapshot)
+            check_active(context)
+            result = score_segment(snap, query)
+            universe = snap.universe(result.universe)
+            for start in range(0, len(result.rows), chunk):
+                check_active(context)
+                ids = universe.ids_for_rows(result.rows[start:start + chunk])
+                scores = result.scores[start:start + chunk].tolist()
+                yield segsrv_pb2.ScoreSegmentResponse(
+                    info=convert.response_info(snap, t0),
+                    chunk=segsrv_pb2.ScoreChunk(scores=[segsrv_pb2.MemberScore(id=str(i), score=s)
+                                                        for i, s in zip(ids, scores)]))
+            check_active(context)
+            yield segsrv_pb2.ScoreSegmentResponse(info=convert.response_info(snap, t0),
+                                                  summary=convert.score_summary_to_proto(result))
+        except Exception as exc:  # noqa: BLE001 - every exception becomes a status (INTERNAL if unknown)
+            errors.abort(context, exc, paths.locate, "ScoreSegment")
+
+    def Evaluate(self, request, context):
+        paths = convert.PredictPaths(list(request.evidence_fields), request.target_field)
+
+        def body(t0):
+            query = convert.evaluate_query_from_proto(request, paths, self.max_target_values)
+            snap = self._resolve(request.snapshot)
+            check_active(context)
+            result = evaluate(snap, query)
+            check_active(context)
+            return convert.evaluate_response_to_proto(result, convert.response_info(snap, t0))
+
+        return self._call(context, "Evaluate", paths, body)
+
     # -- part of the contract, not built yet ------------------------------------------
 
     def _not_built(self, method: str, context):
         errors.abort(context, NotBuiltYetError(f"{method} is not implemented yet: {NOT_BUILT[method]}"), method=method)
-
-    def Predict(self, request, context):
-        self._not_built("Predict", context)
-
-    def ScoreSegment(self, request, context):
-        self._not_built("ScoreSegment", context)
 
     def Assign(self, request, context):
         self._not_built("Assign", context)
@@ -155,5 +205,3 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
     def Profile(self, request, context):
         self._not_built("Profile", context)
 
-    def Evaluate(self, request, context):
-        self._not_built("Evaluate", context)

@@ -49,6 +49,12 @@ def su(snap):
 
 @pytest.fixture(scope="module")
 def churn_eval(snap):
+    return evaluate(snap, EvaluateQuery(target="churned", universe=U, holdout_fraction=0.2, seed=0,
+                                        method="factorized"))
+
+
+@pytest.fixture(scope="module")
+def churn_eval_logistic(snap):
     return evaluate(snap, EvaluateQuery(target="churned", universe=U, holdout_fraction=0.2, seed=0))
 
 
@@ -109,6 +115,25 @@ def test_predictions_equal_predict_with_training_rows_only(churn_eval, snap, su)
         assert any(not math.isclose(vp.probability, got[vp.value], rel_tol=1e-12) for vp in p_all.probabilities)
 
 
+def test_logistic_is_the_default_and_equals_predict(churn_eval_logistic, churn_eval, snap, su):
+    e = churn_eval_logistic
+    assert e.method == "logistic"
+    assert np.array_equal(e.test_rows, churn_eval.test_rows)
+    y = np.array([e.values[i] for i in e.true_index])
+    assert math.isclose(e.log_loss, log_loss(y, e.probabilities, labels=e.values), rel_tol=1e-9)
+    assert math.isclose(e.auc, roc_auc_score(y == "true", e.probabilities[:, 1]), rel_tol=1e-12)
+    assert e.accuracy > e.baseline_accuracy
+    hold = holdout_rows(su, 0.2, 0)
+    train = bool_to_bitset(~hold, su.n_words)
+    rng = np.random.default_rng(0)
+    for j in rng.choice(e.n_test, size=10, replace=False):
+        rid = su.ids_for_rows([e.test_rows[j]])[0]
+        p = predict(snap, PredictQuery(target="churned", universe=U, row_id=rid, method="logistic", train_mask=train))
+        got = {vp.value: vp.probability for vp in p.probabilities}
+        for k, v in enumerate(e.values):
+            assert math.isclose(e.probabilities[j, k], got[v], rel_tol=1e-9, abs_tol=1e-15)
+
+
 def test_conjunction_method_and_segment(snap, su):
     seg = Term("lifestyle", "premium")
     e = evaluate(snap, EvaluateQuery(target="segment", universe=U, segment=seg, method="conjunction",
@@ -132,7 +157,7 @@ def test_conjunction_method_and_segment(snap, su):
 
 
 def test_multiclass_factorized(snap):
-    e = evaluate(snap, EvaluateQuery(target="region", universe=U, seed=5))
+    e = evaluate(snap, EvaluateQuery(target="region", universe=U, seed=5, method="factorized"))
     y = np.array(e.values)[e.true_index]
     assert math.isclose(e.log_loss, log_loss(y, e.probabilities, labels=e.values), rel_tol=1e-9)
     assert e.auc is None and 1 <= e.mean_rank <= len(e.values)

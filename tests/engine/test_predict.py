@@ -345,6 +345,91 @@ def test_multi_valued_target_is_per_value(snap, su, bu):
 
 
 # ----------------------------------------------------------------------------
+# the logistic method against scikit-learn on oracle masks
+# ----------------------------------------------------------------------------
+
+
+def ref_logistic(bu, snap_u, target, seg, l2=1.0, train=None):
+    """Fit scikit-learn's L2 logistic regression (C = 1 / l2, intercept unpenalised) on a one-hot matrix
+    built from the oracle's masks of every evidence field (every field except the target and fields
+    copying it) over the rows of S. -> {question value or None: (classes, model, feature names)}."""
+    from sklearn.linear_model import LogisticRegression
+
+    T = bu.fields[target]
+    values = snap_u.fields[target].values
+    masks = [T.masks.get(v, np.zeros(bu.n, bool)) for v in values]
+    train = np.ones(bu.n, bool) if train is None else train
+    skip = leaking_fields(bu, target) | {target}
+    names = [(f, v) for f, bf in bu.fields.items() if f not in skip for v in bf.masks]
+    X = np.column_stack([bu.fields[f].masks[v] for f, v in names]).astype(np.float64)
+    multi = T.kind == "multi" or T.exists
+    out = {}
+    questions = [(v, [m, ~m]) for v, m in zip(values, masks)] if multi else [(None, masks)]
+    for key, classes in questions:
+        has = np.logical_or.reduce(classes)
+        S = seg & train & has
+        y = np.argmax(np.column_stack(classes), axis=1)
+        model = LogisticRegression(C=1.0 / l2, tol=1e-8, max_iter=10000)
+        model.fit(X[S], y[S])
+        out[key] = (list(model.classes_), model, names, X)
+    return out
+
+
+@pytest.mark.parametrize("target,seg_name", [
+    ("churned", "all"), ("churned", "premium"), ("segment", "all"), ("region", "dogs_not_helsinki"),
+    ("orders.lines.product.category", "premium"),
+])
+def test_logistic_matches_sklearn(snap, su, bu, target, seg_name):
+    seg, where = SEGMENTS[seg_name]
+    seg_mask = bu.eval(where)
+    ref = ref_logistic(bu, su, target, seg_mask)
+    values = su.fields[target].values
+    for row in (0, 7, 1234, 2999):
+        res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[row], method="logistic"))
+        check_invariants(res)
+        ev = row_evidence(bu, target, row)
+        assert sorted(res.evidence) == sorted(ev)
+        got = {vp.value: vp for vp in res.probabilities}
+        for key, (cls, model, names, X) in ref.items():
+            p = model.predict_proba(X[row:row + 1])[0]
+            if key is None:  # single-valued: scikit-learn's classes are the values present in S
+                tot = sum(got[values[c]].probability for c in cls)  # values absent from S get a small rest
+                assert tot > 0.95
+                for c, pc in zip(cls, p):
+                    mine = got[values[c]].probability / tot
+                    assert abs(mine - pc) < 5e-4, (values[c], mine, pc)
+            else:  # multi-valued: class 0 = has the value
+                assert abs(got[key].probability - p[cls.index(0)]) < 5e-4, (key, got[key].probability, p)
+        # one intercept factor, then one factor per evidence in feature-id order
+        for vp in res.probabilities:
+            assert vp.factors[0].note == "intercept" and vp.factors[0].evidence == []
+            assert [f.evidence[0] for f in vp.factors[1:]] == sorted(ev, key=lambda e: su.feature_id(*e))
+    if target == "churned":  # binary: the factor of evidence e for "true" is exp(w_e / 2)
+        cls, model, names, X = ref[None]
+        w = dict(zip(names, model.coef_[0]))
+        res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[7], method="logistic"))
+        vp = {v.value: v for v in res.probabilities}["true"]
+        for f in vp.factors[1:]:
+            assert abs(math.log(f.factor) - w[tuple(f.evidence[0])] / 2) < 2e-3, (f, w[tuple(f.evidence[0])])
+
+
+def test_logistic_l2_and_train_mask(snap, su, bu):
+    rng = np.random.default_rng(2)
+    train = rng.random(bu.n) < 0.6
+    bits = bool_to_bitset(train, su.n_words)
+    ref = ref_logistic(bu, su, "churned", np.ones(bu.n, bool), l2=10.0, train=train)
+    cls, model, names, X = ref[None]
+    for row in (3, 11):
+        res = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[row], method="logistic",
+                                         l2=10.0, train_mask=bits))
+        p = {vp.value: vp.probability for vp in res.probabilities}
+        assert abs(p["true"] - model.predict_proba(X[row:row + 1])[0][1]) < 2e-4
+        check_invariants(res)
+    with pytest.raises(QueryError, match="l2"):
+        predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[3], method="logistic", l2=0))
+
+
+# ----------------------------------------------------------------------------
 # ScoreSegment
 # ----------------------------------------------------------------------------
 
@@ -356,7 +441,7 @@ def test_multi_valued_target_is_per_value(snap, su, bu):
     ("orders.lines.product.category", "litter", All()),
 ])
 def test_score_segment_equals_factorized_predict(snap, su, bu, target, value, seg):
-    res = score_segment(snap, ScoreQuery(target=target, value=value, universe=U, segment=seg))
+    res = score_segment(snap, ScoreQuery(target=target, value=value, universe=U, segment=seg, method="factorized"))
     members = _kernels.bitset_to_ids(evaluate(snap, su, seg), su.n_rows).astype(np.int64)
     assert res.n_members == len(members)
     assert np.array_equal(res.rows, members)
@@ -368,6 +453,23 @@ def test_score_segment_equals_factorized_predict(snap, su, bu, target, value, se
         pv = {vp.value: vp.probability for vp in p.probabilities}[value]
         assert math.isclose(res.scores[j], pv, rel_tol=1e-9, abs_tol=1e-15), (rid, res.scores[j], pv)
         assert res.ids[j] == rid
+
+
+@pytest.mark.parametrize("target,value,seg", [
+    ("churned", "true", All()),
+    ("segment", "cat_owner", Term("lifestyle", "premium")),
+    ("orders.lines.product.category", "litter", All()),
+])
+def test_score_segment_equals_logistic_predict(snap, su, bu, target, value, seg):
+    res = score_segment(snap, ScoreQuery(target=target, value=value, universe=U, segment=seg))  # default: logistic
+    members = _kernels.bitset_to_ids(evaluate(snap, su, seg), su.n_rows).astype(np.int64)
+    assert res.n_members == len(members) and np.array_equal(res.rows, members)
+    rng = np.random.default_rng(1)
+    for j in rng.choice(len(members), size=8, replace=False):
+        rid = su.ids_for_rows([members[j]])[0]
+        p = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=rid, method="logistic"))
+        pv = {vp.value: vp.probability for vp in p.probabilities}[value]
+        assert math.isclose(res.scores[j], pv, rel_tol=1e-9, abs_tol=1e-15), (rid, res.scores[j], pv)
 
 
 def test_score_segment_top_k(snap, su):
@@ -387,7 +489,8 @@ def test_score_segment_train_mask(snap, su, bu):
     train = np.zeros(bu.n, bool)
     train[::2] = True
     bits = bool_to_bitset(train, su.n_words)
-    res = score_segment(snap, ScoreQuery(target="churned", value="true", universe=U, train_mask=bits))
+    res = score_segment(snap, ScoreQuery(target="churned", value="true", universe=U, train_mask=bits,
+                                         method="factorized"))
     assert res.n_members == su.n_rows  # every member is scored, counts come from the mask
     row = 1  # not a training row
     ref = ref_predict(bu, su, "churned", np.ones(bu.n, bool), row_evidence(bu, "churned", row),

@@ -197,10 +197,8 @@ def test_list_segments_empty_catalog(stub, petnord_snapshot):
 
 
 @pytest.mark.parametrize("method,request_type,streaming", [
-    ("Predict", pb.PredictRequest, False), ("ScoreSegment", pb.ScoreSegmentRequest, True),
     ("Assign", pb.AssignRequest, False), ("ExportMembers", pb.ExportMembersRequest, True),
     ("Discover", pb.DiscoverRequest, False), ("Profile", pb.ProfileRequest, False),
-    ("Evaluate", pb.EvaluateRequest, False),
 ])
 def test_unbuilt_methods_are_unimplemented(method, request_type, streaming, stub):
     with pytest.raises(grpc.RpcError) as err:
