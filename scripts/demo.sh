@@ -60,6 +60,12 @@ echo "\$ segsrv query count --addr $ADDR --json '$Q'"
 $SEG query count --addr "$ADDR" --json "$Q"
 
 echo
+echo "== predict churn for a customer profile within the islands region, with its explanation"
+Q='{"from": "customers", "segment": {"region": "islands"}, "target": "churned", "evidence": {"newsletter": "false", "lifetime_value_band": "low", "orders.subscription": "false"}}'
+echo "\$ segsrv query predict --addr $ADDR --json '$Q'"
+$SEG query predict --addr "$ADDR" --json "$Q"
+
+echo
 echo "== the same from Python (segsrv.client):"
 cat <<PYEOF
 from segsrv.client import SegsrvClient
