@@ -81,8 +81,8 @@ link_args = []
 if openmp:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
-if os.environ.get("SEGSRV_NATIVE") == "1":
-    compile_args.append("-march=native")
+native = os.environ.get("SEGSRV_NATIVE") == "1"  # opt-in, non-portable; default builds dispatch at runtime
+compile_args += ["-march=native"] if native else []
 
 extensions = [
     Extension(

@@ -18,7 +18,6 @@ from segsrv.client import SegsrvClient, SegsrvRpcError
 from segsrv.engine.query import run_count_json, run_relate_json
 from segsrv.errors import QueryError
 
-from segsrv.server import app
 
 RELATE_QUERIES = [
     # the seed-style query: what else is in the orders holding dog dry food
@@ -44,20 +43,10 @@ RELATE_QUERIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server_addr(petnord_root):
-    server, port = app.create_server(str(petnord_root), host="127.0.0.1", port=0)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
 
 
-@pytest.fixture(scope="module")
-def client(server_addr):
-    with SegsrvClient(server_addr) as c:
-        yield c
+
+
 
 
 def _strip(answer: dict) -> dict:

@@ -16,7 +16,6 @@ from segsrv.engine.conditions import Term
 from segsrv.engine.predict import ScoreQuery, score_segment
 from segsrv.engine.predict_query import run_evaluate_json, run_predict_json, run_score_json
 from segsrv.errors import QueryError
-from segsrv.server import app
 
 PREDICT_QUERIES = [
     {"from": "customers", "segment": {"lifestyle": "premium"}, "target": "churned", "id": "CUST-00007"},
@@ -33,20 +32,10 @@ EVALUATE_QUERIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server_addr(petnord_root):
-    server, port = app.create_server(str(petnord_root), host="127.0.0.1", port=0)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
 
 
-@pytest.fixture(scope="module")
-def client(server_addr):
-    with SegsrvClient(server_addr, timeout=30) as c:
-        yield c
+
+
 
 
 def _strip(answer: dict) -> dict:
