@@ -231,6 +231,9 @@ class SegsrvClient:
             req.prior_strength = float(q.prior_strength)
         if "min_support" in obj:
             req.min_support = int(q.min_support)
+        for key in ("min_support_fraction", "max_p_value"):
+            if key in obj:
+                setattr(req, key, float(getattr(q, key)))
         return req
 
     def score_request(self, query: dict | None = None, *, chunk_size: int = 0, **kwargs) -> pb.ScoreSegmentRequest:
@@ -262,6 +265,9 @@ class SegsrvClient:
             req.prior_strength = float(q.prior_strength)
         if "min_support" in obj:
             req.min_support = int(q.min_support)
+        for key in ("min_support_fraction", "max_p_value"):
+            if key in obj:
+                setattr(req, key, float(getattr(q, key)))
         return req
 
     # --- RPCs ------------------------------------------------------------------

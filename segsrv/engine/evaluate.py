@@ -25,7 +25,10 @@ from .predict import (
     DEFAULT_L2,
     DEFAULT_MAX_CORRELATION,
     DEFAULT_MAX_TARGET_VALUES,
+    DEFAULT_MAX_P_VALUE,
     DEFAULT_MIN_SUPPORT,
+    DEFAULT_MIN_SUPPORT_FRACTION,
+    check_conjunction_params,
     DEFAULT_PRIOR_STRENGTH,
     METHODS,
     PredictQuery,
@@ -100,6 +103,8 @@ class EvaluateQuery:
     seed: int = 0
     prior_strength: float = DEFAULT_PRIOR_STRENGTH
     min_support: int = DEFAULT_MIN_SUPPORT
+    min_support_fraction: float = DEFAULT_MIN_SUPPORT_FRACTION
+    max_p_value: float = DEFAULT_MAX_P_VALUE
     max_correlation: float = DEFAULT_MAX_CORRELATION
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
     method: str = DEFAULT_BULK_METHOD  # "logistic" (default), "factorized" or "conjunction"
@@ -177,6 +182,7 @@ def calibration_table(pred: np.ndarray, observed: np.ndarray, n_bins: int = N_CA
 
 def _check(q: EvaluateQuery) -> None:
     _check_common(q)
+    check_conjunction_params(q)
     if q.method not in METHODS:
         _bad("method", f"must be one of {list(METHODS)}, got {q.method!r}")
     f = q.holdout_fraction
@@ -241,6 +247,7 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         log_probs = logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
     else:
         pq = PredictQuery(target=t.info.name, prior_strength=query.prior_strength, min_support=query.min_support,
+                          min_support_fraction=query.min_support_fraction, max_p_value=query.max_p_value,
                           max_correlation=query.max_correlation, method="conjunction")
         probs = np.empty((len(test_rows), K))
         for j, r in enumerate(test_rows.tolist()):

@@ -60,6 +60,8 @@ DEFAULT_L2 = 1.0  # L2 penalty of the logistic method (scikit-learn's C = 1 / l2
 DEFAULT_BULK_METHOD = "logistic"  # ScoreSegment and Evaluate
 DEFAULT_MIN_SUPPORT = 30
 DEFAULT_MAX_CORRELATION = 0.9
+DEFAULT_MIN_SUPPORT_FRACTION = 0.005
+DEFAULT_MAX_P_VALUE = 0.001
 DEFAULT_MAX_TARGET_VALUES = 64
 
 
@@ -78,6 +80,8 @@ class PredictQuery:
     evidence_fields: list[str] | None = None
     prior_strength: float = DEFAULT_PRIOR_STRENGTH
     min_support: int = DEFAULT_MIN_SUPPORT
+    min_support_fraction: float = DEFAULT_MIN_SUPPORT_FRACTION
+    max_p_value: float = DEFAULT_MAX_P_VALUE
     max_correlation: float = DEFAULT_MAX_CORRELATION
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
     method: str = "conjunction"
@@ -176,6 +180,15 @@ def _check_common(q) -> None:
         _bad("l2", f"must be a finite number > 0, got {l2!r}")
 
 
+def check_conjunction_params(q) -> None:
+    f = q.min_support_fraction
+    if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 <= f <= 1:
+        _bad("min_support_fraction", f"must be a number within [0, 1], got {f!r}")
+    p = q.max_p_value
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+        _bad("max_p_value", f"must be a number within (0, 1], got {p!r}")
+
+
 def _check_predict(q: PredictQuery) -> None:
     _check_common(q)
     if q.method not in METHODS:
@@ -186,6 +199,7 @@ def _check_predict(q: PredictQuery) -> None:
     mc = q.max_correlation
     if isinstance(mc, bool) or not isinstance(mc, numbers.Real) or not 0 < mc <= 1:
         _bad("max_correlation", f"must be a number within (0, 1], got {mc!r}")
+    check_conjunction_params(q)
     if not isinstance(q.evidence, (list, tuple)):
         _bad("evidence", "expected a list of (field, value) pairs")
     for item in q.evidence:
@@ -383,6 +397,29 @@ def _lift(n_xec: np.ndarray, n_xc: np.ndarray, n_xe: int, n_x: int, a: float) ->
     return ((n_xec + a * q) / (n_xc + a)) / q
 
 
+def effective_min_support(q, n_S: int) -> int:
+    """Rows a conjunction must keep: min_support, or min_support_fraction of |S| when larger."""
+    return max(int(q.min_support), math.ceil(float(q.min_support_fraction) * n_S))
+
+
+def _g_test_p(N: np.ndarray, n_c: np.ndarray) -> np.ndarray:
+    """p-value of the G-test of independence of "has e" and the class, per feature, from [K, m] counts."""
+    from scipy.stats import chi2
+
+    K, m = N.shape
+    n = float(n_c.sum())
+    if m == 0 or n == 0:
+        return np.ones(m)
+    n_e = N.sum(axis=0).astype(np.float64)
+    g = np.zeros(m)
+    for cell, marg in ((N.astype(np.float64), n_e), ((n_c[:, None] - N).astype(np.float64), n - n_e)):
+        expected = n_c[:, None].astype(np.float64) * marg[None, :] / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g += np.where(cell > 0, 2.0 * cell * np.log(cell / expected), 0.0).sum(axis=0)
+    df = max(int(np.count_nonzero(n_c)) - 1, 1)
+    return chi2.sf(np.maximum(g, 0.0), df)
+
+
 def _question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,
               fids: np.ndarray, q: PredictQuery):
     """-> (base[K], factors[K][...], u[K]) for one question."""
@@ -417,10 +454,11 @@ def _question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p
     conj: list[int] = []
     backed: list[int] = []
     tmp = np.empty_like(S)
+    min_support = effective_min_support(q, n_S)
     for i in order.tolist():
         _kernels.bitset_and(Sp, bits[i], tmp)
         k = int(_kernels.popcount(tmp))
-        if k >= q.min_support:
+        if k >= min_support:
             Sp, tmp = tmp, Sp
             n_Sp = k
             conj.append(i)
@@ -439,10 +477,19 @@ def _question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p
         n_Spc = n_Sc
         Np = N[:, backed]
     n_Spe = Np.sum(axis=0)
+    p_Sp = _g_test_p(Np, n_Spc)
+    p_S = _g_test_p(N, n_Sc)
     used: list[int] = []
     for j, i in enumerate(backed):
         if n_Se[i] == 0:
             add_lift(i, np.ones(K), 0, "not observed in the segment")
+            continue
+        in_ctx = n_Spe[j] > 0
+        p_val = float(p_Sp[j] if in_ctx else p_S[i])
+        if p_val > q.max_p_value:
+            add_lift(i, np.ones(K), int(n_Spe[j] if in_ctx else n_Se[i]),
+                     f"not significant {'within the conjunction' if conj and in_ctx else 'within the segment'} "
+                     f"(p={p_val:.3g} > max_p_value={q.max_p_value:g})")
             continue
         redundant = None
         if used:  # rows of S with e and each used lift evidence: one counting pass

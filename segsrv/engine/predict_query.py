@@ -7,10 +7,10 @@ with the same functions and renders the server's answer with the same renderers,
 client can hand them objects rebuilt from the proto responses. See docs/query.md.
 
 Predict keys:  from, segment, target, id, evidence, evidence_fields, prior_strength,
-               min_support, method
+               min_support, min_support_fraction, max_p_value, method
 Score keys:    from, segment, target, value, top_k, evidence_fields, prior_strength, method
 Evaluate keys: from, segment, target, evidence_fields, holdout_fraction, seed,
-               prior_strength, min_support, method
+               prior_strength, min_support, min_support_fraction, max_p_value, method
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from .predict import PredictQuery, ScoreQuery, predict, score_segment
 from .query import _check_keys, _json_number
 
 PREDICT_KEYS = {"from", "segment", "target", "id", "evidence", "evidence_fields", "prior_strength",
-                "min_support", "method"}
+                "min_support", "min_support_fraction", "max_p_value", "method"}
 SCORE_KEYS = {"from", "segment", "target", "value", "top_k", "evidence_fields", "prior_strength", "method"}
 EVALUATE_KEYS = {"from", "segment", "target", "evidence_fields", "holdout_fraction", "seed", "prior_strength",
-                 "min_support", "method"}
+                 "min_support", "min_support_fraction", "max_p_value", "method"}
 
 
 def _bad(key: str, description: str):
@@ -103,6 +103,9 @@ def _common(obj: dict, q) -> None:
         q.prior_strength = _real(obj, "prior_strength")
     if "min_support" in obj:
         q.min_support = _int(obj, "min_support")
+    for key in ("min_support_fraction", "max_p_value"):
+        if key in obj:
+            setattr(q, key, _real(obj, key))
     if "method" in obj:
         q.method = _method(obj)
 

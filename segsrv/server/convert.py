@@ -182,13 +182,19 @@ def _enum_to_proto(enum_type, prefix: str, name: str) -> int:
 
 # --- relate -------------------------------------------------------------------
 
+# RelateOrder names that differ from the engine's statistic names. RELATE_ORDER_CONFIDENCE is
+# P(feature | condition), the engine's "p" (association rules call it confidence; a value named
+# RELATE_ORDER_P would clash with RELATE_ORDER_P_VALUE's generated Java constant).
+_RELATE_ORDER_ALIASES = {"confidence": "p"}
+
 
 def relate_query_from_proto(req: segsrv_pb2.RelateRequest, paths: RequestPaths) -> RelateQuery:
     q = RelateQuery(
         where=condition_from_proto(req.condition if req.HasField("condition") else None, paths),
         universe=req.universe or None,
         relate=list(req.fields) or None,
-        order_by=_enum_from_proto(segsrv_pb2.RelateOrder, "RELATE_ORDER_", req.order_by, "lift_smoothed", "order_by"),
+        order_by=_RELATE_ORDER_ALIASES.get(o := _enum_from_proto(segsrv_pb2.RelateOrder, "RELATE_ORDER_", req.order_by,
+                                                                "lift_smoothed", "order_by"), o),
         direction=_enum_from_proto(segsrv_pb2.RelateDirection, "RELATE_DIRECTION_", req.direction, "over", "direction"),
         limit=req.limit or DEFAULT_LIMIT,
         min_support=req.min_support if req.HasField("min_support") else 1,
@@ -320,8 +326,15 @@ def predict_query_from_proto(req: segsrv_pb2.PredictRequest, paths: PredictPaths
         q.prior_strength = req.prior_strength
     if req.HasField("min_support"):
         q.min_support = req.min_support
+    _set_conjunction_params(q, req)
     _set_method(q, req)
     return q
+
+
+def _set_conjunction_params(q, req) -> None:
+    for name in ("min_support_fraction", "max_p_value"):
+        if req.HasField(name):
+            setattr(q, name, getattr(req, name))
 
 
 def _terms(pairs) -> list:
@@ -384,6 +397,7 @@ def evaluate_query_from_proto(req: segsrv_pb2.EvaluateRequest, paths: PredictPat
         q.prior_strength = req.prior_strength
     if req.HasField("min_support"):
         q.min_support = req.min_support
+    _set_conjunction_params(q, req)
     _set_method(q, req)
     return q
 

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import chi2_contingency
 
 from segsrv import _kernels
 from segsrv.engine.conditions import All, And, Not, Term, evaluate
@@ -52,7 +53,16 @@ def _phi(n, n1, n2, n12):
     return 0.0 if den <= 0 else (n12 * n - n1 * n2) / math.sqrt(den)
 
 
-def ref_question(S, classes, p0, ev, a, min_support, max_corr, method):
+def _g_test_p(ctx, mask, classes):
+    """G-test p-value of "has e" vs the class within ctx (scipy's log-likelihood chi2_contingency)."""
+    table = np.array([[int((ctx & mask & c).sum()) for c in classes], [int((ctx & ~mask & c).sum()) for c in classes]])
+    table = table[:, table.sum(axis=0) > 0]  # classes absent from the context carry no degree of freedom
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 1.0  # no variation: G = 0
+    return float(chi2_contingency(table, correction=False, lambda_="log-likelihood").pvalue)
+
+
+def ref_question(S, classes, p0, ev, a, min_support, max_corr, method, msf=0.005, max_p=0.001):
     """ev: list of (name, mask, order_key). -> (probabilities, base, factors per class, normalizer)."""
     K = len(classes)
     nS = int(S.sum())
@@ -87,8 +97,9 @@ def ref_question(S, classes, p0, ev, a, min_support, max_corr, method):
         order = sorted(range(len(ev)), key=lambda i: (-mi[i], ev[i][2]))
         Sp = S.copy()
         conj, backed = [], []
+        need = max(min_support, math.ceil(msf * nS))
         for i in order:
-            if int((Sp & ev[i][1]).sum()) >= min_support:
+            if int((Sp & ev[i][1]).sum()) >= need:
                 Sp = Sp & ev[i][1]
                 conj.append(i)
             else:
@@ -105,11 +116,15 @@ def ref_question(S, classes, p0, ev, a, min_support, max_corr, method):
             if n_se == 0:
                 one(name, 0)
                 continue
+            ctx = Sp if (Sp & mask).any() else S
+            if _g_test_p(ctx, mask, classes) > max_p:
+                one(name, int((ctx & mask).sum()))
+                continue
             if any(abs(_phi(nS, n_se, int((S & ev[j][1]).sum()), int((S & mask & ev[j][1]).sum()))) >= max_corr
                    for j in used):
                 one(name, n_se)
                 continue
-            lift(Sp if (Sp & mask).any() else S, mask, name)
+            lift(ctx, mask, name)
             used.append(i)
     u = []
     for c in range(K):
@@ -122,7 +137,7 @@ def ref_question(S, classes, p0, ev, a, min_support, max_corr, method):
 
 
 def ref_predict(bu, snap_u, target, seg, ev_names, a=1.0, min_support=30, max_corr=0.9, method="conjunction",
-                train=None):
+                train=None, msf=0.005, max_p=0.001):
     """-> {value: (probability, base, factors, normalizer)}."""
     T = bu.fields[target]
     values = snap_u.fields[target].values
@@ -141,7 +156,7 @@ def ref_predict(bu, snap_u, target, seg, ev_names, a=1.0, min_support=30, max_co
         pop = train & has
         K = len(values)
         p0 = [((pop & m).sum() + 1) / (pop.sum() + K) for m in masks]
-        probs, base, factors, norm = ref_question(S, masks, p0, ev, a, min_support, max_corr, method)
+        probs, base, factors, norm = ref_question(S, masks, p0, ev, a, min_support, max_corr, method, msf, max_p)
         for c, v in enumerate(values):
             out[v] = (probs[c], base[c], factors[c], norm)
     else:
@@ -149,7 +164,7 @@ def ref_predict(bu, snap_u, target, seg, ev_names, a=1.0, min_support=30, max_co
         for v, m in zip(values, masks):
             n1 = (train & m).sum()
             p0 = [(n1 + 1) / (train.sum() + 2), (train.sum() - n1 + 1) / (train.sum() + 2)]
-            probs, base, factors, norm = ref_question(S, [m, ~m], p0, ev, a, min_support, max_corr, method)
+            probs, base, factors, norm = ref_question(S, [m, ~m], p0, ev, a, min_support, max_corr, method, msf, max_p)
             out[v] = (probs[0], base[0], factors[0], norm)
     return out
 
@@ -255,7 +270,8 @@ def test_predict_by_id_matches_reference(snap, su, bu, target, seg_name, method)
 @pytest.mark.parametrize("params", [
     dict(prior_strength=5.0, min_support=10, max_correlation=0.5),
     dict(prior_strength=0.1, min_support=200, max_correlation=1.0),
-    dict(prior_strength=2.0, min_support=1, max_correlation=0.95),
+    dict(prior_strength=2.0, min_support=1, max_correlation=0.95, min_support_fraction=0.0, max_p_value=1.0),
+    dict(prior_strength=1.0, min_support=5, max_correlation=0.9, min_support_fraction=0.1, max_p_value=0.05),
 ])
 def test_parameters_match_reference(snap, su, bu, params):
     for target in ("churned", "segment"):
@@ -263,7 +279,8 @@ def test_parameters_match_reference(snap, su, bu, params):
         res = predict(snap, PredictQuery(target=target, universe=U, row_id=rid, **params))
         ev = row_evidence(bu, target, 42)
         ref = ref_predict(bu, su, target, np.ones(bu.n, bool), ev, a=params["prior_strength"],
-                          min_support=params["min_support"], max_corr=params["max_correlation"])
+                          min_support=params["min_support"], max_corr=params["max_correlation"],
+                          msf=params.get("min_support_fraction", 0.005), max_p=params.get("max_p_value", 0.001))
         assert_matches(res, ref)
         check_invariants(res)
 
@@ -316,7 +333,7 @@ def test_correlated_evidence_is_not_counted_twice(snap, su):
     # wet-food and the pouch tag describe the same customers: with a high min_support nothing is
     # conditioned exactly and the second one must be skipped as redundant
     ev = [("orders.lines.product.category", "wet-food"), ("orders.lines.product.tags", "pouch")]
-    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, min_support=10 ** 9))
+    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, min_support=10 ** 9, max_p_value=1.0))
     factors = res.probabilities[0].factors
     assert [f.kind for f in factors] == ["lift", "lift"]
     assert sum(1 for f in factors if f.factor == 1.0 and "redundant" in f.note) == 1
@@ -326,7 +343,8 @@ def test_correlated_evidence_is_not_counted_twice(snap, su):
 def test_conjunction_conditions_exactly(snap, su, bu):
     # with min_support 1 and two evidence features the probability is the smoothed rate in the conjunction
     ev = [("region", "oulu"), ("lifestyle", "budget")]
-    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, min_support=1, prior_strength=1e-9))
+    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, min_support=1, prior_strength=1e-9,
+                                     min_support_fraction=0.0))
     m = bu.fields["region"].masks["oulu"] & bu.fields["lifestyle"].masks["budget"]
     rate = (m & bu.fields["churned"].masks["true"]).sum() / m.sum()
     p = {vp.value: vp.probability for vp in res.probabilities}
