@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the whole test suite. Extra arguments go to pytest.
+# Set up (scripts/setup.sh) and run every test CI runs:
+#   1. buf lint of proto/ (STANDARD rules),
+#   2. the Python test suite (pytest; extra arguments go to pytest),
+#   3. scripts/clients_test.sh: buf breaking, the Go, Java and Node clients and the generic
+#      tools (grpcurl, grpc_health_probe) against a live server, and the load-test smoke run.
+# SEGSRV_SKIP_CLIENTS=1 skips step 3 (e.g. for a quick Python-only run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "[test] buf lint (proto/, STANDARD rules)"
 .venv/bin/buf lint
 echo "[test] buf lint ok"
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"
+if [ "${SEGSRV_SKIP_CLIENTS:-0}" = "1" ]; then
+    echo "[test] SEGSRV_SKIP_CLIENTS=1: client checks skipped"
+else
+    bash scripts/clients_test.sh
+fi

@@ -1,0 +1,353 @@
+package segsrv_test
+
+// Integration tests against a running server: SEGSRV_ADDR (host:port) serving the PetNord
+// snapshot, checked against clients/fixtures/petnord_expected.json (SEGSRV_FIXTURE
+// overrides its path), whose figures DuckDB computed from the source data.
+// scripts/clients_test.sh starts the server and sets both.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"segsrv.dev/clients/go/segsrv"
+	pb "segsrv.dev/clients/go/segsrvv1"
+)
+
+type fixture struct {
+	Snapshot   string `json:"snapshot"`
+	Universe   string `json:"universe"`
+	NCustomers int64  `json:"n_customers"`
+	KnownID    string `json:"known_id"`
+	UnknownID  string `json:"unknown_id"`
+	Counts     []struct {
+		Description string          `json:"description"`
+		Condition   json.RawMessage `json:"condition"`
+		Count       int64           `json:"count"`
+	} `json:"counts"`
+	Relate struct {
+		Condition      json.RawMessage `json:"condition"`
+		Fields         []string        `json:"fields"`
+		ConditionCount int64           `json:"condition_count"`
+		Hits           []struct {
+			Value        string  `json:"value"`
+			Support      int64   `json:"support"`
+			FeatureCount int64   `json:"feature_count"`
+			Lift         float64 `json:"lift"`
+		} `json:"hits"`
+	} `json:"relate"`
+	Predict struct {
+		TargetField string   `json:"target_field"`
+		Values      []string `json:"values"`
+	} `json:"predict"`
+}
+
+func setup(t *testing.T) (*segsrv.Client, *fixture) {
+	t.Helper()
+	addr := os.Getenv("SEGSRV_ADDR")
+	if addr == "" {
+		t.Skip("SEGSRV_ADDR is not set: these tests need a running segsrv serving PetNord (bash scripts/clients_test.sh starts one)")
+	}
+	path := os.Getenv("SEGSRV_FIXTURE")
+	if path == "" {
+		path = filepath.Join("..", "..", "fixtures", "petnord_expected.json")
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading the fixture: %v", err)
+	}
+	var fx fixture
+	if err := json.Unmarshal(raw, &fx); err != nil {
+		t.Fatalf("parsing %s: %v", path, err)
+	}
+	c, err := segsrv.Dial(addr, segsrv.WithTimeout(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, &fx
+}
+
+// condition parses a fixture condition (proto3 JSON) into a segsrvv1.Condition.
+func condition(t *testing.T, raw json.RawMessage) *pb.Condition {
+	t.Helper()
+	var cond pb.Condition
+	if err := protojson.Unmarshal(raw, &cond); err != nil {
+		t.Fatalf("condition %s: %v", raw, err)
+	}
+	return &cond
+}
+
+func relClose(got, want, tol float64) bool {
+	return math.Abs(got-want) <= tol*math.Max(math.Abs(want), math.Abs(got))
+}
+
+func TestHealth(t *testing.T) {
+	c, _ := setup(t)
+	for _, service := range []string{"", "segsrv.v1.SegmentationService"} {
+		st, err := c.Health(context.Background(), service)
+		if err != nil {
+			t.Fatalf("health %q: %v", service, err)
+		}
+		if st.String() != "SERVING" {
+			t.Errorf("health %q = %s, want SERVING", service, st)
+		}
+	}
+}
+
+func TestSnapshotInfo(t *testing.T) {
+	c, fx := setup(t)
+	res, err := c.SnapshotInfo(context.Background(), "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.GetInfo().GetSnapshotName(); got != fx.Snapshot {
+		t.Errorf("snapshot name = %q, want %q", got, fx.Snapshot)
+	}
+	if res.GetInfo().GetSnapshotVersion() == "" {
+		t.Error("snapshot version is empty")
+	}
+	var found bool
+	for _, u := range res.GetUniverses() {
+		if u.GetName() == fx.Universe {
+			found = true
+			if u.GetRowCount() != fx.NCustomers {
+				t.Errorf("universe %s has %d rows, want n_customers = %d", u.GetName(), u.GetRowCount(), fx.NCustomers)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no universe %q in %v", fx.Universe, res.GetUniverses())
+	}
+}
+
+func TestCount(t *testing.T) {
+	c, fx := setup(t)
+	if len(fx.Counts) == 0 {
+		t.Fatal("the fixture has no counts")
+	}
+	for _, want := range fx.Counts {
+		t.Run(want.Description, func(t *testing.T) {
+			res, err := c.Count(context.Background(), fx.Universe, condition(t, want.Condition))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.GetCount() != want.Count {
+				t.Errorf("count = %d, want %d", res.GetCount(), want.Count)
+			}
+			if res.GetRowCount() != fx.NCustomers {
+				t.Errorf("row_count = %d, want %d", res.GetRowCount(), fx.NCustomers)
+			}
+			if res.GetUniverse() != fx.Universe {
+				t.Errorf("universe = %q, want %q", res.GetUniverse(), fx.Universe)
+			}
+		})
+	}
+}
+
+func TestCountBuilders(t *testing.T) {
+	// The builders give the same conditions as the fixture's JSON.
+	c, fx := setup(t)
+	conds := []*pb.Condition{
+		segsrv.Term("churned", "true"),
+		segsrv.And(segsrv.Term("pet_size", "large"), segsrv.Term("region", "helsinki")),
+		segsrv.And(segsrv.In("region", "helsinki", "espoo"), segsrv.Not(segsrv.Term("churned", "true"))),
+	}
+	if len(conds) != len(fx.Counts) {
+		t.Fatalf("the fixture has %d counts, the test builds %d", len(fx.Counts), len(conds))
+	}
+	for i, cond := range conds {
+		res, err := c.Count(context.Background(), fx.Universe, cond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.GetCount() != fx.Counts[i].Count {
+			t.Errorf("%s: count = %d, want %d", fx.Counts[i].Description, res.GetCount(), fx.Counts[i].Count)
+		}
+	}
+	res, err := c.Count(context.Background(), fx.Universe, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetCount() != fx.NCustomers {
+		t.Errorf("count of every row = %d, want %d", res.GetCount(), fx.NCustomers)
+	}
+}
+
+func TestRelate(t *testing.T) {
+	c, fx := setup(t)
+	res, err := c.Relate(context.Background(), &pb.RelateRequest{
+		Universe:  fx.Universe,
+		Condition: condition(t, fx.Relate.Condition),
+		Fields:    fx.Relate.Fields,
+		Direction: pb.RelateDirection_RELATE_DIRECTION_ALL,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetConditionCount() != fx.Relate.ConditionCount {
+		t.Errorf("condition_count = %d, want %d", res.GetConditionCount(), fx.Relate.ConditionCount)
+	}
+	if res.GetRowCount() != fx.NCustomers {
+		t.Errorf("row_count = %d, want %d", res.GetRowCount(), fx.NCustomers)
+	}
+	hits := map[string]*pb.RelateHit{}
+	for _, h := range res.GetHits() {
+		if h.GetField() != "region" {
+			t.Errorf("hit on field %q, only region was asked for", h.GetField())
+		}
+		hits[h.GetValue()] = h
+	}
+	if len(hits) != len(fx.Relate.Hits) {
+		got := make([]string, 0, len(hits))
+		for v := range hits {
+			got = append(got, v)
+		}
+		sort.Strings(got)
+		t.Errorf("%d hits %v, want %d", len(hits), got, len(fx.Relate.Hits))
+	}
+	for _, want := range fx.Relate.Hits {
+		h, ok := hits[want.Value]
+		if !ok {
+			t.Errorf("no hit for region = %s", want.Value)
+			continue
+		}
+		if h.GetSupport() != want.Support {
+			t.Errorf("region = %s: support = %d, want %d", want.Value, h.GetSupport(), want.Support)
+		}
+		if h.GetFeatureCount() != want.FeatureCount {
+			t.Errorf("region = %s: feature_count = %d, want %d", want.Value, h.GetFeatureCount(), want.FeatureCount)
+		}
+		if !relClose(h.GetLift(), want.Lift, 1e-9) {
+			t.Errorf("region = %s: lift = %.17g, want %.17g (1e-9 relative)", want.Value, h.GetLift(), want.Lift)
+		}
+	}
+}
+
+func TestPredict(t *testing.T) {
+	c, fx := setup(t)
+	res, err := c.Predict(context.Background(), &pb.PredictRequest{
+		Universe:    fx.Universe,
+		TargetField: fx.Predict.TargetField,
+		Id:          fx.KnownID,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetMultiValued() {
+		t.Errorf("%s is reported multi-valued", fx.Predict.TargetField)
+	}
+	var values []string
+	sum := 0.0
+	for _, p := range res.GetProbabilities() {
+		values = append(values, p.GetValue())
+		sum += p.GetProbability()
+		if p.GetProbability() <= 0 || p.GetProbability() >= 1 {
+			t.Errorf("P(%s) = %g is not in (0, 1)", p.GetValue(), p.GetProbability())
+		}
+		// The explanation: base_probability * product(factors) / normalizer == probability.
+		e := p.GetExplanation()
+		if e == nil || len(e.GetFactors()) == 0 {
+			t.Errorf("P(%s) has no explanation factors", p.GetValue())
+			continue
+		}
+		product := e.GetBaseProbability()
+		for _, f := range e.GetFactors() {
+			product *= f.GetFactor()
+		}
+		product /= e.GetNormalizer()
+		if !relClose(product, p.GetProbability(), 1e-9) {
+			t.Errorf("P(%s): base * product(factors) / normalizer = %.17g, probability = %.17g",
+				p.GetValue(), product, p.GetProbability())
+		}
+	}
+	sort.Strings(values)
+	want := append([]string(nil), fx.Predict.Values...)
+	sort.Strings(want)
+	if len(values) != len(want) {
+		t.Fatalf("values %v, want %v", values, want)
+	}
+	for i := range want {
+		if values[i] != want[i] {
+			t.Fatalf("values %v, want %v", values, want)
+		}
+	}
+	if math.Abs(sum-1) > 1e-9 {
+		t.Errorf("probabilities sum to %.17g, want 1", sum)
+	}
+	if len(res.GetEvidence()) == 0 {
+		t.Error("no evidence used for a known id")
+	}
+}
+
+func TestCountUnknownFieldIsInvalidArgument(t *testing.T) {
+	c, fx := setup(t)
+	_, err := c.Count(context.Background(), fx.Universe, segsrv.Term("regoin", "helsinki"))
+	if code := status.Code(err); code != codes.InvalidArgument {
+		t.Fatalf("code = %s (%v), want InvalidArgument", code, err)
+	}
+	var e *segsrv.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("%T is not *segsrv.Error", err)
+	}
+	if e.Reason != "UNKNOWN_FIELD" {
+		t.Errorf("reason = %q, want UNKNOWN_FIELD", e.Reason)
+	}
+	if len(e.Violations) == 0 || e.Violations[0].Field != "condition.term.field" {
+		t.Errorf("violations = %+v, want one on condition.term.field", e.Violations)
+	}
+}
+
+func TestPredictUnknownIDIsNotFound(t *testing.T) {
+	c, fx := setup(t)
+	_, err := c.Predict(context.Background(), &pb.PredictRequest{
+		Universe: fx.Universe, TargetField: fx.Predict.TargetField, Id: fx.UnknownID,
+	})
+	if code := status.Code(err); code != codes.NotFound {
+		t.Fatalf("code = %s (%v), want NotFound", code, err)
+	}
+}
+
+func TestAssign(t *testing.T) {
+	c, fx := setup(t)
+	res, err := c.Assign(context.Background(), &pb.AssignRequest{
+		Universe: fx.Universe, Ids: []string{fx.KnownID, fx.UnknownID},
+	})
+	if status.Code(err) == codes.Unimplemented {
+		t.Skipf("Assign is not implemented by this server yet: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := res.GetAssignments()
+	if len(as) != 2 {
+		t.Fatalf("%d assignments, want 2 (one per id)", len(as))
+	}
+	if as[0].GetId() != fx.KnownID || !as[0].GetFound() {
+		t.Errorf("assignment 0 = {id %q, found %v}, want {%q, true}", as[0].GetId(), as[0].GetFound(), fx.KnownID)
+	}
+	if as[1].GetId() != fx.UnknownID || as[1].GetFound() {
+		t.Errorf("assignment 1 = {id %q, found %v}, want {%q, false}", as[1].GetId(), as[1].GetFound(), fx.UnknownID)
+	}
+}
+
+func TestDeadline(t *testing.T) {
+	c, fx := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel()
+	time.Sleep(time.Millisecond)
+	_, err := c.Count(ctx, fx.Universe, nil)
+	if code := status.Code(err); code != codes.DeadlineExceeded {
+		t.Fatalf("code = %s (%v), want DeadlineExceeded", code, err)
+	}
+}

@@ -1,0 +1,275 @@
+package dev.segsrv.client;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+import static org.junit.jupiter.api.DynamicTest.dynamicTest;
+
+import com.google.gson.JsonElement;
+import com.google.gson.JsonObject;
+import com.google.gson.JsonParser;
+import dev.segsrv.v1.AssignResponse;
+import dev.segsrv.v1.Condition;
+import dev.segsrv.v1.CountResponse;
+import dev.segsrv.v1.ExplanationFactor;
+import dev.segsrv.v1.GetSnapshotInfoResponse;
+import dev.segsrv.v1.PredictResponse;
+import dev.segsrv.v1.RelateDirection;
+import dev.segsrv.v1.RelateHit;
+import dev.segsrv.v1.RelateResponse;
+import dev.segsrv.v1.TargetProbability;
+import dev.segsrv.v1.UniverseInfo;
+import io.grpc.Status;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.DisplayName;
+import org.junit.jupiter.api.DynamicTest;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestFactory;
+
+/**
+ * Checks a live server (env SEGSRV_ADDR, host:port) against the PetNord fixture (env
+ * SEGSRV_FIXTURE, default clients/fixtures/petnord_expected.json), whose figures DuckDB computed
+ * from the source data. Skipped when SEGSRV_ADDR is unset.
+ */
+class SegsrvClientTest {
+  private static final double REL_TOL = 1e-9;
+
+  private static SegsrvClient client;
+  private static JsonObject fixture;
+  private static String universe;
+
+  private static final String ADDR = System.getenv("SEGSRV_ADDR");
+
+  @BeforeAll
+  static void connect() throws IOException {
+    if (ADDR == null || ADDR.isBlank()) {
+      return; // every test is skipped by requireServer()
+    }
+    String path = System.getenv("SEGSRV_FIXTURE");
+    if (path == null || path.isBlank()) {
+      path = System.getProperty("segsrv.fixture.default", "../fixtures/petnord_expected.json");
+    }
+    fixture =
+        JsonParser.parseString(Files.readString(Path.of(path), StandardCharsets.UTF_8))
+            .getAsJsonObject();
+    universe = fixture.get("universe").getAsString();
+    client = SegsrvClient.builder(ADDR).deadline(Duration.ofSeconds(30)).build();
+  }
+
+  @BeforeEach
+  void requireServer() {
+    assumeTrue(client != null, "SEGSRV_ADDR is unset: no server to test against");
+  }
+
+  @AfterAll
+  static void close() {
+    if (client != null) {
+      client.close();
+    }
+  }
+
+  private static Condition condition(JsonElement json) {
+    return SegsrvClient.condition(json.toString());
+  }
+
+  private static void assertRelClose(double expected, double actual, String what) {
+    double tol = REL_TOL * Math.max(Math.abs(expected), Math.abs(actual));
+    assertTrue(
+        Math.abs(expected - actual) <= tol,
+        what + ": expected " + expected + ", got " + actual + " (relative tolerance " + REL_TOL + ")");
+  }
+
+  @Test
+  @DisplayName("GetSnapshotInfo names the fixture snapshot and the universe's row count")
+  void snapshotInfo() {
+    GetSnapshotInfoResponse info = client.snapshotInfo();
+    String snapshot = fixture.get("snapshot").getAsString();
+    assertEquals(snapshot, info.getInfo().getSnapshotName());
+    assertFalse(info.getInfo().getSnapshotVersion().isEmpty(), "snapshot version is empty");
+    assertTrue(info.getServedSnapshotsList().contains(snapshot), "served: " + info.getServedSnapshotsList());
+    UniverseInfo customers =
+        info.getUniversesList().stream()
+            .filter(u -> u.getName().equals(universe))
+            .findFirst()
+            .orElseThrow(() -> new AssertionError("no universe " + universe + " in " + info.getUniversesList()));
+    assertEquals(fixture.get("n_customers").getAsLong(), customers.getRowCount());
+    assertTrue(customers.getFieldsCount() > 0, "universe has no fields");
+  }
+
+  @TestFactory
+  @DisplayName("Count of every fixture condition")
+  Stream<DynamicTest> counts() {
+    long n = fixture.get("n_customers").getAsLong();
+    List<DynamicTest> tests = new ArrayList<>();
+    for (JsonElement e : fixture.getAsJsonArray("counts")) {
+      JsonObject c = e.getAsJsonObject();
+      tests.add(
+          dynamicTest(
+              c.get("description").getAsString(),
+              () -> {
+                CountResponse r = client.count(universe, condition(c.get("condition")));
+                assertEquals(c.get("count").getAsLong(), r.getCount());
+                assertEquals(n, r.getRowCount());
+                assertEquals(universe, r.getUniverse());
+              }));
+    }
+    assertFalse(tests.isEmpty(), "fixture has no counts");
+    return tests.stream();
+  }
+
+  @TestFactory
+  @DisplayName("Relate the fixture condition to region, direction ALL")
+  Stream<DynamicTest> relate() {
+    JsonObject rel = fixture.getAsJsonObject("relate");
+    List<String> fields = new ArrayList<>();
+    rel.getAsJsonArray("fields").forEach(f -> fields.add(f.getAsString()));
+    RelateResponse r =
+        client.relate(
+            universe, condition(rel.get("condition")), fields, RelateDirection.RELATE_DIRECTION_ALL);
+    Map<String, RelateHit> byValue = new HashMap<>();
+    for (RelateHit h : r.getHitsList()) {
+      byValue.put(h.getField() + "=" + h.getValue(), h);
+    }
+    List<DynamicTest> tests = new ArrayList<>();
+    tests.add(
+        dynamicTest(
+            "condition and row counts",
+            () -> {
+              assertEquals(rel.get("condition_count").getAsLong(), r.getConditionCount());
+              assertEquals(fixture.get("n_customers").getAsLong(), r.getRowCount());
+              Set<String> got = new TreeSet<>();
+              r.getHitsList().forEach(h -> got.add(h.getField()));
+              assertEquals(new TreeSet<>(fields), got, "hits outside the requested fields");
+              assertEquals(rel.getAsJsonArray("hits").size(), r.getHitsCount(), "hits: " + byValue.keySet());
+            }));
+    String field = fields.get(0);
+    for (JsonElement e : rel.getAsJsonArray("hits")) {
+      JsonObject want = e.getAsJsonObject();
+      String value = want.get("value").getAsString();
+      tests.add(
+          dynamicTest(
+              field + "=" + value,
+              () -> {
+                RelateHit hit = byValue.get(field + "=" + value);
+                assertNotNull(hit, "no hit " + field + "=" + value + " among " + byValue.keySet());
+                assertEquals(want.get("support").getAsLong(), hit.getSupport(), "support");
+                assertEquals(want.get("feature_count").getAsLong(), hit.getFeatureCount(), "feature_count");
+                assertRelClose(want.get("lift").getAsDouble(), hit.getLift(), "lift");
+              }));
+    }
+    return tests.stream();
+  }
+
+  @Test
+  @DisplayName("Predict: probabilities sum to 1, explanation factors multiply to each probability")
+  void predict() {
+    JsonObject p = fixture.getAsJsonObject("predict");
+    String target = p.get("target_field").getAsString();
+    PredictResponse r = client.predict(universe, target, fixture.get("known_id").getAsString());
+    assertEquals(target, r.getTargetField());
+    assertEquals(universe, r.getUniverse());
+    assertFalse(r.getMultiValued());
+    Set<String> values = new TreeSet<>();
+    p.getAsJsonArray("values").forEach(v -> values.add(v.getAsString()));
+    Set<String> got = new TreeSet<>();
+    double sum = 0;
+    double previous = Double.POSITIVE_INFINITY;
+    for (TargetProbability tp : r.getProbabilitiesList()) {
+      got.add(tp.getValue());
+      sum += tp.getProbability();
+      assertTrue(tp.getProbability() <= previous, "not most probable first");
+      previous = tp.getProbability();
+      // probability = base_probability * product(factors) / normalizer
+      double product = tp.getExplanation().getBaseProbability();
+      for (ExplanationFactor f : tp.getExplanation().getFactorsList()) {
+        product *= f.getFactor();
+      }
+      product /= tp.getExplanation().getNormalizer();
+      assertRelClose(tp.getProbability(), product, "explanation of " + tp.getValue());
+    }
+    assertEquals(values, got);
+    assertEquals(1.0, sum, 1e-9, "probabilities sum");
+  }
+
+  @Test
+  @DisplayName("Count with an unknown field is INVALID_ARGUMENT with a field violation")
+  void unknownFieldIsInvalidArgument() {
+    Condition bad = SegsrvClient.condition("{\"term\": {\"field\": \"no_such_field\", \"value\": \"x\"}}");
+    SegsrvException e = assertThrows(SegsrvException.class, () -> client.count(universe, bad));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code(), e.getMessage());
+    assertEquals("UNKNOWN_FIELD", e.reason());
+    assertTrue(
+        e.violations().stream().anyMatch(v -> v.field().equals("condition.term.field")),
+        "violations: " + e.violations());
+  }
+
+  @Test
+  @DisplayName("Predict for an unknown id is NOT_FOUND")
+  void unknownIdIsNotFound() {
+    String target = fixture.getAsJsonObject("predict").get("target_field").getAsString();
+    String unknown = fixture.get("unknown_id").getAsString();
+    SegsrvException e =
+        assertThrows(SegsrvException.class, () -> client.predict(universe, target, unknown));
+    assertEquals(Status.Code.NOT_FOUND, e.code(), e.getMessage());
+    assertTrue(e.statusMessage().contains(unknown), e.statusMessage());
+    assertTrue(e.violations().stream().anyMatch(v -> v.field().equals("id")), "violations: " + e.violations());
+  }
+
+  @Test
+  @DisplayName("A passed deadline is DEADLINE_EXCEEDED")
+  void deadline() {
+    SegsrvClient hurried = client.withDeadline(Duration.ofNanos(1));
+    SegsrvException e = assertThrows(SegsrvException.class, hurried::snapshotInfo);
+    assertEquals(Status.Code.DEADLINE_EXCEEDED, e.code(), e.getMessage());
+    hurried.close(); // a view: leaves the shared channel open
+    assertEquals(fixture.get("n_customers").getAsLong(), client.count(universe, null).getCount());
+  }
+
+  @Test
+  @DisplayName("Assign: known id found, unknown id not found (skipped while UNIMPLEMENTED)")
+  void assign() {
+    String known = fixture.get("known_id").getAsString();
+    String unknown = fixture.get("unknown_id").getAsString();
+    AssignResponse r;
+    try {
+      r = client.assign(universe, List.of(known, unknown), false);
+    } catch (SegsrvException e) {
+      if (e.code() == Status.Code.UNIMPLEMENTED) {
+        Assumptions.abort("Assign is UNIMPLEMENTED on this server: " + e.statusMessage());
+      }
+      throw e;
+    }
+    assertEquals(2, r.getAssignmentsCount());
+    assertEquals(known, r.getAssignments(0).getId());
+    assertTrue(r.getAssignments(0).getFound(), known + " not found");
+    assertEquals(unknown, r.getAssignments(1).getId());
+    assertFalse(r.getAssignments(1).getFound(), unknown + " found");
+  }
+
+  @Test
+  @DisplayName("keepAliveTime below grpcio's 5-minute ping interval is refused")
+  void keepAliveFloor() {
+    assertThrows(
+        IllegalArgumentException.class,
+        () -> SegsrvClient.builder("127.0.0.1:1").keepAliveTime(Duration.ofSeconds(30)).build());
+    SegsrvClient.builder("127.0.0.1:1").keepAliveTime(Duration.ofMinutes(5)).build().close();
+  }
+}

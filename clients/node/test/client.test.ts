@@ -1,0 +1,184 @@
+// Checks a live server (env SEGSRV_ADDR, host:port) against the PetNord fixture (env
+// SEGSRV_FIXTURE, default clients/fixtures/petnord_expected.json), whose figures DuckDB
+// computed from the source data. Every test is skipped when SEGSRV_ADDR is unset.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { status } from "@grpc/grpc-js";
+import { RelateDirection, SegsrvClient, SegsrvError } from "../src";
+
+interface Fixture {
+  snapshot: string;
+  universe: string;
+  n_customers: number;
+  known_id: string;
+  unknown_id: string;
+  counts: { description: string; condition: unknown; count: number }[];
+  relate: {
+    condition: unknown;
+    fields: string[];
+    condition_count: number;
+    hits: { value: string; support: number; feature_count: number; lift: number }[];
+  };
+  predict: { target_field: string; values: string[] };
+}
+
+const ADDR = process.env.SEGSRV_ADDR ?? "";
+// compiled to dist/test/: the fixture is clients/fixtures/ (three levels up)
+const FIXTURE_PATH = process.env.SEGSRV_FIXTURE || resolve(__dirname, "..", "..", "..", "fixtures", "petnord_expected.json");
+const fixture: Fixture = JSON.parse(readFileSync(FIXTURE_PATH, "utf8"));
+const universe = fixture.universe;
+const skip: string | false = ADDR ? false : "SEGSRV_ADDR is unset: no server to test against";
+const REL_TOL = 1e-9;
+
+let client: SegsrvClient;
+
+before(() => {
+  if (ADDR) client = new SegsrvClient(ADDR, { deadlineMs: 30_000 });
+});
+after(() => client?.close());
+
+function assertRelClose(expected: number, actual: number, what: string): void {
+  const tol = REL_TOL * Math.max(Math.abs(expected), Math.abs(actual));
+  assert.ok(Math.abs(expected - actual) <= tol, `${what}: expected ${expected}, got ${actual} (relative tolerance ${REL_TOL})`);
+}
+
+async function rejection(p: Promise<unknown>): Promise<SegsrvError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof SegsrvError, `not a SegsrvError: ${e}`);
+    return e;
+  }
+  assert.fail("the call succeeded");
+}
+
+describe("GetSnapshotInfo", () => {
+  it("names the fixture snapshot and the universe's row count", { skip }, async () => {
+    const info = await client.snapshotInfo();
+    assert.equal(info.info?.snapshotName, fixture.snapshot);
+    assert.ok(info.info?.snapshotVersion, "snapshot version is empty");
+    assert.ok(info.servedSnapshots.includes(fixture.snapshot), `served: ${info.servedSnapshots}`);
+    const u = info.universes.find((x) => x.name === universe);
+    assert.ok(u, `no universe ${universe} in ${info.universes.map((x) => x.name)}`);
+    assert.equal(u.rowCount, fixture.n_customers);
+    assert.ok(u.fields.length > 0, "universe has no fields");
+  });
+});
+
+describe("Count of every fixture condition", () => {
+  for (const c of fixture.counts) {
+    it(c.description, { skip }, async () => {
+      const r = await client.count(universe, SegsrvClient.condition(c.condition));
+      assert.equal(r.count, c.count);
+      assert.equal(r.rowCount, fixture.n_customers);
+      assert.equal(r.universe, universe);
+    });
+  }
+});
+
+describe("Relate the fixture condition to region, direction ALL", () => {
+  const rel = fixture.relate;
+  const field = rel.fields[0];
+  let hits: Promise<Awaited<ReturnType<SegsrvClient["relate"]>>> | undefined;
+  const response = () =>
+    (hits ??= client.relate(universe, SegsrvClient.condition(rel.condition), rel.fields, RelateDirection.RELATE_DIRECTION_ALL));
+
+  it("condition and row counts", { skip }, async () => {
+    const r = await response();
+    assert.equal(r.conditionCount, rel.condition_count);
+    assert.equal(r.rowCount, fixture.n_customers);
+    assert.deepEqual([...new Set(r.hits.map((h) => h.field))].sort(), [...rel.fields].sort());
+    assert.equal(r.hits.length, rel.hits.length, `hits: ${r.hits.map((h) => `${h.field}=${h.value}`)}`);
+  });
+  for (const want of rel.hits) {
+    it(`${field}=${want.value}`, { skip }, async () => {
+      const r = await response();
+      const hit = r.hits.find((h) => h.field === field && h.value === want.value);
+      assert.ok(hit, `no hit ${field}=${want.value} among ${r.hits.map((h) => `${h.field}=${h.value}`)}`);
+      assert.equal(hit.support, want.support, "support");
+      assert.equal(hit.featureCount, want.feature_count, "feature_count");
+      assertRelClose(want.lift, hit.lift, "lift");
+    });
+  }
+});
+
+describe("Predict", () => {
+  it("probabilities sum to 1, explanation factors multiply to each probability", { skip }, async () => {
+    const p = fixture.predict;
+    const r = await client.predict(universe, p.target_field, fixture.known_id);
+    assert.equal(r.targetField, p.target_field);
+    assert.equal(r.universe, universe);
+    assert.equal(r.multiValued, false);
+    assert.deepEqual(r.probabilities.map((x) => x.value).sort(), [...p.values].sort());
+    let sum = 0;
+    let previous = Infinity;
+    for (const tp of r.probabilities) {
+      sum += tp.probability;
+      assert.ok(tp.probability <= previous, "not most probable first");
+      previous = tp.probability;
+      // probability = base_probability * product(factors) / normalizer
+      const e = tp.explanation;
+      assert.ok(e, `no explanation for ${tp.value}`);
+      const product = e.factors.reduce((acc, f) => acc * f.factor, e.baseProbability) / e.normalizer;
+      assertRelClose(tp.probability, product, `explanation of ${tp.value}`);
+    }
+    assert.ok(Math.abs(sum - 1) <= 1e-9, `probabilities sum to ${sum}`);
+  });
+});
+
+describe("Errors", () => {
+  it("Count with an unknown field is INVALID_ARGUMENT with a field violation", { skip }, async () => {
+    const bad = SegsrvClient.condition({ term: { field: "no_such_field", value: "x" } });
+    const e = await rejection(client.count(universe, bad));
+    assert.equal(e.code, status.INVALID_ARGUMENT, e.message);
+    assert.equal(e.reason, "UNKNOWN_FIELD");
+    assert.ok(
+      e.violations.some((v) => v.field === "condition.term.field"),
+      `violations: ${JSON.stringify(e.violations)}`,
+    );
+  });
+
+  it("Predict for an unknown id is NOT_FOUND", { skip }, async () => {
+    const e = await rejection(client.predict(universe, fixture.predict.target_field, fixture.unknown_id));
+    assert.equal(e.code, status.NOT_FOUND, e.message);
+    assert.ok(e.details.includes(fixture.unknown_id), e.details);
+    assert.ok(e.violations.some((v) => v.field === "id"), `violations: ${JSON.stringify(e.violations)}`);
+  });
+
+  it("a passed deadline is DEADLINE_EXCEEDED", { skip }, async () => {
+    const hurried = client.withDeadline(1e-6);
+    const e = await rejection(hurried.snapshotInfo());
+    assert.equal(e.code, status.DEADLINE_EXCEEDED, e.message);
+    hurried.close(); // a view: leaves the shared channel open
+    assert.equal((await client.count(universe)).count, fixture.n_customers);
+  });
+});
+
+describe("Assign", () => {
+  it("known id found, unknown id not found (skipped while UNIMPLEMENTED)", { skip }, async (t) => {
+    let r;
+    try {
+      r = await client.assign(universe, [fixture.known_id, fixture.unknown_id]);
+    } catch (e) {
+      if (e instanceof SegsrvError && e.code === status.UNIMPLEMENTED) {
+        t.skip(`Assign is UNIMPLEMENTED on this server: ${e.details}`);
+        return;
+      }
+      throw e;
+    }
+    assert.equal(r.assignments.length, 2);
+    assert.equal(r.assignments[0].id, fixture.known_id);
+    assert.equal(r.assignments[0].found, true, `${fixture.known_id} not found`);
+    assert.equal(r.assignments[1].id, fixture.unknown_id);
+    assert.equal(r.assignments[1].found, false, `${fixture.unknown_id} found`);
+  });
+});
+
+describe("Keepalive", () => {
+  it("keepaliveTimeMs below grpcio's 5-minute ping interval is refused", { skip }, () => {
+    assert.throws(() => new SegsrvClient("127.0.0.1:1", { keepaliveTimeMs: 30_000 }), RangeError);
+    new SegsrvClient("127.0.0.1:1", { keepaliveTimeMs: 5 * 60_000 }).close();
+  });
+});
