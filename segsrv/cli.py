@@ -1,4 +1,4 @@
-"""Command line: segsrv demo-data | build | info | verify | query | serve.
+"""Command line: segsrv demo-data | build | info | verify | query | export | segments | assign | serve | diff.
 
 Every command prints errors as one line `segsrv: error: ...` on stderr and
 exits 1 for bad input or a failed build, 2 for bad usage. See docs/cli.md.
@@ -124,6 +124,7 @@ def _write_scores(answer: dict, csv_path: str | None) -> None:
 
 def cmd_query(args) -> int:
     from .engine.predict_query import run_evaluate_json, run_predict_json, run_score_json
+    from .engine.profile import run_profile_json
     from .engine.query import run_count_json, run_relate_json
     from .snapshot.reader import open_snapshot
 
@@ -140,7 +141,8 @@ def cmd_query(args) -> int:
                           version=args.version or "") as client:
             try:
                 answer = {"relate": client.relate, "count": client.count, "predict": client.predict,
-                          "score": client.score_segment, "evaluate": client.evaluate}[args.kind](query)
+                          "score": client.score_segment, "evaluate": client.evaluate,
+                          "profile": client.profile}[args.kind](query)
             except SegsrvRpcError as exc:
                 print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
                 for field, description in exc.violations:
@@ -152,19 +154,259 @@ def cmd_query(args) -> int:
         raise SegsrvError("--snapshot names a snapshot of a server (--addr); with --local give ROOT/NAME")
     snap = open_snapshot(args.local, version=args.version)
     runner = {"relate": run_relate_json, "count": run_count_json, "predict": run_predict_json,
-              "score": run_score_json, "evaluate": run_evaluate_json}[args.kind]
+              "score": run_score_json, "evaluate": run_evaluate_json, "profile": run_profile_json}[args.kind]
     emit(runner(snap, query))
     return 0
 
 
-def cmd_serve(args) -> int:
-    from .server.app import MIB, serve
+EXPORT_PROGRESS_MIN = 100_000  # exports with at least this many ids report progress on stderr
+EXPORT_MAX_CHUNK = 100_000
 
-    return serve(
-        args.snapshots, args.host, args.port, grace_seconds=args.grace, max_workers=args.max_workers,
-        max_concurrent_rpcs=args.max_concurrent_rpcs, max_receive_message_bytes=int(args.max_message_mb * MIB),
-        kernel_threads=args.kernel_threads,
+
+def _export_format(out: str, fmt: str | None) -> str:
+    """--format, else from OUT's extension (.csv; .jsonl / .ndjson / .json); stdout: csv."""
+    if fmt:
+        return fmt
+    if out == "-":
+        return "csv"
+    ext = Path(out).suffix.lower()
+    if ext == ".csv":
+        return "csv"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise SegsrvError(f"--out {out!r}: cannot tell the format from the extension {ext or '(none)'!r}; "
+                      "give --format csv or --format jsonl")
+
+
+def _write_export(out: str, fmt: str, total: int, expected: int, ranked: bool, chunks, quiet: bool) -> int:
+    """Write `chunks` ((ids, scores or None) lists) as CSV (header id[,score]) or JSON lines to OUT
+    (- = stdout); a file appears only when complete (written to a temporary name, then renamed).
+    Progress on stderr for large exports. Returns the rows written."""
+    import csv
+
+    t0 = last = time.perf_counter()
+    progress = not quiet and expected >= EXPORT_PROGRESS_MIN
+    if out == "-":
+        path = tmp = None
+        f = sys.stdout
+    else:
+        path = Path(out)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            f = open(tmp, "w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise SegsrvError(f"--out: cannot write {out!r}: {exc.strerror or exc}") from None
+    written = 0
+    try:
+        if fmt == "csv":
+            w = csv.writer(f)
+            w.writerow(["id", "score"] if ranked else ["id"])
+        for ids, scores in chunks:
+            if fmt == "csv":
+                w.writerows(zip(ids, scores) if ranked else ([i] for i in ids))
+            elif ranked:
+                f.write("".join(f'{{"id": {json.dumps(i)}, "score": {json.dumps(s)}}}\n'
+                                for i, s in zip(ids, scores)))
+            else:
+                f.write("".join(f'{{"id": {json.dumps(i)}}}\n' for i in ids))
+            written += len(ids)
+            if progress and time.perf_counter() - last >= 1.0:
+                last = time.perf_counter()
+                print(f"segsrv export: {written:,} / {expected:,} rows written", file=sys.stderr, flush=True)
+        f.flush()
+    except BaseException:
+        if tmp is not None:
+            f.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp is not None:
+        f.close()
+        os.replace(tmp, path)
+    if not quiet:
+        print(f"segsrv export: wrote {written:,} rows ({total:,} matching{', ranked' if ranked else ''}) to "
+              f"{'stdout' if path is None else path} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return written
+
+
+def cmd_export(args) -> int:
+    from .engine.export import DEFAULT_CHUNK_SIZE, export_members, export_query_from_json
+
+    query = _load_query(args.json)
+    fmt = _export_format(args.out, args.format)
+    if args.chunk_size is not None and not 1 <= args.chunk_size <= EXPORT_MAX_CHUNK:
+        raise SegsrvError(f"--chunk-size: expected 1..{EXPORT_MAX_CHUNK:,}, got {args.chunk_size}")
+    if args.addr:
+        from .client import SegsrvClient, SegsrvRpcError
+
+        if args.timeout is not None and not args.timeout > 0:
+            raise SegsrvError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot or "",
+                          version=args.version or "") as client:
+            try:
+                stream = client.export(query, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE)
+                top_k = int(query.get("top_k") or 0)
+                total = stream.total
+                _write_export(args.out, fmt, total, min(total, top_k) if top_k else total, stream.ranked,
+                              stream.chunks(), args.quiet)
+            except SegsrvRpcError as exc:
+                print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
+                for field, description in exc.violations:
+                    print(f"  {field}: {description}", file=sys.stderr)
+                return 1
+        return 0
+    if args.snapshot:
+        raise SegsrvError("--snapshot names a snapshot of a server (--addr); with --local give ROOT/NAME")
+    from .snapshot.reader import open_snapshot
+
+    q = export_query_from_json(query)
+    q.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
+    result = export_members(open_snapshot(args.local, version=args.version), q)
+    chunks = ((ids, None if scores is None else scores.tolist()) for ids, scores in result.chunks())
+    _write_export(args.out, fmt, result.total, result.returned, result.ranked, chunks, args.quiet)
+    return 0
+
+
+def cmd_segments_apply(args) -> int:
+    from .engine.catalog import apply_segments
+
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[segments] {msg}", file=sys.stderr, flush=True))
+    vdir, changed = apply_segments(args.snapshot, args.catalog, version=args.version, progress=say)
+    print(vdir.name)
+    return 0
+
+
+def cmd_segments_list(args) -> int:
+    if args.addr:
+        from .client import SegsrvClient
+
+        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot_name or "",
+                          version=args.version or "") as client:
+            segments = client.list_segments(args.universe or "")
+    else:
+        from .engine.conditions import SegmentRef
+        from .engine.count import count
+        from .snapshot.reader import open_snapshot
+
+        snap = open_snapshot(args.local, version=args.version)
+        segments = []
+        for name, entry in sorted((snap.segments or {}).items()):
+            if args.universe and entry.get("universe") != args.universe:
+                continue
+            size = count(snap, entry.get("universe"), SegmentRef(name))
+            segments.append({"name": name, "description": entry.get("description", ""),
+                             "universe": entry.get("universe"), "where": entry["where"],
+                             "priority": entry.get("priority", 0), "tags": entry.get("tags", []),
+                             "size": size.count, "share": size.count / size.n_rows if size.n_rows else 0.0})
+    _print_json(segments)
+    return 0
+
+
+def _read_ids(args) -> list[str]:
+    ids = list(args.id or [])
+    if args.ids_file:
+        with open(args.ids_file, encoding="utf-8") if args.ids_file != "-" else sys.stdin as fh:
+            ids.extend(line.strip() for line in fh if line.strip())
+    return ids
+
+
+def cmd_assign(args) -> int:
+    ids = _read_ids(args)
+    features = None
+    if args.features:
+        obj = _load_query(args.features)
+        features = [(k, v) for k, v in obj.items()]
+    if not ids and features is None:
+        raise SegsrvError("give customer ids (--id / --ids-file) or --features '{\"field\": \"value\", ...}'")
+    if args.addr:
+        from .client import SegsrvClient
+
+        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot_name or "",
+                          version=args.version or "") as client:
+            answer = client.assign(ids, features=features, universe=args.universe or "",
+                                   include_propensities=args.propensities)
+    else:
+        from dataclasses import asdict
+
+        from .engine.assign import AssignQuery, assign
+        from .engine.conditions import value_text
+        from .snapshot.reader import open_snapshot
+
+        snap = open_snapshot(args.local, version=args.version)
+        res = assign(snap, AssignQuery(universe=args.universe, ids=ids,
+                                       features=None if features is None else
+                                       [(f, value_text(v)) for f, v in features],
+                                       include_propensities=args.propensities))
+        answer = {"snapshot": res.snapshot, "version": res.version, "universe": res.universe,
+                  "assignments": [{"id": "" if a.id is None else str(a.id), "found": a.found,
+                                   "primary_segment": a.primary_segment,
+                                   "segments": [{"segment": m.segment, "member": m.member,
+                                                 "propensity": m.propensity, "segment_size": m.segment_size,
+                                                 "share": m.share, "priority": m.priority}
+                                                for m in a.segments]}
+                                  for a in res.assignments]}
+    _print_json(answer)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    # no grpc / numpy import here: with --workers N they must load in the forked workers only
+    from .server.options import MIB, Keepalive
+
+    for flag, value, ok, expected in (
+        ("--workers", args.workers, args.workers >= 1, "at least 1"),
+        ("--max-workers", args.max_workers, args.max_workers >= 1, "at least 1"),
+        ("--max-concurrent-rpcs", args.max_concurrent_rpcs, args.max_concurrent_rpcs >= 1, "at least 1"),
+        ("--max-message-mb", args.max_message_mb, args.max_message_mb >= 1 / 1024, "at least 1/1024 (1 KiB)"),
+        ("--grace", args.grace, args.grace >= 0, "0 or more seconds"),
+        ("--reload-interval", args.reload_interval, args.reload_interval >= 0, "0 (never) or more seconds"),
+        ("--keep-versions", args.keep_versions, args.keep_versions >= 0, "0 or more"),
+        ("--privacy-k", args.privacy_k, args.privacy_k >= 0, "0 or more (0 or 1: no floor)"),
+        ("--metrics-port", args.metrics_port, args.metrics_port is None or 0 <= args.metrics_port < 65536,
+         "a port number"),
+        ("--max-connection-age", args.max_connection_age, args.max_connection_age >= 0, "0 (never) or more seconds"),
+    ):
+        if not ok:
+            raise SegsrvError(f"{flag}: expected {expected}, got {value}")
+    kwargs = dict(
+        grace_seconds=args.grace, max_workers=args.max_workers, max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_receive_message_bytes=int(args.max_message_mb * MIB), kernel_threads=args.kernel_threads,
+        reload_interval=None if args.reload_interval == 0 else args.reload_interval,
+        keep_versions=args.keep_versions, privacy_k=args.privacy_k, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, tokens=args.tokens, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host, access_log=not args.no_access_log,
+        keepalive=Keepalive(time=args.keepalive_time, timeout=args.keepalive_timeout,
+                            max_connection_age=args.max_connection_age or None,
+                            max_connection_age_grace=args.grace if args.max_connection_age else None),
     )
+    kwargs["keepalive"].check()
+    if args.workers > 1:
+        from .server.workers import run_workers
+
+        return run_workers(args.workers, snapshot_root=args.snapshots, host=args.host, port=args.port,
+                           log_format=args.log_format, log_level=args.log_level, **kwargs)
+    from .server.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    from .server.app import serve
+
+    return serve(args.snapshots, args.host, args.port, **kwargs)
+
+
+def cmd_diff(args) -> int:
+    from .engine.diff import diff_json, diff_versions, open_versions, render_report, write_id_lists
+
+    snap_a, snap_b = open_versions(args.snapshot, args.version_a, args.version_b)
+    result = diff_versions(snap_a, snap_b, segments=args.segment, top_features=args.top,
+                           min_support=args.min_support, fields=args.field,
+                           include_condition_fields=args.include_condition_fields, keep_ids=bool(args.ids_out))
+    if args.ids_out:
+        paths = write_id_lists(result, args.ids_out)
+        print(f"[diff] wrote {len(paths)} id lists to {args.ids_out}", file=sys.stderr)
+    if args.json:
+        _print_json(diff_json(result))
+    else:
+        sys.stdout.write(render_report(result))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("query", help="run a JSON query")
-    p.add_argument("kind", choices=["relate", "count", "predict", "score", "evaluate"], help="query kind")
+    p.add_argument("kind", choices=["relate", "count", "predict", "score", "evaluate", "profile"], help="query kind")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
@@ -213,21 +455,124 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only: write id,score rows to OUT (default: JSON lines on stdout); summary on stderr")
     p.set_defaults(func=cmd_query)
 
+    p = sub.add_parser("export", help="write the ids of a condition's rows (optionally the top K by a score) "
+                                      "as CSV or JSON lines (see docs/export.md)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
+    where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server (ExportMembers)")
+    p.add_argument("--json", required=True, metavar="QUERY",
+                   help='{"from", "where", "top_k", "target", "value"}: inline JSON, a JSON file, or - for stdin')
+    p.add_argument("--out", required=True, metavar="FILE", help="output file, or - for stdout")
+    p.add_argument("--format", choices=["csv", "jsonl"],
+                   help="csv (header id[,score]) or jsonl; default from the extension of --out (stdout: csv)")
+    p.add_argument("--chunk-size", type=int, metavar="N",
+                   help=f"ids per chunk / streamed message (default 10000; at most {EXPORT_MAX_CHUNK})")
+    p.add_argument("--version", help="snapshot version (default: CURRENT); with --addr, pins the version")
+    p.add_argument("--snapshot", metavar="NAME",
+                   help="with --addr: the snapshot to ask when the server serves several")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="deadline of the whole export with --addr (default 600)")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("segments", help="the segment catalog: apply a catalog file, list segments "
+                                         "(see docs/segments.md)")
+    ssub = p.add_subparsers(dest="segments_command", required=True)
+    q = ssub.add_parser("apply", help="validate a catalog file and publish it as a new snapshot version "
+                                      "(data files hard-linked, nothing rebuilt)")
+    q.add_argument("snapshot", help="ROOT/NAME (the catalog is applied to the CURRENT version)")
+    q.add_argument("catalog", help="catalog file: TOML [segments.NAME] tables (or .json)")
+    q.add_argument("--version", help="name of the new version (default: a hash of the base version and catalog)")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=cmd_segments_apply)
+    q = ssub.add_parser("list", help="the catalog with each segment's size and share")
+    where = q.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process")
+    where.add_argument("--addr", metavar="HOST:PORT", help="ask a running server")
+    q.add_argument("--universe", help="only segments of this universe")
+    q.add_argument("--snapshot", dest="snapshot_name", help="snapshot name (--addr, when the server has several)")
+    q.add_argument("--version", help="snapshot version (default: CURRENT)")
+    q.add_argument("--timeout", type=float, default=30.0, help="seconds (--addr; default 30)")
+    q.set_defaults(func=cmd_segments_list)
+
+    p = sub.add_parser("assign", help="catalog segments of customers (ids) or of a new customer (--features)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process")
+    where.add_argument("--addr", metavar="HOST:PORT", help="ask a running server")
+    p.add_argument("--id", action="append", help="a customer id (repeatable)")
+    p.add_argument("--ids-file", help="file with one id per line (- for standard input)")
+    p.add_argument("--features", metavar="JSON", help='a new customer: {"field": "value", ...} (inline, file or -)')
+    p.add_argument("--propensities", action="store_true", help="also the membership probability of the other segments")
+    p.add_argument("--universe", help="universe (default: the one the catalog is over)")
+    p.add_argument("--snapshot", dest="snapshot_name", help="snapshot name (--addr, when the server has several)")
+    p.add_argument("--version", help="snapshot version (default: CURRENT)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (--addr; default 30)")
+    p.set_defaults(func=cmd_assign)
+
     p = sub.add_parser("serve", help="serve every snapshot under ROOT over gRPC (see docs/server.md)")
     p.add_argument("--snapshots", required=True, metavar="ROOT", help="snapshot root (ROOT/NAME/CURRENT)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 = any free port)")
-    p.add_argument("--max-workers", type=int, default=8, help="request handler threads (default 8)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the port (SO_REUSEPORT) under a supervisor that restarts "
+                        "crashed ones (default 1: one process, and a busy port is an error)")
+    p.add_argument("--max-workers", type=int, default=8, help="request handler threads per process (default 8)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=64,
-                   help="RPCs in progress before RESOURCE_EXHAUSTED (default 64)")
+                   help="RPCs in progress per process before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--max-message-mb", type=float, default=4.0,
                    help="largest request message in MiB (default 4)")
     p.add_argument("--kernel-threads", type=int, default=1,
                    help="threads per kernel call (default 1: concurrent requests already use the cores; "
                         "more processes, not threads, scale a server)")
+    p.add_argument("--privacy-k", type=int, default=10, metavar="K",
+                   help="privacy floor: counts of 1..K-1 rows are suppressed or refused in every answer "
+                        "(default 10; 0 or 1 turns it off; see docs/server.md)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight RPCs get to finish on SIGTERM/SIGINT (default 5)")
+    p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="how often to check ROOT/NAME/CURRENT for a new version (default 1; 0 = never)")
+    p.add_argument("--keep-versions", type=int, default=0, metavar="K",
+                   help="retired versions kept served (pinnable) after a swap besides those still in use "
+                        "(default 0)")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (PEM); with --tls-key: TLS only")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca", metavar="PEM",
+                   help="CA certificate(s) (PEM) that sign client certificates; clients must present one (mTLS)")
+    p.add_argument("--tokens", metavar="FILE",
+                   help="bearer tokens with scopes (TOML or JSON, see docs/server.md); without it no token is needed")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (worker i: PORT+i); "
+                        "default: off")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default 127.0.0.1)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="log lines as text or one JSON object each (default text)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="default info (one access-log line per RPC)")
+    p.add_argument("--no-access-log", action="store_true", help="no log line per RPC")
+    p.add_argument("--keepalive-time", type=float, default=60.0, metavar="SECONDS",
+                   help="ping a client connection idle this long (default 60)")
+    p.add_argument("--keepalive-timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="close a connection whose ping is not answered within this (default 20)")
+    p.add_argument("--max-connection-age", type=float, default=0, metavar="SECONDS",
+                   help="close connections after this long (clients reconnect and spread over workers "
+                        "again; default 0 = never)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("diff", help="drift of the segment catalog between two versions of a snapshot")
+    p.add_argument("snapshot", metavar="ROOT/NAME", help="the snapshot directory (ROOT/NAME)")
+    p.add_argument("version_a", metavar="VERSION_A", help="the earlier version (CURRENT = the served one)")
+    p.add_argument("version_b", metavar="VERSION_B", help="the later version")
+    p.add_argument("--segment", action="append", metavar="NAME", help="only this segment (repeatable)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="features listed per segment (default 10)")
+    p.add_argument("--min-support", type=int, default=10, metavar="K",
+                   help="skip features with fewer than K segment members in both versions (default 10)")
+    p.add_argument("--field", action="append", metavar="PATTERN",
+                   help="only features of these fields (names or globs; repeatable; default every field)")
+    p.add_argument("--include-condition-fields", action="store_true",
+                   help="also rank the fields the segment's definition uses")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the text report")
+    p.add_argument("--ids-out", metavar="DIR", help="write DIR/<segment>.csv: id,change (joined|left),note (new|gone)")
+    p.set_defaults(func=cmd_diff)
     return parser
 
 

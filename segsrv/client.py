@@ -26,6 +26,9 @@ from .engine.predict_query import (
     EVALUATE_KEYS, PREDICT_KEYS, SCORE_KEYS, evaluate_query_from_json, predict_query_from_json,
     render_evaluate, render_predict, score_query_from_json, score_summary,
 )
+from .engine.conditions import value_text
+from .engine.export import export_query_from_json
+from .engine.profile import PROFILE_KEYS, profile_query_from_json, render_profile
 from .engine.query import _check_keys, relate_query_from_json, render_relate
 from .engine.relate import STAT_NAMES, RelateHit, RelateResult
 from .errors import QueryError
@@ -33,14 +36,16 @@ from .v1 import condition_pb2
 from .v1 import segsrv_pb2 as pb
 from .v1 import segsrv_pb2_grpc as pb_grpc
 
-__all__ = ["SegsrvClient", "SegsrvRpcError", "ScoreStream"]
+__all__ = ["SegsrvClient", "SegsrvRpcError", "ScoreStream", "ExportStream"]
 
 _UNSET = object()
 
-ORDER_TO_PROTO = {name: pb.RelateOrder.Value(f"RELATE_ORDER_{name.upper()}") for name in (
-    "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
-    "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
-)}
+# the engine's order names -> RelateOrder ("p", P(feature | condition), is RELATE_ORDER_CONFIDENCE)
+_ORDER_PROTO_NAMES = {"p": "confidence"}
+ORDER_TO_PROTO = {name: pb.RelateOrder.Value(f"RELATE_ORDER_{_ORDER_PROTO_NAMES.get(name, name).upper()}")
+                  for name in ("lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
+                               "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang",
+                               "support_ratio")}
 DIRECTION_TO_PROTO = {name: pb.RelateDirection.Value(f"RELATE_DIRECTION_{name.upper()}") for name in ("over", "under", "all")}
 PLAN_TO_PROTO = {name: pb.RelatePlan.Value(f"RELATE_PLAN_{name.upper()}") for name in ("auto", "scan", "histogram")}
 # the engine reports "none" when nothing was counted (empty condition or no features): no proto value
@@ -250,6 +255,24 @@ class SegsrvClient:
             req.prior_strength = float(q.prior_strength)
         return req
 
+    def export_request(self, query: dict | None = None, *, chunk_size: int = 0, **kwargs) -> pb.ExportMembersRequest:
+        """The JSON export query (from, where, top_k, target, value) -> ExportMembersRequest
+        (chunk_size 0: the server's default); raises QueryError like a local export."""
+        obj = _merge_query(query, kwargs)
+        where = obj.get("where")
+        direct = where is not None and not isinstance(where, dict)
+        if direct:  # an engine dataclass or a proto Condition: validate the rest with the engine's parser
+            obj = {k: v for k, v in obj.items() if k != "where"}
+        q = export_query_from_json(obj)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+            raise QueryError(f"chunk_size: expected a non-negative integer (0: the server's default), got "
+                             f"{chunk_size!r}", [("chunk_size", "expected a non-negative integer")])
+        return pb.ExportMembersRequest(
+            snapshot=self._selector(), universe=q.universe or "",
+            condition=condition_to_proto(to_condition(where if direct else q.condition)),
+            chunk_size=chunk_size, top_k=q.top_k, target_field=q.target or "", target_value=q.value or "",
+        )
+
     def evaluate_request(self, query: dict | None = None, **kwargs) -> pb.EvaluateRequest:
         """The JSON evaluate query -> EvaluateRequest."""
         obj, segment = self._segment(_merge_query(query, kwargs), EVALUATE_KEYS, "evaluate")
@@ -319,10 +342,42 @@ class SegsrvClient:
         out["scores"] = scores
         return out
 
+    def export(self, query: dict | None = None, /, *, timeout=_UNSET, chunk_size: int = 0,
+               **kwargs) -> "ExportStream":
+        """ExportMembers as it streams: `.total` (rows matching), then iterate the ids (text), or
+        `.chunks()` for (ids, scores or None) per chunk, or `.members()` for (id, score or None).
+
+        `query` is the JSON export query {"from", "where", "top_k", "target", "value"} (docs/export.md);
+        with "target" the ids come ranked, best first, with scores. `timeout` is the deadline of the
+        whole stream."""
+        req = self.export_request(query, chunk_size=chunk_size, **kwargs)
+        timeout = self.timeout if timeout is _UNSET else timeout
+        try:
+            call = self._stub.ExportMembers(req, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise SegsrvRpcError.from_rpc_error(exc) from None
+        return ExportStream(call, ranked=bool(req.target_field))
+
     def evaluate(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
         """Evaluate: the same dict as run_evaluate_json."""
         resp = self._call(self._stub.Evaluate, self.evaluate_request(query, **kwargs), timeout)
         return render_evaluate(evaluate_result_from_proto(resp))
+
+    def profile_request(self, query: dict | None = None, **kwargs) -> pb.ProfileRequest:
+        """The JSON profile query {"from", "segment", "fields", "values_per_field"} -> ProfileRequest;
+        raises QueryError like a local query."""
+        obj, segment = self._segment(_merge_query(query, kwargs), PROFILE_KEYS, "profile")
+        q = profile_query_from_json(obj)
+        return pb.ProfileRequest(
+            snapshot=self._selector(), universe=q.universe or "",
+            segment=segment if segment is not None else condition_to_proto(to_condition(q.segment, "segment")),
+            fields=list(q.fields or ()), values_per_field=int(q.values_per_field),
+        )
+
+    def profile(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
+        """Profile: the same dict as segsrv.engine.profile.run_profile_json (docs/query.md)."""
+        resp = self._call(self._stub.Profile, self.profile_request(query, **kwargs), timeout)
+        return render_profile(profile_result_from_proto(resp))
 
     def snapshot_info(self, universe: str = "", include_values: bool = False, *, timeout=_UNSET) -> dict:
         """The served snapshot, shaped like `segsrv info` (values as {value: count} when requested)."""
@@ -361,6 +416,34 @@ class SegsrvClient:
              "size": s.size, "share": s.share}
             for s in resp.segments
         ]
+
+    def assign(self, ids=None, *, features=None, universe: str = "", include_propensities: bool = False,
+               prior_strength: float | None = None, max_p_value: float | None = None, timeout=_UNSET) -> dict:
+        """Catalog segments of known customers (`ids`, a batch) or of a new customer (`features`:
+        (field, value) pairs or a {field: value} dict). Returns {"snapshot", "version", "universe",
+        "assignments": [{"id", "found", "primary_segment", "segments": [{"segment", "member",
+        "propensity", "segment_size", "share", "priority"}]}]} (see docs/segments.md)."""
+        if isinstance(features, dict):
+            features = list(features.items())
+        req = pb.AssignRequest(snapshot=self._selector(), universe=universe or "",
+                               ids=[str(i) for i in (ids or [])],
+                               features=[condition_pb2.Term(field=str(f), value=value_text(v)) for f, v in (features or [])],
+                               include_propensities=include_propensities)
+        if prior_strength is not None:
+            req.prior_strength = float(prior_strength)
+        if max_p_value is not None:
+            req.max_p_value = float(max_p_value)
+        resp = self._call(self._stub.Assign, req, timeout)
+        return {
+            "snapshot": resp.info.snapshot_name, "version": resp.info.snapshot_version, "universe": resp.universe,
+            "assignments": [
+                {"id": a.id, "found": a.found, "primary_segment": a.primary_segment or None,
+                 "segments": [{"segment": m.segment, "member": m.member,
+                               "propensity": None if m.member or not include_propensities else m.propensity,
+                               "segment_size": m.segment_size, "share": m.share, "priority": m.priority}
+                              for m in a.segments]}
+                for a in resp.assignments],
+        }
 
     def health(self, service: str = "", *, timeout=_UNSET) -> str:
         """grpc.health.v1 Check: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN"."""
@@ -405,6 +488,73 @@ class ScoreStream:
         self._call.cancel()
 
 
+class ExportStream:
+    """The ids of an ExportMembers call as they arrive (text).
+
+    `total` is the number of rows matching the condition (reading it waits for the first message);
+    `snapshot` / `version` name what answered; `ranked` is true when the request named a target
+    (the ids then come best first, each with its score). Iterating yields ids; `chunks()` yields
+    (ids, scores or None) lists per chunk; `members()` yields (id, score or None). `returned` and
+    `chunks_received` count what has arrived. A failed call raises SegsrvRpcError (reading `total`
+    or while iterating); `cancel()` ends the call early. A stream is read once."""
+
+    def __init__(self, call, ranked: bool = False):
+        self._call = call
+        self._messages = iter(call)
+        self._first = None
+        self.ranked = ranked
+        self.returned = 0
+        self.chunks_received = 0
+
+    def _header(self):
+        if self._first is None:
+            try:
+                self._first = next(self._messages)
+            except grpc.RpcError as exc:
+                raise SegsrvRpcError.from_rpc_error(exc) from None
+            except StopIteration:
+                raise SegsrvRpcError(grpc.StatusCode.UNKNOWN,
+                                     "the server ended the export without its total") from None
+        return self._first
+
+    @property
+    def total(self) -> int:
+        return int(self._header().total_count)
+
+    @property
+    def snapshot(self) -> str:
+        return self._header().info.snapshot_name
+
+    @property
+    def version(self) -> str:
+        return self._header().info.snapshot_version
+
+    def chunks(self):
+        """(ids, scores) per chunk: lists of str and float (scores None when not ranked)."""
+        self._header()
+        try:
+            for msg in self._messages:
+                ids = list(msg.ids)
+                scores = list(msg.scores) if self.ranked else None
+                self.chunks_received += 1
+                self.returned += len(ids)
+                yield ids, scores
+        except grpc.RpcError as exc:
+            raise SegsrvRpcError.from_rpc_error(exc) from None
+
+    def members(self):
+        """(id, score) pairs (score None when not ranked)."""
+        for ids, scores in self.chunks():
+            yield from zip(ids, scores if scores is not None else [None] * len(ids))
+
+    def __iter__(self):
+        for ids, _ in self.chunks():
+            yield from ids
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 def _terms_from_proto(terms) -> list[tuple[str, str]]:
     return [(t.field, t.value) for t in terms]
 
@@ -440,6 +590,23 @@ def evaluate_result_from_proto(resp: pb.EvaluateResponse) -> SimpleNamespace:
         calibration=[SimpleNamespace(predicted_low=b.predicted_low, predicted_high=b.predicted_high,
                                      mean_predicted=b.mean_predicted, observed_rate=b.observed_rate, count=b.count)
                      for b in resp.calibration],
+        elapsed_ms=resp.info.server_time_ms,
+    )
+
+
+def profile_result_from_proto(resp: pb.ProfileResponse) -> SimpleNamespace:
+    """ProfileResponse -> an object with the attributes of the engine's ProfileResult. A field's values
+    are its over-indexed ones (lift > 1) followed by its under-indexed ones (lift < 1)."""
+    def value(v):
+        return SimpleNamespace(value=v.value, segment_count=v.segment_count, segment_share=v.segment_share,
+                               population_share=v.population_share, lift=v.lift, p_value=v.p_value)
+
+    fields = [SimpleNamespace(field=f.field, over=[value(v) for v in f.values if v.lift > 1],
+                              under=[value(v) for v in f.values if v.lift < 1]) for f in resp.fields]
+    numeric = [SimpleNamespace(field=p.field, segment=p.segment, population=p.population) for p in resp.numeric_fields]
+    return SimpleNamespace(
+        snapshot=resp.info.snapshot_name, version=resp.info.snapshot_version, universe=resp.universe,
+        n_rows=resp.row_count, n_segment=resp.segment_count, fields=fields, numeric=numeric,
         elapsed_ms=resp.info.server_time_ms,
     )
 

@@ -95,5 +95,20 @@ class UnknownIdError(QueryError):
     """A request names a row id (customer id, ...) the universe does not hold."""
 
 
+class PrivacyFloorError(QueryError):
+    """The answer would describe fewer rows than the privacy floor allows (segsrv/engine/privacy.py)."""
+
+
 class NotBuiltYetError(SegsrvError):
     """The feature is part of the contract but not implemented yet."""
+
+
+# --- access (server) ------------------------------------------------------------
+
+
+class UnauthenticatedError(SegsrvError):
+    """The call carries no valid credentials (missing, malformed or unknown bearer token)."""
+
+
+class PermissionDeniedError(SegsrvError):
+    """The credentials are valid but lack the scope the method needs."""

@@ -671,7 +671,8 @@ def logistic_weights(t: _Target, classes: list[np.ndarray], ev_mask: np.ndarray,
     log base(c) and every weight 0. Fitted once per (universe, target, S, evidence features, l2), cached."""
     u = t.universe
     K = len(classes)
-    key = (id(u), u.name, u.n_rows, u.n_features, t.info.name, question, K, _digest(t.S, ev_mask, base),
+    # the universe's directory names its immutable version (id(u) alone can be reused after a reload)
+    key = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K, _digest(t.S, ev_mask, base),
            float(l2))
     with _LOGISTIC_LOCK:
         hit = _LOGISTIC_CACHE.get(key)

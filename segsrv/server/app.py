@@ -1,43 +1,109 @@
-"""Build and run the gRPC server: servicer, health, reflection, limits, graceful stop.
+"""Build and run the gRPC server: servicer, health, reflection, limits, security, metrics, reload, stop.
 
-``create_server`` returns a bound but not started ``grpc.Server`` and its
-port; ``serve`` runs one until SIGTERM / SIGINT. A sync (thread-pool) server:
-it beat grpc.aio for small unary calls here (FIELD-NOTES.md).
+``create_server`` returns a bound but not started server and its port;
+``serve`` runs one until SIGTERM / SIGINT. A sync (thread-pool) server: it
+beat grpc.aio for small unary calls here (FIELD-NOTES.md). More cores need
+more processes: ``workers.py`` forks them before any of this is imported.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..errors import SegsrvError
 from ..engine import set_kernel_threads
 from ..engine.predict import DEFAULT_MAX_TARGET_VALUES
+from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
+from .auth import TokenStore
+from .options import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_RECEIVE_BYTES,
+    DEFAULT_MAX_SEND_BYTES,
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_PORT,
+    MIB,
+    BindError,
+    ConfigError,
+    Keepalive,
+    TlsFiles,
+    format_address,
+    load_tls,
+    server_options,
+)
+from .pipeline import RequestPipeline
 from .registry import SnapshotRegistry
+from .reload import Reloader
 from .servicer import SegmentationServiceServicer
 
 log = logging.getLogger("segsrv.server")
 
 SERVICE_NAME = segsrv_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name
-MIB = 1024 * 1024
-DEFAULT_PORT = 50051
+
+__all__ = ["create_server", "serve", "SegsrvServer", "BindError", "ConfigError", "Keepalive", "MIB", "DEFAULT_PORT",
+           "SERVICE_NAME", "format_address"]
 
 
-class BindError(SegsrvError):
-    """The server cannot listen on the requested address (in use, or not an address of this host)."""
+class SegsrvServer(grpc.Server):
+    """A grpc.Server that also runs segsrv's reloader and metrics endpoint with it.
 
+    start() starts the gRPC server, the CURRENT watcher and the /metrics endpoint; stop(grace) marks
+    health NOT_SERVING, stops watching and serving metrics, then stops the gRPC server (returns its
+    threading.Event, like grpc's).
+    """
 
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    def __init__(self, server: grpc.Server, *, registry: SnapshotRegistry, health_servicer,
+                 reloader: Reloader | None, metrics=None, metrics_port: int | None = None,
+                 secure: bool = False):
+        self._server = server
+        self.segsrv_registry = registry
+        self.segsrv_health = health_servicer
+        self.segsrv_reloader = reloader
+        self.segsrv_metrics = metrics
+        self.metrics_port = metrics_port
+        self.secure = secure
+
+    # grpc.Server
+    def add_generic_rpc_handlers(self, generic_rpc_handlers):
+        return self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name, method_handlers):
+        return self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address):
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address, server_credentials):
+        return self._server.add_secure_port(address, server_credentials)
+
+    def start(self):
+        self._server.start()
+        if self.segsrv_reloader is not None:
+            self.segsrv_reloader.start()
+        if self.segsrv_metrics is not None:
+            self.segsrv_metrics.start_http()
+
+    def stop(self, grace):
+        self.segsrv_health.enter_graceful_shutdown()
+        if self.segsrv_reloader is not None:
+            self.segsrv_reloader.stop(timeout=0)
+        event = self._server.stop(grace)
+        if self.segsrv_metrics is not None:
+            self.segsrv_metrics.stop_http()
+        return event
+
+    def wait_for_termination(self, timeout=None):
+        return self._server.wait_for_termination(timeout)
 
 
 def create_server(
@@ -45,42 +111,84 @@ def create_server(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    max_workers: int = 8,
-    max_concurrent_rpcs: int | None = 64,
-    max_receive_message_bytes: int = 4 * MIB,
-    max_send_message_bytes: int = 64 * MIB,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+    max_send_message_bytes: int = DEFAULT_MAX_SEND_BYTES,
     max_result_hits: int = 10_000,
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES,
+    privacy_k: int = DEFAULT_PRIVACY_K,
     reuse_port: bool = False,
     registry: SnapshotRegistry | None = None,
     kernel_threads: int | None = 1,
-) -> tuple[grpc.Server, int]:
+    reload_interval: float | None = None,
+    keep_versions: int = 0,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    tls_client_ca: str | Path | None = None,
+    tls: TlsFiles | None = None,
+    tokens: TokenStore | str | Path | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    access_log: bool = True,
+    keepalive: Keepalive | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> tuple[SegsrvServer, int]:
     """A bound, not yet started server over the snapshots under `snapshot_root`, and its port.
 
-    port 0 picks a free port. max_target_values caps the values of a Predict / ScoreSegment /
-    Evaluate target (more: RESOURCE_EXHAUSTED). With reuse_port False (the default outside multi-process mode) a
-    port already in use raises BindError instead of being shared silently. `registry` lets a
-    caller (tests, a reloader) keep a handle on the served snapshots; by default one is opened
-    over snapshot_root. Health is NOT_SERVING until at least one snapshot is loaded.
+    port 0 picks a free port. max_concurrent_rpcs bounds the RPCs in progress (running or queued for a
+    handler thread); more are RESOURCE_EXHAUSTED at once. privacy_k is the privacy floor (counts of
+    1..k-1 rows are suppressed or refused; 0 or 1: off; segsrv/engine/privacy.py). max_target_values caps the values of a
+    Predict / ScoreSegment / Evaluate target (more: RESOURCE_EXHAUSTED). With reuse_port False (the
+    default outside multi-process mode) a port already in use raises BindError instead of being shared
+    silently. `registry` lets a caller (tests) keep a handle on the served snapshots; by default one is
+    opened over snapshot_root (with keep_versions). reload_interval (seconds) watches every CURRENT and
+    swaps in new versions (None: no watching; `serve` defaults to 1 s). tls_cert + tls_key (PEM files,
+    or `tls`) serve TLS only; tls_client_ca also requires client certificates signed by that CA (mTLS).
+    tokens (a TokenStore or a tokens file) turns on bearer-token authentication with scopes.
+    metrics_port serves Prometheus metrics on metrics_host (0: a free port, see `.metrics_port`).
+    `interceptors` run inside segsrv's own (after authentication). Health is NOT_SERVING until at
+    least one snapshot is loaded. See docs/server.md.
     """
     if max_workers < 1:
         raise ValueError("max_workers must be at least 1")
+    if max_concurrent_rpcs is None or max_concurrent_rpcs < 1:
+        raise ValueError("max_concurrent_rpcs must be at least 1 (without a limit the queue of waiting "
+                         "RPCs grows without bound)")
+    if max_receive_message_bytes < 1024 or max_send_message_bytes < 1024:
+        raise ValueError("message size limits must be at least 1 KiB")
+    if reload_interval is not None and not reload_interval > 0:
+        raise ValueError(f"reload_interval must be positive, got {reload_interval}")
+    keepalive = keepalive or Keepalive()
+    keepalive.check()
+    if tls is None:
+        tls = load_tls(tls_cert, tls_key, tls_client_ca)
+    elif tls_cert or tls_key or tls_client_ca:
+        raise ConfigError("give either tls or tls_cert / tls_key / tls_client_ca")
+    if tokens is not None and not isinstance(tokens, TokenStore):
+        tokens = TokenStore.load(tokens)
+    if tokens is not None and tls is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("bearer tokens without TLS on %s: tokens travel in clear text; use --tls-cert/--tls-key", host)
     if kernel_threads is not None:
         # one thread per kernel call: handler threads already run requests side by side, and an
         # OpenMP team per request oversubscribes the cores (measured: 8 ms vs 2 ms per relate)
         set_kernel_threads(kernel_threads)
-    registry = registry if registry is not None else SnapshotRegistry(snapshot_root)
+
+    registry = registry if registry is not None else SnapshotRegistry(snapshot_root, keep_versions=keep_versions)
+    metrics = None
+    if metrics_port is not None:
+        from .metrics import Metrics  # prometheus-client, only when asked for
+
+        metrics = Metrics(registry, max_concurrent_rpcs=max_concurrent_rpcs)
     servicer = SegmentationServiceServicer(registry, max_result_hits=max_result_hits,
-                                           max_target_values=max_target_values)
-    options = [
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.max_receive_message_length", int(max_receive_message_bytes)),
-        ("grpc.max_send_message_length", int(max_send_message_bytes)),
-    ]
+                                           max_target_values=max_target_values, privacy_k=privacy_k)
+    pipeline = RequestPipeline(SERVICE_NAME, registry, tokens=tokens, metrics=metrics, access_log_enabled=access_log)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="segsrv-rpc"),
-        options=options,
+        options=server_options(reuse_port=reuse_port, max_receive_message_bytes=max_receive_message_bytes,
+                               max_send_message_bytes=max_send_message_bytes, keepalive=keepalive),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=[pipeline, *interceptors],
     )
     segsrv_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
 
@@ -101,16 +209,30 @@ def create_server(
 
     address = format_address(host, port)
     try:
-        bound = server.add_insecure_port(address)
+        if tls is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None)
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {address}: the port is in use or the address is not "
                         f"local ({str(exc).splitlines()[0]})") from None
     if not bound:
         raise BindError(f"cannot listen on {address}")
-    # for serve(): graceful shutdown needs the health servicer
-    server.segsrv_health = health_servicer  # type: ignore[attr-defined]
-    server.segsrv_registry = registry  # type: ignore[attr-defined]
-    return server, bound
+
+    bound_metrics = None
+    if metrics is not None:
+        try:
+            bound_metrics = metrics.bind_http(metrics_host, metrics_port)
+        except OSError as exc:
+            server.stop(0)
+            raise BindError(f"cannot serve metrics on {format_address(metrics_host, metrics_port)}: "
+                            f"{exc.strerror or exc}") from None
+    reloader = Reloader(registry, reload_interval) if reload_interval is not None else None
+    return SegsrvServer(server, registry=registry, health_servicer=health_servicer, reloader=reloader,
+                        metrics=metrics, metrics_port=bound_metrics, secure=tls is not None), bound
 
 
 def serve(
@@ -119,14 +241,21 @@ def serve(
     port: int = DEFAULT_PORT,
     *,
     grace_seconds: float = 5.0,
+    reload_interval: float | None = 1.0,
+    announce: bool = True,
+    ready=None,
     **kwargs,
 ) -> int:
-    """Serve until SIGTERM / SIGINT, then stop gracefully; returns the exit code (0)."""
+    """Serve until SIGTERM / SIGINT, then stop gracefully; returns the exit code (0).
+
+    On the signal: health NOT_SERVING, no new RPCs, in-flight ones get `grace_seconds`. `announce`
+    prints `serving ROOT on HOST:PORT` to stderr once listening; `ready()` (multi-process workers) is
+    called then too.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server, bound = create_server(snapshot_root, host=host, port=port, **kwargs)
-    health_servicer = server.segsrv_health
+    server, bound = create_server(snapshot_root, host=host, port=port, reload_interval=reload_interval, **kwargs)
     registry = server.segsrv_registry
     stopping = threading.Event()
 
@@ -140,12 +269,26 @@ def serve(
     try:
         server.start()
         served = ", ".join(f"{s.name}@{s.version}" for s in registry.snapshots.values()) or "nothing yet"
-        log.info("serving %s (%s) on %s", snapshot_root, served, format_address(host, bound))
-        print(f"serving {snapshot_root} on {format_address(host, bound)}", file=sys.stderr, flush=True)
+        where = format_address(host, bound)
+        extras = [f"{'TLS' if server.secure else 'plaintext'}"]
+        if kwargs.get("tls_client_ca") or (kwargs.get("tls") is not None and kwargs["tls"].client_ca):
+            extras.append("client certificates required")
+        if kwargs.get("tokens") is not None:
+            extras.append("token auth")
+        if server.metrics_port is not None:
+            extras.append(f"metrics on {format_address(kwargs.get('metrics_host', '127.0.0.1'), server.metrics_port)}"
+                          f"/metrics")
+        if reload_interval is not None:
+            extras.append(f"watching CURRENT every {reload_interval:g} s")
+        log.info("serving %s (%s) on %s, pid %d; %s", snapshot_root, served, where, os.getpid(), "; ".join(extras))
+        if announce:
+            print(f"serving {snapshot_root} on {where}", file=sys.stderr, flush=True)
+        if ready is not None:
+            ready()
         while not stopping.wait(0.5):
             pass
-        health_servicer.enter_graceful_shutdown()
         server.stop(grace_seconds).wait()
+        registry.close()
         log.info("stopped")
         return 0
     finally:

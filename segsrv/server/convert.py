@@ -18,9 +18,11 @@ import math
 import time
 from collections import defaultdict
 
+from ..engine.assign import AssignQuery, AssignResult
 from ..engine.conditions import MAX_DEPTH, All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term
 from ..engine.count import CountResult
 from ..engine.evaluate import EvaluateQuery, EvaluateResult
+from ..engine.privacy import floor_size
 from ..engine.predict import PredictQuery, PredictResult, ScoreQuery, ScoreResult
 from ..engine.relate import DEFAULT_LIMIT, DEFAULT_PRIOR_STRENGTH, RelateQuery, RelateResult
 from ..errors import LimitExceededError, QueryError, UnknownIdError
@@ -207,7 +209,8 @@ def relate_query_from_proto(req: segsrv_pb2.RelateRequest, paths: RequestPaths) 
     return q
 
 
-def relate_response_to_proto(result: RelateResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.RelateResponse:
+def relate_response_to_proto(result: RelateResult, info: segsrv_pb2.ResponseInfo, suppressed: bool = False,
+                             suppressed_hit_count: int = 0) -> segsrv_pb2.RelateResponse:
     hits = []
     for h in result.hits:
         s = h.stats
@@ -223,15 +226,17 @@ def relate_response_to_proto(result: RelateResult, info: segsrv_pb2.ResponseInfo
         info=info, universe=result.universe, row_count=result.n_rows, condition_count=result.n_condition,
         candidate_count=result.n_candidates, matching_count=result.n_matching,
         plan=_enum_to_proto(segsrv_pb2.RelatePlan, "RELATE_PLAN_", result.plan),  # "none" (empty C) -> UNSPECIFIED
-        hits=hits,
+        hits=hits, suppressed=suppressed, suppressed_hit_count=suppressed_hit_count,
     )
 
 
 # --- count --------------------------------------------------------------------
 
 
-def count_response_to_proto(result: CountResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.CountResponse:
-    return segsrv_pb2.CountResponse(info=info, universe=result.universe, count=result.count, row_count=result.n_rows)
+def count_response_to_proto(result: CountResult, info: segsrv_pb2.ResponseInfo,
+                            suppressed: bool = False) -> segsrv_pb2.CountResponse:
+    return segsrv_pb2.CountResponse(info=info, universe=result.universe, count=result.count, row_count=result.n_rows,
+                                    suppressed=suppressed)
 
 
 # --- predict, score, evaluate ----------------------------------------------------
@@ -428,7 +433,7 @@ _SEMANTICS = {"own": segsrv_pb2.FIELD_SEMANTICS_OWN, "forward": segsrv_pb2.FIELD
               "exists": segsrv_pb2.FIELD_SEMANTICS_EXISTS}
 
 
-def universe_to_proto(u: Universe, include_values: bool) -> segsrv_pb2.UniverseInfo:
+def universe_to_proto(u: Universe, include_values: bool, privacy_k: int = 0) -> segsrv_pb2.UniverseInfo:
     fields = []
     for f in u.fields.values():
         fi = segsrv_pb2.FieldInfo(
@@ -437,17 +442,19 @@ def universe_to_proto(u: Universe, include_values: bool) -> segsrv_pb2.UniverseI
             has_raw_values=f.numeric is not None,
         )
         if include_values:
-            fi.values.extend(segsrv_pb2.ValueCount(value=v, count=int(c)) for v, c in zip(f.values, f.counts))
+            fi.values.extend(segsrv_pb2.ValueCount(value=v, count=floor_size(int(c), privacy_k))
+                             for v, c in zip(f.values, f.counts))
         fields.append(fi)
     return segsrv_pb2.UniverseInfo(name=u.name, table=u.table, key=u.key, row_count=u.n_rows,
                                    feature_count=u.n_features, fields=fields)
 
 
 def snapshot_info_to_proto(snapshot: Snapshot, universes: list[Universe], include_values: bool,
-                           served: list[str], info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.GetSnapshotInfoResponse:
+                           served: list[str], info: segsrv_pb2.ResponseInfo,
+                           privacy_k: int = 0) -> segsrv_pb2.GetSnapshotInfoResponse:
     return segsrv_pb2.GetSnapshotInfoResponse(
         info=info, description=snapshot.description,
-        universes=[universe_to_proto(u, include_values) for u in universes], served_snapshots=served,
+        universes=[universe_to_proto(u, include_values, privacy_k) for u in universes], served_snapshots=served,
     )
 
 
@@ -463,3 +470,149 @@ def response_info(snapshot: Snapshot, t0: float) -> segsrv_pb2.ResponseInfo:
     """What answered; t0 is the handler's time.perf_counter() at entry."""
     return segsrv_pb2.ResponseInfo(snapshot_name=snapshot.name, snapshot_version=snapshot.version,
                                    server_time_ms=(time.perf_counter() - t0) * 1e3)
+
+
+# --- export -------------------------------------------------------------------
+# (imported here, next to its converters; the engine module never imports grpc)
+from ..engine.export import ExportQuery, ExportResult  # noqa: E402
+
+EXPORT_DEFAULT_CHUNK_SIZE = 10_000  # ids are small: 10x ScoreSegment's default (1.5x the throughput of 1,000)
+
+
+def export_chunk_size_from_proto(n: int) -> int:
+    """ExportMembers' chunk_size: 0 means 10,000; at most MAX_CHUNK_SIZE (100,000) like ScoreSegment."""
+    if n < 0:
+        raise _bad("chunk_size", f"must be >= 0 (0 means {EXPORT_DEFAULT_CHUNK_SIZE}), got {n}")
+    return chunk_size_from_proto(n) if n else EXPORT_DEFAULT_CHUNK_SIZE
+
+
+def export_paths(req: segsrv_pb2.ExportMembersRequest) -> PredictPaths:
+    """Request paths of ExportMembers: the condition is `condition`; target / value / top_k name the
+    ranking fields (target_field, target_value, top_k)."""
+    paths = PredictPaths([], req.target_field, req.target_value)
+    paths.root = "condition"
+    return paths
+
+
+def export_query_from_proto(req: segsrv_pb2.ExportMembersRequest, paths: PredictPaths,
+                            max_target_values: int) -> ExportQuery:
+    """Empty target_field / target_value mean "not ranked"; the engine checks the combination
+    (top_k needs a target, a target needs a value)."""
+    if req.top_k < 0:
+        raise _bad("top_k", f"must be >= 0 (0 means every member), got {req.top_k}")
+    return ExportQuery(
+        universe=req.universe or None,
+        condition=condition_from_proto(req.condition if req.HasField("condition") else None, paths),
+        top_k=int(req.top_k), target=req.target_field or None,
+        value=req.target_value or None,
+        chunk_size=export_chunk_size_from_proto(req.chunk_size), max_target_values=max_target_values,
+    )
+
+
+def export_total_to_proto(result: ExportResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.ExportMembersResponse:
+    """The first message: the total, no ids."""
+    return segsrv_pb2.ExportMembersResponse(info=info, total_count=int(result.total))
+
+
+def export_chunk_to_proto(ids: list[str], scores, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.ExportMembersResponse:
+    """One chunk of ids (text), with their scores when ranked (None: not ranked)."""
+    return segsrv_pb2.ExportMembersResponse(info=info, ids=ids,
+                                            scores=scores.tolist() if scores is not None else None)
+
+
+# --- assign -------------------------------------------------------------------
+
+
+def assign_query_from_proto(req: segsrv_pb2.AssignRequest, paths: PredictPaths) -> AssignQuery:
+    if req.ids and req.features:
+        raise _bad("features", "give either ids (known customers) or features (a new customer), not both")
+    features = None
+    if not req.ids:
+        if not req.features:
+            raise _bad("ids", "give the ids of known customers, or the features of a new customer")
+        features = []
+        for i, t in enumerate(req.features):
+            if not t.field:
+                raise _bad(f"features[{i}].field", "field is required")
+            paths.fields[t.field].append(f"features[{i}].field")
+            paths.values[(t.field, t.value)].append(f"features[{i}].value")
+            features.append((t.field, t.value))
+    q = AssignQuery(universe=req.universe or None, ids=list(req.ids), features=features,
+                    include_propensities=bool(req.include_propensities))
+    if req.HasField("prior_strength"):
+        q.prior_strength = req.prior_strength
+    if req.HasField("max_p_value"):
+        q.max_p_value = req.max_p_value
+    return q
+
+
+def assign_response_to_proto(result: AssignResult, info: segsrv_pb2.ResponseInfo) -> segsrv_pb2.AssignResponse:
+    out = []
+    for a in result.assignments:
+        out.append(segsrv_pb2.Assignment(
+            id="" if a.id is None else str(a.id), found=a.found, primary_segment=a.primary_segment or "",
+            segments=[segsrv_pb2.SegmentMembership(segment=m.segment, member=m.member,
+                                                   propensity=m.propensity or 0.0, segment_size=m.segment_size,
+                                                   share=m.share, priority=m.priority)
+                      for m in a.segments]))
+    return segsrv_pb2.AssignResponse(info=info, assignments=out, universe=result.universe)
+
+
+# --- profile ------------------------------------------------------------------
+# (imported here, next to its converters; the engine module never imports grpc)
+from ..engine.profile import DEFAULT_VALUES_PER_FIELD, NumericStats, ProfileQuery, ProfileResult  # noqa: E402
+
+
+class ProfilePaths(RequestPaths):
+    """RequestPaths of Profile: the condition is `segment`; the engine's "fields" violations point at
+    the `fields[i]` entry they name."""
+
+    def __init__(self, fields: list[str] | None = None):
+        super().__init__("segment", fields)
+
+    def locate(self, field: str, description: str) -> list[str]:
+        if field == "fields":
+            hits = [f"fields[{i}]" for i, pat in enumerate(self.relate_fields) if repr(pat) in description]
+            return hits or ["fields"]
+        return super().locate(field, description)
+
+
+def profile_query_from_proto(req: segsrv_pb2.ProfileRequest, paths: ProfilePaths) -> ProfileQuery:
+    """values_per_field 0 means the default (5); negative ones and empty field names are refused here,
+    the upper limit and unknown fields by the engine."""
+    if req.values_per_field < 0:
+        raise _bad("values_per_field", f"must be >= 0 (0 means {DEFAULT_VALUES_PER_FIELD}), got {req.values_per_field}")
+    for i, pat in enumerate(req.fields):
+        if not pat:
+            raise _bad(f"fields[{i}]", "empty field name or glob")
+    return ProfileQuery(
+        segment=condition_from_proto(req.segment if req.HasField("segment") else None, paths),
+        universe=req.universe or None, fields=list(req.fields) or None,
+        values_per_field=req.values_per_field or DEFAULT_VALUES_PER_FIELD,
+    )
+
+
+def numeric_stats_to_proto(s: NumericStats) -> segsrv_pb2.NumericStats:
+    """NaN statistics (no value in the rows) travel as NaN doubles; count is then 0."""
+    return segsrv_pb2.NumericStats(count=int(s.count), mean=float(s.mean), std=float(s.std), min=float(s.min),
+                                   p25=float(s.p25), median=float(s.median), p75=float(s.p75), max=float(s.max))
+
+
+def profile_response_to_proto(result: ProfileResult, info: segsrv_pb2.ResponseInfo,
+                              suppressed: bool = False) -> segsrv_pb2.ProfileResponse:
+    """FieldProfile.values: the over-indexed values (lift > 1, most over-indexed first), then the
+    under-indexed ones (lift < 1, most under-indexed first)."""
+    fields = []
+    for f in result.fields:
+        fields.append(segsrv_pb2.FieldProfile(field=f.field, values=[
+            segsrv_pb2.ValueProfile(value=v.value, segment_count=int(v.segment_count),
+                                    segment_share=float(v.segment_share),
+                                    population_share=float(v.population_share), lift=float(v.lift),
+                                    p_value=float(v.p_value))
+            for v in (*f.over, *f.under)]))
+    numeric = [segsrv_pb2.NumericProfile(field=p.field, segment=numeric_stats_to_proto(p.segment),
+                                         population=numeric_stats_to_proto(p.population))
+               for p in result.numeric]
+    return segsrv_pb2.ProfileResponse(info=info, segment_count=int(result.n_segment), row_count=int(result.n_rows),
+                                      fields=fields, numeric_fields=numeric, universe=result.universe,
+                                      suppressed=suppressed)

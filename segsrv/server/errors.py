@@ -31,14 +31,18 @@ from grpc_status import rpc_status
 
 from ..errors import (
     LimitExceededError,
+    PrivacyFloorError,
     NoSnapshotServedError,
     NotBuiltYetError,
+    PermissionDeniedError,
     QueryError,
     SnapshotNotFoundError,
     UnknownIdError,
+    UnauthenticatedError,
     UnknownSegmentError,
     VersionNotServedError,
 )
+from .logs import current_request_id
 
 log = logging.getLogger("segsrv.server")
 
@@ -62,12 +66,18 @@ STATUS_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     # clients can tell it from capacity exhaustion (message size, concurrent RPCs) and not retry it
     LimitExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnknownSegmentError: grpc.StatusCode.NOT_FOUND,
+    # the answer would describe fewer than k rows (privacy floor): a valid request the server will not
+    # answer in this state of the data; reason PRIVACY_FLOOR, not worth retrying
+    PrivacyFloorError: grpc.StatusCode.FAILED_PRECONDITION,
     # a row id (customer id) the snapshot does not hold: the resource named by the request is absent
     UnknownIdError: grpc.StatusCode.NOT_FOUND,
     SnapshotNotFoundError: grpc.StatusCode.NOT_FOUND,
     VersionNotServedError: grpc.StatusCode.FAILED_PRECONDITION,
     NoSnapshotServedError: grpc.StatusCode.UNAVAILABLE,
     NotBuiltYetError: grpc.StatusCode.UNIMPLEMENTED,
+    # token authentication (server/auth.py): no valid token, or a token without the method's scope
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     RequestCancelled: grpc.StatusCode.CANCELLED,
 }
@@ -101,7 +111,7 @@ def build_status(exc: BaseException, locate: Callable[[str, str], list[str]] | N
     """The google.rpc.Status answering `exc`, and the request id when it is an internal error."""
     code = status_code_for(exc)
     if code is grpc.StatusCode.INTERNAL:
-        request_id = uuid.uuid4().hex[:16]
+        request_id = current_request_id() or uuid.uuid4().hex[:16]  # the RPC's x-request-id when known
         log.error("internal error in %s (request id %s)", method or "rpc", request_id,
                   exc_info=(type(exc), exc, exc.__traceback__))
         details = [

@@ -13,10 +13,15 @@ from typing import Callable
 
 import grpc
 
+from ..engine import privacy
+from ..engine.assign import assign
+from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..engine.conditions import SegmentRef, parse_where
 from ..engine.count import count
 from ..engine.evaluate import evaluate
+from ..engine.export import export_members
 from ..engine.predict import DEFAULT_MAX_TARGET_VALUES, predict, score_segment
+from ..engine.profile import profile
 from ..engine.relate import MAX_LIMIT, relate
 from ..errors import LimitExceededError, NotBuiltYetError
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
@@ -26,13 +31,7 @@ from .registry import SnapshotRegistry
 
 # what will provide the methods that are part of the contract but not built yet
 NOT_BUILT = {
-    "Assign": "Assign (segments of a customer, with propensities) arrives with the segment catalog and the "
-              "assign engine",
-    "ExportMembers": "ExportMembers (streaming member ids) arrives with the export feature and its "
-                     "privileged-scope authentication",
     "Discover": "Discover (strongest non-redundant conjunctions) arrives with the discover engine",
-    "Profile": "Profile (over- and under-indexed values per field, numeric summaries) arrives with the "
-               "profile engine",
 }
 
 
@@ -48,7 +47,10 @@ def check_active(context: grpc.ServicerContext) -> None:
 
 class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
     def __init__(self, registry: SnapshotRegistry, *, max_result_hits: int = MAX_LIMIT,
-                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES):
+                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES, privacy_k: int = DEFAULT_PRIVACY_K):
+        if privacy_k < 0:
+            raise ValueError(f"privacy_k must be >= 0 (0 or 1: no floor), got {privacy_k}")
+        self.privacy_k = int(privacy_k)
         if not 1 <= max_result_hits <= MAX_LIMIT:
             raise ValueError(f"max_result_hits must be within 1..{MAX_LIMIT}, got {max_result_hits}")
         if max_target_values < 2:
@@ -83,11 +85,14 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
                     f"limit: {query.limit} exceeds the maximum {self.max_result_hits}",
                     [("limit", f"at most {self.max_result_hits}")],
                 )
+            if self.privacy_k > 1:  # hits below the floor are never candidates, so `limit` still fills up
+                query.min_support = max(query.min_support, self.privacy_k)
             snap = self._resolve(request.snapshot)
             check_active(context)
             result = relate(snap, query)
             check_active(context)
-            return convert.relate_response_to_proto(result, convert.response_info(snap, t0))
+            result, suppressed, dropped = privacy.floor_relate(result, self.privacy_k)
+            return convert.relate_response_to_proto(result, convert.response_info(snap, t0), suppressed, dropped)
 
         return self._call(context, "Relate", paths, body)
 
@@ -98,8 +103,8 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
             where = convert.condition_from_proto(request.condition if request.HasField("condition") else None, paths)
             snap = self._resolve(request.snapshot)
             check_active(context)
-            result = count(snap, request.universe or None, where)
-            return convert.count_response_to_proto(result, convert.response_info(snap, t0))
+            result, suppressed = privacy.floor_count(count(snap, request.universe or None, where), self.privacy_k)
+            return convert.count_response_to_proto(result, convert.response_info(snap, t0), suppressed)
 
         return self._call(context, "Count", paths, body)
 
@@ -110,7 +115,7 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
             snap = self._resolve(request.snapshot)
             universes = [snap.universe(request.universe)] if request.universe else list(snap.universes.values())
             return convert.snapshot_info_to_proto(snap, universes, request.include_values, self.registry.names(),
-                                                  convert.response_info(snap, t0))
+                                                  convert.response_info(snap, t0), self.privacy_k)
 
         return self._call(context, "GetSnapshotInfo", paths, body)
 
@@ -128,8 +133,8 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
                     continue
                 check_active(context)
                 size = count(snap, universe, SegmentRef(name))
-                out.append(convert.segment_to_proto(name, entry, parse_where(entry.get("where")), size.count,
-                                                    size.n_rows))
+                out.append(convert.segment_to_proto(name, entry, parse_where(entry.get("where")),
+                                                    privacy.floor_size(size.count, self.privacy_k), size.n_rows))
             return segsrv_pb2.ListSegmentsResponse(info=convert.response_info(snap, t0), segments=out)
 
         return self._call(context, "ListSegments", paths, body)
@@ -143,7 +148,7 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
             if request.id:
                 query.row_id = convert.row_id_from_proto(request.id, snap.universe(query.universe))
             check_active(context)
-            result = predict(snap, query)
+            result = privacy.floor_predict(predict(snap, query), self.privacy_k)
             check_active(context)
             return convert.predict_response_to_proto(result, convert.response_info(snap, t0))
 
@@ -160,6 +165,7 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
             snap = self._resolve(request.snapshot)
             check_active(context)
             result = score_segment(snap, query)
+            privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
             universe = snap.universe(result.universe)
             for start in range(0, len(result.rows), chunk):
                 check_active(context)
@@ -183,6 +189,8 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
             snap = self._resolve(request.snapshot)
             check_active(context)
             result = evaluate(snap, query)
+            privacy.refuse_small(result.n_train, self.privacy_k, "the training set", "segment")
+            privacy.refuse_small(result.n_test, self.privacy_k, "the test set", "segment")
             check_active(context)
             return convert.evaluate_response_to_proto(result, convert.response_info(snap, t0))
 
@@ -194,14 +202,54 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
         errors.abort(context, NotBuiltYetError(f"{method} is not implemented yet: {NOT_BUILT[method]}"), method=method)
 
     def Assign(self, request, context):
-        self._not_built("Assign", context)
+        paths = convert.PredictPaths([], "")
+        paths.root = "ids"
+
+        def body(t0):
+            query = convert.assign_query_from_proto(request, paths)
+            snap = self._resolve(request.snapshot)
+            check_active(context)
+            result = privacy.floor_assign(assign(snap, query), self.privacy_k)
+            check_active(context)
+            return convert.assign_response_to_proto(result, convert.response_info(snap, t0))
+
+        return self._call(context, "Assign", paths, body)
 
     def ExportMembers(self, request, context):
-        self._not_built("ExportMembers", context)
+        """The total first (a message with total_count and no ids), then chunks of `chunk_size` ids (with
+        their scores when ranked by a target). The rows are selected (and scored) before the first message,
+        so any error ends the call like a unary one; ids become strings one chunk at a time, and the
+        deadline is checked before every chunk (CANCELLED / DEADLINE_EXCEEDED mid-stream)."""
+        paths = convert.export_paths(request)
+        t0 = time.perf_counter()
+        try:
+            query = convert.export_query_from_proto(request, paths, self.max_target_values)
+            snap = self._resolve(request.snapshot)
+            check_active(context)
+            result = export_members(snap, query)
+            privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
+            check_active(context)
+            yield convert.export_total_to_proto(result, convert.response_info(snap, t0))
+            for i in range(result.n_chunks):
+                check_active(context)
+                ids, scores = result.chunk(i)
+                yield convert.export_chunk_to_proto(ids, scores, convert.response_info(snap, t0))
+        except Exception as exc:  # noqa: BLE001 - every exception becomes a status (INTERNAL if unknown)
+            errors.abort(context, exc, paths.locate, "ExportMembers")
 
     def Discover(self, request, context):
         self._not_built("Discover", context)
 
     def Profile(self, request, context):
-        self._not_built("Profile", context)
+        paths = convert.ProfilePaths(list(request.fields))
+
+        def body(t0):
+            query = convert.profile_query_from_proto(request, paths)
+            snap = self._resolve(request.snapshot)
+            check_active(context)
+            result, suppressed = privacy.floor_profile(profile(snap, query), self.privacy_k)
+            check_active(context)
+            return convert.profile_response_to_proto(result, convert.response_info(snap, t0), suppressed)
+
+        return self._call(context, "Profile", paths, body)
 

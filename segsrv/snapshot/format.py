@@ -58,7 +58,12 @@ Manifest
                      n_features, n_dense, n_sparse, dense_threshold,
                      fields: [{name, kind, semantics, hops, values, counts,
                                feature_offset, edges?, numeric_file?}]}}
-    segments        the segment catalog ({} until segments are applied)
+    segments        the segment catalog ({} until segments are applied; see
+                    segsrv/engine/catalog.py): {name: {where, universe, description,
+                    priority, tags}}
+    data_version    (catalog versions only) the version whose data files this one
+                    shares: `segsrv segments apply` publishes a new version whose
+                    files are hard links to the same data, with a new catalog
     files           {relative path: {"bytes": n, "sha256": hex}}
 
 A field's features are ``feature_offset .. feature_offset + len(values) - 1``

@@ -74,6 +74,7 @@ class Universe:
         self.n_features = int(meta["n_features"])
         self.dense_threshold = meta["dense_threshold"]
         udir = vdir / "universes" / name
+        self.dir = udir
         self.dense = fmt.open_array(udir / "dense.bin")
         self.sparse_ids = fmt.open_array(udir / "sparse_ids.bin")
         self.sparse_offsets = fmt.open_array(udir / "sparse_offsets.bin")

@@ -10,7 +10,7 @@ from segsrv.server import app
 
 @pytest.fixture(scope="module")
 def server_addr(petnord_root):
-    server, port = app.create_server(str(petnord_root), host="127.0.0.1", port=0)
+    server, port = app.create_server(str(petnord_root), host="127.0.0.1", port=0, privacy_k=0)
     server.start()
     try:
         yield f"127.0.0.1:{port}"

@@ -38,6 +38,8 @@ RELATE_QUERIES = [
      "direction": "under", "order_by": "lift", "min_support": 5, "max_p_value": 0.5, "plan": "histogram"},
     {"from": "customers", "where": {"churned": True}, "relate": "**", "include_condition_fields": True,
      "min_lift": 1.2, "prior_strength": 3, "plan": "scan", "order_by": "mutual_information"},
+    # "p" travels as RELATE_ORDER_CONFIDENCE and must come back as "p"
+    {"from": "customers", "where": {"churned": True}, "order_by": "p", "min_support": 20, "limit": 15},
     {"from": "customers", "where": {"tenure_months": {"$gte": 1e9}}},  # empty condition: plan "none", no hits
     {"from": "customers"},  # every row
 ]
@@ -65,7 +67,7 @@ def test_relate_equals_local(client, petnord_snapshot, query):
 def test_relate_seed_has_hits(client):
     answer = client.relate(RELATE_QUERIES[0])
     assert answer["hits"] and answer["n_condition"] > 0 and answer["plan"] in ("scan", "histogram")
-    assert client.relate(RELATE_QUERIES[5])["plan"] == "none"
+    assert client.relate(RELATE_QUERIES[6])["plan"] == "none"
 
 
 def test_relate_keyword_form(client, petnord_snapshot):

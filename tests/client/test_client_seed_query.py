@@ -27,7 +27,7 @@ def demo_server(tmp_path_factory):
     spec = generate_demo(tmp_path_factory.mktemp("demo-data"), n_customers=3000, seed=3)
     root = tmp_path_factory.mktemp("demo-snap")
     build_snapshot(spec, root, progress=lambda m: None)
-    server, port = create_server(root, port=0)
+    server, port = create_server(root, port=0, privacy_k=0)
     server.start()
     yield root, f"127.0.0.1:{port}"
     server.stop(0)

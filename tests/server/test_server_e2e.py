@@ -197,8 +197,7 @@ def test_list_segments_empty_catalog(stub, petnord_snapshot):
 
 
 @pytest.mark.parametrize("method,request_type,streaming", [
-    ("Assign", pb.AssignRequest, False), ("ExportMembers", pb.ExportMembersRequest, True),
-    ("Discover", pb.DiscoverRequest, False), ("Profile", pb.ProfileRequest, False),
+    ("Discover", pb.DiscoverRequest, False),
 ])
 def test_unbuilt_methods_are_unimplemented(method, request_type, streaming, stub):
     with pytest.raises(grpc.RpcError) as err:

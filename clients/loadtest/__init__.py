@@ -1,0 +1,1 @@
+"""Load-test harness of segsrv (run.py is the command line; docs/loadtest.md)."""

@@ -1,0 +1,412 @@
+"""Assign: which catalog segments a customer is in, and how likely the others are.
+
+Membership is exact and computed per customer, never by scanning the universe: every
+catalog condition is compiled once per snapshot version into a program over *feature
+presence* (Term / AnyOf leaves become feature ids; Range leaves read the raw numeric
+column; segment references are inlined). For a batch of known ids the programs run
+vectorised over the batch's rows of the CSR index (row -> feature ids); for a new
+customer they run over the given feature list. Both agree with evaluating the condition
+to a bitset over the whole universe (tests/engine/test_assign.py checks it).
+
+Propensity (``include_propensities``): for a segment the customer is not in, the
+probability of membership from the customer's features, by the factorised Predict model
+with the conjunction method's significance rule: classes [member, non-member] over the
+universe, base rate = the segment's share, one smoothed lift per evidence feature
+(``lift_f(c) = ((n_{c,f} + a q_f) / (n_c + a)) / q_f``, ``q_f = n_f / N``, a =
+``prior_strength``), evidence = every feature except those of the fields the segment's
+condition mentions (directly or through references: they decide membership and would make
+the score trivial) and except features whose G-test of independence from membership has
+p > ``max_p_value``. P(member) = softmax of the two class scores. Models are fitted once
+per snapshot version and segment (one AND-count pass over every feature) and cached.
+
+The universe defaults to the snapshot's only universe, or else to the one universe all
+catalog segments are defined over.
+
+Ranking: member segments first, by priority (descending), then lift (1 / share:
+smaller segments say more), then name; then non-member segments by propensity
+(descending; by size when propensities are not requested). The primary segment is the
+first member segment.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _kernels
+from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownSegmentError
+from ..snapshot.reader import Snapshot, Universe
+from ..snapshot.spec import suggest
+from .conditions import (All, And, AnyOf, Condition, Evaluator, Not, Or, Range, SegmentRef, Term,
+                         condition_fields, parse_where)
+from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, _g_test_p, class_log_scores, softmax
+from .relate import count_features
+
+MAX_BATCH = 100_000
+MAX_FEATURES = 10_000
+
+
+# ----------------------------------------------------------------------------
+# requests and results
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class AssignQuery:
+    universe: str | None = None
+    ids: list = field(default_factory=list)  # external ids of known rows
+    features: list[tuple[str, str]] | None = None  # a new customer (when ids is empty)
+    include_propensities: bool = False
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH
+    max_p_value: float = DEFAULT_MAX_P_VALUE
+
+
+@dataclass
+class Membership:
+    segment: str
+    member: bool
+    segment_size: int
+    share: float
+    priority: int
+    propensity: float | None = None  # P(member) for non-members (include_propensities)
+
+
+@dataclass
+class Assignment:
+    id: object  # external id, or None for a feature-list customer
+    found: bool
+    segments: list[Membership]  # ranked (see module docstring); empty when not found
+    primary_segment: str | None
+
+
+@dataclass
+class AssignResult:
+    snapshot: str
+    version: str
+    universe: str
+    n_segments: int
+    assignments: list[Assignment]
+    elapsed_ms: float
+
+
+# ----------------------------------------------------------------------------
+# compiled catalog (per snapshot version and universe)
+# ----------------------------------------------------------------------------
+
+
+class _Presence:
+    """What compiled programs read: feature presence and raw numeric values of n customers."""
+
+    def __init__(self, n: int, has: dict[int, np.ndarray], numeric: dict[str, np.ndarray]):
+        self.n = n
+        self.has = has
+        self.numeric = numeric
+
+
+@dataclass
+class _Segment:
+    name: str
+    priority: int
+    size: int
+    share: float
+    program: object  # callable(_Presence) -> bool[n]
+    fields: frozenset[str]  # fields its condition mentions, through references too
+
+
+class CompiledCatalog:
+    """The catalog segments of one universe, compiled to programs over feature presence."""
+
+    def __init__(self, snapshot: Snapshot, universe: Universe):
+        self.snapshot = snapshot
+        self.universe = universe
+        self.leaf_fids: set[int] = set()
+        self.numeric_fields: set[str] = set()
+        catalog = snapshot.segments or {}
+        evaluator = Evaluator(snapshot, universe)
+        self.segments: list[_Segment] = []
+        for name in sorted(catalog):
+            entry = catalog[name]
+            if entry.get("universe") not in (None, universe.name):
+                continue
+            fields: set[str] = set()
+            program = self._compile(SegmentRef(name), [], fields)
+            size = int(_kernels.popcount(evaluator.evaluate(SegmentRef(name))))
+            share = size / universe.n_rows if universe.n_rows else 0.0
+            self.segments.append(_Segment(name, int(entry.get("priority", 0)), size, share, program,
+                                          frozenset(fields)))
+        self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
+        self._models: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    # -- compilation --------------------------------------------------------------
+
+    def _fid(self, fname: str, value: str) -> int:
+        fid = self.universe.feature_id(fname, value)
+        self.leaf_fids.add(int(fid))
+        return int(fid)
+
+    def _compile(self, cond: Condition, stack: list[str], fields: set[str]):
+        u = self.universe
+        if isinstance(cond, Term):
+            fields.add(cond.field)
+            info = u.field(cond.field)
+            if info.kind == "numeric" and cond.value not in info._value_index and info.numeric is not None:
+                try:
+                    x = float(cond.value)
+                except ValueError:
+                    pass
+                else:  # as Evaluator._term: a raw number on a numeric field is an equality range
+                    return self._compile(Range(cond.field, gte=x, lte=x), stack, fields)
+            fid = self._fid(cond.field, cond.value)
+            return lambda p: p.has[fid]
+        if isinstance(cond, AnyOf):
+            fields.add(cond.field)
+            parts = [self._compile(Term(cond.field, v), stack, fields) for v in cond.values]
+            return lambda p: np.logical_or.reduce([f(p) for f in parts])
+        if isinstance(cond, Range):
+            fields.add(cond.field)
+            Evaluator(self.snapshot, u)._range(cond)  # same checks and errors as bitset evaluation
+            self.numeric_fields.add(cond.field)
+            fname, gte, gt, lte, lt = cond.field, cond.gte, cond.gt, cond.lte, cond.lt
+
+            def rng(p):
+                x = p.numeric[fname]
+                with np.errstate(invalid="ignore"):
+                    m = ~np.isnan(x)
+                    if gte is not None:
+                        m &= x >= gte
+                    if gt is not None:
+                        m &= x > gt
+                    if lte is not None:
+                        m &= x <= lte
+                    if lt is not None:
+                        m &= x < lt
+                return m
+            return rng
+        if isinstance(cond, (And, Or)):
+            parts = [self._compile(c, stack, fields) for c in cond.items]
+            if isinstance(cond, And):
+                return lambda p: np.logical_and.reduce([f(p) for f in parts])
+            return lambda p: np.logical_or.reduce([f(p) for f in parts])
+        if isinstance(cond, Not):
+            inner = self._compile(cond.item, stack, fields)
+            return lambda p: ~inner(p)
+        if isinstance(cond, All):
+            return lambda p: np.ones(p.n, dtype=bool)
+        if isinstance(cond, SegmentRef):
+            catalog = self.snapshot.segments or {}
+            if cond.name not in catalog:
+                raise UnknownSegmentError(
+                    f"snapshot {self.snapshot.name!r} has no segment {cond.name!r}{suggest(cond.name, catalog)}",
+                    [("$segment", f"unknown segment {cond.name!r}")])
+            if cond.name in stack:
+                cycle = " -> ".join(stack + [cond.name])
+                raise QueryError(f"segment reference cycle: {cycle}", [("$segment", f"cycle {cycle}")])
+            seg = catalog[cond.name]
+            if seg.get("universe") not in (None, u.name):
+                raise QueryError(f"segment {cond.name!r} is defined over universe {seg['universe']!r}, "
+                                 f"not {u.name!r}", [("$segment", "segment of another universe")])
+            return self._compile(parse_where(seg["where"], f"segment {cond.name}"), stack + [cond.name], fields)
+        raise QueryError(f"not a condition: {cond!r}", [("where", "not a condition")])
+
+    # -- presence ------------------------------------------------------------------
+
+    def presence_of_rows(self, rows: np.ndarray) -> _Presence:
+        """Feature presence of known rows, from their CSR rows (no universe scan)."""
+        u = self.universe
+        n = len(rows)
+        has = {int(f): np.zeros(n, dtype=bool) for f in self.fids}
+        if n and len(self.fids):
+            indptr = np.asarray(u.csr_indptr)
+            starts = indptr[rows].astype(np.int64)
+            lens = indptr[rows + 1].astype(np.int64) - starts
+            total = int(lens.sum())
+            owner = np.repeat(np.arange(n, dtype=np.int64), lens)
+            offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
+            feats = np.asarray(u.csr_indices)[offs].astype(np.int64)
+            col = np.searchsorted(self.fids, feats)
+            col[col >= len(self.fids)] = 0
+            hit = self.fids[col] == feats
+            matrix = np.zeros((len(self.fids), n), dtype=bool)
+            matrix[col[hit], owner[hit]] = True
+            has = {int(f): matrix[i] for i, f in enumerate(self.fids)}
+        numeric = {f: np.asarray(u.field(f).numeric)[rows].astype(np.float64) for f in self.numeric_fields}
+        return _Presence(n, has, numeric)
+
+    def presence_of_features(self, fids: np.ndarray, numeric: dict[str, float]) -> _Presence:
+        s = set(int(f) for f in fids)
+        has = {int(f): np.array([int(f) in s]) for f in self.fids}
+        num = {f: np.array([numeric.get(f, math.nan)], dtype=np.float64) for f in self.numeric_fields}
+        return _Presence(1, has, num)
+
+    def membership(self, presence: _Presence) -> np.ndarray:
+        """bool[n_segments, n]."""
+        out = np.zeros((len(self.segments), presence.n), dtype=bool)
+        for i, seg in enumerate(self.segments):
+            out[i] = seg.program(presence)
+        return out
+
+    # -- propensity models ---------------------------------------------------------
+
+    def model(self, i: int, a: float, max_p: float) -> tuple[np.ndarray, np.ndarray]:
+        """(log base[2], W[2, n_features]) of membership in segment i (see module docstring)."""
+        key = (i, float(a), float(max_p))
+        with self._lock:
+            hit = self._models.get(key)
+        if hit is not None:
+            return hit
+        u = self.universe
+        seg = self.segments[i]
+        bits = Evaluator(self.snapshot, u).evaluate(SegmentRef(seg.name))
+        n, n1 = u.n_rows, seg.size
+        fids = np.arange(u.n_features, dtype=np.int64)
+        n1f, _ = count_features(u, bits, n1, fids)
+        nf = np.asarray(u.feature_count, dtype=np.int64)
+        N = np.vstack([n1f, nf - n1f])
+        n_c = np.array([n1, n - n1], dtype=np.int64)
+        p0 = np.array([(n1 + 1.0) / (n + 2.0), (n - n1 + 1.0) / (n + 2.0)])
+        base = (n_c + a * p0) / (n + a)
+        keep = (nf > 0) & (_g_test_p(N, n_c) <= max_p)
+        for fname in seg.fields:
+            info = u.fields.get(fname)
+            if info is not None:
+                keep[info.feature_offset: info.feature_offset + len(info.values)] = False
+        W = np.zeros((2, u.n_features))
+        if keep.any() and 0 < n1 < n:
+            q = nf[keep] / n
+            W[:, keep] = np.log(((N[:, keep] + a * q[None, :]) / (n_c[:, None] + a)) / q[None, :])
+        out = (np.log(base), W)
+        with self._lock:
+            self._models[key] = out
+        return out
+
+
+_CACHE: "OrderedDict[tuple, CompiledCatalog]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 8
+
+
+def compiled_catalog(snapshot: Snapshot, universe: Universe) -> CompiledCatalog:
+    # a version directory is immutable, so its path identifies the catalog
+    key = (str(snapshot.path), snapshot.version, universe.name, id(snapshot))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    compiled = CompiledCatalog(snapshot, universe)
+    with _CACHE_LOCK:
+        _CACHE[key] = compiled
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return compiled
+
+
+# ----------------------------------------------------------------------------
+# assign
+# ----------------------------------------------------------------------------
+
+
+def _bad(name: str, msg: str):
+    raise QueryError(f"{name}: {msg}", [(name, msg)])
+
+
+def _features(u: Universe, pairs) -> tuple[np.ndarray, dict[str, float]]:
+    if not isinstance(pairs, (list, tuple)):
+        _bad("features", "expected a list of (field, value) pairs")
+    if len(pairs) > MAX_FEATURES:
+        raise LimitExceededError(f"features: {len(pairs)} features, more than the limit {MAX_FEATURES}",
+                                 [("features", f"at most {MAX_FEATURES}")])
+    fids: list[int] = []
+    numeric: dict[str, float] = {}
+    for i, item in enumerate(pairs):
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            _bad(f"features[{i}]", f"expected a (field, value) pair, got {item!r}")
+        fname, value = str(item[0]), str(item[1])
+        if fname not in u.fields:
+            raise UnknownFieldError(f"features[{i}].field: universe {u.name!r} has no field {fname!r}"
+                                    f"{suggest(fname, u.fields)}", [(f"features[{i}].field", f"unknown field {fname!r}")])
+        info = u.fields[fname]
+        if info.kind == "numeric" and value not in info._value_index:
+            try:
+                x = float(value)
+            except ValueError:
+                x = None
+            if x is not None and math.isfinite(x):  # a raw number: its band is a feature, the value feeds ranges
+                numeric[fname] = x
+                if info.edges is not None:
+                    band = int(np.searchsorted(np.asarray(info.edges, dtype=np.float64), x, side="right"))
+                    fids.append(info.feature_offset + band)
+                continue
+        fids.append(u.feature_id(fname, value))  # unknown value -> UnknownValueError with suggestions
+    return np.array(sorted(set(fids)), dtype=np.int64), numeric
+
+
+def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
+    t0 = time.perf_counter()
+    universe = query.universe
+    if universe is None and len(snapshot.universes) > 1:
+        # customers are assigned where the catalog's segments live
+        used = {e.get("universe") for e in (snapshot.segments or {}).values()} - {None}
+        if len(used) == 1:
+            universe = used.pop()
+    u = snapshot.universe(universe)
+    a, max_p = query.prior_strength, query.max_p_value
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
+        _bad("prior_strength", f"must be a finite number > 0, got {a!r}")
+    if isinstance(max_p, bool) or not isinstance(max_p, (int, float)) or not 0 < max_p <= 1:
+        _bad("max_p_value", f"must be a number within (0, 1], got {max_p!r}")
+    ids = list(query.ids or [])
+    if ids and query.features:
+        _bad("features", "give either ids (known customers) or features (a new customer), not both")
+    if not ids and query.features is None:
+        _bad("ids", "give the ids of known customers, or the features of a new customer")
+    if len(ids) > MAX_BATCH:
+        raise LimitExceededError(f"ids: {len(ids)} ids, more than the limit {MAX_BATCH} per call",
+                                 [("ids", f"at most {MAX_BATCH}")])
+    cat = compiled_catalog(snapshot, u)
+    if ids:
+        rows = np.asarray(u.rows_for_ids(ids), dtype=np.int64)
+        found = rows >= 0
+        presence = cat.presence_of_rows(rows[found])
+        fids_of = None
+    else:
+        fids, numeric = _features(u, query.features)
+        found = np.array([True])
+        presence = cat.presence_of_features(fids, numeric)
+        fids_of = fids
+    member = cat.membership(presence)  # [S, n_found]
+    prop = None
+    if query.include_propensities and cat.segments and presence.n:
+        prop = np.zeros((len(cat.segments), presence.n))
+        for i in range(len(cat.segments)):
+            log_base, W = cat.model(i, float(a), float(max_p))
+            if fids_of is None:
+                logits = class_log_scores(u, log_base, W, rows[found])
+            else:
+                logits = (log_base + W[:, fids_of].sum(axis=1))[None, :]
+            prop[i] = softmax(logits)[:, 0]
+    out: list[Assignment] = []
+    j = 0
+    for k in range(len(found)):
+        ident = ids[k] if ids else None
+        if not found[k]:
+            out.append(Assignment(ident, False, [], None))
+            continue
+        ms = []
+        for i, seg in enumerate(cat.segments):
+            is_member = bool(member[i, j])
+            ms.append(Membership(seg.name, is_member, seg.size, seg.share, seg.priority,
+                                 None if (is_member or prop is None) else float(prop[i, j])))
+        j += 1
+        members = sorted((m for m in ms if m.member), key=lambda m: (-m.priority, m.share, m.segment))
+        others = sorted((m for m in ms if not m.member),
+                        key=lambda m: (-(m.propensity or 0.0), -m.segment_size, m.segment))
+        out.append(Assignment(ident, True, members + others, members[0].segment if members else None))
+    return AssignResult(snapshot.name, snapshot.version, u.name, len(cat.segments), out,
+                        (time.perf_counter() - t0) * 1e3)

@@ -1,0 +1,244 @@
+"""The segment catalog: named segments kept inside a snapshot, and publishing a new catalog.
+
+A catalog is a mapping ``{name: entry}``; an entry (as stored in the manifest's
+``segments``) is::
+
+    where        the condition, in the JSON `where` form (docs/query.md); may refer to
+                 other segments with {"$segment": "name"}
+    universe     the universe the condition is over (may be omitted when the snapshot
+                 has exactly one universe; stored resolved)
+    description  free text ("" by default)
+    priority     integer, higher first when choosing a customer's primary segment (0)
+    tags         list of strings ([])
+
+A catalog file is TOML with one ``[segments.NAME]`` table per segment and an optional
+top-level ``universe = "..."`` (the default for entries without one), or the same as JSON.
+
+``apply_segments(ROOT/NAME, catalog)`` validates every condition against the current
+version's fields and values (unknown fields, values, segment references and reference
+cycles are all reported together, each naming its segment) and publishes a new version
+whose data files are hard links to the current version's files: nothing big is copied
+or rebuilt, and the new version is an ordinary immutable version (a running server picks
+it up like any other). Applying replaces the whole catalog (it is declarative: the file
+is the catalog). See docs/segments.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SegsrvError, SpecError
+from ..snapshot import format as fmt
+from ..snapshot.reader import Snapshot, open_snapshot, resolve_version_dir
+from .conditions import Evaluator, parse_where
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+ENTRY_KEYS = {"where", "universe", "description", "priority", "tags"}
+MAX_SEGMENTS = 10_000
+
+
+def _fail(msg: str, violations: list[tuple[str, str]]):
+    raise SpecError(msg, violations)
+
+
+def normalize_catalog(raw, where: str = "segments") -> dict[str, dict]:
+    """Check the shape of a catalog mapping and fill the defaults (no snapshot needed)."""
+    if not isinstance(raw, dict):
+        _fail(f"{where}: expected a table of segments, got {type(raw).__name__}", [(where, "expected a table")])
+    if len(raw) > MAX_SEGMENTS:
+        _fail(f"{where}: {len(raw)} segments, more than the limit {MAX_SEGMENTS}", [(where, "too many segments")])
+    out: dict[str, dict] = {}
+    problems: list[tuple[str, str]] = []
+    for name, entry in raw.items():
+        at = f"{where}.{name}"
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            problems.append((at, "a segment name is 1-128 characters of letters, digits, '_', '.', '-' "
+                                 "and does not start with '.' or '-'"))
+            continue
+        if not isinstance(entry, dict):
+            problems.append((at, f"expected a table, got {type(entry).__name__}"))
+            continue
+        unknown = sorted(set(entry) - ENTRY_KEYS)
+        if unknown:
+            problems.append((at, f"unknown keys {unknown}; allowed: {sorted(ENTRY_KEYS)}"))
+            continue
+        cond = entry.get("where")
+        if isinstance(cond, str):  # JSON text is accepted too
+            try:
+                cond = json.loads(cond)
+            except json.JSONDecodeError as exc:
+                problems.append((f"{at}.where", f"not valid JSON: {exc}"))
+                continue
+        if not isinstance(cond, dict) or not cond:
+            problems.append((f"{at}.where", "required: a non-empty condition in the JSON where form"))
+            continue
+        prio = entry.get("priority", 0)
+        if isinstance(prio, bool) or not isinstance(prio, int) or not -(2 ** 31) <= prio < 2 ** 31:
+            problems.append((f"{at}.priority", f"expected a 32-bit integer, got {prio!r}"))
+            continue
+        tags = entry.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+            problems.append((f"{at}.tags", f"expected a list of non-empty strings, got {tags!r}"))
+            continue
+        desc = entry.get("description", "")
+        if not isinstance(desc, str):
+            problems.append((f"{at}.description", f"expected a string, got {desc!r}"))
+            continue
+        universe = entry.get("universe")
+        if universe is not None and (not isinstance(universe, str) or not universe):
+            problems.append((f"{at}.universe", f"expected a universe name, got {universe!r}"))
+            continue
+        try:
+            parse_where(cond, f"{at}.where")
+        except SegsrvError as exc:
+            problems.extend(exc.violations or [(f"{at}.where", exc.message)])
+            continue
+        out[name] = {"where": cond, "universe": universe, "description": desc, "priority": int(prio),
+                     "tags": list(tags)}
+    if problems:
+        _report(problems)
+    return out
+
+
+def _report(problems: list[tuple[str, str]]):
+    lines = "\n".join(f"  {path}: {why}" for path, why in problems)
+    _fail(f"segment catalog rejected ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n{lines}",
+          problems)
+
+
+def load_catalog_file(path: str | Path) -> dict[str, dict]:
+    """Read a catalog file: TOML with [segments.NAME] tables (or JSON {"segments": {...}})."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"{p}: cannot read the catalog file: {exc.strerror or exc}", [(str(p), "unreadable")])
+    try:
+        doc = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        _fail(f"{p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'}: {exc}", [(str(p), "syntax")])
+    if not isinstance(doc, dict) or set(doc) - {"segments", "universe"}:
+        extra = sorted(set(doc) - {"segments", "universe"}) if isinstance(doc, dict) else []
+        _fail(f"{p}: expected a [segments] table and optionally a default universe (found {extra})",
+              [(str(p), "unexpected top-level keys")])
+    default_universe = doc.get("universe")
+    if default_universe is not None and (not isinstance(default_universe, str) or not default_universe):
+        _fail(f"{p}: universe: expected a universe name, got {default_universe!r}", [("universe", "not a name")])
+    segments = doc.get("segments", {})
+    if default_universe and isinstance(segments, dict):
+        for entry in segments.values():
+            if isinstance(entry, dict):
+                entry.setdefault("universe", default_universe)
+    return normalize_catalog(segments, "segments")
+
+
+def validate_catalog(snapshot: Snapshot, catalog: dict[str, dict]) -> dict[str, dict]:
+    """Resolve universes and evaluate every segment against the snapshot with this catalog.
+
+    Returns the catalog with universes filled in; raises SpecError listing every problem
+    (unknown universe, field, value or segment, reference cycles, cross-universe references)."""
+    resolved = copy.deepcopy(catalog)
+    problems: list[tuple[str, str]] = []
+    names = sorted(snapshot.universes)
+    for name, entry in resolved.items():
+        if entry.get("universe") is None:
+            if len(names) != 1:
+                problems.append((f"segments.{name}.universe",
+                                 f"required: the snapshot has {len(names)} universes {names}"))
+                continue
+            entry["universe"] = names[0]
+        elif entry["universe"] not in snapshot.universes:
+            problems.append((f"segments.{name}.universe", f"unknown universe {entry['universe']!r}; known: {names}"))
+    if problems:
+        _report(problems)
+    probe = _CatalogView(snapshot, resolved)
+    for name, entry in sorted(resolved.items()):
+        universe = snapshot.universe(entry["universe"])
+        try:
+            Evaluator(probe, universe).evaluate(parse_where(entry["where"], f"segments.{name}.where"))
+        except SegsrvError as exc:
+            problems.append((f"segments.{name}", exc.message))
+    if problems:
+        _report(problems)
+    return resolved
+
+
+class _CatalogView:
+    """The snapshot as the evaluator sees it, with a candidate catalog in place of its own."""
+
+    def __init__(self, snapshot: Snapshot, catalog: dict):
+        self._snapshot = snapshot
+        self.segments = catalog
+
+    def __getattr__(self, name):
+        return getattr(self._snapshot, name)
+
+
+def catalog_version(base_version: str, catalog: dict) -> str:
+    payload = json.dumps({"base": base_version, "segments": catalog}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def apply_segments(location: str | Path, catalog: dict | str | Path, *, version: str | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[Path, bool]:
+    """Validate `catalog` against ROOT/NAME's current version and publish it as a new version.
+
+    `catalog` is a mapping or the path of a catalog file. Returns (version directory, changed);
+    when the catalog equals the current one nothing is published and changed is False."""
+    say = progress or (lambda msg: None)
+    entries = load_catalog_file(catalog) if isinstance(catalog, (str, Path)) else normalize_catalog(catalog)
+    vdir = resolve_version_dir(location)
+    snap = open_snapshot(vdir, verify="sizes")
+    resolved = validate_catalog(snap, entries)
+    if resolved == (snap.segments or {}):
+        say(f"catalog unchanged: {snap.name}/{snap.version} already has these {len(resolved)} segments")
+        return vdir, False
+    manifest = json.loads((vdir / fmt.MANIFEST).read_text(encoding="utf-8"))
+    # the version of the data files, through any number of catalog changes: the same data and
+    # catalog always give the same version name
+    data_version = manifest.get("data_version", manifest["version"])
+    new_version = version or catalog_version(data_version, resolved)
+    if not new_version or "/" in new_version or new_version.startswith(".") or new_version == fmt.CURRENT:
+        _fail(f"version {new_version!r} is not a valid directory name", [("version", "invalid")])
+    snapshot_dir = vdir.parent
+    final = snapshot_dir / new_version
+    manifest.update(version=new_version, segments=resolved, data_version=data_version)
+    data = fmt.dumps_manifest(manifest)
+    if final.exists():
+        # a published version is immutable: only the identical catalog may reuse its name
+        if (final / fmt.MANIFEST).read_bytes() != data:
+            _fail(f"version {new_version!r} of {snapshot_dir.name!r} exists with different content; "
+                  "choose another version", [("version", "exists")])
+        fmt.write_atomic(snapshot_dir / fmt.CURRENT, (new_version + "\n").encode())
+        say(f"version {new_version} already published; CURRENT points at it")
+        return final, True
+    tmp = snapshot_dir / f".segments-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        n_bytes = 0
+        for rel, meta in sorted(manifest["files"].items()):
+            src, dst = vdir / rel, tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dst)  # same file system: shares the data, copies nothing
+            n_bytes += int(meta["bytes"])
+        fmt.write_atomic(tmp / fmt.MANIFEST, data)
+        os.rename(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SpecError(f"cannot publish {snapshot_dir.name}/{new_version}: {exc}", [("location", str(exc))]) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fmt.write_atomic(snapshot_dir / fmt.CURRENT, (new_version + "\n").encode())
+    say(f"published {snap.name}/{new_version}: {len(resolved)} segments; {len(manifest['files'])} data files "
+        f"({n_bytes / 1e6:,.1f} MB) hard-linked from {vdir.name}, nothing copied")
+    return final, True

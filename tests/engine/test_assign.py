@@ -1,0 +1,208 @@
+"""Assign: exact membership from CSR rows, feature-list customers, propensities, ranking."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segsrv.engine.assign import AssignQuery, assign, compiled_catalog
+from segsrv.engine.catalog import apply_segments
+from segsrv.engine.conditions import SegmentRef, evaluate
+from segsrv.engine.predict import _g_test_p
+from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
+from segsrv.snapshot.reader import open_snapshot
+
+U = "customers"
+
+CATALOG = {
+    "helsinki_large": {"where": {"region": "helsinki", "pet_size": "large"}, "priority": 5},
+    "churners": {"where": {"churned": True}},
+    "kept_helsinki_large": {"where": {"$segment": "helsinki_large", "$not": {"$segment": "churners"}}, "priority": 7},
+    "long_tenure": {"where": {"tenure_months": {"$gte": 24}}, "priority": 1},
+    "mid_spend_band": {"where": {"total_spent_eur": {"$gte": 100, "$lt": 400}}},
+    "north_or_lapsed": {"where": {"$or": [{"region": ["oulu", "jyvaskyla"]}, {"churned": True}]}},
+    "bought_dry_food": {"where": {"orders.lines.product.category": "dry-food"}},
+    "not_dry_food": {"where": {"$not": {"orders.lines.product.category": "dry-food"}}},
+    "tenure_exact_12": {"where": {"tenure_months": 12}},
+    "empty": {"where": {"region": "helsinki", "$not": {"region": "helsinki"}}},
+}
+
+
+@pytest.fixture(scope="module")
+def snap(petnord_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("assign") / "snapshots"
+    shutil.copytree(petnord_root, root, copy_function=os.link)
+    apply_segments(root / "petnord", {k: dict(v, universe=U) for k, v in CATALOG.items()})
+    return open_snapshot(root / "petnord")
+
+
+@pytest.fixture(scope="module")
+def truth(snap):
+    """Membership by evaluating every catalog condition over the whole universe (bitsets)."""
+    u = snap.universe(U)
+    out = {}
+    for name in CATALOG:
+        bits = evaluate(snap, u, SegmentRef(name))
+        mask = np.unpackbits(bits.view(np.uint8), bitorder="little")[: u.n_rows].astype(bool)
+        out[name] = mask
+    return out
+
+
+def test_assign_by_id_equals_whole_universe_evaluation(snap, truth, oracle):
+    u = snap.universe(U)
+    bu = oracle.universe(U)
+    # the bitset truth itself agrees with the source-table oracle
+    assert truth["helsinki_large"].sum() == bu.eval({"region": "helsinki", "pet_size": "large"}).sum()
+    assert np.array_equal(truth["bought_dry_food"], bu.eval({"orders.lines.product.category": "dry-food"}))
+    ids = list(u.ids_for_rows(np.arange(u.n_rows)))
+    res = assign(snap, AssignQuery(universe=U, ids=ids))
+    assert res.n_segments == len(CATALOG) and len(res.assignments) == u.n_rows
+    for row, a in enumerate(res.assignments):
+        assert a.found and a.id == ids[row]
+        members = {m.segment for m in a.segments if m.member}
+        assert members == {n for n in CATALOG if truth[n][row]}, a.id
+        assert [m.segment for m in a.segments[: len(members)]] == sorted(
+            members, key=lambda n: (-CATALOG[n].get("priority", 0), truth[n].sum(), n))
+        assert a.primary_segment == (a.segments[0].segment if members else None)
+        for m in a.segments:
+            assert m.segment_size == int(truth[m.segment].sum())
+            assert math.isclose(m.share, m.segment_size / u.n_rows)
+
+
+def test_unknown_ids_are_reported_per_id(snap):
+    u = snap.universe(U)
+    known = u.ids_for_rows([0, 5])
+    res = assign(snap, AssignQuery(universe=U, ids=[known[0], "NOPE", known[1], "", "CUST-000011111"]))
+    assert [a.found for a in res.assignments] == [True, False, True, False, False]
+    assert [a.id for a in res.assignments] == [known[0], "NOPE", known[1], "", "CUST-000011111"]
+    assert res.assignments[1].segments == [] and res.assignments[1].primary_segment is None
+
+
+def test_batch_of_10000_ids(snap, truth):
+    u = snap.universe(U)
+    rng = np.random.default_rng(7)
+    rows = rng.integers(0, u.n_rows, 10_000)
+    ids = list(u.ids_for_rows(rows))
+    res = assign(snap, AssignQuery(universe=U, ids=ids))
+    assert len(res.assignments) == 10_000
+    for r, a in zip(rows, res.assignments):
+        assert {m.segment for m in a.segments if m.member} == {n for n in CATALOG if truth[n][r]}
+
+
+def _row_features(snap, row):
+    """(field, value) pairs of a row, as a caller would send them for a new customer; numeric
+    fields with raw values are sent as raw numbers (ranges need them), others as band labels."""
+    u = snap.universe(U)
+    pairs = []
+    raw_fields = {f for f, info in u.fields.items() if info.numeric is not None}
+    for fid in u.csr_indices[u.csr_indptr[row]: u.csr_indptr[row + 1]]:
+        f, v = u.feature_name(int(fid))
+        if f not in raw_fields:
+            pairs.append((f, v))
+    for f in raw_fields:
+        x = float(u.fields[f].numeric[row])
+        if not math.isnan(x):
+            pairs.append((f, repr(x)))
+    return pairs
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(row=st.integers(0, 2999))
+def test_feature_list_customer_equals_known_customer(snap, row):
+    u = snap.universe(U)
+    rid = u.ids_for_rows([row])[0]
+    by_id = assign(snap, AssignQuery(universe=U, ids=[rid], include_propensities=True)).assignments[0]
+    by_features = assign(snap, AssignQuery(universe=U, features=_row_features(snap, row),
+                                           include_propensities=True)).assignments[0]
+    assert by_features.id is None and by_features.found
+    assert [(m.segment, m.member) for m in by_features.segments] == [(m.segment, m.member) for m in by_id.segments]
+    for a, b in zip(by_features.segments, by_id.segments):
+        assert (a.propensity is None) == (b.propensity is None)
+        if a.propensity is not None:
+            assert math.isclose(a.propensity, b.propensity, rel_tol=1e-9, abs_tol=1e-15)
+    assert by_features.primary_segment == by_id.primary_segment
+
+
+def test_propensity_equals_brute_force_factorized_model(snap, truth):
+    """P(member) = softmax of log base + sum of smoothed log lifts over significant features
+    outside the segment's own fields, recomputed here from plain numpy masks."""
+    u = snap.universe(U)
+    n = u.n_rows
+    indptr, indices = np.asarray(u.csr_indptr), np.asarray(u.csr_indices)
+    X = np.zeros((n, u.n_features), dtype=bool)
+    X[np.repeat(np.arange(n), np.diff(indptr)), indices] = True
+    a, max_p = 1.0, 0.001
+    rows = [0, 11, 222, 1999, 2999]
+    res = assign(snap, AssignQuery(universe=U, ids=list(u.ids_for_rows(rows)), include_propensities=True))
+    seg_fields = {"churners": {"churned"}, "long_tenure": {"tenure_months"},
+                  "bought_dry_food": {"orders.lines.product.category"},
+                  "helsinki_large": {"region", "pet_size"}}
+    for name, fields in seg_fields.items():
+        m = truth[name]
+        n1 = int(m.sum())
+        n1f = X[m].sum(axis=0)
+        nf = X.sum(axis=0)
+        N = np.vstack([n1f, nf - n1f])
+        n_c = np.array([n1, n - n1])
+        keep = (nf > 0) & (_g_test_p(N, n_c) <= max_p)
+        for f in fields:
+            info = u.fields[f]
+            keep[info.feature_offset: info.feature_offset + len(info.values)] = False
+        p0 = np.array([(n1 + 1) / (n + 2), (n - n1 + 1) / (n + 2)])
+        base = (n_c + a * p0) / (n + a)
+        q = nf / n
+        for row, asg in zip(rows, res.assignments):
+            ms = {x.segment: x for x in asg.segments}
+            if m[row]:
+                assert ms[name].member and ms[name].propensity is None
+                continue
+            logit = np.log(base).copy()
+            for f in np.flatnonzero(X[row] & keep):
+                for c in range(2):
+                    logit[c] += math.log(((N[c, f] + a * q[f]) / (n_c[c] + a)) / q[f])
+            p = math.exp(logit[0] - np.logaddexp(logit[0], logit[1]))
+            assert math.isclose(ms[name].propensity, p, rel_tol=1e-9, abs_tol=1e-300), (name, row)
+
+
+def test_non_members_ranked_by_propensity(snap):
+    u = snap.universe(U)
+    res = assign(snap, AssignQuery(universe=U, ids=list(u.ids_for_rows(range(50))), include_propensities=True))
+    for a in res.assignments:
+        others = [m.propensity for m in a.segments if not m.member]
+        assert others == sorted(others, reverse=True)
+        assert all(0.0 <= p <= 1.0 for p in others)
+
+
+def test_compiled_catalog_is_cached_per_version(snap):
+    u = snap.universe(U)
+    assert compiled_catalog(snap, u) is compiled_catalog(snap, u)
+
+
+def test_bad_requests(snap):
+    u = snap.universe(U)
+    with pytest.raises(QueryError, match="either ids"):
+        assign(snap, AssignQuery(universe=U, ids=[u.ids_for_rows([0])[0]], features=[("region", "oulu")]))
+    with pytest.raises(QueryError, match="give the ids"):
+        assign(snap, AssignQuery(universe=U))
+    with pytest.raises(UnknownFieldError, match="did you mean 'region'"):
+        assign(snap, AssignQuery(universe=U, features=[("regio", "oulu")]))
+    with pytest.raises(UnknownValueError):
+        assign(snap, AssignQuery(universe=U, features=[("region", "mars")]))
+    with pytest.raises(LimitExceededError, match="100000"):
+        assign(snap, AssignQuery(universe=U, ids=["x"] * 100_001))
+    with pytest.raises(QueryError, match="prior_strength"):
+        assign(snap, AssignQuery(universe=U, ids=["x"], prior_strength=0))
+    # an empty feature list is a customer with no features: valid
+    res = assign(snap, AssignQuery(universe=U, features=[]))
+    assert {m.segment for m in res.assignments[0].segments if m.member} == {"not_dry_food"}
+
+
+def test_universe_defaults_to_the_catalogs(snap):
+    res = assign(snap, AssignQuery(ids=["NOPE"]))
+    assert res.universe == U

@@ -1,0 +1,362 @@
+"""Profile (segsrv.engine.profile) against a brute-force computation over the PetNord source tables.
+
+The segment masks and value masks come from the oracle of conftest.py (pandas joins over the
+source JSON files, never the snapshot's bitsets); the per-value table (counts, shares, lift,
+ordering) is computed here with pandas, the p-values with scipy's hypergeometric distribution,
+and the numeric summaries with numpy over the oracle's raw values. From the snapshot the
+test only takes field names and the order of a field's values (the last tie-break).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import hypergeom
+
+from segsrv.engine.catalog import apply_segments
+from segsrv.engine.conditions import parse_where
+from segsrv.engine.profile import (
+    DEFAULT_VALUES_PER_FIELD,
+    MAX_FIELD_PATTERNS,
+    MAX_VALUES_PER_FIELD,
+    NUMERIC_STATS,
+    ProfileQuery,
+    numeric_stats,
+    profile,
+    profile_query_from_json,
+    run_profile_json,
+)
+from segsrv.errors import (
+    LimitExceededError,
+    QueryError,
+    UnknownFieldError,
+    UnknownSegmentError,
+    UnknownUniverseError,
+    UnknownValueError,
+)
+from segsrv.snapshot.reader import open_snapshot
+
+SEGMENTS = {
+    "customers": {
+        "term": {"region": "oulu"},
+        "and": {"lifestyle": "premium", "churned": True},
+        # a negation without segment references: rows without the value match too
+        "negation": {"segment": "dog_owner", "region": {"$ne": "helsinki"}},
+        "not_tree": {"$not": {"$or": [{"churned": True}, {"lifestyle": "budget"}]}},
+        "range": {"total_spent_eur": {"$gte": 100, "$lt": 250.5}},
+        "exists_link": {"orders.lines.product.category": "litter", "health_focus": ["high", "low"]},
+        "all": {},
+        "empty": {"$and": [{"churned": True}, {"churned": False}]},
+    },
+    "orders": {
+        "forward": {"customer.region": "turku", "lines.product.category": "dry-food"},
+        "negation": {"$not": {"customer.lifestyle": "budget"}},
+        "empty": {"total_eur": {"$lt": -1}},
+    },
+    "order_lines": {
+        "two_hops": {"order.customer.segment": "cat_owner", "product.tags": "premium"},
+        "range": {"qty": {"$gte": 2}, "product.price_eur": {"$lt": 20}},
+    },
+}
+CASES = [(u, name) for u, segs in SEGMENTS.items() for name in segs]
+
+
+# ----------------------------------------------------------------------------
+# the brute-force profile
+# ----------------------------------------------------------------------------
+
+
+def ref_p_value(n: int, n_s: int, n_v: int, n_sv: int) -> float:
+    """Two-sided: twice the smaller hypergeometric tail, capped at 1 (scipy)."""
+    upper = float(hypergeom.sf(n_sv - 1, n, n_v, n_s))
+    lower = float(hypergeom.cdf(n_sv, n, n_v, n_s))
+    return min(1.0, 2.0 * min(upper, lower))
+
+
+def brute_table(bu, snap_u, field: str, seg: np.ndarray) -> pd.DataFrame:
+    """One row per value of the field: counts, shares, lift (pandas over the oracle's masks)."""
+    f = bu.fields[field]
+    n, n_s = bu.n, int(seg.sum())
+    order = {v: i for i, v in enumerate(snap_u.fields[field].values)}
+    rows = [{"value": v, "n_sv": int((m & seg).sum()), "n_v": int(m.sum()), "pos": order[v]} for v, m in f.masks.items()]
+    df = pd.DataFrame(rows, columns=["value", "n_sv", "n_v", "pos"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["segment_share"] = df["n_sv"] / n_s if n_s else np.nan
+        df["population_share"] = df["n_v"] / n
+        df["lift"] = df["segment_share"] / df["population_share"]
+    return df
+
+
+def brute_lists(df: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(over, under): lift > 1 by lift desc, lift < 1 by lift asc; ties: segment count desc,
+    population count desc, the field's value order."""
+    over = df[df["lift"] > 1].sort_values(["lift", "n_sv", "n_v", "pos"], ascending=[False, False, False, True])
+    under = df[df["lift"] < 1].sort_values(["lift", "n_sv", "n_v", "pos"], ascending=[True, False, False, True])
+    return over.head(k), under.head(k)
+
+
+def ref_numeric(x: np.ndarray) -> dict:
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return {"count": 0, **{s: math.nan for s in NUMERIC_STATS if s != "count"}}
+    q = np.percentile(x, [25, 50, 75], method="linear")
+    return {"count": len(x), "mean": np.mean(x), "std": np.std(x, ddof=0), "min": np.min(x), "p25": q[0],
+            "median": q[1], "p75": q[2], "max": np.max(x)}
+
+
+def check_values(got, want: pd.DataFrame, n: int, n_s: int, ref) -> None:
+    assert [v.value for v in got] == want["value"].tolist()
+    for v, (_, w) in zip(got, want.iterrows()):
+        assert v.segment_count == w["n_sv"] and v.population_count == w["n_v"], v
+        assert ref.close(v.segment_share, w["segment_share"], rtol=1e-12), v
+        assert ref.close(v.population_share, w["population_share"], rtol=1e-12), v
+        assert ref.close(v.lift, w["lift"], rtol=1e-12), v
+        assert ref.close(v.p_value, ref_p_value(n, n_s, int(w["n_v"]), int(w["n_sv"])), rtol=1e-9, atol=1e-300), v
+
+
+def check_numeric(got, want: dict, ref) -> None:
+    assert got.count == want["count"]
+    for s in NUMERIC_STATS[1:]:
+        assert ref.close(getattr(got, s), want[s], rtol=1e-12, atol=1e-12), (s, getattr(got, s), want[s])
+
+
+# ----------------------------------------------------------------------------
+# every number against the oracle
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("universe,name", CASES)
+def test_profile_equals_the_oracle(petnord_snapshot, oracle, ref, universe, name):
+    where = SEGMENTS[universe][name]
+    bu = oracle.universe(universe)
+    u = petnord_snapshot.universe(universe)
+    seg = bu.eval(where)
+    n, n_s = bu.n, int(seg.sum())
+    res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe=universe))
+    assert (res.universe, res.n_rows, res.n_segment) == (universe, n, n_s)
+    assert res.snapshot == petnord_snapshot.name and res.version == petnord_snapshot.version
+    # every field, in the universe's order, the segment's own condition fields included
+    assert [f.field for f in res.fields] == list(u.fields)
+    for fp in res.fields:
+        over, under = brute_lists(brute_table(bu, u, fp.field, seg), DEFAULT_VALUES_PER_FIELD)
+        check_values(fp.over, over, n, n_s, ref)
+        check_values(fp.under, under, n, n_s, ref)
+    raw = [f for f in u.fields if bu.fields[f].raw is not None]
+    assert [p.field for p in res.numeric] == raw
+    for p in res.numeric:
+        x = bu.fields[p.field].raw
+        check_numeric(p.segment, ref_numeric(x[seg]), ref)
+        check_numeric(p.population, ref_numeric(x), ref)
+    if name == "empty":
+        assert n_s == 0
+        assert all(not f.over and not f.under for f in res.fields)
+        assert all(p.segment.count == 0 and math.isnan(p.segment.mean) for p in res.numeric)
+    if name == "all":
+        assert all(not f.over and not f.under for f in res.fields)  # lift 1 everywhere
+        assert all(p.segment == p.population for p in res.numeric)
+    if name in ("term", "negation", "and"):
+        assert any(f.over for f in res.fields) and any(f.under for f in res.fields)
+
+
+@pytest.mark.parametrize("k", [1, 3, MAX_VALUES_PER_FIELD])
+def test_values_per_field(petnord_snapshot, oracle, ref, k):
+    where = SEGMENTS["customers"]["exists_link"]
+    bu = oracle.universe("customers")
+    u = petnord_snapshot.universe("customers")
+    seg = bu.eval(where)
+    res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe="customers", values_per_field=k))
+    for fp in res.fields:
+        df = brute_table(bu, u, fp.field, seg)
+        over, under = brute_lists(df, k)
+        check_values(fp.over, over, bu.n, int(seg.sum()), ref)
+        check_values(fp.under, under, bu.n, int(seg.sum()), ref)
+        assert len(fp.over) <= k and len(fp.under) <= k
+        if k == MAX_VALUES_PER_FIELD:  # every value with a lift other than 1 is listed
+            listed = {v.value for v in fp.over + fp.under}
+            assert listed == set(df.loc[(df["lift"] > 1) | (df["lift"] < 1), "value"])
+
+
+def test_ordering_rules(petnord_snapshot):
+    """Over: lift descending; under: lift ascending; equal lifts by segment count, then population
+    count (both descending), then value order. A one-region segment makes every other region a
+    zero-count value (lift 0), so the under list is those regions by population count."""
+    u = petnord_snapshot.universe("customers")
+    res = profile(petnord_snapshot, ProfileQuery(segment=parse_where({"region": "oulu"}), universe="customers",
+                                                 fields=["region"], values_per_field=10))
+    (fp,) = res.fields
+    assert [v.value for v in fp.over] == ["oulu"]
+    assert fp.over[0].lift == u.n_rows / int(u.fields["region"].counts[u.fields["region"].values.index("oulu")])
+    counts = dict(zip(u.fields["region"].values, u.fields["region"].counts.tolist()))
+    others = sorted((r for r in counts if r != "oulu"), key=lambda r: (-counts[r], u.fields["region"].values.index(r)))
+    assert [v.value for v in fp.under] == others
+    assert all(v.segment_count == 0 and v.lift == 0.0 and v.segment_share == 0.0 for v in fp.under)
+    # the general rules, on every field of a few segments
+    for where in (SEGMENTS["customers"]["and"], SEGMENTS["customers"]["not_tree"]):
+        res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe="customers",
+                                                     values_per_field=100))
+        for fp in res.fields:
+            pos = {v: i for i, v in enumerate(u.fields[fp.field].values)}
+            assert all(v.lift > 1 for v in fp.over) and all(v.lift < 1 for v in fp.under)
+            over_keys = [(-v.lift, -v.segment_count, -v.population_count, pos[v.value]) for v in fp.over]
+            under_keys = [(v.lift, -v.segment_count, -v.population_count, pos[v.value]) for v in fp.under]
+            assert over_keys == sorted(over_keys) and under_keys == sorted(under_keys)
+
+
+# ----------------------------------------------------------------------------
+# fields
+# ----------------------------------------------------------------------------
+
+
+def test_field_selection(petnord_snapshot, ref):
+    u = petnord_snapshot.universe("orders")
+
+    def fields(sel):
+        res = profile(petnord_snapshot, ProfileQuery(universe="orders", fields=sel,
+                                                     segment=parse_where({"customer.region": "oulu"})))
+        return [f.field for f in res.fields], [p.field for p in res.numeric]
+
+    # names in request order, globs in universe order, duplicates once; condition fields included
+    got, numeric = fields(["total_eur", "customer.region", "customer.*", "total_eur"])
+    customer = ref.glob_fields(list(u.fields), "customer.*")
+    assert got == ["total_eur", "customer.region"] + [f for f in customer if f != "customer.region"]
+    assert numeric == [f for f in got if u.fields[f].numeric is not None]
+    assert fields(["**"])[0] == list(u.fields)
+    assert fields(["lines.**"])[0] == ref.glob_fields(list(u.fields), "lines.**")
+    assert fields([])[0] == list(u.fields) == fields(None)[0]
+    # a numeric field reached through a reverse link has bands but no raw values: no numeric summary
+    cu = petnord_snapshot.universe("customers")
+    res = profile(petnord_snapshot, ProfileQuery(universe="orders", fields=["lines.product.category"]))
+    assert [f.field for f in res.fields] == ["lines.product.category"] and res.numeric == []
+    assert cu.fields["tenure_months"].numeric is not None
+
+
+def test_missing_numeric_values_are_ignored(petnord_snapshot, oracle, ref):
+    """product.weight_kg has missing values (NaN) for part of the lines; a segment of such lines only
+    gets count 0 and NaN statistics, the population the statistics of the present values."""
+    bu = oracle.universe("order_lines")
+    x = bu.fields["product.weight_kg"].raw
+    assert np.isnan(x).any() and not np.isnan(x).all()
+    missing_categories = [v for v, m in bu.fields["product.category"].masks.items() if np.isnan(x[m]).all()]
+    assert missing_categories, "PetNord has a product category without weights"
+    where = {"product.category": missing_categories[0]}
+    res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe="order_lines",
+                                                 fields=["product.weight_kg", "qty"]))
+    assert res.n_segment == int(bu.eval(where).sum()) > 0
+    weight, qty = res.numeric
+    assert weight.segment.count == 0 and all(math.isnan(getattr(weight.segment, s)) for s in NUMERIC_STATS[1:])
+    check_numeric(weight.population, ref_numeric(x), ref)
+    assert weight.population.count == int((~np.isnan(x)).sum())
+    check_numeric(qty.segment, ref_numeric(bu.fields["qty"].raw[bu.eval(where)]), ref)
+
+
+def test_numeric_stats_definitions():
+    x = np.array([3.0, np.nan, 1.0, 2.0, 10.0, np.nan])
+    s = numeric_stats(x)
+    assert s.count == 4 and s.mean == 4.0 and s.min == 1.0 and s.max == 10.0
+    assert s.std == pytest.approx(math.sqrt(((3 - 4) ** 2 + (1 - 4) ** 2 + (2 - 4) ** 2 + 36) / 4))  # ddof 0
+    # linear interpolation between order statistics: position (n - 1) q of 1, 2, 3, 10
+    assert (s.p25, s.median, s.p75) == (1.75, 2.5, 4.75)
+    empty = numeric_stats(np.array([np.nan, np.nan]))
+    assert empty.count == 0 and all(math.isnan(getattr(empty, k)) for k in NUMERIC_STATS[1:])
+    one = numeric_stats(np.array([7.0]))
+    assert (one.count, one.mean, one.std, one.min, one.p25, one.median, one.p75, one.max) == (1, 7, 0, 7, 7, 7, 7, 7)
+
+
+# ----------------------------------------------------------------------------
+# segment references
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def catalog_snap(petnord_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile") / "snapshots"
+    shutil.copytree(petnord_root, root, copy_function=os.link)
+    apply_segments(root / "petnord", {
+        "premium_churners": {"where": SEGMENTS["customers"]["and"], "universe": "customers"},
+        "not_premium_churners": {"where": {"$not": {"$segment": "premium_churners"}}, "universe": "customers"},
+    })
+    return open_snapshot(root / "petnord")
+
+
+def _numbers(answer: dict) -> dict:
+    answer = dict(answer)
+    answer.pop("elapsed_ms")
+    answer.pop("version")
+    return answer
+
+
+def test_segment_reference_equals_its_condition(catalog_snap, petnord_snapshot, oracle):
+    inline = run_profile_json(petnord_snapshot, {"from": "customers", "segment": SEGMENTS["customers"]["and"]})
+    by_ref = run_profile_json(catalog_snap, {"from": "customers", "segment": {"$segment": "premium_churners"}})
+    assert _numbers(by_ref) == _numbers(inline)
+    negated = run_profile_json(catalog_snap, {"from": "customers", "segment": {"$segment": "not_premium_churners"}})
+    inline_not = run_profile_json(petnord_snapshot,
+                                  {"from": "customers", "segment": {"$not": SEGMENTS["customers"]["and"]}})
+    assert _numbers(negated) == _numbers(inline_not)
+    assert negated["n_segment"] == oracle.universe("customers").n - inline["n_segment"]
+    with pytest.raises(UnknownSegmentError, match="premium_churners"):
+        run_profile_json(catalog_snap, {"from": "customers", "segment": {"$segment": "premium_churner"}})
+
+
+# ----------------------------------------------------------------------------
+# the JSON form and errors
+# ----------------------------------------------------------------------------
+
+
+def test_json_form(petnord_snapshot, oracle):
+    q = {"from": "customers", "segment": SEGMENTS["customers"]["empty"], "fields": ["tenure_months", "region"],
+         "values_per_field": 2}
+    out = run_profile_json(petnord_snapshot, q)
+    json.dumps(out, allow_nan=False)  # NaN is written null
+    assert list(out) == ["snapshot", "version", "from", "n_rows", "n_segment", "elapsed_ms", "fields", "numeric"]
+    assert out["n_segment"] == 0 and out["n_rows"] == oracle.universe("customers").n
+    assert out["fields"] == [{"field": "tenure_months", "over": [], "under": []},
+                             {"field": "region", "over": [], "under": []}]
+    (num,) = out["numeric"]
+    assert num["field"] == "tenure_months"
+    assert num["segment"] == {"count": 0, "mean": None, "std": None, "min": None, "p25": None, "median": None,
+                              "p75": None, "max": None}
+    assert num["population"]["count"] == oracle.universe("customers").n
+    out = run_profile_json(petnord_snapshot, {"from": "customers", "segment": {"region": "oulu"}, "fields": "region"})
+    (f,) = out["fields"]
+    assert list(f["over"][0]) == ["value", "segment_count", "segment_share", "population_share", "lift", "p_value"]
+    assert len(f["under"]) == DEFAULT_VALUES_PER_FIELD
+    # defaults: the only universe is not implied here (PetNord has several), every field, 5 values
+    q = profile_query_from_json({"from": "orders"})
+    assert q.fields is None and q.values_per_field == DEFAULT_VALUES_PER_FIELD and q.segment == parse_where({})
+
+
+@pytest.mark.parametrize("query,error,match", [
+    ({"from": "customers", "fields": ["regoin"]}, UnknownFieldError, "did you mean 'region'"),
+    ({"from": "customers", "fields": ["orders.nope.*"]}, UnknownFieldError, "matches no field"),
+    ({"from": "customers", "segment": {"regoin": "oulu"}}, UnknownFieldError, "did you mean 'region'"),
+    ({"from": "customers", "segment": {"region": "oulo"}}, UnknownValueError, "did you mean 'oulu'"),
+    ({"from": "customerz"}, UnknownUniverseError, "customers"),
+    ({"from": "customers", "values_per_field": 0}, QueryError, "positive integer"),
+    ({"from": "customers", "values_per_field": True}, QueryError, "positive integer"),
+    ({"from": "customers", "values_per_field": "5"}, QueryError, "positive integer"),
+    ({"from": "customers", "values_per_field": MAX_VALUES_PER_FIELD + 1}, LimitExceededError, "maximum 100"),
+    ({"from": "customers", "fields": ["region"] * (MAX_FIELD_PATTERNS + 1)}, LimitExceededError, "maximum"),
+    ({"from": "customers", "fields": {"region": 1}}, QueryError, "expected a list"),
+    ({"from": "customers", "fields": ["region", ""]}, QueryError, "bad field name"),
+    ({"from": "customers", "where": {}}, QueryError, "unknown key 'where'"),
+    ({"from": "customers", "segment": [1]}, QueryError, "expected an object"),
+    ({"from": "customers", "segment": {"$segment": "x"}}, UnknownSegmentError, "no segment 'x'"),
+])
+def test_errors(petnord_snapshot, query, error, match):
+    with pytest.raises(error, match=match) as info:
+        run_profile_json(petnord_snapshot, query)
+    assert info.value.violations  # every request error says which part of the request is at fault
+
+
+def test_unknown_field_violation_names_fields(petnord_snapshot):
+    with pytest.raises(UnknownFieldError) as info:
+        run_profile_json(petnord_snapshot, {"from": "customers", "fields": ["region", "lifestyel"]})
+    assert info.value.violations == [("fields", "unknown field 'lifestyel'")]
+    assert "did you mean 'lifestyle'" in str(info.value)
