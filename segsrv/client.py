@@ -304,18 +304,25 @@ class SegsrvClient:
         """
         req, select = self.relate_request(query, **kwargs)
         resp = self._call(self._stub.Relate, req, timeout)
-        return render_relate(relate_result_from_proto(resp), select)
+        answer = render_relate(relate_result_from_proto(resp), select)
+        if resp.suppressed or resp.suppressed_hit_count:  # the server's privacy floor (docs/server.md)
+            answer["suppressed"] = bool(resp.suppressed)
+            answer["suppressed_hits"] = int(resp.suppressed_hit_count)
+        return answer
 
     def count(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
         """Count: the same dict as run_count_json."""
         resp = self._call(self._stub.Count, self.count_request(query, **kwargs), timeout)
-        return {
+        answer = {
             "snapshot": resp.info.snapshot_name,
             "version": resp.info.snapshot_version,
             "from": resp.universe,
             "n_rows": resp.row_count,
             "count": resp.count,
         }
+        if resp.suppressed:  # below the server's privacy floor: count reported as 0 (docs/server.md)
+            answer["suppressed"] = True
+        return answer
 
     def predict(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
         """Predict: the same dict as segsrv.engine.predict_query.run_predict_json."""

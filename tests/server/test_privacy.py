@@ -212,3 +212,21 @@ def test_profile(stub, snap_and_terms):
     for nf in r.numeric_fields:  # single customers' values are not shown
         assert np.isnan(nf.segment.min) and np.isnan(nf.segment.max) and np.isnan(nf.population.max)
         assert nf.segment.count == 0 or not np.isnan(nf.segment.median)
+
+
+def test_python_client_shows_suppression(stub, snap_and_terms):
+    from segsrv.client import SegsrvClient
+
+    _, small_where = snap_and_terms
+    root, _ = snap_and_terms
+    server, port = create_server(root, host="127.0.0.1", port=0, privacy_k=K)
+    server.start()
+    try:
+        with SegsrvClient(f"127.0.0.1:{port}", timeout=30) as client:
+            c = client.count({"from": U, "where": small_where})
+            assert c["count"] == 0 and c["suppressed"] is True
+            assert "suppressed" not in client.count({"from": U, "where": {"region": "oulu"}})
+            r = client.relate({"from": U, "where": small_where})
+            assert r["suppressed"] is True and r["hits"] == []
+    finally:
+        server.stop(0)
