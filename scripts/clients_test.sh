@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Test the gRPC contract from outside Python: build the PetNord snapshot, serve it, and run
+# Test the gRPC contract from outside Python: build the PetNord snapshot, apply the segment
+# catalog clients/fixtures/segments.toml, serve it, and run
 #   1. buf breaking against the previous commit (proto/ must stay wire-compatible),
 #   2. the Go client (clients/go: generate the stubs, go vet, go test against the server),
 #   3. the generic tools grpcurl and grpc_health_probe (server reflection and health),
@@ -94,6 +95,9 @@ step() {
 # --- the server -------------------------------------------------------------------------
 log "building the PetNord snapshot into $WORK/snapshots"
 "$REPO/.venv/bin/segsrv" build specs/petnord.toml --out "$WORK/snapshots" --quiet >/dev/null
+# the segment catalog the Assign tests check (the fixture's "assign" section is computed for it)
+log "applying the segment catalog clients/fixtures/segments.toml"
+"$REPO/.venv/bin/segsrv" segments apply "$WORK/snapshots/petnord" clients/fixtures/segments.toml --quiet >/dev/null
 
 PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 ADDR="127.0.0.1:$PORT"

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +51,30 @@ type fixture struct {
 		TargetField string   `json:"target_field"`
 		Values      []string `json:"values"`
 	} `json:"predict"`
+	Assign struct {
+		Segments []struct {
+			Name     string `json:"name"`
+			Priority int32  `json:"priority"`
+			Size     int64  `json:"size"`
+		} `json:"segments"`
+		IDs         []string            `json:"ids"`
+		Assignments []assignmentFixture `json:"assignments"`
+		Features    struct {
+			Terms []struct {
+				Field string `json:"field"`
+				Value string `json:"value"`
+			} `json:"terms"`
+			Members        []string `json:"members"`
+			PrimarySegment string   `json:"primary_segment"`
+		} `json:"features"`
+	} `json:"assign"`
+}
+
+type assignmentFixture struct {
+	ID             string   `json:"id"`
+	Found          bool     `json:"found"`
+	Members        []string `json:"members"`
+	PrimarySegment string   `json:"primary_segment"`
 }
 
 func setup(t *testing.T) (*segsrv.Client, *fixture) {
@@ -318,27 +343,103 @@ func TestPredictUnknownIDIsNotFound(t *testing.T) {
 	}
 }
 
+// checkAssignment compares one assignment of a found customer with the fixture: every catalog
+// segment listed once with its size, share and priority; the member set; the primary segment.
+func checkAssignment(t *testing.T, fx *fixture, what string, got *pb.Assignment, members []string, primary string) {
+	t.Helper()
+	want := map[string]int{}
+	for i, s := range fx.Assign.Segments {
+		want[s.Name] = i
+	}
+	if n := len(got.GetSegments()); n != len(want) {
+		t.Errorf("%s: %d segments, want %d (every catalog segment)", what, n, len(want))
+	}
+	seen := map[string]bool{}
+	gotMembers := []string{}
+	for _, m := range got.GetSegments() {
+		i, ok := want[m.GetSegment()]
+		if !ok || seen[m.GetSegment()] {
+			t.Errorf("%s: unexpected or repeated segment %q", what, m.GetSegment())
+			continue
+		}
+		seen[m.GetSegment()] = true
+		s := fx.Assign.Segments[i]
+		if m.GetSegmentSize() != s.Size {
+			t.Errorf("%s: segment %s size = %d, want %d", what, s.Name, m.GetSegmentSize(), s.Size)
+		}
+		if share := float64(s.Size) / float64(fx.NCustomers); !relClose(m.GetShare(), share, 1e-9) {
+			t.Errorf("%s: segment %s share = %v, want %v", what, s.Name, m.GetShare(), share)
+		}
+		if m.GetPriority() != s.Priority {
+			t.Errorf("%s: segment %s priority = %d, want %d", what, s.Name, m.GetPriority(), s.Priority)
+		}
+		if m.GetMember() {
+			gotMembers = append(gotMembers, m.GetSegment())
+		}
+	}
+	sort.Strings(gotMembers)
+	if strings.Join(gotMembers, ",") != strings.Join(members, ",") {
+		t.Errorf("%s: members = %v, want %v", what, gotMembers, members)
+	}
+	if got.GetPrimarySegment() != primary {
+		t.Errorf("%s: primary segment = %q, want %q", what, got.GetPrimarySegment(), primary)
+	}
+}
+
 func TestAssign(t *testing.T) {
 	c, fx := setup(t)
-	res, err := c.Assign(context.Background(), &pb.AssignRequest{
-		Universe: fx.Universe, Ids: []string{fx.KnownID, fx.UnknownID},
-	})
-	if status.Code(err) == codes.Unimplemented {
-		t.Skipf("Assign is not implemented by this server yet: %v", err)
+	if len(fx.Assign.IDs) == 0 {
+		t.Fatal("the fixture has no assign section")
 	}
+	res, err := c.Assign(context.Background(), &pb.AssignRequest{Universe: fx.Universe, Ids: fx.Assign.IDs})
+	if err != nil {
+		t.Fatal(err) // UNIMPLEMENTED included: the server has Assign
+	}
+	if res.GetUniverse() != fx.Universe {
+		t.Errorf("universe = %q, want %q", res.GetUniverse(), fx.Universe)
+	}
+	as := res.GetAssignments()
+	if len(as) != len(fx.Assign.Assignments) {
+		t.Fatalf("%d assignments, want %d (one per id, in order)", len(as), len(fx.Assign.Assignments))
+	}
+	for i, want := range fx.Assign.Assignments {
+		got := as[i]
+		if got.GetId() != want.ID || got.GetFound() != want.Found {
+			t.Errorf("assignment %d = {id %q, found %v}, want {%q, %v}", i, got.GetId(), got.GetFound(), want.ID, want.Found)
+			continue
+		}
+		if !want.Found {
+			if len(got.GetSegments()) != 0 || got.GetPrimarySegment() != "" {
+				t.Errorf("%s (unknown): segments %v, primary %q, want none", want.ID, got.GetSegments(), got.GetPrimarySegment())
+			}
+			continue
+		}
+		checkAssignment(t, fx, want.ID, got, want.Members, want.PrimarySegment)
+	}
+}
+
+func TestAssignFeatures(t *testing.T) {
+	c, fx := setup(t)
+	f := fx.Assign.Features
+	if len(f.Terms) == 0 {
+		t.Fatal("the fixture has no assign.features")
+	}
+	req := &pb.AssignRequest{Universe: fx.Universe}
+	for _, term := range f.Terms {
+		req.Features = append(req.Features, &pb.Term{Field: term.Field, Value: term.Value})
+	}
+	res, err := c.Assign(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	as := res.GetAssignments()
-	if len(as) != 2 {
-		t.Fatalf("%d assignments, want 2 (one per id)", len(as))
+	if len(res.GetAssignments()) != 1 {
+		t.Fatalf("%d assignments, want 1 for a feature list", len(res.GetAssignments()))
 	}
-	if as[0].GetId() != fx.KnownID || !as[0].GetFound() {
-		t.Errorf("assignment 0 = {id %q, found %v}, want {%q, true}", as[0].GetId(), as[0].GetFound(), fx.KnownID)
+	got := res.GetAssignments()[0]
+	if got.GetId() != "" || !got.GetFound() {
+		t.Errorf("feature-list assignment = {id %q, found %v}, want {\"\", true}", got.GetId(), got.GetFound())
 	}
-	if as[1].GetId() != fx.UnknownID || as[1].GetFound() {
-		t.Errorf("assignment 1 = {id %q, found %v}, want {%q, false}", as[1].GetId(), as[1].GetFound(), fx.UnknownID)
-	}
+	checkAssignment(t, fx, "features", got, f.Members, f.PrimarySegment)
 }
 
 func TestDeadline(t *testing.T) {

@@ -166,12 +166,16 @@ export class SegsrvClient {
     return this.unary(this.stub.predict, PredictRequest.fromPartial(this.withSnapshot(req)));
   }
 
-  /** The catalog segments of each id (UNIMPLEMENTED until the assign engine lands). */
-  assign(universe: string, ids: string[], includePropensities = false): Promise<AssignResponse> {
-    const req = AssignRequest.fromPartial(
-      this.withSnapshot<Partial<AssignRequest>>({ universe, ids, includePropensities }),
-    );
-    return this.unary(this.stub.assign, req);
+  /**
+   * The catalog segments of each id, in order: unknown ids come back with found = false (they
+   * never fail the batch); each found one lists every segment with member flag, size and share.
+   */
+  assign(universe: string, ids: string[], includePropensities?: boolean): Promise<AssignResponse>;
+  /** Assign with a full request (e.g. `features` of a new customer instead of ids). */
+  assign(request: Partial<AssignRequest>): Promise<AssignResponse>;
+  assign(a: string | Partial<AssignRequest>, ids: string[] = [], includePropensities = false): Promise<AssignResponse> {
+    const req = typeof a === "string" ? { universe: a, ids, includePropensities } : a;
+    return this.unary(this.stub.assign, AssignRequest.fromPartial(this.withSnapshot(req)));
   }
 
   /** Closes the channel (a withDeadline view leaves it open). */

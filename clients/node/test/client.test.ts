@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { RelateDirection, SegsrvClient, SegsrvError } from "../src";
+import { type Assignment, type AssignResponse, RelateDirection, SegsrvClient, SegsrvError } from "../src";
 
 interface Fixture {
   snapshot: string;
@@ -22,6 +22,12 @@ interface Fixture {
     hits: { value: string; support: number; feature_count: number; lift: number }[];
   };
   predict: { target_field: string; values: string[] };
+  assign: {
+    segments: { name: string; priority: number; size: number }[];
+    ids: string[];
+    assignments: { id: string; found: boolean; members: string[]; primary_segment: string }[];
+    features: { terms: { field: string; value: string }[]; members: string[]; primary_segment: string };
+  };
 }
 
 const ADDR = process.env.SEGSRV_ADDR ?? "";
@@ -156,23 +162,60 @@ describe("Errors", () => {
   });
 });
 
+// One assignment of a found customer against the fixture: every catalog segment listed once with
+// its size, share (size / n_customers) and priority; the member set; the primary segment.
+function assertAssignment(what: string, got: Assignment, members: string[], primary: string): void {
+  const want = new Map(fixture.assign.segments.map((s) => [s.name, s]));
+  const listed = got.segments.map((m) => m.segment);
+  assert.deepEqual([...listed].sort(), [...want.keys()].sort(), `${what}: every catalog segment once`);
+  for (const m of got.segments) {
+    const s = want.get(m.segment)!;
+    assert.equal(m.segmentSize, s.size, `${what}: size of ${m.segment}`);
+    assertRelClose(s.size / fixture.n_customers, m.share, `${what}: share of ${m.segment}`);
+    assert.equal(m.priority, s.priority, `${what}: priority of ${m.segment}`);
+  }
+  const gotMembers = got.segments.filter((m) => m.member).map((m) => m.segment).sort();
+  assert.deepEqual(gotMembers, [...members].sort(), `${what}: members`);
+  assert.equal(got.primarySegment, primary, `${what}: primary segment`);
+}
+
 describe("Assign", () => {
-  it("known id found, unknown id not found (skipped while UNIMPLEMENTED)", { skip }, async (t) => {
-    let r;
-    try {
-      r = await client.assign(universe, [fixture.known_id, fixture.unknown_id]);
-    } catch (e) {
-      if (e instanceof SegsrvError && e.code === status.UNIMPLEMENTED) {
-        t.skip(`Assign is UNIMPLEMENTED on this server: ${e.details}`);
+  const a = fixture.assign;
+  // one call for the whole batch (the unknown id included), shared by the tests below; any error,
+  // UNIMPLEMENTED included, fails them
+  let batch: Promise<AssignResponse> | undefined;
+  const answer = () => (batch ??= client.assign(universe, a.ids));
+
+  it("answers the batch with one assignment per id, in order", { skip }, async () => {
+    const r = await answer();
+    assert.equal(r.universe, universe);
+    assert.deepEqual(
+      r.assignments.map((x) => x.id),
+      a.ids,
+    );
+  });
+  for (const [i, want] of a.assignments.entries()) {
+    it(`${want.id}: found ${want.found}, members [${want.members}], primary '${want.primary_segment}'`, { skip }, async () => {
+      const got = (await answer()).assignments[i];
+      assert.ok(got, `no assignment ${i}`);
+      assert.equal(got.id, want.id);
+      assert.equal(got.found, want.found, `${want.id}: found`);
+      if (!want.found) {
+        assert.equal(got.segments.length, 0, `${want.id}: segments of an unknown id`);
+        assert.equal(got.primarySegment, "", `${want.id}: primary of an unknown id`);
         return;
       }
-      throw e;
-    }
-    assert.equal(r.assignments.length, 2);
-    assert.equal(r.assignments[0].id, fixture.known_id);
-    assert.equal(r.assignments[0].found, true, `${fixture.known_id} not found`);
-    assert.equal(r.assignments[1].id, fixture.unknown_id);
-    assert.equal(r.assignments[1].found, false, `${fixture.unknown_id} found`);
+      assertAssignment(want.id, got, want.members, want.primary_segment);
+    });
+  }
+  it("a new customer given by features", { skip }, async () => {
+    const f = a.features;
+    const r = await client.assign({ universe, features: f.terms });
+    assert.equal(r.assignments.length, 1, "one assignment for a feature list");
+    const got = r.assignments[0];
+    assert.equal(got.id, "");
+    assert.equal(got.found, true, "a feature-list customer is found");
+    assertAssignment("features", got, f.members, f.primary_segment);
   });
 });
 

@@ -202,7 +202,10 @@ public final class SegsrvClient implements AutoCloseable {
 
   // ---- Assign ----
 
-  /** The catalog segments of each id (UNIMPLEMENTED until the assign engine lands). */
+  /**
+   * The catalog segments of each id, in order: unknown ids come back with found = false (they
+   * never fail the batch); each found one lists every segment with member flag, size and share.
+   */
   public AssignResponse assign(String universe, List<String> ids, boolean includePropensities) {
     return assign(
         AssignRequest.newBuilder()
@@ -212,7 +215,7 @@ public final class SegsrvClient implements AutoCloseable {
             .build());
   }
 
-  /** Assign with a full request. */
+  /** Assign with a full request (e.g. the features of a new customer instead of ids). */
   public AssignResponse assign(AssignRequest request) {
     AssignRequest r =
         request.hasSnapshot() ? request : request.toBuilder().setSnapshot(snapshot).build();

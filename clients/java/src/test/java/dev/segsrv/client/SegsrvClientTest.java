@@ -8,10 +8,13 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import static org.junit.jupiter.api.DynamicTest.dynamicTest;
 
+import com.google.gson.JsonArray;
 import com.google.gson.JsonElement;
 import com.google.gson.JsonObject;
 import com.google.gson.JsonParser;
+import dev.segsrv.v1.AssignRequest;
 import dev.segsrv.v1.AssignResponse;
+import dev.segsrv.v1.Assignment;
 import dev.segsrv.v1.Condition;
 import dev.segsrv.v1.CountResponse;
 import dev.segsrv.v1.ExplanationFactor;
@@ -20,7 +23,9 @@ import dev.segsrv.v1.PredictResponse;
 import dev.segsrv.v1.RelateDirection;
 import dev.segsrv.v1.RelateHit;
 import dev.segsrv.v1.RelateResponse;
+import dev.segsrv.v1.SegmentMembership;
 import dev.segsrv.v1.TargetProbability;
+import dev.segsrv.v1.Term;
 import dev.segsrv.v1.UniverseInfo;
 import io.grpc.Status;
 import java.io.IOException;
@@ -36,7 +41,6 @@ import java.util.Set;
 import java.util.TreeSet;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.DisplayName;
@@ -243,25 +247,104 @@ class SegsrvClientTest {
     assertEquals(fixture.get("n_customers").getAsLong(), client.count(universe, null).getCount());
   }
 
-  @Test
-  @DisplayName("Assign: known id found, unknown id not found (skipped while UNIMPLEMENTED)")
-  void assign() {
-    String known = fixture.get("known_id").getAsString();
-    String unknown = fixture.get("unknown_id").getAsString();
-    AssignResponse r;
-    try {
-      r = client.assign(universe, List.of(known, unknown), false);
-    } catch (SegsrvException e) {
-      if (e.code() == Status.Code.UNIMPLEMENTED) {
-        Assumptions.abort("Assign is UNIMPLEMENTED on this server: " + e.statusMessage());
+  /**
+   * Compares one assignment of a found customer with the fixture: every catalog segment listed
+   * once with its size, share (size / n_customers) and priority; the member set; the primary
+   * segment.
+   */
+  private static void assertAssignment(
+      String what, Assignment got, Set<String> members, String primary) {
+    JsonObject a = fixture.getAsJsonObject("assign");
+    long n = fixture.get("n_customers").getAsLong();
+    Map<String, JsonObject> segments = new HashMap<>();
+    a.getAsJsonArray("segments")
+        .forEach(e -> segments.put(e.getAsJsonObject().get("name").getAsString(), e.getAsJsonObject()));
+    Set<String> listed = new TreeSet<>();
+    Set<String> gotMembers = new TreeSet<>();
+    for (SegmentMembership m : got.getSegmentsList()) {
+      JsonObject want = segments.get(m.getSegment());
+      assertNotNull(want, what + ": unexpected segment " + m.getSegment());
+      assertTrue(listed.add(m.getSegment()), what + ": segment " + m.getSegment() + " listed twice");
+      long size = want.get("size").getAsLong();
+      assertEquals(size, m.getSegmentSize(), what + ": size of " + m.getSegment());
+      assertRelClose((double) size / n, m.getShare(), what + ": share of " + m.getSegment());
+      assertEquals(want.get("priority").getAsInt(), m.getPriority(), what + ": priority of " + m.getSegment());
+      if (m.getMember()) {
+        gotMembers.add(m.getSegment());
       }
-      throw e;
     }
-    assertEquals(2, r.getAssignmentsCount());
-    assertEquals(known, r.getAssignments(0).getId());
-    assertTrue(r.getAssignments(0).getFound(), known + " not found");
-    assertEquals(unknown, r.getAssignments(1).getId());
-    assertFalse(r.getAssignments(1).getFound(), unknown + " found");
+    assertEquals(new TreeSet<>(segments.keySet()), listed, what + ": every catalog segment");
+    assertEquals(members, gotMembers, what + ": members");
+    assertEquals(primary, got.getPrimarySegment(), what + ": primary segment");
+  }
+
+  private static Set<String> strings(JsonElement array) {
+    Set<String> out = new TreeSet<>();
+    array.getAsJsonArray().forEach(e -> out.add(e.getAsString()));
+    return out;
+  }
+
+  @TestFactory
+  @DisplayName("Assign a batch of ids (one unknown): found, members, primary segment, sizes")
+  Stream<DynamicTest> assign() {
+    JsonObject a = fixture.getAsJsonObject("assign");
+    assertNotNull(a, "the fixture has no assign section");
+    List<String> ids = new ArrayList<>();
+    a.getAsJsonArray("ids").forEach(e -> ids.add(e.getAsString()));
+    // one call for the whole batch; any error (UNIMPLEMENTED included) fails the test
+    AssignResponse r = client.assign(universe, ids, false);
+    List<DynamicTest> tests = new ArrayList<>();
+    tests.add(
+        dynamicTest(
+            "one assignment per id, in order",
+            () -> {
+              assertEquals(universe, r.getUniverse());
+              List<String> got = new ArrayList<>();
+              r.getAssignmentsList().forEach(x -> got.add(x.getId()));
+              assertEquals(ids, got);
+            }));
+    JsonArray want = a.getAsJsonArray("assignments");
+    for (int i = 0; i < want.size(); i++) {
+      int k = i;
+      JsonObject w = want.get(i).getAsJsonObject();
+      String id = w.get("id").getAsString();
+      tests.add(
+          dynamicTest(
+              id,
+              () -> {
+                assertTrue(k < r.getAssignmentsCount(), "no assignment " + k);
+                Assignment got = r.getAssignments(k);
+                assertEquals(id, got.getId());
+                assertEquals(w.get("found").getAsBoolean(), got.getFound(), id + ": found");
+                if (!got.getFound()) {
+                  assertEquals(0, got.getSegmentsCount(), id + ": segments of an unknown id");
+                  assertEquals("", got.getPrimarySegment(), id + ": primary of an unknown id");
+                  return;
+                }
+                assertAssignment(
+                    id, got, strings(w.get("members")), w.get("primary_segment").getAsString());
+              }));
+    }
+    return tests.stream();
+  }
+
+  @Test
+  @DisplayName("Assign a new customer given by features")
+  void assignFeatures() {
+    JsonObject f = fixture.getAsJsonObject("assign").getAsJsonObject("features");
+    AssignRequest.Builder req = AssignRequest.newBuilder().setUniverse(universe);
+    for (JsonElement e : f.getAsJsonArray("terms")) {
+      JsonObject t = e.getAsJsonObject();
+      req.addFeatures(
+          Term.newBuilder().setField(t.get("field").getAsString()).setValue(t.get("value").getAsString()));
+    }
+    AssignResponse r = client.assign(req.build());
+    assertEquals(1, r.getAssignmentsCount(), "one assignment for a feature list");
+    Assignment got = r.getAssignments(0);
+    assertEquals("", got.getId());
+    assertTrue(got.getFound(), "a feature-list customer is found");
+    assertAssignment(
+        "features", got, strings(f.get("members")), f.get("primary_segment").getAsString());
   }
 
   @Test
