@@ -112,7 +112,10 @@ def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petn
                 stub = segsrv_pb2_grpc.SegmentationServiceStub(channel)
                 while not stop.is_set():
                     try:
-                        got = stub.Count(pb.CountRequest(universe="customers"), timeout=20)
+                        # wait_for_ready: a call made while this channel reconnects (its worker was just
+                        # killed) waits for a live worker instead of failing fast; only calls already in
+                        # flight on the killed worker can fail (docs/server.md, multi-process mode)
+                        got = stub.Count(pb.CountRequest(universe="customers"), timeout=20, wait_for_ready=True)
                         outcome = "ok" if got.row_count == 3000 else "wrong"
                     except grpc.RpcError as exc:
                         outcome = exc.code().name
