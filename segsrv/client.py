@@ -39,6 +39,7 @@ from .v1 import segsrv_pb2_grpc as pb_grpc
 __all__ = ["SegsrvClient", "SegsrvRpcError", "ScoreStream", "ExportStream"]
 
 _UNSET = object()
+DEFAULT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 # the engine's order names -> RelateOrder ("p", P(feature | condition), is RELATE_ORDER_CONFIDENCE)
 _ORDER_PROTO_NAMES = {"p": "confidence"}
@@ -115,6 +116,7 @@ class SegsrvClient:
     timeout     per-call deadline in seconds (None: no deadline); each method takes timeout= too
     snapshot    snapshot name sent with every request ("" : the server's only snapshot)
     version     snapshot version to pin ("" : the version the server currently serves)
+    channel_options  grpc channel options; grpc.max_receive_message_length defaults to 64 MiB
     """
 
     def __init__(self, address: str, *, timeout: float | None = 10.0, snapshot: str = "", version: str = "",
@@ -123,7 +125,11 @@ class SegsrvClient:
         self.timeout = timeout
         self.snapshot = snapshot or ""
         self.version = version or ""
-        self._channel = grpc.insecure_channel(address, options=list(channel_options or []))
+        # answers can be large (a 10,000-id Assign with propensities, a 10,000-hit Relate): accept up to
+        # 64 MiB unless the caller says otherwise (gRPC's own default is 4 MiB)
+        options = dict(channel_options or [])
+        options.setdefault("grpc.max_receive_message_length", DEFAULT_MAX_RECEIVE_BYTES)
+        self._channel = grpc.insecure_channel(address, options=list(options.items()))
         self._stub = pb_grpc.SegmentationServiceStub(self._channel)
 
     # --- lifecycle -----------------------------------------------------------

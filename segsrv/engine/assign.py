@@ -22,10 +22,12 @@ per snapshot version and segment (one AND-count pass over every feature) and cac
 The universe defaults to the snapshot's only universe, or else to the one universe all
 catalog segments are defined over.
 
-Ranking: member segments first, by priority (descending), then lift (1 / share:
-smaller segments say more), then name; then non-member segments by propensity
-(descending; by size when propensities are not requested). The primary segment is the
-first member segment.
+Answer and ranking: the member segments, by priority (descending), then lift (1 / share:
+smaller segments say more), then name; the primary segment is the first of them. With
+``include_propensities`` the other segments follow, by propensity (descending), then size,
+then name; without it they are left out (a batch answer stays proportional to the
+memberships, not to customers x catalog size). Member segments are shared (immutable)
+Membership objects.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class AssignQuery:
     max_p_value: float = DEFAULT_MAX_P_VALUE
 
 
-@dataclass
+@dataclass(frozen=True)
 class Membership:
     segment: str
     member: bool
@@ -80,7 +82,9 @@ class Membership:
 class Assignment:
     id: object  # external id, or None for a feature-list customer
     found: bool
-    segments: list[Membership]  # ranked (see module docstring); empty when not found
+    # ranked (see module docstring): the member segments; with include_propensities also every other
+    # segment with its propensity; empty when not found
+    segments: list[Membership]
     primary_segment: str | None
 
 
@@ -391,6 +395,17 @@ def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
             else:
                 logits = (log_base + W[:, fids_of].sum(axis=1))[None, :]
             prop[i] = softmax(logits)[:, 0]
+    # ranking keys are per segment, so the orders are computed once, not per customer
+    segs = cat.segments
+    member_order = np.array(sorted(range(len(segs)), key=lambda i: (-segs[i].priority, segs[i].share,
+                                                                    segs[i].name)), dtype=np.int64)
+    size_order = np.array(sorted(range(len(segs)), key=lambda i: (-segs[i].size, segs[i].name)), dtype=np.int64)
+    if prop is not None and presence.n:
+        # non-members by propensity (descending), ties by size then name: a stable sort of the
+        # size-ordered rows; members sort last and are skipped
+        keyed = np.where(member[size_order], np.inf, -prop[size_order])
+        other_order = size_order[np.argsort(keyed, axis=0, kind="stable")]  # [S, n]
+    templates = [Membership(sg.name, True, sg.size, sg.share, sg.priority, None) for sg in segs]
     out: list[Assignment] = []
     j = 0
     for k in range(len(found)):
@@ -398,15 +413,16 @@ def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
         if not found[k]:
             out.append(Assignment(ident, False, [], None))
             continue
-        ms = []
-        for i, seg in enumerate(cat.segments):
-            is_member = bool(member[i, j])
-            ms.append(Membership(seg.name, is_member, seg.size, seg.share, seg.priority,
-                                 None if (is_member or prop is None) else float(prop[i, j])))
+        col = member[:, j]
+        ms = [templates[i] for i in member_order[col[member_order]].tolist()]
+        primary = ms[0].segment if ms else None
+        if prop is not None:
+            for i in other_order[:, j].tolist():
+                if col[i]:
+                    break  # members sorted last
+                sg = segs[i]
+                ms.append(Membership(sg.name, False, sg.size, sg.share, sg.priority, float(prop[i, j])))
         j += 1
-        members = sorted((m for m in ms if m.member), key=lambda m: (-m.priority, m.share, m.segment))
-        others = sorted((m for m in ms if not m.member),
-                        key=lambda m: (-(m.propensity or 0.0), -m.segment_size, m.segment))
-        out.append(Assignment(ident, True, members + others, members[0].segment if members else None))
+        out.append(Assignment(ident, True, ms, primary))
     return AssignResult(snapshot.name, snapshot.version, u.name, len(cat.segments), out,
                         (time.perf_counter() - t0) * 1e3)

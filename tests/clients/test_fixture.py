@@ -123,7 +123,7 @@ def test_assign_fixture_matches_the_engine(computed, petnord_root, tmp_path):
     apply_segments(root / "petnord", CATALOG)
     snap = open_snapshot(root / "petnord")
     a = computed["assign"]
-    res = assign(snap, AssignQuery(universe=computed["universe"], ids=a["ids"]))
+    res = assign(snap, AssignQuery(universe=computed["universe"], ids=a["ids"], include_propensities=True))
     assert [x.id for x in res.assignments] == a["ids"]
     for got, want in zip(res.assignments, a["assignments"]):
         assert got.found == want["found"], want["id"]
@@ -133,7 +133,7 @@ def test_assign_fixture_matches_the_engine(computed, petnord_root, tmp_path):
             assert {m.segment: (m.segment_size, m.priority) for m in got.segments} == {
                 s["name"]: (s["size"], s["priority"]) for s in a["segments"]}
     f = a["features"]
-    res = assign(snap, AssignQuery(universe=computed["universe"],
+    res = assign(snap, AssignQuery(universe=computed["universe"], include_propensities=True,
                                    features=[(t["field"], t["value"]) for t in f["terms"]]))
     (got,) = res.assignments
     assert got.found

@@ -67,6 +67,7 @@ def test_assign_by_id_equals_whole_universe_evaluation(snap, truth, oracle):
         assert a.found and a.id == ids[row]
         members = {m.segment for m in a.segments if m.member}
         assert members == {n for n in CATALOG if truth[n][row]}, a.id
+        assert all(m.member for m in a.segments)  # without propensities only member segments are listed
         assert [m.segment for m in a.segments[: len(members)]] == sorted(
             members, key=lambda n: (-CATALOG[n].get("priority", 0), truth[n].sum(), n))
         assert a.primary_segment == (a.segments[0].segment if members else None)

@@ -178,7 +178,7 @@ def test_segment_sizes_and_value_counts(stub):
     segs = {s.name: s for s in stub.ListSegments(pb.ListSegmentsRequest(), timeout=30).segments}
     assert segs["tiny"].size == 0 and segs["tiny"].share == 0.0
     assert segs["churners"].size == 1092
-    a = stub.Assign(pb.AssignRequest(ids=["CUST-00001"]), timeout=30).assignments[0]
+    a = stub.Assign(pb.AssignRequest(ids=["CUST-00001"], include_propensities=True), timeout=30).assignments[0]
     sizes = {m.segment: m.segment_size for m in a.segments}
     assert sizes["tiny"] == 0 and sizes["churners"] == 1092
     info = stub.GetSnapshotInfo(pb.GetSnapshotInfoRequest(include_values=True), timeout=30)

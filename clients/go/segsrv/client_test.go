@@ -391,7 +391,7 @@ func TestAssign(t *testing.T) {
 	if len(fx.Assign.IDs) == 0 {
 		t.Fatal("the fixture has no assign section")
 	}
-	res, err := c.Assign(context.Background(), &pb.AssignRequest{Universe: fx.Universe, Ids: fx.Assign.IDs})
+	res, err := c.Assign(context.Background(), &pb.AssignRequest{Universe: fx.Universe, Ids: fx.Assign.IDs, IncludePropensities: true})
 	if err != nil {
 		t.Fatal(err) // UNIMPLEMENTED included: the server has Assign
 	}
@@ -424,7 +424,7 @@ func TestAssignFeatures(t *testing.T) {
 	if len(f.Terms) == 0 {
 		t.Fatal("the fixture has no assign.features")
 	}
-	req := &pb.AssignRequest{Universe: fx.Universe}
+	req := &pb.AssignRequest{Universe: fx.Universe, IncludePropensities: true}
 	for _, term := range f.Terms {
 		req.Features = append(req.Features, &pb.Term{Field: term.Field, Value: term.Value})
 	}

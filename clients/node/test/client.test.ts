@@ -184,7 +184,7 @@ describe("Assign", () => {
   // one call for the whole batch (the unknown id included), shared by the tests below; any error,
   // UNIMPLEMENTED included, fails them
   let batch: Promise<AssignResponse> | undefined;
-  const answer = () => (batch ??= client.assign(universe, a.ids));
+  const answer = () => (batch ??= client.assign(universe, a.ids, true));
 
   it("answers the batch with one assignment per id, in order", { skip }, async () => {
     const r = await answer();
@@ -210,7 +210,7 @@ describe("Assign", () => {
   }
   it("a new customer given by features", { skip }, async () => {
     const f = a.features;
-    const r = await client.assign({ universe, features: f.terms });
+    const r = await client.assign({ universe, features: f.terms, includePropensities: true });
     assert.equal(r.assignments.length, 1, "one assignment for a feature list");
     const got = r.assignments[0];
     assert.equal(got.id, "");

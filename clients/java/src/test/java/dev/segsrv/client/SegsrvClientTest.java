@@ -292,7 +292,7 @@ class SegsrvClientTest {
     List<String> ids = new ArrayList<>();
     a.getAsJsonArray("ids").forEach(e -> ids.add(e.getAsString()));
     // one call for the whole batch; any error (UNIMPLEMENTED included) fails the test
-    AssignResponse r = client.assign(universe, ids, false);
+    AssignResponse r = client.assign(universe, ids, true); // with propensities: every catalog segment is listed
     List<DynamicTest> tests = new ArrayList<>();
     tests.add(
         dynamicTest(
@@ -332,7 +332,7 @@ class SegsrvClientTest {
   @DisplayName("Assign a new customer given by features")
   void assignFeatures() {
     JsonObject f = fixture.getAsJsonObject("assign").getAsJsonObject("features");
-    AssignRequest.Builder req = AssignRequest.newBuilder().setUniverse(universe);
+    AssignRequest.Builder req = AssignRequest.newBuilder().setUniverse(universe).setIncludePropensities(true);
     for (JsonElement e : f.getAsJsonArray("terms")) {
       JsonObject t = e.getAsJsonObject();
       req.addFeatures(
