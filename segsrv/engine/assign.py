@@ -44,6 +44,7 @@ from .. import _kernels
 from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownSegmentError
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
+from . import cancel
 from .conditions import (All, And, AnyOf, Condition, Evaluator, Not, Or, Range, SegmentRef, Term,
                          condition_fields, parse_where)
 from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, _g_test_p, class_log_scores, softmax
@@ -389,6 +390,7 @@ def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
     if query.include_propensities and cat.segments and presence.n:
         prop = np.zeros((len(cat.segments), presence.n))
         for i in range(len(cat.segments)):
+            cancel.check()  # a first call fits one model per segment
             log_base, W = cat.model(i, float(a), float(max_p))
             if fids_of is None:
                 logits = class_log_scores(u, log_base, W, rows[found])

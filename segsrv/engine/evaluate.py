@@ -20,6 +20,7 @@ from .. import _kernels
 from ..errors import QueryError
 from ..snapshot.reader import Snapshot, Universe
 from .conditions import All, Condition, tail_mask
+from . import cancel
 from .predict import (
     DEFAULT_BULK_METHOD,
     DEFAULT_L2,
@@ -251,6 +252,7 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
                           max_correlation=query.max_correlation, method="conjunction")
         probs = np.empty((len(test_rows), K))
         for j, r in enumerate(test_rows.tolist()):
+            cancel.check()  # one full Predict per test row: stop when the caller is gone
             fids = row_features(u, r)
             fids = np.sort(fids[ev_mask[fids]])
             base, factors = _question(u, t.S, t.n_S, classes, p0, fids, pq)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _kernels
+from . import cancel
 from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownIdError
 from ..snapshot.reader import FieldInfo, Snapshot, Universe
 from ..snapshot.spec import suggest
@@ -624,6 +625,7 @@ def fit_logistic(X, y: np.ndarray, K: int, l2: float, max_iter: int = LOGISTIC_M
         rate = (yb.sum() + 0.5) / (n + 1.0)
 
         def fg(theta):
+            cancel.check()  # one pass over the rows per evaluation: stop when the caller is gone
             w, b = theta[:F], theta[F]
             z = X @ w + b
             loss = np.logaddexp(0.0, z).sum() - float(z @ yb) + 0.5 * l2 * float(w @ w)
@@ -643,6 +645,7 @@ def fit_logistic(X, y: np.ndarray, K: int, l2: float, max_iter: int = LOGISTIC_M
     counts = Y.sum(axis=0)
 
     def fg(theta):
+        cancel.check()
         W = theta[: K * F].reshape(K, F)
         b = theta[K * F:]
         Z = (X @ W.T) + b[None, :]

@@ -13,7 +13,7 @@ from typing import Callable
 
 import grpc
 
-from ..engine import privacy
+from ..engine import cancel, privacy
 from ..engine.assign import assign
 from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..engine.conditions import SegmentRef, parse_where
@@ -64,7 +64,8 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
     def _call(self, context, method: str, paths: RequestPaths, body: Callable[[float], object]):
         t0 = time.perf_counter()
         try:
-            return body(t0)
+            with cancel.checking(lambda: check_active(context)):  # long engine loops stop for a gone caller
+                return body(t0)
         except Exception as exc:  # noqa: BLE001 - every exception becomes a status (INTERNAL if unknown)
             errors.abort(context, exc, paths.locate, method)
 
@@ -164,7 +165,8 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
             query = convert.score_query_from_proto(request, paths, self.max_target_values)
             snap = self._resolve(request.snapshot)
             check_active(context)
-            result = score_segment(snap, query)
+            with cancel.checking(lambda: check_active(context)):
+                result = score_segment(snap, query)
             privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
             universe = snap.universe(result.universe)
             for start in range(0, len(result.rows), chunk):
@@ -226,7 +228,8 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
             query = convert.export_query_from_proto(request, paths, self.max_target_values)
             snap = self._resolve(request.snapshot)
             check_active(context)
-            result = export_members(snap, query)
+            with cancel.checking(lambda: check_active(context)):
+                result = export_members(snap, query)
             privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
             check_active(context)
             yield convert.export_total_to_proto(result, convert.response_info(snap, t0))

@@ -281,7 +281,10 @@ class _FakeContext:
 def test_score_segment_stops_between_chunks(petnord_root, cancelled, code):
     servicer = SegmentationServiceServicer(SnapshotRegistry(petnord_root))
     ctx = _FakeContext(active=4, cancelled=cancelled)  # 1 check before scoring, then one per chunk
-    req = pb.ScoreSegmentRequest(universe="customers", target_field="churned", target_value="true", chunk_size=10)
+    # factorized: no fit, so the only checks are the ones between steps and chunks (a logistic fit also
+    # checks once per pass over the rows: tests/engine/test_cancel.py)
+    req = pb.ScoreSegmentRequest(universe="customers", target_field="churned", target_value="true", chunk_size=10,
+                                 method=pb.PREDICT_METHOD_FACTORIZED)
     got = []
     with pytest.raises(_Aborted):
         for msg in servicer.ScoreSegment(req, ctx):

@@ -1,0 +1,103 @@
+"""Cooperative cancellation: long engine work stops at the next check once the caller is gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from segsrv.engine import cancel
+from segsrv.engine.evaluate import EvaluateQuery, evaluate
+from segsrv.engine.predict import _LOGISTIC_CACHE, PredictQuery, predict
+
+U = "customers"
+
+
+class Gone(Exception):
+    pass
+
+
+def test_check_is_a_no_op_outside_a_call():
+    cancel.check()  # nothing installed: nothing happens
+
+
+def test_logistic_fit_stops_at_the_next_pass(petnord_snapshot):
+    _LOGISTIC_CACHE.clear()
+    calls = []
+
+    def raise_on_third():
+        calls.append(1)
+        if len(calls) >= 3:
+            raise Gone()
+
+    with cancel.checking(raise_on_third), pytest.raises(Gone):
+        predict(petnord_snapshot, PredictQuery(target="segment", universe=U, row_id="CUST-00001", method="logistic",
+                                               l2=0.37))  # an l2 no other test fits: not cached
+    assert len(calls) == 3
+    cancel.check()  # the check is uninstalled again
+
+
+def test_conjunction_evaluate_stops(petnord_snapshot):
+    calls = []
+
+    def raise_on_fifth():
+        calls.append(1)
+        if len(calls) >= 5:
+            raise Gone()
+
+    with cancel.checking(raise_on_fifth), pytest.raises(Gone):
+        evaluate(petnord_snapshot, EvaluateQuery(target="churned", universe=U, method="conjunction"))
+    assert len(calls) == 5
+
+
+def test_grpc_deadline_stops_the_fit(petnord_root, monkeypatch):
+    """Evaluate (logistic, a 5-class target) with a short deadline: DEADLINE_EXCEEDED, and the server's
+    fit stops at its next pass instead of running on for nobody."""
+    from segsrv.server.app import create_server
+    from segsrv.v1 import segsrv_pb2 as pb
+    from segsrv.v1 import segsrv_pb2_grpc as pb_grpc
+
+    _LOGISTIC_CACHE.clear()
+    last_check = {"t": 0.0, "n": 0}
+    real_check = cancel.check
+
+    def spy():
+        last_check["t"], last_check["n"] = time.monotonic(), last_check["n"] + 1
+        real_check()
+
+    monkeypatch.setattr(cancel, "check", spy)
+    server, port = create_server(petnord_root, host="127.0.0.1", port=0, privacy_k=0)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.SegmentationServiceStub(ch)
+            req = pb.EvaluateRequest(universe=U, target_field="segment", method=pb.PREDICT_METHOD_LOGISTIC)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Evaluate(req, timeout=0.3)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # the server notices at its next check and stops: no more checks soon after
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                n = last_check["n"]
+                time.sleep(1.0)
+                if last_check["n"] == n:
+                    break
+            assert last_check["n"] > 0, "the fit never checked for cancellation"
+            assert last_check["n"] == n, "the fit kept running after the deadline"
+            assert time.monotonic() - t0 < 30
+            # the server is fine afterwards
+            assert stub.Count(pb.CountRequest(universe=U), timeout=10).count == 3000
+        # and it stopped early: the same Evaluate run to the end checks many more times
+        interrupted = last_check["n"]
+        _LOGISTIC_CACHE.clear()
+        last_check["n"] = 0
+        from segsrv.snapshot.reader import open_snapshot
+
+        with cancel.checking(lambda: None):
+            evaluate(open_snapshot(petnord_root), EvaluateQuery(target="segment", universe=U))
+        assert interrupted < last_check["n"] / 2, (interrupted, last_check["n"])
+    finally:
+        server.stop(0)
