@@ -32,7 +32,12 @@ Steps:
  6. Memory: a sampler thread reads the server's RSS every --interval s (psutil; with --workers the
     supervisor plus every worker: file pages shared by workers are then counted once per worker)
     from start to stop, with RssAnon / RssFile from /proc/PID/status (heap vs mapped snapshot
-    pages), threads, open files, the server's CPU and the machine's load average.
+    pages), threads and open files; and, to tell the server's behaviour from a noisy machine: the
+    CPU of the server, of the load generator and of every other process (the three busiest named),
+    the machine's busy and steal time, CPU pressure (/proc/pressure/cpu) and load average, and a
+    speed probe (CPU time of a fixed Python loop and of a numpy pass over 32 MB: constant unless
+    the core itself gets slower). Per window the server's CPU per handled call is derived from its
+    CPU time and the access log (the server log is digested into OUT/server-events.log).
 
 Verdicts (soak phase only): zero errors; RSS growth < 5 % from the first sample at or after
 --memory-warmup s (default 120: the snapshot's pages fault in as new requests touch them) to the
@@ -118,6 +123,16 @@ def pin_root(root: Path) -> tuple[Path | None, dict]:
         log(f"cannot pin {root} with hard links ({exc}); serving the shared root")
         shutil.rmtree(tmp, ignore_errors=True)
         return None, {}
+
+
+def git_state() -> dict:
+    """The commit the server runs and whether its code (segsrv/) differs from it."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return {"head": git("rev-parse", "HEAD"), "segsrv_dirty": bool(git("status", "--porcelain", "--", "segsrv"))}
 
 
 # --- server --------------------------------------------------------------------------------------
@@ -244,6 +259,31 @@ def _psi_cpu_some_avg10() -> float | None:
     return None
 
 
+_PROBE_ARRAY = None
+
+
+def speed_probe() -> dict:
+    """CPU time (this thread's, ms) of a fixed piece of work: pure Python, and a numpy pass over 32 MB.
+    On an otherwise idle core these are constant; when they rise, the same work costs more CPU time
+    (a slower or shared core: host contention, frequency, caches, memory bandwidth), which steal time
+    and the guest's own CPU accounting do not show."""
+    global _PROBE_ARRAY
+    if _PROBE_ARRAY is None:
+        _PROBE_ARRAY = np.random.default_rng(0).random(4_000_000)
+    py, mem = [], []
+    for _ in range(3):
+        t0 = time.thread_time()
+        x = 0
+        for i in range(100_000):
+            x += i * i
+        t1 = time.thread_time()
+        float(_PROBE_ARRAY.sum())
+        t2 = time.thread_time()
+        py.append(t1 - t0)
+        mem.append(t2 - t1)
+    return {"probe_py_ms": round(min(py) * 1e3, 3), "probe_mem_ms": round(min(mem) * 1e3, 3)}
+
+
 class Sampler(threading.Thread):
     """Every `interval` s: RSS of the server process and its children, and context (the server's CPU,
     the load generator's, the machine's, CPU pressure, and the other processes using the most CPU)."""
@@ -346,6 +386,7 @@ class Sampler(threading.Thread):
                     rec["top_others"].append({"pid": pid, "cores": round(d / dt, 3), "cmd": cmd})
         self._last = (now, cpu, client_cpu, mt)
         self._last_other = {pid: c for pid, (c, _p) in others.items()}
+        rec.update(speed_probe())
         self.samples.append(rec)
 
     def run(self) -> None:
@@ -607,6 +648,13 @@ def plot(doc: dict, path: Path) -> None:
     ax_c.plot(t, [x.get("machine_busy_cores") for x in rss], "-", color="k", lw=0.8, label="machine busy")
     ax_c.plot(t, [x["loadavg1"] for x in rss], "--", color="C7", lw=0.8, label="load average (1 min)")
     ax_c.axhline(doc["cpu_count"], color="k", ls=":", lw=0.8)
+    for key, color, name in (("probe_py_ms", "C8", "Python"), ("probe_mem_ms", "C2", "numpy 32 MB")):
+        vals = [x.get(key) for x in rss]
+        ref = [v for v in vals if v]
+        if ref:
+            med = float(np.median(ref))
+            ax_c.plot(t, [v / med if v else None for v in vals], ":", color=color, lw=1.2,
+                      label=f"CPU time of a fixed {name} probe / its median")
     ax_c.set_ylabel("cores / load")
     ax_c.set_xlabel("seconds since the soak started (negative: start-up and max-throughput run)")
     ax_c.grid(True, alpha=0.3)
@@ -735,7 +783,8 @@ def main(argv=None) -> int:
     t_start = time.time()
     doc: dict = {"schema": "segsrv.bench.soak/v1", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "root": str(root), "served_root": "private hard-linked copy of " + str(root) if pinned else str(root),
-                 "pinned_versions": versions, "cpu_count": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
+                 "pinned_versions": versions, "cpu_count": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
+                 "git": git_state()}
     try:
         log(f"serving {serve_root}" + (f" (pinned {versions} of {root})" if pinned else ""))
         ready_s = server.start()
@@ -809,6 +858,7 @@ def main(argv=None) -> int:
         if server.log_path.exists():
             shutil.copy(server.log_path, out / "server-failed.log")
             log(f"server log copied to {out / 'server-failed.log'}")
+        shutil.rmtree(tmpdir, ignore_errors=True)
         if isinstance(exc, KeyboardInterrupt):
             return 130
         import traceback
@@ -839,6 +889,24 @@ def main(argv=None) -> int:
 
     o = soak_rep["overall"]
     win = windows(soak_res, a.duration, a.window)
+    cum = [(x["t_s"], x["server_cpu_s"]) for x in series if x["phase"] in ("max", "soak", "soak-edge", "after")]
+    if len(cum) >= 2:
+        ct, cs = np.array([c[0] for c in cum]), np.array([c[1] for c in cum])
+        handled = doc["server"]["log"]["handler_ms_10s"]
+        for w in win:
+            if w["start_s"] < ct[0] or w["end_s"] > ct[-1]:
+                continue  # not covered by samples
+            cpu_s = float(np.interp(w["end_s"], ct, cs) - np.interp(w["start_s"], ct, cs))
+            calls = sum(n for tm, n in zip(handled["t_mid"], handled["calls"]) if w["start_s"] <= tm < w["end_s"])
+            w["server_cores"] = round(cpu_s / (w["end_s"] - w["start_s"]), 3)
+            w["server_calls_handled"] = calls
+            w["server_cpu_ms_per_handled_call"] = round(cpu_s / calls * 1e3, 2) if calls else None
+        probes = [x for x in series if x["phase"] == "soak" and x.get("probe_py_ms") is not None]
+        for w in win:
+            pw = [x for x in probes if w["start_s"] <= x["t_s"] < w["end_s"]]
+            if pw:
+                w["probe_py_ms"] = round(float(np.median([x["probe_py_ms"] for x in pw])), 3)
+                w["probe_mem_ms"] = round(float(np.median([x["probe_mem_ms"] for x in pw])), 3)
     doc["soak"] = {
         "duration_s": a.duration, "target_rps": target, "requests": o["requests"], "ok": o["ok"],
         "errors": o["errors"], "errors_by_code": o["errors_by_code"],
@@ -896,12 +964,18 @@ def summary(doc: dict) -> str:
         f"{s['errors_by_code'] or 0}; p50 {s['latency_ms']['p50']:.1f} ms, p99 {s['latency_ms']['p99']:.1f} ms, "
         f"max {s['latency_ms']['max']:.1f} ms; send lag p99 {(s['send_lag_ms'] or {}).get('p99')} ms",
         "",
-        "window     sent/s  done/s   ok/s     p50 ms     p90 ms     p99 ms     max ms  errors",
+        "window     sent/s  done/s   ok/s     p50 ms     p90 ms     p99 ms     max ms  in-flight  srv cores  "
+        "srv CPU ms/call  probe py/mem ms  errors",
     ]
+
+    def f(v, spec):
+        return format(v, spec) if v is not None else format("-", spec.split(".")[0].rstrip("f"))
     for w in s["windows"]:
         lines.append(f"{w['start_s']:4.0f}-{w['end_s']:<4.0f} {w['sent_rps']:7.2f} {w['completed_rps']:7.2f} "
                      f"{w['ok_completed_rps']:6.2f} {w['p50_ms']:10.1f} {w['p90_ms']:10.1f} {w['p99_ms']:10.1f} "
-                     f"{w['max_ms']:10.1f}  {w['errors_by_code'] or 0}")
+                     f"{w['max_ms']:10.1f} {f(w.get('max_in_flight'), '10d')} {f(w.get('server_cores'), '10.2f')} "
+                     f"{f(w.get('server_cpu_ms_per_handled_call'), '16.2f')} "
+                     f"{f(w.get('probe_py_ms'), '8.1f')}/{f(w.get('probe_mem_ms'), '<7.1f')}  {w['errors_by_code'] or 0}")
     ed = s.get("errors_detail") or {}
     if ed.get("seconds"):
         fl = ed["in_flight_at_send"]
