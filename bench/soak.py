@@ -16,7 +16,7 @@ Steps:
     server under test: a reload maps and checksums a whole new version, which would show up as
     a memory step that is not a leak. Falls back to the shared root if hard links fail.
  2. Server. `python -m segsrv serve --snapshots ROOT --host 127.0.0.1 --port P` (a free port;
-    otherwise the default flags: 8 handler threads, 64 concurrent RPCs, privacy floor k=10,
+    otherwise the default flags: 4 handler threads, 64 concurrent RPCs, privacy floor k=10,
     access log on; `--workers N` if given), stderr to a temporary log. Ready when the gRPC
     health check says SERVING.
  3. Mix. The harness's default scenario. If the snapshot has no segment catalog (ListSegments
@@ -793,7 +793,7 @@ def main(argv=None) -> int:
         sampler.start()
         doc["server"] = {"command": " ".join(server.cmd[1:]).replace(str(serve_root), "ROOT"), "pid": server.proc.pid,
                          "ready_s": round(ready_s, 2), "workers": a.workers,
-                         "settings": "defaults: 8 handler threads, 64 concurrent RPCs, kernel threads 1, "
+                         "settings": "defaults: 4 handler threads, 64 concurrent RPCs, kernel threads 1, "
                                      "privacy k=10, access log on, reload interval 1 s"}
 
         from clients.loadtest.gen import fetch_catalog

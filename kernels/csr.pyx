@@ -174,12 +174,16 @@ def csr_histogram(indptr, indices, rows, n_features, out=None, n_threads=None):
 
 
 cdef void _scores_range(const int64_t *indptr, int64_t n_rows, const uint32_t *indices,
-                        int64_t n_idx, const double *w, int64_t n_w, const uint32_t *rows,
-                        size_t lo_i, size_t hi_i, double *out, int64_t *err) noexcept nogil:
+                        int64_t n_idx, const double *w, int64_t n_w, int64_t n_cols,
+                        const uint32_t *rows, size_t lo_i, size_t hi_i, double *out,
+                        int64_t *err) noexcept nogil:
+    # w is [n_w, n_cols] row-major; out[i, c] sums w[f, c] over row i's features in index order
     cdef size_t i
-    cdef int64_t j, lo = 0, hi = 0, code, r
+    cdef int64_t j, lo = 0, hi = 0, code, r, c
     cdef uint32_t f
     cdef double s
+    cdef double *o
+    cdef const double *wf
     for i in range(lo_i, hi_i):
         r = rows[i] if rows != NULL else <int64_t>i
         code = _row_range(indptr, n_rows, n_idx, r, &lo, &hi)
@@ -187,47 +191,70 @@ cdef void _scores_range(const int64_t *indptr, int64_t n_rows, const uint32_t *i
             err[0] = code
             err[1] = <int64_t>i
             return
-        s = 0.0
+        if n_cols == 1:
+            s = 0.0
+            for j in range(lo, hi):
+                f = indices[j]
+                if f >= n_w:
+                    err[0] = _ERR_FEATURE
+                    err[1] = <int64_t>i
+                    return
+                s += w[f]
+            out[i] = s
+            continue
+        o = out + i * <size_t>n_cols
+        for c in range(n_cols):
+            o[c] = 0.0
         for j in range(lo, hi):
             f = indices[j]
             if f >= n_w:
                 err[0] = _ERR_FEATURE
                 err[1] = <int64_t>i
                 return
-            s += w[f]
-        out[i] = s
+            wf = w + <size_t>f * <size_t>n_cols
+            for c in range(n_cols):
+                o[c] += wf[c]
 
 
 cdef void _scores_part(int c, int nc, const int64_t *indptr, int64_t n_rows,
                        const uint32_t *indices, int64_t n_idx, const double *w, int64_t n_w,
-                       const uint32_t *rows, size_t k, double *out, int64_t *errs) noexcept nogil:
+                       int64_t n_cols, const uint32_t *rows, size_t k, double *out,
+                       int64_t *errs) noexcept nogil:
     cdef size_t lo = k * <size_t>c // <size_t>nc
     cdef size_t hi = k * <size_t>(c + 1) // <size_t>nc
-    _scores_range(indptr, n_rows, indices, n_idx, w, n_w, rows, lo, hi, out, errs + 2 * c)
+    _scores_range(indptr, n_rows, indices, n_idx, w, n_w, n_cols, rows, lo, hi, out, errs + 2 * c)
 
 
 def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None):
     """out[i] = sum of weights[f] over the features f of row rows[i] -> float64[k].
 
     indptr int64[n_rows+1], indices uint32, weights float64[n_features],
-    rows uint32 row ids (default: all rows).  Each row is summed sequentially
-    in index order, so results do not depend on the thread count.
+    rows uint32 row ids (default: all rows).  weights may also be a C-contiguous
+    float64[n_features, m] matrix of m weight vectors: then out is float64[k, m] and
+    out[i, c] sums weights[f, c] (m models scored in one pass over the rows).
+    Each row is summed sequentially in index order, so results do not depend on
+    the thread count.
     """
     n_rows = _check_indptr(indptr, indices)
-    _check(weights, "weights", np.float64, 1)
+    _check(weights, "weights", np.float64, None)
+    if weights.ndim not in (1, 2):
+        raise ValueError(f"weights must be 1-D or 2-D, got shape {weights.shape}")
     if rows is not None:
         _check(rows, "rows", np.uint32, 1)
         k = rows.shape[0]
     else:
         k = n_rows
-    out = _check_out(out, "out", np.float64, (k,))
+    n_cols = 1 if weights.ndim == 1 else weights.shape[1]
+    out = _check_out(out, "out", np.float64, (k,) if weights.ndim == 1 else (k, n_cols))
     if k == 0:
+        return out
+    if n_cols == 0:
         return out
     cdef const int64_t[::1] ipv = indptr
     cdef const uint32_t[::1] rv
     cdef const uint32_t[::1] iv
     cdef const double[::1] wv
-    cdef double[::1] ov = out
+    cdef double[::1] ov = out.reshape(-1)
     cdef uint32_t dummy = 0
     cdef double dummy_w = 0.0
     cdef const uint32_t *rp = NULL
@@ -239,14 +266,15 @@ def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None
     if indices.shape[0]:
         iv = indices
         ip = &iv[0]
-    if weights.shape[0]:
-        wv = weights
+    if weights.size:
+        wv = weights.reshape(-1)
         wp = &wv[0]
     cdef int64_t n_idx = indices.shape[0]
     cdef int64_t nr = n_rows
     cdef int64_t n_w = weights.shape[0]
+    cdef int64_t ncol = n_cols
     cdef size_t kk = k
-    cdef int nt = _pkg.resolve_threads(n_threads, <int64_t>kk * (n_idx // max(nr, 1) + 1))
+    cdef int nt = _pkg.resolve_threads(n_threads, <int64_t>kk * (n_idx // max(nr, 1) + 1) * ncol)
     # several chunks per thread (dynamic) to balance uneven row lengths
     cdef int nc = 1 if nt <= 1 else <int>min(<size_t>(8 * nt), kk)
     errs = np.zeros(2 * nc, dtype=np.int64)
@@ -257,10 +285,10 @@ def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None
     cdef int64_t *ep = &ev[0]
     with nogil:
         if nc <= 1:
-            _scores_range(ipp, nr, ip, n_idx, wp, n_w, rp, 0, kk, op, ep)
+            _scores_range(ipp, nr, ip, n_idx, wp, n_w, ncol, rp, 0, kk, op, ep)
         else:
             for c in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
-                _scores_part(c, nc, ipp, nr, ip, n_idx, wp, n_w, rp, kk, op, ep)
+                _scores_part(c, nc, ipp, nr, ip, n_idx, wp, n_w, ncol, rp, kk, op, ep)
     if errs.any():
         _raise_csr_error(errs, rows, nr, n_idx, n_w, what="len(weights)")
     return out

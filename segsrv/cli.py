@@ -371,7 +371,7 @@ def cmd_serve(args) -> int:
         grace_seconds=args.grace, max_workers=args.max_workers, max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_receive_message_bytes=int(args.max_message_mb * MIB), kernel_threads=args.kernel_threads,
         reload_interval=None if args.reload_interval == 0 else args.reload_interval,
-        keep_versions=args.keep_versions, privacy_k=args.privacy_k, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        keep_versions=args.keep_versions, warm=not args.no_warm, privacy_k=args.privacy_k, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, tokens=args.tokens, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, access_log=not args.no_access_log,
         keepalive=Keepalive(time=args.keepalive_time, timeout=args.keepalive_timeout,
@@ -516,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="server processes sharing the port (SO_REUSEPORT) under a supervisor that restarts "
                         "crashed ones (default 1: one process, and a busy port is an error)")
-    p.add_argument("--max-workers", type=int, default=8, help="request handler threads per process (default 8)")
+    p.add_argument("--max-workers", type=int, default=4,
+                   help="request handler threads per process (default 4; more threads mostly contend for the "
+                        "GIL: more cores need --workers)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=64,
                    help="RPCs in progress per process before RESOURCE_EXHAUSTED (default 64)")
     p.add_argument("--max-message-mb", type=float, default=4.0,
@@ -534,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=int, default=0, metavar="K",
                    help="retired versions kept served (pinnable) after a swap besides those still in use "
                         "(default 0)")
+    p.add_argument("--no-warm", action="store_true",
+                   help="serve a version without first compiling its segment catalog and fitting the default "
+                        "Assign propensity models (faster start; the first Assign calls do that work)")
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (PEM); with --tls-key: TLS only")
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (PEM)")
     p.add_argument("--tls-client-ca", metavar="PEM",

@@ -121,10 +121,13 @@ def csr_histogram(indptr, indices, rows, n_features):
 def csr_row_scores(indptr, indices, weights, rows=None):
     if rows is None:
         rows = np.arange(len(indptr) - 1)
-    out = np.empty(len(rows), dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    cols = weights.reshape(len(weights), -1)
+    out = np.empty((len(rows), cols.shape[1]), dtype=np.float64)
     for i, r in enumerate(np.asarray(rows).tolist()):
-        s = 0.0
-        for f in indices[indptr[r]:indptr[r + 1]].tolist():
-            s += float(weights[f])
-        out[i] = s
-    return out
+        for c in range(cols.shape[1]):
+            s = 0.0
+            for f in indices[indptr[r]:indptr[r + 1]].tolist():
+                s += float(cols[f, c])
+            out[i, c] = s
+    return out[:, 0] if weights.ndim == 1 else out

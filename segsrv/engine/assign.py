@@ -16,8 +16,12 @@ universe, base rate = the segment's share, one smoothed lift per evidence featur
 ``prior_strength``), evidence = every feature except those of the fields the segment's
 condition mentions (directly or through references: they decide membership and would make
 the score trivial) and except features whose G-test of independence from membership has
-p > ``max_p_value``. P(member) = softmax of the two class scores. Models are fitted once
-per snapshot version and segment (one AND-count pass over every feature) and cached.
+p > ``max_p_value``. P(member) = softmax of the two class scores, i.e. the logistic function of
+their difference, which is how it is computed: every segment's log-score differences form one
+[features x segments] matrix, and one CSR pass over a batch's rows scores all segments. Models
+are fitted once per snapshot version and segment (one AND-count pass over every feature) and
+cached; ``warm_catalog`` fits the default ones ahead of the first request (the server does it
+before it serves a version).
 
 The universe defaults to the snapshot's only universe, or else to the one universe all
 catalog segments are defined over.
@@ -35,7 +39,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +51,7 @@ from ..snapshot.spec import suggest
 from . import cancel
 from .conditions import (All, And, AnyOf, Condition, Evaluator, Not, Or, Range, SegmentRef, Term,
                          condition_fields, parse_where)
-from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, _g_test_p, class_log_scores, softmax
+from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, _g_test_p
 from .relate import count_features
 
 MAX_BATCH = 100_000
@@ -127,7 +131,7 @@ class CompiledCatalog:
     """The catalog segments of one universe, compiled to programs over feature presence."""
 
     def __init__(self, snapshot: Snapshot, universe: Universe):
-        self.snapshot = snapshot
+        self._snapshot = weakref.ref(snapshot)  # the cache entry must not keep a retired version mapped
         self.universe = universe
         self.leaf_fids: set[int] = set()
         self.numeric_fields: set[str] = set()
@@ -146,7 +150,16 @@ class CompiledCatalog:
                                           frozenset(fields)))
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
         self._models: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._stacked: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._fitting: dict[tuple, threading.Lock] = {}  # one fit per key at a time (others wait)
         self._lock = threading.Lock()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        snap = self._snapshot()
+        if snap is None:  # only reachable through a catalog kept past its snapshot
+            raise RuntimeError("the snapshot of this compiled catalog is no longer open")
+        return snap
 
     # -- compilation --------------------------------------------------------------
 
@@ -291,25 +304,101 @@ class CompiledCatalog:
         return out
 
 
-_CACHE: "OrderedDict[tuple, CompiledCatalog]" = OrderedDict()
+    def propensity_model(self, a: float, max_p: float) -> tuple[np.ndarray, np.ndarray]:
+        """(bias[S], D[n_features, S]): the membership logit of segment i for a row with features F
+        is bias[i] + sum of D[f, i] over f in F (log member score minus log non-member score), so
+        P(member) = 1 / (1 + exp(-logit)) and one CSR pass scores every segment at once.
+
+        Fitted once per (a, max_p): the first caller fits (checking cancellation between segments,
+        keeping the segments it finished); concurrent callers wait for it instead of repeating
+        the same fits, and give up waiting when their own call is cancelled or past its deadline."""
+        key = (float(a), float(max_p))
+        with self._lock:
+            hit = self._stacked.get(key)
+            if hit is not None:
+                return hit
+            gate = self._fitting.setdefault(key, threading.Lock())
+        while not gate.acquire(timeout=0.05):
+            cancel.check()
+        try:
+            with self._lock:
+                hit = self._stacked.get(key)
+            if hit is not None:
+                return hit
+            S, F = len(self.segments), self.universe.n_features
+            bias = np.zeros(S)
+            D = np.zeros((F, S))
+            for i in range(S):
+                cancel.check()
+                log_base, W = self.model(i, float(a), float(max_p))
+                bias[i] = log_base[0] - log_base[1]
+                D[:, i] = W[0] - W[1]
+            out = (bias, D)
+            with self._lock:
+                self._stacked[key] = out
+            return out
+        finally:
+            gate.release()
+
+    def propensities_of_rows(self, rows: np.ndarray, a: float, max_p: float) -> np.ndarray:
+        """float64[S, len(rows)]: P(member) of each segment for each row (rows of the universe)."""
+        bias, D = self.propensity_model(a, max_p)
+        u = self.universe
+        logits = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, D,
+                                         np.ascontiguousarray(rows, dtype=np.uint32))
+        logits += bias[None, :]
+        return _sigmoid(logits).T
+
+    def propensities_of_features(self, fids: np.ndarray, a: float, max_p: float) -> np.ndarray:
+        """float64[S, 1]: P(member) of each segment for one customer with features `fids`."""
+        bias, D = self.propensity_model(a, max_p)
+        return _sigmoid(bias + D[np.asarray(fids, dtype=np.int64)].sum(axis=0))[:, None]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for x << 0 gives exactly 0
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+# per open Snapshot object (weak: a catalog lives as long as its snapshot version is open)
+_CACHE: "weakref.WeakKeyDictionary[Snapshot, dict[str, CompiledCatalog]]" = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 8
+_BUILDING: "weakref.WeakKeyDictionary[Snapshot, dict[str, threading.Lock]]" = weakref.WeakKeyDictionary()
 
 
 def compiled_catalog(snapshot: Snapshot, universe: Universe) -> CompiledCatalog:
-    # a version directory is immutable, so its path identifies the catalog
-    key = (str(snapshot.path), snapshot.version, universe.name, id(snapshot))
+    """The compiled catalog of a snapshot's universe (cached with the open snapshot; compiled once
+    even when many requests ask for it at the same time)."""
     with _CACHE_LOCK:
-        hit = _CACHE.get(key)
+        hit = _CACHE.get(snapshot, {}).get(universe.name)
         if hit is not None:
-            _CACHE.move_to_end(key)
             return hit
-    compiled = CompiledCatalog(snapshot, universe)
-    with _CACHE_LOCK:
-        _CACHE[key] = compiled
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        gate = _BUILDING.setdefault(snapshot, {}).setdefault(universe.name, threading.Lock())
+    with gate:
+        with _CACHE_LOCK:
+            hit = _CACHE.get(snapshot, {}).get(universe.name)
+        if hit is not None:
+            return hit
+        compiled = CompiledCatalog(snapshot, universe)
+        with _CACHE_LOCK:
+            _CACHE.setdefault(snapshot, {})[universe.name] = compiled
     return compiled
+
+
+def warm_catalog(snapshot: Snapshot) -> dict[str, int]:
+    """Compile the catalog of every universe that has segments and fit their default propensity
+    models, so that the first Assign on this version costs what every later one does.
+    Returns {universe: number of segments}."""
+    used = {e.get("universe") for e in (snapshot.segments or {}).values()}  # `segments apply` sets it
+    out = {}
+    for name, u in snapshot.universes.items():
+        if name not in used:
+            continue
+        cat = compiled_catalog(snapshot, u)
+        if cat.segments:
+            cat.propensity_model(DEFAULT_PRIOR_STRENGTH, DEFAULT_MAX_P_VALUE)
+        out[name] = len(cat.segments)
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -388,15 +477,11 @@ def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
     member = cat.membership(presence)  # [S, n_found]
     prop = None
     if query.include_propensities and cat.segments and presence.n:
-        prop = np.zeros((len(cat.segments), presence.n))
-        for i in range(len(cat.segments)):
-            cancel.check()  # a first call fits one model per segment
-            log_base, W = cat.model(i, float(a), float(max_p))
-            if fids_of is None:
-                logits = class_log_scores(u, log_base, W, rows[found])
-            else:
-                logits = (log_base + W[:, fids_of].sum(axis=1))[None, :]
-            prop[i] = softmax(logits)[:, 0]
+        # the first call fits one model per segment (cached per version; see propensity_model)
+        if fids_of is None:
+            prop = cat.propensities_of_rows(rows[found], float(a), float(max_p))
+        else:
+            prop = cat.propensities_of_features(fids_of, float(a), float(max_p))
     # ranking keys are per segment, so the orders are computed once, not per customer
     segs = cat.segments
     member_order = np.array(sorted(range(len(segs)), key=lambda i: (-segs[i].priority, segs[i].share,

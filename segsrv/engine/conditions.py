@@ -209,7 +209,17 @@ def tail_mask(n_rows: int, n_words: int) -> np.ndarray:
     return bits
 
 
+def feature_bits(universe: Universe, fid: int) -> np.ndarray:
+    """The rows of feature `fid` as a bitset to read, never to write: a dense feature's row of the
+    memory-mapped matrix itself (no copy), a sparse one materialised."""
+    slot = int(universe.feature_slot[fid])
+    if slot >= 0:
+        return universe.dense[slot]
+    return _kernels.ids_to_bitset(np.ascontiguousarray(universe.sparse_feature_ids(fid)), universe.n_words)
+
+
 def feature_bitset(universe: Universe, fid: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The rows of feature `fid` as a bitset of the caller's own (a copy, or written into `out`)."""
     slot = int(universe.feature_slot[fid])
     if slot >= 0:
         row = universe.dense[slot]

@@ -52,7 +52,7 @@ from . import cancel
 from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownIdError
 from ..snapshot.reader import FieldInfo, Snapshot, Universe
 from ..snapshot.spec import suggest
-from .conditions import All, Condition, evaluate, feature_bitset, tail_mask
+from .conditions import All, Condition, evaluate, feature_bits, tail_mask
 from .relate import count_features, select_fields
 
 METHODS = ("conjunction", "factorized", "logistic")
@@ -254,7 +254,7 @@ def resolve_target(snapshot: Snapshot, universe_name, target: str, segment: Cond
     if len(info.values) == 0:
         _bad("target", f"field {target!r} has no values in universe {u.name!r}")
     multi = is_multi_valued(info)
-    value_bits = [feature_bitset(u, int(fid)) for fid in info.feature_ids]
+    value_bits = [feature_bits(u, int(fid)) for fid in info.feature_ids]
     has_target = np.zeros(u.n_words, dtype=np.uint64)
     for b in value_bits:
         _kernels.bitset_or(has_target, b, has_target)
@@ -312,7 +312,7 @@ def evidence_feature_mask(t: _Target, evidence_fields: list[str] | None) -> np.n
     mask[t.info.feature_offset: t.info.feature_offset + len(t.info.values)] = False
     # only a feature with as many rows as a target value can be a copy of it
     for fid in np.flatnonzero(np.isin(counts, tcounts[tcounts > 0]) & mask).tolist():
-        fb = feature_bitset(u, fid)
+        fb = feature_bits(u, fid)
         for j in np.flatnonzero(tcounts == counts[fid]).tolist():
             if int(_kernels.popcount(_kernels.bitset_and(fb, t.value_bits[j]))) == counts[fid]:
                 info = u.fields[u.field_names[u.feature_field[fid]]]
@@ -449,7 +449,7 @@ def _question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p
     # conjunction: greedy exact conditioning in decreasing mutual information
     mi = _mutual_information(N, n_Sc, n_S)
     order = np.lexsort((fids, -mi)) if len(fids) else np.zeros(0, np.int64)
-    bits = {int(i): feature_bitset(u, int(fids[i])) for i in order}
+    bits = {int(i): feature_bits(u, int(fids[i])) for i in order}  # read-only views of dense rows
     Sp = S.copy()
     n_Sp = n_S
     conj: list[int] = []

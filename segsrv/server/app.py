@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine import set_kernel_threads
+from ..engine.assign import warm_catalog
 from ..engine.predict import DEFAULT_MAX_TARGET_VALUES
 from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
@@ -123,6 +124,7 @@ def create_server(
     kernel_threads: int | None = 1,
     reload_interval: float | None = None,
     keep_versions: int = 0,
+    warm: bool = True,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
     tls_client_ca: str | Path | None = None,
@@ -142,7 +144,8 @@ def create_server(
     Predict / ScoreSegment / Evaluate target (more: RESOURCE_EXHAUSTED). With reuse_port False (the
     default outside multi-process mode) a port already in use raises BindError instead of being shared
     silently. `registry` lets a caller (tests) keep a handle on the served snapshots; by default one is
-    opened over snapshot_root (with keep_versions). reload_interval (seconds) watches every CURRENT and
+    opened over snapshot_root (with keep_versions; with `warm`, each version's segment catalog is
+    compiled and its default Assign propensity models fitted before it is served). reload_interval (seconds) watches every CURRENT and
     swaps in new versions (None: no watching; `serve` defaults to 1 s). tls_cert + tls_key (PEM files,
     or `tls`) serve TLS only; tls_client_ca also requires client certificates signed by that CA (mTLS).
     tokens (a TokenStore or a tokens file) turns on bearer-token authentication with scopes.
@@ -174,7 +177,9 @@ def create_server(
         # OpenMP team per request oversubscribes the cores (measured: 8 ms vs 2 ms per relate)
         set_kernel_threads(kernel_threads)
 
-    registry = registry if registry is not None else SnapshotRegistry(snapshot_root, keep_versions=keep_versions)
+    if registry is None:
+        registry = SnapshotRegistry(snapshot_root, keep_versions=keep_versions,
+                                    prepare=warm_catalog if warm else None)
     metrics = None
     if metrics_port is not None:
         from .metrics import Metrics  # prometheus-client, only when asked for

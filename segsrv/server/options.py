@@ -16,7 +16,12 @@ from ..errors import SegsrvError
 
 MIB = 1024 * 1024
 DEFAULT_PORT = 50051
-DEFAULT_MAX_WORKERS = 8
+# handler threads per process. Python code of a request runs under the GIL, so past ~4 threads more
+# of them only contend for it: on the 1M demo mix, open loop at 135 req/s on 2 cores, 8 threads cost
+# more CPU per call and tipped into overload (p50 ~330 ms, RESOURCE_EXHAUSTED) where 3-4 threads held
+# (p50 ~25 ms, no errors); closed loop 178 req/s with 4 vs 166 with 8 (docs/server.md). More cores:
+# more processes (--workers), not threads. segsrv/cli.py repeats the value (it must not import grpc).
+DEFAULT_MAX_WORKERS = 4
 DEFAULT_MAX_CONCURRENT_RPCS = 64
 DEFAULT_MAX_RECEIVE_BYTES = 4 * MIB
 DEFAULT_MAX_SEND_BYTES = 64 * MIB

@@ -144,7 +144,8 @@ def _current_key(path: Path) -> tuple:
 
 class SnapshotRegistry:
     def __init__(self, root: str | Path, *, verify: str = "sizes", reload_verify: str = "full",
-                 keep_versions: int = 0, load: bool = True):
+                 keep_versions: int = 0, load: bool = True,
+                 prepare: Callable[[Snapshot], object] | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise SnapshotNotFoundError(f"snapshot root {str(self.root)!r} is not a directory")
@@ -153,6 +154,7 @@ class SnapshotRegistry:
         self.verify = verify
         self.reload_verify = reload_verify
         self.keep_versions = int(keep_versions)
+        self.prepare = prepare  # run on each opened version before it is served (e.g. warm caches)
         self._lock = threading.Lock()  # guards slots, refs, _snapshots (held briefly: never while opening)
         self._refresh_lock = threading.Lock()  # one refresh at a time (it opens outside _lock)
         self._slots: dict[str, _Slot] = {}
@@ -242,6 +244,20 @@ class SnapshotRegistry:
             self._seen[d] = key
             self._count(label, "failure", repr(exc))
             return None
+        if self.prepare is not None:
+            t1 = time.perf_counter()
+            try:
+                info = self.prepare(snap)
+            except Exception as exc:  # noqa: BLE001 - a failed warm-up only makes first requests slower
+                log.warning("warming snapshot %s version %s failed (it is served anyway; its first requests "
+                            "do the work): %r", snap.name, snap.version, exc,
+                            extra={"fields": {"event": "warm_failed", "snapshot": snap.name, "version": snap.version}})
+            else:
+                if info:
+                    log.info("warmed snapshot %s version %s: %s (%.0f ms)", snap.name, snap.version, info,
+                             (time.perf_counter() - t1) * 1e3,
+                             extra={"fields": {"event": "snapshot_warmed", "snapshot": snap.name,
+                                               "version": snap.version}})
         if snap.name != d.name and d != self.root:
             log.warning("snapshot directory %s holds snapshot named %r; serving it as %r", d, snap.name, snap.name)
         try:

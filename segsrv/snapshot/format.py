@@ -175,13 +175,17 @@ def read_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
 
 
 def open_array(path: Path) -> np.ndarray:
-    """Memory-map an array file read-only (an empty array is returned in memory)."""
+    """Memory-map an array file read-only (an empty array is returned in memory).
+
+    The result is a plain read-only ndarray whose base is the np.memmap: the mapping lives as long
+    as any view of it, and indexing skips np.memmap's Python-level __getitem__ / __array_finalize__
+    (microseconds per scalar lookup, which add up in per-request loops)."""
     dt, shape, nbytes = read_header(path)
     if nbytes == 0:
         return np.zeros(shape, dtype=dt)
     if not shape:  # np.memmap turns shape () into (1,)
-        return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=(1,)).reshape(())
-    return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=shape)
+        return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=(1,)).view(np.ndarray).reshape(())
+    return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=shape).view(np.ndarray)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -73,6 +73,56 @@ def test_row_scores(n_rows, n_features, mean_len):
             K.csr_row_scores(indptr, indices, weights, rows, n_threads=1), exp_rows)
 
 
+@pytest.mark.parametrize("n_rows,n_features,mean_len,n_cols", [
+    (0, 5, 3, 4), (1, 1, 0, 1), (3, 7, 4, 0), (65, 63, 4, 3), (2000, 500, 20, 50)])
+def test_row_scores_matrix(n_rows, n_features, mean_len, n_cols):
+    """A [n_features, m] weight matrix scores m models at once: column c equals the 1-D kernel
+    with weights[:, c], exactly (same summation order), at any thread count."""
+    rng = np.random.default_rng(7 * n_rows + n_cols)
+    indptr, indices = make_csr(rng, n_rows, n_features, mean_len)
+    W = rng.normal(size=(n_features, n_cols))
+    rows = rng.integers(0, max(n_rows, 1), size=2 * n_rows).astype(np.uint32)
+    expected = N.csr_row_scores(indptr, indices, W, rows)
+    assert expected.shape == (len(rows), n_cols)
+    for nt in (1, 2):
+        got = K.csr_row_scores(readonly(indptr), readonly(indices), readonly(W), readonly(rows), n_threads=nt)
+        assert got.shape == (len(rows), n_cols)
+        np.testing.assert_array_equal(got, expected)
+        for c in range(n_cols):
+            np.testing.assert_array_equal(got[:, c], K.csr_row_scores(indptr, indices, np.ascontiguousarray(W[:, c]),
+                                                                      rows, n_threads=nt))
+    out = np.empty((len(rows), n_cols))
+    assert K.csr_row_scores(indptr, indices, W, rows, out=out) is out
+    with pytest.raises(ValueError, match="shape"):
+        K.csr_row_scores(indptr, indices, W, rows, out=np.empty(len(rows)))
+    if n_cols > 1:
+        with pytest.raises(ValueError, match="C-contiguous"):
+            K.csr_row_scores(indptr, indices, np.asfortranarray(W), rows)
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        K.csr_row_scores(indptr, indices, W.reshape(n_features, n_cols, 1), rows)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 19), max_size=12), max_size=30),
+       st.lists(st.integers(0, 40), max_size=40), st.integers(0, 5), st.integers(1, 2))
+def test_csr_row_scores_matrix_hypothesis(row_lists, row_sel, n_cols, nt):
+    n_rows = len(row_lists)
+    indptr = np.zeros(n_rows + 1, np.int64)
+    indptr[1:] = np.cumsum([len(r) for r in row_lists])
+    indices = np.array([x for r in row_lists for x in r], dtype=np.uint32)
+    rows = np.array([r for r in row_sel if r < n_rows], dtype=np.uint32)
+    W = np.linspace(-1, 2, 20 * n_cols).reshape(20, n_cols)
+    np.testing.assert_array_equal(K.csr_row_scores(indptr, indices, W, rows, n_threads=nt),
+                                  N.csr_row_scores(indptr, indices, W, rows))
+    if n_rows and n_cols:  # a feature id beyond the matrix is an error, not a read out of bounds
+        bad = np.array([x for r in row_lists for x in r] or [0], dtype=np.uint32)
+        if bad.max() >= 10 and len(rows):
+            sel = rows[[bool(np.any(indices[indptr[r]:indptr[r + 1]] >= 10)) for r in rows]]
+            if len(sel):
+                with pytest.raises(ValueError, match="feature id"):
+                    K.csr_row_scores(indptr, indices, np.ascontiguousarray(W[:10]), sel, n_threads=nt)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 19), max_size=12), max_size=30),
        st.lists(st.integers(0, 40), max_size=40), st.integers(1, 2))

@@ -207,3 +207,97 @@ def test_bad_requests(snap):
 def test_universe_defaults_to_the_catalogs(snap):
     res = assign(snap, AssignQuery(ids=["NOPE"]))
     assert res.universe == U
+
+
+def test_warm_catalog_fits_every_default_model_once(snap, monkeypatch):
+    """warm_catalog compiles the catalog and fits every segment's default propensity model, so a
+    first Assign with propensities fits nothing; concurrent first callers share one fit."""
+    import threading
+
+    from segsrv.engine import assign as A
+
+    fresh = open_snapshot(snap.path.parent)  # a new Snapshot object: its own catalog cache entry
+    fits = []
+    original = A.CompiledCatalog.model
+
+    def counting(self, i, a, max_p):
+        key = (i, float(a), float(max_p))
+        with self._lock:
+            cached = key in self._models
+        if not cached:
+            fits.append(key)
+        return original(self, i, a, max_p)
+
+    monkeypatch.setattr(A.CompiledCatalog, "model", counting)
+    assert A.warm_catalog(fresh) == {U: len(CATALOG)}
+    assert len(fits) == len(CATALOG)
+    fits.clear()
+    u = fresh.universe(U)
+    res = assign(fresh, AssignQuery(universe=U, ids=list(u.ids_for_rows([0, 1, 2])), include_propensities=True))
+    assert fits == [] and all(any(not m.member for m in a.segments) for a in res.assignments)
+
+    other = open_snapshot(snap.path.parent)  # cold again: 8 threads ask at once, each model is fitted once
+    start = threading.Barrier(8)
+    answers, failures = [], []
+
+    def call():
+        try:
+            start.wait()
+            answers.append(assign(other, AssignQuery(universe=U, ids=list(u.ids_for_rows([5, 6])),
+                                                     include_propensities=True)))
+        except Exception as exc:  # noqa: BLE001
+            failures.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not failures and len(answers) == 8
+    assert sorted(fits) == sorted(set(fits)) and len(fits) == len(CATALOG)
+    first = [[(m.segment, m.propensity) for m in a.segments] for a in answers[0].assignments]
+    assert all([[(m.segment, m.propensity) for m in a.segments] for a in r.assignments] == first for r in answers)
+
+
+def test_warm_catalog_without_segments_is_a_no_op(petnord_root):
+    from segsrv.engine.assign import warm_catalog
+
+    assert warm_catalog(open_snapshot(petnord_root / "petnord")) == {}
+
+
+def test_waiting_for_a_fit_stops_when_the_caller_is_cancelled(snap):
+    """A caller that waits for another request's fit gives up when its own call is over."""
+    import threading
+
+    from segsrv.engine import cancel
+    from segsrv.errors import SegsrvError
+
+    fresh = open_snapshot(snap.path.parent)
+    cat = compiled_catalog(fresh, fresh.universe(U))
+    gate = cat._fitting.setdefault((1.0, 0.001), threading.Lock())
+    gate.acquire()  # somebody else is fitting, and never finishes
+    try:
+        class Gone(SegsrvError):
+            pass
+
+        def check():
+            raise Gone("cancelled")
+
+        with cancel.checking(check), pytest.raises(Gone):
+            cat.propensity_model(1.0, 0.001)
+    finally:
+        gate.release()
+
+
+def test_catalog_cache_does_not_keep_a_snapshot_alive(snap):
+    """The compiled catalog (and its fitted models) go with their Snapshot object: a version the
+    server retired is unmapped even after Assign used its catalog."""
+    import gc
+    import weakref
+
+    fresh = open_snapshot(snap.path.parent)
+    u = fresh.universe(U)
+    assign(fresh, AssignQuery(universe=U, ids=list(u.ids_for_rows([0, 1])), include_propensities=True))
+    alive = weakref.ref(fresh)
+    dense = weakref.ref(u.dense.base)  # the np.memmap of the dense matrix
+    del fresh, u
+    gc.collect()
+    assert alive() is None and dense() is None

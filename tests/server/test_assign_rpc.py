@@ -155,3 +155,72 @@ def test_catalog_change_reaches_the_running_server(served):
     while client.assign(["CUST-00001"])["version"] != before and time.time() < deadline:
         time.sleep(0.2)
     assert client.assign(["CUST-00001"])["version"] == before
+
+
+def _fitted(snapshot) -> int:
+    """Segments whose default propensity models the process has fitted for this open version."""
+    from segsrv.engine import assign as A
+
+    cats = A._CACHE.get(snapshot, {})
+    return sum(len(c.segments) for c in cats.values() if c._stacked)
+
+
+def test_versions_are_warmed_before_they_are_served(root, tmp_path, caplog):
+    """At start (before the server exists) and on every reload (before the swap) the catalog is
+    compiled and every segment's default propensity model fitted; warm=False leaves that to the
+    first Assign."""
+    import logging
+
+    from segsrv.engine.assign import warm_catalog
+
+    r = tmp_path / "snapshots"
+    shutil.copytree(root, r, copy_function=os.link)
+    caplog.set_level(logging.INFO, logger="segsrv.server")
+    server, port = create_server(r, port=0, reload_interval=0.1, privacy_k=0)
+    registry = server.segsrv_registry
+    assert _fitted(registry.resolve("petnord", "")) == len(CATALOG)
+    assert any("warmed snapshot petnord" in m for m in caplog.messages)
+    server.start()
+    try:
+        caplog.clear()
+        new_catalog = dict(CATALOG, oulu={"where": {"region": "oulu"}, "universe": U})
+        vdir, _ = apply_segments(r / "petnord", new_catalog)
+        deadline = time.time() + 30
+        while registry.resolve("petnord", "").version != vdir.name and time.time() < deadline:
+            time.sleep(0.05)
+        snap = registry.resolve("petnord", "")
+        assert snap.version == vdir.name
+        assert _fitted(snap) == len(new_catalog)  # fitted before anyone could ask
+        msgs = caplog.messages
+        warmed = next(i for i, m in enumerate(msgs) if f"warmed snapshot petnord version {vdir.name}" in m)
+        swapped = next(i for i, m in enumerate(msgs) if f"swapped snapshot petnord to version {vdir.name}" in m)
+        assert warmed < swapped
+    finally:
+        server.stop(0)
+    cold, _ = create_server(r, port=0, privacy_k=0, warm=False)
+    try:
+        assert _fitted(cold.segsrv_registry.resolve("petnord", "")) == 0
+        assert warm_catalog(cold.segsrv_registry.resolve("petnord", "")) == {U: len(new_catalog)}
+    finally:
+        cold.stop(0)
+
+
+def test_a_failing_warm_up_still_serves_the_version(root, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from segsrv.server import app
+
+    def broken(snapshot):
+        raise RuntimeError("warm-up bug")
+
+    monkeypatch.setattr(app, "warm_catalog", broken)
+    with caplog.at_level(logging.WARNING, logger="segsrv.server"):
+        server, port = create_server(root, port=0, privacy_k=0)
+    server.start()
+    try:
+        assert any("warming snapshot petnord" in m and "warm-up bug" in m for m in caplog.messages)
+        with SegsrvClient(f"127.0.0.1:{port}", timeout=30) as client:
+            answer = client.assign(["CUST-00001"], include_propensities=True)
+        assert answer["assignments"][0]["found"]
+    finally:
+        server.stop(0)
