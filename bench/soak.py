@@ -16,7 +16,7 @@ Steps:
     server under test: a reload maps and checksums a whole new version, which would show up as
     a memory step that is not a leak. Falls back to the shared root if hard links fail.
  2. Server. `python -m segsrv serve --snapshots ROOT --host 127.0.0.1 --port P` (a free port;
-    otherwise the default flags: 4 handler threads, 64 concurrent RPCs, privacy floor k=10,
+    otherwise the default flags: 4 handler threads, 256 concurrent RPCs, privacy floor k=10,
     access log on; `--workers N` if given), stderr to a temporary log. Ready when the gRPC
     health check says SERVING.
  3. Mix. The harness's default scenario. If the snapshot has no segment catalog (ListSegments
@@ -631,7 +631,9 @@ def plot(doc: dict, path: Path) -> None:
                   label="errors / s")
     ax_f = ax_t.twinx()
     ax_f.plot(ts["t_mid"], ts["max_in_flight"], "-", color="C5", lw=1, alpha=0.8, label="max in flight per 10 s (right)")
-    limit = 64 * doc["config"]["workers"]
+    from segsrv.server.options import DEFAULT_MAX_CONCURRENT_RPCS
+
+    limit = DEFAULT_MAX_CONCURRENT_RPCS * doc["config"]["workers"]
     ax_f.axhline(limit, color="C5", ls="--", lw=0.8, label=f"max-concurrent-rpcs {limit}")
     ax_f.set_ylabel("requests in flight")
     ax_f.set_ylim(0, max([limit] + [x for x in ts["max_in_flight"] if x]) * 1.2)
@@ -793,7 +795,7 @@ def main(argv=None) -> int:
         sampler.start()
         doc["server"] = {"command": " ".join(server.cmd[1:]).replace(str(serve_root), "ROOT"), "pid": server.proc.pid,
                          "ready_s": round(ready_s, 2), "workers": a.workers,
-                         "settings": "defaults: 4 handler threads, 64 concurrent RPCs, kernel threads 1, "
+                         "settings": "defaults: 4 handler threads, 256 concurrent RPCs, kernel threads 1, "
                                      "privacy k=10, access log on, reload interval 1 s"}
 
         from clients.loadtest.gen import fetch_catalog

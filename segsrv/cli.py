@@ -519,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, default=4,
                    help="request handler threads per process (default 4; more threads mostly contend for the "
                         "GIL: more cores need --workers)")
-    p.add_argument("--max-concurrent-rpcs", type=int, default=64,
-                   help="RPCs in progress per process before RESOURCE_EXHAUSTED (default 64)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=256,
+                   help="RPCs in progress (running or waiting for a thread) per process before "
+                        "RESOURCE_EXHAUSTED (default 256)")
     p.add_argument("--max-message-mb", type=float, default=4.0,
                    help="largest request message in MiB (default 4)")
     p.add_argument("--kernel-threads", type=int, default=1,

@@ -22,7 +22,12 @@ DEFAULT_PORT = 50051
 # (p50 ~25 ms, no errors); closed loop 178 req/s with 4 vs 166 with 8 (docs/server.md). More cores:
 # more processes (--workers), not threads. segsrv/cli.py repeats the value (it must not import grpc).
 DEFAULT_MAX_WORKERS = 4
-DEFAULT_MAX_CONCURRENT_RPCS = 64
+# RPCs accepted and not finished (running or waiting for a handler thread). A safety bound on
+# memory and queueing, not the load-shedding policy: a call whose deadline passes while it waits is
+# dropped when it reaches a thread, before any work. 256 holds ~1.5 s of backlog at the 1M demo
+# mix's ~170 req/s, enough to ride out a few seconds of lost CPU (hypervisor steal on a shared host)
+# that made 64 refuse calls at 80% load (docs/server.md#limits). segsrv/cli.py repeats the value.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
 DEFAULT_MAX_RECEIVE_BYTES = 4 * MIB
 DEFAULT_MAX_SEND_BYTES = 64 * MIB
 

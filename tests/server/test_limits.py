@@ -67,6 +67,37 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once_not_queued(petnord
     assert r.stub.Count(count, timeout=20).row_count == 3000  # capacity is back
 
 
+def test_calls_whose_deadline_passes_in_the_queue_do_no_work(petnord_root, start_server, monkeypatch):
+    """A generous concurrency limit is safe: a call still waiting for a handler thread when its
+    deadline passes is dropped when it reaches one, before any engine work."""
+    from segsrv.server import servicer
+
+    engine_calls = []
+    real_relate = servicer.relate
+    monkeypatch.setattr(servicer, "relate", lambda *a, **k: engine_calls.append(1) or real_relate(*a, **k))
+    slow = SlowCount()
+    r = start_server(petnord_root, max_workers=1, max_concurrent_rpcs=16, interceptors=[slow])
+    blocker = r.stub.Count.future(pb.CountRequest(universe="customers"), timeout=60, metadata=(("x-test-slow", "1"),))
+    try:
+        deadline = time.monotonic() + 20
+        while slow.running < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slow.running == 1  # the only handler thread is busy
+        churned = c.Condition(term=c.Term(field="churned", value="true"))
+        queued = [r.stub.Relate.future(pb.RelateRequest(universe="customers", condition=churned), timeout=0.3)
+                  for _ in range(3)]
+        for f in queued:
+            with pytest.raises(grpc.RpcError) as err:
+                f.result()
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        slow.release.set()
+    assert blocker.result().row_count == 3000
+    answer = r.stub.Relate(pb.RelateRequest(universe="customers", condition=churned), timeout=20)
+    assert answer.condition_count > 0
+    assert len(engine_calls) == 1  # only the last call, which had time, reached the engine
+
+
 def test_an_unbounded_queue_is_refused(petnord_root):
     with pytest.raises(ValueError, match="without bound"):
         create_server(petnord_root, max_concurrent_rpcs=None)
