@@ -5,6 +5,7 @@ with the server's memory recorded all along.
                          [--max-concurrency 16] [--max-rps R] [--window 60] [--interval 10]
                          [--memory-warmup 120] [--connections 2] [--workers N] [--no-pin]
                          [--scenario clients/loadtest/scenarios/default.toml] [--out bench/results/soak]
+    python bench/soak.py --replot DIR     # redraw DIR/soak.png and DIR/summary.txt from DIR/soak.json
 
 Steps:
 
@@ -649,6 +650,7 @@ def plot(doc: dict, path: Path) -> None:
     ax_c.plot(t, [x.get("other_cores") for x in rss], "-", color="C3", label="other processes' CPU")
     ax_c.plot(t, [x.get("machine_busy_cores") for x in rss], "-", color="k", lw=0.8, label="machine busy")
     ax_c.plot(t, [x["loadavg1"] for x in rss], "--", color="C7", lw=0.8, label="load average (1 min)")
+    ax_c.plot(t, [x.get("steal_cores") for x in rss], "-", color="C1", lw=1.2, label="steal (CPU the host took)")
     ax_c.axhline(doc["cpu_count"], color="k", ls=":", lw=0.8)
     for key, color, name in (("probe_py_ms", "C8", "Python"), ("probe_mem_ms", "C2", "numpy 32 MB")):
         vals = [x.get(key) for x in rss]
@@ -770,12 +772,22 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="segsrv serve --workers (default 1)")
     p.add_argument("--no-pin", action="store_true", help="serve ROOT itself instead of a hard-linked private copy")
     p.add_argument("--out", type=Path, default=RESULTS / "soak")
+    p.add_argument("--replot", type=Path, metavar="DIR",
+                   help="redraw DIR/soak.png and rewrite DIR/summary.txt from DIR/soak.json (no load)")
     a = p.parse_args(argv)
+    if a.replot is not None:
+        doc = json.loads((a.replot / "soak.json").read_text())
+        window_context(doc["soak"]["windows"], doc["rss"]["series"])
+        (a.replot / "soak.json").write_text(json.dumps(doc, indent=1) + "\n")
+        plot(doc, a.replot / "soak.png")
+        (a.replot / "summary.txt").write_text(summary(doc) + "\n")
+        print(summary(doc))
+        return 0 if doc["verdicts"]["pass"] else 1
     if not 0 < a.fraction <= 1.5 or a.duration <= 0 or a.window <= 0 or a.interval <= 0:
         p.error("bad --fraction / --duration / --window / --interval")
 
     root = (a.root or default_root()).resolve()
-    out = a.out
+    out = a.out.resolve()  # relative --out works too (report paths are made relative to the repo)
     out.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix="segsrv-soak-"))
     pinned, versions = (None, {}) if a.no_pin else pin_root(root)
@@ -903,12 +915,7 @@ def main(argv=None) -> int:
             w["server_cores"] = round(cpu_s / (w["end_s"] - w["start_s"]), 3)
             w["server_calls_handled"] = calls
             w["server_cpu_ms_per_handled_call"] = round(cpu_s / calls * 1e3, 2) if calls else None
-        probes = [x for x in series if x["phase"] == "soak" and x.get("probe_py_ms") is not None]
-        for w in win:
-            pw = [x for x in probes if w["start_s"] <= x["t_s"] < w["end_s"]]
-            if pw:
-                w["probe_py_ms"] = round(float(np.median([x["probe_py_ms"] for x in pw])), 3)
-                w["probe_mem_ms"] = round(float(np.median([x["probe_mem_ms"] for x in pw])), 3)
+        window_context(win, series)
     doc["soak"] = {
         "duration_s": a.duration, "target_rps": target, "requests": o["requests"], "ok": o["ok"],
         "errors": o["errors"], "errors_by_code": o["errors_by_code"],
@@ -953,6 +960,22 @@ def main(argv=None) -> int:
     return 0 if doc["verdicts"]["pass"] else 1
 
 
+def window_context(win: list[dict], series: list[dict]) -> None:
+    """Per window, from the 10 s samples: the speed probe (median) and the CPU the host took (steal,
+    mean cores): the machine-side context of that window's latency."""
+    samples = [x for x in series if x["phase"] == "soak"]
+    for w in win:
+        pw = [x for x in samples if w["start_s"] <= x["t_s"] < w["end_s"]]
+        probes = [x for x in pw if x.get("probe_py_ms") is not None]
+        if probes:
+            w["probe_py_ms"] = round(float(np.median([x["probe_py_ms"] for x in probes])), 3)
+            w["probe_mem_ms"] = round(float(np.median([x["probe_mem_ms"] for x in probes])), 3)
+        steal = [x["steal_cores"] for x in pw if x.get("steal_cores") is not None]
+        if steal:
+            w["steal_cores_mean"] = round(float(np.mean(steal)), 3)
+            w["steal_cores_max"] = round(float(np.max(steal)), 3)
+
+
 def summary(doc: dict) -> str:
     s, v, mem = doc["soak"], doc["verdicts"], doc["rss"]["summary"]
     aw = mem.get("after_warmup", {})
@@ -967,7 +990,7 @@ def summary(doc: dict) -> str:
         f"max {s['latency_ms']['max']:.1f} ms; send lag p99 {(s['send_lag_ms'] or {}).get('p99')} ms",
         "",
         "window     sent/s  done/s   ok/s     p50 ms     p90 ms     p99 ms     max ms  in-flight  srv cores  "
-        "srv CPU ms/call  probe py/mem ms  errors",
+        "srv CPU ms/call  probe py/mem ms  steal mean/max  errors",
     ]
 
     def f(v, spec):
@@ -977,7 +1000,9 @@ def summary(doc: dict) -> str:
                      f"{w['ok_completed_rps']:6.2f} {w['p50_ms']:10.1f} {w['p90_ms']:10.1f} {w['p99_ms']:10.1f} "
                      f"{w['max_ms']:10.1f} {f(w.get('max_in_flight'), '10d')} {f(w.get('server_cores'), '10.2f')} "
                      f"{f(w.get('server_cpu_ms_per_handled_call'), '16.2f')} "
-                     f"{f(w.get('probe_py_ms'), '8.1f')}/{f(w.get('probe_mem_ms'), '<7.1f')}  {w['errors_by_code'] or 0}")
+                     f"{f(w.get('probe_py_ms'), '8.1f')}/{f(w.get('probe_mem_ms'), '<7.1f')} "
+                     f"{f(w.get('steal_cores_mean'), '8.2f')}/{f(w.get('steal_cores_max'), '<5.2f')}  "
+                     f"{w['errors_by_code'] or 0}")
     ed = s.get("errors_detail") or {}
     if ed.get("seconds"):
         fl = ed["in_flight_at_send"]
