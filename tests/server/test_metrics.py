@@ -62,7 +62,9 @@ def test_metrics_count_requests_by_method_and_code_with_latency(petnord_root, pe
     assert value(m, "segsrv_request_duration_seconds_count", method="Count") == 3
     assert value(m, "segsrv_request_duration_seconds_bucket", method="Count", le="+Inf") == 3
     assert value(m, "segsrv_requests_in_flight") == 0
-    assert value(m, "segsrv_max_concurrent_rpcs") == 64
+    from segsrv.server.options import DEFAULT_MAX_CONCURRENT_RPCS
+
+    assert value(m, "segsrv_max_concurrent_rpcs") == DEFAULT_MAX_CONCURRENT_RPCS
     v = petnord_snapshot.version
     assert value(m, "segsrv_snapshot_info", snapshot="petnord", version=v, state="current") == 1
     assert value(m, "segsrv_snapshot_refs", snapshot="petnord", version=v) == 0
