@@ -191,18 +191,8 @@ cdef void _scores_range(const int64_t *indptr, int64_t n_rows, const uint32_t *i
             err[0] = code
             err[1] = <int64_t>i
             return
-        if n_cols == 1:
-            s = 0.0
-            for j in range(lo, hi):
-                f = indices[j]
-                if f >= n_w:
-                    err[0] = _ERR_FEATURE
-                    err[1] = <int64_t>i
-                    return
-                s += w[f]
-            out[i] = s
-            continue
         o = out + i * <size_t>n_cols
+        s = 0.0  # one column: summed in a register (the branch below is loop-invariant)
         for c in range(n_cols):
             o[c] = 0.0
         for j in range(lo, hi):
@@ -211,9 +201,14 @@ cdef void _scores_range(const int64_t *indptr, int64_t n_rows, const uint32_t *i
                 err[0] = _ERR_FEATURE
                 err[1] = <int64_t>i
                 return
-            wf = w + <size_t>f * <size_t>n_cols
-            for c in range(n_cols):
-                o[c] += wf[c]
+            if n_cols == 1:
+                s += w[f]
+            else:
+                wf = w + <size_t>f * <size_t>n_cols
+                for c in range(n_cols):
+                    o[c] += wf[c]
+        if n_cols == 1:
+            o[0] = s
 
 
 cdef void _scores_part(int c, int nc, const int64_t *indptr, int64_t n_rows,

@@ -363,7 +363,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 # per open Snapshot object (weak: a catalog lives as long as its snapshot version is open)
 _CACHE: "weakref.WeakKeyDictionary[Snapshot, dict[str, CompiledCatalog]]" = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
-_BUILDING: "weakref.WeakKeyDictionary[Snapshot, dict[str, threading.Lock]]" = weakref.WeakKeyDictionary()
+_BUILD_LOCK = threading.Lock()  # compiling is rare (once per version): one at a time, never twice
 
 
 def compiled_catalog(snapshot: Snapshot, universe: Universe) -> CompiledCatalog:
@@ -373,8 +373,7 @@ def compiled_catalog(snapshot: Snapshot, universe: Universe) -> CompiledCatalog:
         hit = _CACHE.get(snapshot, {}).get(universe.name)
         if hit is not None:
             return hit
-        gate = _BUILDING.setdefault(snapshot, {}).setdefault(universe.name, threading.Lock())
-    with gate:
+    with _BUILD_LOCK:
         with _CACHE_LOCK:
             hit = _CACHE.get(snapshot, {}).get(universe.name)
         if hit is not None:

@@ -774,9 +774,9 @@ def factorized_weights(t: _Target, classes: list[np.ndarray], p0: np.ndarray, ev
 def class_log_scores(u: Universe, log_base: np.ndarray, W: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """[len(rows), K] log of the unnormalised class scores (CSR kernel, GIL released)."""
     r = np.ascontiguousarray(rows, dtype=np.uint32)
-    out = np.empty((len(r), len(log_base)))
-    for c in range(len(log_base)):
-        out[:, c] = log_base[c] + _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, np.ascontiguousarray(W[c]), r)
+    # one pass over the rows scores every class: W.T is the kernel's [features, classes] matrix
+    out = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, np.ascontiguousarray(W.T), r)
+    out += np.asarray(log_base, dtype=np.float64)[None, :]
     return out
 
 

@@ -145,8 +145,8 @@ def create_server(
     default outside multi-process mode) a port already in use raises BindError instead of being shared
     silently. `registry` lets a caller (tests) keep a handle on the served snapshots; by default one is
     opened over snapshot_root (with keep_versions; with `warm`, each version's segment catalog is
-    compiled and its default Assign propensity models fitted before it is served). reload_interval (seconds) watches every CURRENT and
-    swaps in new versions (None: no watching; `serve` defaults to 1 s). tls_cert + tls_key (PEM files,
+    compiled and its default Assign propensity models fitted before it is served). reload_interval
+    (seconds) watches every CURRENT and swaps in new versions (None: no watching; `serve` defaults to 1 s). tls_cert + tls_key (PEM files,
     or `tls`) serve TLS only; tls_client_ca also requires client certificates signed by that CA (mTLS).
     tokens (a TokenStore or a tokens file) turns on bearer-token authentication with scopes.
     metrics_port serves Prometheus metrics on metrics_host (0: a free port, see `.metrics_port`).
