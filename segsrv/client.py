@@ -17,9 +17,10 @@ exceeded, server unavailable) raises SegsrvRpcError. See docs/client.md.
 
 from __future__ import annotations
 
-import grpc
-
+import json
 from types import SimpleNamespace
+
+import grpc
 
 from .client_conditions import condition_to_proto, to_condition, where_from_proto
 from .engine.predict_query import (
@@ -40,6 +41,22 @@ __all__ = ["SegsrvClient", "SegsrvRpcError", "ScoreStream", "ExportStream"]
 
 _UNSET = object()
 DEFAULT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+# The client-side retry policy of every segsrv client (proto/segsrv/v1/segsrv_grpc_service_config.json,
+# which tests compare with this). Every segsrv method is read-only, so a call that failed with
+# UNAVAILABLE (its worker was killed, its connection reset, no snapshot loaded yet) is safe to
+# send again; gRPC retries within the call's deadline.
+SERVICE_CONFIG = {
+    "methodConfig": [{
+        "name": [{"service": "segsrv.v1.SegmentationService"}],
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+}
 
 # the engine's order names -> RelateOrder ("p", P(feature | condition), is RELATE_ORDER_CONFIDENCE)
 _ORDER_PROTO_NAMES = {"p": "confidence"}
@@ -117,10 +134,13 @@ class SegsrvClient:
     snapshot    snapshot name sent with every request ("" : the server's only snapshot)
     version     snapshot version to pin ("" : the version the server currently serves)
     channel_options  grpc channel options; grpc.max_receive_message_length defaults to 64 MiB
+    retry       send a call that failed with UNAVAILABLE again (up to 4 attempts in all, 50 ms back-off
+                doubling to 1 s, within the call's deadline: SERVICE_CONFIG); a "grpc.service_config"
+                in channel_options replaces this policy
     """
 
     def __init__(self, address: str, *, timeout: float | None = 10.0, snapshot: str = "", version: str = "",
-                 channel_options=None):
+                 channel_options=None, retry: bool = True):
         self.address = address
         self.timeout = timeout
         self.snapshot = snapshot or ""
@@ -129,6 +149,10 @@ class SegsrvClient:
         # 64 MiB unless the caller says otherwise (gRPC's own default is 4 MiB)
         options = dict(channel_options or [])
         options.setdefault("grpc.max_receive_message_length", DEFAULT_MAX_RECEIVE_BYTES)
+        if retry:
+            options.setdefault("grpc.service_config", json.dumps(SERVICE_CONFIG))
+        else:
+            options.setdefault("grpc.enable_retries", 0)
         self._channel = grpc.insecure_channel(address, options=list(options.items()))
         self._stub = pb_grpc.SegmentationServiceStub(self._channel)
 

@@ -160,7 +160,7 @@ def run_workers(workers: int, *, snapshot_root: str | Path, host: str, port: int
         log.info("worker %d started (pid %d)", w.index, pid,
                  extra={"fields": {"event": "worker_started", "worker_index": w.index, "worker_pid": pid}})
 
-    def reap() -> list[tuple[_Worker, int]]:
+    def reap() -> list[tuple[_Worker, int, int]]:  # (worker, exit code, its pid)
         out = []
         while by_pid:
             try:
@@ -174,7 +174,7 @@ def run_workers(workers: int, *, snapshot_root: str | Path, host: str, port: int
                 code = os.waitstatus_to_exitcode(status)
                 w.exit_codes.append(code)
                 w.pid = 0
-                out.append((w, code))
+                out.append((w, code, pid))
         return out
 
     def describe(code: int) -> str:
@@ -209,7 +209,7 @@ def run_workers(workers: int, *, snapshot_root: str | Path, host: str, port: int
                              address, workers, parent)
                     print(f"serving {snapshot_root} on {address}", file=sys.stderr, flush=True)
             now = time.monotonic()
-            for w, code in reap():
+            for w, code, pid in reap():
                 if not announced:
                     log.error("worker %d failed while starting (%s); stopping", w.index, describe(code))
                     raise SegsrvError(f"worker {w.index} failed to start ({describe(code)}); see its error above")
@@ -220,7 +220,7 @@ def run_workers(workers: int, *, snapshot_root: str | Path, host: str, port: int
                 w.restarts += 1
                 log.error("worker %d exited (%s) after %.1f s; restarting in %.1f s", w.index, describe(code), lived,
                           w.backoff, extra={"fields": {"event": "worker_exited", "worker_index": w.index,
-                                                       "exit": code, "restart_in_s": w.backoff}})
+                                                       "worker_pid": pid, "exit": code, "restart_in_s": w.backoff}})
             for w in pool:
                 if w.restart_at is not None and now >= w.restart_at and not signals:
                     spawn(w)
@@ -256,7 +256,7 @@ def _stop_all(by_pid: dict, grace_seconds: float, signals: list[int], reap) -> i
     code = 0
     killed = False
     while by_pid:
-        for w, c in reap():
+        for w, c, _ in reap():
             if c != 0:
                 log.error("worker %d stopped with %s", w.index, f"exit code {c}" if c >= 0 else
                           f"signal {signal.Signals(-c).name}")

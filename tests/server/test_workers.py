@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from segsrv.client import SegsrvClient, SegsrvRpcError
 from segsrv.v1 import segsrv_pb2 as pb
 from segsrv.v1 import segsrv_pb2_grpc
 
@@ -93,6 +94,73 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class _CallLoop:
+    """Client threads calling Count in a loop; records (start, end, "ok" | status code) per call."""
+
+    def __init__(self, call, n_threads: int = 4):
+        self.call = call  # () -> row count; raises grpc.RpcError or SegsrvRpcError
+        self.stop = threading.Event()
+        self.results: list[tuple[float, float, str]] = []
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(n_threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                outcome = "ok" if self.call() == 3000 else "wrong"
+            except grpc.RpcError as exc:
+                outcome = exc.code().name
+            except SegsrvRpcError as exc:
+                outcome = exc.code.name
+            with self._lock:
+                self.results.append((t0, time.monotonic(), outcome))
+
+    def wait_for(self, n: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.results) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.results) >= n, self.results
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def _serving_pid(sup: Supervisor, since: int) -> int:
+    """The one worker pid that served the rpc log records from index `since` on."""
+    pids = {rec.get("pid") for rec in sup.records()[since:] if rec.get("event") == "rpc"}
+    assert len(pids) == 1, pids  # the client threads of one process share one connection
+    return pids.pop()
+
+
+def _kill_serving_worker(sup: Supervisor, call) -> tuple[_CallLoop, float, int, int]:
+    """Loop `call` in 4 threads, SIGKILL the worker serving them, wait for its replacement to be
+    ready and 0.5 s more; returns (the loop, stopped; kill time; killed pid; replacement pid)."""
+    since = len(sup.records())
+    loop = _CallLoop(call)
+    try:
+        loop.wait_for(40)
+        pid = _serving_pid(sup, since)
+        index = next(i for i, p in sup.worker_pids().items() if p == pid)
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        sup.wait_for_line(rf'"event": "worker_exited".*"worker_pid": {pid}', timeout=30)
+        deadline = time.monotonic() + 60
+        while sup.worker_pids()[index] == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        new_pid = sup.worker_pids()[index]
+        assert new_pid != pid and _alive(new_pid)
+        sup.wait_for_line(rf'"event": "worker_ready".*"worker_pid": {new_pid}', timeout=60)
+        time.sleep(0.5)
+    finally:
+        loop.join()
+    return loop, t_kill, pid, new_pid
+
+
 def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petnord_root, tmp_path):
     sup = Supervisor(petnord_root, tmp_path / "serve.log", "--workers", "2", "--grace", "2", "--max-workers", "2")
     try:
@@ -103,59 +171,53 @@ def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petn
         maps = Path(f"/proc/{sup.proc.pid}/maps").read_text()
         assert "cygrpc" not in maps and "numpy" not in maps and "_kernels" not in maps
 
-        stop = threading.Event()
-        results: list[tuple[float, str]] = []  # (time, "ok" | code)
-        lock = threading.Lock()
+        # 1. raw stubs, no retry policy: kill the worker serving them
+        channels = [grpc.insecure_channel(sup.address) for _ in range(4)]
+        stubs = iter([segsrv_pb2_grpc.SegmentationServiceStub(c) for c in channels])
+        local = threading.local()
 
-        def client() -> None:
-            with grpc.insecure_channel(sup.address) as channel:
-                stub = segsrv_pb2_grpc.SegmentationServiceStub(channel)
-                while not stop.is_set():
-                    try:
-                        # wait_for_ready: a call made while this channel reconnects (its worker was just
-                        # killed) waits for a live worker instead of failing fast; only calls already in
-                        # flight on the killed worker can fail (docs/server.md, multi-process mode)
-                        got = stub.Count(pb.CountRequest(universe="customers"), timeout=20, wait_for_ready=True)
-                        outcome = "ok" if got.row_count == 3000 else "wrong"
-                    except grpc.RpcError as exc:
-                        outcome = exc.code().name
-                    with lock:
-                        results.append((time.monotonic(), outcome))
+        def raw_count() -> int:
+            if not hasattr(local, "stub"):
+                local.stub = next(stubs)
+            # wait_for_ready: a call made while the channel reconnects waits for a live worker
+            # instead of failing fast (docs/server.md, multi-process mode)
+            return local.stub.Count(pb.CountRequest(universe="customers"), timeout=20, wait_for_ready=True).row_count
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for t in threads:
-            t.start()
         try:
-            deadline = time.monotonic() + 30
-            while len(results) < 40 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            killed = pids[0]
-            os.kill(killed, signal.SIGKILL)
-            t_kill = time.monotonic()
-            sup.wait_for_line(r'"event": "worker_exited".*"worker_index": 0', timeout=30)
-            deadline = time.monotonic() + 60
-            while sup.worker_pids()[0] == killed and time.monotonic() < deadline:
-                time.sleep(0.05)
-            new_pid = sup.worker_pids()[0]
-            assert new_pid != killed and _alive(new_pid)
-            sup.wait_for_line(rf'"event": "worker_ready".*"worker_pid": {new_pid}', timeout=60)
-            time.sleep(0.5)
+            loop, t_kill, killed, new_pid = _kill_serving_worker(sup, raw_count)
         finally:
-            stop.set()
-            for t in threads:
-                t.join(60)
-        failed = [o for _, o in results if o != "ok"]
-        # only calls in flight on the killed worker may fail: at most one per client thread
-        assert len(failed) <= len(threads) and set(failed) <= {"UNAVAILABLE"}, failed
-        assert sum(1 for t, o in results if o == "ok" and t > t_kill) >= 10  # serving went on meanwhile
-        assert "wrong" not in [o for _, o in results]
-        # fresh connections reach the new worker too
-        for _ in range(16):
+            for c in channels:
+                c.close()
+        failed = [(t0, t1, o) for t0, t1, o in loop.results if o != "ok"]
+        assert {o for _, _, o in failed} <= {"UNAVAILABLE"}, failed
+        # Only calls sent on the killed worker's connection fail: those in flight when it died, and
+        # those a thread sent in the instant before gRPC dropped the reset connection (its first
+        # failure arrives a moment before the transport is closed). Once a call has succeeded on
+        # the new connection, no later call fails.
+        if failed:
+            first_failure_end = min(t1 for _, t1, _ in failed)
+            reconnected = min(t1 for t0, t1, o in loop.results if o == "ok" and t0 >= first_failure_end)
+            assert not [f for f in failed if f[0] >= reconnected], (failed, reconnected)
+        assert sum(1 for t0, _, o in loop.results if o == "ok" and t0 > t_kill) >= 10  # serving went on
+        assert "wrong" not in [o for _, _, o in loop.results]
+
+        # 2. SegsrvClient (retry policy proto/segsrv/v1/segsrv_grpc_service_config.json), no
+        # wait_for_ready: kill the worker serving it; not one call fails
+        with SegsrvClient(sup.address, timeout=20) as client:
+            loop, t_kill, killed_again, _ = _kill_serving_worker(
+                sup, lambda: client.count({"from": "customers"})["n_rows"])
+        assert [o for _, _, o in loop.results if o != "ok"] == []
+        assert sum(1 for t0, _, o in loop.results if o == "ok" and t0 > t_kill) >= 10
+
+        # fresh connections reach every worker, replacements included
+        since = len(sup.records())
+        for _ in range(24):
             with grpc.insecure_channel(sup.address) as channel:
                 segsrv_pb2_grpc.SegmentationServiceStub(channel).Count(pb.CountRequest(universe="customers"),
                                                                        timeout=20)
-        served_by = {rec.get("pid") for rec in sup.records() if rec.get("event") == "rpc"}
-        assert {new_pid, pids[1]} <= served_by
+        served_by = {rec.get("pid") for rec in sup.records()[since:] if rec.get("event") == "rpc"}
+        assert served_by == set(sup.worker_pids().values()), served_by
+        assert {killed, killed_again}.isdisjoint(served_by) and new_pid in served_by | {killed_again}
 
         # SIGTERM: every worker drains and exits, then the supervisor exits 0
         workers = list(sup.worker_pids().values())

@@ -45,6 +45,26 @@ var DefaultKeepalive = keepalive.ClientParameters{
 	PermitWithoutStream: false,
 }
 
+// ServiceConfig is the gRPC service config Dial gives the channel: a call that fails with
+// UNAVAILABLE (its server process was killed, its connection reset, no snapshot loaded yet)
+// is sent again, up to 4 attempts in all with a back-off from 50 ms doubling to 1 s, within
+// the call's deadline. Every segsrv method is read-only, so a retry is safe. It is
+// proto/segsrv/v1/segsrv_grpc_service_config.json, which the tests compare with this.
+const ServiceConfig = `{
+  "methodConfig": [
+    {
+      "name": [{"service": "segsrv.v1.SegmentationService"}],
+      "retryPolicy": {
+        "maxAttempts": 4,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"]
+      }
+    }
+  ]
+}`
+
 // Client is a connection to a segsrv server. It is safe for concurrent use.
 type Client struct {
 	conn     *grpc.ClientConn
@@ -58,6 +78,7 @@ type options struct {
 	timeout   time.Duration
 	snapshot  *pb.SnapshotSelector
 	keepalive keepalive.ClientParameters
+	retry     bool
 	dialOpts  []grpc.DialOption
 }
 
@@ -80,6 +101,11 @@ func WithKeepalive(p keepalive.ClientParameters) Option {
 	return func(o *options) { o.keepalive = p }
 }
 
+// WithRetry turns the ServiceConfig retry policy on (the default) or off. A service
+// config from the name resolver, or grpc.WithDefaultServiceConfig in WithDialOptions,
+// takes precedence.
+func WithRetry(on bool) Option { return func(o *options) { o.retry = on } }
+
 // WithDialOptions adds gRPC dial options (e.g. transport credentials, interceptors). They
 // come after Dial's own, so they override them.
 func WithDialOptions(opts ...grpc.DialOption) Option {
@@ -90,13 +116,18 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // not connect yet: the first call does (use Health to wait for a server). The connection
 // is plaintext unless WithDialOptions supplies transport credentials.
 func Dial(addr string, opts ...Option) (*Client, error) {
-	o := options{timeout: DefaultTimeout, keepalive: DefaultKeepalive}
+	o := options{timeout: DefaultTimeout, keepalive: DefaultKeepalive, retry: true}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	dial := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(o.keepalive),
+	}
+	if o.retry {
+		dial = append(dial, grpc.WithDefaultServiceConfig(ServiceConfig))
+	} else {
+		dial = append(dial, grpc.WithDisableRetry())
 	}
 	dial = append(dial, o.dialOpts...)
 	conn, err := grpc.NewClient(addr, dial...)

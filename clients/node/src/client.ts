@@ -33,6 +33,28 @@ export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024 * 1024;
 /** gRPC core's (grpcio's) default minimum interval between pings without data. */
 export const GRPCIO_MIN_PING_INTERVAL_MS = 5 * 60 * 1000;
 
+/**
+ * The service config every client's channel gets: a call that fails with UNAVAILABLE (its server
+ * process was killed, its connection reset, no snapshot loaded yet) is sent again, up to 4
+ * attempts in all with a back-off from 50 ms doubling to 1 s, within the call's deadline. Every
+ * segsrv method is read-only, so a retry is safe. It is
+ * proto/segsrv/v1/segsrv_grpc_service_config.json, which the tests compare with this.
+ */
+export const SERVICE_CONFIG = {
+  methodConfig: [
+    {
+      name: [{ service: "segsrv.v1.SegmentationService" }],
+      retryPolicy: {
+        maxAttempts: 4,
+        initialBackoff: "0.05s",
+        maxBackoff: "1s",
+        backoffMultiplier: 2,
+        retryableStatusCodes: ["UNAVAILABLE"],
+      },
+    },
+  ],
+};
+
 export interface SegsrvClientOptions {
   /** Deadline of every call in milliseconds (default 10 s). */
   deadlineMs?: number;
@@ -55,6 +77,11 @@ export interface SegsrvClientOptions {
    * grpc.keepalive_permit_without_calls = 1 (grpcio's default counts such pings as strikes).
    */
   keepalivePermitWithoutCalls?: boolean;
+  /**
+   * Send calls that failed with UNAVAILABLE again, as SERVICE_CONFIG says (default true). A
+   * "grpc.service_config" in channelOptions replaces the policy.
+   */
+  retry?: boolean;
   /** Extra grpc-js channel options (override the ones above). */
   channelOptions?: ChannelOptions;
 }
@@ -81,6 +108,11 @@ export class SegsrvClient {
     const channelOptions: ChannelOptions = {
       "grpc.max_receive_message_length": DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
     };
+    if (options.retry ?? true) {
+      channelOptions["grpc.service_config"] = JSON.stringify(SERVICE_CONFIG);
+    } else {
+      channelOptions["grpc.enable_retries"] = 0;
+    }
     if (options.keepaliveTimeMs !== undefined) {
       const floor = options.serverMinPingIntervalMs ?? GRPCIO_MIN_PING_INTERVAL_MS;
       if (options.keepaliveTimeMs < floor) {

@@ -21,6 +21,7 @@ import io.grpc.StatusRuntimeException;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
 import java.time.Duration;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Function;
@@ -55,6 +56,28 @@ public final class SegsrvClient implements AutoCloseable {
   public static final int DEFAULT_MAX_INBOUND_MESSAGE_BYTES = 64 * 1024 * 1024;
   /** gRPC core's (grpcio's) default GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS. */
   public static final Duration GRPCIO_MIN_PING_INTERVAL = Duration.ofMinutes(5);
+
+  /**
+   * The service config {@link Builder#build()} gives the channel: a call that fails with
+   * UNAVAILABLE (its server process was killed, its connection reset, no snapshot loaded yet) is
+   * sent again, up to 4 attempts in all with a back-off from 50 ms doubling to 1 s, within the
+   * call's deadline. Every segsrv method is read-only, so a retry is safe. It is
+   * proto/segsrv/v1/segsrv_grpc_service_config.json (numbers as Double, as grpc-java's
+   * defaultServiceConfig expects), which the tests compare with this.
+   */
+  public static final Map<String, ?> SERVICE_CONFIG =
+      Map.of(
+          "methodConfig",
+          List.of(
+              Map.of(
+                  "name", List.of(Map.of("service", "segsrv.v1.SegmentationService")),
+                  "retryPolicy",
+                      Map.of(
+                          "maxAttempts", 4.0,
+                          "initialBackoff", "0.05s",
+                          "maxBackoff", "1s",
+                          "backoffMultiplier", 2.0,
+                          "retryableStatusCodes", List.of("UNAVAILABLE")))));
 
   private final ManagedChannel channel;
   private final boolean ownsChannel;
@@ -277,6 +300,7 @@ public final class SegsrvClient implements AutoCloseable {
     private Duration keepAliveTimeout = Duration.ofSeconds(20);
     private Duration serverMinPingInterval = GRPCIO_MIN_PING_INTERVAL;
     private boolean keepAliveWithoutCalls = false;
+    private boolean retry = true;
 
     private Builder(String target) {
       this.target = Objects.requireNonNull(target, "target");
@@ -346,6 +370,15 @@ public final class SegsrvClient implements AutoCloseable {
       return this;
     }
 
+    /**
+     * Send calls that failed with UNAVAILABLE again, as {@link #SERVICE_CONFIG} says (default
+     * true). A service config from the name resolver takes precedence.
+     */
+    public Builder retry(boolean enable) {
+      this.retry = enable;
+      return this;
+    }
+
     /** Builds the client and its channel (connecting lazily, on the first call). */
     public SegsrvClient build() {
       NettyChannelBuilder b =
@@ -354,6 +387,11 @@ public final class SegsrvClient implements AutoCloseable {
         b.useTransportSecurity();
       } else {
         b.usePlaintext();
+      }
+      if (retry) {
+        b.defaultServiceConfig(SERVICE_CONFIG).enableRetry();
+      } else {
+        b.disableRetry();
       }
       if (keepAliveTime != null) {
         if (keepAliveTime.compareTo(serverMinPingInterval) < 0) {
