@@ -130,21 +130,20 @@ class _CallLoop:
             t.join(60)
 
 
-def _serving_pid(sup: Supervisor, since: int) -> int:
-    """The one worker pid that served the rpc log records from index `since` on."""
-    pids = {rec.get("pid") for rec in sup.records()[since:] if rec.get("event") == "rpc"}
-    assert len(pids) == 1, pids  # the client threads of one process share one connection
+def _serving_pid(sup: Supervisor) -> int:
+    """The worker pid that served the last 20 calls logged (the loop has made at least 40)."""
+    pids = {rec.get("pid") for rec in [r for r in sup.records() if r.get("event") == "rpc"][-20:]}
+    assert len(pids) == 1, pids  # the loop's threads share one channel, so one connection
     return pids.pop()
 
 
 def _kill_serving_worker(sup: Supervisor, call) -> tuple[_CallLoop, float, int, int]:
     """Loop `call` in 4 threads, SIGKILL the worker serving them, wait for its replacement to be
     ready and 0.5 s more; returns (the loop, stopped; kill time; killed pid; replacement pid)."""
-    since = len(sup.records())
     loop = _CallLoop(call)
     try:
         loop.wait_for(40)
-        pid = _serving_pid(sup, since)
+        pid = _serving_pid(sup)
         index = next(i for i, p in sup.worker_pids().items() if p == pid)
         os.kill(pid, signal.SIGKILL)
         t_kill = time.monotonic()
@@ -171,23 +170,16 @@ def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petn
         maps = Path(f"/proc/{sup.proc.pid}/maps").read_text()
         assert "cygrpc" not in maps and "numpy" not in maps and "_kernels" not in maps
 
-        # 1. raw stubs, no retry policy: kill the worker serving them
-        channels = [grpc.insecure_channel(sup.address) for _ in range(4)]
-        stubs = iter([segsrv_pb2_grpc.SegmentationServiceStub(c) for c in channels])
-        local = threading.local()
+        # 1. the generated stub, no retry policy, one channel: kill the worker serving it
+        with grpc.insecure_channel(sup.address) as channel:
+            stub = segsrv_pb2_grpc.SegmentationServiceStub(channel)
 
-        def raw_count() -> int:
-            if not hasattr(local, "stub"):
-                local.stub = next(stubs)
-            # wait_for_ready: a call made while the channel reconnects waits for a live worker
-            # instead of failing fast (docs/server.md, multi-process mode)
-            return local.stub.Count(pb.CountRequest(universe="customers"), timeout=20, wait_for_ready=True).row_count
+            def raw_count() -> int:
+                # wait_for_ready: a call made while the channel reconnects waits for a live worker
+                # instead of failing fast (docs/server.md, multi-process mode)
+                return stub.Count(pb.CountRequest(universe="customers"), timeout=20, wait_for_ready=True).row_count
 
-        try:
             loop, t_kill, killed, new_pid = _kill_serving_worker(sup, raw_count)
-        finally:
-            for c in channels:
-                c.close()
         failed = [(t0, t1, o) for t0, t1, o in loop.results if o != "ok"]
         assert {o for _, _, o in failed} <= {"UNAVAILABLE"}, failed
         # Only calls sent on the killed worker's connection fail: those in flight when it died, and
@@ -209,10 +201,11 @@ def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petn
         assert [o for _, _, o in loop.results if o != "ok"] == []
         assert sum(1 for t0, _, o in loop.results if o == "ok" and t0 > t_kill) >= 10
 
-        # fresh connections reach every worker, replacements included
+        # fresh connections reach every worker, replacements included (a local subchannel pool:
+        # channels to one target would otherwise share a connection that outlives its channel)
         since = len(sup.records())
         for _ in range(24):
-            with grpc.insecure_channel(sup.address) as channel:
+            with grpc.insecure_channel(sup.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
                 segsrv_pb2_grpc.SegmentationServiceStub(channel).Count(pb.CountRequest(universe="customers"),
                                                                        timeout=20)
         served_by = {rec.get("pid") for rec in sup.records()[since:] if rec.get("event") == "rpc"}
