@@ -40,6 +40,7 @@ import math
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,8 @@ class AssignResult:
 # compiled catalog (per snapshot version and universe)
 # ----------------------------------------------------------------------------
 
+MODEL_PARAMS_KEPT = 8  # (prior_strength, max_p_value) pairs whose propensity models a catalog keeps
+
 
 class _Presence:
     """What compiled programs read: feature presence and raw numeric values of n customers."""
@@ -149,9 +152,14 @@ class CompiledCatalog:
             self.segments.append(_Segment(name, int(entry.get("priority", 0)), size, share, program,
                                           frozenset(fields)))
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
+        # Per (prior_strength, max_p_value) pair, at most MODEL_PARAMS_KEPT of each, least recently
+        # used dropped first (requests choose the pair: an unbounded cache would grow with them):
+        # _stacked holds the fitted [features x segments] model; _models the segments fitted so far of
+        # a pair not stacked yet (a cancelled first fit resumes there), keyed (segment, a, max_p).
         self._models: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        self._stacked: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        self._fitting: dict[tuple, threading.Lock] = {}  # one fit per key at a time (others wait)
+        self._partial: OrderedDict[tuple, None] = OrderedDict()  # pairs with entries in _models
+        self._stacked: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._fitting: dict[tuple, threading.Lock] = {}  # one fit per pair at a time (others wait)
         self._lock = threading.Lock()
 
     @property
@@ -301,8 +309,15 @@ class CompiledCatalog:
         out = (np.log(base), W)
         with self._lock:
             self._models[key] = out
+            self._partial[key[1:]] = None
+            self._partial.move_to_end(key[1:])
+            while len(self._partial) > MODEL_PARAMS_KEPT:
+                self._drop_partial(self._partial.popitem(last=False)[0])
         return out
 
+    def _drop_partial(self, params: tuple) -> None:  # under self._lock
+        for i in range(len(self.segments)):
+            self._models.pop((i, *params), None)
 
     def propensity_model(self, a: float, max_p: float) -> tuple[np.ndarray, np.ndarray]:
         """(bias[S], D[n_features, S]): the membership logit of segment i for a row with features F
@@ -316,6 +331,7 @@ class CompiledCatalog:
         with self._lock:
             hit = self._stacked.get(key)
             if hit is not None:
+                self._stacked.move_to_end(key)
                 return hit
             gate = self._fitting.setdefault(key, threading.Lock())
         while not gate.acquire(timeout=0.05):
@@ -336,6 +352,12 @@ class CompiledCatalog:
             out = (bias, D)
             with self._lock:
                 self._stacked[key] = out
+                while len(self._stacked) > MODEL_PARAMS_KEPT:
+                    self._stacked.popitem(last=False)
+                # the per-segment models are in D now; waiters holding the gate find the stacked one
+                self._partial.pop(key, None)
+                self._drop_partial(key)
+                self._fitting.pop(key, None)
             return out
         finally:
             gate.release()

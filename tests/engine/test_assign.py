@@ -257,6 +257,28 @@ def test_warm_catalog_fits_every_default_model_once(snap, monkeypatch):
     assert all([[(m.segment, m.propensity) for m in a.segments] for a in r.assignments] == first for r in answers)
 
 
+def test_model_caches_are_bounded_by_parameter_pairs(snap):
+    """Requests choose prior_strength and max_p_value: a catalog keeps the models of at most
+    MODEL_PARAMS_KEPT pairs (least recently used dropped), and a dropped pair refits to the same."""
+    from segsrv.engine import assign as A
+
+    fresh = open_snapshot(snap.path.parent)
+    cat = compiled_catalog(fresh, fresh.universe(U))
+    K = A.MODEL_PARAMS_KEPT
+    pairs = [(1.0 + i, 0.05) for i in range(K + 4)]
+    first = {pair: cat.propensity_model(*pair) for pair in pairs}
+    assert list(cat._stacked) == pairs[-K:]
+    assert cat._models == {} and not cat._partial and cat._fitting == {}  # all in the stacked models
+    bias, D = cat.propensity_model(*pairs[0])  # dropped: fitted again, identically
+    assert np.array_equal(bias, first[pairs[0]][0]) and np.array_equal(D, first[pairs[0]][1])
+    assert len(cat._stacked) == K and pairs[0] in cat._stacked and pairs[-K] not in cat._stacked
+
+    for i in range(K + 3):  # first fits stopped after one segment (cancelled) leave bounded leftovers
+        cat.model(0, 100.0 + i, 0.05)
+    assert len(cat._partial) == K and {k[1:] for k in cat._models} == set(cat._partial)
+    assert len(cat._models) == K
+
+
 def test_warm_catalog_without_segments_is_a_no_op(petnord_root):
     from segsrv.engine.assign import warm_catalog
 
