@@ -7,6 +7,7 @@ exits 1 for bad input or a failed build, 2 for bad usage. See docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -122,40 +123,46 @@ def _write_scores(answer: dict, csv_path: str | None) -> None:
     print(json.dumps(answer), file=sys.stderr)
 
 
-def cmd_query(args) -> int:
-    from .engine.predict_query import run_evaluate_json, run_predict_json, run_score_json
-    from .engine.profile import run_profile_json
-    from .engine.query import run_count_json, run_relate_json
-    from .snapshot.reader import open_snapshot
+QUERY_KINDS = ("relate", "count", "predict", "score", "evaluate", "profile")
 
-    if args.csv and args.kind != "score":
-        raise SegsrvError("--csv is for `segsrv query score`")
-    query = _load_query(args.json)
-    emit = (lambda a: _write_scores(a, args.csv)) if args.kind == "score" else _print_json
-    if args.addr:  # the same JSON as --local, answered by a server through SegsrvClient
-        from .client import SegsrvClient, SegsrvRpcError
+
+@contextlib.contextmanager
+def _backend(args, snapshot_name: str | None = None):
+    """What answers a command: the in-process service over --local, or the server at --addr through
+    the Python client. Both have `call(query)` -> result (segsrv.service / segsrv.client)."""
+    if args.addr:
+        from .client import SegsrvClient
 
         if args.timeout is not None and not args.timeout > 0:
             raise SegsrvError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
-        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot or "",
+        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=snapshot_name or "",
                           version=args.version or "") as client:
-            try:
-                answer = {"relate": client.relate, "count": client.count, "predict": client.predict,
-                          "score": client.score_segment, "evaluate": client.evaluate,
-                          "profile": client.profile}[args.kind](query)
-            except SegsrvRpcError as exc:
-                print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
-                for field, description in exc.violations:
-                    print(f"  {field}: {description}", file=sys.stderr)
-                return 1
-        emit(answer)
-        return 0
-    if args.snapshot:
+            yield client
+        return
+    if snapshot_name:
         raise SegsrvError("--snapshot names a snapshot of a server (--addr); with --local give ROOT/NAME")
-    snap = open_snapshot(args.local, version=args.version)
-    runner = {"relate": run_relate_json, "count": run_count_json, "predict": run_predict_json,
-              "score": run_score_json, "evaluate": run_evaluate_json, "profile": run_profile_json}[args.kind]
-    emit(runner(snap, query))
+    from .service import local_service
+
+    yield local_service(args.local, version=args.version)
+
+
+def _query_type(kind: str):
+    from . import ops
+
+    return {"relate": ops.RelateQuery, "count": ops.CountQuery, "predict": ops.PredictQuery,
+            "score": ops.ScoreQuery, "evaluate": ops.EvaluateQuery, "profile": ops.ProfileQuery}[kind]
+
+
+def cmd_query(args) -> int:
+    if args.csv and args.kind != "score":
+        raise SegsrvError("--csv is for `segsrv query score`")
+    query = _query_type(args.kind).from_json(_load_query(args.json))
+    with _backend(args, args.snapshot) as backend:
+        result = backend.call(query)
+    if args.kind == "score":
+        _write_scores(result.to_json(), args.csv)
+    else:
+        _print_json(result.to_json(query.select) if args.kind == "relate" else result.to_json())
     return 0
 
 
@@ -202,6 +209,8 @@ def _write_export(out: str, fmt: str, total: int, expected: int, ranked: bool, c
             w = csv.writer(f)
             w.writerow(["id", "score"] if ranked else ["id"])
         for ids, scores in chunks:
+            if scores is not None and not isinstance(scores, list):  # in-process: a numpy array
+                scores = scores.tolist()
             if fmt == "csv":
                 w.writerows(zip(ids, scores) if ranked else ([i] for i in ids))
             elif ranked:
@@ -229,40 +238,18 @@ def _write_export(out: str, fmt: str, total: int, expected: int, ranked: bool, c
 
 
 def cmd_export(args) -> int:
-    from .engine.export import DEFAULT_CHUNK_SIZE, export_members, export_query_from_json
+    from .ops.export import DEFAULT_CHUNK_SIZE, ExportQuery
 
-    query = _load_query(args.json)
+    query = ExportQuery.from_json(_load_query(args.json))
     fmt = _export_format(args.out, args.format)
     if args.chunk_size is not None and not 1 <= args.chunk_size <= EXPORT_MAX_CHUNK:
         raise SegsrvError(f"--chunk-size: expected 1..{EXPORT_MAX_CHUNK:,}, got {args.chunk_size}")
-    if args.addr:
-        from .client import SegsrvClient, SegsrvRpcError
-
-        if args.timeout is not None and not args.timeout > 0:
-            raise SegsrvError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
-        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot or "",
-                          version=args.version or "") as client:
-            try:
-                stream = client.export(query, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE)
-                top_k = int(query.get("top_k") or 0)
-                total = stream.total
-                _write_export(args.out, fmt, total, min(total, top_k) if top_k else total, stream.ranked,
-                              stream.chunks(), args.quiet)
-            except SegsrvRpcError as exc:
-                print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
-                for field, description in exc.violations:
-                    print(f"  {field}: {description}", file=sys.stderr)
-                return 1
-        return 0
-    if args.snapshot:
-        raise SegsrvError("--snapshot names a snapshot of a server (--addr); with --local give ROOT/NAME")
-    from .snapshot.reader import open_snapshot
-
-    q = export_query_from_json(query)
-    q.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
-    result = export_members(open_snapshot(args.local, version=args.version), q)
-    chunks = ((ids, None if scores is None else scores.tolist()) for ids, scores in result.chunks())
-    _write_export(args.out, fmt, result.total, result.returned, result.ranked, chunks, args.quiet)
+    query.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
+    with _backend(args, args.snapshot) as backend:
+        export = backend.call(query)
+        total = export.total
+        expected = min(total, query.top_k) if query.top_k else total
+        _write_export(args.out, fmt, total, expected, export.ranked, export.chunks(), args.quiet)
     return 0
 
 
@@ -276,28 +263,11 @@ def cmd_segments_apply(args) -> int:
 
 
 def cmd_segments_list(args) -> int:
-    if args.addr:
-        from .client import SegsrvClient
+    from .ops import SegmentsQuery
 
-        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot_name or "",
-                          version=args.version or "") as client:
-            segments = client.list_segments(args.universe or "")
-    else:
-        from .engine.conditions import SegmentRef
-        from .engine.count import count
-        from .snapshot.reader import open_snapshot
-
-        snap = open_snapshot(args.local, version=args.version)
-        segments = []
-        for name, entry in sorted((snap.segments or {}).items()):
-            if args.universe and entry.get("universe") != args.universe:
-                continue
-            size = count(snap, entry.get("universe"), SegmentRef(name))
-            segments.append({"name": name, "description": entry.get("description", ""),
-                             "universe": entry.get("universe"), "where": entry["where"],
-                             "priority": entry.get("priority", 0), "tags": entry.get("tags", []),
-                             "size": size.count, "share": size.count / size.n_rows if size.n_rows else 0.0})
-    _print_json(segments)
+    with _backend(args, args.snapshot_name) as backend:
+        result = backend.call(SegmentsQuery(universe=args.universe or None))
+    _print_json(result.to_json())
     return 0
 
 
@@ -310,41 +280,20 @@ def _read_ids(args) -> list[str]:
 
 
 def cmd_assign(args) -> int:
+    from .ops import AssignQuery
+
     ids = _read_ids(args)
-    features = None
+    obj = {"ids": ids, "include_propensities": args.propensities}
     if args.features:
-        obj = _load_query(args.features)
-        features = [(k, v) for k, v in obj.items()]
-    if not ids and features is None:
+        obj["features"] = _load_query(args.features)
+    if not ids and "features" not in obj:
         raise SegsrvError("give customer ids (--id / --ids-file) or --features '{\"field\": \"value\", ...}'")
-    if args.addr:
-        from .client import SegsrvClient
-
-        with SegsrvClient(args.addr, timeout=args.timeout, snapshot=args.snapshot_name or "",
-                          version=args.version or "") as client:
-            answer = client.assign(ids, features=features, universe=args.universe or "",
-                                   include_propensities=args.propensities)
-    else:
-        from dataclasses import asdict
-
-        from .engine.assign import AssignQuery, assign
-        from .engine.conditions import value_text
-        from .snapshot.reader import open_snapshot
-
-        snap = open_snapshot(args.local, version=args.version)
-        res = assign(snap, AssignQuery(universe=args.universe, ids=ids,
-                                       features=None if features is None else
-                                       [(f, value_text(v)) for f, v in features],
-                                       include_propensities=args.propensities))
-        answer = {"snapshot": res.snapshot, "version": res.version, "universe": res.universe,
-                  "assignments": [{"id": "" if a.id is None else str(a.id), "found": a.found,
-                                   "primary_segment": a.primary_segment,
-                                   "segments": [{"segment": m.segment, "member": m.member,
-                                                 "propensity": m.propensity, "segment_size": m.segment_size,
-                                                 "share": m.share, "priority": m.priority}
-                                                for m in a.segments]}
-                                  for a in res.assignments]}
-    _print_json(answer)
+    if args.universe:
+        obj["from"] = args.universe
+    query = AssignQuery.from_json(obj)
+    with _backend(args, args.snapshot_name) as backend:
+        result = backend.call(query)
+    _print_json(result.to_json())
     return 0
 
 
@@ -442,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("query", help="run a JSON query")
-    p.add_argument("kind", choices=["relate", "count", "predict", "score", "evaluate", "profile"], help="query kind")
+    p.add_argument("kind", choices=QUERY_KINDS, help="query kind")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
@@ -590,6 +539,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SegsrvError as exc:
         print(f"segsrv: error: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        client = sys.modules.get("segsrv.client")  # loaded only by --addr commands
+        if client is None or not isinstance(exc, client.SegsrvRpcError):
+            raise
+        print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        for field, description in exc.violations:
+            print(f"  {field}: {description}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("segsrv: interrupted", file=sys.stderr)

@@ -41,12 +41,12 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownSegmentError
+from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownSegmentError, Violation
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import cancel
@@ -54,55 +54,7 @@ from .conditions import (All, And, AnyOf, Condition, Evaluator, Not, Or, Range, 
                          condition_fields, parse_where)
 from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, _g_test_p
 from .relate import count_features
-
-MAX_BATCH = 100_000
-MAX_FEATURES = 10_000
-
-
-# ----------------------------------------------------------------------------
-# requests and results
-# ----------------------------------------------------------------------------
-
-
-@dataclass
-class AssignQuery:
-    universe: str | None = None
-    ids: list = field(default_factory=list)  # external ids of known rows
-    features: list[tuple[str, str]] | None = None  # a new customer (when ids is empty)
-    include_propensities: bool = False
-    prior_strength: float = DEFAULT_PRIOR_STRENGTH
-    max_p_value: float = DEFAULT_MAX_P_VALUE
-
-
-@dataclass(frozen=True)
-class Membership:
-    segment: str
-    member: bool
-    segment_size: int
-    share: float
-    priority: int
-    propensity: float | None = None  # P(member) for non-members (include_propensities)
-
-
-@dataclass
-class Assignment:
-    id: object  # external id, or None for a feature-list customer
-    found: bool
-    # ranked (see module docstring): the member segments; with include_propensities also every other
-    # segment with its propensity; empty when not found
-    segments: list[Membership]
-    primary_segment: str | None
-
-
-@dataclass
-class AssignResult:
-    snapshot: str
-    version: str
-    universe: str
-    n_segments: int
-    assignments: list[Assignment]
-    elapsed_ms: float
-
+from ..ops.assign import MAX_FEATURES, Assignment, AssignQuery, AssignResult, Membership
 
 # ----------------------------------------------------------------------------
 # compiled catalog (per snapshot version and universe)
@@ -229,14 +181,14 @@ class CompiledCatalog:
             if cond.name not in catalog:
                 raise UnknownSegmentError(
                     f"snapshot {self.snapshot.name!r} has no segment {cond.name!r}{suggest(cond.name, catalog)}",
-                    [("$segment", f"unknown segment {cond.name!r}")])
+                    [Violation("$segment", f"unknown segment {cond.name!r}", "segment", cond.name)])
             if cond.name in stack:
                 cycle = " -> ".join(stack + [cond.name])
-                raise QueryError(f"segment reference cycle: {cycle}", [("$segment", f"cycle {cycle}")])
+                raise QueryError(f"segment reference cycle: {cycle}", [Violation("$segment", f"cycle {cycle}", "segment", cond.name)])
             seg = catalog[cond.name]
             if seg.get("universe") not in (None, u.name):
                 raise QueryError(f"segment {cond.name!r} is defined over universe {seg['universe']!r}, "
-                                 f"not {u.name!r}", [("$segment", "segment of another universe")])
+                                 f"not {u.name!r}", [Violation("$segment", "segment of another universe", "segment", cond.name)])
             return self._compile(parse_where(seg["where"], f"segment {cond.name}"), stack + [cond.name], fields)
         raise QueryError(f"not a condition: {cond!r}", [("where", "not a condition")])
 
@@ -471,19 +423,9 @@ def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
         if len(used) == 1:
             universe = used.pop()
     u = snapshot.universe(universe)
+    query.validate()
     a, max_p = query.prior_strength, query.max_p_value
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
-        _bad("prior_strength", f"must be a finite number > 0, got {a!r}")
-    if isinstance(max_p, bool) or not isinstance(max_p, (int, float)) or not 0 < max_p <= 1:
-        _bad("max_p_value", f"must be a number within (0, 1], got {max_p!r}")
     ids = list(query.ids or [])
-    if ids and query.features:
-        _bad("features", "give either ids (known customers) or features (a new customer), not both")
-    if not ids and query.features is None:
-        _bad("ids", "give the ids of known customers, or the features of a new customer")
-    if len(ids) > MAX_BATCH:
-        raise LimitExceededError(f"ids: {len(ids)} ids, more than the limit {MAX_BATCH} per call",
-                                 [("ids", f"at most {MAX_BATCH}")])
     cat = compiled_catalog(snapshot, u)
     if ids:
         rows = np.asarray(u.rows_for_ids(ids), dtype=np.int64)

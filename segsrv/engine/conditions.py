@@ -1,203 +1,22 @@
-"""Conditions: a small boolean tree over features, and its evaluation to a bitset.
-
-The tree is made of frozen dataclasses (Term, AnyOf, Range, And, Or, Not, All,
-SegmentRef). ``parse_where`` turns the JSON ``where`` form into a tree:
-
-    {"a": "x", "b": "y"}            AND of terms
-    {"a": ["x", "y"]}               any of the values ({"$in": [...]} too)
-    {"a": {"$gte": 1, "$lt": 5}}    numeric range on a raw numeric column
-    {"a": {"$ne": "x"}}             NOT a=x
-    {"$and": [...]}, {"$or": [...]}, {"$not": {...}}
-    {"$segment": "name"}            a segment of the snapshot's catalog
-    {} or {"$all": true}            every row
+"""Evaluation of condition trees (segsrv.ops.conditions) to bitsets over a universe.
 
 ``evaluate`` compiles a tree against a universe into a fresh uint64 bitset
-(bits past n_rows are zero).
+(bits past n_rows are zero); a segment reference evaluates the catalog entry's
+`where`, with cycles and segments of other universes refused.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownSegmentError
+from ..errors import QueryError, UnknownFieldError, UnknownSegmentError, Violation
+from ..ops.conditions import (  # noqa: F401 - the tree is part of this module's interface
+    MAX_DEPTH, MAX_TERMS, All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term, check_limits,
+    condition_fields, parse_where, value_text,
+)
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
-
-MAX_DEPTH = 32
-MAX_TERMS = 1024
-
-
-@dataclass(frozen=True)
-class Term:
-    field: str
-    value: str
-
-
-@dataclass(frozen=True)
-class AnyOf:
-    field: str
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Range:
-    field: str
-    gte: float | None = None
-    gt: float | None = None
-    lte: float | None = None
-    lt: float | None = None
-
-
-@dataclass(frozen=True)
-class And:
-    items: tuple
-
-
-@dataclass(frozen=True)
-class Or:
-    items: tuple
-
-
-@dataclass(frozen=True)
-class Not:
-    item: object
-
-
-@dataclass(frozen=True)
-class All:
-    pass
-
-
-@dataclass(frozen=True)
-class SegmentRef:
-    name: str
-
-
-Condition = Term | AnyOf | Range | And | Or | Not | All | SegmentRef
-
-_RANGE_OPS = {"$gte": "gte", "$gt": "gt", "$lte": "lte", "$lt": "lt"}
-
-
-def value_text(value, where: str = "where") -> str:
-    """Canonical text of a scalar condition value (as the builder writes values)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer():
-            return str(int(value))
-        return repr(value)
-    if isinstance(value, str):
-        return value
-    raise QueryError(
-        f"{where}: value {value!r} must be a string, number or boolean",
-        [(where, f"bad value {value!r}")],
-    )
-
-
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QueryError(f"{where}: expected a finite number, got {value!r}", [(where, f"not a number: {value!r}")])
-    return float(value)
-
-
-def parse_where(obj, where: str = "where") -> Condition:
-    """JSON `where` form -> condition tree (raises QueryError naming the bad part)."""
-    if obj is None or obj == {}:
-        return All()
-    if not isinstance(obj, dict):
-        raise QueryError(f"{where}: expected an object, got {obj!r}", [(where, "expected an object")])
-    items = []
-    for key, val in obj.items():
-        at = f"{where}.{key}"
-        if key == "$and" or key == "$or":
-            if not isinstance(val, list) or not val:
-                raise QueryError(f"{at}: expected a non-empty list of conditions", [(at, "expected a non-empty list")])
-            parts = tuple(parse_where(v, f"{at}[{i}]") for i, v in enumerate(val))
-            items.append(And(parts) if key == "$and" else Or(parts))
-        elif key == "$not":
-            items.append(Not(parse_where(val, at)))
-        elif key == "$segment":
-            if not isinstance(val, str) or not val:
-                raise QueryError(f"{at}: expected a segment name", [(at, "expected a segment name")])
-            items.append(SegmentRef(val))
-        elif key == "$all":
-            if val is not True:
-                raise QueryError(f"{at}: only true is allowed", [(at, "expected true")])
-            items.append(All())
-        elif key.startswith("$"):
-            raise QueryError(
-                f"{where}: unknown operator {key!r}{suggest(key, ['$and', '$or', '$not', '$segment', '$all'])}",
-                [(at, "unknown operator")],
-            )
-        else:
-            items.append(_parse_field(key, val, at))
-    return items[0] if len(items) == 1 else And(tuple(items))
-
-
-def _parse_field(field: str, val, at: str) -> Condition:
-    if isinstance(val, list):
-        if not val:
-            raise QueryError(f"{at}: empty list of values", [(at, "empty list")])
-        return AnyOf(field, tuple(value_text(v, at) for v in val))
-    if isinstance(val, dict):
-        if not val:
-            raise QueryError(f"{at}: empty operator object", [(at, "empty object")])
-        if set(val) <= set(_RANGE_OPS):
-            bounds = {_RANGE_OPS[k]: _number(v, f"{at}.{k}") for k, v in val.items()}
-            if "gte" in bounds and "gt" in bounds or "lte" in bounds and "lt" in bounds:
-                raise QueryError(f"{at}: give at most one lower and one upper bound", [(at, "conflicting bounds")])
-            return Range(field, **bounds)
-        if set(val) == {"$in"}:
-            return _parse_field(field, val["$in"] if isinstance(val["$in"], list) else [val["$in"]], at)
-        if set(val) == {"$ne"}:
-            return Not(Term(field, value_text(val["$ne"], at)))
-        bad = sorted(set(val) - set(_RANGE_OPS) - {"$in", "$ne"})
-        raise QueryError(
-            f"{at}: unknown or mixed operators {bad or sorted(val)}; use $gte/$gt/$lte/$lt, $in or $ne",
-            [(at, f"bad operators {bad or sorted(val)}")],
-        )
-    return Term(field, value_text(val, at))
-
-
-def check_limits(cond: Condition, max_depth: int = MAX_DEPTH, max_terms: int = MAX_TERMS) -> None:
-    terms = 0
-
-    def walk(c, depth: int) -> None:
-        nonlocal terms
-        if depth > max_depth:
-            raise LimitExceededError(
-                f"condition nests deeper than {max_depth} levels", [("where", f"depth > {max_depth}")]
-            )
-        if isinstance(c, (And, Or)):
-            for item in c.items:
-                walk(item, depth + 1)
-        elif isinstance(c, Not):
-            walk(c.item, depth + 1)
-        else:
-            terms += len(c.values) if isinstance(c, AnyOf) else 1
-            if terms > max_terms:
-                raise LimitExceededError(
-                    f"condition has more than {max_terms} terms", [("where", f"more than {max_terms} terms")]
-                )
-
-    walk(cond, 0)
-
-
-def condition_fields(cond: Condition) -> set[str]:
-    """Fields a condition mentions directly (not through segment references)."""
-    if isinstance(cond, (Term, AnyOf, Range)):
-        return {cond.field}
-    if isinstance(cond, (And, Or)):
-        return set().union(*(condition_fields(c) for c in cond.items))
-    if isinstance(cond, Not):
-        return condition_fields(cond.item)
-    return set()
 
 
 def tail_mask(n_rows: int, n_words: int) -> np.ndarray:
@@ -286,13 +105,13 @@ class Evaluator:
         if info.kind != "numeric":
             raise QueryError(
                 f"range on field {cond.field!r}, which is {info.kind}, not numeric",
-                [(cond.field, "range on a non-numeric field")],
+                [Violation(cond.field, "range on a non-numeric field", "range")],
             )
         if info.numeric is None:
             raise QueryError(
                 f"field {cond.field!r} has no raw values in universe {u.name!r} (it is reached through a "
                 f"reverse link, so it only has bands); use its bands: {info.values}",
-                [(cond.field, "no raw values for a range; use a band")],
+                [Violation(cond.field, "no raw values for a range; use a band", "range")],
             )
         x = np.asarray(info.numeric)
         mask = ~np.isnan(x)
@@ -315,16 +134,16 @@ class Evaluator:
             raise UnknownSegmentError(
                 f"snapshot {self.snapshot.name!r} has no segment {name!r}{suggest(name, catalog)}"
                 + ("" if catalog else " (its segment catalog is empty)"),
-                [("$segment", f"unknown segment {name!r}")],
+                [Violation("$segment", f"unknown segment {name!r}", "segment", name)],
             )
         if name in self._segment_stack:
             cycle = " -> ".join(self._segment_stack + [name])
-            raise QueryError(f"segment reference cycle: {cycle}", [("$segment", f"cycle {cycle}")])
+            raise QueryError(f"segment reference cycle: {cycle}", [Violation("$segment", f"cycle {cycle}", "segment", name)])
         seg = catalog[name]
         if seg.get("universe") not in (None, self.universe.name):
             raise QueryError(
                 f"segment {name!r} is defined over universe {seg['universe']!r}, not {self.universe.name!r}",
-                [("$segment", "segment of another universe")],
+                [Violation("$segment", "segment of another universe", "segment", name)],
             )
         self._segment_stack.append(name)
         try:

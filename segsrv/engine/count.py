@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 
 from .. import _kernels
+from ..ops.count import CountResult
 from ..snapshot.reader import Snapshot
 from .conditions import All, Condition, evaluate
 
 
-@dataclass
-class CountResult:
-    snapshot: str
-    version: str
-    universe: str
-    n_rows: int
-    count: int
-
-
 def count(snapshot: Snapshot, universe: str | None, where: Condition | None = None) -> CountResult:
+    t0 = time.perf_counter()
     u = snapshot.universe(universe)
     bits = evaluate(snapshot, u, where if where is not None else All())
-    return CountResult(snapshot.name, snapshot.version, u.name, u.n_rows, int(_kernels.popcount(bits)))
+    return CountResult(snapshot.name, snapshot.version, u.name, u.n_rows, int(_kernels.popcount(bits)),
+                       elapsed_ms=(time.perf_counter() - t0) * 1e3)

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _kernels
-from ..errors import QueryError, SegsrvError, SnapshotNotFoundError, UnknownFieldError, UnknownSegmentError
+from ..errors import NoCatalogError, QueryError, SegsrvError, SnapshotNotFoundError, UnknownFieldError, UnknownSegmentError
 from ..snapshot import format as fmt
 from ..snapshot.paths import _match
 from ..snapshot.reader import Snapshot, Universe, open_snapshot
@@ -54,10 +54,6 @@ from .relate import count_features
 DEFAULT_TOP_FEATURES = 10
 DEFAULT_MIN_SUPPORT = 10
 CATALOG_HINT = "add one with `segsrv segments apply`"
-
-
-class NoCatalogError(QueryError):
-    """A version being compared has no segment catalog."""
 
 
 # ----------------------------------------------------------------------------

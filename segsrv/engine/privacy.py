@@ -51,18 +51,19 @@ def refuse_small(count: int, k: int, what: str, field: str) -> None:
 
 
 def floor_count(result, k: int):
-    """CountResult -> (result, suppressed)."""
+    """CountResult -> the result, a small count reported as 0 and marked suppressed."""
     if is_small(result.count, k):
-        return dataclasses.replace(result, count=0), True
-    return result, False
+        return dataclasses.replace(result, count=0, suppressed=True)
+    return result
 
 
 def floor_relate(result, k: int):
-    """RelateResult -> (result, suppressed, n_dropped_hits)."""
+    """RelateResult -> the result without what the floor hides (marked suppressed / suppressed_hits)."""
     if k <= 1:
-        return result, False, 0
+        return result
     if is_small(result.n_condition, k):
-        return dataclasses.replace(result, n_condition=0, n_matching=0, hits=[]), True, len(result.hits)
+        return dataclasses.replace(result, n_condition=0, n_matching=0, hits=[], suppressed=True,
+                                   suppressed_hits=len(result.hits))
     kept = []
     for h in result.hits:
         support, n_feature = int(h.stats["support"]), int(h.stats["n_feature"])
@@ -70,7 +71,7 @@ def floor_relate(result, k: int):
             continue
         kept.append(h)
     dropped = len(result.hits) - len(kept)
-    return dataclasses.replace(result, hits=kept, n_matching=result.n_matching - dropped), False, dropped
+    return dataclasses.replace(result, hits=kept, n_matching=result.n_matching - dropped, suppressed_hits=dropped)
 
 
 def floor_predict(result, k: int):
@@ -87,11 +88,11 @@ def floor_predict(result, k: int):
 
 
 def floor_profile(result, k: int):
-    """ProfileResult -> (result, suppressed)."""
+    """ProfileResult -> the result without what the floor hides (a small segment: marked suppressed)."""
     if k <= 1:
-        return result, False
+        return result
     if is_small(result.n_segment, k):
-        return dataclasses.replace(result, n_segment=0, fields=[], numeric=[]), True
+        return dataclasses.replace(result, n_segment=0, fields=[], numeric=[], suppressed=True)
 
     def keep(v) -> bool:
         return not (is_small(v.segment_count, k) or is_small(v.population_count, k))
@@ -101,7 +102,7 @@ def floor_profile(result, k: int):
     numeric = [dataclasses.replace(nf, segment=dataclasses.replace(nf.segment, min=math.nan, max=math.nan),
                                    population=dataclasses.replace(nf.population, min=math.nan, max=math.nan))
                for nf in result.numeric]
-    return dataclasses.replace(result, fields=fields, numeric=numeric), False
+    return dataclasses.replace(result, fields=fields, numeric=numeric)
 
 
 def floor_assign(result, k: int):

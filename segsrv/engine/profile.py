@@ -47,132 +47,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError
-from ..snapshot.paths import _match
+from ..errors import LimitExceededError, QueryError, UnknownFieldError, Violation
+from ..ops.profile import (  # noqa: F401 - the query and result types are this module's interface
+    DEFAULT_VALUES_PER_FIELD, MAX_FIELD_PATTERNS, MAX_VALUES_PER_FIELD, NUMERIC_STATS, FieldProfile, NumericProfile,
+    NumericStats, ProfileQuery, ProfileResult, ValueProfile,
+)
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import stats as st
-from .conditions import All, Condition, evaluate, parse_where
-from .query import _check_keys, _json_number
-from .relate import count_features
-
-DEFAULT_VALUES_PER_FIELD = 5
-MAX_VALUES_PER_FIELD = 100
-MAX_FIELD_PATTERNS = 1024
-PROFILE_KEYS = {"from", "segment", "fields", "values_per_field"}
-NUMERIC_STATS = ("count", "mean", "std", "min", "p25", "median", "p75", "max")
-
-
-@dataclass
-class ProfileQuery:
-    segment: Condition = field(default_factory=All)
-    universe: str | None = None
-    fields: list[str] | None = None  # names or globs; None / empty = every field
-    values_per_field: int = DEFAULT_VALUES_PER_FIELD
-
-    def validate(self) -> None:
-        v = self.values_per_field
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise QueryError(f"values_per_field: must be a positive integer, got {v!r}",
-                             [("values_per_field", f"must be a positive integer, got {v!r}")])
-        if v > MAX_VALUES_PER_FIELD:
-            raise LimitExceededError(f"values_per_field: {v} exceeds the maximum {MAX_VALUES_PER_FIELD}",
-                                     [("values_per_field", f"at most {MAX_VALUES_PER_FIELD}")])
-        if self.fields is not None:
-            if not isinstance(self.fields, (list, tuple)):
-                raise QueryError("fields: expected a list of field names or globs",
-                                 [("fields", "expected a list")])
-            if len(self.fields) > MAX_FIELD_PATTERNS:
-                raise LimitExceededError(
-                    f"fields: {len(self.fields)} names or globs exceed the maximum {MAX_FIELD_PATTERNS}",
-                    [("fields", f"at most {MAX_FIELD_PATTERNS} names or globs")])
-            for pat in self.fields:
-                if not isinstance(pat, str) or not pat:
-                    raise QueryError(f"fields: bad field name or glob {pat!r}", [("fields", f"bad pattern {pat!r}")])
-        if self.universe is not None and not isinstance(self.universe, str):
-            raise QueryError(f"from: expected a universe name, got {self.universe!r}", [("from", "expected a string")])
-
-
-@dataclass
-class ValueProfile:
-    value: str
-    segment_count: int  # n_{S,v}
-    population_count: int  # n_v
-    segment_share: float
-    population_share: float
-    lift: float
-    p_value: float
-
-
-@dataclass
-class FieldProfile:
-    field: str
-    over: list[ValueProfile]  # lift > 1, most over-indexed first
-    under: list[ValueProfile]  # lift < 1, most under-indexed first
-
-
-@dataclass
-class NumericStats:
-    count: int
-    mean: float
-    std: float
-    min: float
-    p25: float
-    median: float
-    p75: float
-    max: float
-
-    def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in NUMERIC_STATS}
-
-
-@dataclass
-class NumericProfile:
-    field: str
-    segment: NumericStats
-    population: NumericStats
-
-
-@dataclass
-class ProfileResult:
-    snapshot: str
-    version: str
-    universe: str
-    n_rows: int
-    n_segment: int
-    fields: list[FieldProfile]
-    numeric: list[NumericProfile]
-    elapsed_ms: float
-    plan: str = "none"  # counting plan of the value counts (Relate's), "none" when nothing was counted
-
-
-# --- fields ---------------------------------------------------------------------
-
-
-def select_profile_fields(universe: Universe, patterns: list[str] | None) -> list[str]:
-    """Field names selected by names / globs (segment-wise, `**` spans segments), in request
-    order then universe order, without duplicates; every field when `patterns` is empty."""
-    if not patterns:
-        return list(universe.fields)
-    chosen: dict[str, None] = {}
-    for pat in patterns:
-        if pat in universe.fields:
-            chosen[pat] = None
-            continue
-        if not any(ch in pat for ch in "*?["):
-            raise UnknownFieldError(
-                f"fields: universe {universe.name!r} has no field {pat!r}{suggest(pat, universe.fields)}",
-                [("fields", f"unknown field {pat!r}")],
-            )
-        parts = pat.split(".")
-        hits = [f for f in universe.fields if _match(parts, f.split("."))]
-        if not hits:
-            raise UnknownFieldError(f"fields: pattern {pat!r} matches no field of universe {universe.name!r}",
-                                    [("fields", f"{pat!r} matches no field")])
-        for f in hits:
-            chosen[f] = None
-    return list(chosen)
-
+from .conditions import evaluate
+from .relate import count_features, select_fields
 
 # --- numeric summaries ------------------------------------------------------------
 
@@ -234,7 +118,7 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
     query.validate()
     universe = snapshot.universe(query.universe)
     n = universe.n_rows
-    names = select_profile_fields(universe, list(query.fields) if query.fields else None)
+    names = select_fields(universe, list(query.fields) if query.fields else None, set(), key="fields")
     bits = evaluate(snapshot, universe, query.segment)
     n_s = int(_kernels.popcount(bits))
     infos = [universe.fields[f] for f in names]
@@ -310,56 +194,3 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
         snapshot=snapshot.name, version=snapshot.version, universe=universe.name, n_rows=n, n_segment=n_s,
         fields=fields_out, numeric=numeric_out, elapsed_ms=(time.perf_counter() - t0) * 1e3, plan=plan,
     )
-
-
-# --- the JSON form ------------------------------------------------------------------
-
-
-def profile_query_from_json(obj: dict) -> ProfileQuery:
-    """{"from", "segment", "fields", "values_per_field"} -> ProfileQuery (raises QueryError)."""
-    _check_keys(obj, PROFILE_KEYS, "profile")
-    fields = obj.get("fields")
-    if isinstance(fields, str):
-        fields = [fields]
-    if fields is not None and not isinstance(fields, list):
-        raise QueryError("fields: expected a list of field names or globs", [("fields", "expected a list")])
-    universe = obj.get("from")
-    if universe is not None and (not isinstance(universe, str) or not universe):
-        raise QueryError(f"from: expected a universe name, got {universe!r}", [("from", "expected a string")])
-    q = ProfileQuery(segment=parse_where(obj.get("segment"), "segment"), universe=universe,
-                     fields=fields or None,
-                     values_per_field=obj.get("values_per_field", DEFAULT_VALUES_PER_FIELD))
-    q.validate()
-    return q
-
-
-def _value_json(v) -> dict:
-    return {"value": v.value, "segment_count": int(v.segment_count),
-            "segment_share": _json_number(float(v.segment_share)),
-            "population_share": _json_number(float(v.population_share)),
-            "lift": _json_number(float(v.lift)), "p_value": _json_number(float(v.p_value))}
-
-
-def _stats_json(s) -> dict:
-    return {name: int(s.count) if name == "count" else _json_number(float(getattr(s, name)))
-            for name in NUMERIC_STATS}
-
-
-def render_profile(result) -> dict:
-    """The JSON answer; reads attributes only (the client renders objects rebuilt from the proto)."""
-    return {
-        "snapshot": result.snapshot,
-        "version": result.version,
-        "from": result.universe,
-        "n_rows": int(result.n_rows),
-        "n_segment": int(result.n_segment),
-        "elapsed_ms": round(float(result.elapsed_ms), 3),
-        "fields": [{"field": f.field, "over": [_value_json(v) for v in f.over],
-                    "under": [_value_json(v) for v in f.under]} for f in result.fields],
-        "numeric": [{"field": p.field, "segment": _stats_json(p.segment), "population": _stats_json(p.population)}
-                    for p in result.numeric],
-    }
-
-
-def run_profile_json(snapshot: Snapshot, obj: dict) -> dict:
-    return render_profile(profile(snapshot, profile_query_from_json(obj)))

@@ -11,133 +11,51 @@ Both give identical counts; the cheaper is picked from those two estimates.
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError
+from ..errors import QueryError, UnknownFieldError, Violation
+from ..ops.relate import (  # noqa: F401 - the query and result types are this module's interface
+    DEFAULT_LIMIT, DEFAULT_PRIOR_STRENGTH, DIRECTIONS, MAX_LIMIT, ORDER_KEYS, PLANS, STAT_NAMES, RelateHit,
+    RelateQuery, RelateResult,
+)
 from ..snapshot.paths import _match
 from ..snapshot.reader import Snapshot, Universe
-from ..snapshot.spec import suggest
+from ..errors import suggest
 from . import stats as st
-from .conditions import All, Condition, condition_fields, evaluate
+from .conditions import condition_fields, evaluate
 
-ORDER_KEYS = (
-    "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
-    "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
-)
-DIRECTIONS = ("over", "under", "all")
-PLANS = ("auto", "scan", "histogram")
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 10_000
-DEFAULT_PRIOR_STRENGTH = 10.0
 # one (row, feature) entry of the CSR histogram (random access) costs about as much as this many
 # bitset words of the scan (measured: ~10 ns vs ~0.3 ns per word on the 1M demo snapshot)
 HISTOGRAM_COST_FACTOR = 24.0
 _ASCENDING_ALWAYS = {"p_value", "q_value"}
 _ASCENDING_UNDER = {"lift", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
 
-STAT_NAMES = (
-    "support", "support_ratio", "p", "p_base", "p_not", "lift", "lift_smoothed", "lift_low", "lift_high",
-    "p_value", "q_value", "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang",
-    "mutual_information", "n_feature",
-)
-
-
-@dataclass
-class RelateQuery:
-    where: Condition = field(default_factory=All)
-    universe: str | None = None
-    relate: list[str] | None = None  # field names or globs; None = every field
-    order_by: str = "lift_smoothed"
-    direction: str = "over"
-    limit: int = DEFAULT_LIMIT
-    min_support: int = 1
-    min_lift: float | None = None
-    max_p_value: float | None = None
-    prior_strength: float = DEFAULT_PRIOR_STRENGTH
-    exclude_condition_fields: bool = True
-    plan: str = "auto"
-
-    def validate(self) -> None:
-        def bad(name, msg):
-            raise QueryError(f"{name}: {msg}", [(name, msg)])
-
-        if self.order_by not in ORDER_KEYS:
-            bad("order_by", f"unknown order {self.order_by!r}{suggest(self.order_by, ORDER_KEYS)}; one of {list(ORDER_KEYS)}")
-        if self.direction not in DIRECTIONS:
-            bad("direction", f"must be one of {list(DIRECTIONS)}, got {self.direction!r}")
-        if self.plan not in PLANS:
-            bad("plan", f"must be one of {list(PLANS)}, got {self.plan!r}")
-        if not isinstance(self.limit, int) or isinstance(self.limit, bool) or self.limit < 1:
-            bad("limit", f"must be a positive integer, got {self.limit!r}")
-        if self.limit > MAX_LIMIT:
-            raise LimitExceededError(f"limit: {self.limit} exceeds the maximum {MAX_LIMIT}", [("limit", f"> {MAX_LIMIT}")])
-        if not isinstance(self.min_support, int) or isinstance(self.min_support, bool) or self.min_support < 0:
-            bad("min_support", f"must be a non-negative integer, got {self.min_support!r}")
-        def is_number(x) -> bool:  # a finite real number, not a bool
-            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-        if not is_number(self.prior_strength) or self.prior_strength < 0:
-            bad("prior_strength", f"must be a finite non-negative number, got {self.prior_strength!r}")
-        if self.min_lift is not None and not is_number(self.min_lift):
-            bad("min_lift", f"must be a finite number, got {self.min_lift!r}")
-        if self.max_p_value is not None and (not is_number(self.max_p_value) or not 0 <= self.max_p_value <= 1):
-            bad("max_p_value", f"must be a number within [0, 1], got {self.max_p_value!r}")
-
-
-@dataclass
-class RelateHit:
-    feature_id: int
-    field: str
-    value: str
-    stats: dict[str, float]
-
-    def __getattr__(self, name):
-        try:
-            return self.__dict__["stats"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-@dataclass
-class RelateResult:
-    snapshot: str
-    version: str
-    universe: str
-    n_rows: int
-    n_condition: int
-    n_candidates: int
-    n_matching: int  # candidates passing every filter (hits is the first `limit` of them)
-    plan: str
-    hits: list[RelateHit]
-    elapsed_ms: float
-
-
-def select_fields(universe: Universe, patterns: list[str] | None, skip: set[str]) -> list[str]:
-    """Field names selected by names / globs (segment-wise, ** spans segments)."""
+def select_fields(universe: Universe, patterns: list[str] | None, skip: set[str], key: str = "relate") -> list[str]:
+    """Field names selected by names / globs (segment-wise, `**` spans segments), in request order then
+    universe order, without duplicates; every field but `skip` when `patterns` is empty. Errors name
+    the request's list `key` ("relate", "fields", "evidence_fields") and the pattern."""
     if not patterns:
         return [f for f in universe.fields if f not in skip]
     chosen: dict[str, None] = {}
     for pat in patterns:
         if not isinstance(pat, str) or not pat:
-            raise QueryError(f"relate: bad field pattern {pat!r}", [("relate", f"bad pattern {pat!r}")])
+            raise QueryError(f"{key}: bad field pattern {pat!r}", [Violation(key, f"bad pattern {pat!r}", "pattern", pat)])
         if pat in universe.fields:
             chosen[pat] = None
             continue
         if not any(ch in pat for ch in "*?["):
             raise UnknownFieldError(
-                f"relate: universe {universe.name!r} has no field {pat!r}{suggest(pat, universe.fields)}",
-                [("relate", f"unknown field {pat!r}")],
+                f"{key}: universe {universe.name!r} has no field {pat!r}{suggest(pat, universe.fields)}",
+                [Violation(key, f"unknown field {pat!r}", "pattern", pat)],
             )
         parts = pat.split(".")
         hits = [f for f in universe.fields if _match(parts, f.split(".")) and f not in skip]
         if not hits:
-            raise UnknownFieldError(f"relate: pattern {pat!r} matches no field", [("relate", f"{pat!r} matches nothing")])
+            raise UnknownFieldError(f"{key}: pattern {pat!r} matches no field of universe {universe.name!r}",
+                                    [Violation(key, f"{pat!r} matches nothing", "pattern", pat)])
         for f in hits:
             chosen[f] = None
     return list(chosen)
@@ -223,7 +141,7 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     ascending = query.order_by in _ASCENDING_ALWAYS or (query.direction == "under" and query.order_by in _ASCENDING_UNDER)
     key = np.where(np.isnan(key), np.inf if ascending else -np.inf, key)
     order = np.lexsort((fids[idx], key if ascending else -key))
-    top = idx[order[: query.limit]]
+    top = idx[order[: query.effective_limit]]
     stats = statistics(top)
     columns = {name: stats[name].tolist() for name in STAT_NAMES}
     hits = []

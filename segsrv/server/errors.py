@@ -20,7 +20,6 @@ See docs/server.md for the table in prose.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from typing import Callable, NoReturn
 
@@ -30,6 +29,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..errors import (
+    DeadlineExpired,
+    RequestCancelled,
+    Violation,
+    as_violation,
+    reason_for,
     LimitExceededError,
     PrivacyFloorError,
     NoSnapshotServedError,
@@ -47,14 +51,6 @@ from .logs import current_request_id
 log = logging.getLogger("segsrv.server")
 
 ERROR_DOMAIN = "segsrv.dev"
-
-
-class DeadlineExpired(Exception):
-    """The client's deadline passed while the server was working (checked between steps)."""
-
-
-class RequestCancelled(Exception):
-    """The client cancelled the call (or its connection went away)."""
 
 
 # The table. Order does not matter: lookup follows the exception's MRO.
@@ -90,23 +86,13 @@ def status_code_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def reason_for(exc: BaseException) -> str:
-    """UnknownFieldError -> UNKNOWN_FIELD (a plain QueryError -> INVALID_REQUEST)."""
-    if type(exc) is QueryError:
-        return "INVALID_REQUEST"
-    name = type(exc).__name__
-    for suffix in ("Error", "Exception"):
-        name = name.removesuffix(suffix)
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
-
-
 def _pack(msg) -> any_pb2.Any:
     a = any_pb2.Any()
     a.Pack(msg)
     return a
 
 
-def build_status(exc: BaseException, locate: Callable[[str, str], list[str]] | None = None,
+def build_status(exc: BaseException, locate: Callable[[Violation], list[str]] | None = None,
                  method: str = "") -> tuple[status_pb2.Status, str | None]:
     """The google.rpc.Status answering `exc`, and the request id when it is an internal error."""
     code = status_code_for(exc)
@@ -123,26 +109,26 @@ def build_status(exc: BaseException, locate: Callable[[str, str], list[str]] | N
         return status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=details), request_id
 
     message = getattr(exc, "message", None) or str(exc) or code.name.lower().replace("_", " ")
-    violations = list(getattr(exc, "violations", []) or [])
+    violations = [as_violation(v) for v in getattr(exc, "violations", []) or []]
     details = []
     if violations:
         bad = error_details_pb2.BadRequest()
-        for field, description in violations:
+        for v in violations:
             # one violation: the exception's message is the fuller text (it names the snapshot or
             # universe and suggests close matches)
-            text = message if len(violations) == 1 else description
-            for path in (locate(field, description) if locate else [field]):
+            text = message if len(violations) == 1 else v.description
+            for path in (locate(v) if locate else [v.field]):
                 bad.field_violations.add(field=path, description=text)
         details.append(_pack(bad))
     metadata = {}
     if isinstance(exc, LimitExceededError) and violations:
-        metadata["limit"] = violations[0][1]
+        metadata["limit"] = violations[0].description
     details.append(_pack(error_details_pb2.ErrorInfo(reason=reason_for(exc), domain=ERROR_DOMAIN, metadata=metadata)))
     return status_pb2.Status(code=code.value[0], message=message, details=details), None
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException,
-          locate: Callable[[str, str], list[str]] | None = None, method: str = "") -> NoReturn:
+          locate: Callable[[Violation], list[str]] | None = None, method: str = "") -> NoReturn:
     """End the RPC with the status for `exc` (raises, as grpc's abort does)."""
     status, _ = build_status(exc, locate, method)
     context.abort_with_status(rpc_status.to_status(status))

@@ -1,38 +1,38 @@
-"""SegmentationService: convert the request, call the engine, convert the answer.
+"""SegmentationService over gRPC: a thin adapter over segsrv.service.
 
-Every handler runs inside ``_call``, which times it (ResponseInfo.server_time_ms),
-and turns any exception into a status through the one table in errors.py. The
-client's deadline is checked (``context.is_active()``) between the expensive
-steps; the engine's computations are not interrupted inside.
+Each handler reads its request with the operation's ``from_proto`` (segsrv/ops),
+calls the service and writes the answer with the result's ``to_proto``. The
+handler's time is ResponseInfo.server_time_ms; any exception becomes a status
+through the one table in errors.py, its violations placed at their request paths
+by the operation's ``RequestPaths``. The caller's deadline and cancellation are
+installed as the engine's cancellation check (segsrv/engine/cancel.py), so long
+work stops between steps once nobody waits for it; streams check before every
+message.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import grpc
 
-from ..engine import cancel, privacy
-from ..engine.assign import assign
+from ..engine import cancel
 from ..engine.privacy import DEFAULT_PRIVACY_K
-from ..engine.conditions import SegmentRef, parse_where
-from ..engine.count import count
-from ..engine.evaluate import evaluate
-from ..engine.export import export_members
-from ..engine.predict import DEFAULT_MAX_TARGET_VALUES, predict, score_segment
-from ..engine.profile import profile
-from ..engine.relate import MAX_LIMIT, relate
-from ..errors import LimitExceededError, NotBuiltYetError
-from ..v1 import segsrv_pb2, segsrv_pb2_grpc
-from . import convert, errors
-from .convert import RequestPaths
+from ..errors import DeadlineExpired, RequestCancelled
+from ..ops import (
+    AssignQuery, CountQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
+    ScoreQuery, SegmentsQuery,
+)
+from ..ops import export as export_op
+from ..ops import score as score_op
+from ..ops.base import Selector
+from ..ops.conditions import RequestPaths
+from ..ops.relate import MAX_LIMIT
+from ..ops.predict import DEFAULT_MAX_TARGET_VALUES
+from ..service import SegmentationService
+from ..v1 import segsrv_pb2_grpc
+from . import errors
 from .registry import SnapshotRegistry
-
-# what will provide the methods that are part of the contract but not built yet
-NOT_BUILT = {
-    "Discover": "Discover (strongest non-redundant conjunctions) arrives with the discover engine",
-}
 
 
 def check_active(context: grpc.ServicerContext) -> None:
@@ -41,218 +41,101 @@ def check_active(context: grpc.ServicerContext) -> None:
         return
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
-        raise errors.DeadlineExpired("deadline exceeded while the server was working")
-    raise errors.RequestCancelled("the call was cancelled")
+        raise DeadlineExpired("deadline exceeded while the server was working")
+    raise RequestCancelled("the call was cancelled")
+
+
+def _elapsed_ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
 
 
 class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
     def __init__(self, registry: SnapshotRegistry, *, max_result_hits: int = MAX_LIMIT,
                  max_target_values: int = DEFAULT_MAX_TARGET_VALUES, privacy_k: int = DEFAULT_PRIVACY_K):
-        if privacy_k < 0:
-            raise ValueError(f"privacy_k must be >= 0 (0 or 1: no floor), got {privacy_k}")
-        self.privacy_k = int(privacy_k)
-        if not 1 <= max_result_hits <= MAX_LIMIT:
-            raise ValueError(f"max_result_hits must be within 1..{MAX_LIMIT}, got {max_result_hits}")
-        if max_target_values < 2:
-            raise ValueError(f"max_target_values must be at least 2, got {max_target_values}")
         self.registry = registry
-        self.max_result_hits = max_result_hits
-        self.max_target_values = max_target_values
+        self.service = SegmentationService(registry, privacy_k=privacy_k, max_result_hits=max_result_hits,
+                                           max_target_values=max_target_values)
 
-    # -- plumbing ----------------------------------------------------------------
+    @property
+    def privacy_k(self) -> int:
+        return self.service.privacy_k
 
-    def _call(self, context, method: str, paths: RequestPaths, body: Callable[[float], object]):
+    def _unary(self, method: str, query_type, request, context):
+        """Request -> query -> service -> answer, as one call."""
         t0 = time.perf_counter()
+        paths = query_type.paths(request)
         try:
-            with cancel.checking(lambda: check_active(context)):  # long engine loops stop for a gone caller
-                return body(t0)
+            with cancel.checking(lambda: check_active(context)):
+                query = query_type.from_proto(request, paths)
+                result = self.service.call(query, Selector.from_proto(request.snapshot))
+                return result.to_proto(_elapsed_ms(t0))
         except Exception as exc:  # noqa: BLE001 - every exception becomes a status (INTERNAL if unknown)
             errors.abort(context, exc, paths.locate, method)
 
-    def _resolve(self, selector: segsrv_pb2.SnapshotSelector):
-        return self.registry.resolve(selector.name, selector.version)
-
-    # -- implemented ---------------------------------------------------------------
+    def Count(self, request, context):
+        return self._unary("Count", CountQuery, request, context)
 
     def Relate(self, request, context):
-        paths = RequestPaths("condition", list(request.fields))
-
-        def body(t0):
-            query = convert.relate_query_from_proto(request, paths)
-            if request.limit == 0:  # "0 means 100", but never more than this server returns
-                query.limit = min(query.limit, self.max_result_hits)
-            if query.limit > self.max_result_hits:
-                raise LimitExceededError(
-                    f"limit: {query.limit} exceeds the maximum {self.max_result_hits}",
-                    [("limit", f"at most {self.max_result_hits}")],
-                )
-            if self.privacy_k > 1:  # hits below the floor are never candidates, so `limit` still fills up
-                query.min_support = max(query.min_support, self.privacy_k)
-            snap = self._resolve(request.snapshot)
-            check_active(context)
-            result = relate(snap, query)
-            check_active(context)
-            result, suppressed, dropped = privacy.floor_relate(result, self.privacy_k)
-            return convert.relate_response_to_proto(result, convert.response_info(snap, t0), suppressed, dropped)
-
-        return self._call(context, "Relate", paths, body)
-
-    def Count(self, request, context):
-        paths = RequestPaths("condition")
-
-        def body(t0):
-            where = convert.condition_from_proto(request.condition if request.HasField("condition") else None, paths)
-            snap = self._resolve(request.snapshot)
-            check_active(context)
-            result, suppressed = privacy.floor_count(count(snap, request.universe or None, where), self.privacy_k)
-            return convert.count_response_to_proto(result, convert.response_info(snap, t0), suppressed)
-
-        return self._call(context, "Count", paths, body)
-
-    def GetSnapshotInfo(self, request, context):
-        paths = RequestPaths("condition")
-
-        def body(t0):
-            snap = self._resolve(request.snapshot)
-            universes = [snap.universe(request.universe)] if request.universe else list(snap.universes.values())
-            return convert.snapshot_info_to_proto(snap, universes, request.include_values, self.registry.names(),
-                                                  convert.response_info(snap, t0), self.privacy_k)
-
-        return self._call(context, "GetSnapshotInfo", paths, body)
-
-    def ListSegments(self, request, context):
-        paths = RequestPaths("condition")
-
-        def body(t0):
-            snap = self._resolve(request.snapshot)
-            if request.universe:
-                snap.universe(request.universe)  # unknown universe -> INVALID_ARGUMENT
-            out = []
-            for name, entry in sorted((snap.segments or {}).items()):
-                universe = entry.get("universe") or request.universe or None
-                if request.universe and universe != request.universe:
-                    continue
-                check_active(context)
-                size = count(snap, universe, SegmentRef(name))
-                out.append(convert.segment_to_proto(name, entry, parse_where(entry.get("where")),
-                                                    privacy.floor_size(size.count, self.privacy_k), size.n_rows))
-            return segsrv_pb2.ListSegmentsResponse(info=convert.response_info(snap, t0), segments=out)
-
-        return self._call(context, "ListSegments", paths, body)
+        return self._unary("Relate", RelateQuery, request, context)
 
     def Predict(self, request, context):
-        paths = convert.PredictPaths(list(request.evidence_fields), request.target_field)
+        return self._unary("Predict", PredictQuery, request, context)
 
-        def body(t0):
-            query = convert.predict_query_from_proto(request, paths, self.max_target_values)
-            snap = self._resolve(request.snapshot)
-            if request.id:
-                query.row_id = convert.row_id_from_proto(request.id, snap.universe(query.universe))
-            check_active(context)
-            result = privacy.floor_predict(predict(snap, query), self.privacy_k)
-            check_active(context)
-            return convert.predict_response_to_proto(result, convert.response_info(snap, t0))
+    def Evaluate(self, request, context):
+        return self._unary("Evaluate", EvaluateQuery, request, context)
 
-        return self._call(context, "Predict", paths, body)
+    def Assign(self, request, context):
+        return self._unary("Assign", AssignQuery, request, context)
+
+    def Profile(self, request, context):
+        return self._unary("Profile", ProfileQuery, request, context)
+
+    def ListSegments(self, request, context):
+        return self._unary("ListSegments", SegmentsQuery, request, context)
+
+    def GetSnapshotInfo(self, request, context):
+        return self._unary("GetSnapshotInfo", InfoQuery, request, context)
+
+    def Discover(self, request, context):
+        try:
+            self.service.discover()
+        except Exception as exc:  # noqa: BLE001
+            errors.abort(context, exc, method="Discover")
 
     def ScoreSegment(self, request, context):
         """Chunks of `chunk_size` scored members, then one summary; the deadline is checked between
         chunks. An error before the first message ends the call like a unary one."""
-        paths = convert.PredictPaths(list(request.evidence_fields), request.target_field, request.target_value)
         t0 = time.perf_counter()
+        paths = ScoreQuery.paths(request)
         try:
-            chunk = convert.chunk_size_from_proto(request.chunk_size)
-            query = convert.score_query_from_proto(request, paths, self.max_target_values)
-            snap = self._resolve(request.snapshot)
-            check_active(context)
+            chunk = score_op.chunk_size_from_proto(request.chunk_size)
             with cancel.checking(lambda: check_active(context)):
-                result = score_segment(snap, query)
-            privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
-            universe = snap.universe(result.universe)
+                query = ScoreQuery.from_proto(request, paths)
+                result = self.service.score_segment(query, Selector.from_proto(request.snapshot))
             for start in range(0, len(result.rows), chunk):
                 check_active(context)
-                ids = universe.ids_for_rows(result.rows[start:start + chunk])
-                scores = result.scores[start:start + chunk].tolist()
-                yield segsrv_pb2.ScoreSegmentResponse(
-                    info=convert.response_info(snap, t0),
-                    chunk=segsrv_pb2.ScoreChunk(scores=[segsrv_pb2.MemberScore(id=str(i), score=s)
-                                                        for i, s in zip(ids, scores)]))
+                ids = result.ids_between(start, start + chunk)
+                yield result.chunk_to_proto(ids, result.scores[start:start + chunk], _elapsed_ms(t0))
             check_active(context)
-            yield segsrv_pb2.ScoreSegmentResponse(info=convert.response_info(snap, t0),
-                                                  summary=convert.score_summary_to_proto(result))
+            yield result.summary_response(_elapsed_ms(t0))
         except Exception as exc:  # noqa: BLE001 - every exception becomes a status (INTERNAL if unknown)
             errors.abort(context, exc, paths.locate, "ScoreSegment")
-
-    def Evaluate(self, request, context):
-        paths = convert.PredictPaths(list(request.evidence_fields), request.target_field)
-
-        def body(t0):
-            query = convert.evaluate_query_from_proto(request, paths, self.max_target_values)
-            snap = self._resolve(request.snapshot)
-            check_active(context)
-            result = evaluate(snap, query)
-            privacy.refuse_small(result.n_train, self.privacy_k, "the training set", "segment")
-            privacy.refuse_small(result.n_test, self.privacy_k, "the test set", "segment")
-            check_active(context)
-            return convert.evaluate_response_to_proto(result, convert.response_info(snap, t0))
-
-        return self._call(context, "Evaluate", paths, body)
-
-    # -- part of the contract, not built yet ------------------------------------------
-
-    def _not_built(self, method: str, context):
-        errors.abort(context, NotBuiltYetError(f"{method} is not implemented yet: {NOT_BUILT[method]}"), method=method)
-
-    def Assign(self, request, context):
-        paths = convert.PredictPaths([], "")
-        paths.root = "ids"
-
-        def body(t0):
-            query = convert.assign_query_from_proto(request, paths)
-            snap = self._resolve(request.snapshot)
-            check_active(context)
-            result = privacy.floor_assign(assign(snap, query), self.privacy_k)
-            check_active(context)
-            return convert.assign_response_to_proto(result, convert.response_info(snap, t0))
-
-        return self._call(context, "Assign", paths, body)
 
     def ExportMembers(self, request, context):
         """The total first (a message with total_count and no ids), then chunks of `chunk_size` ids (with
         their scores when ranked by a target). The rows are selected (and scored) before the first message,
         so any error ends the call like a unary one; ids become strings one chunk at a time, and the
         deadline is checked before every chunk (CANCELLED / DEADLINE_EXCEEDED mid-stream)."""
-        paths = convert.export_paths(request)
         t0 = time.perf_counter()
+        paths: RequestPaths = ExportQuery.paths(request)
         try:
-            query = convert.export_query_from_proto(request, paths, self.max_target_values)
-            snap = self._resolve(request.snapshot)
-            check_active(context)
             with cancel.checking(lambda: check_active(context)):
-                result = export_members(snap, query)
-            privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
-            check_active(context)
-            yield convert.export_total_to_proto(result, convert.response_info(snap, t0))
+                query = ExportQuery.from_proto(request, paths)
+                result = self.service.export_members(query, Selector.from_proto(request.snapshot))
+            yield export_op.total_to_proto(result, _elapsed_ms(t0))
             for i in range(result.n_chunks):
                 check_active(context)
                 ids, scores = result.chunk(i)
-                yield convert.export_chunk_to_proto(ids, scores, convert.response_info(snap, t0))
+                yield export_op.chunk_to_proto(result, ids, scores, _elapsed_ms(t0))
         except Exception as exc:  # noqa: BLE001 - every exception becomes a status (INTERNAL if unknown)
             errors.abort(context, exc, paths.locate, "ExportMembers")
-
-    def Discover(self, request, context):
-        self._not_built("Discover", context)
-
-    def Profile(self, request, context):
-        paths = convert.ProfilePaths(list(request.fields))
-
-        def body(t0):
-            query = convert.profile_query_from_proto(request, paths)
-            snap = self._resolve(request.snapshot)
-            check_active(context)
-            result, suppressed = privacy.floor_profile(profile(snap, query), self.privacy_k)
-            check_active(context)
-            return convert.profile_response_to_proto(result, convert.response_info(snap, t0), suppressed)
-
-        return self._call(context, "Profile", paths, body)
-

@@ -22,6 +22,7 @@ from ..errors import (
     UnknownFieldError,
     UnknownUniverseError,
     UnknownValueError,
+    Violation,
 )
 from . import format as fmt
 from .spec import suggest
@@ -57,7 +58,7 @@ class FieldInfo:
             raise UnknownValueError(
                 f"field {self.name!r} has no value {value!r}{suggest(value, self.values)}; "
                 f"values: {shown}{more}",
-                [(self.name, f"unknown value {value!r}")],
+                [Violation(self.name, f"unknown value {value!r}", "value", value)],
             ) from None
 
 

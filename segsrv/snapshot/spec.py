@@ -7,14 +7,13 @@ named files and columns exist is checked by the builder against the data.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpecError
+from ..errors import SpecError, suggest
 
 FILE_FORMATS = ("csv", "tsv", "parquet", "json", "ndjson")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -74,11 +73,6 @@ class Spec:
     dense_threshold: float
     max_hops: int
     fingerprint: str  # sha256 of the spec text
-
-
-def suggest(name: str, candidates, n: int = 3) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _expect(obj, kind, where: str):

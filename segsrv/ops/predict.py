@@ -1,0 +1,355 @@
+"""Predict: the probability of each value of a target field within a segment, explained.
+
+JSON keys: from, segment, target, id, evidence, evidence_fields, prior_strength,
+min_support, min_support_fraction, max_p_value, method. `evidence` is
+{"field": value, ...} or [["field", value], ...]; `id` a row whose own features are
+evidence too. Answer: {"snapshot", "version", "from", "target", "method",
+"multi_valued", "n_segment", "evidence", "elapsed_ms", "probabilities": [{"value",
+"probability", "base_probability", "normalizer", "factors": [...]}]}. See
+docs/predict.md and docs/query.md.
+
+This module also holds what Predict, ScoreSegment and Evaluate share: the methods
+and defaults of the model, the parameters common to the three (``COMMON_PARAMS``,
+``CONJUNCTION_PARAMS``), the PredictMethod mapping, the request paths and
+``row_id_from_text``. Keys the caller did not give stay unset in the proto (the
+server then applies the engine's defaults): a query records them in ``given``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import QueryError, UnknownIdError
+from ..v1 import condition_pb2
+from ..v1 import segsrv_pb2 as pb
+from . import conditions as cond
+from .base import ANY_SNAPSHOT, Selector, enum_from_proto, enum_to_proto, response_info
+from .conditions import All, Condition
+from .params import (
+    Constraint, Integer, Names, Options, Param, Real, Text, bad, check_keys, check_params, json_number, read_json,
+)
+
+METHODS = ("conjunction", "factorized", "logistic")
+BULK_METHODS = ("factorized", "logistic")  # the methods ScoreSegment applies in bulk
+FACTOR_KINDS = ("conjunction", "lift")
+DEFAULT_METHOD = "conjunction"  # Predict
+DEFAULT_PRIOR_STRENGTH = 1.0
+DEFAULT_L2 = 1.0  # L2 penalty of the logistic method (scikit-learn's C = 1 / l2)
+DEFAULT_BULK_METHOD = "logistic"  # ScoreSegment and Evaluate
+DEFAULT_MIN_SUPPORT = 30
+DEFAULT_MAX_CORRELATION = 0.9
+DEFAULT_MIN_SUPPORT_FRACTION = 0.005
+DEFAULT_MAX_P_VALUE = 0.001
+DEFAULT_MAX_TARGET_VALUES = 64
+
+KEYS = {"from", "segment", "target", "id", "evidence", "evidence_fields", "prior_strength",
+        "min_support", "min_support_fraction", "max_p_value", "method"}
+
+
+class RowId(Constraint):
+    """A row's external id: a non-empty string or an integer."""
+
+    def accepts(self, value) -> bool:
+        return (isinstance(value, str) and value != "") or (isinstance(value, int) and not isinstance(value, bool))
+
+    def __str__(self) -> str:
+        return "a row id (string or integer)"
+
+
+# prior_strength, max_target_values, evidence_fields, l2: every operation of the model
+COMMON_PARAMS = (
+    Param("target", Text("a field name")),
+    Param("from", Text("a universe name"), attr="universe", none=True),
+    Param("evidence_fields", Names(), none=True),
+    Param("prior_strength", Real(low=0, open="low")),
+    Param("max_target_values", Integer(low=2)),
+    Param("l2", Real(low=0, open="low")),
+)
+# the conjunction method's thresholds (Predict and Evaluate)
+CONJUNCTION_PARAMS = (
+    Param("min_support", Integer(low=1)),
+    Param("min_support_fraction", Real(0, 1)),
+    Param("max_p_value", Real(0, 1, open="low")),
+    Param("max_correlation", Real(0, 1, open="low")),
+)
+PARAMS = COMMON_PARAMS + CONJUNCTION_PARAMS + (
+    Param("id", RowId(), attr="row_id", none=True),
+    Param("method", Options(METHODS)),
+)
+
+# engine names of a request's parts -> request paths (Predict, ScoreSegment, Evaluate)
+ALIASES = {"target": ["target_field"], "row_id": ["id"], "value": ["target_value"]}
+
+
+# --- shared by predict, score and evaluate --------------------------------------------
+
+
+def method_from_proto(number: int, default: str) -> str:
+    """PredictMethod -> the method name; unset -> `default` (QueryError "method" when unknown)."""
+    return enum_from_proto(pb.PredictMethod, "PREDICT_METHOD_", number, default, "method")
+
+
+def method_to_proto(name: str | None) -> int:
+    return enum_to_proto(pb.PredictMethod, "PREDICT_METHOD_", name)
+
+
+def name_from_proto(enum_type, prefix: str, number: int) -> str:
+    """An answer's enum -> its name; "" for unset or a number this client does not know."""
+    try:
+        return enum_from_proto(enum_type, prefix, number, "", "")
+    except QueryError:
+        return ""
+
+
+def request_paths(req, target: tuple[str, str] | None = None) -> cond.RequestPaths:
+    """The request paths of a Predict / ScoreSegment / Evaluate request (condition root `segment`)."""
+    return cond.RequestPaths("segment", ("evidence_fields", list(req.evidence_fields)), dict(ALIASES), target)
+
+
+def segment_from_proto(req, paths: cond.RequestPaths) -> Condition:
+    return cond.from_proto(req.segment if req.HasField("segment") else None, paths)
+
+
+def evidence_fields_from_proto(req) -> list[str] | None:
+    fields = list(req.evidence_fields)
+    for i, pat in enumerate(fields):
+        if not pat:
+            raise bad(f"evidence_fields[{i}]", "empty field name or glob")
+    return fields or None
+
+
+def read_target(obj: dict) -> str:
+    if obj.get("target") is None:
+        raise bad("target", "required")
+    return obj["target"]
+
+
+def sent(query, name: str, default) -> bool:
+    """Whether an optional request field is set in the proto: given by the caller, or not the default."""
+    return name in query.given or getattr(query, name) != default
+
+
+def given_keys(obj: dict, names) -> frozenset:
+    return frozenset(n for n in names if n in obj)
+
+
+def row_id_from_text(text: str, key_kind: str, universe_name: str, key: str):
+    """A request's id (text) -> the universe's key (an int for integer-keyed universes)."""
+    if key_kind == "int":
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise UnknownIdError(
+                f"id: universe {universe_name!r} has no row with {key} {text!r} (its ids are integers)",
+                [("id", f"unknown id {text!r}")],
+            ) from None
+    return text
+
+
+def terms_to_proto(pairs) -> list[condition_pb2.Term]:
+    return [condition_pb2.Term(field=f, value=v) for f, v in pairs]
+
+
+def terms_from_proto(terms) -> list[tuple[str, str]]:
+    return [(t.field, t.value) for t in terms]
+
+
+def evidence_from_json(val) -> list[tuple[str, str]]:
+    """{"field": value, ...} or [["field", value], ...] -> [(field, value text)]."""
+    if val is None:
+        return []
+    if isinstance(val, dict):
+        return [(k, cond.value_text(v, f"evidence.{k}")) for k, v in val.items()]
+    if isinstance(val, list):
+        out = []
+        for i, item in enumerate(val):
+            if not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], str) or not item[0]:
+                raise bad(f"evidence[{i}]", f"expected a [field, value] pair, got {item!r}")
+            out.append((item[0], cond.value_text(item[1], f"evidence[{i}]")))
+        return out
+    raise bad("evidence", 'expected {"field": value, ...} or [["field", value], ...]')
+
+
+# --- the query -------------------------------------------------------------------------
+
+# optional request fields sent only when given (or not the default)
+_OPTIONAL = ("prior_strength", "min_support", "min_support_fraction", "max_p_value", "method")
+
+
+@dataclass
+class PredictQuery:
+    target: str
+    universe: str | None = None
+    segment: Condition = field(default_factory=All)
+    row_id: object = None
+    evidence: list[tuple[str, str]] = field(default_factory=list)
+    evidence_fields: list[str] | None = None
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH
+    min_support: int = DEFAULT_MIN_SUPPORT
+    min_support_fraction: float = DEFAULT_MIN_SUPPORT_FRACTION
+    max_p_value: float = DEFAULT_MAX_P_VALUE
+    max_correlation: float = DEFAULT_MAX_CORRELATION
+    max_target_values: int = DEFAULT_MAX_TARGET_VALUES
+    method: str = DEFAULT_METHOD
+    train_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    l2: float = DEFAULT_L2
+    given: frozenset = field(default=frozenset(), compare=False, repr=False)  # optional keys the caller gave
+
+    def validate(self) -> None:
+        check_params(self, PARAMS)
+        if not isinstance(self.evidence, (list, tuple)):
+            raise bad("evidence", "expected a list of (field, value) pairs")
+        for item in self.evidence:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise bad("evidence", f"expected (field, value) pairs, got {item!r}")
+
+    # -- JSON --------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "PredictQuery":
+        """`segment` may also be a condition tree or a proto Condition (Python callers)."""
+        check_keys(obj, KEYS, "predict")
+        q = cls(target=read_target(obj), segment=cond.to_condition(obj.get("segment"), "segment"))
+        read_json(obj, q, PARAMS)
+        q.evidence = evidence_from_json(obj.get("evidence"))
+        q.given = given_keys(obj, _OPTIONAL)
+        q.validate()
+        return q
+
+    # -- proto -------------------------------------------------------------------------
+
+    def to_proto(self, at: Selector = ANY_SNAPSHOT) -> pb.PredictRequest:
+        req = pb.PredictRequest(
+            snapshot=at.to_proto(), universe=self.universe or "", segment=cond.to_proto(self.segment),
+            target_field=self.target, id="" if self.row_id is None else str(self.row_id),
+            evidence=terms_to_proto(self.evidence), evidence_fields=list(self.evidence_fields or ()),
+            method=method_to_proto(self.method) if sent(self, "method", DEFAULT_METHOD) else 0,
+        )
+        if sent(self, "prior_strength", DEFAULT_PRIOR_STRENGTH):
+            req.prior_strength = float(self.prior_strength)
+        if sent(self, "min_support", DEFAULT_MIN_SUPPORT):
+            req.min_support = int(self.min_support)
+        if sent(self, "min_support_fraction", DEFAULT_MIN_SUPPORT_FRACTION):
+            req.min_support_fraction = float(self.min_support_fraction)
+        if sent(self, "max_p_value", DEFAULT_MAX_P_VALUE):
+            req.max_p_value = float(self.max_p_value)
+        return req
+
+    @staticmethod
+    def paths(req: pb.PredictRequest) -> cond.RequestPaths:
+        return request_paths(req)
+
+    @classmethod
+    def from_proto(cls, req: pb.PredictRequest, paths: cond.RequestPaths,
+                   max_target_values: int = DEFAULT_MAX_TARGET_VALUES) -> "PredictQuery":
+        """The row id stays text: row_id_from_text makes it the universe's key."""
+        evidence = []
+        for i, t in enumerate(req.evidence):
+            paths.add_term(t.field, t.value, f"evidence[{i}]")
+            evidence.append((t.field, t.value))
+        q = cls(target=req.target_field, universe=req.universe or None, segment=segment_from_proto(req, paths),
+                row_id=req.id or None, evidence=evidence, evidence_fields=evidence_fields_from_proto(req),
+                max_target_values=max_target_values, method=method_from_proto(req.method, DEFAULT_METHOD))
+        given = {"method"} if req.method else set()
+        for name in ("prior_strength", "min_support", "min_support_fraction", "max_p_value"):
+            if req.HasField(name):
+                setattr(q, name, getattr(req, name))
+                given.add(name)
+        q.given = frozenset(given)
+        return q
+
+
+# --- the result ---------------------------------------------------------------------------
+
+
+@dataclass
+class Factor:
+    evidence: list[tuple[str, str]]
+    factor: float
+    support: int
+    kind: str  # "conjunction" | "lift"
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return {"evidence": [[f, v] for f, v in self.evidence], "factor": json_number(float(self.factor)),
+                "support": int(self.support), "kind": self.kind, "note": self.note}
+
+    def to_proto(self) -> pb.ExplanationFactor:
+        return pb.ExplanationFactor(evidence=terms_to_proto(self.evidence), factor=self.factor,
+                                    support=int(self.support), kind=enum_to_proto(pb.FactorKind, "FACTOR_KIND_", self.kind),
+                                    note=self.note or "")
+
+    @classmethod
+    def from_proto(cls, msg: pb.ExplanationFactor) -> "Factor":
+        return cls(terms_from_proto(msg.evidence), msg.factor, msg.support,
+                   name_from_proto(pb.FactorKind, "FACTOR_KIND_", msg.kind), msg.note)
+
+
+@dataclass
+class ValueProbability:
+    value: str
+    probability: float
+    base_probability: float
+    factors: list[Factor]
+    normalizer: float
+
+    def to_json(self) -> dict:
+        return {"value": self.value, "probability": json_number(float(self.probability)),
+                "base_probability": json_number(float(self.base_probability)),
+                "normalizer": json_number(float(self.normalizer)),
+                "factors": [f.to_json() for f in self.factors]}
+
+    def to_proto(self) -> pb.TargetProbability:
+        return pb.TargetProbability(
+            value=self.value, probability=self.probability,
+            explanation=pb.Explanation(base_probability=self.base_probability,
+                                       factors=[f.to_proto() for f in self.factors], normalizer=self.normalizer))
+
+    @classmethod
+    def from_proto(cls, msg: pb.TargetProbability) -> "ValueProbability":
+        e = msg.explanation
+        return cls(msg.value, msg.probability, e.base_probability, [Factor.from_proto(f) for f in e.factors],
+                   e.normalizer)
+
+
+@dataclass
+class PredictResult:
+    snapshot: str
+    version: str
+    universe: str
+    target: str
+    multi_valued: bool
+    method: str
+    n_segment: int
+    evidence: list[tuple[str, str]]
+    probabilities: list[ValueProbability]
+    elapsed_ms: float
+
+    def to_json(self) -> dict:
+        return {
+            "snapshot": self.snapshot, "version": self.version, "from": self.universe, "target": self.target,
+            "method": self.method, "multi_valued": bool(self.multi_valued), "n_segment": int(self.n_segment),
+            "evidence": [[f, v] for f, v in self.evidence], "elapsed_ms": round(self.elapsed_ms, 3),
+            "probabilities": [vp.to_json() for vp in self.probabilities],
+        }
+
+    def to_proto(self, server_ms: float) -> pb.PredictResponse:
+        return pb.PredictResponse(
+            info=response_info(self, server_ms), target_field=self.target, segment_count=int(self.n_segment),
+            probabilities=[vp.to_proto() for vp in self.probabilities], universe=self.universe,
+            multi_valued=bool(self.multi_valued), method=method_to_proto(self.method),
+            evidence=terms_to_proto(self.evidence),
+        )
+
+    @classmethod
+    def from_proto(cls, resp: pb.PredictResponse) -> "PredictResult":
+        return cls(
+            snapshot=resp.info.snapshot_name, version=resp.info.snapshot_version, universe=resp.universe,
+            target=resp.target_field, multi_valued=resp.multi_valued,
+            method=name_from_proto(pb.PredictMethod, "PREDICT_METHOD_", resp.method), n_segment=resp.segment_count,
+            evidence=terms_from_proto(resp.evidence),
+            probabilities=[ValueProbability.from_proto(tp) for tp in resp.probabilities],
+            elapsed_ms=resp.info.server_time_ms,
+        )

@@ -1,0 +1,234 @@
+"""Relate: which features over- or under-index in a condition, with exact statistics.
+
+JSON keys: from, where, relate, select, limit, order_by, direction, min_support,
+min_lift, max_p_value, prior_strength, include_condition_fields, plan. `select` items
+are `$<statistic>` (e.g. `$lift`, `$p`, `$support`), `$field`, `$value`,
+`$feature_id`, or a field name (the hit's value when the hit belongs to that field,
+else null). See docs/query.md. A new parameter is declared in PARAMS and mapped in
+``from_proto`` / ``to_proto`` (and the proto): nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import QueryError
+from ..v1 import segsrv_pb2 as pb
+from . import conditions as cond
+from .base import ANY_SNAPSHOT, Selector, enum_from_proto, enum_to_proto, response_info
+from .conditions import All, Condition
+from .params import Boolean, Integer, Names, Options, Param, Real, Text, check_keys, check_params, json_number, read_json
+from ..errors import suggest
+
+ORDER_KEYS = (
+    "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
+    "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
+)
+DIRECTIONS = ("over", "under", "all")
+PLANS = ("auto", "scan", "histogram")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+DEFAULT_PRIOR_STRENGTH = 10.0
+
+STAT_NAMES = (
+    "support", "support_ratio", "p", "p_base", "p_not", "lift", "lift_smoothed", "lift_low", "lift_high",
+    "p_value", "q_value", "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang",
+    "mutual_information", "n_feature",
+)
+SELECT_NAMES = ("$field", "$value", "$feature_id")
+DEFAULT_SELECT = ["$field", "$value", "$support", "$p", "$p_base", "$lift", "$lift_smoothed", "$p_value", "$q_value"]
+KEYS = {"from", "where", "relate", "select", "limit", "order_by", "direction", "min_support", "min_lift",
+        "max_p_value", "prior_strength", "include_condition_fields", "plan"}
+
+PARAMS = (
+    Param("from", Text("a universe name"), attr="universe", none=True),
+    Param("relate", Names(), none=True),
+    Param("order_by", Options(ORDER_KEYS)),
+    Param("direction", Options(DIRECTIONS)),
+    Param("plan", Options(PLANS)),
+    Param("limit", Integer(low=1), limit=MAX_LIMIT, none=True),
+    Param("min_support", Integer(low=0)),
+    Param("min_lift", Real(), none=True),
+    Param("max_p_value", Real(0, 1), none=True),
+    Param("prior_strength", Real(low=0)),
+)
+INCLUDE_CONDITION_FIELDS = Param("include_condition_fields", Boolean())
+
+# RelateOrder names that differ from the statistic names: RELATE_ORDER_CONFIDENCE is P(feature | condition),
+# "p" (association rules call it confidence; RELATE_ORDER_P would clash with RELATE_ORDER_P_VALUE in Java)
+_ORDER_ALIASES = {"confidence": "p"}
+_ORDER_PROTO_NAMES = {v: k for k, v in _ORDER_ALIASES.items()}
+# RelateHit proto field of each statistic
+_STAT_FIELDS = {name: name for name in STAT_NAMES} | {"n_feature": "feature_count"}
+_INT_STATS = {"support", "n_feature"}
+
+
+@dataclass
+class RelateQuery:
+    where: Condition = field(default_factory=All)
+    universe: str | None = None
+    relate: list[str] | None = None  # field names or globs; None = every field
+    order_by: str = "lift_smoothed"
+    direction: str = "over"
+    limit: int | None = None  # None: DEFAULT_LIMIT (or a server's lower maximum)
+    min_support: int = 1
+    min_lift: float | None = None
+    max_p_value: float | None = None
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH
+    exclude_condition_fields: bool = True
+    plan: str = "auto"
+    select: list[str] = field(default_factory=lambda: list(DEFAULT_SELECT))  # the JSON answer's columns
+
+    @property
+    def effective_limit(self) -> int:
+        return DEFAULT_LIMIT if self.limit is None else self.limit
+
+    def validate(self) -> None:
+        check_params(self, PARAMS)
+        INCLUDE_CONDITION_FIELDS.check(self.exclude_condition_fields)
+
+    # -- JSON --------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "RelateQuery":
+        """`where` may also be a condition tree or a proto Condition (Python callers)."""
+        check_keys(obj, KEYS, "relate")
+        q = cls(where=cond.to_condition(obj.get("where")))
+        read_json(obj, q, PARAMS)
+        if "include_condition_fields" in obj:
+            INCLUDE_CONDITION_FIELDS.check(obj["include_condition_fields"])
+            q.exclude_condition_fields = not obj["include_condition_fields"]
+        select = obj.get("select") or DEFAULT_SELECT
+        if not isinstance(select, list) or not all(isinstance(s, str) for s in select):
+            raise QueryError("select: expected a list of strings", [("select", "expected a list of strings")])
+        for s in select:
+            if s.startswith("$") and s[1:] not in STAT_NAMES and s not in SELECT_NAMES:
+                names = ["$" + n for n in STAT_NAMES] + ["$field", "$value"]
+                raise QueryError(f"select: unknown statistic {s!r}{suggest(s, names)}", [("select", f"unknown {s!r}")])
+        q.select = list(select)
+        q.validate()
+        return q
+
+    # -- proto -------------------------------------------------------------------------
+
+    def to_proto(self, at: Selector = ANY_SNAPSHOT) -> pb.RelateRequest:
+        req = pb.RelateRequest(
+            snapshot=at.to_proto(), universe=self.universe or "", condition=cond.to_proto(self.where),
+            fields=list(self.relate or ()),
+            order_by=enum_to_proto(pb.RelateOrder, "RELATE_ORDER_", _ORDER_PROTO_NAMES.get(self.order_by, self.order_by)),
+            direction=enum_to_proto(pb.RelateDirection, "RELATE_DIRECTION_", self.direction),
+            limit=self.limit or 0, min_support=self.min_support, prior_strength=float(self.prior_strength),
+            include_condition_fields=not self.exclude_condition_fields,
+            plan=enum_to_proto(pb.RelatePlan, "RELATE_PLAN_", self.plan),
+        )
+        if self.min_lift is not None:
+            req.min_lift = float(self.min_lift)
+        if self.max_p_value is not None:
+            req.max_p_value = float(self.max_p_value)
+        return req
+
+    @staticmethod
+    def paths(req: pb.RelateRequest) -> cond.RequestPaths:
+        return cond.RequestPaths("condition", ("fields", list(req.fields)))
+
+    @classmethod
+    def from_proto(cls, req: pb.RelateRequest, paths: cond.RequestPaths) -> "RelateQuery":
+        order = enum_from_proto(pb.RelateOrder, "RELATE_ORDER_", req.order_by, "lift_smoothed", "order_by")
+        return cls(
+            where=cond.from_proto(req.condition if req.HasField("condition") else None, paths),
+            universe=req.universe or None,
+            relate=list(req.fields) or None,
+            order_by=_ORDER_ALIASES.get(order, order),
+            direction=enum_from_proto(pb.RelateDirection, "RELATE_DIRECTION_", req.direction, "over", "direction"),
+            limit=req.limit or None,
+            min_support=req.min_support if req.HasField("min_support") else 1,
+            min_lift=req.min_lift if req.HasField("min_lift") else None,
+            max_p_value=req.max_p_value if req.HasField("max_p_value") else None,
+            prior_strength=req.prior_strength if req.HasField("prior_strength") else DEFAULT_PRIOR_STRENGTH,
+            exclude_condition_fields=not req.include_condition_fields,
+            plan=enum_from_proto(pb.RelatePlan, "RELATE_PLAN_", req.plan, "auto", "plan"),
+        )
+
+
+@dataclass
+class RelateHit:
+    feature_id: int | None  # None when the hit came over gRPC
+    field: str
+    value: str
+    stats: dict[str, float]
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["stats"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class RelateResult:
+    snapshot: str
+    version: str
+    universe: str
+    n_rows: int
+    n_condition: int
+    n_candidates: int
+    n_matching: int  # candidates passing every filter (hits is the first `limit` of them)
+    plan: str
+    hits: list[RelateHit]
+    elapsed_ms: float
+    suppressed: bool = False  # the condition is below the privacy floor: no hits
+    suppressed_hits: int = 0  # hits dropped by the privacy floor
+
+    def to_json(self, select: list[str] | None = None) -> dict:
+        rows = []
+        for hit in self.hits:
+            row = {}
+            for s in select or DEFAULT_SELECT:
+                if s == "$field":
+                    row[s] = hit.field
+                elif s == "$value":
+                    row[s] = hit.value
+                elif s == "$feature_id":
+                    row[s] = hit.feature_id
+                elif s.startswith("$"):
+                    row[s] = json_number(hit.stats[s[1:]])
+                else:
+                    row[s] = hit.value if hit.field == s else None
+            rows.append(row)
+        out = {
+            "snapshot": self.snapshot, "version": self.version, "from": self.universe, "n_rows": self.n_rows,
+            "n_condition": self.n_condition, "n_candidates": self.n_candidates, "n_matching": self.n_matching,
+            "plan": self.plan, "elapsed_ms": round(self.elapsed_ms, 3), "hits": rows,
+        }
+        if self.suppressed or self.suppressed_hits:  # the server's privacy floor (docs/server.md)
+            out["suppressed"] = bool(self.suppressed)
+            out["suppressed_hits"] = int(self.suppressed_hits)
+        return out
+
+    def to_proto(self, server_ms: float) -> pb.RelateResponse:
+        hits = []
+        for h in self.hits:
+            kw = {attr: (int(h.stats[name]) if name in _INT_STATS else h.stats[name])
+                  for name, attr in _STAT_FIELDS.items()}
+            hits.append(pb.RelateHit(field=h.field, value=h.value, **kw))
+        return pb.RelateResponse(
+            info=response_info(self, server_ms), universe=self.universe, row_count=self.n_rows,
+            condition_count=self.n_condition, candidate_count=self.n_candidates, matching_count=self.n_matching,
+            plan=enum_to_proto(pb.RelatePlan, "RELATE_PLAN_", self.plan),  # "none" (nothing counted) -> UNSPECIFIED
+            hits=hits, suppressed=self.suppressed, suppressed_hit_count=self.suppressed_hits,
+        )
+
+    @classmethod
+    def from_proto(cls, resp: pb.RelateResponse) -> "RelateResult":
+        hits = []
+        for h in resp.hits:
+            stats = {name: (int if name in _INT_STATS else float)(getattr(h, attr)) for name, attr in _STAT_FIELDS.items()}
+            hits.append(RelateHit(None, h.field, h.value, stats))
+        return cls(
+            snapshot=resp.info.snapshot_name, version=resp.info.snapshot_version, universe=resp.universe,
+            n_rows=resp.row_count, n_condition=resp.condition_count, n_candidates=resp.candidate_count,
+            n_matching=resp.matching_count,
+            plan=enum_from_proto(pb.RelatePlan, "RELATE_PLAN_", resp.plan, "none", "plan"),
+            hits=hits, elapsed_ms=resp.info.server_time_ms, suppressed=resp.suppressed,
+            suppressed_hits=resp.suppressed_hit_count,
+        )

@@ -1,0 +1,192 @@
+"""The transport-neutral service: one method per operation, ops types in, ops types out.
+
+    transport (gRPC servicer, CLI, tests) -> SegmentationService -> engine -> snapshot -> kernels
+
+Every front end calls these methods (the gRPC servicer wraps them as FeatureBase's
+HTTP and gRPC handlers wrap its API; `segsrv ... --local` calls them on a snapshot
+directory), so a rule that is not about the transport lives here once: which
+snapshot answers (``Selector``), the server's limits (largest Relate answer, most
+target values), the privacy floor (segsrv/engine/privacy.py) and the checks between
+expensive steps (segsrv/engine/cancel.py: the transport installs what "the caller
+is gone" means; in-process nothing is installed and the checks do nothing).
+
+``call(query, at)`` dispatches on the query's type, so a backend is anything with
+``call``: this service (in-process) or segsrv.client.SegsrvClient (remote).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .engine import cancel, privacy
+from .engine.assign import assign
+from .engine.count import count
+from .engine.evaluate import evaluate
+from .engine.export import export_members
+from .engine.predict import predict, score_segment
+from .engine.profile import profile
+from .engine.relate import relate
+from .errors import LimitExceededError, NotBuiltYetError, SnapshotNotFoundError
+from .ops import (
+    AssignQuery, CountQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
+    ScoreQuery, SegmentsQuery,
+)
+from .ops.base import ANY_SNAPSHOT, Selector
+from .ops.conditions import SegmentRef, parse_where
+from .ops.info import InfoResult
+from .ops.predict import DEFAULT_MAX_TARGET_VALUES, row_id_from_text
+from .ops.relate import DEFAULT_LIMIT, MAX_LIMIT
+from .ops.segments import SegmentEntry, SegmentsResult
+from .snapshot.reader import Snapshot
+
+
+class SnapshotSource(Protocol):
+    def resolve(self, name: str = "", version: str = "") -> Snapshot: ...
+
+    def names(self) -> list[str]: ...
+
+
+class OneSnapshot:
+    """A source of one open snapshot (the CLI's --local): a request may not name another."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
+
+    def resolve(self, name: str = "", version: str = "") -> Snapshot:
+        if name and name != self.snapshot.name:
+            raise SnapshotNotFoundError(f"snapshot.name: only {self.snapshot.name!r} is open here, not {name!r}",
+                                        [("snapshot.name", f"unknown snapshot {name!r}")])
+        return self.snapshot
+
+    def names(self) -> list[str]:
+        return [self.snapshot.name]
+
+
+class SegmentationService:
+    """The operations over a source of snapshots.
+
+    privacy_k          the privacy floor (0 or 1: off; the server's default is 10, in-process 0)
+    max_result_hits    the most Relate hits one answer may hold (Relate's `limit` "0 / unset" means
+                       min(100, this))
+    max_target_values  the most values a Predict / Score / Evaluate / Export target may have
+    """
+
+    def __init__(self, snapshots: SnapshotSource, *, privacy_k: int = 0, max_result_hits: int = MAX_LIMIT,
+                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES):
+        if privacy_k < 0:
+            raise ValueError(f"privacy_k must be >= 0 (0 or 1: no floor), got {privacy_k}")
+        if not 1 <= max_result_hits <= MAX_LIMIT:
+            raise ValueError(f"max_result_hits must be within 1..{MAX_LIMIT}, got {max_result_hits}")
+        if max_target_values < 2:
+            raise ValueError(f"max_target_values must be at least 2, got {max_target_values}")
+        self.snapshots = snapshots
+        self.privacy_k = int(privacy_k)
+        self.max_result_hits = max_result_hits
+        self.max_target_values = max_target_values
+        self._methods = {
+            CountQuery: self.count, RelateQuery: self.relate, PredictQuery: self.predict,
+            ScoreQuery: self.score_segment, EvaluateQuery: self.evaluate, AssignQuery: self.assign,
+            ExportQuery: self.export_members, ProfileQuery: self.profile, SegmentsQuery: self.list_segments,
+            InfoQuery: self.snapshot_info,
+        }
+
+    def call(self, query, at: Selector = ANY_SNAPSHOT):
+        """The operation of `query`'s type."""
+        return self._methods[type(query)](query, at)
+
+    def _snapshot(self, at: Selector) -> Snapshot:
+        snap = self.snapshots.resolve(at.name, at.version)
+        cancel.check()
+        return snap
+
+    # -- operations ------------------------------------------------------------------
+
+    def count(self, query: CountQuery, at: Selector = ANY_SNAPSHOT):
+        snap = self._snapshot(at)
+        return privacy.floor_count(count(snap, query.universe, query.where), self.privacy_k)
+
+    def relate(self, query: RelateQuery, at: Selector = ANY_SNAPSHOT):
+        if query.limit is None:  # "unset means 100", but never more than this service returns
+            query.limit = min(DEFAULT_LIMIT, self.max_result_hits)
+        if query.limit > self.max_result_hits:
+            raise LimitExceededError(f"limit: {query.limit} exceeds the maximum {self.max_result_hits}",
+                                     [("limit", f"at most {self.max_result_hits}")])
+        if self.privacy_k > 1:  # hits below the floor are never candidates, so `limit` still fills up
+            query.min_support = max(query.min_support, self.privacy_k)
+        snap = self._snapshot(at)
+        result = relate(snap, query)
+        cancel.check()
+        return privacy.floor_relate(result, self.privacy_k)
+
+    def predict(self, query: PredictQuery, at: Selector = ANY_SNAPSHOT):
+        query.max_target_values = self.max_target_values
+        snap = self._snapshot(at)
+        if isinstance(query.row_id, str):  # ids travel as text; integer-keyed universes want an int
+            u = snap.universe(query.universe)
+            query.row_id = row_id_from_text(query.row_id, u.key_kind, u.name, u.key)
+        result = privacy.floor_predict(predict(snap, query), self.privacy_k)
+        cancel.check()
+        return result
+
+    def score_segment(self, query: ScoreQuery, at: Selector = ANY_SNAPSHOT):
+        query.max_target_values = self.max_target_values
+        result = score_segment(self._snapshot(at), query)
+        privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
+        return result
+
+    def evaluate(self, query: EvaluateQuery, at: Selector = ANY_SNAPSHOT):
+        query.max_target_values = self.max_target_values
+        result = evaluate(self._snapshot(at), query)
+        privacy.refuse_small(result.n_train, self.privacy_k, "the training set", "segment")
+        privacy.refuse_small(result.n_test, self.privacy_k, "the test set", "segment")
+        cancel.check()
+        return result
+
+    def assign(self, query: AssignQuery, at: Selector = ANY_SNAPSHOT):
+        result = privacy.floor_assign(assign(self._snapshot(at), query), self.privacy_k)
+        cancel.check()
+        return result
+
+    def export_members(self, query: ExportQuery, at: Selector = ANY_SNAPSHOT):
+        query.max_target_values = self.max_target_values
+        result = export_members(self._snapshot(at), query)
+        privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
+        cancel.check()
+        return result
+
+    def profile(self, query: ProfileQuery, at: Selector = ANY_SNAPSHOT):
+        result = privacy.floor_profile(profile(self._snapshot(at), query), self.privacy_k)
+        cancel.check()
+        return result
+
+    def list_segments(self, query: SegmentsQuery, at: Selector = ANY_SNAPSHOT) -> SegmentsResult:
+        snap = self._snapshot(at)
+        if query.universe:
+            snap.universe(query.universe)  # an unknown universe is an error, not an empty list
+        entries = []
+        for name, entry in sorted((snap.segments or {}).items()):
+            universe = entry.get("universe") or query.universe or None
+            if query.universe and universe != query.universe:
+                continue
+            cancel.check()
+            size = count(snap, universe, SegmentRef(name))
+            entries.append(SegmentEntry.from_catalog(name, entry, parse_where(entry.get("where")),
+                                                     privacy.floor_size(size.count, self.privacy_k), size.n_rows))
+        return SegmentsResult(snapshot=snap.name, version=snap.version, segments=entries)
+
+    def snapshot_info(self, query: InfoQuery, at: Selector = ANY_SNAPSHOT) -> InfoResult:
+        snap = self._snapshot(at)
+        universes = [snap.universe(query.universe)] if query.universe else list(snap.universes.values())
+        return InfoResult.from_snapshot(snap, universes, query.include_values, self.snapshots.names(),
+                                        lambda c: privacy.floor_size(c, self.privacy_k))
+
+    def discover(self, query=None, at: Selector = ANY_SNAPSHOT):
+        raise NotBuiltYetError("Discover is not implemented yet: Discover (strongest non-redundant conjunctions) "
+                               "arrives with the discover engine")
+
+
+def local_service(location, version: str | None = None) -> SegmentationService:
+    """The service over one snapshot directory (ROOT[/NAME[/VERSION]]), as `--local` uses it."""
+    from .snapshot.reader import open_snapshot
+
+    return SegmentationService(OneSnapshot(open_snapshot(location, version=version)))
