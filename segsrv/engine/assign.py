@@ -52,7 +52,7 @@ from ..snapshot.spec import suggest
 from . import cancel
 from .conditions import (All, And, AnyOf, Condition, Evaluator, Not, Or, Range, SegmentRef, Term,
                          condition_fields, parse_where)
-from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, _g_test_p
+from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, g_test_p
 from .relate import count_features
 
 MAX_BATCH = 100_000
@@ -297,7 +297,7 @@ class CompiledCatalog:
         n_c = np.array([n1, n - n1], dtype=np.int64)
         p0 = np.array([(n1 + 1.0) / (n + 2.0), (n - n1 + 1.0) / (n + 2.0)])
         base = (n_c + a * p0) / (n + a)
-        keep = (nf > 0) & (_g_test_p(N, n_c) <= max_p)
+        keep = (nf > 0) & (g_test_p(N, n_c) <= max_p)
         for fname in seg.fields:
             info = u.fields.get(fname)
             if info is not None:
