@@ -19,7 +19,7 @@ import numpy as np
 from .. import _kernels
 from ..errors import QueryError
 from ..snapshot.reader import Snapshot, Universe
-from .conditions import All, Condition, tail_mask
+from .conditions import All, Condition, bool_to_bitset, tail_mask
 from . import cancel
 from .predict import (
     DEFAULT_BULK_METHOD,
@@ -83,13 +83,6 @@ def holdout_rows(universe: Universe, fraction: float, seed: int) -> np.ndarray:
     h = _splitmix64(id_keys(universe) ^ s)
     u = (h >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
     return u < fraction
-
-
-def bool_to_bitset(mask: np.ndarray, n_words: int) -> np.ndarray:
-    packed = np.packbits(mask, bitorder="little")
-    bits = np.zeros(n_words, dtype=np.uint64)
-    bits.view(np.uint8)[: len(packed)] = packed
-    return bits
 
 
 @dataclass

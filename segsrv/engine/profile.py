@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import _kernels
 from ..errors import LimitExceededError, QueryError, UnknownFieldError
-from ..snapshot.paths import _match
+from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import stats as st
@@ -165,7 +165,7 @@ def select_profile_fields(universe: Universe, patterns: list[str] | None) -> lis
                 [("fields", f"unknown field {pat!r}")],
             )
         parts = pat.split(".")
-        hits = [f for f in universe.fields if _match(parts, f.split("."))]
+        hits = [f for f in universe.fields if match_path(parts, f.split("."))]
         if not hits:
             raise UnknownFieldError(f"fields: pattern {pat!r} matches no field of universe {universe.name!r}",
                                     [("fields", f"{pat!r} matches no field")])

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import _kernels
 from ..errors import LimitExceededError, QueryError, UnknownFieldError
-from ..snapshot.paths import _match
+from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import stats as st
@@ -135,7 +135,7 @@ def select_fields(universe: Universe, patterns: list[str] | None, skip: set[str]
                 [("relate", f"unknown field {pat!r}")],
             )
         parts = pat.split(".")
-        hits = [f for f in universe.fields if _match(parts, f.split(".")) and f not in skip]
+        hits = [f for f in universe.fields if match_path(parts, f.split(".")) and f not in skip]
         if not hits:
             raise UnknownFieldError(f"relate: pattern {pat!r} matches no field", [("relate", f"{pat!r} matches nothing")])
         for f in hits:

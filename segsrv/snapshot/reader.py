@@ -48,6 +48,9 @@ class FieldInfo:
     def feature_ids(self) -> np.ndarray:
         return np.arange(self.feature_offset, self.feature_offset + len(self.values), dtype=np.int64)
 
+    def has_value(self, value: str) -> bool:
+        return value in self._value_index
+
     def value_index(self, value: str) -> int:
         try:
             return self._value_index[value]
