@@ -117,7 +117,7 @@ def bench_dataset(label: str, snap, conjunction_rows: int) -> dict:
     res = {"customers": u.n_rows, "features_total": u.n_features, "methods": {}}
     evals = {}
     for method in ("logistic", "factorized", "conjunction"):
-        PM._LOGISTIC_CACHE.clear()
+        PM.LOGISTIC_CACHE.clear()
         t0 = time.perf_counter()
         kw = dict(max_test_rows=conjunction_rows) if method == "conjunction" else {}
         e = evaluate(snap, EvaluateQuery(target=TARGET, universe=U, holdout_fraction=0.2, seed=0, method=method, **kw))
@@ -172,7 +172,7 @@ def bench_timing(snap, repeats: int = 200) -> dict:
         if len(rows) == repeats:
             break
     out = {"predict_evidence_features": 20, "predict_repeats": len(rows)}
-    PM._LOGISTIC_CACHE.clear()
+    PM.LOGISTIC_CACHE.clear()
     t0 = time.perf_counter()
     predict(snap, PredictQuery(target=TARGET, universe=U, evidence=rows[0], method="logistic"))
     out["predict_logistic_first_call_ms (fits the model)"] = round((time.perf_counter() - t0) * 1e3, 1)
@@ -184,7 +184,7 @@ def bench_timing(snap, repeats: int = 200) -> dict:
             ts.append(time.perf_counter() - t0)
         out[f"predict_{method}_median_ms"] = round(float(np.median(ts)) * 1e3, 3)
     for method in ("logistic", "factorized"):
-        PM._LOGISTIC_CACHE.clear()
+        PM.LOGISTIC_CACHE.clear()
         t0 = time.perf_counter()
         r = score_segment(snap, ScoreQuery(target=TARGET, value="true", universe=U, method=method))
         first = time.perf_counter() - t0

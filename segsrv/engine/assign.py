@@ -52,7 +52,7 @@ from ..snapshot.spec import suggest
 from . import cancel
 from .conditions import (All, And, AnyOf, Condition, Evaluator, Not, Or, Range, SegmentRef, Term,
                          condition_fields, parse_where)
-from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, _g_test_p
+from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, g_test_p
 from .relate import count_features
 from ..ops.assign import MAX_FEATURES, Assignment, AssignQuery, AssignResult, Membership
 
@@ -133,7 +133,7 @@ class CompiledCatalog:
         if isinstance(cond, Term):
             fields.add(cond.field)
             info = u.field(cond.field)
-            if info.kind == "numeric" and cond.value not in info._value_index and info.numeric is not None:
+            if info.kind == "numeric" and not info.has_value(cond.value) and info.numeric is not None:
                 try:
                     x = float(cond.value)
                 except ValueError:
@@ -200,13 +200,7 @@ class CompiledCatalog:
         n = len(rows)
         has = {int(f): np.zeros(n, dtype=bool) for f in self.fids}
         if n and len(self.fids):
-            indptr = np.asarray(u.csr_indptr)
-            starts = indptr[rows].astype(np.int64)
-            lens = indptr[rows + 1].astype(np.int64) - starts
-            total = int(lens.sum())
-            owner = np.repeat(np.arange(n, dtype=np.int64), lens)
-            offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
-            feats = np.asarray(u.csr_indices)[offs].astype(np.int64)
+            owner, feats = u.rows_features(rows)
             col = np.searchsorted(self.fids, feats)
             col[col >= len(self.fids)] = 0
             hit = self.fids[col] == feats
@@ -249,7 +243,7 @@ class CompiledCatalog:
         n_c = np.array([n1, n - n1], dtype=np.int64)
         p0 = np.array([(n1 + 1.0) / (n + 2.0), (n - n1 + 1.0) / (n + 2.0)])
         base = (n_c + a * p0) / (n + a)
-        keep = (nf > 0) & (_g_test_p(N, n_c) <= max_p)
+        keep = (nf > 0) & (g_test_p(N, n_c) <= max_p)
         for fname in seg.fields:
             info = u.fields.get(fname)
             if info is not None:
@@ -399,7 +393,7 @@ def _features(u: Universe, pairs) -> tuple[np.ndarray, dict[str, float]]:
             raise UnknownFieldError(f"features[{i}].field: universe {u.name!r} has no field {fname!r}"
                                     f"{suggest(fname, u.fields)}", [(f"features[{i}].field", f"unknown field {fname!r}")])
         info = u.fields[fname]
-        if info.kind == "numeric" and value not in info._value_index:
+        if info.kind == "numeric" and not info.has_value(value):
             try:
                 x = float(value)
             except ValueError:

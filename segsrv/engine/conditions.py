@@ -28,6 +28,14 @@ def tail_mask(n_rows: int, n_words: int) -> np.ndarray:
     return bits
 
 
+def bool_to_bitset(mask: np.ndarray, n_words: int) -> np.ndarray:
+    """bool[n_rows] -> uint64 bitset of n_words words (row i is bit i % 64 of word i // 64)."""
+    packed = np.packbits(mask, bitorder="little")
+    bits = np.zeros(n_words, dtype=np.uint64)
+    bits.view(np.uint8)[: len(packed)] = packed
+    return bits
+
+
 def feature_bits(universe: Universe, fid: int) -> np.ndarray:
     """The rows of feature `fid` as a bitset to read, never to write: a dense feature's row of the
     memory-mapped matrix itself (no copy), a sparse one materialised."""
@@ -90,7 +98,7 @@ class Evaluator:
     def _term(self, field: str, value: str) -> np.ndarray:
         u = self.universe
         info = u.field(field)
-        if info.kind == "numeric" and value not in info._value_index and info.numeric is not None:
+        if info.kind == "numeric" and not info.has_value(value) and info.numeric is not None:
             try:
                 x = float(value)
             except ValueError:
@@ -123,10 +131,7 @@ class Evaluator:
             mask &= x <= cond.lte
         if cond.lt is not None:
             mask &= x < cond.lt
-        packed = np.packbits(mask, bitorder="little")
-        bits = np.zeros(u.n_words, dtype=np.uint64)
-        bits.view(np.uint8)[: len(packed)] = packed
-        return bits
+        return bool_to_bitset(mask, u.n_words)
 
     def _segment(self, name: str) -> np.ndarray:
         catalog = self.snapshot.segments or {}

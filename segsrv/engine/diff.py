@@ -45,7 +45,7 @@ import numpy as np
 from .. import _kernels
 from ..errors import NoCatalogError, QueryError, SegsrvError, SnapshotNotFoundError, UnknownFieldError, UnknownSegmentError
 from ..snapshot import format as fmt
-from ..snapshot.paths import _match
+from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe, open_snapshot
 from ..snapshot.spec import suggest
 from .conditions import And, Not, Or, SegmentRef, condition_fields, evaluate, parse_where
@@ -240,7 +240,7 @@ class _Features:
     def __init__(self, universe: Universe, patterns: list[str] | None):
         self.universe = universe
         names = list(universe.fields) if not patterns else [
-            f for f in universe.fields if any(f == p or _match(p.split("."), f.split(".")) for p in patterns)
+            f for f in universe.fields if any(f == p or match_path(p.split("."), f.split(".")) for p in patterns)
         ]
         infos = [universe.fields[f] for f in names]
         self.fids = (np.concatenate([f.feature_ids for f in infos]) if infos else np.zeros(0, np.int64))
@@ -407,7 +407,7 @@ def diff_versions(
         names = [n for n in dict.fromkeys(segments)]
     if fields:
         for pat in fields:
-            if not any(f == pat or _match(pat.split("."), f.split("."))
+            if not any(f == pat or match_path(pat.split("."), f.split("."))
                        for snap in (snap_a, snap_b) for u in snap.universes.values() for f in u.fields):
                 every = sorted({f for s in (snap_a, snap_b) for u in s.universes.values() for f in u.fields})
                 raise UnknownFieldError(f"fields: {pat!r} matches no field in either version{suggest(pat, every)}",

@@ -19,7 +19,7 @@ import numpy as np
 from .. import _kernels
 from ..errors import QueryError
 from ..snapshot.reader import Snapshot, Universe
-from .conditions import All, Condition, tail_mask
+from .conditions import All, Condition, bool_to_bitset, tail_mask
 from . import cancel
 from .predict import (
     DEFAULT_BULK_METHOD,
@@ -29,21 +29,19 @@ from .predict import (
     DEFAULT_MAX_P_VALUE,
     DEFAULT_MIN_SUPPORT,
     DEFAULT_MIN_SUPPORT_FRACTION,
-    check_conjunction_params,
     DEFAULT_PRIOR_STRENGTH,
     METHODS,
     PredictQuery,
-    _bad,
-    _check_common,
-    _combine,
-    _question,
-    _questions,
+    bad_parameter,
+    bulk_weights,
+    check_common_params,
+    check_conjunction_params,
     class_log_scores,
+    combine_factors,
+    conjunction_question,
     evidence_feature_mask,
-    factorized_weights,
-    logistic_weights,
+    questions,
     resolve_target,
-    row_features,
     softmax,
 )
 
@@ -85,13 +83,6 @@ def holdout_rows(universe: Universe, fraction: float, seed: int) -> np.ndarray:
     h = _splitmix64(id_keys(universe) ^ s)
     u = (h >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
     return u < fraction
-
-
-def bool_to_bitset(mask: np.ndarray, n_words: int) -> np.ndarray:
-    packed = np.packbits(mask, bitorder="little")
-    bits = np.zeros(n_words, dtype=np.uint64)
-    bits.view(np.uint8)[: len(packed)] = packed
-    return bits
 
 
 @dataclass
@@ -182,18 +173,18 @@ def calibration_table(pred: np.ndarray, observed: np.ndarray, n_bins: int = N_CA
 
 
 def _check(q: EvaluateQuery) -> None:
-    _check_common(q)
+    check_common_params(q)
     check_conjunction_params(q)
     if q.method not in METHODS:
-        _bad("method", f"must be one of {list(METHODS)}, got {q.method!r}")
+        bad_parameter("method", f"must be one of {list(METHODS)}, got {q.method!r}")
     f = q.holdout_fraction
     if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f < 1:
-        _bad("holdout_fraction", f"must be a number strictly between 0 and 1, got {f!r}")
+        bad_parameter("holdout_fraction", f"must be a number strictly between 0 and 1, got {f!r}")
     if isinstance(q.seed, bool) or not isinstance(q.seed, int):
-        _bad("seed", f"must be an integer, got {q.seed!r}")
+        bad_parameter("seed", f"must be an integer, got {q.seed!r}")
     m = q.max_test_rows
     if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-        _bad("max_test_rows", f"must be a positive integer or None, got {m!r}")
+        bad_parameter("max_test_rows", f"must be a positive integer or None, got {m!r}")
 
 
 def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
@@ -234,14 +225,9 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         member[ids] = True
         true_index[member[test_rows]] = i
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
-    classes, p0, _ = _questions(t)[0]
+    classes, p0, _ = questions(t)[0]
     if query.method in ("factorized", "logistic"):
-        if query.method == "factorized":
-            log_base, W = factorized_weights(t, classes, p0, ev_mask, float(query.prior_strength))
-        else:
-            a = float(query.prior_strength)
-            n_Sc = np.array([_kernels.popcount(_kernels.bitset_and(t.S, c)) for c in classes], dtype=np.int64)
-            log_base, W = logistic_weights(t, classes, ev_mask, float(query.l2), 0, (n_Sc + a * p0) / (t.n_S + a))
+        log_base, W = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2, 0)
         logits = class_log_scores(u, log_base, W, test_rows)
         probs = softmax(logits)
         m = logits.max(axis=1, keepdims=True)
@@ -253,10 +239,10 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         probs = np.empty((len(test_rows), K))
         for j, r in enumerate(test_rows.tolist()):
             cancel.check()  # one full Predict per test row: stop when the caller is gone
-            fids = row_features(u, r)
+            fids = u.row_features(r)
             fids = np.sort(fids[ev_mask[fids]])
-            base, factors = _question(u, t.S, t.n_S, classes, p0, fids, pq)
-            probs[j], _ = _combine(base, factors)
+            base, factors = conjunction_question(u, t.S, t.n_S, classes, p0, fids, pq)
+            probs[j], _ = combine_factors(base, factors)
         with np.errstate(divide="ignore"):
             log_probs = np.log(probs)
     n_train_value = np.array([_kernels.popcount(_kernels.bitset_and(t.S, c)) for c in classes], dtype=np.int64)

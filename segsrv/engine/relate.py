@@ -21,7 +21,7 @@ from ..ops.relate import (  # noqa: F401 - the query and result types are this m
     DEFAULT_LIMIT, DEFAULT_PRIOR_STRENGTH, DIRECTIONS, MAX_LIMIT, ORDER_KEYS, PLANS, STAT_NAMES, RelateHit,
     RelateQuery, RelateResult,
 )
-from ..snapshot.paths import _match
+from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe
 from ..errors import suggest
 from . import stats as st
@@ -52,7 +52,7 @@ def select_fields(universe: Universe, patterns: list[str] | None, skip: set[str]
                 [Violation(key, f"unknown field {pat!r}", "pattern", pat)],
             )
         parts = pat.split(".")
-        hits = [f for f in universe.fields if _match(parts, f.split(".")) and f not in skip]
+        hits = [f for f in universe.fields if match_path(parts, f.split(".")) and f not in skip]
         if not hits:
             raise UnknownFieldError(f"{key}: pattern {pat!r} matches no field of universe {universe.name!r}",
                                     [Violation(key, f"{pat!r} matches nothing", "pattern", pat)])

@@ -78,13 +78,14 @@ def enumerate_paths(spec: Spec, root: str) -> dict[str, FieldPath]:
     return out
 
 
-def _match(pattern: list[str], parts: list[str]) -> bool:
+def match_path(pattern: list[str], parts: list[str]) -> bool:
+    """Whether a dotted path (split at dots) matches a pattern of fnmatch parts; "**" spans any parts."""
     if not pattern:
         return not parts
     head = pattern[0]
     if head == "**":
-        return any(_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _match(pattern[1:], parts[1:])
+        return any(match_path(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and match_path(pattern[1:], parts[1:])
 
 
 def _is_glob(pattern: str) -> bool:
@@ -128,7 +129,7 @@ def resolve_universe_fields(spec: Spec, universe: str) -> list[FieldPath]:
     chosen: dict[str, FieldPath] = {}
     for pattern in uspec.include:
         parts = pattern.split(".")
-        hits = [name for name in candidates if _match(parts, name.split("."))]
+        hits = [name for name in candidates if match_path(parts, name.split("."))]
         if not hits:
             if _is_glob(pattern):
                 raise SpecError(f"universes.{universe}.include: pattern {pattern!r} matches no field")
@@ -140,7 +141,7 @@ def resolve_universe_fields(spec: Spec, universe: str) -> list[FieldPath]:
             chosen[name] = candidates[name]
     for pattern in uspec.exclude:
         parts = pattern.split(".")
-        hits = [name for name in chosen if _match(parts, name.split("."))]
+        hits = [name for name in chosen if match_path(parts, name.split("."))]
         if not hits and not _is_glob(pattern):
             raise SpecError(
                 f"universes.{universe}.exclude: {pattern!r} is not an included field{suggest(pattern, chosen)}"

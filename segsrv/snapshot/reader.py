@@ -49,6 +49,9 @@ class FieldInfo:
     def feature_ids(self) -> np.ndarray:
         return np.arange(self.feature_offset, self.feature_offset + len(self.values), dtype=np.int64)
 
+    def has_value(self, value: str) -> bool:
+        return value in self._value_index
+
     def value_index(self, value: str) -> int:
         try:
             return self._value_index[value]
@@ -156,6 +159,24 @@ class Universe:
 
     def is_dense(self, fid: int) -> bool:
         return int(self.feature_slot[fid]) >= 0
+
+    # -- rows (CSR: row -> feature ids, ascending) --------------------------------
+
+    def row_features(self, row: int) -> np.ndarray:
+        """int64 feature ids of one row."""
+        return np.asarray(self.csr_indices[int(self.csr_indptr[row]): int(self.csr_indptr[row + 1])], dtype=np.int64)
+
+    def rows_features(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(owner, features): the feature ids of many rows in one gather, flattened row by row;
+        owner[j] is the index into `rows` of the row features[j] belongs to (both int64)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        indptr = np.asarray(self.csr_indptr)
+        starts = indptr[rows].astype(np.int64)
+        lens = indptr[rows + 1].astype(np.int64) - starts
+        owner = np.repeat(np.arange(len(rows), dtype=np.int64), lens)
+        # position j of the gather reads csr_indices[start of its row + j - first j of that row]
+        offs = np.arange(len(owner), dtype=np.int64) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+        return owner, np.asarray(self.csr_indices)[offs].astype(np.int64)
 
     # -- ids -------------------------------------------------------------------
 

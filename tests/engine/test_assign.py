@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from segsrv.engine.assign import AssignQuery, assign, compiled_catalog
 from segsrv.engine.catalog import apply_segments
 from segsrv.engine.conditions import SegmentRef, evaluate
-from segsrv.engine.predict import _g_test_p
+from segsrv.engine.predict import g_test_p as _g_test_p
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
 from segsrv.snapshot.reader import open_snapshot
 

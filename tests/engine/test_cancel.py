@@ -10,7 +10,7 @@ import pytest
 
 from segsrv.engine import cancel
 from segsrv.engine.evaluate import EvaluateQuery, evaluate
-from segsrv.engine.predict import _LOGISTIC_CACHE, PredictQuery, predict
+from segsrv.engine.predict import LOGISTIC_CACHE as _LOGISTIC_CACHE, PredictQuery, predict
 
 U = "customers"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from segsrv.errors import SpecError
-from segsrv.snapshot.paths import _match, enumerate_paths, explain_unknown_path, outgoing_steps, resolve_universe_fields
+from segsrv.snapshot.paths import match_path as _match, enumerate_paths, explain_unknown_path, outgoing_steps, resolve_universe_fields
 from segsrv.snapshot.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,148 @@
+"""Predict within a segment, and ScoreSegment (batch scoring). See docs/predict.md.
+
+A target field T splits the counted rows into classes:
+
+* single-valued T (categorical or numeric bands, own or forward semantics): one
+  class per value; S is restricted to rows that have a value of T and the
+  probabilities of the values sum to 1;
+* multi-valued T (``multi`` columns, or "exists" semantics through a reverse
+  link): every value t is its own binary question with classes [t, not t];
+  probabilities are P(row has t) and are not normalised across values.
+
+The model of one question, over classes c (all counts exact, within
+S = segment AND train_mask [AND has a value of T]), prior strength a > 0:
+
+    P0(c)        = (n_{U,c} + 1) / (n_U + K)                  population prior (train rows)
+    base(c)      = (n_{S,c} + a P0(c)) / (n_S + a)            base probability in S
+    conjunction  : evidence in decreasing mutual information with T within S joins
+                   S' = S AND e1 AND e2 ... while |S' AND e| >= min_support
+    P(c | S')    = (n_{S',c} + a base(c)) / (n_{S'} + a);  factor = P(c|S') / base(c)
+    lift_e(c)    = ((n_{X,e,c} + a q) / (n_{X,c} + a)) / q,  q = n_{X,e} / n_X
+                   for each backed-off e, X = S' (or S when no row of S' has e);
+                   skipped (factor 1) when e is unseen in S or |phi(e, e_prev)| >=
+                   max_correlation within S for an already-used lift e_prev
+    u(c)         = base(c) * conjunction factor * prod lift_e(c)
+    P(c)         = u(c) / sum_c u(c)
+
+``method="logistic"`` fits an L2-regularised logistic regression (scikit-learn's objective with
+C = 1 / l2) on the one-hot evidence features of the rows of S and explains it in the same product
+form (base, an intercept factor, one exp(weight) factor per evidence, the normaliser); it is the
+default of ScoreSegment and Evaluate (cached per S).
+
+``method="factorized"`` is the naive-Bayes floor: no conjunction and no
+correlation pruning, every evidence's lift within S. It is the model that
+ScoreSegment and Evaluate apply in bulk: per-class log-lift weights for all
+features at once and one CSR row-score pass per class.
+
+Modules: ``types`` (requests, results, parameter checks), ``target`` (the target, the counted
+rows, the evidence and the counts and tests the models share), one module per model
+(``conjunction``, ``factorized``, ``logistic``); this one holds the entry points ``predict``
+and ``score_segment`` and re-exports the names callers use.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ... import _kernels
+from ...snapshot.reader import Snapshot
+from .conjunction import conjunction_question
+from .factorized import class_log_scores, factorized_question, factorized_weights, softmax
+from .logistic import LOGISTIC_CACHE, design_matrix, fit_logistic, logistic_question, logistic_weights
+from .target import (Target, base_probabilities, combine_factors, effective_min_support, evidence_feature_mask,
+                     evidence_fids, g_test_p, is_multi_valued, questions, resolve_row, resolve_target, row_features)
+from .types import (BULK_METHODS, DEFAULT_BULK_METHOD, DEFAULT_L2, DEFAULT_MAX_CORRELATION, DEFAULT_MAX_P_VALUE,
+                    DEFAULT_MAX_TARGET_VALUES, DEFAULT_MIN_SUPPORT, DEFAULT_MIN_SUPPORT_FRACTION,
+                    DEFAULT_PRIOR_STRENGTH, METHODS, Factor, PredictQuery, PredictResult, ScoreQuery, ScoreResult,
+                    ValueProbability, bad_parameter, check_common_params, check_conjunction_params,
+                    check_predict_query, check_score_query)
+
+__all__ = [  # the entry points, and the names other modules use
+    "BULK_METHODS", "DEFAULT_BULK_METHOD", "DEFAULT_L2", "DEFAULT_MAX_CORRELATION", "DEFAULT_MAX_P_VALUE",
+    "DEFAULT_MAX_TARGET_VALUES", "DEFAULT_MIN_SUPPORT", "DEFAULT_MIN_SUPPORT_FRACTION", "DEFAULT_PRIOR_STRENGTH",
+    "LOGISTIC_CACHE", "METHODS", "Factor", "PredictQuery", "PredictResult", "ScoreQuery", "ScoreResult", "Target",
+    "ValueProbability", "bad_parameter", "bulk_weights", "check_common_params", "check_conjunction_params",
+    "class_log_scores", "combine_factors", "conjunction_question", "design_matrix", "effective_min_support",
+    "evidence_feature_mask", "factorized_weights", "fit_logistic", "g_test_p", "is_multi_valued",
+    "logistic_weights", "predict", "questions", "resolve_row", "resolve_target", "row_features",
+    "score_segment", "softmax",
+]
+
+_QUESTION_OF_METHOD = {"conjunction": conjunction_question, "factorized": factorized_question}
+
+
+def predict(snapshot: Snapshot, query: PredictQuery) -> PredictResult:
+    t0 = time.perf_counter()
+    check_predict_query(query)
+    t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
+                       query.max_target_values)
+    u = t.universe
+    fids = evidence_fids(t, query)
+    out: list[ValueProbability] = []
+    ev_mask = evidence_feature_mask(t, query.evidence_fields) if query.method == "logistic" else None
+    for qi, (classes, p0, vidx) in enumerate(questions(t)):
+        if query.method == "logistic":
+            base, factors = logistic_question(t, qi, classes, p0, fids, ev_mask, query)
+        else:
+            base, factors = _QUESTION_OF_METHOD[query.method](u, t.S, t.n_S, classes, p0, fids, query)
+        probs, norm = combine_factors(base, factors)
+        for c, vi in enumerate(vidx):
+            out.append(ValueProbability(t.info.values[vi], float(probs[c]), float(base[c]), factors[c], norm))
+    order = sorted(range(len(out)), key=lambda j: (-out[j].probability, j))
+    return PredictResult(
+        snapshot=snapshot.name,
+        version=snapshot.version,
+        universe=u.name,
+        target=t.info.name,
+        multi_valued=t.multi,
+        method=query.method,
+        n_segment=t.n_S,
+        evidence=[u.feature_name(int(f)) for f in fids],
+        probabilities=[out[j] for j in order],
+        elapsed_ms=(time.perf_counter() - t0) * 1e3,
+    )
+
+
+def bulk_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray, method: str,
+                 prior_strength: float, l2: float, question: int) -> tuple[np.ndarray, np.ndarray]:
+    """(log base[K], W[K, n_features]) of a bulk method ("logistic" or "factorized") for one question."""
+    if method == "logistic":
+        _, _, base = base_probabilities(t.S, t.n_S, classes, p0, float(prior_strength))
+        return logistic_weights(t, classes, ev_mask, float(l2), question, base)
+    return factorized_weights(t, classes, p0, ev_mask, float(prior_strength))
+
+
+def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
+    t0 = time.perf_counter()
+    check_score_query(query)
+    k = query.top_k
+    t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
+                       query.max_target_values)
+    u = t.universe
+    vi = t.info.value_index(str(query.value))
+    all_questions = questions(t)
+    if t.multi:
+        classes, p0, _ = all_questions[vi]
+        ci = 0
+    else:
+        classes, p0, _ = all_questions[0]
+        ci = vi
+    ev_mask = evidence_feature_mask(t, query.evidence_fields)
+    log_base, W = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2,
+                               vi if t.multi else 0)
+    members = _kernels.bitset_to_ids(t.segment, u.n_rows)
+    probs = softmax(class_log_scores(u, log_base, W, members))[:, ci] if len(members) else np.zeros(0)
+    rows = members.astype(np.int64)
+    mean = float(probs.mean()) if len(probs) else math.nan
+    if k and k < len(rows):
+        part = np.argpartition(-probs, k - 1)[:k]
+        part = part[np.lexsort((rows[part], -probs[part]))]
+        rows, probs = rows[part], probs[part]
+    elif k:
+        order = np.lexsort((rows, -probs))
+        rows, probs = rows[order], probs[order]
+    return ScoreResult(snapshot.name, snapshot.version, u.name, t.info.name, t.info.values[vi], rows, probs,
+                       len(members), mean, (time.perf_counter() - t0) * 1e3, u)

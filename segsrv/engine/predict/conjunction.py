@@ -1,0 +1,113 @@
+"""The conjunction model of one question (Predict's default method; Evaluate's "conjunction").
+
+Evidence joins the conjunction S' = S AND e1 AND e2 ... in decreasing mutual information with
+the target within S while |S' AND e| >= min_support; every other ("backed-off") evidence gets a
+smoothed lift within S' (or within S when no row of S' has it), unless it is not significant
+(G-test p > max_p_value) or redundant with a lift already used (|phi| >= max_correlation in S).
+See the formulas in segsrv.engine.predict and docs/predict.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import _kernels
+from ...snapshot.reader import Universe
+from ..conditions import feature_bits
+from ..relate import count_features
+from .target import (add_lift, class_feature_counts, effective_min_support, g_test_p, question_counts,
+                     smoothed_lift)
+from .types import Factor, PredictQuery
+
+
+def mutual_information(N: np.ndarray, n_c: np.ndarray, n: int) -> np.ndarray:
+    """MI (bits) between a feature's presence and the class, per feature, from [K, m] counts."""
+    if n == 0 or N.shape[1] == 0:
+        return np.zeros(N.shape[1])
+    n_e = N.sum(axis=0).astype(np.float64)
+    mi = np.zeros(N.shape[1])
+    for present in (True, False):
+        cell = N.astype(np.float64) if present else (n_c[:, None] - N).astype(np.float64)
+        marg = n_e if present else n - n_e
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = np.where(cell > 0, (cell / n) * np.log2(cell * n / (n_c[:, None] * marg[None, :])), 0.0)
+        mi += term.sum(axis=0)
+    return mi
+
+
+def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,
+                         fids: np.ndarray, q: PredictQuery):
+    """-> (base[K], factors[K][...]) for one question."""
+    a = float(q.prior_strength)
+    K = len(classes)
+    names, n_Sc, base, N, n_Se, factors = question_counts(u, S, n_S, classes, p0, fids, a)
+
+    # greedy exact conditioning in decreasing mutual information
+    mi = mutual_information(N, n_Sc, n_S)
+    order = np.lexsort((fids, -mi)) if len(fids) else np.zeros(0, np.int64)
+    bits = {int(i): feature_bits(u, int(fids[i])) for i in order}  # read-only views of dense rows
+    Sp = S.copy()
+    n_Sp = n_S
+    conj: list[int] = []
+    backed: list[int] = []
+    tmp = np.empty_like(S)
+    min_support = effective_min_support(q, n_S)
+    for i in order.tolist():
+        _kernels.bitset_and(Sp, bits[i], tmp)
+        k = int(_kernels.popcount(tmp))
+        if k >= min_support:
+            Sp, tmp = tmp, Sp
+            n_Sp = k
+            conj.append(i)
+        else:
+            backed.append(i)
+    if conj:
+        SpC = [_kernels.bitset_and(Sp, c) for c in classes]
+        n_Spc = np.array([_kernels.popcount(b) for b in SpC], dtype=np.int64)
+        p_conj = (n_Spc + a * base) / (n_Sp + a)
+        f = p_conj / base
+        for c in range(K):
+            factors[c].append(Factor([names[i] for i in conj], float(f[c]), n_Sp, "conjunction"))
+        fb = fids[backed]
+        Np = class_feature_counts(u, SpC, n_Spc, fb)
+    else:
+        n_Spc = n_Sc
+        Np = N[:, backed]
+    n_Spe = Np.sum(axis=0)
+    p_Sp = g_test_p(Np, n_Spc)
+    p_S = g_test_p(N, n_Sc)
+    used: list[int] = []
+    for j, i in enumerate(backed):
+        if n_Se[i] == 0:
+            add_lift(factors, names[i], np.ones(K), 0, "not observed in the segment")
+            continue
+        in_ctx = n_Spe[j] > 0
+        p_val = float(p_Sp[j] if in_ctx else p_S[i])
+        if p_val > q.max_p_value:
+            add_lift(factors, names[i], np.ones(K), int(n_Spe[j] if in_ctx else n_Se[i]),
+                     f"not significant {'within the conjunction' if conj and in_ctx else 'within the segment'} "
+                     f"(p={p_val:.3g} > max_p_value={q.max_p_value:g})")
+            continue
+        redundant = None
+        if used:  # rows of S with e and each used lift evidence: one counting pass
+            n12, _ = count_features(u, _kernels.bitset_and(S, bits[i]), int(n_Se[i]), fids[used])
+            n1, n2 = float(n_Se[i]), n_Se[used].astype(np.float64)
+            den = n1 * (n_S - n1) * n2 * (n_S - n2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                phis = np.where(den > 0, (n12 * float(n_S) - n1 * n2) / np.sqrt(np.where(den > 0, den, 1.0)), 0.0)
+            hit = np.flatnonzero(np.abs(phis) >= q.max_correlation)
+            if len(hit):
+                redundant = (used[int(hit[0])], float(phis[hit[0]]))
+        if redundant is not None:
+            f2, v2 = names[redundant[0]]
+            add_lift(factors, names[i], np.ones(K), int(n_Se[i]),
+                     f"redundant with {f2}={v2} (phi={redundant[1]:.3f} in the segment)")
+            continue
+        if n_Spe[j] > 0:
+            add_lift(factors, names[i], smoothed_lift(Np[:, j], n_Spc, int(n_Spe[j]), n_Sp, a), n_Spe[j],
+                     "within the conjunction" if conj else "")
+        else:
+            add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i],
+                     "within the segment (no row of the conjunction has it)")
+        used.append(i)
+    return base, factors

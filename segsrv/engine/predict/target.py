@@ -1,0 +1,269 @@
+"""The target and the evidence of a prediction, and the counts and tests every model shares.
+
+``resolve_target`` turns a target field, a segment and a training mask into the counted rows S
+and one bitset per target value; ``questions`` splits the target into the questions a model
+answers (one over K classes for a single-valued target, one binary question per value for a
+multi-valued one). The evidence of a Predict comes from a row (``resolve_row``, its features
+filtered by ``evidence_feature_mask``) and from explicit (field, value) pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ... import _kernels
+from ...errors import LimitExceededError, QueryError, UnknownFieldError, UnknownIdError
+from ...snapshot.reader import FieldInfo, Snapshot, Universe
+from ...snapshot.spec import suggest
+from ..conditions import All, Condition, evaluate, feature_bits, tail_mask
+from ..relate import count_features, select_fields
+from .types import Factor, PredictQuery, bad_parameter
+
+
+def is_multi_valued(info: FieldInfo) -> bool:
+    return info.kind == "multi" or info.semantics == "exists"
+
+
+@dataclass
+class Target:
+    """A resolved target field and the counted rows S."""
+
+    universe: Universe
+    info: FieldInfo
+    multi: bool
+    value_bits: list[np.ndarray]  # one bitset per value over the whole universe
+    has_target: np.ndarray  # bitset: rows with any value of T
+    segment: np.ndarray  # bitset of the segment (every member)
+    train: np.ndarray  # bitset of the rows allowed in counts
+    S: np.ndarray  # segment AND train [AND has_target when single-valued]
+    n_S: int
+    n_U: int  # training rows [with a target value]
+    n_U_value: np.ndarray  # training rows with each value
+
+
+def resolve_target(snapshot: Snapshot, universe_name, target: str, segment: Condition, train_mask,
+                   max_target_values: int) -> Target:
+    u = snapshot.universe(universe_name)
+    if not isinstance(target, str) or not target:
+        bad_parameter("target", f"expected a field name, got {target!r}")
+    if target not in u.fields:
+        raise UnknownFieldError(
+            f"target: universe {u.name!r} has no field {target!r}{suggest(target, u.fields)}",
+            [("target", f"unknown field {target!r}")],
+        )
+    info = u.fields[target]
+    if len(info.values) > max_target_values:
+        raise LimitExceededError(
+            f"target {target!r} has {len(info.values)} values, more than the limit max_target_values="
+            f"{max_target_values}; predict a field with fewer values (or raise the limit)",
+            [("target", f"{len(info.values)} values > max_target_values={max_target_values}")],
+        )
+    if len(info.values) == 0:
+        bad_parameter("target", f"field {target!r} has no values in universe {u.name!r}")
+    multi = is_multi_valued(info)
+    value_bits = [feature_bits(u, int(fid)) for fid in info.feature_ids]
+    has_target = np.zeros(u.n_words, dtype=np.uint64)
+    for b in value_bits:
+        _kernels.bitset_or(has_target, b, has_target)
+    seg = evaluate(snapshot, u, segment if segment is not None else All())
+    if train_mask is None:
+        train = tail_mask(u.n_rows, u.n_words)
+    else:
+        train = np.asarray(train_mask)
+        if train.dtype != np.uint64 or train.shape != (u.n_words,):
+            bad_parameter("train_mask",
+                          f"expected a uint64 bitset of {u.n_words} words, got {train.dtype} {train.shape}")
+        train = np.ascontiguousarray(train)
+    S = _kernels.bitset_and(seg, train)
+    pop = train.copy()
+    if not multi:
+        _kernels.bitset_and(S, has_target, S)
+        _kernels.bitset_and(pop, has_target, pop)
+    n_U_value = np.array([_kernels.popcount(_kernels.bitset_and(pop, b)) for b in value_bits], dtype=np.int64)
+    return Target(u, info, multi, value_bits, has_target, seg, train, S, int(_kernels.popcount(S)),
+                  int(_kernels.popcount(pop)), n_U_value)
+
+
+def questions(t: Target) -> list[tuple[list[np.ndarray], np.ndarray, list[int]]]:
+    """(class bitsets over the universe, prior P0 per class, value index per class) per question."""
+    K = len(t.info.values)
+    if not t.multi:
+        p0 = (t.n_U_value + 1.0) / (t.n_U + K)
+        return [(t.value_bits, p0, list(range(K)))]
+    full = tail_mask(t.universe.n_rows, t.universe.n_words)
+    out = []
+    for i, b in enumerate(t.value_bits):
+        n1 = float(t.n_U_value[i])
+        p0 = np.array([(n1 + 1.0) / (t.n_U + 2), (t.n_U - n1 + 1.0) / (t.n_U + 2)])
+        out.append(([b, _kernels.bitset_andnot(full, b)], p0, [i]))
+    return out
+
+
+def base_probabilities(S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,
+                       a: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(S AND each class, their sizes, base(c) = (n_{S,c} + a P0(c)) / (n_S + a))."""
+    SC = [_kernels.bitset_and(S, c) for c in classes]
+    n_Sc = np.array([_kernels.popcount(b) for b in SC], dtype=np.int64)
+    return SC, n_Sc, (n_Sc + a * p0) / (n_S + a)
+
+
+# ----------------------------------------------------------------------------
+# evidence
+# ----------------------------------------------------------------------------
+
+
+def evidence_feature_mask(t: Target, evidence_fields: list[str] | None) -> np.ndarray:
+    """bool[n_features]: the features that count as evidence when taken from a row.
+
+    None: every field except the target and except fields having a feature identical (as a row
+    set over the whole universe) to a target value (a copy of the target would leak it)."""
+    u = t.universe
+    mask = np.zeros(u.n_features, dtype=bool)
+    if evidence_fields is not None:
+        fields = select_fields(u, list(evidence_fields), {t.info.name})
+        for f in fields:
+            if f == t.info.name:
+                continue
+            info = u.fields[f]
+            mask[info.feature_offset: info.feature_offset + len(info.values)] = True
+        return mask
+    tcounts = np.asarray(u.feature_count[t.info.feature_ids], dtype=np.int64)
+    counts = np.asarray(u.feature_count, dtype=np.int64)
+    mask[:] = True
+    mask[t.info.feature_offset: t.info.feature_offset + len(t.info.values)] = False
+    # only a feature with as many rows as a target value can be a copy of it
+    for fid in np.flatnonzero(np.isin(counts, tcounts[tcounts > 0]) & mask).tolist():
+        fb = feature_bits(u, fid)
+        for j in np.flatnonzero(tcounts == counts[fid]).tolist():
+            if int(_kernels.popcount(_kernels.bitset_and(fb, t.value_bits[j]))) == counts[fid]:
+                info = u.fields[u.field_names[u.feature_field[fid]]]
+                mask[info.feature_offset: info.feature_offset + len(info.values)] = False
+                break
+    return mask
+
+
+def resolve_row(u: Universe, row_id) -> int:
+    row = int(u.rows_for_ids([row_id])[0])
+    if row < 0:
+        raise UnknownIdError(
+            f"row_id: universe {u.name!r} has no row with {u.key} {row_id!r}",
+            [("row_id", f"unknown id {row_id!r}")],
+        )
+    return row
+
+
+def row_features(u: Universe, row: int) -> np.ndarray:
+    return u.row_features(row)
+
+
+def evidence_fids(t: Target, q: PredictQuery) -> np.ndarray:
+    """Sorted feature ids of a Predict's evidence: the row's (row_id) and the explicit pairs."""
+    u = t.universe
+    explicit: list[int] = []
+    explicit_fields: set[str] = set()
+    for i, (fname, value) in enumerate(q.evidence):
+        fname, value = str(fname), str(value)
+        if fname == t.info.name:
+            raise QueryError(
+                f"evidence[{i}]: {fname}={value} is on the target field {t.info.name!r}; evidence must not "
+                f"mention the target",
+                [(f"evidence[{i}]", f"target field {t.info.name!r}")],
+            )
+        explicit.append(u.feature_id(fname, value))  # UnknownFieldError / UnknownValueError
+        explicit_fields.add(fname)
+    fids: list[int] = []
+    if q.row_id is not None:
+        row = resolve_row(u, q.row_id)
+        mask = evidence_feature_mask(t, q.evidence_fields)
+        for fid in u.row_features(row).tolist():
+            if mask[fid] and u.field_names[u.feature_field[fid]] not in explicit_fields:
+                fids.append(fid)
+    elif q.evidence_fields is not None:
+        evidence_feature_mask(t, q.evidence_fields)  # validates the names
+    fids.extend(explicit)
+    return np.array(sorted(set(fids)), dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------
+# counts, lifts and the G-test (shared by the models)
+# ----------------------------------------------------------------------------
+
+
+def class_feature_counts(u: Universe, ctx_classes: list[np.ndarray], n_ctx_c: np.ndarray,
+                         fids: np.ndarray) -> np.ndarray:
+    """[K, m] rows of each class (already ANDed with the context) having each feature."""
+    out = np.zeros((len(ctx_classes), len(fids)), dtype=np.int64)
+    if len(fids) == 0:
+        return out
+    for c, bits in enumerate(ctx_classes):
+        if n_ctx_c[c] > 0:
+            out[c], _ = count_features(u, bits, int(n_ctx_c[c]), fids)
+    return out
+
+
+def smoothed_lift(n_xec: np.ndarray, n_xc: np.ndarray, n_xe: int, n_x: int, a: float) -> np.ndarray:
+    """lift_e(c) = ((n_{X,e,c} + a q) / (n_{X,c} + a)) / q with q = n_{X,e} / n_X."""
+    q = n_xe / n_x
+    return ((n_xec + a * q) / (n_xc + a)) / q
+
+
+def add_lift(factors: list[list[Factor]], name: tuple[str, str], f_c: np.ndarray, support, note: str = "") -> None:
+    """Append one evidence's lift factor to every class's factors."""
+    for c in range(len(factors)):
+        factors[c].append(Factor([name], float(f_c[c]), int(support), "lift", note))
+
+
+def question_counts(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,
+                    fids: np.ndarray, a: float):
+    """What a model of one question starts from: (evidence names, n_{S,c}[K], base[K], N[K, m] rows
+    of S in class c with evidence e, n_{S,e}[m], empty factors per class)."""
+    names = [u.feature_name(int(f)) for f in fids]
+    SC, n_Sc, base = base_probabilities(S, n_S, classes, p0, a)
+    N = class_feature_counts(u, SC, n_Sc, fids)
+    factors: list[list[Factor]] = [[] for _ in classes]
+    return names, n_Sc, base, N, N.sum(axis=0), factors
+
+
+def effective_min_support(q, n_S: int) -> int:
+    """Rows a conjunction must keep: min_support, or min_support_fraction of |S| when larger."""
+    return max(int(q.min_support), math.ceil(float(q.min_support_fraction) * n_S))
+
+
+def g_test_p(N: np.ndarray, n_c: np.ndarray) -> np.ndarray:
+    """p-value of the G-test of independence of "has e" and the class, per feature, from [K, m] counts."""
+    from scipy.stats import chi2
+
+    K, m = N.shape
+    n = float(n_c.sum())
+    if m == 0 or n == 0:
+        return np.ones(m)
+    n_e = N.sum(axis=0).astype(np.float64)
+    g = np.zeros(m)
+    for cell, marg in ((N.astype(np.float64), n_e), ((n_c[:, None] - N).astype(np.float64), n - n_e)):
+        expected = n_c[:, None].astype(np.float64) * marg[None, :] / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g += np.where(cell > 0, 2.0 * cell * np.log(cell / expected), 0.0).sum(axis=0)
+    df = max(int(np.count_nonzero(n_c)) - 1, 1)
+    return chi2.sf(np.maximum(g, 0.0), df)
+
+
+def combine_factors(base: np.ndarray, factors: list[list[Factor]]):
+    """-> (probabilities, normalizer): u_c = base_c * prod factors_c, P = u / sum u."""
+    K = len(base)
+    u = np.empty(K)
+    for c in range(K):
+        x = float(base[c])
+        for f in factors[c]:
+            x *= f.factor
+        u[c] = x
+    norm = float(sum(u.tolist()))
+    if not math.isfinite(norm) or norm <= 0:  # over/underflow: fall back to logs
+        logs = np.array([math.log(base[c]) + sum(math.log(f.factor) for f in factors[c]) for c in range(K)])
+        m = logs.max()
+        p = np.exp(logs - m)
+        p /= p.sum()
+        return p, math.exp(math.log(sum(np.exp(logs - m))) + m) if m < 700 else math.inf
+    return u / norm, norm
