@@ -295,7 +295,8 @@ def batches(n_rows: int, size: int, count: int, seed: int) -> list[list[str]]:
 def first_calls(snap, addr: str, plain_ids: list[str], props_ids: list[str]) -> dict:
     """The first Assign calls of a fresh server and of this process: without propensities (compiles
     the catalog), then with (fits the 50 membership models)."""
-    from segsrv.engine.assign import AssignQuery, assign
+    from segsrv.engine.assign import assign
+    from segsrv.ops.assign import AssignQuery
     from segsrv.client import SegsrvClient
     from segsrv.v1 import segsrv_pb2 as pb
 
@@ -324,8 +325,8 @@ def batch_paired(snap, addr: str, eaddr: str, batches_: list[list[str]], server_
     response proto built + serialized, the raw stub (answer parsed to a proto, not converted),
     SegsrvClient.assign (answer -> dicts); and the same request to the empty server."""
     from segsrv.client import SegsrvClient
-    from segsrv.engine.assign import AssignQuery, assign
-    from segsrv.server import convert
+    from segsrv.engine.assign import assign
+    from segsrv.ops.assign import AssignQuery
     from segsrv.v1 import segsrv_pb2 as pb
 
     keys = ("in_process_s", "in_process_cpu_s", "proto_s", "raw_s", "raw_client_cpu_s", "server_ms", "server_cpu_s",
@@ -344,7 +345,7 @@ def batch_paired(snap, addr: str, eaddr: str, batches_: list[list[str]], server_
                 r["in_process_s"].append(time.perf_counter() - t)
                 r["in_process_cpu_s"].append(time.process_time() - c)
                 t = time.perf_counter()
-                convert.assign_response_to_proto(res, convert.response_info(snap, t)).SerializeToString()
+                res.to_proto((time.perf_counter() - t) * 1e3).SerializeToString()
                 r["proto_s"].append(time.perf_counter() - t)
                 del res
                 c0 = proc_cpu_seconds(server_pid)
@@ -445,8 +446,10 @@ def export_interleaved(root: Path, addr: str, server_pid: int, repeats: int) -> 
     from export import bench_export  # bench/export.py (this script's directory is on sys.path)
 
     from segsrv import _kernels
-    from segsrv.engine.conditions import Evaluator, SegmentRef
-    from segsrv.engine.export import ExportQuery, export_members
+    from segsrv.engine.conditions import Evaluator
+    from segsrv.ops.conditions import SegmentRef
+    from segsrv.engine.export import export_members
+    from segsrv.ops.export import ExportQuery
     from segsrv.snapshot.reader import open_snapshot
 
     where = {"$segment": EXPORT_SEGMENT}

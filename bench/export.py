@@ -53,7 +53,7 @@ def bench_export(addr_or_stub, *, where=None, universe: str = "customers", snaps
     "first_message_ms" (median time to the total), "server_cpu_s" (median, with server_pid)}."""
     import grpc
 
-    from segsrv.client_conditions import condition_to_proto, to_condition
+    from segsrv.ops.conditions import to_condition, to_proto
     from segsrv.v1 import segsrv_pb2 as pb
     from segsrv.v1 import segsrv_pb2_grpc
 
@@ -65,7 +65,7 @@ def bench_export(addr_or_stub, *, where=None, universe: str = "customers", snaps
     else:
         stub = addr_or_stub
     req = pb.ExportMembersRequest(snapshot=pb.SnapshotSelector(name=snapshot), universe=universe,
-                                  condition=condition_to_proto(to_condition(where)), chunk_size=chunk_size,
+                                  condition=to_proto(to_condition(where)), chunk_size=chunk_size,
                                   top_k=top_k, target_field=target, target_value=value)
     seconds, first_ms, cpu = [], [], []
     total = rows = messages = 0
@@ -115,8 +115,9 @@ def bench_client(addr: str, where, repeats: int, chunk_size: int = 0) -> dict:
 
 
 def bench_in_process(root: str, where, repeats: int, chunk_size: int) -> dict:
-    from segsrv.engine.conditions import parse_where
-    from segsrv.engine.export import ExportQuery, export_members
+    from segsrv.ops.conditions import parse_where
+    from segsrv.engine.export import export_members
+    from segsrv.ops.export import ExportQuery
     from segsrv.snapshot.reader import open_snapshot
 
     snap = open_snapshot(os.path.join(root, "demo"))

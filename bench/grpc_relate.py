@@ -241,13 +241,13 @@ def build_requests(root) -> tuple[list[bytes], list[str], list[dict], int, int]:
     from relate import conditions, pick_fields
 
     from segsrv.client import SegsrvClient
-    from segsrv.client_conditions import where_from_condition
+    from segsrv.ops.conditions import where_json
     from segsrv.snapshot.reader import open_snapshot
 
     snap = open_snapshot(root)
     u = snap.universes["customers"]
     fields = pick_fields(u)
-    queries = [{"from": "customers", "where": where_from_condition(c), "relate": fields, "limit": 20}
+    queries = [{"from": "customers", "where": where_json(c), "relate": fields, "limit": 20}
                for c in conditions(u)]
     client = SegsrvClient("127.0.0.1:1")  # request building only: no RPC
     try:

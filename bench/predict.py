@@ -41,20 +41,16 @@ import numpy as np
 from common import REPO, demo_snapshot, write_result
 
 from segsrv import _kernels
-from segsrv.engine.conditions import All
-from segsrv.engine.evaluate import EvaluateQuery, auc_score, evaluate, holdout_rows
-from segsrv.engine.predict import (
-    PredictQuery,
-    ScoreQuery,
-    evidence_feature_mask,
-    predict,
-    resolve_target,
-    row_features,
-    score_segment,
-)
+from segsrv.ops.conditions import All
+from segsrv.engine.evaluate import auc_score, evaluate, holdout_rows
+from segsrv.ops.evaluate import EvaluateQuery
+from segsrv.engine.predict import predict, score_segment
+from segsrv.engine.predict.target import evidence_feature_mask, resolve_target, row_features
+from segsrv.ops.predict import PredictQuery
+from segsrv.ops.score import ScoreQuery
 from segsrv.snapshot.reader import open_snapshot
 
-PM = importlib.import_module("segsrv.engine.predict")
+PM = importlib.import_module("segsrv.engine.predict.logistic")
 TARGET = "churned"
 U = "customers"
 

@@ -20,8 +20,10 @@ import numpy as np
 
 from common import demo_snapshot, percentile, write_result
 
-from segsrv.engine.conditions import And, Term, evaluate
-from segsrv.engine.relate import RelateQuery, count_features, relate
+from segsrv.engine.conditions import evaluate
+from segsrv.ops.conditions import And, Term
+from segsrv.engine.relate import count_features, relate
+from segsrv.ops.relate import RelateQuery
 from segsrv.snapshot.reader import open_snapshot
 from segsrv import _kernels
 

@@ -146,23 +146,18 @@ def _backend(args, snapshot_name: str | None = None):
     yield local_service(args.local, version=args.version)
 
 
-def _query_type(kind: str):
-    from . import ops
-
-    return {"relate": ops.RelateQuery, "count": ops.CountQuery, "predict": ops.PredictQuery,
-            "score": ops.ScoreQuery, "evaluate": ops.EvaluateQuery, "profile": ops.ProfileQuery}[kind]
-
-
 def cmd_query(args) -> int:
     if args.csv and args.kind != "score":
         raise SegsrvError("--csv is for `segsrv query score`")
-    query = _query_type(args.kind).from_json(_load_query(args.json))
+    from .ops import QUERY_TYPES, render
+
+    query = QUERY_TYPES[args.kind].from_json(_load_query(args.json))
     with _backend(args, args.snapshot) as backend:
         result = backend.call(query)
     if args.kind == "score":
-        _write_scores(result.to_json(), args.csv)
+        _write_scores(render(query, result), args.csv)
     else:
-        _print_json(result.to_json(query.select) if args.kind == "relate" else result.to_json())
+        _print_json(render(query, result))
     return 0
 
 
@@ -359,6 +354,16 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def _backend_arguments(p: argparse.ArgumentParser) -> None:
+    """--local | --addr, and what a remote call takes (segments list, assign)."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process")
+    where.add_argument("--addr", metavar="HOST:PORT", help="ask a running server")
+    p.add_argument("--snapshot", dest="snapshot_name", help="snapshot name (--addr, when the server has several)")
+    p.add_argument("--version", help="snapshot version (default: CURRENT)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (--addr; default 30)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segsrv", description="Exact, interpretable behavioural segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -436,27 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(func=cmd_segments_apply)
     q = ssub.add_parser("list", help="the catalog with each segment's size and share")
-    where = q.add_mutually_exclusive_group(required=True)
-    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process")
-    where.add_argument("--addr", metavar="HOST:PORT", help="ask a running server")
+    _backend_arguments(q)
     q.add_argument("--universe", help="only segments of this universe")
-    q.add_argument("--snapshot", dest="snapshot_name", help="snapshot name (--addr, when the server has several)")
-    q.add_argument("--version", help="snapshot version (default: CURRENT)")
-    q.add_argument("--timeout", type=float, default=30.0, help="seconds (--addr; default 30)")
     q.set_defaults(func=cmd_segments_list)
 
     p = sub.add_parser("assign", help="catalog segments of customers (ids) or of a new customer (--features)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process")
-    where.add_argument("--addr", metavar="HOST:PORT", help="ask a running server")
+    _backend_arguments(p)
     p.add_argument("--id", action="append", help="a customer id (repeatable)")
     p.add_argument("--ids-file", help="file with one id per line (- for standard input)")
     p.add_argument("--features", metavar="JSON", help='a new customer: {"field": "value", ...} (inline, file or -)')
     p.add_argument("--propensities", action="store_true", help="also the membership probability of the other segments")
     p.add_argument("--universe", help="universe (default: the one the catalog is over)")
-    p.add_argument("--snapshot", dest="snapshot_name", help="snapshot name (--addr, when the server has several)")
-    p.add_argument("--version", help="snapshot version (default: CURRENT)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds (--addr; default 30)")
     p.set_defaults(func=cmd_assign)
 
     p = sub.add_parser("serve", help="serve every snapshot under ROOT over gRPC (see docs/server.md)")

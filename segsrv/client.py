@@ -153,6 +153,13 @@ class SegsrvClient:
     def _selector(self) -> Selector:
         return Selector(self.snapshot, self.version)
 
+    def _stream(self, method, request, timeout):
+        """A server-streaming call (its messages are read, and errors raised, by the caller)."""
+        try:
+            return method(request, timeout=self.timeout if timeout is _UNSET else timeout)
+        except grpc.RpcError as exc:
+            raise SegsrvRpcError.from_rpc_error(exc) from None
+
     def _call(self, method, request, timeout):
         timeout = self.timeout if timeout is _UNSET else timeout
         try:
@@ -223,13 +230,8 @@ class SegsrvClient:
     def score_stream(self, query=None, /, *, timeout=_UNSET, chunk_size: int = 0, **kwargs) -> "ScoreStream":
         """ScoreSegment as it streams: iterate (id, score) pairs; `.summary` afterwards."""
         q = query if isinstance(query, ScoreQuery) else ScoreQuery.from_json(merge_query(query, kwargs))
-        req = q.to_proto(self._selector(), chunk_size=chunk_size)
-        timeout = self.timeout if timeout is _UNSET else timeout
-        try:
-            call = self._stub.ScoreSegment(req, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise SegsrvRpcError.from_rpc_error(exc) from None
-        return ScoreStream(call)
+        return ScoreStream(self._stream(self._stub.ScoreSegment, q.to_proto(self._selector(), chunk_size=chunk_size),
+                                        timeout))
 
     def score_segment(self, query: dict | None = None, /, *, timeout=_UNSET, chunk_size: int = 0,
                       **kwargs) -> dict:
@@ -248,12 +250,7 @@ class SegsrvClient:
 
     def _export(self, q: ExportQuery, chunk_size: int, timeout) -> "ExportStream":
         req = q.to_proto(self._selector(), chunk_size=chunk_size)
-        timeout = self.timeout if timeout is _UNSET else timeout
-        try:
-            call = self._stub.ExportMembers(req, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise SegsrvRpcError.from_rpc_error(exc) from None
-        return ExportStream(call, ranked=bool(req.target_field))
+        return ExportStream(self._stream(self._stub.ExportMembers, req, timeout), ranked=bool(req.target_field))
 
     def snapshot_info(self, universe: str = "", include_values: bool = False, *, timeout=_UNSET) -> dict:
         """The served snapshot, shaped like `segsrv info` (values as {value: count} when requested)."""

@@ -28,15 +28,15 @@ from .engine.profile import profile
 from .engine.relate import relate
 from .errors import LimitExceededError, NotBuiltYetError, SnapshotNotFoundError
 from .ops import (
-    AssignQuery, CountQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
-    ScoreQuery, SegmentsQuery,
+    QUERY_TYPES, AssignQuery, CountQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
+    ScoreQuery, SegmentsQuery, render,
 )
 from .ops.base import ANY_SNAPSHOT, Selector
-from .ops.conditions import SegmentRef, parse_where
+from .ops.conditions import SegmentRef
 from .ops.info import InfoResult
 from .ops.predict import DEFAULT_MAX_TARGET_VALUES, row_id_from_text
 from .ops.relate import DEFAULT_LIMIT, MAX_LIMIT
-from .ops.segments import SegmentEntry, SegmentsResult
+from .ops.segments import SegmentsResult
 from .snapshot.reader import Snapshot
 
 
@@ -163,16 +163,13 @@ class SegmentationService:
         snap = self._snapshot(at)
         if query.universe:
             snap.universe(query.universe)  # an unknown universe is an error, not an empty list
-        entries = []
-        for name, entry in sorted((snap.segments or {}).items()):
-            universe = entry.get("universe") or query.universe or None
-            if query.universe and universe != query.universe:
-                continue
+
+        def size_of(name: str, universe: str | None) -> tuple[int, int]:
             cancel.check()
             size = count(snap, universe, SegmentRef(name))
-            entries.append(SegmentEntry.from_catalog(name, entry, parse_where(entry.get("where")),
-                                                     privacy.floor_size(size.count, self.privacy_k), size.n_rows))
-        return SegmentsResult(snapshot=snap.name, version=snap.version, segments=entries)
+            return privacy.floor_size(size.count, self.privacy_k), size.n_rows
+
+        return SegmentsResult.from_snapshot(snap, query.universe, size_of)
 
     def snapshot_info(self, query: InfoQuery, at: Selector = ANY_SNAPSHOT) -> InfoResult:
         snap = self._snapshot(at)
@@ -190,3 +187,10 @@ def local_service(location, version: str | None = None) -> SegmentationService:
     from .snapshot.reader import open_snapshot
 
     return SegmentationService(OneSnapshot(open_snapshot(location, version=version)))
+
+
+def run_json(kind: str, snapshot: Snapshot, obj: dict) -> dict:
+    """The JSON answer to a JSON query of `kind` (segsrv.ops.QUERY_TYPES) over an open snapshot, in-process:
+    what `segsrv query KIND --local` prints."""
+    query = QUERY_TYPES[kind].from_json(obj)
+    return render(query, SegmentationService(OneSnapshot(snapshot)).call(query))

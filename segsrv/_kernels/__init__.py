@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 
+from .naive import __all__ as _KERNELS  # every kernel has its naive numpy twin, under the same name
+
 __all__ = [
     "get_num_threads",
     "set_num_threads",
@@ -26,19 +28,7 @@ __all__ = [
     "available_cpu_paths",
     "set_cpu_path",
     "has_openmp",
-    "popcount",
-    "and_count_dense",
-    "and_count_sparse",
-    "and_count_ids",
-    "bitset_and",
-    "bitset_or",
-    "bitset_andnot",
-    "bitset_to_ids",
-    "ids_to_bitset",
-    "set_bits",
-    "read_bandwidth_probe",
-    "csr_histogram",
-    "csr_row_scores",
+    *_KERNELS,
 ]
 
 #: Below this many 64-bit words of work a kernel runs on one thread (thread

@@ -50,11 +50,12 @@ from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownS
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import cancel
-from .conditions import (All, And, AnyOf, Condition, Evaluator, Not, Or, Range, SegmentRef, Term,
-                         condition_fields, parse_where)
-from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, g_test_p
+from ..ops.conditions import All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term, parse_where
+from .conditions import Evaluator
+from .predict.target import g_test_p
 from .relate import count_features
-from ..ops.assign import MAX_FEATURES, Assignment, AssignQuery, AssignResult, Membership
+from ..ops.assign import (DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, MAX_FEATURES, Assignment, AssignQuery,
+                          AssignResult, Membership)
 
 # ----------------------------------------------------------------------------
 # compiled catalog (per snapshot version and universe)

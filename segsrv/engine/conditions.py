@@ -11,10 +11,8 @@ import numpy as np
 
 from .. import _kernels
 from ..errors import QueryError, UnknownFieldError, UnknownSegmentError, Violation
-from ..ops.conditions import (  # noqa: F401 - the tree is part of this module's interface
-    MAX_DEPTH, MAX_TERMS, All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term, check_limits,
-    condition_fields, parse_where, value_text,
-)
+from ..ops.conditions import (All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term, check_limits, condition_fields,
+                              parse_where)
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 

@@ -43,12 +43,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import _kernels
+from ..ops.params import json_number
 from ..errors import NoCatalogError, QueryError, SegsrvError, SnapshotNotFoundError, UnknownFieldError, UnknownSegmentError
 from ..snapshot import format as fmt
 from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe, open_snapshot
 from ..snapshot.spec import suggest
-from .conditions import And, Not, Or, SegmentRef, condition_fields, evaluate, parse_where
+from ..ops.conditions import SegmentRef, condition_fields, parse_where, segment_refs
+from .conditions import evaluate
 from .relate import count_features
 
 DEFAULT_TOP_FEATURES = 10
@@ -329,16 +331,6 @@ def _rank(key: np.ndarray, support: np.ndarray, tiebreak: np.ndarray) -> np.ndar
 # ----------------------------------------------------------------------------
 
 
-def _segment_refs(cond) -> set[str]:
-    if isinstance(cond, SegmentRef):
-        return {cond.name}
-    if isinstance(cond, (And, Or)):
-        return set().union(*(_segment_refs(c) for c in cond.items))
-    if isinstance(cond, Not):
-        return _segment_refs(cond.item)
-    return set()
-
-
 def definition_fields(catalog: dict, name: str) -> set[str]:
     """Fields a segment's definition mentions, following $segment references (cycles tolerated)."""
     out: set[str] = set()
@@ -353,7 +345,7 @@ def definition_fields(catalog: dict, name: str) -> set[str]:
         except QueryError:
             continue
         out |= condition_fields(cond)
-        todo.extend(_segment_refs(cond))
+        todo.extend(segment_refs(cond))
     return out
 
 
@@ -551,14 +543,8 @@ def _feature_drift(d: SegmentDiff, fp: _FeaturePair, bits_a, bits_b, top: int, m
 # ----------------------------------------------------------------------------
 
 
-def _json_number(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
-
-
 def _move_json(m: FeatureMove) -> dict:
-    return {k: _json_number(getattr(m, k)) for k in (
+    return {k: json_number(getattr(m, k)) for k in (
         "field", "value", "support_a", "support_b", "p_a", "p_b", "base_a", "base_b", "lift_a", "lift_b",
         "delta", "log_ratio")}
 

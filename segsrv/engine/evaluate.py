@@ -10,43 +10,22 @@ training rows only (segment AND NOT holdout).
 from __future__ import annotations
 
 import math
-import numbers
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _kernels
 from ..errors import QueryError
 from ..snapshot.reader import Snapshot, Universe
-from .conditions import All, Condition, bool_to_bitset, tail_mask
+from .conditions import bool_to_bitset, tail_mask
 from . import cancel
-from .predict import (
-    DEFAULT_BULK_METHOD,
-    DEFAULT_L2,
-    DEFAULT_MAX_CORRELATION,
-    DEFAULT_MAX_TARGET_VALUES,
-    DEFAULT_MAX_P_VALUE,
-    DEFAULT_MIN_SUPPORT,
-    DEFAULT_MIN_SUPPORT_FRACTION,
-    DEFAULT_PRIOR_STRENGTH,
-    METHODS,
-    PredictQuery,
-    bad_parameter,
-    bulk_weights,
-    check_common_params,
-    check_conjunction_params,
-    class_log_scores,
-    combine_factors,
-    conjunction_question,
-    evidence_feature_mask,
-    questions,
-    resolve_target,
-    softmax,
-)
+from ..ops.evaluate import DEFAULT_MAX_TEST_ROWS_CONJUNCTION, N_CALIBRATION_BINS, CalibrationBin, EvaluateQuery, EvaluateResult
+from ..ops.predict import PredictQuery
+from .predict import bulk_weights
+from .predict.conjunction import conjunction_question
+from .predict.factorized import class_log_scores, softmax
+from .predict.target import combine_factors, evidence_feature_mask, questions, resolve_target
 
-DEFAULT_MAX_TEST_ROWS_CONJUNCTION = 10_000
-N_CALIBRATION_BINS = 10
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -85,60 +64,6 @@ def holdout_rows(universe: Universe, fraction: float, seed: int) -> np.ndarray:
     return u < fraction
 
 
-@dataclass
-class EvaluateQuery:
-    target: str
-    universe: str | None = None
-    segment: Condition = field(default_factory=All)
-    evidence_fields: list[str] | None = None
-    holdout_fraction: float = 0.2
-    seed: int = 0
-    prior_strength: float = DEFAULT_PRIOR_STRENGTH
-    min_support: int = DEFAULT_MIN_SUPPORT
-    min_support_fraction: float = DEFAULT_MIN_SUPPORT_FRACTION
-    max_p_value: float = DEFAULT_MAX_P_VALUE
-    max_correlation: float = DEFAULT_MAX_CORRELATION
-    max_target_values: int = DEFAULT_MAX_TARGET_VALUES
-    method: str = DEFAULT_BULK_METHOD  # "logistic" (default), "factorized" or "conjunction"
-    max_test_rows: int | None = None  # None: every test row (logistic, factorized), 10,000 (conjunction)
-    l2: float = DEFAULT_L2
-
-
-@dataclass
-class CalibrationBin:
-    predicted_low: float
-    predicted_high: float
-    mean_predicted: float
-    observed_rate: float
-    count: int
-
-
-@dataclass
-class EvaluateResult:
-    snapshot: str
-    version: str
-    universe: str
-    target: str
-    method: str
-    values: list[str]
-    n_train: int
-    n_test: int
-    accuracy: float
-    baseline_accuracy: float
-    baseline_value: str
-    log_loss: float
-    auc: float | None
-    positive_value: str | None
-    mean_rank: float
-    geometric_mean_probability: float
-    calibration: list[CalibrationBin]
-    calibration_of: str  # what the calibration bins: P(positive) (binary) or top-1 confidence
-    test_rows: np.ndarray  # int64 rows of the test set (in row order)
-    true_index: np.ndarray  # index into `values` of each test row's value
-    probabilities: np.ndarray  # [n_test, K]
-    elapsed_ms: float
-
-
 def auc_score(y: np.ndarray, s: np.ndarray) -> float | None:
     """ROC AUC by the rank-sum formula (ties get average ranks)."""
     y = np.asarray(y, dtype=bool)
@@ -172,24 +97,9 @@ def calibration_table(pred: np.ndarray, observed: np.ndarray, n_bins: int = N_CA
     return out
 
 
-def _check(q: EvaluateQuery) -> None:
-    check_common_params(q)
-    check_conjunction_params(q)
-    if q.method not in METHODS:
-        bad_parameter("method", f"must be one of {list(METHODS)}, got {q.method!r}")
-    f = q.holdout_fraction
-    if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f < 1:
-        bad_parameter("holdout_fraction", f"must be a number strictly between 0 and 1, got {f!r}")
-    if isinstance(q.seed, bool) or not isinstance(q.seed, int):
-        bad_parameter("seed", f"must be an integer, got {q.seed!r}")
-    m = q.max_test_rows
-    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-        bad_parameter("max_test_rows", f"must be a positive integer or None, got {m!r}")
-
-
 def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
     t0 = time.perf_counter()
-    _check(query)
+    query.validate()
     u = snapshot.universe(query.universe)
     hold = holdout_rows(u, float(query.holdout_fraction), query.seed)
     train_mask = bool_to_bitset(~hold, u.n_words)

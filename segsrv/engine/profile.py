@@ -38,22 +38,15 @@ field of the universe, the segment's own condition fields included.
 from __future__ import annotations
 
 import math
-import numbers
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError, Violation
-from ..ops.profile import (  # noqa: F401 - the query and result types are this module's interface
-    DEFAULT_VALUES_PER_FIELD, MAX_FIELD_PATTERNS, MAX_VALUES_PER_FIELD, NUMERIC_STATS, FieldProfile, NumericProfile,
-    NumericStats, ProfileQuery, ProfileResult, ValueProfile,
-)
+from ..ops.profile import FieldProfile, NumericProfile, NumericStats, ProfileQuery, ProfileResult, ValueProfile
 from ..snapshot.reader import Snapshot, Universe
-from ..snapshot.spec import suggest
 from . import stats as st
 from .conditions import evaluate
 from .relate import count_features, select_fields

@@ -17,10 +17,7 @@ import numpy as np
 
 from .. import _kernels
 from ..errors import QueryError, UnknownFieldError, Violation
-from ..ops.relate import (  # noqa: F401 - the query and result types are this module's interface
-    DEFAULT_LIMIT, DEFAULT_PRIOR_STRENGTH, DIRECTIONS, MAX_LIMIT, ORDER_KEYS, PLANS, STAT_NAMES, RelateHit,
-    RelateQuery, RelateResult,
-)
+from ..ops.relate import STAT_NAMES, RelateHit, RelateQuery, RelateResult
 from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe
 from ..errors import suggest

@@ -1,7 +1,7 @@
 """Assign: which catalog segments a customer is in, and how likely the others are.
 
 JSON form (the CLI's and the client's): {"ids": [external ids]} for known customers (a batch), or
-{"features": {field: value} or [(field, value), ...]} for a new customer; plus "universe",
+{"features": {field: value} or [(field, value), ...]} for a new customer; plus "from" (the universe),
 "include_propensities", "prior_strength", "max_p_value". Answer {"snapshot", "version", "universe",
 "assignments": [{"id", "found", "primary_segment", "segments": [{"segment", "member", "propensity",
 "segment_size", "share", "priority"}]}]} (docs/segments.md): members first (by priority), then, with
@@ -20,16 +20,14 @@ from . import conditions as cond
 from .base import ANY_SNAPSHOT, Selector, response_info
 from .conditions import value_text
 from .params import Boolean, Param, Real, Text, bad, check_keys, check_params, read_json
+from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH  # the propensity model's defaults
 
 MAX_BATCH = 100_000
 MAX_FEATURES = 10_000
-# the propensity model's defaults (segsrv.engine.predict), repeated here: ops does not import the engine
-DEFAULT_PRIOR_STRENGTH = 1.0
-DEFAULT_MAX_P_VALUE = 0.001
-KEYS = {"ids", "features", "universe", "include_propensities", "prior_strength", "max_p_value"}
+KEYS = {"ids", "features", "from", "include_propensities", "prior_strength", "max_p_value"}
 
 PARAMS = (
-    Param("universe", Text("a universe name"), none=True),
+    Param("from", Text("a universe name"), attr="universe", none=True),
     Param("include_propensities", Boolean()),
     Param("prior_strength", Real(low=0, open="low")),
     Param("max_p_value", Real(0, 1, open="low")),
@@ -94,14 +92,14 @@ class AssignQuery:
     def from_json(cls, obj: dict) -> "AssignQuery":
         """An empty universe means "not given" (the client's default); ids are kept as given."""
         check_keys(obj, KEYS, "assign")
-        obj = {k: v for k, v in obj.items() if not (k == "universe" and v == "")}
+        obj = {k: v for k, v in obj.items() if not (k == "from" and v == "")}
         q = cls(ids=_ids(obj.get("ids")), features=_features(obj.get("features")))
         read_json(obj, q, PARAMS)
         q.validate()
         return q
 
     def to_json(self) -> dict:
-        out = {"ids": list(self.ids), "universe": self.universe, "include_propensities": self.include_propensities,
+        out = {"ids": list(self.ids), "from": self.universe, "include_propensities": self.include_propensities,
                "prior_strength": self.prior_strength, "max_p_value": self.max_p_value}
         if self.features is not None:
             out["features"] = [list(p) for p in self.features]

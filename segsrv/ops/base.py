@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import LimitExceededError
 from ..v1 import segsrv_pb2 as pb
 from .params import bad
 
@@ -28,6 +29,17 @@ class Selector:
 
 
 ANY_SNAPSHOT = Selector()
+MAX_CHUNK_SIZE = 100_000  # the most ids / scores in one streamed message
+
+
+def chunk_size_from_proto(n: int, default: int) -> int:
+    """A stream's chunk_size: 0 means `default`; at most MAX_CHUNK_SIZE."""
+    if n < 0:
+        raise bad("chunk_size", f"must be >= 0 (0 means {default}), got {n}")
+    if n > MAX_CHUNK_SIZE:
+        raise LimitExceededError(f"chunk_size: {n} exceeds the maximum {MAX_CHUNK_SIZE}",
+                                 [("chunk_size", f"at most {MAX_CHUNK_SIZE}")])
+    return n or default
 
 
 def response_info(result, server_ms: float) -> pb.ResponseInfo:

@@ -317,15 +317,24 @@ def check_limits(cond: Condition, max_depth: int = MAX_DEPTH, max_terms: int = M
     walk(cond, 0)
 
 
+def _leaves(cond: Condition):
+    if isinstance(cond, (And, Or)):
+        for c in cond.items:
+            yield from _leaves(c)
+    elif isinstance(cond, Not):
+        yield from _leaves(cond.item)
+    else:
+        yield cond
+
+
 def condition_fields(cond: Condition) -> set[str]:
     """Fields a condition mentions directly (not through segment references)."""
-    if isinstance(cond, (Term, AnyOf, Range)):
-        return {cond.field}
-    if isinstance(cond, (And, Or)):
-        return set().union(*(condition_fields(c) for c in cond.items))
-    if isinstance(cond, Not):
-        return condition_fields(cond.item)
-    return set()
+    return {c.field for c in _leaves(cond) if isinstance(c, (Term, AnyOf, Range))}
+
+
+def segment_refs(cond: Condition) -> set[str]:
+    """Names of the segments a condition references directly."""
+    return {c.name for c in _leaves(cond) if isinstance(c, SegmentRef)}
 
 
 # --- where a violation sits in the request -----------------------------------------------

@@ -23,7 +23,7 @@ from .predict import (
     COMMON_PARAMS, CONJUNCTION_PARAMS, DEFAULT_BULK_METHOD, DEFAULT_L2, DEFAULT_MAX_CORRELATION,
     DEFAULT_MAX_P_VALUE, DEFAULT_MAX_TARGET_VALUES, DEFAULT_MIN_SUPPORT, DEFAULT_MIN_SUPPORT_FRACTION,
     DEFAULT_PRIOR_STRENGTH, METHODS, evidence_fields_from_proto, given_keys, method_from_proto, method_to_proto,
-    name_from_proto, read_target, request_paths, segment_from_proto, sent,
+    name_from_proto, optionals_from_proto, optionals_to_proto, read_target, request_paths, segment_from_proto, sent,
 )
 
 KEYS = {"from", "segment", "target", "evidence_fields", "holdout_fraction", "seed", "prior_strength",
@@ -86,14 +86,7 @@ class EvaluateQuery:
             seed=int(self.seed),
             method=method_to_proto(self.method) if sent(self, "method", DEFAULT_BULK_METHOD) else 0,
         )
-        if sent(self, "prior_strength", DEFAULT_PRIOR_STRENGTH):
-            req.prior_strength = float(self.prior_strength)
-        if sent(self, "min_support", DEFAULT_MIN_SUPPORT):
-            req.min_support = int(self.min_support)
-        if sent(self, "min_support_fraction", DEFAULT_MIN_SUPPORT_FRACTION):
-            req.min_support_fraction = float(self.min_support_fraction)
-        if sent(self, "max_p_value", DEFAULT_MAX_P_VALUE):
-            req.max_p_value = float(self.max_p_value)
+        optionals_to_proto(self, req)
         return req
 
     @staticmethod
@@ -110,11 +103,7 @@ class EvaluateQuery:
         if req.holdout_fraction != 0:  # 0 means the default
             q.holdout_fraction = req.holdout_fraction
             given.add("holdout_fraction")
-        for name in ("prior_strength", "min_support", "min_support_fraction", "max_p_value"):
-            if req.HasField(name):
-                setattr(q, name, getattr(req, name))
-                given.add(name)
-        q.given = frozenset(given)
+        q.given = frozenset(given | optionals_from_proto(req, q))
         return q
 
 

@@ -16,20 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..errors import LimitExceededError
 from ..v1 import segsrv_pb2 as pb
 from . import conditions as cond
 from .base import ANY_SNAPSHOT, Selector, response_info
+from .base import chunk_size_from_proto as base_chunk_size
 from .conditions import All, Condition, value_text
 from .params import Integer, Param, Text, bad, check_keys, check_params, read_json
+from .predict import DEFAULT_BULK_METHOD, DEFAULT_MAX_TARGET_VALUES, DEFAULT_PRIOR_STRENGTH
 
 DEFAULT_CHUNK_SIZE = 10_000  # in-process default; the server's is SERVER_DEFAULT_CHUNK_SIZE (docs/server.md)
 SERVER_DEFAULT_CHUNK_SIZE = 10_000  # chunk_size 0 over gRPC: ids are small, 10x ScoreSegment's default
-MAX_CHUNK_SIZE = 100_000  # over gRPC, like ScoreSegment
-# ScoreSegment's defaults (segsrv.engine.predict), repeated here: ops does not import the engine
-DEFAULT_BULK_METHOD = "logistic"
-DEFAULT_PRIOR_STRENGTH = 1.0
-DEFAULT_MAX_TARGET_VALUES = 64
 KEYS = {"from", "where", "top_k", "target", "value"}
 
 PARAMS = (
@@ -131,12 +127,7 @@ class ExportQuery:
 
 def chunk_size_from_proto(n: int) -> int:
     """ExportMembers' chunk_size: 0 means SERVER_DEFAULT_CHUNK_SIZE; at most MAX_CHUNK_SIZE."""
-    if n < 0:
-        raise bad("chunk_size", f"must be >= 0 (0 means {SERVER_DEFAULT_CHUNK_SIZE}), got {n}")
-    if n > MAX_CHUNK_SIZE:
-        raise LimitExceededError(f"chunk_size: {n} exceeds the maximum {MAX_CHUNK_SIZE}",
-                                 [("chunk_size", f"at most {MAX_CHUNK_SIZE}")])
-    return n or SERVER_DEFAULT_CHUNK_SIZE
+    return base_chunk_size(n, SERVER_DEFAULT_CHUNK_SIZE)
 
 
 # --- the stream's messages (ExportResult: segsrv.engine.export) ----------------------------------

@@ -1,6 +1,6 @@
 """GetSnapshotInfo: what a snapshot holds, universe by universe and field by field.
 
-Query: {"universe": name (none or empty: every universe), "include_values": bool}. Answer (shaped like
+Query: {"from": name (none or empty: every universe), "include_values": bool}. Answer (shaped like
 `segsrv info`): {"name", "version", "description", "served_snapshots", "universes": {name: {"table",
 "key", "n_rows", "n_features", "fields": {field: {"kind", "semantics", "n_values", "has_raw_values",
 "values" ({value: count}, when asked), "edges" (numeric fields)}}}}, "elapsed_ms"}. Value counts pass
@@ -17,9 +17,9 @@ from . import conditions as cond
 from .base import ANY_SNAPSHOT, Selector, enum_from_proto, enum_to_proto, response_info
 from .params import Boolean, Param, Text, check_keys, check_params, read_json
 
-KEYS = {"universe", "include_values"}
+KEYS = {"from", "include_values"}
 PARAMS = (
-    Param("universe", Text("a universe name"), none=True),
+    Param("from", Text("a universe name"), attr="universe", none=True),
     Param("include_values", Boolean()),
 )
 KINDS = ("categorical", "multi", "numeric")
@@ -39,11 +39,11 @@ class InfoQuery:
         """An empty universe means "not given" (the client's default)."""
         check_keys(obj, KEYS, "snapshot info")
         q = cls()
-        read_json({k: v for k, v in obj.items() if not (k == "universe" and v == "")}, q, PARAMS)
+        read_json({k: v for k, v in obj.items() if not (k == "from" and v == "")}, q, PARAMS)
         return q
 
     def to_json(self) -> dict:
-        return {"universe": self.universe, "include_values": self.include_values}
+        return {"from": self.universe, "include_values": self.include_values}
 
     def to_proto(self, at: Selector = ANY_SNAPSHOT) -> pb.GetSnapshotInfoRequest:
         return pb.GetSnapshotInfoRequest(snapshot=at.to_proto(), universe=self.universe or "",

@@ -131,6 +131,29 @@ def sent(query, name: str, default) -> bool:
     return name in query.given or getattr(query, name) != default
 
 
+# the optional scalar fields of the Predict / Evaluate requests: (name, default, type)
+OPTIONAL_FIELDS = (("prior_strength", DEFAULT_PRIOR_STRENGTH, float), ("min_support", DEFAULT_MIN_SUPPORT, int),
+                   ("min_support_fraction", DEFAULT_MIN_SUPPORT_FRACTION, float),
+                   ("max_p_value", DEFAULT_MAX_P_VALUE, float))
+
+
+def optionals_to_proto(query, req, fields=OPTIONAL_FIELDS) -> None:
+    """Set the optional request fields the caller gave (or that differ from the default)."""
+    for name, default, kind in fields:
+        if sent(query, name, default):
+            setattr(req, name, kind(getattr(query, name)))
+
+
+def optionals_from_proto(req, query, fields=OPTIONAL_FIELDS) -> set[str]:
+    """Copy the optional fields a request sets onto the query; the names set."""
+    given = set()
+    for name, _, _ in fields:
+        if req.HasField(name):
+            setattr(query, name, getattr(req, name))
+            given.add(name)
+    return given
+
+
 def given_keys(obj: dict, names) -> frozenset:
     return frozenset(n for n in names if n in obj)
 
@@ -227,14 +250,7 @@ class PredictQuery:
             evidence=terms_to_proto(self.evidence), evidence_fields=list(self.evidence_fields or ()),
             method=method_to_proto(self.method) if sent(self, "method", DEFAULT_METHOD) else 0,
         )
-        if sent(self, "prior_strength", DEFAULT_PRIOR_STRENGTH):
-            req.prior_strength = float(self.prior_strength)
-        if sent(self, "min_support", DEFAULT_MIN_SUPPORT):
-            req.min_support = int(self.min_support)
-        if sent(self, "min_support_fraction", DEFAULT_MIN_SUPPORT_FRACTION):
-            req.min_support_fraction = float(self.min_support_fraction)
-        if sent(self, "max_p_value", DEFAULT_MAX_P_VALUE):
-            req.max_p_value = float(self.max_p_value)
+        optionals_to_proto(self, req)
         return req
 
     @staticmethod
@@ -253,11 +269,7 @@ class PredictQuery:
                 row_id=req.id or None, evidence=evidence, evidence_fields=evidence_fields_from_proto(req),
                 max_target_values=max_target_values, method=method_from_proto(req.method, DEFAULT_METHOD))
         given = {"method"} if req.method else set()
-        for name in ("prior_strength", "min_support", "min_support_fraction", "max_p_value"):
-            if req.HasField(name):
-                setattr(q, name, getattr(req, name))
-                given.add(name)
-        q.given = frozenset(given)
+        q.given = frozenset(given | optionals_from_proto(req, q))
         return q
 
 

@@ -17,10 +17,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import LimitExceededError
 from ..v1 import segsrv_pb2 as pb
 from . import conditions as cond
 from .base import ANY_SNAPSHOT, Selector, response_info
+from .base import chunk_size_from_proto as base_chunk_size
 from .conditions import All, Condition
 from .params import Integer, Options, Param, bad, check_keys, check_params, json_number, read_json
 from .predict import (
@@ -30,7 +30,6 @@ from .predict import (
 )
 
 KEYS = {"from", "segment", "target", "value", "top_k", "evidence_fields", "prior_strength", "method"}
-MAX_CHUNK_SIZE = 100_000
 DEFAULT_CHUNK_SIZE = 1_000
 
 TOP_K = Param("top_k", Integer(low=0), hint=" (0 = every member)")
@@ -40,12 +39,7 @@ _OPTIONAL = ("prior_strength", "method")
 
 def chunk_size_from_proto(n: int) -> int:
     """ScoreSegment's chunk_size: 0 means DEFAULT_CHUNK_SIZE; at most MAX_CHUNK_SIZE."""
-    if n < 0:
-        raise bad("chunk_size", f"must be >= 0 (0 means {DEFAULT_CHUNK_SIZE}), got {n}")
-    if n > MAX_CHUNK_SIZE:
-        raise LimitExceededError(f"chunk_size: {n} exceeds the maximum {MAX_CHUNK_SIZE}",
-                                 [("chunk_size", f"at most {MAX_CHUNK_SIZE}")])
-    return n or DEFAULT_CHUNK_SIZE
+    return base_chunk_size(n, DEFAULT_CHUNK_SIZE)
 
 
 @dataclass

@@ -17,8 +17,8 @@ from .base import ANY_SNAPSHOT, Selector, response_info
 from .conditions import All, Condition
 from .params import Param, Text, check_keys, check_params, read_json
 
-KEYS = {"universe"}
-PARAMS = (Param("universe", Text("a universe name"), none=True),)
+KEYS = {"from"}
+PARAMS = (Param("from", Text("a universe name"), attr="universe", none=True),)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SegmentsQuery:
         return q
 
     def to_json(self) -> dict:
-        return {"universe": self.universe}
+        return {"from": self.universe}
 
     def to_proto(self, at: Selector = ANY_SNAPSHOT) -> pb.ListSegmentsRequest:
         return pb.ListSegmentsRequest(snapshot=at.to_proto(), universe=self.universe or "")

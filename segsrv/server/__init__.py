@@ -1,4 +1,4 @@
-"""The gRPC server: servicer (convert -> engine -> convert), errors table, registry, app.
+"""The gRPC server: the servicer (an adapter over segsrv.service), errors table, registry, app.
 
     from segsrv.server import create_server
     server, port = create_server("snapshots", port=0)

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..engine import set_kernel_threads
 from ..engine.assign import warm_catalog
-from ..engine.predict import DEFAULT_MAX_TARGET_VALUES
+from ..ops.predict import DEFAULT_MAX_TARGET_VALUES
 from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
 from .auth import TokenStore

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
-from segsrv.engine.query import run_count_json, run_relate_json
+from segsrv.service import run_json
 from segsrv.errors import QueryError
 
 
@@ -59,7 +59,7 @@ def _strip(answer: dict) -> dict:
 @pytest.mark.parametrize("query", RELATE_QUERIES, ids=lambda q: json.dumps(q)[:50])
 def test_relate_equals_local(client, petnord_snapshot, query):
     remote = client.relate(query)
-    local = run_relate_json(petnord_snapshot, query)
+    local = run_json("relate", petnord_snapshot, query)
     assert list(remote) == list(local)
     assert _strip(remote) == _strip(local)
 
@@ -72,7 +72,7 @@ def test_relate_seed_has_hits(client):
 
 def test_relate_keyword_form(client, petnord_snapshot):
     remote = client.relate(from_="customers", where={"region": "oulu"}, relate=["segment"], limit=3)
-    local = run_relate_json(petnord_snapshot, {"from": "customers", "where": {"region": "oulu"},
+    local = run_json("relate", petnord_snapshot, {"from": "customers", "where": {"region": "oulu"},
                                                "relate": ["segment"], "limit": 3})
     assert _strip(remote) == _strip(local)
 
@@ -85,7 +85,7 @@ def test_relate_keyword_form(client, petnord_snapshot):
     {"from": "impressions", "where": {"clicked": True, "product.pet_type": ["cat", "dog"]}},
 ])
 def test_count_equals_local(client, petnord_snapshot, query):
-    assert client.count(query) == run_count_json(petnord_snapshot, query)
+    assert client.count(query) == run_json("count", petnord_snapshot, query)
 
 
 def test_snapshot_info(client, petnord_snapshot):

@@ -16,8 +16,9 @@ import grpc
 import pytest
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
-from segsrv.engine.conditions import And, Not, Term, parse_where
-from segsrv.engine.export import ExportQuery, export_members
+from segsrv.ops.conditions import And, Not, Term, parse_where
+from segsrv.engine.export import export_members
+from segsrv.ops.export import ExportQuery
 from segsrv.errors import QueryError
 from segsrv.v1 import condition_pb2 as cpb
 

@@ -12,9 +12,10 @@ import grpc
 import pytest
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
-from segsrv.engine.conditions import Term
-from segsrv.engine.predict import ScoreQuery, score_segment
-from segsrv.engine.predict_query import run_evaluate_json, run_predict_json, run_score_json
+from segsrv.ops.conditions import Term
+from segsrv.engine.predict import score_segment
+from segsrv.ops.score import ScoreQuery
+from segsrv.service import run_json
 from segsrv.errors import QueryError
 
 PREDICT_QUERIES = [
@@ -46,7 +47,7 @@ def _strip(answer: dict) -> dict:
 @pytest.mark.parametrize("query", PREDICT_QUERIES, ids=lambda q: json.dumps(q)[:40])
 def test_predict_equals_local(client, petnord_snapshot, query):
     remote = client.predict(query)
-    local = run_predict_json(petnord_snapshot, query)
+    local = run_json("predict", petnord_snapshot, query)
     assert list(remote) == list(local)
     assert _strip(remote) == _strip(local)
     assert remote["probabilities"] and remote["evidence"]
@@ -54,20 +55,20 @@ def test_predict_equals_local(client, petnord_snapshot, query):
 
 def test_predict_keyword_form(client, petnord_snapshot):
     remote = client.predict(from_="customers", target="churned", id="CUST-00003")
-    local = run_predict_json(petnord_snapshot, {"from": "customers", "target": "churned", "id": "CUST-00003"})
+    local = run_json("predict", petnord_snapshot, {"from": "customers", "target": "churned", "id": "CUST-00003"})
     assert _strip(remote) == _strip(local)
 
 
 def test_score_segment_equals_local(client, petnord_snapshot):
     query = {"from": "customers", "segment": {"region": "oulu"}, "target": "churned", "value": True}
     remote = client.score_segment(query, chunk_size=7)
-    local = run_score_json(petnord_snapshot, query)
+    local = run_json("score", petnord_snapshot, query)
     assert list(remote) == list(local)
     assert _strip(remote) == _strip(local)
     assert remote["returned"] == remote["n_members"] == len(remote["scores"]) > 7
 
     query = {"from": "customers", "target": "segment", "value": "dog_owner", "top_k": 15, "evidence_fields": "orders.*"}
-    assert _strip(client.score_segment(query)) == _strip(run_score_json(petnord_snapshot, query))
+    assert _strip(client.score_segment(query)) == _strip(run_json("score", petnord_snapshot, query))
 
 
 def test_score_stream(client, petnord_snapshot):
@@ -84,7 +85,7 @@ def test_score_stream(client, petnord_snapshot):
 @pytest.mark.parametrize("query", EVALUATE_QUERIES, ids=lambda q: json.dumps(q)[:40])
 def test_evaluate_equals_local(client, petnord_snapshot, query):
     remote = client.evaluate(query)
-    local = run_evaluate_json(petnord_snapshot, query)
+    local = run_json("evaluate", petnord_snapshot, query)
     assert list(remote) == list(local)
     assert _strip(remote) == _strip(local)
     assert (remote["auc"] is None) == (query["target"] != "churned")

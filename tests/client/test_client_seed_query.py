@@ -8,7 +8,7 @@ import pytest
 
 from segsrv.client import SegsrvClient
 from segsrv.demo.generate import generate_demo
-from segsrv.engine.query import run_relate_json
+from segsrv.service import run_json
 from segsrv.server.app import create_server
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
@@ -35,7 +35,7 @@ def demo_server(tmp_path_factory):
 
 def test_seed_query_through_client_equals_in_process(demo_server):
     root, addr = demo_server
-    local = run_relate_json(open_snapshot(root), json.loads(json.dumps(SEED_QUERY)))
+    local = run_json("relate", open_snapshot(root), json.loads(json.dumps(SEED_QUERY)))
     with SegsrvClient(addr) as client:
         remote = client.relate(json.loads(json.dumps(SEED_QUERY)))
     local.pop("elapsed_ms")

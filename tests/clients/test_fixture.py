@@ -114,7 +114,8 @@ def test_where_sql_refuses_what_it_does_not_translate(make_expected):
 
 def test_assign_fixture_matches_the_engine(computed, petnord_root, tmp_path):
     """The catalog applied to the snapshot built from the same data gives the fixture's answers."""
-    from segsrv.engine.assign import AssignQuery, assign
+    from segsrv.engine.assign import assign
+    from segsrv.ops.assign import AssignQuery
     from segsrv.engine.catalog import apply_segments
     from segsrv.snapshot.reader import open_snapshot
 

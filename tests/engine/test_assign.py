@@ -11,10 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segsrv.engine.assign import AssignQuery, assign, compiled_catalog
+from segsrv.engine.assign import assign, compiled_catalog
+from segsrv.ops.assign import AssignQuery
 from segsrv.engine.catalog import apply_segments
-from segsrv.engine.conditions import SegmentRef, evaluate
-from segsrv.engine.predict import g_test_p as _g_test_p
+from segsrv.engine.conditions import evaluate
+from segsrv.ops.conditions import SegmentRef
+from segsrv.engine.predict.target import g_test_p as _g_test_p
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
 from segsrv.snapshot.reader import open_snapshot
 

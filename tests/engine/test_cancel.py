@@ -9,8 +9,11 @@ import grpc
 import pytest
 
 from segsrv.engine import cancel
-from segsrv.engine.evaluate import EvaluateQuery, evaluate
-from segsrv.engine.predict import LOGISTIC_CACHE as _LOGISTIC_CACHE, PredictQuery, predict
+from segsrv.engine.evaluate import evaluate
+from segsrv.ops.evaluate import EvaluateQuery
+from segsrv.engine.predict import predict
+from segsrv.engine.predict.logistic import LOGISTIC_CACHE as _LOGISTIC_CACHE
+from segsrv.ops.predict import PredictQuery
 
 U = "customers"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from segsrv.engine.catalog import apply_segments, load_catalog_file
-from segsrv.engine.conditions import SegmentRef, parse_where
+from segsrv.ops.conditions import SegmentRef, parse_where
 from segsrv.engine.count import count
 from segsrv.errors import SpecError, UnknownSegmentError
 from segsrv.snapshot.reader import open_snapshot

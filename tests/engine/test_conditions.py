@@ -15,20 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segsrv.engine.conditions import (
-    All,
-    And,
-    AnyOf,
-    Not,
-    Or,
-    Range,
-    SegmentRef,
-    Term,
-    check_limits,
-    evaluate,
-    parse_where,
-    validate_fields,
-)
+from segsrv.engine.conditions import evaluate, validate_fields
+from segsrv.ops.conditions import All, And, AnyOf, Not, Or, Range, SegmentRef, Term, check_limits, parse_where
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
 
 UNIVERSES = ("customers", "orders", "order_lines")
@@ -396,11 +384,11 @@ def test_numeric_term_is_raw_equality_or_band(petnord_snapshot, oracle, ref):
 
 
 def test_count_json(petnord_snapshot, oracle):
-    from segsrv.engine.query import run_count_json
+    from segsrv.service import run_json
 
     bu = oracle.universe("customers")
     for where in ({}, {"region": "oulu"}, {"orders.lines.product.category": "dry-food", "churned": True}):
-        out = run_count_json(petnord_snapshot, {"from": "customers", "where": where})
+        out = run_json("count", petnord_snapshot, {"from": "customers", "where": where})
         assert out["count"] == int(bu.eval(where).sum()) and out["n_rows"] == bu.n == 3000
 
 

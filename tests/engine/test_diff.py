@@ -28,10 +28,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segsrv.engine.diff import (
-    NoCatalogError, _align, _in_sorted, diff_json, diff_versions, id_list, open_versions, render_report,
-    write_id_lists,
-)
+from segsrv.engine.diff import _align, _in_sorted, diff_json, diff_versions, id_list, open_versions, render_report, write_id_lists
+from segsrv.errors import NoCatalogError
 from segsrv.errors import QueryError, SnapshotNotFoundError, UnknownFieldError, UnknownSegmentError
 from segsrv.snapshot import format as fmt
 from segsrv.engine.catalog import apply_segments

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from segsrv.engine.conditions import All, Term
-from segsrv.engine.evaluate import EvaluateQuery, bool_to_bitset, evaluate, holdout_rows
-from segsrv.engine.predict import PredictQuery, predict
+from segsrv.ops.conditions import All, Term
+from segsrv.engine.conditions import bool_to_bitset
+from segsrv.engine.evaluate import evaluate, holdout_rows
+from segsrv.ops.evaluate import EvaluateQuery
+from segsrv.engine.predict import predict
+from segsrv.ops.predict import PredictQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError
 
 U = "customers"

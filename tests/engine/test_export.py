@@ -14,15 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from segsrv.engine.conditions import SegmentRef, Term, parse_where
-from segsrv.engine.export import (
-    DEFAULT_CHUNK_SIZE,
-    ExportQuery,
-    export_members,
-    export_query_from_json,
-    ids_text,
-)
-from segsrv.engine.predict import PredictQuery, ScoreQuery, predict, score_segment
+from segsrv.ops.conditions import SegmentRef, Term, parse_where
+from segsrv.engine.export import export_members, ids_text
+from segsrv.ops.export import DEFAULT_CHUNK_SIZE, ExportQuery
+from segsrv.engine.predict import predict, score_segment
+from segsrv.ops.predict import PredictQuery
+from segsrv.ops.score import ScoreQuery
 from segsrv.errors import (
     LimitExceededError,
     QueryError,
@@ -133,12 +130,12 @@ def test_ids_are_made_one_chunk_at_a_time(snap, monkeypatch):
 
 
 def test_json_form(snap, bu):
-    q = export_query_from_json({"from": U, "where": {"region": "oulu"}, "top_k": 5, "target": "churned",
+    q = ExportQuery.from_json({"from": U, "where": {"region": "oulu"}, "top_k": 5, "target": "churned",
                                 "value": True})
     assert (q.universe, q.condition, q.top_k, q.target, q.value) == (U, Term("region", "oulu"), 5, "churned", "true")
-    q = export_query_from_json({"from": U, "where": {"$segment": "x"}})
+    q = ExportQuery.from_json({"from": U, "where": {"$segment": "x"}})
     assert q.condition == SegmentRef("x") and q.target is None and q.top_k == 0
-    res = export_members(snap, export_query_from_json({"from": U, "where": CONDITIONS["negation"]}))
+    res = export_members(snap, ExportQuery.from_json({"from": U, "where": CONDITIONS["negation"]}))
     assert _ids(res.chunks()) == bu.ids[bu.eval(CONDITIONS["negation"])].tolist()
 
 
@@ -293,7 +290,7 @@ def test_errors(snap, kwargs, exc, field):
 ])
 def test_json_errors(obj, field):
     with pytest.raises(QueryError) as info:
-        export_query_from_json(obj)
+        ExportQuery.from_json(obj)
     assert info.value.violations[0][0] == field
 
 

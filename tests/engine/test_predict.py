@@ -17,9 +17,12 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from segsrv import _kernels
-from segsrv.engine.conditions import All, And, Not, Term, evaluate
-from segsrv.engine.evaluate import bool_to_bitset
-from segsrv.engine.predict import PredictQuery, ScoreQuery, predict, score_segment
+from segsrv.engine.conditions import evaluate
+from segsrv.ops.conditions import All, And, Not, Term
+from segsrv.engine.conditions import bool_to_bitset
+from segsrv.engine.predict import predict, score_segment
+from segsrv.ops.predict import PredictQuery
+from segsrv.ops.score import ScoreQuery
 from segsrv.errors import (
     LimitExceededError,
     QueryError,

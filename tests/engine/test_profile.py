@@ -20,18 +20,16 @@ import pytest
 from scipy.stats import hypergeom
 
 from segsrv.engine.catalog import apply_segments
-from segsrv.engine.conditions import parse_where
-from segsrv.engine.profile import (
+from segsrv.ops.conditions import parse_where
+from segsrv.engine.profile import numeric_stats, profile
+from segsrv.ops.profile import (
     DEFAULT_VALUES_PER_FIELD,
     MAX_FIELD_PATTERNS,
     MAX_VALUES_PER_FIELD,
     NUMERIC_STATS,
     ProfileQuery,
-    numeric_stats,
-    profile,
-    profile_query_from_json,
-    run_profile_json,
 )
+from segsrv.service import run_json
 from segsrv.errors import (
     LimitExceededError,
     QueryError,
@@ -292,16 +290,16 @@ def _numbers(answer: dict) -> dict:
 
 
 def test_segment_reference_equals_its_condition(catalog_snap, petnord_snapshot, oracle):
-    inline = run_profile_json(petnord_snapshot, {"from": "customers", "segment": SEGMENTS["customers"]["and"]})
-    by_ref = run_profile_json(catalog_snap, {"from": "customers", "segment": {"$segment": "premium_churners"}})
+    inline = run_json("profile", petnord_snapshot, {"from": "customers", "segment": SEGMENTS["customers"]["and"]})
+    by_ref = run_json("profile", catalog_snap, {"from": "customers", "segment": {"$segment": "premium_churners"}})
     assert _numbers(by_ref) == _numbers(inline)
-    negated = run_profile_json(catalog_snap, {"from": "customers", "segment": {"$segment": "not_premium_churners"}})
-    inline_not = run_profile_json(petnord_snapshot,
+    negated = run_json("profile", catalog_snap, {"from": "customers", "segment": {"$segment": "not_premium_churners"}})
+    inline_not = run_json("profile", petnord_snapshot,
                                   {"from": "customers", "segment": {"$not": SEGMENTS["customers"]["and"]}})
     assert _numbers(negated) == _numbers(inline_not)
     assert negated["n_segment"] == oracle.universe("customers").n - inline["n_segment"]
     with pytest.raises(UnknownSegmentError, match="premium_churners"):
-        run_profile_json(catalog_snap, {"from": "customers", "segment": {"$segment": "premium_churner"}})
+        run_json("profile", catalog_snap, {"from": "customers", "segment": {"$segment": "premium_churner"}})
 
 
 # ----------------------------------------------------------------------------
@@ -312,7 +310,7 @@ def test_segment_reference_equals_its_condition(catalog_snap, petnord_snapshot, 
 def test_json_form(petnord_snapshot, oracle):
     q = {"from": "customers", "segment": SEGMENTS["customers"]["empty"], "fields": ["tenure_months", "region"],
          "values_per_field": 2}
-    out = run_profile_json(petnord_snapshot, q)
+    out = run_json("profile", petnord_snapshot, q)
     json.dumps(out, allow_nan=False)  # NaN is written null
     assert list(out) == ["snapshot", "version", "from", "n_rows", "n_segment", "elapsed_ms", "fields", "numeric"]
     assert out["n_segment"] == 0 and out["n_rows"] == oracle.universe("customers").n
@@ -323,12 +321,12 @@ def test_json_form(petnord_snapshot, oracle):
     assert num["segment"] == {"count": 0, "mean": None, "std": None, "min": None, "p25": None, "median": None,
                               "p75": None, "max": None}
     assert num["population"]["count"] == oracle.universe("customers").n
-    out = run_profile_json(petnord_snapshot, {"from": "customers", "segment": {"region": "oulu"}, "fields": "region"})
+    out = run_json("profile", petnord_snapshot, {"from": "customers", "segment": {"region": "oulu"}, "fields": "region"})
     (f,) = out["fields"]
     assert list(f["over"][0]) == ["value", "segment_count", "segment_share", "population_share", "lift", "p_value"]
     assert len(f["under"]) == DEFAULT_VALUES_PER_FIELD
     # defaults: the only universe is not implied here (PetNord has several), every field, 5 values
-    q = profile_query_from_json({"from": "orders"})
+    q = ProfileQuery.from_json({"from": "orders"})
     assert q.fields is None and q.values_per_field == DEFAULT_VALUES_PER_FIELD and q.segment == parse_where({})
 
 
@@ -351,12 +349,12 @@ def test_json_form(petnord_snapshot, oracle):
 ])
 def test_errors(petnord_snapshot, query, error, match):
     with pytest.raises(error, match=match) as info:
-        run_profile_json(petnord_snapshot, query)
+        run_json("profile", petnord_snapshot, query)
     assert info.value.violations  # every request error says which part of the request is at fault
 
 
 def test_unknown_field_violation_names_fields(petnord_snapshot):
     with pytest.raises(UnknownFieldError) as info:
-        run_profile_json(petnord_snapshot, {"from": "customers", "fields": ["region", "lifestyel"]})
+        run_json("profile", petnord_snapshot, {"from": "customers", "fields": ["region", "lifestyel"]})
     assert info.value.violations == [("fields", "unknown field 'lifestyel'")]
     assert "did you mean 'lifestyle'" in str(info.value)

@@ -15,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segsrv.engine.conditions import evaluate, parse_where
-from segsrv.engine.query import relate_query_from_json, run_relate_json
-from segsrv.engine.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery, count_features, relate
+from segsrv.engine.conditions import evaluate
+from segsrv.ops.conditions import parse_where
+from segsrv.service import run_json
+from segsrv.engine.relate import count_features, relate
+from segsrv.ops.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownUniverseError
 
 ALL_ORDER_KEYS = (
@@ -327,17 +329,17 @@ def test_relate_errors(petnord_snapshot):
                        ("prior_strength", float("inf")), ("prior_strength", True), ("min_support", 1.5),
                        ("limit", "10"), ("include_condition_fields", "no")):
         with pytest.raises(QueryError, match=key):
-            run_relate_json(petnord_snapshot, {"from": "customers", "where": {"region": "oulu"}, key: value})
+            run_json("relate", petnord_snapshot, {"from": "customers", "where": {"region": "oulu"}, key: value})
     with pytest.raises(UnknownUniverseError, match="custmers"):
-        run_relate_json(petnord_snapshot, {"from": "custmers", "where": {}})
+        run_json("relate", petnord_snapshot, {"from": "custmers", "where": {}})
     with pytest.raises(UnknownUniverseError, match="from"):
-        run_relate_json(petnord_snapshot, {"where": {}})
+        run_json("relate", petnord_snapshot, {"where": {}})
     with pytest.raises(QueryError, match="lfit"):
-        relate_query_from_json({"from": "customers", "where": {}, "order_by": "lfit"})
+        RelateQuery.from_json({"from": "customers", "where": {}, "order_by": "lfit"})
     with pytest.raises(QueryError, match="wehre"):
-        relate_query_from_json({"from": "customers", "wehre": {}})
+        RelateQuery.from_json({"from": "customers", "wehre": {}})
     with pytest.raises(QueryError, match=r"\$lfit"):
-        relate_query_from_json({"from": "customers", "select": ["$lfit"]})
+        RelateQuery.from_json({"from": "customers", "select": ["$lfit"]})
 
 
 def test_condition_fields_excluded_by_default(petnord_snapshot, oracle, ref):
@@ -358,7 +360,7 @@ def test_condition_fields_excluded_by_default(petnord_snapshot, oracle, ref):
     assert ("region", "oulu") in {(h.field, h.value) for h in incl.hits}
     exp = brute_relate(bu, where, ref, exclude=False, direction="all", min_support=0)
     check_against(incl, exp, ref, order_by="lift_smoothed", direction="all", limit=MAX_LIMIT)
-    js = run_relate_json(petnord_snapshot, {"from": "customers", "where": where, "include_condition_fields": True,
+    js = run_json("relate", petnord_snapshot, {"from": "customers", "where": where, "include_condition_fields": True,
                                             "direction": "all", "min_support": 0, "limit": MAX_LIMIT})
     assert js["n_candidates"] == u.n_features
     # a field named explicitly in `relate` is related even though the condition uses it
@@ -413,7 +415,7 @@ SEED_QUERY = {
 
 
 def test_seed_query_json(petnord_snapshot, oracle, ref):
-    out = run_relate_json(petnord_snapshot, SEED_QUERY)
+    out = run_json("relate", petnord_snapshot, SEED_QUERY)
     bu = oracle.universe("order_lines")
     exp = brute_relate(bu, SEED_QUERY["where"], ref, relate_list=SEED_QUERY["relate"])
     assert out["from"] == "order_lines" and out["n_rows"] == 38013
@@ -429,7 +431,8 @@ def test_seed_query_json(petnord_snapshot, oracle, ref):
         assert ref.close(row["$lift"], s["lift"]) and ref.close(row["$p"], s["p"])
         assert row["order.customer.region"] == (value if field == "order.customer.region" else None)
     # the same answer through RelateQuery with both plans
-    query, select = relate_query_from_json(SEED_QUERY)
+    query = RelateQuery.from_json(SEED_QUERY)
+    select = query.select
     assert select == SEED_QUERY["select"]
     result = run_both_plans(petnord_snapshot, query)
     check_against(result, exp, ref, order_by="lift_smoothed", direction="over", limit=10)
@@ -443,7 +446,7 @@ def test_published_figure_dryfood_dentaltreats(petnord_snapshot, source, ref):
     has_dental = cats.map(lambda c: "dog_dentaltreats" in c)
     n, n_c, n_f, n_cf = len(orders), int(has_dry.sum()), int(has_dental.sum()), int((has_dry & has_dental).sum())
     assert (n, n_c, n_f, n_cf) == (12215, 4206, 3196, 2952)
-    out = run_relate_json(petnord_snapshot, {
+    out = run_json("relate", petnord_snapshot, {
         "from": "orders", "where": {"line_categories": "dog_dryfood"}, "relate": ["line_categories"],
         "select": ["$value", "$support", "$n_feature", "$lift", "$p", "$p_base"], "limit": 50,
     })

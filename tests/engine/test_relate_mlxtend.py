@@ -19,9 +19,10 @@ pytest.importorskip("mlxtend")
 from mlxtend.frequent_patterns import apriori, association_rules  # noqa: E402
 from mlxtend.preprocessing import TransactionEncoder  # noqa: E402
 
-from segsrv.engine.conditions import parse_where  # noqa: E402
-from segsrv.engine.query import run_relate_json  # noqa: E402
-from segsrv.engine.relate import MAX_LIMIT, RelateQuery, relate  # noqa: E402
+from segsrv.ops.conditions import parse_where  # noqa: E402
+from segsrv.service import run_json  # noqa: E402
+from segsrv.engine.relate import relate  # noqa: E402
+from segsrv.ops.relate import MAX_LIMIT, RelateQuery  # noqa: E402
 from segsrv.snapshot.builder import build_snapshot  # noqa: E402
 from segsrv.snapshot.reader import open_snapshot  # noqa: E402
 
@@ -129,7 +130,7 @@ def test_every_rule_matches_mlxtend(baskets, rules):
 
 def test_documented_rules(baskets):
     """The rules of mlxtend's association_rules documentation (min_support 0.6)."""
-    out = run_relate_json(baskets, {
+    out = run_json("relate", baskets, {
         "from": "baskets", "where": {"items": "Onion"}, "relate": ["items"], "direction": "all",
         "select": ["$value", "$support", "$support_ratio", "$p", "$lift", "$leverage", "$conviction"],
     })
@@ -137,7 +138,7 @@ def test_documented_rules(baskets):
     # (Onion) -> (Eggs): support 0.6, confidence 1.0, lift 1.25, leverage 0.12, conviction inf
     assert row["$support"] == 3 and same(row["$support_ratio"], 0.6) and row["$p"] == 1.0
     assert same(row["$lift"], 1.25) and same(row["$leverage"], 0.12) and row["$conviction"] == "inf"
-    out = run_relate_json(baskets, {
+    out = run_json("relate", baskets, {
         "from": "baskets", "where": {"items": "Eggs"}, "relate": ["items"], "direction": "all",
         "select": ["$value", "$p", "$lift", "$leverage", "$conviction"],
     })

@@ -14,7 +14,7 @@ from segsrv.ops import export as E
 from segsrv.ops import info as I
 from segsrv.ops import profile as P
 from segsrv.ops import segments as S
-from segsrv.ops.base import Selector
+from segsrv.ops.base import MAX_CHUNK_SIZE, Selector
 from segsrv.v1 import condition_pb2
 from segsrv.v1 import segsrv_pb2 as pb
 
@@ -168,7 +168,7 @@ def test_export_errors_messages_and_chunk_sizes():
     assert fields_of(e) == ["chunk_size"]
     assert E.chunk_size_from_proto(0) == E.SERVER_DEFAULT_CHUNK_SIZE
     with pytest.raises(LimitExceededError) as e:
-        E.chunk_size_from_proto(E.MAX_CHUNK_SIZE + 1)
+        E.chunk_size_from_proto(MAX_CHUNK_SIZE + 1)
     assert fields_of(e) == ["chunk_size"]
     req = pb.ExportMembersRequest(top_k=-2)
     with pytest.raises(QueryError) as e:
@@ -192,7 +192,7 @@ def test_export_messages():
 
 
 def test_assign_query_round_trip():
-    q = A.AssignQuery.from_json({"ids": ["c1", "c2"], "universe": "customers", "include_propensities": True,
+    q = A.AssignQuery.from_json({"ids": ["c1", "c2"], "from": "customers", "include_propensities": True,
                                  "prior_strength": 2.0, "max_p_value": 0.01})
     req = q.to_proto()
     assert list(req.ids) == ["c1", "c2"] and req.prior_strength == 2.0 and req.HasField("max_p_value")
@@ -205,7 +205,7 @@ def test_assign_query_round_trip():
     assert A.AssignQuery.from_proto(req, paths) == f
     assert paths.locate(Violation("age", "unknown value '42'", "value", "42")) == ["features[1].value"]
     assert paths.locate(Violation("vip", "unknown field")) == ["features[2].field"]
-    pairs = A.AssignQuery.from_json({"features": [("region", "north")], "universe": ""})
+    pairs = A.AssignQuery.from_json({"features": [("region", "north")], "from": ""})
     assert pairs.features == [("region", "north")] and pairs.universe is None
 
 
@@ -268,17 +268,17 @@ def test_assign_result_round_trip(propensities):
 
 
 def test_segments_query_round_trip():
-    for obj in ({}, {"universe": "customers"}, {"universe": ""}):
+    for obj in ({}, {"from": "customers"}, {"from": ""}):
         q = S.SegmentsQuery.from_json(obj)
         req = q.to_proto(Selector("demo", "v2"))
         assert S.SegmentsQuery.from_proto(req, S.SegmentsQuery.paths(req)) == q
-    assert S.SegmentsQuery.from_json({"universe": ""}).universe is None
+    assert S.SegmentsQuery.from_json({"from": ""}).universe is None
     with pytest.raises(QueryError) as e:
-        S.SegmentsQuery.from_json({"universe": 3})
-    assert fields_of(e) == ["universe"]
-    with pytest.raises(QueryError) as e:
-        S.SegmentsQuery.from_json({"from": "x"})
+        S.SegmentsQuery.from_json({"from": 3})
     assert fields_of(e) == ["from"]
+    with pytest.raises(QueryError) as e:
+        S.SegmentsQuery.from_json({"universe": "x"})
+    assert fields_of(e) == ["universe"]
 
 
 def test_segments_result_round_trip():
@@ -317,11 +317,11 @@ def fake_snapshot():
 
 
 def test_info_query_round_trip():
-    for obj in ({}, {"universe": "customers", "include_values": True}):
+    for obj in ({}, {"from": "customers", "include_values": True}):
         q = I.InfoQuery.from_json(obj)
         req = q.to_proto(Selector("demo"))
         assert I.InfoQuery.from_proto(req, I.InfoQuery.paths(req)) == q
-    for obj, field in (({"include_values": 1}, "include_values"), ({"universe": 5}, "universe"),
+    for obj, field in (({"include_values": 1}, "include_values"), ({"from": 5}, "from"),
                        ({"values": True}, "values")):
         with pytest.raises(QueryError) as e:
             I.InfoQuery.from_json(obj)

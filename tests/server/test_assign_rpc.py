@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
-from segsrv.engine.assign import AssignQuery, assign
+from segsrv.engine.assign import assign
+from segsrv.ops.assign import AssignQuery
 from segsrv.engine.catalog import apply_segments
 from segsrv.server.app import create_server
 from segsrv.snapshot.reader import open_snapshot

@@ -14,8 +14,9 @@ import grpc
 import numpy as np
 import pytest
 
-from segsrv.engine.conditions import All, And, Not, Or, Range, SegmentRef, Term
-from segsrv.engine.export import ExportQuery, export_members
+from segsrv.ops.conditions import All, And, Not, Or, Range, SegmentRef, Term
+from segsrv.engine.export import export_members
+from segsrv.ops.export import ExportQuery
 from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.v1 import condition_pb2 as cpb

@@ -9,10 +9,13 @@ import grpc
 import numpy as np
 import pytest
 
-from segsrv.engine.conditions import Term
-from segsrv.engine.evaluate import EvaluateQuery, evaluate
-from segsrv.engine.predict import PredictQuery, ScoreQuery, predict, score_segment
-from segsrv.server import convert
+from segsrv.ops.conditions import Term
+from segsrv.engine.evaluate import evaluate
+from segsrv.ops.evaluate import EvaluateQuery
+from segsrv.engine.predict import predict, score_segment
+from segsrv.ops.predict import PredictQuery
+from segsrv.ops.score import ScoreQuery
+from segsrv.ops.predict import method_from_proto, row_id_from_text
 from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.v1 import condition_pb2 as cpb
@@ -27,7 +30,7 @@ def _check_predict(resp: pb.PredictResponse, res) -> None:
     assert resp.info.snapshot_name == res.snapshot and resp.info.snapshot_version == res.version
     assert (resp.target_field, resp.segment_count, resp.universe, resp.multi_valued) == \
         (res.target, res.n_segment, res.universe, res.multi_valued)
-    assert convert.method_from_proto(resp.method) == res.method
+    assert method_from_proto(resp.method, None) == res.method
     assert [(t.field, t.value) for t in resp.evidence] == [tuple(e) for e in res.evidence]
     assert [p.value for p in resp.probabilities] == [vp.value for vp in res.probabilities]
     for got, vp in zip(resp.probabilities, res.probabilities):
@@ -127,7 +130,7 @@ def test_evaluate_equals_engine(stub, petnord_snapshot, target):
                  "baseline_value", "calibration_of"):
         assert getattr(resp, name) == getattr(res, name), name
     assert (resp.universe, resp.target_field, list(resp.values)) == ("customers", target, res.values)
-    assert convert.method_from_proto(resp.method) == res.method
+    assert method_from_proto(resp.method, None) == res.method
     if target == "churned":  # binary: auc and the positive value are set
         assert resp.HasField("auc") and resp.auc == res.auc and resp.positive_value == res.positive_value
     else:
@@ -140,7 +143,7 @@ def test_evaluate_defaults_equal_engine_defaults(stub, petnord_snapshot):
     resp = stub.Evaluate(pb.EvaluateRequest(universe="customers", target_field="churned"), timeout=60)
     res = evaluate(petnord_snapshot, EvaluateQuery(target="churned", universe="customers"))
     assert (resp.test_count, resp.accuracy, resp.log_loss) == (res.n_test, res.accuracy, res.log_loss)
-    assert convert.method_from_proto(resp.method) == res.method
+    assert method_from_proto(resp.method, None) == res.method
 
 
 # --- errors -------------------------------------------------------------------
@@ -294,16 +297,9 @@ def test_score_segment_stops_between_chunks(petnord_root, cancelled, code):
 
 
 def test_predict_int_id_conversion():
-    class U:
-        key_kind, name, key = "int", "people", "person_id"
-
-    assert convert.row_id_from_proto("42", U()) == 42
+    assert row_id_from_text("42", "int", "people", "person_id") == 42
     from segsrv.errors import UnknownIdError
     with pytest.raises(UnknownIdError) as info:
-        convert.row_id_from_proto("x42", U())
+        row_id_from_text("x42", "int", "people", "person_id")
     assert info.value.violations[0][0] == "id" and "x42" in info.value.message
-
-    class S:
-        key_kind = "bytes"
-
-    assert convert.row_id_from_proto("CUST-00001", S()) == "CUST-00001"
+    assert row_id_from_text("CUST-00001", "bytes", "customers", "customer_id") == "CUST-00001"

@@ -13,9 +13,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from segsrv.engine.catalog import apply_segments
-from segsrv.engine.conditions import parse_where
+from segsrv.ops.conditions import parse_where
 from segsrv.engine.count import count
-from segsrv.engine.relate import RelateQuery, relate
+from segsrv.engine.relate import relate
+from segsrv.ops.relate import RelateQuery
 from segsrv.server.app import create_server
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.v1 import condition_pb2 as cpb

@@ -21,10 +21,11 @@ import pytest
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
 from segsrv.engine.catalog import apply_segments
-from segsrv.engine.conditions import And, Not, Or, Range, Term, parse_where
-from segsrv.engine.profile import NUMERIC_STATS, ProfileQuery, profile, run_profile_json
-from segsrv.errors import QueryError
-from segsrv.server import convert
+from segsrv.ops.conditions import And, Not, Or, Range, Term, parse_where
+from segsrv.engine.profile import profile
+from segsrv.ops.profile import NUMERIC_STATS, ProfileQuery
+from segsrv.errors import QueryError, Violation
+from segsrv.service import run_json
 from segsrv.v1 import condition_pb2 as cpb
 from segsrv.v1 import segsrv_pb2 as pb
 
@@ -145,7 +146,7 @@ def _strip(answer: dict) -> dict:
 def test_client_equals_local(served, petnord_snapshot, query):
     with SegsrvClient(served.address, timeout=30) as client:
         remote = client.profile(query)
-    local = run_profile_json(petnord_snapshot, query)
+    local = run_json("profile", petnord_snapshot, query)
     json.dumps(remote, allow_nan=False)
     assert list(remote) == list(local)
     assert _strip(remote) == _strip(local)
@@ -161,7 +162,7 @@ def test_client_keyword_form_and_local_validation(served, petnord_snapshot):
         with pytest.raises(SegsrvRpcError) as info:
             client.profile({"from": "customers", "fields": ["regoin"]})
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.violations[0][0] == "fields[0]"
-    b = run_profile_json(petnord_snapshot, {"from": "customers", "segment": {"region": "oulu"}, "fields": ["region"]})
+    b = run_json("profile", petnord_snapshot, {"from": "customers", "segment": {"region": "oulu"}, "fields": ["region"]})
     assert _strip(a) == _strip(b)
 
 
@@ -223,10 +224,10 @@ def test_errors(stub, rpc_details, kwargs, code, paths, reason, text):
 
 
 def test_paths_locate_fields():
-    paths = convert.ProfilePaths(["region", "lifestyel"])
-    assert paths.locate("fields", "unknown field 'lifestyel'") == ["fields[1]"]
-    assert paths.locate("fields", "something else") == ["fields"]
-    assert paths.locate("from", "x") == ["universe"]
+    paths = ProfileQuery.paths(pb.ProfileRequest(fields=["region", "lifestyel"]))
+    assert paths.locate(Violation("fields", "unknown field 'lifestyel'", "pattern", "lifestyel")) == ["fields[1]"]
+    assert paths.locate(Violation("fields", "something else")) == ["fields"]
+    assert paths.locate(Violation("from", "x")) == ["universe"]
     req = pb.ProfileRequest(universe="customers", segment=_term("region", "oulu"))
-    q = convert.profile_query_from_proto(req, convert.ProfilePaths([]))
+    q = ProfileQuery.from_proto(req, ProfileQuery.paths(req))
     assert q.segment == parse_where({"region": "oulu"}) and q.values_per_field == 5 and q.fields is None

@@ -11,9 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from segsrv.engine.conditions import parse_where
+from segsrv.ops.conditions import parse_where
 from segsrv.engine.count import count
-from segsrv.engine.relate import STAT_NAMES, RelateQuery, relate
+from segsrv.engine.relate import relate
+from segsrv.ops.relate import STAT_NAMES, RelateQuery
 from segsrv.server.registry import SnapshotRegistry
 from segsrv.v1 import condition_pb2 as c
 from segsrv.v1 import segsrv_pb2 as pb

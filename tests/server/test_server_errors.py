@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 import segsrv.server.servicer as servicer_mod
-from segsrv.server import convert
+import segsrv.service as service_mod
+from segsrv.ops.relate import RelateResult
 from segsrv.server.app import BindError, create_server
 from segsrv.v1 import condition_pb2 as c
 from segsrv.v1 import segsrv_pb2 as pb
@@ -171,7 +172,7 @@ def test_tiny_deadline(stub, monkeypatch):
 
 
 def test_deadline_stops_the_handler_between_steps(stub, monkeypatch):
-    real_relate = servicer_mod.relate
+    real_relate = service_mod.relate
     converted = []
     done = threading.Event()
 
@@ -179,7 +180,7 @@ def test_deadline_stops_the_handler_between_steps(stub, monkeypatch):
         time.sleep(0.6)
         return real_relate(*args, **kwargs)
 
-    real_convert = convert.relate_response_to_proto
+    real_convert = RelateResult.to_proto
 
     def recording_convert(*args, **kwargs):
         converted.append(1)
@@ -194,8 +195,8 @@ def test_deadline_stops_the_handler_between_steps(stub, monkeypatch):
             done.set()
             raise
 
-    monkeypatch.setattr(servicer_mod, "relate", slow_relate)
-    monkeypatch.setattr(convert, "relate_response_to_proto", recording_convert)
+    monkeypatch.setattr(service_mod, "relate", slow_relate)
+    monkeypatch.setattr(RelateResult, "to_proto", recording_convert)
     monkeypatch.setattr(servicer_mod, "check_active", check)
     t0 = time.perf_counter()
     err = call(stub, "Relate", pb.RelateRequest(universe="customers"), timeout=0.2)
@@ -219,7 +220,7 @@ def test_server_limits(petnord_root, start_server, monkeypatch, rpc_details):
 
     # concurrency: one slow call in flight, the next is rejected
     entered, release = threading.Event(), threading.Event()
-    real_relate = servicer_mod.relate
+    real_relate = service_mod.relate
 
     def slow_relate(*args, **kwargs):
         entered.set()

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from segsrv.demo.generate import generate_demo
-from segsrv.engine.query import run_count_json, run_relate_json
+from segsrv.service import run_json
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
 
@@ -65,7 +65,7 @@ def _seed_lifts(con) -> dict[tuple[str, str], tuple[int, float]]:
 
 def test_seed_query_verbatim_matches_brute_force(demo):
     snap, _, con = demo
-    answer = run_relate_json(snap, json.loads(json.dumps(SEED_QUERY)))
+    answer = run_json("relate", snap, json.loads(json.dumps(SEED_QUERY)))
     expected = _seed_lifts(con)
     assert answer["hits"], "the planted pattern must over-index"
     over = {k: v for k, v in expected.items() if v[1] > 1 and v[0] >= 1}
@@ -88,7 +88,7 @@ def test_reverse_link_behaviour_count(demo):
         """SELECT count(DISTINCT o.customer_id) FROM orders o JOIN order_lines l USING (order_id)
            JOIN products p USING (product_id) WHERE p.category = 'dog-dryfood'"""
     ).fetchone()[0]
-    got = run_count_json(snap, {"from": "customers", "where": {"orders.lines.product.category": "dog-dryfood"}})
+    got = run_json("count", snap, {"from": "customers", "where": {"orders.lines.product.category": "dog-dryfood"}})
     assert got["count"] == expected
     both = con.execute(
         """SELECT count(*) FROM (
@@ -96,7 +96,7 @@ def test_reverse_link_behaviour_count(demo):
              GROUP BY o.customer_id
              HAVING bool_or(p.category = 'dog-dryfood') AND bool_or(p.category = 'dog-dentaltreat'))"""
     ).fetchone()[0]
-    got = run_count_json(snap, {"from": "customers", "where": {"$and": [
+    got = run_json("count", snap, {"from": "customers", "where": {"$and": [
         {"orders.lines.product.category": "dog-dryfood"}, {"orders.lines.product.category": "dog-dentaltreat"}]}})
     assert got["count"] == both
 

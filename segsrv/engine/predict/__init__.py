@@ -34,10 +34,10 @@ correlation pruning, every evidence's lift within S. It is the model that
 ScoreSegment and Evaluate apply in bulk: per-class log-lift weights for all
 features at once and one CSR row-score pass per class.
 
-Modules: ``types`` (requests, results, parameter checks), ``target`` (the target, the counted
+The requests and results are segsrv.ops.predict and segsrv.ops.score. Modules: ``target`` (the target, the counted
 rows, the evidence and the counts and tests the models share), one module per model
 (``conjunction``, ``factorized``, ``logistic``); this one holds the entry points ``predict``
-and ``score_segment`` and re-exports the names callers use.
+and ``score_segment``.
 """
 
 from __future__ import annotations
@@ -51,32 +51,20 @@ from ... import _kernels
 from ...snapshot.reader import Snapshot
 from .conjunction import conjunction_question
 from .factorized import class_log_scores, factorized_question, factorized_weights, softmax
-from .logistic import LOGISTIC_CACHE, design_matrix, fit_logistic, logistic_question, logistic_weights
-from .target import (Target, base_probabilities, combine_factors, effective_min_support, evidence_feature_mask,
-                     evidence_fids, g_test_p, is_multi_valued, questions, resolve_row, resolve_target, row_features)
-from .types import (BULK_METHODS, DEFAULT_BULK_METHOD, DEFAULT_L2, DEFAULT_MAX_CORRELATION, DEFAULT_MAX_P_VALUE,
-                    DEFAULT_MAX_TARGET_VALUES, DEFAULT_MIN_SUPPORT, DEFAULT_MIN_SUPPORT_FRACTION,
-                    DEFAULT_PRIOR_STRENGTH, METHODS, Factor, PredictQuery, PredictResult, ScoreQuery, ScoreResult,
-                    ValueProbability, bad_parameter, check_common_params, check_conjunction_params,
-                    check_predict_query, check_score_query)
+from .logistic import logistic_question, logistic_weights
+from .target import (Target, base_probabilities, combine_factors, evidence_feature_mask, evidence_fids, questions,
+                     resolve_target)
+from ...ops.predict import PredictQuery, PredictResult, ValueProbability
+from ...ops.score import ScoreQuery, ScoreResult
 
-__all__ = [  # the entry points, and the names other modules use
-    "BULK_METHODS", "DEFAULT_BULK_METHOD", "DEFAULT_L2", "DEFAULT_MAX_CORRELATION", "DEFAULT_MAX_P_VALUE",
-    "DEFAULT_MAX_TARGET_VALUES", "DEFAULT_MIN_SUPPORT", "DEFAULT_MIN_SUPPORT_FRACTION", "DEFAULT_PRIOR_STRENGTH",
-    "LOGISTIC_CACHE", "METHODS", "Factor", "PredictQuery", "PredictResult", "ScoreQuery", "ScoreResult", "Target",
-    "ValueProbability", "bad_parameter", "bulk_weights", "check_common_params", "check_conjunction_params",
-    "class_log_scores", "combine_factors", "conjunction_question", "design_matrix", "effective_min_support",
-    "evidence_feature_mask", "factorized_weights", "fit_logistic", "g_test_p", "is_multi_valued",
-    "logistic_weights", "predict", "questions", "resolve_row", "resolve_target", "row_features",
-    "score_segment", "softmax",
-]
+__all__ = ["predict", "score_segment", "bulk_weights"]
 
 _QUESTION_OF_METHOD = {"conjunction": conjunction_question, "factorized": factorized_question}
 
 
 def predict(snapshot: Snapshot, query: PredictQuery) -> PredictResult:
     t0 = time.perf_counter()
-    check_predict_query(query)
+    query.validate()
     t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
                        query.max_target_values)
     u = t.universe
@@ -117,7 +105,7 @@ def bulk_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: 
 
 def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
     t0 = time.perf_counter()
-    check_score_query(query)
+    query.validate()
     k = query.top_k
     t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
                        query.max_target_values)

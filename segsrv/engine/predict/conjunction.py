@@ -17,7 +17,7 @@ from ..conditions import feature_bits
 from ..relate import count_features
 from .target import (add_lift, class_feature_counts, effective_min_support, g_test_p, question_counts,
                      smoothed_lift)
-from .types import Factor, PredictQuery
+from ...ops.predict import Factor, PredictQuery
 
 
 def mutual_information(N: np.ndarray, n_c: np.ndarray, n: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from ... import _kernels
 from ...snapshot.reader import Universe
 from .target import Target, add_lift, base_probabilities, class_feature_counts, question_counts, smoothed_lift
-from .types import PredictQuery
+from ...ops.predict import PredictQuery
 
 
 def factorized_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,

@@ -21,7 +21,7 @@ from ...snapshot.reader import Universe
 from .. import cancel
 from ..relate import count_features
 from .target import Target, base_probabilities
-from .types import Factor, PredictQuery
+from ...ops.predict import Factor, PredictQuery
 
 LOGISTIC_CACHE: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
 LOGISTIC_CACHE_SIZE = 16

@@ -20,7 +20,8 @@ from ...snapshot.reader import FieldInfo, Snapshot, Universe
 from ...snapshot.spec import suggest
 from ..conditions import All, Condition, evaluate, feature_bits, tail_mask
 from ..relate import count_features, select_fields
-from .types import Factor, PredictQuery, bad_parameter
+from ...ops.params import bad
+from ...ops.predict import Factor, PredictQuery
 
 
 def is_multi_valued(info: FieldInfo) -> bool:
@@ -48,7 +49,7 @@ def resolve_target(snapshot: Snapshot, universe_name, target: str, segment: Cond
                    max_target_values: int) -> Target:
     u = snapshot.universe(universe_name)
     if not isinstance(target, str) or not target:
-        bad_parameter("target", f"expected a field name, got {target!r}")
+        raise bad("target", f"expected a field name, got {target!r}")
     if target not in u.fields:
         raise UnknownFieldError(
             f"target: universe {u.name!r} has no field {target!r}{suggest(target, u.fields)}",
@@ -62,7 +63,7 @@ def resolve_target(snapshot: Snapshot, universe_name, target: str, segment: Cond
             [("target", f"{len(info.values)} values > max_target_values={max_target_values}")],
         )
     if len(info.values) == 0:
-        bad_parameter("target", f"field {target!r} has no values in universe {u.name!r}")
+        raise bad("target", f"field {target!r} has no values in universe {u.name!r}")
     multi = is_multi_valued(info)
     value_bits = [feature_bits(u, int(fid)) for fid in info.feature_ids]
     has_target = np.zeros(u.n_words, dtype=np.uint64)
@@ -74,7 +75,7 @@ def resolve_target(snapshot: Snapshot, universe_name, target: str, segment: Cond
     else:
         train = np.asarray(train_mask)
         if train.dtype != np.uint64 or train.shape != (u.n_words,):
-            bad_parameter("train_mask",
+            raise bad("train_mask",
                           f"expected a uint64 bitset of {u.n_words} words, got {train.dtype} {train.shape}")
         train = np.ascontiguousarray(train)
     S = _kernels.bitset_and(seg, train)

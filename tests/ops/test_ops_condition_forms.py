@@ -1,24 +1,29 @@
-"""The client's condition conversion: every JSON where form -> proto Condition -> back.
-
-No server needed; where the server's own proto -> engine converter exists, the
-proto the client sends is also read back through it.
-"""
+"""Every JSON `where` form -> tree -> proto Condition -> back (segsrv.ops.conditions), and the client's
+requests built from them. No server needed: the client and the server share one converter."""
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 
-from segsrv.client import SegsrvClient, relate_result_from_proto
-from segsrv.client_conditions import (
-    condition_from_proto, condition_to_proto, to_condition, where_from_condition, where_from_proto, where_to_proto,
-)
-from segsrv.engine.conditions import All, And, AnyOf, Not, Or, Range, SegmentRef, Term, parse_where
-from segsrv.engine.query import relate_query_from_json
+from segsrv.client import SegsrvClient
+from segsrv.ops.conditions import from_proto as condition_from_proto
+from segsrv.ops.conditions import to_condition
+from segsrv.ops.conditions import to_proto as condition_to_proto
+from segsrv.ops.conditions import where_json as where_from_condition
+from segsrv.ops.relate import RelateQuery, RelateResult
+from segsrv.ops.conditions import All, And, AnyOf, Not, Or, Range, SegmentRef, Term, parse_where
 from segsrv.errors import LimitExceededError, QueryError
 from segsrv.v1 import condition_pb2 as cpb
 from segsrv.v1 import segsrv_pb2 as pb
+
+def where_to_proto(where):
+    return condition_to_proto(to_condition(where))
+
+
+def where_from_proto(msg):
+    return where_from_condition(condition_from_proto(msg))
+
 
 WHERE_FORMS = [
     {"region": "north"},
@@ -179,9 +184,9 @@ def test_relate_request_fields():
 
         # defaults: the engine's (sent explicitly), filters unset
         req, select = client.relate_request({})
-        q, _ = relate_query_from_json({})
+        q = RelateQuery.from_json({})
         assert req.universe == "" and req.condition.WhichOneof("kind") == "all_rows"
-        assert req.limit == q.limit and req.min_support == q.min_support
+        assert req.limit == (q.limit or 0) and req.min_support == q.min_support  # unset: the server's default
         assert req.prior_strength == q.prior_strength and req.include_condition_fields is False
         assert req.order_by == pb.RELATE_ORDER_LIFT_SMOOTHED and req.direction == pb.RELATE_DIRECTION_OVER
         assert not req.HasField("min_lift") and not req.HasField("max_p_value")
@@ -208,24 +213,21 @@ def test_relate_response_rendering():
     resp = pb.RelateResponse(info=pb.ResponseInfo(snapshot_name="s", snapshot_version="v", server_time_ms=1.23456),
                              universe="customers", row_count=100, condition_count=5, candidate_count=9,
                              matching_count=1, plan=pb.RELATE_PLAN_SCAN, hits=[hit])
-    res = relate_result_from_proto(resp)
+    res = RelateResult.from_proto(resp)
     assert (res.snapshot, res.version, res.universe, res.plan) == ("s", "v", "customers", "scan")
     h = res.hits[0]
     assert h.stats["support"] == 5 and isinstance(h.stats["support"], int)
     assert h.stats["n_feature"] == 20 and h.stats["conviction"] == inf
-    from segsrv.engine.query import render_relate
-
-    out = render_relate(res, ["$conviction", "$support", "region", "pet.species"])
+    out = res.to_json(["$conviction", "$support", "region", "pet.species"])
     assert out["hits"] == [{"$conviction": "inf", "$support": 5, "region": "north", "pet.species": None}]
     assert out["elapsed_ms"] == 1.235
     resp.hits[0].lift = nan
     resp.plan = pb.RELATE_PLAN_UNSPECIFIED
-    out = render_relate(relate_result_from_proto(resp), ["$lift"])
+    out = RelateResult.from_proto(resp).to_json(["$lift"])
     assert out["hits"] == [{"$lift": None}] and out["plan"] == "none"
 
 
 @pytest.mark.parametrize("where", WHERE_FORMS, ids=lambda w: repr(w)[:60])
-def test_round_trip_through_server_converter(where):
-    from segsrv.server.convert import condition_from_proto as convert
-
-    assert convert(where_to_proto(where)) == parse_where(where)
+def test_round_trip_through_the_wire(where):
+    wire = cpb.Condition.FromString(where_to_proto(where).SerializeToString())
+    assert condition_from_proto(wire) == parse_where(where)
