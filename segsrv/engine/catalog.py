@@ -19,7 +19,7 @@ version's fields and values (unknown fields, values, segment references and refe
 cycles are all reported together, each naming its segment) and publishes a new version
 whose data files are hard links to the current version's files: nothing big is copied
 or rebuilt, and the new version is an ordinary immutable version (a running server picks
-it up like any other). Applying replaces the whole catalog (it is declarative: the file
+it up like any other; segsrv.snapshot.publish writes it). Applying replaces the whole catalog (it is declarative: the file
 is the catalog). See docs/segments.md.
 """
 
