@@ -2,8 +2,9 @@
 
 Membership is exact and computed per customer, never by scanning the universe: every
 catalog condition is compiled once per snapshot version into a program over *feature
-presence* (Term / AnyOf leaves become feature ids; Range leaves read the raw numeric
-column; segment references are inlined). For a batch of known ids the programs run
+presence* by the condition evaluator of segsrv.engine.conditions (the same resolution and
+errors as bitset evaluation) with presence ops: Term / AnyOf leaves become feature ids;
+Range leaves read the raw numeric column; segment references are inlined. For a batch of known ids the programs run
 vectorised over the batch's rows of the CSR index (row -> feature ids); for a new
 customer they run over the given feature list. Both agree with evaluating the condition
 to a bitset over the whole universe (tests/engine/test_assign.py checks it).
@@ -46,12 +47,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError, UnknownSegmentError, Violation
+from ..errors import LimitExceededError, QueryError, UnknownFieldError
+from ..ops.conditions import Range, SegmentRef
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import cancel
-from ..ops.conditions import All, And, AnyOf, Condition, Not, Or, Range, SegmentRef, Term, parse_where
-from .conditions import Evaluator
+from .conditions import Evaluator, range_mask
 from .predict.target import g_test_p
 from .relate import count_features
 from ..ops.assign import (DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, MAX_FEATURES, Assignment, AssignQuery,
@@ -71,6 +72,40 @@ class _Presence:
         self.n = n
         self.has = has
         self.numeric = numeric
+
+
+class _PresenceOps:
+    """Condition evaluation (conditions.Evaluator) building programs over feature presence instead
+    of bitsets: each node becomes a callable(_Presence) -> bool[n]. Records the feature ids and the
+    numeric fields the programs read."""
+
+    def __init__(self, leaf_fids: set[int], numeric_fields: set[str]):
+        self.leaf_fids = leaf_fids
+        self.numeric_fields = numeric_fields
+
+    def feature(self, fid: int):
+        fid = int(fid)
+        self.leaf_fids.add(fid)
+        return lambda p: p.has[fid]
+
+    def range(self, info, cond: Range):
+        fname = cond.field
+        self.numeric_fields.add(fname)
+        return lambda p: range_mask(p.numeric[fname], cond)
+
+    def all_of(self, parts):
+        parts = list(parts)
+        return lambda p: np.logical_and.reduce([f(p) for f in parts])
+
+    def any_of(self, parts):
+        parts = list(parts)
+        return lambda p: np.logical_or.reduce([f(p) for f in parts])
+
+    def negate(self, inner):
+        return lambda p: ~inner(p)
+
+    def everything(self):
+        return lambda p: np.ones(p.n, dtype=bool)
 
 
 @dataclass
@@ -93,17 +128,18 @@ class CompiledCatalog:
         self.numeric_fields: set[str] = set()
         catalog = snapshot.segments or {}
         evaluator = Evaluator(snapshot, universe)
+        ops = _PresenceOps(self.leaf_fids, self.numeric_fields)
         self.segments: list[_Segment] = []
         for name in sorted(catalog):
             entry = catalog[name]
             if entry.get("universe") not in (None, universe.name):
                 continue
-            fields: set[str] = set()
-            program = self._compile(SegmentRef(name), [], fields)
+            compiler = Evaluator(snapshot, universe, ops)  # per segment: its own `fields`
+            program = compiler.evaluate(SegmentRef(name))
             size = int(_kernels.popcount(evaluator.evaluate(SegmentRef(name))))
             share = size / universe.n_rows if universe.n_rows else 0.0
             self.segments.append(_Segment(name, int(entry.get("priority", 0)), size, share, program,
-                                          frozenset(fields)))
+                                          frozenset(compiler.fields)))
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
         # Per (prior_strength, max_p_value) pair, at most MODEL_PARAMS_KEPT of each, least recently
         # used dropped first (requests choose the pair: an unbounded cache would grow with them):
@@ -121,77 +157,6 @@ class CompiledCatalog:
         if snap is None:  # only reachable through a catalog kept past its snapshot
             raise RuntimeError("the snapshot of this compiled catalog is no longer open")
         return snap
-
-    # -- compilation --------------------------------------------------------------
-
-    def _fid(self, fname: str, value: str) -> int:
-        fid = self.universe.feature_id(fname, value)
-        self.leaf_fids.add(int(fid))
-        return int(fid)
-
-    def _compile(self, cond: Condition, stack: list[str], fields: set[str]):
-        u = self.universe
-        if isinstance(cond, Term):
-            fields.add(cond.field)
-            info = u.field(cond.field)
-            if info.kind == "numeric" and not info.has_value(cond.value) and info.numeric is not None:
-                try:
-                    x = float(cond.value)
-                except ValueError:
-                    pass
-                else:  # as Evaluator._term: a raw number on a numeric field is an equality range
-                    return self._compile(Range(cond.field, gte=x, lte=x), stack, fields)
-            fid = self._fid(cond.field, cond.value)
-            return lambda p: p.has[fid]
-        if isinstance(cond, AnyOf):
-            fields.add(cond.field)
-            parts = [self._compile(Term(cond.field, v), stack, fields) for v in cond.values]
-            return lambda p: np.logical_or.reduce([f(p) for f in parts])
-        if isinstance(cond, Range):
-            fields.add(cond.field)
-            Evaluator(self.snapshot, u)._range(cond)  # same checks and errors as bitset evaluation
-            self.numeric_fields.add(cond.field)
-            fname, gte, gt, lte, lt = cond.field, cond.gte, cond.gt, cond.lte, cond.lt
-
-            def rng(p):
-                x = p.numeric[fname]
-                with np.errstate(invalid="ignore"):
-                    m = ~np.isnan(x)
-                    if gte is not None:
-                        m &= x >= gte
-                    if gt is not None:
-                        m &= x > gt
-                    if lte is not None:
-                        m &= x <= lte
-                    if lt is not None:
-                        m &= x < lt
-                return m
-            return rng
-        if isinstance(cond, (And, Or)):
-            parts = [self._compile(c, stack, fields) for c in cond.items]
-            if isinstance(cond, And):
-                return lambda p: np.logical_and.reduce([f(p) for f in parts])
-            return lambda p: np.logical_or.reduce([f(p) for f in parts])
-        if isinstance(cond, Not):
-            inner = self._compile(cond.item, stack, fields)
-            return lambda p: ~inner(p)
-        if isinstance(cond, All):
-            return lambda p: np.ones(p.n, dtype=bool)
-        if isinstance(cond, SegmentRef):
-            catalog = self.snapshot.segments or {}
-            if cond.name not in catalog:
-                raise UnknownSegmentError(
-                    f"snapshot {self.snapshot.name!r} has no segment {cond.name!r}{suggest(cond.name, catalog)}",
-                    [Violation("$segment", f"unknown segment {cond.name!r}", "segment", cond.name)])
-            if cond.name in stack:
-                cycle = " -> ".join(stack + [cond.name])
-                raise QueryError(f"segment reference cycle: {cycle}", [Violation("$segment", f"cycle {cycle}", "segment", cond.name)])
-            seg = catalog[cond.name]
-            if seg.get("universe") not in (None, u.name):
-                raise QueryError(f"segment {cond.name!r} is defined over universe {seg['universe']!r}, "
-                                 f"not {u.name!r}", [Violation("$segment", "segment of another universe", "segment", cond.name)])
-            return self._compile(parse_where(seg["where"], f"segment {cond.name}"), stack + [cond.name], fields)
-        raise QueryError(f"not a condition: {cond!r}", [("where", "not a condition")])
 
     # -- presence ------------------------------------------------------------------
 

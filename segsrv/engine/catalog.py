@@ -19,7 +19,7 @@ version's fields and values (unknown fields, values, segment references and refe
 cycles are all reported together, each naming its segment) and publishes a new version
 whose data files are hard links to the current version's files: nothing big is copied
 or rebuilt, and the new version is an ordinary immutable version (a running server picks
-it up like any other). Applying replaces the whole catalog (it is declarative: the file
+it up like any other; segsrv.snapshot.publish writes it). Applying replaces the whole catalog (it is declarative: the file
 is the catalog). See docs/segments.md.
 """
 
@@ -28,17 +28,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
-import shutil
 import tomllib
-import uuid
 from pathlib import Path
 from typing import Callable
 
 from ..errors import SegsrvError, SpecError
 from ..snapshot import format as fmt
-from ..snapshot.reader import Snapshot, open_snapshot, resolve_version_dir
+from ..snapshot.location import resolve_version_dir
+from ..snapshot.publish import discard, link_files, new_staging_dir, point_current, publish_version
+from ..snapshot.reader import Snapshot, open_snapshot
 from .conditions import Evaluator, parse_where
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -218,27 +217,20 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
         if (final / fmt.MANIFEST).read_bytes() != data:
             _fail(f"version {new_version!r} of {snapshot_dir.name!r} exists with different content; "
                   "choose another version", [("version", "exists")])
-        fmt.write_atomic(snapshot_dir / fmt.CURRENT, (new_version + "\n").encode())
+        point_current(snapshot_dir, new_version)
         say(f"version {new_version} already published; CURRENT points at it")
         return final, True
-    tmp = snapshot_dir / f".segments-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = new_staging_dir(snapshot_dir, "segments")
     try:
-        n_bytes = 0
-        for rel, meta in sorted(manifest["files"].items()):
-            src, dst = vdir / rel, tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, dst)  # same file system: shares the data, copies nothing
-            n_bytes += int(meta["bytes"])
-        fmt.write_atomic(tmp / fmt.MANIFEST, data)
-        os.rename(tmp, final)
+        n_bytes = link_files(vdir, tmp, manifest["files"])
+        publish_version(tmp, snapshot_dir, new_version, data)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise SpecError(f"cannot publish {snapshot_dir.name}/{new_version}: {exc}", [("location", str(exc))]) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
-    fmt.write_atomic(snapshot_dir / fmt.CURRENT, (new_version + "\n").encode())
+    point_current(snapshot_dir, new_version)
     say(f"published {snap.name}/{new_version}: {len(resolved)} segments; {len(manifest['files'])} data files "
         f"({n_bytes / 1e6:,.1f} MB) hard-linked from {vdir.name}, nothing copied")
     return final, True

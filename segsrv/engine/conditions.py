@@ -1,8 +1,10 @@
 """Evaluation of condition trees (segsrv.ops.conditions) to bitsets over a universe.
 
 ``evaluate`` compiles a tree against a universe into a fresh uint64 bitset
-(bits past n_rows are zero); a segment reference evaluates the catalog entry's
-`where`, with cycles and segments of other universes refused.
+(bits past n_rows are zero). The ``Evaluator`` resolves a tree once (fields, values,
+ranges, segment references and their errors: cycles and segments of other universes are
+refused) for any ops object (``BitsetOps`` by default; segsrv.engine.assign builds
+membership programs with the same resolution).
 """
 
 from __future__ import annotations
@@ -55,58 +57,108 @@ def feature_bitset(universe: Universe, fid: int, out: np.ndarray | None = None) 
     return _kernels.ids_to_bitset(np.ascontiguousarray(universe.sparse_feature_ids(fid)), universe.n_words, out)
 
 
-class Evaluator:
-    """Evaluates condition trees against one universe of a snapshot."""
+def range_mask(x: np.ndarray, cond: Range) -> np.ndarray:
+    """bool mask of the raw values `x` within the range (NaN = missing: never within)."""
+    with np.errstate(invalid="ignore"):
+        mask = ~np.isnan(x)
+        if cond.gte is not None:
+            mask &= x >= cond.gte
+        if cond.gt is not None:
+            mask &= x > cond.gt
+        if cond.lte is not None:
+            mask &= x <= cond.lte
+        if cond.lt is not None:
+            mask &= x < cond.lt
+    return mask
 
-    def __init__(self, snapshot: Snapshot, universe: Universe):
+
+class BitsetOps:
+    """What the Evaluator builds by default: a fresh uint64 bitset over the universe per node.
+
+    The Evaluator resolves a tree (fields, values, numeric ranges, segment references, with
+    their errors) and hands the resolved leaves and combinations to an ops object with these
+    methods; another ops object builds something else from the same resolution (the compiled
+    membership programs of segsrv.engine.assign). Parts come as iterators, evaluated lazily, so
+    bitset ops hold one intermediate at a time."""
+
+    def __init__(self, universe: Universe):
+        self.universe = universe
+
+    def feature(self, fid: int) -> np.ndarray:
+        return feature_bitset(self.universe, fid)
+
+    def range(self, info, cond: Range) -> np.ndarray:
+        return bool_to_bitset(range_mask(np.asarray(info.numeric), cond), self.universe.n_words)
+
+    def all_of(self, parts) -> np.ndarray:
+        return _fold(parts, _kernels.bitset_and)
+
+    def any_of(self, parts) -> np.ndarray:
+        return _fold(parts, _kernels.bitset_or)
+
+    def negate(self, inner: np.ndarray) -> np.ndarray:
+        u = self.universe
+        return _kernels.bitset_andnot(tail_mask(u.n_rows, u.n_words), inner)
+
+    def everything(self) -> np.ndarray:
+        return tail_mask(self.universe.n_rows, self.universe.n_words)
+
+
+def _fold(parts, combine) -> np.ndarray:
+    """Combine bitsets into the first one, in place (each part is a fresh bitset of its own)."""
+    parts = iter(parts)
+    bits = next(parts)
+    for b in parts:
+        combine(bits, b, bits)
+    return bits
+
+
+class Evaluator:
+    """Evaluates condition trees against one universe of a snapshot (to bitsets, or to what `ops`
+    builds). `fields` collects the fields the evaluated trees mention, through segment references too."""
+
+    def __init__(self, snapshot: Snapshot, universe: Universe, ops=None):
         self.snapshot = snapshot
         self.universe = universe
+        self.ops = ops if ops is not None else BitsetOps(universe)
+        self.fields: set[str] = set()
         self._segment_stack: list[str] = []
 
-    def evaluate(self, cond: Condition) -> np.ndarray:
-        u = self.universe
+    def evaluate(self, cond: Condition):
+        ops = self.ops
         if isinstance(cond, Term):
             return self._term(cond.field, cond.value)
         if isinstance(cond, AnyOf):
-            bits = self._term(cond.field, cond.values[0])
-            for v in cond.values[1:]:
-                _kernels.bitset_or(bits, self._term(cond.field, v), bits)
-            return bits
+            return ops.any_of(self._term(cond.field, v) for v in cond.values)
         if isinstance(cond, Range):
             return self._range(cond)
         if isinstance(cond, And):
-            bits = self.evaluate(cond.items[0])
-            for item in cond.items[1:]:
-                _kernels.bitset_and(bits, self.evaluate(item), bits)
-            return bits
+            return ops.all_of(self.evaluate(item) for item in cond.items)
         if isinstance(cond, Or):
-            bits = self.evaluate(cond.items[0])
-            for item in cond.items[1:]:
-                _kernels.bitset_or(bits, self.evaluate(item), bits)
-            return bits
+            return ops.any_of(self.evaluate(item) for item in cond.items)
         if isinstance(cond, Not):
-            inner = self.evaluate(cond.item)
-            return _kernels.bitset_andnot(tail_mask(u.n_rows, u.n_words), inner)
+            return ops.negate(self.evaluate(cond.item))
         if isinstance(cond, All):
-            return tail_mask(u.n_rows, u.n_words)
+            return ops.everything()
         if isinstance(cond, SegmentRef):
             return self._segment(cond.name)
         raise QueryError(f"not a condition: {cond!r}", [("where", "not a condition")])
 
-    def _term(self, field: str, value: str) -> np.ndarray:
-        u = self.universe
-        info = u.field(field)
+    def _term(self, field: str, value: str):
+        self.fields.add(field)
+        info = self.universe.field(field)
         if info.kind == "numeric" and not info.has_value(value) and info.numeric is not None:
             try:
                 x = float(value)
             except ValueError:
                 pass
-            else:
+            else:  # a raw number on a numeric field is an equality range
                 return self._range(Range(field, gte=x, lte=x))
-        return feature_bitset(u, info.feature_offset + info.value_index(value))
+        return self.ops.feature(info.feature_offset + info.value_index(value))
 
-    def _range(self, cond: Range) -> np.ndarray:
+    def _range(self, cond: Range):
         u = self.universe
+        self.fields.add(cond.field)
         info = u.field(cond.field)
         if info.kind != "numeric":
             raise QueryError(
@@ -119,19 +171,9 @@ class Evaluator:
                 f"reverse link, so it only has bands); use its bands: {info.values}",
                 [Violation(cond.field, "no raw values for a range; use a band", "range")],
             )
-        x = np.asarray(info.numeric)
-        mask = ~np.isnan(x)
-        if cond.gte is not None:
-            mask &= x >= cond.gte
-        if cond.gt is not None:
-            mask &= x > cond.gt
-        if cond.lte is not None:
-            mask &= x <= cond.lte
-        if cond.lt is not None:
-            mask &= x < cond.lt
-        return bool_to_bitset(mask, u.n_words)
+        return self.ops.range(info, cond)
 
-    def _segment(self, name: str) -> np.ndarray:
+    def _segment(self, name: str):
         catalog = self.snapshot.segments or {}
         if name not in catalog:
             raise UnknownSegmentError(

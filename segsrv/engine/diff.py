@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import _kernels
+from ..errors import NoCatalogError, QueryError, SegsrvError, UnknownFieldError, UnknownSegmentError
 from ..ops.params import json_number
-from ..errors import NoCatalogError, QueryError, SegsrvError, SnapshotNotFoundError, UnknownFieldError, UnknownSegmentError
-from ..snapshot import format as fmt
 from ..snapshot.paths import match_path
+from ..snapshot.location import resolve_snapshot_dir, version_dir
 from ..snapshot.reader import Snapshot, Universe, open_snapshot
 from ..snapshot.spec import suggest
 from ..ops.conditions import SegmentRef, condition_fields, parse_where, segment_refs
@@ -146,47 +146,10 @@ class DiffResult:
 # ----------------------------------------------------------------------------
 
 
-def snapshot_dir(location: str | Path) -> Path:
-    """ROOT/NAME (or ROOT holding one snapshot, or a version directory) -> the ROOT/NAME directory."""
-    path = Path(location)
-    if not path.is_dir():
-        raise SnapshotNotFoundError(f"{str(path)!r} does not exist or is not a directory")
-    if (path / fmt.CURRENT).exists():
-        return path
-    if (path / fmt.MANIFEST).exists() and (path.parent / fmt.CURRENT).exists():
-        return path.parent  # a version directory: its snapshot
-    names = sorted(p.name for p in path.iterdir() if (p / fmt.CURRENT).exists())
-    if len(names) == 1:
-        return path / names[0]
-    if not names:
-        raise SnapshotNotFoundError(f"{path}: no snapshot here (no CURRENT in it nor in NAME/ below it)")
-    raise SnapshotNotFoundError(f"{path}: holds several snapshots {names}; name one as ROOT/NAME")
-
-
-def list_versions(name_dir: Path) -> list[str]:
-    return sorted(p.name for p in name_dir.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / fmt.MANIFEST).exists())
-
-
-def version_dir(name_dir: Path, version: str) -> Path:
-    """The directory of VERSION (``CURRENT`` = the served one) with a message listing the versions."""
-    if version == fmt.CURRENT:
-        version = (name_dir / fmt.CURRENT).read_text().strip()
-    vdir = name_dir / version
-    if not version or "/" in version or version.startswith(".") or not (vdir / fmt.MANIFEST).exists():
-        versions = list_versions(name_dir)
-        current = (name_dir / fmt.CURRENT).read_text().strip() if (name_dir / fmt.CURRENT).exists() else None
-        raise SnapshotNotFoundError(
-            f"{name_dir}: no version {version!r}{suggest(version, versions)}; versions: {versions}"
-            + (f" (CURRENT is {current!r})" if current else "")
-        )
-    return vdir
-
-
 def open_versions(location: str | Path, version_a: str, version_b: str,
                   verify: str = "sizes") -> tuple[Snapshot, Snapshot]:
     """Open VERSION_A and VERSION_B of the snapshot at ROOT/NAME."""
-    name_dir = snapshot_dir(location)
+    name_dir = resolve_snapshot_dir(location)
     dirs = [version_dir(name_dir, v) for v in (version_a, version_b)]
     return open_snapshot(dirs[0], verify=verify), open_snapshot(dirs[1], verify=verify)
 

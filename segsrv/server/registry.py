@@ -53,6 +53,7 @@ from ..errors import (
     VersionNotServedError,
 )
 from ..snapshot import format as fmt
+from ..snapshot.location import read_current, snapshot_dirs
 from ..snapshot.reader import Snapshot, open_snapshot
 from ..snapshot.spec import suggest
 
@@ -170,14 +171,11 @@ class SnapshotRegistry:
     # -- loading ---------------------------------------------------------------
 
     def _snapshot_dirs(self) -> list[Path]:
-        if (self.root / fmt.CURRENT).exists():
-            return [self.root]
         try:
-            entries = list(self.root.iterdir())
+            return snapshot_dirs(self.root)
         except OSError as exc:
             log.error("cannot list snapshot root %s: %s", self.root, exc)
             return []
-        return sorted(p for p in entries if p.is_dir() and (p / fmt.CURRENT).exists())
 
     def refresh(self) -> list[str]:
         """Open snapshots that are new or whose CURRENT was replaced; returns the names (re)loaded.
@@ -202,7 +200,7 @@ class SnapshotRegistry:
         current_file = d / fmt.CURRENT
         try:
             key = _current_key(current_file)
-            version = current_file.read_text().strip()
+            version = read_current(d)
         except (OSError, UnicodeDecodeError) as exc:
             log.error("cannot read %s: %s", current_file, exc)
             return None

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +29,7 @@ from .. import _kernels
 from ..errors import BuildError, SpecError
 from . import format as fmt
 from .paths import FieldPath, resolve_universe_fields
+from .publish import discard, new_staging_dir, point_current, publish_version
 from .spec import Spec, TableSpec, load_spec, suggest
 
 Progress = Callable[[str], None]
@@ -604,19 +603,19 @@ def _key_text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _publish(tmp: Path, snapshot_dir: Path, version: str, progress: Progress) -> Path:
+def _publish(tmp: Path, snapshot_dir: Path, version: str, manifest: bytes, progress: Progress) -> Path:
     final = snapshot_dir / version
     if final.exists():
         # a published version is immutable: only an identical rebuild may reuse its name
         old = final / fmt.MANIFEST
-        if not old.exists() or old.read_bytes() != (tmp / fmt.MANIFEST).read_bytes():
+        if not old.exists() or old.read_bytes() != manifest:
             raise BuildError(f"version {version!r} of {snapshot_dir.name!r} exists with different content; "
                              "choose another --version")
         shutil.rmtree(tmp)
         progress(f"version {version} already published; identical content")
     else:
-        os.rename(tmp, final)
-    fmt.write_atomic(snapshot_dir / fmt.CURRENT, (version + "\n").encode())
+        publish_version(tmp, snapshot_dir, version, manifest)
+    point_current(snapshot_dir, version)
     return final
 
 
@@ -638,8 +637,7 @@ def build_snapshot(
         raise SpecError(f"version {version!r} is not a valid directory name")
     snapshot_dir = Path(out_root) / spec.name
     snapshot_dir.mkdir(parents=True, exist_ok=True)
-    tmp = snapshot_dir / f".build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = new_staging_dir(snapshot_dir, "build")
     try:
         builder = Builder(spec, say, threads)
         # resolve every universe's paths before the (slow) load, so spec errors come first
@@ -665,10 +663,9 @@ def build_snapshot(
         if version is None:
             version = hashlib.sha256(fmt.dumps_manifest(manifest)).hexdigest()[:16]
         manifest["version"] = version
-        fmt.write_atomic(tmp / fmt.MANIFEST, fmt.dumps_manifest(manifest))
-        final = _publish(tmp, snapshot_dir, version, say)
+        final = _publish(tmp, snapshot_dir, version, fmt.dumps_manifest(manifest), say)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         try:
             snapshot_dir.rmdir()  # only if we created it and it is empty
         except OSError:

@@ -6,7 +6,9 @@ A snapshot lives in ``ROOT/NAME/VERSION/``; ``ROOT/NAME/CURRENT`` is a small
 text file holding the VERSION to serve, replaced atomically (write a temporary
 file, fsync, rename). A version directory is never modified after it is
 published; a failed build leaves nothing behind (it writes into
-``ROOT/NAME/.build-*`` and renames the directory into place only when done).
+``ROOT/NAME/.build-*`` and renames the directory into place only when done;
+segsrv.snapshot.publish writes versions and CURRENT, segsrv.snapshot.location
+resolves ROOT, ROOT/NAME and ROOT/NAME/VERSION).
 
 ``VERSION`` defaults to the first 16 hex digits of the SHA-256 of the manifest
 body, so identical input gives an identical version name and identical bytes.

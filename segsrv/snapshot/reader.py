@@ -25,6 +25,7 @@ from ..errors import (
     Violation,
 )
 from . import format as fmt
+from .location import resolve_version_dir
 from .spec import suggest
 
 VERIFY_MODES = ("none", "sizes", "full")
@@ -287,28 +288,6 @@ def verify_files(vdir: Path, manifest: dict, mode: str = "sizes") -> None:
             raise cls(f"{path}: {size} bytes on disk, manifest says {info['bytes']}")
         if mode == "full" and fmt.file_sha256(path) != info["sha256"]:
             raise CorruptSnapshotError(f"{path}: checksum mismatch (sha256 differs from the manifest)")
-
-
-def resolve_version_dir(location: str | Path, version: str | None = None) -> Path:
-    """ROOT, ROOT/NAME or ROOT/NAME/VERSION -> the version directory to open."""
-    path = Path(location)
-    if not path.exists():
-        raise SnapshotNotFoundError(f"{str(path)!r} does not exist")
-    if (path / fmt.MANIFEST).exists() and version is None:
-        return path
-    if (path / fmt.CURRENT).exists() or version is not None and (path / version).exists():
-        if version is None:
-            version = (path / fmt.CURRENT).read_text().strip()
-        vdir = path / version
-        if not vdir.is_dir():
-            raise SnapshotNotFoundError(f"{path}: version {version!r} does not exist")
-        return vdir
-    names = sorted(p.name for p in path.iterdir() if (p / fmt.CURRENT).exists())
-    if len(names) == 1:
-        return resolve_version_dir(path / names[0], version)
-    if not names:
-        raise SnapshotNotFoundError(f"{path}: no snapshot here (no NAME/CURRENT below it)")
-    raise SnapshotNotFoundError(f"{path}: holds several snapshots {names}; name one as ROOT/NAME")
 
 
 def open_snapshot(location: str | Path, version: str | None = None, verify: str = "sizes") -> Snapshot:

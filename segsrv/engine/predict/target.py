@@ -157,6 +157,7 @@ def resolve_row(u: Universe, row_id) -> int:
 
 
 def row_features(u: Universe, row: int) -> np.ndarray:
+    """int64 feature ids of one row (Universe.row_features; kept for callers of this package)."""
     return u.row_features(row)
 
 

@@ -1,0 +1,65 @@
+"""Publishing snapshot versions: the one place that writes ROOT/NAME/VERSION and ROOT/NAME/CURRENT.
+
+The protocol (readers and the server rely on it; the builder and ``segments apply`` follow it):
+
+1. A version is written into a new hidden staging directory inside ROOT/NAME
+   (``new_staging_dir``: ``.PURPOSE-PID-RANDOM``), on the same file system as its final place.
+   Its data files are written there, or hard-linked from a base version (``link_files``: the
+   new version shares the base's bytes, nothing is copied; published files are never modified,
+   so sharing them is safe).
+2. The manifest is written last (``publish_version``), atomically: a version directory without a
+   manifest is unfinished, and readers refuse it.
+3. The staging directory is renamed to ROOT/NAME/VERSION in one step, so a version appears
+   complete or not at all. A published version is immutable: a name already taken may only be
+   published again with the identical manifest (the callers check, each with its own message).
+4. CURRENT is pointed at the version last (``point_current``), atomically (write a temporary file,
+   rename it over CURRENT): a server polling CURRENT sees the old version or the new one.
+
+A failure before step 3 leaves nothing behind but the staging directory, which ``discard``
+removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from . import format as fmt
+
+
+def new_staging_dir(snapshot_dir: Path, purpose: str) -> Path:
+    """Create the hidden directory a new version of ROOT/NAME is written into."""
+    staging = snapshot_dir / f".{purpose}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def link_files(base_dir: Path, staging: Path, files: dict[str, dict]) -> int:
+    """Hard-link the manifest `files` (relative path -> {"bytes": ...}) of the version `base_dir`
+    into `staging`; returns their total size in bytes."""
+    n_bytes = 0
+    for rel, meta in sorted(files.items()):
+        dst = staging / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(base_dir / rel, dst)  # same file system: shares the data, copies nothing
+        n_bytes += int(meta["bytes"])
+    return n_bytes
+
+
+def publish_version(staging: Path, snapshot_dir: Path, version: str, manifest: bytes) -> Path:
+    """Write the manifest into `staging` (last), then rename it to ROOT/NAME/VERSION."""
+    fmt.write_atomic(staging / fmt.MANIFEST, manifest)
+    final = snapshot_dir / version
+    os.rename(staging, final)
+    return final
+
+
+def point_current(snapshot_dir: Path, version: str) -> None:
+    """Atomically make ROOT/NAME/CURRENT name `version`."""
+    fmt.write_atomic(snapshot_dir / fmt.CURRENT, (version + "\n").encode())
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
