@@ -17,6 +17,8 @@ from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.v1 import condition_pb2 as cpb
 from segsrv.v1 import segsrv_pb2 as pb
+from support import drain_until_aborted
+from support import FakeContext as _FakeContext
 
 
 def _term(field: str, value: str) -> cpb.Condition:
@@ -252,30 +254,6 @@ def pb_grpc_stub(channel):
     return segsrv_pb2_grpc.SegmentationServiceStub(channel)
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _FakeContext:
-    """A servicer context whose call ends (deadline passed) after `active` is_active() checks."""
-
-    def __init__(self, active: int, cancelled: bool = False):
-        self.active = active
-        self.cancelled = cancelled
-        self.status = None
-
-    def is_active(self):
-        self.active -= 1
-        return self.active >= 0
-
-    def time_remaining(self):
-        return None if self.cancelled else 0.0
-
-    def abort_with_status(self, status):
-        self.status = status
-        raise _Aborted()
-
-
 @pytest.mark.parametrize("cancelled,code", [(False, grpc.StatusCode.DEADLINE_EXCEEDED),
                                             (True, grpc.StatusCode.CANCELLED)])
 def test_score_segment_stops_between_chunks(petnord_root, cancelled, code):
@@ -285,10 +263,7 @@ def test_score_segment_stops_between_chunks(petnord_root, cancelled, code):
     # checks once per pass over the rows: tests/engine/test_cancel.py)
     req = pb.ScoreSegmentRequest(universe="customers", target_field="churned", target_value="true", chunk_size=10,
                                  method=pb.PREDICT_METHOD_FACTORIZED)
-    got = []
-    with pytest.raises(_Aborted):
-        for msg in servicer.ScoreSegment(req, ctx):
-            got.append(msg)
+    got = drain_until_aborted(servicer.ScoreSegment(req, ctx))
     assert [m.WhichOneof("payload") for m in got] == ["chunk"] * 3
     assert ctx.status.code == code
 
