@@ -101,6 +101,26 @@ def root_state(root: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------
+# the tiny shop's tables (customers and their orders, CSV), shared by the specs of
+# tests/snapshot/conftest.py (TINY_SPEC) and tests/test_cli_diff.py; each spec goes on with the
+# orders' other columns, its links and universes
+# ----------------------------------------------------------------------------
+
+TINY_TABLES = """\
+[tables.customers]
+file = "customers.csv"
+key = "cust_id"
+categorical = ["region"]
+numeric = { age = { edges = [30, 50] } }
+
+[tables.orders]
+file = "orders.csv"
+key = "order_id"
+categorical = ["channel"]
+"""
+
+
+# ----------------------------------------------------------------------------
 # queries shared by several suites
 # ----------------------------------------------------------------------------
 
@@ -491,3 +511,22 @@ def drain_until_aborted(messages) -> list:
         for msg in messages:
             got.append(msg)
     return got
+
+
+def stream_deadline_codes(address: str, start, attempts: int = 10, enough: int = 3) -> list:
+    """Status codes of streams START(stub) (which sets a microsecond deadline), each on a fresh
+    connection, until ENOUGH failed or ATTEMPTS were made (a fast local server may still answer one)."""
+    import grpc
+
+    from segsrv.v1 import segsrv_pb2_grpc
+
+    codes = []
+    for _ in range(attempts):
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            try:
+                list(start(segsrv_pb2_grpc.SegmentationServiceStub(ch)))
+            except grpc.RpcError as err:
+                codes.append(err.code())
+                if len(codes) >= enough:
+                    break
+    return codes

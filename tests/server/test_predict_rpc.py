@@ -17,7 +17,7 @@ from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.v1 import condition_pb2 as cpb
 from segsrv.v1 import segsrv_pb2 as pb
-from support import drain_until_aborted
+from support import drain_until_aborted, stream_deadline_codes
 from support import FakeContext as _FakeContext
 
 
@@ -234,24 +234,9 @@ def test_too_many_target_values_is_resource_exhausted(start_server, petnord_root
 
 def test_score_segment_client_deadline(served):
     # a fresh connection per attempt; a microsecond deadline must end the stream with DEADLINE_EXCEEDED
-    codes = []
-    for _ in range(10):
-        with grpc.insecure_channel(served.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            stub = pb_grpc_stub(ch)
-            try:
-                list(stub.ScoreSegment(pb.ScoreSegmentRequest(universe="customers", target_field="churned",
-                                                              target_value="true", chunk_size=1), timeout=0.000001))
-            except grpc.RpcError as err:
-                codes.append(err.code())
-                if len(codes) >= 3:
-                    break
+    codes = stream_deadline_codes(served.address, lambda stub: stub.ScoreSegment(pb.ScoreSegmentRequest(
+        universe="customers", target_field="churned", target_value="true", chunk_size=1), timeout=0.000001))
     assert codes and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-def pb_grpc_stub(channel):
-    from segsrv.v1 import segsrv_pb2_grpc
-
-    return segsrv_pb2_grpc.SegmentationServiceStub(channel)
 
 
 @pytest.mark.parametrize("cancelled,code", [(False, grpc.StatusCode.DEADLINE_EXCEEDED),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from segsrv.snapshot.builder import build_snapshot
-from support import quiet, root_state
+from support import TINY_TABLES, quiet, root_state
 
 
 @pytest.fixture(scope="session")
@@ -32,16 +32,7 @@ TINY_SPEC = """\
 name = "tiny"
 description = "tiny test shop"
 
-[tables.customers]
-file = "customers.csv"
-key = "cust_id"
-categorical = ["region"]
-numeric = { age = { edges = [30, 50] } }
-
-[tables.orders]
-file = "orders.csv"
-key = "order_id"
-categorical = ["channel"]
+""" + TINY_TABLES + """\
 multi = { tags = "|" }
 numeric = { total = { edges = [10] } }
 links = { customer = { column = "cust_id", table = "customers", reverse = "orders" } }
