@@ -1,4 +1,9 @@
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench bench-soak
+PY := .venv/bin/python
+# every benchmark of bench/ but the soak (each writes its one current result to bench/results/NAME.json)
+BENCHES := kernels build relate grpc_relate predict assign export client_retry
+# bench/soak.py runs ~12 minutes (10 of soak); SOAK_ARGS="--duration 60" for a short run
+SOAK_ARGS ?= --duration 600
 setup:
 	bash scripts/setup.sh
 demo:
@@ -6,4 +11,6 @@ demo:
 test:
 	bash scripts/test.sh
 bench:
-	.venv/bin/python bench/kernels.py && .venv/bin/python bench/build.py && .venv/bin/python bench/relate.py
+	set -e; for b in $(BENCHES); do echo "[bench] $$b"; $(PY) bench/$$b.py; done
+bench-soak:
+	$(PY) bench/soak.py $(SOAK_ARGS)

@@ -19,22 +19,14 @@ import pytest
 from segsrv import cli
 from segsrv.engine.catalog import apply_segments
 from segsrv.snapshot.builder import build_snapshot
+from support import TINY_TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 
 SPEC = """\
 name = "tiny"
 
-[tables.customers]
-file = "customers.csv"
-key = "cust_id"
-categorical = ["region"]
-numeric = { age = { edges = [30, 50] } }
-
-[tables.orders]
-file = "orders.csv"
-key = "order_id"
-categorical = ["channel"]
+""" + TINY_TABLES + """\
 links = { customer = { column = "cust_id", table = "customers", reverse = "orders" } }
 
 [universes.customers]

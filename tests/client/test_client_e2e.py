@@ -1,7 +1,9 @@
 """End to end: SegsrvClient and `segsrv query --addr` against a real server on port 0.
 
 Every answer is compared with the local engine's answer on the same snapshot
-(run_relate_json / run_count_json), all keys but elapsed_ms.
+(segsrv.service.run_json), all keys but elapsed_ms, and with an independent
+expectation: the brute-force oracle over the source tables (tests/support.py: condition
+counts and hit supports) or the known answers of clients/fixtures/petnord_expected.json.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import pytest
 from segsrv.client import SegsrvClient, SegsrvRpcError
 from segsrv.service import run_json
 from segsrv.errors import QueryError
+from support import check_remote_equals_local, cli_remote_and_local, expect_count, expect_relate
+from support import segsrv_cli as _cli
+from support import strip_elapsed as _strip
 
 
 RELATE_QUERIES = [
@@ -51,17 +56,10 @@ RELATE_QUERIES = [
 
 
 
-def _strip(answer: dict) -> dict:
-    assert isinstance(answer.pop("elapsed_ms"), float)
-    return answer
-
-
 @pytest.mark.parametrize("query", RELATE_QUERIES, ids=lambda q: json.dumps(q)[:50])
-def test_relate_equals_local(client, petnord_snapshot, query):
+def test_relate_equals_local(client, petnord_snapshot, oracle, query):
     remote = client.relate(query)
-    local = run_json("relate", petnord_snapshot, query)
-    assert list(remote) == list(local)
-    assert _strip(remote) == _strip(local)
+    check_remote_equals_local(remote, run_json("relate", petnord_snapshot, query), query, oracle, expect_relate)
 
 
 def test_relate_seed_has_hits(client):
@@ -70,10 +68,11 @@ def test_relate_seed_has_hits(client):
     assert client.relate(RELATE_QUERIES[6])["plan"] == "none"
 
 
-def test_relate_keyword_form(client, petnord_snapshot):
+def test_relate_keyword_form(client, petnord_snapshot, oracle):
     remote = client.relate(from_="customers", where={"region": "oulu"}, relate=["segment"], limit=3)
     local = run_json("relate", petnord_snapshot, {"from": "customers", "where": {"region": "oulu"},
                                                "relate": ["segment"], "limit": 3})
+    expect_relate(remote, {"from": "customers", "where": {"region": "oulu"}}, oracle)
     assert _strip(remote) == _strip(local)
 
 
@@ -84,8 +83,27 @@ def test_relate_keyword_form(client, petnord_snapshot):
     {"from": "customers", "where": {"$all": True}},
     {"from": "impressions", "where": {"clicked": True, "product.pet_type": ["cat", "dog"]}},
 ])
-def test_count_equals_local(client, petnord_snapshot, query):
-    assert client.count(query) == run_json("count", petnord_snapshot, query)
+def test_count_equals_local(client, petnord_snapshot, oracle, query):
+    remote = client.count(query)
+    expect_count(remote, query, oracle)
+    assert remote == run_json("count", petnord_snapshot, query)
+
+
+def test_relate_and_count_known_answers(client, petnord_expected):
+    """Against clients/fixtures/petnord_expected.json (DuckDB over the source tables)."""
+    want = petnord_expected["relate"]
+    answer = client.relate({"from": "customers", "where": {"churned": True}, "relate": want["fields"],
+                            "select": ["$value", "$support", "$n_feature", "$lift"], "min_support": 0,
+                            "max_p_value": 1, "direction": "all", "limit": 100})
+    assert answer["n_condition"] == want["condition_count"]
+    got = {h["$value"]: h for h in answer["hits"]}
+    assert set(got) == {h["value"] for h in want["hits"]}
+    for h in want["hits"]:
+        assert (got[h["value"]]["$support"], got[h["value"]]["$n_feature"]) == (h["support"], h["feature_count"])
+        assert abs(got[h["value"]]["$lift"] - h["lift"]) < 1e-12
+    assert client.count({"from": "customers", "where": {"churned": True}})["count"] == want["condition_count"]
+    assert client.count({"from": "customers", "where": {"pet_size": "large", "region": "helsinki"}})["count"] == \
+        petnord_expected["counts"][1]["count"]
 
 
 def test_snapshot_info(client, petnord_snapshot):
@@ -235,19 +253,11 @@ def test_unavailable():
 # --- the CLI ------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segsrv", *args], capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize("kind,query", [("relate", RELATE_QUERIES[1]), ("relate", RELATE_QUERIES[2]),
                                         ("count", {"from": "customers", "where": {"region": "oulu"}})])
-def test_cli_addr_equals_local(server_addr, petnord_root, kind, query):
-    text = json.dumps(query)
-    remote = _cli("query", kind, "--addr", server_addr, "--timeout", "30", "--json", text)
-    local = _cli("query", kind, "--local", str(petnord_root), "--json", text)
-    assert remote.returncode == 0, remote.stderr
-    assert local.returncode == 0, local.stderr
-    r, l = json.loads(remote.stdout), json.loads(local.stdout)
+def test_cli_addr_equals_local(server_addr, petnord_root, oracle, kind, query):
+    r, l = cli_remote_and_local(kind, server_addr, petnord_root, query)
+    (expect_relate if kind == "relate" else expect_count)(r, query, oracle)
     r.pop("elapsed_ms", None)
     l.pop("elapsed_ms", None)
     assert r == l

@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -21,6 +19,7 @@ from segsrv.engine.export import export_members
 from segsrv.ops.export import ExportQuery
 from segsrv.errors import QueryError
 from segsrv.v1 import condition_pb2 as cpb
+from support import segsrv_cli as _cli
 
 U = "customers"
 NEGATION = {"segment": "dog_owner", "region": {"$ne": "helsinki"}}
@@ -124,10 +123,6 @@ def test_cancel(client):
 
 
 # --- the CLI ------------------------------------------------------------------
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segsrv", *args], capture_output=True, text=True, timeout=120)
 
 
 def _where(server_addr, petnord_root):

@@ -1,12 +1,12 @@
 """SegsrvClient.predict / score_segment / score_stream / evaluate and `segsrv query predict|score|evaluate`
-against a real server on port 0 over PetNord, compared with the in-process JSON runners."""
+against a real server on port 0 over PetNord, compared with the in-process JSON runners and with
+independent expectations from the brute-force oracle over the source tables (tests/support.py:
+segment sizes, the target's values, evidence the row has, scored ids in the segment)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -17,6 +17,9 @@ from segsrv.engine.predict import score_segment
 from segsrv.ops.score import ScoreQuery
 from segsrv.service import run_json
 from segsrv.errors import QueryError
+from support import check_remote_equals_local, cli_remote_and_local, expect_evaluate, expect_predict, expect_score
+from support import segsrv_cli as _cli
+from support import strip_elapsed as _strip
 
 PREDICT_QUERIES = [
     {"from": "customers", "segment": {"lifestyle": "premium"}, "target": "churned", "id": "CUST-00007"},
@@ -39,36 +42,31 @@ EVALUATE_QUERIES = [
 
 
 
-def _strip(answer: dict) -> dict:
-    assert isinstance(answer.pop("elapsed_ms"), float)
-    return answer
-
-
 @pytest.mark.parametrize("query", PREDICT_QUERIES, ids=lambda q: json.dumps(q)[:40])
-def test_predict_equals_local(client, petnord_snapshot, query):
+def test_predict_equals_local(client, petnord_snapshot, oracle, query):
     remote = client.predict(query)
-    local = run_json("predict", petnord_snapshot, query)
-    assert list(remote) == list(local)
-    assert _strip(remote) == _strip(local)
+    check_remote_equals_local(remote, run_json("predict", petnord_snapshot, query), query, oracle, expect_predict)
     assert remote["probabilities"] and remote["evidence"]
 
 
-def test_predict_keyword_form(client, petnord_snapshot):
+def test_predict_keyword_form(client, petnord_snapshot, oracle, petnord_expected):
     remote = client.predict(from_="customers", target="churned", id="CUST-00003")
     local = run_json("predict", petnord_snapshot, {"from": "customers", "target": "churned", "id": "CUST-00003"})
+    expect_predict(remote, {"from": "customers", "target": "churned", "id": "CUST-00003"}, oracle)
+    assert sorted(p["value"] for p in remote["probabilities"]) == petnord_expected["predict"]["values"]
     assert _strip(remote) == _strip(local)
 
 
-def test_score_segment_equals_local(client, petnord_snapshot):
+def test_score_segment_equals_local(client, petnord_snapshot, oracle):
     query = {"from": "customers", "segment": {"region": "oulu"}, "target": "churned", "value": True}
     remote = client.score_segment(query, chunk_size=7)
-    local = run_json("score", petnord_snapshot, query)
-    assert list(remote) == list(local)
-    assert _strip(remote) == _strip(local)
+    check_remote_equals_local(remote, run_json("score", petnord_snapshot, query), query, oracle, expect_score)
     assert remote["returned"] == remote["n_members"] == len(remote["scores"]) > 7
 
     query = {"from": "customers", "target": "segment", "value": "dog_owner", "top_k": 15, "evidence_fields": "orders.*"}
-    assert _strip(client.score_segment(query)) == _strip(run_json("score", petnord_snapshot, query))
+    remote = client.score_segment(query)
+    expect_score(remote, query, oracle)
+    assert _strip(remote) == _strip(run_json("score", petnord_snapshot, query))
 
 
 def test_score_stream(client, petnord_snapshot):
@@ -83,11 +81,9 @@ def test_score_stream(client, petnord_snapshot):
 
 
 @pytest.mark.parametrize("query", EVALUATE_QUERIES, ids=lambda q: json.dumps(q)[:40])
-def test_evaluate_equals_local(client, petnord_snapshot, query):
+def test_evaluate_equals_local(client, petnord_snapshot, oracle, query):
     remote = client.evaluate(query)
-    local = run_json("evaluate", petnord_snapshot, query)
-    assert list(remote) == list(local)
-    assert _strip(remote) == _strip(local)
+    check_remote_equals_local(remote, run_json("evaluate", petnord_snapshot, query), query, oracle, expect_evaluate)
     assert (remote["auc"] is None) == (query["target"] != "churned")
 
 
@@ -144,18 +140,10 @@ def test_score_stream_deadline(server_addr):
 # --- the CLI ------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segsrv", *args], capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize("kind,query", [("predict", PREDICT_QUERIES[1]), ("evaluate", EVALUATE_QUERIES[0])])
-def test_cli_addr_equals_local(server_addr, petnord_root, kind, query):
-    text = json.dumps(query)
-    remote = _cli("query", kind, "--addr", server_addr, "--timeout", "30", "--json", text)
-    local = _cli("query", kind, "--local", str(petnord_root), "--json", text)
-    assert remote.returncode == 0, remote.stderr
-    assert local.returncode == 0, local.stderr
-    r, l = json.loads(remote.stdout), json.loads(local.stdout)
+def test_cli_addr_equals_local(server_addr, petnord_root, oracle, kind, query):
+    r, l = cli_remote_and_local(kind, server_addr, petnord_root, query)
+    (expect_predict if kind == "predict" else expect_evaluate)(r, query, oracle)
     r.pop("elapsed_ms")
     l.pop("elapsed_ms")
     assert r == l and list(r) == list(l)

@@ -12,14 +12,9 @@ from segsrv.service import run_json
 from segsrv.server.app import create_server
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
+from support import DEMO_SEED_QUERY
 
-SEED_QUERY = json.loads("""{
-  "from": "order_lines",
-  "where": {"product.category": "dog-dryfood", "product.tag": "grain-free"},
-  "relate": ["customer.region", "customer.lifetime_value_band"],
-  "select": ["$lift", "$p", "$support", "customer.region"],
-  "limit": 10
-}""")
+SEED_QUERY = DEMO_SEED_QUERY
 
 
 @pytest.fixture(scope="module")

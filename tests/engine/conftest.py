@@ -1,280 +1,23 @@
-"""Engine test fixtures: an independent brute-force oracle over the SOURCE tables.
+"""Engine test fixtures: reference formulas and random conditions, checked against an
+independent brute-force oracle over the SOURCE tables.
 
-Nothing here reads the snapshot's bitsets. The oracle loads the PetNord JSON
-files with the standard library + pandas, parses the TOML spec itself, walks
-field paths (forward links, reverse links with "exists" semantics, several
-hops) with pandas joins, and evaluates JSON `where` conditions and relate
-statistics with its own code. The only things it takes from the snapshot are
-the list of field names to cover and the edges of quantile-banded numeric
-columns (explicit edges are checked against the spec).
-
-Test files cannot import this module reliably (no __init__.py, pytest's import
-modes differ), so everything is handed out through fixtures.
+The oracle itself (``Source``, ``BruteUniverse``: pandas joins over the PetNord JSON files,
+nothing read from the snapshot's bitsets) lives in tests/support.py; the session fixtures
+``source`` and ``oracle`` are in tests/conftest.py. ``snap`` / ``su`` / ``bu`` are PetNord,
+its customers universe and the oracle's customers universe.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-import tomllib
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import strategies as st
 from scipy.stats import hypergeom, norm
 
-from segsrv.snapshot.builder import band_labels
-
-RANGE_OPS = ("$gte", "$gt", "$lte", "$lt")
-
-
-# ----------------------------------------------------------------------------
-# source tables and spec, read independently of segsrv
-# ----------------------------------------------------------------------------
-
-
-class Source:
-    """The PetNord tables as pandas frames plus the spec's declarations."""
-
-    def __init__(self, spec_path: Path):
-        raw = tomllib.loads(spec_path.read_text())
-        base = spec_path.parent
-        self.tables: dict[str, pd.DataFrame] = {}
-        self.keys: dict[str, str] = {}
-        self.kinds: dict[str, dict[str, str]] = {}  # table -> column -> categorical|multi|numeric
-        self.delims: dict[str, dict[str, str]] = {}
-        self.numeric: dict[str, dict[str, dict]] = {}
-        self.links: dict[str, dict[str, tuple[str, str, str | None]]] = {}  # table -> name -> (col, target, reverse)
-        for name, t in raw["tables"].items():
-            path = (base / t["file"]).resolve()
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                self.tables[name] = pd.DataFrame(json.load(fh))
-            self.keys[name] = t["key"]
-            kinds = {c: "categorical" for c in t.get("categorical", [])}
-            kinds.update({c: "multi" for c in t.get("multi", {})})
-            kinds.update({c: "numeric" for c in t.get("numeric", {})})
-            self.kinds[name] = kinds
-            self.delims[name] = dict(t.get("multi", {}))
-            self.numeric[name] = dict(t.get("numeric", {}))
-            self.links[name] = {ln: (l["column"], l["table"], l.get("reverse")) for ln, l in t.get("links", {}).items()}
-        self.universe_tables = {u: spec.get("table", u) for u, spec in raw["universes"].items()}
-        self._by_key = {}
-
-    def by_key(self, table: str) -> pd.DataFrame:
-        if table not in self._by_key:
-            self._by_key[table] = self.tables[table].set_index(self.keys[table])
-        return self._by_key[table]
-
-    def sorted_ids(self, table: str) -> np.ndarray:
-        return np.array(sorted(self.tables[table][self.keys[table]].tolist()), dtype=object)
-
-    def walk(self, root: str, path: str):
-        """(root row positions, leaf values, leaf table, column, exists?) of a field path."""
-        parts = path.split(".")
-        column, steps = parts[-1], parts[:-1]
-        ids = self.sorted_ids(root)
-        pos = np.arange(len(ids))
-        cur = ids
-        table = root
-        exists = False
-        for step in steps:
-            if step in self.links[table]:  # forward: follow the link column
-                col, target, _ = self.links[table][step]
-                nxt = self.by_key(table)[col].reindex(cur).to_numpy(dtype=object)
-                ok = pd.notna(nxt)
-                pos, cur, table = pos[ok], nxt[ok], target
-            else:  # reverse: every row of the owner table pointing at cur
-                owners = [(o, l) for o, ls in self.links.items() for l in ls.values() if l[1] == table and l[2] == step]
-                assert len(owners) == 1, f"cannot resolve step {step!r} from {table!r}"
-                owner, (col, _, _) = owners[0]
-                okey = self.keys[owner]
-                left = pd.DataFrame({"pos": pos, "k": cur})
-                right = self.tables[owner][[col, okey]].rename(columns={col: "k", okey: "__okey"})
-                m = left.merge(right, on="k", how="inner")
-                pos, cur, table = m["pos"].to_numpy(), m["__okey"].to_numpy(dtype=object), owner
-                exists = True
-        vals = self.by_key(table)[column].reindex(cur).to_numpy(dtype=object)
-        ok = pd.notna(vals)
-        return pos[ok], vals[ok], table, column, exists
-
-
-def _text(v) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, str):
-        return v
-    raise AssertionError(f"unexpected categorical value {v!r}")
-
-
-class BruteField:
-    def __init__(self, name, kind, exists, n, masks, raw=None, edges=None):
-        self.name = name
-        self.kind = kind
-        self.exists = exists
-        self.n = n
-        self.masks = masks  # value -> bool[n]
-        self.raw = raw  # float[n] (NaN = missing) for own / forward numeric fields
-        self.edges = edges
-
-    @property
-    def values(self):
-        return list(self.masks)
-
-
-class BruteUniverse:
-    """One universe computed from the source tables."""
-
-    def __init__(self, source: Source, name: str, snapshot_universe):
-        self.name = name
-        self.table = source.universe_tables[name]
-        self.ids = source.sorted_ids(self.table)
-        self.n = len(self.ids)
-        self.fields: dict[str, BruteField] = {}
-        for fname, info in snapshot_universe.fields.items():
-            self.fields[fname] = self._field(source, fname, info)
-
-    def _field(self, source: Source, fname: str, info) -> BruteField:
-        pos, vals, table, column, exists = source.walk(self.table, fname)
-        kind = source.kinds[table][column]
-        n = self.n
-        masks: dict[str, np.ndarray] = {}
-
-        def add(value: str, rows):
-            m = masks.get(value)
-            if m is None:
-                m = masks[value] = np.zeros(n, dtype=bool)
-            m[rows] = True
-
-        if kind == "categorical":
-            codes, uniques = pd.factorize(pd.Series(vals, dtype=object))
-            for code, raw_value in enumerate(uniques):
-                add(_text(raw_value), pos[codes == code])
-            return BruteField(fname, kind, exists, n, masks)
-        if kind == "multi":
-            delim = source.delims[table][column]
-            rows, tokens = [], []
-            for p, v in zip(pos, vals):
-                for tok in str(v).split(delim):
-                    tok = tok.strip()
-                    if tok:
-                        rows.append(p)
-                        tokens.append(tok)
-            rows = np.asarray(rows, dtype=np.int64)
-            tokens = np.asarray(tokens, dtype=object)
-            for value in sorted(set(tokens)):
-                add(value, rows[tokens == value])
-            return BruteField(fname, kind, exists, n, masks)
-        # numeric: raw values and bands [edges[i-1], edges[i])
-        nspec = source.numeric[table][column]
-        if "edges" in nspec:
-            edges = [float(e) for e in nspec["edges"]]
-            assert list(info.edges) == edges, f"{fname}: snapshot edges {info.edges} differ from the spec {edges}"
-        else:
-            edges = list(info.edges)  # quantile edges: computed by the builder
-        x = np.asarray(vals, dtype=np.float64)
-        labels = band_labels(edges)
-        for i, label in enumerate(labels):
-            lo = edges[i - 1] if i > 0 else -np.inf
-            hi = edges[i] if i < len(edges) else np.inf
-            sel = (x >= lo) & (x < hi)
-            masks[label] = np.zeros(n, dtype=bool)
-            masks[label][pos[sel]] = True
-        raw = None
-        if not exists:
-            raw = np.full(n, np.nan)
-            raw[pos] = x
-        return BruteField(fname, kind, exists, n, masks, raw, edges)
-
-    # -- conditions in the JSON form, evaluated independently ---------------------
-
-    def all(self) -> np.ndarray:
-        return np.ones(self.n, dtype=bool)
-
-    def term(self, field: str, value) -> np.ndarray:
-        f = self.fields[field]
-        text = _scalar_text(value)
-        if text in f.masks:
-            return f.masks[text].copy()
-        if f.raw is not None:
-            return f.raw == float(text)  # NaN never equals
-        raise KeyError(f"{field}={text!r}")
-
-    def eval(self, where) -> np.ndarray:
-        if where is None or where == {}:
-            return self.all()
-        out = self.all()
-        for key, val in where.items():
-            if key == "$and":
-                m = self.all()
-                for item in val:
-                    m &= self.eval(item)
-            elif key == "$or":
-                m = np.zeros(self.n, dtype=bool)
-                for item in val:
-                    m |= self.eval(item)
-            elif key == "$not":
-                m = ~self.eval(val)
-            elif key == "$all":
-                m = self.all()
-            else:
-                m = self._field_cond(key, val)
-            out &= m
-        return out
-
-    def _field_cond(self, field: str, val) -> np.ndarray:
-        if isinstance(val, list):
-            m = np.zeros(self.n, dtype=bool)
-            for v in val:
-                m |= self.term(field, v)
-            return m
-        if isinstance(val, dict):
-            if set(val) <= set(RANGE_OPS):
-                x = self.fields[field].raw
-                m = ~np.isnan(x)
-                with np.errstate(invalid="ignore"):
-                    if "$gte" in val:
-                        m &= x >= val["$gte"]
-                    if "$gt" in val:
-                        m &= x > val["$gt"]
-                    if "$lte" in val:
-                        m &= x <= val["$lte"]
-                    if "$lt" in val:
-                        m &= x < val["$lt"]
-                return m
-            if set(val) == {"$in"}:
-                return self._field_cond(field, val["$in"] if isinstance(val["$in"], list) else [val["$in"]])
-            if set(val) == {"$ne"}:
-                return ~self.term(field, val["$ne"])
-            raise AssertionError(f"oracle: unsupported {val!r}")
-        return self.term(field, val)
-
-    def id_set(self, mask: np.ndarray) -> set:
-        return set(self.ids[mask].tolist())
-
-    # -- features -------------------------------------------------------------------
-
-    def features(self, fields) -> list[tuple[str, str]]:
-        return [(f, v) for f in fields for v in self.fields[f].masks]
-
-    def feature_mask(self, field: str, value: str) -> np.ndarray:
-        return self.fields[field].masks[value]
-
-
-def _scalar_text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return value
-
+from support import scalar_text as _scalar_text
 
 # ----------------------------------------------------------------------------
 # reference statistics: scalar textbook formulas (no segsrv code)
@@ -531,25 +274,18 @@ def where_strategy(petnord_snapshot, oracle):
 
 
 @pytest.fixture(scope="session")
-def source(petnord_spec_path) -> Source:
-    return Source(petnord_spec_path)
-
-
-class Oracle:
-    def __init__(self, source: Source, snapshot):
-        self.source = source
-        self.snapshot = snapshot
-        self._universes: dict[str, BruteUniverse] = {}
-
-    def universe(self, name: str) -> BruteUniverse:
-        if name not in self._universes:
-            self._universes[name] = BruteUniverse(self.source, name, self.snapshot.universe(name))
-        return self._universes[name]
+def snap(petnord_snapshot):
+    return petnord_snapshot
 
 
 @pytest.fixture(scope="session")
-def oracle(source, petnord_snapshot) -> Oracle:
-    return Oracle(source, petnord_snapshot)
+def su(snap):
+    return snap.universe("customers")
+
+
+@pytest.fixture(scope="session")
+def bu(oracle):
+    return oracle.universe("customers")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,17 @@ class Gone(Exception):
     pass
 
 
+def _raise_on(n: int, calls: list):
+    """A cancel check that records each call in CALLS and raises Gone on the N-th."""
+
+    def check():
+        calls.append(1)
+        if len(calls) >= n:
+            raise Gone()
+
+    return check
+
+
 def test_check_is_a_no_op_outside_a_call():
     cancel.check()  # nothing installed: nothing happens
 
@@ -29,13 +40,7 @@ def test_check_is_a_no_op_outside_a_call():
 def test_logistic_fit_stops_at_the_next_pass(petnord_snapshot):
     _LOGISTIC_CACHE.clear()
     calls = []
-
-    def raise_on_third():
-        calls.append(1)
-        if len(calls) >= 3:
-            raise Gone()
-
-    with cancel.checking(raise_on_third), pytest.raises(Gone):
+    with cancel.checking(_raise_on(3, calls)), pytest.raises(Gone):
         predict(petnord_snapshot, PredictQuery(target="segment", universe=U, row_id="CUST-00001", method="logistic",
                                                l2=0.37))  # an l2 no other test fits: not cached
     assert len(calls) == 3
@@ -44,13 +49,7 @@ def test_logistic_fit_stops_at_the_next_pass(petnord_snapshot):
 
 def test_conjunction_evaluate_stops(petnord_snapshot):
     calls = []
-
-    def raise_on_fifth():
-        calls.append(1)
-        if len(calls) >= 5:
-            raise Gone()
-
-    with cancel.checking(raise_on_fifth), pytest.raises(Gone):
+    with cancel.checking(_raise_on(5, calls)), pytest.raises(Gone):
         evaluate(petnord_snapshot, EvaluateQuery(target="churned", universe=U, method="conjunction"))
     assert len(calls) == 5
 

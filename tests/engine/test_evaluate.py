@@ -41,16 +41,6 @@ def ref_held_out(id_text: str, fraction: float, seed: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def snap(petnord_snapshot):
-    return petnord_snapshot
-
-
-@pytest.fixture(scope="module")
-def su(snap):
-    return snap.universe(U)
-
-
-@pytest.fixture(scope="module")
 def churn_eval(snap):
     return evaluate(snap, EvaluateQuery(target="churned", universe=U, holdout_fraction=0.2, seed=0,
                                         method="factorized"))
@@ -102,20 +92,29 @@ def test_metrics_equal_sklearn(churn_eval, su, oracle):
     assert e.accuracy > e.baseline_accuracy  # the model learns something
 
 
-def test_predictions_equal_predict_with_training_rows_only(churn_eval, snap, su):
-    e = churn_eval
+def _check_equals_predict_with_training_rows_only(e, snap, su, method, check=None):
+    """10 test rows of E: their probabilities = predict(METHOD) trained on the training rows only;
+    CHECK(rid, probabilities) runs on each of them too."""
     hold = holdout_rows(su, 0.2, 0)
     train = bool_to_bitset(~hold, su.n_words)
     rng = np.random.default_rng(0)
     for j in rng.choice(e.n_test, size=10, replace=False):
         rid = su.ids_for_rows([e.test_rows[j]])[0]
-        p = predict(snap, PredictQuery(target="churned", universe=U, row_id=rid, method="factorized", train_mask=train))
+        p = predict(snap, PredictQuery(target="churned", universe=U, row_id=rid, method=method, train_mask=train))
         got = {vp.value: vp.probability for vp in p.probabilities}
         for k, v in enumerate(e.values):
             assert math.isclose(e.probabilities[j, k], got[v], rel_tol=1e-9, abs_tol=1e-15)
+        if check is not None:
+            check(rid, got)
+
+
+def test_predictions_equal_predict_with_training_rows_only(churn_eval, snap, su):
+    def held_out_rows_count(rid, got):
         # counting the held-out rows too gives another model: the holdout really is excluded
         p_all = predict(snap, PredictQuery(target="churned", universe=U, row_id=rid, method="factorized"))
         assert any(not math.isclose(vp.probability, got[vp.value], rel_tol=1e-12) for vp in p_all.probabilities)
+
+    _check_equals_predict_with_training_rows_only(churn_eval, snap, su, "factorized", held_out_rows_count)
 
 
 def test_logistic_is_the_default_and_equals_predict(churn_eval_logistic, churn_eval, snap, su):
@@ -126,15 +125,7 @@ def test_logistic_is_the_default_and_equals_predict(churn_eval_logistic, churn_e
     assert math.isclose(e.log_loss, log_loss(y, e.probabilities, labels=e.values), rel_tol=1e-9)
     assert math.isclose(e.auc, roc_auc_score(y == "true", e.probabilities[:, 1]), rel_tol=1e-12)
     assert e.accuracy > e.baseline_accuracy
-    hold = holdout_rows(su, 0.2, 0)
-    train = bool_to_bitset(~hold, su.n_words)
-    rng = np.random.default_rng(0)
-    for j in rng.choice(e.n_test, size=10, replace=False):
-        rid = su.ids_for_rows([e.test_rows[j]])[0]
-        p = predict(snap, PredictQuery(target="churned", universe=U, row_id=rid, method="logistic", train_mask=train))
-        got = {vp.value: vp.probability for vp in p.probabilities}
-        for k, v in enumerate(e.values):
-            assert math.isclose(e.probabilities[j, k], got[v], rel_tol=1e-9, abs_tol=1e-15)
+    _check_equals_predict_with_training_rows_only(e, snap, su, "logistic")
 
 
 def test_conjunction_method_and_segment(snap, su):

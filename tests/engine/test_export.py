@@ -29,29 +29,11 @@ from segsrv.errors import (
     UnknownValueError,
 )
 from segsrv.snapshot.reader import Snapshot
+from support import CUSTOMER_CONDITIONS
 
 U = "customers"
 
-CONDITIONS = {
-    "term": {"region": "oulu"},
-    "and": {"lifestyle": "premium", "churned": True},
-    "negation": {"segment": "dog_owner", "region": {"$ne": "helsinki"}},
-    "not_tree": {"$not": {"$or": [{"churned": True}, {"lifestyle": "budget"}]}},
-    "range": {"total_spent_eur": {"$gte": 100, "$lt": 250.5}},
-    "exists_link": {"orders.lines.product.category": "litter", "health_focus": ["high", "low"]},
-    "all": {},
-    "empty": {"$and": [{"churned": True}, {"churned": False}]},
-}
-
-
-@pytest.fixture(scope="module")
-def snap(petnord_snapshot):
-    return petnord_snapshot
-
-
-@pytest.fixture(scope="module")
-def bu(oracle):
-    return oracle.universe(U)
+CONDITIONS = CUSTOMER_CONDITIONS
 
 
 def _export(snap, where, **kw) -> tuple:

@@ -221,21 +221,6 @@ def check_invariants(res):
 # ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def snap(petnord_snapshot):
-    return petnord_snapshot
-
-
-@pytest.fixture(scope="module")
-def su(snap):
-    return snap.universe(U)
-
-
-@pytest.fixture(scope="module")
-def bu(oracle):
-    return oracle.universe(U)
-
-
 SEGMENTS = {
     "all": (All(), {}),
     "premium": (Term("lifestyle", "premium"), {"lifestyle": "premium"}),
@@ -455,6 +440,17 @@ def test_logistic_l2_and_train_mask(snap, su, bu):
 # ----------------------------------------------------------------------------
 
 
+def _check_scores_equal_predict(snap, su, res, members, target, value, seg, method, seed):
+    """8 members drawn with SEED: each one's score (and id) = predict(METHOD)'s P(TARGET = VALUE) for it."""
+    rng = np.random.default_rng(seed)
+    for j in rng.choice(len(members), size=8, replace=False):
+        rid = su.ids_for_rows([members[j]])[0]
+        p = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=rid, method=method))
+        pv = {vp.value: vp.probability for vp in p.probabilities}[value]
+        assert math.isclose(res.scores[j], pv, rel_tol=1e-9, abs_tol=1e-15), (rid, res.scores[j], pv)
+        assert res.ids[j] == rid
+
+
 @pytest.mark.parametrize("target,value,seg", [
     ("churned", "true", All()),
     ("segment", "cat_owner", Term("lifestyle", "premium")),
@@ -467,13 +463,7 @@ def test_score_segment_equals_factorized_predict(snap, su, bu, target, value, se
     assert res.n_members == len(members)
     assert np.array_equal(res.rows, members)
     assert math.isclose(res.mean_score, float(np.mean(res.scores)), rel_tol=1e-12)
-    rng = np.random.default_rng(0)
-    for j in rng.choice(len(members), size=8, replace=False):
-        rid = su.ids_for_rows([members[j]])[0]
-        p = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=rid, method="factorized"))
-        pv = {vp.value: vp.probability for vp in p.probabilities}[value]
-        assert math.isclose(res.scores[j], pv, rel_tol=1e-9, abs_tol=1e-15), (rid, res.scores[j], pv)
-        assert res.ids[j] == rid
+    _check_scores_equal_predict(snap, su, res, members, target, value, seg, "factorized", seed=0)
 
 
 @pytest.mark.parametrize("target,value,seg", [
@@ -485,12 +475,7 @@ def test_score_segment_equals_logistic_predict(snap, su, bu, target, value, seg)
     res = score_segment(snap, ScoreQuery(target=target, value=value, universe=U, segment=seg))  # default: logistic
     members = _kernels.bitset_to_ids(evaluate(snap, su, seg), su.n_rows).astype(np.int64)
     assert res.n_members == len(members) and np.array_equal(res.rows, members)
-    rng = np.random.default_rng(1)
-    for j in rng.choice(len(members), size=8, replace=False):
-        rid = su.ids_for_rows([members[j]])[0]
-        p = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=rid, method="logistic"))
-        pv = {vp.value: vp.probability for vp in p.probabilities}[value]
-        assert math.isclose(res.scores[j], pv, rel_tol=1e-9, abs_tol=1e-15), (rid, res.scores[j], pv)
+    _check_scores_equal_predict(snap, su, res, members, target, value, seg, "logistic", seed=1)
 
 
 def test_score_segment_top_k(snap, su):

@@ -39,19 +39,10 @@ from segsrv.errors import (
     UnknownValueError,
 )
 from segsrv.snapshot.reader import open_snapshot
+from support import CUSTOMER_CONDITIONS
 
 SEGMENTS = {
-    "customers": {
-        "term": {"region": "oulu"},
-        "and": {"lifestyle": "premium", "churned": True},
-        # a negation without segment references: rows without the value match too
-        "negation": {"segment": "dog_owner", "region": {"$ne": "helsinki"}},
-        "not_tree": {"$not": {"$or": [{"churned": True}, {"lifestyle": "budget"}]}},
-        "range": {"total_spent_eur": {"$gte": 100, "$lt": 250.5}},
-        "exists_link": {"orders.lines.product.category": "litter", "health_focus": ["high", "low"]},
-        "all": {},
-        "empty": {"$and": [{"churned": True}, {"churned": False}]},
-    },
+    "customers": CUSTOMER_CONDITIONS,
     "orders": {
         "forward": {"customer.region": "turku", "lines.product.category": "dry-food"},
         "negation": {"$not": {"customer.lifestyle": "budget"}},

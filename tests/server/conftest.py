@@ -1,6 +1,6 @@
 """Server test fixtures: a real gRPC server over PetNord, a channel, the stub, error readers.
 
-Test files cannot import this module (no __init__.py), so helpers are fixtures.
+Helpers that are not fixtures live in tests/support.py (`import support`).
 """
 
 from __future__ import annotations

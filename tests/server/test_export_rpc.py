@@ -7,7 +7,6 @@ Count; errors are checked for their status code, field violations and reason.
 
 from __future__ import annotations
 
-import importlib
 import shutil
 
 import grpc
@@ -21,6 +20,8 @@ from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.v1 import condition_pb2 as cpb
 from segsrv.v1 import segsrv_pb2 as pb
+from support import drain_until_aborted, stream_deadline_codes
+from support import FakeContext as _FakeContext
 
 U = "customers"
 
@@ -169,18 +170,8 @@ def test_errors_end_the_call_before_the_first_message(stub, rpc_details, kw, cod
 
 
 def test_client_deadline(served):
-    codes = []
-    for _ in range(10):
-        with grpc.insecure_channel(served.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            from segsrv.v1 import segsrv_pb2_grpc
-
-            stub = segsrv_pb2_grpc.SegmentationServiceStub(ch)
-            try:
-                list(stub.ExportMembers(pb.ExportMembersRequest(universe=U, chunk_size=1), timeout=0.000001))
-            except grpc.RpcError as err:
-                codes.append(err.code())
-                if len(codes) >= 3:
-                    break
+    codes = stream_deadline_codes(served.address, lambda stub: stub.ExportMembers(
+        pb.ExportMembersRequest(universe=U, chunk_size=1), timeout=0.000001))
     assert codes and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -195,58 +186,23 @@ def test_client_cancel_mid_stream(stub):
     assert err.value.code() == grpc.StatusCode.CANCELLED
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _FakeContext:
-    """A servicer context whose call ends after `active` is_active() checks."""
-
-    def __init__(self, active: int, cancelled: bool = False):
-        self.active = active
-        self.cancelled = cancelled
-        self.status = None
-
-    def is_active(self):
-        self.active -= 1
-        return self.active >= 0
-
-    def time_remaining(self):
-        return None if self.cancelled else 0.0
-
-    def abort_with_status(self, status):
-        self.status = status
-        raise _Aborted()
-
-
 @pytest.mark.parametrize("cancelled,code", [(False, grpc.StatusCode.DEADLINE_EXCEEDED),
                                             (True, grpc.StatusCode.CANCELLED)])
 def test_stops_between_chunks(petnord_root, cancelled, code):
     servicer = SegmentationServiceServicer(SnapshotRegistry(petnord_root))
     ctx = _FakeContext(active=4, cancelled=cancelled)  # before and after selecting, then one per chunk
     req = pb.ExportMembersRequest(universe=U, chunk_size=10)
-    got = []
-    with pytest.raises(_Aborted):
-        for msg in servicer.ExportMembers(req, ctx):
-            got.append(msg)
+    got = drain_until_aborted(servicer.ExportMembers(req, ctx))
     assert [m.total_count for m in got] == [3000, 0, 0] and [len(m.ids) for m in got] == [0, 10, 10]
     assert ctx.status.code == code
 
 
-# --- segment references, once a catalog exists -------------------------------------------
-
-
-def _apply_segments():
-    for module in ("segsrv.snapshot.catalog", "segsrv.engine.catalog"):
-        try:
-            return importlib.import_module(module).apply_segments
-        except (ImportError, AttributeError):
-            continue
-    pytest.skip("no segment catalog module (segsrv.snapshot.catalog.apply_segments) yet")
+# --- segment references, with a catalog -------------------------------------------------
 
 
 def test_segment_reference_with_a_catalog(tmp_path, petnord_root, start_server, rpc_details):
-    apply_segments = _apply_segments()
+    from segsrv.engine.catalog import apply_segments
+
     root = tmp_path / "root"
     shutil.copytree(petnord_root, root)
     apply_segments(root / "petnord", {

@@ -20,6 +20,8 @@ from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.v1 import condition_pb2 as cpb
 from segsrv.v1 import segsrv_pb2 as pb
+from support import drain_until_aborted, stream_deadline_codes
+from support import FakeContext as _FakeContext
 
 
 def _term(field: str, value: str) -> cpb.Condition:
@@ -235,48 +237,9 @@ def test_too_many_target_values_is_resource_exhausted(start_server, petnord_root
 
 def test_score_segment_client_deadline(served):
     # a fresh connection per attempt; a microsecond deadline must end the stream with DEADLINE_EXCEEDED
-    codes = []
-    for _ in range(10):
-        with grpc.insecure_channel(served.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            stub = pb_grpc_stub(ch)
-            try:
-                list(stub.ScoreSegment(pb.ScoreSegmentRequest(universe="customers", target_field="churned",
-                                                              target_value="true", chunk_size=1), timeout=0.000001))
-            except grpc.RpcError as err:
-                codes.append(err.code())
-                if len(codes) >= 3:
-                    break
+    codes = stream_deadline_codes(served.address, lambda stub: stub.ScoreSegment(pb.ScoreSegmentRequest(
+        universe="customers", target_field="churned", target_value="true", chunk_size=1), timeout=0.000001))
     assert codes and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-def pb_grpc_stub(channel):
-    from segsrv.v1 import segsrv_pb2_grpc
-
-    return segsrv_pb2_grpc.SegmentationServiceStub(channel)
-
-
-class _Aborted(Exception):
-    pass
-
-
-class _FakeContext:
-    """A servicer context whose call ends (deadline passed) after `active` is_active() checks."""
-
-    def __init__(self, active: int, cancelled: bool = False):
-        self.active = active
-        self.cancelled = cancelled
-        self.status = None
-
-    def is_active(self):
-        self.active -= 1
-        return self.active >= 0
-
-    def time_remaining(self):
-        return None if self.cancelled else 0.0
-
-    def abort_with_status(self, status):
-        self.status = status
-        raise _Aborted()
 
 
 @pytest.mark.parametrize("cancelled,code", [(False, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -288,10 +251,7 @@ def test_score_segment_stops_between_chunks(petnord_root, cancelled, code):
     # checks once per pass over the rows: tests/engine/test_cancel.py)
     req = pb.ScoreSegmentRequest(universe="customers", target_field="churned", target_value="true", chunk_size=10,
                                  method=pb.PREDICT_METHOD_FACTORIZED)
-    got = []
-    with pytest.raises(_Aborted):
-        for msg in servicer.ScoreSegment(req, ctx):
-            got.append(msg)
+    got = drain_until_aborted(servicer.ScoreSegment(req, ctx))
     assert [m.WhichOneof("payload") for m in got] == ["chunk"] * 3
     assert ctx.status.code == code
 

@@ -13,8 +13,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -28,6 +26,9 @@ from segsrv.errors import QueryError, Violation
 from segsrv.service import run_json
 from segsrv.v1 import condition_pb2 as cpb
 from segsrv.v1 import segsrv_pb2 as pb
+from support import check_remote_equals_local, cli_remote_and_local, expect_profile
+from support import segsrv_cli as _cli
+from support import strip_elapsed as _strip
 
 
 def _term(field: str, value: str) -> cpb.Condition:
@@ -137,22 +138,15 @@ JSON_QUERIES = [
 ]
 
 
-def _strip(answer: dict) -> dict:
-    assert isinstance(answer.pop("elapsed_ms"), float)
-    return answer
-
-
 @pytest.mark.parametrize("query", JSON_QUERIES, ids=lambda q: json.dumps(q)[:60])
-def test_client_equals_local(served, petnord_snapshot, query):
+def test_client_equals_local(served, petnord_snapshot, oracle, query):
     with SegsrvClient(served.address, timeout=30) as client:
         remote = client.profile(query)
-    local = run_json("profile", petnord_snapshot, query)
     json.dumps(remote, allow_nan=False)
-    assert list(remote) == list(local)
-    assert _strip(remote) == _strip(local)
+    check_remote_equals_local(remote, run_json("profile", petnord_snapshot, query), query, oracle, expect_profile)
 
 
-def test_client_keyword_form_and_local_validation(served, petnord_snapshot):
+def test_client_keyword_form_and_local_validation(served, petnord_snapshot, oracle):
     with SegsrvClient(served.address, timeout=30) as client:
         a = client.profile(from_="customers", segment=Term("region", "oulu"), fields=["region"])
         with pytest.raises(QueryError, match="values_per_field"):
@@ -163,20 +157,13 @@ def test_client_keyword_form_and_local_validation(served, petnord_snapshot):
             client.profile({"from": "customers", "fields": ["regoin"]})
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.violations[0][0] == "fields[0]"
     b = run_json("profile", petnord_snapshot, {"from": "customers", "segment": {"region": "oulu"}, "fields": ["region"]})
+    expect_profile(a, {"from": "customers", "segment": {"region": "oulu"}}, oracle)
     assert _strip(a) == _strip(b)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segsrv", *args], capture_output=True, text=True, timeout=120)
-
-
-def test_cli_addr_equals_local(served, petnord_root):
-    text = json.dumps(JSON_QUERIES[1])
-    remote = _cli("query", "profile", "--addr", served.address, "--timeout", "30", "--json", text)
-    local = _cli("query", "profile", "--local", str(petnord_root), "--json", text)
-    assert remote.returncode == 0, remote.stderr
-    assert local.returncode == 0, local.stderr
-    r, l = json.loads(remote.stdout), json.loads(local.stdout)
+def test_cli_addr_equals_local(served, petnord_root, oracle):
+    r, l = cli_remote_and_local("profile", served.address, petnord_root, JSON_QUERIES[1])
+    expect_profile(r, JSON_QUERIES[1], oracle)
     assert list(r) == list(l)
     assert _strip(r) == _strip(l)
     bad = _cli("query", "profile", "--addr", served.address, "--json", '{"from": "customers", "fields": ["regoin"]}')

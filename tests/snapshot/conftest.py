@@ -1,10 +1,8 @@
 """Shared fixtures of the snapshot tests.
 
-* ``petnord_root``: specs/petnord.toml built once per session into a tmp root
-  (checked, at the end of the session, to be unmodified: tests that corrupt
-  files must work on copies);
-* ``petnord_src``: a DuckDB connection holding the PetNord source tables, for
-  brute-force counts independent of the builder;
+* ``petnord``: the PetNord snapshot (``petnord_snapshot`` of tests/conftest.py,
+  built once per session; ``petnord_root``, ``petnord_spec`` and ``petnord_src``
+  come from there too);
 * ``tiny``: a small CSV dataset + spec (writer function) and ``tiny_root``, it
   built once per session, for reader / CLI tests that damage copies;
 * ``snapshot_state``: a picture of a snapshot root (entries, CURRENT, files)
@@ -13,68 +11,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import textwrap
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from segsrv.snapshot.builder import build_snapshot
-from segsrv.snapshot.reader import open_snapshot
-from segsrv.snapshot.spec import load_spec
-
-REPO = Path(__file__).resolve().parents[2]
-PETNORD_SPEC = REPO / "specs" / "petnord.toml"
-
-
-def quiet(_msg: str) -> None:
-    pass
+from support import TINY_TABLES, quiet, root_state
 
 
 @pytest.fixture(scope="session")
-def petnord_spec():
-    if not PETNORD_SPEC.exists():
-        pytest.fail("specs/petnord.toml missing")
-    spec = load_spec(PETNORD_SPEC)
-    missing = [t.file for t in spec.tables.values() if t.file is not None and not t.file.exists()]
-    if missing:
-        pytest.fail(f"PetNord data missing (../shared/data/petnord must sit beside the repository): {missing}")
-    return spec
-
-
-def _tree_digest(vdir: Path) -> dict[str, str]:
-    return {
-        p.relative_to(vdir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(vdir.rglob("*"))
-        if p.is_file()
-    }
-
-
-@pytest.fixture(scope="session")
-def petnord_root(tmp_path_factory, petnord_spec):
-    root = tmp_path_factory.mktemp("petnord_root")
-    vdir = build_snapshot(PETNORD_SPEC, root, progress=quiet)
-    before = _tree_digest(vdir)
-    yield root
-    # the published snapshot must never be modified by any test
-    assert _tree_digest(vdir) == before, "a test modified the published PetNord snapshot"
-    open_snapshot(root, verify="full")
-
-
-@pytest.fixture(scope="session")
-def petnord(petnord_root):
-    return open_snapshot(petnord_root)
-
-
-@pytest.fixture(scope="session")
-def petnord_src(petnord_spec):
-    con = duckdb.connect(":memory:")
-    for t in petnord_spec.tables.values():
-        con.execute(f"CREATE TABLE {t.name} AS SELECT * FROM read_json_auto('{t.file}')")
-    yield con
-    con.close()
+def petnord(petnord_snapshot):
+    return petnord_snapshot
 
 
 # --- a tiny dataset -----------------------------------------------------------
@@ -83,16 +32,7 @@ TINY_SPEC = """\
 name = "tiny"
 description = "tiny test shop"
 
-[tables.customers]
-file = "customers.csv"
-key = "cust_id"
-categorical = ["region"]
-numeric = { age = { edges = [30, 50] } }
-
-[tables.orders]
-file = "orders.csv"
-key = "order_id"
-categorical = ["channel"]
+""" + TINY_TABLES + """\
 multi = { tags = "|" }
 numeric = { total = { edges = [10] } }
 links = { customer = { column = "cust_id", table = "customers", reverse = "orders" } }
@@ -160,17 +100,6 @@ def tiny_copy(tiny_root, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(tiny_root, dst)
     return dst
-
-
-def root_state(root: Path) -> dict:
-    """Everything below a snapshot root: relative path -> bytes digest (dirs as 'dir')."""
-    if not root.exists():
-        return {}
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture

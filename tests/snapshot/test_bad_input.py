@@ -21,12 +21,9 @@ from segsrv import cli
 from segsrv.errors import BuildError, SpecError
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
+from support import quiet
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def quiet(_msg):
-    pass
 
 
 def _edit(path: Path, old: str, new: str) -> None:

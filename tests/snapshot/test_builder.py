@@ -23,10 +23,7 @@ from segsrv.errors import BuildError
 from segsrv.snapshot import format as fmt
 from segsrv.snapshot.builder import band_labels, build_snapshot
 from segsrv.snapshot.reader import open_snapshot
-
-
-def quiet(_msg):
-    pass
+from support import quiet
 
 
 # --- helpers over an opened universe -----------------------------------------

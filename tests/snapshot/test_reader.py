@@ -27,12 +27,9 @@ from segsrv.errors import (
 from segsrv.snapshot import format as fmt
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot, resolve_version_dir
+from support import quiet
 
 FILE = "universes/customers/csr_indices.bin"
-
-
-def quiet(_msg):
-    pass
 
 
 def vdir_of(root: Path) -> Path:

@@ -1,9 +1,15 @@
-# Ad-hoc driver of the throughput sweep in this directory (provenance; not part of the bench suite).
-# Run from the repo root: .venv/bin/python bench/results/soak/sweep/sweep.py OUT LEVELS SECONDS
-# LEVELS: comma-separated, rNNN = open loop at NNN req/s, NN = closed loop at concurrency NN.
-import json, os, sys, time, tempfile, shutil
+"""Throughput sweep of `segsrv serve` (not part of `make bench`): the harness's default scenario at
+several load levels against one server, with the server's cores and CPU per request per level.
+
+    .venv/bin/python bench/tools/sweep.py OUT LEVELS [--seconds 60] [--root ROOT] [--workers 1]
+
+LEVELS: comma-separated, rNNN = open loop at NNN req/s, NN = closed loop at concurrency NN.
+ROOT defaults to bench/.data/assign-root (bench/assign.py builds it); the version CURRENT names is
+pinned (hard links) as bench/soak.py does. Writes OUT/sweep.json and the harness report of each level.
+"""
+import argparse, json, os, sys, time, tempfile, shutil
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import soak
 from soak import Server, pin_root, run_phase, DATA_ROOT, _psi_cpu_some_avg10
 import psutil
@@ -11,13 +17,20 @@ from clients.loadtest.scenario import load_scenario
 from clients.loadtest.gen import fetch_catalog
 
 def main():
-    out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-    levels = [x for x in sys.argv[2].split(",")]
-    dur = float(sys.argv[3])
-    root = DATA_ROOT / "assign-root"
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("levels", help="comma-separated: rNNN open loop at NNN req/s, NN closed loop at concurrency NN")
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds per level after a 5 s warm-up")
+    ap.add_argument("--root", type=Path, default=DATA_ROOT / "assign-root")
+    ap.add_argument("--workers", type=int, default=1, help="segsrv serve --workers")
+    args = ap.parse_args()
+    out = args.out; out.mkdir(parents=True, exist_ok=True)
+    levels = [x for x in args.levels.split(",")]
+    dur = args.seconds
+    root = args.root
     pinned, versions = pin_root(root)
     tmp = Path(tempfile.mkdtemp())
-    srv = Server(pinned, 1, tmp / "server.log")
+    srv = Server(pinned or root, args.workers, tmp / "server.log")
     srv.start()
     res = []
     try:
@@ -45,8 +58,12 @@ def main():
             res.append(r)
     finally:
         srv.stop()
-        shutil.rmtree(pinned, ignore_errors=True)
-    (out / "sweep.json").write_text(json.dumps({"duration_s": dur, "warmup_s": 5, "connections": 2, "server": "segsrv serve defaults (8 handler threads, 64 concurrent RPCs), pinned copy of bench/.data/assign-root", "runs": res}, indent=1) + "\n")
+        if pinned:
+            shutil.rmtree(pinned, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    (out / "sweep.json").write_text(json.dumps({"duration_s": dur, "warmup_s": 5, "connections": 2, "workers": args.workers,
+                                                "server": f"segsrv serve defaults, pinned copy of {root}", "runs": res},
+                                               indent=1) + "\n")
 
 if __name__ == '__main__':
     main()

@@ -1,19 +1,33 @@
-# Ad-hoc profiling driver used for docs/loadtest.md#soak (provenance; not part of the bench suite).
-"""Server CPU per call per method, serial (concurrency 1) and with C concurrent callers."""
-import os, sys, time, subprocess, socket, threading, statistics
-sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/clients")
-import grpc
-from loadtest.gen import fetch_catalog, RequestGenerator, rpc_path
-from loadtest.scenario import load_scenario
-from segsrv.v1 import segsrv_pb2, segsrv_pb2_grpc
+"""Server CPU per call per method (not part of `make bench`): `segsrv serve` as a subprocess, each
+method's request pool of the harness's default scenario sent serially (concurrency 1) and from C
+threads; server CPU per call from /proc/PID/stat (Linux).
 
-ROOT = sys.argv[1] if len(sys.argv) > 1 else "/work/main/bench/.data/assign-root"
-CONC = [int(c) for c in (sys.argv[2] if len(sys.argv) > 2 else "1").split(",")]
-EXTRA = sys.argv[3].split() if len(sys.argv) > 3 else []
-N = int(os.environ.get("N", "200"))
+    .venv/bin/python bench/tools/percall.py [--root ROOT] [--concurrency 1,8] [--calls 200]
+                                            [--scenario SCENARIO] [--server-args "--max-workers 4"]
+"""
+import argparse, os, sys, time, subprocess, socket, threading, statistics, shlex, tempfile
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import DATA_ROOT, REPO  # noqa: E402  (puts the repository on sys.path)
+import grpc
+from clients.loadtest.gen import fetch_catalog, RequestGenerator
+from clients.loadtest.scenario import load_scenario
+from segsrv.v1 import segsrv_pb2_grpc
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--root", type=Path, default=DATA_ROOT / "assign-root", help="snapshot root (default bench/.data/assign-root)")
+ap.add_argument("--concurrency", default="1", help="comma-separated caller counts (default 1)")
+ap.add_argument("--calls", type=int, default=200, help="requests per method and level (default 200)")
+ap.add_argument("--scenario", type=Path, default=REPO / "clients" / "loadtest" / "scenarios" / "default.toml")
+ap.add_argument("--server-args", default="", help="extra `segsrv serve` flags, one string")
+args = ap.parse_args()
+ROOT = args.root
+CONC = [int(c) for c in args.concurrency.split(",")]
+EXTRA = shlex.split(args.server_args)
+N = args.calls
 s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
 srv = subprocess.Popen([sys.executable, "-m", "segsrv", "serve", "--snapshots", ROOT, "--port", str(port), *EXTRA],
-                       stderr=open("/tmp/prof/server.log", "w"), cwd="/work/main")
+                       stderr=tempfile.TemporaryFile(), cwd=REPO)
 addr = f"127.0.0.1:{port}"
 ch = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64<<20)])
 grpc.channel_ready_future(ch).result(timeout=60)
@@ -22,7 +36,7 @@ def cpu():
     with open(f"/proc/{srv.pid}/stat") as f:
         x = f.read().rsplit(")", 1)[1].split()
     return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
-sc = load_scenario("/work/main/clients/loadtest/scenarios/default.toml")
+sc = load_scenario(args.scenario)
 cat = fetch_catalog(addr, universe="customers")
 pools = RequestGenerator(sc, cat).build_pools()
 stub = segsrv_pb2_grpc.SegmentationServiceStub(ch)

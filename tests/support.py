@@ -1,0 +1,532 @@
+"""Helpers shared by every test suite (imported as ``support``: tests/conftest.py puts tests/ on sys.path).
+
+* ``quiet``: a progress callback that prints nothing;
+* ``FakeContext`` / ``Aborted``: a gRPC servicer context whose call ends after N is_active() checks;
+* ``strip_elapsed``: an answer dict without its (checked) ``elapsed_ms``; ``segsrv_cli``: ``python -m segsrv``;
+* ``tree_digest`` / ``root_state``: pictures of a snapshot version / root, to prove nothing changed;
+* ``SEED_QUERY``: the demo's seed question (what else is in the orders holding dog dry food);
+* ``CUSTOMER_CONDITIONS``: JSON `where` conditions over PetNord's customers, one per condition shape;
+* the brute-force oracle over the SOURCE tables (``Source``, ``BruteUniverse``, ``Oracle``): it loads
+  the PetNord JSON files with the standard library + pandas, parses the TOML spec itself, walks field
+  paths (forward links, reverse links with "exists" semantics, several hops) with pandas joins, and
+  evaluates JSON `where` conditions with its own code. It takes from the snapshot only the list of
+  field names to cover and the edges of quantile-banded numeric columns (explicit edges are checked
+  against the spec).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segsrv.snapshot.builder import band_labels
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------
+# a fake servicer context
+# ----------------------------------------------------------------------------
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    """A servicer context whose call ends after `active` is_active() checks: the deadline passed
+    (time_remaining() == 0), or with cancelled=True the client cancelled (time_remaining() is None)."""
+
+    def __init__(self, active: int, cancelled: bool = False):
+        self.active = active
+        self.cancelled = cancelled
+        self.status = None
+
+    def is_active(self):
+        self.active -= 1
+        return self.active >= 0
+
+    def time_remaining(self):
+        return None if self.cancelled else 0.0
+
+    def abort_with_status(self, status):
+        self.status = status
+        raise Aborted()
+
+
+# ----------------------------------------------------------------------------
+# answers, the CLI, snapshot pictures
+# ----------------------------------------------------------------------------
+
+
+def strip_elapsed(answer: dict) -> dict:
+    """ANSWER without its elapsed_ms (which must be a float): what is left compares exactly."""
+    assert isinstance(answer.pop("elapsed_ms"), float)
+    return answer
+
+
+def segsrv_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m segsrv ARGS`, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "segsrv", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def tree_digest(vdir: Path) -> dict[str, str]:
+    """Every file below a snapshot version: relative path -> sha256."""
+    return {
+        p.relative_to(vdir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(vdir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def root_state(root: Path) -> dict:
+    """Everything below a snapshot root: relative path -> bytes digest (dirs as 'dir')."""
+    if not root.exists():
+        return {}
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the tiny shop's tables (customers and their orders, CSV), shared by the specs of
+# tests/snapshot/conftest.py (TINY_SPEC) and tests/test_cli_diff.py; each spec goes on with the
+# orders' other columns, its links and universes
+# ----------------------------------------------------------------------------
+
+TINY_TABLES = """\
+[tables.customers]
+file = "customers.csv"
+key = "cust_id"
+categorical = ["region"]
+numeric = { age = { edges = [30, 50] } }
+
+[tables.orders]
+file = "orders.csv"
+key = "order_id"
+categorical = ["channel"]
+"""
+
+
+# ----------------------------------------------------------------------------
+# queries shared by several suites
+# ----------------------------------------------------------------------------
+
+# the demo shop's seed question (segsrv demo-data): grain-free dog dry food, by region and lifetime value
+DEMO_SEED_QUERY = {"from": "order_lines", "where": {"product.category": "dog-dryfood", "product.tag": "grain-free"},
+                   "relate": ["customer.region", "customer.lifetime_value_band"],
+                   "select": ["$lift", "$p", "$support", "customer.region"], "limit": 10}
+
+# PetNord customers: one condition of each shape (a negation without segment references: rows
+# without the value match too)
+CUSTOMER_CONDITIONS = {
+    "term": {"region": "oulu"},
+    "and": {"lifestyle": "premium", "churned": True},
+    "negation": {"segment": "dog_owner", "region": {"$ne": "helsinki"}},
+    "not_tree": {"$not": {"$or": [{"churned": True}, {"lifestyle": "budget"}]}},
+    "range": {"total_spent_eur": {"$gte": 100, "$lt": 250.5}},
+    "exists_link": {"orders.lines.product.category": "litter", "health_focus": ["high", "low"]},
+    "all": {},
+    "empty": {"$and": [{"churned": True}, {"churned": False}]},
+}
+
+
+# ----------------------------------------------------------------------------
+# source tables and spec, read independently of segsrv
+# ----------------------------------------------------------------------------
+
+RANGE_OPS = ("$gte", "$gt", "$lte", "$lt")
+
+
+class Source:
+    """The PetNord tables as pandas frames plus the spec's declarations."""
+
+    def __init__(self, spec_path: Path):
+        raw = tomllib.loads(spec_path.read_text())
+        base = spec_path.parent
+        self.tables: dict[str, pd.DataFrame] = {}
+        self.keys: dict[str, str] = {}
+        self.kinds: dict[str, dict[str, str]] = {}  # table -> column -> categorical|multi|numeric
+        self.delims: dict[str, dict[str, str]] = {}
+        self.numeric: dict[str, dict[str, dict]] = {}
+        self.links: dict[str, dict[str, tuple[str, str, str | None]]] = {}  # table -> name -> (col, target, reverse)
+        for name, t in raw["tables"].items():
+            path = (base / t["file"]).resolve()
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                self.tables[name] = pd.DataFrame(json.load(fh))
+            self.keys[name] = t["key"]
+            kinds = {c: "categorical" for c in t.get("categorical", [])}
+            kinds.update({c: "multi" for c in t.get("multi", {})})
+            kinds.update({c: "numeric" for c in t.get("numeric", {})})
+            self.kinds[name] = kinds
+            self.delims[name] = dict(t.get("multi", {}))
+            self.numeric[name] = dict(t.get("numeric", {}))
+            self.links[name] = {ln: (l["column"], l["table"], l.get("reverse")) for ln, l in t.get("links", {}).items()}
+        self.universe_tables = {u: spec.get("table", u) for u, spec in raw["universes"].items()}
+        self._by_key = {}
+
+    def by_key(self, table: str) -> pd.DataFrame:
+        if table not in self._by_key:
+            self._by_key[table] = self.tables[table].set_index(self.keys[table])
+        return self._by_key[table]
+
+    def sorted_ids(self, table: str) -> np.ndarray:
+        return np.array(sorted(self.tables[table][self.keys[table]].tolist()), dtype=object)
+
+    def walk(self, root: str, path: str):
+        """(root row positions, leaf values, leaf table, column, exists?) of a field path."""
+        parts = path.split(".")
+        column, steps = parts[-1], parts[:-1]
+        ids = self.sorted_ids(root)
+        pos = np.arange(len(ids))
+        cur = ids
+        table = root
+        exists = False
+        for step in steps:
+            if step in self.links[table]:  # forward: follow the link column
+                col, target, _ = self.links[table][step]
+                nxt = self.by_key(table)[col].reindex(cur).to_numpy(dtype=object)
+                ok = pd.notna(nxt)
+                pos, cur, table = pos[ok], nxt[ok], target
+            else:  # reverse: every row of the owner table pointing at cur
+                owners = [(o, l) for o, ls in self.links.items() for l in ls.values() if l[1] == table and l[2] == step]
+                assert len(owners) == 1, f"cannot resolve step {step!r} from {table!r}"
+                owner, (col, _, _) = owners[0]
+                okey = self.keys[owner]
+                left = pd.DataFrame({"pos": pos, "k": cur})
+                right = self.tables[owner][[col, okey]].rename(columns={col: "k", okey: "__okey"})
+                m = left.merge(right, on="k", how="inner")
+                pos, cur, table = m["pos"].to_numpy(), m["__okey"].to_numpy(dtype=object), owner
+                exists = True
+        vals = self.by_key(table)[column].reindex(cur).to_numpy(dtype=object)
+        ok = pd.notna(vals)
+        return pos[ok], vals[ok], table, column, exists
+
+
+def _text(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, str):
+        return v
+    raise AssertionError(f"unexpected categorical value {v!r}")
+
+
+class BruteField:
+    def __init__(self, name, kind, exists, n, masks, raw=None, edges=None):
+        self.name = name
+        self.kind = kind
+        self.exists = exists
+        self.n = n
+        self.masks = masks  # value -> bool[n]
+        self.raw = raw  # float[n] (NaN = missing) for own / forward numeric fields
+        self.edges = edges
+
+    @property
+    def values(self):
+        return list(self.masks)
+
+
+class BruteUniverse:
+    """One universe computed from the source tables."""
+
+    def __init__(self, source: Source, name: str, snapshot_universe):
+        self.name = name
+        self.table = source.universe_tables[name]
+        self.ids = source.sorted_ids(self.table)
+        self.n = len(self.ids)
+        self.fields: dict[str, BruteField] = {}
+        for fname, info in snapshot_universe.fields.items():
+            self.fields[fname] = self._field(source, fname, info)
+
+    def _field(self, source: Source, fname: str, info) -> BruteField:
+        pos, vals, table, column, exists = source.walk(self.table, fname)
+        kind = source.kinds[table][column]
+        n = self.n
+        masks: dict[str, np.ndarray] = {}
+
+        def add(value: str, rows):
+            m = masks.get(value)
+            if m is None:
+                m = masks[value] = np.zeros(n, dtype=bool)
+            m[rows] = True
+
+        if kind == "categorical":
+            codes, uniques = pd.factorize(pd.Series(vals, dtype=object))
+            for code, raw_value in enumerate(uniques):
+                add(_text(raw_value), pos[codes == code])
+            return BruteField(fname, kind, exists, n, masks)
+        if kind == "multi":
+            delim = source.delims[table][column]
+            rows, tokens = [], []
+            for p, v in zip(pos, vals):
+                for tok in str(v).split(delim):
+                    tok = tok.strip()
+                    if tok:
+                        rows.append(p)
+                        tokens.append(tok)
+            rows = np.asarray(rows, dtype=np.int64)
+            tokens = np.asarray(tokens, dtype=object)
+            for value in sorted(set(tokens)):
+                add(value, rows[tokens == value])
+            return BruteField(fname, kind, exists, n, masks)
+        # numeric: raw values and bands [edges[i-1], edges[i])
+        nspec = source.numeric[table][column]
+        if "edges" in nspec:
+            edges = [float(e) for e in nspec["edges"]]
+            assert list(info.edges) == edges, f"{fname}: snapshot edges {info.edges} differ from the spec {edges}"
+        else:
+            edges = list(info.edges)  # quantile edges: computed by the builder
+        x = np.asarray(vals, dtype=np.float64)
+        labels = band_labels(edges)
+        for i, label in enumerate(labels):
+            lo = edges[i - 1] if i > 0 else -np.inf
+            hi = edges[i] if i < len(edges) else np.inf
+            sel = (x >= lo) & (x < hi)
+            masks[label] = np.zeros(n, dtype=bool)
+            masks[label][pos[sel]] = True
+        raw = None
+        if not exists:
+            raw = np.full(n, np.nan)
+            raw[pos] = x
+        return BruteField(fname, kind, exists, n, masks, raw, edges)
+
+    # -- conditions in the JSON form, evaluated independently ---------------------
+
+    def all(self) -> np.ndarray:
+        return np.ones(self.n, dtype=bool)
+
+    def term(self, field: str, value) -> np.ndarray:
+        f = self.fields[field]
+        text = scalar_text(value)
+        if text in f.masks:
+            return f.masks[text].copy()
+        if f.raw is not None:
+            return f.raw == float(text)  # NaN never equals
+        raise KeyError(f"{field}={text!r}")
+
+    def eval(self, where) -> np.ndarray:
+        if where is None or where == {}:
+            return self.all()
+        out = self.all()
+        for key, val in where.items():
+            if key == "$and":
+                m = self.all()
+                for item in val:
+                    m &= self.eval(item)
+            elif key == "$or":
+                m = np.zeros(self.n, dtype=bool)
+                for item in val:
+                    m |= self.eval(item)
+            elif key == "$not":
+                m = ~self.eval(val)
+            elif key == "$all":
+                m = self.all()
+            else:
+                m = self._field_cond(key, val)
+            out &= m
+        return out
+
+    def _field_cond(self, field: str, val) -> np.ndarray:
+        if isinstance(val, list):
+            m = np.zeros(self.n, dtype=bool)
+            for v in val:
+                m |= self.term(field, v)
+            return m
+        if isinstance(val, dict):
+            if set(val) <= set(RANGE_OPS):
+                x = self.fields[field].raw
+                m = ~np.isnan(x)
+                with np.errstate(invalid="ignore"):
+                    if "$gte" in val:
+                        m &= x >= val["$gte"]
+                    if "$gt" in val:
+                        m &= x > val["$gt"]
+                    if "$lte" in val:
+                        m &= x <= val["$lte"]
+                    if "$lt" in val:
+                        m &= x < val["$lt"]
+                return m
+            if set(val) == {"$in"}:
+                return self._field_cond(field, val["$in"] if isinstance(val["$in"], list) else [val["$in"]])
+            if set(val) == {"$ne"}:
+                return ~self.term(field, val["$ne"])
+            raise AssertionError(f"oracle: unsupported {val!r}")
+        return self.term(field, val)
+
+    def id_set(self, mask: np.ndarray) -> set:
+        return set(self.ids[mask].tolist())
+
+    # -- features -------------------------------------------------------------------
+
+    def features(self, fields) -> list[tuple[str, str]]:
+        return [(f, v) for f in fields for v in self.fields[f].masks]
+
+    def feature_mask(self, field: str, value: str) -> np.ndarray:
+        return self.fields[field].masks[value]
+
+
+def scalar_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return value
+
+
+
+class Oracle:
+    """BruteUniverse of each universe of SNAPSHOT (the field list), computed once per universe."""
+
+    def __init__(self, source: Source, snapshot):
+        self.source = source
+        self.snapshot = snapshot
+        self._universes: dict[str, BruteUniverse] = {}
+
+    def universe(self, name: str) -> BruteUniverse:
+        if name not in self._universes:
+            self._universes[name] = BruteUniverse(self.source, name, self.snapshot.universe(name))
+        return self._universes[name]
+
+
+# ----------------------------------------------------------------------------
+# independent expectations of JSON answers (the client's and the CLI's), from the oracle
+# ----------------------------------------------------------------------------
+
+
+def _mask(bu: BruteUniverse, field: str, value) -> np.ndarray:
+    return bu.fields[field].masks[value if isinstance(value, str) else scalar_text(value)]
+
+
+def _hit_feature(hit: dict):
+    """(field, value) of a relate hit: $field/$value, or the one selected field column; None if neither."""
+    if "$field" in hit:
+        return hit["$field"], hit["$value"]
+    names = [k for k in hit if not k.startswith("$")]
+    return (names[0], hit[names[0]]) if len(names) == 1 else None
+
+
+def expect_relate(answer: dict, query: dict, oracle: Oracle) -> None:
+    """A relate answer against the oracle: n_rows, n_condition, and every hit's support (and n_feature)."""
+    bu = oracle.universe(query["from"])
+    cond = bu.eval(query.get("where"))
+    assert (answer["n_rows"], answer["n_condition"]) == (bu.n, int(cond.sum()))
+    for hit in answer["hits"]:
+        feature = _hit_feature(hit)
+        if feature is None or "$support" not in hit:
+            continue
+        mask = _mask(bu, *feature)
+        assert hit["$support"] == int((cond & mask).sum()), (feature, hit)
+        if "$n_feature" in hit:
+            assert hit["$n_feature"] == int(mask.sum()), (feature, hit)
+
+
+def expect_count(answer: dict, query: dict, oracle: Oracle) -> None:
+    bu = oracle.universe(query["from"])
+    assert (answer["n_rows"], answer["count"]) == (bu.n, int(bu.eval(query.get("where")).sum()))
+
+
+def expect_predict(answer: dict, query: dict, oracle: Oracle) -> None:
+    """A predict answer against the oracle: the segment's size, the target's values (probabilities summing
+    to 1 for a single-valued target) and, for a row given by id alone, evidence the row really has."""
+    bu = oracle.universe(query["from"])
+    assert answer["n_segment"] == int(bu.eval(query.get("segment")).sum())
+    values = [p["value"] for p in answer["probabilities"]]
+    assert set(values) <= set(bu.fields[query["target"]].values)
+    if not answer["multi_valued"]:
+        assert sorted(values) == sorted(bu.fields[query["target"]].values)
+        assert abs(sum(p["probability"] for p in answer["probabilities"]) - 1.0) < 1e-9
+    if "id" in query and "evidence" not in query:  # the row's own features (explicit evidence comes on top)
+        (row,) = np.flatnonzero(bu.ids == query["id"])
+        for field, value in answer["evidence"]:
+            assert _mask(bu, field, value)[row], (query["id"], field, value)
+
+
+def expect_score(answer: dict, query: dict, oracle: Oracle) -> None:
+    """A score_segment answer: n_members = the segment's size, every scored id a member."""
+    bu = oracle.universe(query["from"])
+    seg = bu.eval(query.get("segment"))
+    assert answer["n_members"] == int(seg.sum())
+    assert answer["returned"] == len(answer["scores"]) and {s["id"] for s in answer["scores"]} <= bu.id_set(seg)
+
+
+def expect_evaluate(answer: dict, query: dict, oracle: Oracle) -> None:
+    """An evaluate answer: training + test rows = the segment, the classes = the target's values."""
+    bu = oracle.universe(query["from"])
+    assert answer["n_train"] + answer["n_test"] == int(bu.eval(query.get("segment")).sum())
+    assert answer["values"] == sorted(bu.fields[query["target"]].values)
+
+
+def expect_profile(answer: dict, query: dict, oracle: Oracle) -> None:
+    """A profile answer: n_rows, n_segment, and every listed value's segment count and population share."""
+    bu = oracle.universe(query["from"])
+    seg = bu.eval(query.get("segment"))
+    assert (answer["n_rows"], answer["n_segment"]) == (bu.n, int(seg.sum()))
+    for f in answer["fields"]:
+        for item in f["over"] + f["under"]:
+            mask = _mask(bu, f["field"], item["value"])
+            assert item["segment_count"] == int((seg & mask).sum()), (f["field"], item)
+            assert abs(item["population_share"] - mask.sum() / bu.n) < 1e-12, (f["field"], item)
+
+
+def cli_remote_and_local(kind: str, addr: str, root, query: dict) -> tuple[dict, dict]:
+    """`segsrv query KIND` against the server at ADDR and over the snapshot root ROOT: both JSON answers."""
+    text = json.dumps(query)
+    remote = segsrv_cli("query", kind, "--addr", addr, "--timeout", "30", "--json", text)
+    local = segsrv_cli("query", kind, "--local", str(root), "--json", text)
+    assert remote.returncode == 0, remote.stderr
+    assert local.returncode == 0, local.stderr
+    return json.loads(remote.stdout), json.loads(local.stdout)
+
+
+def check_remote_equals_local(remote: dict, local: dict, query: dict, oracle: Oracle, expect) -> None:
+    """REMOTE (a client's answer) against EXPECT's independent expectation, then equal to LOCAL (the
+    in-process JSON runner's answer): the same keys in the same order, the same values but elapsed_ms."""
+    expect(remote, query, oracle)
+    assert list(remote) == list(local)
+    assert strip_elapsed(remote) == strip_elapsed(local)
+
+
+def drain_until_aborted(messages) -> list:
+    """The messages a streaming servicer method yields before it aborts (FakeContext raises Aborted)."""
+    import pytest
+
+    got = []
+    with pytest.raises(Aborted):
+        for msg in messages:
+            got.append(msg)
+    return got
+
+
+def stream_deadline_codes(address: str, start, attempts: int = 10, enough: int = 3) -> list:
+    """Status codes of streams START(stub) (which sets a microsecond deadline), each on a fresh
+    connection, until ENOUGH failed or ATTEMPTS were made (a fast local server may still answer one)."""
+    import grpc
+
+    from segsrv.v1 import segsrv_pb2_grpc
+
+    codes = []
+    for _ in range(attempts):
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            try:
+                list(start(segsrv_pb2_grpc.SegmentationServiceStub(ch)))
+            except grpc.RpcError as err:
+                codes.append(err.code())
+                if len(codes) >= enough:
+                    break
+    return codes
