@@ -248,7 +248,7 @@ def _proc_status_kb(pid: int) -> dict:
     return out
 
 
-def _psi_cpu_some_avg10() -> float | None:
+def psi_cpu_some_avg10() -> float | None:
     """CPU pressure (PSI): share of the last 10 s in which some runnable task waited for a CPU."""
     try:
         with open("/proc/pressure/cpu") as f:
@@ -355,7 +355,7 @@ class Sampler(threading.Thread):
                "rss_file_mb": round(filep / MB, 2), "threads": threads, "fds": fds,
                "server_cpu_s": round(cpu, 2), "server_cores": None, "client_cores": None,
                "machine_busy_cores": None, "steal_cores": None, "other_cores": None, "top_others": [],
-               "cpu_pressure_some_avg10": _psi_cpu_some_avg10(), "loadavg1": round(os.getloadavg()[0], 2)}
+               "cpu_pressure_some_avg10": psi_cpu_some_avg10(), "loadavg1": round(os.getloadavg()[0], 2)}
         if self._last is not None:
             dt = now - self._last[0]
             if dt > 0:

@@ -338,7 +338,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from .engine.diff import diff_json, diff_versions, open_versions, render_report, write_id_lists
+    from .engine.diff import diff_versions, open_versions
+    from .ops.diff import write_id_lists
 
     snap_a, snap_b = open_versions(args.snapshot, args.version_a, args.version_b)
     result = diff_versions(snap_a, snap_b, segments=args.segment, top_features=args.top,
@@ -348,9 +349,9 @@ def cmd_diff(args) -> int:
         paths = write_id_lists(result, args.ids_out)
         print(f"[diff] wrote {len(paths)} id lists to {args.ids_out}", file=sys.stderr)
     if args.json:
-        _print_json(diff_json(result))
+        _print_json(result.to_json())
     else:
-        sys.stdout.write(render_report(result))
+        sys.stdout.write(result.report())
     return 0
 
 

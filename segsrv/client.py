@@ -266,8 +266,15 @@ class SegsrvClient:
         (field, value) pairs or a {field: value} dict). Returns {"snapshot", "version", "universe",
         "assignments": [{"id", "found", "primary_segment", "segments": [{"segment", "member",
         "propensity", "segment_size", "share", "priority"}]}]} (see docs/segments.md)."""
-        q = AssignQuery.from_json(_assign_json(ids, features, universe, include_propensities, prior_strength,
-                                               max_p_value))
+        # checked by the server, which places each violation at its request field (features[i].value, ...)
+        q = AssignQuery(universe=universe or None, ids=list(ids or []),
+                        features=None if features is None else list(features.items() if isinstance(features, dict)
+                                                                    else features),
+                        include_propensities=include_propensities)
+        if prior_strength is not None:
+            q.prior_strength = prior_strength
+        if max_p_value is not None:
+            q.max_p_value = max_p_value
         return self.call(q, timeout=timeout).to_json()
 
     def health(self, service: str = "", *, timeout=_UNSET) -> str:
@@ -277,19 +284,6 @@ class SegsrvClient:
         stub = health_pb2_grpc.HealthStub(self._channel)
         resp = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-
-def _assign_json(ids, features, universe, include_propensities, prior_strength, max_p_value) -> dict:
-    obj = {"ids": list(ids or []), "include_propensities": include_propensities}
-    if features is not None:
-        obj["features"] = features
-    if universe:
-        obj["from"] = universe
-    if prior_strength is not None:
-        obj["prior_strength"] = prior_strength
-    if max_p_value is not None:
-        obj["max_p_value"] = max_p_value
-    return obj
 
 
 _UNARY = {

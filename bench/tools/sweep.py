@@ -11,7 +11,7 @@ import argparse, json, os, sys, time, tempfile, shutil
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import soak
-from soak import Server, pin_root, run_phase, DATA_ROOT, _psi_cpu_some_avg10
+from soak import Server, pin_root, run_phase, DATA_ROOT, psi_cpu_some_avg10
 import psutil
 from clients.loadtest.scenario import load_scenario
 from clients.loadtest.gen import fetch_catalog
@@ -52,7 +52,7 @@ def main():
             r = {"level": c, "rps": o["throughput_rps"], "ok_rps": o["ok_rps"], "errors": o["errors_by_code"],
                  "p50_ms": o["latency_ms"]["p50"], "p99_ms": o["latency_ms"]["p99"], "server_cores": round(cores, 3),
                  "server_cpu_ms_per_request": round(cores / o["throughput_rps"] * 1e3, 2) if o["throughput_rps"] else None,
-                 "machine_busy_cores": round(busy, 3), "psi_some_avg10_end": _psi_cpu_some_avg10(),
+                 "machine_busy_cores": round(busy, 3), "psi_some_avg10_end": psi_cpu_some_avg10(),
                  "loadavg_end": os.getloadavg()[0]}
             print(json.dumps(r), flush=True)
             res.append(r)

@@ -25,6 +25,21 @@ class Pattern:
     sql: str
 
 
+def _grain_free_line_lift(customer_flag: str) -> str:
+    """SQL: P(flag | grain-free dog-dryfood order line) / P(flag | any order line); `customer_flag` is a
+    boolean expression over the line's customer `c`."""
+    return f"""
+WITH l AS (
+  SELECT {customer_flag} AS flag,
+         (p.category = 'dog-dryfood' AND list_contains(string_split(p.tag, '|'), 'grain-free'))::INT AS gf
+  FROM '{{d}}/order_lines.parquet' l
+  JOIN '{{d}}/products.parquet' p USING (product_id)
+  JOIN '{{d}}/customers.parquet' c USING (customer_id)
+)
+SELECT avg(flag::INT) FILTER (WHERE gf = 1) / avg(flag::INT) AS lift FROM l
+"""
+
+
 PATTERNS: list[Pattern] = [
     Pattern(
         "dryfood_dental",
@@ -67,16 +82,7 @@ SELECT avg(premium) FILTER (WHERE filtered) / avg(premium) AS lift FROM l
         "(the $lift of customer.region = north in the seed query over the order_lines universe)",
         2.3,
         (1.5, 3.3),
-        """
-WITH l AS (
-  SELECT c.region = 'north' AS north,
-         (p.category = 'dog-dryfood' AND list_contains(string_split(p.tag, '|'), 'grain-free'))::INT AS gf
-  FROM '{d}/order_lines.parquet' l
-  JOIN '{d}/products.parquet' p USING (product_id)
-  JOIN '{d}/customers.parquet' c USING (customer_id)
-)
-SELECT avg(north::INT) FILTER (WHERE gf = 1) / avg(north::INT) AS lift FROM l
-""",
+        _grain_free_line_lift("c.region = 'north'"),
     ),
     Pattern(
         "gf_dryfood_vip",
@@ -84,16 +90,7 @@ SELECT avg(north::INT) FILTER (WHERE gf = 1) / avg(north::INT) AS lift FROM l
         "P(vip | grain-free dog-dryfood line) / P(vip | any line)",
         1.6,
         (1.2, 2.4),
-        """
-WITH l AS (
-  SELECT c.lifetime_value_band = 'vip' AS vip,
-         (p.category = 'dog-dryfood' AND list_contains(string_split(p.tag, '|'), 'grain-free'))::INT AS gf
-  FROM '{d}/order_lines.parquet' l
-  JOIN '{d}/products.parquet' p USING (product_id)
-  JOIN '{d}/customers.parquet' c USING (customer_id)
-)
-SELECT avg(vip::INT) FILTER (WHERE gf = 1) / avg(vip::INT) AS lift FROM l
-""",
+        _grain_free_line_lift("c.lifetime_value_band = 'vip'"),
     ),
     Pattern(
         "gf_dryfood_highvip",
@@ -101,16 +98,7 @@ SELECT avg(vip::INT) FILTER (WHERE gf = 1) / avg(vip::INT) AS lift FROM l
         "P(high or vip | grain-free dog-dryfood line) / P(high or vip | any line)",
         1.4,
         (1.15, 1.65),
-        """
-WITH l AS (
-  SELECT c.lifetime_value_band IN ('high', 'vip') AS hv,
-         (p.category = 'dog-dryfood' AND list_contains(string_split(p.tag, '|'), 'grain-free'))::INT AS gf
-  FROM '{d}/order_lines.parquet' l
-  JOIN '{d}/products.parquet' p USING (product_id)
-  JOIN '{d}/customers.parquet' c USING (customer_id)
-)
-SELECT avg(hv::INT) FILTER (WHERE gf = 1) / avg(hv::INT) AS lift FROM l
-""",
+        _grain_free_line_lift("c.lifetime_value_band IN ('high', 'vip')"),
     ),
     Pattern(
         "islands_churn",

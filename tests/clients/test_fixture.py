@@ -65,7 +65,9 @@ def test_fixture_is_consistent(computed):
 
 def test_fixture_matches_the_snapshot(computed, petnord_snapshot):
     """The snapshot built from the same data agrees, so the client tests can compare the server with it."""
-    from segsrv.engine import RelateQuery, parse_where, relate
+    from segsrv.engine.relate import relate
+    from segsrv.ops.conditions import parse_where
+    from segsrv.ops.relate import RelateQuery
 
     res = relate(petnord_snapshot, RelateQuery(universe=computed["universe"],
                                                where=parse_where({"churned": True}),

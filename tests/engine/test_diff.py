@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segsrv.engine.diff import _align, _in_sorted, diff_json, diff_versions, id_list, open_versions, render_report, write_id_lists
+from segsrv.engine.diff import align_ids, diff_versions, in_sorted, open_versions
+from segsrv.ops.diff import diff_json, id_list, render_report, write_id_lists
 from segsrv.errors import NoCatalogError
 from segsrv.errors import QueryError, SnapshotNotFoundError, UnknownFieldError, UnknownSegmentError
 from segsrv.snapshot import format as fmt
@@ -568,15 +569,15 @@ def test_json_report_and_id_lists(snaps, tmp_path):
 def test_id_alignment():
     a = np.array([b"C-1", b"C-10", b"C-2"], dtype="S4")
     b = np.array([b"C-10", b"C-100", b"C-2"], dtype="S5")
-    x, y = _align(a, b)
+    x, y = align_ids(a, b)
     assert x.dtype == y.dtype == np.dtype("S5")
-    assert list(_in_sorted(x, y)) == [False, True, True]
+    assert list(in_sorted(x, y)) == [False, True, True]
     # a longer id never matches its truncation
-    x, y = _align(np.array([b"C-100"]), np.array([b"C-10"]))
-    assert list(_in_sorted(x, y)) == [False]
+    x, y = align_ids(np.array([b"C-100"]), np.array([b"C-10"]))
+    assert list(in_sorted(x, y)) == [False]
     # int keys in one version, text in the other: compared as decimal text
-    x, y = _align(np.array([2, 10, 33], dtype=np.int64), np.array([b"10", b"2", b"4"]))
-    assert list(x) == [b"10", b"2", b"33"] and list(_in_sorted(x, y)) == [True, True, False]
-    x, y = _align(np.array([1, 5, 9]), np.array([5, 9, 11]))
-    assert list(_in_sorted(x, y)) == [False, True, True] and list(_in_sorted(y[:0], x)) == []
-    assert list(_in_sorted(x, y[:0])) == [False] * 3
+    x, y = align_ids(np.array([2, 10, 33], dtype=np.int64), np.array([b"10", b"2", b"4"]))
+    assert list(x) == [b"10", b"2", b"33"] and list(in_sorted(x, y)) == [True, True, False]
+    x, y = align_ids(np.array([1, 5, 9]), np.array([5, 9, 11]))
+    assert list(in_sorted(x, y)) == [False, True, True] and list(in_sorted(y[:0], x)) == []
+    assert list(in_sorted(x, y[:0])) == [False] * 3

@@ -70,7 +70,7 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once_not_queued(petnord
 def test_calls_whose_deadline_passes_in_the_queue_do_no_work(petnord_root, start_server, monkeypatch):
     """A generous concurrency limit is safe: a call still waiting for a handler thread when its
     deadline passes is dropped when it reaches one, before any engine work."""
-    from segsrv.server import servicer
+    from segsrv import service as servicer  # the service calls the engine
 
     engine_calls = []
     real_relate = servicer.relate

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
-import segsrv.server.servicer as servicer_mod
+import segsrv.service as service_mod
 from segsrv.server.app import BindError, create_server
 from segsrv.server.logs import JsonFormatter, configure_logging, context_filter
 from segsrv.server.registry import SnapshotRegistry
@@ -171,7 +171,7 @@ def test_internal_errors_report_the_rpcs_request_id(petnord_root, start_server, 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(servicer_mod, "count", broken)
+    monkeypatch.setattr(service_mod, "count", broken)
     with pytest.raises(grpc.RpcError) as err:
         r.stub.Count(pb.CountRequest(universe="customers"), timeout=10, metadata=(("x-request-id", "trace-500"),))
     assert err.value.code() == grpc.StatusCode.INTERNAL and "trace-500" in err.value.details()

@@ -137,7 +137,7 @@ def test_relate_keeps_infinity(stub, petnord_snapshot):
     ("order_lines", {}),
 ])
 def test_count_equals_engine(universe, where, stub, petnord_snapshot):
-    from segsrv.server.convert import condition_to_proto
+    from segsrv.ops.conditions import to_proto as condition_to_proto
 
     tree = parse_where(where)
     request = pb.CountRequest(universe=universe)

@@ -151,7 +151,7 @@ def test_internal_error_hides_the_traceback(stub, rpc_details, monkeypatch, capl
     def boom(*args, **kwargs):
         raise ZeroDivisionError("secret detail")
 
-    monkeypatch.setattr(servicer_mod, "count", boom)
+    monkeypatch.setattr(service_mod, "count", boom)
     code, message, violations, info = rpc_details(call(stub, "Count", pb.CountRequest(universe="customers")))
     assert code == grpc.StatusCode.INTERNAL and "secret" not in message and "Traceback" not in message
     request_id = info.metadata["request_id"]
@@ -160,13 +160,13 @@ def test_internal_error_hides_the_traceback(stub, rpc_details, monkeypatch, capl
 
 
 def test_tiny_deadline(stub, monkeypatch):
-    real_count = servicer_mod.count
+    real_count = service_mod.count
 
     def slowish_count(*args, **kwargs):  # a tiny deadline can race a sub-millisecond answer
         time.sleep(0.05)
         return real_count(*args, **kwargs)
 
-    monkeypatch.setattr(servicer_mod, "count", slowish_count)
+    monkeypatch.setattr(service_mod, "count", slowish_count)
     err = call(stub, "Count", pb.CountRequest(universe="customers"), timeout=1e-3)
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -227,7 +227,7 @@ def test_server_limits(petnord_root, start_server, monkeypatch, rpc_details):
         release.wait(10)
         return real_relate(*args, **kwargs)
 
-    monkeypatch.setattr(servicer_mod, "relate", slow_relate)
+    monkeypatch.setattr(service_mod, "relate", slow_relate)
     first = r.stub.Relate.future(pb.RelateRequest(universe="customers", condition=term("churned", "true")),
                                  timeout=30)
     assert entered.wait(10)
