@@ -42,9 +42,11 @@ def demo_snapshot(n_customers: int) -> Path:
 
 
 def write_result(name: str, result: dict) -> Path:
+    from clients.loadtest.report import relative_paths  # the one rewrite of machine paths
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(relative_paths(result), indent=2) + "\n")
     return path
 
 

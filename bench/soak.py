@@ -73,7 +73,7 @@ from common import DATA_ROOT, REPO, RESULTS, demo_snapshot  # noqa: E402  (sets 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from clients.loadtest.report import build_report, summary_table, validate_report, write_report  # noqa: E402
+from clients.loadtest.report import build_report, relative_paths, summary_table, validate_report, write_report  # noqa: E402
 from clients.loadtest.runner import LoadConfig, prepare, run_load  # noqa: E402
 from clients.loadtest.scenario import load_scenario  # noqa: E402
 from clients.loadtest.stats import STATUS_NAMES, percentile  # noqa: E402
@@ -951,7 +951,7 @@ def main(argv=None) -> int:
                      "max_warmup_s": a.max_warmup, "max_concurrency": a.max_concurrency, "window_s": a.window,
                      "interval_s": a.interval, "memory_warmup_s": a.memory_warmup, "connections": a.connections,
                      "processes": a.processes, "workers": a.workers, "pinned": bool(pinned)}
-    (out / "soak.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "soak.json").write_text(json.dumps(relative_paths(doc, out), indent=1) + "\n")
     plot(doc, out / "soak.png")
     text = summary(doc)
     (out / "summary.txt").write_text(text + "\n")

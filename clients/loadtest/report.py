@@ -164,9 +164,34 @@ def load_report(path: str | Path) -> dict:
     return rep
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def relative_paths(doc, base: str | Path | None = None):
+    """`doc` with this machine's absolute paths made relative, so a committed result names no machine:
+    paths under `base` (the result's own directory) relative to it, paths under the repository
+    relative to the repository root. Strings, lists and dicts are rewritten; other values kept."""
+    prefixes = [f"{Path(base).resolve()}/"] if base is not None else []
+    prefixes.append(f"{REPO}/")
+
+    def fix(v):
+        if isinstance(v, str):
+            for p in prefixes:
+                v = v.replace(p, "")
+            return v
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(doc)
+
+
 def write_report(rep: dict, path: str | Path) -> Path:
     validate_report(rep)
     path = Path(path)
+    rep = relative_paths(rep, path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(rep, indent=1, allow_nan=False) + "\n")

@@ -124,3 +124,13 @@ def test_ghz_load_split_follows_the_weights():
     assert {m: v["concurrency"] for m, v in little.items()} == {"relate": 5, "count": 1, "predict": 1, "assign": 1}
     opened = method_loads(shares, mode="open", rate=100, concurrency=16, connections=1)
     assert {m: v["rps"] for m, v in opened.items()} == {"relate": 40, "count": 30, "predict": 20, "assign": 10}
+
+
+def test_relative_paths_name_no_machine(tmp_path):
+    from clients.loadtest.report import REPO, relative_paths
+
+    doc = {"scenario": {"path": f"{REPO}/clients/loadtest/scenarios/default.toml"},
+           "work": [f"{tmp_path}/ghz/work", "copy of " + f"{REPO}/bench/.data/x"], "n": 3, "other": "/elsewhere/x"}
+    assert relative_paths(doc, tmp_path) == {"scenario": {"path": "clients/loadtest/scenarios/default.toml"},
+                                             "work": ["ghz/work", "copy of bench/.data/x"], "n": 3,
+                                             "other": "/elsewhere/x"}
