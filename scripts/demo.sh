@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, generate and build the demo shop (once), serve it over gRPC,
-# and show example calls through the CLI and the Python client.
+# show example calls through the CLI and the Python client, discover the shop's segments,
+# publish them as a catalog and use them (Assign, Export).
 #   DEMO_CUSTOMERS  shop size (default 100000)      DEMO_DIR   where data and snapshots go (default ./demo)
 #   DEMO_PORT       server port (default 50051)     DEMO_EXIT=1  stop the server after the examples
 set -euo pipefail
@@ -84,6 +85,45 @@ with SegsrvClient(sys.argv[1]) as client:
     for hit in answer["hits"]:
         print(hit)
 PYEOF
+
+echo
+echo "== discover: which segments exist? (conjunctions beyond what their parts predict; 5 personas)"
+CATALOG="$DIR/segments-$N.toml"
+echo "\$ segsrv discover --addr $ADDR --from customers --k 5 --format text --save $CATALOG"
+$SEG discover --addr "$ADDR" --from customers --k 5 --format text --save "$CATALOG" --timeout 120
+
+echo
+echo "== discover with a target: where is churn high, where is it low?"
+echo "\$ segsrv discover --addr $ADDR --from customers --target churned=true --limit 10 --describe 1 --format text"
+$SEG discover --addr "$ADDR" --from customers --target churned=true --limit 10 --describe 1 --format text --timeout 120
+
+echo
+echo "== publish the discovered catalog (a new version; the server swaps to it)"
+echo "\$ segsrv segments apply $ROOT/demo $CATALOG"
+$SEG segments apply "$ROOT/demo" "$CATALOG" --quiet
+$PY - "$ADDR" "$CATALOG" <<'PYEOF'
+import sys, time, tomllib
+from segsrv.client import SegsrvClient
+names = set(tomllib.load(open(sys.argv[2], "rb"))["segments"])
+deadline = time.time() + 30
+with SegsrvClient(sys.argv[1]) as client:
+    while not names <= {s["name"] for s in client.list_segments("customers")}:
+        if time.time() > deadline:
+            sys.exit("the server did not pick up the new catalog within 30 s")
+        time.sleep(0.3)
+PYEOF
+echo "\$ segsrv segments list --addr $ADDR --universe customers"
+$SEG segments list --addr "$ADDR" --universe customers
+
+echo
+echo "== assign and export on the discovered segments"
+FIRST="$($PY -c 'import sys, tomllib; c = tomllib.load(open(sys.argv[1], "rb"))["segments"]; print(max(c, key=lambda n: c[n]["priority"]))' "$CATALOG")"
+Q="{\"from\": \"customers\", \"where\": {\"\$segment\": \"$FIRST\"}}"
+echo "\$ segsrv export --addr $ADDR --json '$Q' --out $DIR/$FIRST.csv"
+$SEG export --addr "$ADDR" --json "$Q" --out "$DIR/$FIRST.csv"
+ID="$(sed -n 2p "$DIR/$FIRST.csv")"
+echo "\$ segsrv assign --addr $ADDR --id $ID"
+$SEG assign --addr "$ADDR" --id "$ID"
 
 if [ "${DEMO_EXIT:-0}" = "1" ]; then
     echo; echo "== DEMO_EXIT=1: stopping the server"

@@ -11,4 +11,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[setup] installing segsrv (editable; compiles kernels)"
 .venv/bin/python -m pip install -q -e ".[test,bench]"
+# pysubgroup (the anchor of supervised discover) pins numpy<2 in its metadata but runs on numpy 2; its
+# other dependencies come with the test extra. --no-deps keeps pip from downgrading numpy under mlxtend.
+.venv/bin/python -m pip install -q --no-deps "pysubgroup==0.9.0"
 .venv/bin/python -c "import segsrv._kernels as k; print('[setup] kernels ok: cpu path', k.cpu_path(), '| openmp', k.has_openmp())"

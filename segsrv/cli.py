@@ -1,4 +1,4 @@
-"""Command line: segsrv demo-data | build | info | verify | query | export | segments | assign | serve | diff.
+"""Command line: segsrv demo-data | build | info | verify | query | discover | export | segments | assign | serve | diff.
 
 Every command prints errors as one line `segsrv: error: ...` on stderr and
 exits 1 for bad input or a failed build, 2 for bad usage. See docs/cli.md.
@@ -123,7 +123,7 @@ def _write_scores(answer: dict, csv_path: str | None) -> None:
     print(json.dumps(answer), file=sys.stderr)
 
 
-QUERY_KINDS = ("relate", "count", "predict", "score", "evaluate", "profile")
+QUERY_KINDS = ("relate", "count", "predict", "score", "evaluate", "profile", "discover")
 
 
 @contextlib.contextmanager
@@ -248,6 +248,60 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _discover_query(args):
+    """--json (if any) with the flags laid over it."""
+    from .ops.discover import DiscoverQuery, parse_weight
+
+    obj = _load_query(args.json) if args.json else {}
+    for key, value in (("from", args.universe), ("target", args.target), ("direction", args.direction),
+                       ("k", args.k), ("limit", args.limit), ("max_length", args.max_length),
+                       ("min_support", args.min_support), ("min_lift", args.min_lift),
+                       ("max_overlap", args.max_overlap), ("describe", args.describe)):
+        if value is not None:
+            obj[key] = value
+    if args.fields:
+        obj["fields"] = args.fields
+    if args.within:
+        obj["within"] = _load_query(args.within)
+    if args.weight:
+        weights = dict(obj.get("field_weights") or {})
+        for text in args.weight:
+            pattern, weight = parse_weight(text)
+            weights[pattern] = weight
+        obj["field_weights"] = weights
+    return DiscoverQuery.from_json(obj)
+
+
+def cmd_discover(args) -> int:
+    from .ops.discover import render_text
+
+    query = _discover_query(args)
+    if args.personas_only and not query.k:
+        raise SegsrvError("--personas-only saves the personas of a segmentation: give --k too")
+    if not args.quiet:
+        what = f"target {args.target}" if query.target is not None else "co-occurrence"
+        print(f"[discover] searching ({what}, conjunctions of up to {query.max_length} features)...",
+              file=sys.stderr, flush=True)
+    with _backend(args, args.snapshot_name) as backend:
+        result = backend.call(query)
+    fmt = args.format or ("text" if sys.stdout.isatty() else "json")
+    if fmt == "json":
+        _print_json(result.to_json())
+    else:
+        sys.stdout.write(render_text(result))
+    if args.save:
+        text = result.to_catalog(personas_only=args.personas_only)
+        out = Path(args.save)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+        count = len(result.segmentation.personas) if args.personas_only and result.segmentation else len(result.segments)
+        target = args.local or "ROOT/NAME"
+        print(f"[discover] saved {count} segments to {out}; publish them with: segsrv segments apply "
+              f"{target} {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_segments_apply(args) -> int:
     from .engine.catalog import apply_segments
 
@@ -305,6 +359,7 @@ def cmd_serve(args) -> int:
         ("--reload-interval", args.reload_interval, args.reload_interval >= 0, "0 (never) or more seconds"),
         ("--keep-versions", args.keep_versions, args.keep_versions >= 0, "0 or more"),
         ("--privacy-k", args.privacy_k, args.privacy_k >= 0, "0 or more (0 or 1: no floor)"),
+        ("--max-discover-candidates", args.max_discover_candidates, args.max_discover_candidates >= 2, "at least 2"),
         ("--metrics-port", args.metrics_port, args.metrics_port is None or 0 <= args.metrics_port < 65536,
          "a port number"),
         ("--max-connection-age", args.max_connection_age, args.max_connection_age >= 0, "0 (never) or more seconds"),
@@ -316,7 +371,7 @@ def cmd_serve(args) -> int:
         max_receive_message_bytes=int(args.max_message_mb * MIB), kernel_threads=args.kernel_threads,
         reload_interval=None if args.reload_interval == 0 else args.reload_interval,
         keep_versions=args.keep_versions, warm=not args.no_warm, privacy_k=args.privacy_k,
-        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        max_discover_candidates=args.max_discover_candidates, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, tokens=args.tokens, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, access_log=not args.no_access_log,
         keepalive=Keepalive(time=args.keepalive_time, timeout=args.keepalive_timeout,
@@ -446,6 +501,46 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--universe", help="only segments of this universe")
     q.set_defaults(func=cmd_segments_list)
 
+    p = sub.add_parser(
+        "discover", help="find the segments in the data: conjunctions that co-occur beyond what their parts "
+                         "predict, or where a target over- or under-indexes (see docs/discover.md)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="JSON keys of the answer (--format json): snapshot, version, from, n_rows, candidates, tested,\n"
+               "min_support, min_lift, elapsed_ms, segments [name, terms, where, support, share, lift,\n"
+               "split_lift, adjusted_lift, p_value, q_value, score, description, related; with a target:\n"
+               "target_support, target_rate, wracc, direction], target, target_count, segmentation\n"
+               "[personas (segment, name, primary, gain), covered, coverage, overlap, other].\n\n"
+               "Example:\n"
+               "  segsrv discover --local demo/snapshots-100000 --k 5 --save segments.toml\n"
+               "  segsrv discover --local demo/snapshots-100000 --target churned=true --limit 10")
+    _backend_arguments(p)
+    p.add_argument("--json", metavar="QUERY", help="the discover query as JSON (inline, a file or -); "
+                                                   "the flags below override its keys")
+    p.add_argument("--from", dest="universe", metavar="UNIVERSE", help="universe (default: the only one)")
+    p.add_argument("--target", metavar="FIELD=VALUE",
+                   help="subgroup discovery: where the target's rate is high or low (e.g. churned=true)")
+    p.add_argument("--direction", choices=["both", "high", "low"], help="with --target (default both)")
+    p.add_argument("--fields", nargs="+", metavar="FIELD",
+                   help="candidate fields, names or globs (default: every field but identifier-like ones)")
+    p.add_argument("--weight", action="append", metavar="FIELD=W",
+                   help="field priority: scales the ranking of segments with a feature of FIELD (repeatable)")
+    p.add_argument("--within", metavar="JSON", help="search only the rows of this condition (where form)")
+    p.add_argument("--k", type=int, help="also choose K personas among the segments (greedy cover)")
+    p.add_argument("--limit", type=int, help="most segments listed (default 20)")
+    p.add_argument("--max-length", type=int, help="most features in a conjunction (default 3)")
+    p.add_argument("--min-support", type=int, help="fewest rows of a segment (default 1%% of the rows searched)")
+    p.add_argument("--min-lift", type=float, help="smallest lift (default 1.25 without a target, 1.2 with one)")
+    p.add_argument("--max-overlap", type=float, help="largest Jaccard index between two listed segments "
+                                                     "(default 0.5)")
+    p.add_argument("--describe", type=int, help="over-indexed other features per segment (default 3)")
+    p.add_argument("--format", choices=["text", "json"],
+                   help="text (default on a terminal) or json (default when piped)")
+    p.add_argument("--save", metavar="CATALOG.toml",
+                   help="write the segments as a catalog for `segsrv segments apply`")
+    p.add_argument("--personas-only", action="store_true", help="with --save and --k: save only the personas")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    p.set_defaults(func=cmd_discover)
+
     p = sub.add_parser("assign", help="catalog segments of customers (ids) or of a new customer (--features)")
     _backend_arguments(p)
     p.add_argument("--id", action="append", help="a customer id (repeatable)")
@@ -476,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--privacy-k", type=int, default=10, metavar="K",
                    help="privacy floor: counts of 1..K-1 rows are suppressed or refused in every answer "
                         "(default 10; 0 or 1 turns it off; see docs/server.md)")
+    p.add_argument("--max-discover-candidates", type=int, default=2000, metavar="N",
+                   help="most candidate features a Discover search may start from; more is RESOURCE_EXHAUSTED "
+                        "(default 2000; see docs/discover.md)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight RPCs get to finish on SIGTERM/SIGINT (default 5)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",

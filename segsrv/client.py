@@ -26,13 +26,14 @@ import json
 import grpc
 
 from .ops import (
-    AssignQuery, CountQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
+    AssignQuery, CountQuery, DiscoverQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
     ScoreQuery, SegmentsQuery,
 )
 from .ops import score as score_op
 from .ops.assign import AssignResult
 from .ops.base import Selector
 from .ops.count import CountResult
+from .ops.discover import DiscoverResult
 from .ops.evaluate import EvaluateResult
 from .ops.info import InfoResult
 from .ops.params import merge_query
@@ -227,6 +228,11 @@ class SegsrvClient:
         """Profile: the same dict as `segsrv query profile --local` (docs/query.md)."""
         return self.call(ProfileQuery.from_json(merge_query(query, kwargs)), timeout=timeout).to_json()
 
+    def discover(self, query: dict | None = None, /, *, timeout=_UNSET, **kwargs) -> dict:
+        """Discover: the same dict as `segsrv discover --local --format json` (docs/discover.md).
+        A search takes seconds on millions of rows: give a timeout that allows it."""
+        return self.call(DiscoverQuery.from_json(merge_query(query, kwargs)), timeout=timeout).to_json()
+
     def score_stream(self, query=None, /, *, timeout=_UNSET, chunk_size: int = 0, **kwargs) -> "ScoreStream":
         """ScoreSegment as it streams: iterate (id, score) pairs; `.summary` afterwards."""
         q = query if isinstance(query, ScoreQuery) else ScoreQuery.from_json(merge_query(query, kwargs))
@@ -290,7 +296,7 @@ _UNARY = {
     CountQuery: ("Count", CountResult), RelateQuery: ("Relate", RelateResult), PredictQuery: ("Predict", PredictResult),
     EvaluateQuery: ("Evaluate", EvaluateResult), AssignQuery: ("Assign", AssignResult),
     ProfileQuery: ("Profile", ProfileResult), SegmentsQuery: ("ListSegments", SegmentsResult),
-    InfoQuery: ("GetSnapshotInfo", InfoResult),
+    InfoQuery: ("GetSnapshotInfo", InfoResult), DiscoverQuery: ("Discover", DiscoverResult),
 }
 
 

@@ -21,15 +21,16 @@ from typing import Protocol
 from .engine import cancel, privacy
 from .engine.assign import assign
 from .engine.count import count
+from .engine.discover import DEFAULT_MAX_CANDIDATES, discover
 from .engine.evaluate import evaluate
 from .engine.export import export_members
 from .engine.predict import predict, score_segment
 from .engine.profile import profile
 from .engine.relate import relate
-from .errors import LimitExceededError, NotBuiltYetError, SnapshotNotFoundError
+from .errors import LimitExceededError, SnapshotNotFoundError
 from .ops import (
-    QUERY_TYPES, AssignQuery, CountQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
-    ScoreQuery, SegmentsQuery, render,
+    QUERY_TYPES, AssignQuery, CountQuery, DiscoverQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery,
+    ProfileQuery, RelateQuery, ScoreQuery, SegmentsQuery, render,
 )
 from .ops.base import ANY_SNAPSHOT, Selector
 from .ops.conditions import SegmentRef
@@ -69,25 +70,30 @@ class SegmentationService:
     max_result_hits    the most Relate hits one answer may hold (Relate's `limit` "0 / unset" means
                        min(100, this))
     max_target_values  the most values a Predict / Score / Evaluate / Export target may have
+    max_discover_candidates  the most candidate features a Discover search may start from
     """
 
     def __init__(self, snapshots: SnapshotSource, *, privacy_k: int = 0, max_result_hits: int = MAX_LIMIT,
-                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES):
+                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES,
+                 max_discover_candidates: int = DEFAULT_MAX_CANDIDATES):
         if privacy_k < 0:
             raise ValueError(f"privacy_k must be >= 0 (0 or 1: no floor), got {privacy_k}")
         if not 1 <= max_result_hits <= MAX_LIMIT:
             raise ValueError(f"max_result_hits must be within 1..{MAX_LIMIT}, got {max_result_hits}")
         if max_target_values < 2:
             raise ValueError(f"max_target_values must be at least 2, got {max_target_values}")
+        if max_discover_candidates < 2:
+            raise ValueError(f"max_discover_candidates must be at least 2, got {max_discover_candidates}")
         self.snapshots = snapshots
         self.privacy_k = int(privacy_k)
         self.max_result_hits = max_result_hits
         self.max_target_values = max_target_values
+        self.max_discover_candidates = max_discover_candidates
         self._methods = {
             CountQuery: self.count, RelateQuery: self.relate, PredictQuery: self.predict,
             ScoreQuery: self.score_segment, EvaluateQuery: self.evaluate, AssignQuery: self.assign,
             ExportQuery: self.export_members, ProfileQuery: self.profile, SegmentsQuery: self.list_segments,
-            InfoQuery: self.snapshot_info,
+            InfoQuery: self.snapshot_info, DiscoverQuery: self.discover,
         }
 
     def call(self, query, at: Selector = ANY_SNAPSHOT):
@@ -177,9 +183,11 @@ class SegmentationService:
         return InfoResult.from_snapshot(snap, universes, query.include_values, self.snapshots.names(),
                                         lambda c: privacy.floor_size(c, self.privacy_k))
 
-    def discover(self, query=None, at: Selector = ANY_SNAPSHOT):
-        raise NotBuiltYetError("Discover is not implemented yet: Discover (strongest non-redundant conjunctions) "
-                               "arrives with the discover engine")
+    def discover(self, query: DiscoverQuery, at: Selector = ANY_SNAPSHOT):
+        result = discover(self._snapshot(at), query, privacy_k=self.privacy_k,
+                          max_candidates=self.max_discover_candidates)
+        cancel.check()
+        return privacy.floor_discover(result, self.privacy_k)
 
 
 def local_service(location, version: str | None = None) -> SegmentationService:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import tomllib
@@ -530,3 +531,215 @@ def stream_deadline_codes(address: str, start, attempts: int = 10, enough: int =
                 if len(codes) >= enough:
                     break
     return codes
+
+
+# ----------------------------------------------------------------------------
+# Discover by brute force (docs/discover.md), over the oracle's masks and scipy
+# ----------------------------------------------------------------------------
+
+
+class BruteSegment:
+    def __init__(self, terms, **stats):
+        self.terms = terms  # tuple of (field, value), sorted by the candidate order
+        self.__dict__.update(stats)
+
+
+def brute_discover(bu: BruteUniverse, fields: list[str], *, min_support: int, min_lift: float, max_length: int = 3,
+                   within=None, target=None, direction: str = "both", max_overlap: float = 0.5,
+                   max_excess_overlap: float | None = None, max_q_value: float = 0.05, limit: int = 20,
+                   adjust: bool = True, weights: dict[str, float] | None = None, strata: int = 10,
+                   implied: float = 0.95) -> dict:
+    """The documented Discover search, written out naively: every frequent pair, every triple that extends a
+    kept pair by a candidate frequent with both of its features (the search is exhaustive while the kept
+    conjunctions of a level fit the engine's beam: `kept_per_level` tells), exact counts from boolean masks,
+    Fisher tails from scipy, conservative Benjamini-Hochberg, activity strata from numpy quantiles, then the
+    ranking and both redundancy rules. Returns {"n", "candidates", "tested", "segments", "kept_per_level",
+    "target_count"}."""
+    from scipy.stats import hypergeom
+
+    rows = np.ones(bu.n, dtype=bool) if within is None else within.copy()
+    n = int(rows.sum())
+    tmask = None if target is None else (target & rows)
+    cands = []
+    for f in fields:
+        for v, m in bu.fields[f].masks.items():
+            c = int((m & rows).sum())
+            if min_support <= c < n:
+                cands.append((f, v))
+    masks = {fv: bu.fields[fv[0]].masks[fv[1]] & rows for fv in cands}
+    single = {f for f in fields if not bu.fields[f].exists and bu.fields[f].kind != "multi"}
+    weight = {f: 1.0 for f in fields} | (weights or {})
+    count_memo: dict = {}
+
+    def rows_of(terms):
+        m = rows.copy()
+        for t in terms:
+            m &= masks[t]
+        return m
+
+    def count(terms):
+        terms = tuple(sorted(terms, key=cands.index))
+        if terms not in count_memo:
+            count_memo[terms] = int(rows_of(terms).sum())
+        return count_memo[terms]
+
+    def tcount(terms):
+        return int((rows_of(terms) & tmask).sum())
+
+    def splits(terms):
+        k = len(terms)
+        for mask in range(1, 1 << (k - 1)):
+            yield (tuple(t for i, t in enumerate(terms) if mask >> i & 1),
+                   tuple(t for i, t in enumerate(terms) if not mask >> i & 1))
+
+    def frequent(a, b):
+        return a != b and not (a[0] == b[0] and a[0] in single) and count((a, b)) >= min_support
+
+    adjust = adjust and len(cands) >= 30  # fewer candidates: activity is mostly the features tested
+    # activity strata over the rows searched
+    activity = np.zeros(bu.n)
+    for m in masks.values():
+        activity += m
+    act = activity[rows]
+    edges = np.unique(np.quantile(act, np.arange(1, strata) / strata))
+    stratum = np.full(bu.n, -1)
+    stratum[rows] = np.searchsorted(edges, act, side="right")
+    n_s = np.array([(stratum == s).sum() for s in range(len(edges) + 1)], dtype=float)
+
+    def expected_independent(terms):
+        out = 0.0
+        for s in range(len(n_s)):
+            prod = n_s[s]
+            for t in terms:
+                prod *= (masks[t] & (stratum == s)).sum() / n_s[s]
+            out += prod
+        return out
+
+    def expected_target(terms):
+        m = rows_of(terms)
+        return sum(float((m & (stratum == s)).sum()) * float((tmask & (stratum == s)).sum()) / n_s[s]
+                   for s in range(len(n_s)))
+
+    is_implied = lambda terms, n_x: any(n_x >= implied * count(tuple(x for x in terms if x != t))  # noqa: E731
+                                        for t in terms)
+    found, tested = [], 0
+    r = None if tmask is None else tmask.sum() / n
+    directions = ("high", "low") if direction == "both" else (direction,)
+
+    def judge(terms):
+        n_x = count(terms)
+        if target is None:
+            lift = n_x * n ** (len(terms) - 1) / np.prod([count((t,)) for t in terms])
+            sl = min(n_x * n / (count(a) * count(b)) for a, b in splits(terms))
+            if sl < min_lift or is_implied(terms, n_x):
+                return None
+            p = max(float(hypergeom.sf(n_x - 1, n, count(a), count(b))) for a, b in splits(terms))
+            adj = n_x / expected_independent(terms) if adjust else math.nan
+            score = n_x * math.log(min(sl, adj) if adjust else sl)
+            return BruteSegment(terms, support=n_x, lift=lift, split_lift=sl, p_value=p, adjusted_lift=adj,
+                                score=score, direction="")
+        x_t = tcount(terms)
+        if n_x == 0:
+            return None
+        lift = (x_t / n_x) / r
+        high = "high" in directions and lift >= min_lift
+        low = "low" in directions and lift <= 1 / min_lift
+        if not (high or low):
+            return None
+        worst = lift
+        if len(terms) > 1:
+            if is_implied(terms, n_x):
+                return None
+            for t in terms:
+                g = tuple(x for x in terms if x != t)
+                rel = (x_t / n_x) / (tcount(g) / count(g))
+                if (high and rel < min_lift) or (not high and rel > 1 / min_lift):
+                    return None
+                worst = min(worst, rel) if high else max(worst, rel)
+        tail = (lambda N, K, d, k: float(hypergeom.sf(k - 1, N, K, d))) if high else \
+            (lambda N, K, d, k: float(hypergeom.cdf(k, N, K, d)))
+        p = tail(n, int(tmask.sum()), n_x, x_t)
+        for t in terms if len(terms) > 1 else ():
+            g = tuple(x for x in terms if x != t)
+            p = max(p, tail(count(g), tcount(g), n_x, x_t))
+        if adjust:
+            e = expected_target(terms)
+            adj, score = x_t / e, (x_t - e if high else e - x_t)
+        else:
+            adj, score = math.nan, abs(x_t - n_x * r)
+        return BruteSegment(terms, support=n_x, target_support=x_t, lift=lift, split_lift=worst, p_value=p,
+                            adjusted_lift=adj, score=score, direction="high" if high else "low")
+
+    kept_per_level = []
+    level_kept = []
+    if target is not None:
+        tested += len(cands)
+        level_kept = [s for s in (judge((c,)) for c in cands) if s is not None]
+        found += level_kept
+        kept_per_level.append(len(level_kept))
+    pairs = [(a, b) for i, a in enumerate(cands) for b in cands[i + 1:] if frequent(a, b)]
+    tested += len(pairs)
+    if max_length >= 2:
+        level_kept = [s for s in (judge(pair) for pair in pairs) if s is not None]
+        found += level_kept
+        kept_per_level.append(len(level_kept))
+    for _length in range(3, max_length + 1):
+        grown = set()
+        for s in level_kept:
+            for c in cands:
+                if c not in s.terms and all(frequent(t, c) for t in s.terms):
+                    grown.add(tuple(sorted(s.terms + (c,), key=cands.index)))
+        grown = [g for g in sorted(grown, key=lambda g: [cands.index(t) for t in g]) if count(g) >= min_support]
+        tested += len(grown)
+        level_kept = [s for s in (judge(g) for g in grown) if s is not None]
+        found += level_kept
+        kept_per_level.append(len(level_kept))
+        if not level_kept:
+            break
+    # conservative BH: the computed p-values rank first among `tested`
+    order = sorted(range(len(found)), key=lambda i: found[i].p_value)
+    q = [0.0] * len(found)
+    running = 1.0
+    for rank in range(len(order), 0, -1):
+        i = order[rank - 1]
+        running = min(running, found[i].p_value * max(tested, len(found)) / rank)
+        q[i] = min(running, 1.0)
+    for s, qv in zip(found, q):
+        s.q_value = qv
+        s.score *= float(np.mean([weight[t[0]] for t in s.terms]))
+    keep = [s for s in found if s.q_value <= max_q_value and s.score > 0]
+    keep.sort(key=lambda s: (-s.score, -s.support))
+    if target is not None and direction == "both":
+        hi = [s for s in keep if s.direction == "high"]
+        lo = [s for s in keep if s.direction == "low"]
+        merged = []
+        for a, b in zip(hi, lo):
+            merged += [a, b]
+        merged += hi[len(lo):] if len(hi) > len(lo) else lo[len(hi):]
+        keep = merged
+    if max_excess_overlap is None:
+        max_excess_overlap = 0.5 if target is not None else 0.3
+    listed = []
+    for s in keep:
+        if len(listed) >= limit:
+            break
+        m = rows_of(s.terms)
+        redundant = False
+        for t in listed:
+            mt = rows_of(t.terms)
+            both = int((m & mt).sum())
+            if both > max_overlap * (s.support + t.support - both):
+                redundant = True
+            chance = s.support * t.support / n
+            room = min(s.support, t.support) - chance
+            if room > 0 and (both - chance) / room > max_excess_overlap:
+                redundant = True
+        if not redundant:
+            listed.append(s)
+    for s in listed:
+        s.share = s.support / n
+        if target is not None:
+            s.target_rate = s.target_support / s.support
+            s.wracc = (s.support / n) * (s.target_rate - r)
+    return {"n": n, "candidates": len(cands), "tested": tested, "segments": listed,
+            "kept_per_level": kept_per_level, "target_count": None if tmask is None else int(tmask.sum())}

@@ -1,4 +1,7 @@
-"""Compiled bitset / CSR kernels and the one place that decides thread counts.
+"""Compiled kernels and the one place that decides thread counts.
+
+Kernels: bitset algebra and AND-counts (.bitset), CSR histograms and scores
+(.csr), all-pairs co-occurrence (.cooccur), hypergeometric tails (.hypergeom).
 
 Thread policy
 -------------
@@ -23,7 +26,7 @@ __all__ = [
     "set_num_threads",
     "resolve_threads",
     "SMALL_WORK_WORDS",
-    # re-exported from .bitset / .csr below
+    # re-exported from .bitset / .csr / .cooccur / .hypergeom below
     "cpu_path",
     "available_cpu_paths",
     "set_cpu_path",
@@ -106,3 +109,5 @@ from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
     set_cpu_path,
 )
 from .csr import csr_histogram, csr_row_scores  # noqa: E402
+from .cooccur import cooccurrence, cross_cooccurrence  # noqa: E402
+from .hypergeom import hypergeom_log_tail, hypergeom_tail  # noqa: E402

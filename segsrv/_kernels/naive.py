@@ -1,7 +1,8 @@
 """Naive pure-numpy twins of the compiled kernels (tests only).
 
-Same signatures as segsrv._kernels.bitset / .csr minus ``out`` / ``n_threads``;
-written for obviousness, not speed.  Inputs are assumed valid.
+Same signatures as segsrv._kernels.bitset / .csr / .cooccur / .hypergeom minus
+``out`` / ``n_threads``; written for obviousness, not speed.  Inputs are
+assumed valid.
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ __all__ = [
     "read_bandwidth_probe",
     "csr_histogram",
     "csr_row_scores",
+    "cooccurrence",
+    "cross_cooccurrence",
+    "hypergeom_log_tail",
+    "hypergeom_tail",
 ]
 
 
@@ -131,3 +136,53 @@ def csr_row_scores(indptr, indices, weights, rows=None):
                 s += float(cols[f, c])
             out[i, c] = s
     return out[:, 0] if weights.ndim == 1 else out
+
+
+def _feature_bools(dense, dense_rows=None, ids=None, offsets=None, sparse_features=None):
+    """bool[k, 64 * n_words]: the selected dense rows, then the selected sparse features."""
+    dense = np.asarray(dense, dtype=np.uint64)
+    n_words = dense.shape[1]
+    if dense_rows is None:
+        dense_rows = np.arange(dense.shape[0])
+    rows = [_bools(dense[r]) for r in np.asarray(dense_rows).tolist()]
+    if ids is not None:
+        if sparse_features is None:
+            sparse_features = np.arange(len(offsets) - 1)
+        for f in np.asarray(sparse_features).tolist():
+            rows.append(_bools(ids_to_bitset(_feature(ids, offsets, f), n_words)))
+    return np.array(rows, dtype=bool).reshape(len(rows), 64 * n_words)
+
+
+def _pair_counts(a, b):
+    """int64[len(a), len(b)]: a @ b.T over bools (a float64 product is exact below 2**53)."""
+    return np.rint(a.astype(np.float64) @ b.astype(np.float64).T).astype(np.int64)
+
+
+def cooccurrence(dense, dense_rows=None, ids=None, offsets=None, sparse_features=None):
+    f = _feature_bools(dense, dense_rows, ids, offsets, sparse_features)
+    return _pair_counts(f, f)
+
+
+def cross_cooccurrence(left, dense, dense_rows=None, ids=None, offsets=None, sparse_features=None):
+    left = np.asarray(left, dtype=np.uint64)
+    lb = np.array([_bools(row) for row in left], dtype=bool).reshape(len(left), 64 * left.shape[1])
+    return _pair_counts(lb, _feature_bools(dense, dense_rows, ids, offsets, sparse_features))
+
+
+def hypergeom_log_tail(k, successes, draws, population, upper=True):
+    """scipy: log P(X >= k) = logsf(k - 1), log P(X <= k) = logcdf(k); hypergeom(M=N, n=K, N=n)."""
+    from scipy.stats import hypergeom
+
+    k = np.asarray(k, dtype=np.int64)
+    if upper:
+        return np.asarray(hypergeom.logsf(k - 1, population, successes, draws), dtype=np.float64)
+    return np.asarray(hypergeom.logcdf(k, population, successes, draws), dtype=np.float64)
+
+
+def hypergeom_tail(k, successes, draws, population, upper=True):
+    from scipy.stats import hypergeom
+
+    k = np.asarray(k, dtype=np.int64)
+    if upper:
+        return np.asarray(hypergeom.sf(k - 1, population, successes, draws), dtype=np.float64)
+    return np.asarray(hypergeom.cdf(k, population, successes, draws), dtype=np.float64)

@@ -114,3 +114,27 @@ def floor_assign(result, k: int):
                 for m in a.segments]
         out.append(dataclasses.replace(a, segments=segs))
     return dataclasses.replace(result, assignments=out)
+
+
+def floor_discover(result, k: int):
+    """DiscoverResult -> the result without what the floor hides. The search itself counts only
+    conjunctions and features of at least k rows (min_support >= k); here segments whose target rows,
+    or rows without the target, are small are dropped, as are related features with a small count
+    outside the segment, and the segmentation's small numbers are reported as 0."""
+    if k <= 1 or result.suppressed:
+        return result
+    kept = []
+    for seg in result.segments:
+        if seg.direction and (is_small(seg.target_support, k) or is_small(seg.support - seg.target_support, k)):
+            continue
+        kept.append(dataclasses.replace(seg, related=[r for r in seg.related if not is_small(r.support, k)]))
+    seg_out = result.segmentation
+    if seg_out is not None:
+        if len(kept) != len(result.segments):  # personas point into the list: recompute nothing, drop it
+            seg_out = None
+        else:
+            seg_out = dataclasses.replace(
+                seg_out, personas=[dataclasses.replace(p, primary=floor_size(p.primary, k), gain=floor_size(p.gain, k))
+                                   for p in seg_out.personas],
+                overlap=floor_size(seg_out.overlap, k), other=floor_size(seg_out.other, k))
+    return dataclasses.replace(result, segments=kept, segmentation=seg_out)

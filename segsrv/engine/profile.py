@@ -14,11 +14,15 @@ each selected field:
       p_value          = min(1, 2 min(P(X >= n_{S,v}), P(X <= n_{S,v}))),
                          X ~ Hypergeometric(N, n_v, |S|)   (two-sided: the doubled smaller tail)
 
-  The answer lists, per field, the `values_per_field` most over-indexed values
-  (lift > 1; lift descending) and the `values_per_field` most under-indexed ones
-  (lift < 1; lift ascending, so values absent from S, lift 0, come first). Ties of
-  lift are broken by segment_count descending, then population count (n_v)
-  descending, then the field's value order. Values with lift exactly 1, and
+  The answer lists, per field, the `values_per_field` most certainly over-indexed
+  values (lift > 1; by the lower end of the lift's 95% interval, descending: the
+  Wilson interval of segment_share over population_share, so a value on a handful of
+  rows with a large lift does not outrank a sizable one) and the `values_per_field`
+  most certainly under-indexed ones (lift < 1; by the upper end of the interval,
+  ascending). Ties are broken by lift, then segment_count descending, then
+  population count (n_v) descending, then the field's value order. Fields are listed
+  by strength (the largest lower bound of an over-indexed value's lift; 1 when the
+  field has none), strongest first, then in request / universe order. Values with lift exactly 1, and
   values no row has (n_v = 0: lift undefined), are in neither list; an empty
   segment (lift undefined everywhere) and the whole universe (lift 1 everywhere)
   list none.
@@ -32,7 +36,8 @@ each selected field:
   per snapshot and field and cached.
 
 Fields are names or globs as in Relate (`customer.*`, `**`); by default every
-field of the universe, the segment's own condition fields included.
+field of the universe but identifier-like ones (segsrv/engine/fields.py), the
+segment's own condition fields included.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ from ..ops.profile import FieldProfile, NumericProfile, NumericStats, ProfileQue
 from ..snapshot.reader import Snapshot, Universe
 from . import stats as st
 from .conditions import evaluate
-from .relate import count_features, select_fields
+from .fields import identifier_like_fields, select_fields
+from .relate import count_features
 
 # --- numeric summaries ------------------------------------------------------------
 
@@ -95,14 +101,14 @@ def _two_sided_p(n: int, n_s: int, n_v: np.ndarray, n_sv: np.ndarray) -> np.ndar
     return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
 
 
-def _ranked(idx: np.ndarray, lift: np.ndarray, n_sv: np.ndarray, n_v: np.ndarray, ascending: bool,
-            k: int) -> np.ndarray:
-    """The first k of idx by lift (descending, or ascending), then segment count desc, population
-    count desc, position (the field's value order)."""
+def _ranked(idx: np.ndarray, bound: np.ndarray, lift: np.ndarray, n_sv: np.ndarray, n_v: np.ndarray,
+            ascending: bool, k: int) -> np.ndarray:
+    """The first k of idx by the lift's bound (descending, or ascending), then lift, segment count desc,
+    population count desc, position (the field's value order)."""
     if len(idx) == 0:
         return idx
-    key = lift[idx] if ascending else -lift[idx]
-    order = np.lexsort((idx, -n_v[idx], -n_sv[idx], key))
+    sign = 1.0 if ascending else -1.0
+    order = np.lexsort((idx, -n_v[idx], -n_sv[idx], sign * lift[idx], sign * bound[idx]))
     return idx[order[:k]]
 
 
@@ -111,7 +117,8 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
     query.validate()
     universe = snapshot.universe(query.universe)
     n = universe.n_rows
-    names = select_fields(universe, list(query.fields) if query.fields else None, set(), key="fields")
+    skip = set() if query.fields else set(identifier_like_fields(universe))
+    names = select_fields(universe, list(query.fields) if query.fields else None, skip, key="fields")
     bits = evaluate(snapshot, universe, query.segment)
     n_s = int(_kernels.popcount(bits))
     infos = [universe.fields[f] for f in names]
@@ -132,6 +139,9 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
         seg_share_all = n_sv_all / n_s if n_s else np.full(len(fids), np.nan)
         pop_share_all = n_v_all / n if n else np.full(len(fids), np.nan)
         lift_all = seg_share_all / pop_share_all  # the same arithmetic as Relate's lift
+        lo, hi = st.wilson_interval(n_sv_all, n_s)
+        lift_low_all = lo / pop_share_all
+        lift_high_all = hi / pop_share_all
 
     k = int(query.values_per_field)
     picked: list[tuple[int, np.ndarray, np.ndarray]] = []  # (field index, over positions, under positions)
@@ -141,10 +151,13 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
         lift = lift_all[start:stop]
         n_sv = n_sv_all[start:stop]
         n_v = n_v_all[start:stop]
-        over = _ranked(np.flatnonzero(lift > 1), lift, n_sv, n_v, False, k)
-        under = _ranked(np.flatnonzero(lift < 1), lift, n_sv, n_v, True, k)
+        over = _ranked(np.flatnonzero(lift > 1), lift_low_all[start:stop], lift, n_sv, n_v, False, k)
+        under = _ranked(np.flatnonzero(lift < 1), lift_high_all[start:stop], lift, n_sv, n_v, True, k)
         picked.append((j, over + start, under + start))
         start = stop
+    strength = [max([1.0] + [float(lift_low_all[p]) for p in over if np.isfinite(lift_low_all[p])])
+                for _, over, _ in picked]
+    picked = [picked[i] for i in sorted(range(len(picked)), key=lambda i: (-strength[i], i))]
 
     # p-values only for the values that are returned
     chosen = np.concatenate([np.concatenate((o, u)) for _, o, u in picked]) if picked else np.zeros(0, np.int64)
@@ -163,7 +176,7 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
 
     fields_out = [
         FieldProfile(infos[j].name, [value_profile(int(p), infos[j]) for p in over],
-                     [value_profile(int(p), infos[j]) for p in under])
+                     [value_profile(int(p), infos[j]) for p in under], strength[j])
         for j, over, under in picked
     ]
 

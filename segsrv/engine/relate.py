@@ -16,47 +16,17 @@ import time
 import numpy as np
 
 from .. import _kernels
-from ..errors import QueryError, UnknownFieldError, Violation
 from ..ops.relate import STAT_NAMES, RelateHit, RelateQuery, RelateResult
-from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe
-from ..errors import suggest
 from . import stats as st
 from .conditions import condition_fields, evaluate
+from .fields import identifier_like_fields, select_fields
 
 # one (row, feature) entry of the CSR histogram (random access) costs about as much as this many
 # bitset words of the scan (measured: ~10 ns vs ~0.3 ns per word on the 1M demo snapshot)
 HISTOGRAM_COST_FACTOR = 24.0
 _ASCENDING_ALWAYS = {"p_value", "q_value"}
-_ASCENDING_UNDER = {"lift", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
-
-def select_fields(universe: Universe, patterns: list[str] | None, skip: set[str], key: str = "relate") -> list[str]:
-    """Field names selected by names / globs (segment-wise, `**` spans segments), in request order then
-    universe order, without duplicates; every field but `skip` when `patterns` is empty. Errors name
-    the request's list `key` ("relate", "fields", "evidence_fields") and the pattern."""
-    if not patterns:
-        return [f for f in universe.fields if f not in skip]
-    chosen: dict[str, None] = {}
-    for pat in patterns:
-        if not isinstance(pat, str) or not pat:
-            raise QueryError(f"{key}: bad field pattern {pat!r}", [Violation(key, f"bad pattern {pat!r}", "pattern", pat)])
-        if pat in universe.fields:
-            chosen[pat] = None
-            continue
-        if not any(ch in pat for ch in "*?["):
-            raise UnknownFieldError(
-                f"{key}: universe {universe.name!r} has no field {pat!r}{suggest(pat, universe.fields)}",
-                [Violation(key, f"unknown field {pat!r}", "pattern", pat)],
-            )
-        parts = pat.split(".")
-        hits = [f for f in universe.fields if match_path(parts, f.split(".")) and f not in skip]
-        if not hits:
-            raise UnknownFieldError(f"{key}: pattern {pat!r} matches no field of universe {universe.name!r}",
-                                    [Violation(key, f"{pat!r} matches nothing", "pattern", pat)])
-        for f in hits:
-            chosen[f] = None
-    return list(chosen)
-
+_ASCENDING_UNDER = {"lift", "lift_low", "lift_high", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
 
 def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto") -> tuple[np.ndarray, str]:
     """n_CF for each feature id in `fids` (exact), and the plan used."""
@@ -90,6 +60,8 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     n_c = int(_kernels.popcount(cond_bits))
     n = universe.n_rows
     skip = condition_fields(query.where) if query.exclude_condition_fields else set()
+    if not query.relate:  # "every field" leaves identifier-like fields out (docs/query.md)
+        skip |= set(identifier_like_fields(universe))
     fields = select_fields(universe, query.relate, skip)
     fids = np.concatenate([universe.fields[f].feature_ids for f in fields]) if fields else np.zeros(0, np.int64)
     n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
@@ -125,17 +97,26 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
         out["q_value"] = q_value[sel]
         return out
 
-    if query.order_by == "lift":
+    # the default: mutual information of the condition and the feature (docs/query.md, "Default order"):
+    # sizable and strong over- (or under-) indexing first, not a large lift on a handful of rows
+    order_by = query.order_by or "mutual_information"
+    if order_by == "mutual_information":
+        key = st.mutual_information(n, n_c, n_f[idx], n_cf[idx])
+    elif order_by in ("lift_low", "lift_high"):
+        lo, hi = st.wilson_interval(n_cf[idx], n_c)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            key = (lo if order_by == "lift_low" else hi) / (n_f[idx] / n)
+    elif order_by == "lift":
         key = lift[idx]
-    elif query.order_by == "lift_smoothed":
+    elif order_by == "lift_smoothed":
         a = float(query.prior_strength)
         p_base = n_f[idx] / n
         key = ((n_cf[idx] + a * p_base) / (n_c + a)) / p_base
-    elif query.order_by in ("support", "p_value", "q_value"):
-        key = {"support": n_cf, "p_value": p_value, "q_value": q_value}[query.order_by][idx].astype(np.float64)
+    elif order_by in ("support", "p_value", "q_value"):
+        key = {"support": n_cf, "p_value": p_value, "q_value": q_value}[order_by][idx].astype(np.float64)
     else:
-        key = statistics(idx)[query.order_by]
-    ascending = query.order_by in _ASCENDING_ALWAYS or (query.direction == "under" and query.order_by in _ASCENDING_UNDER)
+        key = statistics(idx)[order_by]
+    ascending = order_by in _ASCENDING_ALWAYS or (query.direction == "under" and order_by in _ASCENDING_UNDER)
     key = np.where(np.isnan(key), np.inf if ascending else -np.inf, key)
     order = np.lexsort((fids[idx], key if ascending else -key))
     top = idx[order[: query.effective_limit]]

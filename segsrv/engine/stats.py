@@ -12,6 +12,8 @@ import numpy as np
 from scipy.special import _ufuncs as _scipy_ufuncs
 from scipy.stats import hypergeom
 
+from .. import _kernels
+
 Z95 = 1.959963984540054
 
 
@@ -99,6 +101,32 @@ def p_value_under(n, n_c, n_f, n_cf) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _tail(population, n_a, n_b, n_ab, upper: bool) -> np.ndarray:
+    """P(X >= n_ab) (upper) or P(X <= n_ab), X ~ Hypergeometric(population, successes n_a, draws n_b); every
+    argument an integer array or scalar (broadcast). segsrv._kernels.hypergeom_tail (exact tail sums, about
+    a microsecond each) per distinct population."""
+    population, n_a, n_b, n_ab = (np.ascontiguousarray(x, dtype=np.int64).ravel() for x in
+                                  np.broadcast_arrays(*(np.asarray(v) for v in (population, n_a, n_b, n_ab))))
+    out = np.empty(len(n_ab))
+    pops = np.unique(population)
+    for pop in pops.tolist():
+        idx = slice(None) if len(pops) == 1 else np.flatnonzero(population == pop)
+        out[idx] = _kernels.hypergeom_tail(np.ascontiguousarray(n_ab[idx]), np.ascontiguousarray(n_a[idx]),
+                                           np.ascontiguousarray(n_b[idx]), int(pop), upper=upper)
+    return np.clip(out, 0.0, 1.0)
+
+
+def tail_over(n, n_a, n_b, n_ab) -> np.ndarray:
+    """P(X >= n_ab), X ~ Hypergeometric(population n, successes n_a, draws n_b): the one-sided Fisher exact
+    test of a 2x2 table by its margins (n may be an array too: a population per element)."""
+    return _tail(n, n_a, n_b, n_ab, True)
+
+
+def tail_under(n, n_a, n_b, n_ab) -> np.ndarray:
+    """P(X <= n_ab) for the same X as tail_over."""
+    return _tail(n, n_a, n_b, n_ab, False)
+
+
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values), same order as p."""
     p = np.asarray(p, dtype=np.float64)
@@ -177,3 +205,4 @@ def relate_statistics(
         "zhang": zhang,
         "mutual_information": mutual_information(n, n_c, n_f, n_cf),
     }
+

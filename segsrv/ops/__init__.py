@@ -1,6 +1,6 @@
 """One contract per operation: its query and result types, validation, JSON form and proto mapping.
 
-    count, relate, predict, score, evaluate, assign, export, profile, segments, info
+    count, relate, predict, score, evaluate, assign, export, profile, segments, info, discover
 
 Each module declares its parameters once (segsrv.ops.params), reads and writes the
 JSON form (`from_json` / `to_json`) and the segsrv.v1 messages (`from_proto` /
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from .assign import AssignQuery, AssignResult
 from .count import CountQuery, CountResult
+from .discover import DiscoverQuery, DiscoverResult
 from .evaluate import EvaluateQuery, EvaluateResult
 from .export import ExportQuery
 from .info import InfoQuery, InfoResult
@@ -29,7 +30,7 @@ from .segments import SegmentsQuery, SegmentsResult
 QUERY_TYPES = {
     "count": CountQuery, "relate": RelateQuery, "predict": PredictQuery, "score": ScoreQuery,
     "evaluate": EvaluateQuery, "profile": ProfileQuery, "assign": AssignQuery, "export": ExportQuery,
-    "segments": SegmentsQuery, "info": InfoQuery,
+    "segments": SegmentsQuery, "info": InfoQuery, "discover": DiscoverQuery,
 }
 
 
@@ -39,7 +40,7 @@ def render(query, result) -> dict:
 
 
 __all__ = [
-    "AssignQuery", "AssignResult", "CountQuery", "CountResult", "EvaluateQuery", "EvaluateResult", "ExportQuery",
+    "AssignQuery", "AssignResult", "CountQuery", "CountResult", "DiscoverQuery", "DiscoverResult", "EvaluateQuery", "EvaluateResult", "ExportQuery",
     "InfoQuery", "InfoResult", "PredictQuery", "PredictResult", "ProfileQuery", "ProfileResult", "RelateQuery",
     "RelateResult", "ScoreQuery", "ScoreResult", "SegmentsQuery", "SegmentsResult", "QUERY_TYPES", "render",
 ]

@@ -33,7 +33,7 @@ PARAMS = (
 _JSON_PARAMS = tuple(p for p in PARAMS if p.key != "fields")  # fields: read by from_json (pattern violations)
 
 
-def _check_fields(fields) -> None:
+def check_fields(fields) -> None:
     """A list of names or globs, at most MAX_FIELD_PATTERNS; a bad item is a "pattern" violation."""
     if fields is None:
         return
@@ -56,7 +56,7 @@ class ProfileQuery:
     values_per_field: int = DEFAULT_VALUES_PER_FIELD
 
     def validate(self) -> None:
-        _check_fields(self.fields)
+        check_fields(self.fields)
         check_params(self, PARAMS)
 
     # -- JSON --------------------------------------------------------------------------
@@ -141,20 +141,22 @@ class ValueProfile:
 @dataclass
 class FieldProfile:
     field: str
-    over: list[ValueProfile]  # lift > 1, most over-indexed first
-    under: list[ValueProfile]  # lift < 1, most under-indexed first
+    over: list[ValueProfile]  # lift > 1, most certainly over-indexed first (lower bound of the lift)
+    under: list[ValueProfile]  # lift < 1, most certainly under-indexed first (upper bound of the lift)
+    strength: float = 1.0  # the largest lower bound of an over-indexed value's lift (1: none); fields rank by it
 
     def to_json(self) -> dict:
-        return {"field": self.field, "over": [v.to_json() for v in self.over],
-                "under": [v.to_json() for v in self.under]}
+        return {"field": self.field, "strength": json_number(float(self.strength)),
+                "over": [v.to_json() for v in self.over], "under": [v.to_json() for v in self.under]}
 
     def to_proto(self) -> pb.FieldProfile:
-        return pb.FieldProfile(field=self.field, values=[v.to_proto() for v in (*self.over, *self.under)])
+        return pb.FieldProfile(field=self.field, values=[v.to_proto() for v in (*self.over, *self.under)],
+                               strength=float(self.strength))
 
     @classmethod
     def from_proto(cls, msg: pb.FieldProfile, n_rows: int) -> "FieldProfile":
         values = [ValueProfile.from_proto(v, n_rows) for v in msg.values]
-        return cls(msg.field, [v for v in values if v.lift > 1], [v for v in values if v.lift < 1])
+        return cls(msg.field, [v for v in values if v.lift > 1], [v for v in values if v.lift < 1], msg.strength)
 
 
 @dataclass

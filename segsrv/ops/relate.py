@@ -21,7 +21,7 @@ from .params import Boolean, Integer, Names, Options, Param, Real, Text, check_k
 from ..errors import suggest
 
 ORDER_KEYS = (
-    "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
+    "lift_low", "lift_high", "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
     "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
 )
 DIRECTIONS = ("over", "under", "all")
@@ -43,7 +43,7 @@ KEYS = {"from", "where", "relate", "select", "limit", "order_by", "direction", "
 PARAMS = (
     Param("from", Text("a universe name"), attr="universe", none=True),
     Param("relate", Names(), none=True),
-    Param("order_by", Options(ORDER_KEYS)),
+    Param("order_by", Options(ORDER_KEYS), none=True),
     Param("direction", Options(DIRECTIONS)),
     Param("plan", Options(PLANS)),
     Param("limit", Integer(low=1), limit=MAX_LIMIT, none=True),
@@ -68,7 +68,7 @@ class RelateQuery:
     where: Condition = field(default_factory=All)
     universe: str | None = None
     relate: list[str] | None = None  # field names or globs; None = every field
-    order_by: str = "lift_smoothed"
+    order_by: str | None = None  # None: mutual_information (docs/query.md, "Default order")
     direction: str = "over"
     limit: int | None = None  # None: DEFAULT_LIMIT (or a server's lower maximum)
     min_support: int = 1
@@ -115,7 +115,7 @@ class RelateQuery:
         req = pb.RelateRequest(
             snapshot=at.to_proto(), universe=self.universe or "", condition=cond.to_proto(self.where),
             fields=list(self.relate or ()),
-            order_by=enum_to_proto(pb.RelateOrder, "RELATE_ORDER_", _ORDER_PROTO_NAMES.get(self.order_by, self.order_by)),
+            order_by=enum_to_proto(pb.RelateOrder, "RELATE_ORDER_", _ORDER_PROTO_NAMES.get(self.order_by or "", self.order_by)),
             direction=enum_to_proto(pb.RelateDirection, "RELATE_DIRECTION_", self.direction),
             limit=self.limit or 0, min_support=self.min_support, prior_strength=float(self.prior_strength),
             include_condition_fields=not self.exclude_condition_fields,
@@ -133,12 +133,12 @@ class RelateQuery:
 
     @classmethod
     def from_proto(cls, req: pb.RelateRequest, paths: cond.RequestPaths) -> "RelateQuery":
-        order = enum_from_proto(pb.RelateOrder, "RELATE_ORDER_", req.order_by, "lift_smoothed", "order_by")
+        order = enum_from_proto(pb.RelateOrder, "RELATE_ORDER_", req.order_by, None, "order_by")
         return cls(
             where=cond.from_proto(req.condition if req.HasField("condition") else None, paths),
             universe=req.universe or None,
             relate=list(req.fields) or None,
-            order_by=_ORDER_ALIASES.get(order, order),
+            order_by=None if order is None else _ORDER_ALIASES.get(order, order),
             direction=enum_from_proto(pb.RelateDirection, "RELATE_DIRECTION_", req.direction, "over", "direction"),
             limit=req.limit or None,
             min_support=req.min_support if req.HasField("min_support") else 1,

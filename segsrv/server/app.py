@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..engine import set_kernel_threads
 from ..engine.assign import warm_catalog
+from ..engine.discover import DEFAULT_MAX_CANDIDATES
 from ..ops.predict import DEFAULT_MAX_TARGET_VALUES
 from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
@@ -118,6 +119,7 @@ def create_server(
     max_send_message_bytes: int = DEFAULT_MAX_SEND_BYTES,
     max_result_hits: int = 10_000,
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES,
+    max_discover_candidates: int = DEFAULT_MAX_CANDIDATES,
     privacy_k: int = DEFAULT_PRIVACY_K,
     reuse_port: bool = False,
     registry: SnapshotRegistry | None = None,
@@ -141,7 +143,8 @@ def create_server(
     port 0 picks a free port. max_concurrent_rpcs bounds the RPCs in progress (running or queued for a
     handler thread); more are RESOURCE_EXHAUSTED at once. privacy_k is the privacy floor (counts of
     1..k-1 rows are suppressed or refused; 0 or 1: off; segsrv/engine/privacy.py). max_target_values caps the values of a
-    Predict / ScoreSegment / Evaluate target (more: RESOURCE_EXHAUSTED). With reuse_port False (the
+    Predict / ScoreSegment / Evaluate target (more: RESOURCE_EXHAUSTED), max_discover_candidates the candidate
+    features of a Discover search (more: RESOURCE_EXHAUSTED). With reuse_port False (the
     default outside multi-process mode) a port already in use raises BindError instead of being shared
     silently. `registry` lets a caller (tests) keep a handle on the served snapshots; by default one is
     opened over snapshot_root (with keep_versions; with `warm`, each version's segment catalog is
@@ -186,7 +189,8 @@ def create_server(
 
         metrics = Metrics(registry, max_concurrent_rpcs=max_concurrent_rpcs)
     servicer = SegmentationServiceServicer(registry, max_result_hits=max_result_hits,
-                                           max_target_values=max_target_values, privacy_k=privacy_k)
+                                           max_target_values=max_target_values, privacy_k=privacy_k,
+                                           max_discover_candidates=max_discover_candidates)
     pipeline = RequestPipeline(SERVICE_NAME, registry, tokens=tokens, metrics=metrics, access_log_enabled=access_log)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="segsrv-rpc"),

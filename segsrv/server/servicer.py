@@ -17,10 +17,11 @@ import time
 import grpc
 
 from ..engine import cancel
+from ..engine.discover import DEFAULT_MAX_CANDIDATES
 from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..errors import DeadlineExpired, RequestCancelled
 from ..ops import (
-    AssignQuery, CountQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
+    AssignQuery, CountQuery, DiscoverQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery,
     ScoreQuery, SegmentsQuery,
 )
 from ..ops import export as export_op
@@ -51,10 +52,12 @@ def _elapsed_ms(t0: float) -> float:
 
 class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
     def __init__(self, registry: SnapshotRegistry, *, max_result_hits: int = MAX_LIMIT,
-                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES, privacy_k: int = DEFAULT_PRIVACY_K):
+                 max_target_values: int = DEFAULT_MAX_TARGET_VALUES, privacy_k: int = DEFAULT_PRIVACY_K,
+                 max_discover_candidates: int = DEFAULT_MAX_CANDIDATES):
         self.registry = registry
         self.service = SegmentationService(registry, privacy_k=privacy_k, max_result_hits=max_result_hits,
-                                           max_target_values=max_target_values)
+                                           max_target_values=max_target_values,
+                                           max_discover_candidates=max_discover_candidates)
 
     @property
     def privacy_k(self) -> int:
@@ -97,10 +100,7 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
         return self._unary("GetSnapshotInfo", InfoQuery, request, context)
 
     def Discover(self, request, context):
-        try:
-            self.service.discover()
-        except Exception as exc:  # noqa: BLE001
-            errors.abort(context, exc, method="Discover")
+        return self._unary("Discover", DiscoverQuery, request, context)
 
     def ScoreSegment(self, request, context):
         """Chunks of `chunk_size` scored members, then one summary; the deadline is checked between

@@ -68,8 +68,9 @@ def ref_p_value(n: int, n_s: int, n_v: int, n_sv: int) -> float:
     return min(1.0, 2.0 * min(upper, lower))
 
 
-def brute_table(bu, snap_u, field: str, seg: np.ndarray) -> pd.DataFrame:
-    """One row per value of the field: counts, shares, lift (pandas over the oracle's masks)."""
+def brute_table(bu, snap_u, field: str, seg: np.ndarray, wilson) -> pd.DataFrame:
+    """One row per value of the field: counts, shares, lift and its 95% Wilson bounds (pandas over the
+    oracle's masks)."""
     f = bu.fields[field]
     n, n_s = bu.n, int(seg.sum())
     order = {v: i for i, v in enumerate(snap_u.fields[field].values)}
@@ -79,15 +80,25 @@ def brute_table(bu, snap_u, field: str, seg: np.ndarray) -> pd.DataFrame:
         df["segment_share"] = df["n_sv"] / n_s if n_s else np.nan
         df["population_share"] = df["n_v"] / n
         df["lift"] = df["segment_share"] / df["population_share"]
+        bounds = [wilson(int(k), n_s) for k in df["n_sv"]]
+        df["lift_low"] = [b[0] for b in bounds] / df["population_share"]
+        df["lift_high"] = [b[1] for b in bounds] / df["population_share"]
     return df
 
 
 def brute_lists(df: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(over, under): lift > 1 by lift desc, lift < 1 by lift asc; ties: segment count desc,
-    population count desc, the field's value order."""
-    over = df[df["lift"] > 1].sort_values(["lift", "n_sv", "n_v", "pos"], ascending=[False, False, False, True])
-    under = df[df["lift"] < 1].sort_values(["lift", "n_sv", "n_v", "pos"], ascending=[True, False, False, True])
+    """(over, under): lift > 1 by the lift's lower bound desc, lift < 1 by its upper bound asc; ties: lift,
+    segment count desc, population count desc, the field's value order."""
+    over = df[df["lift"] > 1].sort_values(["lift_low", "lift", "n_sv", "n_v", "pos"],
+                                          ascending=[False, False, False, False, True])
+    under = df[df["lift"] < 1].sort_values(["lift_high", "lift", "n_sv", "n_v", "pos"],
+                                           ascending=[True, True, False, False, True])
     return over.head(k), under.head(k)
+
+
+def brute_strength(over: pd.DataFrame) -> float:
+    """A field's strength: the largest lower bound of a listed over-indexed value's lift, at least 1."""
+    return max([1.0] + [float(x) for x in over["lift_low"] if np.isfinite(x)])
 
 
 def ref_numeric(x: np.ndarray) -> dict:
@@ -130,12 +141,19 @@ def test_profile_equals_the_oracle(petnord_snapshot, oracle, ref, universe, name
     res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe=universe))
     assert (res.universe, res.n_rows, res.n_segment) == (universe, n, n_s)
     assert res.snapshot == petnord_snapshot.name and res.version == petnord_snapshot.version
-    # every field, in the universe's order, the segment's own condition fields included
-    assert [f.field for f in res.fields] == list(u.fields)
+    # every field, the segment's own condition fields included, strongest first (ties: universe order)
+    strengths = {}
     for fp in res.fields:
-        over, under = brute_lists(brute_table(bu, u, fp.field, seg), DEFAULT_VALUES_PER_FIELD)
+        over, under = brute_lists(brute_table(bu, u, fp.field, seg, ref.wilson), DEFAULT_VALUES_PER_FIELD)
         check_values(fp.over, over, n, n_s, ref)
         check_values(fp.under, under, n, n_s, ref)
+        strengths[fp.field] = brute_strength(over)
+        assert ref.close(fp.strength, strengths[fp.field], rtol=1e-9), fp.field
+    pos = {f: i for i, f in enumerate(u.fields)}
+    assert sorted(f.field for f in res.fields) == sorted(u.fields)
+    got = [f.field for f in res.fields]
+    assert all((-strengths[a], pos[a]) <= (-strengths[b], pos[b]) or math.isclose(strengths[a], strengths[b])
+               for a, b in zip(got, got[1:])), got
     raw = [f for f in u.fields if bu.fields[f].raw is not None]
     assert [p.field for p in res.numeric] == raw
     for p in res.numeric:
@@ -161,7 +179,7 @@ def test_values_per_field(petnord_snapshot, oracle, ref, k):
     seg = bu.eval(where)
     res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe="customers", values_per_field=k))
     for fp in res.fields:
-        df = brute_table(bu, u, fp.field, seg)
+        df = brute_table(bu, u, fp.field, seg, ref.wilson)
         over, under = brute_lists(df, k)
         check_values(fp.over, over, bu.n, int(seg.sum()), ref)
         check_values(fp.under, under, bu.n, int(seg.sum()), ref)
@@ -171,10 +189,11 @@ def test_values_per_field(petnord_snapshot, oracle, ref, k):
             assert listed == set(df.loc[(df["lift"] > 1) | (df["lift"] < 1), "value"])
 
 
-def test_ordering_rules(petnord_snapshot):
-    """Over: lift descending; under: lift ascending; equal lifts by segment count, then population
-    count (both descending), then value order. A one-region segment makes every other region a
-    zero-count value (lift 0), so the under list is those regions by population count."""
+def test_ordering_rules(petnord_snapshot, ref):
+    """Over: the lift's lower bound descending; under: its upper bound ascending; then lift, segment count,
+    population count (both descending), value order. A one-region segment makes every other region a
+    zero-count value (lift 0, upper bound the same for all), so the under list is those regions by
+    population count."""
     u = petnord_snapshot.universe("customers")
     res = profile(petnord_snapshot, ProfileQuery(segment=parse_where({"region": "oulu"}), universe="customers",
                                                  fields=["region"], values_per_field=10))
@@ -192,9 +211,16 @@ def test_ordering_rules(petnord_snapshot):
         for fp in res.fields:
             pos = {v: i for i, v in enumerate(u.fields[fp.field].values)}
             assert all(v.lift > 1 for v in fp.over) and all(v.lift < 1 for v in fp.under)
-            over_keys = [(-v.lift, -v.segment_count, -v.population_count, pos[v.value]) for v in fp.over]
-            under_keys = [(v.lift, -v.segment_count, -v.population_count, pos[v.value]) for v in fp.under]
+            n_s = res.n_segment
+
+            def bound(v, side):
+                return ref.wilson(v.segment_count, n_s)[side] / v.population_share
+
+            over_keys = [(-bound(v, 0), -v.lift, -v.segment_count, -v.population_count, pos[v.value]) for v in fp.over]
+            under_keys = [(bound(v, 1), v.lift, -v.segment_count, -v.population_count, pos[v.value]) for v in fp.under]
             assert over_keys == sorted(over_keys) and under_keys == sorted(under_keys)
+        strengths = [fp.strength for fp in res.fields]
+        assert strengths == sorted(strengths, reverse=True)
 
 
 # ----------------------------------------------------------------------------
@@ -210,14 +236,16 @@ def test_field_selection(petnord_snapshot, ref):
                                                      segment=parse_where({"customer.region": "oulu"})))
         return [f.field for f in res.fields], [p.field for p in res.numeric]
 
-    # names in request order, globs in universe order, duplicates once; condition fields included
+    # names and globs, duplicates once, condition fields included; categorical profiles strongest first
+    # (docs: ties in request order), numeric ones in request order
     got, numeric = fields(["total_eur", "customer.region", "customer.*", "total_eur"])
     customer = ref.glob_fields(list(u.fields), "customer.*")
-    assert got == ["total_eur", "customer.region"] + [f for f in customer if f != "customer.region"]
-    assert numeric == [f for f in got if u.fields[f].numeric is not None]
-    assert fields(["**"])[0] == list(u.fields)
-    assert fields(["lines.**"])[0] == ref.glob_fields(list(u.fields), "lines.**")
-    assert fields([])[0] == list(u.fields) == fields(None)[0]
+    requested = ["total_eur", "customer.region"] + [f for f in customer if f != "customer.region"]
+    assert sorted(got) == sorted(requested) and len(got) == len(requested)
+    assert numeric == [f for f in requested if u.fields[f].numeric is not None]
+    assert sorted(fields(["**"])[0]) == sorted(u.fields)
+    assert sorted(fields(["lines.**"])[0]) == sorted(ref.glob_fields(list(u.fields), "lines.**"))
+    assert fields([])[0] == fields(None)[0] and sorted(fields(None)[0]) == sorted(u.fields)
     # a numeric field reached through a reverse link has bands but no raw values: no numeric summary
     cu = petnord_snapshot.universe("customers")
     res = profile(petnord_snapshot, ProfileQuery(universe="orders", fields=["lines.product.category"]))
@@ -305,8 +333,8 @@ def test_json_form(petnord_snapshot, oracle):
     json.dumps(out, allow_nan=False)  # NaN is written null
     assert list(out) == ["snapshot", "version", "from", "n_rows", "n_segment", "elapsed_ms", "fields", "numeric"]
     assert out["n_segment"] == 0 and out["n_rows"] == oracle.universe("customers").n
-    assert out["fields"] == [{"field": "tenure_months", "over": [], "under": []},
-                             {"field": "region", "over": [], "under": []}]
+    assert out["fields"] == [{"field": "tenure_months", "strength": 1.0, "over": [], "under": []},
+                             {"field": "region", "strength": 1.0, "over": [], "under": []}]
     (num,) = out["numeric"]
     assert num["field"] == "tenure_months"
     assert num["segment"] == {"count": 0, "mean": None, "std": None, "min": None, "p25": None, "median": None,

@@ -23,13 +23,13 @@ from segsrv.ops.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownUniverseError
 
 ALL_ORDER_KEYS = (
-    "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p", "leverage",
+    "lift_low", "lift_high", "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p", "leverage",
     "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
 )
 # keys where "best" is the smallest value: always p/q-values; for direction "under" also the
 # measures that fall below their independence value when F is under-represented in C
 ASCENDING_ALWAYS = {"p_value", "q_value"}
-ASCENDING_UNDER = {"lift", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
+ASCENDING_UNDER = {"lift", "lift_low", "lift_high", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
 HYPO = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
@@ -97,6 +97,11 @@ class SimpleResult:
     def __init__(self, n, n_c, fields, feats, stats, tested, keep):
         self.n, self.n_c, self.fields, self.feats = n, n_c, fields, feats
         self.stats, self.tested, self.keep = stats, tested, keep
+
+
+def default_order(direction: str) -> str:
+    """The order of a query without order_by: mutual information, descending, whatever the direction."""
+    return "mutual_information"
 
 
 def is_ascending(order_by, direction):
@@ -264,7 +269,8 @@ def test_filters(petnord_snapshot, oracle, ref):
         result = run_both_plans(petnord_snapshot, query)
         exp = brute_relate(bu, where, ref, **{k: v for k, v in kwargs.items()})
         assert exp.keep, kwargs
-        check_against(result, exp, ref, order_by="lift_smoothed", direction=kwargs.get("direction", "over"),
+        check_against(result, exp, ref, order_by=default_order(kwargs.get("direction", "over")),
+                      direction=kwargs.get("direction", "over"),
                       limit=MAX_LIMIT)
         for h in result.hits:
             assert h.support >= kwargs.get("min_support", 1)
@@ -304,7 +310,7 @@ def test_globs(petnord_snapshot, oracle, ref):
         assert {h.field for h in result.hits} <= set(matched)
         assert "order.customer.region" not in {h.field for h in result.hits}  # a condition field
         exp = brute_relate(bu, where, ref, relate_list=[pattern], direction="all", min_support=0)
-        check_against(result, exp, ref, order_by="lift_smoothed", direction="all", limit=MAX_LIMIT)
+        check_against(result, exp, ref, order_by=default_order("all"), direction="all", limit=MAX_LIMIT)
     only_customer = ref.glob_fields(list(u.fields), "order.customer.*")
     assert only_customer and all(f.startswith("order.customer.") and f.count(".") == 2 for f in only_customer)
     assert len(ref.glob_fields(list(u.fields), "**")) == len(u.fields)
@@ -352,14 +358,14 @@ def test_condition_fields_excluded_by_default(petnord_snapshot, oracle, ref):
     assert result.n_candidates == u.n_features - sum(len(u.fields[f].values) for f in cond_fields)
     assert not {h.field for h in result.hits} & cond_fields
     exp = brute_relate(bu, where, ref, direction="all", min_support=0)
-    check_against(result, exp, ref, order_by="lift_smoothed", direction="all", limit=MAX_LIMIT)
+    check_against(result, exp, ref, order_by=default_order("all"), direction="all", limit=MAX_LIMIT)
     # include them on request (RelateQuery and the JSON form)
     incl = relate(petnord_snapshot, RelateQuery(where=parse_where(where), universe="customers", limit=MAX_LIMIT,
                                                 direction="all", min_support=0, exclude_condition_fields=False))
     assert incl.n_candidates == u.n_features
     assert ("region", "oulu") in {(h.field, h.value) for h in incl.hits}
     exp = brute_relate(bu, where, ref, exclude=False, direction="all", min_support=0)
-    check_against(incl, exp, ref, order_by="lift_smoothed", direction="all", limit=MAX_LIMIT)
+    check_against(incl, exp, ref, order_by=default_order("all"), direction="all", limit=MAX_LIMIT)
     js = run_json("relate", petnord_snapshot, {"from": "customers", "where": where, "include_condition_fields": True,
                                             "direction": "all", "min_support": 0, "limit": MAX_LIMIT})
     assert js["n_candidates"] == u.n_features
@@ -378,7 +384,7 @@ def test_condition_all_and_empty(petnord_snapshot, oracle, ref):
                                              limit=MAX_LIMIT, min_support=0))
     bu = oracle.universe("orders")
     exp = brute_relate(bu, {}, ref, direction="all", min_support=0)
-    check_against(r, exp, ref, order_by="lift_smoothed", direction="all", limit=MAX_LIMIT)
+    check_against(r, exp, ref, order_by=default_order("all"), direction="all", limit=MAX_LIMIT)
     assert all(h.lift == 1.0 and h.p == h.p_base for h in r.hits)
     # C = nobody
     for direction in ("over", "under", "all"):
@@ -398,7 +404,7 @@ def test_relate_large_universe_impressions(petnord_snapshot, oracle, ref):
             result = run_both_plans(petnord_snapshot, query)
             exp = brute_relate(bu, where, ref, direction=direction, min_support=0)
             assert exp.keep
-            check_against(result, exp, ref, order_by="lift_smoothed", direction=direction, limit=MAX_LIMIT)
+            check_against(result, exp, ref, order_by=default_order(direction), direction=direction, limit=MAX_LIMIT)
 
 
 # ----------------------------------------------------------------------------
@@ -421,8 +427,8 @@ def test_seed_query_json(petnord_snapshot, oracle, ref):
     assert out["from"] == "order_lines" and out["n_rows"] == 38013
     assert out["n_condition"] == exp.n_c > 0
     assert out["n_matching"] == len(exp.keep) > 0
-    # expected rows: over-indexed (lift > 1) features ordered by lift_smoothed (default a=10)
-    ranked = sorted(exp.keep, key=lambda k: -exp.stats[k]["lift_smoothed"])[: SEED_QUERY["limit"]]
+    # expected rows: over-indexed (lift > 1) features ordered by mutual information (the default)
+    ranked = sorted(exp.keep, key=lambda k: -exp.stats[k]["mutual_information"])[: SEED_QUERY["limit"]]
     assert len(out["hits"]) == len(ranked)
     for row, (field, value) in zip(out["hits"], ranked):
         assert set(row) == {"$lift", "$p", "$support", "order.customer.region"}
@@ -435,7 +441,7 @@ def test_seed_query_json(petnord_snapshot, oracle, ref):
     select = query.select
     assert select == SEED_QUERY["select"]
     result = run_both_plans(petnord_snapshot, query)
-    check_against(result, exp, ref, order_by="lift_smoothed", direction="over", limit=10)
+    check_against(result, exp, ref, order_by=default_order("over"), direction="over", limit=10)
 
 
 def test_published_figure_dryfood_dentaltreats(petnord_snapshot, source, ref):

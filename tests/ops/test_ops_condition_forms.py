@@ -188,7 +188,7 @@ def test_relate_request_fields():
         assert req.universe == "" and req.condition.WhichOneof("kind") == "all_rows"
         assert req.limit == (q.limit or 0) and req.min_support == q.min_support  # unset: the server's default
         assert req.prior_strength == q.prior_strength and req.include_condition_fields is False
-        assert req.order_by == pb.RELATE_ORDER_LIFT_SMOOTHED and req.direction == pb.RELATE_DIRECTION_OVER
+        assert req.order_by == pb.RELATE_ORDER_UNSPECIFIED and req.direction == pb.RELATE_DIRECTION_OVER  # lift_low
         assert not req.HasField("min_lift") and not req.HasField("max_p_value")
 
         # keyword arguments, and where given as a dataclass or a proto

@@ -19,7 +19,7 @@ def test_relate_request_defaults_and_enums():
     q = RelateQuery.from_proto(pb.RelateRequest(), RequestPaths())
     assert (q.where, q.universe, q.relate, q.order_by, q.direction, q.effective_limit, q.min_support, q.min_lift,
             q.max_p_value, q.prior_strength, q.exclude_condition_fields, q.plan) == (
-        All(), None, None, "lift_smoothed", "over", 100, 1, None, None, 10.0, True, "auto")
+        All(), None, None, None, "over", 100, 1, None, None, 10.0, True, "auto")
     assert q.limit is None  # unset: the server's default (min(100, its maximum))
     q = RelateQuery.from_proto(pb.RelateRequest(
         universe="u", fields=["a.*"], order_by=pb.RELATE_ORDER_MUTUAL_INFORMATION, direction=pb.RELATE_DIRECTION_UNDER,

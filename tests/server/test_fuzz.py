@@ -658,6 +658,8 @@ def wild_value(f):
             return conditions
         if f.message_type.full_name == "segsrv.v1.SnapshotSelector":
             return selectors
+        if f.message_type.full_name == "segsrv.v1.FieldWeight":
+            return st.lists(st.tuples(st.one_of(fields_, st.sampled_from(GLOBS)), any_float), max_size=6)
         return st.lists(st.tuples(fields_, values_), max_size=6)  # repeated Term
     if f.type == FD.TYPE_STRING:
         return st.lists(STRINGS, max_size=6) if f.is_repeated else STRINGS
@@ -686,6 +688,8 @@ def one_wild_field(draw):
         set_condition(req, f.name, value)
     elif f.type == FD.TYPE_MESSAGE and f.message_type.full_name == "segsrv.v1.SnapshotSelector":
         req.snapshot.name, req.snapshot.version = value  # "@current" is replaced when sent
+    elif f.type == FD.TYPE_MESSAGE and f.message_type.full_name == "segsrv.v1.FieldWeight":
+        getattr(req, f.name).extend(pb.FieldWeight(field=a, weight=w) for a, w in value)
     elif f.type == FD.TYPE_MESSAGE:
         getattr(req, f.name).extend(c.Term(field=a, value=b) for a, b in value)
     elif f.is_repeated:

@@ -197,18 +197,6 @@ def test_list_segments_empty_catalog(stub, petnord_snapshot):
     assert list(got.segments) == []
 
 
-@pytest.mark.parametrize("method,request_type,streaming", [
-    ("Discover", pb.DiscoverRequest, False),
-])
-def test_unbuilt_methods_are_unimplemented(method, request_type, streaming, stub):
-    with pytest.raises(grpc.RpcError) as err:
-        answer = getattr(stub, method)(request_type(), timeout=10)
-        if streaming:
-            list(answer)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert method in err.value.details() and "arrives with" in err.value.details()
-
-
 def test_health_serving(served):
     h = health_pb2_grpc.HealthStub(served.channel)
     for service in ("", SERVICE):

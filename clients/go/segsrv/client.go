@@ -32,6 +32,10 @@ import (
 // DefaultTimeout is the deadline given to a call whose context has none.
 const DefaultTimeout = 10 * time.Second
 
+// DefaultDiscoverTimeout is the deadline given to a Discover call whose context has none: a
+// search counts many conjunctions and can take seconds on big data.
+const DefaultDiscoverTimeout = 60 * time.Second
+
 // DefaultKeepalive are the client keepalive parameters Dial uses. A grpcio (gRPC core)
 // server, as `segsrv serve` is, by default accepts a ping at most every 5 minutes while
 // there is no data to send (grpc.http2.min_ping_interval_without_data_ms = 300000),
@@ -72,10 +76,12 @@ type Client struct {
 	health   healthpb.HealthClient
 	snapshot *pb.SnapshotSelector
 	timeout  time.Duration
+	discover time.Duration
 }
 
 type options struct {
 	timeout   time.Duration
+	discover  time.Duration
 	snapshot  *pb.SnapshotSelector
 	keepalive keepalive.ClientParameters
 	retry     bool
@@ -88,6 +94,10 @@ type Option func(*options)
 // WithTimeout sets the deadline of calls whose context has none (default DefaultTimeout;
 // 0 means no deadline).
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithDiscoverTimeout sets the deadline of Discover calls whose context has none (default
+// DefaultDiscoverTimeout; 0 means no deadline).
+func WithDiscoverTimeout(d time.Duration) Option { return func(o *options) { o.discover = d } }
 
 // WithSnapshot sets the snapshot (name, and version to pin; either may be empty) of
 // requests that do not name one themselves. Empty name: the server's only snapshot.
@@ -116,7 +126,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // not connect yet: the first call does (use Health to wait for a server). The connection
 // is plaintext unless WithDialOptions supplies transport credentials.
 func Dial(addr string, opts ...Option) (*Client, error) {
-	o := options{timeout: DefaultTimeout, keepalive: DefaultKeepalive, retry: true}
+	o := options{timeout: DefaultTimeout, discover: DefaultDiscoverTimeout, keepalive: DefaultKeepalive, retry: true}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -140,6 +150,7 @@ func Dial(addr string, opts ...Option) (*Client, error) {
 		health:   healthpb.NewHealthClient(conn),
 		snapshot: o.snapshot,
 		timeout:  o.timeout,
+		discover: o.discover,
 	}, nil
 }
 
@@ -154,10 +165,14 @@ func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 func (c *Client) Stub() pb.SegmentationServiceClient { return c.rpc }
 
 func (c *Client) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok || c.timeout <= 0 {
+	return withDefaultTimeout(ctx, c.timeout)
+}
+
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok || d <= 0 {
 		return ctx, func() {}
 	}
-	return context.WithTimeout(ctx, c.timeout)
+	return context.WithTimeout(ctx, d)
 }
 
 func (c *Client) selector(s *pb.SnapshotSelector) *pb.SnapshotSelector {
@@ -220,6 +235,20 @@ func (c *Client) Assign(ctx context.Context, req *pb.AssignRequest) (*pb.AssignR
 	defer cancel()
 	req.Snapshot = c.selector(req.GetSnapshot())
 	res, err := c.rpc.Assign(ctx, req)
+	return res, AsError(err)
+}
+
+// Discover searches req.Universe for segments: without req.Target, conjunctions of features
+// that co-occur beyond what independence and every split of them predict; with a target (e.g.
+// Term("churned", "true")), conjunctions where its rate is high or low; with req.K > 0, also a
+// segmentation of K personas among them (the client's snapshot if req names none). A ctx
+// without a deadline gets the client's Discover timeout (DefaultDiscoverTimeout, 60 s, unless
+// WithDiscoverTimeout), not WithTimeout's: a search can take seconds on big data.
+func (c *Client) Discover(ctx context.Context, req *pb.DiscoverRequest) (*pb.DiscoverResponse, error) {
+	ctx, cancel := withDefaultTimeout(ctx, c.discover)
+	defer cancel()
+	req.Snapshot = c.selector(req.GetSnapshot())
+	res, err := c.rpc.Discover(ctx, req)
 	return res, AsError(err)
 }
 

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -68,6 +69,16 @@ type fixture struct {
 			PrimarySegment string   `json:"primary_segment"`
 		} `json:"features"`
 	} `json:"assign"`
+	Discover struct {
+		Fields       []string         `json:"fields"`
+		MaxLength    int32            `json:"max_length"`
+		Limit        int32            `json:"limit"`
+		K            int32            `json:"k"`
+		Target       json.RawMessage  `json:"target"`
+		TargetCount  int64            `json:"target_count"`
+		Counts       map[string]int64 `json:"counts"`
+		TargetCounts map[string]int64 `json:"target_counts"`
+	} `json:"discover"`
 }
 
 type assignmentFixture struct {
@@ -450,5 +461,229 @@ func TestDeadline(t *testing.T) {
 	_, err := c.Count(ctx, fx.Universe, nil)
 	if code := status.Code(err); code != codes.DeadlineExceeded {
 		t.Fatalf("code = %s (%v), want DeadlineExceeded", code, err)
+	}
+}
+
+// privacyFloor is the server's default privacy floor (k = 10): no segment has fewer rows.
+const privacyFloor = 10
+
+// discoverKey is the fixture's key of a conjunction: its terms as field=value, sorted, joined
+// with " & " (the discover section's counts and target_counts).
+func discoverKey(terms []*pb.Term) string {
+	parts := make([]string, len(terms))
+	for i, t := range terms {
+		parts[i] = t.GetField() + "=" + t.GetValue()
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " & ")
+}
+
+// fixtureCount is the fixture's count of the customers having every term of terms (0 when the
+// conjunction is not listed: no customer has it).
+func fixtureCount(counts map[string]int64, terms []*pb.Term) int64 { return counts[discoverKey(terms)] }
+
+// checkDiscoveredCommon checks what every discovered segment has, with or without a target:
+// 1..maxLength terms on the requested fields, support at or above the privacy floor and as the
+// fixture counts it (DuckDB), share = support / row_count, q-value <= 0.05 (the default) and at
+// least the p-value, a name and a description.
+func checkDiscoveredCommon(t *testing.T, fx *fixture, what string, s *pb.DiscoveredSegment, rowCount int64) {
+	t.Helper()
+	d := fx.Discover
+	fields := map[string]bool{}
+	for _, f := range d.Fields {
+		fields[f] = true
+	}
+	if n := len(s.GetTerms()); n < 1 || n > int(d.MaxLength) {
+		t.Errorf("%s: %d terms, want 1..%d", what, n, d.MaxLength)
+	}
+	for _, term := range s.GetTerms() {
+		if !fields[term.GetField()] {
+			t.Errorf("%s: term on field %q, not among the requested %v", what, term.GetField(), d.Fields)
+		}
+	}
+	if s.GetSupport() < privacyFloor {
+		t.Errorf("%s: support %d is below the privacy floor %d", what, s.GetSupport(), privacyFloor)
+	}
+	if want := fixtureCount(d.Counts, s.GetTerms()); s.GetSupport() != want {
+		t.Errorf("%s: support = %d, the fixture (DuckDB) counts %d", what, s.GetSupport(), want)
+	}
+	if s.GetShare() <= 0 || s.GetShare() > 1 {
+		t.Errorf("%s: share %v is not in (0, 1]", what, s.GetShare())
+	}
+	if want := float64(s.GetSupport()) / float64(rowCount); !relClose(s.GetShare(), want, 1e-9) {
+		t.Errorf("%s: share = %v, want support / row_count = %v", what, s.GetShare(), want)
+	}
+	if q := s.GetQValue(); q > 0.05 || q < s.GetPValue() || s.GetPValue() < 0 {
+		t.Errorf("%s: p-value %g, q-value %g: want 0 <= p <= q <= 0.05", what, s.GetPValue(), q)
+	}
+	if s.GetName() == "" || s.GetDescription() == "" {
+		t.Errorf("%s: name %q, description %q: want both", what, s.GetName(), s.GetDescription())
+	}
+}
+
+func TestDiscover(t *testing.T) {
+	c, fx := setup(t)
+	d := fx.Discover
+	if len(d.Fields) == 0 {
+		t.Fatal("the fixture has no discover section")
+	}
+	res, err := c.Discover(context.Background(), &pb.DiscoverRequest{
+		Universe: fx.Universe, Fields: d.Fields, MaxLength: d.MaxLength, Limit: d.Limit,
+	})
+	if err != nil {
+		t.Fatal(err) // UNIMPLEMENTED included
+	}
+	if res.GetUniverse() != fx.Universe || res.GetRowCount() != fx.NCustomers || res.GetSuppressed() {
+		t.Errorf("universe %q, row_count %d, suppressed %v: want %q, %d, false",
+			res.GetUniverse(), res.GetRowCount(), res.GetSuppressed(), fx.Universe, fx.NCustomers)
+	}
+	if res.GetTargetCount() != 0 || res.GetSegmentation() != nil {
+		t.Errorf("target_count %d, segmentation %v: want none without a target and k", res.GetTargetCount(), res.GetSegmentation())
+	}
+	segs := res.GetSegments()
+	if len(segs) == 0 || len(segs) > int(d.Limit) {
+		t.Fatalf("%d segments, want 1..%d", len(segs), d.Limit)
+	}
+	n := float64(res.GetRowCount())
+	for i, s := range segs {
+		what := fmt.Sprintf("segment %d (%s)", i, discoverKey(s.GetTerms()))
+		checkDiscoveredCommon(t, fx, what, s, res.GetRowCount())
+		if len(s.GetTerms()) < 2 {
+			t.Errorf("%s: %d terms, want at least 2 without a target", what, len(s.GetTerms()))
+		}
+		if s.GetDirection() != "" || s.GetTargetSupport() != 0 {
+			t.Errorf("%s: direction %q, target_support %d without a target", what, s.GetDirection(), s.GetTargetSupport())
+		}
+		// lift: observed over what independence of the terms predicts, from the fixture's counts
+		expected := n
+		for _, term := range s.GetTerms() {
+			expected *= float64(fixtureCount(d.Counts, []*pb.Term{term})) / n
+		}
+		if s.GetLift() <= 1 || !relClose(s.GetLift(), float64(s.GetSupport())/expected, 1e-9) {
+			t.Errorf("%s: lift = %.17g, want support / independence = %.17g (> 1)", what, s.GetLift(), float64(s.GetSupport())/expected)
+		}
+		// adjust_for_activity defaults to true: an adjusted lift (NaN would mean not adjusted)
+		if a := s.GetAdjustedLift(); math.IsNaN(a) || math.IsInf(a, 0) || a <= 0 {
+			t.Errorf("%s: adjusted_lift = %v, want a positive number (activity adjustment is on by default)", what, a)
+		}
+		if len(s.GetTerms()) == 2 && !relClose(s.GetSplitLift(), s.GetLift(), 1e-9) {
+			t.Errorf("%s: split_lift = %.17g, want the lift %.17g (a pair has one split)", what, s.GetSplitLift(), s.GetLift())
+		}
+		// the returned condition selects the segment: Count agrees with the support
+		if i < 3 {
+			cnt, err := c.Count(context.Background(), fx.Universe, s.GetCondition())
+			if err != nil {
+				t.Fatalf("%s: count of its condition: %v", what, err)
+			}
+			if cnt.GetCount() != s.GetSupport() {
+				t.Errorf("%s: Count(condition) = %d, support = %d", what, cnt.GetCount(), s.GetSupport())
+			}
+		}
+	}
+}
+
+func TestDiscoverTarget(t *testing.T) {
+	c, fx := setup(t)
+	d := fx.Discover
+	if len(d.Fields) == 0 {
+		t.Fatal("the fixture has no discover section")
+	}
+	var churned int64 = -1
+	for _, cnt := range fx.Counts {
+		if cnt.Description == "churned = true" {
+			churned = cnt.Count
+		}
+	}
+	if churned < 0 || churned != d.TargetCount {
+		t.Fatalf("the fixture's churned count %d and discover.target_count %d disagree", churned, d.TargetCount)
+	}
+	res, err := c.Discover(context.Background(), &pb.DiscoverRequest{
+		Universe: fx.Universe, Fields: d.Fields, MaxLength: d.MaxLength,
+		Target: segsrv.Term("churned", "true"), K: d.K,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetRowCount() != fx.NCustomers || res.GetTargetCount() != churned {
+		t.Errorf("row_count %d, target_count %d: want %d, %d", res.GetRowCount(), res.GetTargetCount(), fx.NCustomers, churned)
+	}
+	segs := res.GetSegments()
+	if len(segs) == 0 {
+		t.Fatal("no segments")
+	}
+	rate := float64(res.GetTargetCount()) / float64(res.GetRowCount())
+	for i, s := range segs {
+		what := fmt.Sprintf("segment %d (%s, %s)", i, discoverKey(s.GetTerms()), s.GetDirection())
+		checkDiscoveredCommon(t, fx, what, s, res.GetRowCount())
+		if want := fixtureCount(d.TargetCounts, s.GetTerms()); s.GetTargetSupport() != want {
+			t.Errorf("%s: target_support = %d, the fixture (DuckDB) counts %d", what, s.GetTargetSupport(), want)
+		}
+		segRate := float64(s.GetTargetSupport()) / float64(s.GetSupport())
+		if !relClose(s.GetTargetRate(), segRate, 1e-9) {
+			t.Errorf("%s: target_rate = %v, want target_support / support = %v", what, s.GetTargetRate(), segRate)
+		}
+		if !relClose(s.GetLift(), segRate/rate, 1e-9) {
+			t.Errorf("%s: lift = %v, want the segment's rate over the overall rate = %v", what, s.GetLift(), segRate/rate)
+		}
+		switch s.GetDirection() {
+		case "high":
+			if s.GetLift() <= 1 {
+				t.Errorf("%s: lift %v is not above 1", what, s.GetLift())
+			}
+		case "low":
+			if s.GetLift() >= 1 {
+				t.Errorf("%s: lift %v is not below 1", what, s.GetLift())
+			}
+		default:
+			t.Errorf("%s: direction %q, want high or low", what, s.GetDirection())
+		}
+	}
+	g := res.GetSegmentation()
+	if g == nil {
+		t.Fatalf("no segmentation with k = %d", d.K)
+	}
+	if n := len(g.GetPersonas()); n == 0 || n > int(d.K) {
+		t.Errorf("%d personas, want 1..%d", n, d.K)
+	}
+	if g.GetCovered()+g.GetOther() != res.GetRowCount() {
+		t.Errorf("covered %d + other %d != row_count %d", g.GetCovered(), g.GetOther(), res.GetRowCount())
+	}
+	if want := float64(g.GetCovered()) / float64(res.GetRowCount()); !relClose(g.GetCoverage(), want, 1e-9) {
+		t.Errorf("coverage = %v, want covered / row_count = %v", g.GetCoverage(), want)
+	}
+	if g.GetOverlap() < 0 || g.GetOverlap() > g.GetCovered() {
+		t.Errorf("overlap %d is not within 0..covered (%d)", g.GetOverlap(), g.GetCovered())
+	}
+	var gains, primaries int64
+	seen := map[int32]bool{}
+	for _, p := range g.GetPersonas() {
+		if p.GetSegment() < 0 || int(p.GetSegment()) >= len(segs) || seen[p.GetSegment()] {
+			t.Errorf("persona on segment %d: out of range or repeated (%d segments)", p.GetSegment(), len(segs))
+			continue
+		}
+		seen[p.GetSegment()] = true
+		gains += p.GetGain()
+		primaries += p.GetPrimary()
+	}
+	if gains != g.GetCovered() || primaries != g.GetCovered() {
+		t.Errorf("personas' gains sum to %d, primaries to %d: want covered = %d", gains, primaries, g.GetCovered())
+	}
+}
+
+func TestDiscoverMaxLengthIsResourceExhausted(t *testing.T) {
+	c, fx := setup(t)
+	_, err := c.Discover(context.Background(), &pb.DiscoverRequest{Universe: fx.Universe, MaxLength: 9})
+	if code := status.Code(err); code != codes.ResourceExhausted {
+		t.Fatalf("code = %s (%v), want ResourceExhausted", code, err)
+	}
+	var e *segsrv.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("%T is not *segsrv.Error", err)
+	}
+	if e.Reason != "LIMIT_EXCEEDED" {
+		t.Errorf("reason = %q, want LIMIT_EXCEEDED", e.Reason)
+	}
+	if len(e.Violations) == 0 || e.Violations[0].Field != "max_length" {
+		t.Errorf("violations = %+v, want one on max_length", e.Violations)
 	}
 }

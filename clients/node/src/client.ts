@@ -14,6 +14,8 @@ import {
   type AssignResponse,
   CountRequest,
   type CountResponse,
+  DiscoverRequest,
+  type DiscoverResponse,
   GetSnapshotInfoRequest,
   type GetSnapshotInfoResponse,
   PredictRequest,
@@ -28,6 +30,8 @@ import { SegsrvError } from "./errors";
 
 /** Default deadline of every call, like the Python client's. */
 export const DEFAULT_DEADLINE_MS = 10_000;
+/** Default deadline of Discover: a search can take seconds on big data. */
+export const DEFAULT_DISCOVER_DEADLINE_MS = 60_000;
 /** Largest response accepted by default: the server's send limit (64 MiB). */
 export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024 * 1024;
 /** gRPC core's (grpcio's) default minimum interval between pings without data. */
@@ -56,8 +60,10 @@ export const SERVICE_CONFIG = {
 };
 
 export interface SegsrvClientOptions {
-  /** Deadline of every call in milliseconds (default 10 s). */
+  /** Deadline of every call but Discover in milliseconds (default 10 s). */
   deadlineMs?: number;
+  /** Deadline of Discover calls in milliseconds (default 60 s). */
+  discoverDeadlineMs?: number;
   /** Snapshot name (empty: the one the server serves). */
   snapshot?: string;
   /** Snapshot version to pin (empty: the one served; another is FAILED_PRECONDITION). */
@@ -94,14 +100,15 @@ type Unary<Req, Res> = (
 ) => unknown;
 
 /**
- * segsrv client: count, relate, snapshotInfo, predict, assign; `withDeadline` gives a view with
- * another deadline over the same channel; `close` closes the channel. Failed calls reject with
- * SegsrvError (code, details, violations, reason).
+ * segsrv client: count, relate, snapshotInfo, predict, assign, discover; `withDeadline` gives a
+ * view with another deadline (for every call) over the same channel; `close` closes the channel.
+ * Failed calls reject with SegsrvError (code, details, violations, reason).
  */
 export class SegsrvClient {
   private readonly stub: SegmentationServiceClient;
   private readonly ownsStub: boolean;
   readonly deadlineMs: number;
+  readonly discoverDeadlineMs: number;
   private readonly snapshot: SnapshotSelector;
 
   constructor(target: string, options: SegsrvClientOptions = {}) {
@@ -133,16 +140,18 @@ export class SegsrvClient {
     );
     this.ownsStub = true;
     this.deadlineMs = checkDeadline(options.deadlineMs ?? DEFAULT_DEADLINE_MS);
+    this.discoverDeadlineMs = checkDeadline(options.discoverDeadlineMs ?? DEFAULT_DISCOVER_DEADLINE_MS);
     this.snapshot = { name: options.snapshot ?? "", version: options.version ?? "" };
   }
 
   private static view(of: SegsrvClient, deadlineMs: number): SegsrvClient {
     const c = Object.create(SegsrvClient.prototype) as SegsrvClient;
-    Object.assign(c, { stub: of.stub, ownsStub: false, deadlineMs: checkDeadline(deadlineMs), snapshot: of.snapshot });
+    const ms = checkDeadline(deadlineMs);
+    Object.assign(c, { stub: of.stub, ownsStub: false, deadlineMs: ms, discoverDeadlineMs: ms, snapshot: of.snapshot });
     return c;
   }
 
-  /** The same client with another deadline per call, sharing (not owning) the channel. */
+  /** The same client with another deadline for every call (Discover too), sharing (not owning) the channel. */
   withDeadline(deadlineMs: number): SegsrvClient {
     return SegsrvClient.view(this, deadlineMs);
   }
@@ -210,6 +219,17 @@ export class SegsrvClient {
     return this.unary(this.stub.assign, AssignRequest.fromPartial(this.withSnapshot(req)));
   }
 
+  /**
+   * Segments of the request's universe: without a `target`, conjunctions of features that co-occur
+   * beyond what independence and every split of them predict; with one (e.g. `{ term: { field:
+   * "churned", value: "true" } }`), conjunctions where its rate is high or low; with `k` > 0, also a
+   * segmentation of k personas among them. Its deadline is `discoverDeadlineMs` (default 60 s; a
+   * withDeadline view's own deadline otherwise).
+   */
+  discover(request: Partial<DiscoverRequest>): Promise<DiscoverResponse> {
+    return this.unary(this.stub.discover, DiscoverRequest.fromPartial(this.withSnapshot(request)), this.discoverDeadlineMs);
+  }
+
   /** Closes the channel (a withDeadline view leaves it open). */
   close(): void {
     if (this.ownsStub) this.stub.close();
@@ -219,8 +239,8 @@ export class SegsrvClient {
     return req.snapshot === undefined ? { ...req, snapshot: this.snapshot } : req;
   }
 
-  private unary<Req, Res>(method: Unary<Req, Res>, request: Req): Promise<Res> {
-    const deadline = new Date(Date.now() + this.deadlineMs);
+  private unary<Req, Res>(method: Unary<Req, Res>, request: Req, deadlineMs = this.deadlineMs): Promise<Res> {
+    const deadline = new Date(Date.now() + deadlineMs);
     return new Promise<Res>((resolve, reject) => {
       method.call(this.stub, request, new Metadata(), { deadline }, (err, res) => {
         if (err) reject(SegsrvError.fromServiceError(err));

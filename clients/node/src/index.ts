@@ -1,4 +1,4 @@
-export { SegsrvClient, SERVICE_CONFIG, DEFAULT_DEADLINE_MS, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, GRPCIO_MIN_PING_INTERVAL_MS } from "./client";
+export { SegsrvClient, SERVICE_CONFIG, DEFAULT_DEADLINE_MS, DEFAULT_DISCOVER_DEADLINE_MS, DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, GRPCIO_MIN_PING_INTERVAL_MS } from "./client";
 export type { SegsrvClientOptions } from "./client";
 export { SegsrvError } from "./errors";
 export type { Violation, StatusDetail } from "./errors";

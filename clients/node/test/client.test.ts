@@ -6,7 +6,16 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { type Assignment, type AssignResponse, RelateDirection, SegsrvClient, SegsrvError } from "../src";
+import {
+  type Assignment,
+  type AssignResponse,
+  type DiscoveredSegment,
+  type DiscoverResponse,
+  RelateDirection,
+  SegsrvClient,
+  SegsrvError,
+  type Term,
+} from "../src";
 
 interface Fixture {
   snapshot: string;
@@ -27,6 +36,16 @@ interface Fixture {
     ids: string[];
     assignments: { id: string; found: boolean; members: string[]; primary_segment: string }[];
     features: { terms: { field: string; value: string }[]; members: string[]; primary_segment: string };
+  };
+  discover: {
+    fields: string[];
+    max_length: number;
+    limit: number;
+    k: number;
+    target: unknown;
+    target_count: number;
+    counts: Record<string, number>;
+    target_counts: Record<string, number>;
   };
 }
 
@@ -153,6 +172,13 @@ describe("Errors", () => {
     assert.ok(e.violations.some((v) => v.field === "id"), `violations: ${JSON.stringify(e.violations)}`);
   });
 
+  it("Discover with max_length 9 is RESOURCE_EXHAUSTED with a violation on max_length", { skip }, async () => {
+    const e = await rejection(client.discover({ universe, maxLength: 9 }));
+    assert.equal(e.code, status.RESOURCE_EXHAUSTED, e.message);
+    assert.equal(e.reason, "LIMIT_EXCEEDED");
+    assert.ok(e.violations.some((v) => v.field === "max_length"), `violations: ${JSON.stringify(e.violations)}`);
+  });
+
   it("a passed deadline is DEADLINE_EXCEEDED", { skip }, async () => {
     const hurried = client.withDeadline(1e-6);
     const e = await rejection(hurried.snapshotInfo());
@@ -216,6 +242,145 @@ describe("Assign", () => {
     assert.equal(got.id, "");
     assert.equal(got.found, true, "a feature-list customer is found");
     assertAssignment("features", got, f.members, f.primary_segment);
+  });
+});
+
+// The server's default privacy floor (k = 10): no discovered segment has fewer rows.
+const PRIVACY_FLOOR = 10;
+
+// The fixture's key of a conjunction: its terms as field=value, sorted, joined with " & ".
+function discoverKey(terms: Term[]): string {
+  return terms
+    .map((t) => `${t.field}=${t.value}`)
+    .sort()
+    .join(" & ");
+}
+
+// The fixture's count (discover.counts or discover.target_counts) of the customers having every
+// term; 0 when the conjunction is not listed (no customer has it).
+function fixtureCount(counts: Record<string, number>, terms: Term[]): number {
+  return counts[discoverKey(terms)] ?? 0;
+}
+
+// What every discovered segment has, with or without a target: 1..max_length terms on the
+// requested fields, support at or above the privacy floor and as the fixture counts it (DuckDB),
+// share = support / row_count, q-value <= 0.05 (the default) and at least the p-value, a name and
+// a description.
+function assertDiscoveredCommon(what: string, s: DiscoveredSegment, rowCount: number): void {
+  const d = fixture.discover;
+  assert.ok(s.terms.length >= 1 && s.terms.length <= d.max_length, `${what}: ${s.terms.length} terms, want 1..${d.max_length}`);
+  for (const t of s.terms) assert.ok(d.fields.includes(t.field), `${what}: term on ${t.field}, not requested`);
+  assert.ok(s.support >= PRIVACY_FLOOR, `${what}: support ${s.support} below the privacy floor`);
+  assert.equal(s.support, fixtureCount(d.counts, s.terms), `${what}: support (DuckDB count)`);
+  assert.ok(s.share > 0 && s.share <= 1, `${what}: share ${s.share} not in (0, 1]`);
+  assertRelClose(s.support / rowCount, s.share, `${what}: share = support / row_count`);
+  assert.ok(
+    s.pValue >= 0 && s.pValue <= s.qValue && s.qValue <= 0.05,
+    `${what}: p ${s.pValue}, q ${s.qValue}: want 0 <= p <= q <= 0.05`,
+  );
+  assert.ok(s.name, `${what}: no name`);
+  assert.ok(s.description, `${what}: no description`);
+}
+
+describe("Discover without a target over the fixture's fields, max_length 2, limit 5", () => {
+  const d = fixture.discover;
+  // one call shared by the tests below; any error, UNIMPLEMENTED included, fails them
+  let answer: Promise<DiscoverResponse> | undefined;
+  const response = () => (answer ??= client.discover({ universe, fields: d.fields, maxLength: d.max_length, limit: d.limit }));
+
+  it("universe, row count, 1..limit segments, no target", { skip }, async () => {
+    const r = await response();
+    assert.equal(r.universe, universe);
+    assert.equal(r.rowCount, fixture.n_customers);
+    assert.equal(r.suppressed, false);
+    assert.equal(r.targetCount, 0, "target_count without a target");
+    assert.equal(r.segmentation, undefined, "a segmentation without k");
+    assert.ok(r.segments.length >= 1 && r.segments.length <= d.limit, `${r.segments.length} segments, want 1..${d.limit}`);
+  });
+
+  it("every segment: 2+ terms, support and lift from the DuckDB counts, share, adjusted lift, q-value, name", { skip }, async () => {
+    const r = await response();
+    assert.ok(r.segments.length >= 1, "no segments");
+    for (const [i, s] of r.segments.entries()) {
+      const what = `segment ${i} (${discoverKey(s.terms)})`;
+      assertDiscoveredCommon(what, s, r.rowCount);
+      assert.ok(s.terms.length >= 2, `${what}: fewer than 2 terms without a target`);
+      assert.equal(s.direction, "", `${what}: direction without a target`);
+      assert.equal(s.targetSupport, 0, `${what}: target_support without a target`);
+      // lift: observed over what independence of the terms predicts, from the fixture
+      const expected = s.terms.reduce((acc, t) => (acc * fixtureCount(d.counts, [t])) / r.rowCount, r.rowCount);
+      assert.ok(s.lift > 1, `${what}: lift ${s.lift} is not above 1`);
+      assertRelClose(s.support / expected, s.lift, `${what}: lift over independence`);
+      if (s.terms.length === 2) assertRelClose(s.lift, s.splitLift, `${what}: split_lift of a pair (one split)`);
+      // adjust_for_activity defaults to true: an adjusted lift (NaN would mean not adjusted)
+      assert.ok(Number.isFinite(s.adjustedLift) && s.adjustedLift > 0, `${what}: adjusted_lift ${s.adjustedLift}, want a positive number`);
+    }
+  });
+
+  it("the first segments' conditions count their support", { skip }, async () => {
+    const r = await response();
+    assert.ok(r.segments.length >= 1, "no segments");
+    for (const [i, s] of r.segments.slice(0, 3).entries()) {
+      const { count } = await client.count(universe, s.condition);
+      assert.equal(count, s.support, `segment ${i} (${discoverKey(s.terms)}): Count of its condition`);
+    }
+  });
+});
+
+describe("Discover with target churned = true and k = 3", () => {
+  const d = fixture.discover;
+  let answer: Promise<DiscoverResponse> | undefined;
+  const response = () =>
+    (answer ??= client.discover({
+      universe,
+      fields: d.fields,
+      maxLength: d.max_length,
+      target: { term: { field: "churned", value: "true" } },
+      k: d.k,
+    }));
+
+  it("row count and target count", { skip }, async () => {
+    const churned = fixture.counts.find((c) => c.description === "churned = true");
+    assert.ok(churned, "the fixture has no count of churned = true");
+    assert.equal(churned.count, d.target_count, "the fixture's churned counts");
+    const r = await response();
+    assert.equal(r.rowCount, fixture.n_customers);
+    assert.equal(r.targetCount, churned.count, "target_count");
+    assert.ok(r.segments.length >= 1, "no segments");
+  });
+
+  it("every segment: direction, target rate and lift, DuckDB counts", { skip }, async () => {
+    const r = await response();
+    assert.ok(r.segments.length >= 1, "no segments");
+    const rate = r.targetCount / r.rowCount;
+    for (const [i, s] of r.segments.entries()) {
+      const what = `segment ${i} (${discoverKey(s.terms)}, ${s.direction})`;
+      assertDiscoveredCommon(what, s, r.rowCount);
+      assert.equal(s.targetSupport, fixtureCount(d.target_counts, s.terms), `${what}: target_support (DuckDB count)`);
+      const segRate = s.targetSupport / s.support;
+      assertRelClose(segRate, s.targetRate, `${what}: target_rate = target_support / support`);
+      assertRelClose(segRate / rate, s.lift, `${what}: lift = segment rate / overall rate`);
+      if (s.direction === "high") assert.ok(s.lift > 1, `${what}: lift ${s.lift} is not above 1`);
+      else if (s.direction === "low") assert.ok(s.lift < 1, `${what}: lift ${s.lift} is not below 1`);
+      else assert.fail(`${what}: direction '${s.direction}', want high or low`);
+    }
+  });
+
+  it("segmentation: at most k personas, covered + other = row count", { skip }, async () => {
+    const r = await response();
+    const g = r.segmentation;
+    assert.ok(g, `no segmentation with k = ${d.k}`);
+    assert.ok(g.personas.length >= 1 && g.personas.length <= d.k, `${g.personas.length} personas, want 1..${d.k}`);
+    assert.equal(g.covered + g.other, r.rowCount, "covered + other");
+    assertRelClose(g.covered / r.rowCount, g.coverage, "coverage");
+    assert.ok(g.overlap >= 0 && g.overlap <= g.covered, `overlap ${g.overlap}`);
+    const seen = new Set<number>();
+    for (const p of g.personas) {
+      assert.ok(p.segment >= 0 && p.segment < r.segments.length && !seen.has(p.segment), `persona on segment ${p.segment}: out of range or repeated`);
+      seen.add(p.segment);
+    }
+    assert.equal(g.personas.reduce((acc, p) => acc + p.gain, 0), g.covered, "personas' gains sum to covered");
+    assert.equal(g.personas.reduce((acc, p) => acc + p.primary, 0), g.covered, "personas' primary members sum to covered");
   });
 });
 

@@ -19,7 +19,8 @@ from ...errors import LimitExceededError, QueryError, UnknownFieldError, Unknown
 from ...snapshot.reader import FieldInfo, Snapshot, Universe
 from ...snapshot.spec import suggest
 from ..conditions import All, Condition, evaluate, feature_bits, tail_mask
-from ..relate import count_features, select_fields
+from ..fields import select_fields
+from ..relate import count_features
 from ...ops.params import bad
 from ...ops.predict import Factor, PredictQuery
 

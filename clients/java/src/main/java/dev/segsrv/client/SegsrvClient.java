@@ -7,6 +7,8 @@ import dev.segsrv.v1.AssignResponse;
 import dev.segsrv.v1.Condition;
 import dev.segsrv.v1.CountRequest;
 import dev.segsrv.v1.CountResponse;
+import dev.segsrv.v1.DiscoverRequest;
+import dev.segsrv.v1.DiscoverResponse;
 import dev.segsrv.v1.GetSnapshotInfoRequest;
 import dev.segsrv.v1.GetSnapshotInfoResponse;
 import dev.segsrv.v1.PredictRequest;
@@ -16,6 +18,7 @@ import dev.segsrv.v1.RelateRequest;
 import dev.segsrv.v1.RelateResponse;
 import dev.segsrv.v1.SegmentationServiceGrpc;
 import dev.segsrv.v1.SnapshotSelector;
+import dev.segsrv.v1.Term;
 import io.grpc.ManagedChannel;
 import io.grpc.StatusRuntimeException;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
@@ -35,11 +38,13 @@ import java.util.function.Function;
  * }
  * }</pre>
  *
- * <p>Every call carries a deadline (default 10 s, like the Python client); {@link
- * #withDeadline(Duration)} gives a view with another one over the same channel. A failed call
- * throws {@link SegsrvException} with the status code, message, field violations and ErrorInfo
- * reason. Requests without a {@code snapshot} selector get the client's (snapshot name and
- * version; both empty by default, which the server accepts while it serves one snapshot).
+ * <p>Every call carries a deadline (default 10 s, like the Python client; {@link
+ * #discover(DiscoverRequest)} 60 s, as a search can take seconds); {@link
+ * #withDeadline(Duration)} gives a view with another one for every call over the same channel.
+ * A failed call throws {@link SegsrvException} with the status code, message, field violations
+ * and ErrorInfo reason. Requests without a {@code snapshot} selector get the client's (snapshot
+ * name and version; both empty by default, which the server accepts while it serves one
+ * snapshot).
  *
  * <p>Keepalive is off by default (grpc-java's default). A segsrv server is a grpcio server with
  * gRPC core's defaults: it expects at most one ping every 5 minutes while no data flows, and
@@ -52,6 +57,8 @@ import java.util.function.Function;
 public final class SegsrvClient implements AutoCloseable {
   /** Default deadline of every call. */
   public static final Duration DEFAULT_DEADLINE = Duration.ofSeconds(10);
+  /** Default deadline of {@link #discover(DiscoverRequest)}: a search can take seconds on big data. */
+  public static final Duration DEFAULT_DISCOVER_DEADLINE = Duration.ofSeconds(60);
   /** Largest response accepted: the server's default send limit (64 MiB). */
   public static final int DEFAULT_MAX_INBOUND_MESSAGE_BYTES = 64 * 1024 * 1024;
   /** gRPC core's (grpcio's) default GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS. */
@@ -82,13 +89,19 @@ public final class SegsrvClient implements AutoCloseable {
   private final ManagedChannel channel;
   private final boolean ownsChannel;
   private final Duration deadline;
+  private final Duration discoverDeadline;
   private final SnapshotSelector snapshot;
 
   private SegsrvClient(
-      ManagedChannel channel, boolean ownsChannel, Duration deadline, SnapshotSelector snapshot) {
+      ManagedChannel channel,
+      boolean ownsChannel,
+      Duration deadline,
+      Duration discoverDeadline,
+      SnapshotSelector snapshot) {
     this.channel = channel;
     this.ownsChannel = ownsChannel;
     this.deadline = deadline;
+    this.discoverDeadline = discoverDeadline;
     this.snapshot = snapshot;
   }
 
@@ -104,21 +117,35 @@ public final class SegsrvClient implements AutoCloseable {
 
   /**
    * A client over an existing channel, which the caller keeps owning ({@link #close()} leaves it
-   * open).
+   * open). {@code deadline} is that of every call but Discover's ({@link
+   * #DEFAULT_DISCOVER_DEADLINE}).
    */
   public static SegsrvClient overChannel(ManagedChannel channel, Duration deadline) {
     return new SegsrvClient(
-        channel, false, checkDeadline(deadline), SnapshotSelector.getDefaultInstance());
+        channel,
+        false,
+        checkDeadline(deadline),
+        DEFAULT_DISCOVER_DEADLINE,
+        SnapshotSelector.getDefaultInstance());
   }
 
-  /** The same client with another deadline per call; shares (and does not own) the channel. */
+  /**
+   * The same client with another deadline for every call, Discover's included; shares (and does
+   * not own) the channel.
+   */
   public SegsrvClient withDeadline(Duration deadline) {
-    return new SegsrvClient(channel, false, checkDeadline(deadline), snapshot);
+    Duration d = checkDeadline(deadline);
+    return new SegsrvClient(channel, false, d, d, snapshot);
   }
 
-  /** The deadline of each call. */
+  /** The deadline of each call but Discover. */
   public Duration deadline() {
     return deadline;
+  }
+
+  /** The deadline of each Discover call. */
+  public Duration discoverDeadline() {
+    return discoverDeadline;
   }
 
   /** The underlying channel. */
@@ -135,6 +162,13 @@ public final class SegsrvClient implements AutoCloseable {
       throw new IllegalArgumentException("not a segsrv.v1.Condition in proto3 JSON: " + e.getMessage(), e);
     }
     return b.build();
+  }
+
+  /** The condition {@code field = value} (values as text: "true", "42", "25-35"). */
+  public static Condition term(String field, String value) {
+    return Condition.newBuilder()
+        .setTerm(Term.newBuilder().setField(nullToEmpty(field)).setValue(nullToEmpty(value)))
+        .build();
   }
 
   // ---- Count ----
@@ -245,9 +279,29 @@ public final class SegsrvClient implements AutoCloseable {
     return call(stub -> stub.assign(r));
   }
 
+  // ---- Discover ----
+
+  /**
+   * Segments of the request's universe: without a {@code target}, conjunctions of features that
+   * co-occur beyond what independence and every split of them predict; with one (e.g. {@code
+   * term("churned", "true")}), conjunctions where its rate is high or low; with {@code k > 0},
+   * also a segmentation of k personas among them. Its deadline is {@link #discoverDeadline()}
+   * (default 60 s; a {@link #withDeadline(Duration)} view's own deadline otherwise).
+   */
+  public DiscoverResponse discover(DiscoverRequest request) {
+    DiscoverRequest r =
+        request.hasSnapshot() ? request : request.toBuilder().setSnapshot(snapshot).build();
+    return call(stub -> stub.discover(r), discoverDeadline);
+  }
+
   // ---- plumbing ----
 
   private <T> T call(Function<SegmentationServiceGrpc.SegmentationServiceBlockingStub, T> rpc) {
+    return call(rpc, deadline);
+  }
+
+  private <T> T call(
+      Function<SegmentationServiceGrpc.SegmentationServiceBlockingStub, T> rpc, Duration deadline) {
     // The deadline is absolute once set, so each call gets a fresh stub.
     SegmentationServiceGrpc.SegmentationServiceBlockingStub stub =
         SegmentationServiceGrpc.newBlockingStub(channel)
@@ -292,6 +346,7 @@ public final class SegsrvClient implements AutoCloseable {
   public static final class Builder {
     private final String target;
     private Duration deadline = DEFAULT_DEADLINE;
+    private Duration discoverDeadline = DEFAULT_DISCOVER_DEADLINE;
     private String snapshotName = "";
     private String snapshotVersion = "";
     private boolean tls = false;
@@ -306,9 +361,15 @@ public final class SegsrvClient implements AutoCloseable {
       this.target = Objects.requireNonNull(target, "target");
     }
 
-    /** Deadline of every call (default 10 s). */
+    /** Deadline of every call but Discover (default 10 s). */
     public Builder deadline(Duration deadline) {
       this.deadline = checkDeadline(deadline);
+      return this;
+    }
+
+    /** Deadline of Discover calls (default 60 s). */
+    public Builder discoverDeadline(Duration deadline) {
+      this.discoverDeadline = checkDeadline(deadline);
       return this;
     }
 
@@ -408,7 +469,7 @@ public final class SegsrvClient implements AutoCloseable {
       }
       SnapshotSelector selector =
           SnapshotSelector.newBuilder().setName(snapshotName).setVersion(snapshotVersion).build();
-      return new SegsrvClient(b.build(), true, deadline, selector);
+      return new SegsrvClient(b.build(), true, deadline, discoverDeadline, selector);
     }
   }
 }

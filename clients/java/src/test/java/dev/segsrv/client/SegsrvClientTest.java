@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import static org.junit.jupiter.api.DynamicTest.dynamicTest;
 
@@ -17,13 +18,18 @@ import dev.segsrv.v1.AssignResponse;
 import dev.segsrv.v1.Assignment;
 import dev.segsrv.v1.Condition;
 import dev.segsrv.v1.CountResponse;
+import dev.segsrv.v1.DiscoverRequest;
+import dev.segsrv.v1.DiscoverResponse;
+import dev.segsrv.v1.DiscoveredSegment;
 import dev.segsrv.v1.ExplanationFactor;
 import dev.segsrv.v1.GetSnapshotInfoResponse;
+import dev.segsrv.v1.Persona;
 import dev.segsrv.v1.PredictResponse;
 import dev.segsrv.v1.RelateDirection;
 import dev.segsrv.v1.RelateHit;
 import dev.segsrv.v1.RelateResponse;
 import dev.segsrv.v1.SegmentMembership;
+import dev.segsrv.v1.Segmentation;
 import dev.segsrv.v1.TargetProbability;
 import dev.segsrv.v1.Term;
 import dev.segsrv.v1.UniverseInfo;
@@ -35,10 +41,12 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.TreeSet;
+import java.util.stream.Collectors;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -55,6 +63,8 @@ import org.junit.jupiter.api.TestFactory;
  */
 class SegsrvClientTest {
   private static final double REL_TOL = 1e-9;
+  /** The server's default privacy floor (k = 10): no discovered segment has fewer rows. */
+  private static final long PRIVACY_FLOOR = 10;
 
   private static SegsrvClient client;
   private static JsonObject fixture;
@@ -345,6 +355,220 @@ class SegsrvClientTest {
     assertTrue(got.getFound(), "a feature-list customer is found");
     assertAssignment(
         "features", got, strings(f.get("members")), f.get("primary_segment").getAsString());
+  }
+
+  // ---- Discover ----
+
+  /** The fixture's key of a conjunction: its terms as field=value, sorted, joined with " & ". */
+  private static String discoverKey(List<Term> terms) {
+    return terms.stream()
+        .map(t -> t.getField() + "=" + t.getValue())
+        .sorted()
+        .collect(Collectors.joining(" & "));
+  }
+
+  /**
+   * The fixture's count (discover.counts or discover.target_counts) of the customers having every
+   * term; 0 when the conjunction is not listed (no customer has it).
+   */
+  private static long fixtureCount(String section, List<Term> terms) {
+    JsonElement n =
+        fixture.getAsJsonObject("discover").getAsJsonObject(section).get(discoverKey(terms));
+    return n == null ? 0 : n.getAsLong();
+  }
+
+  private static List<String> discoverFields() {
+    List<String> fields = new ArrayList<>();
+    fixture.getAsJsonObject("discover").getAsJsonArray("fields").forEach(f -> fields.add(f.getAsString()));
+    return fields;
+  }
+
+  /**
+   * What every discovered segment has, with or without a target: 1..max_length terms on the
+   * requested fields, support at or above the privacy floor and as the fixture counts it (DuckDB),
+   * share = support / row_count, q-value <= 0.05 (the default) and at least the p-value, a name
+   * and a description.
+   */
+  private static void assertDiscoveredCommon(String what, DiscoveredSegment s, long rowCount) {
+    int maxLength = fixture.getAsJsonObject("discover").get("max_length").getAsInt();
+    assertTrue(
+        s.getTermsCount() >= 1 && s.getTermsCount() <= maxLength,
+        what + ": " + s.getTermsCount() + " terms, want 1.." + maxLength);
+    Set<String> fields = new HashSet<>(discoverFields());
+    for (Term t : s.getTermsList()) {
+      assertTrue(fields.contains(t.getField()), what + ": term on " + t.getField() + ", not requested");
+    }
+    assertTrue(s.getSupport() >= PRIVACY_FLOOR, what + ": support " + s.getSupport() + " below the privacy floor");
+    assertEquals(fixtureCount("counts", s.getTermsList()), s.getSupport(), what + ": support (DuckDB count)");
+    assertTrue(s.getShare() > 0 && s.getShare() <= 1, what + ": share " + s.getShare() + " not in (0, 1]");
+    assertRelClose((double) s.getSupport() / rowCount, s.getShare(), what + ": share = support / row_count");
+    assertTrue(
+        s.getPValue() >= 0 && s.getPValue() <= s.getQValue() && s.getQValue() <= 0.05,
+        what + ": p " + s.getPValue() + ", q " + s.getQValue() + ": want 0 <= p <= q <= 0.05");
+    assertFalse(s.getName().isEmpty(), what + ": no name");
+    assertFalse(s.getDescription().isEmpty(), what + ": no description");
+  }
+
+  @TestFactory
+  @DisplayName("Discover without a target over the fixture's fields, max_length 2, limit 5")
+  Stream<DynamicTest> discover() {
+    JsonObject d = fixture.getAsJsonObject("discover");
+    assertNotNull(d, "the fixture has no discover section");
+    int limit = d.get("limit").getAsInt();
+    // any error, UNIMPLEMENTED included, fails the test
+    DiscoverResponse r =
+        client.discover(
+            DiscoverRequest.newBuilder()
+                .setUniverse(universe)
+                .addAllFields(discoverFields())
+                .setMaxLength(d.get("max_length").getAsInt())
+                .setLimit(limit)
+                .build());
+    long n = fixture.get("n_customers").getAsLong();
+    List<DynamicTest> tests = new ArrayList<>();
+    tests.add(
+        dynamicTest(
+            "universe, row count, 1..limit segments, no target",
+            () -> {
+              assertEquals(universe, r.getUniverse());
+              assertEquals(n, r.getRowCount());
+              assertFalse(r.getSuppressed(), "suppressed");
+              assertEquals(0, r.getTargetCount(), "target_count without a target");
+              assertFalse(r.hasSegmentation(), "a segmentation without k");
+              assertTrue(
+                  r.getSegmentsCount() >= 1 && r.getSegmentsCount() <= limit,
+                  r.getSegmentsCount() + " segments, want 1.." + limit);
+            }));
+    for (int i = 0; i < r.getSegmentsCount(); i++) {
+      DiscoveredSegment s = r.getSegments(i);
+      String what = "segment " + i + " (" + discoverKey(s.getTermsList()) + ")";
+      boolean count = i < 3;
+      tests.add(
+          dynamicTest(
+              what,
+              () -> {
+                assertDiscoveredCommon(what, s, r.getRowCount());
+                assertTrue(s.getTermsCount() >= 2, what + ": fewer than 2 terms without a target");
+                assertEquals("", s.getDirection(), what + ": direction without a target");
+                assertEquals(0, s.getTargetSupport(), what + ": target_support without a target");
+                // lift: observed over what independence of the terms predicts, from the fixture
+                double expected = r.getRowCount();
+                for (Term t : s.getTermsList()) {
+                  expected *= (double) fixtureCount("counts", List.of(t)) / r.getRowCount();
+                }
+                assertTrue(s.getLift() > 1, what + ": lift " + s.getLift() + " is not above 1");
+                assertRelClose(s.getSupport() / expected, s.getLift(), what + ": lift over independence");
+                if (s.getTermsCount() == 2) {
+                  assertRelClose(s.getLift(), s.getSplitLift(), what + ": split_lift of a pair (one split)");
+                }
+                // adjust_for_activity defaults to true: an adjusted lift (NaN would mean not adjusted)
+                assertTrue(
+                    Double.isFinite(s.getAdjustedLift()) && s.getAdjustedLift() > 0,
+                    what + ": adjusted_lift " + s.getAdjustedLift() + ", want a positive number");
+                if (count) { // the returned condition selects the segment
+                  assertEquals(
+                      s.getSupport(),
+                      client.count(universe, s.getCondition()).getCount(),
+                      what + ": Count of its condition");
+                }
+              }));
+    }
+    return tests.stream();
+  }
+
+  @TestFactory
+  @DisplayName("Discover with target churned = true and k = 3: rates, directions, segmentation")
+  Stream<DynamicTest> discoverTarget() {
+    JsonObject d = fixture.getAsJsonObject("discover");
+    assertNotNull(d, "the fixture has no discover section");
+    long churned = -1;
+    for (JsonElement e : fixture.getAsJsonArray("counts")) {
+      if (e.getAsJsonObject().get("description").getAsString().equals("churned = true")) {
+        churned = e.getAsJsonObject().get("count").getAsLong();
+      }
+    }
+    assertEquals(d.get("target_count").getAsLong(), churned, "the fixture's churned counts");
+    long targetCount = churned;
+    int k = d.get("k").getAsInt();
+    DiscoverResponse r =
+        client.discover(
+            DiscoverRequest.newBuilder()
+                .setUniverse(universe)
+                .addAllFields(discoverFields())
+                .setMaxLength(d.get("max_length").getAsInt())
+                .setTarget(SegsrvClient.term("churned", "true"))
+                .setK(k)
+                .build());
+    List<DynamicTest> tests = new ArrayList<>();
+    tests.add(
+        dynamicTest(
+            "row count, target count, segments",
+            () -> {
+              assertEquals(fixture.get("n_customers").getAsLong(), r.getRowCount());
+              assertEquals(targetCount, r.getTargetCount(), "target_count");
+              assertTrue(r.getSegmentsCount() >= 1, "no segments");
+            }));
+    double rate = (double) r.getTargetCount() / r.getRowCount();
+    for (int i = 0; i < r.getSegmentsCount(); i++) {
+      DiscoveredSegment s = r.getSegments(i);
+      String what = "segment " + i + " (" + discoverKey(s.getTermsList()) + ", " + s.getDirection() + ")";
+      tests.add(
+          dynamicTest(
+              what,
+              () -> {
+                assertDiscoveredCommon(what, s, r.getRowCount());
+                assertEquals(
+                    fixtureCount("target_counts", s.getTermsList()),
+                    s.getTargetSupport(),
+                    what + ": target_support (DuckDB count)");
+                double segRate = (double) s.getTargetSupport() / s.getSupport();
+                assertRelClose(segRate, s.getTargetRate(), what + ": target_rate = target_support / support");
+                assertRelClose(segRate / rate, s.getLift(), what + ": lift = segment rate / overall rate");
+                switch (s.getDirection()) {
+                  case "high" -> assertTrue(s.getLift() > 1, what + ": lift " + s.getLift() + " is not above 1");
+                  case "low" -> assertTrue(s.getLift() < 1, what + ": lift " + s.getLift() + " is not below 1");
+                  default -> fail(what + ": direction '" + s.getDirection() + "', want high or low");
+                }
+              }));
+    }
+    tests.add(
+        dynamicTest(
+            "segmentation: at most k personas, covered + other = row count",
+            () -> {
+              assertTrue(r.hasSegmentation(), "no segmentation with k = " + k);
+              Segmentation g = r.getSegmentation();
+              assertTrue(
+                  g.getPersonasCount() >= 1 && g.getPersonasCount() <= k,
+                  g.getPersonasCount() + " personas, want 1.." + k);
+              assertEquals(r.getRowCount(), g.getCovered() + g.getOther(), "covered + other");
+              assertRelClose((double) g.getCovered() / r.getRowCount(), g.getCoverage(), "coverage");
+              assertTrue(g.getOverlap() >= 0 && g.getOverlap() <= g.getCovered(), "overlap " + g.getOverlap());
+              Set<Integer> seen = new HashSet<>();
+              long gains = 0;
+              long primaries = 0;
+              for (Persona p : g.getPersonasList()) {
+                assertTrue(
+                    p.getSegment() >= 0 && p.getSegment() < r.getSegmentsCount() && seen.add(p.getSegment()),
+                    "persona on segment " + p.getSegment() + ": out of range or repeated");
+                gains += p.getGain();
+                primaries += p.getPrimary();
+              }
+              assertEquals(g.getCovered(), gains, "personas' gains sum to covered");
+              assertEquals(g.getCovered(), primaries, "personas' primary members sum to covered");
+            }));
+    return tests.stream();
+  }
+
+  @Test
+  @DisplayName("Discover with max_length 9 is RESOURCE_EXHAUSTED with a violation on max_length")
+  void discoverMaxLengthIsResourceExhausted() {
+    DiscoverRequest tooLong = DiscoverRequest.newBuilder().setUniverse(universe).setMaxLength(9).build();
+    SegsrvException e = assertThrows(SegsrvException.class, () -> client.discover(tooLong));
+    assertEquals(Status.Code.RESOURCE_EXHAUSTED, e.code(), e.getMessage());
+    assertEquals("LIMIT_EXCEEDED", e.reason());
+    assertTrue(
+        e.violations().stream().anyMatch(v -> v.field().equals("max_length")),
+        "violations: " + e.violations());
   }
 
   @Test

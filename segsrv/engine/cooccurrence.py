@@ -1,0 +1,82 @@
+"""Candidate feature sets in the layout of the co-occurrence kernels (segsrv._kernels.cooccur).
+
+A ``FeatureSet`` is k features of one universe, restricted to some rows: the dense ones as rows of
+a uint64 matrix (the snapshot's memory-mapped matrix itself when nothing restricts them, a
+materialised ``dense & rows`` copy otherwise) and the sparse ones as sorted id arrays (filtered by
+the rows). Its order is the dense features first, then the sparse ones; ``fids`` says which
+feature each position is. ``pairs()`` counts every pair at once, ``cross(left)`` every
+(bitset, feature) pair, both exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kernels
+
+
+class FeatureSet:
+    def __init__(self, fids, n_words: int, dense, dense_rows, ids, offsets, sparse_features):
+        self.fids = np.asarray(fids, dtype=np.int64)
+        self.n_words = int(n_words)
+        self.dense = dense
+        self.dense_rows = dense_rows
+        self.ids = ids
+        self.offsets = offsets
+        self.sparse_features = sparse_features
+
+    @classmethod
+    def of(cls, universe, fids: np.ndarray) -> "FeatureSet":
+        """The features `fids` of `universe` over every row, reordered dense first (see `fids`)."""
+        fids = np.asarray(fids, dtype=np.int64)
+        slots = np.asarray(universe.feature_slot[fids], dtype=np.int64)
+        dense = slots >= 0
+        order = np.concatenate([np.flatnonzero(dense), np.flatnonzero(~dense)])
+        fids, slots = fids[order], slots[order]
+        k_d = int(dense.sum())
+        return cls(fids, universe.n_words, universe.dense, np.ascontiguousarray(slots[:k_d]),
+                   universe.sparse_ids, universe.sparse_offsets, np.ascontiguousarray(-slots[k_d:] - 1))
+
+    def __len__(self) -> int:
+        return len(self.fids)
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.dense_rows)
+
+    def _args(self) -> tuple:
+        return (self.dense, self.dense_rows, self.ids, self.offsets, self.sparse_features)
+
+    def restrict(self, rows: np.ndarray) -> "FeatureSet":
+        """The same features counted only on the rows of the bitset `rows` (a copy of their bits)."""
+        dense = np.empty((self.n_dense, self.n_words), dtype=np.uint64)
+        for i, r in enumerate(self.dense_rows.tolist()):
+            _kernels.bitset_and(self.dense[r], rows, out=dense[i])
+        parts = []
+        for f in self.sparse_features.tolist():
+            ids = self.ids[self.offsets[f]:self.offsets[f + 1]]
+            keep = (rows[ids >> 6] >> (ids & 63).astype(np.uint64)) & np.uint64(1)
+            parts.append(np.ascontiguousarray(ids[keep.astype(bool)]))
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(p) for p in parts])
+        ids = np.concatenate(parts).astype(np.uint32) if parts else np.zeros(0, np.uint32)
+        return FeatureSet(self.fids, self.n_words, dense, np.arange(self.n_dense, dtype=np.int64), ids, offsets,
+                          np.arange(len(parts), dtype=np.int64))
+
+    def bits(self, i: int) -> np.ndarray:
+        """Feature at position i as a bitset to read (a dense row itself, a sparse one materialised)."""
+        if i < self.n_dense:
+            return self.dense[self.dense_rows[i]]
+        f = int(self.sparse_features[i - self.n_dense])
+        return _kernels.ids_to_bitset(np.ascontiguousarray(self.ids[self.offsets[f]:self.offsets[f + 1]]),
+                                      self.n_words)
+
+    def pairs(self) -> np.ndarray:
+        """int64[k, k]: rows having both features (the diagonal: each feature's rows)."""
+        return _kernels.cooccurrence(*self._args())
+
+    def cross(self, left: np.ndarray) -> np.ndarray:
+        """int64[len(left), k]: rows of each bitset of `left` having each feature."""
+        if len(left) == 0 or len(self) == 0:
+            return np.zeros((len(left), len(self)), dtype=np.int64)
+        return _kernels.cross_cooccurrence(np.ascontiguousarray(left), *self._args())

@@ -1,0 +1,698 @@
+"""Discover: conjunctions of features that co-occur beyond what their parts predict (DESIGN.md 9).
+
+The search (docs/discover.md has the user's view; every count is exact):
+
+1. Candidates: the features of the selected fields (by default every field but identifier-like
+   ones and, with a target, the target's own fields) with at least ``min_support`` rows among the
+   rows searched and not on every one of them. More than ``max_candidates`` is LimitExceededError.
+2. Pairs: one all-pairs co-occurrence pass (segsrv._kernels.cooccurrence) counts every pair of
+   candidates at once, and with a target every pair's target rows.
+3. Longer conjunctions, level by level up to ``max_length``: the ``BEAM`` highest-scoring kept
+   conjunctions of a level are extended by every candidate that reaches ``min_support`` with each
+   of their terms (Apriori's pruning, from the pair counts) and is not a second value of a
+   single-valued field of theirs; the extensions are counted in one cross co-occurrence pass
+   (segsrv._kernels.cross_cooccurrence).
+4. Tests of a conjunction X, counted if it reaches ``min_support`` (``tested``):
+   - unsupervised (productive itemsets, Webb 2007): for every split of X into two non-empty parts
+     (A, B), the one-sided Fisher exact test of n_X given n_A, n_B and n (P(H >= n_X),
+     H ~ Hypergeometric(n, n_A, n_B)); X's p-value is the largest over its splits and its
+     ``split_lift`` the smallest n_X n / (n_A n_B). X is kept when split_lift >= ``min_lift``;
+   - supervised (subgroup discovery): the target's rate in X against the overall rate (the same
+     Fisher test, in the direction asked) and against every generalisation X - t (the test within
+     the rows of X - t); the largest p-value counts. X is kept when its target lift is at least
+     ``min_lift`` (high) or at most 1 / ``min_lift`` (low), and beyond every generalisation's rate
+     in that direction;
+   - both: a term that holds for IMPLIED (95%) of the rows of the other terms adds nothing (as a
+     brand implies its tier), so X is dropped.
+5. Correction: Benjamini-Hochberg over every tested conjunction (m = ``tested``). p-values are
+   computed for the conjunctions that pass the lift rules; the others rank after them, which can
+   only raise a q-value (conservative). Listed segments have q <= ``max_q_value``.
+6. Score (the ranking): unsupervised n_X ln(split_lift), the log-likelihood gain of X over its best
+   split (sizable and strong first); supervised |n_XT - n_X r| = n |WRAcc|, the target rows
+   beyond (high) or short of (low) what the overall rate r predicts. Times the mean weight of the
+   terms' fields (``field_weights``).
+7. Redundancy by overlap: in score order, a segment is listed only while its members' Jaccard
+   index with every segment listed before it is at most ``max_overlap``.
+8. Each listed segment gets a description in words, a catalog name and its most over-indexed other
+   candidate features (ranked by their rows in the segment times the log of the lower Wilson bound of
+   their lift: sizable and certain first). With ``k``, a segmentation
+   (segsrv.engine.segmentation).
+
+``cancel.check()`` runs between steps and inside the levels.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _kernels
+from ..errors import LimitExceededError, QueryError, UnknownFieldError, Violation, suggest
+from ..ops.conditions import All, condition_fields
+from ..ops.discover import (
+    DEFAULT_MIN_LIFT, DEFAULT_MIN_SHARE, DEFAULT_MIN_TARGET_LIFT, DiscoveredSegment, DiscoverQuery, DiscoverResult,
+    SegmentFeature, name_token, unique_names,
+)
+from ..snapshot.paths import match_path
+from ..snapshot.reader import Snapshot, Universe
+from . import cancel
+from . import stats as st
+from .conditions import bool_to_bitset, evaluate
+from .cooccurrence import FeatureSet
+from .fields import default_fields, select_fields
+from .relate import count_features
+from .segmentation import segmentation
+
+DEFAULT_MAX_CANDIDATES = 2000  # the server's limit on candidate features (segsrv serve --max-discover-candidates)
+BEAM = 400  # kept conjunctions of a level extended to the next, highest score first
+IMPLIED = 0.95  # a term holding for this share of the other terms' rows adds nothing
+ACTIVITY_STRATA = 10  # rows grouped by how many candidate features they have (deciles)
+ACTIVITY_MIN_CANDIDATES = 30  # fewer: a row's activity would be mostly the features tested, so no adjustment
+_STRATUM_BATCH = 256  # conjunction bitsets materialised at a time for their stratum counts
+_REDUNDANCY_BATCH = 128  # candidates checked against the listed segments in one cross co-occurrence pass
+
+
+@dataclass
+class _Level:
+    """Conjunctions of one length, as candidate positions (sorted within a row) and statistics."""
+    terms: np.ndarray  # int64[m, L]
+    n: np.ndarray  # int64[m] rows having all terms
+    n_t: np.ndarray  # int64[m] of them with the target (supervised), zeros otherwise
+    lift: np.ndarray  # float[m]
+    split_lift: np.ndarray  # float[m]
+    p: np.ndarray  # float[m]
+    score: np.ndarray  # float[m]
+    high: np.ndarray  # bool[m] (supervised: direction high)
+    adjusted_lift: np.ndarray  # float[m] (unsupervised: over independence given activity)
+
+    FIELDS = ("terms", "n", "n_t", "lift", "split_lift", "p", "score", "high", "adjusted_lift")
+
+    @classmethod
+    def empty(cls, length: int) -> "_Level":
+        z = np.zeros(0)
+        return cls(np.zeros((0, length), np.int64), z.astype(np.int64), z.astype(np.int64), z, z, z, z,
+                   z.astype(bool), z)
+
+    def take(self, idx) -> "_Level":
+        return _Level(*(getattr(self, name)[idx] for name in self.FIELDS))
+
+
+class _Search:
+    """One search: the candidates (positions 0..k-1 of a FeatureSet), exact counts memoised by term tuple."""
+
+    def __init__(self, universe: Universe, features: FeatureSet, n: int, within: np.ndarray | None,
+                 target: np.ndarray | None):
+        self.u = universe
+        self.features = features
+        self.k = len(features)
+        self.n = n
+        self.within = within
+        self.target = target
+        self.pairs = np.zeros((0, 0), np.int64)
+        self.pairs_t = np.zeros((0, 0), np.int64)
+        self.counts: dict[tuple[int, ...], int] = {}
+        self.target_counts: dict[tuple[int, ...], int] = {}
+        self.stratum_rows = np.zeros(0)  # float[S]: rows searched in each activity stratum
+        self.stratum_rates = np.zeros((0, 0))  # float[S, k]: share of a stratum's rows having each candidate
+
+    def set_activity(self) -> None:
+        """Group the rows searched by activity (how many candidate features each has) into ACTIVITY_STRATA
+        quantile strata, and count every candidate in each (docs/discover.md, "Activity")."""
+        u = self.u
+        weights = np.zeros(u.n_features)
+        weights[self.features.fids] = 1.0
+        rows = None if self.within is None else _kernels.bitset_to_ids(self.within, u.n_rows)
+        activity = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, weights, rows)
+        edges = np.unique(np.quantile(activity, np.arange(1, ACTIVITY_STRATA) / ACTIVITY_STRATA))
+        stratum = np.searchsorted(edges, activity, side="right")
+        strata = np.zeros((len(edges) + 1, u.n_words), dtype=np.uint64)
+        for s in range(len(strata)):
+            mask = stratum == s
+            if rows is None:
+                strata[s] = bool_to_bitset(mask, u.n_words)
+            else:
+                strata[s] = _kernels.ids_to_bitset(np.ascontiguousarray(rows[mask]), u.n_words)
+        self.strata = strata
+        self.stratum_rows = np.bincount(stratum, minlength=len(strata)).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.stratum_rates = self.features.cross(strata) / self.stratum_rows[:, None]
+            if self.target is not None:
+                self.stratum_target_rates = _kernels.and_count_dense(self.target, strata) / self.stratum_rows
+
+    def stratum_counts(self, terms: np.ndarray) -> np.ndarray:
+        """int64[m, S]: rows of each conjunction (a row of candidate positions) in each activity stratum."""
+        out = np.zeros((len(terms), len(self.strata)), dtype=np.int64)
+        for start in range(0, len(terms), _STRATUM_BATCH):
+            rows = terms[start:start + _STRATUM_BATCH]
+            left = np.stack([self.bits(r) for r in rows])
+            out[start:start + len(rows)] = _kernels.cross_cooccurrence(left, self.strata)
+            cancel.check()
+        return out
+
+    def expected_target(self, terms: np.ndarray) -> np.ndarray:
+        """Target rows each conjunction would have if its members had the target rate of their activity
+        stratum."""
+        if terms.shape[1] == 1:
+            counts = self.stratum_rates[:, terms[:, 0]].T * self.stratum_rows
+        else:
+            counts = self.stratum_counts(terms)
+        return counts @ self.stratum_target_rates
+
+    def adjusted_lift(self, terms: np.ndarray, n_x: np.ndarray) -> np.ndarray:
+        """n_X over what independence of its terms within each activity stratum predicts."""
+        rates = self.stratum_rates[:, terms]  # [S, m, L]
+        expected = (np.prod(rates, axis=2) * self.stratum_rows[:, None]).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return n_x / expected
+
+    def bits(self, terms) -> np.ndarray:
+        """Rows searched having every term, a bitset of our own."""
+        terms = [int(t) for t in terms]
+        out = np.array(self.features.bits(terms[0]), dtype=np.uint64)
+        if self.within is not None:
+            _kernels.bitset_and(out, self.within, out=out)
+        for t in terms[1:]:
+            _kernels.bitset_and(out, self.features.bits(t), out=out)
+        return out
+
+    def count(self, terms: tuple[int, ...]) -> int:
+        if len(terms) == 1:
+            return int(self.pairs[terms[0], terms[0]])
+        if len(terms) == 2:
+            return int(self.pairs[terms[0], terms[1]])
+        got = self.counts.get(terms)
+        if got is None:
+            got = self.counts[terms] = int(_kernels.popcount(self.bits(terms)))
+        return got
+
+    def target_count(self, terms: tuple[int, ...]) -> int:
+        if len(terms) == 0:
+            return int(_kernels.popcount(self.target))
+        if len(terms) == 1:
+            return int(self.pairs_t[terms[0], terms[0]])
+        if len(terms) == 2:
+            return int(self.pairs_t[terms[0], terms[1]])
+        got = self.target_counts.get(terms)
+        if got is None:
+            bits = self.bits(terms)
+            got = self.target_counts[terms] = int(_kernels.and_count_dense(self.target, bits[None, :])[0])
+        return got
+
+
+def field_weights(universe: Universe, weights: dict[str, float]) -> np.ndarray:
+    """Weight per field index of the universe: 1 unless a name or glob gives one (the last match wins)."""
+    out = np.ones(len(universe.field_names))
+    for pat, w in weights.items():
+        parts = pat.split(".")
+        hit = False
+        for i, name in enumerate(universe.field_names):
+            if name == pat or match_path(parts, name.split(".")):
+                out[i] = w
+                hit = True
+        if not hit:
+            raise UnknownFieldError(f"field_weights: {pat!r} matches no field of universe {universe.name!r}"
+                                    f"{suggest(pat, universe.field_names)}",
+                                    [Violation("field_weights", f"{pat!r} matches nothing", "pattern", pat)])
+    return out
+
+
+def _single_valued(universe: Universe) -> np.ndarray:
+    """Per field index: a row has at most one of its values (two of them never co-occur)."""
+    return np.array([f.semantics == "own" and f.kind != "multi" for f in universe.fields.values()], dtype=bool)
+
+
+def _splits(length: int):
+    """Every split of positions 0..length-1 into two non-empty parts, each once."""
+    for mask in range(1, 1 << (length - 1)):
+        yield (tuple(i for i in range(length) if mask >> i & 1), tuple(i for i in range(length) if not mask >> i & 1))
+
+
+def _excluded(query: DiscoverQuery) -> set[str]:
+    return condition_fields(query.target) if query.target is not None else set()
+
+
+def discover(snapshot: Snapshot, query: DiscoverQuery, *, privacy_k: int = 0,
+             max_candidates: int = DEFAULT_MAX_CANDIDATES) -> DiscoverResult:
+    t0 = time.perf_counter()
+    query.validate()
+    if query.max_candidates is not None and query.max_candidates > max_candidates:
+        raise LimitExceededError(f"max_candidates: {query.max_candidates} exceeds the server's limit {max_candidates}",
+                                 [("max_candidates", f"at most {max_candidates}")])
+    limit_candidates = query.max_candidates or max_candidates
+    u = snapshot.universe(query.universe)
+    within = None if isinstance(query.within, All) else evaluate(snapshot, u, query.within)
+    n = u.n_rows if within is None else int(_kernels.popcount(within))
+    target = None
+    if query.supervised:
+        target = evaluate(snapshot, u, query.target)
+        if within is not None:
+            target = _kernels.bitset_and(target, within)
+    min_support = query.min_support or max(1, math.ceil(DEFAULT_MIN_SHARE * n))
+    min_support = max(min_support, privacy_k if privacy_k > 1 else 1)
+    min_lift = query.min_lift if query.min_lift is not None else (
+        DEFAULT_MIN_TARGET_LIFT if query.supervised else DEFAULT_MIN_LIFT)
+    result = DiscoverResult(snapshot=snapshot.name, version=snapshot.version, universe=u.name, n_rows=n,
+                            candidates=0, tested=0, segments=[], elapsed_ms=0.0, min_support=min_support,
+                            min_lift=min_lift, target=query.target)
+
+    def done() -> DiscoverResult:
+        result.elapsed_ms = (time.perf_counter() - t0) * 1000
+        return result
+
+    if privacy_k > 1 and 0 < n < privacy_k:
+        result.n_rows, result.suppressed = 0, True
+        return done()
+    skip = _excluded(query)
+    if query.fields:
+        names = select_fields(u, list(query.fields), skip, key="fields")
+    else:
+        names = [f for f in default_fields(u) if f not in skip]
+    weights = field_weights(u, query.field_weights)
+    n_t = int(_kernels.popcount(target)) if target is not None else 0
+    result.target_count = n_t
+    if query.supervised and (n_t == 0 or n_t == n):
+        what = "no row" if n_t == 0 else "every row"
+        raise QueryError(f"target: {what} of the {n:,} rows searched has it; nothing can over- or under-index",
+                         [("target", f"{what} has it")])
+
+    # 1. candidates
+    fids = np.concatenate([u.fields[f].feature_ids for f in names]) if names else np.zeros(0, np.int64)
+    if within is None:
+        n_f = np.asarray(u.feature_count[fids], dtype=np.int64)
+    elif len(fids) and n:
+        n_f = count_features(u, within, n, fids)[0].astype(np.int64)
+    else:
+        n_f = np.zeros(len(fids), np.int64)
+    cand = fids[(n_f >= min_support) & (n_f < n)]
+    if len(cand) > limit_candidates:
+        raise LimitExceededError(
+            f"max_candidates: {len(cand):,} candidate features (of {len(names)} fields, each with at least "
+            f"{min_support:,} rows) exceed the limit {limit_candidates:,}; name fewer fields or raise min_support",
+            [("max_candidates", f"at most {limit_candidates} candidate features")])
+    result.candidates = len(cand)
+    cancel.check()
+    if len(cand) == 0 or n == 0:
+        return done()
+    features = FeatureSet.of(u, cand)
+    if within is not None:
+        features = features.restrict(within)
+    search = _Search(u, features, n, within, target)
+    field_of = np.asarray(u.feature_field[features.fids], dtype=np.int64)
+    single = _single_valued(u)[field_of]
+
+    # 2. pairs (and with a target, the pairs' target rows)
+    search.pairs = features.pairs()
+    cancel.check()
+    if target is not None:
+        search.pairs_t = features.restrict(target).pairs()
+        cancel.check()
+    adjust = query.adjust_for_activity and search.k >= ACTIVITY_MIN_CANDIDATES
+    if adjust:
+        search.set_activity()
+        cancel.check()
+    frequent = search.pairs >= min_support
+    np.fill_diagonal(frequent, False)
+    frequent &= ~((field_of[:, None] == field_of[None, :]) & single[:, None])
+
+    ctx = _Context(search, min_support, min_lift, query, weights[field_of], field_of, single, frequent, adjust)
+    levels: list[_Level] = []
+    if query.supervised:
+        levels.append(ctx.judge_subgroups(np.arange(search.k)[:, None]))
+    iu, ju = np.nonzero(np.triu(frequent, 1))
+    pairs = np.stack([iu, ju], axis=1).astype(np.int64)
+    ctx.tested += len(pairs)
+    if query.max_length >= 2:
+        levels.append(ctx.judge(pairs))
+        cancel.check()
+    for _length in range(3, query.max_length + 1):
+        grown = ctx.extend(levels[-1])
+        cancel.check()
+        if len(grown) == 0:
+            break
+        levels.append(ctx.judge(grown))
+        cancel.check()
+    result.tested = ctx.tested
+
+    # 5. correction, 6. ranking, 7. redundancy
+    found = _concat(levels)
+    terms = [row[row >= 0] for row in found.terms]  # ragged
+    found.score = found.score * np.array([ctx.weight[t].mean() for t in terms]) if terms else found.score
+    q = _conservative_bh(found.p, ctx.tested)
+    keep = np.flatnonzero((q <= query.max_q_value) & (found.score > 0))
+    order = keep[np.lexsort((-found.n[keep], -found.score[keep]))]
+    if query.supervised and len(ctx.directions) == 2:  # both directions: high and low take turns
+        order = _interleave(order[found.high[order]], order[~found.high[order]])
+    listed, listed_bits = _non_redundant(search, terms, found.n, order, query.max_overlap, query.effective_max_excess_overlap,
+                                         query.limit)
+    cancel.check()
+
+    # 8. descriptions, related features, names, segmentation
+    segments = []
+    for i, bits in zip(listed, listed_bits):
+        segments.append(_describe(search, terms[i], found.take([i]), float(q[i]), bits, min_support, query.describe, n_t))
+        cancel.check()
+    for seg, name in zip(segments, segment_names(u, segments)):
+        seg.name = name
+    result.segments = segments
+    if query.k and segments:
+        result.segmentation = segmentation(segments, listed_bits, query.k, n)
+    return done()
+
+
+def _concat(levels: list[_Level]) -> _Level:
+    """Every level's conjunctions in one _Level; terms padded with -1 to the longest length."""
+    if not levels:
+        return _Level.empty(0)
+    width = max(lv.terms.shape[1] for lv in levels)
+    terms = []
+    for lv in levels:
+        pad = np.full((len(lv.terms), width), -1, dtype=np.int64)
+        pad[:, :lv.terms.shape[1]] = lv.terms
+        terms.append(pad)
+    return _Level(np.concatenate(terms), *(np.concatenate([getattr(lv, name) for lv in levels])
+                                           for name in _Level.FIELDS[1:]))
+
+
+def _conservative_bh(p: np.ndarray, m: int) -> np.ndarray:
+    """Benjamini-Hochberg q-values of the computed p-values among m tests whose other p-values rank after
+    them: q_(i) = min over j >= i of p_(j) m / j (at most 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    if len(p) == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    ranked = p[order] * max(m, len(p)) / np.arange(1, len(p) + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(len(p))
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+class _Context:
+    """The rules of one search, applied a level at a time (vectorised over its conjunctions)."""
+
+    def __init__(self, search: _Search, min_support: int, min_lift: float, query: DiscoverQuery,
+                 weight: np.ndarray, field_of: np.ndarray, single: np.ndarray, frequent: np.ndarray, adjust: bool):
+        self.s = search
+        self.min_support = min_support
+        self.min_lift = min_lift
+        self.supervised = query.supervised
+        self.adjust = adjust
+        self.directions = ("high", "low") if query.direction == "both" else (query.direction,)
+        self.weight = weight
+        self.field_of = field_of
+        self.single = single
+        self.frequent = frequent
+        self.tested = 0
+
+    # -- counts of sub-conjunctions ---------------------------------------------------------
+
+    def sub_counts(self, terms: np.ndarray, parts: tuple[int, ...], target: bool = False) -> np.ndarray:
+        """Rows (or target rows) of the sub-conjunction made of the columns `parts` of each row of terms."""
+        s = self.s
+        if len(parts) == 1 and not target:
+            return np.diagonal(s.pairs)[terms[:, parts[0]]]
+        if len(parts) == 1:
+            return np.diagonal(s.pairs_t)[terms[:, parts[0]]]
+        if len(parts) == 2:
+            return (s.pairs_t if target else s.pairs)[terms[:, parts[0]], terms[:, parts[1]]]
+        get = s.target_count if target else s.count
+        return np.array([get(tuple(int(x) for x in row[list(parts)])) for row in terms], dtype=np.int64)
+
+    # -- unsupervised ------------------------------------------------------------------------
+
+    def judge(self, terms: np.ndarray) -> _Level:
+        if self.supervised:
+            return self.judge_subgroups(terms)
+        s, n = self.s, float(self.s.n)
+        length = terms.shape[1]
+        n_x = self.counts(terms)
+        ind = n_x.astype(np.float64)
+        for j in range(length):
+            ind = ind * n / self.sub_counts(terms, (j,))
+        lift = ind / n  # n_X n^(L-1) / prod n_i
+        split_lift = np.full(len(terms), np.inf)
+        splits = list(_splits(length))
+        ok = np.ones(len(terms), dtype=bool)
+        for a, b in splits:
+            n_a, n_b = self.sub_counts(terms, a), self.sub_counts(terms, b)
+            split_lift = np.minimum(split_lift, n_x * n / (n_a.astype(np.float64) * n_b))
+        ok &= split_lift >= self.min_lift
+        ok &= ~self.implied(terms, n_x)
+        idx = np.flatnonzero(ok)
+        p = np.zeros(len(idx))
+        for a, b in splits:
+            p = np.maximum(p, st.tail_over(s.n, self.sub_counts(terms[idx], a), self.sub_counts(terms[idx], b),
+                                           n_x[idx]))
+        if self.adjust:
+            adjusted = s.adjusted_lift(terms[idx], n_x[idx])
+            score = n_x[idx] * np.log(np.minimum(split_lift[idx], adjusted))
+        else:
+            adjusted = np.full(len(idx), np.nan)
+            score = n_x[idx] * np.log(split_lift[idx])
+        zeros = np.zeros(len(idx), dtype=np.int64)
+        return _Level(terms[idx], n_x[idx], zeros, lift[idx], split_lift[idx], p, score, np.zeros(len(idx), bool),
+                      adjusted)
+
+    def counts(self, terms: np.ndarray) -> np.ndarray:
+        if terms.shape[1] <= 2:
+            return self.sub_counts(terms, tuple(range(terms.shape[1])))
+        return np.array([self.s.counts[tuple(int(x) for x in row)] for row in terms], dtype=np.int64)
+
+    def implied(self, terms: np.ndarray, n_x: np.ndarray) -> np.ndarray:
+        """A term holding for IMPLIED of the other terms' rows adds nothing."""
+        out = np.zeros(len(terms), dtype=bool)
+        length = terms.shape[1]
+        for j in range(length):
+            rest = tuple(i for i in range(length) if i != j)
+            out |= n_x >= IMPLIED * self.sub_counts(terms, rest)
+        return out
+
+    # -- supervised ---------------------------------------------------------------------------
+
+    def target_counts(self, terms: np.ndarray) -> np.ndarray:
+        if terms.shape[1] <= 2:
+            return self.sub_counts(terms, tuple(range(terms.shape[1])), target=True)
+        return np.array([self.s.target_counts[tuple(int(x) for x in row)] for row in terms], dtype=np.int64)
+
+    def judge_subgroups(self, terms: np.ndarray) -> _Level:
+        s = self.s
+        n, n_t = s.n, s.target_count(())
+        r = n_t / n
+        length = terms.shape[1]
+        n_x = self.counts(terms)
+        x_t = self.target_counts(terms)
+        if length == 1:
+            self.tested += len(terms)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = x_t / n_x
+        lift = rate / r
+        high = lift >= self.min_lift if "high" in self.directions else np.zeros(len(terms), bool)
+        low = lift <= 1.0 / self.min_lift if "low" in self.directions else np.zeros(len(terms), bool)
+        ok = (high | low) & (n_x > 0)
+        worst = lift.copy()
+        if length > 1:
+            ok &= ~self.implied(terms, n_x)
+            for j in range(length):
+                rest = tuple(i for i in range(length) if i != j)
+                g_n, g_t = self.sub_counts(terms, rest), self.sub_counts(terms, rest, target=True)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    rel = rate / (g_t / g_n)
+                ok &= np.where(high, rel >= self.min_lift, rel <= 1.0 / self.min_lift)
+                worst = np.where(high, np.minimum(worst, rel), np.maximum(worst, rel))
+        idx = np.flatnonzero(ok)
+        hi = high[idx]
+        p = np.where(hi, st.tail_over(n, n_t, n_x[idx], x_t[idx]), st.tail_under(n, n_t, n_x[idx], x_t[idx]))
+        for j in range(length if length > 1 else 0):
+            rest = tuple(i for i in range(length) if i != j)
+            g_n = self.sub_counts(terms[idx], rest)
+            g_t = self.sub_counts(terms[idx], rest, target=True)
+            p = np.maximum(p, np.where(hi, st.tail_over(g_n, g_t, n_x[idx], x_t[idx]),
+                                       st.tail_under(g_n, g_t, n_x[idx], x_t[idx])))
+        if self.adjust:  # target rows beyond what the members' activity predicts, in the direction
+            expected = s.expected_target(terms[idx])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                adjusted = x_t[idx] / expected
+            score = np.where(hi, x_t[idx] - expected, expected - x_t[idx])
+        else:
+            adjusted = np.full(len(idx), np.nan)
+            score = np.abs(x_t[idx] - n_x[idx] * r)
+        return _Level(terms[idx], n_x[idx], x_t[idx], lift[idx], worst[idx], p, score, hi, adjusted)
+
+    # -- the next level -----------------------------------------------------------------------
+
+    def extend(self, level: _Level) -> np.ndarray:
+        """Conjunctions one longer than the BEAM highest-scoring of `level` (their counts, and target counts,
+        memoised), those reaching min_support; rows of sorted candidate positions."""
+        s = self.s
+        if len(level.terms) == 0:
+            return np.zeros((0, level.terms.shape[1] + 1), np.int64)
+        top = np.lexsort((-level.n, -level.score))[:BEAM]
+        bases = level.terms[top]
+        ok = np.ones((len(bases), s.k), dtype=bool)
+        for j in range(bases.shape[1]):
+            ok &= self.frequent[bases[:, j]]
+        b_idx, c_idx = np.nonzero(ok)
+        if len(b_idx) == 0:
+            return np.zeros((0, bases.shape[1] + 1), np.int64)
+        grown = np.sort(np.concatenate([bases[b_idx], c_idx[:, None]], axis=1), axis=1)
+        grown, first = np.unique(grown, axis=0, return_index=True)
+        b_idx, c_idx = b_idx[first], c_idx[first]
+        left = np.stack([s.bits(row) for row in bases])
+        counts = s.features.cross(left)[b_idx, c_idx]
+        cancel.check()
+        frequent = counts >= self.min_support
+        self.tested += int(frequent.sum())
+        grown, counts, b_idx, c_idx = grown[frequent], counts[frequent], b_idx[frequent], c_idx[frequent]
+        for row, c in zip(grown.tolist(), counts.tolist()):
+            s.counts[tuple(row)] = c
+        if self.supervised and len(grown):
+            left_t = np.stack([_kernels.bitset_and(row, s.target) for row in left])
+            t_counts = s.features.cross(left_t)[b_idx, c_idx]
+            for row, c in zip(grown.tolist(), t_counts.tolist()):
+                s.target_counts[tuple(row)] = c
+        return grown
+
+
+def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a[0], b[0], a[1], b[1], ... then the rest of the longer one."""
+    out = np.empty(len(a) + len(b), dtype=np.int64)
+    m = min(len(a), len(b))
+    out[0:2 * m:2], out[1:2 * m:2] = a[:m], b[:m]
+    out[2 * m:] = a[m:] if len(a) > m else b[m:]
+    return out
+
+
+def _non_redundant(search: _Search, terms: list[np.ndarray], sizes: np.ndarray, order: np.ndarray,
+                   max_overlap: float, max_excess_overlap: float, limit: int):
+    """The first `limit` of `order` whose members overlap every one listed before by a Jaccard index of at most
+    max_overlap and an overlap beyond chance (overlap_beyond_chance) of at most max_excess_overlap.
+
+    Candidates are taken _REDUNDANCY_BATCH at a time: their overlaps with the segments listed so far are one
+    cross co-occurrence pass; a segment listed from the batch adds its column for the rest of the batch."""
+    listed: list[int] = []
+    bits_list: list[np.ndarray] = []
+    kept = np.zeros((limit, search.features.n_words), dtype=np.uint64)
+    check = max_overlap < 1.0 or max_excess_overlap < 1.0
+    for start in range(0, len(order), _REDUNDANCY_BATCH):
+        if len(listed) >= limit:
+            break
+        idx = order[start:start + _REDUNDANCY_BATCH]
+        batch = np.stack([search.bits(terms[i]) for i in idx])
+        inter = np.zeros((len(idx), limit), dtype=np.int64)
+        if listed and check:
+            inter[:, :len(listed)] = _kernels.cross_cooccurrence(batch, kept[:len(listed)])
+        for j, i in enumerate(idx.tolist()):
+            if len(listed) >= limit:
+                break
+            if listed and check:
+                both = inter[j, :len(listed)]
+                union = sizes[i] + sizes[listed] - both
+                if np.any(both > max_overlap * union):
+                    continue
+                if np.any(overlap_beyond_chance(search.n, sizes[i], sizes[listed], both) > max_excess_overlap):
+                    continue
+            if j + 1 < len(idx) and check:
+                inter[j + 1:, len(listed)] = _kernels.and_count_dense(batch[j], batch, rows=np.arange(
+                    j + 1, len(idx), dtype=np.int64), n_threads=1)
+            kept[len(listed)] = batch[j]
+            listed.append(i)
+            bits_list.append(batch[j].copy())
+        cancel.check()
+    return listed, bits_list
+
+
+def overlap_beyond_chance(n: int, a, b, both) -> np.ndarray:
+    """How much of the largest possible overlap of two member sets of sizes a and b (the smaller size) their
+    overlap `both` reaches beyond what independent sets would share (a b / n): 0 for independent sets, 1 when
+    one contains the other, negative when they avoid each other (a kappa-like normalisation)."""
+    a, b, both = (np.asarray(x, dtype=np.float64) for x in (a, b, both))
+    chance = a * b / float(n)
+    room = np.minimum(a, b) - chance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(room > 0, (both - chance) / np.where(room > 0, room, 1.0), 0.0)
+
+
+def segment_names(universe: Universe, segments: list[DiscoveredSegment]) -> list[str]:
+    """Catalog names: one token per term joined by "_and_" ("low_" / "high_" first for a subgroup's
+    direction). A term of a row's own field is "field-value" (region-islands); a behaviour (a linked
+    field) is its value alone (dog-dryfood), qualified by the field's first and last path segments when
+    another behaviour field has the same value (events-category-dog-dryfood), and by the last segment
+    when the value alone says little (a boolean, a number or a band: subscription-true)."""
+    by_value: dict[str, set[str]] = {}
+    for name, info in universe.fields.items():
+        if info.semantics != "own":
+            for v in info.values:
+                by_value.setdefault(v, set()).add(name)
+
+    def token(field_name: str, value: str) -> str:
+        info = universe.fields[field_name]
+        parts = field_name.split(".")
+        if info.semantics == "own":
+            return name_token(f"{field_name}-{value}")
+        if len(by_value.get(value, ())) > 1:
+            return name_token(f"{parts[0]}-{parts[-1]}-{value}" if len(parts) > 1 else f"{parts[0]}-{value}")
+        if value.lower() in ("true", "false") or re.fullmatch(r"[-+0-9.<>= ]+", value) or len(value) < 3:
+            return name_token(f"{parts[-1]}-{value}")
+        return name_token(value)
+
+    bases = []
+    for seg in segments:
+        base = "_and_".join(token(f, v) for f, v in seg.terms)
+        bases.append(f"{seg.direction}_{base}" if seg.direction else base)
+    return unique_names(bases)
+
+
+def _field_phrase(field_name: str, values: list[str], many: bool) -> str:
+    return f"{field_name} {'has' if many else 'is'} {' and '.join(values)}"
+
+
+def _describe(search: _Search, positions: np.ndarray, f: _Level, q: float, bits: np.ndarray, min_support: int,
+              describe: int, n_t: int) -> DiscoveredSegment:
+    u, n, feats = search.u, search.n, search.features
+    terms = [u.feature_name(int(feats.fids[t])) for t in positions]
+    n_x = int(f.n[0])
+    by_field: dict[str, list[str]] = {}
+    for name, value in terms:
+        by_field.setdefault(name, []).append(value)
+    phrase = ", ".join(_field_phrase(k, v, u.fields[k].kind == "multi" or u.fields[k].semantics != "own")
+                       for k, v in by_field.items())
+    lift, split_lift = float(f.lift[0]), float(f.split_lift[0])
+    direction = ""
+    if search.target is not None:
+        direction = "high" if bool(f.high[0]) else "low"
+        desc = (f"{phrase}: {n_x:,} {u.name} ({n_x / n:.1%}), target rate {f.n_t[0] / n_x:.1%} against "
+                f"{n_t / n:.1%} overall ({lift:.2f}x)")
+    else:
+        desc = (f"{phrase}: {n_x:,} {u.name} ({n_x / n:.1%}), {lift:.2f}x what independence predicts, "
+                f"{split_lift:.2f}x its best split")
+    related: list[SegmentFeature] = []
+    if describe:
+        own = set(positions.tolist())
+        others = np.array([i for i in range(search.k) if i not in own], dtype=np.int64)
+        counts = feats.cross(bits[None, :])[0][others] if len(others) else np.zeros(0, np.int64)
+        base = np.diagonal(search.pairs)[others]
+        lo, _ = st.wilson_interval(counts, n_x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel_lift = (counts / n_x) / (base / n)
+            # sizable and certain first: rows times the log of the lift's lower Wilson bound
+            strength = counts * np.log(np.maximum(lo / (base / n), 1.0))
+        good = (counts >= min_support) & (rel_lift > 1) & (counts < IMPLIED * n_x)
+        idx = np.flatnonzero(good)
+        idx = idx[np.lexsort((others[idx], -strength[idx]))][:describe]
+        for i in idx.tolist():
+            name, value = u.feature_name(int(feats.fids[others[i]]))
+            related.append(SegmentFeature(name, value, int(counts[i]), float(rel_lift[i])))
+        if related:
+            desc += "; also over-indexes " + ", ".join(f"{r.field} {r.value} ({r.lift:.1f}x)" for r in related)
+    seg = DiscoveredSegment(terms=terms, support=n_x, share=n_x / n, lift=lift, split_lift=split_lift,
+                            p_value=float(f.p[0]), q_value=q, score=float(f.score[0]), description=desc,
+                            related=related, adjusted_lift=float(f.adjusted_lift[0]))
+    if direction:
+        seg.target_support, seg.target_rate = int(f.n_t[0]), int(f.n_t[0]) / n_x
+        seg.wracc = (n_x / n) * (int(f.n_t[0]) / n_x - n_t / n)
+        seg.direction = direction
+    return seg
