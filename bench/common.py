@@ -54,3 +54,17 @@ def percentile(values, q: float) -> float:
     import numpy as np
 
     return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo), for the results' metadata."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

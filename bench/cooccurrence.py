@@ -49,7 +49,7 @@ import time
 
 import numpy as np
 
-from common import write_result  # (common puts the repo on sys.path)
+from common import cpu_model, write_result  # (common puts the repo on sys.path)
 
 import segsrv._kernels as K  # noqa: E402
 from segsrv._kernels import cooccur as C  # noqa: E402
@@ -422,7 +422,7 @@ def main(argv=None):
             "threads": K.get_num_threads(), "repeats": repeats, "slow_repeats": slow,
             "quick": args.quick, "numpy": np.__version__,
             "scipy": __import__("scipy").__version__, "python": platform.python_version(),
-            "processor": _cpu_model(), "tile": C._set_tuning()["tile"],
+            "processor": cpu_model(), "tile": C._set_tuning()["tile"],
             "block": C._set_tuning()["block"], "elapsed_s": round(elapsed, 1),
             "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
             "busy_processes_start": busy_start, "busy_processes_end": busy_processes(),
@@ -441,17 +441,6 @@ def main(argv=None):
     else:
         path = write_result("cooccurrence", out)
     print(f"\nwrote {path} ({elapsed:.0f} s)")
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

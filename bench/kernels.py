@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import segsrv._kernels as K  # noqa: E402
+from common import cpu_model  # noqa: E402
 
 try:
     from pyroaring import BitMap
@@ -319,7 +320,7 @@ def main(argv=None):
             "target_matrix_bytes": target, "repeats": repeats, "quick": args.quick,
             "numpy": np.__version__, "pyroaring": getattr(pyroaring, "__version__", None),
             "python": platform.python_version(), "machine": platform.machine(),
-            "processor": _cpu_model(), "elapsed_s": round(elapsed, 1),
+            "processor": cpu_model(), "elapsed_s": round(elapsed, 1),
             "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -329,16 +330,6 @@ def main(argv=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {path} ({elapsed:.0f} s)")
-
-
-def _cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -592,42 +592,7 @@ def cooccurrence(dense, dense_rows=None, ids=None, offsets=None, sparse_features
     feature indices (default all when ids is given).  Order: the selected dense
     rows, then the selected sparse features.  k = len(dense_rows) + len(sparse_features).
     """
-    (dense_rows, n_words, n_bits, ids, offsets, feats, mat_pos,
-     probe_pos) = _prepare(dense, dense_rows, ids, offsets, sparse_features)
-    cdef size_t k_d = dense_rows.shape[0]
-    cdef size_t k_m = mat_pos.shape[0]
-    cdef size_t k_p = probe_pos.shape[0]
-    cdef size_t k = k_d + k_m + k_p
-    cdef size_t k_r = k_d + k_m
-    out = _check_out(out, "out", np.int64, (k, k))
-    _check_out_alias(out, ("dense", dense), ("dense_rows", dense_rows), ("ids", ids),
-                     ("offsets", offsets), ("sparse_features", feats))
-    if k == 0:
-        return out
-    cdef int nt = _pkg.resolve_threads(
-        n_threads, _work_words(k_r, k_r, n_words, True, offsets, feats, probe_pos, k_r, True))
-    perm, identity = _output_positions(k_d, mat_pos, probe_pos)
-    if identity:
-        out[...] = 0
-        inner = out
-    else:
-        inner = np.zeros((k, k), dtype=np.int64)
-    mat = _materialise(ids, offsets, feats, mat_pos, n_words, nt)
-    rows = np.concatenate([_row_pointers(dense, dense_rows, n_words),
-                           _row_pointers(mat, np.arange(k_m), n_words)])
-    _run_dense(rows, k_r, rows, k_r, True, n_words, inner, nt)
-    if k_p:
-        _run_sparse(rows, k_r, n_bits, ids, offsets, feats, probe_pos, inner, k_r, True, nt)
-    cdef const int64_t[:, ::1] iv
-    cdef const int64_t[::1] pv
-    cdef int64_t[:, ::1] ov
-    if not identity:
-        iv = inner
-        pv = perm
-        ov = out
-        with nogil:
-            _permute_sym(&iv[0, 0], &pv[0], k, &ov[0, 0])
-    return out
+    return _count(None, dense, dense_rows, ids, offsets, sparse_features, out, n_threads)
 
 
 def cross_cooccurrence(left, dense, dense_rows=None, ids=None, offsets=None,
@@ -638,23 +603,31 @@ def cross_cooccurrence(left, dense, dense_rows=None, ids=None, offsets=None,
     set as in ``cooccurrence`` (same arguments, same order of its k features).
     """
     _check(left, "left", np.uint64, 2)
+    return _count(left, dense, dense_rows, ids, offsets, sparse_features, out, n_threads)
+
+
+def _count(left, dense, dense_rows, ids, offsets, sparse_features, out, n_threads):
+    """The body of both: the feature set against itself (left None: symmetric, upper tiles only) or against
+    the bitsets of `left`."""
     (dense_rows, n_words, n_bits, ids, offsets, feats, mat_pos,
      probe_pos) = _prepare(dense, dense_rows, ids, offsets, sparse_features)
-    if left.shape[1] != n_words:
+    cdef bint sym = left is None
+    if not sym and left.shape[1] != n_words:
         raise ValueError(f"left rows have {left.shape[1]} words but dense rows have {n_words}")
-    cdef size_t kl = left.shape[0]
     cdef size_t k_d = dense_rows.shape[0]
     cdef size_t k_m = mat_pos.shape[0]
     cdef size_t k_p = probe_pos.shape[0]
     cdef size_t k = k_d + k_m + k_p
     cdef size_t k_r = k_d + k_m
+    cdef size_t kl = k if sym else left.shape[0]
     out = _check_out(out, "out", np.int64, (kl, k))
-    _check_out_alias(out, ("left", left), ("dense", dense), ("dense_rows", dense_rows),
-                     ("ids", ids), ("offsets", offsets), ("sparse_features", feats))
+    _check_out_alias(out, ("left", left), ("dense", dense), ("dense_rows", dense_rows), ("ids", ids),
+                     ("offsets", offsets), ("sparse_features", feats))
     if kl == 0 or k == 0:
         return out
     cdef int nt = _pkg.resolve_threads(
-        n_threads, _work_words(kl, k_r, n_words, False, offsets, feats, probe_pos, kl, False))
+        n_threads, _work_words(k_r if sym else kl, k_r, n_words, sym, offsets, feats, probe_pos,
+                               k_r if sym else kl, sym))
     perm, identity = _output_positions(k_d, mat_pos, probe_pos)
     if identity:
         out[...] = 0
@@ -664,10 +637,11 @@ def cross_cooccurrence(left, dense, dense_rows=None, ids=None, offsets=None,
     mat = _materialise(ids, offsets, feats, mat_pos, n_words, nt)
     rows = np.concatenate([_row_pointers(dense, dense_rows, n_words),
                            _row_pointers(mat, np.arange(k_m), n_words)])
-    lrows = _row_pointers(left, np.arange(kl), n_words)
-    _run_dense(lrows, kl, rows, k_r, False, n_words, inner, nt)
+    lrows = rows if sym else _row_pointers(left, np.arange(kl), n_words)
+    n_left = k_r if sym else kl
+    _run_dense(lrows, n_left, rows, k_r, sym, n_words, inner, nt)
     if k_p:
-        _run_sparse(lrows, kl, n_bits, ids, offsets, feats, probe_pos, inner, k_r, False, nt)
+        _run_sparse(lrows, n_left, n_bits, ids, offsets, feats, probe_pos, inner, k_r, sym, nt)
     cdef const int64_t[:, ::1] iv
     cdef const int64_t[::1] pv
     cdef int64_t[:, ::1] ov
@@ -676,5 +650,8 @@ def cross_cooccurrence(left, dense, dense_rows=None, ids=None, offsets=None,
         pv = perm
         ov = out
         with nogil:
-            _permute_cols(&iv[0, 0], &pv[0], kl, k, &ov[0, 0])
+            if sym:
+                _permute_sym(&iv[0, 0], &pv[0], k, &ov[0, 0])
+            else:
+                _permute_cols(&iv[0, 0], &pv[0], kl, k, &ov[0, 0])
     return out

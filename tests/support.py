@@ -81,6 +81,20 @@ def segsrv_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "segsrv", *args], capture_output=True, text=True, timeout=timeout)
 
 
+def readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only copy of `a` (kernels must accept read-only inputs)."""
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def as_memmap(tmp_path: Path, a: np.ndarray, name: str) -> np.ndarray:
+    """`a` written to tmp_path/NAME.bin and mapped back read-only, as snapshot arrays are."""
+    path = tmp_path / f"{name}.bin"
+    a.tofile(path)
+    return np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape)
+
+
 def tree_digest(vdir: Path) -> dict[str, str]:
     """Every file below a snapshot version: relative path -> sha256."""
     return {

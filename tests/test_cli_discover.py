@@ -76,3 +76,11 @@ def test_text_output_and_help(petnord_root):
     assert bad.returncode == 1 and "max_length" in bad.stderr
     bad = cli("discover", "--local", str(petnord_root), "--from", "customers", "--weight", "region")
     assert bad.returncode == 1 and "FIELD=WEIGHT" in bad.stderr
+
+
+def test_query_discover_is_the_same_answer(petnord_root):
+    q = json.dumps({"from": "customers", "fields": FIELDS, "min_support": 30, "limit": 5})
+    via_query = json.loads(cli("query", "discover", "--local", str(petnord_root), "--json", q).stdout)
+    via_discover = json.loads(cli("discover", "--local", str(petnord_root), "--json", q, "--quiet").stdout)
+    via_query.pop("elapsed_ms"), via_discover.pop("elapsed_ms")
+    assert via_query == via_discover and len(via_query["segments"]) == 5

@@ -20,22 +20,25 @@ The search (docs/discover.md has the user's view; every count is exact):
    - supervised (subgroup discovery): the target's rate in X against the overall rate (the same
      Fisher test, in the direction asked) and against every generalisation X - t (the test within
      the rows of X - t); the largest p-value counts. X is kept when its target lift is at least
-     ``min_lift`` (high) or at most 1 / ``min_lift`` (low), and beyond every generalisation's rate
-     in that direction;
+     ``min_lift`` (high) or at most 1 / ``min_lift`` (low), and its rate improves on every
+     generalisation's by that factor in that direction;
    - both: a term that holds for IMPLIED (95%) of the rows of the other terms adds nothing (as a
      brand implies its tier), so X is dropped.
 5. Correction: Benjamini-Hochberg over every tested conjunction (m = ``tested``). p-values are
    computed for the conjunctions that pass the lift rules; the others rank after them, which can
    only raise a q-value (conservative). Listed segments have q <= ``max_q_value``.
-6. Score (the ranking): unsupervised n_X ln(split_lift), the log-likelihood gain of X over its best
-   split (sizable and strong first); supervised |n_XT - n_X r| = n |WRAcc|, the target rows
-   beyond (high) or short of (low) what the overall rate r predicts. Times the mean weight of the
-   terms' fields (``field_weights``).
-7. Redundancy by overlap: in score order, a segment is listed only while its members' Jaccard
-   index with every segment listed before it is at most ``max_overlap``.
+6. Score (the ranking): unsupervised n_X ln(min(split_lift, adjusted_lift)), the log-likelihood gain
+   of X over its best split and over what its members' activity predicts (docs/discover.md,
+   "Activity"; ACTIVITY_STRATA strata of rows by how many candidate features they have);
+   supervised, the target rows beyond (high) or short of (low) what the members' activity strata
+   predict. Without the adjustment (``adjust_for_activity`` false, or fewer than
+   ACTIVITY_MIN_CANDIDATES candidates) n_X ln(split_lift) and n |WRAcc|. Times the mean weight of
+   the terms' fields (``field_weights``). A segment whose score is not positive is not listed.
+7. Redundancy by members (segsrv.engine.segmentation.non_redundant): Jaccard index and overlap beyond
+   chance with every segment listed before; with a target and both directions, the high and low
+   lists take turns.
 8. Each listed segment gets a description in words, a catalog name and its most over-indexed other
-   candidate features (ranked by their rows in the segment times the log of the lower Wilson bound of
-   their lift: sizable and certain first). With ``k``, a segmentation
+   candidate features (segsrv.engine.describe). With ``k``, a segmentation
    (segsrv.engine.segmentation).
 
 ``cancel.check()`` runs between steps and inside the levels.
@@ -44,7 +47,6 @@ The search (docs/discover.md has the user's view; every count is exact):
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 
@@ -55,7 +57,6 @@ from ..errors import LimitExceededError, QueryError, UnknownFieldError, Violatio
 from ..ops.conditions import All, condition_fields
 from ..ops.discover import (
     DEFAULT_MIN_LIFT, DEFAULT_MIN_SHARE, DEFAULT_MIN_TARGET_LIFT, DiscoveredSegment, DiscoverQuery, DiscoverResult,
-    SegmentFeature, name_token, unique_names,
 )
 from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe
@@ -64,8 +65,9 @@ from . import stats as st
 from .conditions import bool_to_bitset, evaluate
 from .cooccurrence import FeatureSet
 from .fields import default_fields, select_fields
+from .describe import description, related_features, segment_names
 from .relate import count_features
-from .segmentation import segmentation
+from .segmentation import non_redundant, segmentation
 
 DEFAULT_MAX_CANDIDATES = 2000  # the server's limit on candidate features (segsrv serve --max-discover-candidates)
 BEAM = 400  # kept conjunctions of a level extended to the next, highest score first
@@ -73,7 +75,6 @@ IMPLIED = 0.95  # a term holding for this share of the other terms' rows adds no
 ACTIVITY_STRATA = 10  # rows grouped by how many candidate features they have (deciles)
 ACTIVITY_MIN_CANDIDATES = 30  # fewer: a row's activity would be mostly the features tested, so no adjustment
 _STRATUM_BATCH = 256  # conjunction bitsets materialised at a time for their stratum counts
-_REDUNDANCY_BATCH = 128  # candidates checked against the listed segments in one cross co-occurrence pass
 
 
 @dataclass
@@ -346,14 +347,14 @@ def discover(snapshot: Snapshot, query: DiscoverQuery, *, privacy_k: int = 0,
     order = keep[np.lexsort((-found.n[keep], -found.score[keep]))]
     if query.supervised and len(ctx.directions) == 2:  # both directions: high and low take turns
         order = _interleave(order[found.high[order]], order[~found.high[order]])
-    listed, listed_bits = _non_redundant(search, terms, found.n, order, query.max_overlap, query.effective_max_excess_overlap,
-                                         query.limit)
+    listed, listed_bits = non_redundant(search.bits, search.features.n_words, search.n, terms, found.n, order,
+                                        query.max_overlap, query.effective_max_excess_overlap, query.limit)
     cancel.check()
 
     # 8. descriptions, related features, names, segmentation
     segments = []
     for i, bits in zip(listed, listed_bits):
-        segments.append(_describe(search, terms[i], found.take([i]), float(q[i]), bits, min_support, query.describe, n_t))
+        segments.append(_segment(search, terms[i], found.take([i]), float(q[i]), bits, min_support, query.describe, n_t))
         cancel.check()
     for seg, name in zip(segments, segment_names(u, segments)):
         seg.name = name
@@ -566,133 +567,23 @@ def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _non_redundant(search: _Search, terms: list[np.ndarray], sizes: np.ndarray, order: np.ndarray,
-                   max_overlap: float, max_excess_overlap: float, limit: int):
-    """The first `limit` of `order` whose members overlap every one listed before by a Jaccard index of at most
-    max_overlap and an overlap beyond chance (overlap_beyond_chance) of at most max_excess_overlap.
-
-    Candidates are taken _REDUNDANCY_BATCH at a time: their overlaps with the segments listed so far are one
-    cross co-occurrence pass; a segment listed from the batch adds its column for the rest of the batch."""
-    listed: list[int] = []
-    bits_list: list[np.ndarray] = []
-    kept = np.zeros((limit, search.features.n_words), dtype=np.uint64)
-    check = max_overlap < 1.0 or max_excess_overlap < 1.0
-    for start in range(0, len(order), _REDUNDANCY_BATCH):
-        if len(listed) >= limit:
-            break
-        idx = order[start:start + _REDUNDANCY_BATCH]
-        batch = np.stack([search.bits(terms[i]) for i in idx])
-        inter = np.zeros((len(idx), limit), dtype=np.int64)
-        if listed and check:
-            inter[:, :len(listed)] = _kernels.cross_cooccurrence(batch, kept[:len(listed)])
-        for j, i in enumerate(idx.tolist()):
-            if len(listed) >= limit:
-                break
-            if listed and check:
-                both = inter[j, :len(listed)]
-                union = sizes[i] + sizes[listed] - both
-                if np.any(both > max_overlap * union):
-                    continue
-                if np.any(overlap_beyond_chance(search.n, sizes[i], sizes[listed], both) > max_excess_overlap):
-                    continue
-            if j + 1 < len(idx) and check:
-                inter[j + 1:, len(listed)] = _kernels.and_count_dense(batch[j], batch, rows=np.arange(
-                    j + 1, len(idx), dtype=np.int64), n_threads=1)
-            kept[len(listed)] = batch[j]
-            listed.append(i)
-            bits_list.append(batch[j].copy())
-        cancel.check()
-    return listed, bits_list
-
-
-def overlap_beyond_chance(n: int, a, b, both) -> np.ndarray:
-    """How much of the largest possible overlap of two member sets of sizes a and b (the smaller size) their
-    overlap `both` reaches beyond what independent sets would share (a b / n): 0 for independent sets, 1 when
-    one contains the other, negative when they avoid each other (a kappa-like normalisation)."""
-    a, b, both = (np.asarray(x, dtype=np.float64) for x in (a, b, both))
-    chance = a * b / float(n)
-    room = np.minimum(a, b) - chance
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(room > 0, (both - chance) / np.where(room > 0, room, 1.0), 0.0)
-
-
-def segment_names(universe: Universe, segments: list[DiscoveredSegment]) -> list[str]:
-    """Catalog names: one token per term joined by "_and_" ("low_" / "high_" first for a subgroup's
-    direction). A term of a row's own field is "field-value" (region-islands); a behaviour (a linked
-    field) is its value alone (dog-dryfood), qualified by the field's first and last path segments when
-    another behaviour field has the same value (events-category-dog-dryfood), and by the last segment
-    when the value alone says little (a boolean, a number or a band: subscription-true)."""
-    by_value: dict[str, set[str]] = {}
-    for name, info in universe.fields.items():
-        if info.semantics != "own":
-            for v in info.values:
-                by_value.setdefault(v, set()).add(name)
-
-    def token(field_name: str, value: str) -> str:
-        info = universe.fields[field_name]
-        parts = field_name.split(".")
-        if info.semantics == "own":
-            return name_token(f"{field_name}-{value}")
-        if len(by_value.get(value, ())) > 1:
-            return name_token(f"{parts[0]}-{parts[-1]}-{value}" if len(parts) > 1 else f"{parts[0]}-{value}")
-        if value.lower() in ("true", "false") or re.fullmatch(r"[-+0-9.<>= ]+", value) or len(value) < 3:
-            return name_token(f"{parts[-1]}-{value}")
-        return name_token(value)
-
-    bases = []
-    for seg in segments:
-        base = "_and_".join(token(f, v) for f, v in seg.terms)
-        bases.append(f"{seg.direction}_{base}" if seg.direction else base)
-    return unique_names(bases)
-
-
-def _field_phrase(field_name: str, values: list[str], many: bool) -> str:
-    return f"{field_name} {'has' if many else 'is'} {' and '.join(values)}"
-
-
-def _describe(search: _Search, positions: np.ndarray, f: _Level, q: float, bits: np.ndarray, min_support: int,
-              describe: int, n_t: int) -> DiscoveredSegment:
-    u, n, feats = search.u, search.n, search.features
-    terms = [u.feature_name(int(feats.fids[t])) for t in positions]
-    n_x = int(f.n[0])
-    by_field: dict[str, list[str]] = {}
-    for name, value in terms:
-        by_field.setdefault(name, []).append(value)
-    phrase = ", ".join(_field_phrase(k, v, u.fields[k].kind == "multi" or u.fields[k].semantics != "own")
-                       for k, v in by_field.items())
-    lift, split_lift = float(f.lift[0]), float(f.split_lift[0])
-    direction = ""
-    if search.target is not None:
-        direction = "high" if bool(f.high[0]) else "low"
-        desc = (f"{phrase}: {n_x:,} {u.name} ({n_x / n:.1%}), target rate {f.n_t[0] / n_x:.1%} against "
-                f"{n_t / n:.1%} overall ({lift:.2f}x)")
-    else:
-        desc = (f"{phrase}: {n_x:,} {u.name} ({n_x / n:.1%}), {lift:.2f}x what independence predicts, "
-                f"{split_lift:.2f}x its best split")
-    related: list[SegmentFeature] = []
-    if describe:
-        own = set(positions.tolist())
-        others = np.array([i for i in range(search.k) if i not in own], dtype=np.int64)
-        counts = feats.cross(bits[None, :])[0][others] if len(others) else np.zeros(0, np.int64)
-        base = np.diagonal(search.pairs)[others]
-        lo, _ = st.wilson_interval(counts, n_x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel_lift = (counts / n_x) / (base / n)
-            # sizable and certain first: rows times the log of the lift's lower Wilson bound
-            strength = counts * np.log(np.maximum(lo / (base / n), 1.0))
-        good = (counts >= min_support) & (rel_lift > 1) & (counts < IMPLIED * n_x)
-        idx = np.flatnonzero(good)
-        idx = idx[np.lexsort((others[idx], -strength[idx]))][:describe]
-        for i in idx.tolist():
-            name, value = u.feature_name(int(feats.fids[others[i]]))
-            related.append(SegmentFeature(name, value, int(counts[i]), float(rel_lift[i])))
-        if related:
-            desc += "; also over-indexes " + ", ".join(f"{r.field} {r.value} ({r.lift:.1f}x)" for r in related)
-    seg = DiscoveredSegment(terms=terms, support=n_x, share=n_x / n, lift=lift, split_lift=split_lift,
-                            p_value=float(f.p[0]), q_value=q, score=float(f.score[0]), description=desc,
-                            related=related, adjusted_lift=float(f.adjusted_lift[0]))
-    if direction:
-        seg.target_support, seg.target_rate = int(f.n_t[0]), int(f.n_t[0]) / n_x
-        seg.wracc = (n_x / n) * (int(f.n_t[0]) / n_x - n_t / n)
-        seg.direction = direction
+def _segment(search: _Search, positions: np.ndarray, f: _Level, q: float, bits: np.ndarray, min_support: int,
+             describe: int, n_t: int) -> DiscoveredSegment:
+    """A listed conjunction as the answer's segment (its name is set afterwards, with all the names)."""
+    u, n = search.u, search.n
+    terms = [u.feature_name(int(search.features.fids[t])) for t in positions]
+    n_x, x_t = int(f.n[0]), int(f.n_t[0])
+    related = related_features(u, search.features, set(positions.tolist()), bits, n_x, n,
+                               np.diagonal(search.pairs), min_support, describe, IMPLIED)
+    supervised = search.target is not None
+    text = description(u, terms, n_x, n, float(f.lift[0]), float(f.split_lift[0]),
+                       (x_t, n_t) if supervised else None, related)
+    seg = DiscoveredSegment(terms=terms, support=n_x, share=n_x / n, lift=float(f.lift[0]),
+                            split_lift=float(f.split_lift[0]), p_value=float(f.p[0]), q_value=q,
+                            score=float(f.score[0]), description=text, related=related,
+                            adjusted_lift=float(f.adjusted_lift[0]))
+    if supervised:
+        seg.target_support, seg.target_rate = x_t, x_t / n_x
+        seg.wracc = (n_x / n) * (x_t / n_x - n_t / n)
+        seg.direction = "high" if bool(f.high[0]) else "low"
     return seg

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import segsrv._kernels as K
 from segsrv._kernels import bitset as B
 from segsrv._kernels import naive as N
+from support import as_memmap, readonly
 
 WORD_COUNTS = [0, 1, 63, 64, 65, 129, 1031]
 PATHS = B.available_cpu_paths()
@@ -31,18 +32,6 @@ def rand_bits(rng, n_words, density, shape=()):
     mask = rng.random(shape) < density
     packed = np.packbits(mask, axis=-1, bitorder="little")
     return np.ascontiguousarray(packed.view("<u8").astype(np.uint64))
-
-
-def readonly(a):
-    a = a.copy()
-    a.setflags(write=False)
-    return a
-
-
-def as_memmap(tmp_path, a, name):
-    path = tmp_path / f"{name}.bin"
-    a.tofile(path)
-    return np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape)
 
 
 def sparse_store(rng, n_bits, n_features, density):

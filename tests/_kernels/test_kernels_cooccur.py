@@ -12,6 +12,7 @@ import segsrv._kernels as K
 from segsrv._kernels import bitset as B
 from segsrv._kernels import cooccur as C
 from segsrv._kernels import naive as N
+from support import as_memmap, readonly
 
 PATHS = B.available_cpu_paths()
 WORD_COUNTS = [0, 1, 63, 64, 65, 1031]
@@ -53,18 +54,6 @@ def to_store(bits):
     offsets[1:] = np.cumsum([len(p) for p in parts])
     ids = np.concatenate(parts).astype(np.uint32) if parts else np.zeros(0, np.uint32)
     return ids, offsets
-
-
-def readonly(a):
-    a = a.copy()
-    a.setflags(write=False)
-    return a
-
-
-def as_memmap(tmp_path, a, name):
-    path = tmp_path / f"{name}.bin"
-    a.tofile(path)
-    return np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape)
 
 
 def check_all(dense, rows, ids, offsets, feats, left=None):

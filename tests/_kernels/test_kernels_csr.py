@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 import segsrv._kernels as K
 from segsrv._kernels import naive as N
+from support import readonly
 
 
 def make_csr(rng, n_rows, n_features, mean_len):
@@ -14,12 +15,6 @@ def make_csr(rng, n_rows, n_features, mean_len):
     indptr[1:] = np.cumsum(lens)
     indices = rng.integers(0, max(n_features, 1), size=int(indptr[-1])).astype(np.uint32)
     return indptr, indices
-
-
-def readonly(a):
-    a = a.copy()
-    a.setflags(write=False)
-    return a
 
 
 @pytest.mark.parametrize("n_rows,n_features,mean_len", [
