@@ -68,3 +68,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def random_ids(rng, n_bits: int, density: float):
+    """Sorted uint32 ids of a Bernoulli(density) set over n_bits (geometric gaps)."""
+    import math
+
+    import numpy as np
+
+    if density >= 1.0:
+        return np.arange(n_bits, dtype=np.uint32)
+    mean = n_bits * density
+    m = int(mean + 8 * math.sqrt(mean) + 64)
+    while True:
+        pos = np.cumsum(rng.geometric(density, size=m), dtype=np.int64) - 1
+        if pos[-1] >= n_bits:
+            return pos[pos < n_bits].astype(np.uint32)
+        m *= 2

@@ -49,7 +49,7 @@ import time
 
 import numpy as np
 
-from common import cpu_model, write_result  # (common puts the repo on sys.path)
+from common import cpu_model, random_ids, write_result  # (common puts the repo on sys.path)
 
 import segsrv._kernels as K  # noqa: E402
 from segsrv._kernels import cooccur as C  # noqa: E402
@@ -58,17 +58,6 @@ SEED = 12345
 DENSITY_RANGE = (0.005, 0.30)
 TAILS_POPULATION = 100_000    # scipy's Boost sf is slow (~0.4 ms/element) at this size
 MATMUL_CHUNK = 32768           # rows per float32 chunk (F x chunk x 4 bytes = 131 MB at F = 1000)
-
-
-def random_ids(rng, n_bits: int, density: float) -> np.ndarray:
-    """Sorted uint32 ids of a Bernoulli(density) set over n_bits (geometric gaps)."""
-    mean = n_bits * density
-    m = int(mean + 8 * math.sqrt(mean) + 64)
-    while True:
-        pos = np.cumsum(rng.geometric(density, size=m), dtype=np.int64) - 1
-        if pos[-1] >= n_bits:
-            return pos[pos < n_bits].astype(np.uint32)
-        m *= 2
 
 
 def make_data(n_features: int, n_rows: int, seed: int):

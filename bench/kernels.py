@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import segsrv._kernels as K  # noqa: E402
-from common import cpu_model  # noqa: E402
+from common import cpu_model, random_ids  # noqa: E402
 
 try:
     from pyroaring import BitMap
@@ -71,19 +71,6 @@ def l3_bytes() -> int:
         return int(txt.rstrip("KMG")) * mult
     except (OSError, ValueError):
         return 32 << 20
-
-
-def random_ids(rng, n_bits: int, density: float) -> np.ndarray:
-    """Sorted uint32 ids of a Bernoulli(density) set over n_bits (geometric gaps)."""
-    if density >= 1.0:
-        return np.arange(n_bits, dtype=np.uint32)
-    mean = n_bits * density
-    m = int(mean + 8 * math.sqrt(mean) + 64)
-    while True:
-        pos = np.cumsum(rng.geometric(density, size=m), dtype=np.int64) - 1
-        if pos[-1] >= n_bits:
-            return pos[pos < n_bits].astype(np.uint32)
-        m *= 2
 
 
 def random_bitset_ids(rng, n_bits, density):

@@ -5,7 +5,8 @@ X ~ Hypergeometric(population N, successes K, draws n) (scipy's
 ``hypergeom(M=N, n=K, N=n)``).  ``hypergeom_log_tail`` returns the natural
 log of P(X >= k) (upper=True, Fisher's one-sided "more than expected" test) or
 of P(X <= k) (upper=False), element-wise over int64 arrays k, successes,
-draws with one scalar population.  Logs, because the deep tails of large
+draws, with one population for all or one per element (an int64 array: the Fisher
+test of each element within its own rows).  Logs, because the deep tails of large
 populations are far below 1e-300.
 
 Method (hypergeom.h): log pmf at the start point by Loader's saddle-point
@@ -38,41 +39,45 @@ __all__ = ["hypergeom_log_tail", "hypergeom_tail"]
 MAX_POPULATION = 1 << 53
 # an element costs about this many streamed words (thread policy)
 cdef int64_t _ELEMENT_WORDS = 256
+cdef int64_t MAX_POPULATION_C = 1 << 53
 
 
-cdef Py_ssize_t _first_bad(const int64_t *K, const int64_t *n, size_t m, int64_t N,
+cdef Py_ssize_t _first_bad(const int64_t *K, const int64_t *n, size_t m, const int64_t *N, size_t stride,
                            int *which) noexcept nogil:
     cdef size_t i
     for i in range(m):
-        if K[i] < 0 or K[i] > N:
+        if N[i * stride] < 0 or N[i * stride] > MAX_POPULATION_C:
+            which[0] = 2
+            return <Py_ssize_t>i
+        if K[i] < 0 or K[i] > N[i * stride]:
             which[0] = 0
             return <Py_ssize_t>i
-        if n[i] < 0 or n[i] > N:
+        if n[i] < 0 or n[i] > N[i * stride]:
             which[0] = 1
             return <Py_ssize_t>i
     return -1
 
 
-cdef void _tail_core(const int64_t *k, const int64_t *K, const int64_t *n, int64_t N,
+cdef void _tail_core(const int64_t *k, const int64_t *K, const int64_t *n, const int64_t *N, size_t stride,
                      int upper, size_t m, double *out, int nt) noexcept nogil:
     cdef Py_ssize_t i
     if nt <= 1:
         for i in range(<Py_ssize_t>m):
-            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N, upper)
+            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N[<size_t>i * stride], upper)
     else:
         # dynamic: elements differ in cost (walk length), and a descheduled
         # thread (shared machine) does not hold up the others
         for i in prange(<Py_ssize_t>m, num_threads=nt, schedule="dynamic", chunksize=256):
-            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N, upper)
+            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N[<size_t>i * stride], upper)
 
 
 def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_threads=None):
     """log P(X >= k) (upper) or log P(X <= k) -> float64[m], X ~ Hypergeom(N, K, n).
 
     k, successes (K), draws (n): int64 arrays of equal length m; population (N):
-    an int scalar, 0 <= N <= 2**53; 0 <= K <= N and 0 <= n <= N element-wise
-    (ValueError otherwise).  k outside the support gives exactly 0.0 (log 1)
-    or -inf (log 0).
+    an int scalar, or an int64 array of length m (one population per element);
+    0 <= N <= 2**53; 0 <= K <= N and 0 <= n <= N element-wise (ValueError
+    otherwise).  k outside the support gives exactly 0.0 (log 1) or -inf (log 0).
     """
     _check(k, "k", np.int64, 1)
     _check(successes, "successes", np.int64, 1)
@@ -81,13 +86,22 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
     if successes.shape[0] != <Py_ssize_t>m or draws.shape[0] != <Py_ssize_t>m:
         raise ValueError(f"k, successes and draws must have the same length, got "
                          f"{k.shape[0]}, {successes.shape[0]} and {draws.shape[0]}")
-    cdef int64_t N = _check_int(population, "population")
-    if N > MAX_POPULATION:
-        raise ValueError(f"population must be <= 2**53, got {N}")
+    cdef size_t stride = 0
+    cdef int64_t N0 = 0
+    if isinstance(population, np.ndarray):
+        _check(population, "population", np.int64, 1)
+        if population.shape[0] != <Py_ssize_t>m:  # neither one population nor one per element
+            raise TypeError(f"population must be an int or an int64 array of the length of k ({m}), "
+                            f"got an array of length {population.shape[0]}")
+        stride = 1
+    else:
+        N0 = _check_int(population, "population")
+        if N0 > MAX_POPULATION:
+            raise ValueError(f"population must be <= 2**53, got {N0}")
     if not isinstance(upper, (bool, np.bool_)):
         raise TypeError(f"upper must be a bool, got {type(upper).__name__}")
     out = _check_out(out, "out", np.float64, (m,))
-    for name, a in (("k", k), ("successes", successes), ("draws", draws)):
+    for name, a in (("k", k), ("successes", successes), ("draws", draws), ("population", population)):
         if np.may_share_memory(out, a):
             raise ValueError(f"out must not share memory with {name}")
     if m == 0:
@@ -96,11 +110,19 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
     cdef const int64_t[::1] Kv = successes
     cdef const int64_t[::1] nv = draws
     cdef double[::1] ov = out
+    cdef const int64_t[::1] Nv
+    cdef const int64_t *Np = &N0
+    if stride:
+        Nv = population
+        Np = &Nv[0]
     cdef int which = 0
     cdef Py_ssize_t bad
     with nogil:
-        bad = _first_bad(&Kv[0], &nv[0], m, N, &which)
+        bad = _first_bad(&Kv[0], &nv[0], m, Np, stride, &which)
     if bad >= 0:
+        N = int(Np[bad * stride])
+        if which == 2:
+            raise ValueError(f"population[{bad}] = {N} is outside [0, 2**53]")
         if which == 0:
             raise ValueError(f"successes[{bad}] = {int(successes[bad])} is outside "
                              f"[0, population = {N}]")
@@ -110,7 +132,7 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
     if <size_t>nt > m:
         nt = <int>m
     with nogil:
-        _tail_core(&kv[0], &Kv[0], &nv[0], N, up, m, &ov[0], nt)
+        _tail_core(&kv[0], &Kv[0], &nv[0], Np, stride, up, m, &ov[0], nt)
     return out
 
 

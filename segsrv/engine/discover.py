@@ -53,12 +53,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _kernels
-from ..errors import LimitExceededError, QueryError, UnknownFieldError, Violation, suggest
+from ..errors import LimitExceededError, QueryError
 from ..ops.conditions import All, condition_fields
 from ..ops.discover import (
     DEFAULT_MIN_LIFT, DEFAULT_MIN_SHARE, DEFAULT_MIN_TARGET_LIFT, DiscoveredSegment, DiscoverQuery, DiscoverResult,
 )
-from ..snapshot.paths import match_path
 from ..snapshot.reader import Snapshot, Universe
 from . import cancel
 from . import stats as st
@@ -207,17 +206,10 @@ class _Search:
 def field_weights(universe: Universe, weights: dict[str, float]) -> np.ndarray:
     """Weight per field index of the universe: 1 unless a name or glob gives one (the last match wins)."""
     out = np.ones(len(universe.field_names))
+    index = {name: i for i, name in enumerate(universe.field_names)}
     for pat, w in weights.items():
-        parts = pat.split(".")
-        hit = False
-        for i, name in enumerate(universe.field_names):
-            if name == pat or match_path(parts, name.split(".")):
-                out[i] = w
-                hit = True
-        if not hit:
-            raise UnknownFieldError(f"field_weights: {pat!r} matches no field of universe {universe.name!r}"
-                                    f"{suggest(pat, universe.field_names)}",
-                                    [Violation("field_weights", f"{pat!r} matches nothing", "pattern", pat)])
+        for name in select_fields(universe, [pat], set(), key="field_weights"):
+            out[index[name]] = w
     return out
 
 

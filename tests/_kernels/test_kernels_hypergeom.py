@@ -282,3 +282,28 @@ def test_naive_exports():
     for name in ("hypergeom_log_tail", "hypergeom_tail"):
         assert name in N.__all__ and name in K.__all__
         assert getattr(K, name) is getattr(H, name)
+
+
+def test_population_per_element():
+    """An int64 population array: each element's tail within its own population, as element-wise calls give."""
+    import segsrv._kernels as KK
+    from segsrv._kernels import naive as N_
+
+    rng = np.random.default_rng(3)
+    N = rng.integers(1, 5000, 300).astype(np.int64)
+    K = (rng.random(300) * (N + 1)).astype(np.int64)
+    n = (rng.random(300) * (N + 1)).astype(np.int64)
+    k = (rng.random(300) * (np.minimum(K, n) + 2)).astype(np.int64)
+    for upper in (True, False):
+        got = KK.hypergeom_log_tail(k, K, n, N, upper=upper)
+        one = np.array([KK.hypergeom_log_tail(k[i:i + 1], K[i:i + 1], n[i:i + 1], int(N[i]), upper=upper)[0]
+                        for i in range(300)])
+        np.testing.assert_array_equal(got, one)
+        np.testing.assert_allclose(np.exp(got), np.exp(N_.hypergeom_log_tail(k, K, n, N, upper=upper)),
+                                   rtol=1e-8, atol=1e-300)
+    with pytest.raises(TypeError, match="population"):
+        KK.hypergeom_log_tail(k, K, n, N[:10])
+    with pytest.raises(ValueError, match="population"):
+        KK.hypergeom_log_tail(k, K, n, np.full(300, -1, dtype=np.int64))
+    with pytest.raises(ValueError, match="successes"):
+        KK.hypergeom_log_tail(k, N + 1, n, N)
