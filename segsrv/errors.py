@@ -102,6 +102,10 @@ class NoSnapshotServedError(SnapshotError):
     """The server has not loaded any snapshot yet (it is not ready)."""
 
 
+class SnapshotWithdrawnError(SnapshotError):
+    """A served version's files changed on disk after it was verified: it is no longer served."""
+
+
 # --- queries ------------------------------------------------------------------
 
 
@@ -187,6 +191,7 @@ REASONS: dict[type[BaseException], str] = {
     SnapshotFormatTooOldError: "SNAPSHOT_FORMAT_TOO_OLD",
     VersionNotServedError: "VERSION_NOT_SERVED",
     NoSnapshotServedError: "NO_SNAPSHOT_SERVED",
+    SnapshotWithdrawnError: "SNAPSHOT_WITHDRAWN",
     NoCatalogError: "NO_CATALOG",
     NotBuiltYetError: "NOT_BUILT_YET",
     DeadlineExpired: "DEADLINE_EXPIRED",

@@ -196,7 +196,7 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     say = progress or (lambda msg: None)
     entries = load_catalog_file(catalog) if isinstance(catalog, (str, Path)) else normalize_catalog(catalog)
     vdir = resolve_version_dir(location)
-    snap = open_snapshot(vdir, verify="sizes")
+    snap = open_snapshot(vdir)  # every byte: a damaged base must not be linked into a new version
     resolved = validate_catalog(snap, entries)
     if resolved == (snap.segments or {}):
         say(f"catalog unchanged: {snap.name}/{snap.version} already has these {len(resolved)} segments")

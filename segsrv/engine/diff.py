@@ -62,7 +62,7 @@ CATALOG_HINT = "add one with `segsrv segments apply`"
 
 
 def open_versions(location: str | Path, version_a: str, version_b: str,
-                  verify: str = "sizes") -> tuple[Snapshot, Snapshot]:
+                  verify: str = "full") -> tuple[Snapshot, Snapshot]:
     """Open VERSION_A and VERSION_B of the snapshot at ROOT/NAME."""
     name_dir = resolve_snapshot_dir(location)
     dirs = [version_dir(name_dir, v) for v in (version_a, version_b)]

@@ -63,7 +63,7 @@ from . import cancel
 from . import stats as st
 from .conditions import bool_to_bitset, evaluate
 from .cooccurrence import FeatureSet
-from .fields import default_fields, select_fields
+from .fields import check_patterns, default_fields, select_fields
 from .describe import description, related_features, segment_names
 from .relate import count_features
 from .segmentation import non_redundant, segmentation
@@ -207,6 +207,7 @@ def field_weights(universe: Universe, weights: dict[str, float]) -> np.ndarray:
     """Weight per field index of the universe: 1 unless a name or glob gives one (the last match wins)."""
     out = np.ones(len(universe.field_names))
     index = {name: i for i, name in enumerate(universe.field_names)}
+    check_patterns(list(weights), "field_weights")
     for pat, w in weights.items():
         for name in select_fields(universe, [pat], set(), key="field_weights"):
             out[index[name]] = w

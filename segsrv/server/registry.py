@@ -2,11 +2,21 @@
 
 ``SnapshotRegistry(root)`` opens every snapshot ``ROOT/NAME`` (the version
 ``ROOT/NAME/CURRENT`` names; ``ROOT`` itself may also be one ``NAME``
-directory). The first load checks headers and sizes (``verify="sizes"``);
-every later load, i.e. a hot reload after CURRENT moved, recomputes every
-checksum first (``reload_verify="full"``). A snapshot that fails to open is
-logged with the reason and skipped; the others, and the version already
-served under that name, keep serving.
+directory). Every load, the first one and every hot reload after CURRENT
+moved, checks every byte before the version is served (``verify="full"``:
+the fast checksums, the required files, the manifest's numbers against the
+data; segsrv.snapshot.reader). A snapshot that fails to open is logged with
+the reason and skipped; the others, and the version already served under that
+name, keep serving. CURRENT itself is read only when it is a small regular
+file (segsrv.snapshot.location.read_current).
+
+Scrubbing (``scrub()``, every ``--verify-interval`` by ``reload.Reloader``):
+every served version's bytes are checked again. Published files are read-only
+and must never be written (docs/server.md); if one is changed anyway, the
+version that holds it is *withdrawn*: requests for it get DATA_LOSS
+(``SnapshotWithdrawnError``) rather than answers from changed data, health
+turns NOT_SERVING when nothing else is served, and the next version CURRENT
+names is loaded (and fully verified) as usual.
 
 Hot reload (``refresh()``, called every ``--reload-interval`` by
 ``reload.Reloader``): when CURRENT is replaced (new content, or the same
@@ -50,6 +60,7 @@ from ..errors import (
     QueryError,
     SnapshotError,
     SnapshotNotFoundError,
+    SnapshotWithdrawnError,
     VersionNotServedError,
 )
 from ..snapshot import format as fmt
@@ -144,7 +155,7 @@ def _current_key(path: Path) -> tuple:
 
 
 class SnapshotRegistry:
-    def __init__(self, root: str | Path, *, verify: str = "sizes", reload_verify: str = "full",
+    def __init__(self, root: str | Path, *, verify: str = "full", reload_verify: str = "full",
                  keep_versions: int = 0, load: bool = True,
                  prepare: Callable[[Snapshot], object] | None = None):
         self.root = Path(root)
@@ -165,6 +176,7 @@ class SnapshotRegistry:
         self._listeners: list[Callable[[dict[str, Snapshot]], None]] = []
         self.loads: Counter = Counter()  # (name, "success" | "failure") -> count; name is the dir name
         self.last_error: dict[str, str] = {}  # directory name -> reason of the last refused version
+        self.withdrawn: dict[str, str] = {}  # snapshot name -> why its current version was withdrawn
         if load:
             self.refresh()
 
@@ -180,8 +192,8 @@ class SnapshotRegistry:
     def refresh(self) -> list[str]:
         """Open snapshots that are new or whose CURRENT was replaced; returns the names (re)loaded.
 
-        The first call (at construction) checks sizes (`verify`); later calls recompute every
-        checksum (`reload_verify`) before swapping a version in. Opening happens outside the lock
+        The first call (at construction) verifies with `verify`, later calls with `reload_verify`
+        (both "full" by default: every byte) before swapping a version in. Opening happens outside the lock
         requests take, so serving goes on meanwhile.
         """
         with self._refresh_lock:
@@ -200,12 +212,20 @@ class SnapshotRegistry:
         current_file = d / fmt.CURRENT
         try:
             key = _current_key(current_file)
-            version = read_current(d)
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             log.error("cannot read %s: %s", current_file, exc)
             return None
         if self._seen.get(d) == key:
             return None  # CURRENT unchanged since we last loaded or refused it
+        try:
+            version = read_current(d)
+        except (OSError, SnapshotError) as exc:
+            reason = exc.message if isinstance(exc, SnapshotError) else str(exc)
+            log.error("cannot read %s: %s", current_file, reason,
+                      extra={"fields": {"event": "reload_refused", "snapshot": d.name, "reason": reason}})
+            self._seen[d] = key  # not again until CURRENT is replaced
+            self._count(d.name, "failure", reason)
+            return None
         with self._lock:
             old = next((s for s in self._slots.values() if s.directory == d), None)
         if old is not None and old.current.version == version:
@@ -276,6 +296,7 @@ class SnapshotRegistry:
                 slot.current = entry
                 self._prune(snap.name, slot)
             self._snapshots = {n: s.current.snapshot for n, s in self._slots.items()}
+            self.withdrawn.pop(snap.name, None)
         self._seen[d] = key
         self._count(snap.name, "success")
         took = (time.perf_counter() - t0) * 1e3
@@ -289,6 +310,45 @@ class SnapshotRegistry:
                      extra={"fields": {"event": "snapshot_swapped", "snapshot": snap.name, "version": snap.version,
                                        "previous_version": previous.version}})
         return snap.name
+
+    def scrub(self, threads: int | None = 1) -> list[str]:
+        """Check every byte of every served version again; withdraw those whose files changed.
+
+        Returns "name@version" of each version withdrawn. Runs outside the lock requests take."""
+        with self._lock:
+            served = [(name, entry) for name, slot in self._slots.items()
+                      for entry in [*slot.retired.values(), slot.current]]
+        withdrawn = []
+        for name, entry in served:
+            try:
+                entry.snapshot.files.verify("full", threads)
+            except SnapshotError as exc:
+                self._withdraw(name, entry, exc.message)
+                withdrawn.append(f"{name}@{entry.version}")
+        if withdrawn:
+            self._notify()
+        return withdrawn
+
+    def _withdraw(self, name: str, entry: ServedVersion, reason: str) -> None:
+        log.error("withdrawing snapshot %s version %s: %s; its files changed after they were verified "
+                  "(published files must never be modified); requests for it get DATA_LOSS until CURRENT "
+                  "names a good version", name, entry.version, reason,
+                  extra={"fields": {"event": "snapshot_withdrawn", "snapshot": name, "version": entry.version,
+                                    "reason": reason}})
+        with self._lock:
+            slot = self._slots.get(name)
+            if slot is None:
+                return
+            if slot.current is entry:
+                del self._slots[name]
+                self.withdrawn[name] = (f"version {entry.version} of snapshot {name!r} was withdrawn: {reason}; "
+                                        f"its files changed on disk after they were verified")
+                self._snapshots = {n: s.current.snapshot for n, s in self._slots.items()}
+                # the next CURRENT (even the same text in a new file) is loaded afresh
+                self._seen.pop(slot.directory, None)
+            else:
+                slot.retired.pop(entry.version, None)
+        self._count(name, "failure", reason)
 
     def _count(self, name: str, result: str, error: str | None = None) -> None:
         with self._lock:
@@ -388,6 +448,8 @@ class SnapshotRegistry:
             check_component(version, "snapshot.version", "snapshot version")
         with self._lock:
             slots = self._slots
+            if not slots and len(self.withdrawn) == 1 and not name:
+                raise SnapshotWithdrawnError(next(iter(self.withdrawn.values())))
             if not slots:
                 raise NoSnapshotServedError(
                     f"no snapshot is loaded yet from {str(self.root)!r}; the server is not ready")
@@ -401,6 +463,8 @@ class SnapshotRegistry:
                     )
             else:
                 slot = slots.get(name)
+                if slot is None and name in self.withdrawn:
+                    raise SnapshotWithdrawnError(self.withdrawn[name])
                 if slot is None:
                     raise SnapshotNotFoundError(
                         f"no snapshot {name!r} is served{suggest(name, slots)}; served: {sorted(slots)}",

@@ -27,7 +27,9 @@ import numpy as np
 
 from .. import _kernels
 from ..errors import BuildError, SpecError
+from . import checksum
 from . import format as fmt
+from .mapping import map_file
 from .paths import FieldPath, resolve_universe_fields
 from .publish import discard, new_staging_dir, point_current, publish_version
 from .spec import Spec, TableSpec, load_spec, suggest
@@ -619,6 +621,16 @@ def _publish(tmp: Path, snapshot_dir: Path, version: str, manifest: bytes, progr
     return final
 
 
+def file_entries(directory: Path, threads: int | None = None) -> dict[str, dict]:
+    """The manifest's file list of a written version: {relative path: {bytes, xxh3, sha256}}."""
+    maps = {path.relative_to(directory).as_posix(): map_file(path)
+            for path in sorted(p for p in directory.rglob("*") if p.is_file())}
+    algorithms = {rel: (checksum.FAST, checksum.STRONG) for rel in maps}
+    got = checksum.digests(maps, algorithms, threads=threads or _kernels.get_num_threads())
+    return {rel: {"bytes": len(data), checksum.FAST: got[rel][checksum.FAST], checksum.STRONG: got[rel][checksum.STRONG]}
+            for rel, data in maps.items()}
+
+
 def build_snapshot(
     spec_path: str | Path | Spec,
     out_root: str | Path,
@@ -629,13 +641,26 @@ def build_snapshot(
 ) -> Path:
     """Build the snapshot described by a spec under OUT_ROOT/NAME/VERSION and point CURRENT at it.
 
-    Returns the version directory. On any error nothing is left behind.
+    Returns the version directory. On any error nothing is left behind; a failure to write (a full
+    disk, a file size limit, permissions) is a BuildError that says what failed.
     """
     spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
     say = progress or _default_progress
     if version is not None and (not version or "/" in version or version.startswith(".")):
         raise SpecError(f"version {version!r} is not a valid directory name")
     snapshot_dir = Path(out_root) / spec.name
+    current_before = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
+    try:
+        return _build(spec, snapshot_dir, version, say, threads)
+    except (OSError, duckdb.IOException) as exc:
+        what = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        current_after = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
+        left = ("nothing was published and the partial build was removed" if current_after == current_before
+                else "CURRENT was changed before the failure")
+        raise BuildError(f"cannot write the snapshot under {snapshot_dir}: {what}; {left}") from exc
+
+
+def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, threads: int | None) -> Path:
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     tmp = new_staging_dir(snapshot_dir, "build")
     try:
@@ -645,10 +670,7 @@ def build_snapshot(
             resolve_universe_fields(spec, uname)
         builder.load()
         universes = {uname: builder.build_universe(uname, tmp) for uname in sorted(spec.universes)}
-        files = {}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            rel = path.relative_to(tmp).as_posix()
-            files[rel] = {"bytes": path.stat().st_size, "sha256": fmt.file_sha256(path)}
+        files = file_entries(tmp, threads)
         manifest = {
             "format": fmt.FORMAT_NAME,
             "format_version": fmt.FORMAT_VERSION,

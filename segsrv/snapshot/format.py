@@ -96,6 +96,7 @@ from ..errors import (
     SnapshotFormatTooOldError,
     TruncatedSnapshotError,
 )
+from .mapping import map_file
 
 FORMAT_NAME = "segsrv-snapshot"
 FORMAT_VERSION = 1
@@ -144,50 +145,58 @@ def write_array(path: Path, array: np.ndarray) -> None:
         fh.write(memoryview(array).cast("B") if array.nbytes else b"")
 
 
-def read_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
-    size = path.stat().st_size
+def parse_header(raw: bytes, where: str, size: int) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, data length) from the first bytes of an array file of `size` bytes."""
     if size < HEADER_BYTES:
-        raise TruncatedSnapshotError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
-    with open(path, "rb") as fh:
-        raw = fh.read(HEADER_BYTES)
-    magic, version, _, dtype, ndim, d0, d1, d2, d3, nbytes = _HEADER.unpack(raw)
+        raise TruncatedSnapshotError(f"{where}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
+    magic, version, _, dtype, ndim, d0, d1, d2, d3, nbytes = _HEADER.unpack(bytes(raw[:HEADER_BYTES]))
     if magic != ARRAY_MAGIC:
-        raise CorruptSnapshotError(f"{path}: bad magic {magic!r}, not a segsrv array file")
-    check_format_version(version, str(path))
+        raise CorruptSnapshotError(f"{where}: bad magic {magic!r}, not a segsrv array file")
+    check_format_version(version, where)
     try:
         dt = np.dtype(dtype.decode("ascii").strip())
     except (TypeError, UnicodeDecodeError) as exc:
-        raise CorruptSnapshotError(f"{path}: bad dtype in header {dtype!r}") from exc
+        raise CorruptSnapshotError(f"{where}: bad dtype in header {dtype!r}") from exc
     if dt.kind not in "biufcS" or dt.hasobject or dt.itemsize == 0:
         # never map e.g. object pointers ("|O") from a file: numpy would dereference them
-        raise CorruptSnapshotError(f"{path}: unsupported dtype {dt.str!r} in header")
+        raise CorruptSnapshotError(f"{where}: unsupported dtype {dt.str!r} in header")
     if ndim > 4:
-        raise CorruptSnapshotError(f"{path}: bad ndim {ndim} in header")
+        raise CorruptSnapshotError(f"{where}: bad ndim {ndim} in header")
     shape = (d0, d1, d2, d3)[:ndim]
     if any(d >= 1 << 48 for d in shape):
-        raise CorruptSnapshotError(f"{path}: implausible shape {shape} in header")
+        raise CorruptSnapshotError(f"{where}: implausible shape {shape} in header")
     expected = math.prod(int(d) for d in shape) * dt.itemsize  # exact: no int64 overflow
     if expected != nbytes:
-        raise CorruptSnapshotError(f"{path}: header shape {shape} x {dt} != data length {nbytes}")
+        raise CorruptSnapshotError(f"{where}: header shape {shape} x {dt} != data length {nbytes}")
     if size < HEADER_BYTES + nbytes:
         raise TruncatedSnapshotError(
-            f"{path}: truncated, {size} bytes on disk, header needs {HEADER_BYTES + nbytes}"
+            f"{where}: truncated, {size} bytes on disk, header needs {HEADER_BYTES + nbytes}"
         )
     return dt, shape, nbytes
 
 
-def open_array(path: Path) -> np.ndarray:
-    """Memory-map an array file read-only (an empty array is returned in memory).
+def read_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw = fh.read(HEADER_BYTES)
+    return parse_header(raw, str(path), size)
 
-    The result is a plain read-only ndarray whose base is the np.memmap: the mapping lives as long
-    as any view of it, and indexing skips np.memmap's Python-level __getitem__ / __array_finalize__
-    (microseconds per scalar lookup, which add up in per-request loops)."""
-    dt, shape, nbytes = read_header(path)
+
+def array_from_bytes(data: np.ndarray, where: str) -> np.ndarray:
+    """The array an array file's bytes hold (`data`: uint8, e.g. a read-only map), as a view of them.
+
+    The result is a plain read-only ndarray whose base chain ends at the map: the mapping lives as
+    long as any view of it, and indexing skips np.memmap's Python-level hooks (microseconds per
+    scalar lookup, which add up in per-request loops). An empty array is returned in memory."""
+    dt, shape, nbytes = parse_header(data[:HEADER_BYTES], where, len(data))
     if nbytes == 0:
         return np.zeros(shape, dtype=dt)
-    if not shape:  # np.memmap turns shape () into (1,)
-        return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=(1,)).view(np.ndarray).reshape(())
-    return np.memmap(path, dtype=dt, mode="r", offset=HEADER_BYTES, shape=shape).view(np.ndarray)
+    return data[HEADER_BYTES:HEADER_BYTES + nbytes].view(dt).reshape(shape)
+
+
+def open_array(path: Path) -> np.ndarray:
+    """Memory-map an array file read-only (see array_from_bytes; no file descriptor stays open)."""
+    return array_from_bytes(map_file(path), str(path))
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -16,14 +16,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SnapshotNotFoundError
+import os
+
+from ..errors import CorruptSnapshotError, SnapshotNotFoundError
 from . import format as fmt
+from .mapping import open_regular
 from .spec import suggest
+
+MAX_CURRENT_BYTES = 4096
 
 
 def read_current(name_dir: Path) -> str:
-    """The version ROOT/NAME/CURRENT names."""
-    return (name_dir / fmt.CURRENT).read_text().strip()
+    """The version ROOT/NAME/CURRENT names.
+
+    CURRENT is read only if it is a regular file (not a symbolic link, FIFO or device: the open
+    never blocks) of at most MAX_CURRENT_BYTES, holding UTF-8 text; anything else is a
+    CorruptSnapshotError (SnapshotNotFoundError when it is missing)."""
+    path = name_dir / fmt.CURRENT
+    if not os.path.lexists(path):
+        raise SnapshotNotFoundError(f"{path} does not exist")
+    fd = open_regular(path, "CURRENT")
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read(MAX_CURRENT_BYTES + 1)
+    if len(raw) > MAX_CURRENT_BYTES:
+        raise CorruptSnapshotError(f"{path}: longer than {MAX_CURRENT_BYTES} bytes; CURRENT holds one version name")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CorruptSnapshotError(f"{path}: not UTF-8 text; CURRENT holds one version name") from None
+
+
+def _check_version_dir(vdir: Path) -> None:
+    """A version ROOT/NAME/VERSION must be a real directory there (never a link to elsewhere)."""
+    if vdir.is_symlink():
+        raise CorruptSnapshotError(f"{vdir}: the version directory is a symbolic link; a version must be a "
+                                   f"directory inside {vdir.parent}")
 
 
 def snapshot_dirs(root: Path) -> list[Path]:
@@ -61,6 +88,7 @@ def resolve_version_dir(location: str | Path, version: str | None = None) -> Pat
         vdir = path / version
         if not vdir.is_dir():
             raise SnapshotNotFoundError(f"{path}: version {version!r} does not exist")
+        _check_version_dir(vdir)
         return vdir
     return resolve_version_dir(_only_snapshot(path, "no snapshot here (no NAME/CURRENT below it)"), version)
 
@@ -94,4 +122,5 @@ def version_dir(name_dir: Path, version: str) -> Path:
             f"{name_dir}: no version {version!r}{suggest(version, versions)}; versions: {versions}"
             + (f" (CURRENT is {current!r})" if current else "")
         )
+    _check_version_dir(vdir)
     return vdir

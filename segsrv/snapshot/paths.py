@@ -14,7 +14,9 @@ wildcards) match within one segment, ``**`` matches any number of segments.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import SpecError
 from .spec import LinkSpec, Spec, suggest
@@ -78,14 +80,39 @@ def enumerate_paths(spec: Spec, root: str) -> dict[str, FieldPath]:
     return out
 
 
+def _segment_matcher(segment: str) -> Callable[[str], bool]:
+    if not any(ch in segment for ch in "*?["):
+        return segment.__eq__
+    # compiled here, not through fnmatch's cache of up to 32,768 patterns: a request's patterns must
+    # not stay in memory after it (re's own cache is bounded at a few hundred small entries)
+    return re.compile(fnmatch.translate(segment)).match
+
+
+def compile_path_pattern(pattern: list[str]) -> Callable[[list[str]], bool]:
+    """A matcher of dotted paths (split at dots) for a pattern of fnmatch parts; "**" spans any parts.
+
+    Matching is a table over (pattern part, path part): time grows with their product, never
+    exponentially with the number of "**"."""
+    steps = [None if seg == "**" else _segment_matcher(seg) for seg in pattern]
+
+    def matches(parts: list[str]) -> bool:
+        reach = [True] + [False] * len(parts)  # reach[j]: the pattern so far matches parts[:j]
+        for step in steps:
+            if step is None:
+                seen = False
+                reach = [seen := seen or r for r in reach]
+            else:
+                reach = [False] + [reach[j] and bool(step(part)) for j, part in enumerate(parts)]
+            if not any(reach):
+                return False
+        return reach[-1]
+
+    return matches
+
+
 def match_path(pattern: list[str], parts: list[str]) -> bool:
     """Whether a dotted path (split at dots) matches a pattern of fnmatch parts; "**" spans any parts."""
-    if not pattern:
-        return not parts
-    head = pattern[0]
-    if head == "**":
-        return any(match_path(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and match_path(pattern[1:], parts[1:])
+    return compile_path_pattern(pattern)(parts)
 
 
 def _is_glob(pattern: str) -> bool:

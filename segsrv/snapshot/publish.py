@@ -7,8 +7,12 @@ The protocol (readers and the server rely on it; the builder and ``segments appl
    Its data files are written there, or hard-linked from a base version (``link_files``: the
    new version shares the base's bytes, nothing is copied; published files are never modified,
    so sharing them is safe).
-2. The manifest is written last (``publish_version``), atomically: a version directory without a
-   manifest is unfinished, and readers refuse it.
+2. Every file is made read-only, then the manifest is written last (``publish_version``),
+   atomically: a version directory without a manifest is unfinished, and readers refuse it.
+   Read-only files are a guard, not a lock (root may still write them): an operator must never
+   write, truncate or replace a file of a published version (docs/server.md); a server notices a
+   changed file by its checksum (at every open, and every ``--verify-interval`` for served
+   versions) and stops serving it.
 3. The staging directory is renamed to ROOT/NAME/VERSION in one step, so a version appears
    complete or not at all. A published version is immutable: a name already taken may only be
    published again with the identical manifest (the callers check, each with its own message).
@@ -48,9 +52,21 @@ def link_files(base_dir: Path, staging: Path, files: dict[str, dict]) -> int:
     return n_bytes
 
 
+def make_read_only(directory: Path) -> None:
+    """Clear the write bits of every file below `directory` (hard links share them with their base)."""
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode
+            if mode & 0o222:
+                os.chmod(path, mode & ~0o222)
+
+
 def publish_version(staging: Path, snapshot_dir: Path, version: str, manifest: bytes) -> Path:
-    """Write the manifest into `staging` (last), then rename it to ROOT/NAME/VERSION."""
+    """Make the files of `staging` read-only, write the manifest (last, read-only too), then rename
+    `staging` to ROOT/NAME/VERSION."""
+    make_read_only(staging)
     fmt.write_atomic(staging / fmt.MANIFEST, manifest)
+    make_read_only(staging)
     final = snapshot_dir / version
     os.rename(staging, final)
     return final

@@ -1,16 +1,29 @@
 """Open a published snapshot: memory-map its arrays, expose universes and features.
 
-Opening checks the manifest's format and version, every file's presence,
-header and size (cheap). ``verify="full"`` also recomputes every checksum
-(reads every byte; the server does this before swapping versions).
+Every open checks, before anything is served:
+
+* the manifest: format, version, and that it lists every file the format requires (the array
+  files of each universe and each numeric field's file) with a safe relative path inside the
+  version directory (no ``..``, no absolute path, no symbolic link on the way: nothing outside the
+  version directory is ever opened);
+* every listed file: a regular file of the listed size, mapped read-only (no descriptor kept);
+* every byte (``verify="full"``, the default): the fast checksum of every file (xxh3 tree,
+  segsrv.snapshot.checksum), on every core, over the very maps that will be served; a snapshot
+  written before the fast checksum existed is checked by its SHA-256 instead.
+  ``verify="strong"`` also recomputes every SHA-256 (``segsrv verify``); ``verify="sizes"`` skips
+  the checksums and is only for measuring what they cost (bench/verify.py);
+* the numbers the manifest states about the data (row, feature, dense and sparse counts, each
+  field's value counts and feature range) against the arrays they describe: every feature's
+  count is recounted from its bitset or id list.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -24,11 +37,18 @@ from ..errors import (
     UnknownValueError,
     Violation,
 )
+from . import checksum
 from . import format as fmt
 from .location import resolve_version_dir
+from .mapping import map_file, open_regular
 from .spec import suggest
 
-VERIFY_MODES = ("none", "sizes", "full")
+VERIFY_MODES = ("sizes", "full", "strong")
+DEFAULT_VERIFY = "full"
+#: The array files every universe has (universes/<universe>/<file>); see segsrv.snapshot.format.
+UNIVERSE_FILES = ("dense.bin", "sparse_ids.bin", "sparse_offsets.bin", "feature_slot.bin", "feature_count.bin",
+                  "csr_indptr.bin", "csr_indices.bin", "row_ids.bin")
+MAX_MANIFEST_BYTES = 256 << 20
 
 
 @dataclass
@@ -69,7 +89,7 @@ class FieldInfo:
 class Universe:
     """One indexed table: features over its rows, memory-mapped."""
 
-    def __init__(self, name: str, meta: dict, vdir: Path):
+    def __init__(self, name: str, meta: dict, files: "VersionFiles"):
         self.name = name
         self.table = meta["table"]
         self.key = meta["key"]
@@ -78,20 +98,21 @@ class Universe:
         self.n_words = (self.n_rows + 63) // 64
         self.n_features = int(meta["n_features"])
         self.dense_threshold = meta["dense_threshold"]
-        udir = vdir / "universes" / name
+        udir = files.vdir / "universes" / name
         self.dir = udir
-        self.dense = fmt.open_array(udir / "dense.bin")
-        self.sparse_ids = fmt.open_array(udir / "sparse_ids.bin")
-        self.sparse_offsets = fmt.open_array(udir / "sparse_offsets.bin")
-        self.feature_slot = fmt.open_array(udir / "feature_slot.bin")
-        self.feature_count = fmt.open_array(udir / "feature_count.bin")
-        self.csr_indptr = fmt.open_array(udir / "csr_indptr.bin")
-        self.csr_indices = fmt.open_array(udir / "csr_indices.bin")
-        self.row_ids = fmt.open_array(udir / "row_ids.bin")
+        rel = f"universes/{name}/"
+        self.dense = files.array(rel + "dense.bin")
+        self.sparse_ids = files.array(rel + "sparse_ids.bin")
+        self.sparse_offsets = files.array(rel + "sparse_offsets.bin")
+        self.feature_slot = files.array(rel + "feature_slot.bin")
+        self.feature_count = files.array(rel + "feature_count.bin")
+        self.csr_indptr = files.array(rel + "csr_indptr.bin")
+        self.csr_indices = files.array(rel + "csr_indices.bin")
+        self.row_ids = files.array(rel + "row_ids.bin")
         self._check_shapes(udir)
         self.fields: dict[str, FieldInfo] = {}
         for f in meta["fields"]:
-            numeric = fmt.open_array(vdir / f["numeric_file"]) if f.get("numeric_file") else None
+            numeric = files.array(f["numeric_file"]) if f.get("numeric_file") else None
             self.fields[f["name"]] = FieldInfo(
                 name=f["name"],
                 kind=f["kind"],
@@ -109,6 +130,7 @@ class Universe:
             self.feature_field[f.feature_offset : f.feature_offset + len(f.values)] = i
         self.dense_features = np.flatnonzero(self.feature_slot >= 0)
         self.sparse_features = np.flatnonzero(self.feature_slot < 0)
+        self._check_against_data(meta, udir)
 
     def _check_shapes(self, udir: Path) -> None:
         n, nf = self.n_rows, self.n_features
@@ -127,6 +149,88 @@ class Universe:
             problems.append("sparse_offsets does not end at len(sparse_ids)")
         if problems:
             raise CorruptSnapshotError(f"{udir}: inconsistent arrays: {'; '.join(problems)}")
+
+    def _check_against_data(self, meta: dict, udir: Path) -> None:
+        """The manifest's numbers about this universe must be what the arrays say (every feature is
+        recounted): a manifest that disagrees with its data is corrupt, not served."""
+        from .._kernels import and_count_dense, csr_histogram  # recounting features from their rows
+
+        n, nf = self.n_rows, self.n_features
+        slot = np.asarray(self.feature_slot)
+        count = np.asarray(self.feature_count)
+        problems: list[str] = []
+        dense = slot >= 0
+        n_dense, n_sparse = int(dense.sum()), int((~dense).sum())
+        if int(meta.get("n_dense", n_dense)) != n_dense or int(meta.get("n_sparse", n_sparse)) != n_sparse:
+            problems.append(f"manifest says {meta.get('n_dense')} dense and {meta.get('n_sparse')} sparse features, "
+                            f"feature_slot.bin has {n_dense} and {n_sparse}")
+        if not np.array_equal(np.sort(slot[dense]), np.arange(self.dense.shape[0])):
+            problems.append("feature_slot.bin's dense slots are not one per row of dense.bin")
+        if len(self.sparse_offsets) != n_sparse + 1 or not np.array_equal(np.sort(-slot[~dense] - 1),
+                                                                         np.arange(n_sparse)):
+            problems.append("feature_slot.bin's sparse slots are not one per sparse_offsets.bin entry")
+        offsets = np.asarray(self.sparse_offsets)
+        if len(offsets) and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)):
+            problems.append("sparse_offsets.bin does not rise from 0")
+        indptr = np.asarray(self.csr_indptr)
+        if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+            problems.append("csr_indptr.bin does not rise from 0")
+        expected_offset = 0
+        for f in sorted(meta["fields"], key=lambda f: int(f["feature_offset"])):
+            n_values = len(f["values"])
+            if int(f["feature_offset"]) != expected_offset or len(f["counts"]) != n_values:
+                problems.append(f"field {f['name']!r}: feature_offset {f['feature_offset']} / {len(f['counts'])} "
+                                f"counts do not tile the features (expected offset {expected_offset}, "
+                                f"{n_values} counts)")
+                break
+            stated = np.asarray(f["counts"], dtype=np.int64)
+            if not np.array_equal(stated, count[expected_offset:expected_offset + n_values]):
+                problems.append(f"field {f['name']!r}: value counts in the manifest differ from feature_count.bin")
+            expected_offset += n_values
+        if expected_offset != nf:
+            problems.append(f"the fields cover {expected_offset} features, manifest says n_features {nf}")
+        if problems:
+            raise CorruptSnapshotError(f"{udir}: manifest disagrees with the data: {'; '.join(problems)}")
+        # recount every feature from its rows
+        actual = np.empty(nf, dtype=np.int64)
+        if n_dense:
+            everyone = np.zeros(self.n_words, dtype=np.uint64)
+            everyone[: n // 64] = ~np.uint64(0)
+            if n % 64:
+                everyone[n // 64] = (np.uint64(1) << np.uint64(n % 64)) - np.uint64(1)
+            per_slot = and_count_dense(everyone, self.dense)
+            actual[dense] = per_slot[slot[dense]]
+            if n % 64 and np.any(self.dense[:, -1] & ~everyone[-1]):
+                problems.append("dense.bin has bits set past the last row")
+        if n_sparse:
+            actual[~dense] = np.diff(offsets)[-slot[~dense] - 1]
+            ids = np.asarray(self.sparse_ids)
+            if len(ids):
+                steps = np.diff(ids.astype(np.int64))
+                starts = np.zeros(len(ids), dtype=bool)
+                starts[offsets[:-1][offsets[:-1] < len(ids)]] = True
+                if int(ids.max()) >= n or np.any(steps[~starts[1:]] <= 0):
+                    problems.append("sparse_ids.bin holds rows out of range or not ascending per feature")
+        wrong = np.flatnonzero(actual != count)
+        if len(wrong):
+            fid = int(wrong[0])
+            problems.append(f"{len(wrong)} feature counts in feature_count.bin differ from their rows "
+                            f"(feature {fid}: {int(actual[fid])} rows, stated {int(count[fid])})")
+        indices = np.asarray(self.csr_indices)
+        if len(indices) and int(indices.max()) >= nf:
+            problems.append("csr_indices.bin names features past n_features")
+        elif not np.array_equal(csr_histogram(self.csr_indptr, indices, np.arange(n, dtype=np.uint32), nf),
+                                actual):
+            problems.append("csr_indices.bin (rows -> features) disagrees with the feature bitsets")
+        for f in self.fields.values():
+            if f.numeric is not None and (f.numeric.shape != (n,) or f.numeric.dtype != np.float64):
+                problems.append(f"numeric file of field {f.name!r} holds {f.numeric.dtype} {f.numeric.shape}, "
+                                f"expected float64 ({n},)")
+        row_ids = self.row_ids
+        if n > 1 and not np.all(row_ids[1:] > row_ids[:-1]):
+            problems.append("row_ids.bin is not strictly ascending")
+        if problems:
+            raise CorruptSnapshotError(f"{udir}: manifest disagrees with the data: {'; '.join(problems)}")
 
     # -- fields and features ---------------------------------------------------
 
@@ -227,15 +331,17 @@ def _as_int(value) -> int:
 
 
 class Snapshot:
-    """A read-only, memory-mapped snapshot version."""
+    """A read-only, memory-mapped snapshot version (open it with open_snapshot, which verifies it)."""
 
-    def __init__(self, vdir: Path, manifest: dict):
+    def __init__(self, vdir: Path, manifest: dict, files: "VersionFiles | None" = None):
         self.path = vdir
         self.manifest = manifest
         self.name = manifest["name"]
         self.version = manifest["version"]
         self.description = manifest.get("description", "")
-        self.universes = {n: Universe(n, m, vdir) for n, m in sorted(manifest["universes"].items())}
+        files = files if files is not None else VersionFiles(vdir, manifest)
+        self.files = files  # the maps and checksums, to verify again later (SnapshotRegistry.scrub)
+        self.universes = {n: Universe(n, m, files) for n, m in sorted(manifest["universes"].items())}
         self.segments = manifest.get("segments", {})
 
     def universe(self, name: str | None) -> Universe:
@@ -258,10 +364,18 @@ class Snapshot:
 
 def read_manifest(vdir: Path) -> dict:
     mpath = vdir / fmt.MANIFEST
-    if not mpath.exists():
+    if not os.path.lexists(mpath):
         raise SnapshotNotFoundError(f"{vdir}: no {fmt.MANIFEST}; not a snapshot version directory (or its build did not finish)")
+    fd = open_regular(mpath, "manifest")
     try:
-        manifest = json.loads(mpath.read_bytes().decode("utf-8"))
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise CorruptSnapshotError(f"{mpath}: cannot read the manifest: {exc.strerror}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CorruptSnapshotError(f"{mpath}: manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptSnapshotError(f"{mpath}: unreadable manifest: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != fmt.FORMAT_NAME:
@@ -273,32 +387,132 @@ def read_manifest(vdir: Path) -> dict:
     return manifest
 
 
-def verify_files(vdir: Path, manifest: dict, mode: str = "sizes") -> None:
-    if mode not in VERIFY_MODES:
-        raise ValueError(f"verify must be one of {VERIFY_MODES}")
-    if mode == "none":
-        return
-    for rel, info in sorted(manifest["files"].items()):
-        path = vdir / rel
-        if not path.exists():
-            raise TruncatedSnapshotError(f"{vdir}: file {rel} listed in the manifest is missing")
-        size = path.stat().st_size
-        if size != info["bytes"]:
-            cls = TruncatedSnapshotError if size < info["bytes"] else CorruptSnapshotError
-            raise cls(f"{path}: {size} bytes on disk, manifest says {info['bytes']}")
-        if mode == "full" and fmt.file_sha256(path) != info["sha256"]:
-            raise CorruptSnapshotError(f"{path}: checksum mismatch (sha256 differs from the manifest)")
+def _relative_problem(rel: object) -> str | None:
+    """Why `rel` is not a safe file path relative to a version directory (None when it is)."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a relative path"
+    path = PurePosixPath(rel)
+    if path.is_absolute() or "\\" in rel or any(part in ("", ".", "..") for part in rel.split("/")):
+        return "leaves the version directory or is not normalised"
+    if any(ord(c) < 32 for c in rel) or rel == fmt.MANIFEST:
+        return "is not a data file name"
+    return None
 
 
-def open_snapshot(location: str | Path, version: str | None = None, verify: str = "sizes") -> Snapshot:
+def required_files(manifest: dict) -> list[str]:
+    """The files the format requires for `manifest`'s universes and fields (relative paths)."""
+    out: list[str] = []
+    universes = manifest["universes"]
+    if not isinstance(universes, dict):
+        raise CorruptSnapshotError("manifest: 'universes' is not a mapping")
+    for name, meta in universes.items():
+        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or "\\" in name:
+            raise CorruptSnapshotError(f"manifest: universe name {str(name)[:80]!r} is not a plain name")
+        out.extend(f"universes/{name}/{f}" for f in UNIVERSE_FILES)
+        for f in meta.get("fields", []) if isinstance(meta, dict) else []:
+            numeric = f.get("numeric_file") if isinstance(f, dict) else None
+            if numeric is None:
+                continue
+            if _relative_problem(numeric) or not str(numeric).startswith(f"universes/{name}/"):
+                raise CorruptSnapshotError(f"manifest: numeric_file {str(numeric)[:120]!r} of field "
+                                           f"{f.get('name')!r} is not a file of universe {name!r}")
+            out.append(numeric)
+    return out
+
+
+def listed_files(vdir: Path, manifest: dict) -> dict[str, dict]:
+    """The manifest's file list, checked: safe paths, sizes and digests well-formed, and every file
+    the format requires listed (a file left out of the list would go unverified)."""
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise CorruptSnapshotError(f"{vdir}: manifest 'files' is not a mapping")
+    for rel, info in files.items():
+        problem = _relative_problem(rel)
+        if problem:
+            raise CorruptSnapshotError(f"{vdir}: manifest lists file {str(rel)[:120]!r}, which {problem}")
+        if (not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or info["bytes"] < 0
+                or not isinstance(info.get(checksum.STRONG), str)
+                or not isinstance(info.get(checksum.FAST, ""), str)):
+            raise CorruptSnapshotError(f"{vdir}: manifest entry of {rel} lacks bytes / sha256")
+    missing = [rel for rel in required_files(manifest) if rel not in files]
+    if missing:
+        raise CorruptSnapshotError(f"{vdir}: the manifest does not list {len(missing)} required file(s) "
+                                   f"({', '.join(missing[:5])}); every data file must be listed and checked")
+    return files
+
+
+class VersionFiles:
+    """Every listed file of a version directory, mapped read-only after checking where it is and
+    its size; ``verify(mode)`` checks their bytes against the manifest's checksums."""
+
+    def __init__(self, vdir: Path, manifest: dict):
+        self.vdir = vdir
+        self.listed = listed_files(vdir, manifest)
+        real = os.path.realpath(vdir)
+        self.maps: dict[str, np.ndarray] = {}
+        for rel, info in sorted(self.listed.items()):
+            path = vdir / rel
+            # no symbolic link anywhere below the version directory: nothing outside it is read
+            if os.path.lexists(path) and os.path.realpath(path) != os.path.join(real, *rel.split("/")):
+                raise CorruptSnapshotError(f"{path}: leads outside the version directory (a symbolic link); "
+                                           f"snapshot files must be regular files inside it")
+            data = map_file(path)
+            if len(data) != info["bytes"]:
+                cls = TruncatedSnapshotError if len(data) < info["bytes"] else CorruptSnapshotError
+                raise cls(f"{path}: {len(data)} bytes on disk, manifest says {info['bytes']}")
+            self.maps[rel] = data
+
+    def check_headers(self) -> None:
+        """Every array file's header (cheap; before the checksums, so a file from a newer segsrv
+        is reported as such rather than as damage)."""
+        for rel, data in sorted(self.maps.items()):
+            if rel.endswith(".bin"):
+                fmt.parse_header(data[:fmt.HEADER_BYTES], str(self.vdir / rel), len(data))
+
+    def array(self, rel: str) -> np.ndarray:
+        try:
+            data = self.maps[rel]
+        except KeyError:
+            raise CorruptSnapshotError(f"{self.vdir}: {rel} is not listed in the manifest") from None
+        return fmt.array_from_bytes(data, str(self.vdir / rel))
+
+    def verify(self, mode: str, threads: int | None = None) -> None:
+        """Recompute checksums ("full": the fast one of every file, or its SHA-256 when the manifest
+        predates it; "strong": SHA-256 as well) on `threads` threads (default: the kernel default)."""
+        if mode == "sizes":
+            return
+        if threads is None:
+            from .._kernels import get_num_threads
+
+            threads = get_num_threads()
+        algorithms = {}
+        for rel, info in self.listed.items():
+            fast = (checksum.FAST,) if info.get(checksum.FAST) else (checksum.STRONG,)
+            algorithms[rel] = tuple(sorted(set(fast) | ({checksum.STRONG} if mode == "strong" else set())))
+        got = checksum.digests(self.maps, algorithms, threads=threads)
+        for rel in sorted(self.listed):
+            for algorithm, value in sorted(got[rel].items()):
+                if value != self.listed[rel][algorithm]:
+                    raise CorruptSnapshotError(f"{self.vdir / rel}: checksum mismatch ({algorithm} differs from "
+                                               f"the manifest)")
+
+
+def open_snapshot(location: str | Path, version: str | None = None, verify: str = DEFAULT_VERIFY,
+                  threads: int | None = None) -> Snapshot:
+    """Open and verify a snapshot version (see the module docstring for what is checked).
+
+    verify: "full" (default: every byte, fast checksum), "strong" (also SHA-256), "sizes" (no
+    checksum; for measurements only). threads: checksum threads (default: the kernel default)."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     vdir = resolve_version_dir(location, version)
     manifest = read_manifest(vdir)
-    verify_files(vdir, manifest, verify)
     try:
-        return Snapshot(vdir, manifest)
-    except (KeyError, TypeError, ValueError) as exc:
+        files = VersionFiles(vdir, manifest)
+        files.check_headers()
+        files.verify(verify, threads)
+        return Snapshot(vdir, manifest, files)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise CorruptSnapshotError(f"{vdir}: malformed snapshot: {exc!r}") from None
     except FileNotFoundError as exc:
         raise TruncatedSnapshotError(f"{vdir}: missing file {exc.filename}") from None
-    except SnapshotError:
-        raise

@@ -84,3 +84,54 @@ def test_defaults_leave_them_out_and_names_bring_them_back(snap):
     assert found.candidates == 2 + 3 + 2 + 2  # vip, region, plan, orders.channel
     assert all(f not in ("email", "orders.number") for s in found.segments for f, _ in s.terms)
     assert any({f for f, _ in s.terms} == {"region", "vip"} for s in found.segments)  # the planted pair
+
+
+# -- limits on names and globs (issue 14, item 4) ----------------------------------------------------
+
+
+def test_pattern_lists_are_bounded_in_length_count_and_globs(snap):
+    from segsrv.engine.fields import MAX_FIELD_PATTERNS, MAX_GLOBS, MAX_PATTERN_CHARS, select_fields
+    from segsrv.errors import LimitExceededError
+
+    u = snap.universe("customers")
+    assert select_fields(u, ["r" + "?" * 5], set()) == ["region"]
+    with pytest.raises(LimitExceededError, match=f"exceeds the maximum {MAX_PATTERN_CHARS}"):
+        select_fields(u, ["*" * (MAX_PATTERN_CHARS + 1)], set(), key="fields")
+    with pytest.raises(LimitExceededError, match=f"exceed the maximum {MAX_GLOBS} per list"):
+        select_fields(u, ["r*"] * (MAX_GLOBS + 1), set())
+    with pytest.raises(LimitExceededError, match=f"exceed the maximum {MAX_FIELD_PATTERNS}"):
+        select_fields(u, ["region"] * (MAX_FIELD_PATTERNS + 1), set())
+    assert select_fields(u, ["region"] * (MAX_FIELD_PATTERNS - MAX_GLOBS) + ["r*"] * MAX_GLOBS, set()) == ["region"]
+
+
+def test_globs_match_in_bounded_time_and_leave_no_cache_behind(snap):
+    import fnmatch
+    import time
+
+    from segsrv.engine.fields import MAX_GLOBS, MAX_PATTERN_CHARS, select_fields
+    from segsrv.errors import UnknownFieldError
+    from segsrv.snapshot.paths import match_path
+
+    u = snap.universe("customers")
+    cached = fnmatch._compile_pattern.cache_info().currsize  # what fnmatch keeps for each distinct pattern
+    t0 = time.process_time()
+    for i in range(MAX_GLOBS):
+        worst = (f"*a{i}" * MAX_PATTERN_CHARS)[:MAX_PATTERN_CHARS]
+        with pytest.raises(UnknownFieldError):
+            select_fields(u, [worst], set())
+    deep = ".".join(["**"] * 200)  # was exponential in the number of "**"
+    assert match_path(deep.split("."), "orders.channel".split("."))
+    assert not match_path((deep + ".x").split("."), "a.b.c.d.e.f.g.h".split("."))
+    assert time.process_time() - t0 < 5.0
+    assert fnmatch._compile_pattern.cache_info().currsize == cached
+
+
+@pytest.mark.parametrize("pattern,path,expected", [
+    ("**", "a.b", True), ("**.b", "b", True), ("a.**", "a", True), ("a.**.c", "a.c", True),
+    ("a.**.c", "a.x.y.c", True), ("a.*.c", "a.x.y.c", False), ("*", "a.b", False), ("a.[bc]", "a.c", True),
+    ("**.**.c", "c", True), ("a?c", "abc", True), ("a?c", "a.c", False),
+])
+def test_path_patterns(pattern, path, expected):
+    from segsrv.snapshot.paths import match_path
+
+    assert match_path(pattern.split("."), path.split(".")) is expected

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segsrv.errors import VersionNotServedError
+from segsrv.errors import NoSnapshotServedError, VersionNotServedError
 from segsrv.server.registry import SnapshotRegistry
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.v1 import condition_pb2 as c
@@ -302,13 +302,16 @@ def test_bad_versions_are_refused_while_the_old_one_keeps_serving(root, start_se
     assert registry.served_versions("tiny") == ["v02"]
 
 
-def test_first_load_checks_sizes_and_reloads_check_every_checksum(root):
-    """A byte flipped without changing sizes passes the start-up check but never a reload."""
+def test_every_load_checks_every_byte_the_first_one_too(root):
+    """A byte flipped without changing sizes is refused at start-up as on a reload: a version the
+    reloader refused is never served by the next process that starts."""
     corrupt = _copy_version(root, "v01", "corrupt")
     _flip_a_byte(_a_data_file(corrupt))
     set_current(root, "corrupt")
     registry = SnapshotRegistry(root)
-    assert registry.snapshots["tiny"].version == "corrupt"  # sizes only at start (fast start-up)
+    assert registry.snapshots == {} and "checksum mismatch" in registry.last_error["tiny"]
+    with pytest.raises(NoSnapshotServedError):
+        registry.resolve()
     set_current(root, "v02")
     assert registry.refresh() == ["tiny"]
     set_current(root, "corrupt")
@@ -350,3 +353,123 @@ def test_a_request_scope_holds_its_version_until_closed(root):
     scope.close()  # idempotent
     # outside a request scope nothing is counted (the Python reference keeps the maps alive)
     assert registry.resolve().version == "v01" and registry.describe()[0]["refs"] == 0
+
+
+# -- integrity of what is served (issue 14) -----------------------------------------------------------------
+
+
+def _count_outcome(stub) -> tuple:
+    try:
+        got = stub.Count(pb.CountRequest(universe="customers"), timeout=10)
+    except grpc.RpcError as exc:
+        return (exc.code().name,)
+    return (got.info.snapshot_version, got.row_count)
+
+
+def _health(channel) -> str:
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+
+def test_a_version_refused_on_reload_is_not_served_by_the_next_server_that_starts(root, start_server):
+    first = start_server(root, reload_interval=0.05)
+    corrupt = _copy_version(root, "v01", "corrupt")
+    path = _a_data_file(corrupt)
+    path.write_bytes(b"\0" * 64 + bytes(path.stat().st_size - 64))  # zeroed bitsets, header and size kept
+    _flip_a_byte(path)
+    set_current(root, "corrupt")
+    registry = first.server.segsrv_registry
+    wait_for(lambda: registry.load_counts().get(("tiny", "failure")) == 1, what="refusal")
+    assert _count_outcome(first.stub) == ("v00", expected_answers(0)["rows"])
+    # a server (or a restarted worker) starting now opens CURRENT's version with the same checks
+    second = start_server(root, reload_interval=0.05)
+    assert _health(second.channel) == "NOT_SERVING"
+    assert _count_outcome(second.stub) == ("UNAVAILABLE",)
+    assert "checksum mismatch" in second.server.segsrv_registry.last_error["tiny"]
+    set_current(root, "v02")
+    wait_for(lambda: _count_outcome(second.stub) == ("v02", expected_answers(2)["rows"]), what="v02 served")
+    assert _health(second.channel) == "SERVING"
+
+
+@pytest.mark.parametrize("damage", ["unlisted", "fifo-current", "linked-version", "counts"])
+def test_untrusted_manifests_and_current_files_are_refused_while_the_old_version_serves(root, start_server,
+                                                                                        tmp_path, damage):
+    r = start_server(root, reload_interval=0.05)
+    registry = r.server.segsrv_registry
+    if damage == "unlisted":  # a manifest that leaves a data file out of its list
+        bad = _copy_version(root, "v01", "bad")
+        manifest = json.loads((bad / "manifest.json").read_text())
+        rel = max(manifest["files"], key=lambda f: manifest["files"][f]["bytes"])
+        del manifest["files"][rel]
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        (bad / rel).write_bytes(bytes((bad / rel).stat().st_size))
+        set_current(root, "bad")
+        reason = "does not list"
+    elif damage == "fifo-current":
+        current = root / "tiny" / "CURRENT"
+        current.unlink()
+        os.mkfifo(current)
+        reason = "not a regular file"
+    elif damage == "linked-version":  # ROOT/tiny/bad is a symbolic link out of ROOT
+        outside = tmp_path / "outside"
+        shutil.copytree(root / "tiny" / "v01", outside)
+        manifest = json.loads((outside / "manifest.json").read_text())
+        manifest["version"] = "bad"
+        (outside / "manifest.json").write_text(json.dumps(manifest))
+        (root / "tiny" / "bad").symlink_to(outside)
+        set_current(root, "bad")
+        reason = "symbolic link"
+    else:  # counts in the manifest that disagree with the data
+        bad = _copy_version(root, "v01", "bad")
+        manifest = json.loads((bad / "manifest.json").read_text())
+        manifest["universes"]["customers"]["fields"][0]["counts"][0] += 1
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        set_current(root, "bad")
+        reason = "manifest disagrees with the data"
+    wait_for(lambda: registry.load_counts().get(("tiny", "failure")) == 1, what=f"refusal ({damage})")
+    assert reason in registry.last_error["tiny"], registry.last_error
+    assert _count_outcome(r.stub) == ("v00", expected_answers(0)["rows"])
+    assert _health(r.channel) == "SERVING"
+    if damage == "fifo-current":
+        (root / "tiny" / "CURRENT").unlink()
+    set_current(root, "v02")
+    wait_for(lambda: current_version(r.server) == "v02", what="swap to v02")
+
+
+def test_a_server_starts_and_answers_health_when_current_is_a_fifo(root):
+    current = root / "tiny" / "CURRENT"
+    current.unlink()
+    os.mkfifo(current)
+    done = threading.Event()
+    out = {}
+
+    def start():
+        out["registry"] = SnapshotRegistry(root)
+        done.set()
+
+    threading.Thread(target=start, daemon=True).start()
+    assert done.wait(10), "the registry blocked on a FIFO CURRENT"
+    assert out["registry"].snapshots == {} and "not a regular file" in out["registry"].last_error["tiny"]
+
+
+def test_a_served_file_changed_on_disk_is_noticed_and_the_version_withdrawn(root, start_server, caplog):
+    r = start_server(root, reload_interval=0.05, verify_interval=0.1)
+    assert _count_outcome(r.stub) == ("v00", expected_answers(0)["rows"])
+    path = _a_data_file(root / "tiny" / "v00")
+    assert not path.stat().st_mode & 0o222, "published files are read-only"
+    os.chmod(path, 0o644)  # an operator who insists (or root) ...
+    with open(path, "r+b") as f:  # ... writes into the served file in place
+        f.seek(64)
+        byte = f.read(1)
+        f.seek(64)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with caplog.at_level(logging.ERROR, logger="segsrv.server"):
+        wait_for(lambda: _count_outcome(r.stub) == ("DATA_LOSS",), what="withdrawal")
+    assert any("withdrawing snapshot tiny version v00" in rec.getMessage() for rec in caplog.records)
+    assert _health(r.channel) == "NOT_SERVING"
+    with pytest.raises(grpc.RpcError) as info:
+        r.stub.Count(pb.CountRequest(universe="customers"), timeout=10)
+    assert "changed on disk" in info.value.details()
+    set_current(root, "v02")
+    wait_for(lambda: _count_outcome(r.stub) == ("v02", expected_answers(2)["rows"]), what="v02 served")
+    assert _health(r.channel) == "SERVING"

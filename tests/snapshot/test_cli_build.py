@@ -99,13 +99,14 @@ def test_verify_corrupt_copy(tiny_copy, capsys):
     raw = bytearray(path.read_bytes())
     raw[fmt.HEADER_BYTES + 8] ^= 0x80  # indptr[1]: only the checksum can tell
     path.write_bytes(bytes(raw))
-    assert cli.main(["info", str(tiny_copy)]) == 0  # the cheap check opens it
-    capsys.readouterr()
-    assert cli.main(["verify", str(tiny_copy)]) == 1
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("segsrv: error: ") and captured.err.count("\n") == 1
-    assert "csr_indptr.bin: checksum mismatch" in captured.err
+    # every command that opens a snapshot checks every byte first, not only `verify`
+    for command in (["info", str(tiny_copy)], ["verify", str(tiny_copy)],
+                    ["query", "count", "--local", str(tiny_copy), "--json", '{"where": {}}']):
+        assert cli.main(command) == 1, command
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("segsrv: error: ") and captured.err.count("\n") == 1
+        assert "csr_indptr.bin: checksum mismatch" in captured.err
 
 
 def test_verify_subprocess(tiny_copy):
@@ -113,3 +114,56 @@ def test_verify_subprocess(tiny_copy):
     assert proc.returncode == 0 and proc.stdout.startswith("ok: tiny/")
     proc = run("verify", tiny_copy, "--version", "nope")
     assert proc.returncode == 1 and proc.stderr.startswith("segsrv: error: ") and "'nope'" in proc.stderr
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:  # in the child: writes past `limit` bytes fail with EFBIG, like a full disk
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_build_that_cannot_write_says_what_failed_and_leaves_nothing(tiny_root, tiny, tmp_path):
+    """A full disk (here: a file size limit, which fails writes the same way) is one clear line, not a
+    traceback; the root keeps exactly what it had."""
+    from support import root_state
+
+    root = tmp_path / "root"
+    import shutil
+
+    shutil.copytree(tiny_root, root)
+    before = root_state(root)
+    (tiny.parent / "customers.csv").write_text((tiny.parent / "customers.csv").read_text() + "6,Fay,west,50\n")
+    proc = subprocess.run([sys.executable, "-m", "segsrv", "build", str(tiny), "--out", str(root)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120, preexec_fn=_file_size_limit(2048))
+    assert proc.returncode == 1, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("segsrv: error:")]
+    assert "Traceback" not in proc.stderr and len(error) == 1, proc.stderr
+    assert "cannot write the snapshot under" in error[0] and "File too large" in error[0]
+    assert "nothing was published and the partial build was removed" in error[0]
+    assert root_state(root) == before
+
+
+def test_build_on_a_full_disk(tiny, tmp_path, monkeypatch):
+    import errno
+
+    from segsrv.errors import BuildError
+    from segsrv.snapshot.builder import build_snapshot
+
+    real = fmt.write_array
+    calls = []
+
+    def full_disk(path, array):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, array)
+
+    monkeypatch.setattr(fmt, "write_array", full_disk)
+    with pytest.raises(BuildError, match="No space left on device") as info:
+        build_snapshot(tiny, tmp_path / "root", progress=lambda m: None)
+    assert str(calls[2]) in str(info.value)
+    assert not (tmp_path / "root" / "tiny").exists()
