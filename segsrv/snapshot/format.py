@@ -66,7 +66,16 @@ Manifest
     data_version    (catalog versions only) the version whose data files this one
                     shares: `segsrv segments apply` publishes a new version whose
                     files are hard links to the same data, with a new catalog
-    files           {relative path: {"bytes": n, "sha256": hex}}
+    files           {relative path: {"bytes": n, "xxh3": hex, "sha256": hex}}: every file of
+                    the version but the manifest. "xxh3" is the fast digest every open
+                    recomputes (an xxh3-64 tree over 16 MiB chunks, defined in
+                    segsrv/snapshot/checksum.py; absent in snapshots written before it
+                    existed, which opens check by "sha256" instead); "sha256" is the strong
+                    digest `segsrv verify` also recomputes. Paths are relative, normalised,
+                    inside the version directory. The list must name every file the
+                    format requires: the eight array files of each universe and each
+                    numeric field's ``numeric_file`` (under ``universes/<universe>/``); a
+                    reader refuses a manifest that leaves one out.
 
 A field's features are ``feature_offset .. feature_offset + len(values) - 1``
 in the order of ``values``. ``kind`` is categorical, multi or numeric (banded;
@@ -74,6 +83,12 @@ in the order of ``values``. ``kind`` is categorical, multi or numeric (banded;
 "own", "forward" (one value per row through forward links) or "exists"
 (through at least one reverse link: a row has the feature when any linked row
 has it).
+
+Published files are read-only (mode without write bits) and never modified: a
+catalog version hard-links its base's data files. Every number the manifest
+states about the data (n_rows, n_features, n_dense, n_sparse, each field's
+feature_offset and counts) is checked by readers against the arrays (every
+feature recounted); a disagreement is a corrupt snapshot.
 
 Compatibility: readers accept MIN_READ_VERSION <= format_version <=
 FORMAT_VERSION and raise distinct errors for too-old and too-new snapshots.
