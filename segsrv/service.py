@@ -25,6 +25,7 @@ from .engine.discover import DEFAULT_MAX_CANDIDATES, discover
 from .engine.evaluate import evaluate
 from .engine.export import export_members
 from .engine.predict import predict, score_segment
+from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
 from .errors import LimitExceededError, SnapshotNotFoundError
@@ -105,6 +106,13 @@ class SegmentationService:
         cancel.check()
         return snap
 
+    def _refuse_small_rows(self, snap: Snapshot, universe: str | None, condition, what: str, field: str) -> None:
+        """The privacy floor's refusal of a segment / condition of 1..k-1 rows, or of all rows but 1..k-1,
+        before the operation runs (so no other answer about those rows, an error included, comes first)."""
+        if self.privacy_k > 1:
+            c = count(snap, universe, condition)
+            privacy.refuse_small(c.count, self.privacy_k, what, field, total=c.n_rows)
+
     # -- operations ------------------------------------------------------------------
 
     def count(self, query: CountQuery, at: Selector = ANY_SNAPSHOT):
@@ -127,41 +135,54 @@ class SegmentationService:
     def predict(self, query: PredictQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
         snap = self._snapshot(at)
+        self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
+        if self.privacy_k > 1:  # a conjunction of fewer rows would be a factor resting on a small count
+            query.min_support = max(query.min_support, self.privacy_k)
         if isinstance(query.row_id, str):  # ids travel as text; integer-keyed universes want an int
             u = snap.universe(query.universe)
             query.row_id = row_id_from_text(query.row_id, u.key_kind, u.name, u.key)
-        result = privacy.floor_predict(predict(snap, query), self.privacy_k)
+        result = privacy.floor_predict(predict(snap, query, self.privacy_k), self.privacy_k)
         cancel.check()
         return result
 
     def score_segment(self, query: ScoreQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        result = score_segment(self._snapshot(at), query)
+        snap = self._snapshot(at)
+        self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
+        result = score_segment(snap, query)
         privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
         return result
 
     def evaluate(self, query: EvaluateQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        result = evaluate(self._snapshot(at), query)
-        privacy.refuse_small(result.n_train, self.privacy_k, "the training set", "segment")
-        privacy.refuse_small(result.n_test, self.privacy_k, "the test set", "segment")
+        snap = self._snapshot(at)
+        self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
+        result = privacy.floor_evaluate(evaluate(snap, query), self.privacy_k)
         cancel.check()
         return result
 
     def assign(self, query: AssignQuery, at: Selector = ANY_SNAPSHOT):
-        result = privacy.floor_assign(assign(self._snapshot(at), query), self.privacy_k)
+        snap = self._snapshot(at)
+        result = assign(snap, query, self.privacy_k)
+        result = privacy.floor_assign(result, self.privacy_k, snap.universe(result.universe).n_rows)
         cancel.check()
         return result
 
     def export_members(self, query: ExportQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        result = export_members(self._snapshot(at), query)
+        snap = self._snapshot(at)
+        self._refuse_small_rows(snap, query.universe, query.condition, "the condition", "condition")
+        result = export_members(snap, query)
         privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
         cancel.check()
         return result
 
     def profile(self, query: ProfileQuery, at: Selector = ANY_SNAPSHOT):
-        result = privacy.floor_profile(profile(self._snapshot(at), query), self.privacy_k)
+        snap = self._snapshot(at)
+        result = profile(snap, query)
+        u = snap.universe(result.universe)
+        result = privacy.floor_profile(result, self.privacy_k,
+                                       lambda f: f in u.fields and not is_multi_valued(u.fields[f]))
         cancel.check()
         return result
 
@@ -173,15 +194,15 @@ class SegmentationService:
         def size_of(name: str, universe: str | None) -> tuple[int, int]:
             cancel.check()
             size = count(snap, universe, SegmentRef(name))
-            return privacy.floor_size(size.count, self.privacy_k), size.n_rows
+            return privacy.floor_size(size.count, self.privacy_k, size.n_rows), size.n_rows
 
         return SegmentsResult.from_snapshot(snap, query.universe, size_of)
 
     def snapshot_info(self, query: InfoQuery, at: Selector = ANY_SNAPSHOT) -> InfoResult:
         snap = self._snapshot(at)
         universes = [snap.universe(query.universe)] if query.universe else list(snap.universes.values())
-        return InfoResult.from_snapshot(snap, universes, query.include_values, self.snapshots.names(),
-                                        lambda c: privacy.floor_size(c, self.privacy_k))
+        info = InfoResult.from_snapshot(snap, universes, query.include_values, self.snapshots.names())
+        return privacy.floor_info(info, self.privacy_k)
 
     def discover(self, query: DiscoverQuery, at: Selector = ANY_SNAPSHOT):
         result = discover(self._snapshot(at), query, privacy_k=self.privacy_k,

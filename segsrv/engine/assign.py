@@ -27,6 +27,13 @@ before it serves a version).
 The universe defaults to the snapshot's only universe, or else to the one universe all
 catalog segments are defined over.
 
+Under a privacy floor k (``privacy_k`` > 1, segsrv/engine/privacy.py): a segment whose size, or the
+rows outside it, number 1..k-1 is left out of every assignment (listing its members over a batch of
+ids would be its export); a feature whose table with a segment (members, feature rows, both, over the
+universe) has a cell or margin of 1..k-1 rows gets weight 0 in that segment's propensity model. Each
+model records the smallest non-zero cell of every feature's table, so the floored weights of any k
+come from the one fit.
+
 Answer and ranking: the member segments, by priority (descending), then lift (1 / share:
 smaller segments say more), then name; the primary segment is the first of them. With
 ``include_propensities`` the other segments follow, by propensity (descending), then size,
@@ -51,7 +58,7 @@ from ..errors import LimitExceededError, QueryError, UnknownFieldError
 from ..ops.conditions import Range, SegmentRef
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
-from . import cancel
+from . import cancel, privacy
 from .conditions import Evaluator, range_mask
 from .predict.target import g_test_p
 from .relate import count_features
@@ -145,6 +152,10 @@ class CompiledCatalog:
         # used dropped first (requests choose the pair: an unbounded cache would grow with them):
         # _stacked holds the fitted [features x segments] model; _models the segments fitted so far of
         # a pair not stacked yet (a cancelled first fit resumes there), keyed (segment, a, max_p).
+        # _cells: per segment, the smallest non-zero cell of each feature's table (the privacy floor's
+        # input; independent of a and max_p); _floored: the weights of a stacked model under a floor k.
+        self._cells: dict[int, np.ndarray] = {}
+        self._floored: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._models: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._partial: OrderedDict[tuple, None] = OrderedDict()  # pairs with entries in _models
         self._stacked: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -207,6 +218,9 @@ class CompiledCatalog:
         nf = np.asarray(u.feature_count, dtype=np.int64)
         N = np.vstack([n1f, nf - n1f])
         n_c = np.array([n1, n - n1], dtype=np.int64)
+        cells = np.vstack([n1f, nf - n1f, n1 - n1f, n - n1 - nf + n1f, nf, n - nf,
+                           np.full_like(nf, n1), np.full_like(nf, n - n1)])
+        smallest = np.where(cells > 0, cells, np.iinfo(np.int64).max).min(axis=0)
         p0 = np.array([(n1 + 1.0) / (n + 2.0), (n - n1 + 1.0) / (n + 2.0)])
         base = (n_c + a * p0) / (n + a)
         keep = (nf > 0) & (g_test_p(N, n_c) <= max_p)
@@ -220,6 +234,7 @@ class CompiledCatalog:
             W[:, keep] = np.log(((N[:, keep] + a * q[None, :]) / (n_c[:, None] + a)) / q[None, :])
         out = (np.log(base), W)
         with self._lock:
+            self._cells[i] = smallest
             self._models[key] = out
             self._partial[key[1:]] = None
             self._partial.move_to_end(key[1:])
@@ -274,18 +289,38 @@ class CompiledCatalog:
         finally:
             gate.release()
 
-    def propensities_of_rows(self, rows: np.ndarray, a: float, max_p: float) -> np.ndarray:
-        """float64[S, len(rows)]: P(member) of each segment for each row (rows of the universe)."""
+    def floored_model(self, a: float, max_p: float, privacy_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """propensity_model(a, max_p) with the weight of every feature whose table with a segment has a cell
+        of 1..privacy_k-1 rows set to 0 (the model without that feature); the model itself when k <= 1."""
         bias, D = self.propensity_model(a, max_p)
+        if privacy_k <= 1 or not self.segments:
+            return bias, D
+        key = (float(a), float(max_p), int(privacy_k))
+        with self._lock:
+            hit = self._floored.get(key)
+            if hit is not None and hit[0] is D:
+                self._floored.move_to_end(key)
+                return bias, hit[1]
+        cells = np.stack([self._cells[i] for i in range(len(self.segments))], axis=1)  # [F, S]
+        floored = np.where(cells >= privacy_k, D, 0.0)
+        with self._lock:
+            self._floored[key] = (D, floored)
+            while len(self._floored) > MODEL_PARAMS_KEPT:
+                self._floored.popitem(last=False)
+        return bias, floored
+
+    def propensities_of_rows(self, rows: np.ndarray, a: float, max_p: float, privacy_k: int = 0) -> np.ndarray:
+        """float64[S, len(rows)]: P(member) of each segment for each row (rows of the universe)."""
+        bias, D = self.floored_model(a, max_p, privacy_k)
         u = self.universe
         logits = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, D,
                                          np.ascontiguousarray(rows, dtype=np.uint32))
         logits += bias[None, :]
         return _sigmoid(logits).T
 
-    def propensities_of_features(self, fids: np.ndarray, a: float, max_p: float) -> np.ndarray:
+    def propensities_of_features(self, fids: np.ndarray, a: float, max_p: float, privacy_k: int = 0) -> np.ndarray:
         """float64[S, 1]: P(member) of each segment for one customer with features `fids`."""
-        bias, D = self.propensity_model(a, max_p)
+        bias, D = self.floored_model(a, max_p, privacy_k)
         return _sigmoid(bias + D[np.asarray(fids, dtype=np.int64)].sum(axis=0))[:, None]
 
 
@@ -374,7 +409,8 @@ def _features(u: Universe, pairs) -> tuple[np.ndarray, dict[str, float]]:
     return np.array(sorted(set(fids)), dtype=np.int64), numeric
 
 
-def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
+def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> AssignResult:
+    """`privacy_k` > 1: the privacy floor's segments left out and features without weight (module docstring)."""
     t0 = time.perf_counter()
     universe = query.universe
     if universe is None and len(snapshot.universes) > 1:
@@ -402,14 +438,15 @@ def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
     if query.include_propensities and cat.segments and presence.n:
         # the first call fits one model per segment (cached per version; see propensity_model)
         if fids_of is None:
-            prop = cat.propensities_of_rows(rows[found], float(a), float(max_p))
+            prop = cat.propensities_of_rows(rows[found], float(a), float(max_p), privacy_k)
         else:
-            prop = cat.propensities_of_features(fids_of, float(a), float(max_p))
+            prop = cat.propensities_of_features(fids_of, float(a), float(max_p), privacy_k)
     # ranking keys are per segment, so the orders are computed once, not per customer
     segs = cat.segments
-    member_order = np.array(sorted(range(len(segs)), key=lambda i: (-segs[i].priority, segs[i].share,
-                                                                    segs[i].name)), dtype=np.int64)
-    size_order = np.array(sorted(range(len(segs)), key=lambda i: (-segs[i].size, segs[i].name)), dtype=np.int64)
+    shown = [i for i, sg in enumerate(segs) if not privacy.small_in(sg.size, u.n_rows, privacy_k)]
+    member_order = np.array(sorted(shown, key=lambda i: (-segs[i].priority, segs[i].share, segs[i].name)),
+                            dtype=np.int64)
+    size_order = np.array(sorted(shown, key=lambda i: (-segs[i].size, segs[i].name)), dtype=np.int64)
     if prop is not None and presence.n:
         # non-members by propensity (descending), ties by size then name: a stable sort of the
         # size-ordered rows; members sort last and are skipped
@@ -435,4 +472,4 @@ def assign(snapshot: Snapshot, query: AssignQuery) -> AssignResult:
         j += 1
         out.append(Assignment(ident, True, ms, primary))
     return AssignResult(snapshot.name, snapshot.version, u.name, len(cat.segments), out,
-                        (time.perf_counter() - t0) * 1e3)
+                        (time.perf_counter() - t0) * 1e3, len(segs) - len(shown))

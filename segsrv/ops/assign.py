@@ -206,14 +206,19 @@ class AssignResult:
     n_segments: int
     assignments: list[Assignment]
     elapsed_ms: float
+    suppressed_segments: int = 0  # catalog segments left out by the privacy floor (size or rest small)
 
     def to_json(self) -> dict:
-        return {"snapshot": self.snapshot, "version": self.version, "universe": self.universe,
-                "assignments": [a.to_json() for a in self.assignments]}
+        out = {"snapshot": self.snapshot, "version": self.version, "universe": self.universe,
+               "assignments": [a.to_json() for a in self.assignments]}
+        if self.suppressed_segments:  # the server's privacy floor (docs/server.md)
+            out["suppressed_segments"] = int(self.suppressed_segments)
+        return out
 
     def to_proto(self, server_ms: float) -> pb.AssignResponse:
         return pb.AssignResponse(info=response_info(self, server_ms), universe=self.universe,
-                                 assignments=[a.to_proto() for a in self.assignments])
+                                 assignments=[a.to_proto() for a in self.assignments],
+                                 suppressed_segment_count=int(self.suppressed_segments))
 
     @classmethod
     def from_proto(cls, resp: pb.AssignResponse) -> "AssignResult":
@@ -222,4 +227,4 @@ class AssignResult:
         assignments = [Assignment.from_proto(a) for a in resp.assignments]
         names = {m.segment for a in assignments for m in a.segments}
         return cls(resp.info.snapshot_name, resp.info.snapshot_version, resp.universe, len(names), assignments,
-                   resp.info.server_time_ms)
+                   resp.info.server_time_ms, int(resp.suppressed_segment_count))

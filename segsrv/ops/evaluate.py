@@ -162,9 +162,10 @@ class EvaluateResult:
     true_index: np.ndarray  # index into `values` of each test row's value; empty over gRPC
     probabilities: np.ndarray  # [n_test, K]; [0, K] over gRPC
     elapsed_ms: float
+    calibration_merged: bool = False  # the privacy floor merged adjacent calibration bins
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "snapshot": self.snapshot, "version": self.version, "from": self.universe, "target": self.target,
             "method": self.method, "values": list(self.values), "n_train": int(self.n_train),
             "n_test": int(self.n_test), "accuracy": json_number(float(self.accuracy)),
@@ -176,6 +177,9 @@ class EvaluateResult:
             "calibration_of": self.calibration_of, "calibration": [b.to_json() for b in self.calibration],
             "elapsed_ms": round(self.elapsed_ms, 3),
         }
+        if self.calibration_merged:  # the server's privacy floor (docs/server.md)
+            out["calibration_merged"] = True
+        return out
 
     def to_proto(self, server_ms: float) -> pb.EvaluateResponse:
         resp = pb.EvaluateResponse(
@@ -185,6 +189,7 @@ class EvaluateResult:
             calibration=[b.to_proto() for b in self.calibration], universe=self.universe,
             target_field=self.target, method=method_to_proto(self.method), values=list(self.values),
             baseline_value=self.baseline_value, calibration_of=self.calibration_of,
+            calibration_merged=self.calibration_merged,
         )
         if self.auc is not None:
             resp.auc = self.auc
@@ -207,5 +212,5 @@ class EvaluateResult:
             calibration_of=resp.calibration_of,
             test_rows=_empty_rows(), true_index=_empty_rows(),
             probabilities=np.zeros((0, len(resp.values)), dtype=np.float64),
-            elapsed_ms=resp.info.server_time_ms,
+            elapsed_ms=resp.info.server_time_ms, calibration_merged=resp.calibration_merged,
         )

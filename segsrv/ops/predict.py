@@ -283,6 +283,9 @@ class Factor:
     support: int
     kind: str  # "conjunction" | "lift"
     note: str = ""
+    # the counts the factor rests on, for the privacy floor (not sent): (context rows, class rows, evidence
+    # rows, rows of both) within its context; None when it states nothing beyond the base (segsrv/engine/privacy.py)
+    table: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         return {"evidence": [[f, v] for f, v in self.evidence], "factor": json_number(float(self.factor)),
@@ -306,6 +309,7 @@ class ValueProbability:
     base_probability: float
     factors: list[Factor]
     normalizer: float
+    count: int | None = field(default=None, compare=False, repr=False)  # rows of the segment with it (not sent)
 
     def to_json(self) -> dict:
         return {"value": self.value, "probability": json_number(float(self.probability)),
@@ -338,21 +342,25 @@ class PredictResult:
     evidence: list[tuple[str, str]]
     probabilities: list[ValueProbability]
     elapsed_ms: float
+    suppressed_values: int = 0  # values of a multi-valued target left out by the privacy floor
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "snapshot": self.snapshot, "version": self.version, "from": self.universe, "target": self.target,
             "method": self.method, "multi_valued": bool(self.multi_valued), "n_segment": int(self.n_segment),
             "evidence": [[f, v] for f, v in self.evidence], "elapsed_ms": round(self.elapsed_ms, 3),
             "probabilities": [vp.to_json() for vp in self.probabilities],
         }
+        if self.suppressed_values:  # the server's privacy floor (docs/server.md)
+            out["suppressed_values"] = int(self.suppressed_values)
+        return out
 
     def to_proto(self, server_ms: float) -> pb.PredictResponse:
         return pb.PredictResponse(
             info=response_info(self, server_ms), target_field=self.target, segment_count=int(self.n_segment),
             probabilities=[vp.to_proto() for vp in self.probabilities], universe=self.universe,
             multi_valued=bool(self.multi_valued), method=method_to_proto(self.method),
-            evidence=terms_to_proto(self.evidence),
+            evidence=terms_to_proto(self.evidence), suppressed_value_count=int(self.suppressed_values),
         )
 
     @classmethod
@@ -363,5 +371,5 @@ class PredictResult:
             method=name_from_proto(pb.PredictMethod, "PREDICT_METHOD_", resp.method), n_segment=resp.segment_count,
             evidence=terms_from_proto(resp.evidence),
             probabilities=[ValueProbability.from_proto(tp) for tp in resp.probabilities],
-            elapsed_ms=resp.info.server_time_ms,
+            elapsed_ms=resp.info.server_time_ms, suppressed_values=int(resp.suppressed_value_count),
         )

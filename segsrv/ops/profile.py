@@ -3,7 +3,7 @@
 JSON form: {"from": universe, "segment": condition, "fields": [names or globs], "values_per_field": k};
 answer {"snapshot", "version", "from", "n_rows", "n_segment", "elapsed_ms", "fields": [{"field", "over",
 "under"}], "numeric": [{"field", "segment", "population"}]} (and "suppressed": true when the privacy
-floor hid a small segment). Over the wire a field's values are its over-indexed ones (lift > 1, most
+floor hid a small segment, "suppressed_values": N when it left values or numeric fields out). Over the wire a field's values are its over-indexed ones (lift > 1, most
 over-indexed first) followed by its under-indexed ones (lift < 1, most under-indexed first).
 """
 
@@ -215,7 +215,8 @@ class ProfileResult:
     numeric: list[NumericProfile]
     elapsed_ms: float
     plan: str = "none"  # counting plan of the value counts (Relate's), "none" when nothing was counted
-    suppressed: bool = False  # the segment is below the privacy floor: no profiles, n_segment 0
+    suppressed: bool = False  # the segment (or the rest) is below the privacy floor: no profiles, n_segment 0
+    suppressed_values: int = 0  # values and numeric fields left out by the privacy floor
 
     def to_json(self) -> dict:
         """The JSON answer (plan is not part of it, nor of the proto)."""
@@ -231,13 +232,15 @@ class ProfileResult:
         }
         if self.suppressed:
             out["suppressed"] = True
+        if self.suppressed_values:
+            out["suppressed_values"] = int(self.suppressed_values)
         return out
 
     def to_proto(self, server_ms: float) -> pb.ProfileResponse:
         return pb.ProfileResponse(info=response_info(self, server_ms), segment_count=int(self.n_segment),
                                   row_count=int(self.n_rows), fields=[f.to_proto() for f in self.fields],
                                   numeric_fields=[p.to_proto() for p in self.numeric], universe=self.universe,
-                                  suppressed=self.suppressed)
+                                  suppressed=self.suppressed, suppressed_value_count=int(self.suppressed_values))
 
     @classmethod
     def from_proto(cls, resp: pb.ProfileResponse) -> "ProfileResult":
@@ -248,4 +251,5 @@ class ProfileResult:
             fields=[FieldProfile.from_proto(f, n) for f in resp.fields],
             numeric=[NumericProfile.from_proto(p) for p in resp.numeric_fields],
             elapsed_ms=resp.info.server_time_ms, suppressed=resp.suppressed,
+            suppressed_values=int(resp.suppressed_value_count),
         )

@@ -18,14 +18,24 @@
 
 Clients send ``authorization: Bearer <token>`` metadata. Scopes:
 
-- ``query``: every SegmentationService method except the two below;
+- ``query``: every SegmentationService method except the two under ``export``;
+  answers about groups of rows, under the privacy floor (segsrv/engine/privacy.py);
+- ``rows``: reading one customer's row by its id, in addition to ``query``:
+  Predict with ``id`` (the answer states the customer's features as its
+  evidence) and Assign with ``ids`` (their segment memberships). Without it
+  Predict takes explicit ``evidence`` and Assign a new customer's ``features``;
 - ``export``: ScoreSegment and ExportMembers, which reveal customer ids.
-  ``export`` does not imply ``query``: give both to a token that needs both.
+  No scope implies another: give each a token needs.
 
 Health (``grpc.health.v1.Health``) and reflection stay open: no token needed,
 so load balancers and grpcurl work. A missing or unknown token is
-UNAUTHENTICATED; a valid token without the method's scope PERMISSION_DENIED.
-Any SegmentationService method not listed in ``METHOD_SCOPES`` needs ``query``.
+UNAUTHENTICATED; a valid token without the method's scope PERMISSION_DENIED,
+naming the scope. Any SegmentationService method not listed in
+``METHOD_SCOPES`` needs ``query``. The method's scope is checked by
+``authorize`` (the request pipeline, before the request is read); ``rows``,
+which depends on the request, by ``check_row_reads`` in the handler, against
+the principal ``authorize`` recorded for the call (each RPC runs in its own
+contextvars.Context; without tokens nothing is recorded and nothing checked).
 
 This module imports no gRPC: the multi-process supervisor loads the file
 before forking so that a bad file fails at once.
@@ -33,6 +43,7 @@ before forking so that a bad file fails at once.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -46,10 +57,14 @@ from ..errors import PermissionDeniedError, SegsrvError, UnauthenticatedError
 
 log = logging.getLogger("segsrv.server")
 
-SCOPES = ("query", "export")
-# methods of segsrv.v1.SegmentationService needing more than "query"
+SCOPES = ("query", "rows", "export")
+# methods of segsrv.v1.SegmentationService needing another scope than "query"
 METHOD_SCOPES = {"ScoreSegment": "export", "ExportMembers": "export"}
 DEFAULT_SCOPE = "query"
+ROWS_SCOPE = "rows"
+# methods that read customers' rows by id when a request field is set: method -> (field, what it reveals)
+ROW_READS = {"Predict": ("id", "states the customer's features as its evidence"),
+             "Assign": ("ids", "states the customers' segment memberships")}
 # services that need no token
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")
@@ -71,6 +86,32 @@ class Principal:
 
     name: str
     scopes: frozenset[str]
+
+
+# the principal `authorize` admitted for the current call (None: no tokens, nothing to check)
+_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("segsrv_principal", default=None)
+
+
+def reads_rows(method: str, request) -> str | None:
+    """The request field by which `request` (a SegmentationService request message, or anything with its
+    attributes) reads customers' rows by id, or None."""
+    entry = ROW_READS.get(method)
+    if entry is None:
+        return None
+    field = entry[0]
+    return field if getattr(request, field, None) else None
+
+
+def check_row_reads(method: str, request) -> None:
+    """PermissionDeniedError when the call's principal lacks ``rows`` and the request reads rows by id
+    (nothing to check when the server has no tokens)."""
+    principal = _PRINCIPAL.get()
+    field = reads_rows(method, request)
+    if principal is None or field is None or ROWS_SCOPE in principal.scopes:
+        return
+    raise PermissionDeniedError(
+        f"token {principal.name!r} lacks scope {ROWS_SCOPE!r}, which {method} with `{field}` needs (it "
+        f"{ROW_READS[method][1]}; it has: {', '.join(sorted(principal.scopes))})")
 
 
 class TokenStore:
@@ -177,6 +218,7 @@ class TokenStore:
             raise PermissionDeniedError(
                 f"token {principal.name!r} lacks scope {needed!r}, which {method} needs "
                 f"(it has: {', '.join(sorted(principal.scopes))})")
+        _PRINCIPAL.set(principal)  # for check_row_reads in the handler (this call's context only)
         return principal
 
 

@@ -32,7 +32,7 @@ from ..ops.relate import MAX_LIMIT
 from ..ops.predict import DEFAULT_MAX_TARGET_VALUES
 from ..service import SegmentationService
 from ..v1 import segsrv_pb2_grpc
-from . import errors
+from . import auth, errors
 from .registry import SnapshotRegistry
 
 
@@ -68,6 +68,7 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
         t0 = time.perf_counter()
         paths = query_type.paths(request)
         try:
+            auth.check_row_reads(method, request)  # the scope `rows` (the method's own: the pipeline)
             with cancel.checking(lambda: check_active(context)):
                 query = query_type.from_proto(request, paths)
                 result = self.service.call(query, Selector.from_proto(request.snapshot))

@@ -26,6 +26,8 @@ from segsrv.v1 import segsrv_pb2_grpc
 QUERY_TOKEN = "q-token-0123456789abcdef"
 EXPORT_TOKEN = "e-token-0123456789abcdef"
 BOTH_TOKEN = "b-token-0123456789abcdef"
+ROWS_TOKEN = "r-token-0123456789abcdef"
+ROWS_ONLY_TOKEN = "o-token-0123456789abcdef"
 
 
 # -- certificates --------------------------------------------------------------------------------
@@ -170,6 +172,16 @@ scopes = ["export"]
 name = "crm"
 token = "{BOTH_TOKEN}"
 scopes = ["query", "export"]
+
+[[tokens]]
+name = "support-desk"
+token = "{ROWS_TOKEN}"
+scopes = ["query", "rows"]
+
+[[tokens]]
+name = "rows-only"
+token = "{ROWS_ONLY_TOKEN}"
+scopes = ["rows"]
 """)
     return path
 
@@ -220,6 +232,33 @@ def test_tokens_and_scopes_accept_and_reject_exactly_as_configured(authed, rpc_d
     err = _fails(lambda: list(stub.ExportMembers(pb.ExportMembersRequest(), timeout=10,
                                                  metadata=bearer(BOTH_TOKEN))))
     assert err.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def test_reading_a_customer_by_id_needs_the_rows_scope(authed, rpc_details):
+    """Predict by `id` answers with the customer's features (its evidence) and Assign by `ids` with
+    memberships: per-row data, scope `rows`; the same methods without ids need `query` only."""
+    stub = authed.stub
+    by_id = pb.PredictRequest(universe="customers", target_field="churned", id="CUST-00001")
+    by_evidence = pb.PredictRequest(universe="customers", target_field="churned",
+                                    evidence=[c.Term(field="region", value="helsinki")])
+    assign_ids = pb.AssignRequest(universe="customers", ids=["CUST-00001"])
+    assign_features = pb.AssignRequest(universe="customers", features=[c.Term(field="region", value="helsinki")])
+    for request, method, field in ((by_id, stub.Predict, "id"), (assign_ids, stub.Assign, "ids")):
+        for token in (QUERY_TOKEN, BOTH_TOKEN):
+            code, message, _, info = rpc_details(_fails(method, request, timeout=30, metadata=bearer(token)))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and info.reason == "PERMISSION_DENIED"
+            assert "lacks scope 'rows'" in message and f"`{field}`" in message, message
+        # a token with rows but not query: query is what it lacks
+        code, message, _, _ = rpc_details(_fails(method, request, timeout=30, metadata=bearer(ROWS_ONLY_TOKEN)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "lacks scope 'query'" in message, message
+    # query alone: Predict from evidence, Assign of a new customer's features
+    assert stub.Predict(by_evidence, timeout=30, metadata=bearer(QUERY_TOKEN)).probabilities
+    assert stub.Assign(assign_features, timeout=30, metadata=bearer(QUERY_TOKEN)).assignments[0].found
+    # query and rows: by id too
+    answer = stub.Predict(by_id, timeout=30, metadata=bearer(ROWS_TOKEN))
+    assert answer.probabilities and answer.evidence
+    assert stub.Assign(assign_ids, timeout=30, metadata=bearer(ROWS_TOKEN)).assignments[0].found
+    # Predict by id and Assign by ids of a server without tokens: unchanged (everything is open)
 
 
 def test_health_and_reflection_need_no_token(authed):

@@ -49,6 +49,7 @@ import numpy as np
 
 from ... import _kernels
 from ...snapshot.reader import Snapshot
+from .. import privacy
 from .conjunction import conjunction_question
 from .factorized import class_log_scores, factorized_question, factorized_weights, softmax
 from .logistic import logistic_question, logistic_weights
@@ -59,10 +60,11 @@ from ...ops.score import ScoreQuery, ScoreResult
 
 __all__ = ["predict", "score_segment", "bulk_weights"]
 
-_QUESTION_OF_METHOD = {"conjunction": conjunction_question, "factorized": factorized_question}
 
-
-def predict(snapshot: Snapshot, query: PredictQuery) -> PredictResult:
+def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> PredictResult:
+    """`privacy_k` > 1: factors resting on a count below the floor are made 1 before the probabilities
+    are computed, and the conjunction grows only while its counts stay clear (segsrv/engine/privacy.py;
+    the service then checks the answer's own counts)."""
     t0 = time.perf_counter()
     query.validate()
     t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
@@ -74,11 +76,16 @@ def predict(snapshot: Snapshot, query: PredictQuery) -> PredictResult:
     for qi, (classes, p0, vidx) in enumerate(questions(t)):
         if query.method == "logistic":
             base, factors = logistic_question(t, qi, classes, p0, fids, ev_mask, query)
+        elif query.method == "conjunction":
+            base, factors = conjunction_question(u, t.S, t.n_S, classes, p0, fids, query, privacy_k)
         else:
-            base, factors = _QUESTION_OF_METHOD[query.method](u, t.S, t.n_S, classes, p0, fids, query)
+            base, factors = factorized_question(u, t.S, t.n_S, classes, p0, fids, query)
+        factors = privacy.floor_factors(factors, privacy_k)
         probs, norm = combine_factors(base, factors)
         for c, vi in enumerate(vidx):
-            out.append(ValueProbability(t.info.values[vi], float(probs[c]), float(base[c]), factors[c], norm))
+            count = int(_kernels.popcount(_kernels.bitset_and(t.S, t.value_bits[vi])))
+            out.append(ValueProbability(t.info.values[vi], float(probs[c]), float(base[c]), factors[c], norm,
+                                        count))
     order = sorted(range(len(out)), key=lambda j: (-out[j].probability, j))
     return PredictResult(
         snapshot=snapshot.name,

@@ -5,6 +5,10 @@ the target within S while |S' AND e| >= min_support; every other ("backed-off") 
 smoothed lift within S' (or within S when no row of S' has it), unless it is not significant
 (G-test p > max_p_value) or redundant with a lift already used (|phi| >= max_correlation in S).
 See the formulas in segsrv.engine.predict and docs/predict.md.
+
+Under a privacy floor k (``privacy_k`` > 1, segsrv/engine/privacy.py) evidence joins the conjunction
+only while every class keeps a count in S' that is 0 or at least k, as do S' and S minus S' and each
+class's rows outside S'; every factor records the table it rests on (``Factor.table``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from ... import _kernels
 from ...snapshot.reader import Universe
 from ..conditions import feature_bits
 from ..relate import count_features
-from .target import (add_lift, class_feature_counts, effective_min_support, g_test_p, question_counts,
+from .. import privacy
+from .target import (add_lift, class_feature_counts, effective_min_support, g_test_p, lift_tables, question_counts,
                      smoothed_lift)
 from ...ops.predict import Factor, PredictQuery
 
@@ -35,8 +40,13 @@ def mutual_information(N: np.ndarray, n_c: np.ndarray, n: int) -> np.ndarray:
     return mi
 
 
+def _conjunction_tables(n_S: int, n_Sc: np.ndarray, n_Sp: int, n_Spc: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The tables the conjunction factor of S' within S rests on, one per class."""
+    return [(int(n_S), int(n_Sc[c]), int(n_Sp), int(n_Spc[c])) for c in range(len(n_Sc))]
+
+
 def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,
-                         fids: np.ndarray, q: PredictQuery):
+                         fids: np.ndarray, q: PredictQuery, privacy_k: int = 0):
     """-> (base[K], factors[K][...]) for one question."""
     a = float(q.prior_strength)
     K = len(classes)
@@ -55,6 +65,10 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
     for i in order.tolist():
         _kernels.bitset_and(Sp, bits[i], tmp)
         k = int(_kernels.popcount(tmp))
+        if k >= min_support and privacy_k > 1:  # the conjunction factor must not rest on a small count
+            n_tc = np.array([_kernels.popcount(_kernels.bitset_and(tmp, c)) for c in classes], dtype=np.int64)
+            if any(privacy.table_small(*t, privacy_k) for t in _conjunction_tables(n_S, n_Sc, k, n_tc)):
+                k = -1
         if k >= min_support:
             Sp, tmp = tmp, Sp
             n_Sp = k
@@ -66,8 +80,9 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
         n_Spc = np.array([_kernels.popcount(b) for b in SpC], dtype=np.int64)
         p_conj = (n_Spc + a * base) / (n_Sp + a)
         f = p_conj / base
+        tables = _conjunction_tables(n_S, n_Sc, n_Sp, n_Spc)
         for c in range(K):
-            factors[c].append(Factor([names[i] for i in conj], float(f[c]), n_Sp, "conjunction"))
+            factors[c].append(Factor([names[i] for i in conj], float(f[c]), n_Sp, "conjunction", "", tables[c]))
         fb = fids[backed]
         Np = class_feature_counts(u, SpC, n_Spc, fb)
     else:
@@ -83,10 +98,12 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
             continue
         in_ctx = n_Spe[j] > 0
         p_val = float(p_Sp[j] if in_ctx else p_S[i])
+        tables = (lift_tables(n_Sp, n_Spc, n_Spe[j], Np[:, j]) if in_ctx
+                  else lift_tables(n_S, n_Sc, n_Se[i], N[:, i]))
         if p_val > q.max_p_value:
             add_lift(factors, names[i], np.ones(K), int(n_Spe[j] if in_ctx else n_Se[i]),
                      f"not significant {'within the conjunction' if conj and in_ctx else 'within the segment'} "
-                     f"(p={p_val:.3g} > max_p_value={q.max_p_value:g})")
+                     f"(p={p_val:.3g} > max_p_value={q.max_p_value:g})", tables)
             continue
         redundant = None
         if used:  # rows of S with e and each used lift evidence: one counting pass
@@ -97,17 +114,18 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
                 phis = np.where(den > 0, (n12 * float(n_S) - n1 * n2) / np.sqrt(np.where(den > 0, den, 1.0)), 0.0)
             hit = np.flatnonzero(np.abs(phis) >= q.max_correlation)
             if len(hit):
-                redundant = (used[int(hit[0])], float(phis[hit[0]]))
+                h = int(hit[0])
+                redundant = (used[h], float(phis[h]), (int(n_S), int(n_Se[i]), int(n2[h]), int(n12[h])))
         if redundant is not None:
             f2, v2 = names[redundant[0]]
             add_lift(factors, names[i], np.ones(K), int(n_Se[i]),
-                     f"redundant with {f2}={v2} (phi={redundant[1]:.3f} in the segment)")
+                     f"redundant with {f2}={v2} (phi={redundant[1]:.3f} in the segment)", redundant[2])
             continue
         if n_Spe[j] > 0:
             add_lift(factors, names[i], smoothed_lift(Np[:, j], n_Spc, int(n_Spe[j]), n_Sp, a), n_Spe[j],
-                     "within the conjunction" if conj else "")
+                     "within the conjunction" if conj else "", tables)
         else:
             add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i],
-                     "within the segment (no row of the conjunction has it)")
+                     "within the segment (no row of the conjunction has it)", tables)
         used.append(i)
     return base, factors

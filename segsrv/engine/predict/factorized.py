@@ -13,7 +13,8 @@ import numpy as np
 
 from ... import _kernels
 from ...snapshot.reader import Universe
-from .target import Target, add_lift, base_probabilities, class_feature_counts, question_counts, smoothed_lift
+from .target import (Target, add_lift, base_probabilities, class_feature_counts, lift_tables, question_counts,
+                     smoothed_lift)
 from ...ops.predict import PredictQuery
 
 
@@ -27,7 +28,8 @@ def factorized_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.n
         if n_Se[i] == 0:
             add_lift(factors, names[i], np.ones(K), 0, "not observed in the segment")
         else:
-            add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i])
+            add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i], "",
+                     lift_tables(n_S, n_Sc, n_Se[i], N[:, i]))
     return base, factors
 
 

@@ -169,7 +169,9 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
 def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndarray, fids: np.ndarray,
                        ev_mask: np.ndarray, q: PredictQuery):
     """-> (base[K], factors[K][...]): base(c) as in the other methods; an "intercept" factor
-    exp(intercept_c) / base(c); one factor exp(W[c, e]) per evidence (feature-id order)."""
+    exp(intercept_c) / base(c); one factor exp(W[c, e]) per evidence (feature-id order). A weight is
+    fitted over every row of S, not a ratio of counts: its table for the privacy floor is the
+    evidence's support and the rest of S (n_S, 0, n_{S,e}, 0)."""
     u = t.universe
     a = float(q.prior_strength)
     K = len(classes)
@@ -187,5 +189,6 @@ def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndar
                 note = "not observed in the segment"
             else:
                 note = "logistic weight"
-            factors[c].append(Factor([names[i]], float(math.exp(W[c, f])), int(n_Se[i]), "lift", note))
+            factors[c].append(Factor([names[i]], float(math.exp(W[c, f])), int(n_Se[i]), "lift", note,
+                                     (int(t.n_S), 0, int(n_Se[i]), 0)))
     return base, factors

@@ -213,10 +213,18 @@ def smoothed_lift(n_xec: np.ndarray, n_xc: np.ndarray, n_xe: int, n_x: int, a: f
     return ((n_xec + a * q) / (n_xc + a)) / q
 
 
-def add_lift(factors: list[list[Factor]], name: tuple[str, str], f_c: np.ndarray, support, note: str = "") -> None:
-    """Append one evidence's lift factor to every class's factors."""
+def add_lift(factors: list[list[Factor]], name: tuple[str, str], f_c: np.ndarray, support, note: str = "",
+             table=None) -> None:
+    """Append one evidence's lift factor to every class's factors. `table`: what the factor rests on, for
+    the privacy floor: one (context rows, class rows, evidence rows, both) per class, or one for all."""
     for c in range(len(factors)):
-        factors[c].append(Factor([name], float(f_c[c]), int(support), "lift", note))
+        t = table[c] if isinstance(table, list) else table
+        factors[c].append(Factor([name], float(f_c[c]), int(support), "lift", note, t))
+
+
+def lift_tables(n_x: int, n_xc: np.ndarray, n_xe: int, n_xec: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The tables a lift within a context X rests on, one per class: (n_X, n_{X,c}, n_{X,e}, n_{X,e,c})."""
+    return [(int(n_x), int(n_xc[c]), int(n_xe), int(n_xec[c])) for c in range(len(n_xc))]
 
 
 def question_counts(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,
