@@ -363,6 +363,12 @@ def cmd_serve(args) -> int:
         ("--metrics-port", args.metrics_port, args.metrics_port is None or 0 <= args.metrics_port < 65536,
          "a port number"),
         ("--max-connection-age", args.max_connection_age, args.max_connection_age >= 0, "0 (never) or more seconds"),
+        ("--max-concurrent-streams", args.max_concurrent_streams, args.max_concurrent_streams >= 1, "at least 1"),
+        ("--stream-write-timeout", args.stream_write_timeout, args.stream_write_timeout >= 0,
+         "0 (never) or more seconds"),
+        ("--probe-interval", args.probe_interval, args.probe_interval > 0, "more than 0 seconds"),
+        ("--probe-timeout", args.probe_timeout, args.probe_timeout > 0, "more than 0 seconds"),
+        ("--probe-failures", args.probe_failures, args.probe_failures >= 1, "at least 1"),
     ):
         if not ok:
             raise SegsrvError(f"{flag}: expected {expected}, got {value}")
@@ -374,6 +380,8 @@ def cmd_serve(args) -> int:
         max_discover_candidates=args.max_discover_candidates, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, tokens=args.tokens, metrics_port=args.metrics_port,
         metrics_host=args.metrics_host, access_log=not args.no_access_log,
+        max_concurrent_streams=args.max_concurrent_streams,
+        stream_write_timeout=args.stream_write_timeout or None,
         keepalive=Keepalive(time=args.keepalive_time, timeout=args.keepalive_timeout,
                             max_connection_age=args.max_connection_age or None,
                             max_connection_age_grace=args.grace if args.max_connection_age else None),
@@ -383,7 +391,8 @@ def cmd_serve(args) -> int:
         from .server.workers import run_workers
 
         return run_workers(args.workers, snapshot_root=args.snapshots, host=args.host, port=args.port,
-                           log_format=args.log_format, log_level=args.log_level, **kwargs)
+                           log_format=args.log_format, log_level=args.log_level, probe_interval=args.probe_interval,
+                           probe_timeout=args.probe_timeout, probe_failures=args.probe_failures, **kwargs)
     from .server.logs import configure_logging
 
     configure_logging(args.log_format, args.log_level)
@@ -557,12 +566,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="server processes sharing the port (SO_REUSEPORT) under a supervisor that restarts "
                         "crashed ones (default 1: one process, and a busy port is an error)")
+    p.add_argument("--probe-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="with --workers N: probe each worker's health this often (default 1)")
+    p.add_argument("--probe-timeout", type=float, default=2.0, metavar="SECONDS",
+                   help="with --workers N: a probe unanswered this long is missed (default 2)")
+    p.add_argument("--probe-failures", type=int, default=3, metavar="N",
+                   help="with --workers N: kill and restart a worker that missed this many probes in a row "
+                        "(default 3)")
     p.add_argument("--max-workers", type=int, default=4,
                    help="request handler threads per process (default 4; more threads mostly contend for the "
                         "GIL: more cores need --workers)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=256,
                    help="RPCs in progress (running or waiting for a thread) per process before "
                         "RESOURCE_EXHAUSTED (default 256)")
+    p.add_argument("--max-concurrent-streams", type=int, default=4, metavar="N",
+                   help="ScoreSegment / ExportMembers streams at once per process, on threads of their own; more "
+                        "are RESOURCE_EXHAUSTED (default 4)")
+    p.add_argument("--stream-write-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="cancel a stream whose next message waited this long to be sent (the client stopped "
+                        "reading; default 30; 0 = never)")
     p.add_argument("--max-message-mb", type=float, default=4.0,
                    help="largest request message in MiB (default 4)")
     p.add_argument("--kernel-threads", type=int, default=1,

@@ -3,6 +3,7 @@
 * ``quiet``: a progress callback that prints nothing;
 * ``FakeContext`` / ``Aborted``: a gRPC servicer context whose call ends after N is_active() checks;
 * ``strip_elapsed``: an answer dict without its (checked) ``elapsed_ms``; ``segsrv_cli``: ``python -m segsrv``;
+* ``ServeProcess``: ``segsrv serve`` in a child process (JSON logs in a file); ``repo_env``, ``process_alive``;
 * ``tree_digest`` / ``root_state``: pictures of a snapshot version / root, to prove nothing changed;
 * ``SEED_QUERY``: the demo's seed question (what else is in the orders holding dog dry food);
 * ``CUSTOMER_CONDITIONS``: JSON `where` conditions over PetNord's customers, one per condition shape;
@@ -20,8 +21,12 @@ import gzip
 import hashlib
 import json
 import math
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -79,6 +84,84 @@ def strip_elapsed(answer: dict) -> dict:
 def segsrv_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """`python -m segsrv ARGS`, output captured as text."""
     return subprocess.run([sys.executable, "-m", "segsrv", *args], capture_output=True, text=True, timeout=timeout)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_env() -> dict:
+    """The environment with this checkout first on PYTHONPATH (for `python -m segsrv` children)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class ServeProcess:
+    """`segsrv serve ... --port 0 --log-format json ARGS` with stderr in a file we can re-read; waits for
+    its `serving ROOT on ADDRESS` line (`.address`). `launcher`: what runs the CLI (default `-m segsrv`;
+    `("-c", CODE)` runs CODE, which reads the arguments from sys.argv[1:])."""
+
+    def __init__(self, root: Path, log_path: Path, *args: str, launcher: tuple[str, ...] = ("-m", "segsrv")):
+        self.root = root
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, *launcher, "serve", "--snapshots", str(root), "--port", "0",
+             "--log-format", "json", *args],
+            stderr=self.log, stdout=subprocess.DEVNULL, env=repo_env())
+        self.address = self.wait_for_line(rf"serving {re.escape(str(root))} on (127\.0\.0\.1:\d+)").group(1)
+
+    def text(self) -> str:
+        return self.log_path.read_text()
+
+    def records(self) -> list[dict]:
+        out = []
+        for line in self.text().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line being written
+        return out
+
+    def wait_for_line(self, pattern: str, timeout: float = 90.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.text(), re.M)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r}; log:\n{self.text()[-4000:]}")
+
+    def worker_pids(self) -> dict[int, int]:
+        """Latest pid of each worker index (from the supervisor's worker_started events)."""
+        pids = {}
+        for rec in self.records():
+            if rec.get("event") == "worker_started":
+                pids[rec["worker_index"]] = rec["worker_pid"]
+        return pids
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            for pid in self.worker_pids().values():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.log.close()
 
 
 def readonly(a: np.ndarray) -> np.ndarray:

@@ -4,6 +4,10 @@
 ``serve`` runs one until SIGTERM / SIGINT. A sync (thread-pool) server: it
 beat grpc.aio for small unary calls here (FIELD-NOTES.md). More cores need
 more processes: ``workers.py`` forks them before any of this is imported.
+
+Threads: unary calls run on the handler pool (``max_workers``); streams on
+their own (``streams.py``); health Check on one more thread, so a probe is
+answered however busy the handlers are.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from ..v1 import segsrv_pb2, segsrv_pb2_grpc
 from .auth import TokenStore
 from .options import (
     DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_RECEIVE_BYTES,
     DEFAULT_MAX_SEND_BYTES,
     DEFAULT_MAX_WORKERS,
     DEFAULT_PORT,
+    DEFAULT_STREAM_WRITE_TIMEOUT,
     MIB,
     BindError,
     ConfigError,
@@ -47,6 +53,8 @@ from .pipeline import RequestPipeline
 from .registry import SnapshotRegistry
 from .reload import Reloader
 from .servicer import SegmentationServiceServicer
+from .signals import StopSignals
+from .streams import StreamGuard
 
 log = logging.getLogger("segsrv.server")
 
@@ -59,20 +67,26 @@ __all__ = ["create_server", "serve", "SegsrvServer", "BindError", "ConfigError",
 class SegsrvServer(grpc.Server):
     """A grpc.Server that also runs segsrv's reloader and metrics endpoint with it.
 
-    start() starts the gRPC server, the CURRENT watcher and the /metrics endpoint; stop(grace) marks
-    health NOT_SERVING, stops watching and serving metrics, then stops the gRPC server (returns its
-    threading.Event, like grpc's).
+    start() starts the gRPC server, the CURRENT watcher, the stream watchdog, the /metrics endpoint
+    and the private health listener; stop(grace) marks health NOT_SERVING, stops watching and serving
+    metrics, then stops the gRPC server (returns its threading.Event, like grpc's). The health
+    listener answers (NOT_SERVING) until that event is set, so a supervisor does not mistake a
+    draining worker for a hung one.
     """
 
     def __init__(self, server: grpc.Server, *, registry: SnapshotRegistry, health_servicer,
-                 reloader: Reloader | None, metrics=None, metrics_port: int | None = None,
+                 reloader: Reloader | None, streams: StreamGuard, metrics=None, metrics_port: int | None = None,
+                 health_listener: grpc.Server | None = None, health_port: int | None = None,
                  secure: bool = False):
         self._server = server
         self.segsrv_registry = registry
         self.segsrv_health = health_servicer
         self.segsrv_reloader = reloader
+        self.segsrv_streams = streams
         self.segsrv_metrics = metrics
         self.metrics_port = metrics_port
+        self._health_listener = health_listener
+        self.health_port = health_port
         self.secure = secure
 
     # grpc.Server
@@ -90,6 +104,9 @@ class SegsrvServer(grpc.Server):
 
     def start(self):
         self._server.start()
+        self.segsrv_streams.start()
+        if self._health_listener is not None:
+            self._health_listener.start()
         if self.segsrv_reloader is not None:
             self.segsrv_reloader.start()
         if self.segsrv_metrics is not None:
@@ -102,6 +119,15 @@ class SegsrvServer(grpc.Server):
         event = self._server.stop(grace)
         if self.segsrv_metrics is not None:
             self.segsrv_metrics.stop_http()
+        listener, self._health_listener = self._health_listener, None
+
+        def after_drain() -> None:
+            event.wait()
+            self.segsrv_streams.stop()
+            if listener is not None:
+                listener.stop(0)
+
+        threading.Thread(target=after_drain, name="segsrv-stopped", daemon=True).start()
         return event
 
     def wait_for_termination(self, timeout=None):
@@ -115,6 +141,8 @@ def create_server(
     port: int = 0,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+    stream_write_timeout: float | None = DEFAULT_STREAM_WRITE_TIMEOUT,
     max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
     max_send_message_bytes: int = DEFAULT_MAX_SEND_BYTES,
     max_result_hits: int = 10_000,
@@ -134,6 +162,7 @@ def create_server(
     tokens: TokenStore | str | Path | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    health_port: int | None = None,
     access_log: bool = True,
     keepalive: Keepalive | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
@@ -141,7 +170,10 @@ def create_server(
     """A bound, not yet started server over the snapshots under `snapshot_root`, and its port.
 
     port 0 picks a free port. max_concurrent_rpcs bounds the RPCs in progress (running or queued for a
-    handler thread); more are RESOURCE_EXHAUSTED at once. privacy_k is the privacy floor (counts of
+    handler thread); more are RESOURCE_EXHAUSTED at once. Streams (ScoreSegment, ExportMembers) run on
+    threads of their own, at most max_concurrent_streams at once (more: RESOURCE_EXHAUSTED), and one
+    whose next message waits stream_write_timeout seconds to be sent (the client stopped reading) is
+    cancelled (None: never). privacy_k is the privacy floor (counts of
     1..k-1 rows are suppressed or refused; 0 or 1: off; segsrv/engine/privacy.py). max_target_values caps the values of a
     Predict / ScoreSegment / Evaluate target (more: RESOURCE_EXHAUSTED), max_discover_candidates the candidate
     features of a Discover search (more: RESOURCE_EXHAUSTED). With reuse_port False (the
@@ -153,11 +185,14 @@ def create_server(
     or `tls`) serve TLS only; tls_client_ca also requires client certificates signed by that CA (mTLS).
     tokens (a TokenStore or a tokens file) turns on bearer-token authentication with scopes.
     metrics_port serves Prometheus metrics on metrics_host (0: a free port, see `.metrics_port`).
+    health_port also serves health alone, in plaintext, on 127.0.0.1:health_port (0: a free port, see
+    `.health_port`): the multi-process supervisor probes each worker there.
     `interceptors` run inside segsrv's own (after authentication). Health is NOT_SERVING until at
     least one snapshot is loaded. See docs/server.md.
     """
     if max_workers < 1:
         raise ValueError("max_workers must be at least 1")
+    streams = StreamGuard(max_concurrent_streams, stream_write_timeout)  # checks both
     if max_concurrent_rpcs is None or max_concurrent_rpcs < 1:
         raise ValueError("max_concurrent_rpcs must be at least 1 (without a limit the queue of waiting "
                          "RPCs grows without bound)")
@@ -191,7 +226,8 @@ def create_server(
     servicer = SegmentationServiceServicer(registry, max_result_hits=max_result_hits,
                                            max_target_values=max_target_values, privacy_k=privacy_k,
                                            max_discover_candidates=max_discover_candidates)
-    pipeline = RequestPipeline(SERVICE_NAME, registry, tokens=tokens, metrics=metrics, access_log_enabled=access_log)
+    pipeline = RequestPipeline(SERVICE_NAME, registry, streams, tokens=tokens, metrics=metrics,
+                               access_log_enabled=access_log)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="segsrv-rpc"),
         options=server_options(reuse_port=reuse_port, max_receive_message_bytes=max_receive_message_bytes,
@@ -201,11 +237,9 @@ def create_server(
     )
     segsrv_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
 
-    health_servicer = health.HealthServicer(
-        experimental_non_blocking=True,
-        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segsrv-health"),
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segsrv-health")
+    health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=health_pool)
+    health_pb2_grpc.add_HealthServicer_to_server(_HealthOnItsOwnThread(health_servicer, health_pool), server)
 
     def update_health(snapshots) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if snapshots else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -231,17 +265,50 @@ def create_server(
     if not bound:
         raise BindError(f"cannot listen on {address}")
 
+    health_listener = bound_health = None
+    if health_port is not None:
+        health_listener = grpc.server(futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segsrv-probe"),
+                                      options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=16)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_listener)
+        try:
+            bound_health = health_listener.add_insecure_port(format_address("127.0.0.1", health_port))
+        except RuntimeError:
+            bound_health = 0
+        if not bound_health:
+            server.stop(0)
+            raise BindError(f"cannot serve health on 127.0.0.1:{health_port}: the port is in use")
+
     bound_metrics = None
     if metrics is not None:
         try:
             bound_metrics = metrics.bind_http(metrics_host, metrics_port)
         except OSError as exc:
             server.stop(0)
+            if health_listener is not None:
+                health_listener.stop(0)
             raise BindError(f"cannot serve metrics on {format_address(metrics_host, metrics_port)}: "
                             f"{exc.strerror or exc}") from None
     reloader = Reloader(registry, reload_interval) if reload_interval is not None else None
     return SegsrvServer(server, registry=registry, health_servicer=health_servicer, reloader=reloader,
-                        metrics=metrics, metrics_port=bound_metrics, secure=tls is not None), bound
+                        streams=streams, metrics=metrics, metrics_port=bound_metrics,
+                        health_listener=health_listener, health_port=bound_health, secure=tls is not None), bound
+
+
+class _HealthOnItsOwnThread:
+    """The health servicer with Check on `pool` (grpc's per-handler experimental_thread_pool): probes are
+    answered even when every handler thread is busy. Watch already runs there (non-blocking); the
+    other methods are the servicer's."""
+
+    def __init__(self, servicer: health.HealthServicer, pool: futures.ThreadPoolExecutor):
+        def check(request, context):
+            return servicer.Check(request, context)
+
+        check.experimental_thread_pool = pool
+        self.Check = check
+        self._servicer = servicer
+
+    def __getattr__(self, name):
+        return getattr(self._servicer, name)
 
 
 def serve(
@@ -257,25 +324,17 @@ def serve(
 ) -> int:
     """Serve until SIGTERM / SIGINT, then stop gracefully; returns the exit code (0).
 
-    On the signal: health NOT_SERVING, no new RPCs, in-flight ones get `grace_seconds`. `announce`
-    prints `serving ROOT on HOST:PORT` to stderr once listening; `ready()` (multi-process workers) is
-    called then too.
+    On the signal: health NOT_SERVING, no new RPCs, in-flight ones get `grace_seconds`; later signals
+    change nothing (signals.py: the handlers take no lock, so a burst cannot deadlock). `announce`
+    prints `serving ROOT on HOST:PORT` to stderr once listening; `ready(server)` (multi-process
+    workers) is called then too.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server, bound = create_server(snapshot_root, host=host, port=port, reload_interval=reload_interval, **kwargs)
     registry = server.segsrv_registry
-    stopping = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        if stopping.is_set():
-            return
-        stopping.set()
-        log.info("received %s: NOT_SERVING, stopping within %.1f s", signal.Signals(signum).name, grace_seconds)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with StopSignals() as stop:
         server.start()
         served = ", ".join(f"{s.name}@{s.version}" for s in registry.snapshots.values()) or "nothing yet"
         where = format_address(host, bound)
@@ -293,13 +352,11 @@ def serve(
         if announce:
             print(f"serving {snapshot_root} on {where}", file=sys.stderr, flush=True)
         if ready is not None:
-            ready()
-        while not stopping.wait(0.5):
+            ready(server)
+        while not (received := stop.wait(None)):
             pass
+        log.info("received %s: NOT_SERVING, stopping within %.1f s", signal.Signals(received[0]).name, grace_seconds)
         server.stop(grace_seconds).wait()
         registry.close()
         log.info("stopped")
         return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -14,12 +14,25 @@ carry:
   logged with the traceback. The client never sees the traceback nor the
   exception's text.
 
+Messages echo request strings (names, values, ids), and the status travels
+in the trailers, which clients cap (grpc: 8 KiB soft, 16 KiB hard; a 5,000
+character field name broke that). So ``build_status`` caps what it sends:
+a word over ``MAX_WORD`` characters keeps its ends around a "more
+characters" note, the message is at most ``MAX_MESSAGE_BYTES`` and each
+violation ``MAX_DESCRIPTION_BYTES`` (UTF-8), and field violations beyond
+``MAX_STATUS_BYTES`` of details are left out (their number is ErrorInfo
+metadata ``omitted_violations``). Violation paths are the server's own
+(``condition.negation.negation...`` is long and must stay exact): they are
+only cut past ``MAX_PATH_BYTES``. The worst case, every byte percent-encoded
+in ``grpc-message``, stays under 7 KiB of trailers.
+
 See docs/server.md for the table in prose.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Callable, NoReturn
 
@@ -51,6 +64,13 @@ from .logs import current_request_id
 log = logging.getLogger("segsrv.server")
 
 ERROR_DOMAIN = "segsrv.dev"
+
+MAX_WORD = 80  # characters of one word (an echoed name, value or id) kept whole
+MAX_MESSAGE_BYTES = 768
+MAX_DESCRIPTION_BYTES = 384
+MAX_PATH_BYTES = 1024  # a condition path 33 levels deep is ~850 bytes
+MAX_STATUS_BYTES = 3072  # the serialized google.rpc.Status, message and details
+_LONG_WORD = re.compile(r"\S{%d,}" % (MAX_WORD + 1))
 
 
 # The table. Order does not matter: lookup follows the exception's MRO.
@@ -92,6 +112,16 @@ def _pack(msg) -> any_pb2.Any:
     return a
 
 
+def bounded(text: str, max_bytes: int, *, shorten_words: bool = True) -> str:
+    """`text` with long words shortened, cut to `max_bytes` of UTF-8 (on a character boundary)."""
+    if shorten_words:
+        text = _LONG_WORD.sub(lambda m: f"{m[0][:40]}...[{len(m[0]) - 44:,} more characters]...{m[0][-4:]}", text)
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes - 16].decode(errors="ignore") + " ...(truncated)"
+
+
 def build_status(exc: BaseException, locate: Callable[[Violation], list[str]] | None = None,
                  method: str = "") -> tuple[status_pb2.Status, str | None]:
     """The google.rpc.Status answering `exc`, and the request id when it is an internal error."""
@@ -109,22 +139,30 @@ def build_status(exc: BaseException, locate: Callable[[Violation], list[str]] | 
         return status_pb2.Status(code=code_pb2.INTERNAL, message=message, details=details), request_id
 
     message = getattr(exc, "message", None) or str(exc) or code.name.lower().replace("_", " ")
+    message = bounded(message, MAX_MESSAGE_BYTES)
     violations = [as_violation(v) for v in getattr(exc, "violations", []) or []]
-    details = []
-    if violations:
-        bad = error_details_pb2.BadRequest()
-        for v in violations:
-            # one violation: the exception's message is the fuller text (it names the snapshot or
-            # universe and suggests close matches)
-            text = message if len(violations) == 1 else v.description
-            for path in (locate(v) if locate else [v.field]):
-                bad.field_violations.add(field=path, description=text)
-        details.append(_pack(bad))
     metadata = {}
     if isinstance(exc, LimitExceededError) and violations:
-        metadata["limit"] = violations[0].description
-    details.append(_pack(error_details_pb2.ErrorInfo(reason=reason_for(exc), domain=ERROR_DOMAIN, metadata=metadata)))
-    return status_pb2.Status(code=code.value[0], message=message, details=details), None
+        metadata["limit"] = bounded(violations[0].description, MAX_DESCRIPTION_BYTES)
+    info = error_details_pb2.ErrorInfo(reason=reason_for(exc), domain=ERROR_DOMAIN, metadata=metadata)
+    status = status_pb2.Status(code=code.value[0], message=message)
+    bad = error_details_pb2.BadRequest()
+    omitted = 0
+    for v in violations:
+        # one violation: the exception's message is the fuller text (it names the snapshot or
+        # universe and suggests close matches)
+        text = message if len(violations) == 1 else bounded(v.description, MAX_DESCRIPTION_BYTES)
+        for path in (locate(v) if locate else [v.field]):
+            bad.field_violations.add(field=bounded(path, MAX_PATH_BYTES, shorten_words=False), description=text)
+            if status.ByteSize() + bad.ByteSize() + info.ByteSize() > MAX_STATUS_BYTES - 64:
+                del bad.field_violations[-1]
+                omitted += 1
+    if omitted:
+        info.metadata["omitted_violations"] = str(omitted)
+    if bad.field_violations:
+        status.details.append(_pack(bad))
+    status.details.append(_pack(info))
+    return status, None
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException,

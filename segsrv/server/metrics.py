@@ -28,19 +28,20 @@ SegmentationService calls are counted, not health or reflection):
   (``success`` / ``failure``; the first load counts too); ``snapshot`` is the
   directory name for a version that never loaded;
 - the standard ``process_*`` metrics (CPU, memory, open files).
+
+The HTTP endpoint itself is ``metrics_http.py`` (one thread, bounded connections).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .metrics_http import MetricsHttp
 from .registry import SnapshotRegistry
 
 log = logging.getLogger("segsrv.server")
@@ -98,8 +99,7 @@ class Metrics:
             self.registry.register(_SnapshotCollector(snapshots))
         if process_metrics:
             ProcessCollector(registry=self.registry)
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = MetricsHttp(self.exposition, CONTENT_TYPE_LATEST)
 
     # -- recording (called by the request pipeline) ------------------------------------
 
@@ -118,47 +118,10 @@ class Metrics:
 
     def bind_http(self, host: str, port: int) -> int:
         """Bind the /metrics endpoint (not serving yet); returns the port (OSError when busy)."""
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404, "only /metrics is served here")
-                    return
-                body = metrics.exposition()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format, *args):  # noqa: A002 - scrapes are not worth a log line
-                pass
-
-        family_host = host.strip("[]")
-        server_cls = ThreadingHTTPServer
-        if ":" in family_host:
-            import socket
-
-            class V6(ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-
-            server_cls = V6
-        self._httpd = server_cls((family_host, port), Handler)
-        self._httpd.daemon_threads = True
-        return self._httpd.server_address[1]
+        return self._http.bind(host, port)
 
     def start_http(self) -> None:
-        if self._httpd is not None and self._thread is None:
-            self._thread = threading.Thread(target=self._httpd.serve_forever, name="segsrv-metrics", daemon=True)
-            self._thread.start()
+        self._http.start()
 
     def stop_http(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        if self._thread is not None:
-            httpd.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        httpd.server_close()
+        self._http.stop()

@@ -28,6 +28,15 @@ DEFAULT_MAX_WORKERS = 4
 # mix's ~170 req/s, enough to ride out a few seconds of lost CPU (hypervisor steal on a shared host)
 # that made 64 refuse calls at 80% load (docs/server.md#limits). segsrv/cli.py repeats the value.
 DEFAULT_MAX_CONCURRENT_RPCS = 256
+# server-streaming calls (ScoreSegment, ExportMembers) at once, on threads of their own (streams.py):
+# as many as the unary handler threads. A stream mostly waits for its client (sends), and each holds
+# its selected rows until it ends; more are RESOURCE_EXHAUSTED. segsrv/cli.py repeats the value.
+DEFAULT_MAX_CONCURRENT_STREAMS = 4
+# seconds one stream message may wait to be sent (the client read nothing: its HTTP/2 window and
+# socket buffers, ~1-2 MB with grpc's defaults, are full) before the stream is cancelled. Generous
+# for a client that writes each chunk somewhere slow; short enough that a stalled client gives its
+# slot back. segsrv/cli.py repeats the value.
+DEFAULT_STREAM_WRITE_TIMEOUT = 30.0
 DEFAULT_MAX_RECEIVE_BYTES = 4 * MIB
 DEFAULT_MAX_SEND_BYTES = 64 * MIB
 

@@ -10,6 +10,11 @@ until the RPC ends, ``registry``), the handler, then one access-log line
 (logger ``segsrv.access``) and the trailing metadata ``x-request-id``
 (added to whatever the handler set, e.g. a rich error's status details).
 
+Streaming methods (ScoreSegment, ExportMembers) also take a slot of the
+``StreamGuard`` (``streams``) and run on its threads; each message handed to
+gRPC is bracketed so the guard's watchdog can cancel a stream whose client
+stopped reading.
+
 Health and reflection are passed through untouched: they are open (no
 token), not counted and not logged. The interceptor itself only wraps
 handlers: grpc calls ``intercept_service`` on its polling thread, so nothing
@@ -30,6 +35,7 @@ from .auth import TokenStore
 from .logs import new_request_id, set_request_id
 from .metrics import Metrics
 from .registry import SnapshotRegistry
+from .streams import StreamGuard
 
 access_log = logging.getLogger("segsrv.access")
 
@@ -42,10 +48,11 @@ def _code_name(context) -> str:
 
 
 class RequestPipeline(grpc.ServerInterceptor):
-    def __init__(self, service_name: str, registry: SnapshotRegistry, *, tokens: TokenStore | None = None,
-                 metrics: Metrics | None = None, access_log_enabled: bool = True):
+    def __init__(self, service_name: str, registry: SnapshotRegistry, streams: StreamGuard, *,
+                 tokens: TokenStore | None = None, metrics: Metrics | None = None, access_log_enabled: bool = True):
         self.prefix = f"/{service_name}/"
         self.registry = registry
+        self.streams = streams
         self.tokens = tokens
         self.metrics = metrics
         self.access_log_enabled = access_log_enabled
@@ -140,13 +147,17 @@ class RequestPipeline(grpc.ServerInterceptor):
             failed = True
             try:
                 self._admit(call, request, context)
-                for message in behavior(request, context):
-                    call.messages += 1
-                    yield message
+                with self.streams.open(method, context, call.request_id) as stream:
+                    for message in behavior(request, context):
+                        call.messages += 1
+                        stream.sending()
+                        yield message  # gRPC sends it before asking for the next one
+                        stream.done_sending()
                 failed = False
             finally:
                 self._end(call, context, failed)
 
+        wrapped.experimental_thread_pool = self.streams.pool  # grpc runs the handler on the streams' pool
         return wrapped
 
 

@@ -7,6 +7,8 @@ import json
 import logging
 import shutil
 import socket
+import threading
+import time
 import urllib.request
 
 import grpc
@@ -217,3 +219,28 @@ def test_configure_logging_json_and_text():
         for h in saved[0]:
             root.addHandler(h)
         root.setLevel(saved[1])
+
+
+def test_idle_connections_to_metrics_hold_no_thread_and_cannot_lock_scrapers_out(petnord_root, start_server):
+    # issue 14: ThreadingHTTPServer held one thread per idle (or slowloris) connection, forever
+    r = start_server(petnord_root, metrics_port=0)
+    port = r.server.metrics_port
+    scrape(port)
+    before = threading.active_count()
+    idle = []
+    try:
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # slowloris: a head never finished
+            idle.append(s)
+        time.sleep(0.5)
+        assert threading.active_count() - before <= 2, threading.active_count() - before
+        m = scrape(port)  # answered at once, beside 200 open connections
+        assert value(m, "segsrv_max_concurrent_rpcs") == 256
+        # the oldest idle connections were closed to make room (at most 64 stay open)
+        idle[0].settimeout(5)
+        assert idle[0].recv(1) == b""
+    finally:
+        for s in idle:
+            s.close()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,83 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
 from segsrv.v1 import segsrv_pb2 as pb
 from segsrv.v1 import segsrv_pb2_grpc
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-class Supervisor:
-    """`segsrv serve --workers N ... --log-format json` with stderr in a file we can re-read."""
-
-    def __init__(self, root: Path, log_path: Path, *args: str):
-        self.root = root
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "segsrv", "serve", "--snapshots", str(root), "--port", "0",
-             "--log-format", "json", *args],
-            stderr=self.log, stdout=subprocess.DEVNULL, env=_env())
-        self.address = self.wait_for_line(rf"serving {re.escape(str(root))} on (127\.0\.0\.1:\d+)").group(1)
-
-    def text(self) -> str:
-        return self.log_path.read_text()
-
-    def records(self) -> list[dict]:
-        out = []
-        for line in self.text().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a line being written
-        return out
-
-    def wait_for_line(self, pattern: str, timeout: float = 90.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.text(), re.M)
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r}; log:\n{self.text()[-4000:]}")
-
-    def worker_pids(self) -> dict[int, int]:
-        """Latest pid of each worker index (from the supervisor's worker_started events)."""
-        pids = {}
-        for rec in self.records():
-            if rec.get("event") == "worker_started":
-                pids[rec["worker_index"]] = rec["worker_pid"]
-        return pids
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            for pid in self.worker_pids().values():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        self.log.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from support import ServeProcess, process_alive, repo_env
 
 
 class _CallLoop:
@@ -130,14 +57,14 @@ class _CallLoop:
             t.join(60)
 
 
-def _serving_pid(sup: Supervisor) -> int:
+def _serving_pid(sup: ServeProcess) -> int:
     """The worker pid that served the last 20 calls logged (the loop has made at least 40)."""
     pids = {rec.get("pid") for rec in [r for r in sup.records() if r.get("event") == "rpc"][-20:]}
     assert len(pids) == 1, pids  # the loop's threads share one channel, so one connection
     return pids.pop()
 
 
-def _kill_serving_worker(sup: Supervisor, call) -> tuple[_CallLoop, float, int, int]:
+def _kill_serving_worker(sup: ServeProcess, call) -> tuple[_CallLoop, float, int, int]:
     """Loop `call` in 4 threads, SIGKILL the worker serving them, wait for its replacement to be
     ready and 0.5 s more; returns (the loop, stopped; kill time; killed pid; replacement pid)."""
     loop = _CallLoop(call)
@@ -152,7 +79,7 @@ def _kill_serving_worker(sup: Supervisor, call) -> tuple[_CallLoop, float, int, 
         while sup.worker_pids()[index] == pid and time.monotonic() < deadline:
             time.sleep(0.05)
         new_pid = sup.worker_pids()[index]
-        assert new_pid != pid and _alive(new_pid)
+        assert new_pid != pid and process_alive(new_pid)
         sup.wait_for_line(rf'"event": "worker_ready".*"worker_pid": {new_pid}', timeout=60)
         time.sleep(0.5)
     finally:
@@ -161,7 +88,7 @@ def _kill_serving_worker(sup: Supervisor, call) -> tuple[_CallLoop, float, int, 
 
 
 def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petnord_root, tmp_path):
-    sup = Supervisor(petnord_root, tmp_path / "serve.log", "--workers", "2", "--grace", "2", "--max-workers", "2")
+    sup = ServeProcess(petnord_root, tmp_path / "serve.log", "--workers", "2", "--grace", "2", "--max-workers", "2")
     try:
         pids = sup.worker_pids()
         assert sorted(pids) == [0, 1] and sup.proc.pid not in pids.values()
@@ -216,7 +143,7 @@ def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petn
         workers = list(sup.worker_pids().values())
         sup.proc.send_signal(signal.SIGTERM)
         assert sup.proc.wait(timeout=60) == 0
-        assert not [p for p in workers if _alive(p)]
+        assert not [p for p in workers if process_alive(p)]
         text = sup.text()
         assert text.count('received SIGTERM: NOT_SERVING') == 2 and '"message": "stopped"' in text
     finally:
@@ -237,7 +164,7 @@ def test_a_busy_port_is_an_error_with_or_without_workers(petnord_root, workers):
         proc = subprocess.run(
             [sys.executable, "-m", "segsrv", "serve", "--snapshots", str(petnord_root), "--port", str(port),
              "--workers", workers],
-            capture_output=True, text=True, env=_env(), timeout=120)
+            capture_output=True, text=True, env=repo_env(), timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert f"segsrv: error: cannot listen on 127.0.0.1:{port}: the port is in use" in proc.stderr
 
@@ -248,7 +175,7 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(petnord_root):
         proc = subprocess.run(
             [sys.executable, "-m", "segsrv", "serve", "--snapshots", str(petnord_root), "--port", "0",
              "--workers", "2", "--metrics-port", str(metrics_port)],
-            capture_output=True, text=True, env=_env(), timeout=120)
+            capture_output=True, text=True, env=repo_env(), timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert f"cannot serve metrics on 127.0.0.1:{metrics_port}" in proc.stderr
     assert "failed to start" in proc.stderr
@@ -258,6 +185,36 @@ def test_workers_check_their_flags_before_forking(petnord_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "segsrv", "serve", "--snapshots", str(petnord_root), "--port", "0",
          "--workers", "2", "--tokens", str(tmp_path / "missing.toml")],
-        capture_output=True, text=True, env=_env(), timeout=120)
+        capture_output=True, text=True, env=repo_env(), timeout=120)
     assert proc.returncode == 1
     assert "--tokens: cannot read" in proc.stderr and "worker 0 started" not in proc.stderr
+
+
+def test_a_stopped_worker_is_noticed_killed_and_replaced(petnord_root, tmp_path):
+    # issue 14: a SIGSTOPped worker was never noticed; the kernel kept giving it half the new connections
+    sup = ServeProcess(petnord_root, tmp_path / "serve.log", "--workers", "2", "--grace", "1", "--no-warm",
+                       "--probe-interval", "0.5", "--probe-timeout", "1", "--probe-failures", "2")
+    try:
+        stopped = sup.worker_pids()[0]
+        os.kill(stopped, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        sup.wait_for_line(rf'"event": "worker_unresponsive".*"worker_pid": {stopped}', timeout=15)
+        detected = time.monotonic() - t_stop
+        sup.wait_for_line(rf'"event": "worker_exited".*"worker_pid": {stopped}', timeout=10)
+        deadline = time.monotonic() + 30
+        while sup.worker_pids()[0] == stopped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        replacement = sup.worker_pids()[0]
+        sup.wait_for_line(rf'"event": "worker_ready".*"worker_pid": {replacement}', timeout=30)
+        assert not process_alive(stopped) and detected < 6, detected
+        # every new connection is served, and answers health
+        for _ in range(20):
+            with grpc.insecure_channel(sup.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                stub = segsrv_pb2_grpc.SegmentationServiceStub(channel)
+                assert stub.Count(pb.CountRequest(universe="customers"), timeout=5).row_count == 3000
+                check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert check.status == health_pb2.HealthCheckResponse.SERVING
+        sup.proc.send_signal(signal.SIGTERM)
+        assert sup.proc.wait(timeout=30) == 0
+    finally:
+        sup.close()
