@@ -51,7 +51,7 @@ from .options import (
 )
 from .pipeline import RequestPipeline
 from .registry import SnapshotRegistry
-from .reload import Reloader
+from .reload import DEFAULT_VERIFY_INTERVAL, Reloader
 from .servicer import SegmentationServiceServicer
 from .signals import StopSignals
 from .streams import StreamGuard
@@ -153,6 +153,7 @@ def create_server(
     registry: SnapshotRegistry | None = None,
     kernel_threads: int | None = 1,
     reload_interval: float | None = None,
+    verify_interval: float | None = DEFAULT_VERIFY_INTERVAL,
     keep_versions: int = 0,
     warm: bool = True,
     tls_cert: str | Path | None = None,
@@ -181,7 +182,9 @@ def create_server(
     silently. `registry` lets a caller (tests) keep a handle on the served snapshots; by default one is
     opened over snapshot_root (with keep_versions; with `warm`, each version's segment catalog is
     compiled and its default Assign propensity models fitted before it is served). reload_interval
-    (seconds) watches every CURRENT and swaps in new versions (None: no watching; `serve` defaults to 1 s). tls_cert + tls_key (PEM files,
+    (seconds) watches every CURRENT and swaps in new versions (None: no watching; `serve` defaults to 1 s);
+    with it, every verify_interval seconds (None: never) every served byte is checked again and a version
+    whose files changed on disk is withdrawn (DATA_LOSS). tls_cert + tls_key (PEM files,
     or `tls`) serve TLS only; tls_client_ca also requires client certificates signed by that CA (mTLS).
     tokens (a TokenStore or a tokens file) turns on bearer-token authentication with scopes.
     metrics_port serves Prometheus metrics on metrics_host (0: a free port, see `.metrics_port`).
@@ -288,7 +291,7 @@ def create_server(
                 health_listener.stop(0)
             raise BindError(f"cannot serve metrics on {format_address(metrics_host, metrics_port)}: "
                             f"{exc.strerror or exc}") from None
-    reloader = Reloader(registry, reload_interval) if reload_interval is not None else None
+    reloader = Reloader(registry, reload_interval, verify_interval) if reload_interval is not None else None
     return SegsrvServer(server, registry=registry, health_servicer=health_servicer, reloader=reloader,
                         streams=streams, metrics=metrics, metrics_port=bound_metrics,
                         health_listener=health_listener, health_port=bound_health, secure=tls is not None), bound

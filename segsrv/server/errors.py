@@ -54,6 +54,7 @@ from ..errors import (
     PermissionDeniedError,
     QueryError,
     SnapshotNotFoundError,
+    SnapshotWithdrawnError,
     UnknownIdError,
     UnauthenticatedError,
     UnknownSegmentError,
@@ -90,6 +91,8 @@ STATUS_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     SnapshotNotFoundError: grpc.StatusCode.NOT_FOUND,
     VersionNotServedError: grpc.StatusCode.FAILED_PRECONDITION,
     NoSnapshotServedError: grpc.StatusCode.UNAVAILABLE,
+    # its files changed on disk after they were verified: the data is not what was published
+    SnapshotWithdrawnError: grpc.StatusCode.DATA_LOSS,
     NotBuiltYetError: grpc.StatusCode.UNIMPLEMENTED,
     # token authentication (server/auth.py): no valid token, or a token without the method's scope
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
