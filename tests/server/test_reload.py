@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -473,3 +474,38 @@ def test_a_served_file_changed_on_disk_is_noticed_and_the_version_withdrawn(root
     set_current(root, "v02")
     wait_for(lambda: _count_outcome(r.stub) == ("v02", expected_answers(2)["rows"]), what="v02 served")
     assert _health(r.channel) == "SERVING"
+
+
+def test_a_worker_restarted_after_a_refused_version_never_serves_it(root, tmp_path):
+    """The adversarial test's restarted worker served zeroed bitsets (Count 0, health SERVING) because a
+    first open checked sizes only. Now it refuses the version too: no connection gets a wrong count."""
+    from support import ServeProcess, process_alive
+
+    sup = ServeProcess(root, tmp_path / "serve.log", "--workers", "2", "--reload-interval", "0.1", "--no-warm",
+                       "--grace", "1", "--privacy-k", "0")
+    try:
+        corrupt = _copy_version(root, "v01", "corrupt")
+        path = _a_data_file(corrupt)
+        header = path.read_bytes()[:64]
+        path.write_bytes(header + bytes(path.stat().st_size - 64))  # zeroed data, header and size kept
+        set_current(root, "corrupt")
+        wait_for(lambda: sum(r.get("event") == "reload_refused" for r in sup.records()) >= 2, what="both refuse")
+        killed = sup.worker_pids()[0]
+        os.kill(killed, signal.SIGKILL)
+        wait_for(lambda: sup.worker_pids()[0] != killed, timeout=30, what="a replacement worker")
+        replacement = sup.worker_pids()[0]
+        sup.wait_for_line(rf'"event": "worker_ready".*"worker_pid": {replacement}', timeout=60)
+        assert not process_alive(killed)
+        outcomes = set()
+        for _ in range(24):
+            with grpc.insecure_channel(sup.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                stub = segsrv_pb2_grpc.SegmentationServiceStub(channel)
+                count, health = _count_outcome(stub), _health(channel)
+                assert (count, health) in {(("v00", expected_answers(0)["rows"]), "SERVING"),
+                                           (("UNAVAILABLE",), "NOT_SERVING")}, (count, health)
+                outcomes.add(health)
+        assert outcomes == {"SERVING", "NOT_SERVING"}  # both workers were reached
+        sup.proc.send_signal(signal.SIGTERM)
+        assert sup.proc.wait(timeout=30) == 0
+    finally:
+        sup.close()
