@@ -59,7 +59,7 @@ from ..ops.conditions import Range, SegmentRef
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import cancel, privacy
-from .conditions import Evaluator, range_mask
+from .conditions import Evaluator, band_feature, range_mask, raw_number
 from .predict.target import g_test_p
 from .relate import count_features
 from ..ops.assign import (DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, MAX_FEATURES, Assignment, AssignQuery,
@@ -394,17 +394,13 @@ def _features(u: Universe, pairs) -> tuple[np.ndarray, dict[str, float]]:
             raise UnknownFieldError(f"features[{i}].field: universe {u.name!r} has no field {fname!r}"
                                     f"{suggest(fname, u.fields)}", [(f"features[{i}].field", f"unknown field {fname!r}")])
         info = u.fields[fname]
-        if info.kind == "numeric" and not info.has_value(value):
-            try:
-                x = float(value)
-            except ValueError:
-                x = None
-            if x is not None and math.isfinite(x):  # a raw number: its band is a feature, the value feeds ranges
-                numeric[fname] = x
-                if info.edges is not None:
-                    band = int(np.searchsorted(np.asarray(info.edges, dtype=np.float64), x, side="right"))
-                    fids.append(info.feature_offset + band)
-                continue
+        x = raw_number(info, value)
+        if x is not None:  # a raw number: its band is a feature, the value feeds ranges
+            numeric[fname] = x
+            band = band_feature(info, x)
+            if band is not None:
+                fids.append(band)
+            continue
         fids.append(u.feature_id(fname, value))  # unknown value -> UnknownValueError with suggestions
     return np.array(sorted(set(fids)), dtype=np.int64), numeric
 

@@ -9,6 +9,8 @@ membership programs with the same resolution).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _kernels
@@ -55,6 +57,27 @@ def feature_bitset(universe: Universe, fid: int, out: np.ndarray | None = None) 
         out[:] = row
         return out
     return _kernels.ids_to_bitset(np.ascontiguousarray(universe.sparse_feature_ids(fid)), universe.n_words, out)
+
+
+def raw_number(info, value: str) -> float | None:
+    """The raw number a value of a numeric field gives instead of one of its band labels ("3" for
+    tenure_months): the finite float, else None (a label, text, NaN or an infinity)."""
+    if info.kind != "numeric" or info.has_value(value):
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def band_feature(info, x: float) -> int | None:
+    """The feature id of the band of a numeric field holding the raw number x (band i is
+    [edges[i-1], edges[i])); None when the field has no bands (no edges: no values at all). The one
+    mapping of a raw number to its band: Assign's features and Predict's evidence use it."""
+    if not info.edges:
+        return None
+    return info.feature_offset + int(np.searchsorted(np.asarray(info.edges, dtype=np.float64), x, side="right"))
 
 
 def range_mask(x: np.ndarray, cond: Range) -> np.ndarray:

@@ -227,7 +227,8 @@ def floor_factors(factors: list[list], k: int) -> list[list]:
     for j in range(len(factors[0])):
         if any(fs[j].table is not None and table_small(*fs[j].table, k) for fs in factors):
             for fs in out:
-                fs[j] = dataclasses.replace(fs[j], factor=1.0, support=0, note=FLOOR_NOTE, table=None)
+                fs[j] = dataclasses.replace(fs[j], factor=1.0, support=0, note=FLOOR_NOTE, table=None,
+                                            p_value=None, log10_p_value=None)
     return out
 
 
@@ -249,7 +250,8 @@ def floor_predict(result, k: int):
                     f"{k} rows have it (the privacy floor): its base probability would state that count",
                     [("target_field", f"value {vp.value!r}: fewer than {k} rows (privacy floor)")])
             continue
-        factors = [dataclasses.replace(f, support=0, note=(f.note + "; " if f.note else "") + FLOOR_NOTE)
+        factors = [dataclasses.replace(f, support=0, note=(f.note + "; " if f.note else "") + FLOOR_NOTE,
+                                       p_value=None, log10_p_value=None)
                    if is_small(f.support, k) else f for f in vp.factors]
         probs.append(dataclasses.replace(vp, factors=factors))
     return dataclasses.replace(result, probabilities=probs,

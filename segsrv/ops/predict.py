@@ -17,6 +17,7 @@ server then applies the engine's defaults): a query records them in ``given``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -286,20 +287,62 @@ class Factor:
     # the counts the factor rests on, for the privacy floor (not sent): (context rows, class rows, evidence
     # rows, rows of both) within its context; None when it states nothing beyond the base (segsrv/engine/privacy.py)
     table: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
+    # the G-test of the factor's evidence against the target in its context (None: no test, e.g. the
+    # logistic method); log10_p_value is exact also where p_value underflows to 0 (below 1e-300)
+    p_value: float | None = None
+    log10_p_value: float | None = None
+
+    @property
+    def no_effect(self) -> bool:
+        """A single evidence's lift of exactly 1: folded into the explanation's no-effect entry."""
+        return self.factor == 1.0 and self.kind == "lift" and len(self.evidence) == 1
 
     def to_json(self) -> dict:
-        return {"evidence": [[f, v] for f, v in self.evidence], "factor": json_number(float(self.factor)),
-                "support": int(self.support), "kind": self.kind, "note": self.note}
+        out = {"evidence": [[f, v] for f, v in self.evidence], "factor": json_number(float(self.factor)),
+               "support": int(self.support), "kind": self.kind, "note": self.note}
+        if self.p_value is not None:
+            out["p_value"] = json_number(float(self.p_value))
+        if self.log10_p_value is not None:
+            out["log10_p_value"] = json_number(float(self.log10_p_value))
+        return out
 
     def to_proto(self) -> pb.ExplanationFactor:
-        return pb.ExplanationFactor(evidence=terms_to_proto(self.evidence), factor=self.factor,
-                                    support=int(self.support), kind=enum_to_proto(pb.FactorKind, "FACTOR_KIND_", self.kind),
-                                    note=self.note or "")
+        msg = pb.ExplanationFactor(evidence=terms_to_proto(self.evidence), factor=self.factor,
+                                   support=int(self.support), kind=enum_to_proto(pb.FactorKind, "FACTOR_KIND_", self.kind),
+                                   note=self.note or "")
+        if self.p_value is not None:
+            msg.p_value = float(self.p_value)
+        if self.log10_p_value is not None:
+            msg.log10_p_value = float(self.log10_p_value)
+        return msg
 
     @classmethod
     def from_proto(cls, msg: pb.ExplanationFactor) -> "Factor":
         return cls(terms_from_proto(msg.evidence), msg.factor, msg.support,
-                   name_from_proto(pb.FactorKind, "FACTOR_KIND_", msg.kind), msg.note)
+                   name_from_proto(pb.FactorKind, "FACTOR_KIND_", msg.kind), msg.note,
+                   p_value=msg.p_value if msg.HasField("p_value") else None,
+                   log10_p_value=msg.log10_p_value if msg.HasField("log10_p_value") else None)
+
+
+NO_EFFECT_NOTE = "no effect (factor 1)"  # the note of a folded factor read back from the proto
+
+
+def effect(factor: float) -> float:
+    """How much a factor moves the probability: |ln factor| (0 and infinity: infinite; NaN: -1, last)."""
+    if math.isnan(factor):
+        return -1.0
+    if factor <= 0 or math.isinf(factor):
+        return math.inf
+    return abs(math.log(factor))
+
+
+def explained(factors: list[Factor]) -> tuple[list[Factor], list[Factor]]:
+    """(listed, no effect): the factors a person reads, by effect (|ln factor| descending; ties in the
+    model's order), and the single-evidence lifts of exactly 1, folded (model order). The product of the
+    listed factors is the product of all of them: the folded ones are exactly 1."""
+    listed = [f for f in factors if not f.no_effect]
+    order = sorted(range(len(listed)), key=lambda j: (-effect(float(listed[j].factor)), j))
+    return [listed[j] for j in order], [f for f in factors if f.no_effect]
 
 
 @dataclass
@@ -312,22 +355,32 @@ class ValueProbability:
     count: int | None = field(default=None, compare=False, repr=False)  # rows of the segment with it (not sent)
 
     def to_json(self) -> dict:
+        """`factors`: the factors with an effect, largest |ln factor| first; `no_effect`: the evidence whose
+        factor is exactly 1 (not observed, not significant, redundant, below the privacy floor), folded.
+        base_probability * prod(factors) / normalizer == probability."""
+        listed, folded = explained(self.factors)
         return {"value": self.value, "probability": json_number(float(self.probability)),
                 "base_probability": json_number(float(self.base_probability)),
                 "normalizer": json_number(float(self.normalizer)),
-                "factors": [f.to_json() for f in self.factors]}
+                "factors": [f.to_json() for f in listed],
+                "no_effect": {"count": len(folded), "evidence": [[fv, vv] for f in folded for fv, vv in f.evidence]}}
 
     def to_proto(self) -> pb.TargetProbability:
+        listed, folded = explained(self.factors)
         return pb.TargetProbability(
             value=self.value, probability=self.probability,
             explanation=pb.Explanation(base_probability=self.base_probability,
-                                       factors=[f.to_proto() for f in self.factors], normalizer=self.normalizer))
+                                       factors=[f.to_proto() for f in listed], normalizer=self.normalizer,
+                                       no_effect_count=len(folded),
+                                       no_effect_evidence=terms_to_proto(e for f in folded for e in f.evidence)))
 
     @classmethod
     def from_proto(cls, msg: pb.TargetProbability) -> "ValueProbability":
+        """The listed factors, then one factor 1 per folded evidence (note NO_EFFECT_NOTE)."""
         e = msg.explanation
-        return cls(msg.value, msg.probability, e.base_probability, [Factor.from_proto(f) for f in e.factors],
-                   e.normalizer)
+        factors = [Factor.from_proto(f) for f in e.factors]
+        factors += [Factor([(t.field, t.value)], 1.0, 0, "lift", NO_EFFECT_NOTE) for t in e.no_effect_evidence]
+        return cls(msg.value, msg.probability, e.base_probability, factors, e.normalizer)
 
 
 @dataclass

@@ -370,3 +370,56 @@ def test_unknown_enum_in_answer_is_empty():
     resp.probabilities.add().explanation.factors.add(kind=55)
     back = PredictResult.from_proto(resp)
     assert back.method == "" and back.probabilities[0].factors[0].kind == ""
+
+
+# --- the explanation a person reads ------------------------------------------------------------------
+
+
+def _explained_value() -> ValueProbability:
+    fs = [Factor([("a", "1")], 1.0, 40, "lift", "not significant within the segment (p=0.5 > max_p_value=0.001)",
+                 p_value=0.5, log10_p_value=math.log10(0.5)),
+          Factor([("b", "1")], 1.5, 80, "lift", "", p_value=1e-5, log10_p_value=-5.0),
+          Factor([("c", "1")], 1.0, 0, "lift", "not observed in the segment"),
+          Factor([("d", "1"), ("e", "2")], 0.25, 31, "conjunction", "", p_value=0.0, log10_p_value=-1004.0267),
+          Factor([("f", "1")], 0.9, 12, "lift", "within the conjunction", p_value=1e-4, log10_p_value=-4.0),
+          Factor([("g", "1")], 1.0, 7, "lift", "redundant with b=1 (phi=0.950 in the segment)"),
+          Factor([("h", "1")], 0.6, 9, "lift", "", p_value=2e-5, log10_p_value=math.log10(2e-5)),
+          Factor([], 1.0, 100, "lift", "intercept")]  # no evidence: listed, never folded
+    base, norm = 0.3, 0.7
+    prob = base * math.prod(f.factor for f in fs) / norm
+    return ValueProbability("yes", prob, base, fs, norm)
+
+
+def test_explanation_by_effect_with_no_effect_folded():
+    vp = _explained_value()
+    js = vp.to_json()
+    # |ln| descending: 0.25 (1.386), 0.6 (0.511), 1.5 (0.405), 0.9 (0.105), the intercept (0)
+    assert [f["evidence"] for f in js["factors"]] == [[["d", "1"], ["e", "2"]], [["h", "1"]], [["b", "1"]],
+                                                      [["f", "1"]], []]
+    assert js["no_effect"] == {"count": 3, "evidence": [["a", "1"], ["c", "1"], ["g", "1"]]}
+    prod = math.prod(f["factor"] for f in js["factors"])
+    assert js["base_probability"] * prod / js["normalizer"] == pytest.approx(js["probability"], rel=1e-15)
+    # the proto: the listed factors in the same order, the count and the folded evidence
+    e = vp.to_proto().explanation
+    assert [gf.factor for gf in e.factors] == [f["factor"] for f in js["factors"]]
+    assert e.no_effect_count == 3 and [(t.field, t.value) for t in e.no_effect_evidence] == [("a", "1"), ("c", "1"),
+                                                                                                  ("g", "1")]
+    assert e.base_probability * math.prod(gf.factor for gf in e.factors) / e.normalizer == \
+        pytest.approx(vp.probability, rel=1e-15)
+    back = ValueProbability.from_proto(pb.TargetProbability.FromString(vp.to_proto().SerializeToString()))
+    assert back.to_json() == js and len(back.factors) == len(vp.factors)
+
+
+def test_p_values_and_their_log10_in_json_and_proto():
+    vp = _explained_value()
+    js = vp.to_json()
+    conj = js["factors"][0]
+    assert conj["p_value"] == 0.0 and conj["log10_p_value"] == -1004.0267  # below 1e-300: read the log10
+    b = js["factors"][2]
+    assert (b["p_value"], b["log10_p_value"]) == (1e-5, -5.0)
+    assert "p_value" not in js["factors"][-1] and "log10_p_value" not in js["factors"][-1]  # no test
+    msgs = vp.to_proto().explanation.factors
+    assert msgs[0].HasField("p_value") and msgs[0].p_value == 0.0 and msgs[0].log10_p_value == -1004.0267
+    assert not msgs[-1].HasField("p_value") and not msgs[-1].HasField("log10_p_value")
+    back = Factor.from_proto(msgs[0])
+    assert (back.p_value, back.log10_p_value) == (0.0, -1004.0267)

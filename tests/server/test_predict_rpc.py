@@ -15,7 +15,7 @@ from segsrv.ops.evaluate import EvaluateQuery
 from segsrv.engine.predict import predict, score_segment
 from segsrv.ops.predict import PredictQuery
 from segsrv.ops.score import ScoreQuery
-from segsrv.ops.predict import method_from_proto, row_id_from_text
+from segsrv.ops.predict import explained, method_from_proto, row_id_from_text
 from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.v1 import condition_pb2 as cpb
@@ -39,11 +39,15 @@ def _check_predict(resp: pb.PredictResponse, res) -> None:
         e = got.explanation
         assert (got.probability, e.base_probability, e.normalizer) == (vp.probability, vp.base_probability,
                                                                        vp.normalizer)
-        assert len(e.factors) == len(vp.factors)
-        for gf, f in zip(e.factors, vp.factors):
+        listed, folded = explained(vp.factors)  # by effect; the factors of exactly 1 folded
+        assert len(e.factors) == len(listed) and len(e.factors) + e.no_effect_count == len(vp.factors)
+        for gf, f in zip(e.factors, listed):
             assert [(t.field, t.value) for t in gf.evidence] == [tuple(x) for x in f.evidence]
             assert (gf.factor, gf.support, gf.note) == (f.factor, f.support, f.note)
             assert pb.FactorKind.Name(gf.kind) == f"FACTOR_KIND_{f.kind.upper()}"
+            assert gf.HasField("p_value") == (f.p_value is not None)
+            assert (gf.p_value, gf.log10_p_value) == ((f.p_value, f.log10_p_value) if f.p_value is not None else (0, 0))
+        assert [(t.field, t.value) for t in e.no_effect_evidence] == [tuple(f.evidence[0]) for f in folded]
 
 
 PREDICTS = [
@@ -263,3 +267,68 @@ def test_predict_int_id_conversion():
         row_id_from_text("x42", "int", "people", "person_id")
     assert info.value.violations[0][0] == "id" and "x42" in info.value.message
     assert row_id_from_text("CUST-00001", "bytes", "customers", "customer_id") == "CUST-00001"
+
+
+# --- a raw number on a numeric field is evidence of its band (as in `where` and Assign) ------------------
+
+# tenure_months has the bands <6, 6-12, 12-24, 24-36, >=36 (edges 6, 12, 24, 36); an edge opens its band
+NUMERIC_EVIDENCE = [(3, "<6"), (-2, "<6"), (6, "6-12"), (11.5, "6-12"), (12, "12-24"), (1e9, ">=36")]
+
+
+def _without_time(resp: pb.PredictResponse) -> pb.PredictResponse:
+    out = pb.PredictResponse()
+    out.CopyFrom(resp)
+    out.info.server_time_ms = 0
+    return out
+
+
+@pytest.mark.parametrize("number,band", NUMERIC_EVIDENCE)
+def test_numeric_evidence_is_its_band_json_and_grpc(stub, petnord_snapshot, number, band):
+    from segsrv.service import run_json
+    from support import strip_elapsed
+
+    base = {"from": "customers", "target": "churned", "id": "CUST-00007", "segment": {"lifestyle": "premium"}}
+    by_number = strip_elapsed(run_json("predict", petnord_snapshot, {**base, "evidence": {"tenure_months": number}}))
+    by_band = strip_elapsed(run_json("predict", petnord_snapshot, {**base, "evidence": {"tenure_months": band}}))
+    assert by_number == by_band and ["tenure_months", band] in by_number["evidence"]
+    # the list form and the proto's Terms (the number as text) too
+    listed = strip_elapsed(run_json("predict", petnord_snapshot, {**base, "evidence": [["tenure_months", number]]}))
+    assert listed == by_band
+    text = "1000000000" if number == 1e9 else str(number)
+    kw = dict(universe="customers", target_field="churned", id="CUST-00007", segment=_term("lifestyle", "premium"))
+    got = stub.Predict(pb.PredictRequest(**kw, evidence=[cpb.Term(field="tenure_months", value=text)]), timeout=30)
+    want = stub.Predict(pb.PredictRequest(**kw, evidence=[cpb.Term(field="tenure_months", value=band)]), timeout=30)
+    assert _without_time(got) == _without_time(want)
+    assert ("tenure_months", band) in [(t.field, t.value) for t in got.evidence]
+
+
+def test_numeric_evidence_is_its_band_cli(served, petnord_root):
+    from support import cli_remote_and_local, strip_elapsed
+
+    base = {"from": "customers", "target": "churned", "evidence": {"tenure_months": 3, "region": "oulu"}}
+    remote, local = cli_remote_and_local("predict", served.address, petnord_root, base)
+    band_r, band_l = cli_remote_and_local("predict", served.address, petnord_root,
+                                          {**base, "evidence": {"tenure_months": "<6", "region": "oulu"}})
+    answers = [strip_elapsed(a) for a in (remote, local, band_r, band_l)]
+    assert all(a == answers[0] for a in answers)
+    assert ["tenure_months", "<6"] in answers[0]["evidence"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "three"])
+def test_numeric_evidence_errors_as_in_assign(stub, rpc_details, petnord_snapshot, value):
+    """Not a finite number and not a band label: the unknown-value error Assign gives for the same feature."""
+    from segsrv.engine.assign import assign
+    from segsrv.errors import UnknownValueError
+    from segsrv.ops.assign import AssignQuery
+
+    with pytest.raises(UnknownValueError) as in_assign:
+        assign(petnord_snapshot, AssignQuery(universe="customers", features=[("tenure_months", value)]))
+    with pytest.raises(UnknownValueError) as in_predict:
+        predict(petnord_snapshot, PredictQuery(target="churned", universe="customers",
+                                               evidence=[("tenure_months", value)]))
+    assert in_predict.value.message == in_assign.value.message and "has no value" in in_predict.value.message
+    code, message, violations, _ = _error(lambda: stub.Predict(pb.PredictRequest(
+        universe="customers", target_field="churned", evidence=[cpb.Term(field="tenure_months", value=value)]),
+        timeout=10), rpc_details)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in violations] == ["evidence[0].value"]
+    assert in_assign.value.message in message

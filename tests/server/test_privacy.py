@@ -173,8 +173,10 @@ def test_predict_explanations_hide_small_supports(stub, snap_and_terms):
             prod = tp.explanation.base_probability / tp.explanation.normalizer
             for f in tp.explanation.factors:
                 assert not small(f.support)
-                hidden += f.support == 0 and "privacy floor" in f.note
                 prod *= f.factor
+            # the factors the floor made 1 are folded with the other evidence without effect (every rare
+            # feature is observed in S, so only the floor makes its factorized lift 1)
+            hidden += sum((t.field, t.value) in rare for t in tp.explanation.no_effect_evidence)
             assert prod == pytest.approx(tp.probability, rel=1e-9)  # still explained
     assert hidden > 0
 
@@ -352,10 +354,12 @@ def test_predict_factors_state_no_small_count(stub, snap_and_terms):
             e = tp.explanation
             n_Sc = round(e.base_probability * n_S)
             product = e.base_probability / e.normalizer
+            # factors the floor made 1 are folded (no_effect_evidence): the rare features are all observed
+            # in S, so only the floor makes their factorized lifts 1
+            neutral += sum((t.field, t.value) in rare for t in e.no_effect_evidence)
             for f in e.factors:
                 product *= f.factor
                 if f.factor == 1.0:
-                    neutral += "privacy floor" in f.note
                     continue
                 assert f.support >= K, (tp.value, list(f.evidence), f.support, f.note)
                 n_Sec = round(f.factor * f.support * e.base_probability)

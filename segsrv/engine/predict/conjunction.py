@@ -20,7 +20,7 @@ from ...snapshot.reader import Universe
 from ..conditions import feature_bits
 from ..relate import count_features
 from .. import privacy
-from .target import (add_lift, class_feature_counts, effective_min_support, g_test_p, lift_tables, question_counts,
+from .target import (add_lift, class_feature_counts, effective_min_support, g_test, lift_tables, question_counts,
                      smoothed_lift)
 from ...ops.predict import Factor, PredictQuery
 
@@ -81,16 +81,18 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
         p_conj = (n_Spc + a * base) / (n_Sp + a)
         f = p_conj / base
         tables = _conjunction_tables(n_S, n_Sc, n_Sp, n_Spc)
+        pc, lpc = g_test(n_Spc[:, None], n_Sc)  # "in S'" against the class within S
         for c in range(K):
-            factors[c].append(Factor([names[i] for i in conj], float(f[c]), n_Sp, "conjunction", "", tables[c]))
+            factors[c].append(Factor([names[i] for i in conj], float(f[c]), n_Sp, "conjunction", "", tables[c],
+                                     float(pc[0]), float(lpc[0])))
         fb = fids[backed]
         Np = class_feature_counts(u, SpC, n_Spc, fb)
     else:
         n_Spc = n_Sc
         Np = N[:, backed]
     n_Spe = Np.sum(axis=0)
-    p_Sp = g_test_p(Np, n_Spc)
-    p_S = g_test_p(N, n_Sc)
+    p_Sp, lp_Sp = g_test(Np, n_Spc)
+    p_S, lp_S = g_test(N, n_Sc)
     used: list[int] = []
     for j, i in enumerate(backed):
         if n_Se[i] == 0:
@@ -98,12 +100,13 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
             continue
         in_ctx = n_Spe[j] > 0
         p_val = float(p_Sp[j] if in_ctx else p_S[i])
+        p = (p_val, float(lp_Sp[j] if in_ctx else lp_S[i]))
         tables = (lift_tables(n_Sp, n_Spc, n_Spe[j], Np[:, j]) if in_ctx
                   else lift_tables(n_S, n_Sc, n_Se[i], N[:, i]))
         if p_val > q.max_p_value:
             add_lift(factors, names[i], np.ones(K), int(n_Spe[j] if in_ctx else n_Se[i]),
                      f"not significant {'within the conjunction' if conj and in_ctx else 'within the segment'} "
-                     f"(p={p_val:.3g} > max_p_value={q.max_p_value:g})", tables)
+                     f"(p={p_val:.3g} > max_p_value={q.max_p_value:g})", tables, p)
             continue
         redundant = None
         if used:  # rows of S with e and each used lift evidence: one counting pass
@@ -119,13 +122,13 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
         if redundant is not None:
             f2, v2 = names[redundant[0]]
             add_lift(factors, names[i], np.ones(K), int(n_Se[i]),
-                     f"redundant with {f2}={v2} (phi={redundant[1]:.3f} in the segment)", redundant[2])
+                     f"redundant with {f2}={v2} (phi={redundant[1]:.3f} in the segment)", redundant[2], p)
             continue
         if n_Spe[j] > 0:
             add_lift(factors, names[i], smoothed_lift(Np[:, j], n_Spc, int(n_Spe[j]), n_Sp, a), n_Spe[j],
-                     "within the conjunction" if conj else "", tables)
+                     "within the conjunction" if conj else "", tables, p)
         else:
             add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i],
-                     "within the segment (no row of the conjunction has it)", tables)
+                     "within the segment (no row of the conjunction has it)", tables, p)
         used.append(i)
     return base, factors

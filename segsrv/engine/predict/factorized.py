@@ -13,8 +13,8 @@ import numpy as np
 
 from ... import _kernels
 from ...snapshot.reader import Universe
-from .target import (Target, add_lift, base_probabilities, class_feature_counts, lift_tables, question_counts,
-                     smoothed_lift)
+from .target import (Target, add_lift, base_probabilities, class_feature_counts, g_test, lift_tables,
+                     question_counts, smoothed_lift)
 from ...ops.predict import PredictQuery
 
 
@@ -24,12 +24,13 @@ def factorized_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.n
     a = float(q.prior_strength)
     K = len(classes)
     names, n_Sc, base, N, n_Se, factors = question_counts(u, S, n_S, classes, p0, fids, a)
+    p_S, lp_S = g_test(N, n_Sc)  # reported, never used to drop evidence (no significance rule here)
     for i in range(len(fids)):
         if n_Se[i] == 0:
             add_lift(factors, names[i], np.ones(K), 0, "not observed in the segment")
         else:
             add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i], "",
-                     lift_tables(n_S, n_Sc, n_Se[i], N[:, i]))
+                     lift_tables(n_S, n_Sc, n_Se[i], N[:, i]), (p_S[i], lp_S[i]))
     return base, factors
 
 

@@ -18,7 +18,7 @@ from ... import _kernels
 from ...errors import LimitExceededError, QueryError, UnknownFieldError, UnknownIdError
 from ...snapshot.reader import FieldInfo, Snapshot, Universe
 from ...snapshot.spec import suggest
-from ..conditions import All, Condition, evaluate, feature_bits, tail_mask
+from ..conditions import All, Condition, band_feature, evaluate, feature_bits, raw_number, tail_mask
 from ..fields import select_fields
 from ..relate import count_features
 from ...ops.params import bad
@@ -175,7 +175,10 @@ def evidence_fids(t: Target, q: PredictQuery) -> np.ndarray:
                 f"mention the target",
                 [(f"evidence[{i}]", f"target field {t.info.name!r}")],
             )
-        explicit.append(u.feature_id(fname, value))  # UnknownFieldError / UnknownValueError
+        info = u.field(fname)  # UnknownFieldError
+        x = raw_number(info, value)  # a raw number on a numeric field is evidence of its band (as in Assign)
+        band = band_feature(info, x) if x is not None else None
+        explicit.append(band if band is not None else u.feature_id(fname, value))  # UnknownValueError
         explicit_fields.add(fname)
     fids: list[int] = []
     if q.row_id is not None:
@@ -214,12 +217,14 @@ def smoothed_lift(n_xec: np.ndarray, n_xc: np.ndarray, n_xe: int, n_x: int, a: f
 
 
 def add_lift(factors: list[list[Factor]], name: tuple[str, str], f_c: np.ndarray, support, note: str = "",
-             table=None) -> None:
+             table=None, p: tuple[float, float] | None = None) -> None:
     """Append one evidence's lift factor to every class's factors. `table`: what the factor rests on, for
-    the privacy floor: one (context rows, class rows, evidence rows, both) per class, or one for all."""
+    the privacy floor: one (context rows, class rows, evidence rows, both) per class, or one for all.
+    `p`: (p-value, log10 p-value) of the evidence's G-test in the factor's context."""
+    pv, lp = (float(p[0]), float(p[1])) if p is not None else (None, None)
     for c in range(len(factors)):
         t = table[c] if isinstance(table, list) else table
-        factors[c].append(Factor([name], float(f_c[c]), int(support), "lift", note, t))
+        factors[c].append(Factor([name], float(f_c[c]), int(support), "lift", note, t, pv, lp))
 
 
 def lift_tables(n_x: int, n_xc: np.ndarray, n_xe: int, n_xec: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -243,14 +248,67 @@ def effective_min_support(q, n_S: int) -> int:
     return max(int(q.min_support), math.ceil(float(q.min_support_fraction) * n_S))
 
 
+LOG10_TAIL_BELOW = 1e-300  # p-values below this get their log10 from the exact log tail (chi2_log10_sf)
+
+
+def chi2_log10_sf(x: float, df: int) -> float:
+    """log10 P(X >= x), X ~ chi-square(df), exact also where the p-value underflows a double: scipy's
+    sf above LOG10_TAIL_BELOW, else the continued fraction of the regularised upper incomplete gamma
+    Q(df/2, x/2) evaluated in log space (Numerical Recipes' gcf, modified Lentz; converges fast for
+    x/2 > df/2 + 1, which such tails always are)."""
+    from scipy.special import gammaln
+    from scipy.stats import chi2
+
+    p = float(chi2.sf(x, df))
+    if p >= LOG10_TAIL_BELOW or not math.isfinite(x):
+        return math.log10(p) if p > 0 else -math.inf
+    a, z = df / 2.0, x / 2.0
+    tiny = 1e-300
+    b = z + 1.0 - a
+    c = 1.0 / tiny
+    d = 1.0 / b
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-16:
+            break
+    return (-z + a * math.log(z) - float(gammaln(a)) + math.log(h)) / math.log(10.0)
+
+
+def g_test(N: np.ndarray, n_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(p, log10 p) of the G-test of independence of "has e" and the class, per feature, from [K, m]
+    counts; log10 p is exact also below LOG10_TAIL_BELOW, where p itself underflows towards 0."""
+    from scipy.stats import chi2
+
+    g, df = _g_statistics(N, n_c)
+    p = chi2.sf(g, df)
+    log10_p = np.array([chi2_log10_sf(float(x), df) if pv < LOG10_TAIL_BELOW else
+                        (math.log10(pv) if pv > 0 else -math.inf) for x, pv in zip(g.tolist(), p.tolist())])
+    return p, log10_p
+
+
 def g_test_p(N: np.ndarray, n_c: np.ndarray) -> np.ndarray:
     """p-value of the G-test of independence of "has e" and the class, per feature, from [K, m] counts."""
     from scipy.stats import chi2
 
+    g, df = _g_statistics(N, n_c)
+    return chi2.sf(g, df)
+
+
+def _g_statistics(N: np.ndarray, n_c: np.ndarray) -> tuple[np.ndarray, int]:
+    """(G per feature, degrees of freedom): G = 0 (p = 1) when there are no features or rows."""
     K, m = N.shape
     n = float(n_c.sum())
     if m == 0 or n == 0:
-        return np.ones(m)
+        return np.zeros(m), 1
     n_e = N.sum(axis=0).astype(np.float64)
     g = np.zeros(m)
     for cell, marg in ((N.astype(np.float64), n_e), ((n_c[:, None] - N).astype(np.float64), n - n_e)):
@@ -258,7 +316,7 @@ def g_test_p(N: np.ndarray, n_c: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             g += np.where(cell > 0, 2.0 * cell * np.log(cell / expected), 0.0).sum(axis=0)
     df = max(int(np.count_nonzero(n_c)) - 1, 1)
-    return chi2.sf(np.maximum(g, 0.0), df)
+    return np.maximum(g, 0.0), df
 
 
 def combine_factors(base: np.ndarray, factors: list[list[Factor]]):
