@@ -327,7 +327,7 @@ def bench_dataset(name: str, explain_rows: int) -> dict:
 def git(*args: str) -> str:
     """The code measured: HEAD and the uncommitted files of segsrv/ (the default method is theirs)."""
     r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else ""
+    return r.stdout.rstrip("\n") if r.returncode == 0 else ""
 
 
 def main() -> None:
