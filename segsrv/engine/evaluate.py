@@ -56,12 +56,17 @@ def id_keys(universe: Universe) -> np.ndarray:
     return h
 
 
-def holdout_rows(universe: Universe, fraction: float, seed: int) -> np.ndarray:
-    """bool[n_rows]: rows held out for testing."""
+def row_hash_unit(universe: Universe, seed: int) -> np.ndarray:
+    """float64[n_rows] in [0, 1): H(seed, id_r) / 2^64 (top 53 bits), H = splitmix64(key ^ splitmix64(seed)).
+    The holdout and the logistic method's cross-validation folds (with their own seed) both use it."""
     s = _splitmix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
     h = _splitmix64(id_keys(universe) ^ s)
-    u = (h >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
-    return u < fraction
+    return (h >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+
+
+def holdout_rows(universe: Universe, fraction: float, seed: int) -> np.ndarray:
+    """bool[n_rows]: rows held out for testing."""
+    return row_hash_unit(universe, seed) < fraction
 
 
 def auc_score(y: np.ndarray, s: np.ndarray) -> float | None:
@@ -136,8 +141,9 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         true_index[member[test_rows]] = i
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
     classes, p0, _ = questions(t)[0]
+    reg = None
     if query.method in ("factorized", "logistic"):
-        log_base, W = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2, 0)
+        log_base, W, reg = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2, 0)
         logits = class_log_scores(u, log_base, W, test_rows)
         probs = softmax(logits)
         m = logits.max(axis=1, keepdims=True)
@@ -198,4 +204,5 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         true_index=true_index,
         probabilities=probs,
         elapsed_ms=(time.perf_counter() - t0) * 1e3,
+        regularisation=reg,
     )

@@ -1,10 +1,12 @@
 """Evaluate: a prediction method tested on a deterministic holdout of a segment.
 
 JSON keys: from, segment, target, evidence_fields, holdout_fraction, seed, prior_strength,
-min_support, min_support_fraction, max_p_value, method. Answer: {"snapshot", "version",
+min_support, min_support_fraction, max_p_value, method, l2 (logistic; absent: chosen by
+cross-validation over the training rows). Answer: {"snapshot", "version",
 "from", "target", "method", "values", "n_train", "n_test", "accuracy",
 "baseline_accuracy", "baseline_value", "log_loss", "auc", "positive_value", "mean_rank",
-"geometric_mean_probability", "calibration_of", "calibration": [...], "elapsed_ms"}.
+"geometric_mean_probability", "calibration_of", "calibration": [...], "elapsed_ms",
+"regularisation" (logistic: {"l2", "cross_validated", "value"})}.
 See docs/predict.md.
 """
 
@@ -23,11 +25,12 @@ from .predict import (
     COMMON_PARAMS, CONJUNCTION_PARAMS, DEFAULT_BULK_METHOD, DEFAULT_L2, DEFAULT_MAX_CORRELATION,
     DEFAULT_MAX_P_VALUE, DEFAULT_MAX_TARGET_VALUES, DEFAULT_MIN_SUPPORT, DEFAULT_MIN_SUPPORT_FRACTION,
     DEFAULT_PRIOR_STRENGTH, METHODS, evidence_fields_from_proto, given_keys, method_from_proto, method_to_proto,
-    name_from_proto, optionals_from_proto, optionals_to_proto, read_target, request_paths, segment_from_proto, sent,
+    Regularisation, name_from_proto, optionals_from_proto, optionals_to_proto, read_target, request_paths,
+    segment_from_proto, sent,
 )
 
 KEYS = {"from", "segment", "target", "evidence_fields", "holdout_fraction", "seed", "prior_strength",
-        "min_support", "min_support_fraction", "max_p_value", "method"}
+        "min_support", "min_support_fraction", "max_p_value", "method", "l2"}
 DEFAULT_HOLDOUT_FRACTION = 0.2
 DEFAULT_MAX_TEST_ROWS_CONJUNCTION = 10_000
 N_CALIBRATION_BINS = 10
@@ -38,7 +41,8 @@ PARAMS = COMMON_PARAMS + CONJUNCTION_PARAMS + (
     Param("seed", Integer(-(2 ** 63), 2 ** 63 - 1)),
     Param("max_test_rows", Integer(low=1), none=True),
 )
-_OPTIONAL = ("holdout_fraction", "prior_strength", "min_support", "min_support_fraction", "max_p_value", "method")
+_OPTIONAL = ("holdout_fraction", "prior_strength", "min_support", "min_support_fraction", "max_p_value", "method",
+             "l2")
 
 
 @dataclass
@@ -57,7 +61,7 @@ class EvaluateQuery:
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
     method: str = DEFAULT_BULK_METHOD  # "logistic" (default), "factorized" or "conjunction"
     max_test_rows: int | None = None  # None: every test row (logistic, factorized), 10,000 (conjunction)
-    l2: float = DEFAULT_L2
+    l2: float | None = DEFAULT_L2  # None: chosen by cross-validation over the training rows (logistic)
     given: frozenset = field(default=frozenset(), compare=False, repr=False)  # optional keys the caller gave
 
     def validate(self) -> None:
@@ -163,6 +167,7 @@ class EvaluateResult:
     probabilities: np.ndarray  # [n_test, K]; [0, K] over gRPC
     elapsed_ms: float
     calibration_merged: bool = False  # the privacy floor merged adjacent calibration bins
+    regularisation: Regularisation | None = None  # logistic: the model's penalty
 
     def to_json(self) -> dict:
         out = {
@@ -179,6 +184,8 @@ class EvaluateResult:
         }
         if self.calibration_merged:  # the server's privacy floor (docs/server.md)
             out["calibration_merged"] = True
+        if self.regularisation is not None:  # logistic
+            out["regularisation"] = self.regularisation.to_json()
         return out
 
     def to_proto(self, server_ms: float) -> pb.EvaluateResponse:
@@ -195,6 +202,8 @@ class EvaluateResult:
             resp.auc = self.auc
         if self.positive_value is not None:
             resp.positive_value = self.positive_value
+        if self.regularisation is not None:
+            resp.regularisation.CopyFrom(self.regularisation.to_proto())
         return resp
 
     @classmethod
@@ -213,4 +222,5 @@ class EvaluateResult:
             test_rows=_empty_rows(), true_index=_empty_rows(),
             probabilities=np.zeros((0, len(resp.values)), dtype=np.float64),
             elapsed_ms=resp.info.server_time_ms, calibration_merged=resp.calibration_merged,
+            regularisation=Regularisation.from_proto(resp.regularisation) if resp.HasField("regularisation") else None,
         )

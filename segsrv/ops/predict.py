@@ -1,11 +1,13 @@
 """Predict: the probability of each value of a target field within a segment, explained.
 
 JSON keys: from, segment, target, id, evidence, evidence_fields, prior_strength,
-min_support, min_support_fraction, max_p_value, method. `evidence` is
+min_support, min_support_fraction, max_p_value, method, l2 (logistic; absent: chosen by
+cross-validation). `evidence` is
 {"field": value, ...} or [["field", value], ...]; `id` a row whose own features are
 evidence too. Answer: {"snapshot", "version", "from", "target", "method",
 "multi_valued", "n_segment", "evidence", "elapsed_ms", "probabilities": [{"value",
-"probability", "base_probability", "normalizer", "factors": [...]}]}. See
+"probability", "base_probability", "normalizer", "factors": [...]}], "regularisation" (logistic:
+[{"l2", "cross_validated", "value"}])}. See
 docs/predict.md and docs/query.md.
 
 This module also holds what Predict, ScoreSegment and Evaluate share: the methods
@@ -37,7 +39,7 @@ BULK_METHODS = ("factorized", "logistic")  # the methods ScoreSegment applies in
 FACTOR_KINDS = ("conjunction", "lift")
 DEFAULT_METHOD = "conjunction"  # Predict
 DEFAULT_PRIOR_STRENGTH = 1.0
-DEFAULT_L2 = 1.0  # L2 penalty of the logistic method (scikit-learn's C = 1 / l2)
+DEFAULT_L2 = None  # L2 penalty of the logistic method (scikit-learn's C = 1 / l2); None: chosen by cross-validation
 DEFAULT_BULK_METHOD = "logistic"  # ScoreSegment and Evaluate
 DEFAULT_MIN_SUPPORT = 30
 DEFAULT_MAX_CORRELATION = 0.9
@@ -46,7 +48,7 @@ DEFAULT_MAX_P_VALUE = 0.001
 DEFAULT_MAX_TARGET_VALUES = 64
 
 KEYS = {"from", "segment", "target", "id", "evidence", "evidence_fields", "prior_strength",
-        "min_support", "min_support_fraction", "max_p_value", "method"}
+        "min_support", "min_support_fraction", "max_p_value", "method", "l2"}
 
 
 class RowId(Constraint):
@@ -66,7 +68,7 @@ COMMON_PARAMS = (
     Param("evidence_fields", Names(), none=True),
     Param("prior_strength", Real(low=0, open="low")),
     Param("max_target_values", Integer(low=2)),
-    Param("l2", Real(low=0, open="low")),
+    Param("l2", Real(low=0, open="low"), none=True, hint=" (absent: chosen by cross-validation)"),
 )
 # the conjunction method's thresholds (Predict and Evaluate)
 CONJUNCTION_PARAMS = (
@@ -135,13 +137,13 @@ def sent(query, name: str, default) -> bool:
 # the optional scalar fields of the Predict / Evaluate requests: (name, default, type)
 OPTIONAL_FIELDS = (("prior_strength", DEFAULT_PRIOR_STRENGTH, float), ("min_support", DEFAULT_MIN_SUPPORT, int),
                    ("min_support_fraction", DEFAULT_MIN_SUPPORT_FRACTION, float),
-                   ("max_p_value", DEFAULT_MAX_P_VALUE, float))
+                   ("max_p_value", DEFAULT_MAX_P_VALUE, float), ("l2", DEFAULT_L2, float))
 
 
 def optionals_to_proto(query, req, fields=OPTIONAL_FIELDS) -> None:
-    """Set the optional request fields the caller gave (or that differ from the default)."""
+    """Set the optional request fields the caller gave (or that differ from the default; None: unset)."""
     for name, default, kind in fields:
-        if sent(query, name, default):
+        if getattr(query, name) is not None and sent(query, name, default):
             setattr(req, name, kind(getattr(query, name)))
 
 
@@ -199,7 +201,7 @@ def evidence_from_json(val) -> list[tuple[str, str]]:
 # --- the query -------------------------------------------------------------------------
 
 # optional request fields sent only when given (or not the default)
-_OPTIONAL = ("prior_strength", "min_support", "min_support_fraction", "max_p_value", "method")
+_OPTIONAL = ("prior_strength", "min_support", "min_support_fraction", "max_p_value", "method", "l2")
 
 
 @dataclass
@@ -218,7 +220,7 @@ class PredictQuery:
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
     method: str = DEFAULT_METHOD
     train_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
-    l2: float = DEFAULT_L2
+    l2: float | None = DEFAULT_L2  # None: chosen by cross-validation (logistic)
     given: frozenset = field(default=frozenset(), compare=False, repr=False)  # optional keys the caller gave
 
     def validate(self) -> None:
@@ -275,6 +277,28 @@ class PredictQuery:
 
 
 # --- the result ---------------------------------------------------------------------------
+
+
+@dataclass
+class Regularisation:
+    """The L2 penalty of a logistic model: chosen by cross-validation or given by the caller; `value` names
+    the value of a multi-valued target whose binary model it is (None: the one model of a single-valued one)."""
+
+    l2: float
+    cross_validated: bool
+    value: str | None = None
+
+    def to_json(self) -> dict:
+        return {"l2": json_number(float(self.l2)), "cross_validated": bool(self.cross_validated),
+                "value": self.value}
+
+    def to_proto(self) -> pb.Regularisation:
+        return pb.Regularisation(l2=float(self.l2), cross_validated=bool(self.cross_validated),
+                                 target_value=self.value or "")
+
+    @classmethod
+    def from_proto(cls, msg: pb.Regularisation) -> "Regularisation":
+        return cls(msg.l2, msg.cross_validated, msg.target_value or None)
 
 
 @dataclass
@@ -396,6 +420,7 @@ class PredictResult:
     probabilities: list[ValueProbability]
     elapsed_ms: float
     suppressed_values: int = 0  # values of a multi-valued target left out by the privacy floor
+    regularisation: list[Regularisation] = field(default_factory=list)  # logistic: the penalty of each model
 
     def to_json(self) -> dict:
         out = {
@@ -406,6 +431,8 @@ class PredictResult:
         }
         if self.suppressed_values:  # the server's privacy floor (docs/server.md)
             out["suppressed_values"] = int(self.suppressed_values)
+        if self.regularisation:  # logistic
+            out["regularisation"] = [r.to_json() for r in self.regularisation]
         return out
 
     def to_proto(self, server_ms: float) -> pb.PredictResponse:
@@ -414,6 +441,7 @@ class PredictResult:
             probabilities=[vp.to_proto() for vp in self.probabilities], universe=self.universe,
             multi_valued=bool(self.multi_valued), method=method_to_proto(self.method),
             evidence=terms_to_proto(self.evidence), suppressed_value_count=int(self.suppressed_values),
+            regularisation=[r.to_proto() for r in self.regularisation],
         )
 
     @classmethod
@@ -425,4 +453,5 @@ class PredictResult:
             evidence=terms_from_proto(resp.evidence),
             probabilities=[ValueProbability.from_proto(tp) for tp in resp.probabilities],
             elapsed_ms=resp.info.server_time_ms, suppressed_values=int(resp.suppressed_value_count),
+            regularisation=[Regularisation.from_proto(r) for r in resp.regularisation],
         )

@@ -1,9 +1,10 @@
 """ScoreSegment: every member of a segment scored by the probability of one target value.
 
 JSON keys: from, segment, target, value, top_k, evidence_fields, prior_strength, method
-(a bulk method: "logistic", the default, or "factorized"). Answer: {"snapshot",
-"version", "from", "target", "value", "n_members", "returned", "mean_score",
-"elapsed_ms", "scores": [{"id", "score"}]} (ids as text, the form gRPC carries).
+(a bulk method: "logistic", the default, or "factorized"), l2 (logistic; absent: chosen by
+cross-validation). Answer: {"snapshot", "version", "from", "target", "value", "n_members",
+"returned", "mean_score", "elapsed_ms", "regularisation" (logistic: {"l2", "cross_validated",
+"value"}), "scores": [{"id", "score"}]} (ids as text, the form gRPC carries).
 
 Over gRPC the answer streams: chunks of scored members (``ScoreResult.chunk_to_proto``),
 then one summary (``ScoreResult.summary_response``); ``ScoreSummary`` is the client's
@@ -26,15 +27,15 @@ from .params import Integer, Options, Param, bad, check_keys, check_params, json
 from .predict import (
     BULK_METHODS, COMMON_PARAMS, DEFAULT_BULK_METHOD, DEFAULT_L2, DEFAULT_MAX_TARGET_VALUES, DEFAULT_PRIOR_STRENGTH,
     evidence_fields_from_proto, given_keys, method_from_proto, method_to_proto, read_target, request_paths,
-    segment_from_proto, sent,
+    Regularisation, segment_from_proto, sent,
 )
 
-KEYS = {"from", "segment", "target", "value", "top_k", "evidence_fields", "prior_strength", "method"}
+KEYS = {"from", "segment", "target", "value", "top_k", "evidence_fields", "prior_strength", "method", "l2"}
 DEFAULT_CHUNK_SIZE = 1_000
 
 TOP_K = Param("top_k", Integer(low=0), hint=" (0 = every member)")
 PARAMS = COMMON_PARAMS + (TOP_K, Param("method", Options(BULK_METHODS)))
-_OPTIONAL = ("prior_strength", "method")
+_OPTIONAL = ("prior_strength", "method", "l2")
 
 
 def chunk_size_from_proto(n: int) -> int:
@@ -54,7 +55,7 @@ class ScoreQuery:
     max_target_values: int = DEFAULT_MAX_TARGET_VALUES
     train_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
     method: str = DEFAULT_BULK_METHOD  # "logistic" or "factorized"
-    l2: float = DEFAULT_L2
+    l2: float | None = DEFAULT_L2  # None: chosen by cross-validation (logistic)
     given: frozenset = field(default=frozenset(), compare=False, repr=False)  # optional keys the caller gave
 
     def validate(self) -> None:
@@ -90,6 +91,8 @@ class ScoreQuery:
         )
         if sent(self, "prior_strength", DEFAULT_PRIOR_STRENGTH):
             req.prior_strength = float(self.prior_strength)
+        if self.l2 is not None:
+            req.l2 = float(self.l2)
         return req
 
     @staticmethod
@@ -109,6 +112,9 @@ class ScoreQuery:
         if req.HasField("prior_strength"):
             q.prior_strength = req.prior_strength
             given.add("prior_strength")
+        if req.HasField("l2"):
+            q.l2 = req.l2
+            given.add("l2")
         q.given = frozenset(given)
         return q
 
@@ -129,20 +135,25 @@ class ScoreSummary:
     returned: int
     mean_score: float
     elapsed_ms: float
+    regularisation: Regularisation | None = None  # logistic: the model's penalty
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "snapshot": self.snapshot, "version": self.version, "from": self.universe, "target": self.target,
             "value": self.value, "n_members": int(self.n_members), "returned": int(self.returned),
             "mean_score": json_number(float(self.mean_score)), "elapsed_ms": round(self.elapsed_ms, 3),
         }
+        if self.regularisation is not None:
+            out["regularisation"] = self.regularisation.to_json()
+        return out
 
     @classmethod
     def from_proto(cls, msg: pb.ScoreSegmentResponse) -> "ScoreSummary":
         """The stream's summary message (info + summary)."""
         s = msg.summary
         return cls(msg.info.snapshot_name, msg.info.snapshot_version, s.universe, s.target_field, s.target_value,
-                   s.member_count, s.returned_count, s.mean_score, msg.info.server_time_ms)
+                   s.member_count, s.returned_count, s.mean_score, msg.info.server_time_ms,
+                   Regularisation.from_proto(s.regularisation) if s.HasField("regularisation") else None)
 
 
 @dataclass
@@ -159,6 +170,7 @@ class ScoreResult:
     elapsed_ms: float
     _universe: object | None = field(default=None, repr=False)  # the engine's Universe (ids_for_rows)
     _ids: list | None = field(default=None, repr=False, compare=False)  # the ids, when they came over gRPC
+    regularisation: Regularisation | None = None  # logistic: the model's penalty
 
     @property
     def ids(self) -> list:
@@ -174,7 +186,7 @@ class ScoreResult:
 
     def summary(self) -> ScoreSummary:
         return ScoreSummary(self.snapshot, self.version, self.universe, self.target, self.value, int(self.n_members),
-                            len(self.scores), float(self.mean_score), self.elapsed_ms)
+                            len(self.scores), float(self.mean_score), self.elapsed_ms, self.regularisation)
 
     def summary_json(self) -> dict:
         """Everything of the answer but the scores."""
@@ -190,9 +202,12 @@ class ScoreResult:
     # -- proto: the stream ---------------------------------------------------------------
 
     def summary_to_proto(self) -> pb.ScoreSummary:
-        return pb.ScoreSummary(member_count=int(self.n_members), returned_count=len(self.scores),
-                               mean_score=float(self.mean_score), universe=self.universe,
-                               target_field=self.target, target_value=self.value)
+        msg = pb.ScoreSummary(member_count=int(self.n_members), returned_count=len(self.scores),
+                              mean_score=float(self.mean_score), universe=self.universe,
+                              target_field=self.target, target_value=self.value)
+        if self.regularisation is not None:
+            msg.regularisation.CopyFrom(self.regularisation.to_proto())
+        return msg
 
     def summary_response(self, server_ms: float) -> pb.ScoreSegmentResponse:
         """The stream's last message."""
@@ -237,4 +252,4 @@ class ScoreResult:
         """The summary and the (id, score) pairs of a stream -> the result (rows unknown: -1)."""
         return cls(summary.snapshot, summary.version, summary.universe, summary.target, summary.value,
                    np.full(len(ids), -1, dtype=np.int64), np.asarray(scores, dtype=np.float64), summary.n_members,
-                   summary.mean_score, summary.elapsed_ms, _ids=list(ids))
+                   summary.mean_score, summary.elapsed_ms, _ids=list(ids), regularisation=summary.regularisation)

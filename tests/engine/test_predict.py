@@ -391,8 +391,10 @@ def test_logistic_matches_sklearn(snap, su, bu, target, seg_name):
     ref = ref_logistic(bu, su, target, seg_mask)
     values = su.fields[target].values
     for row in (0, 7, 1234, 2999):
-        res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[row], method="logistic"))
+        res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[row], method="logistic",
+                                         l2=1.0))
         check_invariants(res)
+        assert all(r.l2 == 1.0 and not r.cross_validated for r in res.regularisation)
         ev = row_evidence(bu, target, row)
         assert sorted(res.evidence) == sorted(ev)
         got = {vp.value: vp for vp in res.probabilities}
@@ -413,7 +415,8 @@ def test_logistic_matches_sklearn(snap, su, bu, target, seg_name):
     if target == "churned":  # binary: the factor of evidence e for "true" is exp(w_e / 2)
         cls, model, names, X = ref[None]
         w = dict(zip(names, model.coef_[0]))
-        res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[7], method="logistic"))
+        res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[7], method="logistic",
+                                         l2=1.0))
         vp = {v.value: v for v in res.probabilities}["true"]
         for f in vp.factors[1:]:
             assert abs(math.log(f.factor) - w[tuple(f.evidence[0])] / 2) < 2e-3, (f, w[tuple(f.evidence[0])])

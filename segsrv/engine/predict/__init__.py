@@ -25,7 +25,8 @@ S = segment AND train_mask [AND has a value of T]), prior strength a > 0:
     P(c)         = u(c) / sum_c u(c)
 
 ``method="logistic"`` fits an L2-regularised logistic regression (scikit-learn's objective with
-C = 1 / l2) on the one-hot evidence features of the rows of S and explains it in the same product
+C = 1 / l2; l2 chosen by 5-fold cross-validation over the rows of S unless given) on the one-hot
+evidence features of the rows of S and explains it in the same product
 form (base, an intercept factor, one exp(weight) factor per evidence, the normaliser); it is the
 default of ScoreSegment and Evaluate (cached per S).
 
@@ -55,7 +56,7 @@ from .factorized import class_log_scores, factorized_question, factorized_weight
 from .logistic import logistic_question, logistic_weights
 from .target import (Target, base_probabilities, combine_factors, evidence_feature_mask, evidence_fids, questions,
                      resolve_target)
-from ...ops.predict import PredictQuery, PredictResult, ValueProbability
+from ...ops.predict import PredictQuery, PredictResult, Regularisation, ValueProbability
 from ...ops.score import ScoreQuery, ScoreResult
 
 __all__ = ["predict", "score_segment", "bulk_weights"]
@@ -72,10 +73,12 @@ def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> Pred
     u = t.universe
     fids = evidence_fids(t, query)
     out: list[ValueProbability] = []
+    regularisation: list[Regularisation] = []
     ev_mask = evidence_feature_mask(t, query.evidence_fields) if query.method == "logistic" else None
     for qi, (classes, p0, vidx) in enumerate(questions(t)):
         if query.method == "logistic":
-            base, factors = logistic_question(t, qi, classes, p0, fids, ev_mask, query)
+            base, factors, reg = logistic_question(t, qi, classes, p0, fids, ev_mask, query)
+            regularisation.append(reg)
         elif query.method == "conjunction":
             base, factors = conjunction_question(u, t.S, t.n_S, classes, p0, fids, query, privacy_k)
         else:
@@ -98,16 +101,19 @@ def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> Pred
         evidence=[u.feature_name(int(f)) for f in fids],
         probabilities=[out[j] for j in order],
         elapsed_ms=(time.perf_counter() - t0) * 1e3,
+        regularisation=regularisation,
     )
 
 
 def bulk_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray, method: str,
-                 prior_strength: float, l2: float, question: int) -> tuple[np.ndarray, np.ndarray]:
-    """(log base[K], W[K, n_features]) of a bulk method ("logistic" or "factorized") for one question."""
+                 prior_strength: float, l2: float | None,
+                 question: int) -> tuple[np.ndarray, np.ndarray, Regularisation | None]:
+    """(log base[K], W[K, n_features], the logistic penalty or None) of a bulk method ("logistic" or
+    "factorized") for one question; l2 None: chosen by cross-validation."""
     if method == "logistic":
         _, _, base = base_probabilities(t.S, t.n_S, classes, p0, float(prior_strength))
-        return logistic_weights(t, classes, ev_mask, float(l2), question, base)
-    return factorized_weights(t, classes, p0, ev_mask, float(prior_strength))
+        return logistic_weights(t, classes, ev_mask, None if l2 is None else float(l2), question, base)
+    return (*factorized_weights(t, classes, p0, ev_mask, float(prior_strength)), None)
 
 
 def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
@@ -126,8 +132,8 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
         classes, p0, _ = all_questions[0]
         ci = vi
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
-    log_base, W = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2,
-                               vi if t.multi else 0)
+    log_base, W, reg = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2,
+                                    vi if t.multi else 0)
     members = _kernels.bitset_to_ids(t.segment, u.n_rows)
     probs = softmax(class_log_scores(u, log_base, W, members))[:, ci] if len(members) else np.zeros(0)
     rows = members.astype(np.int64)
@@ -140,4 +146,4 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
         order = np.lexsort((rows, -probs))
         rows, probs = rows[order], probs[order]
     return ScoreResult(snapshot.name, snapshot.version, u.name, t.info.name, t.info.values[vi], rows, probs,
-                       len(members), mean, (time.perf_counter() - t0) * 1e3, u)
+                       len(members), mean, (time.perf_counter() - t0) * 1e3, u, regularisation=reg)

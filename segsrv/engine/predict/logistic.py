@@ -1,10 +1,14 @@
 """The logistic method: L2-regularised logistic regression within S, explained in product form.
 
-``fit_logistic`` minimises scikit-learn's objective (C = 1 / l2) by L-BFGS on the one-hot
-evidence features of the rows of S (``design_matrix``); ``logistic_weights`` turns the fit into
-per-class intercepts and weights (cached per S, evidence features and l2), which
-``logistic_question`` explains as base, an intercept factor and one exp(weight) factor per
-evidence, and ScoreSegment and Evaluate apply in bulk.
+``fit_logistic`` minimises scikit-learn's objective (C = 1 / l2) on the one-hot evidence features of
+the rows of S (``design_matrix``). The fit runs on the distinct evidence patterns of those rows with
+their per-class counts as weights (``distinct_patterns``, ``fit_counts``): the same objective, term
+for term, by L-BFGS in diagonally preconditioned coordinates. Unless the caller fixes ``l2``, it is
+chosen by K-fold cross-validation over the training rows of S (``choose_l2``: folds by the holdout's
+row hash with their own seed, grid ``L2_GRID``, held-out log-loss). ``logistic_weights`` turns the
+fit into per-class intercepts and weights (cached per S, evidence features and l2; the CV choice
+cached too), which ``logistic_question`` explains as base, an intercept factor and one exp(weight)
+factor per evidence, and ScoreSegment and Evaluate apply in bulk.
 """
 
 from __future__ import annotations
@@ -21,15 +25,25 @@ from ...snapshot.reader import Universe
 from .. import cancel
 from ..relate import count_features
 from .target import Target, base_probabilities
-from ...ops.predict import Factor, PredictQuery
+from ...ops.predict import Factor, PredictQuery, Regularisation
 
 LOGISTIC_CACHE: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
 LOGISTIC_CACHE_SIZE = 16
+L2_CACHE: "OrderedDict[tuple, float]" = OrderedDict()  # the cross-validated l2 per (S, evidence, question)
+L2_CACHE_SIZE = 64
 LOGISTIC_LOCK = threading.Lock()  # the server calls the engine from several threads
 LOGISTIC_MAX_ITER = 1000
 LOGISTIC_GTOL_SMALL = 1e-7
 LOGISTIC_GTOL_LARGE = 1e-4
 LOGISTIC_SMALL_NNZ = 2_000_000
+# cross-validation of l2: scikit-learn's LogisticRegressionCV grid (Cs=10: C = logspace(-4, 4, 10), l2 = 1 / C),
+# walked from the strongest penalty to the weakest (each fit starts from the previous one)
+L2_GRID = tuple(float(x) for x in np.logspace(4, -4, 10))
+CV_FOLDS = 5
+CV_MAX_ITER = 100  # iterations of each fit along a fold's path (warm-started: the previous grid value's fit)
+CV_SEED = 0x6C325F6376  # "l2_cv": the folds' seed of the row hash (the holdout's hash, another seed)
+L2_FALLBACK = 1.0  # when no fold can be fitted (a class with too few training rows)
+PATTERN_MAX_SHARE = 0.8  # fit on distinct patterns when they are at most this share of the rows
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -53,82 +67,243 @@ def design_matrix(u: Universe, rows: np.ndarray, col_of: np.ndarray, n_cols: int
     return csr_matrix((np.ones(len(idx)), idx, new_ptr), shape=(len(rows), n_cols))
 
 
-def fit_logistic(X, y: np.ndarray, K: int, l2: float, max_iter: int = LOGISTIC_MAX_ITER):
-    """Minimise sum_i -ln P(y_i | x_i) + l2/2 ||W||^2 (intercepts unpenalised) by L-BFGS.
+_M64 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
-    K == 2: one weight vector w for class 1 against class 0 (logit b + x.w); K > 2: multinomial
-    (softmax over K weight vectors). -> (intercepts, weights) with shapes (1,), (1, F) or (K,), (K, F)."""
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + _M64[0]
+        z = (z ^ (z >> np.uint64(30))) * _M64[1]
+        z = (z ^ (z >> np.uint64(27))) * _M64[2]
+        return z ^ (z >> np.uint64(31))
+
+
+def distinct_patterns(X, max_share: float = PATTERN_MAX_SHARE):
+    """The distinct rows of a CSR matrix with sorted column indices -> (P, inverse): P holds each
+    distinct row once (in order of first occurrence), row i of X is row inverse[i] of P. Rows are
+    grouped by a 64-bit hash of their columns and every row is then compared with its group's first
+    row, column by column (a row that differs gets its own pattern), so the grouping is exact. When
+    the hash already finds more than `max_share` of the rows distinct, X itself is returned
+    (inverse = identity): the weighted fit would save little."""
+    n = X.shape[0]
+    indptr = np.asarray(X.indptr, dtype=np.int64)
+    lens = np.diff(indptr)
+    v = _mix64(np.asarray(X.indices).astype(np.uint64))
+    with np.errstate(over="ignore"):
+        cs = np.zeros(len(v) + 1, dtype=np.uint64)
+        np.cumsum(v, out=cs[1:])
+        h = _mix64((cs[indptr[1:]] - cs[indptr[:-1]]) ^ lens.astype(np.uint64))
+    uniq, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    if len(uniq) > max_share * n:
+        return X, np.arange(n, dtype=np.int64)
+    rep = first[inv]
+    differs = lens != lens[rep]
+    same_len = ~differs
+    r = np.flatnonzero(same_len & (rep != np.arange(n)))
+    if len(r):
+        ln = lens[r]
+        offs = np.arange(int(ln.sum()), dtype=np.int64) - np.repeat(np.cumsum(ln) - ln, ln)
+        a = X.indices[np.repeat(indptr[r], ln) + offs]
+        b = X.indices[np.repeat(indptr[rep[r]], ln) + offs]
+        bad = np.flatnonzero(a != b)
+        if len(bad):
+            differs[r[np.unique(np.repeat(np.arange(len(r)), ln)[bad])]] = True
+    key = inv.astype(np.int64)
+    if differs.any():  # hash collisions: those rows get patterns of their own
+        key[differs] = len(uniq) + np.arange(int(differs.sum()))
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # patterns in order of first occurrence
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return X[first[order]], rank[inv].astype(np.int64)
+
+
+def pattern_counts(inverse: np.ndarray, y: np.ndarray, n_patterns: int, K: int,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """float64[n_patterns, K]: rows (all, or those selected by the bool `rows`) of each pattern and class."""
+    code = inverse * K + y
+    if rows is not None:
+        code = code[rows]
+    return np.bincount(code, minlength=n_patterns * K).reshape(n_patterns, K).astype(np.float64)
+
+
+def _gtol(nnz: int) -> float:
+    return LOGISTIC_GTOL_SMALL if nnz <= LOGISTIC_SMALL_NNZ else LOGISTIC_GTOL_LARGE
+
+
+def fit_counts(P, N: np.ndarray, l2: float, gtol: float | None = None, theta0: np.ndarray | None = None,
+               max_iter: int = LOGISTIC_MAX_ITER, ftol: float = 1e-12):
+    """Minimise sum_p sum_c N[p, c] (-ln P(c | x_p)) + l2/2 ||W||^2 (intercepts unpenalised): the objective
+    over the rows, each distinct pattern x_p counted with its rows of each class (N: float[n_patterns, K]).
+
+    K == 2: one weight vector w for class 1 against class 0 (logit b + x.w); K > 2: multinomial (softmax
+    over K weight vectors). L-BFGS in coordinates scaled by the inverse square root of the Hessian's
+    diagonal at the start (the same minimiser); it stops when the projected gradient of the mean
+    objective (over rows, in the original coordinates) is <= gtol (default: `_gtol` of P's non-zeros,
+    weighted), or when an iteration lowers it by less than ftol (relative), or after max_iter. -> (intercepts, weights, theta) with shapes (1,), (1, F)
+    or (K,), (K, F); theta is the flat solution (a warm start for `theta0`)."""
     from scipy.optimize import minimize
     from scipy.special import expit, logsumexp
 
-    n, F = X.shape
-    XT = X.T.tocsr()
-    # stopping: projected gradient of the mean objective <= gtol (tight on small problems; scikit-learn's
-    # default tol 1e-4 on large ones, where every iteration is a pass over millions of non-zeros)
-    gtol = LOGISTIC_GTOL_SMALL if X.nnz <= LOGISTIC_SMALL_NNZ else LOGISTIC_GTOL_LARGE
-    scale = 1.0 / max(n, 1)  # the mean loss: same minimiser, better conditioned for L-BFGS
+    n_p, F = P.shape
+    K = N.shape[1]
+    n_pat = N.sum(axis=1)
+    n = float(n_pat.sum())
+    PT = P.T  # CSC view: P.T @ r runs without a transposed copy
+    if gtol is None:
+        gtol = _gtol(int(np.diff(P.indptr) @ n_pat))
+    scale = 1.0 / max(n, 1.0)
+    colcount = np.asarray(PT @ n_pat, dtype=np.float64)
+    last: dict = {}
+
+    def stop(intermediate_result):
+        v = intermediate_result.x
+        if last.get("v") is not None and np.array_equal(v, last["v"]) and np.max(np.abs(last["g"])) <= gtol:
+            raise StopIteration
+
     if K == 2:
-        yb = (y == 1).astype(np.float64)
-        rate = (yb.sum() + 0.5) / (n + 1.0)
+        n1 = N[:, 1]
+        rate = (n1.sum() + 0.5) / (n + 1.0)
+        q = max(rate * (1.0 - rate), 1e-12)
+        d = np.empty(F + 1)
+        d[:F] = np.sqrt(max(n, 1.0) / (q * colcount + l2))
+        d[F] = 1.0 / math.sqrt(q)
 
-        def fg(theta):
-            cancel.check()  # one pass over the rows per evaluation: stop when the caller is gone
+        def fg(v):
+            cancel.check()  # one pass over the patterns per evaluation: stop when the caller is gone
+            theta = v * d
             w, b = theta[:F], theta[F]
-            z = X @ w + b
-            loss = np.logaddexp(0.0, z).sum() - float(z @ yb) + 0.5 * l2 * float(w @ w)
-            r = expit(z) - yb
+            z = P @ w + b
+            loss = float(n_pat @ np.logaddexp(0.0, z) - n1 @ z) + 0.5 * l2 * float(w @ w)
+            r = n_pat * expit(z) - n1
             g = np.empty(F + 1)
-            g[:F] = XT @ r + l2 * w
+            g[:F] = PT @ r + l2 * w
             g[F] = r.sum()
-            return loss * scale, g * scale
+            g *= scale
+            last["v"], last["g"] = v.copy(), g
+            return loss * scale, g * d
 
-        theta0 = np.zeros(F + 1)
-        theta0[F] = math.log(rate / (1.0 - rate))
-        res = minimize(fg, theta0, jac=True, method="L-BFGS-B",
-                       options=dict(maxiter=max_iter, ftol=1e-12, gtol=gtol, maxcor=20))
-        return res.x[F:F + 1].copy(), res.x[None, :F].copy()
-    Y = np.zeros((n, K))
-    Y[np.arange(n), y] = 1.0
-    counts = Y.sum(axis=0)
+        if theta0 is None:
+            theta0 = np.zeros(F + 1)
+            theta0[F] = math.log(rate / (1.0 - rate))
+        res = minimize(fg, theta0 / d, jac=True, method="L-BFGS-B", callback=stop,
+                       options=dict(maxiter=max_iter, ftol=ftol, gtol=0.0, maxcor=20))
+        theta = res.x * d
+        return theta[F:F + 1].copy(), theta[None, :F].copy(), theta
+    counts = N.sum(axis=0)
+    rates = (counts + 0.5) / (n + 0.5 * K)
+    qc = np.maximum(rates * (1.0 - rates), 1e-12)
+    d = np.empty(K * F + K)
+    d[: K * F] = np.sqrt(max(n, 1.0) / (qc[:, None] * colcount[None, :] + l2)).ravel()
+    d[K * F:] = 1.0 / np.sqrt(qc)
 
-    def fg(theta):
+    def fg(v):
         cancel.check()
+        theta = v * d
         W = theta[: K * F].reshape(K, F)
         b = theta[K * F:]
-        Z = (X @ W.T) + b[None, :]
+        Z = (P @ W.T) + b[None, :]
         lse = logsumexp(Z, axis=1)
-        loss = float(lse.sum() - (Z * Y).sum()) + 0.5 * l2 * float((W * W).sum())
-        R = np.exp(Z - lse[:, None]) - Y
+        loss = float(n_pat @ lse - (Z * N).sum()) + 0.5 * l2 * float((W * W).sum())
+        R = n_pat[:, None] * np.exp(Z - lse[:, None]) - N
         g = np.empty_like(theta)
-        g[: K * F] = ((XT @ R).T + l2 * W).ravel()
+        g[: K * F] = (np.asarray(PT @ R).T + l2 * W).ravel()
         g[K * F:] = R.sum(axis=0)
-        return loss * scale, g * scale
+        g *= scale
+        last["v"], last["g"] = v.copy(), g
+        return loss * scale, g * d
 
-    theta0 = np.zeros(K * F + K)
-    lb = np.log((counts + 0.5) / (n + 0.5 * K))
-    theta0[K * F:] = lb - lb.mean()
-    res = minimize(fg, theta0, jac=True, method="L-BFGS-B",
-                   options=dict(maxiter=max_iter, ftol=1e-12, gtol=gtol, maxcor=20))
-    return res.x[K * F:].copy(), res.x[: K * F].reshape(K, F).copy()
+    if theta0 is None:
+        theta0 = np.zeros(K * F + K)
+        lb = np.log(rates)
+        theta0[K * F:] = lb - lb.mean()
+    res = minimize(fg, theta0 / d, jac=True, method="L-BFGS-B", callback=stop,
+                   options=dict(maxiter=max_iter, ftol=ftol, gtol=0.0, maxcor=20))
+    theta = res.x * d
+    return theta[K * F:].copy(), theta[: K * F].reshape(K, F).copy(), theta
 
 
-def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, l2: float,
-                     question: int, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(intercept logits[K], W[K, n_features]) of the logistic model within S: a row's class logit is
-    intercept[c] + sum of W[c, f] over its evidence features, P = softmax. Binary questions split the
-    fitted logit symmetrically (class 1 gets +(b + x.w)/2, class 0 the negative), so each class's
-    factors explain it. When S holds fewer than two classes there is nothing to fit: the intercepts are
-    log base(c) and every weight 0. Fitted once per (universe, target, S, evidence features, l2), cached."""
+def fit_logistic(X, y: np.ndarray, K: int, l2: float, max_iter: int = LOGISTIC_MAX_ITER):
+    """The fit over rows (X: CSR of one-hot rows, y: class index 0..K-1), run on X's distinct patterns
+    weighted by their class counts. -> (intercepts, weights) as `fit_counts`."""
+    P, inv = distinct_patterns(X)
+    b, w, _ = fit_counts(P, pattern_counts(inv, np.asarray(y, dtype=np.int64), P.shape[0], K), float(l2),
+                         gtol=_gtol(X.nnz), max_iter=max_iter)
+    return b, w
+
+
+def _log_loss_sum(P, N: np.ndarray, b: np.ndarray, W: np.ndarray) -> float:
+    """sum_p sum_c N[p, c] (-ln P(c | x_p)) under a fit of `fit_counts`."""
+    from scipy.special import logsumexp
+
+    if N.shape[1] == 2:
+        z = P @ W[0] + b[0]
+        return float(N[:, 0] @ np.logaddexp(0.0, z) + N[:, 1] @ np.logaddexp(0.0, -z))
+    Z = (P @ W.T) + b[None, :]
+    return float((N * (logsumexp(Z, axis=1)[:, None] - Z)).sum())
+
+
+def cv_folds(u: Universe, rows: np.ndarray, k: int = CV_FOLDS) -> np.ndarray:
+    """int64 fold (0..k-1) of each row: floor(k * H(CV_SEED, id) / 2^64), the holdout's row hash."""
+    from ..evaluate import row_hash_unit  # (engine.evaluate imports this package)
+
+    return np.minimum((row_hash_unit(u, CV_SEED)[rows] * k).astype(np.int64), k - 1)
+
+
+def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
+              grid=L2_GRID, k: int = CV_FOLDS, gtol: float | None = None, max_iter: int = CV_MAX_ITER):
+    """K-fold cross-validation of l2 over the rows (pattern `inverse`, class `y`, `folds`): for each fold
+    whose training rows hold every class, fit on the other folds along `grid` (strongest penalty
+    first, each fit starting from the previous, at most `max_iter` iterations) and add the held-out
+    rows' -ln P(y). The l2 with the
+    smallest pooled held-out log-loss (sum over every held-out row / their number) wins; ties: the
+    stronger penalty. -> (l2, mean held-out log-loss per grid value); no usable fold: (L2_FALLBACK, None)."""
+    n_p = P.shape[0]
+    total = np.zeros(len(grid))
+    n_test = 0
+    for f in range(k):
+        test = folds == f
+        if not test.any():
+            continue
+        Nte = pattern_counts(inverse, y, n_p, K, test)
+        Ntr = pattern_counts(inverse, y, n_p, K, ~test)
+        if (Ntr.sum(axis=0) == 0).any():
+            continue
+        theta = None
+        for j, l2 in enumerate(grid):
+            b, W, theta = fit_counts(P, Ntr, float(l2), gtol=gtol, theta0=theta, max_iter=max_iter)
+            total[j] += _log_loss_sum(P, Nte, b, W)
+        n_test += int(test.sum())
+    if n_test == 0:
+        return L2_FALLBACK, None
+    mean = total / n_test
+    j = int(np.argmin(mean))  # the first minimum: grid order is strongest first
+    return float(grid[j]), mean
+
+
+def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, l2: float | None,
+                     question: int, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, Regularisation]:
+    """(intercept logits[K], W[K, n_features], the penalty used) of the logistic model within S: a row's
+    class logit is intercept[c] + sum of W[c, f] over its evidence features, P = softmax. Binary
+    questions split the fitted logit symmetrically (class 1 gets +(b + x.w)/2, class 0 the negative),
+    so each class's factors explain it. When S holds fewer than two classes there is nothing to fit:
+    the intercepts are log base(c) and every weight 0. `l2` None: chosen by `choose_l2` over the rows
+    of S. Fitted once per (universe, target, S, evidence features, l2), cached; the CV choice too."""
     u = t.universe
     K = len(classes)
+    value = t.info.values[question] if t.multi else None
     # the universe's directory names its immutable version (id(u) alone can be reused after a reload)
-    key = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K,
-           _digest(t.S, ev_mask, base), float(l2))
+    skey = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K,
+            _digest(t.S, ev_mask, base))
+    cv = l2 is None
     with LOGISTIC_LOCK:
-        hit = LOGISTIC_CACHE.get(key)
+        if cv and skey in L2_CACHE:
+            L2_CACHE.move_to_end(skey)
+            l2 = L2_CACHE[skey]
+        hit = LOGISTIC_CACHE.get(skey + (float(l2),)) if l2 is not None else None
         if hit is not None:
-            LOGISTIC_CACHE.move_to_end(key)
-            return hit
+            LOGISTIC_CACHE.move_to_end(skey + (float(l2),))
+            return hit[0], hit[1], Regularisation(float(l2), cv, value)
     fids = np.flatnonzero(ev_mask).astype(np.int64)
     col_of = np.full(u.n_features, -1, dtype=np.int64)
     col_of[fids] = np.arange(len(fids))
@@ -144,8 +319,14 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
     if len(present) >= 2:  # fit over the classes present in S (as scikit-learn does)
         X = design_matrix(u, rows, col_of, len(fids))
         yp = np.searchsorted(present, y)
-        b, w = fit_logistic(X, yp, len(present), float(l2))
-        if len(present) == 2:
+        Kp = len(present)
+        P, inv = distinct_patterns(X)
+        gtol = _gtol(X.nnz)
+        if l2 is None:
+            l2 = choose_l2(P, inv, yp, cv_folds(u, rows), Kp, gtol=gtol)[0]
+        # from the default start, whatever came before: the model is the same with l2 fixed at the choice
+        b, w, _ = fit_counts(P, pattern_counts(inv, yp, P.shape[0], Kp), float(l2), gtol=gtol)
+        if Kp == 2:
             c0, c1 = int(present[0]), int(present[1])
             intercept[c0], intercept[c1] = -b[0] / 2.0, b[0] / 2.0
             W[c0, fids] = -w[0] / 2.0
@@ -158,17 +339,23 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             bp = np.asarray(base, dtype=np.float64)
             lse = float(np.log(np.exp(intercept[present] - intercept[present].max()).sum()) + intercept[present].max())
             intercept[absent] = np.log(bp[absent] / max(1.0 - bp[absent].sum(), 1e-300)) + lse
+    elif l2 is None:
+        l2 = L2_FALLBACK  # nothing to fit, nothing to choose
     out = (intercept, W)
     with LOGISTIC_LOCK:
-        LOGISTIC_CACHE[key] = out
+        LOGISTIC_CACHE[skey + (float(l2),)] = out
         while len(LOGISTIC_CACHE) > LOGISTIC_CACHE_SIZE:
             LOGISTIC_CACHE.popitem(last=False)
-    return out
+        if cv:
+            L2_CACHE[skey] = float(l2)
+            while len(L2_CACHE) > L2_CACHE_SIZE:
+                L2_CACHE.popitem(last=False)
+    return intercept, W, Regularisation(float(l2), cv, value)
 
 
 def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndarray, fids: np.ndarray,
                        ev_mask: np.ndarray, q: PredictQuery):
-    """-> (base[K], factors[K][...]): base(c) as in the other methods; an "intercept" factor
+    """-> (base[K], factors[K][...], the penalty used): base(c) as in the other methods; an "intercept" factor
     exp(intercept_c) / base(c); one factor exp(W[c, e]) per evidence (feature-id order). A weight is
     fitted over every row of S, not a ratio of counts: its table for the privacy floor is the
     evidence's support and the rest of S (n_S, 0, n_{S,e}, 0)."""
@@ -176,7 +363,7 @@ def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndar
     a = float(q.prior_strength)
     K = len(classes)
     _, _, base = base_probabilities(t.S, t.n_S, classes, p0, a)
-    intercept, W = logistic_weights(t, classes, ev_mask, float(q.l2), qi, base)
+    intercept, W, reg = logistic_weights(t, classes, ev_mask, None if q.l2 is None else float(q.l2), qi, base)
     names = [u.feature_name(int(f)) for f in fids]
     n_Se = count_features(u, t.S, t.n_S, fids)[0] if len(fids) and t.n_S else np.zeros(len(fids), np.int64)
     factors: list[list[Factor]] = [[] for _ in range(K)]
@@ -191,4 +378,4 @@ def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndar
                 note = "logistic weight"
             factors[c].append(Factor([names[i]], float(math.exp(W[c, f])), int(n_Se[i]), "lift", note,
                                      (int(t.n_S), 0, int(n_Se[i]), 0)))
-    return base, factors
+    return base, factors, reg

@@ -1,0 +1,261 @@
+"""The logistic method's fit on distinct evidence patterns and its cross-validated l2 (docs/predict.md).
+
+* the weighted fit over distinct patterns equals scikit-learn's fit over the full rows (hypothesis);
+* the pattern grouping is exact, also when the hash collides everywhere;
+* the l2 chosen by cross-validation equals a brute-force CV with scikit-learn on the same folds (the
+  folds recomputed here from the documented row hash) and the same grid, on PetNord;
+* the choice uses the training rows only (flipping the target of every held-out row changes nothing)
+  and is deterministic; an l2 given by the caller is used as is, with no CV.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.sparse import csr_matrix
+
+from segsrv import _kernels
+from segsrv.engine.conditions import bool_to_bitset, tail_mask
+from segsrv.engine.evaluate import evaluate, holdout_rows
+from segsrv.engine.predict import logistic as L
+from segsrv.engine.predict import predict, score_segment
+from segsrv.engine.predict.target import base_probabilities, evidence_feature_mask, questions, resolve_target
+from segsrv.ops.conditions import All
+from segsrv.ops.evaluate import EvaluateQuery
+from segsrv.ops.predict import PredictQuery
+from segsrv.ops.score import ScoreQuery
+
+U = "customers"
+M64 = (1 << 64) - 1
+CV_SEED = 0x6C325F6376  # the documented seed of the folds (docs/predict.md)
+GRID = [10.0 ** e for e in np.linspace(4, -4, 10)]  # the documented grid, strongest first
+
+
+def _sklearn(X, y, l2, tol=1e-12):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0 / l2, tol=tol, max_iter=100_000).fit(X, y)
+
+
+def _clear():
+    L.LOGISTIC_CACHE.clear()
+    L.L2_CACHE.clear()
+
+
+# ----------------------------------------------------------------------------
+# the weighted fit over distinct patterns
+# ----------------------------------------------------------------------------
+
+
+@st.composite
+def designs(draw):
+    n = draw(st.integers(40, 160))
+    F = draw(st.integers(1, 4))  # at most 16 patterns: rows repeat
+    K = draw(st.sampled_from([2, 2, 3]))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    rng = np.random.default_rng(seed)
+    dense = rng.random((n, F)) < rng.uniform(0.2, 0.7, size=F)
+    logits = dense @ rng.normal(0, 1, size=(F, K)) + rng.normal(0, 0.5, size=K)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(K, p=row) for row in p])
+    y[:K] = np.arange(K)  # every class present
+    return dense, y, K, draw(st.sampled_from([0.5, 1.0, 3.0]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(designs())
+def test_weighted_pattern_fit_equals_sklearn_on_rows(design):
+    dense, y, K, l2 = design
+    X = csr_matrix(dense.astype(np.float64))
+    P, inv = L.distinct_patterns(X)
+    assert P.shape[0] < X.shape[0]  # the fit really runs on fewer rows
+    assert np.array_equal(P.toarray()[inv], dense.astype(np.float64))  # and the grouping is exact
+    N = L.pattern_counts(inv, y, P.shape[0], K)
+    assert N.sum() == len(y)
+    b, W, _ = L.fit_counts(P, N, l2, gtol=1e-10, ftol=0.0)
+    ref = _sklearn(dense.astype(np.float64), y, l2)
+    if K == 2:
+        assert np.allclose(W, ref.coef_, atol=1e-5, rtol=0), (W, ref.coef_)
+        assert abs(b[0] - ref.intercept_[0]) < 1e-5
+    else:  # multinomial intercepts are defined up to a common shift (both fits keep them centred)
+        assert np.allclose(W, ref.coef_, atol=1e-5, rtol=0), (W, ref.coef_)
+        assert np.allclose(b - b.mean(), ref.intercept_ - ref.intercept_.mean(), atol=1e-5, rtol=0)
+    # fit_logistic (rows in, patterns inside) is the same fit
+    b2, W2 = L.fit_logistic(X, y, K, l2)
+    assert np.allclose(W2, ref.coef_, atol=1e-4, rtol=0)
+
+
+def test_pattern_grouping_is_exact_when_every_hash_collides(monkeypatch):
+    rng = np.random.default_rng(3)
+    dense = (rng.random((300, 5)) < 0.4).astype(np.float64)
+    y = (rng.random(300) < 0.5).astype(np.int64)
+    X = csr_matrix(dense)
+    monkeypatch.setattr(L, "_mix64", lambda x: np.zeros_like(np.asarray(x, dtype=np.uint64)))
+    P, inv = L.distinct_patterns(X)
+    assert np.array_equal(P.toarray()[inv], dense)
+    b, W, _ = L.fit_counts(P, L.pattern_counts(inv, y, P.shape[0], 2), 1.0, gtol=1e-10, ftol=0.0)
+    ref = _sklearn(dense, y, 1.0)
+    assert np.allclose(W, ref.coef_, atol=1e-5, rtol=0) and abs(b[0] - ref.intercept_[0]) < 1e-5
+
+
+def test_distinct_rows_are_left_as_they_are():
+    X = csr_matrix(np.eye(50))
+    P, inv = L.distinct_patterns(X)
+    assert P is X and np.array_equal(inv, np.arange(50))
+
+
+# ----------------------------------------------------------------------------
+# the folds and the CV choice against a brute-force scikit-learn CV
+# ----------------------------------------------------------------------------
+
+
+def _splitmix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def _fnv1a(text: str) -> int:
+    h = 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & M64
+    return h
+
+
+def ref_fold(row_id, k: int = 5) -> int:
+    """The documented fold of a row: floor(k * H(CV_SEED, id) / 2^64), H as the holdout's hash."""
+    key = (int(row_id) & M64) if isinstance(row_id, (int, np.integer)) else _fnv1a(str(row_id))
+    h = _splitmix64(key ^ _splitmix64(CV_SEED))
+    return min(int(k * ((h >> 11) * 2.0 ** -53)), k - 1)
+
+
+def _leaks(bu, target):
+    tmasks = [m for m in bu.fields[target].masks.values() if m.any()]
+    return {f for f, bf in bu.fields.items() if f != target
+            and any(np.array_equal(m, t) for m in bf.masks.values() for t in tmasks)}
+
+
+def oracle_design(bu, target, fields=None):
+    """One-hot matrix of the evidence fields (default: every field but the target and its copies; oracle
+    masks), the class of each row (-1: no value)."""
+    skip = _leaks(bu, target) | {target}
+    names = [(f, v) for f, bf in bu.fields.items() if (f in fields if fields else f not in skip) for v in bf.masks]
+    X = np.column_stack([bu.fields[f].masks[v] for f, v in names]).astype(np.float64)
+    y = np.full(bu.n, -1)
+    for c, v in enumerate(bu.fields[target].masks):
+        y[bu.fields[target].masks[v]] = c
+    return X, y
+
+
+def bruteforce_cv(X, y, folds, k=5):
+    """Mean held-out log-loss per grid value, pooled over every held-out row (scikit-learn fits)."""
+    total = np.zeros(len(GRID))
+    n_test = 0
+    for f in range(k):
+        test, train = folds == f, folds != f
+        if not test.any() or len(np.unique(y[train])) < len(np.unique(y)):
+            continue
+        n_test += int(test.sum())
+        for j, l2 in enumerate(GRID):
+            m = _sklearn(X[train], y[train], l2, tol=1e-8)
+            p = m.predict_proba(X[test])
+            total[j] -= np.log(p[np.arange(test.sum()), np.searchsorted(m.classes_, y[test])]).sum()
+    return total / n_test
+
+
+def test_folds_are_the_documented_row_hash(su, bu):
+    rows = np.arange(su.n_rows, dtype=np.int64)
+    got = L.cv_folds(su, rows)
+    ids = su.ids_for_rows(rows)
+    assert [ref_fold(i) for i in ids] == got.tolist()
+    assert set(got.tolist()) == set(range(5))
+
+
+@pytest.mark.parametrize("fields", [None, ["region", "lifestyle", "orders.lines.product.brand"]])
+def test_cv_choice_equals_bruteforce_sklearn_cv(snap, su, bu, fields):
+    target = "churned"
+    X, y = oracle_design(bu, target, fields)
+    has = y >= 0
+    rows = np.flatnonzero(has)
+    folds = np.array([ref_fold(bu.ids[r]) for r in rows])
+    ref = bruteforce_cv(X[rows], y[rows], folds)
+    _clear()
+    res = predict(snap, PredictQuery(target=target, universe=U, row_id=bu.ids[7], method="logistic",
+                                     evidence_fields=fields))
+    [reg] = res.regularisation
+    assert reg.cross_validated and reg.value is None and reg.l2 in L.L2_GRID
+    assert np.allclose(L.L2_GRID, GRID, rtol=1e-12)
+    best, mine = int(np.argmin(ref)), L.L2_GRID.index(reg.l2)
+    assert mine == best or ref[mine] - ref[best] < 1e-6, (reg.l2, GRID[best], ref)
+    # the CV curve itself (the engine's CV over the same rows, in the oracle's design)
+    P, inv = L.distinct_patterns(csr_matrix(X[rows]))
+    K = len(np.unique(y[rows]))
+    l2, mean = L.choose_l2(P, inv, np.searchsorted(np.unique(y[rows]), y[rows]), folds, K, gtol=1e-9, max_iter=1000)
+    assert np.allclose(mean, ref, rtol=1e-3, atol=1e-8), (mean, ref)
+    assert L.L2_GRID.index(l2) == best or ref[L.L2_GRID.index(l2)] - ref[best] < 1e-6
+    # the final model is the plain fit at the chosen l2 (a caller fixing it gets the same answer)
+    fixed = predict(snap, PredictQuery(target=target, universe=U, row_id=bu.ids[7], method="logistic", l2=reg.l2,
+                                       evidence_fields=fields))
+    assert not fixed.regularisation[0].cross_validated
+    assert [vp.probability for vp in fixed.probabilities] == [vp.probability for vp in res.probabilities]
+
+
+def _flip_outside(classes, keep_bits):
+    """Binary class bitsets with the class of every row outside keep_bits swapped."""
+    c0, c1 = classes
+    out = _kernels.bitset_andnot(c1, keep_bits)
+    return [_kernels.bitset_or(_kernels.bitset_and(c0, keep_bits), out),
+            _kernels.bitset_or(_kernels.bitset_and(c1, keep_bits), _kernels.bitset_andnot(c0, keep_bits))]
+
+
+def test_cv_uses_training_rows_only_and_is_deterministic(snap, su):
+    hold = holdout_rows(su, 0.3, 11)
+    train = bool_to_bitset(~hold, su.n_words)
+    _kernels.bitset_and(train, tail_mask(su.n_rows, su.n_words), train)
+    t = resolve_target(snap, U, "churned", All(), train, 64)
+    ev = evidence_feature_mask(t, None)
+    classes, p0, _ = questions(t)[0]
+    _, _, base = base_probabilities(t.S, t.n_S, classes, p0, 1.0)
+    _clear()
+    b1, W1, r1 = L.logistic_weights(t, classes, ev, None, 0, base)
+    assert r1.cross_validated
+    _clear()
+    b2, W2, r2 = L.logistic_weights(t, classes, ev, None, 0, base)
+    assert r2 == r1 and np.array_equal(W1, W2) and np.array_equal(b1, b2)  # deterministic
+    _clear()
+    flipped = _flip_outside(classes, t.S)  # every held-out row gets the other class
+    assert _kernels.popcount(_kernels.bitset_andnot(flipped[1], classes[1])) > 100  # held-out rows changed
+    b3, W3, r3 = L.logistic_weights(t, flipped, ev, None, 0, base)
+    assert r3 == r1 and np.array_equal(W1, W3) and np.array_equal(b1, b3)
+    _clear()
+
+
+def test_evaluate_and_score_report_the_penalty(snap, monkeypatch):
+    _clear()
+    e = evaluate(snap, EvaluateQuery(target="churned", universe=U))
+    assert e.regularisation.cross_validated and e.regularisation.l2 in L.L2_GRID
+    assert e.to_json()["regularisation"] == {"l2": e.regularisation.l2, "cross_validated": True, "value": None}
+    assert evaluate(snap, EvaluateQuery(target="churned", universe=U, method="factorized")).regularisation is None
+
+    def no_cv(*a, **k):
+        raise AssertionError("cross-validation ran although l2 was given")
+
+    monkeypatch.setattr(L, "choose_l2", no_cv)
+    _clear()
+    e2 = evaluate(snap, EvaluateQuery(target="churned", universe=U, l2=2.5))
+    assert (e2.regularisation.l2, e2.regularisation.cross_validated) == (2.5, False)
+    s = score_segment(snap, ScoreQuery(target="churned", value="true", universe=U, l2=2.5, top_k=3))
+    assert (s.regularisation.l2, s.regularisation.cross_validated) == (2.5, False)
+    assert s.summary_json()["regularisation"]["l2"] == 2.5
+    row_id = snap.universe(U).ids_for_rows(np.array([5]))[0]
+    p = predict(snap, PredictQuery(target="orders.lines.product.category", universe=U, row_id=row_id,
+                                   method="logistic", l2=4.0))
+    assert [r.l2 for r in p.regularisation] == [4.0] * len(p.regularisation)
+    assert {r.value for r in p.regularisation} == set(snap.universe(U).fields["orders.lines.product.category"].values)
+    _clear()
