@@ -57,10 +57,12 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_build(args) -> int:
+    from .engine.predict.models import fit_declared_models
     from .snapshot.builder import build_snapshot
 
     progress = (lambda m: None) if args.quiet else None
-    path = build_snapshot(args.spec, args.out, version=args.version, progress=progress, threads=args.threads)
+    path = build_snapshot(args.spec, args.out, version=args.version, progress=progress, threads=args.threads,
+                          fit_models=fit_declared_models)
     print(path)
     return 0
 

@@ -35,6 +35,7 @@ from .publish import discard, new_staging_dir, point_current, publish_version
 from .spec import Spec, TableSpec, load_spec, suggest
 
 Progress = Callable[[str], None]
+FitModels = Callable[[Path, dict, Progress], dict]
 
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT"}
 _NUM_TYPES = _INT_TYPES | {"FLOAT", "DOUBLE", "REAL"}
@@ -638,8 +639,14 @@ def build_snapshot(
     version: str | None = None,
     progress: Progress | None = None,
     threads: int | None = None,
+    fit_models: FitModels | None = None,
 ) -> Path:
     """Build the snapshot described by a spec under OUT_ROOT/NAME/VERSION and point CURRENT at it.
+
+    A spec that declares models needs `fit_models(version_dir, declarations, progress)`: it opens the
+    finished data in version_dir, writes the model files into it and returns the manifest's "models"
+    section (segsrv.engine.predict.models.fit_declared_models; the builder does not fit, the engine
+    does).
 
     Returns the version directory. On any error nothing is left behind; a failure to write (a full
     disk, a file size limit, permissions) is a BuildError that says what failed.
@@ -648,10 +655,13 @@ def build_snapshot(
     say = progress or _default_progress
     if version is not None and (not version or "/" in version or version.startswith(".")):
         raise SpecError(f"version {version!r} is not a valid directory name")
+    if spec.models and fit_models is None:
+        raise BuildError(f"the spec declares models {sorted(spec.models)}, but this build cannot fit them "
+                         f"(build with `segsrv build`, or pass fit_models)")
     snapshot_dir = Path(out_root) / spec.name
     current_before = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
     try:
-        return _build(spec, snapshot_dir, version, say, threads)
+        return _build(spec, snapshot_dir, version, say, threads, fit_models)
     except (OSError, duckdb.IOException) as exc:
         what = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
         current_after = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
@@ -660,7 +670,8 @@ def build_snapshot(
         raise BuildError(f"cannot write the snapshot under {snapshot_dir}: {what}; {left}") from exc
 
 
-def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, threads: int | None) -> Path:
+def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, threads: int | None,
+           fit_models: FitModels | None) -> Path:
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     tmp = new_staging_dir(snapshot_dir, "build")
     try:
@@ -682,6 +693,14 @@ def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, t
             "segments": {},
             "files": files,
         }
+        if spec.models:
+            # the data is complete: open it as a version (a provisional manifest), fit, add the model files
+            manifest["version"] = "staging"
+            (tmp / fmt.MANIFEST).write_bytes(fmt.dumps_manifest(manifest))
+            manifest["models"] = fit_models(tmp, spec.models, say)
+            (tmp / fmt.MANIFEST).unlink()
+            manifest["version"] = None
+            manifest["files"] = files = file_entries(tmp, threads)
         if version is None:
             version = hashlib.sha256(fmt.dumps_manifest(manifest)).hexdigest()[:16]
         manifest["version"] = version

@@ -130,6 +130,9 @@ class Universe:
             self.feature_field[f.feature_offset : f.feature_offset + len(f.values)] = i
         self.dense_features = np.flatnonzero(self.feature_slot >= 0)
         self.sparse_features = np.flatnonzero(self.feature_slot < 0)
+        # models fitted at build time: content key (a tuple, see segsrv.engine.predict.models) ->
+        # (coefficients float64[K, 1 + n_features], their manifest entry); filled by Snapshot
+        self.stored_models: dict[tuple, tuple[np.ndarray, dict]] = {}
         self._check_against_data(meta, udir)
 
     def _check_shapes(self, udir: Path) -> None:
@@ -343,6 +346,14 @@ class Snapshot:
         self.files = files  # the maps and checksums, to verify again later (SnapshotRegistry.scrub)
         self.universes = {n: Universe(n, m, files) for n, m in sorted(manifest["universes"].items())}
         self.segments = manifest.get("segments", {})
+        self.models = manifest.get("models", {})
+        for name, entry, rel in model_files(manifest):
+            u = self.universes.get(self.models[name].get("universe"))
+            coef = files.array(rel)
+            if u is None or coef.dtype != np.float64 or coef.ndim != 2 or coef.shape[1] != u.n_features + 1:
+                raise CorruptSnapshotError(f"{vdir / rel}: model {name!r} does not fit its universe "
+                                           f"(shape {coef.shape}, dtype {coef.dtype})")
+            u.stored_models[tuple(_frozen(entry["key"]))] = (coef, entry)
 
     def universe(self, name: str | None) -> Universe:
         if not name:
@@ -360,6 +371,11 @@ class Snapshot:
                 f"universes: {sorted(self.universes)}",
                 [("from", f"unknown universe {name!r}")],
             ) from None
+
+
+def _frozen(value):
+    """JSON lists -> tuples, recursively (a stored model's key as the engine computes it)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
 def read_manifest(vdir: Path) -> dict:
@@ -417,6 +433,26 @@ def required_files(manifest: dict) -> list[str]:
                 raise CorruptSnapshotError(f"manifest: numeric_file {str(numeric)[:120]!r} of field "
                                            f"{f.get('name')!r} is not a file of universe {name!r}")
             out.append(numeric)
+    out.extend(rel for _, _, rel in model_files(manifest))
+    return out
+
+
+def model_files(manifest: dict) -> list[tuple[str, dict, str]]:
+    """(model name, question entry, file) of every stored model question (manifest "models")."""
+    models = manifest.get("models", {})
+    if not isinstance(models, dict):
+        raise CorruptSnapshotError("manifest: 'models' is not a mapping")
+    out = []
+    for name, model in models.items():
+        questions = model.get("questions") if isinstance(model, dict) else None
+        if not isinstance(questions, list):
+            raise CorruptSnapshotError(f"manifest: model {str(name)[:80]!r} has no list of questions")
+        for q in questions:
+            rel = q.get("file") if isinstance(q, dict) else None
+            if _relative_problem(rel) or not str(rel).startswith(f"models/{name}/"):
+                raise CorruptSnapshotError(f"manifest: model {str(name)[:80]!r} names file {str(rel)[:120]!r}, "
+                                           f"which is not one of its own")
+            out.append((name, q, rel))
     return out
 
 

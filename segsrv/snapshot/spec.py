@@ -73,6 +73,12 @@ class Spec:
     dense_threshold: float
     max_hops: int
     fingerprint: str  # sha256 of the spec text
+    # models fitted at build time ([models.NAME]): NAME -> a Predict query (JSON form) the engine fits
+    models: dict[str, dict] = field(default_factory=dict)
+
+
+#: the keys of a [models.NAME] table: a Predict query without row data (docs/spec.md)
+MODEL_KEYS = {"from", "target", "segment", "evidence_fields", "l2", "prior_strength"}
 
 
 def _expect(obj, kind, where: str):
@@ -206,7 +212,7 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
-    _check_keys(raw, {"name", "description", "tables", "universes", "build"}, "spec")
+    _check_keys(raw, {"name", "description", "tables", "universes", "build", "models"}, "spec")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SpecError(f"spec.name: expected a snapshot name (letters, digits, _ and -), got {name!r}")
@@ -257,11 +263,7 @@ def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
         raise SpecError("spec: no [universes.*] declared")
     universes = {}
     for uname, uraw in universes_raw.items():
-        where = f"universes.{uname}"
-        if not _NAME_RE.match(uname):
-            raise SpecError(f"{where}: universe name must be an identifier")
-        _expect(uraw, dict, where)
-        _check_keys(uraw, {"table", "include", "exclude"}, where)
+        where = _named_table("universes", uname, uraw, {"table", "include", "exclude"})
         table = uraw.get("table", uname)
         if table not in tables:
             raise SpecError(f"{where}.table: unknown table {table!r}{suggest(table, tables)}")
@@ -270,6 +272,7 @@ def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
         for p in include + exclude:
             _expect(p, str, f"{where}.include")
         universes[uname] = UniverseSpec(uname, table, list(include), list(exclude))
+    models = _parse_models(_expect(raw.get("models", {}), dict, "models"), universes)
     return Spec(
         name=name,
         description=str(raw.get("description", "")),
@@ -279,4 +282,33 @@ def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
         dense_threshold=dense_threshold,
         max_hops=max_hops,
         fingerprint=fingerprint,
+        models=models,
     )
+
+
+def _named_table(section: str, name: str, raw, allowed: set[str]) -> str:
+    """Check [section.NAME]: an identifier naming a table of allowed keys; returns "section.NAME"."""
+    where = f"{section}.{name}"
+    if not _NAME_RE.match(name):
+        raise SpecError(f"{where}: {section[:-1]} name must be an identifier")
+    _expect(raw, dict, where)
+    _check_keys(raw, allowed, where)
+    return where
+
+
+def _parse_models(raw: dict, universes: dict) -> dict[str, dict]:
+    """[models.NAME] tables: their shape only; the engine checks fields and values when it fits them."""
+    out = {}
+    for mname, mraw in raw.items():
+        where = _named_table("models", mname, mraw, MODEL_KEYS)
+        query = dict(mraw)
+        if "from" not in query:
+            if len(universes) != 1:
+                raise SpecError(f"{where}.from: name the universe (the spec declares {sorted(universes)})")
+            query["from"] = next(iter(universes))
+        if query["from"] not in universes:
+            raise SpecError(f"{where}.from: unknown universe {query['from']!r}{suggest(str(query['from']), universes)}")
+        if not isinstance(query.get("target"), str) or not query["target"]:
+            raise SpecError(f"{where}.target: expected the name of the field to predict")
+        out[mname] = query
+    return out

@@ -24,6 +24,7 @@ from ... import _kernels
 from ...snapshot.reader import Universe
 from .. import cancel
 from ..relate import count_features
+from .models import content_key, stored_model
 from .target import Target, base_probabilities
 from ...ops.predict import Factor, PredictQuery, Regularisation
 
@@ -32,6 +33,7 @@ LOGISTIC_CACHE_SIZE = 16
 L2_CACHE: "OrderedDict[tuple, float]" = OrderedDict()  # the cross-validated l2 per (S, evidence, question)
 L2_CACHE_SIZE = 64
 LOGISTIC_LOCK = threading.Lock()  # the server calls the engine from several threads
+FITS = [0]  # fits this process ran (fit_count): a request on a declared model never adds one
 LOGISTIC_MAX_ITER = 1000
 LOGISTIC_GTOL_SMALL = 1e-7
 LOGISTIC_GTOL_LARGE = 1e-4
@@ -282,20 +284,28 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
 
 
 def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, l2: float | None,
-                     question: int, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, Regularisation]:
+                     question: int, base: np.ndarray, with_key: bool = False):
     """(intercept logits[K], W[K, n_features], the penalty used) of the logistic model within S: a row's
     class logit is intercept[c] + sum of W[c, f] over its evidence features, P = softmax. Binary
     questions split the fitted logit symmetrically (class 1 gets +(b + x.w)/2, class 0 the negative),
     so each class's factors explain it. When S holds fewer than two classes there is nothing to fit:
     the intercepts are log base(c) and every weight 0. `l2` None: chosen by `choose_l2` over the rows
-    of S. Fitted once per (universe, target, S, evidence features, l2), cached; the CV choice too."""
+    of S. Fitted once per (universe, target, S, evidence features, l2), cached; the CV choice too.
+    A model stored in the snapshot under the same content key (segsrv.engine.predict.models: declared
+    in the build spec, fitted by `segsrv build`) is taken as it is: no fit. with_key: also return
+    that content key (what `segsrv build` stores a model under)."""
     u = t.universe
     K = len(classes)
     value = t.info.values[question] if t.multi else None
+    digest = _digest(t.S, ev_mask, base)
     # the universe's directory names its immutable version (id(u) alone can be reused after a reload)
-    skey = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K,
-            _digest(t.S, ev_mask, base))
+    skey = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K, digest)
     cv = l2 is None
+    key = content_key(t, question, K, digest, l2)
+    stored = stored_model(t, key)
+    if stored is not None:
+        answer = (stored[0], stored[1], Regularisation(stored[2], cv, value))
+        return (*answer, key) if with_key else answer
     with LOGISTIC_LOCK:
         if cv and skey in L2_CACHE:
             L2_CACHE.move_to_end(skey)
@@ -303,7 +313,9 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
         hit = LOGISTIC_CACHE.get(skey + (float(l2),)) if l2 is not None else None
         if hit is not None:
             LOGISTIC_CACHE.move_to_end(skey + (float(l2),))
-            return hit[0], hit[1], Regularisation(float(l2), cv, value)
+            answer = (hit[0], hit[1], Regularisation(float(l2), cv, value))
+            return (*answer, key) if with_key else answer
+        FITS[0] += 1
     fids = np.flatnonzero(ev_mask).astype(np.int64)
     col_of = np.full(u.n_features, -1, dtype=np.int64)
     col_of[fids] = np.arange(len(fids))
@@ -350,7 +362,14 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             L2_CACHE[skey] = float(l2)
             while len(L2_CACHE) > L2_CACHE_SIZE:
                 L2_CACHE.popitem(last=False)
-    return intercept, W, Regularisation(float(l2), cv, value)
+    answer = (intercept, W, Regularisation(float(l2), cv, value))
+    return (*answer, key) if with_key else answer
+
+
+def fit_count() -> int:
+    """Logistic models fitted by this process so far (stored and cached ones are not fits)."""
+    with LOGISTIC_LOCK:
+        return FITS[0]
 
 
 def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndarray, fids: np.ndarray,
