@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine import set_kernel_threads
-from ..engine.assign import warm_catalog
+from ..engine.warm import warm_snapshot
 from ..engine.discover import DEFAULT_MAX_CANDIDATES
 from ..ops.predict import DEFAULT_MAX_TARGET_VALUES
 from ..engine.privacy import DEFAULT_PRIVACY_K
@@ -181,8 +181,8 @@ def create_server(
     default outside multi-process mode) a port already in use raises BindError instead of being shared
     silently. `registry` lets a caller (tests) keep a handle on the served snapshots; by default one is
     opened over snapshot_root (with keep_versions; with `warm`, each version's segment catalog is
-    compiled and its default Assign propensity models fitted before it is served). reload_interval
-    (seconds) watches every CURRENT and swaps in new versions (None: no watching; `serve` defaults to 1 s);
+    compiled, its default Assign propensity models fitted and its stored models answered once before it is
+    served; segsrv.engine.warm). reload_interval (seconds) watches every CURRENT and swaps in new versions (None: no watching; `serve` defaults to 1 s);
     with it, every verify_interval seconds (None: never) every served byte is checked again and a version
     whose files changed on disk is withdrawn (DATA_LOSS). tls_cert + tls_key (PEM files,
     or `tls`) serve TLS only; tls_client_ca also requires client certificates signed by that CA (mTLS).
@@ -220,7 +220,7 @@ def create_server(
 
     if registry is None:
         registry = SnapshotRegistry(snapshot_root, keep_versions=keep_versions,
-                                    prepare=warm_catalog if warm else None)
+                                    prepare=warm_snapshot if warm else None)
     metrics = None
     if metrics_port is not None:
         from .metrics import Metrics  # prometheus-client, only when asked for

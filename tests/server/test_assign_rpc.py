@@ -214,7 +214,7 @@ def test_a_failing_warm_up_still_serves_the_version(root, tmp_path, caplog, monk
     def broken(snapshot):
         raise RuntimeError("warm-up bug")
 
-    monkeypatch.setattr(app, "warm_catalog", broken)
+    monkeypatch.setattr(app, "warm_snapshot", broken)
     with caplog.at_level(logging.WARNING, logger="segsrv.server"):
         server, port = create_server(root, port=0, privacy_k=0)
     server.start()

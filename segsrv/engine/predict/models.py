@@ -79,3 +79,15 @@ def fit_declared_models(vdir: Path, declarations: dict[str, dict], say) -> dict:
         say(f"model {name}: {t.info.name} in {u.name} over {t.n_S:,} rows, {int(ev_mask.sum()):,} evidence "
             f"features, {len(entries)} question(s), l2 {chosen} ({time.perf_counter() - t0:.1f} s)")
     return section
+
+
+def warm_models(snapshot) -> int:
+    """Answer each stored model's question once (no evidence) before the version is served, so that the
+    first request reads pages and builds per-version lookups no sooner than any later one. Returns the
+    number of models; never fits (their coefficients are stored)."""
+    from . import predict
+
+    for name, model in sorted(getattr(snapshot, "models", {}).items()):
+        decl = {k: v for k, v in model["declaration"].items()}
+        predict(snapshot, PredictQuery.from_json({**decl, "method": METHOD}))
+    return len(getattr(snapshot, "models", {}))
