@@ -126,6 +126,11 @@ def _write_scores(answer: dict, csv_path: str | None) -> None:
     print(json.dumps(answer), file=sys.stderr)
 
 
+def _say_progress(command: str):
+    """What a ScoreSegment / ranked export says before a long fit, on stderr as it comes."""
+    return lambda line: print(f"segsrv {command}: {line}", file=sys.stderr, flush=True)
+
+
 QUERY_KINDS = ("relate", "count", "predict", "score", "evaluate", "profile", "discover")
 
 
@@ -156,7 +161,7 @@ def cmd_query(args) -> int:
 
     query = QUERY_TYPES[args.kind].from_json(_load_query(args.json))
     with _backend(args, args.snapshot) as backend:
-        result = backend.call(query)
+        result = backend.call(query, progress=_say_progress("query score"))
     if args.kind == "score":
         _write_scores(render(query, result), args.csv)
     else:
@@ -244,7 +249,7 @@ def cmd_export(args) -> int:
         raise SegsrvError(f"--chunk-size: expected 1..{EXPORT_MAX_CHUNK:,}, got {args.chunk_size}")
     query.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
     with _backend(args, args.snapshot) as backend:
-        export = backend.call(query)
+        export = backend.call(query, progress=None if args.quiet else _say_progress("export"))
         total = export.total
         expected = min(total, query.top_k) if query.top_k else total
         _write_export(args.out, fmt, total, expected, export.ranked, export.chunks(), args.quiet)

@@ -172,14 +172,19 @@ class SegsrvClient:
 
     # --- typed calls: ops query in, ops result out (the service's interface) -----------------
 
-    def call(self, query, *, timeout=_UNSET):
+    def call(self, query, *, timeout=_UNSET, progress=None):
         """The operation of `query`'s type (a segsrv.ops query), answered by the server: its result
         type, as segsrv.service.SegmentationService.call returns it in-process (ScoreSegment: the
-        collected ScoreAnswer; ExportMembers: an ExportStream)."""
+        collected ScoreAnswer; ExportMembers: an ExportStream). progress: called with each progress
+        line of a ScoreSegment / ExportMembers stream (a logistic model fitted first) as it arrives."""
         if isinstance(query, ScoreQuery):
-            return self.score_stream(query, timeout=timeout).collect()
+            stream = self.score_stream(query, timeout=timeout)
+            stream.on_progress = progress
+            return stream.collect()
         if isinstance(query, ExportQuery):
-            return self._export(query, query.chunk_size, timeout)
+            stream = self._export(query, query.chunk_size, timeout)
+            stream.on_progress = progress
+            return stream
         rpc, result_type = _UNARY[type(query)]
         resp = self._call(getattr(self._stub, rpc), query.to_proto(self._selector()), timeout)
         return result_type.from_proto(resp)
@@ -305,13 +310,17 @@ class ScoreStream:
 
     After the last pair, `summary` holds the closing summary shaped like the local score
     answer without "scores" (elapsed_ms: the server's time at the summary); `chunks` counts
-    the chunk messages; `collect()` reads the whole stream into a ScoreResult. A failed call
-    raises SegsrvRpcError while iterating; `cancel()` ends the call early."""
+    the chunk messages; `collect()` reads the whole stream into a ScoreResult. `progress` lists
+    the server's progress messages as they arrive (before the first chunk, when it fits a logistic
+    model first; none when nothing is fitted), each also passed to `on_progress` when set. A failed
+    call raises SegsrvRpcError while iterating; `cancel()` ends the call early."""
 
-    def __init__(self, call):
+    def __init__(self, call, on_progress=None):
         self._call = call
         self.summary: dict | None = None
         self.chunks = 0
+        self.progress: list[str] = []
+        self.on_progress = on_progress
         self._summary: score_op.ScoreSummary | None = None
 
     def __iter__(self):
@@ -325,6 +334,10 @@ class ScoreStream:
                 elif kind == "summary":
                     self._summary = score_op.ScoreSummary.from_proto(msg)
                     self.summary = self._summary.to_json()
+                elif kind == "progress":
+                    self.progress.append(msg.progress.message)
+                    if self.on_progress is not None:
+                        self.on_progress(msg.progress.message)
         except grpc.RpcError as exc:
             raise SegsrvRpcError.from_rpc_error(exc) from None
 
@@ -346,15 +359,20 @@ class ExportStream:
     (the ids then come best first, each with its score). Iterating yields ids; `chunks()` yields
     (ids, scores or None) lists per chunk; `members()` yields (id, score or None). `returned` and
     `chunks_received` count what has arrived. A failed call raises SegsrvRpcError (reading `total`
-    or while iterating); `cancel()` ends the call early. A stream is read once."""
+    or while iterating); `cancel()` ends the call early. A stream is read once. `progress` lists the
+    server's progress lines (a ranked export whose logistic model is fitted first says so in its first
+    message; none when nothing is fitted), each also passed to `on_progress` when set; they are known
+    once the first message is read (`total`)."""
 
-    def __init__(self, call, ranked: bool = False):
+    def __init__(self, call, ranked: bool = False, on_progress=None):
         self._call = call
         self._messages = iter(call)
         self._first = None
         self.ranked = ranked
         self.returned = 0
         self.chunks_received = 0
+        self.progress: list[str] = []
+        self.on_progress = on_progress
 
     def _header(self):
         if self._first is None:
@@ -365,7 +383,15 @@ class ExportStream:
             except StopIteration:
                 raise SegsrvRpcError(grpc.StatusCode.UNKNOWN,
                                      "the server ended the export without its total") from None
+            self._note_progress(self._first)
         return self._first
+
+    def _note_progress(self, msg) -> None:
+        if msg.progress:
+            for line in msg.progress.splitlines():
+                self.progress.append(line)
+                if self.on_progress is not None:
+                    self.on_progress(line)
 
     @property
     def total(self) -> int:
@@ -384,6 +410,9 @@ class ExportStream:
         self._header()
         try:
             for msg in self._messages:
+                self._note_progress(msg)
+                if msg.progress and not msg.ids:
+                    continue  # a progress line only
                 ids = list(msg.ids)
                 scores = list(msg.scores) if self.ranked else None
                 self.chunks_received += 1

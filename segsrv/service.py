@@ -16,15 +16,16 @@ is gone" means; in-process nothing is installed and the checks do nothing).
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 from .engine import cancel, privacy
 from .engine.assign import assign
 from .engine.count import count
 from .engine.discover import DEFAULT_MAX_CANDIDATES, discover
 from .engine.evaluate import evaluate
-from .engine.export import export_members
-from .engine.predict import predict, score_segment
+from .engine.export import export_members, ranking_query
+from .engine.predict import pending_fits, predict, score_segment
 from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
@@ -40,6 +41,23 @@ from .ops.predict import DEFAULT_MAX_TARGET_VALUES, row_id_from_text
 from .ops.relate import DEFAULT_LIMIT, MAX_LIMIT
 from .ops.segments import SegmentsResult
 from .snapshot.reader import Snapshot
+
+
+@dataclass
+class PendingHeader:
+    """What a stream can say before a long fit: what answers, the total and the fits to come."""
+
+    snapshot: str
+    version: str
+    pending: list[str]  # one sentence per model to fit (engine.predict.pending_fits)
+    total: int | None = None  # an export's rows matching its condition
+
+
+def _announce_then_run(header: PendingHeader | None, run, progress: Callable[[str], None] | None):
+    """Tell `progress` what is fitted first (if anything), then answer."""
+    for message in header.pending if progress is not None and header is not None else ():
+        progress(message)
+    return run()
 
 
 class SnapshotSource(Protocol):
@@ -97,8 +115,11 @@ class SegmentationService:
             InfoQuery: self.snapshot_info, DiscoverQuery: self.discover,
         }
 
-    def call(self, query, at: Selector = ANY_SNAPSHOT):
-        """The operation of `query`'s type."""
+    def call(self, query, at: Selector = ANY_SNAPSHOT, progress: Callable[[str], None] | None = None):
+        """The operation of `query`'s type. progress: told what a ScoreSegment or ranked export fits
+        before it fits (engine.predict.pending_fits); other operations never call it."""
+        if progress is not None and isinstance(query, (ScoreQuery, ExportQuery)):
+            return self._methods[type(query)](query, at, progress=progress)
         return self._methods[type(query)](query, at)
 
     def _snapshot(self, at: Selector) -> Snapshot:
@@ -145,13 +166,28 @@ class SegmentationService:
         cancel.check()
         return result
 
-    def score_segment(self, query: ScoreQuery, at: Selector = ANY_SNAPSHOT):
+    def score_segment(self, query: ScoreQuery, at: Selector = ANY_SNAPSHOT,
+                      progress: Callable[[str], None] | None = None):
+        """progress: called with each pending fit's sentence (`pending_fits`) before fitting."""
+        return _announce_then_run(*self.score_segment_steps(query, at), progress)
+
+    def score_segment_steps(self, query: ScoreQuery, at: Selector = ANY_SNAPSHOT):
+        """(None, or a PendingHeader when answering must fit first (the fits as sentences:
+        engine.predict.pending_fits), the call that answers): a stream says what it will fit before
+        it fits. The snapshot is resolved and the query checked (the privacy floor included) before
+        this returns."""
         query.max_target_values = self.max_target_values
         snap = self._snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
-        result = score_segment(snap, query)
-        privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
-        return result
+        pending = pending_fits(snap, query)
+        header = PendingHeader(snap.name, snap.version, pending) if pending else None
+
+        def run():
+            result = score_segment(snap, query)
+            privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
+            return result
+
+        return header, run
 
     def evaluate(self, query: EvaluateQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
@@ -168,14 +204,34 @@ class SegmentationService:
         cancel.check()
         return result
 
-    def export_members(self, query: ExportQuery, at: Selector = ANY_SNAPSHOT):
+    def export_members(self, query: ExportQuery, at: Selector = ANY_SNAPSHOT,
+                       progress: Callable[[str], None] | None = None):
+        """progress: called with each pending fit's sentence of a ranked export before fitting."""
+        return _announce_then_run(*self.export_members_steps(query, at), progress)
+
+    def export_members_steps(self, query: ExportQuery, at: Selector = ANY_SNAPSHOT):
+        """(None, or a PendingHeader when ranking must fit first, the call that answers). The header
+        (snapshot, version, total: the rows matching the condition, pending: the fits as sentences)
+        lets a stream send its first message before the fit; the export's total is the same."""
         query.max_target_values = self.max_target_values
         snap = self._snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.condition, "the condition", "condition")
-        result = export_members(snap, query)
-        privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
-        cancel.check()
-        return result
+        header = None
+        if query.target is not None:
+            query.validate()
+            pending = pending_fits(snap, ranking_query(query))
+            if pending:
+                total = count(snap, query.universe, query.condition).count
+                privacy.refuse_small(total, self.privacy_k, "the condition", "condition")
+                header = PendingHeader(snap.name, snap.version, pending, int(total))
+
+        def run():
+            result = export_members(snap, query)
+            privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
+            cancel.check()
+            return result
+
+        return header, run
 
     def profile(self, query: ProfileQuery, at: Selector = ANY_SNAPSHOT):
         snap = self._snapshot(at)

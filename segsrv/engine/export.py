@@ -87,6 +87,16 @@ def ids_text(universe: Universe, rows: np.ndarray) -> list[str]:
     return [b.decode("utf-8") for b in vals.tolist()]
 
 
+def ranking_query(query: ExportQuery) -> ScoreQuery:
+    """The ScoreSegment query that ranks a targeted export (its pending fits: predict.pending_fits)."""
+    cond = query.condition if query.condition is not None else All()
+    return ScoreQuery(
+        target=query.target, value=query.value, universe=query.universe, segment=cond,
+        top_k=int(query.top_k) if query.top_k else int(2**62), method=query.method,
+        prior_strength=query.prior_strength, evidence_fields=query.evidence_fields,
+        max_target_values=query.max_target_values)
+
+
 def export_members(snapshot: Snapshot, query: ExportQuery) -> ExportResult:
     """Select the rows (and score them when ranked); ids are made per chunk by the result."""
     t0 = time.perf_counter()
@@ -98,11 +108,7 @@ def export_members(snapshot: Snapshot, query: ExportQuery) -> ExportResult:
         rows = _kernels.bitset_to_ids(bits, u.n_rows)  # uint32, ascending
         total, scores = len(rows), None
     else:
-        res = score_segment(snapshot, ScoreQuery(
-            target=query.target, value=query.value, universe=query.universe, segment=cond,
-            top_k=int(query.top_k) if query.top_k else int(2**62), method=query.method,
-            prior_strength=query.prior_strength, evidence_fields=query.evidence_fields,
-            max_target_values=query.max_target_values))
+        res = score_segment(snapshot, ranking_query(query))
         u = snapshot.universe(res.universe)
         rows, scores, total = res.rows, res.scores, int(res.n_members)
     return ExportResult(snapshot.name, snapshot.version, u.name, u.n_rows, int(total), rows, scores,

@@ -138,6 +138,13 @@ def total_to_proto(result, server_ms: float) -> pb.ExportMembersResponse:
     return pb.ExportMembersResponse(info=response_info(result, server_ms), total_count=int(result.total))
 
 
+def header_to_proto(header, server_ms: float) -> pb.ExportMembersResponse:
+    """The first message sent before a long fit (header: segsrv.service.PendingHeader): what answers,
+    the total and `progress` (what the ranking fits first), no ids."""
+    return pb.ExportMembersResponse(info=response_info(header, server_ms), total_count=int(header.total),
+                                    progress="\n".join(header.pending))
+
+
 def chunk_to_proto(result, ids: Sequence[str], scores, server_ms: float) -> pb.ExportMembersResponse:
     """One chunk of ids (text), with their scores when ranked (scores: an array or list, None if not)."""
     if scores is not None and hasattr(scores, "tolist"):
@@ -154,10 +161,12 @@ class ExportHeader:
     version: str
     total: int
     elapsed_ms: float
+    progress: str = ""  # what the ranking fitted first ("" when nothing)
 
     @classmethod
     def from_proto(cls, msg: pb.ExportMembersResponse) -> "ExportHeader":
-        return cls(msg.info.snapshot_name, msg.info.snapshot_version, int(msg.total_count), msg.info.server_time_ms)
+        return cls(msg.info.snapshot_name, msg.info.snapshot_version, int(msg.total_count), msg.info.server_time_ms,
+                   msg.progress)
 
 
 def chunk_from_proto(msg: pb.ExportMembersResponse, ranked: bool) -> tuple[list[str], list[float] | None]:

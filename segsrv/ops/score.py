@@ -8,7 +8,8 @@ cross-validation). Answer: {"snapshot", "version", "from", "target", "value", "n
 
 Over gRPC the answer streams: chunks of scored members (``ScoreResult.chunk_to_proto``),
 then one summary (``ScoreResult.summary_response``); ``ScoreSummary`` is the client's
-form of the summary, ``ScoreResult.from_proto`` collects a whole stream.
+form of the summary, ``ScoreResult.from_proto`` collects a whole stream. Before the first
+chunk, a progress message (``progress_to_proto``) says what the server fits first, if anything.
 """
 
 from __future__ import annotations
@@ -154,6 +155,11 @@ class ScoreSummary:
         return cls(msg.info.snapshot_name, msg.info.snapshot_version, s.universe, s.target_field, s.target_value,
                    s.member_count, s.returned_count, s.mean_score, msg.info.server_time_ms,
                    Regularisation.from_proto(s.regularisation) if s.HasField("regularisation") else None)
+
+
+def progress_to_proto(header, message: str, server_ms: float) -> pb.ScoreSegmentResponse:
+    """A progress message of the stream (header: what answers, segsrv.service.PendingHeader)."""
+    return pb.ScoreSegmentResponse(info=response_info(header, server_ms), progress=pb.Progress(message=message))
 
 
 @dataclass

@@ -105,14 +105,20 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
 
     def ScoreSegment(self, request, context):
         """Chunks of `chunk_size` scored members, then one summary; the deadline is checked between
-        chunks. An error before the first message ends the call like a unary one."""
+        chunks. When a logistic model must be fitted first (not cached here, not stored in the
+        snapshot), a progress message says so before the fit. An error before the first message
+        ends the call like a unary one; after a progress message it ends the stream there."""
         t0 = time.perf_counter()
         paths = ScoreQuery.paths(request)
         try:
             chunk = score_op.chunk_size_from_proto(request.chunk_size)
             with cancel.checking(lambda: check_active(context)):
                 query = ScoreQuery.from_proto(request, paths)
-                result = self.service.score_segment(query, Selector.from_proto(request.snapshot))
+                header, run = self.service.score_segment_steps(query, Selector.from_proto(request.snapshot))
+            for message in header.pending if header is not None else ():
+                yield score_op.progress_to_proto(header, message, _elapsed_ms(t0))
+            with cancel.checking(lambda: check_active(context)):
+                result = run()
             for start in range(0, len(result.rows), chunk):
                 check_active(context)
                 ids = result.ids_between(start, start + chunk)
@@ -126,14 +132,21 @@ class SegmentationServiceServicer(segsrv_pb2_grpc.SegmentationServiceServicer):
         """The total first (a message with total_count and no ids), then chunks of `chunk_size` ids (with
         their scores when ranked by a target). The rows are selected (and scored) before the first message,
         so any error ends the call like a unary one; ids become strings one chunk at a time, and the
-        deadline is checked before every chunk (CANCELLED / DEADLINE_EXCEEDED mid-stream)."""
+        deadline is checked before every chunk (CANCELLED / DEADLINE_EXCEEDED mid-stream). When the
+        ranking must fit a logistic model first, the first message (total_count and `progress`) goes
+        before the fit: an error of the fit or scoring then ends the stream after it."""
         t0 = time.perf_counter()
         paths: RequestPaths = ExportQuery.paths(request)
         try:
             with cancel.checking(lambda: check_active(context)):
                 query = ExportQuery.from_proto(request, paths)
-                result = self.service.export_members(query, Selector.from_proto(request.snapshot))
-            yield export_op.total_to_proto(result, _elapsed_ms(t0))
+                header, run = self.service.export_members_steps(query, Selector.from_proto(request.snapshot))
+            if header is not None:
+                yield export_op.header_to_proto(header, _elapsed_ms(t0))
+            with cancel.checking(lambda: check_active(context)):
+                result = run()
+            if header is None:
+                yield export_op.total_to_proto(result, _elapsed_ms(t0))
             for i in range(result.n_chunks):
                 check_active(context)
                 ids, scores = result.chunk(i)

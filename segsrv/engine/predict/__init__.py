@@ -53,13 +53,15 @@ from ...snapshot.reader import Snapshot
 from .. import privacy
 from .conjunction import conjunction_question
 from .factorized import class_log_scores, factorized_question, factorized_weights, softmax
-from .logistic import logistic_question, logistic_weights
+from .logistic import (CV_FOLDS, L2_CACHE, L2_GRID, LOGISTIC_CACHE, LOGISTIC_LOCK, _digest, logistic_question,
+                       logistic_weights)
+from .models import content_key, stored_model
 from .target import (Target, base_probabilities, combine_factors, evidence_feature_mask, evidence_fids, questions,
                      resolve_target)
 from ...ops.predict import PredictQuery, PredictResult, Regularisation, ValueProbability
 from ...ops.score import ScoreQuery, ScoreResult
 
-__all__ = ["predict", "score_segment", "bulk_weights"]
+__all__ = ["predict", "score_segment", "bulk_weights", "pending_fits"]
 
 
 def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> PredictResult:
@@ -116,6 +118,54 @@ def bulk_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: 
     return (*factorized_weights(t, classes, p0, ev_mask, float(prior_strength)), None)
 
 
+def _score_question(t: Target, value: str):
+    """(classes, p0, question index, class index of `value`) of a ScoreSegment query's one question."""
+    vi = t.info.value_index(str(value))
+    all_questions = questions(t)
+    if t.multi:
+        classes, p0, _ = all_questions[vi]
+        return classes, p0, vi, 0
+    classes, p0, _ = all_questions[0]
+    return classes, p0, 0, vi
+
+
+def pending_fits(snapshot: Snapshot, query: ScoreQuery) -> list[str]:
+    """What answering `query` (a ScoreSegment, or the ranking of an export) would fit before it scores,
+    without fitting anything: one sentence per logistic model that is neither stored in the snapshot
+    (a declared model, segsrv.engine.predict.models) nor cached in this process; [] when nothing is
+    (the factorized method never fits). The keys are those of `logistic.logistic_weights` (the
+    content key of a stored model, the process cache's key of the same S, evidence features, base
+    and l2). Errors of the query (unknown target, value, field) are raised here, as the call would."""
+    query.validate()
+    if query.method != "logistic":
+        return []
+    t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
+                       query.max_target_values)
+    u = t.universe
+    classes, p0, question, _ = _score_question(t, query.value)
+    _, n_Sc, base = base_probabilities(t.S, t.n_S, classes, p0, float(query.prior_strength))
+    if int((n_Sc > 0).sum()) < 2:
+        return []  # fewer than two classes within S: nothing to fit (logistic_weights takes log base)
+    K = len(classes)
+    ev_mask = evidence_feature_mask(t, query.evidence_fields)
+    digest = _digest(t.S, ev_mask, base)
+    l2 = None if query.l2 is None else float(query.l2)
+    if stored_model(t, content_key(t, question, K, digest, l2)) is not None:
+        return []
+    skey = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K, digest)
+    with LOGISTIC_LOCK:
+        cv = l2 is None and skey not in L2_CACHE
+        known = l2 if l2 is not None else L2_CACHE.get(skey)
+        if known is not None and skey + (float(known),) in LOGISTIC_CACHE:
+            return []
+    what = f"{t.info.name}={t.info.values[question]}" if t.multi else f"{t.info.name} ({K} classes)"
+    penalty = (f"l2 chosen by {CV_FOLDS}-fold cross-validation over {len(L2_GRID)} values, then the fit" if cv
+               else f"l2 {known:g}")
+    return [f"fitting the logistic model of {what} within {t.n_S:,} rows over {int(ev_mask.sum()):,} evidence "
+            f"features ({penalty}) before scoring: it is not cached in this process and not declared in the "
+            f"snapshot (docs/spec.md, [models]); later identical calls reuse it"]
+
+
 def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
     t0 = time.perf_counter()
     query.validate()
@@ -124,16 +174,10 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
                        query.max_target_values)
     u = t.universe
     vi = t.info.value_index(str(query.value))
-    all_questions = questions(t)
-    if t.multi:
-        classes, p0, _ = all_questions[vi]
-        ci = 0
-    else:
-        classes, p0, _ = all_questions[0]
-        ci = vi
+    classes, p0, question, ci = _score_question(t, query.value)
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
     log_base, W, reg = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2,
-                                    vi if t.multi else 0)
+                                    question)
     members = _kernels.bitset_to_ids(t.segment, u.n_rows)
     probs = softmax(class_log_scores(u, log_base, W, members))[:, ci] if len(members) else np.zeros(0)
     rows = members.astype(np.int64)
