@@ -150,15 +150,16 @@ def test_python_client_and_cli_show_the_progress(petnord_root, start_server, cap
         assert export.total > 10 and export.progress == seen and len(seen) == 1
         assert len(list(export.members())) == 10
     _fresh_caches()
-    assert cli.main(["query", "score", "--addr", r.address, "--json", json.dumps(query)]) == 0
+    assert cli.main(["query", "score", "--addr", r.address, "--timeout", "300", "--json", json.dumps(query)]) == 0
     err = capsys.readouterr().err
     assert "segsrv query score: fitting the logistic model of churned" in err
-    assert cli.main(["query", "score", "--addr", r.address, "--json", json.dumps(query)]) == 0
+    assert cli.main(["query", "score", "--addr", r.address, "--timeout", "300", "--json", json.dumps(query)]) == 0
     assert "fitting" not in capsys.readouterr().err
     _fresh_caches()
     export = {"from": "customers", "where": {"lifestyle": "premium"}, "target": "churned", "value": "true",
               "top_k": 5}
-    assert cli.main(["export", "--addr", r.address, "--json", json.dumps(export), "--out", "-"]) == 0
+    assert cli.main(["export", "--addr", r.address, "--timeout", "300", "--json", json.dumps(export),
+                     "--out", "-"]) == 0
     out = capsys.readouterr()
     assert "segsrv export: fitting the logistic model of churned" in out.err and len(out.out.splitlines()) == 6
     # in-process (--local) the same line
