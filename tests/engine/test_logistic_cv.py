@@ -196,9 +196,14 @@ def test_cv_choice_equals_bruteforce_sklearn_cv(snap, su, bu, fields):
     # the CV curve itself (the engine's CV over the same rows, in the oracle's design)
     P, inv = L.distinct_patterns(csr_matrix(X[rows]))
     K = len(np.unique(y[rows]))
-    l2, mean = L.choose_l2(P, inv, np.searchsorted(np.unique(y[rows]), y[rows]), folds, K, gtol=1e-9, max_iter=1000)
+    yk = np.searchsorted(np.unique(y[rows]), y[rows])
+    l2, mean = L.choose_l2(P, inv, yk, folds, K, gtol=1e-9, max_iter=1000, patience=None)  # the whole grid
     assert np.allclose(mean, ref, rtol=1e-3, atol=1e-8), (mean, ref)
     assert L.L2_GRID.index(l2) == best or ref[L.L2_GRID.index(l2)] - ref[best] < 1e-6
+    # the default walk (stops after 2 rises) makes the same choice, its walked values the same curve
+    l2w, walked = L.choose_l2(P, inv, yk, folds, K, gtol=1e-9)
+    done = ~np.isnan(walked)
+    assert l2w == l2 and done[: best + 1].all() and np.allclose(walked[done], ref[done], rtol=1e-3, atol=1e-8)
     # the final model is the plain fit at the chosen l2 (a caller fixing it gets the same answer)
     fixed = predict(snap, PredictQuery(target=target, universe=U, row_id=bu.ids[7], method="logistic", l2=reg.l2,
                                        evidence_fields=fields))
@@ -259,3 +264,49 @@ def test_evaluate_and_score_report_the_penalty(snap, monkeypatch):
     assert [r.l2 for r in p.regularisation] == [4.0] * len(p.regularisation)
     assert {r.value for r in p.regularisation} == set(snap.universe(U).fields["orders.lines.product.category"].values)
     _clear()
+
+
+def _nested_design(seed=0, n=1000, levels=40, other=30, scale=2.0):
+    """One-hot rows of correlated fields: a (levels values), a // 4 (nested), c (other values) and a noisy
+    copy of a (5% redrawn); the target's logit depends on a and c. Weak penalties need hundreds of
+    L-BFGS iterations here."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, levels, n)
+    c = rng.integers(0, other, n)
+    d = np.where(rng.random(n) < 0.05, rng.integers(0, levels, n), a)
+    X = np.hstack([np.eye(levels)[a], np.eye(levels // 4)[a // 4], np.eye(other)[c], np.eye(levels)[d]])
+    logit = scale * (rng.normal(0, 1, levels)[a] + rng.normal(0, 0.5, other)[c]) - 1.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    return X, y, rng.integers(0, 5, n)
+
+
+def test_cv_fits_converge_where_the_old_cap_did_not(monkeypatch):
+    """The old rule (at most 100 iterations per CV fit) left the fits at the weak penalties unconverged, so
+    their held-out loss was not the converged one; now every fit converges: the walked curve equals a
+    brute-force scikit-learn CV on the same folds, and the walk stops after 2 rises with the choice of the
+    converged full grid."""
+    X, y, folds = _nested_design()
+    P, inv = L.distinct_patterns(csr_matrix(X))
+    iters = []
+    real = L.fit_counts
+
+    def counting(*a, **k):
+        out = real(*a, **k)
+        iters.append(k.get("max_iter"))
+        return out
+
+    capped_l2, capped = L.choose_l2(P, inv, y, folds, 2, max_iter=100, patience=None)  # the old rule
+    monkeypatch.setattr(L, "fit_counts", counting)
+    l2, walked = L.choose_l2(P, inv, y, folds, 2)
+    monkeypatch.undo()
+    done = ~np.isnan(walked)
+    assert len(iters) == 5 * int(done.sum()) and done.sum() < len(GRID)  # 5 folds per walked value, then stop
+    assert all(m == L.LOGISTIC_MAX_ITER for m in iters)
+    full_l2, full = L.choose_l2(P, inv, y, folds, 2, patience=None)
+    assert l2 == full_l2 and np.array_equal(walked[done], full[done])
+    ref = bruteforce_cv(X, y, folds)
+    assert np.allclose(walked[done], ref[done], rtol=2e-5, atol=0), (walked, ref)
+    best = int(np.argmin(ref))
+    assert L.L2_GRID.index(l2) == best
+    # the capped curve is off where the cap bit (the weak penalties), by far more than the converged one
+    assert np.max(np.abs(capped[done] - ref[done])) > 20 * np.max(np.abs(walked[done] - ref[done]))

@@ -5,7 +5,9 @@ the rows of S (``design_matrix``). The fit runs on the distinct evidence pattern
 their per-class counts as weights (``distinct_patterns``, ``fit_counts``): the same objective, term
 for term, by L-BFGS in diagonally preconditioned coordinates. Unless the caller fixes ``l2``, it is
 chosen by K-fold cross-validation over the training rows of S (``choose_l2``: folds by the holdout's
-row hash with their own seed, grid ``L2_GRID``, held-out log-loss). ``logistic_weights`` turns the
+row hash with their own seed, grid ``L2_GRID`` walked from the strongest penalty with every fit
+converged, pooled held-out log-loss, the walk ending once that loss rose twice in a row).
+``logistic_weights`` turns the
 fit into per-class intercepts and weights (cached per S, evidence features and l2; the CV choice
 cached too), which ``logistic_question`` explains as base, an intercept factor and one exp(weight)
 factor per evidence, and ScoreSegment and Evaluate apply in bulk.
@@ -39,10 +41,11 @@ LOGISTIC_GTOL_SMALL = 1e-7
 LOGISTIC_GTOL_LARGE = 1e-4
 LOGISTIC_SMALL_NNZ = 2_000_000
 # cross-validation of l2: scikit-learn's LogisticRegressionCV grid (Cs=10: C = logspace(-4, 4, 10), l2 = 1 / C),
-# walked from the strongest penalty to the weakest (each fit starts from the previous one)
+# walked from the strongest penalty to the weakest (each fold's fit starts from its previous one)
 L2_GRID = tuple(float(x) for x in np.logspace(4, -4, 10))
 CV_FOLDS = 5
-CV_MAX_ITER = 100  # iterations of each fit along a fold's path (warm-started: the previous grid value's fit)
+CV_MAX_ITER = LOGISTIC_MAX_ITER  # each fit along a fold's path converges as the final fit does (warm-started)
+CV_PATIENCE = 2  # the grid walk stops once the pooled held-out loss has risen for this many values in a row
 CV_SEED = 0x6C325F6376  # "l2_cv": the folds' seed of the row hash (the holdout's hash, another seed)
 L2_FALLBACK = 1.0  # when no fold can be fitted (a class with too few training rows)
 PATTERN_MAX_SHARE = 0.8  # fit on distinct patterns when they are at most this share of the rows
@@ -253,33 +256,43 @@ def cv_folds(u: Universe, rows: np.ndarray, k: int = CV_FOLDS) -> np.ndarray:
 
 
 def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
-              grid=L2_GRID, k: int = CV_FOLDS, gtol: float | None = None, max_iter: int = CV_MAX_ITER):
-    """K-fold cross-validation of l2 over the rows (pattern `inverse`, class `y`, `folds`): for each fold
-    whose training rows hold every class, fit on the other folds along `grid` (strongest penalty
-    first, each fit starting from the previous, at most `max_iter` iterations) and add the held-out
-    rows' -ln P(y). The l2 with the
-    smallest pooled held-out log-loss (sum over every held-out row / their number) wins; ties: the
-    stronger penalty. -> (l2, mean held-out log-loss per grid value); no usable fold: (L2_FALLBACK, None)."""
+              grid=L2_GRID, k: int = CV_FOLDS, gtol: float | None = None, max_iter: int = CV_MAX_ITER,
+              patience: int = CV_PATIENCE):
+    """K-fold cross-validation of l2 over the rows (pattern `inverse`, class `y`, `folds`). The folds
+    whose training rows hold every class are fitted on the other folds, grid value by grid value from
+    the strongest penalty (each fold's fit starting from its fit at the previous value; every fit
+    converged by the final fit's rule, at most `max_iter` iterations), and the held-out rows' -ln P(y)
+    is pooled over the folds (sum over every held-out row / their number). The walk stops once the
+    pooled loss has risen `patience` grid values in a row (None: the whole grid). The walked l2 with
+    the smallest pooled held-out log-loss wins; ties: the stronger penalty. -> (l2, pooled held-out
+    log-loss per grid value, NaN past the stop); no usable fold: (L2_FALLBACK, None)."""
     n_p = P.shape[0]
-    total = np.zeros(len(grid))
+    usable = []  # (held-out counts, training counts) per usable fold
     n_test = 0
     for f in range(k):
         test = folds == f
         if not test.any():
             continue
-        Nte = pattern_counts(inverse, y, n_p, K, test)
         Ntr = pattern_counts(inverse, y, n_p, K, ~test)
         if (Ntr.sum(axis=0) == 0).any():
             continue
-        theta = None
-        for j, l2 in enumerate(grid):
-            b, W, theta = fit_counts(P, Ntr, float(l2), gtol=gtol, theta0=theta, max_iter=max_iter)
-            total[j] += _log_loss_sum(P, Nte, b, W)
+        usable.append((pattern_counts(inverse, y, n_p, K, test), Ntr))
         n_test += int(test.sum())
     if n_test == 0:
         return L2_FALLBACK, None
-    mean = total / n_test
-    j = int(np.argmin(mean))  # the first minimum: grid order is strongest first
+    mean = np.full(len(grid), np.nan)
+    theta: list = [None] * len(usable)
+    rises = 0
+    for j, l2 in enumerate(grid):
+        total = 0.0
+        for i, (Nte, Ntr) in enumerate(usable):
+            b, W, theta[i] = fit_counts(P, Ntr, float(l2), gtol=gtol, theta0=theta[i], max_iter=max_iter)
+            total += _log_loss_sum(P, Nte, b, W)
+        mean[j] = total / n_test
+        rises = rises + 1 if j and mean[j] > mean[j - 1] else 0
+        if patience is not None and rises >= patience:
+            break
+    j = int(np.nanargmin(mean))  # the first minimum: grid order is strongest first
     return float(grid[j]), mean
 
 
