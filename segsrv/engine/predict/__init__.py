@@ -53,9 +53,7 @@ from ...snapshot.reader import Snapshot
 from .. import privacy
 from .conjunction import conjunction_question
 from .factorized import class_log_scores, factorized_question, factorized_weights, softmax
-from .logistic import (CV_FOLDS, L2_CACHE, L2_GRID, LOGISTIC_CACHE, LOGISTIC_LOCK, _digest, logistic_question,
-                       logistic_weights)
-from .models import content_key, stored_model
+from .logistic import CV_FOLDS, L2_GRID, logistic_question, logistic_weights, pending_fit
 from .target import (Target, base_probabilities, combine_factors, evidence_feature_mask, evidence_fids, questions,
                      resolve_target)
 from ...ops.predict import PredictQuery, PredictResult, Regularisation, ValueProbability
@@ -133,31 +131,23 @@ def pending_fits(snapshot: Snapshot, query: ScoreQuery) -> list[str]:
     """What answering `query` (a ScoreSegment, or the ranking of an export) would fit before it scores,
     without fitting anything: one sentence per logistic model that is neither stored in the snapshot
     (a declared model, segsrv.engine.predict.models) nor cached in this process; [] when nothing is
-    (the factorized method never fits). The keys are those of `logistic.logistic_weights` (the
-    content key of a stored model, the process cache's key of the same S, evidence features, base
-    and l2). Errors of the query (unknown target, value, field) are raised here, as the call would."""
+    (the factorized method never fits; `logistic.pending_fit` looks up the same keys as
+    `logistic_weights`). Errors of the query (unknown target, value, field) are raised here, as the call would."""
     query.validate()
     if query.method != "logistic":
         return []
     t = resolve_target(snapshot, query.universe, query.target, query.segment, query.train_mask,
                        query.max_target_values)
-    u = t.universe
     classes, p0, question, _ = _score_question(t, query.value)
     _, n_Sc, base = base_probabilities(t.S, t.n_S, classes, p0, float(query.prior_strength))
     if int((n_Sc > 0).sum()) < 2:
         return []  # fewer than two classes within S: nothing to fit (logistic_weights takes log base)
     K = len(classes)
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
-    digest = _digest(t.S, ev_mask, base)
-    l2 = None if query.l2 is None else float(query.l2)
-    if stored_model(t, content_key(t, question, K, digest, l2)) is not None:
+    pending = pending_fit(t, ev_mask, None if query.l2 is None else float(query.l2), question, K, base)
+    if pending is None:
         return []
-    skey = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K, digest)
-    with LOGISTIC_LOCK:
-        cv = l2 is None and skey not in L2_CACHE
-        known = l2 if l2 is not None else L2_CACHE.get(skey)
-        if known is not None and skey + (float(known),) in LOGISTIC_CACHE:
-            return []
+    cv, known = pending
     what = f"{t.info.name}={t.info.values[question]}" if t.multi else f"{t.info.name} ({K} classes)"
     penalty = (f"l2 chosen by {CV_FOLDS}-fold cross-validation over a grid of {len(L2_GRID)} values, then the fit" if cv
                else f"l2 {known:g}")

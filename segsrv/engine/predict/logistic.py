@@ -296,6 +296,31 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
     return float(grid[j]), mean
 
 
+def _model_keys(t: Target, ev_mask: np.ndarray, question: int, K: int, base: np.ndarray,
+                l2: float | None) -> tuple[tuple, tuple]:
+    """(the process caches' key, the content key of a stored model) of one model."""
+    u = t.universe
+    digest = _digest(t.S, ev_mask, base)
+    # the universe's directory names its immutable version (id(u) alone can be reused after a reload)
+    skey = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K, digest)
+    return skey, content_key(t, question, K, digest, l2)
+
+
+def pending_fit(t: Target, ev_mask: np.ndarray, l2: float | None, question: int, K: int,
+                base: np.ndarray) -> tuple[bool, float | None] | None:
+    """What `logistic_weights` would fit for these arguments, without fitting: None when the model is
+    stored in the snapshot or cached in this process; else (whether l2 is still to be cross-validated,
+    the l2 the fit would use when known)."""
+    skey, key = _model_keys(t, ev_mask, question, K, base, l2)
+    if stored_model(t, key) is not None:
+        return None
+    with LOGISTIC_LOCK:
+        known = l2 if l2 is not None else L2_CACHE.get(skey)
+        if known is not None and skey + (float(known),) in LOGISTIC_CACHE:
+            return None
+    return known is None, known
+
+
 def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, l2: float | None,
                      question: int, base: np.ndarray, with_key: bool = False):
     """(intercept logits[K], W[K, n_features], the penalty used) of the logistic model within S: a row's
@@ -310,11 +335,8 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
     u = t.universe
     K = len(classes)
     value = t.info.values[question] if t.multi else None
-    digest = _digest(t.S, ev_mask, base)
-    # the universe's directory names its immutable version (id(u) alone can be reused after a reload)
-    skey = (id(u), str(getattr(u, "dir", "")), u.name, u.n_rows, u.n_features, t.info.name, question, K, digest)
+    skey, key = _model_keys(t, ev_mask, question, K, base, l2)
     cv = l2 is None
-    key = content_key(t, question, K, digest, l2)
     stored = stored_model(t, key)
     if stored is not None:
         answer = (stored[0], stored[1], Regularisation(stored[2], cv, value))

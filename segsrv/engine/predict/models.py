@@ -87,7 +87,7 @@ def warm_models(snapshot) -> int:
     number of models; never fits (their coefficients are stored)."""
     from . import predict
 
-    for name, model in sorted(getattr(snapshot, "models", {}).items()):
-        decl = {k: v for k, v in model["declaration"].items()}
-        predict(snapshot, PredictQuery.from_json({**decl, "method": METHOD}))
-    return len(getattr(snapshot, "models", {}))
+    models = getattr(snapshot, "models", {})
+    for _, model in sorted(models.items()):
+        predict(snapshot, PredictQuery.from_json({**model["declaration"], "method": METHOD}))
+    return len(models)
