@@ -314,7 +314,8 @@ def cmd_segments_apply(args) -> int:
     from .engine.catalog import apply_segments
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[segments] {msg}", file=sys.stderr, flush=True))
-    vdir, changed = apply_segments(args.snapshot, args.catalog, version=args.version, progress=say)
+    vdir, changed = apply_segments(args.snapshot, args.catalog, version=args.version, progress=say,
+                                   fit_propensities=not args.no_propensity_models)
     print(vdir.name)
     return 0
 
@@ -347,6 +348,10 @@ def cmd_assign(args) -> int:
         raise SegsrvError("give customer ids (--id / --ids-file) or --features '{\"field\": \"value\", ...}'")
     if args.universe:
         obj["from"] = args.universe
+    if args.propensity_method is not None:
+        obj["propensity_method"] = args.propensity_method
+    if args.propensity_l2 is not None:
+        obj["propensity_l2"] = args.propensity_l2
     query = AssignQuery.from_json(obj)
     with _backend(args, args.snapshot_name) as backend:
         result = backend.call(query)
@@ -514,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("catalog", help="catalog file: TOML [segments.NAME] tables (or .json)")
     q.add_argument("--version", help="name of the new version (default: a hash of the base version and catalog)")
     q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.add_argument("--no-propensity-models", action="store_true",
+                   help="do not fit and store the segments' default Assign propensity models (Assign then fits "
+                        "them on demand, at its first call with propensities)")
     q.set_defaults(func=cmd_segments_apply)
     q = ssub.add_parser("list", help="the catalog with each segment's size and share")
     _backend_arguments(q)
@@ -566,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids-file", help="file with one id per line (- for standard input)")
     p.add_argument("--features", metavar="JSON", help='a new customer: {"field": "value", ...} (inline, file or -)')
     p.add_argument("--propensities", action="store_true", help="also the membership probability of the other segments")
+    p.add_argument("--propensity-method", help="logistic (default) or factorized (docs/assign.md)")
+    p.add_argument("--propensity-l2", type=float, help="L2 penalty of the logistic propensities "
+                                                        "(default: chosen by cross-validation, the stored models)")
     p.add_argument("--universe", help="universe (default: the one the catalog is over)")
     p.set_defaults(func=cmd_assign)
 
@@ -617,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retired versions kept served (pinnable) after a swap besides those still in use "
                         "(default 0)")
     p.add_argument("--no-warm", action="store_true",
-                   help="serve a version without first compiling its segment catalog and fitting the default "
+                   help="serve a version without first compiling its segment catalog and loading its stored "
                         "Assign propensity models (faster start; the first Assign calls do that work)")
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (PEM); with --tls-key: TLS only")
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (PEM)")

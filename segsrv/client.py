@@ -272,16 +272,23 @@ class SegsrvClient:
         return self.call(SegmentsQuery(universe=universe or None), timeout=timeout).to_json()
 
     def assign(self, ids=None, *, features=None, universe: str = "", include_propensities: bool = False,
+               propensity_method: str | None = None, propensity_l2: float | None = None,
                prior_strength: float | None = None, max_p_value: float | None = None, timeout=_UNSET) -> dict:
         """Catalog segments of known customers (`ids`, a batch) or of a new customer (`features`:
         (field, value) pairs or a {field: value} dict). Returns {"snapshot", "version", "universe",
         "assignments": [{"id", "found", "primary_segment", "segments": [{"segment", "member",
-        "propensity", "segment_size", "share", "priority"}]}]} (see docs/segments.md)."""
+        "propensity", "segment_size", "share", "priority"}]}]} (see docs/segments.md). Propensities:
+        `propensity_method` "logistic" (the default; `propensity_l2` absent: the cross-validated models
+        `segments apply` stores) or "factorized" (`prior_strength`, `max_p_value`); docs/assign.md."""
         # checked by the server, which places each violation at its request field (features[i].value, ...)
         q = AssignQuery(universe=universe or None, ids=list(ids or []),
                         features=None if features is None else list(features.items() if isinstance(features, dict)
                                                                     else features),
                         include_propensities=include_propensities)
+        if propensity_method is not None:
+            q.propensity_method = propensity_method
+        if propensity_l2 is not None:
+            q.propensity_l2 = propensity_l2
         if prior_strength is not None:
             q.prior_strength = prior_strength
         if max_p_value is not None:

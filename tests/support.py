@@ -840,3 +840,20 @@ def brute_discover(bu: BruteUniverse, fields: list[str], *, min_support: int, mi
             s.wracc = (s.support / n) * (s.target_rate - r)
     return {"n": n, "candidates": len(cands), "tested": tested, "segments": listed,
             "kept_per_level": kept_per_level, "target_count": None if tmask is None else int(tmask.sum())}
+
+
+def row_features(u, row: int) -> list[tuple[str, str]]:
+    """(field, value) pairs of a universe's row, as a caller would send them to Assign for a new
+    customer; numeric fields with raw values are sent as raw numbers (ranges need them), others as
+    band labels."""
+    pairs = []
+    raw_fields = {f for f, info in u.fields.items() if info.numeric is not None}
+    for fid in u.csr_indices[u.csr_indptr[row]: u.csr_indptr[row + 1]]:
+        f, v = u.feature_name(int(fid))
+        if f not in raw_fields:
+            pairs.append((f, v))
+    for f in raw_fields:
+        x = float(u.fields[f].numeric[row])
+        if not math.isnan(x):
+            pairs.append((f, repr(x)))
+    return pairs

@@ -9,20 +9,27 @@ vectorised over the batch's rows of the CSR index (row -> feature ids); for a ne
 customer they run over the given feature list. Both agree with evaluating the condition
 to a bitset over the whole universe (tests/engine/test_assign.py checks it).
 
-Propensity (``include_propensities``): for a segment the customer is not in, the
-probability of membership from the customer's features, by the factorised Predict model
-with the conjunction method's significance rule: classes [member, non-member] over the
-universe, base rate = the segment's share, one smoothed lift per evidence feature
-(``lift_f(c) = ((n_{c,f} + a q_f) / (n_c + a)) / q_f``, ``q_f = n_f / N``, a =
-``prior_strength``), evidence = every feature except those of the fields the segment's
-condition mentions (directly or through references: they decide membership and would make
-the score trivial) and except features whose G-test of independence from membership has
-p > ``max_p_value``. P(member) = softmax of the two class scores, i.e. the logistic function of
-their difference, which is how it is computed: every segment's log-score differences form one
-[features x segments] matrix, and one CSR pass over a batch's rows scores all segments. Models
-are fitted once per snapshot version and segment (one AND-count pass over every feature) and
-cached; ``warm_catalog`` fits the default ones ahead of the first request (the server does it
-before it serves a version).
+Propensity (``include_propensities``): for a segment the customer is not in, P(member) from the
+customer's features. Two methods (``propensity_method``; docs/assign.md), both with evidence = every
+feature except those of the fields the segment's condition mentions (directly or through references:
+they decide membership and would make the score trivial):
+
+* ``logistic`` (default, the method of Predict, ScoreSegment and Evaluate): an L2 logistic regression
+  of membership over every row of the universe (segsrv.engine.catalog_models.fit_membership; l2
+  cross-validated unless ``propensity_l2`` fixes it). ``segsrv segments apply`` fits the
+  cross-validated models ahead and stores them in the version; a model whose content key matches a
+  stored one is read, never fitted.
+* ``factorized``: the factorised Predict model with the conjunction method's significance rule:
+  classes [member, non-member] over the universe, base rate = the segment's share, one smoothed lift
+  per evidence feature (``lift_f(c) = ((n_{c,f} + a q_f) / (n_c + a)) / q_f``, ``q_f = n_f / N``, a =
+  ``prior_strength``), except features whose G-test of independence from membership has p >
+  ``max_p_value`` (``factorized_membership``).
+
+Either way a segment's model is a membership logit bias + sum of d[f] over the row's features: every
+segment's weights form one [features x segments] matrix, and one CSR pass over a batch's rows scores
+all segments. Models not stored are fitted once per snapshot version, segment and parameter set and
+cached; ``warm_catalog`` loads the stored default ones ahead of the first request (the server does it
+before it serves a version) and never fits; ``fit_count`` counts the segment models this process fitted.
 
 The universe defaults to the snapshot's only universe, or else to the one universe all
 catalog segments are defined over.
@@ -32,7 +39,7 @@ rows outside it, number 1..k-1 is left out of every assignment (listing its memb
 ids would be its export); a feature whose table with a segment (members, feature rows, both, over the
 universe) has a cell or margin of 1..k-1 rows gets weight 0 in that segment's propensity model. Each
 model records the smallest non-zero cell of every feature's table, so the floored weights of any k
-come from the one fit.
+come from the one fit (a floored weight is dropped from the fitted model, not refitted without it).
 
 Answer and ranking: the member segments, by priority (descending), then lift (1 / share:
 smaller segments say more), then name; the primary segment is the first of them. With
@@ -58,18 +65,35 @@ from ..errors import LimitExceededError, QueryError, UnknownFieldError
 from ..ops.conditions import Range, SegmentRef
 from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
-from . import cancel, privacy
+from . import cancel, catalog_models, privacy
 from .conditions import Evaluator, band_feature, range_mask, raw_number
 from .predict.target import g_test_p
 from .relate import count_features
-from ..ops.assign import (DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, MAX_FEATURES, Assignment, AssignQuery,
-                          AssignResult, Membership)
+from ..ops.assign import (DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, DEFAULT_PROPENSITY_L2,
+                          DEFAULT_PROPENSITY_METHOD, MAX_FEATURES, Assignment, AssignQuery, AssignResult, Membership)
 
 # ----------------------------------------------------------------------------
 # compiled catalog (per snapshot version and universe)
 # ----------------------------------------------------------------------------
 
-MODEL_PARAMS_KEPT = 8  # (prior_strength, max_p_value) pairs whose propensity models a catalog keeps
+MODEL_PARAMS_KEPT = 8  # parameter sets (method and its parameters) whose propensity models a catalog keeps
+FITS = [0]  # segment propensity models this process fitted (fit_count); stored and cached ones are not fits
+
+
+def fit_count() -> int:
+    """Segment propensity models (either method) fitted by this process so far."""
+    return FITS[0]
+
+
+def propensity_params(method: str = DEFAULT_PROPENSITY_METHOD, a: float = DEFAULT_PRIOR_STRENGTH,
+                      max_p: float = DEFAULT_MAX_P_VALUE, l2: float | None = DEFAULT_PROPENSITY_L2) -> tuple:
+    """The key of a propensity model's parameters: ("logistic", l2 or None) or ("factorized", a, max_p)."""
+    if method == "factorized":
+        return ("factorized", float(a), float(max_p))
+    return ("logistic", None if l2 is None else float(l2))
+
+
+DEFAULT_PARAMS = propensity_params()
 
 
 class _Presence:
@@ -123,6 +147,7 @@ class _Segment:
     share: float
     program: object  # callable(_Presence) -> bool[n]
     fields: frozenset[str]  # fields its condition mentions, through references too
+    digest: str = ""  # of its member bitset (the stored model's content key)
 
 
 class CompiledCatalog:
@@ -143,17 +168,19 @@ class CompiledCatalog:
                 continue
             compiler = Evaluator(snapshot, universe, ops)  # per segment: its own `fields`
             program = compiler.evaluate(SegmentRef(name))
-            size = int(_kernels.popcount(evaluator.evaluate(SegmentRef(name))))
+            bits = evaluator.evaluate(SegmentRef(name))
+            size = int(_kernels.popcount(bits))
             share = size / universe.n_rows if universe.n_rows else 0.0
             self.segments.append(_Segment(name, int(entry.get("priority", 0)), size, share, program,
-                                          frozenset(compiler.fields)))
+                                          frozenset(compiler.fields), catalog_models.digest(bits)))
+        self.data_version = catalog_models.data_version(snapshot)
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
-        # Per (prior_strength, max_p_value) pair, at most MODEL_PARAMS_KEPT of each, least recently
-        # used dropped first (requests choose the pair: an unbounded cache would grow with them):
-        # _stacked holds the fitted [features x segments] model; _models the segments fitted so far of
-        # a pair not stacked yet (a cancelled first fit resumes there), keyed (segment, a, max_p).
+        # Per parameter set (`propensity_params`), at most MODEL_PARAMS_KEPT of each, least recently
+        # used dropped first (requests choose them: an unbounded cache would grow with them):
+        # _stacked holds the [features x segments] model; _models the segments fitted so far of a set
+        # not stacked yet (a cancelled first fit resumes there), keyed (segment, *params).
         # _cells: per segment, the smallest non-zero cell of each feature's table (the privacy floor's
-        # input; independent of a and max_p); _floored: the weights of a stacked model under a floor k.
+        # input; independent of the method); _floored: the weights of a stacked model under a floor k.
         self._cells: dict[int, np.ndarray] = {}
         self._floored: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._models: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -204,57 +231,130 @@ class CompiledCatalog:
 
     def model(self, i: int, a: float, max_p: float) -> tuple[np.ndarray, np.ndarray]:
         """(log base[2], W[2, n_features]) of membership in segment i (see module docstring)."""
-        key = (i, float(a), float(max_p))
+        key = (i, *propensity_params("factorized", a, max_p))
         with self._lock:
             hit = self._models.get(key)
         if hit is not None:
             return hit
+        FITS[0] += 1
         u = self.universe
         seg = self.segments[i]
         bits = Evaluator(self.snapshot, u).evaluate(SegmentRef(seg.name))
-        n, n1 = u.n_rows, seg.size
-        fids = np.arange(u.n_features, dtype=np.int64)
-        n1f, _ = count_features(u, bits, n1, fids)
-        nf = np.asarray(u.feature_count, dtype=np.int64)
-        N = np.vstack([n1f, nf - n1f])
-        n_c = np.array([n1, n - n1], dtype=np.int64)
-        cells = np.vstack([n1f, nf - n1f, n1 - n1f, n - n1 - nf + n1f, nf, n - nf,
-                           np.full_like(nf, n1), np.full_like(nf, n - n1)])
-        smallest = np.where(cells > 0, cells, np.iinfo(np.int64).max).min(axis=0)
-        p0 = np.array([(n1 + 1.0) / (n + 2.0), (n - n1 + 1.0) / (n + 2.0)])
-        base = (n_c + a * p0) / (n + a)
-        keep = (nf > 0) & (g_test_p(N, n_c) <= max_p)
-        for fname in seg.fields:
-            info = u.fields.get(fname)
-            if info is not None:
-                keep[info.feature_offset: info.feature_offset + len(info.values)] = False
-        W = np.zeros((2, u.n_features))
-        if keep.any() and 0 < n1 < n:
-            q = nf[keep] / n
-            W[:, keep] = np.log(((N[:, keep] + a * q[None, :]) / (n_c[:, None] + a)) / q[None, :])
-        out = (np.log(base), W)
+        n1 = seg.size
+        n1f, _ = count_features(u, bits, n1, np.arange(u.n_features, dtype=np.int64))
+        smallest = self._smallest_cells(n1f, n1)
+        out = factorized_membership(n1f, np.asarray(u.feature_count, dtype=np.int64), n1, u.n_rows,
+                                    self.evidence_mask(i), a, max_p)
         with self._lock:
             self._cells[i] = smallest
+        self._keep_partial(key, out)
+        return out
+
+    def _keep_partial(self, key: tuple, out) -> None:
+        with self._lock:
             self._models[key] = out
             self._partial[key[1:]] = None
             self._partial.move_to_end(key[1:])
             while len(self._partial) > MODEL_PARAMS_KEPT:
                 self._drop_partial(self._partial.popitem(last=False)[0])
+
+    def _smallest_cells(self, n1f: np.ndarray, n1: int) -> np.ndarray:
+        """int64[n_features]: the smallest non-zero cell or margin of each feature's table with a segment
+        of n1 members (n1f: its members with each feature)."""
+        n = self.universe.n_rows
+        nf = np.asarray(self.universe.feature_count, dtype=np.int64)
+        cells = np.vstack([n1f, nf - n1f, n1 - n1f, n - n1 - nf + n1f, nf, n - nf,
+                           np.full_like(nf, n1), np.full_like(nf, n - n1)])
+        return np.where(cells > 0, cells, np.iinfo(np.int64).max).min(axis=0)
+
+    def cells(self, i: int) -> np.ndarray:
+        """The privacy floor's input of segment i (`_smallest_cells`), counted once (one AND-count pass)."""
+        with self._lock:
+            hit = self._cells.get(i)
+        if hit is not None:
+            return hit
+        u, seg = self.universe, self.segments[i]
+        bits = Evaluator(self.snapshot, u).evaluate(SegmentRef(seg.name))
+        n1f, _ = count_features(u, bits, seg.size, np.arange(u.n_features, dtype=np.int64))
+        out = self._smallest_cells(n1f, seg.size)
+        with self._lock:
+            self._cells[i] = out
         return out
+
+    # -- the logistic membership models (segsrv.engine.catalog_models) --------------------
+
+    def evidence_mask(self, i: int) -> np.ndarray:
+        """bool[n_features]: every feature but those of the fields segment i's condition mentions."""
+        u = self.universe
+        keep = np.ones(u.n_features, dtype=bool)
+        for fname in self.segments[i].fields:
+            info = u.fields.get(fname)
+            if info is not None:
+                keep[info.feature_offset: info.feature_offset + len(info.values)] = False
+        return keep
+
+    def content_key(self, i: int, l2: float | None) -> tuple:
+        """The content key of segment i's logistic model (what `segments apply` stores it under)."""
+        return catalog_models.content_key(self.data_version, self.universe, self.segments[i].digest,
+                                          catalog_models.digest(self.evidence_mask(i)), l2)
+
+    def fit_logistic(self, i: int, l2: float | None) -> tuple[float, np.ndarray, float, bool]:
+        """Segment i's logistic membership model, fitted (not the stored one; the same content key fitted
+        earlier by this process is taken from its cache): (bias, d, l2 used, cross-validated)."""
+        key = self.content_key(i, l2)
+        hit = catalog_models.fitted(key)
+        if hit is not None:
+            return hit
+        FITS[0] += 1
+        u, seg = self.universe, self.segments[i]
+        bits = Evaluator(self.snapshot, u).evaluate(SegmentRef(seg.name))
+        member = np.unpackbits(bits.view(np.uint8), bitorder="little")[: u.n_rows].astype(bool)
+        out = catalog_models.fit_membership(u, member, self.evidence_mask(i), l2)
+        catalog_models.keep_fitted(key, out)
+        return out
+
+    def stored_default(self) -> bool:
+        """Whether the snapshot stores the default (cross-validated logistic) model of every segment."""
+        stored = self.universe.stored_models
+        return all(self.content_key(i, None) in stored for i in range(len(self.segments)))
+
+    def logistic_model(self, i: int, l2: float | None) -> tuple[float, np.ndarray]:
+        """(bias, d[n_features]) of segment i's membership logit: the model the snapshot stores under its
+        content key when there is one (no fit), else fitted (cached with the catalog)."""
+        key = (i, *propensity_params("logistic", l2=l2))
+        with self._lock:
+            hit = self._models.get(key)
+        if hit is not None:
+            return hit
+        stored = self.universe.stored_models.get(self.content_key(i, l2))
+        if stored is not None:
+            out = (float(stored[0][0, 0]), np.asarray(stored[0][0, 1:]))
+        else:
+            out = self.fit_logistic(i, l2)[:2]
+        self._keep_partial(key, out)
+        return out
+
+    def _segment_model(self, i: int, params: tuple) -> tuple[float, np.ndarray]:
+        if params[0] == "factorized":
+            log_base, W = self.model(i, params[1], params[2])
+            return log_base[0] - log_base[1], W[0] - W[1]
+        return self.logistic_model(i, params[1])
 
     def _drop_partial(self, params: tuple) -> None:  # under self._lock
         for i in range(len(self.segments)):
             self._models.pop((i, *params), None)
 
-    def propensity_model(self, a: float, max_p: float) -> tuple[np.ndarray, np.ndarray]:
-        """(bias[S], D[n_features, S]): the membership logit of segment i for a row with features F
-        is bias[i] + sum of D[f, i] over f in F (log member score minus log non-member score), so
-        P(member) = 1 / (1 + exp(-logit)) and one CSR pass scores every segment at once.
+    def propensity_model(self, params: tuple = DEFAULT_PARAMS) -> tuple[np.ndarray, np.ndarray]:
+        """(bias[S], D[n_features, S]) of the parameter set `params` (`propensity_params`): the membership
+        logit of segment i for a row with features F is bias[i] + sum of D[f, i] over f in F (factorized:
+        log member score minus log non-member score), so P(member) = 1 / (1 + exp(-logit)) and one CSR
+        pass scores every segment at once.
 
-        Fitted once per (a, max_p): the first caller fits (checking cancellation between segments,
-        keeping the segments it finished); concurrent callers wait for it instead of repeating
-        the same fits, and give up waiting when their own call is cancelled or past its deadline."""
-        key = (float(a), float(max_p))
+        Built once per parameter set: logistic models the snapshot stores are taken as they are (no fit);
+        the others are fitted by the first caller (checking cancellation between segments, keeping the
+        segments it finished); concurrent callers wait for it instead of repeating the same fits, and
+        give up waiting when their own call is cancelled or past its deadline."""
+        key = tuple(params)
         with self._lock:
             hit = self._stacked.get(key)
             if hit is not None:
@@ -273,9 +373,7 @@ class CompiledCatalog:
             D = np.zeros((F, S))
             for i in range(S):
                 cancel.check()
-                log_base, W = self.model(i, float(a), float(max_p))
-                bias[i] = log_base[0] - log_base[1]
-                D[:, i] = W[0] - W[1]
+                bias[i], D[:, i] = self._segment_model(i, key)
             out = (bias, D)
             with self._lock:
                 self._stacked[key] = out
@@ -289,19 +387,20 @@ class CompiledCatalog:
         finally:
             gate.release()
 
-    def floored_model(self, a: float, max_p: float, privacy_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """propensity_model(a, max_p) with the weight of every feature whose table with a segment has a cell
-        of 1..privacy_k-1 rows set to 0 (the model without that feature); the model itself when k <= 1."""
-        bias, D = self.propensity_model(a, max_p)
+    def floored_model(self, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """propensity_model(params) with the weight of every feature whose table with a segment has a cell
+        of 1..privacy_k-1 rows set to 0 (the fitted weight dropped, not a refit without the feature);
+        the model itself when k <= 1."""
+        bias, D = self.propensity_model(params)
         if privacy_k <= 1 or not self.segments:
             return bias, D
-        key = (float(a), float(max_p), int(privacy_k))
+        key = (tuple(params), int(privacy_k))
         with self._lock:
             hit = self._floored.get(key)
             if hit is not None and hit[0] is D:
                 self._floored.move_to_end(key)
                 return bias, hit[1]
-        cells = np.stack([self._cells[i] for i in range(len(self.segments))], axis=1)  # [F, S]
+        cells = np.stack([self.cells(i) for i in range(len(self.segments))], axis=1)  # [F, S]
         floored = np.where(cells >= privacy_k, D, 0.0)
         with self._lock:
             self._floored[key] = (D, floored)
@@ -309,19 +408,37 @@ class CompiledCatalog:
                 self._floored.popitem(last=False)
         return bias, floored
 
-    def propensities_of_rows(self, rows: np.ndarray, a: float, max_p: float, privacy_k: int = 0) -> np.ndarray:
+    def propensities_of_rows(self, rows: np.ndarray, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0) -> np.ndarray:
         """float64[S, len(rows)]: P(member) of each segment for each row (rows of the universe)."""
-        bias, D = self.floored_model(a, max_p, privacy_k)
+        bias, D = self.floored_model(params, privacy_k)
         u = self.universe
         logits = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, D,
                                          np.ascontiguousarray(rows, dtype=np.uint32))
         logits += bias[None, :]
         return _sigmoid(logits).T
 
-    def propensities_of_features(self, fids: np.ndarray, a: float, max_p: float, privacy_k: int = 0) -> np.ndarray:
+    def propensities_of_features(self, fids: np.ndarray, params: tuple = DEFAULT_PARAMS,
+                                 privacy_k: int = 0) -> np.ndarray:
         """float64[S, 1]: P(member) of each segment for one customer with features `fids`."""
-        bias, D = self.floored_model(a, max_p, privacy_k)
+        bias, D = self.floored_model(params, privacy_k)
         return _sigmoid(bias + D[np.asarray(fids, dtype=np.int64)].sum(axis=0))[:, None]
+
+
+def factorized_membership(n1f: np.ndarray, nf: np.ndarray, n1: int, n: int, evidence: np.ndarray, a: float,
+                          max_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The factorized membership model from counts over n rows (n1 members; nf: rows with each feature,
+    n1f: members with it; evidence: bool mask of the features it may use) -> (log base[2], W[2, F])
+    (module docstring)."""
+    N = np.vstack([n1f, nf - n1f])
+    n_c = np.array([n1, n - n1], dtype=np.int64)
+    p0 = np.array([(n1 + 1.0) / (n + 2.0), (n - n1 + 1.0) / (n + 2.0)])
+    base = (n_c + a * p0) / (n + a)
+    keep = (nf > 0) & (g_test_p(N, n_c) <= max_p) & evidence
+    W = np.zeros((2, len(nf)))
+    if keep.any() and 0 < n1 < n:
+        q = nf[keep] / n
+        W[:, keep] = np.log(((N[:, keep] + a * q[None, :]) / (n_c[:, None] + a)) / q[None, :])
+    return np.log(base), W
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -354,8 +471,11 @@ def compiled_catalog(snapshot: Snapshot, universe: Universe) -> CompiledCatalog:
 
 
 def warm_catalog(snapshot: Snapshot) -> dict[str, int]:
-    """Compile the catalog of every universe that has segments and fit their default propensity
-    models, so that the first Assign on this version costs what every later one does.
+    """Compile the catalog of every universe that has segments and load their default propensity
+    models (the logistic ones `segments apply` stored) with the privacy floor's counts, so that the
+    first Assign on this version costs what every later one does. Never fits: a version without stored
+    models (a catalog applied by an older segsrv, or with fit_propensities=False) leaves the fits to
+    the first Assign with propensities.
     Returns {universe: number of segments}."""
     used = {e.get("universe") for e in (snapshot.segments or {}).values()}  # `segments apply` sets it
     out = {}
@@ -363,8 +483,11 @@ def warm_catalog(snapshot: Snapshot) -> dict[str, int]:
         if name not in used:
             continue
         cat = compiled_catalog(snapshot, u)
-        if cat.segments:
-            cat.propensity_model(DEFAULT_PRIOR_STRENGTH, DEFAULT_MAX_P_VALUE)
+        if cat.segments and cat.stored_default():
+            cat.propensity_model(DEFAULT_PARAMS)  # stored by `segments apply`: read, not fitted
+            for i in range(len(cat.segments)):  # the privacy floor's counts
+                cancel.check()
+                cat.cells(i)
         out[name] = len(cat.segments)
     return out
 
@@ -416,7 +539,8 @@ def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> Assign
             universe = used.pop()
     u = snapshot.universe(universe)
     query.validate()
-    a, max_p = query.prior_strength, query.max_p_value
+    params = propensity_params(query.propensity_method, query.prior_strength, query.max_p_value,
+                               query.propensity_l2)
     ids = list(query.ids or [])
     cat = compiled_catalog(snapshot, u)
     if ids:
@@ -432,11 +556,11 @@ def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> Assign
     member = cat.membership(presence)  # [S, n_found]
     prop = None
     if query.include_propensities and cat.segments and presence.n:
-        # the first call fits one model per segment (cached per version; see propensity_model)
+        # stored models, or the first call fits one model per segment (cached per version; see propensity_model)
         if fids_of is None:
-            prop = cat.propensities_of_rows(rows[found], float(a), float(max_p), privacy_k)
+            prop = cat.propensities_of_rows(rows[found], params, privacy_k)
         else:
-            prop = cat.propensities_of_features(fids_of, float(a), float(max_p), privacy_k)
+            prop = cat.propensities_of_features(fids_of, params, privacy_k)
     # ranking keys are per segment, so the orders are computed once, not per customer
     segs = cat.segments
     shown = [i for i, sg in enumerate(segs) if not privacy.small_in(sg.size, u.n_rows, privacy_k)]

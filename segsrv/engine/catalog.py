@@ -20,7 +20,9 @@ cycles are all reported together, each naming its segment) and publishes a new v
 whose data files are hard links to the current version's files: nothing big is copied
 or rebuilt, and the new version is an ordinary immutable version (a running server picks
 it up like any other; segsrv.snapshot.publish writes it). Applying replaces the whole catalog (it is declarative: the file
-is the catalog). See docs/segments.md.
+is the catalog). Before publishing, the default Assign propensity model of every segment is fitted (or, unchanged
+since the base version, reused by a hard link) and stored in the new version as data files
+(segsrv.engine.catalog_models; docs/assign.md). See docs/segments.md.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import copy
 import hashlib
 import json
 import re
+import time
 import tomllib
 from pathlib import Path
 from typing import Callable
@@ -36,8 +39,9 @@ from typing import Callable
 from ..errors import SegsrvError, SpecError
 from ..snapshot import format as fmt
 from ..snapshot.location import resolve_version_dir
-from ..snapshot.publish import discard, link_files, new_staging_dir, point_current, publish_version
-from ..snapshot.reader import Snapshot, open_snapshot
+from ..snapshot.publish import discard, entries_of, link_files, new_staging_dir, point_current, publish_version
+from ..snapshot.reader import Snapshot, catalog_model_files, open_snapshot
+from . import catalog_models as cm
 from .conditions import Evaluator, parse_where
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -182,17 +186,27 @@ class _CatalogView:
         return getattr(self._snapshot, name)
 
 
+def _compiled(view: "_CatalogView") -> dict:
+    """universe -> the CompiledCatalog of the view's catalog (not cached: the view must outlive it)."""
+    from .assign import CompiledCatalog
+
+    return {name: CompiledCatalog(view, view.universe(name)) for name in sorted({e["universe"] for e in view.segments.values()})}
+
+
 def catalog_version(base_version: str, catalog: dict) -> str:
     payload = json.dumps({"base": base_version, "segments": catalog}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def apply_segments(location: str | Path, catalog: dict | str | Path, *, version: str | None = None,
-                   progress: Callable[[str], None] | None = None) -> tuple[Path, bool]:
+                   progress: Callable[[str], None] | None = None,
+                   fit_propensities: bool = True) -> tuple[Path, bool]:
     """Validate `catalog` against ROOT/NAME's current version and publish it as a new version.
 
     `catalog` is a mapping or the path of a catalog file. Returns (version directory, changed);
-    when the catalog equals the current one nothing is published and changed is False."""
+    when the catalog equals the current one nothing is published and changed is False.
+    fit_propensities: fit (or reuse, when unchanged) and store the default propensity model of every
+    segment (segsrv.engine.catalog_models); False stores none (Assign then fits them on demand)."""
     say = progress or (lambda msg: None)
     entries = load_catalog_file(catalog) if isinstance(catalog, (str, Path)) else normalize_catalog(catalog)
     vdir = resolve_version_dir(location)
@@ -211,10 +225,17 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     snapshot_dir = vdir.parent
     final = snapshot_dir / new_version
     manifest.update(version=new_version, segments=resolved, data_version=data_version)
-    data = fmt.dumps_manifest(manifest)
+    # the data files stay; the base's propensity models are replaced by the new catalog's
+    old_models = {rel for _, _, _, rel in catalog_model_files(manifest)}
+    manifest.pop(cm.SECTION, None)
+    manifest["files"] = {rel: meta for rel, meta in manifest["files"].items() if rel not in old_models}
     if final.exists():
-        # a published version is immutable: only the identical catalog may reuse its name
-        if (final / fmt.MANIFEST).read_bytes() != data:
+        # a published version is immutable: only the identical catalog may reuse its name (its stored
+        # propensity models are the catalog's, over the same data)
+        there = json.loads((final / fmt.MANIFEST).read_text(encoding="utf-8"))
+        mine = {k: v for k, v in manifest.items() if k != "files"}
+        theirs = {k: v for k, v in there.items() if k not in ("files", cm.SECTION)}
+        if mine != theirs or not set(manifest["files"]) <= set(there.get("files", {})):
             _fail(f"version {new_version!r} of {snapshot_dir.name!r} exists with different content; "
                   "choose another version", [("version", "exists")])
         point_current(snapshot_dir, new_version)
@@ -223,7 +244,14 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     tmp = new_staging_dir(snapshot_dir, "segments")
     try:
         n_bytes = link_files(vdir, tmp, manifest["files"])
-        publish_version(tmp, snapshot_dir, new_version, data)
+        if fit_propensities and resolved:
+            t0 = time.perf_counter()
+            view = _CatalogView(snap, resolved)  # held: the compiled catalogs refer to it weakly
+            section, written = cm.fit_catalog_models(_compiled(view), tmp, snap, say)
+            manifest[cm.SECTION] = section
+            manifest["files"].update(entries_of(tmp, sorted(written)))
+            say(f"propensity models of {len(resolved)} segments stored ({time.perf_counter() - t0:.1f} s)")
+        publish_version(tmp, snapshot_dir, new_version, fmt.dumps_manifest(manifest))
     except OSError as exc:
         discard(tmp)
         raise SpecError(f"cannot publish {snapshot_dir.name}/{new_version}: {exc}", [("location", str(exc))]) from exc

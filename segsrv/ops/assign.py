@@ -2,7 +2,8 @@
 
 JSON form (the CLI's and the client's): {"ids": [external ids]} for known customers (a batch), or
 {"features": {field: value} or [(field, value), ...]} for a new customer; plus "from" (the universe),
-"include_propensities", "prior_strength", "max_p_value". Answer {"snapshot", "version", "universe",
+"include_propensities", "propensity_method" ("logistic", the default, or "factorized"), "propensity_l2"
+(logistic; absent: chosen by cross-validation), "prior_strength", "max_p_value" (factorized only). Answer {"snapshot", "version", "universe",
 "assignments": [{"id", "found", "primary_segment", "segments": [{"segment", "member", "propensity",
 "segment_size", "share", "priority"}]}]} (docs/segments.md): members first (by priority), then, with
 include_propensities only, the other segments with their propensity (None for members).
@@ -17,18 +18,24 @@ from ..errors import LimitExceededError
 from ..v1 import condition_pb2
 from ..v1 import segsrv_pb2 as pb
 from . import conditions as cond
-from .base import ANY_SNAPSHOT, Selector, response_info
+from .base import ANY_SNAPSHOT, Selector, enum_from_proto, enum_to_proto, response_info
 from .conditions import value_text
-from .params import Boolean, Param, Real, Text, bad, check_keys, check_params, read_json
+from .params import Boolean, Options, Param, Real, Text, bad, check_keys, check_params, read_json
 from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH  # the propensity model's defaults
 
 MAX_BATCH = 100_000
 MAX_FEATURES = 10_000
-KEYS = {"ids", "features", "from", "include_propensities", "prior_strength", "max_p_value"}
+KEYS = {"ids", "features", "from", "include_propensities", "propensity_method", "propensity_l2", "prior_strength",
+        "max_p_value"}
+PROPENSITY_METHODS = ("factorized", "logistic")
+DEFAULT_PROPENSITY_METHOD = "logistic"  # the default method of Predict, ScoreSegment and Evaluate too
+DEFAULT_PROPENSITY_L2 = None  # logistic: chosen by cross-validation
 
 PARAMS = (
     Param("from", Text("a universe name"), attr="universe", none=True),
     Param("include_propensities", Boolean()),
+    Param("propensity_method", Options(PROPENSITY_METHODS)),
+    Param("propensity_l2", Real(low=0, open="low"), none=True, hint=" (absent: chosen by cross-validation)"),
     Param("prior_strength", Real(low=0, open="low")),
     Param("max_p_value", Real(0, 1, open="low")),
 )
@@ -69,8 +76,10 @@ class AssignQuery:
     ids: list = field(default_factory=list)  # external ids of known rows
     features: list[tuple[str, str]] | None = None  # a new customer (when ids is empty)
     include_propensities: bool = False
-    prior_strength: float = DEFAULT_PRIOR_STRENGTH
-    max_p_value: float = DEFAULT_MAX_P_VALUE
+    propensity_method: str = DEFAULT_PROPENSITY_METHOD
+    propensity_l2: float | None = DEFAULT_PROPENSITY_L2  # logistic only; None: cross-validated
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH  # factorized only
+    max_p_value: float = DEFAULT_MAX_P_VALUE  # factorized only
 
     def validate(self) -> None:
         check_params(self, PARAMS)
@@ -100,6 +109,7 @@ class AssignQuery:
 
     def to_json(self) -> dict:
         out = {"ids": list(self.ids), "from": self.universe, "include_propensities": self.include_propensities,
+               "propensity_method": self.propensity_method, "propensity_l2": self.propensity_l2,
                "prior_strength": self.prior_strength, "max_p_value": self.max_p_value}
         if self.features is not None:
             out["features"] = [list(p) for p in self.features]
@@ -108,12 +118,19 @@ class AssignQuery:
     # -- proto -------------------------------------------------------------------------
 
     def to_proto(self, at: Selector = ANY_SNAPSHOT) -> pb.AssignRequest:
-        """prior_strength / max_p_value are sent when they differ from the defaults (unset: the server's)."""
+        """propensity_method, propensity_l2, prior_strength and max_p_value are sent when they differ from the
+        defaults (unset: the server's)."""
         req = pb.AssignRequest(snapshot=at.to_proto(), universe=self.universe or "",
                                ids=[str(i) for i in self.ids or ()],
                                features=[condition_pb2.Term(field=str(f), value=value_text(v))
                                          for f, v in self.features or ()],
                                include_propensities=bool(self.include_propensities))
+        if self.propensity_method != DEFAULT_PROPENSITY_METHOD:
+            req.propensity_method = enum_to_proto(pb.PredictMethod, "PREDICT_METHOD_", self.propensity_method)
+            if not req.propensity_method:  # a name the enum lacks must not become "unset" (the default)
+                PARAMS[2].check(self.propensity_method)
+        if self.propensity_l2 is not None:
+            req.propensity_l2 = float(self.propensity_l2)
         if self.prior_strength != DEFAULT_PRIOR_STRENGTH:
             req.prior_strength = float(self.prior_strength)
         if self.max_p_value != DEFAULT_MAX_P_VALUE:
@@ -139,6 +156,9 @@ class AssignQuery:
                 features.append((t.field, t.value))
         return cls(universe=req.universe or None, ids=list(req.ids), features=features,
                    include_propensities=bool(req.include_propensities),
+                   propensity_method=enum_from_proto(pb.PredictMethod, "PREDICT_METHOD_", req.propensity_method,
+                                                     DEFAULT_PROPENSITY_METHOD, "propensity_method"),
+                   propensity_l2=req.propensity_l2 if req.HasField("propensity_l2") else DEFAULT_PROPENSITY_L2,
                    prior_strength=req.prior_strength if req.HasField("prior_strength") else DEFAULT_PRIOR_STRENGTH,
                    max_p_value=req.max_p_value if req.HasField("max_p_value") else DEFAULT_MAX_P_VALUE)
 

@@ -181,7 +181,7 @@ def create_server(
     default outside multi-process mode) a port already in use raises BindError instead of being shared
     silently. `registry` lets a caller (tests) keep a handle on the served snapshots; by default one is
     opened over snapshot_root (with keep_versions; with `warm`, each version's segment catalog is
-    compiled, its default Assign propensity models fitted and its stored models answered once before it is
+    compiled, its stored default Assign propensity models loaded and its stored models answered once before it is
     served; segsrv.engine.warm). reload_interval (seconds) watches every CURRENT and swaps in new versions (None: no watching; `serve` defaults to 1 s);
     with it, every verify_interval seconds (None: never) every served byte is checked again and a version
     whose files changed on disk is withdrawn (DATA_LOSS). tls_cert + tls_key (PEM files,

@@ -27,11 +27,9 @@ import numpy as np
 
 from .. import _kernels
 from ..errors import BuildError, SpecError
-from . import checksum
 from . import format as fmt
-from .mapping import map_file
 from .paths import FieldPath, resolve_universe_fields
-from .publish import discard, new_staging_dir, point_current, publish_version
+from .publish import discard, entries_of, new_staging_dir, point_current, publish_version
 from .spec import Spec, TableSpec, load_spec, suggest
 
 Progress = Callable[[str], None]
@@ -624,12 +622,8 @@ def _publish(tmp: Path, snapshot_dir: Path, version: str, manifest: bytes, progr
 
 def file_entries(directory: Path, threads: int | None = None) -> dict[str, dict]:
     """The manifest's file list of a written version: {relative path: {bytes, xxh3, sha256}}."""
-    maps = {path.relative_to(directory).as_posix(): map_file(path)
-            for path in sorted(p for p in directory.rglob("*") if p.is_file())}
-    algorithms = {rel: (checksum.FAST, checksum.STRONG) for rel in maps}
-    got = checksum.digests(maps, algorithms, threads=threads or _kernels.get_num_threads())
-    return {rel: {"bytes": len(data), checksum.FAST: got[rel][checksum.FAST], checksum.STRONG: got[rel][checksum.STRONG]}
-            for rel, data in maps.items()}
+    rels = [p.relative_to(directory).as_posix() for p in sorted(p for p in directory.rglob("*") if p.is_file())]
+    return entries_of(directory, rels, threads or _kernels.get_num_threads())
 
 
 def build_snapshot(

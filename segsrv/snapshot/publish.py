@@ -30,7 +30,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+from . import checksum
 from . import format as fmt
+from .mapping import map_file
 
 
 def new_staging_dir(snapshot_dir: Path, purpose: str) -> Path:
@@ -50,6 +52,15 @@ def link_files(base_dir: Path, staging: Path, files: dict[str, dict]) -> int:
         os.link(base_dir / rel, dst)  # same file system: shares the data, copies nothing
         n_bytes += int(meta["bytes"])
     return n_bytes
+
+
+def entries_of(directory: Path, rels: list[str], threads: int = 1) -> dict[str, dict]:
+    """The manifest's entries of the files `rels` (relative to `directory`): {rel: {bytes, xxh3, sha256}}."""
+    maps = {rel: map_file(directory / rel) for rel in rels}
+    algorithms = {rel: (checksum.FAST, checksum.STRONG) for rel in maps}
+    got = checksum.digests(maps, algorithms, threads=threads)
+    return {rel: {"bytes": len(data), checksum.FAST: got[rel][checksum.FAST], checksum.STRONG: got[rel][checksum.STRONG]}
+            for rel, data in maps.items()}
 
 
 def make_read_only(directory: Path) -> None:

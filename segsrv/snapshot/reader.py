@@ -354,6 +354,14 @@ class Snapshot:
                 raise CorruptSnapshotError(f"{vdir / rel}: model {name!r} does not fit its universe "
                                            f"(shape {coef.shape}, dtype {coef.dtype})")
             u.stored_models[tuple(_frozen(entry["key"]))] = (coef, entry)
+        self.catalog_models = manifest.get("catalog_models", {})
+        for uname, seg, entry, rel in catalog_model_files(manifest):
+            u = self.universes.get(uname)
+            coef = files.array(rel)
+            if u is None or coef.dtype != np.float64 or coef.shape != (1, u.n_features + 1):
+                raise CorruptSnapshotError(f"{vdir / rel}: propensity model of segment {seg!r} does not fit "
+                                           f"universe {uname!r} (shape {coef.shape}, dtype {coef.dtype})")
+            u.stored_models[tuple(_frozen(entry["key"]))] = (coef, entry)
 
     def universe(self, name: str | None) -> Universe:
         if not name:
@@ -434,6 +442,27 @@ def required_files(manifest: dict) -> list[str]:
                                            f"{f.get('name')!r} is not a file of universe {name!r}")
             out.append(numeric)
     out.extend(rel for _, _, rel in model_files(manifest))
+    out.extend(rel for _, _, _, rel in catalog_model_files(manifest))
+    return out
+
+
+def catalog_model_files(manifest: dict) -> list[tuple[str, str, dict, str]]:
+    """(universe, segment, entry, file) of every stored catalog propensity model (manifest
+    "catalog_models": universe -> segment -> entry; segsrv.engine.catalog_models)."""
+    section = manifest.get("catalog_models", {})
+    if not isinstance(section, dict):
+        raise CorruptSnapshotError("manifest: 'catalog_models' is not a mapping")
+    out = []
+    for uname, segs in section.items():
+        if not isinstance(segs, dict):
+            raise CorruptSnapshotError(f"manifest: catalog_models of {str(uname)[:80]!r} is not a mapping")
+        for seg, entry in segs.items():
+            rel = entry.get("file") if isinstance(entry, dict) else None
+            if (_relative_problem(rel) or not str(rel).startswith(f"models/catalog/{uname}/")
+                    or not isinstance(entry.get("key"), list)):
+                raise CorruptSnapshotError(f"manifest: the propensity model of segment {str(seg)[:80]!r} names "
+                                           f"file {str(rel)[:120]!r}, which is not one of universe {str(uname)[:80]!r}")
+            out.append((uname, seg, entry, rel))
     return out
 
 

@@ -19,8 +19,10 @@ from segsrv.ops.conditions import SegmentRef
 from segsrv.engine.predict.target import g_test_p as _g_test_p
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
 from segsrv.snapshot.reader import open_snapshot
+from support import row_features
 
 U = "customers"
+F = "factorized"  # these tests check the factorized propensities (the logistic ones: test_catalog_models.py)
 
 CATALOG = {
     "helsinki_large": {"where": {"region": "helsinki", "pet_size": "large"}, "priority": 5},
@@ -40,7 +42,7 @@ CATALOG = {
 def snap(petnord_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("assign") / "snapshots"
     shutil.copytree(petnord_root, root, copy_function=os.link)
-    apply_segments(root / "petnord", {k: dict(v, universe=U) for k, v in CATALOG.items()})
+    apply_segments(root / "petnord", {k: dict(v, universe=U) for k, v in CATALOG.items()}, fit_propensities=False)
     return open_snapshot(root / "petnord")
 
 
@@ -99,20 +101,7 @@ def test_batch_of_10000_ids(snap, truth):
 
 
 def _row_features(snap, row):
-    """(field, value) pairs of a row, as a caller would send them for a new customer; numeric
-    fields with raw values are sent as raw numbers (ranges need them), others as band labels."""
-    u = snap.universe(U)
-    pairs = []
-    raw_fields = {f for f, info in u.fields.items() if info.numeric is not None}
-    for fid in u.csr_indices[u.csr_indptr[row]: u.csr_indptr[row + 1]]:
-        f, v = u.feature_name(int(fid))
-        if f not in raw_fields:
-            pairs.append((f, v))
-    for f in raw_fields:
-        x = float(u.fields[f].numeric[row])
-        if not math.isnan(x):
-            pairs.append((f, repr(x)))
-    return pairs
+    return row_features(snap.universe(U), row)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -120,9 +109,9 @@ def _row_features(snap, row):
 def test_feature_list_customer_equals_known_customer(snap, row):
     u = snap.universe(U)
     rid = u.ids_for_rows([row])[0]
-    by_id = assign(snap, AssignQuery(universe=U, ids=[rid], include_propensities=True)).assignments[0]
+    by_id = assign(snap, AssignQuery(universe=U, ids=[rid], include_propensities=True, propensity_method=F)).assignments[0]
     by_features = assign(snap, AssignQuery(universe=U, features=_row_features(snap, row),
-                                           include_propensities=True)).assignments[0]
+                                           include_propensities=True, propensity_method=F)).assignments[0]
     assert by_features.id is None and by_features.found
     assert [(m.segment, m.member) for m in by_features.segments] == [(m.segment, m.member) for m in by_id.segments]
     for a, b in zip(by_features.segments, by_id.segments):
@@ -142,7 +131,7 @@ def test_propensity_equals_brute_force_factorized_model(snap, truth):
     X[np.repeat(np.arange(n), np.diff(indptr)), indices] = True
     a, max_p = 1.0, 0.001
     rows = [0, 11, 222, 1999, 2999]
-    res = assign(snap, AssignQuery(universe=U, ids=list(u.ids_for_rows(rows)), include_propensities=True))
+    res = assign(snap, AssignQuery(universe=U, ids=list(u.ids_for_rows(rows)), include_propensities=True, propensity_method=F))
     seg_fields = {"churners": {"churned"}, "long_tenure": {"tenure_months"},
                   "bought_dry_food": {"orders.lines.product.category"},
                   "helsinki_large": {"region", "pet_size"}}
@@ -175,7 +164,7 @@ def test_propensity_equals_brute_force_factorized_model(snap, truth):
 
 def test_non_members_ranked_by_propensity(snap):
     u = snap.universe(U)
-    res = assign(snap, AssignQuery(universe=U, ids=list(u.ids_for_rows(range(50))), include_propensities=True))
+    res = assign(snap, AssignQuery(universe=U, ids=list(u.ids_for_rows(range(50))), include_propensities=True, propensity_method=F))
     for a in res.assignments:
         others = [m.propensity for m in a.segments if not m.member]
         assert others == sorted(others, reverse=True)
@@ -211,9 +200,9 @@ def test_universe_defaults_to_the_catalogs(snap):
     assert res.universe == U
 
 
-def test_warm_catalog_fits_every_default_model_once(snap, monkeypatch):
-    """warm_catalog compiles the catalog and fits every segment's default propensity model, so a
-    first Assign with propensities fits nothing; concurrent first callers share one fit."""
+def test_first_factorized_callers_share_one_fit(snap, monkeypatch):
+    """warm_catalog fits nothing (this catalog stores no models: they are left to the first Assign);
+    concurrent first callers of the factorized propensities share one fit per segment."""
     import threading
 
     from segsrv.engine import assign as A
@@ -223,7 +212,7 @@ def test_warm_catalog_fits_every_default_model_once(snap, monkeypatch):
     original = A.CompiledCatalog.model
 
     def counting(self, i, a, max_p):
-        key = (i, float(a), float(max_p))
+        key = (i, *A.propensity_params(F, a, max_p))
         with self._lock:
             cached = key in self._models
         if not cached:
@@ -231,13 +220,10 @@ def test_warm_catalog_fits_every_default_model_once(snap, monkeypatch):
         return original(self, i, a, max_p)
 
     monkeypatch.setattr(A.CompiledCatalog, "model", counting)
+    before = A.fit_count()
     assert A.warm_catalog(fresh) == {U: len(CATALOG)}
-    assert len(fits) == len(CATALOG)
-    fits.clear()
+    assert fits == [] and A.fit_count() == before
     u = fresh.universe(U)
-    res = assign(fresh, AssignQuery(universe=U, ids=list(u.ids_for_rows([0, 1, 2])), include_propensities=True))
-    assert fits == [] and all(any(not m.member for m in a.segments) for a in res.assignments)
-
     other = open_snapshot(snap.path.parent)  # cold again: 8 threads ask at once, each model is fitted once
     start = threading.Barrier(8)
     answers, failures = [], []
@@ -246,7 +232,7 @@ def test_warm_catalog_fits_every_default_model_once(snap, monkeypatch):
         try:
             start.wait()
             answers.append(assign(other, AssignQuery(universe=U, ids=list(u.ids_for_rows([5, 6])),
-                                                     include_propensities=True)))
+                                                     include_propensities=True, propensity_method=F)))
         except Exception as exc:  # noqa: BLE001
             failures.append(exc)
 
@@ -268,12 +254,13 @@ def test_model_caches_are_bounded_by_parameter_pairs(snap):
     cat = compiled_catalog(fresh, fresh.universe(U))
     K = A.MODEL_PARAMS_KEPT
     pairs = [(1.0 + i, 0.05) for i in range(K + 4)]
-    first = {pair: cat.propensity_model(*pair) for pair in pairs}
-    assert list(cat._stacked) == pairs[-K:]
+    keys = [(F, *pair) for pair in pairs]
+    first = {key: cat.propensity_model(key) for key in keys}
+    assert list(cat._stacked) == keys[-K:]
     assert cat._models == {} and not cat._partial and cat._fitting == {}  # all in the stacked models
-    bias, D = cat.propensity_model(*pairs[0])  # dropped: fitted again, identically
-    assert np.array_equal(bias, first[pairs[0]][0]) and np.array_equal(D, first[pairs[0]][1])
-    assert len(cat._stacked) == K and pairs[0] in cat._stacked and pairs[-K] not in cat._stacked
+    bias, D = cat.propensity_model(keys[0])  # dropped: fitted again, identically
+    assert np.array_equal(bias, first[keys[0]][0]) and np.array_equal(D, first[keys[0]][1])
+    assert len(cat._stacked) == K and keys[0] in cat._stacked and keys[-K] not in cat._stacked
 
     for i in range(K + 3):  # first fits stopped after one segment (cancelled) leave bounded leftovers
         cat.model(0, 100.0 + i, 0.05)
@@ -296,7 +283,7 @@ def test_waiting_for_a_fit_stops_when_the_caller_is_cancelled(snap):
 
     fresh = open_snapshot(snap.path.parent)
     cat = compiled_catalog(fresh, fresh.universe(U))
-    gate = cat._fitting.setdefault((1.0, 0.001), threading.Lock())
+    gate = cat._fitting.setdefault((F, 1.0, 0.001), threading.Lock())
     gate.acquire()  # somebody else is fitting, and never finishes
     try:
         class Gone(SegsrvError):
@@ -306,7 +293,7 @@ def test_waiting_for_a_fit_stops_when_the_caller_is_cancelled(snap):
             raise Gone("cancelled")
 
         with cancel.checking(check), pytest.raises(Gone):
-            cat.propensity_model(1.0, 0.001)
+            cat.propensity_model((F, 1.0, 0.001))
     finally:
         gate.release()
 
@@ -319,7 +306,7 @@ def test_catalog_cache_does_not_keep_a_snapshot_alive(snap):
 
     fresh = open_snapshot(snap.path.parent)
     u = fresh.universe(U)
-    assign(fresh, AssignQuery(universe=U, ids=list(u.ids_for_rows([0, 1])), include_propensities=True))
+    assign(fresh, AssignQuery(universe=U, ids=list(u.ids_for_rows([0, 1])), include_propensities=True, propensity_method=F))
     alive = weakref.ref(fresh)
     dense = weakref.ref(u.dense.base)  # the np.memmap of the dense matrix
     del fresh, u

@@ -73,7 +73,7 @@ def applied(catalog_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("catalog_file") / "segments.toml"
     path.write_text(CATALOG_TOML)
     base = open_snapshot(catalog_root / "petnord")
-    vdir, changed = apply_segments(catalog_root / "petnord", path)
+    vdir, changed = apply_segments(catalog_root / "petnord", path, fit_propensities=False)
     assert changed
     return base, open_snapshot(catalog_root / "petnord"), vdir
 
@@ -178,7 +178,8 @@ def test_unknown_segment_in_a_query(applied):
 
 def test_replacing_the_catalog_drops_old_segments(applied, catalog_root):
     _, snap, _ = applied
-    vdir, changed = apply_segments(catalog_root / "petnord", {"oulu": {"where": {"region": "oulu"}, "universe": U}})
+    vdir, changed = apply_segments(catalog_root / "petnord", {"oulu": {"where": {"region": "oulu"}, "universe": U}},
+                                   fit_propensities=False)
     assert changed
     new = open_snapshot(catalog_root / "petnord")
     assert list(new.segments) == ["oulu"]
@@ -188,5 +189,5 @@ def test_replacing_the_catalog_drops_old_segments(applied, catalog_root):
     base_bits = np.asarray(old.universe(U).dense)
     assert np.array_equal(base_bits, np.asarray(new.universe(U).dense))
     # restore the module's catalog for the other tests
-    apply_segments(catalog_root / "petnord", {k: dict(v) for k, v in snap.segments.items()})
+    apply_segments(catalog_root / "petnord", {k: dict(v) for k, v in snap.segments.items()}, fit_propensities=False)
     assert open_snapshot(catalog_root / "petnord").version == snap.version

@@ -130,7 +130,8 @@ def test_a_catalog_version_keeps_the_models(built, tmp_path):
     shutil.copytree(root, copy)
     name_dir = copy / "petnord"
     base = open_snapshot(name_dir)
-    new, changed = apply_segments(name_dir, {"dogs": {"where": {"segment": "dog_owner"}, "universe": "customers"}})
+    new, changed = apply_segments(name_dir, {"dogs": {"where": {"segment": "dog_owner"}, "universe": "customers"}},
+                                  fit_propensities=False)
     assert changed
     snap = open_snapshot(name_dir)
     assert snap.models == base.models

@@ -153,7 +153,7 @@ def build_versions(base: Path) -> SimpleNamespace:
     for version, variant, catalog in (("A", variant_a, CATALOG_A), ("B", variant_b, CATALOG_B)):
         spec = write_copy(variant(tables), base / f"data-{version}")
         build_snapshot(spec, root, version=f"{version}-data", progress=lambda m: None, threads=1)
-        vdir, changed = apply_segments(root / "petnord", catalog, version=version)
+        vdir, changed = apply_segments(root / "petnord", catalog, version=version, fit_propensities=False)
         assert changed and vdir == root / "petnord" / version
         dirs[version] = spec.parent
     return SimpleNamespace(root=root, name_dir=root / "petnord", data=dirs)

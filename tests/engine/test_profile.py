@@ -297,7 +297,7 @@ def catalog_snap(petnord_root, tmp_path_factory):
     apply_segments(root / "petnord", {
         "premium_churners": {"where": SEGMENTS["customers"]["and"], "universe": "customers"},
         "not_premium_churners": {"where": {"$not": {"$segment": "premium_churners"}}, "universe": "customers"},
-    })
+    }, fit_propensities=False)
     return open_snapshot(root / "petnord")
 
 

@@ -89,12 +89,37 @@ def test_assign_feature_list(served):
     assert [m["segment"] for m in a["segments"] if m["member"]] == ["kept", "helsinki_large"]
 
 
+def test_propensities_come_from_the_stored_models(served):
+    """`segments apply` stored every segment's logistic model: Assign over gRPC fits none, and the
+    factorized method asked by name gives the engine's factorized numbers."""
+    from segsrv.engine.assign import fit_count
+
+    client, root = served
+    snap = open_snapshot(root / "petnord")
+    ids = list(snap.universe(U).ids_for_rows([3, 4]))
+    before = fit_count()
+    first = client.assign(ids, include_propensities=True)
+    assert fit_count() == before and first == client.assign(ids, include_propensities=True)
+    got = client.assign(ids, include_propensities=True, propensity_method="factorized")
+    want = assign(snap, AssignQuery(universe=U, ids=ids, include_propensities=True, propensity_method="factorized"))
+    for ga, wa in zip(got["assignments"], want.assignments):
+        assert [(m["segment"], m["propensity"]) for m in ga["segments"]] == [
+            (m.segment, pytest.approx(m.propensity, rel=1e-12) if m.propensity is not None else None)
+            for m in wa.segments]
+
+
 @pytest.mark.parametrize("kwargs,code,field", [
     (dict(features={"regio": "x"}), grpc.StatusCode.INVALID_ARGUMENT, "features[0].field"),
     (dict(features={"region": "mars"}), grpc.StatusCode.INVALID_ARGUMENT, "features[0].value"),
     (dict(), grpc.StatusCode.INVALID_ARGUMENT, "ids"),
     (dict(ids=["x"] * 100_001), grpc.StatusCode.RESOURCE_EXHAUSTED, "ids"),
     (dict(ids=["x"], universe="shops"), grpc.StatusCode.INVALID_ARGUMENT, None),
+    # the propensity options are checked by the server (conjunction is a PredictMethod, not a propensity method)
+    (dict(ids=["CUST-00001"], include_propensities=True, propensity_method="conjunction"),
+     grpc.StatusCode.INVALID_ARGUMENT, "propensity_method"),
+    (dict(ids=["CUST-00001"], include_propensities=True, propensity_l2=-1.0), grpc.StatusCode.INVALID_ARGUMENT,
+     "propensity_l2"),
+    (dict(ids=["CUST-00001"], propensity_l2=float("nan")), grpc.StatusCode.INVALID_ARGUMENT, "propensity_l2"),
 ])
 def test_assign_errors(served, kwargs, code, field):
     client, _ = served

@@ -209,7 +209,7 @@ def test_segment_reference_with_a_catalog(tmp_path, petnord_root, start_server, 
         "premium_dogs": {"where": {"lifestyle": "premium", "segment": "dog_owner"}, "universe": U,
                          "description": "premium dog owners", "priority": 2, "tags": ["pets"]},
         "churners": {"where": {"churned": True}, "universe": U, "description": "", "priority": 1, "tags": []},
-    })
+    }, fit_propensities=False)
     from segsrv.snapshot.reader import open_snapshot
 
     snap = open_snapshot(root / "petnord")

@@ -60,7 +60,7 @@ def snap_and_terms(petnord_root, tmp_path_factory):
         "tiny": {"where": small_where, "universe": U},
         "all_but_tiny": {"where": {"$not": {"$segment": "tiny"}}, "universe": U},
         "churners": {"where": {"churned": True}, "universe": U},
-    })
+    }, fit_propensities=False)  # the propensities asked here are the factorized ones
     return root, small_where
 
 
@@ -185,7 +185,8 @@ def test_segment_sizes_and_value_counts(stub):
     segs = {s.name: s for s in stub.ListSegments(pb.ListSegmentsRequest(), timeout=30).segments}
     assert segs["tiny"].size == 0 and segs["tiny"].share == 0.0
     assert segs["churners"].size == 1092
-    a = stub.Assign(pb.AssignRequest(ids=["CUST-00001"], include_propensities=True), timeout=30).assignments[0]
+    a = stub.Assign(pb.AssignRequest(ids=["CUST-00001"], include_propensities=True,
+                                     propensity_method=pb.PREDICT_METHOD_FACTORIZED), timeout=30).assignments[0]
     sizes = {m.segment: m.segment_size for m in a.segments}
     assert "tiny" not in sizes and sizes["churners"] == 1092  # a small segment is left out of Assign
     info = stub.GetSnapshotInfo(pb.GetSnapshotInfoRequest(include_values=True), timeout=30)
@@ -377,7 +378,8 @@ def test_assign_never_states_members_of_a_small_segment(stub, snap_and_terms):
     assert "churners" in named and not named & {"tiny", "all_but_tiny"}
     assert not {a.primary_segment for a in resp.assignments} & {"tiny", "all_but_tiny"}
     assert resp.suppressed_segment_count == 2
-    a = stub.Assign(pb.AssignRequest(universe=U, ids=ids[:1], include_propensities=True), timeout=30).assignments[0]
+    a = stub.Assign(pb.AssignRequest(universe=U, ids=ids[:1], include_propensities=True,
+                                     propensity_method=pb.PREDICT_METHOD_FACTORIZED), timeout=30).assignments[0]
     assert {m.segment for m in a.segments} == {"churners"}
 
 
@@ -390,7 +392,8 @@ def test_assign_propensities_ignore_features_with_small_counts(stub, snap_and_te
 
     def propensity(field, value):
         resp = stub.Assign(pb.AssignRequest(universe=U, features=[cpb.Term(field=field, value=value)],
-                                            include_propensities=True, prior_strength=1e-9, max_p_value=1.0),
+                                            include_propensities=True, prior_strength=1e-9, max_p_value=1.0,
+                                            propensity_method=pb.PREDICT_METHOD_FACTORIZED),
                            timeout=30)
         return {m.segment: m.propensity for m in resp.assignments[0].segments}["churners"]
 

@@ -117,7 +117,8 @@ def test_values_per_field_zero_means_five(stub, petnord_snapshot):
 def test_segment_reference(start_server, petnord_root, tmp_path, petnord_snapshot):
     root = tmp_path / "snapshots"
     shutil.copytree(petnord_root, root, copy_function=os.link)
-    apply_segments(root / "petnord", {"oulu": {"where": {"region": "oulu"}, "universe": "customers"}})
+    apply_segments(root / "petnord", {"oulu": {"where": {"region": "oulu"}, "universe": "customers"}},
+                   fit_propensities=False)
     stub = start_server(root).stub
     resp = stub.Profile(pb.ProfileRequest(universe="customers", segment=cpb.Condition(
         segment=cpb.SegmentReference(name="oulu"))), timeout=30)

@@ -274,9 +274,12 @@ def test_published_files_are_read_only(tiny_copy):
     assert _writable(v) == []
     new, changed = apply_segments(tiny_copy / "tiny", {"north": {"where": {"region": "north"}, "universe": U}})
     assert changed and _writable(new) == []
-    # the catalog version shares the data files (hard links) and their checksums
+    # the catalog version shares the data files (hard links) and their checksums; it adds the segments'
+    # propensity models (checksummed data files too)
     assert os.stat(new / f"universes/{U}/dense.bin").st_ino == os.stat(v / f"universes/{U}/dense.bin").st_ino
-    assert manifest_of(new)["files"] == manifest_of(v)["files"]
+    files = manifest_of(new)["files"]
+    models = {rel for rel in files if rel.startswith("models/catalog/")}
+    assert len(models) == 1 and {k: x for k, x in files.items() if k not in models} == manifest_of(v)["files"]
 
 
 def test_segments_apply_refuses_a_damaged_base(tiny_copy):
