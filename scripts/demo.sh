@@ -100,7 +100,7 @@ $SEG discover --addr "$ADDR" --from customers --target churned=true --limit 10 -
 echo
 echo "== publish the discovered catalog (a new version; the server swaps to it)"
 echo "\$ segsrv segments apply $ROOT/demo $CATALOG"
-$SEG segments apply "$ROOT/demo" "$CATALOG" --quiet
+$SEG segments apply "$ROOT/demo" "$CATALOG"   # progress: one line per segment propensity model fitted (docs/assign.md)
 $PY - "$ADDR" "$CATALOG" <<'PYEOF'
 import sys, time, tomllib
 from segsrv.client import SegsrvClient
