@@ -29,7 +29,9 @@ small ordinal scales, counts) are ``categorical``; every other numeric column is
   restricted to the evidence-field mask, as bench/predict.py), fitted on our training rows (not held out,
   with a target value) and scored on Evaluate's test rows.
 
-Prints AUC, log-loss and accuracy per model and our AUC gap to the best of the four (target: >= -0.005).
+Prints AUC, log-loss and accuracy per model and our AUC gap to the best of the four (target: >= -0.005),
+and the count-based factorized method's AUC and log-loss at prior strengths 0.1 .. 100 (is the pseudo-count
+worth choosing from the data?).
 Then on a few test rows per dataset (--explain-rows): Predict by id with the training rows as train_mask,
 with the bulk default method (the model Evaluate scored: its probability must equal Evaluate's) and with
 Predict's own default method; for every value, in-process and in the JSON form a person reads,
@@ -261,6 +263,19 @@ def explanations(snap, target: str, e, n_rows: int) -> dict:
     return out
 
 
+PRIOR_SWEEP = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def prior_sweep(snap, target: str) -> dict:
+    """Evaluate's factorized method (count-based) at each prior strength: does the pseudo-count matter?"""
+    out = {}
+    for a in PRIOR_SWEEP:
+        f = evaluate(snap, EvaluateQuery(target=target, universe=U, holdout_fraction=HOLDOUT, seed=SEED,
+                                         method="factorized", prior_strength=a))
+        out[str(a)] = {"auc": f.auc, "log_loss": f.log_loss}
+    return out
+
+
 def bench_dataset(name: str, explain_rows: int) -> dict:
     loader, target, source = DATASETS[name]
     df = loader()
@@ -299,6 +314,7 @@ def bench_dataset(name: str, explain_rows: int) -> dict:
         res["auc_gap_to_best"] = ours["auc"] - best
         res["target_met"] = bool(ours["auc"] >= best - TARGET_GAP)
         res["explanations"] = explanations(snap, target, e, explain_rows)
+        res["factorized_prior_sweep"] = prior_sweep(snap, target)
 
     print(f"\n== {name} ({source}): {u.n_rows:,} rows, target {target} (positive {e.positive_value}, "
           f"rate {res['positive_rate']:.3f}) ==")
@@ -310,6 +326,9 @@ def bench_dataset(name: str, explain_rows: int) -> dict:
         shown = label if mname == "segsrv (default)" else mname + (f" (C={m['C']:.3g})" if "C" in m else "")
         print(f"{shown:50s} {m['auc']:7.4f} {m['log_loss']:8.4f} {m['accuracy']:7.4f} {m['auc_gap_to_best']:+8.4f} "
               f"{m['time_s']:7.2f}")
+    sweep = res["factorized_prior_sweep"]
+    print("  factorized by prior strength (AUC / log-loss): " + ", ".join(
+        f"{a}: {m['auc']:.4f} / {m['log_loss']:.3f}" for a, m in sweep.items()))
     verdict = "met" if res["target_met"] else "MISSED"
     print(f"  our AUC gap to the best ({best_name}): {res['auc_gap_to_best']:+.4f} -> target (>= -{TARGET_GAP}) {verdict}")
     for method, m in res["explanations"].items():

@@ -37,10 +37,13 @@ from .params import (
 METHODS = ("conjunction", "factorized", "logistic")
 BULK_METHODS = ("factorized", "logistic")  # the methods ScoreSegment applies in bulk
 FACTOR_KINDS = ("conjunction", "lift")
-DEFAULT_METHOD = "conjunction"  # Predict
+DEFAULT_METHOD = "logistic"  # Predict, ScoreSegment, Evaluate (Assign propensities: the same method)
 DEFAULT_PRIOR_STRENGTH = 1.0
+# the penalties a caller may give: beyond them a fit's preconditioner over- or underflows (1e-8 leaves a
+# 1M-row fit unpenalised in effect; 1e8 leaves every weight ~0)
+L2_RANGE = Real(low=1e-8, high=1e8)
 DEFAULT_L2 = None  # L2 penalty of the logistic method (scikit-learn's C = 1 / l2); None: chosen by cross-validation
-DEFAULT_BULK_METHOD = "logistic"  # ScoreSegment and Evaluate
+DEFAULT_BULK_METHOD = DEFAULT_METHOD  # ScoreSegment and Evaluate: one default (issue 15)
 DEFAULT_MIN_SUPPORT = 30
 DEFAULT_MAX_CORRELATION = 0.9
 DEFAULT_MIN_SUPPORT_FRACTION = 0.005
@@ -68,7 +71,7 @@ COMMON_PARAMS = (
     Param("evidence_fields", Names(), none=True),
     Param("prior_strength", Real(low=0, open="low")),
     Param("max_target_values", Integer(low=2)),
-    Param("l2", Real(low=0, open="low"), none=True, hint=" (absent: chosen by cross-validation)"),
+    Param("l2", L2_RANGE, none=True, hint=" (absent: chosen by cross-validation)"),
 )
 # the conjunction method's thresholds (Predict and Evaluate)
 CONJUNCTION_PARAMS = (

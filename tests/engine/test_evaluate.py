@@ -138,7 +138,8 @@ def test_conjunction_method_and_segment(snap, su):
     assert hold[e.test_rows].all()
     for j, r in enumerate(e.test_rows.tolist()):
         rid = su.ids_for_rows([r])[0]
-        p = predict(snap, PredictQuery(target="segment", universe=U, segment=seg, row_id=rid, train_mask=train))
+        p = predict(snap, PredictQuery(target="segment", universe=U, segment=seg, row_id=rid, train_mask=train,
+                                       method="conjunction"))
         got = {vp.value: vp.probability for vp in p.probabilities}
         assert np.allclose(e.probabilities[j], [got[v] for v in e.values], rtol=1e-9, atol=1e-15)
     y = np.array(e.values)[e.true_index]

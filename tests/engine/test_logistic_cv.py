@@ -153,16 +153,16 @@ def oracle_design(bu, target, fields=None):
     return X, y
 
 
-def bruteforce_cv(X, y, folds, k=5):
+def bruteforce_cv(X, y, folds, k=5, grid=GRID):
     """Mean held-out log-loss per grid value, pooled over every held-out row (scikit-learn fits)."""
-    total = np.zeros(len(GRID))
+    total = np.zeros(len(grid))
     n_test = 0
     for f in range(k):
         test, train = folds == f, folds != f
         if not test.any() or len(np.unique(y[train])) < len(np.unique(y)):
             continue
         n_test += int(test.sum())
-        for j, l2 in enumerate(GRID):
+        for j, l2 in enumerate(grid):
             m = _sklearn(X[train], y[train], l2, tol=1e-8)
             p = m.predict_proba(X[test])
             total[j] -= np.log(p[np.arange(test.sum()), np.searchsorted(m.classes_, y[test])]).sum()
@@ -189,21 +189,28 @@ def test_cv_choice_equals_bruteforce_sklearn_cv(snap, su, bu, fields):
     res = predict(snap, PredictQuery(target=target, universe=U, row_id=bu.ids[7], method="logistic",
                                      evidence_fields=fields))
     [reg] = res.regularisation
-    assert reg.cross_validated and reg.value is None and reg.l2 in L.L2_GRID
+    assert reg.cross_validated and reg.value is None
     assert np.allclose(L.L2_GRID, GRID, rtol=1e-12)
-    best, mine = int(np.argmin(ref)), L.L2_GRID.index(reg.l2)
-    assert mine == best or ref[mine] - ref[best] < 1e-6, (reg.l2, GRID[best], ref)
+    best = int(np.argmin(ref))
     # the CV curve itself (the engine's CV over the same rows, in the oracle's design)
     P, inv = L.distinct_patterns(csr_matrix(X[rows]))
     K = len(np.unique(y[rows]))
     yk = np.searchsorted(np.unique(y[rows]), y[rows])
-    l2, mean = L.choose_l2(P, inv, yk, folds, K, gtol=1e-9, max_iter=1000, patience=None)  # the whole grid
+    l2, mean = L.choose_l2(P, inv, yk, folds, K, gtol=1e-9, max_iter=1000, patience=None, refine=False)
     assert np.allclose(mean, ref, rtol=1e-3, atol=1e-8), (mean, ref)
     assert L.L2_GRID.index(l2) == best or ref[L.L2_GRID.index(l2)] - ref[best] < 1e-6
-    # the default walk (stops after 2 rises) makes the same choice, its walked values the same curve
-    l2w, walked = L.choose_l2(P, inv, yk, folds, K, gtol=1e-9)
+    # the default walk (stops after 2 rises) walks the same curve
+    l2w, walked = L.choose_l2(P, inv, yk, folds, K, gtol=1e-9, refine=False)
     done = ~np.isnan(walked)
     assert l2w == l2 and done[: best + 1].all() and np.allclose(walked[done], ref[done], rtol=1e-3, atol=1e-8)
+    # then the refinement between the best grid value's neighbours: the engine's choice is at least as
+    # good as the best grid value by the brute-force CV, and as a fine brute-force grid over the bracket
+    lo, hi = GRID[min(best + 1, len(GRID) - 1)], GRID[max(best - 1, 0)]
+    assert lo <= reg.l2 <= hi
+    fine = [float(v) for v in np.logspace(math.log10(hi), math.log10(lo), 9)]
+    at_choice, on_fine = bruteforce_cv(X[rows], y[rows], folds, grid=[reg.l2])[0], bruteforce_cv(X[rows], y[rows], folds, grid=fine)
+    assert at_choice <= ref[best] + 1e-7, (reg.l2, at_choice, ref[best])
+    assert at_choice <= on_fine.min() + 2e-4 * (ref[best] - on_fine.min()) + 1e-7, (reg.l2, at_choice, fine, on_fine)
     # the final model is the plain fit at the chosen l2 (a caller fixing it gets the same answer)
     fixed = predict(snap, PredictQuery(target=target, universe=U, row_id=bu.ids[7], method="logistic", l2=reg.l2,
                                        evidence_fields=fields))
@@ -244,7 +251,7 @@ def test_cv_uses_training_rows_only_and_is_deterministic(snap, su):
 def test_evaluate_and_score_report_the_penalty(snap, monkeypatch):
     _clear()
     e = evaluate(snap, EvaluateQuery(target="churned", universe=U))
-    assert e.regularisation.cross_validated and e.regularisation.l2 in L.L2_GRID
+    assert e.regularisation.cross_validated and L.L2_GRID[-1] <= e.regularisation.l2 <= L.L2_GRID[0]
     assert e.to_json()["regularisation"] == {"l2": e.regularisation.l2, "cross_validated": True, "value": None}
     assert evaluate(snap, EvaluateQuery(target="churned", universe=U, method="factorized")).regularisation is None
 
@@ -295,14 +302,14 @@ def test_cv_fits_converge_where_the_old_cap_did_not(monkeypatch):
         iters.append(k.get("max_iter"))
         return out
 
-    capped_l2, capped = L.choose_l2(P, inv, y, folds, 2, max_iter=100, patience=None)  # the old rule
+    capped_l2, capped = L.choose_l2(P, inv, y, folds, 2, max_iter=100, patience=None, refine=False)  # the old rule
     monkeypatch.setattr(L, "fit_counts", counting)
-    l2, walked = L.choose_l2(P, inv, y, folds, 2)
+    l2, walked = L.choose_l2(P, inv, y, folds, 2, refine=False)
     monkeypatch.undo()
     done = ~np.isnan(walked)
     assert len(iters) == 5 * int(done.sum()) and done.sum() < len(GRID)  # 5 folds per walked value, then stop
     assert all(m == L.LOGISTIC_MAX_ITER for m in iters)
-    full_l2, full = L.choose_l2(P, inv, y, folds, 2, patience=None)
+    full_l2, full = L.choose_l2(P, inv, y, folds, 2, patience=None, refine=False)
     assert l2 == full_l2 and np.array_equal(walked[done], full[done])
     ref = bruteforce_cv(X, y, folds)
     assert np.allclose(walked[done], ref[done], rtol=2e-5, atol=0), (walked, ref)
@@ -310,3 +317,21 @@ def test_cv_fits_converge_where_the_old_cap_did_not(monkeypatch):
     assert L.L2_GRID.index(l2) == best
     # the capped curve is off where the cap bit (the weak penalties), by far more than the converged one
     assert np.max(np.abs(capped[done] - ref[done])) > 20 * np.max(np.abs(walked[done] - ref[done]))
+
+
+def test_refinement_lowers_the_cv_loss_and_threads_change_nothing(monkeypatch):
+    """The refined l2 has a CV loss (brute force, scikit-learn) no higher than the best grid value's, lies
+    between that value's neighbours, and the choice is bit-identical with one thread or several."""
+    X, y, folds = _nested_design(seed=3, n=800)
+    P, inv = L.distinct_patterns(csr_matrix(X))
+    grid_l2, curve = L.choose_l2(P, inv, y, folds, 2, refine=False)
+    monkeypatch.setattr(L, "CV_THREADS", 1)
+    one_l2, one_curve = L.choose_l2(P, inv, y, folds, 2)
+    monkeypatch.setattr(L, "CV_THREADS", 2)
+    two_l2, two_curve = L.choose_l2(P, inv, y, folds, 2)
+    assert one_l2 == two_l2 and np.array_equal(one_curve, two_curve, equal_nan=True)
+    assert np.array_equal(one_curve, curve, equal_nan=True)  # the walk is the same; only the choice is refined
+    j = L.L2_GRID.index(grid_l2)
+    assert L.L2_GRID[min(j + 1, len(GRID) - 1)] <= one_l2 <= L.L2_GRID[max(j - 1, 0)]
+    ref_grid, ref_refined = bruteforce_cv(X, y, folds, grid=[grid_l2, one_l2])
+    assert ref_refined <= ref_grid + 1e-9, (grid_l2, one_l2, ref_grid, ref_refined)

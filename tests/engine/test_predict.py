@@ -264,7 +264,7 @@ def test_predict_by_id_matches_reference(snap, su, bu, target, seg_name, method)
 def test_parameters_match_reference(snap, su, bu, params):
     for target in ("churned", "segment"):
         rid = bu.ids[42]
-        res = predict(snap, PredictQuery(target=target, universe=U, row_id=rid, **params))
+        res = predict(snap, PredictQuery(target=target, universe=U, row_id=rid, method="conjunction", **params))
         ev = row_evidence(bu, target, 42)
         ref = ref_predict(bu, su, target, np.ones(bu.n, bool), ev, a=params["prior_strength"],
                           min_support=params["min_support"], max_corr=params["max_correlation"],
@@ -275,17 +275,18 @@ def test_parameters_match_reference(snap, su, bu, params):
 
 def test_explicit_evidence_and_override(snap, su, bu):
     ev = [("region", "oulu"), ("lifestyle", "budget"), ("orders.lines.product.category", "litter")]
-    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev))
+    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, method="conjunction"))
     assert_matches(res, ref_predict(bu, su, "churned", np.ones(bu.n, bool), ev))
     check_invariants(res)
     # both: the explicit features replace the row's features of the same fields
     row = 5
-    res = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[row], evidence=ev[:2]))
+    res = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[row], evidence=ev[:2],
+                                     method="conjunction"))
     own = row_evidence(bu, "churned", row, skip_fields={"region", "lifestyle"})
     assert sorted(res.evidence) == sorted(own + ev[:2])
     assert_matches(res, ref_predict(bu, su, "churned", np.ones(bu.n, bool), own + ev[:2]))
     # evidence_fields restricts the row's features (globs allowed)
-    res = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[row],
+    res = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[row], method="conjunction",
                                      evidence_fields=["region", "orders.lines.product.*"]))
     ev2 = [(f, v) for f, v in row_evidence(bu, "churned", row)
            if f == "region" or f.startswith("orders.lines.product.")]
@@ -293,8 +294,9 @@ def test_explicit_evidence_and_override(snap, su, bu):
     assert_matches(res, ref_predict(bu, su, "churned", np.ones(bu.n, bool), ev2))
 
 
-def test_no_evidence_is_the_base_rate(snap, bu):
-    res = predict(snap, PredictQuery(target="region", universe=U, segment=Term("lifestyle", "premium")))
+@pytest.mark.parametrize("method", ["conjunction", "factorized"])
+def test_no_evidence_is_the_base_rate(snap, bu, method):
+    res = predict(snap, PredictQuery(target="region", universe=U, segment=Term("lifestyle", "premium"), method=method))
     for vp in res.probabilities:
         assert vp.factors == []
         assert math.isclose(vp.probability, vp.base_probability, rel_tol=1e-12)
@@ -321,7 +323,8 @@ def test_correlated_evidence_is_not_counted_twice(snap, su):
     # wet-food and the pouch tag describe the same customers: with a high min_support nothing is
     # conditioned exactly and the second one must be skipped as redundant
     ev = [("orders.lines.product.category", "wet-food"), ("orders.lines.product.tags", "pouch")]
-    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, min_support=10 ** 9, max_p_value=1.0))
+    res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, min_support=10 ** 9, max_p_value=1.0,
+                                     method="conjunction"))
     factors = res.probabilities[0].factors
     assert [f.kind for f in factors] == ["lift", "lift"]
     assert sum(1 for f in factors if f.factor == 1.0 and "redundant" in f.note) == 1
@@ -332,7 +335,7 @@ def test_conjunction_conditions_exactly(snap, su, bu):
     # with min_support 1 and two evidence features the probability is the smoothed rate in the conjunction
     ev = [("region", "oulu"), ("lifestyle", "budget")]
     res = predict(snap, PredictQuery(target="churned", universe=U, evidence=ev, min_support=1, prior_strength=1e-9,
-                                     min_support_fraction=0.0))
+                                     min_support_fraction=0.0, method="conjunction"))
     m = bu.fields["region"].masks["oulu"] & bu.fields["lifestyle"].masks["budget"]
     rate = (m & bu.fields["churned"].masks["true"]).sum() / m.sum()
     p = {vp.value: vp.probability for vp in res.probabilities}
@@ -341,8 +344,11 @@ def test_conjunction_conditions_exactly(snap, su, bu):
     assert res.probabilities[0].factors[0].support == int(m.sum())
 
 
-def test_multi_valued_target_is_per_value(snap, su, bu):
-    res = predict(snap, PredictQuery(target="orders.lines.product.category", universe=U, row_id=bu.ids[10]))
+@pytest.mark.parametrize("method", ["conjunction", "logistic"])
+def test_multi_valued_target_is_per_value(snap, su, bu, method):
+    l2 = 1.0 if method == "logistic" else None  # (the cross-validated choice per value: tests/engine/test_logistic_cv.py)
+    res = predict(snap, PredictQuery(target="orders.lines.product.category", universe=U, row_id=bu.ids[10],
+                                     method=method, l2=l2))
     assert res.multi_valued
     assert len(res.probabilities) == len(su.fields["orders.lines.product.category"].values)
     check_invariants(res)
@@ -522,7 +528,7 @@ def test_unknown_target(snap):
 def test_too_many_target_values(snap):
     with pytest.raises(LimitExceededError, match=r"24 values.*max_target_values=10"):
         predict(snap, PredictQuery(target="last_order_month", universe=U, max_target_values=10))
-    assert predict(snap, PredictQuery(target="last_order_month", universe=U)).probabilities  # 24 <= 64
+    assert predict(snap, PredictQuery(target="last_order_month", universe=U, method="conjunction")).probabilities  # 24 <= 64
 
 
 def test_evidence_on_the_target(snap):
@@ -566,9 +572,25 @@ def test_bad_top_k(snap):
 def test_fields_copying_the_target_are_not_evidence(snap, su, bu):
     # segment=aquarium_owner and orders.lines.product.pet_type=aquarium are the same customers
     assert "orders.lines.product.pet_type" in leaking_fields(bu, "segment")
-    res = predict(snap, PredictQuery(target="segment", universe=U, row_id=bu.ids[0]))
+    res = predict(snap, PredictQuery(target="segment", universe=U, row_id=bu.ids[0], l2=1.0))
     assert not any(f == "orders.lines.product.pet_type" for f, _ in res.evidence)
     # named explicitly, it is evidence like any other
-    res = predict(snap, PredictQuery(target="segment", universe=U, row_id=bu.ids[0],
+    res = predict(snap, PredictQuery(target="segment", universe=U, row_id=bu.ids[0], l2=1.0,
                                      evidence_fields=["orders.lines.product.pet_type"]))
     assert res.evidence and all(f == "orders.lines.product.pet_type" for f, _ in res.evidence)
+
+
+def test_one_default_method(snap, bu):
+    """Predict, ScoreSegment and Evaluate default to the same method (logistic), in-process and in JSON."""
+    from segsrv.ops.evaluate import EvaluateQuery
+    from segsrv.ops.score import ScoreQuery
+
+    assert PredictQuery(target="churned").method == "logistic"
+    assert PredictQuery.from_json({"target": "churned"}).method == "logistic"
+    assert ScoreQuery(target="churned", value="true").method == "logistic"
+    assert EvaluateQuery(target="churned").method == "logistic"
+    default = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[3], l2=1.0))
+    explicit = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[3], l2=1.0, method="logistic"))
+    assert default.method == "logistic"
+    assert [(vp.value, vp.probability) for vp in default.probabilities] == \
+           [(vp.value, vp.probability) for vp in explicit.probabilities]

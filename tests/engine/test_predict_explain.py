@@ -91,7 +91,7 @@ def test_p_value_below_1e_300_gets_its_log10(planned, min_support, kind):
     """plan=a joins the conjunction (its factor's test: S' against the class within S) or, with a
     min_support no conjunction reaches, is a backed-off lift; either way p underflows (~1e-1206)."""
     evidence = {"plan": "a"} if kind == "conjunction" else {"plan": "a", "region": "north"}  # S' = plan=a
-    q = {"target": "churned", "evidence": evidence, "min_support": min_support}
+    q = {"target": "churned", "evidence": evidence, "min_support": min_support, "method": "conjunction"}
     answer = run_json("predict", planned, q)
     ref = _ref_log10_p_perfect(N_ROWS)
     assert ref < -1000
@@ -115,9 +115,9 @@ def test_logistic_factors_have_no_p_value(planned):
 
 # --- by id on PetNord: ordered, folded, still exact ------------------------------------------------
 
-CASES = [dict(target="churned", universe="customers", row_id="CUST-00007"),
+CASES = [dict(target="churned", universe="customers", row_id="CUST-00007", method="conjunction"),
          dict(target="churned", universe="customers", row_id="CUST-00007", method="factorized"),
-         dict(target="segment", universe="customers", row_id="CUST-00042"),
+         dict(target="segment", universe="customers", row_id="CUST-00042", method="conjunction"),
          dict(target="churned", universe="customers", row_id="CUST-00003", method="logistic")]
 
 

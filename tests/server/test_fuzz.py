@@ -488,7 +488,8 @@ def predict_requests(draw):
     set_optional(req, prior_strength=draw(opt_positive), min_support=draw(opt_support),
                  min_support_fraction=draw(opt_fraction), max_p_value=draw(opt_p_value))
     spec = draw(request_conditions)
-    set_condition(req, "segment", cheap_model(draw, req, spec, "target_field") if req.method == 3 else spec)
+    # the default (0) is logistic, as 3 is: both fit a model
+    set_condition(req, "segment", cheap_model(draw, req, spec, "target_field") if req.method in (0, 3) else spec)
     return req
 
 

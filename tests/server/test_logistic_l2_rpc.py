@@ -39,7 +39,7 @@ def test_l2_json_and_proto_round_trip(cls, extra):
     q0 = cls.from_json({"from": "customers", "target": "churned", **extra})
     assert q0.l2 is None and not q0.to_proto().HasField("l2")
     assert cls.from_proto(q0.to_proto(), cls.paths(q0.to_proto())).l2 is None
-    for bad in (0, -1, "x"):
+    for bad in (0, -1, "x", 1e-9, 1e9, 1e-300):  # beyond 1e-8 .. 1e8 the fit's scaling over- or underflows
         with pytest.raises(QueryError, match="l2"):
             cls.from_json({"from": "customers", "target": "churned", "l2": bad, **extra})
 
@@ -54,8 +54,12 @@ def test_l2_given_over_grpc_is_used_without_cv(stub, no_cv):
         universe="customers", target_field="churned", target_value="true", top_k=2, l2=3.0))
         if m.WhichOneof("payload") == "summary"][0].summary
     assert (summary.regularisation.l2, summary.regularisation.cross_validated) == (3.0, False)
+    # the default method is logistic: l2 given without a method is used as is
+    resp = stub.Predict(pb.PredictRequest(universe="customers", target_field="churned", id="CUST-00007", l2=3.0))
+    assert [(r.l2, r.cross_validated) for r in resp.regularisation] == [(3.0, False)]
     # the conjunction method has no penalty to report
-    resp = stub.Predict(pb.PredictRequest(universe="customers", target_field="churned", id="CUST-00007"))
+    resp = stub.Predict(pb.PredictRequest(universe="customers", target_field="churned", id="CUST-00007",
+                                          method=pb.PREDICT_METHOD_CONJUNCTION))
     assert len(resp.regularisation) == 0
 
 
@@ -74,7 +78,7 @@ def test_l2_not_given_is_cross_validated_and_reported(stub):
     resp = stub.Predict(pb.PredictRequest(universe="customers", target_field="churned", id="CUST-00007",
                                           method=pb.PREDICT_METHOD_LOGISTIC))
     [r] = resp.regularisation
-    assert r.cross_validated and r.l2 in L.L2_GRID
+    assert r.cross_validated and L.L2_GRID[-1] <= r.l2 <= L.L2_GRID[0]
     assert Regularisation.from_proto(r) == Regularisation(r.l2, True, None)
     ev = stub.Evaluate(pb.EvaluateRequest(universe="customers", target_field="churned"))
-    assert ev.regularisation.cross_validated and ev.regularisation.l2 in L.L2_GRID
+    assert ev.regularisation.cross_validated and L.L2_GRID[-1] <= ev.regularisation.l2 <= L.L2_GRID[0]

@@ -149,7 +149,8 @@ def pending_fits(snapshot: Snapshot, query: ScoreQuery) -> list[str]:
         return []
     cv, known = pending
     what = f"{t.info.name}={t.info.values[question]}" if t.multi else f"{t.info.name} ({K} classes)"
-    penalty = (f"l2 chosen by {CV_FOLDS}-fold cross-validation over a grid of {len(L2_GRID)} values, then the fit" if cv
+    penalty = (f"l2 chosen by {CV_FOLDS}-fold cross-validation over a grid of {len(L2_GRID)} values and a "
+               f"refining search, then the fit" if cv
                else f"l2 {known:g}")
     return [f"fitting the logistic model of {what} within {t.n_S:,} rows over {int(ev_mask.sum()):,} evidence "
             f"features ({penalty}) before scoring: it is not cached in this process and not declared in the "
