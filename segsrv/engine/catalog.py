@@ -193,8 +193,11 @@ def _compiled(view: "_CatalogView") -> dict:
     return {name: CompiledCatalog(view, view.universe(name)) for name in sorted({e["universe"] for e in view.segments.values()})}
 
 
-def catalog_version(base_version: str, catalog: dict) -> str:
-    payload = json.dumps({"base": base_version, "segments": catalog}, sort_keys=True, ensure_ascii=False)
+def catalog_version(base_version: str, catalog: dict, propensity_models: bool = False) -> str:
+    doc = {"base": base_version, "segments": catalog}
+    if propensity_models:  # a version with stored models is another version than one without
+        doc["propensity_models"] = True
+    payload = json.dumps(doc, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
@@ -212,14 +215,18 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     vdir = resolve_version_dir(location)
     snap = open_snapshot(vdir)  # every byte: a damaged base must not be linked into a new version
     resolved = validate_catalog(snap, entries)
-    if resolved == (snap.segments or {}):
+    fit = bool(fit_propensities and resolved)
+    # the same catalog is "unchanged" unless its models are to be stored and the current version lacks them
+    stored = {(uname, name) for uname, segs in snap.catalog_models.items() for name in segs}
+    has_models = all((e["universe"], name) in stored for name, e in resolved.items())
+    if resolved == (snap.segments or {}) and (has_models or not fit):
         say(f"catalog unchanged: {snap.name}/{snap.version} already has these {len(resolved)} segments")
         return vdir, False
     manifest = json.loads((vdir / fmt.MANIFEST).read_text(encoding="utf-8"))
     # the version of the data files, through any number of catalog changes: the same data and
     # catalog always give the same version name
     data_version = manifest.get("data_version", manifest["version"])
-    new_version = version or catalog_version(data_version, resolved)
+    new_version = version or catalog_version(data_version, resolved, fit)
     if not new_version or "/" in new_version or new_version.startswith(".") or new_version == fmt.CURRENT:
         _fail(f"version {new_version!r} is not a valid directory name", [("version", "invalid")])
     snapshot_dir = vdir.parent
@@ -244,7 +251,7 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     tmp = new_staging_dir(snapshot_dir, "segments")
     try:
         n_bytes = link_files(vdir, tmp, manifest["files"])
-        if fit_propensities and resolved:
+        if fit:
             t0 = time.perf_counter()
             view = _CatalogView(snap, resolved)  # held: the compiled catalogs refer to it weakly
             section, written = cm.fit_catalog_models(_compiled(view), tmp, snap, say)

@@ -265,3 +265,21 @@ def test_json_and_proto_forms_carry_the_options():
     back = AssignQuery.from_proto(req, AssignQuery.paths(req))
     assert (back.propensity_method, back.propensity_l2) == ("logistic", None)
     assert AssignQuery.from_json(default.to_json()).propensity_method == "logistic"
+
+
+def test_a_catalog_applied_without_models_gets_them_when_applied_again(applied, tmp_path):
+    """`--no-propensity-models` then a plain apply of the same catalog: a new version with the models
+    (reused from this process's fits: the same content keys); then the catalog is unchanged."""
+    root, vdir, _, _ = applied
+    r = tmp_path / "snapshots"
+    shutil.copytree(root, r, copy_function=os.link)
+    catalog = {"oulu": CATALOG["oulu"]}
+    bare, changed = apply_segments(r / "petnord", catalog, fit_propensities=False)
+    assert changed and "catalog_models" not in json.loads((bare / "manifest.json").read_text())
+    assert apply_segments(r / "petnord", catalog, fit_propensities=False) == (bare, False)
+    fitted, changed = apply_segments(r / "petnord", catalog)
+    assert changed and fitted != bare
+    section = json.loads((fitted / "manifest.json").read_text())["catalog_models"][U]
+    assert section["oulu"] == json.loads((vdir / "manifest.json").read_text())["catalog_models"][U]["oulu"]
+    assert apply_segments(r / "petnord", catalog) == (fitted, False)
+
