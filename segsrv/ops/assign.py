@@ -21,7 +21,7 @@ from . import conditions as cond
 from .base import ANY_SNAPSHOT, Selector, enum_from_proto, enum_to_proto, response_info
 from .conditions import value_text
 from .params import Boolean, Options, Param, Real, Text, bad, check_keys, check_params, read_json
-from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH  # the propensity model's defaults
+from .predict import DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, L2_RANGE  # the propensity models' defaults, l2 bounds
 
 MAX_BATCH = 100_000
 MAX_FEATURES = 10_000
@@ -35,7 +35,7 @@ PARAMS = (
     Param("from", Text("a universe name"), attr="universe", none=True),
     Param("include_propensities", Boolean()),
     Param("propensity_method", Options(PROPENSITY_METHODS)),
-    Param("propensity_l2", Real(low=0, open="low"), none=True, hint=" (absent: chosen by cross-validation)"),
+    Param("propensity_l2", L2_RANGE, none=True, hint=" (absent: chosen by cross-validation)"),  # Predict's bounds
     Param("prior_strength", Real(low=0, open="low")),
     Param("max_p_value", Real(0, 1, open="low")),
 )

@@ -246,6 +246,7 @@ def test_factorized_method_is_the_old_model(applied):
     ({"propensity_l2": -1.0}, "propensity_l2"),
     ({"propensity_l2": "cv"}, "propensity_l2"),
     ({"propensity_l2": float("inf")}, "propensity_l2"),
+    ({"propensity_l2": 1e9}, "propensity_l2"),  # Predict's bounds of l2
 ])
 def test_bad_propensity_options_name_their_field(obj, field):
     with pytest.raises(QueryError) as err:
