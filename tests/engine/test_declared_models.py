@@ -220,3 +220,27 @@ def test_hot_reload_swaps_the_models_with_their_version(built, tmp_path):
     before = logistic.fit_count()
     predict(snap, _predict_query(MODELS["churn_dogs"]))
     assert logistic.fit_count() == before
+
+
+def test_warm_up_answers_each_model_by_id_without_fitting(built, monkeypatch):
+    """The server's warm-up (engine.warm) answers each stored model's question for a customer by id, the
+    path a request takes, a few times; it never fits."""
+    from segsrv.engine import predict as predict_pkg
+
+    root, _, _ = built
+    snap = open_snapshot(root)
+    _fresh_caches()
+    calls = []
+    original = predict_pkg.predict
+
+    def recording(snapshot, query):
+        calls.append((query.target, query.row_id))
+        return original(snapshot, query)
+
+    monkeypatch.setattr(predict_pkg, "predict", recording)
+    before = logistic.fit_count()
+    assert declared.warm_models(snap) == len(MODELS)
+    assert logistic.fit_count() == before
+    first_id = snap.universe("customers").ids_for_rows([0])[0]
+    assert calls.count(("churned", first_id)) == declared.WARM_CALLS * len(MODELS)
+    assert calls.count(("churned", None)) == len(MODELS)
