@@ -63,8 +63,16 @@ $SEG query count --addr "$ADDR" --json "$Q"
 echo
 echo "== predict churn for a customer profile within the islands region, with its explanation"
 Q='{"from": "customers", "segment": {"region": "islands"}, "target": "churned", "evidence": {"newsletter": "false", "lifetime_value_band": "low", "orders.subscription": "false"}}'
-echo "\$ segsrv query predict --addr $ADDR --json '$Q'"
-$SEG query predict --addr "$ADDR" --json "$Q"
+echo "# the default method (logistic) fits a model within the segment on its first call, its penalty"
+echo "# cross-validated (seconds: docs/predict.md); a model declared in the build spec ([models], docs/spec.md)"
+echo "# is fitted by the build instead. The second call reuses the fitted model."
+echo "\$ segsrv query predict --addr $ADDR --timeout 300 --json '$Q'"
+T0=$(date +%s.%N)
+$SEG query predict --addr "$ADDR" --timeout 300 --json "$Q"
+T1=$(date +%s.%N)
+$SEG query predict --addr "$ADDR" --json "$Q" >/dev/null
+T2=$(date +%s.%N)
+python3 -c "import sys; a, b, c = map(float, sys.argv[1:]); print(f'first call {b - a:.2f} s (fits the model), second call {c - b:.2f} s (the CLI start included)')" "$T0" "$T1" "$T2"
 
 echo
 echo "== the same from Python (segsrv.client):"
@@ -121,7 +129,7 @@ FIRST="$($PY -c 'import sys, tomllib; c = tomllib.load(open(sys.argv[1], "rb"))[
 Q="{\"from\": \"customers\", \"where\": {\"\$segment\": \"$FIRST\"}}"
 echo "\$ segsrv export --addr $ADDR --json '$Q' --out $DIR/$FIRST.csv"
 $SEG export --addr "$ADDR" --json "$Q" --out "$DIR/$FIRST.csv"
-ID="$(sed -n 2p "$DIR/$FIRST.csv")"
+ID="$(sed -n 2p "$DIR/$FIRST.csv" | tr -d '\r')"
 echo "\$ segsrv assign --addr $ADDR --id $ID"
 $SEG assign --addr "$ADDR" --id "$ID"
 

@@ -326,6 +326,31 @@ func TestPredict(t *testing.T) {
 	}
 }
 
+// The default method is logistic (issue 15): its penalty is reported, cross-validated unless the
+// caller sets l2 (an optional field of the request), which is then used as given.
+func TestPredictDefaultIsLogisticAndTakesTheCallersL2(t *testing.T) {
+	c, fx := setup(t)
+	res, err := c.Predict(context.Background(), &pb.PredictRequest{
+		Universe: fx.Universe, TargetField: fx.Predict.TargetField, Id: fx.KnownID,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.GetRegularisation(); len(r) != 1 || !r[0].GetCrossValidated() || r[0].GetL2() <= 0 {
+		t.Fatalf("default regularisation = %v, want one cross-validated penalty", r)
+	}
+	l2 := 3.0
+	res, err = c.Predict(context.Background(), &pb.PredictRequest{
+		Universe: fx.Universe, TargetField: fx.Predict.TargetField, Id: fx.KnownID, L2: &l2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.GetRegularisation(); len(r) != 1 || r[0].GetCrossValidated() || r[0].GetL2() != 3 {
+		t.Fatalf("regularisation with l2 = 3: %v, want l2 3 given by the caller", r)
+	}
+}
+
 func TestCountUnknownFieldIsInvalidArgument(t *testing.T) {
 	c, fx := setup(t)
 	_, err := c.Count(context.Background(), fx.Universe, segsrv.Term("regoin", "helsinki"))

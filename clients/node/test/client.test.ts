@@ -165,6 +165,18 @@ describe("Errors", () => {
     );
   });
 
+  it("Predict defaults to logistic (penalty cross-validated) and takes the caller's l2", { skip }, async () => {
+    const p = fixture.predict;
+    const d = await client.predict(universe, p.target_field, fixture.known_id);
+    assert.equal(d.regularisation.length, 1);
+    assert.ok(d.regularisation[0].crossValidated && d.regularisation[0].l2 > 0, JSON.stringify(d.regularisation));
+    const r = await client.predict({ universe, targetField: p.target_field, id: fixture.known_id, l2: 3 });
+    assert.deepEqual(
+      r.regularisation.map((x) => [x.l2, x.crossValidated]),
+      [[3, false]],
+    );
+  });
+
   it("Predict for an unknown id is NOT_FOUND", { skip }, async () => {
     const e = await rejection(client.predict(universe, fixture.predict.target_field, fixture.unknown_id));
     assert.equal(e.code, status.NOT_FOUND, e.message);

@@ -24,6 +24,7 @@ import dev.segsrv.v1.DiscoveredSegment;
 import dev.segsrv.v1.ExplanationFactor;
 import dev.segsrv.v1.GetSnapshotInfoResponse;
 import dev.segsrv.v1.Persona;
+import dev.segsrv.v1.PredictRequest;
 import dev.segsrv.v1.PredictResponse;
 import dev.segsrv.v1.RelateDirection;
 import dev.segsrv.v1.RelateHit;
@@ -221,6 +222,27 @@ class SegsrvClientTest {
     }
     assertEquals(values, got);
     assertEquals(1.0, sum, 1e-9, "probabilities sum");
+  }
+
+  @Test
+  @DisplayName("Predict defaults to logistic (penalty cross-validated) and takes the caller's l2")
+  void predictDefaultAndL2() {
+    String target = fixture.getAsJsonObject("predict").get("target_field").getAsString();
+    String id = fixture.get("known_id").getAsString();
+    PredictResponse d = client.predict(universe, target, id);
+    assertEquals(1, d.getRegularisationCount());
+    assertTrue(d.getRegularisation(0).getCrossValidated() && d.getRegularisation(0).getL2() > 0);
+    PredictResponse r =
+        client.predict(
+            PredictRequest.newBuilder()
+                .setUniverse(universe)
+                .setTargetField(target)
+                .setId(id)
+                .setL2(3.0)
+                .build());
+    assertEquals(1, r.getRegularisationCount());
+    assertEquals(3.0, r.getRegularisation(0).getL2());
+    assertFalse(r.getRegularisation(0).getCrossValidated());
   }
 
   @Test
