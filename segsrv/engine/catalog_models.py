@@ -90,8 +90,7 @@ def fit_membership(u, member: np.ndarray, ev_mask: np.ndarray, l2: float | None,
     """The logistic membership model over `rows` (default: every row of the universe); `member`:
     bool[n_rows] of the universe. -> (bias, d float64[n_features], l2 used, cross-validated).
     Without both classes among the rows: the constant model (d = 0) and l2 the fallback (or the one given)."""
-    from .predict.logistic import L2_FALLBACK, choose_l2, cv_folds, design_matrix, distinct_patterns, fit_counts, \
-        pattern_counts
+    from .predict.logistic import L2_FALLBACK, fit_rows
 
     rows = np.arange(u.n_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     y = np.asarray(member, dtype=bool)[rows].astype(np.int64)
@@ -100,16 +99,9 @@ def fit_membership(u, member: np.ndarray, ev_mask: np.ndarray, l2: float | None,
     if n1 == 0 or n1 == n:
         return constant_bias(n1, n), d, float(L2_FALLBACK if l2 is None else l2), l2 is None
     fids = np.flatnonzero(ev_mask).astype(np.int64)
-    col_of = np.full(u.n_features, -1, dtype=np.int64)
-    col_of[fids] = np.arange(len(fids))
-    X = design_matrix(u, rows, col_of, len(fids))
-    P, inv = distinct_patterns(X)
-    cv = l2 is None
-    if cv:
-        l2 = choose_l2(P, inv, y, cv_folds(u, rows), 2)[0]
-    b, w, _ = fit_counts(P, pattern_counts(inv, y, P.shape[0], 2), float(l2))
+    b, w, used = fit_rows(u, rows, y, 2, fids, l2)
     d[fids] = w[0]
-    return float(b[0]), d, float(l2), cv
+    return float(b[0]), d, used, l2 is None
 
 
 def fit_catalog_models(catalog, staging: Path, base, say) -> tuple[dict, set]:

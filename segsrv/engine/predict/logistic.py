@@ -145,7 +145,10 @@ _BLAS: list = []  # threadpoolctl's controller, made once (it scans the loaded l
 def one_blas_thread():
     """Context: OpenBLAS / MKL limited to one thread. The fits' BLAS calls are L-BFGS's level-1 steps
     on vectors of a few thousand entries; with a team of threads each step cost ~0.1 ms instead of
-    ~0.01 ms (measured, PetNord CV), and far more when the machine is busy."""
+    ~0.01 ms (measured, PetNord CV), and far more when the machine is busy. Entered by each fitting
+    thread itself: with OpenMP loaded (our kernels), OpenBLAS's thread count is a per-thread setting
+    (measured: a limit set in one thread did not reach another). Where it is process-wide instead,
+    overlapping fits may leave BLAS at one thread after them, which costs segsrv nothing."""
     from threadpoolctl import ThreadpoolController
 
     if not _BLAS:
@@ -371,6 +374,22 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
     return best_l2, mean
 
 
+def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndarray, l2: float | None):
+    """The fit over `rows` of the universe (class y[i] in 0..K-1 of row rows[i], every class present) on the
+    evidence features `fids`: the design matrix from the rows index, its distinct patterns, l2 chosen by
+    `choose_l2` over `cv_folds` when None, then the fit at that l2 from the default start (the model a
+    caller fixing l2 gets). -> (intercepts, weights over fids, l2 used), shapes as `fit_counts`."""
+    col_of = np.full(u.n_features, -1, dtype=np.int64)
+    col_of[fids] = np.arange(len(fids))
+    X = design_matrix(u, rows, col_of, len(fids))
+    P, inv = distinct_patterns(X)
+    gtol = _gtol(X.nnz)
+    if l2 is None:
+        l2 = choose_l2(P, inv, y, cv_folds(u, rows), K, gtol=gtol)[0]
+    b, w, _ = fit_counts(P, pattern_counts(inv, y, P.shape[0], K), float(l2), gtol=gtol)
+    return b, w, float(l2)
+
+
 def _model_keys(t: Target, ev_mask: np.ndarray, question: int, K: int, base: np.ndarray,
                 l2: float | None) -> tuple[tuple, tuple]:
     """(the process caches' key, the content key of a stored model) of one model."""
@@ -427,8 +446,6 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             return (*answer, key) if with_key else answer
         FITS[0] += 1
     fids = np.flatnonzero(ev_mask).astype(np.int64)
-    col_of = np.full(u.n_features, -1, dtype=np.int64)
-    col_of[fids] = np.arange(len(fids))
     rows = _kernels.bitset_to_ids(t.S, u.n_rows).astype(np.int64)
     y = np.full(len(rows), -1, dtype=np.int64)
     for c, bits in enumerate(classes):
@@ -439,15 +456,8 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
     intercept = np.log(np.asarray(base, dtype=np.float64))
     present = np.unique(y[y >= 0]) if len(rows) else np.zeros(0, np.int64)
     if len(present) >= 2:  # fit over the classes present in S (as scikit-learn does)
-        X = design_matrix(u, rows, col_of, len(fids))
-        yp = np.searchsorted(present, y)
         Kp = len(present)
-        P, inv = distinct_patterns(X)
-        gtol = _gtol(X.nnz)
-        if l2 is None:
-            l2 = choose_l2(P, inv, yp, cv_folds(u, rows), Kp, gtol=gtol)[0]
-        # from the default start, whatever came before: the model is the same with l2 fixed at the choice
-        b, w, _ = fit_counts(P, pattern_counts(inv, yp, P.shape[0], Kp), float(l2), gtol=gtol)
+        b, w, l2 = fit_rows(u, rows, np.searchsorted(present, y), Kp, fids, l2)
         if Kp == 2:
             c0, c1 = int(present[0]), int(present[1])
             intercept[c0], intercept[c1] = -b[0] / 2.0, b[0] / 2.0
