@@ -14,10 +14,15 @@ import segsrv._kernels as _pkg
 from segsrv._kernels.bitset import _check, _check_int, _check_out
 
 from cython.parallel cimport prange
-from libc.stdint cimport uint32_t, int64_t
+from libc.stdint cimport uint32_t, int32_t, int64_t
 from libc.string cimport memset
 
-__all__ = ["csr_histogram", "csr_row_scores"]
+__all__ = ["csr_histogram", "csr_row_scores", "csr_pair_scores", "PAIR_MAX_SLOTS"]
+
+cdef enum:
+    MAX_SLOTS = 256
+
+PAIR_MAX_SLOTS = MAX_SLOTS
 
 cdef enum:
     _OK = 0
@@ -286,4 +291,132 @@ def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None
                 _scores_part(c, nc, ipp, nr, ip, n_idx, wp, n_w, ncol, rp, kk, op, ep)
     if errs.any():
         _raise_csr_error(errs, rows, nr, n_idx, n_w, what="len(weights)")
+    return out
+
+
+cdef void _pairs_range(const int64_t *indptr, int64_t n_rows, const uint32_t *indices,
+                       int64_t n_idx, const int32_t *slot_of, int64_t n_f, const double *U,
+                       int64_t m, int64_t n_cls, const uint32_t *rows, size_t lo_i, size_t hi_i,
+                       double *out, int64_t *err) noexcept nogil:
+    # out[i, c] = sum of U[c, s, t] over the pairs s < t of row i's slots
+    cdef size_t i
+    cdef int64_t j, lo = 0, hi = 0, code, r, c, a, b, s, t, n_s
+    cdef uint32_t f
+    cdef int32_t sl
+    cdef int32_t buf[MAX_SLOTS]
+    cdef double *o
+    for i in range(lo_i, hi_i):
+        r = rows[i] if rows != NULL else <int64_t>i
+        code = _row_range(indptr, n_rows, n_idx, r, &lo, &hi)
+        if code:
+            err[0] = code
+            err[1] = <int64_t>i
+            return
+        o = out + i * <size_t>n_cls
+        for c in range(n_cls):
+            o[c] = 0.0
+        n_s = 0
+        for j in range(lo, hi):
+            f = indices[j]
+            if f >= n_f:
+                err[0] = _ERR_FEATURE
+                err[1] = <int64_t>i
+                return
+            sl = slot_of[f]
+            if sl >= 0 and n_s < MAX_SLOTS:
+                buf[n_s] = sl
+                n_s += 1
+        for a in range(n_s):
+            for b in range(a + 1, n_s):
+                s = buf[a]
+                t = buf[b]
+                if s > t:
+                    s, t = t, s
+                for c in range(n_cls):
+                    o[c] += U[(c * m + s) * m + t]
+
+
+cdef void _pairs_part(int c, int nc, const int64_t *indptr, int64_t n_rows, const uint32_t *indices,
+                      int64_t n_idx, const int32_t *slot_of, int64_t n_f, const double *U, int64_t m,
+                      int64_t n_cls, const uint32_t *rows, size_t k, double *out,
+                      int64_t *errs) noexcept nogil:
+    cdef size_t lo = k * <size_t>c // <size_t>nc
+    cdef size_t hi = k * <size_t>(c + 1) // <size_t>nc
+    _pairs_range(indptr, n_rows, indices, n_idx, slot_of, n_f, U, m, n_cls, rows, lo, hi, out, errs + 2 * c)
+
+
+def csr_pair_scores(indptr, indices, slot_of, U, rows=None, out=None, n_threads=None):
+    """out[i, c] = sum of U[c, s, t] over the pairs of features of row rows[i] that both have a slot
+    (s = slot_of[f] >= 0, t = slot_of[g] >= 0, s < t) -> float64[k, K].
+
+    indptr int64[n_rows+1], indices uint32 (a row's features distinct), slot_of int32[n_features]
+    (-1: no slot; distinct slots < m), U C-contiguous float64[K, m, m] (entries below the diagonal
+    unused), m <= PAIR_MAX_SLOTS; rows uint32 row ids (default: all rows). The logit that pairwise
+    interaction terms add to each class (segsrv.engine.predict.interactions). Each row is summed in
+    index order, so results do not depend on the thread count.
+    """
+    n_rows = _check_indptr(indptr, indices)
+    _check(slot_of, "slot_of", np.int32, 1)
+    _check(U, "U", np.float64, 3)
+    if U.shape[1] != U.shape[2]:
+        raise ValueError(f"U must be [K, m, m], got shape {U.shape}")
+    if U.shape[1] > MAX_SLOTS:
+        raise ValueError(f"U has {U.shape[1]} slots, more than PAIR_MAX_SLOTS = {MAX_SLOTS}")
+    if slot_of.shape[0] and (slot_of.max() >= U.shape[1] or slot_of.min() < -1):
+        raise ValueError(f"slot_of must hold -1 or slots < m = {U.shape[1]}")
+    if rows is not None:
+        _check(rows, "rows", np.uint32, 1)
+        k = rows.shape[0]
+    else:
+        k = n_rows
+    out = _check_out(out, "out", np.float64, (k, U.shape[0]))
+    if k == 0 or U.shape[0] == 0:
+        return out
+    cdef const int64_t[::1] ipv = indptr
+    cdef const uint32_t[::1] rv
+    cdef const uint32_t[::1] iv
+    cdef const int32_t[::1] sv
+    cdef const double[::1] uv
+    cdef double[::1] ov = out.reshape(-1)
+    cdef uint32_t dummy = 0
+    cdef int32_t dummy_s = -1
+    cdef double dummy_u = 0.0
+    cdef const uint32_t *rp = NULL
+    cdef const uint32_t *ip = &dummy
+    cdef const int32_t *sp = &dummy_s
+    cdef const double *up = &dummy_u
+    if rows is not None:
+        rv = rows
+        rp = &rv[0]
+    if indices.shape[0]:
+        iv = indices
+        ip = &iv[0]
+    if slot_of.shape[0]:
+        sv = slot_of
+        sp = &sv[0]
+    if U.size:
+        uv = U.reshape(-1)
+        up = &uv[0]
+    cdef int64_t n_idx = indices.shape[0]
+    cdef int64_t nr = n_rows
+    cdef int64_t n_f = slot_of.shape[0]
+    cdef int64_t m = U.shape[1]
+    cdef int64_t n_cls = U.shape[0]
+    cdef size_t kk = k
+    cdef int nt = _pkg.resolve_threads(n_threads, <int64_t>kk * (n_idx // max(nr, 1) + 1))
+    cdef int nc = 1 if nt <= 1 else <int>min(<size_t>(8 * nt), kk)
+    errs = np.zeros(2 * nc, dtype=np.int64)
+    cdef int64_t[::1] ev = errs
+    cdef int c
+    cdef const int64_t *ipp = &ipv[0]
+    cdef double *op = &ov[0]
+    cdef int64_t *ep = &ev[0]
+    with nogil:
+        if nc <= 1:
+            _pairs_range(ipp, nr, ip, n_idx, sp, n_f, up, m, n_cls, rp, 0, kk, op, ep)
+        else:
+            for c in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
+                _pairs_part(c, nc, ipp, nr, ip, n_idx, sp, n_f, up, m, n_cls, rp, kk, op, ep)
+    if errs.any():
+        _raise_csr_error(errs, rows, nr, n_idx, n_f, what="len(slot_of)")
     return out

@@ -108,6 +108,6 @@ from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
     set_bits,
     set_cpu_path,
 )
-from .csr import csr_histogram, csr_row_scores  # noqa: E402
+from .csr import PAIR_MAX_SLOTS, csr_histogram, csr_pair_scores, csr_row_scores  # noqa: E402
 from .cooccur import cooccurrence, cross_cooccurrence  # noqa: E402
 from .hypergeom import hypergeom_log_tail, hypergeom_tail  # noqa: E402

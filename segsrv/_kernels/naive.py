@@ -22,6 +22,7 @@ __all__ = [
     "read_bandwidth_probe",
     "csr_histogram",
     "csr_row_scores",
+    "csr_pair_scores",
     "cooccurrence",
     "cross_cooccurrence",
     "hypergeom_log_tail",
@@ -136,6 +137,20 @@ def csr_row_scores(indptr, indices, weights, rows=None):
                 s += float(cols[f, c])
             out[i, c] = s
     return out[:, 0] if weights.ndim == 1 else out
+
+
+def csr_pair_scores(indptr, indices, slot_of, U, rows=None):
+    if rows is None:
+        rows = np.arange(len(indptr) - 1)
+    U = np.asarray(U, dtype=np.float64)
+    out = np.zeros((len(rows), U.shape[0]), dtype=np.float64)
+    for i, r in enumerate(np.asarray(rows).tolist()):
+        slots = [int(slot_of[f]) for f in indices[indptr[r]:indptr[r + 1]].tolist() if slot_of[f] >= 0]
+        for a in range(len(slots)):
+            for b in range(a + 1, len(slots)):
+                s, t = min(slots[a], slots[b]), max(slots[a], slots[b])
+                out[i] += U[:, s, t]
+    return out
 
 
 def _feature_bools(dense, dense_rows=None, ids=None, offsets=None, sparse_features=None):

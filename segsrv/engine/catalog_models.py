@@ -99,7 +99,7 @@ def fit_membership(u, member: np.ndarray, ev_mask: np.ndarray, l2: float | None,
     if n1 == 0 or n1 == n:
         return constant_bias(n1, n), d, float(L2_FALLBACK if l2 is None else l2), l2 is None
     fids = np.flatnonzero(ev_mask).astype(np.int64)
-    b, w, used = fit_rows(u, rows, y, 2, fids, l2)
+    b, w, used, _ = fit_rows(u, rows, y, 2, fids, l2, interactions=False)  # one weight per feature (Assign's kernel)
     d[fids] = w[0]
     return float(b[0]), d, used, l2 is None
 

@@ -350,9 +350,11 @@ class Snapshot:
         for name, entry, rel in model_files(manifest):
             u = self.universes.get(self.models[name].get("universe"))
             coef = files.array(rel)
-            if u is None or coef.dtype != np.float64 or coef.ndim != 2 or coef.shape[1] != u.n_features + 1:
+            pairs = _model_pairs(entry, u, f"{vdir / rel}: model {name!r}")
+            if (u is None or coef.dtype != np.float64 or coef.ndim != 2
+                    or coef.shape[1] != u.n_features + 1 + len(pairs)):
                 raise CorruptSnapshotError(f"{vdir / rel}: model {name!r} does not fit its universe "
-                                           f"(shape {coef.shape}, dtype {coef.dtype})")
+                                           f"(shape {coef.shape}, dtype {coef.dtype}, {len(pairs)} pairs)")
             u.stored_models[tuple(_frozen(entry["key"]))] = (coef, entry)
         self.catalog_models = manifest.get("catalog_models", {})
         for uname, seg, entry, rel in catalog_model_files(manifest):
@@ -379,6 +381,20 @@ class Snapshot:
                 f"universes: {sorted(self.universes)}",
                 [("from", f"unknown universe {name!r}")],
             ) from None
+
+
+def _model_pairs(entry: dict, u, where: str) -> list:
+    """A stored question's interaction pairs ("pairs": [[a, b, support], ...], a < b feature ids of
+    the universe, support >= 0), checked."""
+    pairs = entry.get("pairs", [])
+    ok = isinstance(pairs, list) and all(
+        isinstance(p, list) and len(p) == 3 and all(type(x) is int for x in p) for p in pairs)
+    if ok and u is not None:
+        ok = all(0 <= a < b < u.n_features and n >= 0 for a, b, n in pairs)
+    if not ok:
+        raise CorruptSnapshotError(f"{where}: its 'pairs' are not [feature a, feature b, support] entries "
+                                   f"with 0 <= a < b < the universe's features")
+    return pairs
 
 
 def _frozen(value):

@@ -172,3 +172,74 @@ def test_csr_errors():
         K.csr_row_scores(indptr, indices, w, out=np.zeros(3))
     np.testing.assert_array_equal(K.csr_histogram(indptr, indices, rows, 5), [1, 1, 0, 0, 1])
     np.testing.assert_array_equal(K.csr_histogram(indptr, indices, rows[:0], 0), [])
+
+
+def _pair_case(rng, n_rows, n_features, mean_len, m, n_cls):
+    """A CSR with distinct features per row, slots for m of the features, and U[n_cls, m, m]."""
+    lens = np.minimum(rng.poisson(mean_len, size=n_rows), n_features)
+    rows_f = [np.sort(rng.choice(n_features, int(n), replace=False)) for n in lens]
+    indptr = np.zeros(n_rows + 1, np.int64)
+    indptr[1:] = np.cumsum(lens)
+    indices = (np.concatenate(rows_f) if n_rows else np.zeros(0)).astype(np.uint32)
+    slot_of = np.full(n_features, -1, np.int32)
+    slot_of[rng.choice(n_features, min(m, n_features), replace=False)] = rng.permutation(min(m, n_features))
+    return indptr, indices, slot_of, rng.normal(size=(n_cls, m, m))
+
+
+@pytest.mark.parametrize("n_rows,n_features,mean_len,m,n_cls", [
+    (0, 5, 3, 2, 1), (1, 1, 1, 1, 1), (65, 63, 8, 10, 2), (3000, 500, 20, 40, 1), (500, 300, 60, 256, 3)])
+def test_pair_scores(n_rows, n_features, mean_len, m, n_cls):
+    """csr_pair_scores equals its naive twin (every pair of a row's slotted features, U[c, s, t], s < t),
+    at any thread count, for all rows and for listed ones."""
+    rng = np.random.default_rng(n_rows + 3 * m)
+    indptr, indices, slot_of, U = _pair_case(rng, n_rows, n_features, mean_len, m, n_cls)
+    expected = N.csr_pair_scores(indptr, indices, slot_of, U)
+    for nt in (1, 2):
+        np.testing.assert_array_equal(K.csr_pair_scores(readonly(indptr), readonly(indices), readonly(slot_of),
+                                                        readonly(U), n_threads=nt), expected)
+    if n_rows:
+        rows = rng.integers(0, n_rows, size=2 * n_rows).astype(np.uint32)
+        out = np.empty((len(rows), n_cls))
+        assert K.csr_pair_scores(indptr, indices, slot_of, U, rows, out=out, n_threads=2) is out
+        np.testing.assert_array_equal(out, N.csr_pair_scores(indptr, indices, slot_of, U, rows))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 19), max_size=12), max_size=30), st.lists(st.integers(-1, 5), min_size=20,
+       max_size=20), st.integers(1, 3), st.integers(1, 2), st.integers(0, 2**32 - 1))
+def test_pair_scores_hypothesis(row_sets, slot_draw, n_cls, nt, seed):
+    """Any rows and any slot assignment (distinct slots, some features without one): the kernel equals
+    the naive twin, and a row's score is the sum over its pairs of slotted features, by brute force."""
+    slot_of = np.full(20, -1, np.int32)
+    used = set()
+    for f, s in enumerate(slot_draw):
+        if s >= 0 and s not in used:
+            slot_of[f] = s
+            used.add(s)
+    U = np.random.default_rng(seed).normal(size=(n_cls, 6, 6))
+    indptr = np.zeros(len(row_sets) + 1, np.int64)
+    indptr[1:] = np.cumsum([len(r) for r in row_sets])
+    indices = np.array([f for r in row_sets for f in sorted(r)], dtype=np.uint32)
+    got = K.csr_pair_scores(indptr, indices, slot_of, U, n_threads=nt)
+    np.testing.assert_array_equal(got, N.csr_pair_scores(indptr, indices, slot_of, U))
+    for i, r in enumerate(row_sets):
+        slots = sorted(int(slot_of[f]) for f in r if slot_of[f] >= 0)
+        want = sum((U[:, s, t] for a, s in enumerate(slots) for t in slots[a + 1:]), np.zeros(n_cls))
+        np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_scores_errors():
+    indptr, indices = np.array([0, 2, 3], np.int64), np.array([0, 1, 2], np.uint32)
+    slot_of, U = np.array([0, 1, -1], np.int32), np.zeros((1, 2, 2))
+    with pytest.raises(ValueError, match="len\\(slot_of\\)"):
+        K.csr_pair_scores(indptr, indices, slot_of[:2], U)
+    with pytest.raises(ValueError, match="slots < m"):
+        K.csr_pair_scores(indptr, indices, np.array([0, 2, -1], np.int32), U)
+    with pytest.raises(ValueError, match="\\[K, m, m\\]"):
+        K.csr_pair_scores(indptr, indices, slot_of, np.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match="PAIR_MAX_SLOTS"):
+        K.csr_pair_scores(indptr, indices, slot_of, np.zeros((1, 257, 257)))
+    with pytest.raises(ValueError, match="rows"):
+        K.csr_pair_scores(indptr, indices, slot_of, U, np.array([5], np.uint32))
+    with pytest.raises(TypeError, match="slot_of"):
+        K.csr_pair_scores(indptr, indices, slot_of.astype(np.int64), U)

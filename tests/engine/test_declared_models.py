@@ -75,7 +75,7 @@ def test_build_fits_declared_models_with_progress_and_stores_them(built):
 
 
 def _fit_on_demand(snap, model: dict) -> list[np.ndarray]:
-    """[K, 1 + n_features] coefficients per question, fitted now (as a request would)."""
+    """[K, 1 + n_features + n_pairs] coefficients per question, fitted now (as a request would)."""
     from segsrv.engine.predict.target import base_probabilities, evidence_feature_mask, questions, resolve_target
 
     q = _predict_query(model)
@@ -84,8 +84,8 @@ def _fit_on_demand(snap, model: dict) -> list[np.ndarray]:
     out = []
     for qi, (classes, p0, _) in enumerate(questions(t)):
         _, _, base = base_probabilities(t.S, t.n_S, classes, p0, float(q.prior_strength))
-        intercept, W, _ = logistic.logistic_weights(t, classes, ev_mask, q.l2, qi, base)
-        out.append(np.column_stack([intercept, W]))
+        intercept, W, _, inter = logistic.logistic_weights(t, classes, ev_mask, q.l2, qi, base)
+        out.append(np.column_stack([intercept, W, inter.weights]))
     return out
 
 
@@ -160,6 +160,29 @@ def test_a_damaged_or_unlisted_model_file_is_refused(built, tmp_path):
     (snap.path / fmt.MANIFEST).write_bytes(fmt.dumps_manifest(manifest))
     with pytest.raises(CorruptSnapshotError, match="does not list 1 required file"):
         open_snapshot(copy)
+
+
+def test_stored_pairs_are_checked_against_the_file_and_the_universe(built, tmp_path):
+    """The churn model's interaction pairs are stored (manifest entry and the file's last columns); an
+    entry whose pairs do not fit the universe, are malformed, or do not match the file's width is refused."""
+    root, _, _ = built
+    entry = open_snapshot(root).models["churn"]["questions"][0]
+    assert len(entry["pairs"]) > 0 and all(a < b for a, b, _ in entry["pairs"])
+    n_features = open_snapshot(root).universe("customers").n_features
+    for bad, match in [(lambda p: p[:-1], "does not fit its universe"),
+                       (lambda p: [[p[0][1], p[0][0], p[0][2]]] + p[1:], "'pairs'"),
+                       (lambda p: [[p[0][0], n_features, 1]] + p[1:], "'pairs'"),
+                       (lambda p: [[p[0][0], p[0][1]]] + p[1:], "'pairs'"),
+                       (lambda p: [[str(x) for x in p[0]]] + p[1:], "'pairs'")]:
+        copy = tmp_path / f"root{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(root, copy)
+        vdir = open_snapshot(copy).path
+        manifest = json.loads((vdir / fmt.MANIFEST).read_text())
+        q = manifest["models"]["churn"]["questions"][0]
+        q["pairs"] = bad(q["pairs"])
+        (vdir / fmt.MANIFEST).write_bytes(fmt.dumps_manifest(manifest))
+        with pytest.raises(CorruptSnapshotError, match=match):
+            open_snapshot(copy)
 
 
 @pytest.mark.parametrize("models,match", [

@@ -21,6 +21,7 @@ from scipy.sparse import csr_matrix
 from segsrv import _kernels
 from segsrv.engine.conditions import bool_to_bitset, tail_mask
 from segsrv.engine.evaluate import evaluate, holdout_rows
+from segsrv.engine.predict import interactions as pairs_mod
 from segsrv.engine.predict import logistic as L
 from segsrv.engine.predict import predict, score_segment
 from segsrv.engine.predict.target import base_probabilities, evidence_feature_mask, questions, resolve_target
@@ -141,16 +142,16 @@ def _leaks(bu, target):
             and any(np.array_equal(m, t) for m in bf.masks.values() for t in tmasks)}
 
 
-def oracle_design(bu, target, fields=None):
+def oracle_design(bu, target, fields=None, with_names=False):
     """One-hot matrix of the evidence fields (default: every field but the target and its copies; oracle
-    masks), the class of each row (-1: no value)."""
+    masks), the class of each row (-1: no value); with_names: also each column's (field, value)."""
     skip = _leaks(bu, target) | {target}
     names = [(f, v) for f, bf in bu.fields.items() if (f in fields if fields else f not in skip) for v in bf.masks]
     X = np.column_stack([bu.fields[f].masks[v] for f, v in names]).astype(np.float64)
     y = np.full(bu.n, -1)
     for c, v in enumerate(bu.fields[target].masks):
         y[bu.fields[target].masks[v]] = c
-    return X, y
+    return (X, y, names) if with_names else (X, y)
 
 
 def bruteforce_cv(X, y, folds, k=5, grid=GRID):
@@ -178,7 +179,8 @@ def test_folds_are_the_documented_row_hash(su, bu):
 
 
 @pytest.mark.parametrize("fields", [None, ["region", "lifestyle", "orders.lines.product.brand"]])
-def test_cv_choice_equals_bruteforce_sklearn_cv(snap, su, bu, fields):
+def test_cv_choice_equals_bruteforce_sklearn_cv(snap, su, bu, fields, monkeypatch):
+    monkeypatch.setattr(pairs_mod, "INTERACTION_FEATURES", 0)  # main effects (test_interactions: the pairs)
     target = "churned"
     X, y = oracle_design(bu, target, fields)
     has = y >= 0
@@ -235,16 +237,18 @@ def test_cv_uses_training_rows_only_and_is_deterministic(snap, su):
     classes, p0, _ = questions(t)[0]
     _, _, base = base_probabilities(t.S, t.n_S, classes, p0, 1.0)
     _clear()
-    b1, W1, r1 = L.logistic_weights(t, classes, ev, None, 0, base)
+    b1, W1, r1, i1 = L.logistic_weights(t, classes, ev, None, 0, base)
     assert r1.cross_validated
     _clear()
-    b2, W2, r2 = L.logistic_weights(t, classes, ev, None, 0, base)
+    b2, W2, r2, i2 = L.logistic_weights(t, classes, ev, None, 0, base)
     assert r2 == r1 and np.array_equal(W1, W2) and np.array_equal(b1, b2)  # deterministic
+    assert np.array_equal(i1.pairs, i2.pairs) and np.array_equal(i1.weights, i2.weights)
     _clear()
     flipped = _flip_outside(classes, t.S)  # every held-out row gets the other class
     assert _kernels.popcount(_kernels.bitset_andnot(flipped[1], classes[1])) > 100  # held-out rows changed
-    b3, W3, r3 = L.logistic_weights(t, flipped, ev, None, 0, base)
+    b3, W3, r3, i3 = L.logistic_weights(t, flipped, ev, None, 0, base)
     assert r3 == r1 and np.array_equal(W1, W3) and np.array_equal(b1, b3)
+    assert np.array_equal(i1.pairs, i3.pairs) and np.array_equal(i1.weights, i3.weights)
     _clear()
 
 
@@ -335,3 +339,109 @@ def test_refinement_lowers_the_cv_loss_and_threads_change_nothing(monkeypatch):
     assert L.L2_GRID[min(j + 1, len(GRID) - 1)] <= one_l2 <= L.L2_GRID[max(j - 1, 0)]
     ref_grid, ref_refined = bruteforce_cv(X, y, folds, grid=[grid_l2, one_l2])
     assert ref_refined <= ref_grid + 1e-9, (grid_l2, one_l2, ref_grid, ref_refined)
+
+
+# ----------------------------------------------------------------------------
+# pairwise interactions (segsrv.engine.predict.interactions), against scikit-learn
+# ----------------------------------------------------------------------------
+
+PAIR_FIELDS = ["region", "lifestyle", "orders.lines.product.brand"]  # PetNord: the pairs help here
+
+
+def ref_pairs(X, y, l2, limit=40, min_rows=10):
+    """The documented choice of pairs, by brute force: scikit-learn's main-effects fit at l2, the columns
+    with the largest |w| sqrt(p (1 - p)) (at most `limit`), every pair of them seen together in >=
+    min_rows rows and equal to neither column alone."""
+    m = _sklearn(X, y, l2, tol=1e-10)
+    p = X.mean(axis=0)
+    effect = np.abs(m.coef_).max(axis=0) * np.sqrt(p * (1 - p))
+    order = np.lexsort((np.arange(len(effect)), -effect))
+    top = np.sort(order[effect[order] > 0][:limit])
+    both = X[:, top].T @ X[:, top]
+    return [(int(top[a]), int(top[b])) for a in range(len(top)) for b in range(a + 1, len(top))
+            if min_rows <= both[a, b] < min(both[a, a], both[b, b])]
+
+
+def with_pairs(X, pairs):
+    return np.column_stack([X] + [X[:, a] * X[:, b] for a, b in pairs])
+
+
+def bruteforce_gain_z(X, y, folds, l2, l2_pairs, k=5):
+    """The held-out log-loss the pairs save per row (pairs chosen again on each fold's training rows),
+    in standard errors, by scikit-learn fits."""
+    d = []
+    for f in range(k):
+        test, train = folds == f, folds != f
+        main = _sklearn(X[train], y[train], l2, tol=1e-10)
+        pairs = ref_pairs(X[train], y[train], l2)
+        full = _sklearn(with_pairs(X[train], pairs), y[train], l2_pairs, tol=1e-10)
+        p_main = main.predict_proba(X[test])[np.arange(test.sum()), y[test]]
+        p_full = full.predict_proba(with_pairs(X[test], pairs))[np.arange(test.sum()), y[test]]
+        d.append(np.log(p_full) - np.log(p_main))
+    d = np.concatenate(d)
+    return d.mean() / (d.std() / math.sqrt(len(d)))
+
+
+def test_interactions_are_the_documented_pairs_fitted_as_sklearn_would(snap, su, bu):
+    X, y, names = oracle_design(bu, "churned", PAIR_FIELDS, with_names=True)
+    rows = np.flatnonzero(y >= 0)
+    X, y = X[rows], y[rows]
+    folds = np.array([ref_fold(bu.ids[r]) for r in rows])
+    t = resolve_target(snap, U, "churned", All(), None, 64)
+    ev = evidence_feature_mask(t, PAIR_FIELDS)
+    classes, p0, _ = questions(t)[0]
+    _, _, base = base_probabilities(t.S, t.n_S, classes, p0, 1.0)
+    _clear()
+    intercept, W, reg, inter = L.logistic_weights(t, classes, ev, None, 0, base)
+    assert reg.cross_validated and len(inter) > 0
+    # the main effects' l2 (the CV shown equal to scikit-learn's above), then the pairs by brute force
+    P, inv = L.distinct_patterns(csr_matrix(X))
+    l2_main = L.choose_l2(P, inv, y, folds, 2)[0]
+    fid = {n: su.feature_id(*n) for n in names}
+    want = {tuple(sorted((fid[names[a]], fid[names[b]]))) for a, b in ref_pairs(X, y, l2_main)}
+    assert {tuple(p) for p in inter.pairs.tolist()} == want
+    # used because they lower the honest held-out loss by >= 2 standard errors (the engine's z, by brute force)
+    z = bruteforce_gain_z(X, y, folds, l2_main, reg.l2)
+    assert z >= 2.0
+    assert math.isclose(L.pairs_gain_z(P, inv, y, folds, 2, l2_main, reg.l2, gtol=1e-9), z, rel_tol=2e-2)
+    # the model is scikit-learn's fit of main effects and pair columns at the chosen l2: every row's
+    # ScoreSegment probability, and by id Predict's, whose factors (pairs included) multiply to it
+    col = {f: j for j, f in enumerate(fid[n] for n in names)}
+    ref = _sklearn(with_pairs(X, [(col[a], col[b]) for a, b in inter.pairs.tolist()]), y, reg.l2, tol=1e-10)
+    p_ref = ref.predict_proba(with_pairs(X, [(col[a], col[b]) for a, b in inter.pairs.tolist()]))[:, 1]
+    sc = score_segment(snap, ScoreQuery(target="churned", universe=U, value="true", method="logistic",
+                                        evidence_fields=PAIR_FIELDS, top_k=0))
+    p_ours = np.empty(su.n_rows)
+    p_ours[sc.rows] = sc.scores
+    assert np.abs(p_ours[rows] - p_ref).max() < 1e-5
+    checked = 0
+    for r in rows[:40].tolist():
+        res = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[r], method="logistic",
+                                         evidence_fields=PAIR_FIELDS))
+        vp = next(v for v in res.probabilities if v.value == "true")
+        assert abs(vp.probability - p_ours[r]) < 1e-12
+        pair_factors = [f for f in vp.factors if len(f.evidence) == 2]
+        have = set(su.row_features(r).tolist())
+        assert len(pair_factors) == sum(a in have and b in have for a, b in inter.pairs.tolist())
+        product = vp.base_probability * np.prod([f.factor for f in vp.factors]) / vp.normalizer
+        assert math.isclose(product, vp.probability, rel_tol=1e-9)
+        checked += bool(pair_factors)
+    assert checked > 0
+    _clear()
+
+
+def test_no_pairs_unless_they_clear_the_bar(snap, bu, monkeypatch):
+    """With the bar out of reach the model is the main effects alone (no pair, the main CV's l2)."""
+    q = PredictQuery(target="churned", universe=U, row_id=bu.ids[7], method="logistic",
+                     evidence_fields=PAIR_FIELDS)
+    _clear()
+    with_bar = predict(snap, q)
+    monkeypatch.setattr(pairs_mod, "INTERACTION_MIN_Z", math.inf)
+    _clear()
+    without = predict(snap, q)
+    assert not any(len(f.evidence) == 2 for v in without.probabilities for f in v.factors)
+    assert any(len(f.evidence) == 2 for v in with_bar.probabilities for f in v.factors)
+    monkeypatch.setattr(pairs_mod, "INTERACTION_FEATURES", 0)
+    _clear()
+    assert [v.probability for v in predict(snap, q).probabilities] == [v.probability for v in without.probabilities]
+    _clear()

@@ -107,13 +107,14 @@ def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> Pred
 
 def bulk_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray, method: str,
                  prior_strength: float, l2: float | None,
-                 question: int) -> tuple[np.ndarray, np.ndarray, Regularisation | None]:
-    """(log base[K], W[K, n_features], the logistic penalty or None) of a bulk method ("logistic" or
-    "factorized") for one question; l2 None: chosen by cross-validation."""
+                 question: int):
+    """(log base[K], W[K, n_features], the logistic penalty or None, the logistic model's Interactions or
+    None) of a bulk method ("logistic" or "factorized") for one question, for `class_log_scores`; l2 None:
+    chosen by cross-validation."""
     if method == "logistic":
         _, _, base = base_probabilities(t.S, t.n_S, classes, p0, float(prior_strength))
         return logistic_weights(t, classes, ev_mask, None if l2 is None else float(l2), question, base)
-    return (*factorized_weights(t, classes, p0, ev_mask, float(prior_strength)), None)
+    return (*factorized_weights(t, classes, p0, ev_mask, float(prior_strength)), None, None)
 
 
 def _score_question(t: Target, value: str):
@@ -167,10 +168,10 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
     vi = t.info.value_index(str(query.value))
     classes, p0, question, ci = _score_question(t, query.value)
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
-    log_base, W, reg = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2,
-                                    question)
+    log_base, W, reg, inter = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2,
+                                           question)
     members = _kernels.bitset_to_ids(t.segment, u.n_rows)
-    probs = softmax(class_log_scores(u, log_base, W, members))[:, ci] if len(members) else np.zeros(0)
+    probs = softmax(class_log_scores(u, log_base, W, members, inter))[:, ci] if len(members) else np.zeros(0)
     rows = members.astype(np.int64)
     mean = float(probs.mean()) if len(probs) else math.nan
     if k and k < len(rows):

@@ -53,11 +53,17 @@ def factorized_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_
     return np.log(base), W
 
 
-def class_log_scores(u: Universe, log_base: np.ndarray, W: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """[len(rows), K] log of the unnormalised class scores (CSR kernel, GIL released)."""
+def class_log_scores(u: Universe, log_base: np.ndarray, W: np.ndarray, rows: np.ndarray,
+                     interactions=None) -> np.ndarray:
+    """[len(rows), K] log of the unnormalised class scores (CSR kernels, GIL released); `interactions`
+    (the logistic method's pairs, segsrv.engine.predict.interactions): their weights added too."""
     r = np.ascontiguousarray(rows, dtype=np.uint32)
     # one pass over the rows scores every class: W.T is the kernel's [features, classes] matrix
     out = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, np.ascontiguousarray(W.T), r)
+    if interactions is not None and len(interactions):
+        from .interactions import pair_scores  # (interactions imports no sibling: no cycle)
+
+        out += pair_scores(u, interactions, r)
     out += np.asarray(log_base, dtype=np.float64)[None, :]
     return out
 

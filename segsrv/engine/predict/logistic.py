@@ -30,11 +30,14 @@ from ... import _kernels
 from ...snapshot.reader import Universe
 from .. import cancel
 from ..relate import count_features
+from . import interactions as pairs_mod
+from .interactions import Interactions, candidate_pairs, pair_design, strongest_columns
+from .interactions import none as pairs_none
 from .models import content_key, stored_model
 from .target import Target, base_probabilities
 from ...ops.predict import Factor, PredictQuery, Regularisation
 
-LOGISTIC_CACHE: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+LOGISTIC_CACHE: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray, Interactions]]" = OrderedDict()
 LOGISTIC_CACHE_SIZE = 16
 L2_CACHE: "OrderedDict[tuple, float]" = OrderedDict()  # the cross-validated l2 per (S, evidence, question)
 L2_CACHE_SIZE = 64
@@ -289,9 +292,25 @@ def _cv_threads(n_folds: int, nnz: int) -> int:
     return max(1, min(n_folds, os.cpu_count() or 1))
 
 
+def usable_folds(n_p: int, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
+                 k: int = CV_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(held-out counts, training counts) per pattern and class of each fold (in fold order) with held-out
+    rows and every class among its training rows."""
+    out = []
+    for f in range(k):
+        test = folds == f
+        if not test.any():
+            continue
+        Ntr = pattern_counts(inverse, y, n_p, K, ~test)
+        if (Ntr.sum(axis=0) == 0).any():
+            continue
+        out.append((pattern_counts(inverse, y, n_p, K, test), Ntr))
+    return out
+
+
 def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
               grid=L2_GRID, k: int = CV_FOLDS, gtol: float | None = None, max_iter: int = CV_MAX_ITER,
-              patience: int = CV_PATIENCE, refine: bool = True):
+              patience: int = CV_PATIENCE, refine: bool = True, with_loss: bool = False):
     """K-fold cross-validation of l2 over the rows (pattern `inverse`, class `y`, `folds`). The folds
     whose training rows hold every class are fitted on the other folds, and the held-out rows'
     -ln P(y) is pooled over the folds (sum over every held-out row / their number): the CV loss of l2.
@@ -307,21 +326,12 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
     Ties: the stronger penalty (the first minimum). Large designs' folds are fitted on several threads (`CV_THREADS`,
     `CV_PARALLEL_MIN_NNZ`: the fits release the GIL in their sparse products), each deterministic,
     summed in fold order: the same choice, bit for bit, with any number of threads.
-    -> (l2, CV loss per grid value, NaN past the stop); no usable fold: (L2_FALLBACK, None)."""
-    n_p = P.shape[0]
-    usable = []  # (held-out counts, training counts) per usable fold
-    n_test = 0
-    for f in range(k):
-        test = folds == f
-        if not test.any():
-            continue
-        Ntr = pattern_counts(inverse, y, n_p, K, ~test)
-        if (Ntr.sum(axis=0) == 0).any():
-            continue
-        usable.append((pattern_counts(inverse, y, n_p, K, test), Ntr))
-        n_test += int(test.sum())
+    -> (l2, CV loss per grid value, NaN past the stop); no usable fold: (L2_FALLBACK, None).
+    with_loss: also the CV loss at the chosen l2 (None without a usable fold)."""
+    usable = usable_folds(P.shape[0], inverse, y, folds, K, k)
+    n_test = int(sum(Nte.sum() for Nte, _ in usable))
     if n_test == 0:
-        return L2_FALLBACK, None
+        return (L2_FALLBACK, None, None) if with_loss else (L2_FALLBACK, None)
     fitted: dict[float, list] = {}  # l2 -> each fold's solution (the warm starts)
     ctx = contextvars.copy_context()  # the caller's cancellation check, in the pool's threads too
 
@@ -371,23 +381,93 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
     finally:
         if pool is not None:
             pool.shutdown()
-    return best_l2, mean
+    return (best_l2, mean, best) if with_loss else (best_l2, mean)
 
 
-def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndarray, l2: float | None):
+def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndarray, l2: float | None,
+             interactions: bool = True):
     """The fit over `rows` of the universe (class y[i] in 0..K-1 of row rows[i], every class present) on the
     evidence features `fids`: the design matrix from the rows index, its distinct patterns, l2 chosen by
     `choose_l2` over `cv_folds` when None, then the fit at that l2 from the default start (the model a
-    caller fixing l2 gets). -> (intercepts, weights over fids, l2 used), shapes as `fit_counts`."""
+    caller fixing l2 gets: main effects only, scikit-learn's model).
+
+    With l2 chosen by cross-validation and `interactions`, the pairs of the strongest features
+    (segsrv.engine.predict.interactions) are tried too: their design (main effects and pair columns)
+    gets its own l2 by `choose_l2` over the same folds, and it is the model when its CV loss is lower
+    than the main effects' own. -> (intercepts, weights over fids, l2 used, Interactions: pairs as
+    feature ids and their weights, shapes as `fit_counts`: (1, n) binary, (K, n) multinomial)."""
     col_of = np.full(u.n_features, -1, dtype=np.int64)
     col_of[fids] = np.arange(len(fids))
     X = design_matrix(u, rows, col_of, len(fids))
     P, inv = distinct_patterns(X)
     gtol = _gtol(X.nnz)
-    if l2 is None:
-        l2 = choose_l2(P, inv, y, cv_folds(u, rows), K, gtol=gtol)[0]
-    b, w, _ = fit_counts(P, pattern_counts(inv, y, P.shape[0], K), float(l2), gtol=gtol)
-    return b, w, float(l2)
+    N = pattern_counts(inv, y, P.shape[0], K)
+    if l2 is not None:
+        b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
+        return b, w, float(l2), pairs_none(w.shape[0])
+    folds = cv_folds(u, rows)
+    l2, _, loss = choose_l2(P, inv, y, folds, K, gtol=gtol, with_loss=True)
+    b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
+    if interactions and loss is not None:
+        n_pat = N.sum(axis=1)
+        pairs = candidate_pairs(P, n_pat, strongest_columns(P, n_pat, w, pairs_mod.INTERACTION_FEATURES))
+        if len(pairs):
+            Z = pair_design(P, pairs)
+            P2 = _hstack(P, Z)
+            l2_pairs, _, loss_pairs = choose_l2(P2, inv, y, folds, K, gtol=gtol, with_loss=True)
+            if (loss_pairs is not None and loss_pairs < loss
+                    and pairs_gain_z(P, inv, y, folds, K, float(l2), float(l2_pairs), gtol) >= pairs_mod.INTERACTION_MIN_Z):
+                b, w2, _ = fit_counts(P2, N, float(l2_pairs), gtol=gtol)
+                F = len(fids)
+                support = np.rint(np.asarray(Z.T @ n_pat)).astype(np.int64)
+                return b, w2[:, :F].copy(), float(l2_pairs), Interactions(fids[pairs], w2[:, F:].copy(), support)
+    return b, w, float(l2), pairs_none(w.shape[0])
+
+
+def _class_losses(P, b: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """float64[n_patterns, K]: -ln P(c | x_p) under a fit of `fit_counts` (K = 2: its one logit)."""
+    from scipy.special import logsumexp
+
+    if W.shape[0] == 1:
+        z = P @ W[0] + b[0]
+        return np.column_stack([np.logaddexp(0.0, z), np.logaddexp(0.0, -z)])
+    Z = (P @ W.T) + b[None, :]
+    return logsumexp(Z, axis=1)[:, None] - Z
+
+
+def pairs_gain_z(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int, l2: float, l2_pairs: float,
+                 gtol: float | None = None) -> float:
+    """How many standard errors the interaction model lowers the held-out log-loss by, per row, against the
+    main effects, both cross-validated over `folds` and the pairs chosen again within each fold's training
+    rows (so the held-out rows never choose their own pairs): the mean over held-out rows of
+    d = -ln P_main(y) + ln P_pairs(y), divided by its standard error (sd(d) / sqrt(rows)). 0 without a
+    usable fold."""
+    s1 = s2 = n = 0.0
+    for Nte, Ntr in usable_folds(P.shape[0], inverse, y, folds, K):
+        b, W, _ = fit_counts(P, Ntr, l2, gtol=gtol)
+        n_tr = Ntr.sum(axis=1)
+        pairs = candidate_pairs(P, n_tr, strongest_columns(P, n_tr, W, pairs_mod.INTERACTION_FEATURES))
+        d = _class_losses(P, b, W)
+        if len(pairs):
+            P2 = _hstack(P, pair_design(P, pairs))
+            b2, W2, _ = fit_counts(P2, Ntr, l2_pairs, gtol=gtol)
+            d = d - _class_losses(P2, b2, W2)
+        else:
+            d = np.zeros_like(d)
+        s1 += float((Nte * d).sum())
+        s2 += float((Nte * d * d).sum())
+        n += float(Nte.sum())
+    if n < 2:
+        return 0.0
+    mean = s1 / n
+    sd = math.sqrt(max(s2 / n - mean * mean, 0.0))
+    return math.inf if sd == 0.0 and mean > 0 else (mean / (sd / math.sqrt(n)) if sd > 0 else 0.0)
+
+
+def _hstack(A, B):
+    from scipy.sparse import hstack
+
+    return hstack([A, B], format="csr")
 
 
 def _model_keys(t: Target, ev_mask: np.ndarray, question: int, K: int, base: np.ndarray,
@@ -417,8 +497,9 @@ def pending_fit(t: Target, ev_mask: np.ndarray, l2: float | None, question: int,
 
 def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, l2: float | None,
                      question: int, base: np.ndarray, with_key: bool = False):
-    """(intercept logits[K], W[K, n_features], the penalty used) of the logistic model within S: a row's
-    class logit is intercept[c] + sum of W[c, f] over its evidence features, P = softmax. Binary
+    """(intercept logits[K], W[K, n_features], the penalty used, Interactions) of the logistic model within
+    S: a row's class logit is intercept[c] + sum of W[c, f] over its evidence features + the weights of
+    the interaction pairs it has both features of (weights [K, n_pairs]), P = softmax. Binary
     questions split the fitted logit symmetrically (class 1 gets +(b + x.w)/2, class 0 the negative),
     so each class's factors explain it. When S holds fewer than two classes there is nothing to fit:
     the intercepts are log base(c) and every weight 0. `l2` None: chosen by `choose_l2` over the rows
@@ -433,7 +514,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
     cv = l2 is None
     stored = stored_model(t, key)
     if stored is not None:
-        answer = (stored[0], stored[1], Regularisation(stored[2], cv, value))
+        answer = (stored[0], stored[1], Regularisation(stored[2], cv, value), stored[3])
         return (*answer, key) if with_key else answer
     with LOGISTIC_LOCK:
         if cv and skey in L2_CACHE:
@@ -442,7 +523,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
         hit = LOGISTIC_CACHE.get(skey + (float(l2),)) if l2 is not None else None
         if hit is not None:
             LOGISTIC_CACHE.move_to_end(skey + (float(l2),))
-            answer = (hit[0], hit[1], Regularisation(float(l2), cv, value))
+            answer = (hit[0], hit[1], Regularisation(float(l2), cv, value), hit[2])
             return (*answer, key) if with_key else answer
         FITS[0] += 1
     fids = np.flatnonzero(ev_mask).astype(np.int64)
@@ -455,17 +536,22 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
     W = np.zeros((K, u.n_features))
     intercept = np.log(np.asarray(base, dtype=np.float64))
     present = np.unique(y[y >= 0]) if len(rows) else np.zeros(0, np.int64)
+    inter = pairs_none(K)
     if len(present) >= 2:  # fit over the classes present in S (as scikit-learn does)
         Kp = len(present)
-        b, w, l2 = fit_rows(u, rows, np.searchsorted(present, y), Kp, fids, l2)
+        b, w, l2, fitted_pairs = fit_rows(u, rows, np.searchsorted(present, y), Kp, fids, l2)
+        Wp = np.zeros((K, len(fitted_pairs)))
         if Kp == 2:
             c0, c1 = int(present[0]), int(present[1])
             intercept[c0], intercept[c1] = -b[0] / 2.0, b[0] / 2.0
             W[c0, fids] = -w[0] / 2.0
             W[c1, fids] = w[0] / 2.0
+            Wp[c0], Wp[c1] = -fitted_pairs.weights[0] / 2.0, fitted_pairs.weights[0] / 2.0
         else:
             intercept[present] = b
             W[np.ix_(present, fids)] = w
+            Wp[present] = fitted_pairs.weights
+        inter = Interactions(fitted_pairs.pairs, Wp, fitted_pairs.support)
         absent = np.setdiff1d(np.arange(K), present)
         if len(absent):  # constant logit: a row without evidence gets about its smoothed base
             bp = np.asarray(base, dtype=np.float64)
@@ -473,7 +559,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             intercept[absent] = np.log(bp[absent] / max(1.0 - bp[absent].sum(), 1e-300)) + lse
     elif l2 is None:
         l2 = L2_FALLBACK  # nothing to fit, nothing to choose
-    out = (intercept, W)
+    out = (intercept, W, inter)
     with LOGISTIC_LOCK:
         LOGISTIC_CACHE[skey + (float(l2),)] = out
         while len(LOGISTIC_CACHE) > LOGISTIC_CACHE_SIZE:
@@ -482,7 +568,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             L2_CACHE[skey] = float(l2)
             while len(L2_CACHE) > L2_CACHE_SIZE:
                 L2_CACHE.popitem(last=False)
-    answer = (intercept, W, Regularisation(float(l2), cv, value))
+    answer = (intercept, W, Regularisation(float(l2), cv, value), inter)
     return (*answer, key) if with_key else answer
 
 
@@ -495,14 +581,16 @@ def fit_count() -> int:
 def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndarray, fids: np.ndarray,
                        ev_mask: np.ndarray, q: PredictQuery):
     """-> (base[K], factors[K][...], the penalty used): base(c) as in the other methods; an "intercept" factor
-    exp(intercept_c) / base(c); one factor exp(W[c, e]) per evidence (feature-id order). A weight is
-    fitted over every row of S, not a ratio of counts: its table for the privacy floor is the
-    evidence's support and the rest of S (n_S, 0, n_{S,e}, 0)."""
+    exp(intercept_c) / base(c); one factor exp(W[c, e]) per evidence (feature-id order); then one factor
+    exp(weight) per interaction pair of the model whose two features are both evidence (pair order). A
+    weight is fitted over every row of S, not a ratio of counts: its table for the privacy floor is the
+    evidence's (or pair's) support and the rest of S (n_S, 0, n_{S,e}, 0)."""
     u = t.universe
     a = float(q.prior_strength)
     K = len(classes)
     _, _, base = base_probabilities(t.S, t.n_S, classes, p0, a)
-    intercept, W, reg = logistic_weights(t, classes, ev_mask, None if q.l2 is None else float(q.l2), qi, base)
+    intercept, W, reg, inter = logistic_weights(t, classes, ev_mask, None if q.l2 is None else float(q.l2), qi,
+                                                base)
     names = [u.feature_name(int(f)) for f in fids]
     n_Se = count_features(u, t.S, t.n_S, fids)[0] if len(fids) and t.n_S else np.zeros(len(fids), np.int64)
     factors: list[list[Factor]] = [[] for _ in range(K)]
@@ -517,4 +605,13 @@ def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndar
                 note = "logistic weight"
             factors[c].append(Factor([names[i]], float(math.exp(W[c, f])), int(n_Se[i]), "lift", note,
                                      (int(t.n_S), 0, int(n_Se[i]), 0)))
+    if len(inter):
+        have = np.isin(inter.pairs, fids).all(axis=1)
+        for k in np.flatnonzero(have).tolist():
+            fa, fb = (int(x) for x in inter.pairs[k])
+            n_ab = int(inter.support[k])
+            pair = [u.feature_name(fa), u.feature_name(fb)]
+            for c in range(K):
+                factors[c].append(Factor(pair, float(math.exp(inter.weights[c, k])), n_ab, "lift",
+                                         "logistic interaction weight (both together)", (int(t.n_S), 0, n_ab, 0)))
     return base, factors, reg

@@ -4,8 +4,10 @@ A build spec declares models (``[models.NAME]``: universe, target, optional segm
 fields, l2, prior strength; docs/spec.md). ``segsrv build`` fits each with the logistic method, the
 way a request would (``fit_declared_models``: the same ``logistic_weights``, cross-validated l2
 unless the declaration fixes it), and stores one file per question in the version,
-``models/NAME/q<i>.bin``: float64[K, 1 + n_features], column 0 the intercepts, then one weight per
-feature of the universe. The manifest's ``models`` section names each file with its *content key*
+``models/NAME/q<i>.bin``: float64[K, 1 + n_features + n_pairs], column 0 the intercepts, then one weight
+per feature of the universe, then one weight per interaction pair (segsrv.engine.predict.interactions),
+whose features and support the question's manifest entry lists in the same order
+(``"pairs": [[feature a, feature b, rows of S with both], ...]``, feature ids of the universe). The manifest's ``models`` section names each file with its *content key*
 (``content_key``): the method, universe, rows and features of the universe, target, question, classes,
 a digest of the rows of S, the evidence features and the base probabilities, and l2 (``"cv"`` when
 cross-validated). Model files are data files: listed with their checksums, verified at every open,
@@ -38,13 +40,25 @@ def content_key(t, question: int, K: int, digest: str, l2: float | None) -> tupl
             "cv" if l2 is None else float(l2))
 
 
+def stored_pairs(entry: dict, K: int, coef: np.ndarray | None = None):
+    """The Interactions of a stored question entry (weights: coef's columns after 1 + n_features)."""
+    from .interactions import Interactions
+
+    table = np.asarray(entry.get("pairs", []), dtype=np.int64).reshape(-1, 3)
+    n = len(table)
+    weights = coef[:, coef.shape[1] - n:] if coef is not None and n else np.zeros((K, 0))
+    return Interactions(table[:, :2].copy(), weights, table[:, 2].copy())
+
+
 def stored_model(t, key: tuple):
-    """(intercept[K], W[K, n_features], l2 used) stored in the snapshot for `key`, or None."""
-    hit = getattr(t.universe, "stored_models", {}).get(key)
+    """(intercept[K], W[K, n_features], l2 used, Interactions) stored in the snapshot for `key`, or None."""
+    u = t.universe
+    hit = getattr(u, "stored_models", {}).get(key)
     if hit is None:
         return None
     coef, entry = hit
-    return coef[:, 0], coef[:, 1:], float(entry["l2"])
+    F = int(u.n_features)
+    return coef[:, 0], coef[:, 1:1 + F], float(entry["l2"]), stored_pairs(entry, coef.shape[0], coef)
 
 
 def fit_declared_models(vdir: Path, declarations: dict[str, dict], say) -> dict:
@@ -67,15 +81,20 @@ def fit_declared_models(vdir: Path, declarations: dict[str, dict], say) -> dict:
         entries = []
         for qi, (classes, p0, vidx) in enumerate(questions(t)):
             _, _, base = base_probabilities(t.S, t.n_S, classes, p0, float(q.prior_strength))
-            intercept, W, reg, key = logistic_weights(t, classes, ev_mask, None if q.l2 is None else float(q.l2),
-                                                      qi, base, with_key=True)
+            intercept, W, reg, inter, key = logistic_weights(t, classes, ev_mask,
+                                                             None if q.l2 is None else float(q.l2), qi, base,
+                                                             with_key=True)
             rel = f"models/{name}/q{qi}.bin"
-            fmt.write_array(vdir / rel, np.column_stack([np.asarray(intercept, np.float64), np.asarray(W, np.float64)]))
+            fmt.write_array(vdir / rel, np.column_stack([np.asarray(intercept, np.float64), np.asarray(W, np.float64),
+                                                         np.asarray(inter.weights, np.float64)]))
             entries.append({"key": list(key), "file": rel, "l2": float(reg.l2),
-                            "cross_validated": bool(reg.cross_validated), "value": reg.value})
+                            "cross_validated": bool(reg.cross_validated), "value": reg.value,
+                            "pairs": [[int(a), int(b), int(n)] for (a, b), n in zip(inter.pairs.tolist(),
+                                                                                    inter.support.tolist())]})
         section[name] = {"universe": u.name, "target": t.info.name, "method": METHOD, "declaration": decl,
                          "n_segment": int(t.n_S), "questions": entries}
-        chosen = ", ".join(f"{e['l2']:.4g}" for e in entries)
+        chosen = ", ".join(f"{e['l2']:.4g}" + (f" with {len(e['pairs'])} pairs" if e["pairs"] else "")
+                           for e in entries)
         say(f"model {name}: {t.info.name} in {u.name} over {t.n_S:,} rows, {int(ev_mask.sum()):,} evidence "
             f"features, {len(entries)} question(s), l2 {chosen} ({time.perf_counter() - t0:.1f} s)")
     return section
