@@ -327,11 +327,12 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
     `CV_PARALLEL_MIN_NNZ`: the fits release the GIL in their sparse products), each deterministic,
     summed in fold order: the same choice, bit for bit, with any number of threads.
     -> (l2, CV loss per grid value, NaN past the stop); no usable fold: (L2_FALLBACK, None).
-    with_loss: also the CV loss at the chosen l2 (None without a usable fold)."""
+    with_loss: also the CV loss at the chosen l2 and each usable fold's solution there (None, None
+    without a usable fold)."""
     usable = usable_folds(P.shape[0], inverse, y, folds, K, k)
     n_test = int(sum(Nte.sum() for Nte, _ in usable))
     if n_test == 0:
-        return (L2_FALLBACK, None, None) if with_loss else (L2_FALLBACK, None)
+        return (L2_FALLBACK, None, None, None) if with_loss else (L2_FALLBACK, None)
     fitted: dict[float, list] = {}  # l2 -> each fold's solution (the warm starts)
     ctx = contextvars.copy_context()  # the caller's cancellation check, in the pool's threads too
 
@@ -381,7 +382,7 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
     finally:
         if pool is not None:
             pool.shutdown()
-    return (best_l2, mean, best) if with_loss else (best_l2, mean)
+    return (best_l2, mean, best, fitted[best_l2]) if with_loss else (best_l2, mean)
 
 
 def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndarray, l2: float | None,
@@ -406,7 +407,7 @@ def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndar
         b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
         return b, w, float(l2), pairs_none(w.shape[0])
     folds = cv_folds(u, rows)
-    l2, _, loss = choose_l2(P, inv, y, folds, K, gtol=gtol, with_loss=True)
+    l2, _, loss, fold_thetas = choose_l2(P, inv, y, folds, K, gtol=gtol, with_loss=True)
     b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
     if interactions and loss is not None:
         n_pat = N.sum(axis=1)
@@ -414,9 +415,10 @@ def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndar
         if len(pairs):
             Z = pair_design(P, pairs)
             P2 = _hstack(P, Z)
-            l2_pairs, _, loss_pairs = choose_l2(P2, inv, y, folds, K, gtol=gtol, with_loss=True)
+            l2_pairs, _, loss_pairs, _ = choose_l2(P2, inv, y, folds, K, gtol=gtol, with_loss=True)
             if (loss_pairs is not None and loss_pairs < loss
-                    and pairs_gain_z(P, inv, y, folds, K, float(l2), float(l2_pairs), gtol) >= pairs_mod.INTERACTION_MIN_Z):
+                    and pairs_gain_z(P, inv, y, folds, K, float(l2), float(l2_pairs), gtol, fold_thetas)
+                    >= pairs_mod.INTERACTION_MIN_Z):
                 b, w2, _ = fit_counts(P2, N, float(l2_pairs), gtol=gtol)
                 F = len(fids)
                 support = np.rint(np.asarray(Z.T @ n_pat)).astype(np.int64)
@@ -436,24 +438,28 @@ def _class_losses(P, b: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 def pairs_gain_z(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int, l2: float, l2_pairs: float,
-                 gtol: float | None = None) -> float:
+                 gtol: float | None = None, main_thetas: list | None = None) -> float:
     """How many standard errors the interaction model lowers the held-out log-loss by, per row, against the
     main effects, both cross-validated over `folds` and the pairs chosen again within each fold's training
     rows (so the held-out rows never choose their own pairs): the mean over held-out rows of
     d = -ln P_main(y) + ln P_pairs(y), divided by its standard error (sd(d) / sqrt(rows)). 0 without a
-    usable fold."""
+    usable fold. main_thetas: the main effects' solution on each usable fold at l2 (`choose_l2`'s), to
+    reuse; each fold's pair model starts from it (pair weights 0)."""
+    F = P.shape[1]
     s1 = s2 = n = 0.0
-    for Nte, Ntr in usable_folds(P.shape[0], inverse, y, folds, K):
-        b, W, _ = fit_counts(P, Ntr, l2, gtol=gtol)
+    for i, (Nte, Ntr) in enumerate(usable_folds(P.shape[0], inverse, y, folds, K)):
+        theta = main_thetas[i] if main_thetas is not None else None
+        if theta is None:
+            b, W, theta = fit_counts(P, Ntr, l2, gtol=gtol)
+        else:
+            b, W = _unpack(theta, F, K)
         n_tr = Ntr.sum(axis=1)
         pairs = candidate_pairs(P, n_tr, strongest_columns(P, n_tr, W, pairs_mod.INTERACTION_FEATURES))
-        d = _class_losses(P, b, W)
+        d = np.zeros((P.shape[0], K))
         if len(pairs):
             P2 = _hstack(P, pair_design(P, pairs))
-            b2, W2, _ = fit_counts(P2, Ntr, l2_pairs, gtol=gtol)
-            d = d - _class_losses(P2, b2, W2)
-        else:
-            d = np.zeros_like(d)
+            b2, W2, _ = fit_counts(P2, Ntr, l2_pairs, gtol=gtol, theta0=_padded(theta, F, K, len(pairs)))
+            d = _class_losses(P, b, W) - _class_losses(P2, b2, W2)
         s1 += float((Nte * d).sum())
         s2 += float((Nte * d * d).sum())
         n += float(Nte.sum())
@@ -462,6 +468,20 @@ def pairs_gain_z(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: in
     mean = s1 / n
     sd = math.sqrt(max(s2 / n - mean * mean, 0.0))
     return math.inf if sd == 0.0 and mean > 0 else (mean / (sd / math.sqrt(n)) if sd > 0 else 0.0)
+
+
+def _unpack(theta: np.ndarray, F: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(intercepts, weights) of `fit_counts`'s flat solution."""
+    if K == 2:
+        return theta[F:F + 1].copy(), theta[None, :F].copy()
+    return theta[K * F:].copy(), theta[: K * F].reshape(K, F).copy()
+
+
+def _padded(theta: np.ndarray, F: int, K: int, n_new: int) -> np.ndarray:
+    """The flat solution over F columns as one over F + n_new (the new columns' weights 0)."""
+    b, W = _unpack(theta, F, K)
+    W2 = np.hstack([W, np.zeros((W.shape[0], n_new))])
+    return np.concatenate([W2.ravel(), b])
 
 
 def _hstack(A, B):
