@@ -4,7 +4,8 @@ The demo shop (bench/common.py, --customers, default 1M) built with one declared
 (docs/spec.md, [models.NAME]): target `churned` of every customer over the default evidence
 fields, l2 = 1 (a fixed penalty keeps the build's fit to seconds; a cross-validated one is stored the
 same way). A small segment catalog is applied for Assign. Then, in a fresh process (nothing cached):
-open the snapshot, warm it as the server does before serving it (segsrv.engine.warm), and time the first and the
+open the snapshot, warm it as the server does before serving it (segsrv.service.warm_version: the engine's
+warm-up, its queries answered through a service), and time the first and the
 second call of
 
 * Predict (method logistic, the declared question, evidence of one customer),
@@ -61,19 +62,18 @@ def models_snapshot(n: int):
 
 def child(root: str, repeat: int) -> dict:
     """Runs in a fresh process: nothing fitted, nothing cached."""
-    from segsrv.engine.warm import warm_snapshot
     from segsrv.engine.predict import logistic
     from segsrv.ops.assign import AssignQuery
     from segsrv.ops.predict import PredictQuery
     from segsrv.ops.score import ScoreQuery
-    from segsrv.service import local_service
+    from segsrv.service import local_service, warm_version
 
     t0 = time.perf_counter()
     service = local_service(root)
     opened = time.perf_counter() - t0
     snap = service.snapshots.resolve()
     t0 = time.perf_counter()
-    warm_snapshot(snap)  # what the server does before serving a version
+    warm_version(snap)  # what the server does before serving a version (its warm queries through a service)
     warmed = time.perf_counter() - t0
     u = snap.universe("customers")
     some_id = u.ids_for_rows([12345])[0]

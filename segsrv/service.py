@@ -29,7 +29,7 @@ from .engine.predict import pending_fits, predict, score_segment
 from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
-from .errors import LimitExceededError, SnapshotNotFoundError
+from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
     QUERY_TYPES, AssignQuery, CountQuery, DiscoverQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery,
     ProfileQuery, RelateQuery, ScoreQuery, SegmentsQuery, render,
@@ -265,6 +265,24 @@ class SegmentationService:
                           max_candidates=self.max_discover_candidates)
         cancel.check()
         return privacy.floor_discover(result, self.privacy_k)
+
+
+def warm_version(snapshot: Snapshot, **options) -> dict:
+    """What a server does to a version before serving it (segsrv.engine.warm.warm_snapshot), its warm
+    queries answered by a service over that version with the server's `options` (privacy floor, limits):
+    the path a request takes, so the first request runs warm code in this layer too."""
+    from .engine.warm import warm_snapshot
+
+    served = SegmentationService(OneSnapshot(snapshot), **options)
+    plain = SegmentationService(OneSnapshot(snapshot))
+
+    def answer(query):
+        try:
+            return served.call(query)
+        except SegsrvError:  # e.g. the privacy floor refuses the warm query: its code ran all the same
+            return plain.call(query)
+
+    return warm_snapshot(snapshot, answer)
 
 
 def local_service(location, version: str | None = None) -> SegmentationService:

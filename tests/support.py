@@ -857,3 +857,32 @@ def row_features(u, row: int) -> list[tuple[str, str]]:
         if not math.isnan(x):
             pairs.append((f, repr(x)))
     return pairs
+
+
+# ----------------------------------------------------------------------------
+# the documented row hash (docs/predict.md "Holdout", "Choosing l2"), recomputed
+# ----------------------------------------------------------------------------
+
+M64 = (1 << 64) - 1
+CV_SEED = 0x6C325F6376  # the documented seed of the cross-validation folds
+
+
+def splitmix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def fnv1a(text: str) -> int:
+    h = 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & M64
+    return h
+
+
+def ref_fold(row_id, k: int = 5) -> int:
+    """The documented fold of a row: floor(k * H(CV_SEED, id) / 2^64), H as the holdout's hash."""
+    key = (int(row_id) & M64) if isinstance(row_id, (int, np.integer)) else fnv1a(str(row_id))
+    h = splitmix64(key ^ splitmix64(CV_SEED))
+    return min(int(k * ((h >> 11) * 2.0 ** -53)), k - 1)

@@ -143,8 +143,7 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
     classes, p0, _ = questions(t)[0]
     reg = None
     if query.method in ("factorized", "logistic"):
-        log_base, W, reg, inter = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength,
-                                               query.l2, 0)
+        log_base, W, reg, inter = bulk_weights(t, classes, p0, ev_mask, query, 0)
         logits = class_log_scores(u, log_base, W, test_rows, inter)
         probs = softmax(logits)
         m = logits.max(axis=1, keepdims=True)

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 from ..ops.assign import AssignQuery
 from .assign import assign, compiled_catalog, warm_catalog
-from .predict.models import warm_models
+from .predict.models import WARM_CALLS, warm_models
 
 
-def warm_snapshot(snapshot) -> dict:
-    """{universe: catalog segments compiled, ..., "models": stored models warmed (when any)}."""
+def warm_snapshot(snapshot, answer=None) -> dict:
+    """{universe: catalog segments compiled, ..., "models": stored models warmed (when any)}.
+    answer: runs a query the way a request does (the server passes its service's `call`, so the
+    service layer's code is warm too: measured, its first Assign cost 0.6 ms against 0.1 ms later);
+    default: the engine's functions."""
     info: dict = dict(warm_catalog(snapshot))
-    for name in info:  # one Assign with propensities per catalog universe: first-call costs paid here
+    run_assign = answer if answer is not None else (lambda q: assign(snapshot, q))
+    for name in info:  # Assigns with propensities per catalog universe: first-call costs paid here
         u = snapshot.universes[name]
         if u.n_rows and compiled_catalog(snapshot, u).stored_default():
-            assign(snapshot, AssignQuery(universe=name, ids=u.ids_for_rows([0]), include_propensities=True))
-    n_models = warm_models(snapshot)
+            for _ in range(WARM_CALLS):
+                run_assign(AssignQuery(universe=name, ids=u.ids_for_rows([0]), include_propensities=True))
+    n_models = warm_models(snapshot, answer)
     if n_models:
         info["models"] = n_models
     return info

@@ -6,7 +6,8 @@ cross-validation over the training rows). Answer: {"snapshot", "version",
 "from", "target", "method", "values", "n_train", "n_test", "accuracy",
 "baseline_accuracy", "baseline_value", "log_loss", "auc", "positive_value", "mean_rank",
 "geometric_mean_probability", "calibration_of", "calibration": [...], "elapsed_ms",
-"regularisation" (logistic: {"l2", "cross_validated", "value"})}.
+"regularisation" (logistic: {"l2", "cross_validated", "value", "interaction_pairs"};
+factorized: {"prior_strength", "cross_validated", "value"})}.
 See docs/predict.md.
 """
 
@@ -167,7 +168,7 @@ class EvaluateResult:
     probabilities: np.ndarray  # [n_test, K]; [0, K] over gRPC
     elapsed_ms: float
     calibration_merged: bool = False  # the privacy floor merged adjacent calibration bins
-    regularisation: Regularisation | None = None  # logistic: the model's penalty
+    regularisation: Regularisation | None = None  # logistic: its penalty; factorized: its prior strength
 
     def to_json(self) -> dict:
         out = {

@@ -7,7 +7,8 @@ cross-validation). `evidence` is
 evidence too. Answer: {"snapshot", "version", "from", "target", "method",
 "multi_valued", "n_segment", "evidence", "elapsed_ms", "probabilities": [{"value",
 "probability", "base_probability", "normalizer", "factors": [...]}], "regularisation" (logistic:
-[{"l2", "cross_validated", "value"}])}. See
+[{"l2", "cross_validated", "value", "interaction_pairs"}]; factorized: [{"prior_strength", "cross_validated",
+"value"}])}. See
 docs/predict.md and docs/query.md.
 
 This module also holds what Predict, ScoreSegment and Evaluate share: the methods
@@ -284,24 +285,37 @@ class PredictQuery:
 
 @dataclass
 class Regularisation:
-    """The L2 penalty of a logistic model: chosen by cross-validation or given by the caller; `value` names
-    the value of a multi-valued target whose binary model it is (None: the one model of a single-valued one)."""
+    """The regularisation of a fitted model, chosen by cross-validation or given by the caller: the L2
+    penalty of a logistic model, or the prior strength of a factorized one (`prior_strength` set, `l2`
+    None). `value` names the value of a multi-valued target whose binary model it is (None: the one model
+    of a single-valued one); `interaction_pairs`: the pairwise interaction terms a logistic model uses
+    (0: main effects only)."""
 
-    l2: float
+    l2: float | None
     cross_validated: bool
     value: str | None = None
+    interaction_pairs: int = 0
+    prior_strength: float | None = None
 
     def to_json(self) -> dict:
+        if self.prior_strength is not None:
+            return {"prior_strength": json_number(float(self.prior_strength)),
+                    "cross_validated": bool(self.cross_validated), "value": self.value}
         return {"l2": json_number(float(self.l2)), "cross_validated": bool(self.cross_validated),
-                "value": self.value}
+                "value": self.value, "interaction_pairs": int(self.interaction_pairs)}
 
     def to_proto(self) -> pb.Regularisation:
+        if self.prior_strength is not None:
+            return pb.Regularisation(prior_strength=float(self.prior_strength),
+                                     cross_validated=bool(self.cross_validated), target_value=self.value or "")
         return pb.Regularisation(l2=float(self.l2), cross_validated=bool(self.cross_validated),
-                                 target_value=self.value or "")
+                                 target_value=self.value or "", interaction_pairs=int(self.interaction_pairs))
 
     @classmethod
     def from_proto(cls, msg: pb.Regularisation) -> "Regularisation":
-        return cls(msg.l2, msg.cross_validated, msg.target_value or None)
+        if msg.prior_strength > 0:
+            return cls(None, msg.cross_validated, msg.target_value or None, prior_strength=msg.prior_strength)
+        return cls(msg.l2, msg.cross_validated, msg.target_value or None, int(msg.interaction_pairs))
 
 
 @dataclass
@@ -423,7 +437,7 @@ class PredictResult:
     probabilities: list[ValueProbability]
     elapsed_ms: float
     suppressed_values: int = 0  # values of a multi-valued target left out by the privacy floor
-    regularisation: list[Regularisation] = field(default_factory=list)  # logistic: the penalty of each model
+    regularisation: list[Regularisation] = field(default_factory=list)  # logistic, factorized: each model's
 
     def to_json(self) -> dict:
         out = {

@@ -4,7 +4,7 @@ JSON keys: from, segment, target, value, top_k, evidence_fields, prior_strength,
 (a bulk method: "logistic", the default, or "factorized"), l2 (logistic; absent: chosen by
 cross-validation). Answer: {"snapshot", "version", "from", "target", "value", "n_members",
 "returned", "mean_score", "elapsed_ms", "regularisation" (logistic: {"l2", "cross_validated",
-"value"}), "scores": [{"id", "score"}]} (ids as text, the form gRPC carries).
+"value", "interaction_pairs"}; factorized: {"prior_strength", "cross_validated", "value"}), "scores": [{"id", "score"}]} (ids as text, the form gRPC carries).
 
 Over gRPC the answer streams: chunks of scored members (``ScoreResult.chunk_to_proto``),
 then one summary (``ScoreResult.summary_response``); ``ScoreSummary`` is the client's
@@ -136,7 +136,7 @@ class ScoreSummary:
     returned: int
     mean_score: float
     elapsed_ms: float
-    regularisation: Regularisation | None = None  # logistic: the model's penalty
+    regularisation: Regularisation | None = None  # logistic: its penalty; factorized: its prior strength
 
     def to_json(self) -> dict:
         out = {
@@ -176,7 +176,7 @@ class ScoreResult:
     elapsed_ms: float
     _universe: object | None = field(default=None, repr=False)  # the engine's Universe (ids_for_rows)
     _ids: list | None = field(default=None, repr=False, compare=False)  # the ids, when they came over gRPC
-    regularisation: Regularisation | None = None  # logistic: the model's penalty
+    regularisation: Regularisation | None = None  # logistic: its penalty; factorized: its prior strength
 
     @property
     def ids(self) -> list:

@@ -12,6 +12,7 @@ answered however busy the handlers are.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine import set_kernel_threads
-from ..engine.warm import warm_snapshot
+from ..service import warm_version
 from ..engine.discover import DEFAULT_MAX_CANDIDATES
 from ..ops.predict import DEFAULT_MAX_TARGET_VALUES
 from ..engine.privacy import DEFAULT_PRIVACY_K
@@ -219,8 +220,11 @@ def create_server(
         set_kernel_threads(kernel_threads)
 
     if registry is None:
-        registry = SnapshotRegistry(snapshot_root, keep_versions=keep_versions,
-                                    prepare=warm_snapshot if warm else None)
+        # warm-up through a service with this server's options: the path its requests take
+        prepare = functools.partial(warm_version, privacy_k=privacy_k, max_result_hits=max_result_hits,
+                                    max_target_values=max_target_values,
+                                    max_discover_candidates=max_discover_candidates)
+        registry = SnapshotRegistry(snapshot_root, keep_versions=keep_versions, prepare=prepare if warm else None)
     metrics = None
     if metrics_port is not None:
         from .metrics import Metrics  # prometheus-client, only when asked for

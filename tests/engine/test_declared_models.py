@@ -30,6 +30,9 @@ MODELS = {
     "churn": {"from": "customers", "target": "churned", "evidence_fields": EVIDENCE},
     "churn_dogs": {"from": "customers", "target": "churned", "segment": {"segment": "dog_owner"},
                    "evidence_fields": EVIDENCE, "l2": 2.0},
+    # its cross-validated model takes pairwise interactions (tests/engine/test_logistic_cv.py, PAIR_FIELDS)
+    "churn_pairs": {"from": "customers", "target": "churned",
+                    "evidence_fields": ["region", "lifestyle", "orders.lines.product.brand"]},
 }
 
 
@@ -64,7 +67,7 @@ def _fresh_caches():
 def test_build_fits_declared_models_with_progress_and_stores_them(built):
     root, _, messages = built
     snap = open_snapshot(root)
-    assert sorted(snap.models) == ["churn", "churn_dogs"]
+    assert sorted(snap.models) == sorted(MODELS)
     assert [m for m in messages if m.startswith("model ")] and any("model churn_dogs" in m for m in messages)
     for name, model in snap.models.items():
         for q in model["questions"]:
@@ -72,6 +75,7 @@ def test_build_fits_declared_models_with_progress_and_stores_them(built):
             assert q["file"] in snap.manifest["files"] and not path.stat().st_mode & 0o222
     assert snap.models["churn_dogs"]["questions"][0]["l2"] == 2.0
     assert snap.models["churn"]["questions"][0]["cross_validated"] is True
+    assert any("model churn_pairs" in m and " pairs " in m for m in messages)  # the progress line says so
 
 
 def _fit_on_demand(snap, model: dict) -> list[np.ndarray]:
@@ -163,10 +167,10 @@ def test_a_damaged_or_unlisted_model_file_is_refused(built, tmp_path):
 
 
 def test_stored_pairs_are_checked_against_the_file_and_the_universe(built, tmp_path):
-    """The churn model's interaction pairs are stored (manifest entry and the file's last columns); an
+    """The churn_pairs model's interaction pairs are stored (manifest entry and the file's last columns); an
     entry whose pairs do not fit the universe, are malformed, or do not match the file's width is refused."""
     root, _, _ = built
-    entry = open_snapshot(root).models["churn"]["questions"][0]
+    entry = open_snapshot(root).models["churn_pairs"]["questions"][0]
     assert len(entry["pairs"]) > 0 and all(a < b for a, b, _ in entry["pairs"])
     n_features = open_snapshot(root).universe("customers").n_features
     for bad, match in [(lambda p: p[:-1], "does not fit its universe"),
@@ -178,7 +182,7 @@ def test_stored_pairs_are_checked_against_the_file_and_the_universe(built, tmp_p
         shutil.copytree(root, copy)
         vdir = open_snapshot(copy).path
         manifest = json.loads((vdir / fmt.MANIFEST).read_text())
-        q = manifest["models"]["churn"]["questions"][0]
+        q = manifest["models"]["churn_pairs"]["questions"][0]
         q["pairs"] = bad(q["pairs"])
         (vdir / fmt.MANIFEST).write_bytes(fmt.dumps_manifest(manifest))
         with pytest.raises(CorruptSnapshotError, match=match):
@@ -267,3 +271,28 @@ def test_warm_up_answers_each_model_by_id_without_fitting(built, monkeypatch):
     first_id = snap.universe("customers").ids_for_rows([0])[0]
     assert calls.count(("churned", first_id)) == declared.WARM_CALLS * len(MODELS)
     assert calls.count(("churned", None)) == len(MODELS)
+
+
+def test_the_servers_warm_up_answers_through_the_service(built, monkeypatch):
+    """segsrv.service.warm_version (the server's warm-up) runs each stored model's warm queries through a
+    service with the server's options (the path a request takes, service layer included), falling back
+    to a service without the privacy floor when the floor refuses one; it never fits."""
+    from segsrv.service import SegmentationService, warm_version
+
+    root, _, _ = built
+    calls = []
+    original = SegmentationService.predict
+
+    def recording(self, query, *args, **kw):
+        calls.append((self.privacy_k, query.row_id))
+        return original(self, query, *args, **kw)
+
+    monkeypatch.setattr(SegmentationService, "predict", recording)
+    snap = open_snapshot(root)
+    _fresh_caches()
+    before = logistic.fit_count()
+    info = warm_version(snap, privacy_k=10)
+    assert info["models"] == len(MODELS) and logistic.fit_count() == before
+    first_id = snap.universe("customers").ids_for_rows([0])[0]
+    assert sum(1 for _, rid in calls if rid == first_id) >= declared.WARM_CALLS * len(MODELS)
+    assert all(k in (10, 0) for k, _ in calls) and any(k == 10 for k, _ in calls)

@@ -19,24 +19,15 @@ from segsrv.engine.conditions import bool_to_bitset
 from segsrv.engine.evaluate import evaluate, holdout_rows
 from segsrv.ops.evaluate import EvaluateQuery
 from segsrv.engine.predict import predict
+from support import M64, fnv1a, splitmix64
 from segsrv.ops.predict import PredictQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError
 
 U = "customers"
-M64 = (1 << 64) - 1
-
-
-def splitmix64(x: int) -> int:
-    z = (x + 0x9E3779B97F4A7C15) & M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return z ^ (z >> 31)
 
 
 def ref_held_out(id_text: str, fraction: float, seed: int) -> bool:
-    h = 0xCBF29CE484222325
-    for byte in id_text.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & M64
+    h = fnv1a(id_text)
     return (splitmix64(h ^ splitmix64(seed & M64)) >> 11) * 2.0 ** -53 < fraction
 
 

@@ -29,10 +29,9 @@ from segsrv.ops.conditions import All
 from segsrv.ops.evaluate import EvaluateQuery
 from segsrv.ops.predict import PredictQuery
 from segsrv.ops.score import ScoreQuery
+from support import ref_fold
 
 U = "customers"
-M64 = (1 << 64) - 1
-CV_SEED = 0x6C325F6376  # the documented seed of the folds (docs/predict.md)
 GRID = [10.0 ** e for e in np.linspace(4, -4, 10)]  # the documented grid, strongest first
 
 
@@ -113,27 +112,6 @@ def test_distinct_rows_are_left_as_they_are():
 # ----------------------------------------------------------------------------
 # the folds and the CV choice against a brute-force scikit-learn CV
 # ----------------------------------------------------------------------------
-
-
-def _splitmix64(x: int) -> int:
-    z = (x + 0x9E3779B97F4A7C15) & M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return z ^ (z >> 31)
-
-
-def _fnv1a(text: str) -> int:
-    h = 0xCBF29CE484222325
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & M64
-    return h
-
-
-def ref_fold(row_id, k: int = 5) -> int:
-    """The documented fold of a row: floor(k * H(CV_SEED, id) / 2^64), H as the holdout's hash."""
-    key = (int(row_id) & M64) if isinstance(row_id, (int, np.integer)) else _fnv1a(str(row_id))
-    h = _splitmix64(key ^ _splitmix64(CV_SEED))
-    return min(int(k * ((h >> 11) * 2.0 ** -53)), k - 1)
 
 
 def _leaks(bu, target):
@@ -256,8 +234,10 @@ def test_evaluate_and_score_report_the_penalty(snap, monkeypatch):
     _clear()
     e = evaluate(snap, EvaluateQuery(target="churned", universe=U))
     assert e.regularisation.cross_validated and L.L2_GRID[-1] <= e.regularisation.l2 <= L.L2_GRID[0]
-    assert e.to_json()["regularisation"] == {"l2": e.regularisation.l2, "cross_validated": True, "value": None}
-    assert evaluate(snap, EvaluateQuery(target="churned", universe=U, method="factorized")).regularisation is None
+    assert e.to_json()["regularisation"] == {"l2": e.regularisation.l2, "cross_validated": True, "value": None,
+                                             "interaction_pairs": e.regularisation.interaction_pairs}
+    fz = evaluate(snap, EvaluateQuery(target="churned", universe=U, method="factorized")).regularisation
+    assert fz.l2 is None and fz.prior_strength is not None and fz.cross_validated  # its prior strength
 
     def no_cv(*a, **k):
         raise AssertionError("cross-validation ran although l2 was given")
@@ -393,7 +373,7 @@ def test_interactions_are_the_documented_pairs_fitted_as_sklearn_would(snap, su,
     _, _, base = base_probabilities(t.S, t.n_S, classes, p0, 1.0)
     _clear()
     intercept, W, reg, inter = L.logistic_weights(t, classes, ev, None, 0, base)
-    assert reg.cross_validated and len(inter) > 0
+    assert reg.cross_validated and len(inter) > 0 and reg.interaction_pairs == len(inter)
     # the main effects' l2 (the CV shown equal to scikit-learn's above), then the pairs by brute force
     P, inv = L.distinct_patterns(csr_matrix(X))
     l2_main = L.choose_l2(P, inv, y, folds, 2)[0]

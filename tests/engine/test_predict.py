@@ -23,6 +23,7 @@ from segsrv.engine.conditions import bool_to_bitset
 from segsrv.engine.predict import predict, score_segment
 from segsrv.ops.predict import PredictQuery
 from segsrv.ops.score import ScoreQuery
+from support import ref_fold
 from segsrv.errors import (
     LimitExceededError,
     QueryError,
@@ -141,7 +142,8 @@ def ref_question(S, classes, p0, ev, a, min_support, max_corr, method, msf=0.005
 
 def ref_predict(bu, snap_u, target, seg, ev_names, a=1.0, min_support=30, max_corr=0.9, method="conjunction",
                 train=None, msf=0.005, max_p=0.001):
-    """-> {value: (probability, base, factors, normalizer)}."""
+    """-> {value: (probability, base, factors, normalizer)}; a: the prior strength (multi-valued targets:
+    also {value: a})."""
     T = bu.fields[target]
     values = snap_u.fields[target].values
     masks = [T.masks.get(v, np.zeros(bu.n, bool)) for v in values]
@@ -167,7 +169,9 @@ def ref_predict(bu, snap_u, target, seg, ev_names, a=1.0, min_support=30, max_co
         for v, m in zip(values, masks):
             n1 = (train & m).sum()
             p0 = [(n1 + 1) / (train.sum() + 2), (train.sum() - n1 + 1) / (train.sum() + 2)]
-            probs, base, factors, norm = ref_question(S, [m, ~m], p0, ev, a, min_support, max_corr, method, msf, max_p)
+            a_v = a[v] if isinstance(a, dict) else a
+            probs, base, factors, norm = ref_question(S, [m, ~m], p0, ev, a_v, min_support, max_corr, method, msf,
+                                                      max_p)
             out[v] = (probs[0], base[0], factors[0], norm)
     return out
 
@@ -189,6 +193,16 @@ def row_evidence(bu, target, row, skip_fields=()):
     skip = set(skip_fields) | leaking_fields(bu, target)
     return [(f, v) for f, bf in bu.fields.items() if f != target and f not in skip
             for v, m in bf.masks.items() if m[row]]
+
+
+def engine_prior(res, method):
+    """The prior strength the engine reports for a factorized answer (cross-validated unless given):
+    one number, or {value: a} for a multi-valued target; 1.0 (the default) for the other methods."""
+    if method != "factorized":
+        return 1.0
+    regs = res.regularisation
+    assert regs and all(r.prior_strength is not None and r.l2 is None for r in regs)
+    return {r.value: r.prior_strength for r in regs} if res.multi_valued else regs[0].prior_strength
 
 
 def assert_matches(res, ref, rtol=1e-9):
@@ -248,7 +262,7 @@ def test_predict_by_id_matches_reference(snap, su, bu, target, seg_name, method)
         res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=rid, method=method))
         ev = row_evidence(bu, target, row)
         assert sorted(res.evidence) == sorted(ev)
-        ref = ref_predict(bu, su, target, seg_mask, ev, method=method)
+        ref = ref_predict(bu, su, target, seg_mask, ev, a=engine_prior(res, method), method=method)
         assert_matches(res, ref)
         check_invariants(res)
         assert res.n_segment == int((seg_mask & (True if res.multi_valued else
@@ -311,7 +325,7 @@ def test_train_mask_restricts_counts(snap, su, bu):
         res = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[3], method=method,
                                          train_mask=bits))
         ref = ref_predict(bu, su, "churned", np.ones(bu.n, bool), row_evidence(bu, "churned", 3),
-                          method=method, train=train)
+                          a=engine_prior(res, method), method=method, train=train)
         assert_matches(res, ref)
         # flipping rows outside the mask cannot change anything: the same model on a copy of the mask
         res2 = predict(snap, PredictQuery(target="churned", universe=U, row_id=bu.ids[3], method=method,
@@ -509,7 +523,7 @@ def test_score_segment_train_mask(snap, su, bu):
     assert res.n_members == su.n_rows  # every member is scored, counts come from the mask
     row = 1  # not a training row
     ref = ref_predict(bu, su, "churned", np.ones(bu.n, bool), row_evidence(bu, "churned", row),
-                      method="factorized", train=train)
+                      a=res.regularisation.prior_strength, method="factorized", train=train)
     assert math.isclose(res.scores[row], ref["true"][0], rel_tol=1e-9)
 
 
@@ -594,3 +608,66 @@ def test_one_default_method(snap, bu):
     assert default.method == "logistic"
     assert [(vp.value, vp.probability) for vp in default.probabilities] == \
            [(vp.value, vp.probability) for vp in explicit.probabilities]
+
+
+# ----------------------------------------------------------------------------
+# the factorized model's prior strength, cross-validated (docs/predict.md)
+# ----------------------------------------------------------------------------
+
+
+def ref_prior_cv(bu, su, target, seg_mask, grid, k=5):
+    """The prior strength a brute-force CV picks: the documented folds (row hash), lifts counted with numpy
+    on the oracle masks of the other folds' rows of S, held-out -ln P(class) pooled; ties: the first
+    (strongest) grid value. Single-valued target; p0 the smoothed class rates of the universe's rows."""
+    values = su.fields[target].values
+    masks = [bu.fields[target].masks.get(v, np.zeros(bu.n, bool)) for v in values]
+    has = np.logical_or.reduce(masks)
+    K = len(values)
+    p0 = np.array([(m.sum() + 1) / (has.sum() + K) for m in masks])
+    S = seg_mask & has
+    y = np.argmax(np.column_stack(masks), axis=1)
+    skip = leaking_fields(bu, target) | {target}
+    E = np.column_stack([m for f, bf in bu.fields.items() if f not in skip for m in bf.masks.values()])
+    folds = np.array([ref_fold(i, k) for i in bu.ids])
+    loss = np.zeros(len(grid))
+    for f in range(k):
+        tr, te = S & (folds != f), S & (folds == f)
+        if not te.any():
+            continue
+        n_S = tr.sum()
+        n_Sc = np.array([(tr & m).sum() for m in masks], dtype=float)
+        N = np.array([E[tr & m].sum(axis=0) for m in masks], dtype=float)
+        n_Se = E[tr].sum(axis=0)
+        seen = n_Se > 0
+        for j, a in enumerate(grid):
+            base = (n_Sc + a * p0) / (n_S + a)
+            W = np.zeros((K, E.shape[1]))
+            q = n_Se[seen] / n_S
+            W[:, seen] = np.log(((N[:, seen] + a * q) / (n_Sc[:, None] + a)) / q)
+            logits = np.log(base) + E[te].astype(float) @ W.T
+            lse = logits.max(axis=1) + np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1))
+            loss[j] += (lse - logits[np.arange(te.sum()), y[te]]).sum()
+    return grid[int(np.argmin(loss))], loss
+
+
+@pytest.mark.parametrize("target,seg_name", [("churned", "all"), ("segment", "premium"), ("region", "all")])
+def test_factorized_prior_strength_is_cross_validated(snap, su, bu, target, seg_name):
+    """Unless the caller gives prior_strength, the factorized method takes the grid value a brute-force CV
+    over the documented folds picks, reports it (cross_validated), and uses it; a given one is used as is."""
+    from segsrv.engine.predict import factorized
+
+    seg, where = SEGMENTS[seg_name]
+    want, loss = ref_prior_cv(bu, su, target, bu.eval(where), factorized.PRIOR_GRID)
+    factorized.PRIOR_CACHE.clear()
+    res = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[11], method="factorized"))
+    [reg] = res.regularisation
+    assert reg.cross_validated and reg.prior_strength == want and reg.l2 is None, (reg, loss)
+    assert reg.to_json() == {"prior_strength": want, "cross_validated": True, "value": None}
+    value = su.fields[target].values[0]
+    sc = score_segment(snap, ScoreQuery(target=target, value=value, universe=U, segment=seg, method="factorized"))
+    assert sc.regularisation.prior_strength == want and sc.regularisation.cross_validated
+    given = predict(snap, PredictQuery(target=target, universe=U, segment=seg, row_id=bu.ids[11],
+                                       method="factorized", prior_strength=7.0))
+    assert [(r.prior_strength, r.cross_validated) for r in given.regularisation] == [(7.0, False)]
+    ref = ref_predict(bu, su, target, bu.eval(where), row_evidence(bu, target, 11), a=7.0, method="factorized")
+    assert_matches(given, ref)

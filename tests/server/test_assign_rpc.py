@@ -236,10 +236,10 @@ def test_a_failing_warm_up_still_serves_the_version(root, tmp_path, caplog, monk
 
     from segsrv.server import app
 
-    def broken(snapshot):
+    def broken(snapshot, **options):
         raise RuntimeError("warm-up bug")
 
-    monkeypatch.setattr(app, "warm_snapshot", broken)
+    monkeypatch.setattr(app, "warm_version", broken)
     with caplog.at_level(logging.WARNING, logger="segsrv.server"):
         server, port = create_server(root, port=0, privacy_k=0)
     server.start()

@@ -67,9 +67,9 @@ def test_l2_given_over_the_python_client_is_used_without_cv(served, no_cv):
     with SegsrvClient(served.address) as client:
         ans = client.predict({"from": "customers", "target": "churned", "id": "CUST-00007", "method": "logistic",
                               "l2": 0.25})
-        assert ans["regularisation"] == [{"l2": 0.25, "cross_validated": False, "value": None}]
+        assert ans["regularisation"] == [{"l2": 0.25, "cross_validated": False, "value": None, "interaction_pairs": 0}]
         ev = client.evaluate({"from": "customers", "target": "churned", "l2": 0.25})
-        assert ev["regularisation"] == {"l2": 0.25, "cross_validated": False, "value": None}
+        assert ev["regularisation"] == {"l2": 0.25, "cross_validated": False, "value": None, "interaction_pairs": 0}
 
 
 def test_l2_not_given_is_cross_validated_and_reported(stub):

@@ -71,7 +71,8 @@ PREDICTS = [
 
 @pytest.mark.parametrize("request_kwargs,query_kwargs", PREDICTS, ids=["id-in-segment", "evidence-factorized", "multi"])
 def test_predict_equals_engine(stub, petnord_snapshot, request_kwargs, query_kwargs):
-    resp = stub.Predict(pb.PredictRequest(**request_kwargs), timeout=30)
+    # 120 s: the multi-valued default fits 10 cross-validated models on its first call (docs/predict.md)
+    resp = stub.Predict(pb.PredictRequest(**request_kwargs), timeout=120)
     res = predict(petnord_snapshot, PredictQuery(**query_kwargs))
     assert len(resp.probabilities) >= 2
     assert any(p.explanation.factors for p in resp.probabilities)

@@ -43,6 +43,7 @@ and ``score_segment``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -52,11 +53,11 @@ from ... import _kernels
 from ...snapshot.reader import Snapshot
 from .. import privacy
 from .conjunction import conjunction_question
-from .factorized import class_log_scores, factorized_question, factorized_weights, softmax
+from .factorized import choose_prior_strength, class_log_scores, factorized_question, factorized_weights, softmax
 from .logistic import CV_FOLDS, L2_GRID, logistic_question, logistic_weights, pending_fit
 from .target import (Target, base_probabilities, combine_factors, evidence_feature_mask, evidence_fids, questions,
                      resolve_target)
-from ...ops.predict import PredictQuery, PredictResult, Regularisation, ValueProbability
+from ...ops.predict import DEFAULT_PRIOR_STRENGTH, PredictQuery, PredictResult, Regularisation, ValueProbability, sent
 from ...ops.score import ScoreQuery, ScoreResult
 
 __all__ = ["predict", "score_segment", "bulk_weights", "pending_fits"]
@@ -74,7 +75,7 @@ def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> Pred
     fids = evidence_fids(t, query)
     out: list[ValueProbability] = []
     regularisation: list[Regularisation] = []
-    ev_mask = evidence_feature_mask(t, query.evidence_fields) if query.method == "logistic" else None
+    ev_mask = evidence_feature_mask(t, query.evidence_fields) if query.method != "conjunction" else None
     for qi, (classes, p0, vidx) in enumerate(questions(t)):
         if query.method == "logistic":
             base, factors, reg = logistic_question(t, qi, classes, p0, fids, ev_mask, query)
@@ -82,7 +83,10 @@ def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> Pred
         elif query.method == "conjunction":
             base, factors = conjunction_question(u, t.S, t.n_S, classes, p0, fids, query, privacy_k)
         else:
-            base, factors = factorized_question(u, t.S, t.n_S, classes, p0, fids, query)
+            a, reg = factorized_prior(t, classes, p0, ev_mask, query, qi)
+            regularisation.append(reg)
+            base, factors = factorized_question(u, t.S, t.n_S, classes, p0, fids,
+                                                dataclasses.replace(query, prior_strength=a))
         factors = privacy.floor_factors(factors, privacy_k)
         probs, norm = combine_factors(base, factors)
         for c, vi in enumerate(vidx):
@@ -105,16 +109,28 @@ def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> Pred
     )
 
 
-def bulk_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray, method: str,
-                 prior_strength: float, l2: float | None,
+def factorized_prior(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray, query,
+                     question: int) -> tuple[float, Regularisation]:
+    """The factorized model's prior strength for `query` (one of Predict / ScoreSegment / Evaluate): the
+    caller's when given, else chosen by cross-validation (factorized.choose_prior_strength); and its report."""
+    value = t.info.values[question] if t.multi else None
+    if sent(query, "prior_strength", DEFAULT_PRIOR_STRENGTH):
+        return float(query.prior_strength), Regularisation(None, False, value, prior_strength=float(query.prior_strength))
+    a = choose_prior_strength(t, classes, p0, ev_mask, question)
+    return a, Regularisation(None, True, value, prior_strength=a)
+
+
+def bulk_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray, query,
                  question: int):
-    """(log base[K], W[K, n_features], the logistic penalty or None, the logistic model's Interactions or
-    None) of a bulk method ("logistic" or "factorized") for one question, for `class_log_scores`; l2 None:
-    chosen by cross-validation."""
-    if method == "logistic":
-        _, _, base = base_probabilities(t.S, t.n_S, classes, p0, float(prior_strength))
-        return logistic_weights(t, classes, ev_mask, None if l2 is None else float(l2), question, base)
-    return (*factorized_weights(t, classes, p0, ev_mask, float(prior_strength)), None, None)
+    """(log base[K], W[K, n_features], the model's Regularisation, the logistic model's Interactions or
+    None) of `query`'s bulk method ("logistic" or "factorized"; a ScoreSegment or Evaluate query) for one
+    question, for `class_log_scores`: l2 (logistic) or the prior strength (factorized) chosen by
+    cross-validation unless the query gives it."""
+    if query.method == "logistic":
+        _, _, base = base_probabilities(t.S, t.n_S, classes, p0, float(query.prior_strength))
+        return logistic_weights(t, classes, ev_mask, None if query.l2 is None else float(query.l2), question, base)
+    a, reg = factorized_prior(t, classes, p0, ev_mask, query, question)
+    return (*factorized_weights(t, classes, p0, ev_mask, a), reg, None)
 
 
 def _score_question(t: Target, value: str):
@@ -168,8 +184,7 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
     vi = t.info.value_index(str(query.value))
     classes, p0, question, ci = _score_question(t, query.value)
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
-    log_base, W, reg, inter = bulk_weights(t, classes, p0, ev_mask, query.method, query.prior_strength, query.l2,
-                                           question)
+    log_base, W, reg, inter = bulk_weights(t, classes, p0, ev_mask, query, question)
     members = _kernels.bitset_to_ids(t.segment, u.n_rows)
     probs = softmax(class_log_scores(u, log_base, W, members, inter))[:, ci] if len(members) else np.zeros(0)
     rows = members.astype(np.int64)

@@ -9,6 +9,10 @@ model's weights are applied the same way.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 from ... import _kernels
@@ -51,6 +55,61 @@ def factorized_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_
         lift = ((N[:, seen] + a * qv[None, :]) / (n_Sc[:, None] + a)) / qv[None, :]
         W[:, fids[seen]] = np.log(lift)
     return np.log(base), W
+
+
+# the prior strength's cross-validation grid (pseudo-rows of the base rate per lift), strongest first
+PRIOR_GRID = (100.0, 30.0, 10.0, 3.0, 1.0, 0.3, 0.1)
+PRIOR_CACHE: "OrderedDict[tuple, float]" = OrderedDict()  # the chosen strength per (S, evidence, question)
+PRIOR_CACHE_SIZE = 64
+_PRIOR_LOCK = threading.Lock()
+
+
+def choose_prior_strength(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray,
+                          question: int, grid=PRIOR_GRID) -> float:
+    """The factorized model's prior strength chosen by K-fold cross-validation over the rows of S (the
+    logistic method's folds, `logistic.cv_folds`): for each fold, the lifts counted on the other folds'
+    rows of S score the fold's rows (`class_log_scores`), and the held-out -ln P(class) is pooled over
+    every held-out row; the grid value with the smallest pooled loss wins (ties: the stronger prior).
+    Only counts: 5 x len(grid) AND-count passes. Cached per (universe version, S, evidence, question).
+    A segment with fewer than two rows: the grid's 1.0 (nothing to hold out)."""
+    from .logistic import _digest, cv_folds  # (logistic imports this module's siblings, not this one)
+
+    u = t.universe
+    key = (id(u), str(getattr(u, "dir", "")), u.name, t.info.name, int(question), _digest(t.S, ev_mask, p0))
+    with _PRIOR_LOCK:
+        if key in PRIOR_CACHE:
+            PRIOR_CACHE.move_to_end(key)
+            return PRIOR_CACHE[key]
+    rows = _kernels.bitset_to_ids(t.S, u.n_rows).astype(np.int64)
+    best = 1.0
+    if len(rows) >= 2:
+        y = np.full(len(rows), -1, dtype=np.int64)
+        for c, bits in enumerate(classes):
+            ids = _kernels.bitset_to_ids(_kernels.bitset_and(t.S, bits), u.n_rows).astype(np.int64)
+            y[np.searchsorted(rows, ids)] = c
+        folds = cv_folds(u, rows)
+        loss = np.zeros(len(grid))
+        for f in np.unique(folds).tolist():
+            test = rows[(folds == f) & (y >= 0)]
+            if len(test) == 0 or len(test) == len(rows):
+                continue
+            held = _kernels.ids_to_bitset(test.astype(np.uint32), u.n_words)
+            train_S = _kernels.bitset_andnot(t.S, held)
+            t_f = dataclasses.replace(t, S=train_S, n_S=int(_kernels.popcount(train_S)))
+            y_test = y[np.searchsorted(rows, test)]
+            for j, a in enumerate(grid):
+                log_base, W = factorized_weights(t_f, classes, p0, ev_mask, float(a))
+                logits = class_log_scores(u, log_base, W, test)
+                m = logits.max(axis=1, keepdims=True)
+                lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+                loss[j] += float((lse - logits[np.arange(len(test)), y_test]).sum())
+        if loss.any():
+            best = float(grid[int(np.argmin(loss))])  # the first minimum: the stronger prior
+    with _PRIOR_LOCK:
+        PRIOR_CACHE[key] = best
+        while len(PRIOR_CACHE) > PRIOR_CACHE_SIZE:
+            PRIOR_CACHE.popitem(last=False)
+    return best
 
 
 def class_log_scores(u: Universe, log_base: np.ndarray, W: np.ndarray, rows: np.ndarray,

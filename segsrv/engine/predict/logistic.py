@@ -393,9 +393,10 @@ def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndar
     caller fixing l2 gets: main effects only, scikit-learn's model).
 
     With l2 chosen by cross-validation and `interactions`, the pairs of the strongest features
-    (segsrv.engine.predict.interactions) are tried too: their design (main effects and pair columns)
-    gets its own l2 by `choose_l2` over the same folds, and it is the model when its CV loss is lower
-    than the main effects' own. -> (intercepts, weights over fids, l2 used, Interactions: pairs as
+    (segsrv.engine.predict.interactions) are tried too: a first look (`pairs_gain_z` at the main
+    effects' l2 > 0), then their design (main effects and pair columns) gets its own l2 by `choose_l2`
+    over the same folds, and it is the model when its CV loss is lower than the main effects' own and
+    `pairs_gain_z` at that l2 is >= INTERACTION_MIN_Z. -> (intercepts, weights over fids, l2 used, Interactions: pairs as
     feature ids and their weights, shapes as `fit_counts`: (1, n) binary, (K, n) multinomial)."""
     col_of = np.full(u.n_features, -1, dtype=np.int64)
     col_of[fids] = np.arange(len(fids))
@@ -412,7 +413,9 @@ def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndar
     if interactions and loss is not None:
         n_pat = N.sum(axis=1)
         pairs = candidate_pairs(P, n_pat, strongest_columns(P, n_pat, w, pairs_mod.INTERACTION_FEATURES))
-        if len(pairs):
+        # a cheap look first (the pairs at the main effects' l2, each fold's fit warm-started): pairs that do
+        # not help at all there are not cross-validated (their CV costs as much as the main effects')
+        if len(pairs) and pairs_gain_z(P, inv, y, folds, K, float(l2), float(l2), gtol, fold_thetas) > 0.0:
             Z = pair_design(P, pairs)
             P2 = _hstack(P, Z)
             l2_pairs, _, loss_pairs, _ = choose_l2(P2, inv, y, folds, K, gtol=gtol, with_loss=True)
@@ -534,7 +537,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
     cv = l2 is None
     stored = stored_model(t, key)
     if stored is not None:
-        answer = (stored[0], stored[1], Regularisation(stored[2], cv, value), stored[3])
+        answer = (stored[0], stored[1], Regularisation(stored[2], cv, value, len(stored[3])), stored[3])
         return (*answer, key) if with_key else answer
     with LOGISTIC_LOCK:
         if cv and skey in L2_CACHE:
@@ -543,7 +546,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
         hit = LOGISTIC_CACHE.get(skey + (float(l2),)) if l2 is not None else None
         if hit is not None:
             LOGISTIC_CACHE.move_to_end(skey + (float(l2),))
-            answer = (hit[0], hit[1], Regularisation(float(l2), cv, value), hit[2])
+            answer = (hit[0], hit[1], Regularisation(float(l2), cv, value, len(hit[2])), hit[2])
             return (*answer, key) if with_key else answer
         FITS[0] += 1
     fids = np.flatnonzero(ev_mask).astype(np.int64)
@@ -588,7 +591,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             L2_CACHE[skey] = float(l2)
             while len(L2_CACHE) > L2_CACHE_SIZE:
                 L2_CACHE.popitem(last=False)
-    answer = (intercept, W, Regularisation(float(l2), cv, value), inter)
+    answer = (intercept, W, Regularisation(float(l2), cv, value, len(inter)), inter)
     return (*answer, key) if with_key else answer
 
 

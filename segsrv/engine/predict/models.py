@@ -103,20 +103,23 @@ def fit_declared_models(vdir: Path, declarations: dict[str, dict], say) -> dict:
 WARM_CALLS = 3  # answers per stored model before serving (CPython specialises a function's code after a few calls)
 
 
-def warm_models(snapshot) -> int:
+def warm_models(snapshot, answer=None) -> int:
     """Answer each stored model's question WARM_CALLS times for one customer (by id: the evidence path a
     request takes) and once without evidence, before the version is served, so that the first request
     reads pages, builds per-version lookups and runs specialised bytecode no sooner than any later one.
-    Returns the number of models; never fits (their coefficients are stored)."""
+    answer: runs a query as a request would (the server passes its service's `call`, so the service
+    layer is warmed too); default: the engine's predict. Returns the number of models; never fits
+    (their coefficients are stored)."""
     from . import predict
 
+    run = answer if answer is not None else (lambda q: predict(snapshot, q))
     models = getattr(snapshot, "models", {})
     for _, model in sorted(models.items()):
         query = {**model["declaration"], "method": METHOD}
-        predict(snapshot, PredictQuery.from_json(query))
+        run(PredictQuery.from_json(query))
         u = snapshot.universes.get(model["universe"])
         if u is not None and u.n_rows:
             by_id = PredictQuery.from_json({**query, "id": u.ids_for_rows([0])[0]})
             for _ in range(WARM_CALLS):
-                predict(snapshot, by_id)
+                run(by_id)
     return len(models)
