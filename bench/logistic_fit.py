@@ -8,7 +8,9 @@ in one run and on the same matrix:
 * ours: `fit_logistic` (the distinct evidence patterns with their class counts as weights, then
   L-BFGS in preconditioned coordinates), l2 = --l2;
 * scikit-learn: LogisticRegression(C = 1 / l2, lbfgs, max_iter=1000, its default tol 1e-4);
-* the first call of the engine (`logistic_weights`, cache cleared: rows, design matrix, patterns, fit).
+* the first call of the engine (`logistic_weights`, cache cleared: rows, design matrix, patterns, fit);
+  with --cv also the first call with l2 cross-validated and the pairwise interactions tried, with the time
+  of each cross-validation (`choose_l2`) and of the first look and the bar (`pairs_gain_z`).
 
 Prints both fit times, the ratio, the distinct patterns, and how close the two fits are (max |w|
 difference, training log-loss of each). --cv also times the cross-validated choice of l2 (5 folds x
@@ -116,13 +118,37 @@ def main() -> None:
     if args.cv:
         L.LOGISTIC_CACHE.clear()
         L.L2_CACHE.clear()
-        t0 = time.perf_counter()
-        _, _, reg = L.logistic_weights(t, classes, ev, None, 0, base)
-        cv_s = time.perf_counter() - t0
-        print(f"engine first call (l2 by 5-fold CV over {len(L.L2_GRID)} values, then the fit): {cv_s:.1f} s; "
-              f"chosen l2 = {reg.l2:g}")
+        phases: dict[str, list[float]] = {"choose_l2": [], "pairs_gain_z": []}
+
+        def timed(name, fn):
+            def run(*a, **k):
+                t1 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    phases[name].append(round(time.perf_counter() - t1, 3))
+            return run
+
+        # the phases of the choice (each choose_l2: the main effects', then the pair design's; each
+        # pairs_gain_z: the first look, then the bar), timed where logistic.fit_rows calls them
+        originals = {name: getattr(L, name) for name in phases}
+        for name, fn in originals.items():
+            setattr(L, name, timed(name, fn))
+        try:
+            t0 = time.perf_counter()
+            _, _, reg, inter = L.logistic_weights(t, classes, ev, None, 0, base)
+            cv_s = time.perf_counter() - t0
+        finally:
+            for name, fn in originals.items():
+                setattr(L, name, fn)
+        print(f"engine first call (l2 by 5-fold CV over {len(L.L2_GRID)} values and a refining search, the "
+              f"pairwise interactions tried, then the fit): {cv_s:.1f} s; chosen l2 = {reg.l2:g}, "
+              f"{len(inter)} pairs; choose_l2 calls {phases['choose_l2']} s, pairs_gain_z calls "
+              f"{phases['pairs_gain_z']} s")
         result["engine_first_call_cv_s"] = round(cv_s, 3)
         result["cv_chosen_l2"] = reg.l2
+        result["cv_interaction_pairs"] = len(inter)
+        result["cv_phases_s"] = phases
     print(f"results: {write_result('logistic_fit', result)}")
 
 
