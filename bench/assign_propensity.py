@@ -10,7 +10,9 @@ conjunctions, $or / $not, raw ranges, segment references), applied to a hard-lin
     --holdout, seed --seed). For each segment with members among both the training and the held-out
     rows, both propensity methods are fitted on the training rows only, with the evidence Assign uses
     (every feature but those of the fields the condition mentions): "logistic" (the default; l2
-    cross-validated on the training rows, segsrv.engine.catalog_models.fit_membership) and "factorized"
+    cross-validated on the training rows and the pairwise interactions tried,
+    segsrv.engine.catalog_models.fit_membership), the same without the pairs ("main effects", the
+    default until December 2026, for comparison) and "factorized"
     (prior_strength 1, max_p_value 0.001; segsrv.engine.assign.factorized_membership from the training
     rows' counts). P(member) of every held-out row is scored against its membership: ROC AUC and mean
     log-loss per segment, and the medians over the segments.
@@ -106,28 +108,47 @@ def main() -> None:
             continue
         ev = cat.evidence_mask(i)
         t0 = time.perf_counter()
-        b, d, l2, _ = CM.fit_membership(u, member, ev, None, rows=train_rows)
+        b, d, l2, _, pairs = CM.fit_membership(u, member, ev, None, rows=train_rows)
         t_log = time.perf_counter() - t0
-        p_log = 1.0 / (1.0 + np.exp(-(b + Xte @ d)))
+        pair_term = sum((Xte[:, a] * Xte[:, c] * w for (a, c), w in zip(pairs.pairs, pairs.weights[0])),
+                        np.zeros(len(test_rows)))
+        p_log = 1.0 / (1.0 + np.exp(-(b + Xte @ d + pair_term)))
+        t0 = time.perf_counter()
+        bm, dm, l2m, _, _ = CM.fit_membership(u, member, ev, None, rows=train_rows, interactions=False)
+        t_main = time.perf_counter() - t0
+        p_main = 1.0 / (1.0 + np.exp(-(bm + Xte @ dm)))
         log_base, W = factorized_membership(Xtr[ytr].sum(axis=0).astype(np.int64), nf_tr, int(ytr.sum()),
                                             len(train_rows), ev, 1.0, 0.001)
         with np.errstate(over="ignore"):
             p_fac = 1.0 / (1.0 + np.exp(-(log_base[0] - log_base[1] + Xte @ (W[0] - W[1]))))
         row = {"segment": seg.name, "members": int(seg.size), "evidence_features": int(ev.sum()), "l2": l2,
-               "logistic_fit_s": round(t_log, 3),
-               "auc": {"logistic": auc_score(yte, p_log), "factorized": auc_score(yte, p_fac)},
-               "log_loss": {"logistic": log_loss(yte, p_log), "factorized": log_loss(yte, p_fac)}}
+               "pairs": len(pairs), "logistic_fit_s": round(t_log, 3), "main_effects_fit_s": round(t_main, 3),
+               "auc": {"logistic": auc_score(yte, p_log), "main_effects": auc_score(yte, p_main),
+                       "factorized": auc_score(yte, p_fac)},
+               "log_loss": {"logistic": log_loss(yte, p_log), "main_effects": log_loss(yte, p_main),
+                            "factorized": log_loss(yte, p_fac)}}
         rows.append(row)
-        print(f"{seg.name:28s} {seg.size:6d} members  AUC logistic {row['auc']['logistic']:.4f} factorized "
-              f"{row['auc']['factorized']:.4f}  log-loss logistic {row['log_loss']['logistic']:.4f} factorized "
-              f"{row['log_loss']['factorized']:.4f}  (l2 {l2:.3g})")
-    med = {k: {m: statistics.median(r[k][m] for r in rows) for m in ("logistic", "factorized")}
-           for k in ("auc", "log_loss")}
+        print(f"{seg.name:28s} {seg.size:6d} members  AUC logistic {row['auc']['logistic']:.4f} main effects "
+              f"{row['auc']['main_effects']:.4f} factorized {row['auc']['factorized']:.4f}  log-loss logistic "
+              f"{row['log_loss']['logistic']:.4f} main effects {row['log_loss']['main_effects']:.4f} factorized "
+              f"{row['log_loss']['factorized']:.4f}  (l2 {l2:.3g}, {len(pairs)} pairs, fit {t_log:.1f} s, "
+              f"main effects alone {t_main:.1f} s)")
+    methods = ("logistic", "main_effects", "factorized")
+    med = {k: {m: statistics.median(r[k][m] for r in rows) for m in methods} for k in ("auc", "log_loss")}
     wins = {k: sum((r[k]["logistic"] > r[k]["factorized"]) == (k == "auc") for r in rows) for k in ("auc", "log_loss")}
-    print(f"median over {len(rows)} segments: AUC logistic {med['auc']['logistic']:.4f} factorized "
-          f"{med['auc']['factorized']:.4f}; log-loss logistic {med['log_loss']['logistic']:.4f} factorized "
-          f"{med['log_loss']['factorized']:.4f}; logistic better on {wins['auc']} (AUC) and {wins['log_loss']} "
-          f"(log-loss) of {len(rows)}")
+    with_pairs = [r for r in rows if r["pairs"]]
+    print(f"median over {len(rows)} segments: AUC logistic {med['auc']['logistic']:.4f} (main effects alone "
+          f"{med['auc']['main_effects']:.4f}) factorized {med['auc']['factorized']:.4f}; log-loss logistic "
+          f"{med['log_loss']['logistic']:.4f} (main effects alone {med['log_loss']['main_effects']:.4f}) factorized "
+          f"{med['log_loss']['factorized']:.4f}; logistic better than factorized on {wins['auc']} (AUC) and "
+          f"{wins['log_loss']} (log-loss) of {len(rows)}; {len(with_pairs)} segments kept pairs")
+    for r in with_pairs:
+        print(f"  pairs kept: {r['segment']} ({r['pairs']} pairs): AUC {r['auc']['main_effects']:.4f} -> "
+              f"{r['auc']['logistic']:.4f}, log-loss {r['log_loss']['main_effects']:.4f} -> {r['log_loss']['logistic']:.4f}")
+    fit_s = [r["logistic_fit_s"] for r in rows]
+    main_s = [r["main_effects_fit_s"] for r in rows]
+    print(f"fit per segment: median {statistics.median(fit_s):.1f} s with the pairs tried, "
+          f"{statistics.median(main_s):.1f} s main effects alone")
     result = {
         "command": "python bench/assign_propensity.py " + " ".join(sys.argv[1:]),
         "cpu": cpu_model(), "customers": args.customers, "segments": len(catalog), "scored_segments": len(rows),

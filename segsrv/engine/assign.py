@@ -14,9 +14,11 @@ customer's features. Two methods (``propensity_method``; docs/assign.md), both w
 feature except those of the fields the segment's condition mentions (directly or through references:
 they decide membership and would make the score trivial):
 
-* ``logistic`` (default, the method of Predict, ScoreSegment and Evaluate): an L2 logistic regression
-  of membership over every row of the universe (segsrv.engine.catalog_models.fit_membership; l2
-  cross-validated unless ``propensity_l2`` fixes it). ``segsrv segments apply`` fits the
+* ``logistic`` (default, the method of Predict, ScoreSegment and Evaluate, fitted by the same
+  ``logistic.fit_rows``): an L2 logistic regression of membership over every row of the universe
+  (segsrv.engine.catalog_models.fit_membership; l2 cross-validated unless ``propensity_l2`` fixes
+  it, and then the pairwise interactions tried as Predict's are, kept when they pass the same
+  held-out bar). ``segsrv segments apply`` fits the
   cross-validated models ahead and stores them in the version; a model whose content key matches a
   stored one is read, never fitted.
 * ``factorized``: the factorised Predict model with the conjunction method's significance rule:
@@ -25,9 +27,10 @@ they decide membership and would make the score trivial):
   ``prior_strength``), except features whose G-test of independence from membership has p >
   ``max_p_value`` (``factorized_membership``).
 
-Either way a segment's model is a membership logit bias + sum of d[f] over the row's features: every
-segment's weights form one [features x segments] matrix, and one CSR pass over a batch's rows scores
-all segments. Models not stored are fitted once per snapshot version, segment and parameter set and
+Either way a segment's model is a membership logit bias + sum of d[f] over the row's features (+ the
+weight of each pair of the model whose two features the row has): every segment's feature weights
+form one [features x segments] matrix, and one CSR pass over a batch's rows scores all segments' main
+effects; each segment's pairs add one pass of the pair kernel (``csr_pair_scores``). Models not stored are fitted once per snapshot version, segment and parameter set and
 cached; ``warm_catalog`` loads the stored default ones ahead of the first request (the server does it
 before it serves a version) and never fits; ``fit_count`` counts the segment models this process fitted.
 
@@ -37,9 +40,10 @@ catalog segments are defined over.
 Under a privacy floor k (``privacy_k`` > 1, segsrv/engine/privacy.py): a segment whose size, or the
 rows outside it, number 1..k-1 is left out of every assignment (listing its members over a batch of
 ids would be its export); a feature whose table with a segment (members, feature rows, both, over the
-universe) has a cell or margin of 1..k-1 rows gets weight 0 in that segment's propensity model. Each
-model records the smallest non-zero cell of every feature's table, so the floored weights of any k
-come from the one fit (a floored weight is dropped from the fitted model, not refitted without it).
+universe) has a cell or margin of 1..k-1 rows gets weight 0 in that segment's propensity model, and so
+does a pair whose table (rows with both of its features as the feature) has one. Each model records
+the smallest non-zero cell of every feature's and pair's table, so the floored weights of any k come
+from the one fit (a floored weight is dropped from the fitted model, not refitted without it).
 
 Answer and ranking: the member segments, by priority (descending), then lift (1 / share:
 smaller segments say more), then name; the primary segment is the first of them. With
@@ -67,6 +71,8 @@ from ..snapshot.reader import Snapshot, Universe
 from ..snapshot.spec import suggest
 from . import cancel, catalog_models, privacy
 from .conditions import Evaluator, band_feature, range_mask, raw_number
+from .predict.interactions import Interactions, pair_counts, pair_scores
+from .predict.interactions import none as no_pairs
 from .predict.target import g_test_p
 from .relate import count_features
 from ..ops.assign import (DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, DEFAULT_PROPENSITY_L2,
@@ -182,6 +188,7 @@ class CompiledCatalog:
         # _cells: per segment, the smallest non-zero cell of each feature's table (the privacy floor's
         # input; independent of the method); _floored: the weights of a stacked model under a floor k.
         self._cells: dict[int, np.ndarray] = {}
+        self._pair_cells: dict[tuple, np.ndarray] = {}  # (segment, its pairs' bytes) -> pair_cells
         self._floored: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._models: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._partial: OrderedDict[tuple, None] = OrderedDict()  # pairs with entries in _models
@@ -259,27 +266,33 @@ class CompiledCatalog:
                 self._drop_partial(self._partial.popitem(last=False)[0])
 
     def _smallest_cells(self, n1f: np.ndarray, n1: int) -> np.ndarray:
-        """int64[n_features]: the smallest non-zero cell or margin of each feature's table with a segment
-        of n1 members (n1f: its members with each feature)."""
-        n = self.universe.n_rows
-        nf = np.asarray(self.universe.feature_count, dtype=np.int64)
-        cells = np.vstack([n1f, nf - n1f, n1 - n1f, n - n1 - nf + n1f, nf, n - nf,
-                           np.full_like(nf, n1), np.full_like(nf, n - n1)])
-        return np.where(cells > 0, cells, np.iinfo(np.int64).max).min(axis=0)
+        """The smallest non-zero cell or margin of each feature's table with a segment of n1 members
+        (n1f: its members with each feature)."""
+        return smallest_cells(n1f, np.asarray(self.universe.feature_count, dtype=np.int64), n1, self.universe.n_rows)
+
+    def _memo(self, cache: dict, key, compute):
+        """cache[key], computed (outside the lock) the first time."""
+        with self._lock:
+            hit = cache.get(key)
+        if hit is not None:
+            return hit
+        out = compute()
+        with self._lock:
+            cache[key] = out
+        return out
+
+    def _member_bits(self, i: int) -> np.ndarray:
+        return Evaluator(self.snapshot, self.universe).evaluate(SegmentRef(self.segments[i].name))
 
     def cells(self, i: int) -> np.ndarray:
         """The privacy floor's input of segment i (`_smallest_cells`), counted once (one AND-count pass)."""
-        with self._lock:
-            hit = self._cells.get(i)
-        if hit is not None:
-            return hit
-        u, seg = self.universe, self.segments[i]
-        bits = Evaluator(self.snapshot, u).evaluate(SegmentRef(seg.name))
-        n1f, _ = count_features(u, bits, seg.size, np.arange(u.n_features, dtype=np.int64))
-        out = self._smallest_cells(n1f, seg.size)
-        with self._lock:
-            self._cells[i] = out
-        return out
+        def count():
+            u = self.universe
+            n1f, _ = count_features(u, self._member_bits(i), self.segments[i].size,
+                                    np.arange(u.n_features, dtype=np.int64))
+            return self._smallest_cells(n1f, self.segments[i].size)
+
+        return self._memo(self._cells, i, count)
 
     # -- the logistic membership models (segsrv.engine.catalog_models) --------------------
 
@@ -298,9 +311,9 @@ class CompiledCatalog:
         return catalog_models.content_key(self.data_version, self.universe, self.segments[i].digest,
                                           catalog_models.digest(self.evidence_mask(i)), l2)
 
-    def fit_logistic(self, i: int, l2: float | None) -> tuple[float, np.ndarray, float, bool]:
+    def fit_logistic(self, i: int, l2: float | None) -> tuple:
         """Segment i's logistic membership model, fitted (not the stored one; the same content key fitted
-        earlier by this process is taken from its cache): (bias, d, l2 used, cross-validated)."""
+        earlier by this process is taken from its cache): (bias, d, l2 used, cross-validated, Interactions)."""
         key = self.content_key(i, l2)
         hit = catalog_models.fitted(key)
         if hit is not None:
@@ -318,9 +331,9 @@ class CompiledCatalog:
         stored = self.universe.stored_models
         return all(self.content_key(i, None) in stored for i in range(len(self.segments)))
 
-    def logistic_model(self, i: int, l2: float | None) -> tuple[float, np.ndarray]:
-        """(bias, d[n_features]) of segment i's membership logit: the model the snapshot stores under its
-        content key when there is one (no fit), else fitted (cached with the catalog)."""
+    def logistic_model(self, i: int, l2: float | None) -> tuple[float, np.ndarray, Interactions]:
+        """(bias, d[n_features], pairs) of segment i's membership logit: the model the snapshot stores under
+        its content key when there is one (no fit), else fitted (cached with the catalog)."""
         key = (i, *propensity_params("logistic", l2=l2))
         with self._lock:
             hit = self._models.get(key)
@@ -328,16 +341,21 @@ class CompiledCatalog:
             return hit
         stored = self.universe.stored_models.get(self.content_key(i, l2))
         if stored is not None:
-            out = (float(stored[0][0, 0]), np.asarray(stored[0][0, 1:]))
+            coef, entry = stored
+            F = self.universe.n_features
+            pairs = np.array(entry.get("pairs", []), dtype=np.int64).reshape(-1, 3)
+            out = (float(coef[0, 0]), np.asarray(coef[0, 1: 1 + F]),
+                   Interactions(pairs[:, :2], np.asarray(coef[:, 1 + F:]), pairs[:, 2]))
         else:
-            out = self.fit_logistic(i, l2)[:2]
+            bias, d, _, _, inter = self.fit_logistic(i, l2)
+            out = (bias, d, inter)
         self._keep_partial(key, out)
         return out
 
-    def _segment_model(self, i: int, params: tuple) -> tuple[float, np.ndarray]:
+    def _segment_model(self, i: int, params: tuple) -> tuple[float, np.ndarray, Interactions]:
         if params[0] == "factorized":
             log_base, W = self.model(i, params[1], params[2])
-            return log_base[0] - log_base[1], W[0] - W[1]
+            return log_base[0] - log_base[1], W[0] - W[1], no_pairs(1)
         return self.logistic_model(i, params[1])
 
     def _drop_partial(self, params: tuple) -> None:  # under self._lock
@@ -347,8 +365,18 @@ class CompiledCatalog:
     def propensity_model(self, params: tuple = DEFAULT_PARAMS) -> tuple[np.ndarray, np.ndarray]:
         """(bias[S], D[n_features, S]) of the parameter set `params` (`propensity_params`): the membership
         logit of segment i for a row with features F is bias[i] + sum of D[f, i] over f in F (factorized:
-        log member score minus log non-member score), so P(member) = 1 / (1 + exp(-logit)) and one CSR
-        pass scores every segment at once.
+        log member score minus log non-member score) + its pair terms (`propensity_pairs`), so
+        P(member) = 1 / (1 + exp(-logit)) and one CSR pass scores every segment's main effects at once.
+        """
+        return self._stacked_model(params)[:2]
+
+    def propensity_pairs(self, params: tuple = DEFAULT_PARAMS) -> tuple[Interactions, ...]:
+        """Per segment, the pairs of its model under `params` (weights [1, n]; the logistic models with a
+        cross-validated l2 may have some, the others none)."""
+        return self._stacked_model(params)[2]
+
+    def _stacked_model(self, params: tuple) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """(bias, D, pairs) of `params`.
 
         Built once per parameter set: logistic models the snapshot stores are taken as they are (no fit);
         the others are fitted by the first caller (checking cancellation between segments, keeping the
@@ -371,10 +399,12 @@ class CompiledCatalog:
             S, F = len(self.segments), self.universe.n_features
             bias = np.zeros(S)
             D = np.zeros((F, S))
+            pairs = []
             for i in range(S):
                 cancel.check()
-                bias[i], D[:, i] = self._segment_model(i, key)
-            out = (bias, D)
+                bias[i], D[:, i], inter = self._segment_model(i, key)
+                pairs.append(inter)
+            out = (bias, D, tuple(pairs))
             with self._lock:
                 self._stacked[key] = out
                 while len(self._stacked) > MODEL_PARAMS_KEPT:
@@ -387,41 +417,72 @@ class CompiledCatalog:
         finally:
             gate.release()
 
-    def floored_model(self, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """propensity_model(params) with the weight of every feature whose table with a segment has a cell
-        of 1..privacy_k-1 rows set to 0 (the fitted weight dropped, not a refit without the feature);
-        the model itself when k <= 1."""
-        bias, D = self.propensity_model(params)
+    def pair_cells(self, i: int, pairs: Interactions) -> np.ndarray:
+        """int64[n_pairs]: the smallest non-zero cell or margin of each pair's table with segment i (the
+        pair as one feature: rows with both of its features), counted once per segment and pairs."""
+        def count():
+            u = self.universe
+            members = _kernels.bitset_to_ids(self._member_bits(i), u.n_rows).astype(np.int64)
+            return smallest_cells(pair_counts(u, pairs.pairs, members), np.asarray(pairs.support, dtype=np.int64),
+                                  self.segments[i].size, u.n_rows)
+
+        return self._memo(self._pair_cells, (i, pairs.pairs.tobytes()), count)
+
+    def floored_model(self, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """The model of `params` (bias, D as propensity_model, pairs as propensity_pairs) with the weight of
+        every feature, and of every pair, whose table with a segment has a cell of 1..privacy_k-1 rows
+        set to 0 (the fitted weight dropped, not a refit without it); the model itself when k <= 1."""
+        bias, D, pairs = self._stacked_model(params)
         if privacy_k <= 1 or not self.segments:
-            return bias, D
+            return bias, D, pairs
         key = (tuple(params), int(privacy_k))
         with self._lock:
             hit = self._floored.get(key)
             if hit is not None and hit[0] is D:
                 self._floored.move_to_end(key)
-                return bias, hit[1]
+                return bias, hit[1], hit[2]
         cells = np.stack([self.cells(i) for i in range(len(self.segments))], axis=1)  # [F, S]
         floored = np.where(cells >= privacy_k, D, 0.0)
+        floored_pairs = tuple(
+            p if len(p) == 0 else Interactions(p.pairs, np.where(self.pair_cells(i, p) >= privacy_k, p.weights, 0.0),
+                                               p.support)
+            for i, p in enumerate(pairs))
         with self._lock:
-            self._floored[key] = (D, floored)
+            self._floored[key] = (D, floored, floored_pairs)
             while len(self._floored) > MODEL_PARAMS_KEPT:
                 self._floored.popitem(last=False)
-        return bias, floored
+        return bias, floored, floored_pairs
 
     def propensities_of_rows(self, rows: np.ndarray, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0) -> np.ndarray:
         """float64[S, len(rows)]: P(member) of each segment for each row (rows of the universe)."""
-        bias, D = self.floored_model(params, privacy_k)
+        bias, D, pairs = self.floored_model(params, privacy_k)
         u = self.universe
-        logits = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, D,
-                                         np.ascontiguousarray(rows, dtype=np.uint32))
+        r = np.ascontiguousarray(rows, dtype=np.uint32)
+        logits = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, D, r)
         logits += bias[None, :]
+        for i, p in enumerate(pairs):
+            if len(p):
+                logits[:, i] += pair_scores(u, p, r)[:, 0]
         return _sigmoid(logits).T
 
     def propensities_of_features(self, fids: np.ndarray, params: tuple = DEFAULT_PARAMS,
                                  privacy_k: int = 0) -> np.ndarray:
         """float64[S, 1]: P(member) of each segment for one customer with features `fids`."""
-        bias, D = self.floored_model(params, privacy_k)
-        return _sigmoid(bias + D[np.asarray(fids, dtype=np.int64)].sum(axis=0))[:, None]
+        bias, D, pairs = self.floored_model(params, privacy_k)
+        fids = np.asarray(fids, dtype=np.int64)
+        logits = bias + D[fids].sum(axis=0)
+        for i, p in enumerate(pairs):
+            if len(p):
+                logits[i] += p.weights[0][np.isin(p.pairs, fids).all(axis=1)].sum()
+        return _sigmoid(logits)[:, None]
+
+
+def smallest_cells(n1f: np.ndarray, nf: np.ndarray, n1: int, n: int) -> np.ndarray:
+    """int64[len(nf)]: the smallest non-zero cell or margin of each feature's 2x2 table with a segment
+    (n rows, n1 members; nf: rows with each feature, n1f: members with it); int64 max when all are 0."""
+    cells = np.vstack([n1f, nf - n1f, n1 - n1f, n - n1 - nf + n1f, nf, n - nf,
+                       np.full_like(nf, n1), np.full_like(nf, n - n1)])
+    return np.where(cells > 0, cells, np.iinfo(np.int64).max).min(axis=0)
 
 
 def factorized_membership(n1f: np.ndarray, nf: np.ndarray, n1: int, n: int, evidence: np.ndarray, a: float,
@@ -484,10 +545,12 @@ def warm_catalog(snapshot: Snapshot) -> dict[str, int]:
             continue
         cat = compiled_catalog(snapshot, u)
         if cat.segments and cat.stored_default():
-            cat.propensity_model(DEFAULT_PARAMS)  # stored by `segments apply`: read, not fitted
+            pairs = cat.propensity_pairs(DEFAULT_PARAMS)  # stored by `segments apply`: read, not fitted
             for i in range(len(cat.segments)):  # the privacy floor's counts
                 cancel.check()
                 cat.cells(i)
+                if len(pairs[i]):
+                    cat.pair_cells(i, pairs[i])
         out[name] = len(cat.segments)
     return out
 

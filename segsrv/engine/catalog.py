@@ -195,8 +195,9 @@ def _compiled(view: "_CatalogView") -> dict:
 
 def catalog_version(base_version: str, catalog: dict, propensity_models: bool = False) -> str:
     doc = {"base": base_version, "segments": catalog}
-    if propensity_models:  # a version with stored models is another version than one without
-        doc["propensity_models"] = True
+    if propensity_models:  # a version with stored models is another version than one without, and one
+        # with the models of another definition (catalog_models.CV_MARK: the pairs tried since Dec 2026)
+        doc["propensity_models"] = cm.CV_MARK
     payload = json.dumps(doc, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
@@ -216,10 +217,13 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     snap = open_snapshot(vdir)  # every byte: a damaged base must not be linked into a new version
     resolved = validate_catalog(snap, entries)
     fit = bool(fit_propensities and resolved)
-    # the same catalog is "unchanged" unless its models are to be stored and the current version lacks them
-    stored = {(uname, name) for uname, segs in snap.catalog_models.items() for name in segs}
-    has_models = all((e["universe"], name) in stored for name, e in resolved.items())
-    if resolved == (snap.segments or {}) and (has_models or not fit):
+    # the same catalog is "unchanged" unless its models are to be stored and the current version lacks
+    # them: none stored, or stored by an older segsrv under another definition (another content key)
+    same = resolved == (snap.segments or {})
+    if same and fit:
+        view = _CatalogView(snap, resolved)  # held while its compiled catalogs are in use
+        same = all(c.stored_default() for c in _compiled(view).values())
+    if same:
         say(f"catalog unchanged: {snap.name}/{snap.version} already has these {len(resolved)} segments")
         return vdir, False
     manifest = json.loads((vdir / fmt.MANIFEST).read_text(encoding="utf-8"))

@@ -2,21 +2,27 @@
 
 The default propensity of Assign (segsrv.engine.assign) is the logistic method's membership model of
 each catalog segment: classes member / non-member over every row of the universe, evidence = every
-feature but those of the fields the segment's condition mentions, an L2 logistic regression with the
+feature but those of the fields the segment's condition mentions, fitted by ``logistic.fit_rows``, the
+fit of Predict, ScoreSegment and Evaluate (``fit_membership``): an L2 logistic regression with the
 objective of ``logistic.fit_counts`` (scikit-learn's with C = 1 / l2, intercept unpenalised), l2
-chosen by ``logistic.choose_l2`` over the folds ``logistic.cv_folds`` unless the caller fixes it
-(``fit_membership``). The membership logit of a row is bias + the sum of d[f] over its features.
+chosen by ``logistic.choose_l2`` over the folds ``logistic.cv_folds`` unless the caller fixes it, and
+with a cross-validated l2 the pairwise interactions tried as Predict's are
+(segsrv.engine.predict.interactions; kept only when they pass the same held-out bar). The
+membership logit of a row is bias + the sum of d[f] over its features + the weight of each of the
+model's pairs whose two features the row has.
 
 ``apply_segments`` (segsrv.engine.catalog) fits the cross-validated model of every segment of the
 applied catalog (``fit_catalog_models``) and stores one file per segment in the new version,
-``models/catalog/<universe>/<key digest>.bin``: float64[1, 1 + n_features], column 0 the bias, then
-one weight per feature of the universe (the layout of the declared Predict models,
-segsrv.engine.predict.models). The manifest's ``catalog_models`` section maps universe -> segment ->
-{"key", "file", "l2", "cross_validated", "members", "evidence_features"}; the files are data files
+``models/catalog/<universe>/<key digest>.bin``: float64[1, 1 + n_features + n_pairs], column 0 the
+bias, then one weight per feature of the universe, then one per pair (the layout of the declared
+Predict models, segsrv.engine.predict.models). The manifest's ``catalog_models`` section maps universe
+-> segment -> {"key", "file", "l2", "cross_validated", "members", "evidence_features", "pairs"}
+("pairs": [[feature a, feature b, rows with both], ...], a < b, the order of the file's pair
+columns; the reader checks them against the universe and the file's width); the files are data files
 (listed with their checksums, verified at every open, read-only). The *content key* (``content_key``)
 names what the coefficients depend on: the data version, the universe with its rows and features, a
 digest of the segment's member bitset (its condition as evaluated), a digest of the evidence mask and
-l2 ("cv" when cross-validated). A segment whose key is unchanged since the base version (the same
+l2 ("cv+pairs" when cross-validated: the pairs are tried then). A segment whose key is unchanged since the base version (the same
 condition over the same data) reuses the base's file (a hard link): nothing is refitted.
 """
 
@@ -40,6 +46,7 @@ _FITTED: "OrderedDict[tuple, tuple[float, np.ndarray, float, bool]]" = OrderedDi
 _FITTED_LOCK = threading.Lock()
 SECTION = "catalog_models"  # the manifest's section
 DIR = "models/catalog"
+CV_MARK = "cv+pairs"  # a cross-validated model's mark in its content key ("cv": an older segsrv's, no pairs)
 
 
 def digest(a: np.ndarray) -> str:
@@ -55,7 +62,7 @@ def data_version(snapshot) -> str:
 def content_key(data_ver: str, u, member_digest: str, evidence_digest: str, l2: float | None) -> tuple:
     """What identifies a segment's fitted membership model across processes and versions."""
     return (METHOD, str(data_ver), u.name, int(u.n_rows), int(u.n_features), member_digest, evidence_digest,
-            "cv" if l2 is None else float(l2))
+            CV_MARK if l2 is None else float(l2))
 
 
 def file_of(u, key: tuple) -> str:
@@ -86,10 +93,13 @@ def keep_fitted(key: tuple, model: tuple) -> None:
 
 
 def fit_membership(u, member: np.ndarray, ev_mask: np.ndarray, l2: float | None,
-                   rows: np.ndarray | None = None) -> tuple[float, np.ndarray, float, bool]:
+                   rows: np.ndarray | None = None, interactions: bool = True) -> tuple:
     """The logistic membership model over `rows` (default: every row of the universe); `member`:
-    bool[n_rows] of the universe. -> (bias, d float64[n_features], l2 used, cross-validated).
+    bool[n_rows] of the universe. -> (bias, d float64[n_features], l2 used, cross-validated,
+    Interactions with weights [1, n_pairs]: the pairs the fit kept, none when l2 is given or without
+    `interactions`, the main effects alone, for comparison: bench/assign_propensity.py).
     Without both classes among the rows: the constant model (d = 0) and l2 the fallback (or the one given)."""
+    from .predict.interactions import none as no_pairs
     from .predict.logistic import L2_FALLBACK, fit_rows
 
     rows = np.arange(u.n_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -97,11 +107,11 @@ def fit_membership(u, member: np.ndarray, ev_mask: np.ndarray, l2: float | None,
     n1, n = int(y.sum()), len(rows)
     d = np.zeros(u.n_features)
     if n1 == 0 or n1 == n:
-        return constant_bias(n1, n), d, float(L2_FALLBACK if l2 is None else l2), l2 is None
+        return constant_bias(n1, n), d, float(L2_FALLBACK if l2 is None else l2), l2 is None, no_pairs(1)
     fids = np.flatnonzero(ev_mask).astype(np.int64)
-    b, w, used, _ = fit_rows(u, rows, y, 2, fids, l2, interactions=False)  # one weight per feature (Assign's kernel)
+    b, w, used, pairs = fit_rows(u, rows, y, 2, fids, l2, interactions=interactions)
     d[fids] = w[0]
-    return float(b[0]), d, used, l2 is None
+    return float(b[0]), d, used, l2 is None, pairs
 
 
 def fit_catalog_models(catalog, staging: Path, base, say) -> tuple[dict, set]:
@@ -127,14 +137,16 @@ def fit_catalog_models(catalog, staging: Path, base, say) -> tuple[dict, set]:
                 entry = dict(old, file=rel)
                 how = "reused (unchanged)"
             else:
-                bias, d, l2, cv = cat.fit_logistic(i, None)  # or this process's earlier fit of the same key
+                bias, d, l2, cv, pairs = cat.fit_logistic(i, None)  # or this process's earlier fit of the same key
                 if rel not in written:
-                    fmt.write_array(staging / rel, np.concatenate([[bias], d])[None, :].astype(np.float64))
+                    coef = np.concatenate([[bias], d, pairs.weights[0]])[None, :].astype(np.float64)
+                    fmt.write_array(staging / rel, coef)
                 entry = {"key": list(key), "file": rel, "l2": l2, "cross_validated": cv, "members": int(seg.size),
-                         "evidence_features": ev}
+                         "evidence_features": ev,
+                         "pairs": [[int(a), int(b), int(n)] for (a, b), n in zip(pairs.pairs, pairs.support)]}
                 how = "fitted"
             written.add(rel)
             out[seg.name] = entry
             say(f"propensity model {uname}/{seg.name}: {seg.size:,} of {u.n_rows:,} rows, {ev:,} evidence "
-                f"features, l2 {entry['l2']:.4g}, {how} ({time.perf_counter() - t0:.2f} s)")
+                f"features, {len(entry.get('pairs', [])):,} pairs, l2 {entry['l2']:.4g}, {how} ({time.perf_counter() - t0:.2f} s)")
     return section, written

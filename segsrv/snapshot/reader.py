@@ -360,9 +360,11 @@ class Snapshot:
         for uname, seg, entry, rel in catalog_model_files(manifest):
             u = self.universes.get(uname)
             coef = files.array(rel)
-            if u is None or coef.dtype != np.float64 or coef.shape != (1, u.n_features + 1):
+            pairs = _model_pairs(entry, u, f"{vdir / rel}: propensity model of segment {seg!r}")
+            if u is None or coef.dtype != np.float64 or coef.shape != (1, u.n_features + 1 + len(pairs)):
                 raise CorruptSnapshotError(f"{vdir / rel}: propensity model of segment {seg!r} does not fit "
-                                           f"universe {uname!r} (shape {coef.shape}, dtype {coef.dtype})")
+                                           f"universe {uname!r} (shape {coef.shape}, dtype {coef.dtype}, "
+                                           f"{len(pairs)} pairs)")
             u.stored_models[tuple(_frozen(entry["key"]))] = (coef, entry)
 
     def universe(self, name: str | None) -> Universe:

@@ -199,7 +199,7 @@ def test_privacy_floor_zeroes_the_weights_of_features_with_small_cells(applied):
     X = X.astype(bool)
     n, nf = u.n_rows, X.sum(axis=0)
     k = 10
-    _, floored = cat.floored_model(A.DEFAULT_PARAMS, k)
+    _, floored, _ = cat.floored_model(A.DEFAULT_PARAMS, k)
     zeroed = kept = 0
     for i, seg in enumerate(cat.segments):
         m = _member(snap, seg.name)
@@ -284,3 +284,35 @@ def test_a_catalog_applied_without_models_gets_them_when_applied_again(applied, 
     assert section["oulu"] == json.loads((vdir / "manifest.json").read_text())["catalog_models"][U]["oulu"]
     assert apply_segments(r / "petnord", catalog) == (fitted, False)
 
+
+
+def test_models_of_an_older_definition_are_fitted_again_when_applied_again(applied, tmp_path):
+    """A version whose models an older segsrv stored (main effects alone, content keys marked "cv") is
+    not the current default: Assign would fit on its first call, so a plain apply of the same catalog
+    publishes a new version with the current models, and then the catalog is unchanged."""
+    root, vdir, _, _ = applied
+    r = tmp_path / "snapshots"
+    shutil.copytree(root, r, copy_function=os.link)
+    old = r / "petnord" / "older"
+    shutil.copytree(vdir, old)  # copies: the manifest is edited
+    mpath = old / "manifest.json"
+    m = json.loads(mpath.read_text())
+    for entry in m["catalog_models"][U].values():
+        assert entry["key"][-1] == CM.CV_MARK
+        entry["key"][-1] = "cv"
+    os.chmod(mpath, 0o644)
+    mpath.write_text(json.dumps(m))
+    snap = open_snapshot(r / "petnord", version="older")
+    assert not compiled_catalog(snap, snap.universe(U)).stored_default()
+    shutil.rmtree(r / "petnord" / vdir.name)  # (this copy's links of) the version the current segsrv applied
+    said = []
+    CM._FITTED.clear()
+    before = A.fit_count()
+    new, changed = apply_segments(old, CATALOG, progress=said.append)
+    assert changed and new.name == vdir.name  # the current definition's version name, fitted again
+    assert A.fit_count() - before == len(CATALOG)
+    section = json.loads((new / "manifest.json").read_text())["catalog_models"][U]
+    assert section == json.loads((vdir / "manifest.json").read_text())["catalog_models"][U]
+    fresh = open_snapshot(new)
+    assert compiled_catalog(fresh, fresh.universe(U)).stored_default()
+    assert apply_segments(new, CATALOG) == (new, False)

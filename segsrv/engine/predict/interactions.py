@@ -30,6 +30,7 @@ from ... import _kernels
 
 INTERACTION_FEATURES = 40  # at most this many strongest columns are paired (at most 780 pairs)
 INTERACTION_MIN_ROWS = 10  # a pair seen in fewer training rows is not a candidate
+PAIR_COUNT_CHUNK = 1 << 17  # rows per gather of pair_counts
 INTERACTION_MIN_Z = 2.0  # the pairs are used when they lower the held-out log-loss by this many standard errors
 
 
@@ -115,3 +116,25 @@ def pair_scores(u, inter: Interactions, rows: np.ndarray) -> np.ndarray:
     slot_of[feats] = np.arange(len(feats), dtype=np.int32)
     r = np.ascontiguousarray(rows, dtype=np.uint32)
     return _kernels.csr_pair_scores(u.csr_indptr, u.csr_indices, slot_of, U, r)
+
+
+def pair_counts(u, pairs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """int64[len(pairs)]: how many of `rows` (rows of the universe u) have both features of each pair
+    (pairs int64[n, 2], feature ids), from the rows index."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0 or len(rows) == 0:
+        return np.zeros(len(pairs), np.int64)
+    from scipy.sparse import csr_matrix
+
+    feats = np.unique(pairs.reshape(-1))
+    rows = np.asarray(rows, dtype=np.int64)
+    both = np.zeros((len(feats), len(feats)), np.int64)  # rows with features i and j
+    for start in range(0, len(rows), PAIR_COUNT_CHUNK):  # chunks: the gather is ~ rows x features per row
+        chunk = rows[start: start + PAIR_COUNT_CHUNK]
+        owner, got = u.rows_features(chunk)
+        slot = np.searchsorted(feats, got)
+        slot[slot >= len(feats)] = 0
+        hit = feats[slot] == got
+        M = csr_matrix((np.ones(int(hit.sum()), np.int64), (owner[hit], slot[hit])), shape=(len(chunk), len(feats)))
+        both += np.asarray((M.T @ M).todense(), dtype=np.int64)
+    return both[np.searchsorted(feats, pairs[:, 0]), np.searchsorted(feats, pairs[:, 1])]
