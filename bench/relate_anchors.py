@@ -54,7 +54,7 @@ about, ours >= 20x faster than DuckDB and ClickHouse) and anchor / segsrv counts
 engine runs with its default threads (the machine's cores); the load average and the
 busiest other processes are recorded, since this box is shared.
 
-chdb is a bench extra (pyproject's [bench]); on its own:
+chdb is the `anchors` extra (pyproject's [anchors]: `.venv/bin/pip install -e '.[anchors]'`), or on its own:
 
     .venv/bin/pip install chdb
 
