@@ -18,6 +18,14 @@ fields (~100 features, bench/relate.py's pick_fields) and 20 conditions
     over up to 4 client processes (each with its own channel / connection),
     threads within a process sharing its channel
   * server CPU per RPC (from /proc/PID/stat) and client CPU, to say what limits it
+  * the floor (issue 16, item 1): what a Relate must cost at least, the empty RPC's server CPU plus
+    the bytes its counts read (the condition's bitset, and per counted feature its dense row or its
+    sparse ids, or the condition's rows of the CSR index under the histogram plan; the plan
+    count_features chooses, averaged over the 20 requests) at the memory bandwidth this machine's
+    probe reads (segsrv._kernels.read_bandwidth_probe, one thread, 256 MB, best of 5). Printed:
+    segsrv's server CPU per Relate / floor at the highest concurrency (target <= 1.5), for the
+    few-fields request and for "every field" (no `relate`: every field but the identifier-like ones),
+    the latter one closed-loop run at the highest concurrency on the same server.
 
     python bench/grpc_relate.py [--seconds 5] [--calls 500] [--customers 1000000]
 """
@@ -214,7 +222,8 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     }
 
 
-def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: list[dict], args) -> dict:
+def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: list[dict], args,
+                     every_field: list[bytes] | None = None) -> dict:
     parent, child = ctx.Pipe()
     stop = ctx.Event()
     proc = ctx.Process(target=server_main, args=(kind, root, child, stop))
@@ -228,12 +237,64 @@ def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: lis
         latency = out.get(timeout=300)
         lat.join()
         runs = [throughput(ctx, addr, blobs, c, args.seconds, proc.pid) for c in CONCURRENCY]
-        return {"latency": latency, "throughput": {str(r["concurrency"]): r for r in runs}}
+        out = {"latency": latency, "throughput": {str(r["concurrency"]): r for r in runs}}
+        if every_field:
+            out["every_field"] = throughput(ctx, addr, every_field, CONCURRENCY[-1], args.seconds, proc.pid)
+        return out
     finally:
         stop.set()
         proc.join(30)
         if proc.is_alive():
             proc.kill()
+
+
+def counted_bytes(root, queries: list[dict]) -> float:
+    """Mean bytes the counts of these Relate queries read (module docstring: the floor)."""
+    import numpy as np
+
+    from segsrv.engine.conditions import evaluate
+    from segsrv.engine.fields import identifier_like_fields, select_fields
+    from segsrv.engine.relate import count_features
+    from segsrv.ops.conditions import to_condition
+    from segsrv.snapshot.reader import open_snapshot
+
+    snap = open_snapshot(root)
+    u = snap.universes["customers"]
+    indptr = np.asarray(u.csr_indptr)
+    total = 0.0
+    for q in queries:
+        fields = q.get("relate") or select_fields(u, [], set(identifier_like_fields(u)))
+        fids = np.concatenate([u.fields[f].feature_ids for f in fields])
+        bits = evaluate(snap, u, to_condition(q["where"]))
+        n_c = int(np.bitwise_count(bits).sum())
+        _, plan = count_features(u, bits, n_c, fids)
+        query_bytes = 8.0 * u.n_words
+        if plan == "histogram":
+            from segsrv import _kernels
+
+            rows = _kernels.bitset_to_ids(bits, u.n_rows).astype(np.int64)
+            total += query_bytes + 4.0 * float((indptr[rows + 1] - indptr[rows]).sum()) + 16.0 * len(rows)
+            continue
+        slots = np.asarray(u.feature_slot[fids])
+        dense = slots >= 0
+        total += query_bytes + 8.0 * u.n_words * int(dense.sum()) + 4.0 * float(
+            np.asarray(u.feature_count[fids[~dense]]).sum())
+    return total / len(queries)
+
+
+def probed_bandwidth() -> float:
+    """Bytes per second of one thread's streaming read (best of 5 over 256 MB)."""
+    import numpy as np
+
+    from segsrv import _kernels
+
+    buf = np.ones(32 << 20, dtype=np.uint64)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        _kernels.read_bandwidth_probe(buf)
+        best = max(best, buf.nbytes / (time.perf_counter() - t))
+    return best
 
 
 def build_requests(root) -> tuple[list[bytes], list[str], list[dict], int, int]:
@@ -266,9 +327,17 @@ def main() -> None:
     args = ap.parse_args()
     root = str(demo_snapshot(args.customers))
     blobs, fields, queries, n_features, n_rows = build_requests(root)
+    every_queries = [{k: v for k, v in q.items() if k != "relate"} for q in queries]
+    from segsrv.client import SegsrvClient
+
+    with SegsrvClient("127.0.0.1:1") as client:  # request building only: no RPC
+        every_blobs = [client.relate_request(q)[0].SerializeToString() for q in every_queries]
+    floor_bytes = {"few fields": counted_bytes(root, queries), "every field": counted_bytes(root, every_queries)}
+    bandwidth = probed_bandwidth()
     ctx = mp.get_context("spawn")  # this process has used grpc (request building): no fork
     t0 = time.perf_counter()
-    servers = {kind: run_server_bench(ctx, kind, root, blobs, queries, args) for kind in ("empty", "segsrv")}
+    servers = {kind: run_server_bench(ctx, kind, root, blobs, queries, args,
+                                      every_blobs if kind == "segsrv" else None) for kind in ("empty", "segsrv")}
     empty, ours = servers["empty"], servers["segsrv"]
     ratios = {c: ours["throughput"][c]["qps"] / empty["throughput"][c]["qps"] for c in map(str, CONCURRENCY)}
 
@@ -287,8 +356,16 @@ def main() -> None:
         f"side here ({e['server_cores']:.2f} server cores), so the measured ratio is higher. The 60% target "
         f"needs a cheaper relate or more server processes (so_reuseport), not gRPC tuning"
     )
+    floor = {}
+    for shape, run in (("few fields", o), ("every field", ours["every_field"])):
+        floor_us = e["server_cpu_us_per_rpc"] + floor_bytes[shape] / bandwidth * 1e6
+        floor[shape] = {"counted_bytes": floor_bytes[shape], "floor_us": floor_us,
+                        "server_cpu_us_per_rpc": run["server_cpu_us_per_rpc"], "qps": run["qps"],
+                        "ratio": run["server_cpu_us_per_rpc"] / floor_us}
     result = {
         "customers": n_rows,
+        "probed_bandwidth_gbs": bandwidth / 1e9,
+        "floor": floor,
         "fields": fields,
         "n_features": n_features,
         "requests": len(blobs),
@@ -323,6 +400,12 @@ def main() -> None:
               f"   clients {et['client_cores']:.2f} / {ot['client_cores']:.2f} cores"
               + (f"  errors {et['errors']}/{ot['errors']}" if et["errors"] or ot["errors"] else ""))
     print(f"what limits it: {limit_line}")
+    print(f"floor (issue 16): server CPU per Relate <= 1.5 x (empty RPC {e['server_cpu_us_per_rpc']:.0f} us + counted "
+          f"bytes / {bandwidth / 1e9:.1f} GB/s probed), at c={top}:")
+    for shape, f in floor.items():
+        print(f"  {shape:<12} {f['counted_bytes'] / 1e6:6.2f} MB counted, floor {f['floor_us']:6.0f} us, segsrv "
+              f"{f['server_cpu_us_per_rpc']:6.0f} us ({f['qps']:.0f} QPS): {f['ratio']:.2f}x "
+              f"({'met' if f['ratio'] <= 1.5 else 'NOT met'})")
     print(f"results: {write_result('grpc_relate', result)}")
 
 

@@ -42,6 +42,7 @@ cdef extern from "popcnt.h" nogil:
     void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t stride,
                                size_t n_words, const int64_t *rows, int64_t row_base,
                                size_t k, int64_t *out, size_t block)
+    size_t segsrv_row_pf_words
 
 cdef extern from "sorted_ids.h" nogil:
     size_t segsrv_intersect_count(const uint32_t *a, size_t na, const uint32_t *b, size_t nb)
@@ -81,6 +82,15 @@ __all__ = [
 # Column block (in 64-bit words) for one-vs-many dense AND-count: the query
 # block stays in L1/L2 while each matrix row block streams from memory.
 cdef size_t _DENSE_BLOCK_WORDS = 0
+
+
+def _set_dense_prefetch_words(size_t n):
+    """Tuning hook (benchmarks only): prefetch distance in words of the AVX-512 dense rows path, 0 = none.
+    Returns the previous distance."""
+    global segsrv_row_pf_words
+    cdef size_t old = segsrv_row_pf_words
+    segsrv_row_pf_words = n
+    return old
 
 
 def _set_dense_block_words(size_t n):

@@ -158,17 +158,18 @@ static inline __m256i segsrv_avx2_pop256(__m256i v) {
 #ifndef SEGSRV_PF_WORDS
 #define SEGSRV_PF_WORDS 128
 #endif
+#define SEGSRV_PF_LINES4(p)                                                   \
+    do {                                                                      \
+        const char *q_ = (const char *)(p);                                   \
+        _mm_prefetch(q_, _MM_HINT_T0);                                        \
+        _mm_prefetch(q_ + 64, _MM_HINT_T0);                                   \
+        _mm_prefetch(q_ + 128, _MM_HINT_T0);                                  \
+        _mm_prefetch(q_ + 192, _MM_HINT_T0);                                  \
+    } while (0)
 #define SEGSRV_PREFETCH_512B(p)                                               \
     do {                                                                      \
-        const char *pp_ = (const char *)(p);                                  \
-        _mm_prefetch(pp_, _MM_HINT_T0);                                       \
-        _mm_prefetch(pp_ + 64, _MM_HINT_T0);                                  \
-        _mm_prefetch(pp_ + 128, _MM_HINT_T0);                                 \
-        _mm_prefetch(pp_ + 192, _MM_HINT_T0);                                 \
-        _mm_prefetch(pp_ + 256, _MM_HINT_T0);                                 \
-        _mm_prefetch(pp_ + 320, _MM_HINT_T0);                                 \
-        _mm_prefetch(pp_ + 384, _MM_HINT_T0);                                 \
-        _mm_prefetch(pp_ + 448, _MM_HINT_T0);                                 \
+        SEGSRV_PF_LINES4(p);                                                  \
+        SEGSRV_PF_LINES4((const char *)(p) + 256);                            \
     } while (0)
 #define SEGSRV_PF_B(v) SEGSRV_PREFETCH_512B(b + 4 * (v) + SEGSRV_PF_WORDS)
 #define SEGSRV_PF_A(v) SEGSRV_PREFETCH_512B(a + 4 * (v) + SEGSRV_PF_WORDS)
@@ -264,11 +265,25 @@ static uint64_t segsrv_orreduce_avx2(const uint64_t *a, size_t n) {
 /* level 3: AVX-512 VPOPCNTDQ (Ice Lake+, Zen 4+)                      */
 /* ------------------------------------------------------------------ */
 
+/* The one-vs-many rows variant: software prefetch `pf` words ahead of the
+ * streamed row b and, over its last `pf` words, into the start of the row that
+ * comes next (`next`, NULL: none).  Short rows (1M bits = 125 KB) otherwise
+ * lose the hardware prefetcher at every row start: one thread read them at
+ * 0.58-0.66 of the memory probe (issue 16).  Prefetches never fault. */
+
 __attribute__((target("avx512f,avx512vpopcntdq")))
-static uint64_t segsrv_andpop_avx512(const uint64_t *a, const uint64_t *b, size_t n) {
+static inline uint64_t segsrv_andpop_avx512_rows(const uint64_t *a, const uint64_t *b, size_t n,
+                                                 const uint64_t *next, size_t pf) {
     __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
     size_t i = 0;
     for (; i + 32 <= n; i += 32) {
+        if (pf != 0) {
+            size_t j = i + pf;
+            if (j < n)
+                SEGSRV_PF_LINES4(b + j);
+            else if (next != NULL && j - n < n)
+                SEGSRV_PF_LINES4(next + (j - n));
+        }
         s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(_mm512_and_si512(
                  _mm512_loadu_si512((const void *)(a + i)), _mm512_loadu_si512((const void *)(b + i)))));
         s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_and_si512(
@@ -287,6 +302,11 @@ static uint64_t segsrv_andpop_avx512(const uint64_t *a, const uint64_t *b, size_
     }
     s0 = _mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3));
     return (uint64_t)_mm512_reduce_add_epi64(s0);
+}
+
+__attribute__((target("avx512f,avx512vpopcntdq")))
+static uint64_t segsrv_andpop_avx512(const uint64_t *a, const uint64_t *b, size_t n) {
+    return segsrv_andpop_avx512_rows(a, b, n, NULL, 0);
 }
 
 __attribute__((target("avx512f,avx512vpopcntdq")))
@@ -396,18 +416,36 @@ static inline uint64_t segsrv_or_reduce(const uint64_t *a, size_t n) { return se
  * the query block stays L1/L2-resident while each matrix row streams from
  * memory once.
  */
+/* Prefetch distance (words) of the AVX-512 rows path; 0 turns it off (the
+ * tuning hook of bench/kernels.py, _set_dense_prefetch_words). */
+#ifndef SEGSRV_ROW_PF_WORDS
+#define SEGSRV_ROW_PF_WORDS 256
+#endif
+static size_t segsrv_row_pf_words = SEGSRV_ROW_PF_WORDS;
+
 static void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t stride,
                                   size_t n_words, const int64_t *rows, int64_t row_base,
                                   size_t k, int64_t *out, size_t block) {
     segsrv_andpop_fn f = segsrv_andpop_ptr;
     size_t i, w0;
+    size_t pf = segsrv_row_pf_words;
     for (i = 0; i < k; i++) out[i] = 0;
     if (block == 0 || block >= n_words) block = n_words;
     for (w0 = 0; w0 < n_words; w0 += block) {
         size_t len = n_words - w0 < block ? n_words - w0 : block;
         for (i = 0; i < k; i++) {
             int64_t r = rows ? rows[i] : row_base + (int64_t)i;
-            out[i] += (int64_t)f(q + w0, M + (size_t)r * stride + w0, len);
+            const uint64_t *row = M + (size_t)r * stride + w0;
+#if SEGSRV_X86
+            if (segsrv_level == SEGSRV_PATH_AVX512 && pf > 0) {
+                const uint64_t *next = NULL;
+                if (i + 1 < k)
+                    next = M + (size_t)(rows ? rows[i + 1] : row_base + (int64_t)i + 1) * stride + w0;
+                out[i] += (int64_t)segsrv_andpop_avx512_rows(q + w0, row, len, next, pf);
+                continue;
+            }
+#endif
+            out[i] += (int64_t)f(q + w0, row, len);
         }
     }
 }

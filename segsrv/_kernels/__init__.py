@@ -12,12 +12,23 @@ Thread policy
   an explicit ``n_threads >= 1`` wins; otherwise the default, scaled down for
   small work (1 thread below ``SMALL_WORK_WORDS`` words, at most one thread per
   ``SMALL_WORK_WORDS`` words), never more than the default.
+* OpenMP's waiting threads sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the
+  environment sets a policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``): with
+  libgomp's default spin a team member descheduled for a busy neighbour made a
+  count's p90 16x its quiet one (bench/contention.py). The runtime reads it when
+  it loads, i.e. at the first import of a kernel module (``WAIT_POLICY_SET``
+  says whether this import set it; docs/kernels.md).
 
 See docs/kernels.md.
 """
 from __future__ import annotations
 
 import os
+
+# before any kernel module loads libgomp (it reads its environment once, at load)
+WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if WAIT_POLICY_SET:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from .naive import __all__ as _KERNELS  # every kernel has its naive numpy twin, under the same name
 

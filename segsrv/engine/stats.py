@@ -9,8 +9,6 @@ association-rule libraries (mlxtend).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import _ufuncs as _scipy_ufuncs
-from scipy.stats import hypergeom
 
 from .. import _kernels
 
@@ -69,36 +67,16 @@ def mutual_information(n, n_c, n_f, n_cf) -> np.ndarray:
     )
 
 
-# scipy.stats.hypergeom evaluates Boost's hypergeometric tails through these ufuncs; calling them
-# directly skips rv_discrete's per-call argument handling (~0.3 ms, most of a small relate).
-# Arguments are valid by construction (0 <= n_cf <= min(n_c, n_f), n_c, n_f <= n); the public
-# function is the fallback when a scipy release moves them.
-_sf_ufunc = getattr(_scipy_ufuncs, "_hypergeom_sf", None)
-_cdf_ufunc = getattr(_scipy_ufuncs, "_hypergeom_cdf", None)
-
-
 def p_value_over(n, n_c, n_f, n_cf) -> np.ndarray:
-    """P(X >= n_cf), X ~ Hypergeometric(population n, successes n_f, draws n_c)."""
-    n_cf = np.asarray(n_cf, dtype=np.float64)
-    if _sf_ufunc is None:
-        return np.clip(hypergeom.sf(n_cf - 1, n, n_f, n_c), 0.0, 1.0)
-    n_f = np.broadcast_to(np.asarray(n_f, dtype=np.float64), n_cf.shape)
-    out = np.ones(n_cf.shape)
-    inner = n_cf > np.maximum(0.0, n_c + n_f - n)  # at or below the support's minimum: P = 1
-    out[inner] = _sf_ufunc(n_cf[inner] - 1, n_f[inner], float(n_c), float(n))
-    return np.clip(out, 0.0, 1.0)
+    """P(X >= n_cf), X ~ Hypergeometric(population n, successes n_f, draws n_c) (`tail_over`: the kernel
+    hypergeom_tail, about a microsecond per feature; scipy's Boost tails, used here until December 2026,
+    cost up to ~340 us each at populations near 1e5, 90% of a 100-feature relate)."""
+    return _tail(n, n_f, n_c, n_cf, True)
 
 
 def p_value_under(n, n_c, n_f, n_cf) -> np.ndarray:
     """P(X <= n_cf): the under-representation tail."""
-    if _cdf_ufunc is None:
-        return np.clip(hypergeom.cdf(n_cf, n, n_f, n_c), 0.0, 1.0)
-    n_cf = np.asarray(n_cf, dtype=np.float64)
-    n_f = np.broadcast_to(np.asarray(n_f, dtype=np.float64), n_cf.shape)
-    out = np.ones(n_cf.shape)
-    inner = n_cf < np.minimum(float(n_c), n_f)  # at or above the support's maximum: P = 1
-    out[inner] = _cdf_ufunc(n_cf[inner], n_f[inner], float(n_c), float(n))
-    return np.clip(out, 0.0, 1.0)
+    return _tail(n, n_f, n_c, n_cf, False)
 
 
 def _tail(population, n_a, n_b, n_ab, upper: bool) -> np.ndarray:

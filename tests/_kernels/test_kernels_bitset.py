@@ -89,6 +89,23 @@ def test_env_bad_path_warns():
     assert "SEGSRV_CPU_PATH" in res.stderr
 
 
+@pytest.mark.parametrize("env,want", [
+    ({}, ("PASSIVE", "True")),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ("ACTIVE", "False")),
+    ({"GOMP_SPINCOUNT": "1000"}, ("None", "False")),
+])
+def test_openmp_waits_passively_unless_the_environment_says_otherwise(env, want):
+    """segsrv._kernels sets OMP_WAIT_POLICY=PASSIVE before libgomp loads (bench/contention.py: spinning
+    waits fall off a cliff beside a busy process), and leaves a caller's own setting alone."""
+    code = ("import os, segsrv._kernels as K; import numpy as np;"
+            "K.popcount(np.ones(4, np.uint64));"
+            "print(os.environ.get('OMP_WAIT_POLICY'), K.WAIT_POLICY_SET)")
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    res = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
+                         text=True, check=True)
+    assert tuple(res.stdout.split()) == want
+
+
 # ---------------------------------------------------------------------------
 # popcount / probe
 # ---------------------------------------------------------------------------
@@ -133,6 +150,27 @@ def test_and_count_dense(cpu_path, n_words):
         one = np.array([5], dtype=np.int64)
         np.testing.assert_array_equal(K.and_count_dense(q, m, rows=one, n_threads=2),
                                       expected[5:6])
+
+
+@pytest.mark.parametrize("prefetch_words", [0, 1, 31, 32, 256, 5000])
+@pytest.mark.parametrize("block_words", [0, 40])
+def test_and_count_dense_prefetch_and_blocks(cpu_path, prefetch_words, block_words):
+    """The rows path's software prefetch (AVX-512: ahead in the row, then into the next row's start;
+    a distance past the next row too) and column blocks change no count, whatever the row order."""
+    rng = np.random.default_rng(prefetch_words + block_words)
+    m = rand_bits(rng, 157, 0.3, shape=(9,))
+    q = rand_bits(rng, 157, 0.5)
+    rows = np.array([8, 0, 0, 3, 2, 1, 8, 7], dtype=np.int64)
+    want = N.and_count_dense(q, m, rows)
+    old = B._set_dense_prefetch_words(prefetch_words)
+    try:
+        B._set_dense_block_words(block_words)
+        for nt in (1, 2):
+            np.testing.assert_array_equal(K.and_count_dense(q, m, rows=rows, n_threads=nt), want)
+            np.testing.assert_array_equal(K.and_count_dense(q, m, n_threads=nt), N.and_count_dense(q, m))
+    finally:
+        B._set_dense_prefetch_words(old)
+        B._set_dense_block_words(0)
 
 
 def test_and_count_dense_memmap_out_and_threads(cpu_path, tmp_path):
