@@ -57,8 +57,8 @@ def _server_defaults() -> dict:
             if p.default is not inspect.Parameter.empty}
 
 
-def _empty_server():
-    """The same grpc.server construction as create_server, with a handler that does nothing."""
+def _empty_server(method: str = "Relate"):
+    """The same grpc.server construction as create_server, with a handler of `method` that does nothing."""
     from concurrent import futures
 
     import grpc
@@ -73,21 +73,30 @@ def _empty_server():
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=d["max_workers"], thread_name_prefix="empty-rpc"),
                          options=options, maximum_concurrent_rpcs=d["max_concurrent_rpcs"])
-    empty = pb.RelateResponse()
+    request_type, response_type = _messages(method)
+    empty = response_type()
     handler = grpc.unary_unary_rpc_method_handler(
         lambda request, context: empty,
-        request_deserializer=pb.RelateRequest.FromString,
-        response_serializer=pb.RelateResponse.SerializeToString,
+        request_deserializer=request_type.FromString,
+        response_serializer=response_type.SerializeToString,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "segsrv.v1.SegmentationService", {"Relate": handler}),))
+        "segsrv.v1.SegmentationService", {method: handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
     return server, port
 
 
-def server_main(kind: str, root: str, conn, stop) -> None:
+def _messages(method: str):
+    """(request, response) message classes of a unary SegmentationService method."""
+    from segsrv.v1 import segsrv_pb2 as pb
+
+    desc = pb.DESCRIPTOR.services_by_name["SegmentationService"].methods_by_name[method]
+    return getattr(pb, desc.input_type.name), getattr(pb, desc.output_type.name)
+
+
+def server_main(kind: str, root: str, conn, stop, method: str = "Relate") -> None:
     if kind == "empty":
-        server, port = _empty_server()
+        server, port = _empty_server(method)
     else:
         from segsrv.server.app import create_server
 
@@ -116,22 +125,23 @@ def _stub(addr: str):
     return channel, segsrv_pb2_grpc.SegmentationServiceStub(channel)
 
 
-def _requests(blobs: list[bytes]):
-    from segsrv.v1 import segsrv_pb2 as pb
+def _requests(blobs: list[bytes], method: str = "Relate"):
+    request_type = _messages(method)[0]
+    return [request_type.FromString(b) for b in blobs]
 
-    return [pb.RelateRequest.FromString(b) for b in blobs]
 
-
-def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list[dict] | None, out) -> None:
+def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list[dict] | None, out,
+                 method: str = "Relate") -> None:
     """Sequential calls on one channel: per-call latency (raw stub), and the SegsrvClient path."""
     channel, stub = _stub(addr)
-    reqs = _requests(blobs)
+    reqs = _requests(blobs, method)
+    rpc = getattr(stub, method)
     for i in range(50):  # connect, warm caches
-        stub.Relate(reqs[i % len(reqs)], timeout=30)
+        rpc(reqs[i % len(reqs)], timeout=30)
     lat, server_ms = [], []
     for i in range(calls):
         t = time.perf_counter()
-        resp = stub.Relate(reqs[i % len(reqs)], timeout=30)
+        resp = rpc(reqs[i % len(reqs)], timeout=30)
         lat.append(time.perf_counter() - t)
         server_ms.append(resp.info.server_time_ms)
     result = {"p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
@@ -153,12 +163,14 @@ def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list
     out.put(result)
 
 
-def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float, ready, out) -> None:
+def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float, ready, out,
+              method: str = "Relate") -> None:
     """Closed loop: `threads` threads sharing one channel, for `seconds` from the shared start time."""
     channel, stub = _stub(addr)
-    reqs = _requests(blobs)
+    reqs = _requests(blobs, method)
+    rpc = getattr(stub, method)
     for i in range(20):
-        stub.Relate(reqs[i % len(reqs)], timeout=30)
+        rpc(reqs[i % len(reqs)], timeout=30)
     ready.put(True)
     while start.value == 0.0:
         time.sleep(0.002)
@@ -173,7 +185,7 @@ def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float
             time.sleep(0.001)
         while time.time() < stop_at:
             try:
-                stub.Relate(reqs[i % len(reqs)], timeout=30)
+                rpc(reqs[i % len(reqs)], timeout=30)
                 counts[k] += 1
             except Exception:  # noqa: BLE001 - counted, reported
                 errors[k] += 1
@@ -189,12 +201,14 @@ def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float
     channel.close()
 
 
-def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: float, server_pid: int) -> dict:
+def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: float, server_pid: int,
+               method: str = "Relate") -> dict:
     procs = min(concurrency, MAX_CLIENT_PROCS)
     per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     ready, out = ctx.Queue(), ctx.Queue()
     start = ctx.Value("d", 0.0)  # set once every client is connected and warm
-    workers = [ctx.Process(target=load_main, args=(addr, blobs, n, start, seconds, ready, out)) for n in per]
+    workers = [ctx.Process(target=load_main, args=(addr, blobs, n, start, seconds, ready, out, method))
+               for n in per]
     for w in workers:
         w.start()
     for _ in workers:
@@ -222,21 +236,22 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     }
 
 
-def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: list[dict], args,
-                     every_field: list[bytes] | None = None) -> dict:
+def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: list[dict] | None, args,
+                     every_field: list[bytes] | None = None, method: str = "Relate") -> dict:
     parent, child = ctx.Pipe()
     stop = ctx.Event()
-    proc = ctx.Process(target=server_main, args=(kind, root, child, stop))
+    proc = ctx.Process(target=server_main, args=(kind, root, child, stop, method))
     proc.start()
     try:
         port = parent.recv()
         addr = f"127.0.0.1:{port}"
         out = ctx.Queue()
-        lat = ctx.Process(target=latency_main, args=(addr, blobs, args.calls, queries if kind == "segsrv" else None, out))
+        lat = ctx.Process(target=latency_main, args=(addr, blobs, args.calls, queries if kind == "segsrv" else None,
+                                                      out, method))
         lat.start()
         latency = out.get(timeout=300)
         lat.join()
-        runs = [throughput(ctx, addr, blobs, c, args.seconds, proc.pid) for c in CONCURRENCY]
+        runs = [throughput(ctx, addr, blobs, c, args.seconds, proc.pid, method) for c in CONCURRENCY]
         out = {"latency": latency, "throughput": {str(r["concurrency"]): r for r in runs}}
         if every_field:
             out["every_field"] = throughput(ctx, addr, every_field, CONCURRENCY[-1], args.seconds, proc.pid)

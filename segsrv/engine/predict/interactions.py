@@ -23,6 +23,7 @@ has (``pair_scores``, the kernel ``csr_pair_scores``); Predict explains it as on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -56,6 +57,25 @@ class Interactions:
         j = np.searchsorted(feats, self.pairs[:, 1])
         U[:, i, j] = self.weights
         return feats.astype(np.int64), U
+
+    @cached_property
+    def _kernel_form(self) -> tuple[np.ndarray, np.ndarray]:
+        """`slots()` built once per model (a per-request Assign scores the same pairs every call)."""
+        return self.slots()
+
+    def slot_of(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel's arguments over a universe of n_features: (slot_of int32[n_features], -1 for a
+        feature in no pair; U as `slots()`), kept with the model (read-only: shared between calls)."""
+        cache = self.__dict__.setdefault("_slot_of", {})
+        hit = cache.get(n_features)
+        if hit is None:
+            feats, U = self._kernel_form
+            slot = np.full(n_features, -1, dtype=np.int32)
+            slot[feats] = np.arange(len(feats), dtype=np.int32)
+            slot.flags.writeable = False
+            U.flags.writeable = False
+            hit = cache[n_features] = (slot, U)
+        return hit
 
 
 def none(K: int) -> Interactions:
@@ -111,9 +131,7 @@ def pair_scores(u, inter: Interactions, rows: np.ndarray) -> np.ndarray:
     K = inter.weights.shape[0]
     if len(inter) == 0 or len(rows) == 0:
         return np.zeros((len(rows), K))
-    feats, U = inter.slots()
-    slot_of = np.full(u.n_features, -1, dtype=np.int32)
-    slot_of[feats] = np.arange(len(feats), dtype=np.int32)
+    slot_of, U = inter.slot_of(u.n_features)
     r = np.ascontiguousarray(rows, dtype=np.uint32)
     return _kernels.csr_pair_scores(u.csr_indptr, u.csr_indices, slot_of, U, r)
 

@@ -1,0 +1,91 @@
+"""gRPC Count and single-id Assign against an empty server: the calls other services make per request (issue 16, item 2).
+
+The machinery of bench/grpc_relate.py (the same two servers, each in its own process: `empty`, the
+same grpcio sync server whose handler of the method returns an empty response, and `segsrv`,
+create_server over the snapshot; the same closed-loop clients in up to 4 processes), per method:
+
+  Count              20 conditions (bench/relate.py's conditions) over the 1M demo's customers
+  Assign             one id per call (20 ids in turn), without propensities: memberships only
+  Assign+propensity  one id per call, include_propensities (the stored logistic models of
+                     bench/declared_models.py's catalog: 3 segments, one with pairs)
+
+on the snapshot of bench/declared_models.py (the 1M demo with its catalog and stored models; built
+on first use by that bench: run it once first). Prints per method the sequential p50, QPS at
+concurrency 1, 8 and 32 for both servers, the ratio (target: >= 60% of the empty server's QPS) and
+the server CPU per call.
+
+    python bench/grpc_calls.py [--seconds 5] [--calls 500] [--customers 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import time
+
+from common import DATA_ROOT, cpu_model, write_result
+from grpc_relate import CONCURRENCY, TARGET_RATIO, run_server_bench
+
+METHODS = ("Count", "Assign", "Assign+propensity")
+
+
+def build_requests(root: str, method: str) -> list[bytes]:
+    from relate import conditions
+
+    from segsrv.ops.assign import AssignQuery
+    from segsrv.ops.count import CountQuery
+    from segsrv.snapshot.reader import open_snapshot
+
+    snap = open_snapshot(root)
+    u = snap.universes["customers"]
+    if method == "Count":
+        queries = [CountQuery(where=c, universe="customers") for c in conditions(u)]
+    else:
+        ids = u.ids_for_rows(list(range(7, 7 + 20 * 49_999, 49_999)))
+        queries = [AssignQuery(universe="customers", ids=[i], include_propensities=method != "Assign") for i in ids]
+    return [q.to_proto().SerializeToString() for q in queries]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--calls", type=int, default=500)
+    args = ap.parse_args()
+    root = DATA_ROOT / f"snap-models-{args.customers}"
+    if not (root / "demo" / "CURRENT").exists():
+        raise SystemExit(f"{root}: no snapshot; run `python bench/declared_models.py --customers {args.customers}` "
+                         "once first (it builds the demo with the catalog and its stored models)")
+    ctx = mp.get_context("spawn")
+    out: dict = {}
+    t0 = time.perf_counter()
+    for method in METHODS:
+        rpc = method.split("+")[0]
+        blobs = build_requests(str(root), method)
+        runs = {kind: run_server_bench(ctx, kind, str(root), blobs, None, args, method=rpc)
+                for kind in ("empty", "segsrv")}
+        ratios = {c: runs["segsrv"]["throughput"][c]["qps"] / runs["empty"]["throughput"][c]["qps"]
+                  for c in map(str, CONCURRENCY)}
+        out[method] = {"empty": runs["empty"], "segsrv": runs["segsrv"], "ratio_qps": ratios,
+                       "meets_target": {c: r >= TARGET_RATIO for c, r in ratios.items()}}
+    print(f"gRPC Count / single-id Assign on {args.customers:,} customers; {cpu_model()}; empty = the same grpcio "
+          f"sync server, handler returns an empty response; target: segsrv >= {TARGET_RATIO:.0%} of its QPS")
+    for method, r in out.items():
+        e, o = r["empty"], r["segsrv"]
+        print(f"{method}: sequential p50 {e['latency']['p50_ms']:.3f} ms (empty) / {o['latency']['p50_ms']:.3f} ms "
+              f"(segsrv; handler {o['latency']['server_time_p50_ms']:.3f} ms)")
+        for c in map(str, CONCURRENCY):
+            et, ot = e["throughput"][c], o["throughput"][c]
+            mark = "ok" if r["ratio_qps"][c] >= TARGET_RATIO else f"< {TARGET_RATIO:.0%}"
+            print(f"  c={c:<3} QPS {et['qps']:7.0f} / {ot['qps']:7.0f}  {r['ratio_qps'][c]:5.0%} {mark}   server "
+                  f"us/call {et['server_cpu_us_per_rpc']:5.0f} / {ot['server_cpu_us_per_rpc']:5.0f}  (cores "
+                  f"{et['server_cores']:.2f} / {ot['server_cores']:.2f}; clients {et['client_cores']:.2f} / "
+                  f"{ot['client_cores']:.2f})")
+    write_result("grpc_calls", {"command": "python bench/grpc_calls.py " + " ".join(sys.argv[1:]),
+                                "cpu": cpu_model(), "customers": args.customers, "seconds_per_run": args.seconds,
+                                "methods": out, "wall_s": round(time.perf_counter() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()
