@@ -164,9 +164,7 @@ class Server:
         for attempt in range(3):
             self.port = free_port()
             self.cmd = [sys.executable, "-m", "segsrv", "serve", "--snapshots", str(self.root),
-                        "--host", "127.0.0.1", "--port", str(self.port)]
-            if self.workers > 1:
-                self.cmd += ["--workers", str(self.workers)]
+                        "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
             self._log = open(self.log_path, "ab")
             t0 = time.monotonic()
             self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,

@@ -359,9 +359,21 @@ def cmd_assign(args) -> int:
     return 0
 
 
+def default_workers() -> int:
+    """`segsrv serve`'s default --workers: the CPUs this process may run on (one Python process serves
+    about one core: the GIL)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def cmd_serve(args) -> int:
     # no grpc / numpy import here: with --workers N they must load in the forked workers only
     from .server.options import MIB, Keepalive
+
+    if args.workers is None:
+        args.workers = default_workers()
 
     for flag, value, ok, expected in (
         ("--workers", args.workers, args.workers >= 1, "at least 1"),
@@ -584,9 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", required=True, metavar="ROOT", help="snapshot root (ROOT/NAME/CURRENT)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 = any free port)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="server processes sharing the port (SO_REUSEPORT) under a supervisor that restarts "
-                        "crashed ones (default 1: one process, and a busy port is an error)")
+                        "crashed ones (default: one per CPU this process may run on; 1: one plain process)")
     p.add_argument("--probe-interval", type=float, default=1.0, metavar="SECONDS",
                    help="with --workers N: probe each worker's health this often (default 1)")
     p.add_argument("--probe-timeout", type=float, default=2.0, metavar="SECONDS",

@@ -106,17 +106,21 @@ def process_alive(pid: int) -> bool:
 
 
 class ServeProcess:
-    """`segsrv serve ... --port 0 --log-format json ARGS` with stderr in a file we can re-read; waits for
-    its `serving ROOT on ADDRESS` line (`.address`). `launcher`: what runs the CLI (default `-m segsrv`;
-    `("-c", CODE)` runs CODE, which reads the arguments from sys.argv[1:])."""
+    """`segsrv serve ... --port 0 --log-format json [--workers 1] ARGS` with stderr in a file we can re-read;
+    waits for its `serving ROOT on ADDRESS` line (`.address`). One process unless ARGS give --workers
+    (`default_workers=True`: neither, the CLI's default of one worker per CPU): the tests of one
+    process's behaviour (signals, reload, metrics) need that process. `launcher`: what runs the CLI
+    (default `-m segsrv`; `("-c", CODE)` runs CODE, which reads the arguments from sys.argv[1:])."""
 
-    def __init__(self, root: Path, log_path: Path, *args: str, launcher: tuple[str, ...] = ("-m", "segsrv")):
+    def __init__(self, root: Path, log_path: Path, *args: str, launcher: tuple[str, ...] = ("-m", "segsrv"),
+                 default_workers: bool = False):
         self.root = root
         self.log_path = log_path
         self.log = open(log_path, "w")
+        pinned = () if default_workers or "--workers" in args else ("--workers", "1")
         self.proc = subprocess.Popen(
             [sys.executable, *launcher, "serve", "--snapshots", str(root), "--port", "0",
-             "--log-format", "json", *args],
+             "--log-format", "json", *pinned, *args],
             stderr=self.log, stdout=subprocess.DEVNULL, env=repo_env())
         self.address = self.wait_for_line(rf"serving {re.escape(str(root))} on (127\.0\.0\.1:\d+)").group(1)
 

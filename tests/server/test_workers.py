@@ -218,3 +218,26 @@ def test_a_stopped_worker_is_noticed_killed_and_replaced(petnord_root, tmp_path)
         assert sup.proc.wait(timeout=30) == 0
     finally:
         sup.close()
+
+
+def test_serve_runs_one_worker_per_cpu_by_default(petnord_root, tmp_path):
+    """Without --workers, `segsrv serve` runs one worker per CPU it may run on (issue 16: one Python process
+    serves about one core); on a one-CPU machine that is one plain process. Every worker answers."""
+    from segsrv.cli import default_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    assert default_workers() == cpus
+    sup = ServeProcess(petnord_root, tmp_path / "serve.log", "--grace", "1", "--no-warm", default_workers=True)
+    try:
+        pids = sup.worker_pids()
+        assert len(pids) == (cpus if cpus > 1 else 0)  # worker_started events: the supervisor's, per worker
+        from segsrv.snapshot.reader import open_snapshot
+
+        rows = open_snapshot(petnord_root).universe("customers").n_rows
+        answered = set()
+        for _ in range(4 * max(cpus, 1)):  # one channel per call: the kernel spreads connections over workers
+            with SegsrvClient(sup.address) as client:
+                answered.add(client.count({"from": "customers"})["count"])
+        assert answered == {rows}
+    finally:
+        sup.close()
