@@ -77,7 +77,7 @@ def constant_bias(n1: int, n: int, a: float = 1.0) -> float:
 
 
 def fitted(key: tuple):
-    """The model this process fitted under a content key (bias, d, l2, cross-validated), or None."""
+    """The model this process fitted under a content key (`fit_membership`'s tuple), or None."""
     with _FITTED_LOCK:
         hit = _FITTED.get(key)
         if hit is not None:
