@@ -362,10 +362,9 @@ def cmd_assign(args) -> int:
 def default_workers() -> int:
     """`segsrv serve`'s default --workers: the CPUs this process may run on (one Python process serves
     about one core: the GIL)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    from .cpus import usable_cpus
+
+    return usable_cpus()
 
 
 def cmd_serve(args) -> int:

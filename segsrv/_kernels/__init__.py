@@ -30,6 +30,7 @@ WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not i
 if WAIT_POLICY_SET:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
+from ..cpus import usable_cpus
 from .naive import __all__ as _KERNELS  # every kernel has its naive numpy twin, under the same name
 
 __all__ = [
@@ -62,10 +63,7 @@ def _default_num_threads() -> int:
         if n < 1:
             raise ValueError(f"SEGSRV_NUM_THREADS must be a positive integer, got {env!r}")
         return n
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def get_num_threads() -> int:

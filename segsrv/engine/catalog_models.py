@@ -42,7 +42,7 @@ from ..snapshot import format as fmt
 
 METHOD = "catalog-logistic"
 FITTED_KEPT = 256  # segment models this process keeps by content key (a few KB each)
-_FITTED: "OrderedDict[tuple, tuple[float, np.ndarray, float, bool]]" = OrderedDict()
+_FITTED: "OrderedDict[tuple, tuple]" = OrderedDict()  # content key -> fit_membership's tuple
 _FITTED_LOCK = threading.Lock()
 SECTION = "catalog_models"  # the manifest's section
 DIR = "models/catalog"

@@ -23,7 +23,6 @@ has (``pair_scores``, the kernel ``csr_pair_scores``); Predict explains it as on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -58,23 +57,18 @@ class Interactions:
         U[:, i, j] = self.weights
         return feats.astype(np.int64), U
 
-    @cached_property
-    def _kernel_form(self) -> tuple[np.ndarray, np.ndarray]:
-        """`slots()` built once per model (a per-request Assign scores the same pairs every call)."""
-        return self.slots()
-
     def slot_of(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
         """The kernel's arguments over a universe of n_features: (slot_of int32[n_features], -1 for a
-        feature in no pair; U as `slots()`), kept with the model (read-only: shared between calls)."""
-        cache = self.__dict__.setdefault("_slot_of", {})
-        hit = cache.get(n_features)
-        if hit is None:
-            feats, U = self._kernel_form
+        feature in no pair; U as `slots()`), built once and kept with the model (a per-request Assign
+        scores the same pairs every call; read-only: shared between calls)."""
+        hit = self.__dict__.get("_slot_of")  # (a frozen dataclass: set through __dict__)
+        if hit is None or len(hit[0]) != n_features:
+            feats, U = self.slots()
             slot = np.full(n_features, -1, dtype=np.int32)
             slot[feats] = np.arange(len(feats), dtype=np.int32)
             slot.flags.writeable = False
             U.flags.writeable = False
-            hit = cache[n_features] = (slot, U)
+            hit = self.__dict__["_slot_of"] = (slot, U)
         return hit
 
 
