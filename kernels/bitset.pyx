@@ -39,6 +39,8 @@ cdef extern from "popcnt.h" nogil:
     uint64_t segsrv_and_popcount(const uint64_t *a, const uint64_t *b, size_t n)
     uint64_t segsrv_popcount(const uint64_t *a, size_t n)
     uint64_t segsrv_or_reduce(const uint64_t *a, size_t n)
+    size_t segsrv_probe_count_path(const uint64_t *q, uint64_t n_bits, const uint32_t *ids,
+                                   size_t n, int *bad)
     void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t stride,
                                size_t n_words, const int64_t *rows, int64_t row_base,
                                size_t k, int64_t *out, size_t block)
@@ -402,7 +404,7 @@ cdef int64_t _sparse_one(const uint64_t *q, uint64_t n_bits, const uint32_t *ids
     cdef size_t c
     if err:
         return err
-    c = segsrv_probe_count(q, n_bits, ids + offsets[f], <size_t>(offsets[f + 1] - offsets[f]), &bad)
+    c = segsrv_probe_count_path(q, n_bits, ids + offsets[f], <size_t>(offsets[f + 1] - offsets[f]), &bad)
     if bad:
         return _ERR_ID
     return <int64_t>c

@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sorted_ids.h"
+
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define SEGSRV_X86 1
 #include <immintrin.h>
@@ -346,6 +348,49 @@ static uint64_t segsrv_orreduce_avx512(const uint64_t *a, size_t n) {
     r0 = _mm512_or_si512(_mm512_or_si512(r0, r1), _mm512_or_si512(r2, r3));
     return (uint64_t)_mm512_reduce_or_epi64(r0);
 }
+
+/* Sparse probe: how many of the uint32 ids have their bit set in q.  16 ids per
+ * gather of 32-bit words (bit b of the bitset is bit b % 32 of 32-bit word b / 32
+ * on little-endian x86): the scalar loop spent ~0.95 ns per id on the 1M demo
+ * snapshot, 4x the bytes' read time (issue 16).  A block holding an id >= n_bits
+ * goes to the scalar loop, which skips and reports it like segsrv_probe_count. */
+__attribute__((target("avx512f")))
+static size_t segsrv_probe_count_avx512(const uint64_t *q, uint64_t n_bits, const uint32_t *ids,
+                                        size_t n, int *bad) {
+    const int *q32 = (const int *)q;
+    const __m512i one = _mm512_set1_epi32(1), low5 = _mm512_set1_epi32(31);
+    /* every uint32 id is in range of a bitset of >= 2**32 bits */
+    const int check = n_bits < ((uint64_t)1 << 32);
+    const __m512i lim = _mm512_set1_epi32((int)(uint32_t)(check ? n_bits : 0));
+    __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512i v0 = _mm512_loadu_si512((const void *)(ids + i));
+        __m512i v1 = _mm512_loadu_si512((const void *)(ids + i + 16));
+        __m512i v2 = _mm512_loadu_si512((const void *)(ids + i + 32));
+        __m512i v3 = _mm512_loadu_si512((const void *)(ids + i + 48));
+        if (check && (_mm512_cmpge_epu32_mask(v0, lim) | _mm512_cmpge_epu32_mask(v1, lim) |
+                      _mm512_cmpge_epu32_mask(v2, lim) | _mm512_cmpge_epu32_mask(v3, lim)))
+            break;
+        __m512i w0 = _mm512_i32gather_epi32(_mm512_srli_epi32(v0, 5), q32, 4);
+        __m512i w1 = _mm512_i32gather_epi32(_mm512_srli_epi32(v1, 5), q32, 4);
+        __m512i w2 = _mm512_i32gather_epi32(_mm512_srli_epi32(v2, 5), q32, 4);
+        __m512i w3 = _mm512_i32gather_epi32(_mm512_srli_epi32(v3, 5), q32, 4);
+        acc0 = _mm512_add_epi32(acc0, _mm512_and_si512(_mm512_srlv_epi32(w0, _mm512_and_si512(v0, low5)), one));
+        acc1 = _mm512_add_epi32(acc1, _mm512_and_si512(_mm512_srlv_epi32(w1, _mm512_and_si512(v1, low5)), one));
+        acc2 = _mm512_add_epi32(acc2, _mm512_and_si512(_mm512_srlv_epi32(w2, _mm512_and_si512(v2, low5)), one));
+        acc3 = _mm512_add_epi32(acc3, _mm512_and_si512(_mm512_srlv_epi32(w3, _mm512_and_si512(v3, low5)), one));
+    }
+    acc0 = _mm512_add_epi32(acc0, acc2);  /* each lane still <= n / 16 */
+    acc1 = _mm512_add_epi32(acc1, acc3);
+    /* lanes hold at most n / 16 each: sum them as 64-bit */
+    __m512i wide = _mm512_add_epi64(
+        _mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(acc0)),
+                         _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(acc0, 1))),
+        _mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(acc1)),
+                         _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(acc1, 1))));
+    return (size_t)_mm512_reduce_add_epi64(wide) + segsrv_probe_count(q, n_bits, ids + i, n - i, bad);
+}
 #endif /* SEGSRV_X86 */
 
 /* ------------------------------------------------------------------ */
@@ -408,6 +453,15 @@ static inline uint64_t segsrv_and_popcount(const uint64_t *a, const uint64_t *b,
 }
 static inline uint64_t segsrv_popcount(const uint64_t *a, size_t n) { return segsrv_pop_ptr(a, n); }
 static inline uint64_t segsrv_or_reduce(const uint64_t *a, size_t n) { return segsrv_orreduce_ptr(a, n); }
+/* segsrv_probe_count on the selected path */
+static inline size_t segsrv_probe_count_path(const uint64_t *q, uint64_t n_bits, const uint32_t *ids, size_t n,
+                                             int *bad) {
+#if SEGSRV_X86
+    if (segsrv_level == SEGSRV_PATH_AVX512)
+        return segsrv_probe_count_avx512(q, n_bits, ids, n, bad);
+#endif
+    return segsrv_probe_count(q, n_bits, ids, n, bad);
+}
 
 /*
  * One query against rows[0..k) of a row-major matrix (row stride `stride`

@@ -1,7 +1,8 @@
 """Compiled kernels and the one place that decides thread counts.
 
 Kernels: bitset algebra and AND-counts (.bitset), CSR histograms and scores
-(.csr), all-pairs co-occurrence (.cooccur), hypergeometric tails (.hypergeom).
+(.csr), all-pairs co-occurrence (.cooccur), hypergeometric tails (.hypergeom),
+statistics of 2x2 tables (.tables).
 
 Thread policy
 -------------
@@ -43,6 +44,7 @@ __all__ = [
     "available_cpu_paths",
     "set_cpu_path",
     "has_openmp",
+    "TABLE_STATISTICS",
     *_KERNELS,
 ]
 
@@ -120,3 +122,4 @@ from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
 from .csr import PAIR_MAX_SLOTS, csr_histogram, csr_pair_scores, csr_row_scores  # noqa: E402
 from .cooccur import cooccurrence, cross_cooccurrence  # noqa: E402
 from .hypergeom import hypergeom_log_tail, hypergeom_tail  # noqa: E402
+from .tables import TABLE_STATISTICS, table_mutual_information, table_statistics  # noqa: E402

@@ -6,6 +6,8 @@ assumed valid.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "cross_cooccurrence",
     "hypergeom_log_tail",
     "hypergeom_tail",
+    "table_statistics",
+    "table_mutual_information",
 ]
 
 
@@ -201,3 +205,66 @@ def hypergeom_tail(k, successes, draws, population, upper=True):
     if upper:
         return np.asarray(hypergeom.sf(k - 1, population, successes, draws), dtype=np.float64)
     return np.asarray(hypergeom.cdf(k, population, successes, draws), dtype=np.float64)
+
+
+# --- 2x2 tables: one table at a time in Python floats (the kernel's conventions, tables.pyx) ---
+
+_Z95 = 1.959963984540054
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b != 0 else math.nan
+
+
+def _bits(p: float, q: float) -> float:
+    return p * math.log2(p / (q if q > 0 else 1.0)) if p > 0 else 0.0
+
+
+def _table_mi(n: float, c: float, f: float, cf: float) -> float:
+    if n <= 0:
+        return 0.0
+    pc, pf = c / n, f / n
+    cells = ((cf / n, pc * pf), ((c - cf) / n, pc * (1 - pf)), ((f - cf) / n, (1 - pc) * pf),
+             ((n - c - f + cf) / n, (1 - pc) * (1 - pf)))
+    total = 0.0
+    for p, q in cells:
+        total += _bits(p, q)
+    return total
+
+
+def _wilson(k: int, m: int) -> tuple[float, float]:
+    if m <= 0:
+        return math.nan, math.nan
+    z2 = _Z95 * _Z95
+    p = k / m
+    denom = 1 + z2 / m
+    center = (p + z2 / (2 * m)) / denom
+    half = _Z95 * math.sqrt(p * (1 - p) / m + z2 / (4 * m * m)) / denom
+    lo = 0.0 if k <= 0 else min(max(center - half, 0.0), 1.0)
+    hi = 1.0 if k >= m else min(max(center + half, 0.0), 1.0)
+    return lo, hi
+
+
+def table_statistics(n, n_c, n_f, n_cf, prior_strength=10.0):
+    a = float(prior_strength)
+    rows = []
+    for f, cf in zip(np.asarray(n_f).tolist(), np.asarray(n_cf).tolist()):
+        s_c = n_c / n if n else math.nan
+        p, p_base, s_cf = _ratio(cf, n_c), _ratio(f, n), _ratio(cf, n)
+        lo, hi = _wilson(cf, n_c)
+        leverage = s_cf - s_c * p_base
+        conviction = math.nan if math.isnan(p) else ((1.0 - p_base) / (1.0 - p) if p < 1.0 else math.inf)
+        d1, d2 = s_cf * (1 - s_c), s_c * (p_base - s_cf)
+        denom = math.nan if math.isnan(d1) or math.isnan(d2) else max(d1, d2)
+        rows.append([
+            s_cf, p, p_base, _ratio(f - cf, n - n_c), _ratio(p, p_base),
+            _ratio(_ratio(cf + a * p_base, n_c + a), p_base), _ratio(lo, p_base), _ratio(hi, p_base), leverage,
+            conviction, _ratio(cf, n_c + f - cf), 0.0 if 1 - p_base == 0 else (p - p_base) / (1 - p_base),
+            0.5 * (p + _ratio(cf, f)), 0.0 if denom == 0 else leverage / denom, _table_mi(n, n_c, f, cf),
+        ])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 15)
+
+
+def table_mutual_information(n, n_c, n_f, n_cf):
+    return np.array([_table_mi(n, n_c, f, cf) for f, cf in zip(np.asarray(n_f).tolist(), np.asarray(n_cf).tolist())],
+                    dtype=np.float64)

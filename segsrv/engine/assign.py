@@ -111,6 +111,13 @@ class _Presence:
         self.numeric = numeric
 
 
+# one customer's presence of a feature, shared by every single-row call (programs never write their inputs)
+_PRESENT = np.ones(1, dtype=bool)
+_ABSENT = np.zeros(1, dtype=bool)
+_PRESENT.flags.writeable = False
+_ABSENT.flags.writeable = False
+
+
 class _PresenceOps:
     """Condition evaluation (conditions.Evaluator) building programs over feature presence instead
     of bitsets: each node becomes a callable(_Presence) -> bool[n]. Records the feature ids and the
@@ -181,6 +188,7 @@ class CompiledCatalog:
                                           frozenset(compiler.fields), catalog_models.digest(bits)))
         self.data_version = catalog_models.data_version(snapshot)
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
+        self._fid_list = self.fids.tolist()
         # Per parameter set (`propensity_params`), at most MODEL_PARAMS_KEPT of each, least recently
         # used dropped first (requests choose them: an unbounded cache would grow with them):
         # _stacked holds the [features x segments] model; _models the segments fitted so far of a set
@@ -209,7 +217,13 @@ class CompiledCatalog:
         """Feature presence of known rows, from their CSR rows (no universe scan)."""
         u = self.universe
         n = len(rows)
-        has = {int(f): np.zeros(n, dtype=bool) for f in self.fids}
+        if n == 1 and len(self.fids):  # the per-request call: a set lookup per catalog feature
+            row = int(rows[0])
+            present = set(u.row_features(row).tolist())
+            has = {f: (_PRESENT if f in present else _ABSENT) for f in self._fid_list}
+            numeric = {f: np.asarray(u.field(f).numeric)[row: row + 1].astype(np.float64)
+                       for f in self.numeric_fields}
+            return _Presence(1, has, numeric)
         if n and len(self.fids):
             owner, feats = u.rows_features(rows)
             col = np.searchsorted(self.fids, feats)
@@ -218,6 +232,8 @@ class CompiledCatalog:
             matrix = np.zeros((len(self.fids), n), dtype=bool)
             matrix[col[hit], owner[hit]] = True
             has = {int(f): matrix[i] for i, f in enumerate(self.fids)}
+        else:
+            has = {int(f): np.zeros(n, dtype=bool) for f in self.fids}
         numeric = {f: np.asarray(u.field(f).numeric)[rows].astype(np.float64) for f in self.numeric_fields}
         return _Presence(n, has, numeric)
 

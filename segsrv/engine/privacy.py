@@ -105,7 +105,10 @@ def table_small(n: int, a: int, b: int, ab: int, k: int) -> bool:
     if k <= 1:
         return False
     n, a, b, ab = int(n), int(a), int(b), int(ab)
-    return any(is_small(c, k) for c in (ab, a - ab, b - ab, n - a - b + ab, a, n - a, b, n - b))
+    for c in (ab, a - ab, b - ab, n - a - b + ab, a, n - a, b, n - b):  # a loop, not any(): Relate calls it per hit
+        if 0 < c < k:
+            return True
+    return False
 
 
 def floor_size(count: int, k: int, total: int | None = None) -> int:
@@ -162,6 +165,8 @@ def floor_relate(result, k: int):
                                    suppressed_hits=len(result.hits))
     kept = [h for h in result.hits if not table_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
     dropped = len(result.hits) - len(kept)
+    if not dropped:  # the usual case (Relate's min_support is the floor already): nothing to copy
+        return result
     return dataclasses.replace(result, hits=kept, n_matching=result.n_matching - dropped, suppressed_hits=dropped)
 
 
@@ -325,10 +330,14 @@ def floor_assign(result, k: int, n_rows: int | None = None):
     """AssignResult -> sizes of catalog segments floored (the engine already left out small segments)."""
     if k <= 1:
         return result
+    small = {m.segment_size for a in result.assignments for m in a.segments
+             if floor_size(m.segment_size, k, n_rows) != m.segment_size}
+    if not small:  # the usual case: a catalog's segments are far above the floor
+        return result
     out = []
     for a in result.assignments:
-        segs = [dataclasses.replace(m, segment_size=0, share=0.0)
-                if floor_size(m.segment_size, k, n_rows) != m.segment_size else m for m in a.segments]
+        segs = [dataclasses.replace(m, segment_size=0, share=0.0) if m.segment_size in small else m
+                for m in a.segments]
         out.append(dataclasses.replace(a, segments=segs))
     return dataclasses.replace(result, assignments=out)
 

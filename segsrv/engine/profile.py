@@ -68,12 +68,25 @@ def numeric_stats(x: np.ndarray) -> NumericStats:
     x = x[~np.isnan(x)]
     if len(x) == 0:
         return NumericStats(**_NAN_STATS.as_dict())
-    # sorting first (numpy's vectorised sort) makes percentile's partition of a sorted array cheap:
-    # about twice as fast as percentile on the unsorted values, and the same numbers
+    # numpy's vectorised sort, then the order statistics read off it: np.percentile partitions even a
+    # sorted array (100k values: sort 0.47 ms, then percentile 0.30 ms; unsorted 1.7 ms)
     s = np.sort(x)
-    p25, median, p75 = np.percentile(s, [25.0, 50.0, 75.0])  # linear interpolation (numpy's default)
     return NumericStats(count=int(len(x)), mean=float(np.mean(x)), std=float(np.std(x)), min=float(s[0]),
-                        p25=float(p25), median=float(median), p75=float(p75), max=float(s[-1]))
+                        p25=sorted_percentile(s, 0.25), median=sorted_percentile(s, 0.5),
+                        p75=sorted_percentile(s, 0.75), max=float(s[-1]))
+
+
+def sorted_percentile(s: np.ndarray, q: float) -> float:
+    """np.percentile(s, 100 q) of sorted, non-empty, NaN-free s, the same number: numpy's default
+    ("linear", Hyndman & Fan's 7th) interpolation between the order statistics at floor and ceil of
+    (n - 1) q, computed as numpy's _lerp computes it (from the upper end when the weight is >= 1/2)."""
+    n = len(s)
+    v = (n - 1) * q
+    lo = math.floor(v)
+    a, b = float(s[lo]), float(s[min(lo + 1, n - 1)])
+    g = v - lo
+    d = b - a
+    return b - d * (1 - g) if g >= 0.5 else a + d * g
 
 
 # universe -> field -> statistics over every row (snapshots are immutable; entries go with the universe)

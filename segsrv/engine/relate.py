@@ -11,20 +11,29 @@ Both give identical counts; the cheaper is picked from those two estimates.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 
 import numpy as np
 
 from .. import _kernels
-from ..ops.relate import STAT_NAMES, RelateHit, RelateQuery, RelateResult
+from ..ops.relate import RelateHit, RelateQuery, RelateResult
 from ..snapshot.reader import Snapshot, Universe
 from . import stats as st
 from .conditions import condition_fields, evaluate
 from .fields import identifier_like_fields, select_fields
 
 # one (row, feature) entry of the CSR histogram (random access) costs about as much as this many
-# bitset words of the scan (measured: ~10 ns vs ~0.3 ns per word on the 1M demo snapshot)
-HISTOGRAM_COST_FACTOR = 24.0
+# bitset words of the scan, with the condition's rows holding more entries than the average row
+# (measured on the 1M demo snapshot, one thread, December 2026: 1.0-2.1 ns per entry, conditions' rows
+# 1.0-1.9x the average entries; 0.5 ns per dense word and per sparse id). The high end: where the two
+# are close the scan wins, its rows being the ones every request reads (cache-resident under load)
+HISTOGRAM_COST_FACTOR = 10.0
+# request shapes (fields, condition fields) whose candidate features a universe remembers
+_MEMO_SHAPES = 256
+_MEMO: "weakref.WeakKeyDictionary[Universe, dict]" = weakref.WeakKeyDictionary()
+_MEMO_LOCK = threading.Lock()
 _ASCENDING_ALWAYS = {"p_value", "q_value"}
 _ASCENDING_UNDER = {"lift", "lift_low", "lift_high", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
 
@@ -52,18 +61,39 @@ def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np
     return out, plan
 
 
+def candidate_features(universe: Universe, query: RelateQuery) -> np.ndarray:
+    """The feature ids a Relate counts (its fields' features, in field order), memoised per universe: the
+    same request shapes come back, and resolving globs and identifier-like fields costs more than a
+    small universe's counts."""
+    skip = frozenset(condition_fields(query.where) if query.exclude_condition_fields else ())
+    key = (tuple(query.relate) if query.relate else None, skip)
+    with _MEMO_LOCK:
+        memo = _MEMO.setdefault(universe, {})
+        fids = memo.get(key)
+    if fids is None:
+        every = () if query.relate else identifier_like_fields(universe)  # "every field": docs/query.md
+        fields = select_fields(universe, query.relate, set(skip) | set(every))
+        fids = (np.concatenate([universe.fields[f].feature_ids for f in fields]) if fields
+                else np.zeros(0, np.int64)).astype(np.int64, copy=False)
+        fids.setflags(write=False)
+        with _MEMO_LOCK:
+            if len(memo) >= _MEMO_SHAPES:
+                memo.clear()
+            memo[key] = fids
+    return fids
+
+
 def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
+    """The candidates are counted, filtered and ordered as vectors; statistics beyond the order's key are
+    computed for the returned hits only, p-values for every candidate only when something needs them all
+    (BH q-values, a max_p_value filter, ordering by p-value)."""
     t0 = time.perf_counter()
     query.validate()
     universe = snapshot.universe(query.universe)
     cond_bits = evaluate(snapshot, universe, query.where)
     n_c = int(_kernels.popcount(cond_bits))
     n = universe.n_rows
-    skip = condition_fields(query.where) if query.exclude_condition_fields else set()
-    if not query.relate:  # "every field" leaves identifier-like fields out (docs/query.md)
-        skip |= set(identifier_like_fields(universe))
-    fields = select_fields(universe, query.relate, skip)
-    fids = np.concatenate([universe.fields[f].feature_ids for f in fields]) if fields else np.zeros(0, np.int64)
+    fids = candidate_features(universe, query)
     n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
     plan = "none"
     if n_c == 0 or len(fids) == 0:
@@ -72,60 +102,45 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
         n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan)
 
     tested = (n_f > 0) & (n_f < n)
-    # the p-values of every tested feature are needed for the q-values; every other statistic
-    # only for the features that are ordered or returned
-    p_value = np.ones(len(fids))
-    p_value[tested] = st.p_values(n, n_c, n_f[tested], n_cf[tested], query.direction)
-    q_value = np.full(len(fids), np.nan)
-    q_value[tested] = st.benjamini_hochberg(p_value[tested])
-
     keep = tested & (n_cf >= query.min_support) & (n_c > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lift = (n_cf / n_c) / (n_f / n) if n_c else np.full(len(fids), np.nan)
-    if query.direction == "over":
-        keep &= lift > 1
-    elif query.direction == "under":
-        keep &= lift < 1
-    if query.min_lift is not None:
-        keep &= lift >= query.min_lift
+    if query.direction != "all" or query.min_lift is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift = (n_cf / n_c) / (n_f / n) if n_c else np.full(len(fids), np.nan)
+        if query.direction == "over":
+            keep &= lift > 1
+        elif query.direction == "under":
+            keep &= lift < 1
+        if query.min_lift is not None:
+            keep &= lift >= query.min_lift
+    order_by = query.order_by or "mutual_information"  # docs/query.md, "Default order"
+    p_value = np.full(len(fids), np.nan)
+    q_value = np.full(len(fids), np.nan)
+    if query.wants_q_values:  # a q-value is a rank among every tested candidate's p-value
+        p_value[tested] = st.p_values(n, n_c, n_f[tested], n_cf[tested], query.direction)
+        q_value[tested] = st.benjamini_hochberg(p_value[tested])
+    elif query.max_p_value is not None or order_by == "p_value":
+        p_value[keep] = st.p_values(n, n_c, n_f[keep], n_cf[keep], query.direction)
     if query.max_p_value is not None:
         keep &= p_value <= query.max_p_value
     idx = np.flatnonzero(keep)
 
-    def statistics(sel: np.ndarray) -> dict[str, np.ndarray]:
-        out = st.relate_statistics(n, n_c, n_f[sel], n_cf[sel], query.prior_strength, query.direction, p_value[sel])
-        out["q_value"] = q_value[sel]
-        return out
-
-    # the default: mutual information of the condition and the feature (docs/query.md, "Default order"):
-    # sizable and strong over- (or under-) indexing first, not a large lift on a handful of rows
-    order_by = query.order_by or "mutual_information"
+    # the default, mutual information: sizable and strong over- (or under-) indexing first, not a large
+    # lift on a handful of rows
     if order_by == "mutual_information":
-        key = st.mutual_information(n, n_c, n_f[idx], n_cf[idx])
-    elif order_by in ("lift_low", "lift_high"):
-        lo, hi = st.wilson_interval(n_cf[idx], n_c)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            key = (lo if order_by == "lift_low" else hi) / (n_f[idx] / n)
-    elif order_by == "lift":
-        key = lift[idx]
-    elif order_by == "lift_smoothed":
-        a = float(query.prior_strength)
-        p_base = n_f[idx] / n
-        key = ((n_cf[idx] + a * p_base) / (n_c + a)) / p_base
+        key = _kernels.table_mutual_information(n, n_c, n_f[idx], n_cf[idx])
     elif order_by in ("support", "p_value", "q_value"):
         key = {"support": n_cf, "p_value": p_value, "q_value": q_value}[order_by][idx].astype(np.float64)
     else:
-        key = statistics(idx)[order_by]
+        table = _kernels.table_statistics(n, n_c, n_f[idx], n_cf[idx], query.prior_strength)
+        key = table[:, _kernels.TABLE_STATISTICS.index(order_by)]
     ascending = order_by in _ASCENDING_ALWAYS or (query.direction == "under" and order_by in _ASCENDING_UNDER)
     key = np.where(np.isnan(key), np.inf if ascending else -np.inf, key)
     order = np.lexsort((fids[idx], key if ascending else -key))
     top = idx[order[: query.effective_limit]]
-    stats = statistics(top)
-    columns = {name: stats[name].tolist() for name in STAT_NAMES}
-    hits = []
-    for j, fid in enumerate(fids[top].tolist()):
-        fname, value = universe.feature_name(fid)
-        hits.append(RelateHit(fid, fname, value, {name: col[j] for name, col in columns.items()}))
+    need_p = np.isnan(p_value[top])
+    if need_p.any():
+        sel = top[need_p]
+        p_value[sel] = st.p_values(n, n_c, n_f[sel], n_cf[sel], query.direction)
     return RelateResult(
         snapshot=snapshot.name,
         version=snapshot.version,
@@ -135,6 +150,19 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
         n_candidates=len(fids),
         n_matching=len(idx),
         plan=plan,
-        hits=hits,
+        hits=_hits(universe, n, n_c, fids[top], n_f[top], n_cf[top], p_value[top], q_value[top],
+                   query.prior_strength),
         elapsed_ms=(time.perf_counter() - t0) * 1e3,
     )
+
+
+def _hits(universe: Universe, n: int, n_c: int, fids, n_f, n_cf, p_value, q_value, prior_strength) -> list[RelateHit]:
+    table = _kernels.table_statistics(n, n_c, n_f, n_cf, prior_strength).tolist()
+    hits = []
+    for fid, row, f, cf, p, q in zip(fids.tolist(), table, n_f.tolist(), n_cf.tolist(), p_value.tolist(),
+                                     q_value.tolist()):
+        fname, value = universe.feature_name(fid)
+        stats = dict(zip(_kernels.TABLE_STATISTICS, row))
+        stats.update(support=cf, n_feature=f, p_value=p, q_value=q)
+        hits.append(RelateHit(fid, fname, value, stats))
+    return hits

@@ -84,6 +84,12 @@ def _tail(population, n_a, n_b, n_ab, upper: bool) -> np.ndarray:
     argument an integer array or scalar (broadcast; a population per element is the test within each
     element's own rows). Exact tail sums in segsrv._kernels.hypergeom_tail (about a microsecond each; scipy's
     Boost tails cost up to ~200 us at populations near 1e5)."""
+    if (isinstance(population, (int, np.integer)) and isinstance(n_b, (int, np.integer))
+            and isinstance(n_a, np.ndarray) and n_a.dtype == np.int64 and n_a.ndim == 1
+            and isinstance(n_ab, np.ndarray) and n_ab.shape == n_a.shape):  # Relate's shape: no broadcasting
+        out = _kernels.hypergeom_tail(np.ascontiguousarray(n_ab, dtype=np.int64), np.ascontiguousarray(n_a),
+                                      np.full(len(n_a), n_b, dtype=np.int64), int(population), upper=upper)
+        return np.clip(out, 0.0, 1.0, out=out)
     population, n_a, n_b, n_ab = (np.ascontiguousarray(x, dtype=np.int64).ravel() for x in
                                   np.broadcast_arrays(*(np.asarray(v) for v in (population, n_a, n_b, n_ab))))
     if len(n_ab) == 0:
@@ -131,54 +137,22 @@ def p_values(n, n_c, n_f, n_cf, direction: str = "over") -> np.ndarray:
 def relate_statistics(
     n: int, n_c: int, n_f, n_cf, prior_strength: float = 10.0, direction: str = "over", p_value=None
 ) -> dict[str, np.ndarray]:
-    """Every statistic of DESIGN.md section 3, as arrays aligned with n_f / n_cf.
+    """Every statistic of DESIGN.md section 3, as arrays aligned with n_f / n_cf (the kernel
+    segsrv._kernels.table_statistics; its naive twin is segsrv._kernels.naive.table_statistics).
 
     `p_value`, when given, is reused instead of recomputed (it is the costly one).
     """
-    n_f = np.asarray(n_f, dtype=np.int64)
-    n_cf = np.asarray(n_cf, dtype=np.int64)
-    fn = float(n)
-    p = _div(n_cf, n_c)
-    p_base = _div(n_f, n)
-    p_not = _div(n_f - n_cf, n - n_c)
-    lift = _div(p, p_base)
-    a = float(prior_strength)
-    lift_smoothed = _div(_div(n_cf + a * p_base, n_c + a), p_base)
-    p_lo, p_hi = wilson_interval(n_cf, n_c)
-    s_c = n_c / fn if n else np.nan
-    s_f = p_base
-    s_cf = _div(n_cf, n)
-    leverage = s_cf - s_c * s_f
-    with np.errstate(divide="ignore", invalid="ignore"):
-        conviction = np.where(p < 1.0, (1.0 - s_f) / (1.0 - p), np.inf)
-        conviction = np.where(np.isnan(p), np.nan, conviction)
-        denom = np.maximum(s_cf * (1 - s_c), s_c * (s_f - s_cf))
-        zhang = np.where(denom == 0, 0.0, leverage / np.where(denom == 0, 1.0, denom))
-        certainty = np.where(1 - s_f == 0, 0.0, (p - s_f) / np.where(1 - s_f == 0, 1.0, 1 - s_f))
-    jaccard = _div(n_cf, n_c + n_f - n_cf)
-    kulczynski = 0.5 * (p + _div(n_cf, n_f))
+    n_f = np.ascontiguousarray(n_f, dtype=np.int64)
+    n_cf = np.ascontiguousarray(n_cf, dtype=np.int64)
+    table = _kernels.table_statistics(int(n), int(n_c), n_f, n_cf, float(prior_strength))
+    out = {name: table[:, j] for j, name in enumerate(_kernels.TABLE_STATISTICS)}
     if p_value is None:
         p_value = p_values(n, n_c, n_f, n_cf, direction)
-    return {
+    out.update({
         "n": np.full(len(n_f), n, dtype=np.int64),
         "n_condition": np.full(len(n_f), n_c, dtype=np.int64),
         "n_feature": n_f,
         "support": n_cf,
-        "support_ratio": s_cf,
-        "p": p,
-        "p_base": p_base,
-        "p_not": p_not,
-        "lift": lift,
-        "lift_smoothed": lift_smoothed,
-        "lift_low": _div(p_lo, p_base),
-        "lift_high": _div(p_hi, p_base),
         "p_value": p_value,
-        "leverage": leverage,
-        "conviction": conviction,
-        "jaccard": jaccard,
-        "certainty": certainty,
-        "kulczynski": kulczynski,
-        "zhang": zhang,
-        "mutual_information": mutual_information(n, n_c, n_f, n_cf),
-    }
-
+    })
+    return out

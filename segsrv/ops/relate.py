@@ -1,10 +1,12 @@
 """Relate: which features over- or under-index in a condition, with exact statistics.
 
 JSON keys: from, where, relate, select, limit, order_by, direction, min_support,
-min_lift, max_p_value, prior_strength, include_condition_fields, plan. `select` items
+min_lift, max_p_value, prior_strength, include_condition_fields, plan, q_values. `select` items
 are `$<statistic>` (e.g. `$lift`, `$p`, `$support`), `$field`, `$value`,
 `$feature_id`, or a field name (the hit's value when the hit belongs to that field,
-else null). See docs/query.md. A new parameter is declared in PARAMS and mapped in
+else null). Q-values are computed only when asked for (`q_values`, `$q_value` in
+`select`, or ordering by q_value): each needs every tested candidate's p-value. See
+docs/query.md. A new parameter is declared in PARAMS and mapped in
 ``from_proto`` / ``to_proto`` (and the proto): nothing else.
 """
 
@@ -36,9 +38,9 @@ STAT_NAMES = (
     "mutual_information", "n_feature",
 )
 SELECT_NAMES = ("$field", "$value", "$feature_id")
-DEFAULT_SELECT = ["$field", "$value", "$support", "$p", "$p_base", "$lift", "$lift_smoothed", "$p_value", "$q_value"]
+DEFAULT_SELECT = ["$field", "$value", "$support", "$p", "$p_base", "$lift", "$lift_smoothed", "$p_value"]
 KEYS = {"from", "where", "relate", "select", "limit", "order_by", "direction", "min_support", "min_lift",
-        "max_p_value", "prior_strength", "include_condition_fields", "plan"}
+        "max_p_value", "prior_strength", "include_condition_fields", "plan", "q_values"}
 
 PARAMS = (
     Param("from", Text("a universe name"), attr="universe", none=True),
@@ -51,6 +53,7 @@ PARAMS = (
     Param("min_lift", Real(), none=True),
     Param("max_p_value", Real(0, 1), none=True),
     Param("prior_strength", Real(low=0)),
+    Param("q_values", Boolean()),
 )
 INCLUDE_CONDITION_FIELDS = Param("include_condition_fields", Boolean())
 
@@ -77,7 +80,12 @@ class RelateQuery:
     prior_strength: float = DEFAULT_PRIOR_STRENGTH
     exclude_condition_fields: bool = True
     plan: str = "auto"
+    q_values: bool = False  # BH q-values (every tested candidate's p-value); implied by order_by q_value
     select: list[str] = field(default_factory=lambda: list(DEFAULT_SELECT))  # the JSON answer's columns
+
+    @property
+    def wants_q_values(self) -> bool:
+        return bool(self.q_values) or self.order_by == "q_value"
 
     @property
     def effective_limit(self) -> int:
@@ -106,6 +114,8 @@ class RelateQuery:
                 names = ["$" + n for n in STAT_NAMES] + ["$field", "$value"]
                 raise QueryError(f"select: unknown statistic {s!r}{suggest(s, names)}", [("select", f"unknown {s!r}")])
         q.select = list(select)
+        if "$q_value" in q.select:
+            q.q_values = True
         q.validate()
         return q
 
@@ -119,7 +129,7 @@ class RelateQuery:
             direction=enum_to_proto(pb.RelateDirection, "RELATE_DIRECTION_", self.direction),
             limit=self.limit or 0, min_support=self.min_support, prior_strength=float(self.prior_strength),
             include_condition_fields=not self.exclude_condition_fields,
-            plan=enum_to_proto(pb.RelatePlan, "RELATE_PLAN_", self.plan),
+            plan=enum_to_proto(pb.RelatePlan, "RELATE_PLAN_", self.plan), q_values=bool(self.q_values),
         )
         if self.min_lift is not None:
             req.min_lift = float(self.min_lift)
@@ -147,6 +157,7 @@ class RelateQuery:
             prior_strength=req.prior_strength if req.HasField("prior_strength") else DEFAULT_PRIOR_STRENGTH,
             exclude_condition_fields=not req.include_condition_fields,
             plan=enum_from_proto(pb.RelatePlan, "RELATE_PLAN_", req.plan, "auto", "plan"),
+            q_values=req.q_values,
         )
 
 
@@ -208,8 +219,8 @@ class RelateResult:
     def to_proto(self, server_ms: float) -> pb.RelateResponse:
         hits = []
         for h in self.hits:
-            kw = {attr: (int(h.stats[name]) if name in _INT_STATS else h.stats[name])
-                  for name, attr in _STAT_FIELDS.items()}
+            kw = dict(h.stats)  # STAT_NAMES, which are RelateHit's fields but for n_feature
+            kw["support"], kw["feature_count"] = int(kw["support"]), int(kw.pop("n_feature"))
             hits.append(pb.RelateHit(field=h.field, value=h.value, **kw))
         return pb.RelateResponse(
             info=response_info(self, server_ms), universe=self.universe, row_count=self.n_rows,

@@ -464,3 +464,28 @@ def test_thread_policy(monkeypatch):
     monkeypatch.setenv("SEGSRV_NUM_THREADS", "zero")
     with pytest.raises(ValueError, match="SEGSRV_NUM_THREADS"):
         K.get_num_threads()
+
+
+@pytest.mark.parametrize("n_words", [1, 65, 1031, 40_000])
+def test_and_count_sparse_on_every_path(cpu_path, n_words):
+    """Features of every length around the AVX-512 path's blocks of 64 ids (and its scalar tail), dense
+    and sparse ones, on a bitset past 2**21 bits too."""
+    rng = np.random.default_rng(n_words)
+    n_bits = n_words * 64
+    q = rand_bits(rng, n_words, 0.4)
+    parts = [np.sort(rng.choice(n_bits, size=min(n_bits, length), replace=False)).astype(np.uint32)
+             for length in (0, 1, 15, 16, 17, 31, 32, 63, 64, 65, 127, 128, 129, 1000, n_bits)]
+    ids = np.concatenate(parts).astype(np.uint32)
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in parts])
+    np.testing.assert_array_equal(K.and_count_sparse(q, ids, offsets), N.and_count_sparse(q, ids, offsets))
+
+
+def test_sparse_id_out_of_range_on_every_path(cpu_path):
+    """An id past the bitset inside a block of 64 is refused like one in the tail."""
+    q = np.full(2, np.uint64(0xFFFFFFFFFFFFFFFF))
+    for position in (3, 70, 129):
+        ids = np.arange(130, dtype=np.uint32) % 128
+        ids[position] = 128
+        with pytest.raises(ValueError, match="id >= 64"):
+            K.and_count_sparse(q, ids, np.array([0, 130], np.int64))

@@ -17,11 +17,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import hypergeom
 
 from segsrv.engine.catalog import apply_segments
 from segsrv.ops.conditions import parse_where
-from segsrv.engine.profile import numeric_stats, profile
+from segsrv.engine.profile import numeric_stats, profile, sorted_percentile
 from segsrv.ops.profile import (
     DEFAULT_VALUES_PER_FIELD,
     MAX_FIELD_PATTERNS,
@@ -283,6 +285,16 @@ def test_numeric_stats_definitions():
     assert empty.count == 0 and all(math.isnan(getattr(empty, k)) for k in NUMERIC_STATS[1:])
     one = numeric_stats(np.array([7.0]))
     assert (one.count, one.mean, one.std, one.min, one.p25, one.median, one.p75, one.max) == (1, 7, 0, 7, 7, 7, 7, 7)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(-5, 5).map(float), st.floats(-1e12, 1e12, allow_nan=False)),
+                min_size=1, max_size=300))
+def test_percentiles_are_numpys_to_the_bit(values):
+    """The order statistics read off the sorted values are np.percentile's numbers, bit for bit."""
+    s = np.sort(np.array(values, dtype=np.float64))
+    for q in (0.25, 0.5, 0.75):
+        assert sorted_percentile(s, q) == float(np.percentile(s, 100 * q))
 
 
 # ----------------------------------------------------------------------------

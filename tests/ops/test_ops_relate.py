@@ -63,6 +63,7 @@ def test_relate_response_keeps_nan_and_inf():
     ({"max_p_value": 2}, "max_p_value"),
     ({"prior_strength": -1}, "prior_strength"),
     ({"include_condition_fields": 1}, "include_condition_fields"),
+    ({"q_values": "yes"}, "q_values"),
     ({"relate": 5}, "relate"),
     ({"relate": ["ok", ""]}, "relate"),
     ({"from": 3}, "from"),
@@ -89,12 +90,13 @@ def test_limit_past_the_maximum_is_a_limit():
     order_by=st.sampled_from(ORDER_KEYS), direction=st.sampled_from(DIRECTIONS), plan=st.sampled_from(PLANS),
     limit=st.one_of(st.none(), st.integers(1, 10_000)), min_support=st.integers(0, 10**6),
     min_lift=st.one_of(st.none(), st.floats(-10, 10)), max_p_value=st.one_of(st.none(), st.floats(0, 1)),
-    prior_strength=st.floats(0, 100), include=st.booleans(),
+    prior_strength=st.floats(0, 100), include=st.booleans(), q_values=st.booleans(),
 )
 def test_json_proto_round_trip(universe, relate, order_by, direction, plan, limit, min_support, min_lift,
-                               max_p_value, prior_strength, include):
+                               max_p_value, prior_strength, include, q_values):
     obj = {"where": {"region": "oulu"}, "order_by": order_by, "direction": direction, "plan": plan,
-           "min_support": min_support, "prior_strength": prior_strength, "include_condition_fields": include}
+           "min_support": min_support, "prior_strength": prior_strength, "include_condition_fields": include,
+           "q_values": q_values}
     for key, val in (("from", universe), ("relate", relate), ("limit", limit), ("min_lift", min_lift),
                      ("max_p_value", max_p_value)):
         if val is not None:
@@ -106,3 +108,15 @@ def test_json_proto_round_trip(universe, relate, order_by, direction, plan, limi
     back.select = q.select
     assert back == q
     assert back.where == Term("region", "oulu")
+
+
+def test_q_values_are_asked_for():
+    """Q-values need every candidate's p-value: computed when `q_values` is set, `$q_value` selected or the
+    order is by q-value; not by default."""
+    assert not RelateQuery.from_json({}).wants_q_values
+    assert "$q_value" not in RelateQuery.from_json({}).select
+    assert RelateQuery.from_json({"q_values": True}).wants_q_values
+    selected = RelateQuery.from_json({"select": ["$field", "$q_value"]})
+    assert selected.q_values and selected.to_proto().q_values
+    ordered = RelateQuery.from_json({"order_by": "q_value"})
+    assert ordered.wants_q_values and not ordered.q_values

@@ -1,0 +1,103 @@
+"""segsrv._kernels.tables (statistics of 2x2 tables) vs its naive twin, one table at a time in Python floats.
+
+The engine's own check of the definitions (a scalar reference per statistic, and Relate against brute
+force over the source tables) is in tests/engine; here the kernel must equal the twin to 1e-12 with NaN
+and infinities in the same places, on every kind of table: empty condition, feature in every row,
+n_cf = 0 or n_c, tiny and 2**40-row universes.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import segsrv._kernels as K
+from segsrv._kernels import naive as N
+from segsrv._kernels import tables as T
+
+HYP = settings(max_examples=200, deadline=None)
+
+
+def same(got, want):
+    assert got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=1e-300)
+    assert np.array_equal(got[np.isinf(want)], want[np.isinf(want)])
+
+
+@st.composite
+def tables(draw):
+    n = draw(st.one_of(st.integers(0, 40), st.integers(0, 1 << 40)))
+    n_c = draw(st.integers(0, n))
+    k = draw(st.integers(0, 12))
+    n_f, n_cf = [], []
+    for _ in range(k):
+        f = draw(st.one_of(st.sampled_from([0, n]), st.integers(0, n)))
+        lo, hi = max(0, f + n_c - n), min(f, n_c)
+        n_f.append(f)
+        n_cf.append(draw(st.one_of(st.sampled_from([lo, hi]), st.integers(lo, hi))))
+    a = draw(st.sampled_from([0.0, 1.0, 10.0, 37.5]))
+    return n, n_c, np.array(n_f, np.int64), np.array(n_cf, np.int64), a
+
+
+@HYP
+@given(tables())
+def test_statistics_equal_the_naive_twin(table):
+    n, n_c, n_f, n_cf, a = table
+    got = K.table_statistics(n, n_c, n_f, n_cf, a)
+    assert got.shape == (len(n_f), len(K.TABLE_STATISTICS))
+    same(got, N.table_statistics(n, n_c, n_f, n_cf, a))
+    mi = K.table_mutual_information(n, n_c, n_f, n_cf)
+    same(mi, N.table_mutual_information(n, n_c, n_f, n_cf))
+    np.testing.assert_array_equal(mi, got[:, K.TABLE_STATISTICS.index("mutual_information")])
+
+
+def test_named_tables():
+    col = {name: j for j, name in enumerate(K.TABLE_STATISTICS)}
+    # a feature held by every row of the condition and nothing else: p = 1, conviction +inf, MI 1 bit
+    row = K.table_statistics(100, 50, np.array([50], np.int64), np.array([50], np.int64))[0]
+    assert row[col["p"]] == 1.0 and row[col["lift"]] == 2.0 and row[col["conviction"]] == math.inf
+    assert math.isclose(row[col["mutual_information"]], 1.0)
+    assert row[col["lift_high"]] == 2.0  # the Wilson interval ends exactly at 1 when n_cf = n_c
+    # an empty condition: ratios over n_c are NaN, conviction NaN, the interval NaN
+    row = K.table_statistics(10, 0, np.array([4], np.int64), np.array([0], np.int64))[0]
+    for name in ("p", "lift", "lift_low", "lift_high", "conviction", "kulczynski"):
+        assert math.isnan(row[col[name]]), name
+    assert row[col["mutual_information"]] == 0.0
+    # independence: lift 1, leverage 0, zhang 0, no information
+    row = K.table_statistics(100, 50, np.array([20], np.int64), np.array([10], np.int64))[0]
+    assert row[col["lift"]] == 1.0 and row[col["leverage"]] == 0.0 and row[col["zhang"]] == 0.0
+    assert abs(row[col["mutual_information"]]) < 1e-15
+
+
+def test_out_and_read_only_inputs():
+    n_f = np.array([5, 7], np.int64)
+    n_cf = np.array([2, 3], np.int64)
+    n_f.setflags(write=False)
+    n_cf.setflags(write=False)
+    out = np.empty((2, len(K.TABLE_STATISTICS)))
+    assert K.table_statistics(20, 6, n_f, n_cf, out=out) is out
+    same(out, N.table_statistics(20, 6, n_f, n_cf))
+    assert K.table_statistics(20, 6, n_f[:0], n_cf[:0]).shape == (0, len(K.TABLE_STATISTICS))
+
+
+def test_errors():
+    f = np.array([1], np.int64)
+    with pytest.raises(ValueError, match="n_c must be within"):
+        K.table_statistics(5, 6, f, f)
+    with pytest.raises(ValueError, match="n_c must be within"):
+        K.table_mutual_information(5, -1, f, f)
+    with pytest.raises(TypeError, match="n must be an int"):
+        K.table_statistics(5.0, 1, f, f)
+    with pytest.raises(TypeError, match="n_c must be an int"):
+        K.table_statistics(5, True, f, f)
+    with pytest.raises(ValueError, match="same length"):
+        K.table_statistics(5, 1, f, np.array([1, 1], np.int64))
+    with pytest.raises(TypeError, match="n_f"):
+        K.table_statistics(5, 1, f.astype(np.int32), f)
+    with pytest.raises(ValueError, match="out"):
+        K.table_statistics(5, 1, f, f, out=np.empty((1, 3)))
+    assert T.TABLE_STATISTICS == K.TABLE_STATISTICS
