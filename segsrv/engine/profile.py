@@ -114,15 +114,17 @@ def _two_sided_p(n: int, n_s: int, n_v: np.ndarray, n_sv: np.ndarray) -> np.ndar
     return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
 
 
-def _ranked(idx: np.ndarray, bound: np.ndarray, lift: np.ndarray, n_sv: np.ndarray, n_v: np.ndarray,
-            ascending: bool, k: int) -> np.ndarray:
-    """The first k of idx by the lift's bound (descending, or ascending), then lift, segment count desc,
-    population count desc, position (the field's value order)."""
-    if len(idx) == 0:
-        return idx
+def _ranked(field_of: np.ndarray, n_fields: int, cand: np.ndarray, bound: np.ndarray, lift: np.ndarray,
+            n_sv: np.ndarray, n_v: np.ndarray, ascending: bool, k: int) -> list[np.ndarray]:
+    """Per field, the first k of its candidates `cand` (positions, ascending) by the lift's bound
+    (descending, or ascending), then lift, segment count desc, population count desc, position (the
+    field's value order): one sort of every field's candidates, field first."""
     sign = 1.0 if ascending else -1.0
-    order = np.lexsort((idx, -n_v[idx], -n_sv[idx], sign * lift[idx], sign * bound[idx]))
-    return idx[order[:k]]
+    order = np.lexsort((cand, -n_v[cand], -n_sv[cand], sign * lift[cand], sign * bound[cand], field_of[cand]))
+    ranked = cand[order]
+    groups = field_of[ranked]
+    starts = np.searchsorted(groups, np.arange(n_fields + 1))
+    return [ranked[starts[j]: min(starts[j] + k, starts[j + 1])] for j in range(n_fields)]
 
 
 def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
@@ -157,17 +159,13 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
         lift_high_all = hi / pop_share_all
 
     k = int(query.values_per_field)
-    picked: list[tuple[int, np.ndarray, np.ndarray]] = []  # (field index, over positions, under positions)
-    start = 0
-    for j, info in enumerate(infos):
-        stop = start + len(info.values)
-        lift = lift_all[start:stop]
-        n_sv = n_sv_all[start:stop]
-        n_v = n_v_all[start:stop]
-        over = _ranked(np.flatnonzero(lift > 1), lift_low_all[start:stop], lift, n_sv, n_v, False, k)
-        under = _ranked(np.flatnonzero(lift < 1), lift_high_all[start:stop], lift, n_sv, n_v, True, k)
-        picked.append((j, over + start, under + start))
-        start = stop
+    field_of = np.repeat(np.arange(len(infos)), [len(i.values) for i in infos])
+    over_of = _ranked(field_of, len(infos), np.flatnonzero(lift_all > 1), lift_low_all, lift_all, n_sv_all, n_v_all,
+                      False, k)
+    under_of = _ranked(field_of, len(infos), np.flatnonzero(lift_all < 1), lift_high_all, lift_all, n_sv_all,
+                       n_v_all, True, k)
+    # (field index, over positions, under positions)
+    picked: list[tuple[int, np.ndarray, np.ndarray]] = [(j, over_of[j], under_of[j]) for j in range(len(infos))]
     strength = [max([1.0] + [float(lift_low_all[p]) for p in over if np.isfinite(lift_low_all[p])])
                 for _, over, _ in picked]
     picked = [picked[i] for i in sorted(range(len(picked)), key=lambda i: (-strength[i], i))]
