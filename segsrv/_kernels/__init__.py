@@ -112,6 +112,7 @@ from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
     bitset_or,
     bitset_to_ids,
     cpu_path,
+    gather_present,
     has_openmp,
     ids_to_bitset,
     popcount,

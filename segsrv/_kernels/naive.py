@@ -19,6 +19,7 @@ __all__ = [
     "bitset_or",
     "bitset_andnot",
     "bitset_to_ids",
+    "gather_present",
     "ids_to_bitset",
     "set_bits",
     "read_bandwidth_probe",
@@ -45,6 +46,12 @@ def _from_bools(mask: np.ndarray) -> np.ndarray:
     """bool array (length multiple of 64) -> uint64 bitset."""
     packed = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
     return packed.view("<u8").astype(np.uint64)
+
+
+def gather_present(bits, values):
+    values = np.asarray(values, dtype=np.float64)
+    picked = values[_bools(bits)[: len(values)]]
+    return picked[~np.isnan(picked)]
 
 
 def popcount(bits):

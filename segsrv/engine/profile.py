@@ -62,15 +62,22 @@ from .relate import count_features
 _NAN_STATS = NumericStats(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
 
 
-def numeric_stats(x: np.ndarray) -> NumericStats:
-    """Summary of the non-NaN values of x (count 0 and NaN statistics when there are none)."""
+def numeric_stats(x: np.ndarray, *, owned: bool = False) -> NumericStats:
+    """Summary of the non-NaN values of x (count 0 and NaN statistics when there are none). owned: x is
+    the caller's scratch array of float64 without NaN (gather_present's), sorted in place instead of
+    copied (each fresh copy of a 100k-value array costs more than the sort)."""
     x = np.asarray(x, dtype=np.float64)
-    x = x[~np.isnan(x)]
+    if not owned:
+        x = x[~np.isnan(x)]
     if len(x) == 0:
         return NumericStats(**_NAN_STATS.as_dict())
     # numpy's vectorised sort, then the order statistics read off it: np.percentile partitions even a
     # sorted array (100k values: sort 0.47 ms, then percentile 0.30 ms; unsorted 1.7 ms)
-    s = np.sort(x)
+    if owned:
+        x.sort()
+        s = x
+    else:
+        s = np.sort(x)
     return NumericStats(count=int(len(x)), mean=float(np.mean(x)), std=float(np.std(x)), min=float(s[0]),
                         p25=sorted_percentile(s, 0.25), median=sorted_percentile(s, 0.5),
                         p75=sorted_percentile(s, 0.75), max=float(s[-1]))
@@ -194,9 +201,6 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
     numeric_out = []
     numeric_infos = [i for i in infos if i.numeric is not None]
     if numeric_infos:
-        rows = None
-        if 0 < n_s < n:
-            rows = _kernels.bitset_to_ids(bits, n)
         for info in numeric_infos:
             population = population_stats(universe, info.name)
             if n_s == 0:
@@ -204,7 +208,8 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
             elif n_s == n:
                 segment = population
             else:
-                segment = numeric_stats(np.asarray(info.numeric)[rows])
+                values = np.asarray(info.numeric, dtype=np.float64)  # float64 already: no copy
+                segment = numeric_stats(_kernels.gather_present(bits, values), owned=True)
             numeric_out.append(NumericProfile(info.name, segment, population))
 
     return ProfileResult(

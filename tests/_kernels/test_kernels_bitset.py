@@ -489,3 +489,32 @@ def test_sparse_id_out_of_range_on_every_path(cpu_path):
         ids[position] = 128
         with pytest.raises(ValueError, match="id >= 64"):
             K.and_count_sparse(q, ids, np.array([0, 130], np.int64))
+
+
+@HYP
+@given(st.integers(0, 3000), st.floats(0, 1), st.floats(0, 1), st.integers(0, 2**32 - 1))
+def test_gather_present_vs_naive(n_rows, density, nan_share, seed):
+    """The non-NaN values of the set rows, in row order (the prefetch reads ahead of the last word)."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=n_rows)
+    values[rng.random(n_rows) < nan_share] = np.nan
+    n_words = (n_rows + 63) // 64
+    bits = rand_bits(rng, n_words, density)
+    want = N.gather_present(bits, values)
+    got = K.gather_present(bits, values)
+    np.testing.assert_array_equal(got, want)
+    set_rows = int(N._bools(bits)[:n_rows].sum())  # `out` holds every set row's value, NaN or not
+    out = np.full(set_rows + 3, -1.0)
+    view = K.gather_present(readonly(bits), readonly(values), out=out)
+    np.testing.assert_array_equal(view, want)
+    assert np.shares_memory(view, out) or len(want) == 0
+
+
+def test_gather_present_errors():
+    with pytest.raises(ValueError, match="words"):
+        K.gather_present(np.zeros(2, np.uint64), np.zeros(10))
+    with pytest.raises(TypeError, match="values"):
+        K.gather_present(np.zeros(1, np.uint64), np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="at least"):
+        K.gather_present(np.full(1, np.uint64(3)), np.zeros(10), out=np.zeros(1))
+    assert K.gather_present(np.zeros(0, np.uint64), np.zeros(0)).shape == (0,)
