@@ -203,6 +203,7 @@ class CompiledCatalog:
         self._stacked: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._fitting: dict[tuple, threading.Lock] = {}  # one fit per pair at a time (others wait)
         self._lock = threading.Lock()
+        self._orders: dict[int, tuple] = {}  # privacy_k -> orders() (a dict store is atomic under the GIL)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -242,6 +243,21 @@ class CompiledCatalog:
         has = {int(f): np.array([int(f) in s]) for f in self.fids}
         num = {f: np.array([numeric.get(f, math.nan)], dtype=np.float64) for f in self.numeric_fields}
         return _Presence(1, has, num)
+
+    def orders(self, privacy_k: int) -> tuple:
+        """(shown, member_order, size_order, templates) under a privacy floor, computed once per floor: the
+        segments the floor lets through, by priority (then share, name) and by size (then name), and each
+        segment's membership as a member. Ranking keys are per segment, not per customer."""
+        hit = self._orders.get(privacy_k)
+        if hit is None:
+            segs, n = self.segments, self.universe.n_rows
+            shown = [i for i, sg in enumerate(segs) if not privacy.small_in(sg.size, n, privacy_k)]
+            member_order = np.array(sorted(shown, key=lambda i: (-segs[i].priority, segs[i].share, segs[i].name)),
+                                    dtype=np.int64)
+            size_order = np.array(sorted(shown, key=lambda i: (-segs[i].size, segs[i].name)), dtype=np.int64)
+            templates = [Membership(sg.name, True, sg.size, sg.share, sg.priority, None) for sg in segs]
+            hit = self._orders[privacy_k] = (shown, member_order, size_order, templates)
+        return hit
 
     def membership(self, presence: _Presence) -> np.ndarray:
         """bool[n_segments, n]."""
@@ -640,18 +656,13 @@ def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> Assign
             prop = cat.propensities_of_rows(rows[found], params, privacy_k)
         else:
             prop = cat.propensities_of_features(fids_of, params, privacy_k)
-    # ranking keys are per segment, so the orders are computed once, not per customer
     segs = cat.segments
-    shown = [i for i, sg in enumerate(segs) if not privacy.small_in(sg.size, u.n_rows, privacy_k)]
-    member_order = np.array(sorted(shown, key=lambda i: (-segs[i].priority, segs[i].share, segs[i].name)),
-                            dtype=np.int64)
-    size_order = np.array(sorted(shown, key=lambda i: (-segs[i].size, segs[i].name)), dtype=np.int64)
+    shown, member_order, size_order, templates = cat.orders(privacy_k)
     if prop is not None and presence.n:
         # non-members by propensity (descending), ties by size then name: a stable sort of the
         # size-ordered rows; members sort last and are skipped
         keyed = np.where(member[size_order], np.inf, -prop[size_order])
         other_order = size_order[np.argsort(keyed, axis=0, kind="stable")]  # [S, n]
-    templates = [Membership(sg.name, True, sg.size, sg.share, sg.priority, None) for sg in segs]
     out: list[Assignment] = []
     j = 0
     for k in range(len(found)):

@@ -140,6 +140,11 @@ def test_petnord_unknown_ids(petnord):
     assert u.rows_for_ids(unknown).tolist() == [-1] * len(unknown)
     assert u.rows_for_ids(["CUST-00002", "zzz", "CUST-00001"]).tolist() == [1, -1, 0]
     assert u.rows_for_ids([]).tolist() == []
+    # one id at a time (Assign's per-request lookup has a path of its own): the same rows
+    last = u.ids_for_rows([u.n_rows - 1])[0]
+    for one in [*unknown, "CUST-00001", "CUST-00002", last, last + "0", "\uffff" * 40]:
+        assert u.rows_for_ids([one]).tolist() == u.rows_for_ids([one, "nope"]).tolist()[:1], one
+    assert u.rows_for_ids(np.array(["CUST-00003"])).tolist() == [2]
 
 
 @pytest.mark.parametrize("universe", ["customers", "orders", "order_lines", "impressions"])
