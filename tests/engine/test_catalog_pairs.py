@@ -163,3 +163,18 @@ def test_a_pair_list_that_does_not_fit_the_file_is_refused(applied, tmp_path):
         mpath.write_text(json.dumps(m))
         with pytest.raises(CorruptSnapshotError, match=match):
             open_snapshot(copy)
+
+
+def test_one_row_propensities_equal_the_batch(applied):
+    """Assign's per-request path (one row: its features, without the kernels) gives the batch kernels'
+    propensities, pairs included."""
+    root, _, _ = applied
+    snap = open_snapshot(root / "pairs")
+    cat = compiled_catalog(snap, snap.universe(U))
+    rows = np.arange(0, snap.universe(U).n_rows, 97)
+    for k in (0, 10):
+        batch = cat.propensities_of_rows(rows, A.DEFAULT_PARAMS, k)
+        for j, r in enumerate(rows.tolist()):
+            one = cat.propensities_of_rows(np.array([r]), A.DEFAULT_PARAMS, k)[:, 0]
+            np.testing.assert_allclose(one, batch[:, j], rtol=1e-12, atol=1e-300)
+    assert len(cat.propensity_pairs()[0]) > 0  # the pairs are exercised
