@@ -198,6 +198,9 @@ def floor_profile(result, k: int, single_valued=lambda field: False):
             while values and (is_small(s - sum(v.segment_count for v in values), k)
                               or is_small(n - sum(v.population_count for v in values), k)):
                 values.remove(min(values, key=lambda v: (v.segment_count, v.population_count)))
+        if len(values) == len(f.over) + len(f.under):  # the usual case: every value stands, nothing to copy
+            fields.append(f)
+            continue
         kept = {id(v) for v in values}
         over = [v for v in f.over if id(v) in kept]
         under = [v for v in f.under if id(v) in kept]

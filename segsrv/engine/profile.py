@@ -125,12 +125,23 @@ def _ranked(field_of: np.ndarray, n_fields: int, cand: np.ndarray, bound: np.nda
             n_sv: np.ndarray, n_v: np.ndarray, ascending: bool, k: int) -> list[np.ndarray]:
     """Per field, the first k of its candidates `cand` (positions, ascending) by the lift's bound
     (descending, or ascending), then lift, segment count desc, population count desc, position (the
-    field's value order): one sort of every field's candidates, field first."""
+    field's value order). The bound comes first, so only a field's k best bounds and their ties can be
+    among its first k: those are sorted by every key, the rest never (one sort by field and bound)."""
     sign = 1.0 if ascending else -1.0
-    order = np.lexsort((cand, -n_v[cand], -n_sv[cand], sign * lift[cand], sign * bound[cand], field_of[cand]))
-    ranked = cand[order]
-    groups = field_of[ranked]
+    key = sign * bound[cand]
+    order = np.lexsort((key, field_of[cand]))
+    by_bound = cand[order]
+    groups = field_of[by_bound]
     starts = np.searchsorted(groups, np.arange(n_fields + 1))
+    rank = np.arange(len(by_bound)) - starts[groups]
+    last = np.minimum(starts[:-1] + k, starts[1:]) - 1  # each field's k-th (or last) by bound
+    sorted_key = key[order]
+    kth = sorted_key[np.maximum(last, 0)] if len(by_bound) else sorted_key
+    tied = (sorted_key == kth[groups]) | (np.isnan(sorted_key) & np.isnan(kth[groups])) if len(by_bound) else rank < k
+    few = by_bound[(rank < k) | tied]
+    order = np.lexsort((few, -n_v[few], -n_sv[few], sign * lift[few], sign * bound[few], field_of[few]))
+    ranked = few[order]
+    starts = np.searchsorted(field_of[ranked], np.arange(n_fields + 1))
     return [ranked[starts[j]: min(starts[j] + k, starts[j + 1])] for j in range(n_fields)]
 
 
