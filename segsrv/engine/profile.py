@@ -121,7 +121,7 @@ def _two_sided_p(n: int, n_s: int, n_v: np.ndarray, n_sv: np.ndarray) -> np.ndar
     return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
 
 
-def _ranked(field_of: np.ndarray, n_fields: int, cand: np.ndarray, bound: np.ndarray, lift: np.ndarray,
+def ranked_per_field(field_of: np.ndarray, n_fields: int, cand: np.ndarray, bound: np.ndarray, lift: np.ndarray,
             n_sv: np.ndarray, n_v: np.ndarray, ascending: bool, k: int) -> list[np.ndarray]:
     """Per field, the first k of its candidates `cand` (positions, ascending) by the lift's bound
     (descending, or ascending), then lift, segment count desc, population count desc, position (the
@@ -178,10 +178,10 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
 
     k = int(query.values_per_field)
     field_of = np.repeat(np.arange(len(infos)), [len(i.values) for i in infos])
-    over_of = _ranked(field_of, len(infos), np.flatnonzero(lift_all > 1), lift_low_all, lift_all, n_sv_all, n_v_all,
-                      False, k)
-    under_of = _ranked(field_of, len(infos), np.flatnonzero(lift_all < 1), lift_high_all, lift_all, n_sv_all,
-                       n_v_all, True, k)
+    over_of = ranked_per_field(field_of, len(infos), np.flatnonzero(lift_all > 1), lift_low_all, lift_all,
+                               n_sv_all, n_v_all, False, k)
+    under_of = ranked_per_field(field_of, len(infos), np.flatnonzero(lift_all < 1), lift_high_all, lift_all,
+                                n_sv_all, n_v_all, True, k)
     # (field index, over positions, under positions)
     picked: list[tuple[int, np.ndarray, np.ndarray]] = [(j, over_of[j], under_of[j]) for j in range(len(infos))]
     strength = [max([1.0] + [float(lift_low_all[p]) for p in over if np.isfinite(lift_low_all[p])])

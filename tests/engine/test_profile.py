@@ -23,7 +23,7 @@ from scipy.stats import hypergeom
 
 from segsrv.engine.catalog import apply_segments
 from segsrv.ops.conditions import parse_where
-from segsrv.engine.profile import numeric_stats, profile, sorted_percentile
+from segsrv.engine.profile import numeric_stats, profile, ranked_per_field, sorted_percentile
 from segsrv.ops.profile import (
     DEFAULT_VALUES_PER_FIELD,
     MAX_FIELD_PATTERNS,
@@ -389,3 +389,28 @@ def test_unknown_field_violation_names_fields(petnord_snapshot):
         run_json("profile", petnord_snapshot, {"from": "customers", "fields": ["region", "lifestyel"]})
     assert info.value.violations == [("fields", "unknown field 'lifestyel'")]
     assert "did you mean 'lifestyle'" in str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_ranking_per_field_equals_a_full_sort(data):
+    """A field's first k values: sorting only its k best bounds and their ties by every key gives what
+    sorting all of its candidates does (bounds and lifts with ties and NaN)."""
+    sizes = data.draw(st.lists(st.integers(0, 25), min_size=1, max_size=6), label="sizes")
+    n = sum(sizes)
+    field_of = np.repeat(np.arange(len(sizes)), sizes)
+    values = st.sampled_from([0.5, 1.0, 1.5, 2.0, math.nan])
+    bound = np.array(data.draw(st.lists(values, min_size=n, max_size=n), label="bound"), dtype=float)
+    lift = np.array(data.draw(st.lists(values, min_size=n, max_size=n), label="lift"), dtype=float)
+    n_sv = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n), label="n_sv"), dtype=np.int64)
+    n_v = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n), label="n_v"), dtype=np.int64)
+    cand = np.array(sorted(data.draw(st.sets(st.integers(0, max(n - 1, 0)), max_size=n), label="cand")) if n else [],
+                    dtype=np.int64)
+    k = data.draw(st.integers(1, 6), label="k")
+    ascending = data.draw(st.booleans(), label="ascending")
+    sign = 1.0 if ascending else -1.0
+    got = ranked_per_field(field_of, len(sizes), cand, bound, lift, n_sv, n_v, ascending, k)
+    for j in range(len(sizes)):
+        mine = cand[field_of[cand] == j]
+        order = np.lexsort((mine, -n_v[mine], -n_sv[mine], sign * lift[mine], sign * bound[mine]))
+        np.testing.assert_array_equal(got[j], mine[order][:k])
