@@ -66,6 +66,19 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
+def median_ms(fn, repeat: int) -> float:
+    """Median milliseconds of `repeat` calls of fn, after one warm-up call."""
+    import numpy as np
+
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) * 1e3
+
+
 def cpu_model() -> str:
     """The processor's model name (/proc/cpuinfo), for the results' metadata."""
     import platform

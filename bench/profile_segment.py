@@ -23,11 +23,10 @@ best of 5); the target is Profile <= 2x its floor. Printed also: the time of the
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
-from common import cpu_model, demo_snapshot, write_result
+from common import cpu_model, demo_snapshot, median_ms, write_result
 from grpc_relate import probed_bandwidth
 
 from segsrv import _kernels
@@ -52,16 +51,6 @@ def pick_segment(universe, members: int) -> Term:
         raise SystemExit(f"no feature of {universe.name} holds {members:,} rows within 20% "
                          f"(closest: {int(counts[best]):,}); choose another --members")
     return Term(*universe.feature_name(best))
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
 
 
 def main() -> None:

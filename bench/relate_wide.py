@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from common import DATA_ROOT, cpu_model, write_result
+from common import DATA_ROOT, cpu_model, median_ms, write_result
 
 from segsrv import _kernels
 from segsrv.engine.conditions import evaluate
@@ -67,16 +66,6 @@ def build(name: str, rows: int, n_items: int, per_row: int, in_condition: int):
     subprocess.run([sys.executable, "-m", "segsrv", "build", str(out / "spec.toml"), "--out", str(root), "--quiet"],
                    check=True)
     return root
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
 
 
 def main() -> None:

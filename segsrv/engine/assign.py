@@ -82,9 +82,7 @@ from ..ops.assign import (DEFAULT_MAX_P_VALUE, DEFAULT_PRIOR_STRENGTH, DEFAULT_P
 # compiled catalog (per snapshot version and universe)
 # ----------------------------------------------------------------------------
 
-MODEL_PARAMS_KEPT = 8
-# a compiled catalog keeps its segments' member bitsets (for Assign by id) up to this many bytes
-MEMBER_BITS_BYTES = 64 << 20  # parameter sets (method and its parameters) whose propensity models a catalog keeps
+MODEL_PARAMS_KEPT = 8  # parameter sets (method and its parameters) whose propensity models a catalog keeps
 FITS = [0]  # segment propensity models this process fitted (fit_count); stored and cached ones are not fits
 
 
@@ -177,7 +175,6 @@ class CompiledCatalog:
         evaluator = Evaluator(snapshot, universe)
         ops = _PresenceOps(self.leaf_fids, self.numeric_fields)
         self.segments: list[_Segment] = []
-        member_bits: list[np.ndarray] = []
         for name in sorted(catalog):
             entry = catalog[name]
             if entry.get("universe") not in (None, universe.name):
@@ -189,13 +186,6 @@ class CompiledCatalog:
             share = size / universe.n_rows if universe.n_rows else 0.0
             self.segments.append(_Segment(name, int(entry.get("priority", 0)), size, share, program,
                                           frozenset(compiler.fields), catalog_models.digest(bits)))
-            member_bits.append(bits)
-        # known rows look their membership up in the segments' bitsets (a bit per segment) instead of
-        # running the programs; kept when they are small beside the snapshot (MEMBER_BITS_BYTES)
-        self._member_matrix = None
-        if member_bits and len(member_bits) * universe.n_words * 8 <= MEMBER_BITS_BYTES:
-            self._member_matrix = np.ascontiguousarray(np.stack(member_bits))
-            self._member_matrix.flags.writeable = False
         self.data_version = catalog_models.data_version(snapshot)
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
         self._fid_list = self.fids.tolist()
@@ -269,15 +259,6 @@ class CompiledCatalog:
             hit = self._orders[privacy_k] = (shown, member_order, size_order, templates)
         return hit
 
-    def membership_of_rows(self, rows: np.ndarray) -> np.ndarray | None:
-        """bool[n_segments, len(rows)] of known rows from the segments' bitsets, or None when they are
-        not kept (then: membership(presence_of_rows(rows)), the same answer)."""
-        if self._member_matrix is None:
-            return None
-        rows = np.asarray(rows, dtype=np.int64)
-        words = self._member_matrix[:, rows >> 6]
-        return ((words >> (rows & 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
-
     def membership(self, presence: _Presence) -> np.ndarray:
         """bool[n_segments, n]."""
         out = np.zeros((len(self.segments), presence.n), dtype=bool)
@@ -333,8 +314,6 @@ class CompiledCatalog:
         return out
 
     def _member_bits(self, i: int) -> np.ndarray:
-        if self._member_matrix is not None:
-            return self._member_matrix[i]
         return Evaluator(self.snapshot, self.universe).evaluate(SegmentRef(self.segments[i].name))
 
     def cells(self, i: int) -> np.ndarray:
@@ -672,17 +651,14 @@ def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> Assign
     if ids:
         rows = np.asarray(u.rows_for_ids(ids), dtype=np.int64)
         found = rows >= 0
-        member = cat.membership_of_rows(rows[found])
-        presence = _Presence(int(found.sum()), {}, {}) if member is not None else cat.presence_of_rows(rows[found])
+        presence = cat.presence_of_rows(rows[found])
         fids_of = None
     else:
         fids, numeric = _features(u, query.features)
         found = np.array([True])
         presence = cat.presence_of_features(fids, numeric)
         fids_of = fids
-        member = None
-    if member is None:
-        member = cat.membership(presence)  # [S, n_found]
+    member = cat.membership(presence)  # [S, n_found]
     prop = None
     if query.include_propensities and cat.segments and presence.n:
         # stored models, or the first call fits one model per segment (cached per version; see propensity_model)

@@ -71,6 +71,7 @@ def numeric_stats(x: np.ndarray, *, owned: bool = False) -> NumericStats:
         x = x[~np.isnan(x)]
     if len(x) == 0:
         return NumericStats(**_NAN_STATS.as_dict())
+    mean, std = float(np.mean(x)), float(np.std(x))  # summed in row order, before any sort
     # numpy's vectorised sort, then the order statistics read off it: np.percentile partitions even a
     # sorted array (100k values: sort 0.47 ms, then percentile 0.30 ms; unsorted 1.7 ms)
     if owned:
@@ -78,9 +79,8 @@ def numeric_stats(x: np.ndarray, *, owned: bool = False) -> NumericStats:
         s = x
     else:
         s = np.sort(x)
-    return NumericStats(count=int(len(x)), mean=float(np.mean(x)), std=float(np.std(x)), min=float(s[0]),
-                        p25=sorted_percentile(s, 0.25), median=sorted_percentile(s, 0.5),
-                        p75=sorted_percentile(s, 0.75), max=float(s[-1]))
+    return NumericStats(count=int(len(s)), mean=mean, std=std, min=float(s[0]), p25=sorted_percentile(s, 0.25),
+                        median=sorted_percentile(s, 0.5), p75=sorted_percentile(s, 0.75), max=float(s[-1]))
 
 
 def sorted_percentile(s: np.ndarray, q: float) -> float:
@@ -122,11 +122,13 @@ def _two_sided_p(n: int, n_s: int, n_v: np.ndarray, n_sv: np.ndarray) -> np.ndar
 
 
 def ranked_per_field(field_of: np.ndarray, n_fields: int, cand: np.ndarray, bound: np.ndarray, lift: np.ndarray,
-            n_sv: np.ndarray, n_v: np.ndarray, ascending: bool, k: int) -> list[np.ndarray]:
+                     n_sv: np.ndarray, n_v: np.ndarray, ascending: bool, k: int) -> list[np.ndarray]:
     """Per field, the first k of its candidates `cand` (positions, ascending) by the lift's bound
     (descending, or ascending), then lift, segment count desc, population count desc, position (the
     field's value order). The bound comes first, so only a field's k best bounds and their ties can be
     among its first k: those are sorted by every key, the rest never (one sort by field and bound)."""
+    if len(cand) == 0:
+        return [cand] * n_fields
     sign = 1.0 if ascending else -1.0
     key = sign * bound[cand]
     order = np.lexsort((key, field_of[cand]))
@@ -136,8 +138,8 @@ def ranked_per_field(field_of: np.ndarray, n_fields: int, cand: np.ndarray, boun
     rank = np.arange(len(by_bound)) - starts[groups]
     last = np.minimum(starts[:-1] + k, starts[1:]) - 1  # each field's k-th (or last) by bound
     sorted_key = key[order]
-    kth = sorted_key[np.maximum(last, 0)] if len(by_bound) else sorted_key
-    tied = (sorted_key == kth[groups]) | (np.isnan(sorted_key) & np.isnan(kth[groups])) if len(by_bound) else rank < k
+    kth = sorted_key[np.maximum(last, 0)][groups]  # a field without candidates has no entry in groups
+    tied = (sorted_key == kth) | (np.isnan(sorted_key) & np.isnan(kth))
     few = by_bound[(rank < k) | tied]
     order = np.lexsort((few, -n_v[few], -n_sv[few], sign * lift[few], sign * bound[few], field_of[few]))
     ranked = few[order]

@@ -84,18 +84,16 @@ def _tail(population, n_a, n_b, n_ab, upper: bool) -> np.ndarray:
     argument an integer array or scalar (broadcast; a population per element is the test within each
     element's own rows). Exact tail sums in segsrv._kernels.hypergeom_tail (about a microsecond each; scipy's
     Boost tails cost up to ~200 us at populations near 1e5)."""
-    if (isinstance(population, (int, np.integer)) and isinstance(n_b, (int, np.integer))
-            and isinstance(n_a, np.ndarray) and n_a.dtype == np.int64 and n_a.ndim == 1
-            and isinstance(n_ab, np.ndarray) and n_ab.shape == n_a.shape):  # Relate's shape: no broadcasting
-        out = _kernels.hypergeom_tail(np.ascontiguousarray(n_ab, dtype=np.int64), np.ascontiguousarray(n_a),
-                                      np.full(len(n_a), n_b, dtype=np.int64), int(population), upper=upper)
-        return np.clip(out, 0.0, 1.0, out=out)
-    population, n_a, n_b, n_ab = (np.ascontiguousarray(x, dtype=np.int64).ravel() for x in
-                                  np.broadcast_arrays(*(np.asarray(v) for v in (population, n_a, n_b, n_ab))))
+    pop, *counts = (np.asarray(v, dtype=np.int64) for v in (population, n_a, n_b, n_ab))
+    shape = np.broadcast_shapes(pop.shape, *(c.shape for c in counts))
+    # views where the shapes already agree (Relate's n_f, n_cf): a copy only of what broadcasting repeats
+    n_a, n_b, n_ab = (np.ascontiguousarray(np.broadcast_to(c, shape)).ravel() for c in counts)
     if len(n_ab) == 0:
         return np.zeros(0)
-    pops = population if population.min() != population.max() else int(population[0])
-    return np.clip(_kernels.hypergeom_tail(n_ab, n_a, n_b, pops, upper=upper), 0.0, 1.0)
+    one = pop.ndim == 0 or pop.min() == pop.max()  # one population: the kernel's scalar form
+    pops = int(pop.flat[0]) if one else np.ascontiguousarray(np.broadcast_to(pop, shape)).ravel()
+    out = _kernels.hypergeom_tail(n_ab, n_a, n_b, pops, upper=upper)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def tail_over(n, n_a, n_b, n_ab) -> np.ndarray:

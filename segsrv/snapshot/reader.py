@@ -291,13 +291,6 @@ class Universe:
     def rows_for_ids(self, ids) -> np.ndarray:
         """Row of each external id, -1 when the id is not in the universe."""
         valid = None
-        if len(ids) == 1 and self.key_kind != "int" and self.n_rows:  # the per-request lookup
-            key = str(ids[0]).encode("utf-8")
-            if len(key) > self.row_ids.dtype.itemsize or key.endswith(b"\0"):  # never a stored key (below)
-                return np.array([-1], dtype=np.int64)
-            pos = int(np.searchsorted(self.row_ids, key))
-            found = pos < self.n_rows and self.row_ids[pos] == key
-            return np.array([pos if found else -1], dtype=np.int64)
         if self.key_kind == "int":
             try:
                 arr = np.asarray(ids)

@@ -314,28 +314,17 @@ def test_catalog_cache_does_not_keep_a_snapshot_alive(snap):
     assert alive() is None and dense() is None
 
 
-def test_membership_of_known_rows_from_bitsets_equals_the_programs(snap, truth, monkeypatch):
-    """Known rows read their membership off the segments' bitsets; the programs over feature presence
-    (what a new customer's features run, and known rows when the bitsets are too large to keep) agree,
-    row for row, one row at a time and in batches, with the whole-universe evaluation."""
-    from segsrv.engine import assign as A
-
+def test_membership_of_known_rows_one_at_a_time_and_in_batches(snap, truth):
+    """Known rows' membership, by the programs over feature presence: one row (the per-request path, a set
+    lookup per catalog feature) and batches agree, row for row, with the whole-universe evaluation."""
     u = snap.universe(U)
     cat = compiled_catalog(snap, u)
     rows = np.random.default_rng(3).choice(u.n_rows, 300, replace=False)
     want = np.array([truth[sg.name][rows] for sg in cat.segments])
-    np.testing.assert_array_equal(cat.membership_of_rows(rows), want)
     np.testing.assert_array_equal(cat.membership(cat.presence_of_rows(rows)), want)
-    for r in rows[:40]:
-        np.testing.assert_array_equal(cat.membership_of_rows(np.array([r]))[:, 0], want[:, list(rows).index(r)])
-        np.testing.assert_array_equal(cat.membership(cat.presence_of_rows(np.array([r])))[:, 0],
-                                      want[:, list(rows).index(r)])
-    monkeypatch.setattr(A, "MEMBER_BITS_BYTES", 0)  # a catalog too large to keep its bitsets
-    fresh = open_snapshot(snap.path.parent)
-    small = A.CompiledCatalog(fresh, fresh.universe(U))
-    assert small.membership_of_rows(rows) is None
+    for j, r in enumerate(rows[:40]):
+        np.testing.assert_array_equal(cat.membership(cat.presence_of_rows(np.array([r])))[:, 0], want[:, j])
     ids = u.ids_for_rows(rows[:50])
-    kept = assign(snap, AssignQuery(universe=U, ids=ids))
-    recompiled = assign(fresh, AssignQuery(universe=U, ids=ids))  # a new version object: compiled again
-    assert compiled_catalog(fresh, fresh.universe(U)).membership_of_rows(rows) is None
-    assert [a.segments for a in kept.assignments] == [a.segments for a in recompiled.assignments]
+    batch = assign(snap, AssignQuery(universe=U, ids=ids))
+    one_by_one = [assign(snap, AssignQuery(universe=U, ids=[i])).assignments[0] for i in ids]
+    assert [a.segments for a in batch.assignments] == [a.segments for a in one_by_one]
