@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import random
 import re
 import sys
 
@@ -28,6 +29,8 @@ _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("segsrv
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 LOG_FORMATS = ("text", "json")
 
+_ids = random.Random(os.urandom(16))  # request ids are labels, not secrets
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(16)))  # workers never repeat each other's ids
 _worker: int | None = None  # index of this worker process in multi-process mode
 
 
@@ -35,7 +38,8 @@ def new_request_id(client_value: str | None = None) -> str:
     """The client's id when it is a safe token, else a new random 16-hex-digit one."""
     if client_value and _CLIENT_ID_RE.match(client_value):
         return client_value
-    return os.urandom(8).hex()
+    # not os.urandom: its getrandom call releases the GIL, a handoff per RPC under load
+    return f"{_ids.getrandbits(64):016x}"
 
 
 def set_request_id(request_id: str | None) -> contextvars.Token:

@@ -40,6 +40,7 @@ from .streams import StreamGuard
 access_log = logging.getLogger("segsrv.access")
 
 REQUEST_ID_KEY = "x-request-id"
+MAX_WRAPPED_HANDLERS = 256
 
 
 def _code_name(context) -> str:
@@ -56,10 +57,24 @@ class RequestPipeline(grpc.ServerInterceptor):
         self.tokens = tokens
         self.metrics = metrics
         self.access_log_enabled = access_log_enabled
+        # grpc calls intercept_service for every RPC on its one polling thread, which every RPC waits
+        # for: each method's handler is wrapped once (keyed by the handler the chain returned)
+        self._wrapped: dict[int, tuple] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
+        if handler is None:
+            return None
         method_path = handler_call_details.method
+        cached = self._wrapped.get(id(handler))
+        if cached is not None and cached[0] is handler and cached[1] == method_path:
+            return cached[2]
+        wrapped = self._wrap_handler(handler, method_path)
+        if len(self._wrapped) < MAX_WRAPPED_HANDLERS:  # an inner interceptor may make a handler per call
+            self._wrapped[id(handler)] = (handler, method_path, wrapped)
+        return wrapped
+
+    def _wrap_handler(self, handler, method_path: str):
         if handler is None or not method_path.startswith(self.prefix):
             return handler  # health, reflection: open and unwrapped
         method = method_path[len(self.prefix):]
