@@ -3,7 +3,8 @@
 #
 #   bash clients/go/install_tools.sh [TOOL...]     # default: every tool
 #
-# TOOL is one of: protoc-gen-go protoc-gen-go-grpc grpcurl grpc_health_probe.
+# TOOL is one of: protoc-gen-go protoc-gen-go-grpc grpcurl grpc_health_probe protoc-gen-grpc-gateway
+# protoc-gen-openapiv2 (the last two for the HTTP/JSON gateway, clients/gateway).
 # A binary already there at the pinned version is kept (checked with `go version -m`), so a
 # second run costs nothing. The module cache and build cache are Go's defaults (GOMODCACHE,
 # GOCACHE), so a machine that installed them once rebuilds nothing.
@@ -17,8 +18,11 @@ declare -A PINS=(
     [protoc-gen-go-grpc]="google.golang.org/grpc/cmd/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc v1.6.2"
     [grpcurl]="github.com/fullstorydev/grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl v1.9.4"
     [grpc_health_probe]="github.com/grpc-ecosystem/grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe v0.4.61"
+    # the version clients/gateway/go.mod requires of the grpc-gateway runtime: keep the two equal
+    [protoc-gen-grpc-gateway]="github.com/grpc-ecosystem/grpc-gateway/v2 github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway v2.34.0"
+    [protoc-gen-openapiv2]="github.com/grpc-ecosystem/grpc-gateway/v2 github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2 v2.34.0"
 )
-ORDER=(protoc-gen-go protoc-gen-go-grpc grpcurl grpc_health_probe)
+ORDER=(protoc-gen-go protoc-gen-go-grpc grpcurl grpc_health_probe protoc-gen-grpc-gateway protoc-gen-openapiv2)
 
 if ! command -v go >/dev/null 2>&1; then
     echo "install_tools: go is not on PATH (Go 1.24 or newer is needed)" >&2
