@@ -3,6 +3,8 @@
 # catalog clients/fixtures/segments.toml, serve it, and run
 #   1. buf breaking against the previous commit (proto/ must stay wire-compatible),
 #   2. the Go client (clients/go: generate the stubs, go vet, go test against the server),
+#   2b. the HTTP/JSON gateway (clients/gateway: generate, build, start it in front of the server,
+#      go test: plain HTTP calls whose answers must equal the gRPC ones),
 #   3. the generic tools grpcurl and grpc_health_probe (server reflection and health),
 #   4. clients/java/run_tests.sh, clients/node/run_tests.sh, clients/loadtest/ci_smoke.sh
 #      when they exist.
@@ -108,7 +110,9 @@ TOML
 log "applying the segment catalog clients/fixtures/segments.toml"
 "$REPO/.venv/bin/segsrv" segments apply "$WORK/snapshots/petnord" clients/fixtures/segments.toml --quiet >/dev/null
 
-PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+# a free TCP port on 127.0.0.1
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+PORT="$(free_port)"
 ADDR="127.0.0.1:$PORT"
 log "starting segsrv serve on $ADDR (log: server.log)"
 "$REPO/.venv/bin/segsrv" serve --snapshots "$WORK/snapshots" --host 127.0.0.1 --port "$PORT" --grace 2 \
@@ -186,19 +190,65 @@ buf_breaking() {
 step "buf breaking (proto/ against the previous commit)" buf_breaking
 
 # --- 2. Go client -----------------------------------------------------------------------
-go_client() {
-    bash clients/go/generate.sh
-    cd clients/go
+# generate a Go module's code with its generate.sh, cd into it, go vet it and check gofmt over the
+# given source directories: go_module_checks DIR SOURCE_DIR...
+go_module_checks() {
+    local dir="$1"; shift
+    bash "$dir/generate.sh"
+    cd "$dir"
     go vet ./...
     local unformatted
-    unformatted="$(gofmt -l segsrv cmd)"
+    unformatted="$(gofmt -l "$@")"
     [ -z "$unformatted" ] || { echo "gofmt: not formatted: $unformatted" >&2; return 1; }
+}
+go_client() {
+    go_module_checks clients/go segsrv cmd
     go test -count=1 -v ./... 2>&1 | tee "$WORK/go-test.log"
     grep -q -- '--- SKIP: TestHealth' "$WORK/go-test.log" && { echo "go test skipped the server tests" >&2; return 1; }
     go run -buildvcs=false ./cmd/segsrv-example -addr "$SEGSRV_ADDR" | tee "$WORK/example.out"
     grep -q "churned = true: $(fx 'f["counts"][0]["count"]') of $(fx 'f["n_customers"]')" "$WORK/example.out"
 }
 step "Go client (clients/go: generate, vet, go test ./..., example)" go_client
+
+# --- 2b. HTTP/JSON gateway ---------------------------------------------------------------
+http_gateway() {
+    go_module_checks clients/gateway gateway cmd assets
+    go build -o "$WORK/segsrv-gateway" ./cmd/segsrv-gateway
+    local port url pid
+    port="$(free_port)"
+    url="http://127.0.0.1:$port"
+    log "starting segsrv-gateway on $url in front of $SEGSRV_ADDR (log: gateway.log)"
+    "$WORK/segsrv-gateway" -listen "127.0.0.1:$port" -backend "$SEGSRV_ADDR" >"$WORK/gateway.log" 2>&1 &
+    pid=$!
+    # this step runs in a subshell: its EXIT trap stops the gateway (cleanup ends the subshell's tree)
+    trap 'kill -TERM '"$pid"' 2>/dev/null || true; wait '"$pid"' 2>/dev/null || true' EXIT
+    "$PY" - "$url/healthz" "$pid" <<'PYEOF'
+import os, sys, time, urllib.error, urllib.request
+
+url, pid = sys.argv[1], int(sys.argv[2])
+deadline, last = time.monotonic() + 30, "no answer"
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit("[clients] segsrv-gateway exited before serving")
+    try:
+        urllib.request.urlopen(url, timeout=2).close()   # 200: the backend is SERVING
+        sys.exit(0)
+    except urllib.error.HTTPError as exc:
+        last = f"HTTP {exc.code}: {exc.read().decode()}"
+    except OSError as exc:
+        last = str(exc)
+    time.sleep(0.2)
+sys.exit(f"[clients] {url} is not 200 after 30 s (last: {last})")
+PYEOF
+    SEGSRV_GATEWAY_URL="$url" go test -count=1 -timeout 120s -v ./... 2>&1 | tee "$WORK/gateway-test.log"
+    if grep -q -- '--- SKIP' "$WORK/gateway-test.log"; then
+        echo "go test skipped the live gateway tests" >&2; return 1
+    fi
+    kill -0 "$pid" 2>/dev/null || { echo "segsrv-gateway died; its log:" >&2; cat "$WORK/gateway.log" >&2; return 1; }
+}
+step "HTTP/JSON gateway (clients/gateway: generate, build, serve, go test ./... over HTTP)" http_gateway
 
 # --- 3. generic tools -------------------------------------------------------------------
 generic_tools() {
