@@ -16,10 +16,12 @@ import (
 	// details (google.protobuf.Any) marshal to JSON instead of failing as unknown types.
 	_ "google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -101,11 +103,38 @@ func setRequestID(ctx context.Context, w http.ResponseWriter) {
 	}
 }
 
+// routingError answers a request no route matches with the google.rpc.Status JSON body of every
+// other error, saying what the routes are.
+func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler,
+	w http.ResponseWriter, r *http.Request, httpStatus int) {
+	var st *status.Status
+	switch httpStatus {
+	case http.StatusMethodNotAllowed:
+		st = status.Newf(codes.Unimplemented, "%s %s: method not allowed; every route takes POST with the request "+
+			"as its JSON body (GET /openapi.json lists them)", r.Method, r.URL.Path)
+	case http.StatusNotFound:
+		st = status.Newf(codes.NotFound, "no route %s %s: the routes are POST /v1/<method> "+
+			"(GET /openapi.json lists them)", r.Method, r.URL.Path)
+	default:
+		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, httpStatus)
+		return
+	}
+	body, err := m.Marshal(st.Proto())
+	if err != nil {
+		http.Error(w, st.Message(), httpStatus)
+		return
+	}
+	w.Header().Set("Content-Type", m.ContentType(st.Proto()))
+	w.WriteHeader(httpStatus)
+	_, _ = w.Write(body)
+}
+
 // NewHandler serves the SegmentationService routes over conn, /openapi.json and /healthz.
 func NewHandler(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, JSON()),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		runtime.WithRoutingErrorHandler(routingError),
 		runtime.WithForwardResponseOption(func(ctx context.Context, w http.ResponseWriter, _ proto.Message) error {
 			setRequestID(ctx, w)
 			return nil
@@ -121,7 +150,7 @@ func NewHandler(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 	}
 	health := healthpb.NewHealthClient(conn)
 	root := http.NewServeMux()
-	root.Handle("/v1/", mux)
+	root.Handle("/", mux) // the SegmentationService routes, and JSON errors for any other path
 	root.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(assets.OpenAPI)

@@ -251,6 +251,27 @@ func TestEveryMethodHasARoute(t *testing.T) {
 	}
 }
 
+// A wrong method or path is a JSON error too, saying what the routes are.
+func TestRoutingErrors(t *testing.T) {
+	url := start(t, &fakeBackend{}, healthpb.HealthCheckResponse_SERVING)
+	for _, c := range []struct {
+		method, path string
+		code         int
+		says         string
+	}{
+		{"GET", "/v1/count", http.StatusMethodNotAllowed, "GET /v1/count: method not allowed; every route takes POST"},
+		{"POST", "/v1/cuont", http.StatusNotFound, "no route POST /v1/cuont: the routes are POST /v1/<method>"},
+		{"GET", "/", http.StatusNotFound, "no route GET /"},
+	} {
+		resp, body := do(t, c.method, url+c.path, "", nil)
+		st := status.New(codes.OK, "").Proto()
+		if err := protojson.Unmarshal([]byte(body), st); err != nil || resp.StatusCode != c.code ||
+			!strings.Contains(st.GetMessage(), c.says) {
+			t.Errorf("%s %s: HTTP %d %s (%v)", c.method, c.path, resp.StatusCode, body, err)
+		}
+	}
+}
+
 func TestHealthz(t *testing.T) {
 	for serving, want := range map[healthpb.HealthCheckResponse_ServingStatus]int{
 		healthpb.HealthCheckResponse_SERVING:     http.StatusOK,
