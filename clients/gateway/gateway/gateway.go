@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/textproto"
 	"time"
@@ -48,6 +49,9 @@ type Options struct {
 // Dial opens a (lazy) connection to the segsrv gRPC server at backend (host:port), with the
 // retry policy every segsrv client uses.
 func Dial(backend string, o Options) (*grpc.ClientConn, error) {
+	if host, port, err := net.SplitHostPort(backend); err != nil || host == "" || port == "" {
+		return nil, fmt.Errorf("-backend %q: want host:port, e.g. 127.0.0.1:50051", backend)
+	}
 	creds := insecure.NewCredentials()
 	if o.CAFile != "" {
 		tlsCreds, err := credentials.NewClientTLSFromFile(o.CAFile, "")

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -145,13 +146,31 @@ func TestErrorsMapToHTTPStatusWithDetails(t *testing.T) {
 		if !proto.Equal(got, status.Convert(sent).Proto()) {
 			t.Errorf("%v: body %s\nis not the status sent, %v", code, body, status.Convert(sent).Proto())
 		}
-		if !strings.Contains(body, `"fieldViolations":[{"field":"condition.term.field"`) {
-			t.Errorf("%v: no field violation in %s", code, body)
+		if fields := violatedFields(t, got); len(fields) != 1 || fields[0] != "condition.term.field" {
+			t.Errorf("%v: field violations %v in %s", code, fields, body)
 		}
 		if id := resp.Header.Get("X-Request-Id"); id != "req-42" {
 			t.Errorf("%v: X-Request-Id %q, want segsrv's req-42", code, id)
 		}
 	}
+}
+
+// violatedFields lists the fields of the BadRequest details of st.
+func violatedFields(t *testing.T, st *spb.Status) []string {
+	t.Helper()
+	var fields []string
+	for _, detail := range st.GetDetails() {
+		var bad errdetails.BadRequest
+		if detail.MessageIs(&bad) {
+			if err := detail.UnmarshalTo(&bad); err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range bad.GetFieldViolations() {
+				fields = append(fields, v.GetField())
+			}
+		}
+	}
+	return fields
 }
 
 // Authorization and X-Request-Id reach segsrv as authorization / x-request-id metadata; segsrv's
@@ -190,7 +209,9 @@ func TestJSONForm(t *testing.T) {
 	}
 
 	resp, body := do(t, "POST", url+"/v1/count", `{"universe": "customers", "conditoin": {}}`, nil)
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `unknown field \"conditoin\"`) {
+	st := status.New(codes.OK, "").Proto()
+	if err := protojson.Unmarshal([]byte(body), st); err != nil || resp.StatusCode != http.StatusBadRequest ||
+		!strings.Contains(st.GetMessage(), "unknown field") || !strings.Contains(st.GetMessage(), "conditoin") {
 		t.Errorf("unknown body field: HTTP %d %s", resp.StatusCode, body)
 	}
 	if fake.calls != 1 {
@@ -205,9 +226,16 @@ func TestStreamIsJSONLines(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || len(lines) != 2 {
 		t.Fatalf("HTTP %d, %d lines: %s", resp.StatusCode, len(lines), body)
 	}
-	if !strings.HasPrefix(lines[0], `{"result":{`) || !strings.Contains(lines[0], `"totalCount":"3"`) ||
-		!strings.Contains(lines[1], `"ids":["a","b","c"]`) {
-		t.Errorf("lines %q", lines)
+	want := []*pb.ExportMembersResponse{{TotalCount: 3}, {Ids: []string{"a", "b", "c"}}}
+	for i, line := range lines {
+		var wrapped struct {
+			Result json.RawMessage `json:"result"`
+		}
+		got := &pb.ExportMembersResponse{}
+		if err := json.Unmarshal([]byte(line), &wrapped); err != nil || protojson.Unmarshal(wrapped.Result, got) != nil ||
+			!proto.Equal(got, want[i]) {
+			t.Errorf("line %d: %s, want {\"result\": %v}", i+1, line, want[i])
+		}
 	}
 }
 
@@ -311,5 +339,14 @@ func TestDialNamesAMissingCAFile(t *testing.T) {
 	_, err := gateway.Dial("127.0.0.1:1", gateway.Options{CAFile: "/nonexistent/ca.pem"})
 	if err == nil || !strings.Contains(err.Error(), "-backend-ca /nonexistent/ca.pem") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+func TestDialNamesABadBackend(t *testing.T) {
+	for _, backend := range []string{"", "127.0.0.1", ":50051", "127.0.0.1:"} {
+		_, err := gateway.Dial(backend, gateway.Options{})
+		if err == nil || !strings.Contains(err.Error(), "want host:port") {
+			t.Errorf("-backend %q: error %v", backend, err)
+		}
 	}
 }
