@@ -6,18 +6,30 @@ package gateway_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -59,19 +71,31 @@ func (f *fakeBackend) ExportMembers(req *pb.ExportMembersRequest, stream grpc.Se
 // front of it; it returns the gateway's base URL.
 func start(t *testing.T, fake *fakeBackend, serving healthpb.HealthCheckResponse_ServingStatus) string {
 	t.Helper()
+	return startGateway(t, startBackend(t, fake, serving), gateway.Options{})
+}
+
+// startBackend serves fake and a health service on 127.0.0.1; it returns the address.
+func startBackend(t *testing.T, fake *fakeBackend, serving healthpb.HealthCheckResponse_ServingStatus,
+	opts ...grpc.ServerOption) string {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := grpc.NewServer()
+	server := grpc.NewServer(opts...)
 	pb.RegisterSegmentationServiceServer(server, fake)
 	hs := health.NewServer()
 	hs.SetServingStatus("", serving)
 	healthpb.RegisterHealthServer(server, hs)
 	go func() { _ = server.Serve(lis) }()
 	t.Cleanup(server.Stop)
+	return lis.Addr().String()
+}
 
-	conn, err := gateway.Dial(lis.Addr().String(), gateway.Options{})
+// startGateway serves the gateway in front of backend; it returns its base URL.
+func startGateway(t *testing.T, backend string, o gateway.Options) string {
+	t.Helper()
+	conn, err := gateway.Dial(backend, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,12 +272,18 @@ func TestEveryMethodHasARoute(t *testing.T) {
 		t.Fatalf("/openapi.json: HTTP %d", resp.StatusCode)
 	}
 	var doc struct {
+		Info struct {
+			Title string `json:"title"`
+		} `json:"info"`
 		Paths map[string]map[string]struct {
 			OperationID string `json:"operationId"`
 		} `json:"paths"`
 	}
 	if err := json.Unmarshal([]byte(body), &doc); err != nil {
 		t.Fatal(err)
+	}
+	if doc.Info.Title != "segsrv HTTP/JSON gateway" {
+		t.Errorf("OpenAPI title %q (openapi.yaml)", doc.Info.Title)
 	}
 	routes := map[string]string{} // method -> path
 	for path, ops := range doc.Paths {
@@ -319,19 +349,9 @@ func TestHealthz(t *testing.T) {
 	}
 	addr := lis.Addr().String()
 	lis.Close()
-	conn, err := gateway.Dial(addr, gateway.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	handler, err := gateway.NewHandler(context.Background(), conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := httptest.NewRecorder()
-	handler.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
-	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"status":"UNREACHABLE"`) {
-		t.Errorf("no backend: HTTP %d %s", rec.Code, rec.Body.String())
+	resp, body := do(t, "GET", startGateway(t, addr, gateway.Options{})+"/healthz", "", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"UNREACHABLE"`) {
+		t.Errorf("no backend: HTTP %d %s", resp.StatusCode, body)
 	}
 }
 
@@ -348,5 +368,60 @@ func TestDialNamesABadBackend(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "want host:port") {
 			t.Errorf("-backend %q: error %v", backend, err)
 		}
+	}
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 (its own CA) and returns the server
+// credentials and the PEM file's path.
+func selfSigned(t *testing.T) (credentials.TransportCredentials, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "segsrv test"},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(path, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return credentials.NewServerTLSFromCert(&pair), path
+}
+
+// -backend-ca: TLS to a backend whose certificate the CA file signs; without it the TLS backend
+// is unreachable (503).
+func TestBackendTLS(t *testing.T) {
+	creds, caFile := selfSigned(t)
+	backend := startBackend(t, &fakeBackend{}, healthpb.HealthCheckResponse_SERVING, grpc.Creds(creds))
+
+	resp, body := do(t, "POST", startGateway(t, backend, gateway.Options{CAFile: caFile})+"/v1/count", `{}`, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("with -backend-ca: HTTP %d %s", resp.StatusCode, body)
+	}
+	resp, body = do(t, "POST", startGateway(t, backend, gateway.Options{})+"/v1/count", `{}`, nil)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("plaintext to a TLS backend: HTTP %d %s, want 503", resp.StatusCode, body)
 	}
 }
