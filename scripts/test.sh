@@ -2,7 +2,7 @@
 # Set up (scripts/setup.sh) and run every test CI runs:
 #   1. buf lint of proto/ (STANDARD rules),
 #   2. the Python test suite (pytest; extra arguments go to pytest),
-#   3. scripts/clients_test.sh: buf breaking, the Go, Java and Node clients and the generic
+#   3. scripts/clients_test.sh: buf breaking, the Go, Java and Node clients, the HTTP/JSON gateway and the generic
 #      tools (grpcurl, grpc_health_probe) against a live server, and the load-test smoke run.
 # SEGSRV_SKIP_CLIENTS=1 skips step 3 (e.g. for a quick Python-only run).
 set -euo pipefail
