@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import SegsrvError
 
 
-def _load_query(text: str) -> dict:
+def _load_query(text: str, flag: str = "--json") -> dict:
     """QUERY is inline JSON, a path to a JSON file, or - for standard input."""
     if text == "-":
         raw = sys.stdin.read()
@@ -26,14 +26,14 @@ def _load_query(text: str) -> dict:
     else:
         path = Path(text)
         if not path.exists():
-            raise SegsrvError(f"--json: {text!r} is neither inline JSON (starting with '{{') nor an existing file")
+            raise SegsrvError(f"{flag}: {text!r} is neither inline JSON (starting with '{{') nor an existing file")
         raw = path.read_text()
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise SegsrvError(f"--json: not valid JSON: {exc}") from None
+        raise SegsrvError(f"{flag}: not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise SegsrvError("--json: the query must be a JSON object")
+        raise SegsrvError(f"{flag}: the query must be a JSON object")
     return obj
 
 
@@ -456,8 +456,8 @@ def cmd_report(args) -> int:
               if getattr(args, key) is not None}  # unset: the defaults of segsrv.report.gather
     options = ReportOptions(
         universe=args.universe, segments=args.segments, declared_models=not args.no_declared_models,
-        evaluate=[_load_query(text) for text in args.evaluate or ()], compare=args.compare, title=args.title,
-        discover=_load_query(args.discover) if args.discover else {}, **limits)
+        evaluate=[_load_query(text, "--evaluate") for text in args.evaluate or ()], compare=args.compare, title=args.title,
+        discover=_load_query(args.discover, "--discover") if args.discover else {}, **limits)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[report] {msg}", file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     with _backend(args, args.snapshot_name) as backend:

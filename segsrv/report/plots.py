@@ -26,7 +26,9 @@ matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "segsrv-repo
 
 def _svg(fig) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    # no metadata block: the same data draws the same bytes (no date)
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None,
+                                                                  "Type": None})
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]  # inline: no XML prolog or doctype
