@@ -99,9 +99,11 @@ def _discovered_segments(call, universe: str | None, options: ReportOptions) -> 
     answer = _answer(call(DiscoverQuery.from_json(obj)))
     segments = [{"name": s["name"], "description": s["description"], "universe": answer["from"],
                  "where": s["where"], "definition": s["where"], "size": s["support"], "share": s["share"],
-                 "lift": s["lift"], "p_value": s["p_value"], "q_value": s["q_value"]}
+                 "lift": s["lift"], "p_value": s["p_value"], "q_value": s["q_value"],
+                 **({"target_rate": s["target_rate"]} if "target_rate" in s else {})}
                 for s in answer["segments"][:options.max_segments]]
-    search = {k: answer[k] for k in ("from", "n_rows", "candidates", "tested", "min_support", "min_lift")}
+    search = {k: answer.get(k) for k in ("from", "n_rows", "candidates", "tested", "min_support", "min_lift",
+                                         "target", "target_count")}
     return segments, search
 
 

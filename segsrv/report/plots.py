@@ -42,12 +42,17 @@ def _log2_lift(lift: float) -> float:
     return math.log2(max(lift, LIFT_FLOOR)) if math.isfinite(lift) else math.log2(1 / LIFT_FLOOR)
 
 
+def _lift_label(exponent: int) -> str:
+    return f"{2 ** exponent}x" if exponent >= 0 else f"1/{2 ** -exponent}x"
+
+
 def _lift_axis(ax) -> None:
     ax.axvline(0, color="#333", linewidth=0.8)
-    lo, hi = ax.get_xlim()
-    ticks = [t for t in range(math.floor(lo), math.ceil(hi) + 1)]
+    lo, hi = math.floor(ax.get_xlim()[0]), math.ceil(ax.get_xlim()[1])
+    step = max(1, math.ceil((hi - lo) / 8))  # at most ~8 labels, 1x always among them
+    ticks = [t for t in range(lo - lo % step, hi + 1, step)]
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{2.0 ** t:g}x" for t in ticks])
+    ax.set_xticklabels([_lift_label(t) for t in ticks])
 
 
 def segment_sizes(segments: list[dict]) -> str | None:
