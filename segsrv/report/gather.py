@@ -169,6 +169,9 @@ def gather_report(backend, options: ReportOptions, location=None,
     for i, seg in enumerate(segments):
         say(f"profile {i + 1}/{len(segments)}: {seg['name']}")
         seg_universe = seg["universe"] or universe
+        if seg_universe is None:
+            raise SegsrvError(f"--from: catalog segment {seg['name']!r} names no universe and the snapshot has "
+                              f"several {sorted(universes)}; name the one to report on")
         kinds = {name: f["kind"] for name, f in universes[seg_universe]["fields"].items()}
         seg["profile"] = _profile(call, seg_universe, seg["where"], options, kinds)
 
