@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# the report's browser test (tests/report/test_browser.py) needs Debian's chromium and its chromedriver
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "[test] installing chromium and chromium-driver (apt-get)"
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 echo "[test] buf lint (proto/, STANDARD rules)"
 .venv/bin/buf lint
 echo "[test] buf lint ok"

@@ -1,4 +1,4 @@
-"""Command line: segsrv demo-data | build | info | verify | query | discover | export | segments | assign | serve | diff.
+"""Command line: segsrv demo-data | build | info | verify | query | discover | export | segments | assign | serve | diff | report.
 
 Every command prints errors as one line `segsrv: error: ...` on stderr and
 exits 1 for bad input or a failed build, 2 for bad usage. See docs/cli.md.
@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import SegsrvError
 
 
-def _load_query(text: str) -> dict:
+def _load_query(text: str, flag: str = "--json") -> dict:
     """QUERY is inline JSON, a path to a JSON file, or - for standard input."""
     if text == "-":
         raw = sys.stdin.read()
@@ -26,14 +26,14 @@ def _load_query(text: str) -> dict:
     else:
         path = Path(text)
         if not path.exists():
-            raise SegsrvError(f"--json: {text!r} is neither inline JSON (starting with '{{') nor an existing file")
+            raise SegsrvError(f"{flag}: {text!r} is neither inline JSON (starting with '{{') nor an existing file")
         raw = path.read_text()
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise SegsrvError(f"--json: not valid JSON: {exc}") from None
+        raise SegsrvError(f"{flag}: not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise SegsrvError("--json: the query must be a JSON object")
+        raise SegsrvError(f"{flag}: the query must be a JSON object")
     return obj
 
 
@@ -445,6 +445,30 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report.gather import ReportOptions, gather_report
+    from .report.render import write_report
+
+    if bool(args.snapshot) == bool(args.addr):
+        raise SegsrvError("report: give the snapshot as ROOT[/NAME] or a server as --addr HOST:PORT (one of them)")
+    args.local = args.snapshot
+    limits = {key: getattr(args, key) for key in ("max_segments", "max_fields", "values_per_field")
+              if getattr(args, key) is not None}  # unset: the defaults of segsrv.report.gather
+    options = ReportOptions(
+        universe=args.universe, segments=args.segments, declared_models=not args.no_declared_models,
+        evaluate=[_load_query(text, "--evaluate") for text in args.evaluate or ()], compare=args.compare, title=args.title,
+        discover=_load_query(args.discover, "--discover") if args.discover else {}, **limits)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[report] {msg}", file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    with _backend(args, args.snapshot_name) as backend:
+        data = gather_report(backend, options, location=args.snapshot, say=say)
+    say("rendering...")
+    out = write_report(data, args.out)
+    say(f"wrote {out} ({len(data['segments'])} segments, {len(data['models'])} models"
+        f"{', drift' if data['drift'] else ''}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def _backend_arguments(p: argparse.ArgumentParser) -> None:
     """--local | --addr, and what a remote call takes (segments list, assign)."""
     where = p.add_mutually_exclusive_group(required=True)
@@ -590,6 +614,41 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default: chosen by cross-validation, the stored models)")
     p.add_argument("--universe", help="universe (default: the one the catalog is over)")
     p.set_defaults(func=cmd_assign)
+
+    p = sub.add_parser(
+        "report", help="write one self-contained HTML report: segments, their profiles, models, drift "
+                       "(see docs/report.md)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example:\n"
+               "  segsrv report demo/snapshots-100000 --out report.html\n"
+               "  segsrv report --addr 127.0.0.1:50051 --from customers --segments discover --out report.html")
+    p.add_argument("snapshot", nargs="?", metavar="ROOT[/NAME]", help="read a snapshot in-process (or --addr)")
+    p.add_argument("--addr", metavar="HOST:PORT", help="ask a running server instead")
+    p.add_argument("--snapshot", dest="snapshot_name", metavar="NAME",
+                   help="with --addr: the snapshot to ask when the server serves several")
+    p.add_argument("--version", help="snapshot version (default: CURRENT)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per call with --addr (default 120)")
+    p.add_argument("--out", required=True, metavar="FILE.html", help="the HTML file to write")
+    p.add_argument("--from", dest="universe", metavar="UNIVERSE",
+                   help="universe (default: the catalog's, or the only one)")
+    p.add_argument("--segments", choices=["auto", "catalog", "discover"], default="auto",
+                   help="the published catalog, or Discover (default auto: the catalog when there is one)")
+    p.add_argument("--discover", metavar="QUERY", help="with discover segments: the Discover query's JSON "
+                                                       "(inline, a file or -), e.g. a target")
+    p.add_argument("--max-segments", type=int, metavar="N", help="segments shown (default 12)")
+    p.add_argument("--max-fields", type=int, metavar="N",
+                   help="fields profiled per segment, strongest first (default 6)")
+    p.add_argument("--values-per-field", type=int, metavar="K",
+                   help="over- and under-indexed values per field (default 5)")
+    p.add_argument("--evaluate", action="append", metavar="QUERY",
+                   help="also evaluate this Evaluate query (JSON; repeatable)")
+    p.add_argument("--no-declared-models", action="store_true",
+                   help="do not evaluate the snapshot's declared models")
+    p.add_argument("--compare", metavar="VERSION", help="add catalog drift from VERSION to the reported version "
+                                                        "(ROOT/NAME only)")
+    p.add_argument("--title", help="page title (default: segsrv report: NAME)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="serve every snapshot under ROOT over gRPC (see docs/server.md)")
     p.add_argument("--snapshots", required=True, metavar="ROOT", help="snapshot root (ROOT/NAME/CURRENT)")
