@@ -147,15 +147,19 @@ class Builder:
     def _say(self, msg: str) -> None:
         self.progress(f"{msg} ({time.perf_counter() - self._t0:.1f} s)")
 
-    def _sql(self, sql: str, where: str):
+    def _sql(self, sql: str, where: str, advice: str = ""):
         try:
             return self.con.execute(sql)
         except duckdb.Error as exc:
-            # the whole message: DuckDB's CSV errors list the line, the possible fixes and the options it detected
-            # (but not the position in our CREATE statement: it is not the user's text)
-            lines = str(exc).rstrip().splitlines()
-            detail = [ln for ln in lines[1:] if ln.strip() and not ln.startswith("LINE ") and set(ln.strip()) != {"^"}]
-            raise BuildError("\n  ".join([f"{where}: {lines[0]}", *detail])) from None
+            self._raise(exc, where, advice)
+
+    @staticmethod
+    def _raise(exc: duckdb.Error, where: str, advice: str = ""):
+        """A BuildError with DuckDB's whole message: its CSV errors list the line, the possible fixes and the
+        options it detected (but not the position in our CREATE statement: it is not the user's text)."""
+        lines = str(exc).rstrip().splitlines()
+        detail = [ln for ln in lines[1:] if ln.strip() and not ln.startswith("LINE ") and set(ln.strip()) != {"^"}]
+        raise BuildError("\n  ".join([f"{where}: {lines[0]}", *detail, *([advice] if advice else [])])) from None
 
     def _by_row(self, table: str, expr: str, dtype, fill, where: str = "TRUE") -> np.ndarray:
         """Column expression scattered into an array indexed by row (fill where NULL)."""
@@ -177,12 +181,12 @@ class Builder:
 
     # -- loading and checks ----------------------------------------------------
 
-    def _reader(self, t: TableSpec) -> str:
+    def _reader(self, t: TableSpec, whole_file: bool = True) -> str:
         """The DuckDB table function reading T's file (CSV: types decided over every row, docs/spec.md)."""
         p = _lit(str(t.file))
         if t.format in ("csv", "tsv"):
             delim = t.delimiter or ("\t" if t.format == "tsv" else ",")
-            options = f"header=true, delim={_lit(delim)}, sample_size=-1"
+            options = f"header=true, delim={_lit(delim)}" + (", sample_size=-1" if whole_file else "")
             if t.null_values:  # before typing, so ' ' in a number column leaves it a number
                 options += f", nullstr=[{', '.join(_lit(v) for v in ('', *t.null_values))}]"
             text = [*t.strings, *(c for c in t.column_null_values if c not in t.strings)]
@@ -211,14 +215,29 @@ class Builder:
         if t.has_column_globs() or t.strings or t.column_null_values:
             t = expand_column_globs(t, self._file_columns(t))
             self._check_listed(t, self._file_columns(t))
-        query = t.sql if t.sql is not None else f"SELECT * FROM {self._reader(t)}"
-        self._sql(f"CREATE TABLE __load AS {query}", self._read_failed(t))
+        if t.sql is not None:
+            self._sql(f"CREATE TABLE __load AS {t.sql}", self._read_failed(t))
+        else:
+            self._read_file(t)
         self._finish_table(t)
         desc = self.con.execute(f"DESCRIBE {_q(t.name)}").fetchall()
         self.types[t.name] = {row[0]: row[1] for row in desc}
         self.n_rows[t.name] = self.con.execute(f"SELECT count(*) FROM {_q(t.name)}").fetchone()[0]
         self._say(f"loaded {t.name}: {self.n_rows[t.name]:,} rows, {len(desc)} columns")
         return t
+
+    def _read_file(self, t: TableSpec) -> None:
+        try:
+            self.con.execute(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t)}")
+            return
+        except duckdb.Error as exc:
+            if t.format not in ("csv", "tsv"):
+                self._raise(exc, self._read_failed(t))
+            if "Error when sniffing file" not in str(exc):
+                self._raise(exc, self._read_failed(t), _CSV_FIXES)
+        # no dialect fits every line: DuckDB's sample-based read names the line that breaks it
+        self._sql(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t, whole_file=False)}", self._read_failed(t),
+                  _CSV_FIXES)
 
     def _check_listed(self, t: TableSpec, columns: list[str]) -> None:
         for col, role in [*((c, "strings") for c in t.strings), *((c, "null_values") for c in t.column_null_values)]:
@@ -237,6 +256,8 @@ class Builder:
                 expr, sql_type = f"CAST({expr} AS VARCHAR)", "VARCHAR"
             markers = (() if from_csv else t.null_values) + t.column_null_values.get(col, ())
             if markers:
+                if sql_type == "JSON":  # a JSON field of mixed types: its text, unquoted
+                    expr, sql_type = f"({expr} ->> '$')", "VARCHAR"
                 expr = f"CASE WHEN CAST({expr} AS VARCHAR) IN ({', '.join(_lit(m) for m in markers)}) THEN NULL ELSE {expr} END"
                 if sql_type == "VARCHAR" and col not in t.strings:
                     retype.append(col)
@@ -346,7 +367,8 @@ class Builder:
         if len(bad):
             raise BuildError(
                 f"table {t.name!r}: numeric column {column!r} has {len(bad):,} unparsable values, e.g. "
-                f"{self._examples(t.name, np.asarray(bad), column)}"
+                f"{self._examples(t.name, np.asarray(bad), column)} (values that mark a missing number go in "
+                f"the table's null_values)"
             )
 
     def _resolve_link(self, t: TableSpec, link) -> None:
@@ -696,6 +718,12 @@ class Builder:
             "dense_threshold": threshold,
             "fields": field_meta,
         }
+
+
+#: after DuckDB's CSV fixes: which of them a spec sets, and how to apply the others (docs/spec.md)
+_CSV_FIXES = ("In the spec: strings = [COLUMN] reads a column as text (DuckDB's types={...: 'VARCHAR'}), "
+              "null_values lists missing-value markers (nullstr), delimiter sets delim; for any other read_csv "
+              "option read the file in a sql table: sql = \"SELECT * FROM read_csv('FILE', OPTION)\"")
 
 
 def _later_tables(t: TableSpec, not_loaded: set[str]) -> set[str]:

@@ -223,7 +223,7 @@ def _check_feature_columns(table: TableSpec, where: str, columns) -> None:
             raise SpecError(f"{where}: {col!r} is both a link name and a feature column")
 
 
-def _expand(patterns, columns: list[str], taken: set[str], where: str) -> list[str]:
+def _expand(patterns, columns: list[str], taken: set[str], where: str, key_and_links_left_out: bool = True) -> list[str]:
     """Entries in order, each glob replaced by the columns it matches (file order) that no explicit entry
     names (`taken`); a glob matching nothing is an error."""
     out: list[str] = []
@@ -234,7 +234,7 @@ def _expand(patterns, columns: list[str], taken: set[str], where: str) -> list[s
             names = [c for c in columns if fnmatch.fnmatchcase(c, pattern)]
             if not names:
                 raise SpecError(f"{where}: pattern {pattern!r} matches no column of the table; "
-                                f"its columns are {columns}")
+                                f"its columns{' (but the key and link columns)' if key_and_links_left_out else ''} are {columns}")
             names = [c for c in names if c not in taken]
         out += [c for c in names if c not in out]
     return out
@@ -253,7 +253,7 @@ def expand_column_globs(table: TableSpec, columns: list[str]) -> TableSpec:
     numeric_names = _expand(table.numeric, candidates, explicit, f"{where}.numeric")
     multi = {c: table.multi.get(c) or _glob_entry(table.multi, c) for c in multi_names}
     numeric = {c: replace(table.numeric.get(c) or _glob_entry(table.numeric, c), column=c) for c in numeric_names}
-    strings = _expand(table.strings, columns, set(), f"{where}.strings")
+    strings = _expand(table.strings, columns, set(), f"{where}.strings", key_and_links_left_out=False)
     by_kind = {"categorical": categorical, "multi": list(multi), "numeric": list(numeric)}
     owner: dict[str, str] = {}
     for kind, names in by_kind.items():

@@ -72,7 +72,8 @@ CASES = {
         lambda d: (_edit(d / "customers.csv", "3,Cid,north,", "3,Cid,north,old"),
                    _edit(d / "customers.csv", "5,Eve,south,33", "5,Eve,south,n/a")),
         BuildError, [r"table 'customers'", r"numeric column 'age' has 2 unparsable values",
-                     r"cust_id=3: 'old', cust_id=5: 'n/a'$"],
+                     r"cust_id=3: 'old', cust_id=5: 'n/a' \(values that mark a missing number go in the table's "
+                     r"null_values\)$"],
     ),
     "unknown_column_in_path": (
         lambda d: _edit(d / "spec.toml", '"orders.channel"', '"orders.chanel"'),
