@@ -44,6 +44,15 @@ def band_pairs(ids, numbers, edges):
     return [(k, labels[int(np.searchsorted(edges, x, side="right"))]) for k, x in zip(ids, numbers) if not np.isnan(x)]
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "spec.md"
+
+
+def docs_toml(heading: str) -> str:
+    """The first ```toml block after HEADING in docs/spec.md."""
+    text = DOCS.read_text()
+    return text[text.index(heading):].split("```toml\n", 1)[1].split("```", 1)[0]
+
+
 # --- (a) missing values ------------------------------------------------------------------------------------
 
 SURVEY = "id,age,region,score\n1,34,north,2.5\n2, ,south,\n3,51,?,1\n4,,north, \n5,29, ,7\n6,64,south,?\n"
@@ -310,9 +319,9 @@ def test_a_malformed_csv_error_lists_duckdbs_possible_fixes(tmp_path):
     assert lines[-1].startswith("  In the spec: strings = [COLUMN] reads a column as text")
     assert all(line.startswith("  ") for line in lines[1:])
 
-    # the documented way to apply a fix: read the file in a sql table with the option
-    fixed = spec.replace('file = "t.csv"', f"sql = \"SELECT * FROM read_csv('{tmp_path / 'data' / 't.csv'}', "
-                                         f"ignore_errors=true)\"")
+    # the documented way to apply a fix: read the file in a sql table with the option (docs/spec.md's example)
+    fixed = 'name = "m"\n' + docs_toml("DuckDB's fixes are options").replace("/data/t.csv", str(tmp_path / "data" / "t.csv")) \
+        + "[universes.t]\n"
     u = build(tmp_path / "fixed", fixed, {}).universe("t")
     df = pd.read_csv(tmp_path / "data" / "t.csv", dtype=str, on_bad_lines="skip")
     df["id"] = df["id"].astype(int)
@@ -382,3 +391,43 @@ def test_integral_doubles_label_as_integers_and_where_takes_the_number(tmp_path,
     assert_field_matches(u, "share", pairs(df, "id", "share", label))
     assert u.field("churned").values == ["0", "1"]
     assert run_json("count", snap, {"where": {"churned": value}})["count"] == int((df["churned"] == 1.0).sum())
+
+
+# --- the examples of docs/spec.md, as written --------------------------------------------------------------
+
+def test_docs_glob_example(tmp_path):
+    text = wide_csv()
+    df = literal(text)
+    df["flag_1"], df["flag_2"] = "Yes", np.where(np.arange(len(df)) % 3, "No", "Yes")
+    spec = 'name = "wide"\n[tables.answers]\nfile = "answers.csv"\nkey = "id"\n' + docs_toml("### Column globs") + \
+           "[universes.answers]\n"
+    u = build(tmp_path, spec, {"answers.csv": df.to_csv(index=False)}).universe("answers")
+    assert u.field("amt_5").kind == "categorical" and u.field("amt_3").edges == [5.0]
+    assert "flag_1" not in u.fields  # strings only says how to read it; it is not declared a feature
+    assert sorted(f for f in u.fields if f.startswith("q")) == [f"q{i:02d}" for i in range(1, 81)]
+
+
+def test_docs_missing_values_example_for_every_column(tmp_path):
+    text = "id,age,income\n1,30,100\n2, ,?\n3,41,-1\n4,n/a,250\n"
+    df = literal(text)
+    df["id"] = df["id"].astype(int)
+    line = [ln for ln in docs_toml("### Missing values").splitlines() if ln.startswith("null_values = [")][0]
+    spec = f'name = "m"\n[tables.p]\nfile = "p.csv"\nkey = "id"\n{line}\n' \
+           'numeric = { age = { edges = [35] }, income = { edges = [200] } }\n[universes.p]\n'
+    u = build(tmp_path, spec, {"p.csv": text}).universe("p")
+    for column, edges in (("age", [35]), ("income", [200])):  # '-1' is not a marker here: a number
+        numbers = pd.to_numeric(df[column].where(~df[column].isin({" ", "?", "n/a"}))).to_numpy(dtype=float)
+        assert_field_matches(u, column, band_pairs(df["id"], numbers, edges))
+
+
+def test_docs_per_column_missing_values_example(tmp_path):
+    text = "id,age,income\n1,30,100\n2, ,?\n3,41,-1\n4,,250\n"
+    df = literal(text)
+    df["id"] = df["id"].astype(int)
+    line = [ln for ln in docs_toml("### Missing values").splitlines() if ln.startswith("null_values = {")][0]
+    spec = f'name = "m"\n[tables.p]\nfile = "p.csv"\nkey = "id"\n{line}\n' \
+           'numeric = { age = { edges = [35] }, income = { edges = [200] } }\n[universes.p]\n'
+    u = build(tmp_path, spec, {"p.csv": text}).universe("p")
+    for column, edges, markers in (("age", [35], {" "}), ("income", [200], {"?", "-1"})):
+        numbers = pd.to_numeric(df[column].where(~df[column].isin(markers))).to_numpy(dtype=float)
+        assert_field_matches(u, column, band_pairs(df["id"], numbers, edges))
