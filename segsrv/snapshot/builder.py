@@ -200,8 +200,9 @@ class Builder:
         return f"read_json_auto({p}, format='newline_delimited')"
 
     def _file_columns(self, t: TableSpec) -> list[str]:
-        """The columns of T's file or query, without reading its rows."""
-        source = t.sql if t.sql is not None else f"SELECT * FROM {self._reader(replace(t, strings=[], column_null_values={}))}"
+        """The columns of T's file or query (a CSV's from a sample: only the names count)."""
+        plain = replace(t, strings=[], column_null_values={})
+        source = t.sql if t.sql is not None else f"SELECT * FROM {self._reader(plain, whole_file=False)}"
         return [row[0] for row in self._sql(f"DESCRIBE {source}", self._read_failed(t)).fetchall()]
 
     def _read_failed(self, t: TableSpec) -> str:
@@ -213,8 +214,9 @@ class Builder:
         if t.file is not None and not t.file.exists():
             raise BuildError(f"{where}: file {str(t.file)!r} does not exist")
         if t.has_column_globs() or t.strings or t.column_null_values:
-            t = expand_column_globs(t, self._file_columns(t))
-            self._check_listed(t, self._file_columns(t))
+            columns = self._file_columns(t)
+            t = expand_column_globs(t, columns)
+            self._check_listed(t, columns)
         if t.sql is not None:
             self._sql(f"CREATE TABLE __load AS {t.sql}", self._read_failed(t))
         else:
