@@ -431,3 +431,16 @@ def test_docs_per_column_missing_values_example(tmp_path):
     for column, edges, markers in (("age", [35], {" "}), ("income", [200], {"?", "-1"})):
         numbers = pd.to_numeric(df[column].where(~df[column].isin(markers))).to_numpy(dtype=float)
         assert_field_matches(u, column, band_pairs(df["id"], numbers, edges))
+
+
+def test_a_marker_matches_a_parquet_number_by_its_text(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    df = pd.DataFrame({"id": [1, 2, 3, 4], "income": [120, -1, 80, -1], "kids": [-1, 2, 0, 1]})
+    df.to_parquet(data / "t.parquet")
+    spec = 'name = "p"\n[tables.t]\nfile = "t.parquet"\nkey = "id"\nnull_values = { income = ["-1"] }\n' \
+           'numeric = { income = { edges = [100] } }\ncategorical = ["kids"]\n[universes.t]\n'
+    u = build(tmp_path, spec, {}).universe("t")
+    income = df["income"].where(df["income"] != -1).to_numpy(dtype=float)
+    assert_field_matches(u, "income", band_pairs(df["id"], income, [100]))
+    assert_field_matches(u, "kids", pairs(df, "id", "kids"))  # -1 of another column stays a value
