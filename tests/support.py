@@ -1,6 +1,8 @@
 """Helpers shared by every test suite (imported as ``support``: tests/conftest.py puts tests/ on sys.path).
 
 * ``quiet``: a progress callback that prints nothing;
+* ``rows_of_feature`` / ``ids_by_value`` / ``assert_field_matches``: a built universe's features read from
+  its bitsets and sparse lists, compared with brute-force (id, value) pairs;
 * ``FakeContext`` / ``Aborted``: a gRPC servicer context whose call ends after N is_active() checks;
 * ``strip_elapsed``: an answer dict without its (checked) ``elapsed_ms``; ``segsrv_cli``: ``python -m segsrv``;
 * ``ServeProcess``: ``segsrv serve`` in a child process (JSON logs in a file); ``repo_env``, ``process_alive``;
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,48 @@ from segsrv.snapshot.builder import band_labels
 
 def quiet(_msg: str) -> None:
     pass
+
+
+# ----------------------------------------------------------------------------
+# an opened universe's features, row by row (the bitsets and sparse lists, not the CSR)
+# ----------------------------------------------------------------------------
+
+
+def rows_of_feature(u, fid: int) -> np.ndarray:
+    """Rows having feature `fid`, read from the bitset / sparse list (not the CSR)."""
+    slot = int(u.feature_slot[fid])
+    if slot >= 0:
+        bits = np.unpackbits(np.asarray(u.dense[slot]).view(np.uint8), bitorder="little")
+        assert not bits[u.n_rows:].any(), "bits past n_rows must be zero"
+        return np.flatnonzero(bits[: u.n_rows])
+    return np.asarray(u.sparse_feature_ids(fid), dtype=np.int64)
+
+
+def ids_by_value(u, field: str) -> dict[str, set]:
+    f = u.field(field)
+    out = {}
+    for i, value in enumerate(f.values):
+        rows = rows_of_feature(u, f.feature_offset + i)
+        out[value] = set(u.ids_for_rows(rows))
+    return out
+
+
+def expected_by_value(pairs) -> dict[str, set]:
+    out = defaultdict(set)
+    for key, value in pairs:
+        out[value].add(key)
+    return dict(out)
+
+
+def assert_field_matches(u, field: str, pairs) -> None:
+    """Every value's row set (and count) equals the brute-force (id, value) pairs."""
+    expected = expected_by_value(pairs)
+    actual = ids_by_value(u, field)
+    f = u.field(field)
+    assert {v: ids for v, ids in actual.items() if ids} == expected
+    for i, value in enumerate(f.values):
+        assert int(f.counts[i]) == len(expected.get(value, ())), (field, value)
+        assert int(u.feature_count[f.feature_offset + i]) == len(expected.get(value, ())), (field, value)
 
 
 # ----------------------------------------------------------------------------

@@ -128,8 +128,8 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     # lift on a handful of rows
     if order_by == "mutual_information":
         key = _kernels.table_mutual_information(n, n_c, n_f[idx], n_cf[idx])
-    elif order_by in ("support", "p_value", "q_value"):
-        key = {"support": n_cf, "p_value": p_value, "q_value": q_value}[order_by][idx].astype(np.float64)
+    elif order_by in ("support", "n_feature", "p_value", "q_value"):
+        key = {"support": n_cf, "n_feature": n_f, "p_value": p_value, "q_value": q_value}[order_by][idx].astype(np.float64)
     else:
         table = _kernels.table_statistics(n, n_c, n_f[idx], n_cf[idx], query.prior_strength)
         key = table[:, _kernels.TABLE_STATISTICS.index(order_by)]

@@ -24,7 +24,8 @@ from ..errors import suggest
 
 ORDER_KEYS = (
     "lift_low", "lift_high", "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
-    "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
+    "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio", "p_base", "p_not",
+    "n_feature",
 )
 DIRECTIONS = ("over", "under", "all")
 PLANS = ("auto", "scan", "histogram")

@@ -17,7 +17,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -30,7 +30,7 @@ from ..errors import BuildError, SpecError
 from . import format as fmt
 from .paths import FieldPath, resolve_universe_fields
 from .publish import discard, entries_of, new_staging_dir, point_current, publish_version
-from .spec import Spec, TableSpec, load_spec, suggest
+from .spec import ROW_KEY, Spec, TableSpec, expand_column_globs, load_spec, suggest
 
 Progress = Callable[[str], None]
 FitModels = Callable[[Path, dict, Progress], dict]
@@ -57,6 +57,15 @@ def _fmt_num(x: float) -> str:
     if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
         return str(int(x))
     return f"{x:.6g}"
+
+
+def _label_sql(col: str, sql_type: str) -> str:
+    """The text of a categorical value: integral floating-point numbers as integers (a DOUBLE 1.0 is '1', as
+    a query's 1 or 1.0 is), everything else as DuckDB prints it."""
+    if sql_type in ("DOUBLE", "FLOAT", "REAL") or sql_type.startswith("DECIMAL"):
+        return (f"CASE WHEN {col} = trunc({col}) AND abs({col}) < 1e15 THEN CAST(CAST({col} AS BIGINT) AS VARCHAR) "
+                f"ELSE CAST({col} AS VARCHAR) END")
+    return f"CAST({col} AS VARCHAR)"
 
 
 def band_labels(edges: list[float]) -> list[str]:
@@ -138,11 +147,19 @@ class Builder:
     def _say(self, msg: str) -> None:
         self.progress(f"{msg} ({time.perf_counter() - self._t0:.1f} s)")
 
-    def _sql(self, sql: str, where: str):
+    def _sql(self, sql: str, where: str, advice: str = ""):
         try:
             return self.con.execute(sql)
         except duckdb.Error as exc:
-            raise BuildError(f"{where}: {str(exc).splitlines()[0]}") from None
+            self._raise(exc, where, advice)
+
+    @staticmethod
+    def _raise(exc: duckdb.Error, where: str, advice: str = ""):
+        """A BuildError with DuckDB's whole message: its CSV errors list the line, the possible fixes and the
+        options it detected (but not the position in our CREATE statement: it is not the user's text)."""
+        lines = str(exc).rstrip().splitlines()
+        detail = [ln for ln in lines[1:] if ln.strip() and not ln.startswith("LINE ") and set(ln.strip()) != {"^"}]
+        raise BuildError("\n  ".join([f"{where}: {lines[0]}", *detail, *([advice] if advice else [])])) from None
 
     def _by_row(self, table: str, expr: str, dtype, fill, where: str = "TRUE") -> np.ndarray:
         """Column expression scattered into an array indexed by row (fill where NULL)."""
@@ -164,29 +181,117 @@ class Builder:
 
     # -- loading and checks ----------------------------------------------------
 
-    def _load_table(self, t: TableSpec) -> None:
+    def _reader(self, t: TableSpec, whole_file: bool = True) -> str:
+        """The DuckDB table function reading T's file (CSV: types decided over every row, docs/spec.md)."""
+        p = _lit(str(t.file))
+        if t.format in ("csv", "tsv"):
+            delim = t.delimiter or ("\t" if t.format == "tsv" else ",")
+            options = f"header=true, delim={_lit(delim)}" + (", sample_size=-1" if whole_file else "")
+            if t.null_values:  # before typing, so ' ' in a number column leaves it a number
+                options += f", nullstr=[{', '.join(_lit(v) for v in ('', *t.null_values))}]"
+            text = [*t.strings, *(c for c in t.column_null_values if c not in t.strings)]
+            if text:
+                options += ", types={" + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in text) + "}"
+            return f"read_csv({p}, {options})"
+        if t.format == "parquet":
+            return f"read_parquet({p})"
+        if t.format == "json":
+            return f"read_json_auto({p}, format='auto')"
+        return f"read_json_auto({p}, format='newline_delimited')"
+
+    def _file_columns(self, t: TableSpec) -> list[str]:
+        """The columns of T's file or query (a CSV's from a sample: only the names count)."""
+        plain = replace(t, strings=[], column_null_values={})
+        source = t.sql if t.sql is not None else f"SELECT * FROM {self._reader(plain, whole_file=False)}"
+        return [row[0] for row in self._sql(f"DESCRIBE {source}", self._read_failed(t)).fetchall()]
+
+    def _read_failed(self, t: TableSpec) -> str:
+        return f"table {t.name!r}: " + ("sql failed" if t.sql is not None else f"cannot read {str(t.file)!r}")
+
+    def _load_table(self, t: TableSpec) -> TableSpec:
+        """Load T as DuckDB table T.name; returns T with its column globs expanded."""
         where = f"table {t.name!r}"
+        if t.file is not None and not t.file.exists():
+            raise BuildError(f"{where}: file {str(t.file)!r} does not exist")
+        if t.has_column_globs() or t.strings or t.column_null_values:
+            columns = self._file_columns(t)
+            t = expand_column_globs(t, columns)
+            self._check_listed(t, columns)
         if t.sql is not None:
-            self._sql(f"CREATE TABLE {_q(t.name)} AS {t.sql}", f"{where}: sql failed")
+            self._sql(f"CREATE TABLE __load AS {t.sql}", self._read_failed(t))
         else:
-            path = t.file
-            if not path.exists():
-                raise BuildError(f"{where}: file {str(path)!r} does not exist")
-            p = _lit(str(path))
-            if t.format in ("csv", "tsv"):
-                delim = t.delimiter or ("\t" if t.format == "tsv" else ",")
-                reader = f"read_csv({p}, header=true, delim={_lit(delim)})"
-            elif t.format == "parquet":
-                reader = f"read_parquet({p})"
-            elif t.format == "json":
-                reader = f"read_json_auto({p}, format='auto')"
-            else:
-                reader = f"read_json_auto({p}, format='newline_delimited')"
-            self._sql(f"CREATE TABLE {_q(t.name)} AS SELECT * FROM {reader}", f"{where}: cannot read {str(path)!r}")
+            self._read_file(t)
+        self._finish_table(t)
         desc = self.con.execute(f"DESCRIBE {_q(t.name)}").fetchall()
         self.types[t.name] = {row[0]: row[1] for row in desc}
         self.n_rows[t.name] = self.con.execute(f"SELECT count(*) FROM {_q(t.name)}").fetchone()[0]
         self._say(f"loaded {t.name}: {self.n_rows[t.name]:,} rows, {len(desc)} columns")
+        return t
+
+    def _read_file(self, t: TableSpec) -> None:
+        try:
+            self.con.execute(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t)}")
+            return
+        except duckdb.Error as exc:
+            if t.format not in ("csv", "tsv"):
+                self._raise(exc, self._read_failed(t))
+            if "Error when sniffing file" not in str(exc):
+                self._raise(exc, self._read_failed(t), _CSV_FIXES)
+        # no dialect fits every line: DuckDB's sample-based read names the line that breaks it
+        self._sql(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t, whole_file=False)}", self._read_failed(t),
+                  _CSV_FIXES)
+
+    def _check_listed(self, t: TableSpec, columns: list[str]) -> None:
+        for col, role in [*((c, "strings") for c in t.strings), *((c, "null_values") for c in t.column_null_values)]:
+            if col not in columns:
+                raise BuildError(f"table {t.name!r}: column {col!r} ({role}) not found{suggest(col, columns)}; "
+                                 f"the table has columns {columns}")
+
+    def _finish_table(self, t: TableSpec) -> None:
+        """__load -> T.name: forced strings, missing-value markers, retyping, the generated row key."""
+        types = {row[0]: row[1] for row in self.con.execute("DESCRIBE __load").fetchall()}
+        from_csv = t.format in ("csv", "tsv")
+        exprs, retype = [], []
+        for col, sql_type in types.items():
+            expr = _q(col)
+            if col in t.strings and sql_type != "VARCHAR":
+                expr, sql_type = f"CAST({expr} AS VARCHAR)", "VARCHAR"
+            markers = (() if from_csv else t.null_values) + t.column_null_values.get(col, ())
+            if markers:
+                if sql_type == "JSON":  # a JSON field of mixed types: its text, unquoted
+                    expr, sql_type = f"({expr} ->> '$')", "VARCHAR"
+                expr = f"CASE WHEN CAST({expr} AS VARCHAR) IN ({', '.join(_lit(m) for m in markers)}) THEN NULL ELSE {expr} END"
+                if sql_type == "VARCHAR" and col not in t.strings:
+                    retype.append(col)
+            exprs.append(f"{expr} AS {_q(col)}")
+        if t.key == ROW_KEY:
+            if ROW_KEY in types:
+                raise BuildError(f"table {t.name!r}: key {ROW_KEY!r} numbers the rows, but the file has a column "
+                                 f"named {ROW_KEY!r}; rename it")
+            exprs.insert(0, f"rowid + 1 AS {_q(ROW_KEY)}")  # rowid: the file's row order (insertion order kept)
+        if exprs == [f"{_q(c)} AS {_q(c)}" for c in types]:
+            self.con.execute(f"ALTER TABLE __load RENAME TO {_q(t.name)}")
+            return
+        self.con.execute(f"CREATE TABLE __typed AS SELECT {', '.join(exprs)} FROM __load ORDER BY rowid")
+        self.con.execute("DROP TABLE __load")
+        casts = {col: self._number_type("__typed", col) for col in retype}
+        if not any(casts.values()):
+            self.con.execute(f"ALTER TABLE __typed RENAME TO {_q(t.name)}")
+            return
+        select = ", ".join(f"CAST({_q(c)} AS {casts[c]}) AS {_q(c)}" if casts.get(c) else _q(c)
+                           for c, *_ in self.con.execute("DESCRIBE __typed").fetchall())
+        self.con.execute(f"CREATE TABLE {_q(t.name)} AS SELECT {select} FROM __typed ORDER BY rowid")
+        self.con.execute("DROP TABLE __typed")
+
+    def _number_type(self, table: str, col: str) -> str | None:
+        """BIGINT when every value of a text column reads back as the integer it writes, else DOUBLE when
+        every one is a number, else None (it stays text)."""
+        c = _q(col)
+        not_int, not_num = self.con.execute(
+            f"SELECT count(*) FILTER (WHERE CAST(TRY_CAST({c} AS BIGINT) AS VARCHAR) IS DISTINCT FROM trim({c})), "
+            f"count(*) FILTER (WHERE TRY_CAST({c} AS DOUBLE) IS NULL) FROM {_q(table)} WHERE {c} IS NOT NULL"
+        ).fetchone()
+        return "BIGINT" if not not_int else "DOUBLE" if not not_num else None
 
     def _check_columns(self, t: TableSpec) -> None:
         cols = self.types[t.name]
@@ -264,7 +369,8 @@ class Builder:
         if len(bad):
             raise BuildError(
                 f"table {t.name!r}: numeric column {column!r} has {len(bad):,} unparsable values, e.g. "
-                f"{self._examples(t.name, np.asarray(bad), column)}"
+                f"{self._examples(t.name, np.asarray(bad), column)} (values that mark a missing number go in "
+                f"the table's null_values)"
             )
 
     def _resolve_link(self, t: TableSpec, link) -> None:
@@ -315,8 +421,24 @@ class Builder:
         self.links[(t.name, link.name)] = out
 
     def load(self) -> None:
-        for t in self.spec.tables.values():
-            self._load_table(t)
+        """Load every table (a sql table after the tables it reads), check keys, links and numeric columns;
+        self.spec becomes the spec with its column globs expanded."""
+        loaded = {t.name: self._load_table(t) for t in self.spec.tables.values() if t.sql is None}
+        pending = [t for t in self.spec.tables.values() if t.sql is not None]
+        while pending:
+            waiting = []
+            for t in pending:
+                missing = _later_tables(t, set(self.spec.tables) - set(loaded))
+                if missing:
+                    waiting.append(t)
+                else:
+                    loaded[t.name] = self._load_table(t)
+            if len(waiting) == len(pending):
+                names = ", ".join(f"{t.name!r} reads {sorted(_later_tables(t, {w.name for w in waiting}))}"
+                                  for t in waiting)
+                raise BuildError(f"sql tables read each other in a cycle: {names}")
+            pending = waiting
+        self.spec = replace(self.spec, tables={name: loaded[name] for name in self.spec.tables})
         for t in self.spec.tables.values():
             self._check_columns(t)
         for t in self.spec.tables.values():
@@ -379,7 +501,7 @@ class Builder:
             np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
             leaf = _Leaf(values, multi_offsets=offsets, multi_codes=mcodes.astype(np.int32))
         else:
-            text = f"CAST({col} AS VARCHAR)"
+            text = _label_sql(col, self.types[table][column])
             values = [v for (v,) in self.con.execute(
                 f"SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL ORDER BY v").fetchall()]
             self.con.execute(
@@ -387,7 +509,7 @@ class Builder:
                 f"FROM (SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL)"
             )
             res = self.con.execute(
-                f"SELECT t.rowid AS p, d.code FROM {ix} t JOIN __dict d ON CAST(t.{col} AS VARCHAR) = d.v"
+                f"SELECT t.rowid AS p, d.code FROM {ix} t JOIN __dict d ON {_label_sql('t.' + col, self.types[table][column])} = d.v"
             ).fetchnumpy()
             self.con.execute("DROP TABLE __dict")
             codes = np.full(n, -1, dtype=np.int32)
@@ -600,6 +722,21 @@ class Builder:
         }
 
 
+#: after DuckDB's CSV fixes: which of them a spec sets, and how to apply the others (docs/spec.md)
+_CSV_FIXES = ("In the spec: strings = [COLUMN] reads a column as text (DuckDB's types={...: 'VARCHAR'}), "
+              "null_values lists missing-value markers (nullstr), delimiter sets delim; for any other read_csv "
+              "option read the file in a sql table: sql = \"SELECT * FROM read_csv('FILE', OPTION)\"")
+
+
+def _later_tables(t: TableSpec, not_loaded: set[str]) -> set[str]:
+    """The tables of NOT_LOADED that T's sql reads (none when DuckDB cannot parse it: running it tells why)."""
+    try:
+        named = {n.lower() for n in duckdb.get_table_names(t.sql)}
+    except duckdb.Error:
+        return set()
+    return {name for name in not_loaded if name.lower() in named and name != t.name}
+
+
 def _key_text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -670,10 +807,14 @@ def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, t
     tmp = new_staging_dir(snapshot_dir, "build")
     try:
         builder = Builder(spec, say, threads)
-        # resolve every universe's paths before the (slow) load, so spec errors come first
-        for uname in spec.universes:
+        # resolve every universe's paths before the (slow) load, so spec errors come first; column globs
+        # need the tables' columns, so with them the paths are resolved after the load
+        globs = any(t.has_column_globs() for t in spec.tables.values())
+        for uname in spec.universes if not globs else ():
             resolve_universe_fields(spec, uname)
         builder.load()
+        for uname in spec.universes if globs else ():
+            resolve_universe_fields(builder.spec, uname)
         universes = {uname: builder.build_universe(uname, tmp) for uname in sorted(spec.universes)}
         files = file_entries(tmp, threads)
         manifest = {

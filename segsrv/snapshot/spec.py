@@ -7,15 +7,19 @@ named files and columns exist is checked by the builder against the data.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import SpecError, suggest
 
 FILE_FORMATS = ("csv", "tsv", "parquet", "json", "ndjson")
+#: `key = "$row"`: the builder numbers a file table's rows 1..n in file order (docs/spec.md, "Keys")
+ROW_KEY = "$row"
+_GLOB_CHARS = set("*?[")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -46,6 +50,14 @@ class TableSpec:
     multi: dict[str, str] = field(default_factory=dict)  # column -> delimiter
     numeric: dict[str, NumericSpec] = field(default_factory=dict)
     links: dict[str, LinkSpec] = field(default_factory=dict)
+    # missing-value markers: for every column, and per column (docs/spec.md, "Missing values")
+    null_values: tuple[str, ...] = ()
+    column_null_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    strings: list[str] = field(default_factory=list)  # columns (or globs) read as text, as written in the file
+
+    def has_column_globs(self) -> bool:
+        """Whether a categorical / multi / numeric / strings entry is a glob (expanded against the data)."""
+        return any(is_glob(c) for c in [*self.categorical, *self.multi, *self.numeric, *self.strings])
 
     def feature_columns(self) -> dict[str, str]:
         """column -> kind (categorical, multi, numeric)."""
@@ -114,12 +126,30 @@ def _parse_numeric(col: str, raw, where: str) -> NumericSpec:
     return NumericSpec(col, quantiles=q)
 
 
+def is_glob(column: str) -> bool:
+    return bool(_GLOB_CHARS & set(column))
+
+
+def _string_list(raw, where: str) -> list[str]:
+    return [_expect(c, str, where) for c in _expect(raw, list, where)]
+
+
+def _parse_null_values(table: TableSpec, raw, where: str) -> None:
+    """`null_values = [...]` (every column) or `{ column = [...] }` (those columns)."""
+    if isinstance(raw, list):
+        table.null_values = tuple(_string_list(raw, where))
+        return
+    for col, values in _expect(raw, (list, dict), where).items():
+        table.column_null_values[col] = tuple(_string_list(values, f"{where}.{col}"))
+
+
 def _parse_table(name: str, raw: dict, base_dir: Path) -> TableSpec:
     where = f"tables.{name}"
     _expect(raw, dict, where)
     _check_keys(
         raw,
-        {"file", "format", "sql", "key", "categorical", "multi", "numeric", "links", "delimiter"},
+        {"file", "format", "sql", "key", "categorical", "multi", "numeric", "links", "delimiter", "null_values",
+         "strings"},
         where,
     )
     if ("file" in raw) == ("sql" in raw):
@@ -143,11 +173,14 @@ def _parse_table(name: str, raw: dict, base_dir: Path) -> TableSpec:
         table.format = fmt
     else:
         table.sql = _expect(raw["sql"], str, f"{where}.sql")
+        if table.key == ROW_KEY:
+            raise SpecError(f"{where}.key: {ROW_KEY!r} numbers the rows of a file; a sql table's row order is not "
+                            f"defined: number them in the query (row_number() OVER (ORDER BY ...)) and name that column")
     if "delimiter" in raw:
         table.delimiter = _expect(raw["delimiter"], str, f"{where}.delimiter")
-    table.categorical = [
-        _expect(c, str, f"{where}.categorical") for c in _expect(raw.get("categorical", []), list, f"{where}.categorical")
-    ]
+    _parse_null_values(table, raw.get("null_values", []), f"{where}.null_values")
+    table.strings = _string_list(raw.get("strings", []), f"{where}.strings")
+    table.categorical = _string_list(raw.get("categorical", []), f"{where}.categorical")
     for col, delim in _expect(raw.get("multi", {}), dict, f"{where}.multi").items():
         if not isinstance(delim, str) or not delim:
             raise SpecError(f"{where}.multi.{col}: expected a non-empty delimiter string, got {delim!r}")
@@ -169,6 +202,11 @@ def _parse_table(name: str, raw: dict, base_dir: Path) -> TableSpec:
         if not _NAME_RE.match(link):
             raise SpecError(f"{lw}: link name {link!r} must be an identifier (no dots)")
         table.links[link] = LinkSpec(link, spec["column"], spec["table"], reverse)
+    _check_feature_columns(table, where, [c for c in table.feature_columns() if not is_glob(c)])
+    return table
+
+
+def _check_feature_columns(table: TableSpec, where: str, columns) -> None:
     seen: dict[str, str] = {}
     for col, kind in (
         [(c, "categorical") for c in table.categorical]
@@ -177,12 +215,68 @@ def _parse_table(name: str, raw: dict, base_dir: Path) -> TableSpec:
     ):
         if col in seen:
             raise SpecError(f"{where}: column {col!r} is declared both {seen[col]} and {kind}")
+        seen[col] = kind
+    for col in columns:
         if "." in col:
             raise SpecError(f"{where}: column name {col!r} contains a dot; rename it with a sql table")
         if col in table.links:
             raise SpecError(f"{where}: {col!r} is both a link name and a feature column")
-        seen[col] = kind
-    return table
+
+
+def _expand(patterns, columns: list[str], taken: set[str], where: str, key_and_links_left_out: bool = True) -> list[str]:
+    """Entries in order, each glob replaced by the columns it matches (file order) that no explicit entry
+    names (`taken`); a glob matching nothing is an error."""
+    out: list[str] = []
+    for pattern in patterns:
+        if not is_glob(pattern):
+            names = [pattern]
+        else:
+            names = [c for c in columns if fnmatch.fnmatchcase(c, pattern)]
+            if not names:
+                raise SpecError(f"{where}: pattern {pattern!r} matches no column of the table; "
+                                f"its columns{' (but the key and link columns)' if key_and_links_left_out else ''} are {columns}")
+            names = [c for c in names if c not in taken]
+        out += [c for c in names if c not in out]
+    return out
+
+
+def expand_column_globs(table: TableSpec, columns: list[str]) -> TableSpec:
+    """TABLE with every glob of categorical / multi / numeric / strings replaced by the matching COLUMNS
+    (the table's columns as loaded, in file order). Explicit entries win over globs; globs never match the
+    key or a link column; a column two globs of different kinds match is an error."""
+    where = f"tables.{table.name}"
+    reserved = {table.key} | {link.column for link in table.links.values()}
+    candidates = [c for c in columns if c not in reserved]
+    explicit = {c for c in [*table.categorical, *table.multi, *table.numeric] if not is_glob(c)}
+    categorical = _expand(table.categorical, candidates, explicit, f"{where}.categorical")
+    multi_names = _expand(table.multi, candidates, explicit, f"{where}.multi")
+    numeric_names = _expand(table.numeric, candidates, explicit, f"{where}.numeric")
+    multi = {c: table.multi.get(c) or _glob_entry(table.multi, c) for c in multi_names}
+    numeric = {c: replace(table.numeric.get(c) or _glob_entry(table.numeric, c), column=c) for c in numeric_names}
+    strings = _expand(table.strings, columns, set(), f"{where}.strings", key_and_links_left_out=False)
+    by_kind = {"categorical": categorical, "multi": list(multi), "numeric": list(numeric)}
+    owner: dict[str, str] = {}
+    for kind, names in by_kind.items():
+        for c in names:
+            if c in owner:
+                raise SpecError(f"{where}: column {c!r} is matched by both {owner[c]} and {kind} "
+                                f"(name it explicitly in one of them)")
+            owner[c] = kind
+    out = replace(table, categorical=categorical, multi=multi, numeric=numeric, strings=strings)
+    _check_feature_columns(out, where, list(owner))
+    return out
+
+
+def _glob_entry(entries: dict, column: str):
+    """The value of the first glob key of ENTRIES matching COLUMN."""
+    return next(v for k, v in entries.items() if is_glob(k) and fnmatch.fnmatchcase(column, k))
+
+
+def with_expanded_columns(spec: Spec, columns: dict[str, list[str]]) -> Spec:
+    """SPEC with the column globs of every table expanded against COLUMNS (table -> loaded column names)."""
+    tables = {name: expand_column_globs(t, columns[name]) if t.has_column_globs() else t
+              for name, t in spec.tables.items()}
+    return replace(spec, tables=tables)
 
 
 def infer_format(path: Path) -> str | None:

@@ -47,6 +47,10 @@ RELATE_QUERIES = [
     {"from": "customers", "where": {"churned": True}, "order_by": "p", "min_support": 20, "limit": 15},
     {"from": "customers", "where": {"tenure_months": {"$gte": 1e9}}},  # empty condition: plan "none", no hits
     {"from": "customers"},  # every row
+    # the orders added last to RelateOrder (17-19) travel too
+    {"from": "customers", "where": {"region": "oulu"}, "order_by": "p_not", "limit": 15},
+    {"from": "customers", "where": {"region": "oulu"}, "order_by": "n_feature", "direction": "all", "limit": 15},
+    {"from": "customers", "where": {"region": "oulu"}, "order_by": "p_base", "direction": "under", "limit": 15},
 ]
 
 

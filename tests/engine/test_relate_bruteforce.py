@@ -24,7 +24,7 @@ from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, Unk
 
 ALL_ORDER_KEYS = (
     "lift_low", "lift_high", "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p", "leverage",
-    "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio",
+    "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio", "p_base", "p_not", "n_feature",
 )
 # keys where "best" is the smallest value: always p/q-values; for direction "under" also the
 # measures that fall below their independence value when F is under-represented in C

@@ -9,7 +9,6 @@ import gzip
 import json
 import os
 import shutil
-from collections import defaultdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,47 +22,10 @@ from segsrv.errors import BuildError
 from segsrv.snapshot import format as fmt
 from segsrv.snapshot.builder import band_labels, build_snapshot
 from segsrv.snapshot.reader import open_snapshot
-from support import quiet
+from support import assert_field_matches, ids_by_value, quiet, rows_of_feature
 
 
 # --- helpers over an opened universe -----------------------------------------
-
-
-def rows_of_feature(u, fid: int) -> np.ndarray:
-    """Rows having feature `fid`, read from the bitset / sparse list (not the CSR)."""
-    slot = int(u.feature_slot[fid])
-    if slot >= 0:
-        bits = np.unpackbits(np.asarray(u.dense[slot]).view(np.uint8), bitorder="little")
-        assert not bits[u.n_rows:].any(), "bits past n_rows must be zero"
-        return np.flatnonzero(bits[: u.n_rows])
-    return np.asarray(u.sparse_feature_ids(fid), dtype=np.int64)
-
-
-def ids_by_value(u, field: str) -> dict[str, set]:
-    f = u.field(field)
-    out = {}
-    for i, value in enumerate(f.values):
-        rows = rows_of_feature(u, f.feature_offset + i)
-        out[value] = set(u.ids_for_rows(rows))
-    return out
-
-
-def expected_by_value(pairs) -> dict[str, set]:
-    out = defaultdict(set)
-    for key, value in pairs:
-        out[value].add(key)
-    return dict(out)
-
-
-def assert_field_matches(u, field: str, pairs) -> None:
-    """Every value's row set (and count) equals the brute-force (id, value) pairs."""
-    expected = expected_by_value(pairs)
-    actual = ids_by_value(u, field)
-    f = u.field(field)
-    assert {v: ids for v, ids in actual.items() if ids} == expected
-    for i, value in enumerate(f.values):
-        assert int(f.counts[i]) == len(expected.get(value, ())), (field, value)
-        assert int(u.feature_count[f.feature_offset + i]) == len(expected.get(value, ())), (field, value)
 
 
 def csr_pairs(u) -> np.ndarray:
