@@ -36,8 +36,9 @@ MAX_POOL = 100_000     # distinct requests per method
 MAX_BATCH = 10_000     # ids of one Assign request
 VALUE_CHOICES = ("weighted", "uniform")
 PREDICT_METHODS = ("", "conjunction", "factorized", "logistic")
-RELATE_ORDERS = ("", "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p",
-                 "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "support_ratio")
+RELATE_ORDERS = ("", "lift_low", "lift_high", "lift_smoothed", "lift", "support", "p_value", "q_value",
+                 "mutual_information", "p", "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang",
+                 "support_ratio", "p_base", "p_not", "n_feature")  # "": the default; the rest: segsrv.ops.relate
 
 
 class ScenarioError(ValueError):

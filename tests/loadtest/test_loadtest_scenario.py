@@ -134,3 +134,10 @@ def test_resolve_row_count_of_an_empty_universe():
 def test_shipped_scenarios_are_valid_toml_with_only_known_keys():
     for path in SCENARIOS.glob("*.toml"):
         parse_scenario(tomllib.loads(path.read_text()), name=path.stem, base_dir=path.parent)
+
+
+def test_a_scenario_may_order_relate_by_every_order_the_server_accepts():
+    from clients.loadtest.scenario import RELATE_ORDERS
+    from segsrv.ops.relate import ORDER_KEYS
+
+    assert set(RELATE_ORDERS) == {""} | set(ORDER_KEYS)
