@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SegsrvError, SpecError
+from ..ops.conditions import segment_refs
 from ..snapshot import format as fmt
 from ..snapshot.location import resolve_version_dir
 from ..snapshot.publish import discard, entries_of, link_files, new_staging_dir, point_current, publish_version
@@ -165,7 +166,11 @@ def resolvable_catalog(snapshot: Snapshot, catalog: dict[str, dict]) -> tuple[di
         if not problems:
             return resolved, dropped
         for name, found in problems.items():
-            dropped[name] = "; ".join(why for _, why in found)
+            refs = sorted(segment_refs(parse_where(kept[name]["where"])) & (set(problems) | set(dropped)))
+            # a segment failing through a reference says so rather than repeat the referent's problem
+            dropped[name] = (f"it refers to {', '.join(map(repr, refs))}, dropped" if refs
+                             else "; ".join(why for _, why in found))
+        for name in problems:
             del kept[name]
 
 
