@@ -38,3 +38,8 @@ def test_prune_keeps_the_served_version_and_the_server_answering(tmp_path, start
             assert answer["version"] == current.name
             assert answer["count"] == int(((df.region == "north") & (df.plan == "pro")).sum())
             time.sleep(0.2)
+    # the retired version the server keeps (--keep-versions) still answers from its memory maps
+    old_df = pd.read_csv(tmp_path / "d1" / "customers.csv")
+    with SegsrvClient(server.address, timeout=30, snapshot="shop", version=old.name) as pinned:
+        answer = pinned.count({"from": "customers", "where": {"region": "south"}})
+        assert answer["version"] == old.name and answer["count"] == int((old_df.region == "south").sum())
