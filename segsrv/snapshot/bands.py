@@ -14,20 +14,41 @@ column with the same q (the manifest's field ``quantiles``) and
 * recomputes them otherwise, and says so.
 
 Explicit ``edges = [...]`` are always used as written. docs/spec.md "Stable band labels across rebuilds".
+``band_labels`` writes the labels of a list of edges (docs/spec.md "Numeric columns and their bands").
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import SegsrvError
 from . import format as fmt
 from .location import read_current
 
 DEFAULT_TOLERANCE = 0.02
+
+
+def _fmt_num(x: float) -> str:
+    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.6g}"
+
+
+def band_labels(edges: list[float]) -> list[str]:
+    """Labels of the bands cut by ascending `edges`: <e0, e0-e1, ..., >=ek."""
+    labels = [f"<{_fmt_num(edges[0])}"]
+    for lo, hi in zip(edges, edges[1:]):
+        if lo < 0 or hi < 0:
+            labels.append(f"[{_fmt_num(lo)}, {_fmt_num(hi)})")
+        else:
+            labels.append(f"{_fmt_num(lo)}-{_fmt_num(hi)}")
+    labels.append(f">={_fmt_num(edges[-1])}")
+    return labels
 
 
 @dataclass(frozen=True)
@@ -54,8 +75,9 @@ def previous_bands(snapshot_dir: Path) -> tuple[PreviousBands, str | None]:
             for f in universe["fields"]:
                 if f.get("kind") == "numeric" and "quantiles" in f and f.get("edges") is not None:
                     found[(f["table"], f["column"])] = (int(f["quantiles"]), [float(e) for e in f["edges"]])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return NONE, f"cannot read the band edges of the CURRENT version ({exc}); computing every edge afresh"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SegsrvError) as exc:
+        why = exc.message if isinstance(exc, SegsrvError) else f"{type(exc).__name__}: {exc}"
+        return NONE, f"cannot read the band edges of the CURRENT version ({why}); computing every edge afresh"
     return PreviousBands(version, found), None
 
 
@@ -98,6 +120,4 @@ def choose_edges(name: str, fresh: list[float], q: int, pin: bool, previous: Pre
 
 
 def _labels_change(old: list[float], new: list[float]) -> str:
-    from .builder import band_labels  # the one place labels are written
-
     return f"{band_labels(old) if old else []} -> {band_labels(new) if new else []}"

@@ -28,7 +28,7 @@ import numpy as np
 from .. import _kernels
 from ..errors import BuildError, SpecError
 from . import format as fmt
-from .bands import DEFAULT_TOLERANCE, NONE, PreviousBands, choose_edges, previous_bands
+from .bands import DEFAULT_TOLERANCE, NONE, PreviousBands, band_labels, choose_edges, previous_bands
 from .paths import FieldPath, resolve_universe_fields
 from .publish import discard, entries_of, new_staging_dir, point_current, publish_version
 from .spec import Spec, TableSpec, load_spec, suggest
@@ -52,24 +52,6 @@ def _q(name: str) -> str:
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _fmt_num(x: float) -> str:
-    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.6g}"
-
-
-def band_labels(edges: list[float]) -> list[str]:
-    """Labels of the bands cut by ascending `edges`: <e0, e0-e1, ..., >=ek."""
-    labels = [f"<{_fmt_num(edges[0])}"]
-    for lo, hi in zip(edges, edges[1:]):
-        if lo < 0 or hi < 0:
-            labels.append(f"[{_fmt_num(lo)}, {_fmt_num(hi)})")
-        else:
-            labels.append(f"{_fmt_num(lo)}-{_fmt_num(hi)}")
-    labels.append(f">={_fmt_num(edges[-1])}")
-    return labels
 
 
 def default_progress(msg: str) -> None:

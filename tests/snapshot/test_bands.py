@@ -151,3 +151,17 @@ def test_bad_pin_is_refused(tmp_path, banding, message):
     raw = {"name": "s", "tables": {"t": {"file": "t.csv", "key": "k", "numeric": {"x": banding}}}, "universes": {"t": {}}}
     with pytest.raises(SpecError, match=message):
         parse_spec(raw, tmp_path)
+
+
+def test_an_unreadable_current_version_is_reported_and_the_edges_computed_afresh(tmp_path):
+    write_small_shop(tmp_path / "v1", 500, seed=1)
+    root = tmp_path / "root"
+    build_snapshot(tmp_path / "v1" / "spec.toml", root, progress=lambda m: None)
+    (root / "shop" / "CURRENT").write_text("gone\n")  # names no version
+    write_small_shop(tmp_path / "v2", 500, seed=2)
+    said = []
+    vdir = build_snapshot(tmp_path / "v2" / "spec.toml", root, progress=said.append)
+    assert any(m.startswith("cannot read the band edges of the CURRENT version (FileNotFoundError: ")
+               and m.endswith("computing every edge afresh") for m in said)
+    assert _fields(vdir)["spend"]["edges"] == _quantile_edges(tmp_path / "v2", "spend")
+    assert (root / "shop" / "CURRENT").read_text().strip() == vdir.name
