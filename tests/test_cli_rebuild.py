@@ -4,6 +4,7 @@ and the errors (exit status and message)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from support import segsrv_cli, write_small_shop
@@ -48,3 +49,15 @@ def test_rebuild_flags(tmp_path):
     bad = segsrv_cli("build", spec, "--out", root, "--band-tolerance", "1.5")
     assert bad.returncode == 1
     assert bad.stderr == "segsrv: error: band tolerance (--band-tolerance): expected a share of rows 0..1, got 1.5\n"
+
+
+def test_every_build_and_prune_option_is_documented():
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    for command, doc in (("build", "docs/spec.md"), ("prune", "docs/server.md")):
+        text = (repo / doc).read_text()
+        usage = segsrv_cli(command, "--help")
+        options = sorted(set(re.findall(r"(--[a-z][a-z-]+)", usage.stdout)) - {"--help"})
+        assert usage.returncode == 0 and options
+        missing = [o for o in options if f"`{o}" not in text or o not in readme]
+        assert missing == [], f"{command}: options not documented in {doc} and README.md: {missing}"
