@@ -1,4 +1,5 @@
-"""Command line: segsrv demo-data | build | info | verify | query | discover | export | segments | assign | serve | diff | report.
+"""Command line: segsrv demo-data | build | info | verify | query | discover | export | segments | assign | serve | diff
+| report | prune.
 
 Every command prints errors as one line `segsrv: error: ...` on stderr and
 exits 1 for bad input or a failed build, 2 for bad usage. See docs/cli.md.
@@ -58,12 +59,26 @@ def cmd_demo_data(args) -> int:
 
 def cmd_build(args) -> int:
     from .engine.predict.models import fit_declared_models
-    from .snapshot.builder import build_snapshot
+    from .engine.rebuild import build_version
 
     progress = (lambda m: None) if args.quiet else None
-    path = build_snapshot(args.spec, args.out, version=args.version, progress=progress, threads=args.threads,
-                          fit_models=fit_declared_models)
+    tolerance = {} if args.band_tolerance is None else {"band_tolerance": args.band_tolerance}
+    path = build_version(args.spec, args.out, version=args.version, progress=progress, threads=args.threads,
+                         fit_models=fit_declared_models, **tolerance,
+                         carry_catalog=not args.no_catalog, drop_unresolved=args.drop_unresolved_segments,
+                         fit_propensities=not args.no_propensity_models)
     print(path)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .snapshot.prune import prune_versions
+
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[prune] {msg}", file=sys.stderr, flush=True))
+    result = prune_versions(args.snapshot, args.keep, dry_run=args.dry_run, progress=say)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{result.snapshot_dir.name}: {verb} {len(result.removed)} version(s), kept {len(result.kept)} "
+          f"(CURRENT {result.current})")
     return 0
 
 
@@ -496,7 +511,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="version name (default: content hash)")
     p.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-catalog", action="store_true",
+                   help="do not carry the CURRENT version's segment catalog over (docs/segments.md)")
+    p.add_argument("--drop-unresolved-segments", action="store_true",
+                   help="carry the catalog over without the segments that no longer resolve (a warning each) "
+                        "instead of failing")
+    p.add_argument("--no-propensity-models", action="store_true",
+                   help="carry the catalog over without fitting its segments' propensity models")
+    p.add_argument("--band-tolerance", type=float, metavar="X",
+                   help="keep the CURRENT version's quantile band edges when each is within X (a share of "
+                        "the values, 0..1) of the new quantile's rank (default 0.02; docs/spec.md)")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("prune", help="remove old versions of a snapshot, never the CURRENT one "
+                                     "(see docs/server.md)")
+    p.add_argument("snapshot", metavar="ROOT/NAME", help="the snapshot directory")
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the newest N versions (N >= 1)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.add_argument("--quiet", action="store_true", help="no line per version")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("info", help="describe a snapshot: universes, fields, values")
     p.add_argument("snapshot", help="ROOT, ROOT/NAME or ROOT/NAME/VERSION")

@@ -9,6 +9,7 @@
 * ``tree_digest`` / ``root_state``: pictures of a snapshot version / root, to prove nothing changed;
 * ``SEED_QUERY``: the demo's seed question (what else is in the orders holding dog dry food);
 * ``CUSTOMER_CONDITIONS``: JSON `where` conditions over PetNord's customers, one per condition shape;
+* ``write_small_shop``: a one-table shop (CSV + spec) to rebuild with changed data (versions over time);
 * the brute-force oracle over the SOURCE tables (``Source``, ``BruteUniverse``, ``Oracle``): it loads
   the PetNord JSON files with the standard library + pandas, parses the TOML spec itself, walks field
   paths (forward links, reverse links with "exists" semantics, several hops) with pandas joins, and
@@ -935,3 +936,33 @@ def ref_fold(row_id, k: int = 5) -> int:
     key = (int(row_id) & M64) if isinstance(row_id, (int, np.integer)) else fnv1a(str(row_id))
     h = splitmix64(key ^ splitmix64(CV_SEED))
     return min(int(k * ((h >> 11) * 2.0 ** -53)), k - 1)
+
+
+SMALL_SHOP_SPEC = """name = "shop"
+[tables.customers]
+file = "customers.csv"
+key = "customer_id"
+categorical = ["region", "plan"]
+numeric = { spend = { quantiles = 4 }, tenure = { quantiles = 4, pin = true }, age = { edges = [30, 50] } }
+[universes.customers]
+"""
+
+
+def write_small_shop(directory: Path, n: int, seed: int, spend_scale: float = 1.0,
+                     plans: tuple[str, ...] = ("basic", "plus", "pro")) -> Path:
+    """customers.csv (customer_id, region, plan, spend, tenure, age) and spec.toml in `directory`; returns the
+    spec. spend is lognormal times `spend_scale` (quartile bands), tenure 0..59 months (quartiles, pinned),
+    age 18..79 (explicit edges)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "customer_id": np.arange(n),
+        "region": rng.choice(["north", "south", "east", "west"], n),
+        "plan": rng.choice(list(plans), n),
+        "spend": np.round(rng.lognormal(4.0, 1.0, n) * spend_scale, 2),
+        "tenure": rng.integers(0, 60, n),
+        "age": rng.integers(18, 80, n),
+    })
+    df.to_csv(directory / "customers.csv", index=False)
+    (directory / "spec.toml").write_text(SMALL_SHOP_SPEC)
+    return directory / "spec.toml"

@@ -9,6 +9,7 @@
     evaluate     holdout quality of a prediction method
     assign       the segment catalog compiled per version: which segments a customer is in, propensities
     catalog      segment catalog files: parsing, validation against a snapshot, publishing a version
+    rebuild      `segsrv build` over a snapshot with a catalog: the new data, then the catalog carried over
     export       the ids of a condition's rows, optionally ranked by a score
     profile      a segment field by field against the population
     diff         drift of the catalog between two versions

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SegsrvError, SpecError
+from ..ops.conditions import segment_refs
 from ..snapshot import format as fmt
 from ..snapshot.location import resolve_version_dir
 from ..snapshot.publish import discard, entries_of, link_files, new_staging_dir, point_current, publish_version
@@ -149,30 +150,55 @@ def validate_catalog(snapshot: Snapshot, catalog: dict[str, dict]) -> dict[str, 
 
     Returns the catalog with universes filled in; raises SpecError listing every problem
     (unknown universe, field, value or segment, reference cycles, cross-universe references)."""
+    resolved, problems = _check_catalog(snapshot, catalog)
+    if problems:
+        _report([p for name in problems for p in problems[name]])
+    return resolved
+
+
+def resolvable_catalog(snapshot: Snapshot, catalog: dict[str, dict]) -> tuple[dict[str, dict], dict[str, str]]:
+    """The segments of `catalog` that resolve on the snapshot (universes filled in), and the others by
+    name with the reason; a segment referring to a dropped one is dropped too."""
+    kept = copy.deepcopy(catalog)
+    dropped: dict[str, str] = {}
+    while True:
+        resolved, problems = _check_catalog(snapshot, kept)
+        if not problems:
+            return resolved, dropped
+        for name, found in problems.items():
+            refs = sorted(segment_refs(parse_where(kept[name]["where"])) & (set(problems) | set(dropped)))
+            # a segment failing through a reference says so rather than repeat the referent's problem
+            dropped[name] = (f"it refers to {', '.join(map(repr, refs))}, dropped" if refs
+                             else "; ".join(why for _, why in found))
+        for name in problems:
+            del kept[name]
+
+
+def _check_catalog(snapshot: Snapshot, catalog: dict[str, dict]) -> tuple[dict, dict[str, list[tuple[str, str]]]]:
+    """(the catalog with universes filled in, segment name -> its problems as (path, why))."""
     resolved = copy.deepcopy(catalog)
-    problems: list[tuple[str, str]] = []
+    problems: dict[str, list[tuple[str, str]]] = {}
     names = sorted(snapshot.universes)
     for name, entry in resolved.items():
         if entry.get("universe") is None:
             if len(names) != 1:
-                problems.append((f"segments.{name}.universe",
-                                 f"required: the snapshot has {len(names)} universes {names}"))
+                problems[name] = [(f"segments.{name}.universe",
+                                   f"required: the snapshot has {len(names)} universes {names}")]
                 continue
             entry["universe"] = names[0]
         elif entry["universe"] not in snapshot.universes:
-            problems.append((f"segments.{name}.universe", f"unknown universe {entry['universe']!r}; known: {names}"))
+            problems[name] = [(f"segments.{name}.universe",
+                               f"unknown universe {entry['universe']!r}; known: {names}")]
     if problems:
-        _report(problems)
+        return resolved, problems
     probe = _CatalogView(snapshot, resolved)
     for name, entry in sorted(resolved.items()):
         universe = snapshot.universe(entry["universe"])
         try:
             Evaluator(probe, universe).evaluate(parse_where(entry["where"], f"segments.{name}.where"))
         except SegsrvError as exc:
-            problems.append((f"segments.{name}", exc.message))
-    if problems:
-        _report(problems)
-    return resolved
+            problems[name] = [(f"segments.{name}", exc.message)]
+    return resolved, problems
 
 
 class _CatalogView:
@@ -204,18 +230,25 @@ def catalog_version(base_version: str, catalog: dict, propensity_models: bool = 
 
 def apply_segments(location: str | Path, catalog: dict | str | Path, *, version: str | None = None,
                    progress: Callable[[str], None] | None = None,
-                   fit_propensities: bool = True) -> tuple[Path, bool]:
+                   fit_propensities: bool = True, drop_unresolved: bool = False) -> tuple[Path, bool]:
     """Validate `catalog` against ROOT/NAME's current version and publish it as a new version.
 
     `catalog` is a mapping or the path of a catalog file. Returns (version directory, changed);
     when the catalog equals the current one nothing is published and changed is False.
     fit_propensities: fit (or reuse, when unchanged) and store the default propensity model of every
-    segment (segsrv.engine.catalog_models); False stores none (Assign then fits them on demand)."""
+    segment (segsrv.engine.catalog_models); False stores none (Assign then fits them on demand).
+    drop_unresolved: publish the segments that resolve, leaving out (with a warning through `progress`) those
+    that do not, instead of refusing the catalog (a rebuild carrying a catalog over, segsrv.engine.rebuild)."""
     say = progress or (lambda msg: None)
     entries = load_catalog_file(catalog) if isinstance(catalog, (str, Path)) else normalize_catalog(catalog)
     vdir = resolve_version_dir(location)
     snap = open_snapshot(vdir)  # every byte: a damaged base must not be linked into a new version
-    resolved = validate_catalog(snap, entries)
+    if drop_unresolved:
+        resolved, dropped = resolvable_catalog(snap, entries)
+        for name, why in sorted(dropped.items()):
+            say(f"warning: segment {name!r} dropped: it does not resolve on {snap.name}/{snap.version}: {why}")
+    else:
+        resolved = validate_catalog(snap, entries)
     fit = bool(fit_propensities and resolved)
     # the same catalog is "unchanged" unless its models are to be stored and the current version lacks
     # them: none stored, or stored by an older segsrv under another definition (another content key)

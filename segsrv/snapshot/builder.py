@@ -28,6 +28,7 @@ import numpy as np
 from .. import _kernels
 from ..errors import BuildError, SpecError
 from . import format as fmt
+from .bands import DEFAULT_TOLERANCE, NONE, PreviousBands, band_labels, choose_edges, previous_bands
 from .paths import FieldPath, resolve_universe_fields
 from .publish import discard, entries_of, new_staging_dir, point_current, publish_version
 from .spec import ROW_KEY, Spec, TableSpec, expand_column_globs, load_spec, suggest
@@ -53,12 +54,6 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _fmt_num(x: float) -> str:
-    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.6g}"
-
-
 def _label_sql(col: str, sql_type: str) -> str:
     """The text of a categorical value: integral floating-point numbers as integers (a DOUBLE 1.0 is '1', as
     a query's 1 or 1.0 is), everything else as DuckDB prints it."""
@@ -68,19 +63,7 @@ def _label_sql(col: str, sql_type: str) -> str:
     return f"CAST({col} AS VARCHAR)"
 
 
-def band_labels(edges: list[float]) -> list[str]:
-    """Labels of the bands cut by ascending `edges`: <e0, e0-e1, ..., >=ek."""
-    labels = [f"<{_fmt_num(edges[0])}"]
-    for lo, hi in zip(edges, edges[1:]):
-        if lo < 0 or hi < 0:
-            labels.append(f"[{_fmt_num(lo)}, {_fmt_num(hi)})")
-        else:
-            labels.append(f"{_fmt_num(lo)}-{_fmt_num(hi)}")
-    labels.append(f">={_fmt_num(edges[-1])}")
-    return labels
-
-
-def _default_progress(msg: str) -> None:
+def default_progress(msg: str) -> None:
     print(f"[build] {msg}", file=sys.stderr, flush=True)
 
 
@@ -125,9 +108,12 @@ def _expand(counts: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 class Builder:
-    def __init__(self, spec: Spec, progress: Progress | None = None, threads: int | None = None):
+    def __init__(self, spec: Spec, progress: Progress | None = None, threads: int | None = None,
+                 previous: PreviousBands = NONE, band_tolerance: float = DEFAULT_TOLERANCE):
         self.spec = spec
-        self.progress = progress or _default_progress
+        self.previous = previous  # the quantile edges of the version this build replaces
+        self.band_tolerance = band_tolerance
+        self.progress = progress or default_progress
         self.con = duckdb.connect(":memory:")
         if threads:
             self.con.execute(f"SET threads={int(threads)}")
@@ -469,9 +455,16 @@ class Builder:
         n = self.n_rows[table]
         if kind == "numeric":
             nspec = self.spec.tables[table].numeric[column]
-            edges = list(nspec.edges) if nspec.edges else self._quantile_edges(table, column, nspec.quantiles)
             raw = self._by_row(table, f"TRY_CAST({col} AS DOUBLE)", np.float64, np.nan)
             raw[~np.isfinite(raw)] = np.nan
+            if nspec.edges:
+                edges = list(nspec.edges)
+            else:
+                edges, note = choose_edges(f"{table}.{column}", self._quantile_edges(table, column, nspec.quantiles),
+                                           nspec.quantiles, nspec.pin, self.previous, np.sort(raw[~np.isnan(raw)]),
+                                           self.band_tolerance)
+                if note:
+                    self._say(note)
             codes = np.full(n, -1, dtype=np.int32)
             if edges:
                 ok = ~np.isnan(raw)
@@ -660,6 +653,9 @@ class Builder:
             }
             if fd.edges is not None:
                 meta["edges"] = fd.edges
+                quantiles = self.spec.tables[fp.table].numeric[fp.column].quantiles
+                if quantiles:  # what a rebuild's edges are compared with (bands.py)
+                    meta["quantiles"] = quantiles
             if fd.raw is not None:
                 rel = f"universes/{name}/numeric/{fp.name}.bin"
                 fmt.write_array(out / rel, fd.raw)
@@ -741,7 +737,8 @@ def _key_text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _publish(tmp: Path, snapshot_dir: Path, version: str, manifest: bytes, progress: Progress) -> Path:
+def _publish(tmp: Path, snapshot_dir: Path, version: str, manifest: bytes, progress: Progress,
+             set_current: bool = True) -> Path:
     final = snapshot_dir / version
     if final.exists():
         # a published version is immutable: only an identical rebuild may reuse its name
@@ -753,7 +750,8 @@ def _publish(tmp: Path, snapshot_dir: Path, version: str, manifest: bytes, progr
         progress(f"version {version} already published; identical content")
     else:
         publish_version(tmp, snapshot_dir, version, manifest)
-    point_current(snapshot_dir, version)
+    if set_current:
+        point_current(snapshot_dir, version)
     return final
 
 
@@ -771,6 +769,8 @@ def build_snapshot(
     progress: Progress | None = None,
     threads: int | None = None,
     fit_models: FitModels | None = None,
+    band_tolerance: float = DEFAULT_TOLERANCE,
+    set_current: bool = True,
 ) -> Path:
     """Build the snapshot described by a spec under OUT_ROOT/NAME/VERSION and point CURRENT at it.
 
@@ -779,20 +779,26 @@ def build_snapshot(
     section (segsrv.engine.predict.models.fit_declared_models; the builder does not fit, the engine
     does).
 
+    Quantile band edges are kept from the CURRENT version of OUT_ROOT/NAME when the new data's quantiles
+    are within `band_tolerance` of them (segsrv.snapshot.bands). `set_current=False` publishes the version
+    without pointing CURRENT at it (a caller that publishes a catalog version on top points CURRENT).
+
     Returns the version directory. On any error nothing is left behind; a failure to write (a full
     disk, a file size limit, permissions) is a BuildError that says what failed.
     """
     spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
-    say = progress or _default_progress
+    say = progress or default_progress
     if version is not None and (not version or "/" in version or version.startswith(".")):
         raise SpecError(f"version {version!r} is not a valid directory name")
+    if isinstance(band_tolerance, bool) or not isinstance(band_tolerance, (int, float)) or not 0 <= band_tolerance <= 1:
+        raise SpecError(f"band tolerance (--band-tolerance): expected a share of rows 0..1, got {band_tolerance!r}")
     if spec.models and fit_models is None:
         raise BuildError(f"the spec declares models {sorted(spec.models)}, but this build cannot fit them "
                          f"(build with `segsrv build`, or pass fit_models)")
     snapshot_dir = Path(out_root) / spec.name
     current_before = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
     try:
-        return _build(spec, snapshot_dir, version, say, threads, fit_models)
+        return _build(spec, snapshot_dir, version, say, threads, fit_models, float(band_tolerance), set_current)
     except (OSError, duckdb.IOException) as exc:
         what = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
         current_after = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
@@ -802,11 +808,14 @@ def build_snapshot(
 
 
 def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, threads: int | None,
-           fit_models: FitModels | None) -> Path:
+           fit_models: FitModels | None, band_tolerance: float, set_current: bool) -> Path:
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     tmp = new_staging_dir(snapshot_dir, "build")
     try:
-        builder = Builder(spec, say, threads)
+        previous, note = previous_bands(snapshot_dir)
+        if note:
+            say(note)
+        builder = Builder(spec, say, threads, previous, band_tolerance)
         # resolve every universe's paths before the (slow) load, so spec errors come first; column globs
         # need the tables' columns, so with them the paths are resolved after the load
         globs = any(t.has_column_globs() for t in spec.tables.values())
@@ -839,7 +848,7 @@ def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, t
         if version is None:
             version = hashlib.sha256(fmt.dumps_manifest(manifest)).hexdigest()[:16]
         manifest["version"] = version
-        final = _publish(tmp, snapshot_dir, version, fmt.dumps_manifest(manifest), say)
+        final = _publish(tmp, snapshot_dir, version, fmt.dumps_manifest(manifest), say, set_current)
     except BaseException:
         discard(tmp)
         try:

@@ -59,7 +59,7 @@ Manifest
     universes       {universe: {table, key, key_kind ("int"|"bytes"), n_rows,
                      n_features, n_dense, n_sparse, dense_threshold,
                      fields: [{name, kind, semantics, hops, values, counts,
-                               feature_offset, edges?, numeric_file?}]}}
+                               feature_offset, edges?, quantiles?, numeric_file?}]}}
     segments        the segment catalog ({} until segments are applied; see
                     segsrv/engine/catalog.py): {name: {where, universe, description,
                     priority, tags}}
@@ -79,7 +79,9 @@ Manifest
 
 A field's features are ``feature_offset .. feature_offset + len(values) - 1``
 in the order of ``values``. ``kind`` is categorical, multi or numeric (banded;
-``edges`` gives the band edges, band i is [edges[i-1], edges[i])); semantics is
+``edges`` gives the band edges, band i is [edges[i-1], edges[i]); ``quantiles`` the spec's
+number of quantile bands when the edges are quantiles, which a rebuild compares its own with:
+segsrv/snapshot/bands.py); semantics is
 "own", "forward" (one value per row through forward links) or "exists"
 (through at least one reverse link: a row has the feature when any linked row
 has it).

@@ -21,6 +21,10 @@ The protocol (readers and the server rely on it; the builder and ``segments appl
 
 A failure before step 3 leaves nothing behind but the staging directory, which ``discard``
 removes.
+
+5. A version is removed (``withdraw_version``: ``segsrv prune``, or a rebuild whose catalog could not be
+   carried over) by renaming it to a hidden directory first, in one step, then deleting that: a reader
+   finds the whole version or none of it. A server that has the version open keeps its memory maps.
 """
 
 from __future__ import annotations
@@ -86,6 +90,14 @@ def publish_version(staging: Path, snapshot_dir: Path, version: str, manifest: b
 def point_current(snapshot_dir: Path, version: str) -> None:
     """Atomically make ROOT/NAME/CURRENT name `version`."""
     fmt.write_atomic(snapshot_dir / fmt.CURRENT, (version + "\n").encode())
+
+
+def withdraw_version(snapshot_dir: Path, version: str) -> Path:
+    """Rename ROOT/NAME/VERSION to a hidden directory (atomically: the version is gone for every reader)
+    and return it; ``discard`` deletes it."""
+    hidden = snapshot_dir / f".removing-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(snapshot_dir / version, hidden)
+    return hidden
 
 
 def discard(staging: Path) -> None:

@@ -28,6 +28,7 @@ class NumericSpec:
     column: str
     edges: tuple[float, ...] | None = None  # explicit band edges, ascending
     quantiles: int | None = None  # or: number of quantile bands
+    pin: bool = False  # quantile edges: keep the previous version's whatever the data (snapshot/bands.py)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,12 @@ def _parse_numeric(col: str, raw, where: str) -> NumericSpec:
     if raw is True or raw == {}:
         return NumericSpec(col, quantiles=4)
     _expect(raw, dict, where)
-    _check_keys(raw, {"edges", "quantiles"}, where)
+    _check_keys(raw, {"edges", "quantiles", "pin"}, where)
+    pin = raw.get("pin", False)
+    if not isinstance(pin, bool):
+        raise SpecError(f"{where}.pin: expected true or false, got {pin!r}")
+    if pin and "quantiles" not in raw:
+        raise SpecError(f"{where}.pin: pins quantile edges; explicit 'edges' are always kept as written")
     if ("edges" in raw) == ("quantiles" in raw):
         raise SpecError(f"{where}: give exactly one of 'edges' (list of numbers) or 'quantiles' (int)")
     if "edges" in raw:
@@ -123,7 +129,7 @@ def _parse_numeric(col: str, raw, where: str) -> NumericSpec:
     q = raw["quantiles"]
     if not isinstance(q, int) or isinstance(q, bool) or not 2 <= q <= 100:
         raise SpecError(f"{where}.quantiles: expected an integer 2..100, got {q!r}")
-    return NumericSpec(col, quantiles=q)
+    return NumericSpec(col, quantiles=q, pin=pin)
 
 
 def is_glob(column: str) -> bool:

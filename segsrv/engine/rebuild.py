@@ -1,0 +1,78 @@
+"""`segsrv build` over a snapshot that has a segment catalog: the new data, then the same catalog on it.
+
+A build writes a new data version (segsrv.snapshot.builder). When the version it replaces (ROOT/NAME's
+CURRENT) has a segment catalog, the catalog is carried over as ``segments apply`` would carry it: the
+definitions are validated against the new data, each segment's propensity model is fitted for it and
+stored (segsrv.engine.catalog_models), and the catalog version, hard-linked to the data version, is
+published; only then does CURRENT move, so a server never serves the new data without its catalog and
+the first Assign after a rebuild fits nothing. A segment that no longer resolves fails the build
+(naming it; the new data version is withdrawn, CURRENT is unchanged) unless ``drop_unresolved`` leaves
+it out with a warning. ``carry_catalog=False`` builds the data version alone. docs/segments.md
+"The catalog across rebuilds".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SegsrvError, SpecError
+from ..snapshot import format as fmt
+from ..snapshot.bands import DEFAULT_TOLERANCE
+from ..snapshot.builder import FitModels, Progress, build_snapshot, default_progress
+from ..snapshot.location import list_versions, read_current
+from ..snapshot.publish import discard, point_current, withdraw_version
+from ..snapshot.spec import Spec, load_spec
+from .catalog import apply_segments
+
+
+def current_catalog(snapshot_dir: Path) -> tuple[str | None, dict]:
+    """(the CURRENT version of ROOT/NAME, its segment catalog); (None, {}) when there is no snapshot yet."""
+    if not (snapshot_dir / fmt.CURRENT).exists():
+        return None, {}
+    try:
+        version = read_current(snapshot_dir)
+        manifest = json.loads((snapshot_dir / version / fmt.MANIFEST).read_text(encoding="utf-8"))
+        return version, dict(manifest.get("segments") or {})
+    except (OSError, ValueError, SegsrvError) as exc:
+        why = exc.message if isinstance(exc, SegsrvError) else str(exc)
+        raise SpecError(f"cannot read the segment catalog of {snapshot_dir}'s CURRENT version to carry it over: "
+                        f"{why}; build with --no-catalog to build without it") from None
+
+
+def build_version(spec_path: str | Path | Spec, out_root: str | Path, *, version: str | None = None,
+                  progress: Progress | None = None, threads: int | None = None,
+                  fit_models: FitModels | None = None, band_tolerance: float = DEFAULT_TOLERANCE,
+                  carry_catalog: bool = True, drop_unresolved: bool = False,
+                  fit_propensities: bool = True) -> Path:
+    """Build the spec under OUT_ROOT/NAME, carrying the CURRENT version's catalog over (module docstring).
+
+    `version` names the version CURRENT ends at (with a carried catalog: the catalog version; the data
+    version it shares its files with keeps its content-hash name). `fit_propensities=False` carries the
+    catalog without stored propensity models (as `segments apply --no-propensity-models`). Returns the
+    published version directory."""
+    spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
+    snapshot_dir = Path(out_root) / spec.name
+    base, catalog = current_catalog(snapshot_dir) if carry_catalog else (None, {})
+    build = dict(progress=progress, threads=threads, fit_models=fit_models, band_tolerance=band_tolerance)
+    if not catalog:
+        return build_snapshot(spec, out_root, version=version, **build)
+    existed = set(list_versions(snapshot_dir))
+    data_dir = build_snapshot(spec, out_root, set_current=False, **build)
+    say = progress or default_progress
+    say(f"carrying the catalog of version {base} ({len(catalog)} segments) over to {spec.name}/{data_dir.name}")
+    try:
+        vdir, _ = apply_segments(data_dir, catalog, version=version, progress=say, fit_propensities=fit_propensities,
+                                 drop_unresolved=drop_unresolved)
+    except BaseException as exc:
+        if data_dir.name not in existed:  # published by this build, never served: withdraw it
+            discard(withdraw_version(snapshot_dir, data_dir.name))
+        if isinstance(exc, SpecError) and any(v.field.startswith("segments.") for v in exc.violations):
+            raise SpecError(
+                f"the segment catalog of {spec.name}/{base} does not carry over to the new data; nothing was "
+                f"published, CURRENT still names {base}. {exc.message}\nRebuild with --drop-unresolved-segments "
+                f"to publish without these segments (each dropped with a warning), or with --no-catalog and then "
+                f"`segsrv segments apply` a corrected catalog.", exc.violations) from None
+        raise
+    point_current(snapshot_dir, vdir.name)  # also when the catalog left nothing to publish on the data
+    return vdir
