@@ -162,9 +162,9 @@ class RelateQuery:
 
 
 def hit_columns(select: list[str]) -> list[str]:
-    """A hit's JSON keys: `select`, after `$field` and `$value` when it leaves them out, so that every hit
-    names its feature (a field-name column alone is null on the hits of other fields)."""
-    return [s for s in ("$field", "$value") if s not in select] + list(select)
+    """A hit's JSON keys: `$field` and `$value` first, selected or not, so that every hit names its feature
+    (a field-name column alone is null on the hits of other fields), then the rest of `select` in its order."""
+    return ["$field", "$value"] + [s for s in select if s not in ("$field", "$value")]
 
 
 @dataclass
