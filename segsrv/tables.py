@@ -104,9 +104,9 @@ def score_summary(summary: dict) -> str:
             f"{summary['n_members']:,} members; mean score {cell(summary['mean_score'])}\n")
 
 
-def scores(rows: list[dict], first_rank: int = 1) -> str:
-    """Score rows ({"id", "score"}) with their rank."""
-    return table(["rank", "id", "score"], [{"rank": first_rank + i, **r} for i, r in enumerate(rows)])
+def scores(rows: list[dict]) -> str:
+    """Score rows ({"id", "score"}) numbered from 1 (the rank with top_k; else the row order)."""
+    return table(["#", "id", "score"], [{"#": i, **r} for i, r in enumerate(rows, 1)])
 
 
 def evaluate(answer: dict) -> str:

@@ -189,3 +189,35 @@ def test_help_shows_json_keys_and_an_example(command):
     done = segsrv_cli(*command, "--help")
     assert done.returncode == 0
     assert "JSON keys" in done.stdout and "Example:" in done.stdout and "--format" in done.stdout
+
+
+def test_score_predict_evaluate_tables_carry_the_json_numbers(petnord_root, petnord_src, capsys):
+    score = json.dumps({"from": "customers", "segment": {"region": "oulu"}, "target": "churned", "value": True,
+                        "top_k": 4, "method": "factorized"})
+    code, lines_json, summary = run(capsys, "query", "score", "--local", petnord_root, "--json", score)
+    assert code == 0
+    expected = [json.loads(line) for line in lines_json.splitlines()]
+    code, out, err = run(capsys, "query", "score", "--local", petnord_root, "--json", score, "--format", "table")
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["#", "id", "score"]
+    assert [(r[1], float(r[2])) for r in rows[1:]] == [(e["id"], pytest.approx(e["score"], rel=1e-3)) for e in expected]
+    n_oulu = petnord_src.execute("SELECT count(*) FROM customers WHERE region = 'oulu'").fetchone()[0]
+    assert json.loads(summary)["n_members"] == n_oulu and f"for 4 of {n_oulu:,} members" in err
+
+    predict = json.dumps({"from": "customers", "target": "churned", "evidence": {"region": "oulu"},
+                          "method": "factorized"})
+    code, out, _ = run(capsys, "query", "predict", "--local", petnord_root, "--json", predict)
+    probabilities = {p["value"]: p["probability"] for p in json.loads(out)["probabilities"]}
+    code, out, _ = run(capsys, "query", "predict", "--local", petnord_root, "--json", predict, "--format", "table")
+    lines = out.splitlines()
+    assert "evidence region=oulu" in lines[0] and lines[2].split()[:3] == ["value", "probability", "base"]
+    assert {r.split()[0]: float(r.split()[1]) for r in lines[3:]} == {
+        v: pytest.approx(p, rel=1e-3) for v, p in probabilities.items()}
+    assert all("region=oulu x" in r for r in lines[3:])
+
+    evaluate = json.dumps({"from": "customers", "target": "churned", "method": "factorized"})
+    code, out, _ = run(capsys, "query", "evaluate", "--local", petnord_root, "--json", evaluate)
+    answer = json.loads(out)
+    code, out, _ = run(capsys, "query", "evaluate", "--local", petnord_root, "--json", evaluate, "--format", "table")
+    assert f"trained on {answer['n_train']:,} rows, tested on {answer['n_test']:,}" in out
+    assert f"accuracy {answer['accuracy']:.4g}" in out and f"calibration of {answer['calibration_of']}:" in out
