@@ -97,13 +97,13 @@ PYEOF
 echo
 echo "== discover: which segments exist? (conjunctions beyond what their parts predict; 5 personas)"
 CATALOG="$DIR/segments-$N.toml"
-echo "\$ segsrv discover --addr $ADDR --from customers --k 5 --format text --save $CATALOG"
-$SEG discover --addr "$ADDR" --from customers --k 5 --format text --save "$CATALOG" --timeout 120
+echo "\$ segsrv discover --addr $ADDR --from customers --k 5 --format table --save $CATALOG"
+$SEG discover --addr "$ADDR" --from customers --k 5 --format table --save "$CATALOG" --timeout 120
 
 echo
 echo "== discover with a target: where is churn high, where is it low?"
-echo "\$ segsrv discover --addr $ADDR --from customers --target churned=true --limit 10 --describe 1 --format text"
-$SEG discover --addr "$ADDR" --from customers --target churned=true --limit 10 --describe 1 --format text --timeout 120
+echo "\$ segsrv discover --addr $ADDR --from customers --target churned=true --limit 10 --describe 1 --format table"
+$SEG discover --addr "$ADDR" --from customers --target churned=true --limit 10 --describe 1 --format table --timeout 120
 
 echo
 echo "== publish the discovered catalog (a new version; the server swaps to it)"

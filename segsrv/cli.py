@@ -38,9 +38,32 @@ def _load_query(text: str, flag: str = "--json") -> dict:
     return obj
 
 
-def _print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+def _print_json(obj, stream=None) -> None:
+    stream = stream or sys.stdout
+    json.dump(obj, stream, indent=2, ensure_ascii=False)
+    stream.write("\n")
+
+
+def _output_format(args, stream=None) -> str:
+    """--format table|json, else table on a terminal and json when piped (what scripts read)."""
+    fmt = {"text": "table"}.get(args.format, args.format)  # discover's earlier --format text
+    if fmt in ("table", "json"):
+        return fmt
+    return "table" if (stream or sys.stdout).isatty() else "json"
+
+
+def _format_argument(p: argparse.ArgumentParser, extra: tuple[str, ...] = ()) -> None:
+    p.add_argument("--format", choices=["table", "json", *extra],
+                   help="table: aligned columns (default on a terminal); json: the JSON answer (default when "
+                        "piped, what scripts read)")
+
+
+def _print_answer(args, answer, render) -> None:
+    """The JSON answer as JSON or, rendered by `render` (segsrv.tables), as a table."""
+    if _output_format(args) == "json":
+        _print_json(answer)
+    else:
+        sys.stdout.write(render(answer))
 
 
 def cmd_demo_data(args) -> int:
@@ -51,8 +74,9 @@ def cmd_demo_data(args) -> int:
         args.out, n_customers=args.customers, seed=args.seed,
         progress=None if args.quiet else (lambda m: print(f"[demo] {m}", file=sys.stderr, flush=True)),
     )
-    print(f"[demo] wrote {spec.parent} in {time.perf_counter() - t0:.1f} s; build it with: "
-          f"segsrv build {spec} --out ROOT", file=sys.stderr)
+    if not args.quiet:
+        print(f"[demo] wrote {spec.parent} in {time.perf_counter() - t0:.1f} s; build it with: "
+              f"segsrv build {spec} --out ROOT", file=sys.stderr)
     print(spec)
     return 0
 
@@ -125,9 +149,12 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def _write_scores(answer: dict, csv_path: str | None) -> None:
-    """`query score`: id,score rows to CSV_PATH (or JSON lines to stdout); the summary on stderr."""
+def _write_scores(answer: dict, csv_path: str | None, fmt: str) -> None:
+    """`query score`: id,score rows to CSV_PATH, else JSON lines (json) or a ranked table (table) on stdout;
+    the summary on stderr (one JSON line, or a sentence)."""
     import csv
+
+    from . import tables
 
     scores = answer.pop("scores")
     if csv_path:
@@ -135,10 +162,12 @@ def _write_scores(answer: dict, csv_path: str | None) -> None:
             w = csv.writer(f)
             w.writerow(["id", "score"])
             w.writerows([s["id"], s["score"]] for s in scores)
-    else:
+    elif fmt == "json":
         for s in scores:
             sys.stdout.write(json.dumps(s) + "\n")
-    print(json.dumps(answer), file=sys.stderr)
+    else:
+        sys.stdout.write(tables.scores(scores))
+    print(json.dumps(answer) if fmt == "json" else tables.score_summary(answer).rstrip(), file=sys.stderr)
 
 
 def _say_progress(command: str):
@@ -172,15 +201,22 @@ def _backend(args, snapshot_name: str | None = None):
 def cmd_query(args) -> int:
     if args.csv and args.kind != "score":
         raise SegsrvError("--csv is for `segsrv query score`")
+    from . import tables
     from .ops import QUERY_TYPES, render
+    from .ops.discover import render_text
 
     query = QUERY_TYPES[args.kind].from_json(_load_query(args.json))
     with _backend(args, args.snapshot) as backend:
         result = backend.call(query, progress=_say_progress("query score"))
+    answer, fmt = render(query, result), _output_format(args)
     if args.kind == "score":
-        _write_scores(render(query, result), args.csv)
+        _write_scores(answer, args.csv, fmt)
+    elif fmt == "json":
+        _print_json(answer)
+    elif args.kind == "discover":
+        sys.stdout.write(render_text(result))
     else:
-        _print_json(render(query, result))
+        sys.stdout.write(getattr(tables, args.kind)(answer))  # the renderer of each kind bears its name
     return 0
 
 
@@ -189,7 +225,7 @@ EXPORT_MAX_CHUNK = 100_000
 
 
 def _export_format(out: str, fmt: str | None) -> str:
-    """--format, else from OUT's extension (.csv; .jsonl / .ndjson / .json); stdout: csv."""
+    """--ids-format, else from OUT's extension (.csv; .jsonl / .ndjson / .json); stdout: csv."""
     if fmt:
         return fmt
     if out == "-":
@@ -200,16 +236,16 @@ def _export_format(out: str, fmt: str | None) -> str:
     if ext in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
     raise SegsrvError(f"--out {out!r}: cannot tell the format from the extension {ext or '(none)'!r}; "
-                      "give --format csv or --format jsonl")
+                      "give --ids-format csv or --ids-format jsonl")
 
 
-def _write_export(out: str, fmt: str, total: int, expected: int, ranked: bool, chunks, quiet: bool) -> int:
+def _write_export(out: str, fmt: str, expected: int, ranked: bool, chunks, quiet: bool) -> int:
     """Write `chunks` ((ids, scores or None) lists) as CSV (header id[,score]) or JSON lines to OUT
     (- = stdout); a file appears only when complete (written to a temporary name, then renamed).
     Progress on stderr for large exports. Returns the rows written."""
     import csv
 
-    t0 = last = time.perf_counter()
+    last = time.perf_counter()
     progress = not quiet and expected >= EXPORT_PROGRESS_MIN
     if out == "-":
         path = tmp = None
@@ -249,17 +285,26 @@ def _write_export(out: str, fmt: str, total: int, expected: int, ranked: bool, c
     if tmp is not None:
         f.close()
         os.replace(tmp, path)
-    if not quiet:
-        print(f"segsrv export: wrote {written:,} rows ({total:,} matching{', ranked' if ranked else ''}) to "
-              f"{'stdout' if path is None else path} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return written
 
 
+def _ids_format(args) -> str | None:
+    """--ids-format; `--format csv|jsonl` is its earlier spelling, still accepted."""
+    if args.format in ("csv", "jsonl"):
+        if args.ids_format and args.ids_format != args.format:
+            raise SegsrvError(f"--format {args.format} (the ids' format) disagrees with --ids-format "
+                              f"{args.ids_format}; give --ids-format alone")
+        return args.format
+    return args.ids_format
+
+
 def cmd_export(args) -> int:
+    from . import tables
     from .ops.export import DEFAULT_CHUNK_SIZE, ExportQuery
 
+    t0 = time.perf_counter()  # the summary's time includes the ranking (a model fit) before the first id
     query = ExportQuery.from_json(_load_query(args.json))
-    fmt = _export_format(args.out, args.format)
+    fmt = _export_format(args.out, _ids_format(args))
     if args.chunk_size is not None and not 1 <= args.chunk_size <= EXPORT_MAX_CHUNK:
         raise SegsrvError(f"--chunk-size: expected 1..{EXPORT_MAX_CHUNK:,}, got {args.chunk_size}")
     query.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
@@ -267,7 +312,16 @@ def cmd_export(args) -> int:
         export = backend.call(query, progress=None if args.quiet else _say_progress("export"))
         total = export.total
         expected = min(total, query.top_k) if query.top_k else total
-        _write_export(args.out, fmt, total, expected, export.ranked, export.chunks(), args.quiet)
+        written = _write_export(args.out, fmt, expected, export.ranked, export.chunks(), args.quiet)
+    if not args.quiet:
+        summary = {"out": "-" if args.out == "-" else str(Path(args.out)), "format": fmt, "rows": written,
+                   "matching": total, "ranked": bool(export.ranked), "elapsed_s": round(time.perf_counter() - t0, 3)}
+        # with --out - the ids are on stdout: the summary goes to stderr
+        stream = sys.stderr if args.out == "-" else sys.stdout
+        if _output_format(args, stream) == "json":
+            _print_json(summary, stream)
+        else:
+            stream.write("segsrv export: " + tables.export_summary(summary))
     return 0
 
 
@@ -307,11 +361,7 @@ def cmd_discover(args) -> int:
               file=sys.stderr, flush=True)
     with _backend(args, args.snapshot_name) as backend:
         result = backend.call(query)
-    fmt = args.format or ("text" if sys.stdout.isatty() else "json")
-    if fmt == "json":
-        _print_json(result.to_json())
-    else:
-        sys.stdout.write(render_text(result))
+    _print_answer(args, result.to_json(), lambda answer: render_text(result))
     if args.save:
         text = result.to_catalog(personas_only=args.personas_only)
         out = Path(args.save)
@@ -336,23 +386,28 @@ def cmd_segments_apply(args) -> int:
 
 
 def cmd_segments_list(args) -> int:
+    from . import tables
     from .ops import SegmentsQuery
 
     with _backend(args, args.snapshot_name) as backend:
         result = backend.call(SegmentsQuery(universe=args.universe or None))
-    _print_json(result.to_json())
+    _print_answer(args, result.to_json(), tables.segments)
     return 0
 
 
 def _read_ids(args) -> list[str]:
     ids = list(args.id or [])
     if args.ids_file:
-        with open(args.ids_file, encoding="utf-8") if args.ids_file != "-" else sys.stdin as fh:
-            ids.extend(line.strip() for line in fh if line.strip())
+        try:
+            with open(args.ids_file, encoding="utf-8") if args.ids_file != "-" else sys.stdin as fh:
+                ids.extend(line.strip() for line in fh if line.strip())
+        except OSError as exc:
+            raise SegsrvError(f"--ids-file: cannot read {args.ids_file!r}: {exc.strerror or exc}") from None
     return ids
 
 
 def cmd_assign(args) -> int:
+    from . import tables
     from .ops import AssignQuery
 
     ids = _read_ids(args)
@@ -370,7 +425,7 @@ def cmd_assign(args) -> int:
     query = AssignQuery.from_json(obj)
     with _backend(args, args.snapshot_name) as backend:
         result = backend.call(query)
-    _print_json(result.to_json())
+    _print_answer(args, result.to_json(), tables.assign)
     return 0
 
 
@@ -454,9 +509,8 @@ def cmd_diff(args) -> int:
         paths = write_id_lists(result, args.ids_out)
         print(f"[diff] wrote {len(paths)} id lists to {args.ids_out}", file=sys.stderr)
     if args.json:
-        _print_json(result.to_json())
-    else:
-        sys.stdout.write(result.report())
+        args.format = "json"
+    _print_answer(args, result.to_json(), lambda answer: result.report())
     return 0
 
 
@@ -482,6 +536,10 @@ def cmd_report(args) -> int:
     say(f"wrote {out} ({len(data['segments'])} segments, {len(data['models'])} models"
         f"{', drift' if data['drift'] else ''}) in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+# the universe is `from` in a JSON query and `universe` in a request message; these commands' flag is --universe
+UNIVERSE_FLAG = {"from": "--universe", "universe": "--universe"}
 
 
 def _backend_arguments(p: argparse.ArgumentParser) -> None:
@@ -543,7 +601,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="version to check (default: CURRENT)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("query", help="run a JSON query")
+    p = sub.add_parser(
+        "query", help="run a JSON query", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="JSON keys of the answer (--format json; every kind: snapshot, version, from, elapsed_ms):\n"
+               "  relate    n_rows, n_condition, n_candidates, n_matching, plan, hits [$field, $value, then the\n"
+               "            selected columns: $support $p $p_base $lift $lift_smoothed $p_value by default]\n"
+               "  count     n_rows, count\n"
+               "  predict   target, method, multi_valued, n_segment, evidence, probabilities [value, probability,\n"
+               "            base_probability, normalizer, factors, no_effect], regularisation\n"
+               "  score     JSON lines {id, score} on stdout; on stderr target, value, n_members, returned,\n"
+               "            mean_score, regularisation\n"
+               "  evaluate  target, method, values, n_train, n_test, accuracy, baseline_accuracy, baseline_value,\n"
+               "            log_loss, auc, positive_value, mean_rank, geometric_mean_probability, calibration\n"
+               "  profile   n_rows, n_segment, fields [field, strength, over, under], numeric\n"
+               "  discover  as `segsrv discover --help`\n"
+               "--format table prints the same answer as aligned columns (docs/query.md).\n\n"
+               "Example:\n"
+               "  segsrv query relate --local demo/snapshots-100000 --format table \\\n"
+               "    --json '{\"from\": \"customers\", \"where\": {\"churned\": true}, \"limit\": 5}'")
     p.add_argument("kind", choices=QUERY_KINDS, help="query kind")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
@@ -556,18 +631,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deadline of the call with --addr (default 10)")
     p.add_argument("--csv", metavar="OUT",
                    help="score only: write id,score rows to OUT (default: JSON lines on stdout); summary on stderr")
+    _format_argument(p)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("export", help="write the ids of a condition's rows (optionally the top K by a score) "
-                                      "as CSV or JSON lines (see docs/export.md)")
+                                      "as CSV or JSON lines (see docs/export.md)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="JSON keys of the summary (--format json; on stdout, or on stderr with --out -):\n"
+                              "  out, format (of the ids), rows (written), matching, ranked, elapsed_s\n\n"
+                              "Example:\n"
+                              "  segsrv export --local demo/snapshots-100000 --out churned.csv \\\n"
+                              "    --json '{\"from\": \"customers\", \"where\": {\"churned\": true}}'")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server (ExportMembers)")
     p.add_argument("--json", required=True, metavar="QUERY",
                    help='{"from", "where", "top_k", "target", "value"}: inline JSON, a JSON file, or - for stdin')
     p.add_argument("--out", required=True, metavar="FILE", help="output file, or - for stdout")
-    p.add_argument("--format", choices=["csv", "jsonl"],
+    p.add_argument("--ids-format", choices=["csv", "jsonl"],
                    help="csv (header id[,score]) or jsonl; default from the extension of --out (stdout: csv)")
+    p.add_argument("--format", choices=["table", "json", "csv", "jsonl"],
+                   help="the summary: table (a sentence; default on a terminal) or json (default when piped); "
+                        "csv / jsonl: the earlier spelling of --ids-format")
     p.add_argument("--chunk-size", type=int, metavar="N",
                    help=f"ids per chunk / streamed message (default 10000; at most {EXPORT_MAX_CHUNK})")
     p.add_argument("--version", help="snapshot version (default: CURRENT); with --addr, pins the version")
@@ -575,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --addr: the snapshot to ask when the server serves several")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="deadline of the whole export with --addr (default 600)")
-    p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("segments", help="the segment catalog: apply a catalog file, list segments "
@@ -591,9 +676,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not fit and store the segments' default Assign propensity models (Assign then fits "
                         "them on demand, at its first call with propensities)")
     q.set_defaults(func=cmd_segments_apply)
-    q = ssub.add_parser("list", help="the catalog with each segment's size and share")
+    q = ssub.add_parser("list", help="the catalog with each segment's size and share",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="JSON keys (--format json): a list of segments [name, description, universe, where,\n"
+                               "priority, tags, size, share].\n\n"
+                               "Example:\n"
+                               "  segsrv segments list --local demo/snapshots-100000 --format table")
     _backend_arguments(q)
     q.add_argument("--universe", help="only segments of this universe")
+    _format_argument(q)
+    q.set_defaults(flags=UNIVERSE_FLAG)
     q.set_defaults(func=cmd_segments_list)
 
     p = sub.add_parser(
@@ -628,15 +720,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-overlap", type=float, help="largest Jaccard index between two listed segments "
                                                      "(default 0.5)")
     p.add_argument("--describe", type=int, help="over-indexed other features per segment (default 3)")
-    p.add_argument("--format", choices=["text", "json"],
-                   help="text (default on a terminal) or json (default when piped)")
+    _format_argument(p, extra=("text",))  # text: the earlier name of table
     p.add_argument("--save", metavar="CATALOG.toml",
                    help="write the segments as a catalog for `segsrv segments apply`")
     p.add_argument("--personas-only", action="store_true", help="with --save and --k: save only the personas")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=cmd_discover)
 
-    p = sub.add_parser("assign", help="catalog segments of customers (ids) or of a new customer (--features)")
+    p = sub.add_parser("assign", help="catalog segments of customers (ids) or of a new customer (--features)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="JSON keys (--format json): snapshot, version, universe, assignments [id, found,\n"
+                              "primary_segment, segments [segment, member, propensity, segment_size, share, priority]],\n"
+                              "suppressed_segments (the privacy floor).\n\n"
+                              "Example:\n"
+                              "  segsrv assign --local demo/snapshots-100000 --id 42 --propensities --format table")
     _backend_arguments(p)
     p.add_argument("--id", action="append", help="a customer id (repeatable)")
     p.add_argument("--ids-file", help="file with one id per line (- for standard input)")
@@ -646,7 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--propensity-l2", type=float, help="L2 penalty of the logistic propensities "
                                                         "(default: chosen by cross-validation, the stored models)")
     p.add_argument("--universe", help="universe (default: the one the catalog is over)")
-    p.set_defaults(func=cmd_assign)
+    _format_argument(p)
+    p.set_defaults(func=cmd_assign, flags=UNIVERSE_FLAG | {
+        "propensity_method": "--propensity-method", "propensity_l2": "--propensity-l2", "features": "--features"})
 
     p = sub.add_parser(
         "report", help="write one self-contained HTML report: segments, their profiles, models, drift "
@@ -757,7 +856,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "again; default 0 = never)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("diff", help="drift of the segment catalog between two versions of a snapshot")
+    p = sub.add_parser("diff", help="drift of the segment catalog between two versions of a snapshot",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="JSON keys (--format json): snapshot, version_a, version_b, top_features, min_support,\n"
+                              "universes {NAME: n_rows_a, n_rows_b, common, only_a, only_b}, segments [name, status,\n"
+                              "universe, definition_changed, description, size_a, size_b, share_a, share_b, joined,\n"
+                              "left, stayed, joined_new, left_gone, jaccard, n_features_compared, moved, new_features,\n"
+                              "missing_features, note], elapsed_ms.\n\n"
+                              "Example:\n"
+                              "  segsrv diff demo/snapshots-100000/shop V1 V2 --top 5 --format table")
     p.add_argument("snapshot", metavar="ROOT/NAME", help="the snapshot directory (ROOT/NAME)")
     p.add_argument("version_a", metavar="VERSION_A", help="the earlier version (CURRENT = the served one)")
     p.add_argument("version_b", metavar="VERSION_B", help="the later version")
@@ -769,27 +876,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only features of these fields (names or globs; repeatable; default every field)")
     p.add_argument("--include-condition-fields", action="store_true",
                    help="also rank the fields the segment's definition uses")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the text report")
+    _format_argument(p)
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--ids-out", metavar="DIR", help="write DIR/<segment>.csv: id,change (joined|left),note (new|gone)")
     p.set_defaults(func=cmd_diff)
     return parser
 
 
+def _name_flags(text: str, flags: dict[str, str]) -> str:
+    """An error's request keys ('from', `propensity_method:`) named as the command's flags (--universe)."""
+    for key, flag in flags.items():
+        text = text.replace(f"'{key}'", flag)
+        if text.startswith(f"{key}:"):
+            text = flag + text[len(key):]
+    return text
+
+
+def remote_error_lines(exc, flags: dict[str, str] | None = None) -> list[str]:
+    """A server's error: `segsrv: error: CODE: message`, then the field violations that say more than the
+    message (a violation that repeats it only adds its field, in brackets)."""
+    flags = {"snapshot.name": "--snapshot", "snapshot.version": "--version", **(flags or {})}
+    message = _name_flags(exc.message, flags)
+    extra, fields = [], []
+    for field, description in exc.violations:
+        field = flags.get(field, field)
+        description = _name_flags(description, flags)
+        if description == message or description.endswith(": " + message) or message.endswith(description):
+            if field not in message:
+                fields.append(field)
+        else:
+            extra.append(f"  {field}: {description.removeprefix(field + ': ')}")
+    where = f" [{', '.join(fields)}]" if fields else ""
+    return [f"segsrv: error: {exc.code.name}: {message}{where}"] + extra
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    flags = getattr(args, "flags", {})  # request keys -> this command's flags, for its error messages
     try:
         return args.func(args)
     except SegsrvError as exc:
-        print(f"segsrv: error: {exc.message}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        client = sys.modules.get("segsrv.client")  # loaded only by --addr commands
-        if client is None or not isinstance(exc, client.SegsrvRpcError):
-            raise
-        print(f"segsrv: error: {exc.code.name}: {exc.message}", file=sys.stderr)
-        for field, description in exc.violations:
-            print(f"  {field}: {description}", file=sys.stderr)
+        print(f"segsrv: error: {_name_flags(exc.message, flags)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("segsrv: interrupted", file=sys.stderr)
@@ -797,6 +925,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `segsrv query ... | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        client = sys.modules.get("segsrv.client")  # loaded only by --addr commands
+        if client is None or not isinstance(exc, client.SegsrvRpcError):
+            raise
+        print("\n".join(remote_error_lines(exc, flags)), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -966,3 +966,30 @@ def write_small_shop(directory: Path, n: int, seed: int, spend_scale: float = 1.
     df.to_csv(directory / "customers.csv", index=False)
     (directory / "spec.toml").write_text(SMALL_SHOP_SPEC)
     return directory / "spec.toml"
+
+
+# -- the report's tests (tests/report) ----------------------------------------------------------
+
+# the model the report evaluates: a fixed l2, so the build fits once without cross-validation
+CHURN_MODEL = {"from": "customers", "target": "churned",
+               "evidence_fields": ["segment", "region", "lifestyle", "orders.line_categories"], "l2": 1.0}
+CATALOG_A = {
+    "cat_people": {"universe": "customers", "where": {"segment": "cat_owner"}, "description": "cat owners"},
+    "churners": {"universe": "customers", "where": {"churned": True}},
+    "long_tenure": {"universe": "customers", "where": {"tenure_months": {"$gte": 24}},
+                    "description": "two years or more"},
+}
+# version B: one definition changed, one segment removed, one added
+CATALOG_B = {
+    "cat_people": {"universe": "customers", "where": {"segment": ["cat_owner", "multi_pet"]},
+                   "description": "cat owners & <multi> pets"},
+    "churners": {"universe": "customers", "where": {"churned": True}},
+    "oulu_dogs": {"universe": "customers", "where": {"segment": "dog_owner", "region": "oulu"}},
+}
+
+
+def embedded_data(html: str) -> dict:
+    """The JSON block a report embeds (segsrv.report.render.DATA_ELEMENT_ID)."""
+    m = re.search(r'<script type="application/json" id="segsrv-report-data">(.*?)</script>', html, re.S)
+    assert m, "the report embeds no data block"
+    return json.loads(m.group(1))

@@ -160,7 +160,7 @@ def test_definition_fields_left_out(tiny_versions, capsys):
 
 def test_text_report(tiny_versions, capsys):
     code, out, err = run(capsys, tiny_versions, "v1", "v2", "--segment", "north", "--top", "2",
-                         "--min-support", "1")
+                         "--min-support", "1", "--format", "table")
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[:2] == ["tiny: version v1 (A) -> v2 (B)",
@@ -175,7 +175,8 @@ def test_text_report(tiny_versions, capsys):
     assert lines[8].split() == ["feature", "lift", "A", "lift", "B", "supp", "A", "supp", "B", "delta", "B/A"]
     assert len([line for line in lines if line.startswith("    orders.channel=") or line.startswith("    age=")]) >= 2
     assert lines[-1].startswith("1 segments compared in ")
-    code, out, _ = run(capsys, tiny_versions, "v1", "v2", "--segment", "seniors", "--segment", "west")
+    code, out, _ = run(capsys, tiny_versions, "v1", "v2", "--segment", "seniors", "--segment", "west", "--format",
+                       "table")
     assert "segment seniors (customers)  [removed]\n  size     1 (12.5%) -> -\n" in out
     assert "segment west (customers)  [added]\n  size     - -> 1 (12.5%)\n" in out
 
@@ -223,3 +224,14 @@ def test_subprocess(tiny_versions):
     assert proc.returncode == 0, proc.stderr
     obj = json.loads(proc.stdout)
     assert obj["version_b"] == "v2" and [s["name"] for s in obj["segments"]] == ["web_buyers"]
+
+
+def test_format_json_is_the_default_when_piped(tiny_versions, capsys):
+    answers = []
+    for flags in ([], ["--format", "json"], ["--json"]):
+        code, out, _ = run(capsys, tiny_versions, "v1", "v2", "--min-support", "1", *flags)
+        assert code == 0
+        answer = json.loads(out)
+        answer.pop("elapsed_ms")
+        answers.append(answer)
+    assert answers[0] == answers[1] == answers[2] and answers[0]["segments"][0]["name"] == "north"

@@ -4,7 +4,7 @@ JSON keys: from, where, relate, select, limit, order_by, direction, min_support,
 min_lift, max_p_value, prior_strength, include_condition_fields, plan, q_values. `select` items
 are `$<statistic>` (e.g. `$lift`, `$p`, `$support`), `$field`, `$value`,
 `$feature_id`, or a field name (the hit's value when the hit belongs to that field,
-else null). Q-values are computed only when asked for (`q_values`, `$q_value` in
+else null); every hit carries `$field` and `$value`, selected or not. Q-values are computed only when asked for (`q_values`, `$q_value` in
 `select`, or ordering by q_value): each needs every tested candidate's p-value. See
 docs/query.md. A new parameter is declared in PARAMS and mapped in
 ``from_proto`` / ``to_proto`` (and the proto): nothing else.
@@ -162,6 +162,12 @@ class RelateQuery:
         )
 
 
+def hit_columns(select: list[str]) -> list[str]:
+    """A hit's JSON keys: `$field` and `$value` first, selected or not, so that every hit names its feature
+    (a field-name column alone is null on the hits of other fields), then the rest of `select` in its order."""
+    return ["$field", "$value"] + [s for s in select if s not in ("$field", "$value")]
+
+
 @dataclass
 class RelateHit:
     feature_id: int | None  # None when the hit came over gRPC
@@ -195,7 +201,7 @@ class RelateResult:
         rows = []
         for hit in self.hits:
             row = {}
-            for s in select or DEFAULT_SELECT:
+            for s in hit_columns(select or DEFAULT_SELECT):
                 if s == "$field":
                     row[s] = hit.field
                 elif s == "$value":

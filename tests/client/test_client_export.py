@@ -138,7 +138,8 @@ def test_cli_csv_and_jsonl(server_addr, petnord_root, petnord_snapshot, tmp_path
         out = tmp_path / f"members-{tag}.csv"
         done = _cli("export", *where, "--json", json.dumps(query), "--out", str(out), "--chunk-size", "100")
         assert done.returncode == 0, done.stderr
-        assert done.stdout == "" and f"wrote {len(ids):,} rows" in done.stderr
+        # the summary on stdout (JSON when piped), nothing on stderr
+        assert done.stderr == "" and json.loads(done.stdout)["rows"] == len(ids)
         with open(out, newline="") as f:
             rows = list(csv.reader(f))
         assert rows == [["id"]] + [[i] for i in ids]
@@ -170,12 +171,12 @@ def test_cli_top_k_with_scores(server_addr, petnord_root, petnord_snapshot, tmp_
         assert [json.loads(line) for line in done.stdout.splitlines()] == \
             [{"id": i, "score": s} for i, s in zip(ids, scores)]
     assert written[0] == written[1]  # --addr and --local write the same bytes
-    # stdout defaults to CSV; a file whose extension says nothing needs --format
+    # stdout defaults to CSV; a file whose extension says nothing needs --ids-format
     done = _cli("export", "--local", str(petnord_root), "--json", json.dumps(query), "--out", "-", "--quiet")
     assert list(csv.reader(io.StringIO(done.stdout)))[0] == ["id", "score"]
     out = tmp_path / "top.txt"
     done = _cli("export", "--local", str(petnord_root), "--json", json.dumps(query), "--out", str(out))
-    assert done.returncode == 1 and "--format" in done.stderr and not out.exists()
+    assert done.returncode == 1 and "--ids-format" in done.stderr and not out.exists()
     done = _cli("export", "--local", str(petnord_root), "--json", json.dumps(query), "--out", str(out),
                 "--format", "csv", "--quiet")
     assert done.returncode == 0 and out.read_text().startswith("id,score")

@@ -219,12 +219,13 @@ def test_relate_response_rendering():
     assert h.stats["support"] == 5 and isinstance(h.stats["support"], int)
     assert h.stats["n_feature"] == 20 and h.stats["conviction"] == inf
     out = res.to_json(["$conviction", "$support", "region", "pet.species"])
-    assert out["hits"] == [{"$conviction": "inf", "$support": 5, "region": "north", "pet.species": None}]
+    assert out["hits"] == [{"$field": "region", "$value": "north", "$conviction": "inf", "$support": 5,
+                            "region": "north", "pet.species": None}]
     assert out["elapsed_ms"] == 1.235
     resp.hits[0].lift = nan
     resp.plan = pb.RELATE_PLAN_UNSPECIFIED
     out = RelateResult.from_proto(resp).to_json(["$lift"])
-    assert out["hits"] == [{"$lift": None}] and out["plan"] == "none"
+    assert out["hits"] == [{"$field": "region", "$value": "north", "$lift": None}] and out["plan"] == "none"
 
 
 @pytest.mark.parametrize("where", WHERE_FORMS, ids=lambda w: repr(w)[:60])

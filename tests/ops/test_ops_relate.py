@@ -49,7 +49,10 @@ def test_relate_response_keeps_nan_and_inf():
     assert (msg.info.snapshot_name, msg.info.snapshot_version, msg.info.server_time_ms) == ("s", "v1", 2.5)
     back = RelateResult.from_proto(msg)
     assert back.plan == "none" and back.hits[0].feature_id is None and back.hits[0].stats["support"] == 3
-    assert back.to_json(["$field", "$conviction", "f"])["hits"] == [{"$field": "f", "$conviction": "inf", "f": "x"}]
+    # every hit names its field and value, first, whether `select` lists them or not
+    assert back.to_json(["$conviction", "f", "$field"])["hits"] == [
+        {"$field": "f", "$value": "x", "$conviction": "inf", "f": "x"}]
+    assert list(back.to_json(["$conviction", "$value"])["hits"][0]) == ["$field", "$value", "$conviction"]
 
 
 @pytest.mark.parametrize("obj,field", [

@@ -4,30 +4,11 @@ and a reader of the data a report embeds."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
-from support import Oracle, Source, quiet
-
-# the model the report evaluates: a fixed l2, so the build fits once without cross-validation
-CHURN_MODEL = {"from": "customers", "target": "churned",
-               "evidence_fields": ["segment", "region", "lifestyle", "orders.line_categories"], "l2": 1.0}
-CATALOG_A = {
-    "cat_people": {"universe": "customers", "where": {"segment": "cat_owner"}, "description": "cat owners"},
-    "churners": {"universe": "customers", "where": {"churned": True}},
-    "long_tenure": {"universe": "customers", "where": {"tenure_months": {"$gte": 24}},
-                    "description": "two years or more"},
-}
-# version B: one definition changed, one segment removed, one added
-CATALOG_B = {
-    "cat_people": {"universe": "customers", "where": {"segment": ["cat_owner", "multi_pet"]},
-                   "description": "cat owners & <multi> pets"},
-    "churners": {"universe": "customers", "where": {"churned": True}},
-    "oulu_dogs": {"universe": "customers", "where": {"segment": "dog_owner", "region": "oulu"}},
-}
-
+from support import CATALOG_A, CATALOG_B, CHURN_MODEL, Oracle, Source, embedded_data, quiet
 
 @pytest.fixture(scope="session")
 def report_spec(tmp_path_factory, petnord_spec_path) -> Path:
@@ -61,13 +42,6 @@ def report_oracle(report_root, petnord_spec_path) -> Oracle:
     from segsrv.snapshot.reader import open_snapshot
 
     return Oracle(Source(petnord_spec_path), open_snapshot(report_root[0]))
-
-
-def embedded_data(html: str) -> dict:
-    """The JSON block a report embeds (segsrv.report.render.DATA_ELEMENT_ID)."""
-    m = re.search(r'<script type="application/json" id="segsrv-report-data">(.*?)</script>', html, re.S)
-    assert m, "the report embeds no data block"
-    return json.loads(m.group(1))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
-from conftest import CHURN_MODEL
+from support import CHURN_MODEL
 from segsrv.ops import EvaluateQuery, ProfileQuery, SegmentsQuery
 from segsrv.report.gather import ReportOptions, gather_report
 from segsrv.report.render import DATA_ELEMENT_ID, write_report

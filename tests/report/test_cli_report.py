@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import CHURN_MODEL
+from support import CHURN_MODEL
 from segsrv import cli
 from segsrv.server.app import create_server
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from conftest import CATALOG_B, CHURN_MODEL
+from support import CATALOG_B, CHURN_MODEL
 from segsrv.engine.diff import diff_versions, open_versions
 from segsrv.errors import SegsrvError
 from segsrv.ops import DiscoverQuery, EvaluateQuery, ProfileQuery, SegmentsQuery

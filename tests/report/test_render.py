@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import embedded_data
+from support import embedded_data
 from segsrv.report.gather import ReportOptions, gather_report
 from segsrv.report.render import render_report, write_report
 from segsrv.service import local_service
