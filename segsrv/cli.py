@@ -864,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "left, stayed, joined_new, left_gone, jaccard, n_features_compared, moved, new_features,\n"
                               "missing_features, note], elapsed_ms.\n\n"
                               "Example:\n"
-                              "  segsrv diff demo/snapshots-100000/shop V1 V2 --top 5 --format table")
+                              "  segsrv diff demo/snapshots-100000/demo VERSION_A VERSION_B --top 5 --format table")
     p.add_argument("snapshot", metavar="ROOT/NAME", help="the snapshot directory (ROOT/NAME)")
     p.add_argument("version_a", metavar="VERSION_A", help="the earlier version (CURRENT = the served one)")
     p.add_argument("version_b", metavar="VERSION_B", help="the later version")
