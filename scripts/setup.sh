@@ -21,8 +21,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 STAMP=.venv/.segsrv-setup
 inputs_hash() {
-    # file names are part of the hash: an added or removed kernel or proto file rebuilds too
-    { .venv/bin/python --version; sha256sum pyproject.toml setup.py; find kernels proto -type f | LC_ALL=C sort | xargs sha256sum; } \
+    # file names are part of the hash: an added or removed kernel or proto file rebuilds too; the .c files
+    # Cython writes into kernels/ are the build's output, not its input
+    { .venv/bin/python --version; sha256sum pyproject.toml setup.py
+      find kernels proto -type f ! -name '*.c' ! -name '*.so' ! -name '*.html' | LC_ALL=C sort | xargs sha256sum; } \
         | sha256sum | cut -d' ' -f1
 }
 HASH=$(inputs_hash)
