@@ -6,7 +6,9 @@ e.g. the catalog they publish, and run after them). A comment on the line before
 the page for that block (`<!-- example: petnord -->`), runs a JSON query block through the CLI
 (`<!-- example: query relate -->`), makes the block a file the page's examples use (`<!-- example: file
 NAME -->`: written before any example runs) or says why it is not run (`<!-- example: not run: REASON
--->`; the reason is printed). Runnable: ```bash blocks with a line starting `segsrv `, ```python blocks
+-->`; the reason is printed). A JSON block marked `<!-- example: output -->` shows (part of) the answer
+of the page's previous example, a `query OP`: every key it shows, at every depth (lists by their first
+element, `"..."` keys left out), must be in the real answer. Runnable: ```bash blocks with a line starting `segsrv `, ```python blocks
 that use segsrv, and JSON blocks marked `query OP`. README.md "Examples in these docs" documents the
 markers and the placeholders substituted here: nothing else is.
 
@@ -20,13 +22,14 @@ the documented address `127.0.0.1:50051` / `localhost:50051` becomes that server
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,12 +41,12 @@ SNAPSHOTS = ("demo", "petnord")
 DOC_ADDRESSES = ("127.0.0.1:50051", "localhost:50051")
 DEMO_ROOT = "demo/snapshots-100000"  # the README's: `bash scripts/demo.sh` builds it
 DEMO_CUSTOMERS = 5000
-PAGE_MARKER = re.compile(r"<!--\s*examples:\s*(\S+)(?:\s+after\s+(\S+))?\s*-->")
-BLOCK = re.compile(r"(?:<!--\s*example:\s*(?P<marker>.*?)\s*-->\n)?```(?P<lang>[\w-]*)\n(?P<body>.*?)^```",
+PAGE_MARKER = re.compile(r"^<!--\s*examples:\s*(\S+)(?:\s+after\s+(\S+))?\s*-->$", re.M)
+BLOCK = re.compile(r"^(?:<!--\s*example:\s*(?P<marker>[^\n]*?)\s*-->\n)?```(?P<lang>[\w-]*)\n(?P<body>.*?)^```",
                    re.S | re.M)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Example:
     page: str
     line: int
@@ -51,6 +54,7 @@ class Example:
     body: str
     snapshot: str
     not_run: str | None  # the reason, when the page says the block is not run
+    shows: str | None = None  # the answer (part of it) the page shows after the example, as JSON text
 
     @property
     def id(self) -> str:
@@ -66,7 +70,7 @@ def extract(page: Path) -> tuple[list[Example], list[str], str | None]:
     """The runnable examples of PAGE, its problems (a runnable block without a snapshot, a bad marker) and
     the page whose examples must run first."""
     text = page.read_text()
-    rel = str(page.relative_to(REPO))
+    rel = str(page.relative_to(REPO)) if page.is_relative_to(REPO) else page.name
     found = PAGE_MARKER.search(text)
     default, after = found.groups() if found else (None, None)
     examples, problems = [], []
@@ -76,6 +80,12 @@ def extract(page: Path) -> tuple[list[Example], list[str], str | None]:
         lang, body, marker = m.group("lang"), m.group("body"), (m.group("marker") or "").strip()
         line = text.count("\n", 0, m.start("lang")) + 1
         snapshot, not_run = default, None
+        if marker == "output" and lang == "json":
+            if not examples or not examples[-1].lang.startswith("query "):
+                problems.append(f"{rel}:{line}: an output block that follows no `query OP` example")
+            else:
+                examples[-1] = dataclasses.replace(examples[-1], shows=body)
+            continue
         if marker.startswith("not run:"):
             not_run = marker.removeprefix("not run:").strip()
             marker = ""
@@ -88,7 +98,7 @@ def extract(page: Path) -> tuple[list[Example], list[str], str | None]:
             lang = f"file {words[1]}"
         elif words:
             problems.append(f"{rel}:{line}: unknown example marker {marker!r} (expected a snapshot "
-                            f"{SNAPSHOTS}, 'query OP' on a json block, 'file NAME' or 'not run: REASON')")
+                            f"{SNAPSHOTS}, 'query OP' or 'output' on a json block, 'file NAME' or 'not run: REASON')")
             continue
         runnable = ((lang in ("bash", "sh") and re.search(r"^segsrv ", body, re.M))
                     or (lang == "python" and "segsrv" in body.lower()) or lang.startswith(("query ", "file ")))
@@ -119,6 +129,59 @@ def test_the_extractor_finds_the_examples_and_their_snapshots():
     assert {e.lang for e in readme} >= {"bash", "python"} and {e.snapshot for e in readme} == {"demo"}
     assert any(e.lang.startswith("query ") for e in by_id.values())
     assert len(by_id) == len(EXAMPLES) > 20
+
+
+def test_extract_reads_the_markers(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("""# A page
+
+<!-- examples: petnord after docs/segments.md -->
+
+```bash
+segsrv info snapshots/petnord
+```
+
+<!-- example: demo query relate -->
+```json
+{"from": "customers"}
+```
+
+<!-- example: output -->
+```json
+{"hits": []}
+```
+
+<!-- example: file catalog.toml -->
+```toml
+[segments.a]
+```
+
+<!-- example: not run: needs a cluster -->
+```bash
+segsrv serve --snapshots snapshots
+```
+
+```bash
+echo no segsrv command here
+```
+
+<!-- example: petnrod -->
+```python
+import segsrv
+```
+""")
+    examples, problems, after = extract(page)
+    assert after == "docs/segments.md"
+    assert [(e.line, e.lang, e.snapshot, e.not_run, e.shows) for e in examples] == [
+        (5, "bash", "petnord", None, None),
+        (10, "query relate", "demo", None, '{"hits": []}\n'),
+        (20, "file catalog.toml", "petnord", None, None),
+        (25, "bash", "petnord", "needs a cluster", None),
+    ]
+    assert problems == ["page.md:34: unknown example marker 'petnrod' (expected a snapshot ('demo', 'petnord'), "
+                        "'query OP' or 'output' on a json block, 'file NAME' or 'not run: REASON')"]
+    page.write_text("```python\nimport segsrv\n```\n")
+    assert "names no snapshot" in extract(page)[1][0]
 
 
 def test_few_examples_are_not_run():
@@ -177,6 +240,23 @@ def servers(workspace, tmp_path_factory):
         server.close()
 
 
+def missing_keys(shown, actual, path: str = "") -> list[str]:
+    """The keys SHOWN has at any depth that ACTUAL lacks (lists compared by their first elements)."""
+    if isinstance(shown, dict) and isinstance(actual, dict):
+        return [miss for key, value in shown.items() if key != "..."
+                for miss in ([f"{path}.{key}"] if key not in actual else missing_keys(value, actual[key], f"{path}.{key}"))]
+    if isinstance(shown, list) and isinstance(actual, list) and shown and actual:
+        return missing_keys(shown[0], actual[0], f"{path}[0]")
+    return []
+
+
+def test_missing_keys_reads_nested_answers():
+    shown = {"a": 1, "fields": [{"over": [{"lift": 2, "...": "..."}]}], "n": {"mean": 1, "p99": 2}}
+    actual = {"a": 0, "fields": [{"over": [{"lift": 1.5, "p_value": 0.1}]}], "n": {"mean": 3}}
+    assert missing_keys(shown, actual) == [".n.p99"]
+    assert missing_keys(shown, {"a": 0, "fields": [], "n": {"mean": 3, "p99": 1}}) == []
+
+
 def with_address(code: str, address: str) -> str:
     for doc_address in DOC_ADDRESSES:
         code = code.replace(doc_address, address)
@@ -187,12 +267,14 @@ def uses_server(example: Example) -> bool:
     return any(a in example.body for a in DOC_ADDRESSES)
 
 
-def run_shell(script: str, workspace: Path, directory: str) -> None:
+def run_shell(script: str, workspace: Path, directory: str) -> str:
+    """SCRIPT's stdout; it must exit 0."""
     env = repo_env()
     env["PATH"] = f"{workspace / '.bin'}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workspace / directory, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- script\n{script}\n--- stderr\n{proc.stderr[-4000:]}"
+    return proc.stdout
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
@@ -207,8 +289,10 @@ def test_example_runs_as_written(example, workspace, servers, monkeypatch):
         run_shell(code, workspace, example.directory)
     elif example.lang.startswith("query "):
         root = DEMO_ROOT if example.snapshot == "demo" else "snapshots/petnord"
-        run_shell(f"segsrv {example.lang} --local {root} --json - >/dev/null <<'QUERY'\n{code}QUERY\n", workspace,
-                  example.directory)
+        answer = run_shell(f"segsrv {example.lang} --local {root} --json - <<'QUERY'\n{code}QUERY\n", workspace,
+                           example.directory)
+        if example.shows:
+            assert missing_keys(json.loads(example.shows), json.loads(answer)) == []
     else:
         monkeypatch.chdir(workspace / example.directory)
         with contextlib.redirect_stdout(io.StringIO()):
