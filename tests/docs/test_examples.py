@@ -225,7 +225,9 @@ def workspace(tmp_path_factory, petnord_root) -> Path:
 
 @pytest.fixture(scope="module")
 def servers(workspace, tmp_path_factory):
-    """snapshot -> a lazily started `segsrv serve` of its root (one worker)."""
+    """snapshot -> the address of a lazily started `segsrv serve` of its root (one worker), once it serves
+    the CURRENT version: an earlier example may have just published one (segments apply), which the server
+    picks up within its 1 s watch."""
     roots = {"demo": workspace / DEMO_ROOT, "petnord": workspace / "snapshots"}
     started: dict[str, ServeProcess] = {}
     logs = tmp_path_factory.mktemp("docs_servers")
@@ -233,6 +235,9 @@ def servers(workspace, tmp_path_factory):
     def address(snapshot: str) -> str:
         if snapshot not in started:
             started[snapshot] = ServeProcess(roots[snapshot], logs / f"{snapshot}.log")
+        current = (roots[snapshot] / snapshot / "CURRENT").read_text().strip()
+        started[snapshot].wait_for_line(rf"(loaded snapshot {snapshot} version|swapped snapshot {snapshot} to version) "
+                                        rf"{current}\b")
         return started[snapshot].address
 
     yield address
