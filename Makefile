@@ -5,7 +5,7 @@ BENCHES := kernels build relate cooccurrence discover grpc_relate predict predic
 # bench/soak.py runs ~12 minutes (10 of soak); SOAK_ARGS="--duration 60" for a short run
 SOAK_ARGS ?= --duration 600
 setup:
-	bash scripts/setup.sh
+	bash scripts/setup.sh --dev
 demo:
 	bash scripts/demo.sh
 test:

@@ -8,7 +8,7 @@
 #   3. the generic tools grpcurl and grpc_health_probe (server reflection and health),
 #   4. clients/java/run_tests.sh, clients/node/run_tests.sh, clients/loadtest/ci_smoke.sh
 #      when they exist.
-# Needs .venv (bash scripts/setup.sh) and Go; the Go tools are installed at pinned versions into
+# Needs .venv (bash scripts/setup.sh --dev) and Go; the Go tools are installed at pinned versions into
 # clients/go/.bin by clients/go/install_tools.sh. The tests find the server at $SEGSRV_ADDR and
 # the known answers (DuckDB over the source data) at $SEGSRV_FIXTURE.
 #
@@ -28,8 +28,8 @@ START=$SECONDS
 log() { echo "[clients] $*"; }
 die() { echo "[clients] error: $*" >&2; exit 1; }
 
-[ -x "$PY" ] || die "$REPO/.venv is missing: run bash scripts/setup.sh first"
-[ -x "$REPO/.venv/bin/segsrv" ] || die ".venv/bin/segsrv is missing: run bash scripts/setup.sh first"
+[ -x "$PY" ] || die "$REPO/.venv is missing: run bash scripts/setup.sh --dev first"
+[ -x "$REPO/.venv/bin/segsrv" ] || die ".venv/bin/segsrv is missing: run bash scripts/setup.sh --dev first"
 [ -d "$SHARED/data/petnord" ] || die "the PetNord data is not at $SHARED/data/petnord"
 command -v go >/dev/null 2>&1 || die "go is not on PATH (Go 1.26 is needed for clients/go)"
 

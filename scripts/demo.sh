@@ -6,7 +6,7 @@
 #   DEMO_PORT       server port (default 50051)     DEMO_EXIT=1  stop the server after the examples
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh   # runtime dependencies only; skips pip when this checkout is already installed
 N=${DEMO_CUSTOMERS:-100000}
 DIR=${DEMO_DIR:-demo}
 PORT=${DEMO_PORT:-50051}

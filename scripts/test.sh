@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run every test CI runs:
+# Set up (scripts/setup.sh --dev: with the test and bench extras) and run every test CI runs:
 #   1. buf lint of proto/ (STANDARD rules),
 #   2. the Python test suite (pytest; extra arguments go to pytest),
 #   3. scripts/clients_test.sh: buf breaking, the Go, Java and Node clients, the HTTP/JSON gateway and the generic
@@ -7,7 +7,7 @@
 # SEGSRV_SKIP_CLIENTS=1 skips step 3 (e.g. for a quick Python-only run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --dev
 # the report's browser test (tests/report/test_browser.py) needs Debian's chromium and its chromedriver
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     echo "[test] installing chromium and chromium-driver (apt-get)"
