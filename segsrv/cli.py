@@ -2,7 +2,8 @@
 | report | prune.
 
 Every command prints errors as one line `segsrv: error: ...` on stderr and
-exits 1 for bad input or a failed build, 2 for bad usage. See docs/cli.md.
+exits 1 for bad input or a failed build, 2 for bad usage. Every command and flag:
+README.md ("Command line") and the docs/ page of each command.
 """
 
 from __future__ import annotations
