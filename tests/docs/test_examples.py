@@ -15,7 +15,7 @@ markers and the placeholders substituted here: nothing else is.
 The examples of a page run in its own directory (files they write stay apart) of a workspace holding the
 documented paths: `demo/snapshots-100000` (the README's demo root; here a 5,000-customer demo, same
 fields and values) and `snapshots/petnord` (a copy of the session's PetNord build: examples publish new
-versions into it). An example with `--addr` or a client talks to a real `segsrv serve` of its snapshot;
+versions into it), and the repository's `specs/` (its data paths lead to ../shared, as in a checkout). An example with `--addr` or a client talks to a real `segsrv serve` of its snapshot;
 the documented address `127.0.0.1:50051` / `localhost:50051` becomes that server's.
 """
 
@@ -214,6 +214,7 @@ def workspace(tmp_path_factory, petnord_root) -> Path:
         (ws / page).mkdir(parents=True)
         for shared in ("demo", "snapshots"):
             (ws / page / shared).symlink_to(ws / shared)
+        (ws / page / "specs").symlink_to(REPO / "specs")  # `segsrv build specs/petnord.toml`, as in a checkout
     for f in FILES:
         (ws / f.directory / f.lang.removeprefix("file ")).write_text(f.body)
     bin_dir = ws / ".bin"

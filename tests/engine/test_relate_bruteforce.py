@@ -438,7 +438,9 @@ def test_seed_query_json(petnord_snapshot, oracle, ref):
     ranked = sorted(exp.keep, key=lambda k: -exp.stats[k]["mutual_information"])[: SEED_QUERY["limit"]]
     assert len(out["hits"]) == len(ranked)
     for row, (field, value) in zip(out["hits"], ranked):
-        assert set(row) == {"$lift", "$p", "$support", "order.customer.region"}
+        # every hit names its feature, then the select's columns
+        assert list(row) == ["$field", "$value", "$lift", "$p", "$support", "order.customer.region"]
+        assert (row["$field"], row["$value"]) == (field, value)
         s = exp.stats[(field, value)]
         assert row["$support"] == s["support"]
         assert ref.close(row["$lift"], s["lift"]) and ref.close(row["$p"], s["p"])
