@@ -891,7 +891,7 @@ def build_snapshot(
     set_current: bool = True,
     vocabulary: Vocabulary | None = None,
     shard: ShardRows | None = None,
-    reuse: Callable[[str], Path | None] | None = None,
+    reuse: Callable[[str, dict[str, int]], Path | None] | None = None,
 ) -> Path:
     """Build the snapshot described by a spec under OUT_ROOT/NAME/VERSION and point CURRENT at it.
 
@@ -905,7 +905,7 @@ def build_snapshot(
     without pointing CURRENT at it (a caller that publishes a catalog version on top points CURRENT).
 
     A shard build (segsrv.snapshot.shardbuild) passes the shared `vocabulary`, the `shard` whose rows to keep
-    and `reuse(content_fingerprint)`: called once the tables are loaded, it returns the version directory
+    and `reuse(content_fingerprint, rows_per_table)`: called once the tables are loaded, it returns the version directory
     to keep instead of building (nothing is published then), or None to build.
 
     Returns the version directory. On any error nothing is left behind; a failure to write (a full
@@ -936,7 +936,7 @@ def build_snapshot(
 def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, threads: int | None,
            fit_models: FitModels | None, band_tolerance: float, set_current: bool,
            vocabulary: Vocabulary | None = None, shard: ShardRows | None = None,
-           reuse: Callable[[str], Path | None] | None = None) -> Path:
+           reuse: Callable[[str, dict[str, int]], Path | None] | None = None) -> Path:
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     tmp = new_staging_dir(snapshot_dir, "build")
     try:
@@ -952,7 +952,7 @@ def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, t
         builder.load()
         for uname in spec.universes if globs else ():
             resolve_universe_fields(builder.spec, uname)
-        kept = reuse(builder.content_fingerprint()) if reuse is not None else None
+        kept = reuse(builder.content_fingerprint(), dict(builder.n_rows)) if reuse is not None else None
         if kept is not None:
             discard(tmp)
             return kept

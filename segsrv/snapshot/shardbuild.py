@@ -11,6 +11,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import duckdb
+
+from .. import __version__
 from ..errors import BuildError, CorruptSnapshotError
 from . import format as fmt
 from .builder import Builder, FitModels, Progress, ShardRows, Vocabulary, build_snapshot, default_progress
@@ -20,19 +23,21 @@ from .shards import (HASH_NAME, SHARDS_FORMAT, SHARDS_FORMAT_VERSION, check_shar
 from .spec import Spec, load_spec
 
 
-def plan_vocabulary(spec: Spec, progress: Progress, threads: int | None = None) -> Vocabulary:
-    """Every feature column's values and band edges over the whole data. Tables are loaded one at a time
-    (peak memory: the largest table in DuckDB), unless a sql table reads others: then all stay loaded."""
+def plan_vocabulary(spec: Spec, progress: Progress, threads: int | None = None) -> tuple[Vocabulary, dict[str, int]]:
+    """Every feature column's values and band edges over the whole data, and each table's row count. Tables
+    are loaded one at a time (peak memory: the largest table in DuckDB), unless a sql table reads others:
+    then all stay loaded."""
     builder = Builder(spec, progress, threads)
     if any(t.sql is not None for t in spec.tables.values()):
         builder.load()
-        return {k: v for t in builder.spec.tables.values() for k, v in builder.column_vocabulary(t).items()}
+        vocabulary = {k: v for t in builder.spec.tables.values() for k, v in builder.column_vocabulary(t).items()}
+        return vocabulary, dict(builder.n_rows)
     vocabulary: Vocabulary = {}
     for t in spec.tables.values():
         t = builder.load_table(t)
         vocabulary.update(builder.column_vocabulary(t))
         builder.drop_table(t.name)
-    return vocabulary
+    return vocabulary, dict(builder.n_rows)
 
 
 def _vocabulary_sha256(vocabulary: Vocabulary) -> str:
@@ -62,18 +67,22 @@ def build_shards(spec_path: str | Path | Spec, out_root: str | Path, count: int,
     say(f"sharding {spec.name} by {plan.entity}.{plan.key} into {count} shards; partitioned: "
         f"{', '.join([plan.entity, *plan.parents])}; replicated: "
         f"{', '.join(t for t in spec.tables if not plan.partitioned(t)) or 'none'}")
-    vocabulary = plan_vocabulary(spec, lambda m: say(f"dictionary: {m}"), threads)
+    vocabulary, total_rows = plan_vocabulary(spec, lambda m: say(f"dictionary: {m}"), threads)
     vocab_sha = _vocabulary_sha256(vocabulary)
     snapshot_dir = Path(out_root) / spec.name
     previous = _previous_shards(snapshot_dir, say)
     entries, dictionaries = [], set()
+    sharded_rows = dict.fromkeys(plan.parents, 0)  # every entity row hashes to a shard; linked rows may not
     for index in range(count):
         name = shard_dir_name(index)
         outcome: dict = {}
 
-        def reuse(content: str, index=index, name=name, outcome=outcome) -> Path | None:
-            fingerprint = hashlib.sha256(
-                f"{spec.fingerprint}\n{count}\n{vocab_sha}\n{content}".encode("utf-8")).hexdigest()
+        def reuse(content: str, rows: dict[str, int], index=index, name=name, outcome=outcome) -> Path | None:
+            for table in sharded_rows:
+                sharded_rows[table] += rows[table]
+            # the code that builds a shard is part of its input: an upgrade rebuilds every shard
+            fingerprint = hashlib.sha256(f"{spec.fingerprint}\n{count}\n{vocab_sha}\n{content}\nsegsrv "
+                                         f"{__version__}\nduckdb {duckdb.__version__}".encode("utf-8")).hexdigest()
             outcome["input_sha256"] = fingerprint
             old = previous[index] if len(previous) == count else None
             outcome["reused"] = old is not None and old.get("input_sha256") == fingerprint
@@ -90,6 +99,13 @@ def build_shards(spec_path: str | Path | Spec, out_root: str | Path, count: int,
         entries.append({"index": index, "dir": name, "version": vdir.name,
                         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
                         "input_sha256": outcome["input_sha256"]})
+    for table, n in sharded_rows.items():
+        if n != total_rows[table]:
+            column, parent = plan.parents[table]
+            raise BuildError(
+                f"table {table!r}: {total_rows[table] - n:,} of its {total_rows[table]:,} rows are in no shard: their "
+                f"column {column!r} names no key of {parent!r} when compared as text (a link to a missing row, or "
+                f"a float link column such as 3.0 for key 3; docs/scale.md); SHARDS not written")
     if len(dictionaries) != 1:
         raise BuildError(f"the {count} shards of {spec.name!r} do not share one feature dictionary; SHARDS not written")
     for entry in entries:  # only once every shard is built: a failed build leaves the shards' CURRENT as it was

@@ -50,7 +50,7 @@ Shard manifest
                       manifest.json), input_sha256}] in index order
 
 ``input_sha256`` fingerprints what the shard was built from: the spec text, the shard count, the shared
-dictionary and, for every table the shard loads, its row count and the sum of DuckDB's hash of each row
+dictionary, the segsrv and DuckDB versions and, for every table the shard loads, its row count and the sum of DuckDB's hash of each row
 (order-independent). A rebuild whose shard has the same fingerprint reuses the shard's published version
 instead of building it again. ``read_shard_manifest`` refuses a manifest that is not one of these, or
 whose shard versions are missing or do not match their ``manifest_sha256``.

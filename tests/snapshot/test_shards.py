@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segsrv.errors import CorruptSnapshotError, SpecError
+from segsrv.errors import BuildError, CorruptSnapshotError, SpecError
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
@@ -280,3 +280,32 @@ def test_cli_refuses_single_build_flags_with_shards(shop, tmp_path):
     assert done.returncode == 1
     assert "--version: not with --shards" in done.stderr
     assert not (tmp_path / "root" / "shop").exists()
+
+
+def test_an_order_without_customer_goes_to_shard_0(shop, tmp_path):
+    orders = pd.read_csv(shop.parent / "orders.csv")
+    orders.loc[5, "customer_id"] = None
+    orders.to_csv(shop.parent / "orders.csv", index=False)
+    built(shop, tmp_path / "root", N_SHARDS)
+    shards = open_shards(tmp_path / "root", "shop")
+    holders = [i for i, s in enumerate(shards) if int(orders.loc[5, "order_id"]) in s.universe("orders").row_ids]
+    assert holders == [0]
+
+
+def test_an_order_of_an_unknown_customer_is_refused(shop, tmp_path):
+    orders = pd.read_csv(shop.parent / "orders.csv")
+    orders.loc[5, "customer_id"] = "nobody"
+    orders.to_csv(shop.parent / "orders.csv", index=False)
+    with pytest.raises(BuildError, match=r"table 'orders': 1 of its 120 rows are in no shard: their column "
+                                         r"'customer_id' names no key of 'customers'"):
+        build_shards(shop, tmp_path / "root", N_SHARDS, progress=quiet)
+    assert not (tmp_path / "root" / "shop" / SHARDS).exists()
+
+
+def test_a_partitioned_table_needs_a_key_column(shop, tmp_path):
+    shop.write_text(SPEC.replace('key = "order_id"', 'key = "$row"'))
+    with pytest.raises(SpecError, match=r"tables.orders.key: a sharded table needs a key column"):
+        build_shards(shop, tmp_path / "root", 2, progress=quiet)
+    shop.write_text(SPEC.replace('key = "customer_id"', 'key = "$row"'))
+    with pytest.raises(SpecError, match=r"shards.entity: table 'customers' has no key column"):
+        load_spec(shop)
