@@ -468,12 +468,13 @@ class Builder:
         self.spec becomes the spec with its column globs expanded."""
         # a shard loads a partitioned table after the table its rows are routed through
         order = sorted(self.spec.tables.values(), key=lambda t: self.shard.plan.depth(t.name) if self.shard else 0)
-        loaded = {t.name: self._load_table(t) for t in order if t.sql is None}
-        pending = [t for t in order if t.sql is not None]
+        later = {t.name for t in order if t.sql is not None or self._routed_through_sql(t.name)}
+        loaded = {t.name: self._load_table(t) for t in order if t.name not in later}
+        pending = [t for t in order if t.name in later]
         while pending:
             waiting = []
             for t in pending:
-                missing = _later_tables(t, set(self.spec.tables) - set(loaded))
+                missing = _later_tables(t, set(self.spec.tables) - set(loaded)) if t.sql is not None else set()
                 if self.shard is not None and t.name in self.shard.plan.parents:
                     missing |= {self.shard.plan.parents[t.name][1]} - set(loaded)
                 if missing:
@@ -496,6 +497,15 @@ class Builder:
             for link in t.links.values():
                 self._resolve_link(t, link)
         self._say("keys, links and numeric columns checked")
+
+    def _routed_through_sql(self, table: str) -> bool:
+        """Whether a shard routes TABLE's rows through a sql table (so it loads after the sql tables start)."""
+        parents = self.shard.plan.parents if self.shard is not None else {}
+        while table in parents:
+            table = parents[table][1]
+            if self.spec.tables[table].sql is not None:
+                return True
+        return False
 
     # -- leaves and paths ------------------------------------------------------
 
