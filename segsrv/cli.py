@@ -87,6 +87,18 @@ def cmd_build(args) -> int:
     from .engine.rebuild import build_version
 
     progress = (lambda m: None) if args.quiet else None
+    if args.shards is not None:  # docs/scale.md
+        from .snapshot.shardbuild import build_shards
+
+        given = [flag for flag, on in [("--version", args.version), ("--band-tolerance", args.band_tolerance is not None),
+                                       ("--no-catalog", args.no_catalog),
+                                       ("--drop-unresolved-segments", args.drop_unresolved_segments)] if on]
+        if given:
+            raise SegsrvError(f"{given[0]}: not with --shards (a shard's version is its content hash; shards carry "
+                              f"no catalog and fix their band edges over the whole data: docs/scale.md)")
+        print(build_shards(args.spec, args.out, args.shards, progress=progress, threads=args.threads,
+                           fit_models=fit_declared_models))
+        return 0
     tolerance = {} if args.band_tolerance is None else {"band_tolerance": args.band_tolerance}
     path = build_version(args.spec, args.out, version=args.version, progress=progress, threads=args.threads,
                          fit_models=fit_declared_models, **tolerance,
@@ -580,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band-tolerance", type=float, metavar="X",
                    help="keep the CURRENT version's quantile band edges when each is within X (a share of "
                         "the values, 0..1) of the new quantile's rank (default 0.02; docs/spec.md)")
+    p.add_argument("--shards", type=int, metavar="N",
+                   help="write N customer shards and ROOT/NAME/SHARDS instead of one snapshot; the spec names "
+                        "the entity in [shards] (docs/scale.md)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("prune", help="remove old versions of a snapshot, never the CURRENT one "

@@ -31,6 +31,7 @@ from . import format as fmt
 from .bands import DEFAULT_TOLERANCE, NONE, PreviousBands, band_labels, choose_edges, previous_bands
 from .paths import FieldPath, resolve_universe_fields
 from .publish import discard, entries_of, new_staging_dir, point_current, publish_version
+from .shards import PartitionPlan, shard_of_keys
 from .spec import ROW_KEY, Spec, TableSpec, expand_column_globs, load_spec, suggest
 
 Progress = Callable[[str], None]
@@ -39,6 +40,24 @@ FitModels = Callable[[Path, dict, Progress], dict]
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "HUGEINT"}
 _NUM_TYPES = _INT_TYPES | {"FLOAT", "DOUBLE", "REAL"}
 _EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """The rows a shard build keeps: shard INDEX of COUNT under PLAN (segsrv/snapshot/shards.py)."""
+
+    plan: PartitionPlan
+    index: int
+    count: int
+
+
+#: {(table, column): {"values": [...], "edges": [...] or None}}: a feature dictionary fixed before the build
+Vocabulary = dict[tuple[str, str], dict]
+
+
+def _key_kind(sql_type: str) -> str:
+    """How a key column is stored: "int" (int64) or "bytes" (its text)."""
+    return "int" if sql_type in _INT_TYPES - {"UBIGINT", "HUGEINT"} else "bytes"
 
 
 def _is_num(sql_type: str) -> bool:
@@ -109,8 +128,11 @@ def _expand(counts: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 class Builder:
     def __init__(self, spec: Spec, progress: Progress | None = None, threads: int | None = None,
-                 previous: PreviousBands = NONE, band_tolerance: float = DEFAULT_TOLERANCE):
+                 previous: PreviousBands = NONE, band_tolerance: float = DEFAULT_TOLERANCE,
+                 vocabulary: Vocabulary | None = None, shard: ShardRows | None = None):
         self.spec = spec
+        self.vocabulary = vocabulary  # fixed values and edges of every feature column (a sharded build)
+        self.shard = shard
         self.previous = previous  # the quantile edges of the version this build replaces
         self.band_tolerance = band_tolerance
         self.progress = progress or default_progress
@@ -204,10 +226,13 @@ class Builder:
             t = expand_column_globs(t, columns)
             self._check_listed(t, columns)
         if t.sql is not None:
-            self._sql(f"CREATE TABLE __load AS {t.sql}", self._read_failed(t))
+            self._sql(f"CREATE TABLE __load AS SELECT * FROM ({t.sql}) WHERE {self._shard_filter(t)}",
+                      self._read_failed(t))
         else:
             self._read_file(t)
         self._finish_table(t)
+        if self.shard is not None and t.name == self.shard.plan.entity:
+            self._keep_entity_shard(t)
         desc = self.con.execute(f"DESCRIBE {_q(t.name)}").fetchall()
         self.types[t.name] = {row[0]: row[1] for row in desc}
         self.n_rows[t.name] = self.con.execute(f"SELECT count(*) FROM {_q(t.name)}").fetchone()[0]
@@ -216,7 +241,7 @@ class Builder:
 
     def _read_file(self, t: TableSpec) -> None:
         try:
-            self.con.execute(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t)}")
+            self.con.execute(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t)} WHERE {self._shard_filter(t)}")
             return
         except duckdb.Error as exc:
             if t.format not in ("csv", "tsv"):
@@ -224,8 +249,41 @@ class Builder:
             if "Error when sniffing file" not in str(exc):
                 self._raise(exc, self._read_failed(t), _CSV_FIXES)
         # no dialect fits every line: DuckDB's sample-based read names the line that breaks it
-        self._sql(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t, whole_file=False)}", self._read_failed(t),
-                  _CSV_FIXES)
+        self._sql(f"CREATE TABLE __load AS SELECT * FROM {self._reader(t, whole_file=False)} "
+                  f"WHERE {self._shard_filter(t)}", self._read_failed(t), _CSV_FIXES)
+
+    def _shard_filter(self, t: TableSpec) -> str:
+        """SQL condition on T's raw rows keeping this shard's: a partitioned table's rows whose link (compared
+        as text) names a row of its parent, already loaded and filtered; rows with an empty link in shard 0."""
+        if self.shard is None or t.name not in self.shard.plan.parents:
+            return "TRUE"
+        column, parent = self.shard.plan.parents[t.name]
+        pkey = self.spec.tables[parent].key
+        empty = f" OR {_q(column)} IS NULL" if self.shard.index == 0 else ""
+        return f"(CAST({_q(column)} AS VARCHAR) IN (SELECT CAST({_q(pkey)} AS VARCHAR) FROM {_q(parent)}){empty})"
+
+    def _keep_entity_shard(self, t: TableSpec) -> None:
+        """Keep the shard's rows of the entity table: those whose key hashes to this shard (shards.py)."""
+        key = _q(t.key)
+        if _key_kind(self.types_of(t.name)[t.key]) == "int":
+            res = self.con.execute(f"SELECT rowid AS p, CAST({key} AS BIGINT) AS k FROM {_q(t.name)} "
+                                   f"WHERE {key} IS NOT NULL").fetchnumpy()
+            pos, keys = np.asarray(res["p"], dtype=np.int64), np.asarray(res["k"], dtype=np.int64)
+        else:
+            res = self.con.execute(f"SELECT rowid, CAST({key} AS VARCHAR) FROM {_q(t.name)} "
+                                   f"WHERE {key} IS NOT NULL").fetchall()
+            pos = np.fromiter((p for p, _ in res), dtype=np.int64, count=len(res))
+            keys = np.array([k.encode("utf-8") for _, k in res], dtype=object)
+        keep = pos[shard_of_keys(keys, self.shard.count) == self.shard.index]
+        self.con.execute("CREATE TEMP TABLE __keep AS SELECT unnest(?::BIGINT[]) AS p", [keep.tolist()])
+        # rows with an empty key stay, so the key check reports them as in an unsharded build
+        self.con.execute(f"CREATE TABLE __shard AS SELECT * FROM {_q(t.name)} WHERE rowid IN (SELECT p FROM __keep) "
+                         f"OR {key} IS NULL ORDER BY rowid")
+        self.con.execute(f"DROP TABLE {_q(t.name)}; DROP TABLE __keep; ALTER TABLE __shard RENAME TO {_q(t.name)}")
+
+    def types_of(self, table: str) -> dict[str, str]:
+        """The SQL type of each column of a loaded table."""
+        return {row[0]: row[1] for row in self.con.execute(f"DESCRIBE {_q(table)}").fetchall()}
 
     def _check_listed(self, t: TableSpec, columns: list[str]) -> None:
         for col, role in [*((c, "strings") for c in t.strings), *((c, "null_values") for c in t.column_null_values)]:
@@ -305,8 +363,7 @@ class Builder:
         nulls = self.con.execute(f"SELECT count(*) FROM {_q(t.name)} WHERE {key} IS NULL").fetchone()[0]
         if nulls:
             raise BuildError(f"table {t.name!r}: key column {t.key!r} is empty in {nulls:,} rows")
-        ktype = self.types[t.name][t.key]
-        kind = "int" if ktype in _INT_TYPES - {"UBIGINT", "HUGEINT"} else "bytes"
+        kind = _key_kind(self.types[t.name][t.key])
         self.key_kind[t.name] = kind
         n = self.n_rows[t.name]
         if kind == "int":
@@ -409,12 +466,17 @@ class Builder:
     def load(self) -> None:
         """Load every table (a sql table after the tables it reads), check keys, links and numeric columns;
         self.spec becomes the spec with its column globs expanded."""
-        loaded = {t.name: self._load_table(t) for t in self.spec.tables.values() if t.sql is None}
-        pending = [t for t in self.spec.tables.values() if t.sql is not None]
+        # a shard loads a partitioned table after the table its rows are routed through
+        order = sorted(self.spec.tables.values(), key=lambda t: self.shard.plan.depth(t.name) if self.shard else 0)
+        later = {t.name for t in order if t.sql is not None or self._routed_through_sql(t.name)}
+        loaded = {t.name: self._load_table(t) for t in order if t.name not in later}
+        pending = [t for t in order if t.name in later]
         while pending:
             waiting = []
             for t in pending:
-                missing = _later_tables(t, set(self.spec.tables) - set(loaded))
+                missing = _later_tables(t, set(self.spec.tables) - set(loaded)) if t.sql is not None else set()
+                if self.shard is not None and t.name in self.shard.plan.parents:
+                    missing |= {self.shard.plan.parents[t.name][1]} - set(loaded)
                 if missing:
                     waiting.append(t)
                 else:
@@ -436,6 +498,15 @@ class Builder:
                 self._resolve_link(t, link)
         self._say("keys, links and numeric columns checked")
 
+    def _routed_through_sql(self, table: str) -> bool:
+        """Whether a shard routes TABLE's rows through a sql table (so it loads after the sql tables start)."""
+        parents = self.shard.plan.parents if self.shard is not None else {}
+        while table in parents:
+            table = parents[table][1]
+            if self.spec.tables[table].sql is not None:
+                return True
+        return False
+
     # -- leaves and paths ------------------------------------------------------
 
     def _quantile_edges(self, table: str, column: str, q: int) -> list[float]:
@@ -453,11 +524,16 @@ class Builder:
         ix = _q(table)
         col = _q(column)
         n = self.n_rows[table]
+        fixed = self.vocabulary.get((table, column)) if self.vocabulary is not None else None
+        if self.vocabulary is not None and fixed is None:
+            raise BuildError(f"table {table!r}: column {column!r} is missing from the shared feature dictionary")
         if kind == "numeric":
             nspec = self.spec.tables[table].numeric[column]
             raw = self._by_row(table, f"TRY_CAST({col} AS DOUBLE)", np.float64, np.nan)
             raw[~np.isfinite(raw)] = np.nan
-            if nspec.edges:
+            if fixed is not None:
+                edges = list(fixed["edges"])
+            elif nspec.edges:
                 edges = list(nspec.edges)
             else:
                 edges, note = choose_edges(f"{table}.{column}", self._quantile_edges(table, column, nspec.quantiles),
@@ -471,20 +547,16 @@ class Builder:
                 codes[ok] = np.searchsorted(np.asarray(edges), raw[ok], side="right")
             leaf = _Leaf(band_labels(edges) if edges else [], codes=codes, raw=raw, edges=edges)
         elif kind == "multi":
-            if self.types[table][column].endswith("[]"):
-                value = f"trim(CAST(unnest({col}) AS VARCHAR))"
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE __pairs AS {self._multi_pairs_sql(table, column)}")
+            if fixed is not None:
+                values = list(fixed["values"])
+                self._fixed_dict(values)
             else:
-                delim = self.spec.tables[table].multi[column]
-                value = f"trim(unnest(string_split(CAST({col} AS VARCHAR), {_lit(delim)})))"
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE __pairs AS SELECT DISTINCT r, v FROM "
-                f"(SELECT rowid AS r, {value} AS v FROM {ix} WHERE {col} IS NOT NULL) WHERE v <> ''"
-            )
-            values = [v for (v,) in self.con.execute("SELECT DISTINCT v FROM __pairs ORDER BY v").fetchall()]
-            self.con.execute(
-                "CREATE OR REPLACE TEMP TABLE __dict AS SELECT v, (row_number() OVER (ORDER BY v) - 1)::INTEGER AS code "
-                "FROM (SELECT DISTINCT v FROM __pairs)"
-            )
+                values = [v for (v,) in self.con.execute("SELECT DISTINCT v FROM __pairs ORDER BY v").fetchall()]
+                self.con.execute(
+                    "CREATE OR REPLACE TEMP TABLE __dict AS SELECT v, (row_number() OVER (ORDER BY v) - 1)::INTEGER "
+                    "AS code FROM (SELECT DISTINCT v FROM __pairs)"
+                )
             res = self.con.execute("SELECT p.r, d.code FROM __pairs p JOIN __dict d USING (v)").fetchnumpy()
             self.con.execute("DROP TABLE __pairs; DROP TABLE __dict")
             rows = self._rows(table, res["r"])
@@ -495,12 +567,16 @@ class Builder:
             leaf = _Leaf(values, multi_offsets=offsets, multi_codes=mcodes.astype(np.int32))
         else:
             text = _label_sql(col, self.types[table][column])
-            values = [v for (v,) in self.con.execute(
-                f"SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL ORDER BY v").fetchall()]
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE __dict AS SELECT v, (row_number() OVER (ORDER BY v) - 1)::INTEGER AS code "
-                f"FROM (SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL)"
-            )
+            if fixed is not None:
+                values = list(fixed["values"])
+                self._fixed_dict(values)
+            else:
+                values = [v for (v,) in self.con.execute(
+                    f"SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL ORDER BY v").fetchall()]
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE __dict AS SELECT v, (row_number() OVER (ORDER BY v) - 1)::INTEGER "
+                    f"AS code FROM (SELECT DISTINCT {text} AS v FROM {ix} WHERE {col} IS NOT NULL)"
+                )
             res = self.con.execute(
                 f"SELECT t.rowid AS p, d.code FROM {ix} t JOIN __dict d ON {_label_sql('t.' + col, self.types[table][column])} = d.v"
             ).fetchnumpy()
@@ -510,6 +586,58 @@ class Builder:
             leaf = _Leaf(values, codes=codes)
         self._leaves[(table, column)] = leaf
         return leaf
+
+    def _multi_pairs_sql(self, table: str, column: str) -> str:
+        """The distinct (rowid r, value v) pairs of a multi-valued column."""
+        col = _q(column)
+        if self.types[table][column].endswith("[]"):
+            value = f"trim(CAST(unnest({col}) AS VARCHAR))"
+        else:
+            value = f"trim(unnest(string_split(CAST({col} AS VARCHAR), {_lit(self.spec.tables[table].multi[column])})))"
+        return (f"SELECT DISTINCT r, v FROM (SELECT rowid AS r, {value} AS v FROM {_q(table)} WHERE {col} IS NOT NULL) "
+                f"WHERE v <> ''")
+
+    def _fixed_dict(self, values: list[str]) -> None:
+        """__dict(v, code): the shared dictionary's values, coded by position."""
+        self.con.execute("CREATE OR REPLACE TEMP TABLE __dict AS SELECT unnest(?::VARCHAR[]) AS v, "
+                         "unnest(range(?))::INTEGER AS code", [values, len(values)])
+
+    def column_vocabulary(self, t: TableSpec) -> Vocabulary:
+        """The values (and band edges) of every feature column of a loaded table, over all its rows: the
+        dictionary a sharded build fixes before building any shard."""
+        table = t.name
+        out: Vocabulary = {}
+        for column in t.categorical:
+            text = _label_sql(_q(column), self.types[table][column])
+            out[(table, column)] = {"values": [v for (v,) in self.con.execute(
+                f"SELECT DISTINCT {text} AS v FROM {_q(table)} WHERE {_q(column)} IS NOT NULL ORDER BY v").fetchall()],
+                "edges": None}
+        for column in t.multi:
+            out[(table, column)] = {"values": [v for (v,) in self.con.execute(
+                f"SELECT DISTINCT v FROM ({self._multi_pairs_sql(table, column)}) ORDER BY v").fetchall()],
+                "edges": None}
+        for column, nspec in t.numeric.items():
+            edges = list(nspec.edges) if nspec.edges else self._quantile_edges(table, column, nspec.quantiles)
+            out[(table, column)] = {"values": band_labels(edges) if edges else [], "edges": edges}
+        return out
+
+    def load_table(self, t: TableSpec) -> TableSpec:
+        """Load one table (as load() does, without the key and link checks); returns it with globs expanded."""
+        t = self._load_table(t)
+        self._check_columns(t)
+        return t
+
+    def drop_table(self, table: str) -> None:
+        self.con.execute(f"DROP TABLE {_q(table)}")
+
+    def content_fingerprint(self) -> str:
+        """SHA-256 over every loaded table's row count and order-independent sum of row hashes."""
+        digest = hashlib.sha256()
+        for name in sorted(self.spec.tables):
+            cols = ", ".join(_q(c) for c in self.types[name])
+            n, total = self.con.execute(f"SELECT count(*), sum(hash({cols})::HUGEINT) FROM {_q(name)}").fetchone()
+            digest.update(f"{name}\t{n}\t{total}\n".encode("utf-8"))
+        return digest.hexdigest()
 
     def _reverse_index(self, owner: str, link: str) -> tuple[np.ndarray, np.ndarray]:
         """Rows of `owner` grouped by the row their link points at: (order, offsets)."""
@@ -572,7 +700,7 @@ class Builder:
             rows, codes = np.divmod(key, k)
         values = list(leaf.values)
         counts = np.bincount(codes, minlength=len(values)).astype(np.int64)
-        if fp.kind != "numeric" and len(values) and not counts.all():
+        if fp.kind != "numeric" and len(values) and not counts.all() and self.vocabulary is None:
             # values of the column that no row of this universe reaches
             kept = counts > 0
             codes = (np.cumsum(kept) - 1)[codes]
@@ -771,6 +899,9 @@ def build_snapshot(
     fit_models: FitModels | None = None,
     band_tolerance: float = DEFAULT_TOLERANCE,
     set_current: bool = True,
+    vocabulary: Vocabulary | None = None,
+    shard: ShardRows | None = None,
+    reuse: Callable[[str, dict[str, int]], Path | None] | None = None,
 ) -> Path:
     """Build the snapshot described by a spec under OUT_ROOT/NAME/VERSION and point CURRENT at it.
 
@@ -782,6 +913,10 @@ def build_snapshot(
     Quantile band edges are kept from the CURRENT version of OUT_ROOT/NAME when the new data's quantiles
     are within `band_tolerance` of them (segsrv.snapshot.bands). `set_current=False` publishes the version
     without pointing CURRENT at it (a caller that publishes a catalog version on top points CURRENT).
+
+    A shard build (segsrv.snapshot.shardbuild) passes the shared `vocabulary`, the `shard` whose rows to keep
+    and `reuse(content_fingerprint, rows_per_table)`: called once the tables are loaded, it returns the version directory
+    to keep instead of building (nothing is published then), or None to build.
 
     Returns the version directory. On any error nothing is left behind; a failure to write (a full
     disk, a file size limit, permissions) is a BuildError that says what failed.
@@ -798,7 +933,8 @@ def build_snapshot(
     snapshot_dir = Path(out_root) / spec.name
     current_before = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
     try:
-        return _build(spec, snapshot_dir, version, say, threads, fit_models, float(band_tolerance), set_current)
+        return _build(spec, snapshot_dir, version, say, threads, fit_models, float(band_tolerance), set_current,
+                      vocabulary, shard, reuse)
     except (OSError, duckdb.IOException) as exc:
         what = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
         current_after = (snapshot_dir / fmt.CURRENT).read_bytes() if (snapshot_dir / fmt.CURRENT).is_file() else None
@@ -808,14 +944,16 @@ def build_snapshot(
 
 
 def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, threads: int | None,
-           fit_models: FitModels | None, band_tolerance: float, set_current: bool) -> Path:
+           fit_models: FitModels | None, band_tolerance: float, set_current: bool,
+           vocabulary: Vocabulary | None = None, shard: ShardRows | None = None,
+           reuse: Callable[[str, dict[str, int]], Path | None] | None = None) -> Path:
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     tmp = new_staging_dir(snapshot_dir, "build")
     try:
         previous, note = previous_bands(snapshot_dir)
         if note:
             say(note)
-        builder = Builder(spec, say, threads, previous, band_tolerance)
+        builder = Builder(spec, say, threads, previous, band_tolerance, vocabulary, shard)
         # resolve every universe's paths before the (slow) load, so spec errors come first; column globs
         # need the tables' columns, so with them the paths are resolved after the load
         globs = any(t.has_column_globs() for t in spec.tables.values())
@@ -824,6 +962,10 @@ def _build(spec: Spec, snapshot_dir: Path, version: str | None, say: Progress, t
         builder.load()
         for uname in spec.universes if globs else ():
             resolve_universe_fields(builder.spec, uname)
+        kept = reuse(builder.content_fingerprint(), dict(builder.n_rows)) if reuse is not None else None
+        if kept is not None:
+            discard(tmp)
+            return kept
         universes = {uname: builder.build_universe(uname, tmp) for uname in sorted(spec.universes)}
         files = file_entries(tmp, threads)
         manifest = {

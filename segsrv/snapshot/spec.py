@@ -88,6 +88,8 @@ class Spec:
     fingerprint: str  # sha256 of the spec text
     # models fitted at build time ([models.NAME]): NAME -> a Predict query (JSON form) the engine fits
     models: dict[str, dict] = field(default_factory=dict)
+    # [shards] entity: the root table a sharded build partitions by (segsrv/snapshot/shards.py)
+    shard_entity: str | None = None
 
 
 #: the keys of a [models.NAME] table: a Predict query without row data (docs/spec.md)
@@ -312,7 +314,7 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
-    _check_keys(raw, {"name", "description", "tables", "universes", "build", "models"}, "spec")
+    _check_keys(raw, {"name", "description", "tables", "universes", "build", "models", "shards"}, "spec")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SpecError(f"spec.name: expected a snapshot name (letters, digits, _ and -), got {name!r}")
@@ -373,6 +375,7 @@ def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
             _expect(p, str, f"{where}.include")
         universes[uname] = UniverseSpec(uname, table, list(include), list(exclude))
     models = _parse_models(_expect(raw.get("models", {}), dict, "models"), universes)
+    shard_entity = _parse_shards(_expect(raw.get("shards", {}), dict, "shards"), tables)
     return Spec(
         name=name,
         description=str(raw.get("description", "")),
@@ -383,7 +386,24 @@ def parse_spec(raw: dict, base_dir: Path, fingerprint: str = "") -> Spec:
         max_hops=max_hops,
         fingerprint=fingerprint,
         models=models,
+        shard_entity=shard_entity,
     )
+
+
+def _parse_shards(raw: dict, tables: dict[str, TableSpec]) -> str | None:
+    """[shards] entity = TABLE: the table whose key routes rows to shards (None: no [shards] section)."""
+    if not raw:
+        return None
+    _check_keys(raw, {"entity"}, "shards")
+    if "entity" not in raw:
+        raise SpecError("shards.entity: missing (the table whose rows are partitioned, usually customers)")
+    entity = _expect(raw["entity"], str, "shards.entity")
+    if entity not in tables:
+        raise SpecError(f"shards.entity: unknown table {entity!r}{suggest(entity, tables)}")
+    if tables[entity].key == ROW_KEY:
+        raise SpecError(f"shards.entity: table {entity!r} has no key column (key = {ROW_KEY!r} numbers the rows "
+                        f"of a file, which differs from shard to shard); name a column that identifies a row")
+    return entity
 
 
 def _named_table(section: str, name: str, raw, allowed: set[str]) -> str:

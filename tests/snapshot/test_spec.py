@@ -113,7 +113,7 @@ def test_load_spec_errors(tmp_path):
 
 
 ERRORS = [
-    (dict(extra=1), r"^spec: unknown key 'extra'; allowed: \['build', 'description', 'models', 'name', 'tables', 'universes'\]$"),
+    (dict(extra=1), r"^spec: unknown key 'extra'; allowed: \['build', 'description', 'models', 'name', 'shards', 'tables', 'universes'\]$"),
     (dict(nmae="x"), r"unknown key 'nmae' \(did you mean 'name'\?\)"),
     (dict(name=None), r"^spec\.name: expected a snapshot name .* got None$"),
     (dict(name="a b"), r"^spec\.name: .*got 'a b'$"),
