@@ -29,6 +29,7 @@ from .engine.predict import pending_fits, predict, score_segment
 from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
+from .engine.sharded import SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_relate
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
     QUERY_TYPES, AssignQuery, CountQuery, DiscoverQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery,
@@ -82,6 +83,13 @@ class OneSnapshot:
         return [self.snapshot.name]
 
 
+class OneShardedSnapshot(OneSnapshot):
+    """A source of one open sharded snapshot (the CLI's --local on ROOT/NAME holding SHARDS)."""
+
+    def __init__(self, snapshot: ShardedSnapshot):
+        self.snapshot = snapshot
+
+
 class SegmentationService:
     """The operations over a source of snapshots.
 
@@ -122,7 +130,15 @@ class SegmentationService:
             return self._methods[type(query)](query, at, progress=progress)
         return self._methods[type(query)](query, at)
 
-    def _snapshot(self, at: Selector) -> Snapshot:
+    def _snapshot(self, at: Selector, operation: str) -> Snapshot:
+        snap = self._any_snapshot(at)
+        if isinstance(snap, ShardedSnapshot):
+            raise SegsrvError(f"{operation}: not yet supported for sharded snapshots ({snap.path} holds "
+                              f"SHARDS); answered over shards so far: {', '.join(SHARDED_OPERATIONS)} "
+                              f"(docs/scale.md)")
+        return snap
+
+    def _any_snapshot(self, at: Selector) -> Snapshot | ShardedSnapshot:
         snap = self.snapshots.resolve(at.name, at.version)
         cancel.check()
         return snap
@@ -137,8 +153,9 @@ class SegmentationService:
     # -- operations ------------------------------------------------------------------
 
     def count(self, query: CountQuery, at: Selector = ANY_SNAPSHOT):
-        snap = self._snapshot(at)
-        return privacy.floor_count(count(snap, query.universe, query.where), self.privacy_k)
+        snap = self._any_snapshot(at)
+        answer = sharded_count if isinstance(snap, ShardedSnapshot) else count
+        return privacy.floor_count(answer(snap, query.universe, query.where), self.privacy_k)
 
     def relate(self, query: RelateQuery, at: Selector = ANY_SNAPSHOT):
         if query.limit is None:  # "unset means 100", but never more than this service returns
@@ -148,14 +165,14 @@ class SegmentationService:
                                      [("limit", f"at most {self.max_result_hits}")])
         if self.privacy_k > 1:  # hits below the floor are never candidates, so `limit` still fills up
             query.min_support = max(query.min_support, self.privacy_k)
-        snap = self._snapshot(at)
-        result = relate(snap, query)
+        snap = self._any_snapshot(at)
+        result = (sharded_relate if isinstance(snap, ShardedSnapshot) else relate)(snap, query)
         cancel.check()
         return privacy.floor_relate(result, self.privacy_k)
 
     def predict(self, query: PredictQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "Predict")
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
         if self.privacy_k > 1:  # a conjunction of fewer rows would be a factor resting on a small count
             query.min_support = max(query.min_support, self.privacy_k)
@@ -177,7 +194,7 @@ class SegmentationService:
         it fits. The snapshot is resolved and the query checked (the privacy floor included) before
         this returns."""
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "ScoreSegment")
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
         pending = pending_fits(snap, query)
         header = PendingHeader(snap.name, snap.version, pending) if pending else None
@@ -191,14 +208,14 @@ class SegmentationService:
 
     def evaluate(self, query: EvaluateQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "Evaluate")
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
         result = privacy.floor_evaluate(evaluate(snap, query), self.privacy_k)
         cancel.check()
         return result
 
     def assign(self, query: AssignQuery, at: Selector = ANY_SNAPSHOT):
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "Assign")
         result = assign(snap, query, self.privacy_k)
         result = privacy.floor_assign(result, self.privacy_k, snap.universe(result.universe).n_rows)
         cancel.check()
@@ -214,7 +231,7 @@ class SegmentationService:
         (snapshot, version, total: the rows matching the condition, pending: the fits as sentences)
         lets a stream send its first message before the fit; the export's total is the same."""
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "Export")
         self._refuse_small_rows(snap, query.universe, query.condition, "the condition", "condition")
         header = None
         if query.target is not None:
@@ -234,7 +251,7 @@ class SegmentationService:
         return header, run
 
     def profile(self, query: ProfileQuery, at: Selector = ANY_SNAPSHOT):
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "Profile")
         result = profile(snap, query)
         u = snap.universe(result.universe)
         result = privacy.floor_profile(result, self.privacy_k,
@@ -243,7 +260,7 @@ class SegmentationService:
         return result
 
     def list_segments(self, query: SegmentsQuery, at: Selector = ANY_SNAPSHOT) -> SegmentsResult:
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "ListSegments")
         if query.universe:
             snap.universe(query.universe)  # an unknown universe is an error, not an empty list
 
@@ -255,13 +272,13 @@ class SegmentationService:
         return SegmentsResult.from_snapshot(snap, query.universe, size_of)
 
     def snapshot_info(self, query: InfoQuery, at: Selector = ANY_SNAPSHOT) -> InfoResult:
-        snap = self._snapshot(at)
+        snap = self._snapshot(at, "Info")
         universes = [snap.universe(query.universe)] if query.universe else list(snap.universes.values())
         info = InfoResult.from_snapshot(snap, universes, query.include_values, self.snapshots.names())
         return privacy.floor_info(info, self.privacy_k)
 
     def discover(self, query: DiscoverQuery, at: Selector = ANY_SNAPSHOT):
-        result = discover(self._snapshot(at), query, privacy_k=self.privacy_k,
+        result = discover(self._snapshot(at, "Discover"), query, privacy_k=self.privacy_k,
                           max_candidates=self.max_discover_candidates)
         cancel.check()
         return privacy.floor_discover(result, self.privacy_k)
@@ -286,8 +303,15 @@ def warm_version(snapshot: Snapshot, **options) -> dict:
 
 
 def local_service(location, version: str | None = None) -> SegmentationService:
-    """The service over one snapshot directory (ROOT[/NAME[/VERSION]]), as `--local` uses it."""
+    """The service over one snapshot directory (ROOT[/NAME[/VERSION]], or a sharded ROOT/NAME), as `--local`
+    uses it."""
     from .snapshot.reader import open_snapshot
+
+    if is_sharded(location):
+        if version:
+            raise SegsrvError(f"--version: not with a sharded snapshot ({location}): its SHARDS manifest names "
+                              f"each shard's version")
+        return SegmentationService(OneShardedSnapshot(open_sharded(location)))
 
     return SegmentationService(OneSnapshot(open_snapshot(location, version=version)))
 

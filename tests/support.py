@@ -9,6 +9,7 @@
 * ``tree_digest`` / ``root_state``: pictures of a snapshot version / root, to prove nothing changed;
 * ``SEED_QUERY``: the demo's seed question (what else is in the orders holding dog dry food);
 * ``CUSTOMER_CONDITIONS``: JSON `where` conditions over PetNord's customers, one per condition shape;
+* ``write_shop``: a small synthetic shop with a ``[shards]`` section (customers, orders, products replicated);
 * ``write_small_shop``: a one-table shop (CSV + spec) to rebuild with changed data (versions over time);
 * the brute-force oracle over the SOURCE tables (``Source``, ``BruteUniverse``, ``Oracle``): it loads
   the PetNord JSON files with the standard library + pandas, parses the TOML spec itself, walks field
@@ -993,3 +994,56 @@ def embedded_data(html: str) -> dict:
     m = re.search(r'<script type="application/json" id="segsrv-report-data">(.*?)</script>', html, re.S)
     assert m, "the report embeds no data block"
     return json.loads(m.group(1))
+
+
+# ----------------------------------------------------------------------------
+# a small synthetic shop with a [shards] section (tests/snapshot/test_shards.py, tests/engine/test_sharded.py)
+# ----------------------------------------------------------------------------
+
+SHARDED_SHOP_SPEC = """\
+name = "shop"
+
+[shards]
+entity = "customers"
+
+[tables.customers]
+file = "customers.csv"
+key = "customer_id"
+categorical = ["segment"]
+numeric = { age = { quantiles = 3 } }
+
+[tables.products]
+key = "sku"
+categorical = ["category"]
+file = "products.csv"
+
+[tables.orders]
+file = "orders.csv"
+key = "order_id"
+categorical = ["channel"]
+links = { customer = { column = "customer_id", table = "customers", reverse = "orders" }, product = { column = "sku", table = "products" } }
+
+[universes.customers]
+include = ["*", "orders.channel", "orders.product.category"]
+
+[universes.orders]
+include = ["*", "customer.segment", "product.category"]
+
+[universes.products]
+"""
+
+
+def write_shop(directory: Path, n_customers: int = 40) -> Path:
+    """A small shop sharded by customer (customers, orders; products replicated) as CSV files + spec.toml."""
+    rng = np.random.default_rng(7)
+    pd.DataFrame({"customer_id": [f"c{i}" for i in range(n_customers)],
+                  "segment": rng.choice(["new", "loyal", "lapsed"], n_customers),
+                  "age": rng.integers(18, 80, n_customers)}).to_csv(directory / "customers.csv", index=False)
+    pd.DataFrame({"sku": [f"p{i}" for i in range(6)], "category": ["food", "toys", "food", "care", "toys", "food"]}
+                 ).to_csv(directory / "products.csv", index=False)
+    n_orders = 3 * n_customers
+    pd.DataFrame({"order_id": np.arange(n_orders), "customer_id": rng.choice([f"c{i}" for i in range(n_customers)], n_orders),
+                  "sku": rng.choice([f"p{i}" for i in range(6)], n_orders),
+                  "channel": rng.choice(["web", "app", "store"], n_orders)}).to_csv(directory / "orders.csv", index=False)
+    (directory / "spec.toml").write_text(SHARDED_SHOP_SPEC)
+    return directory / "spec.toml"

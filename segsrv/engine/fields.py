@@ -34,12 +34,15 @@ _CACHE: "weakref.WeakKeyDictionary[Universe, list[str]]" = weakref.WeakKeyDictio
 _LOCK = threading.Lock()
 
 
-def is_identifier_like(universe: Universe, name: str) -> bool:
+def is_identifier_like(universe: Universe, name: str, feature_count: np.ndarray | None = None) -> bool:
+    """feature_count: the features' counts to judge by (default the universe's own; a sharded snapshot
+    judges by the counts summed over its shards)."""
     info = universe.fields[name]
     fids = info.feature_ids
     if len(fids) < IDENTIFIER_MIN_VALUES:
         return False
-    return float(np.median(np.asarray(universe.feature_count[fids]))) <= IDENTIFIER_MEDIAN_ROWS
+    counts = universe.feature_count if feature_count is None else feature_count
+    return float(np.median(np.asarray(counts[fids]))) <= IDENTIFIER_MEDIAN_ROWS
 
 
 def identifier_like_fields(universe: Universe) -> list[str]:

@@ -61,20 +61,25 @@ def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np
     return out, plan
 
 
+def select_candidates(universe: Universe, query: RelateQuery, identifier_like) -> np.ndarray:
+    """The feature ids a Relate counts: its fields' features, in field order. identifier_like: the fields
+    "every field" leaves out (docs/query.md)."""
+    skip = set(condition_fields(query.where) if query.exclude_condition_fields else ())
+    fields = select_fields(universe, query.relate, skip | set(() if query.relate else identifier_like))
+    return (np.concatenate([universe.fields[f].feature_ids for f in fields]) if fields
+            else np.zeros(0, np.int64)).astype(np.int64, copy=False)
+
+
 def candidate_features(universe: Universe, query: RelateQuery) -> np.ndarray:
-    """The feature ids a Relate counts (its fields' features, in field order), memoised per universe: the
-    same request shapes come back, and resolving globs and identifier-like fields costs more than a
-    small universe's counts."""
+    """select_candidates, memoised per universe: the same request shapes come back, and resolving globs
+    and identifier-like fields costs more than a small universe's counts."""
     skip = frozenset(condition_fields(query.where) if query.exclude_condition_fields else ())
     key = (tuple(query.relate) if query.relate else None, skip)
     with _MEMO_LOCK:
         memo = _MEMO.setdefault(universe, {})
         fids = memo.get(key)
     if fids is None:
-        every = () if query.relate else identifier_like_fields(universe)  # "every field": docs/query.md
-        fields = select_fields(universe, query.relate, set(skip) | set(every))
-        fids = (np.concatenate([universe.fields[f].feature_ids for f in fields]) if fields
-                else np.zeros(0, np.int64)).astype(np.int64, copy=False)
+        fids = select_candidates(universe, query, () if query.relate else identifier_like_fields(universe))
         fids.setflags(write=False)
         with _MEMO_LOCK:
             if len(memo) >= _MEMO_SHAPES:
@@ -101,6 +106,26 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     else:
         n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan)
 
+    n_matching, hits = rank_counts(universe, query, n, n_c, fids, n_f, n_cf)
+    return RelateResult(
+        snapshot=snapshot.name,
+        version=snapshot.version,
+        universe=universe.name,
+        n_rows=n,
+        n_condition=n_c,
+        n_candidates=len(fids),
+        n_matching=n_matching,
+        plan=plan,
+        hits=hits,
+        elapsed_ms=(time.perf_counter() - t0) * 1e3,
+    )
+
+
+def rank_counts(universe: Universe, query: RelateQuery, n: int, n_c: int, fids: np.ndarray, n_f: np.ndarray,
+                n_cf: np.ndarray) -> tuple[int, list[RelateHit]]:
+    """(candidates passing every filter, the first `limit` of them as hits) from the counts alone: n rows,
+    n_c in the condition, and per candidate feature fids its n_f rows overall and n_cf in the condition.
+    Every statistic, filter and order of Relate is decided here, for one snapshot or summed shards."""
     tested = (n_f > 0) & (n_f < n)
     keep = tested & (n_cf >= query.min_support) & (n_c > 0)
     if query.direction != "all" or query.min_lift is not None:
@@ -141,19 +166,8 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     if need_p.any():
         sel = top[need_p]
         p_value[sel] = st.p_values(n, n_c, n_f[sel], n_cf[sel], query.direction)
-    return RelateResult(
-        snapshot=snapshot.name,
-        version=snapshot.version,
-        universe=universe.name,
-        n_rows=n,
-        n_condition=n_c,
-        n_candidates=len(fids),
-        n_matching=len(idx),
-        plan=plan,
-        hits=_hits(universe, n, n_c, fids[top], n_f[top], n_cf[top], p_value[top], q_value[top],
-                   query.prior_strength),
-        elapsed_ms=(time.perf_counter() - t0) * 1e3,
-    )
+    return len(idx), _hits(universe, n, n_c, fids[top], n_f[top], n_cf[top], p_value[top], q_value[top],
+                           query.prior_strength)
 
 
 def _hits(universe: Universe, n: int, n_c: int, fids, n_f, n_cf, p_value, q_value, prior_strength) -> list[RelateHit]:

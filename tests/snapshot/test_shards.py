@@ -18,7 +18,7 @@ from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS, dictionary_of, read_shard_manifest, shard_dir_name, shard_of_keys
 from segsrv.snapshot.spec import load_spec, parse_spec
-from support import quiet, segsrv_cli
+from support import SHARDED_SHOP_SPEC as SPEC, quiet, segsrv_cli, write_shop
 
 N_SHARDS = 3
 
@@ -138,54 +138,6 @@ def test_shard_manifest_round_trips_and_corrupt_is_refused(petnord_sharded, tmp_
 
 
 # --- a small synthetic shop: edits, rebuilds and bad input ---------------------------------------------------
-
-SPEC = """\
-name = "shop"
-
-[shards]
-entity = "customers"
-
-[tables.customers]
-file = "customers.csv"
-key = "customer_id"
-categorical = ["segment"]
-numeric = { age = { quantiles = 3 } }
-
-[tables.products]
-key = "sku"
-categorical = ["category"]
-file = "products.csv"
-
-[tables.orders]
-file = "orders.csv"
-key = "order_id"
-categorical = ["channel"]
-links = { customer = { column = "customer_id", table = "customers", reverse = "orders" }, product = { column = "sku", table = "products" } }
-
-[universes.customers]
-include = ["*", "orders.channel", "orders.product.category"]
-
-[universes.orders]
-include = ["*", "customer.segment", "product.category"]
-
-[universes.products]
-"""
-
-
-def write_shop(directory: Path, n_customers: int = 40) -> Path:
-    rng = np.random.default_rng(7)
-    pd.DataFrame({"customer_id": [f"c{i}" for i in range(n_customers)],
-                  "segment": rng.choice(["new", "loyal", "lapsed"], n_customers),
-                  "age": rng.integers(18, 80, n_customers)}).to_csv(directory / "customers.csv", index=False)
-    pd.DataFrame({"sku": [f"p{i}" for i in range(6)], "category": ["food", "toys", "food", "care", "toys", "food"]}
-                 ).to_csv(directory / "products.csv", index=False)
-    n_orders = 3 * n_customers
-    pd.DataFrame({"order_id": np.arange(n_orders), "customer_id": rng.choice([f"c{i}" for i in range(n_customers)], n_orders),
-                  "sku": rng.choice([f"p{i}" for i in range(6)], n_orders),
-                  "channel": rng.choice(["web", "app", "store"], n_orders)}).to_csv(directory / "orders.csv", index=False)
-    (directory / "spec.toml").write_text(SPEC)
-    return directory / "spec.toml"
-
 
 @pytest.fixture()
 def shop(tmp_path) -> Path:
