@@ -30,6 +30,10 @@ COUNTS = [("customers", where) for where in CUSTOMER_CONDITIONS.values()] + [
     ("order_lines", {"product.category": "dry-food", "order.customer.lifestyle": {"$ne": "premium"}}),
     ("order_lines", {"qty": {"$gte": 2}}),
     ("impressions", {"surface": "for_you", "clicked": True}),
+    # a handful of rows: below a privacy floor of 10
+    ("customers", {"tenure_months": {"$lt": 6}, "churned": True, "region": "oulu", "lifestyle": "premium"}),
+    ("orders", {"month": "2026-01", "customer.region": "oulu", "customer.churned": True,
+                "customer.lifestyle": "premium"}),
 ]
 
 RELATES = [
@@ -49,6 +53,7 @@ RELATES = [
     {"from": "order_lines", "where": {"returned": True}, "include_condition_fields": True, "order_by": "n_feature"},
     {"from": "impressions", "where": {"clicked": True}, "relate": ["product.*", "surface"], "plan": "histogram"},
     {"from": "customers", "where": CUSTOMER_CONDITIONS["empty"]},
+    {"from": "customers", "where": COUNTS[-2][1]},  # a handful of rows: suppressed under a floor of 10
 ]
 
 
@@ -82,15 +87,17 @@ def assert_same_relate(sharded, whole) -> None:
 
 @pytest.mark.parametrize("privacy_k", [0, 10])
 def test_count_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, privacy_k):
-    sharded = local_service(petnord_sharded)
-    sharded.privacy_k = privacy_k
+    sharded = SegmentationService(local_service(petnord_sharded).snapshots, privacy_k=privacy_k)
     whole = SegmentationService(OneSnapshot(petnord_snapshot), privacy_k=privacy_k)
+    suppressed = 0
     for universe, where in COUNTS:
         got = answers(sharded, CountQuery, {"from": universe, "where": where})
         want = answers(whole, CountQuery, {"from": universe, "where": where})
         assert (got.universe, got.n_rows, got.count, got.suppressed) == \
             (want.universe, want.n_rows, want.count, want.suppressed), (universe, where)
         assert got.snapshot == "petnord" and got.version.startswith("shards-")
+        suppressed += got.suppressed
+    assert suppressed == (2 if privacy_k else 0)  # the floor is exercised: the two small conditions
 
 
 def test_count_matches_brute_force(petnord_sharded, petnord_src):
@@ -109,7 +116,9 @@ def test_relate_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, 
     whole = SegmentationService(OneSnapshot(petnord_snapshot), privacy_k=privacy_k)
     got, want = answers(sharded, RelateQuery, obj), answers(whole, RelateQuery, obj)
     assert_same_relate(got, want)
-    assert got.hits or obj["where"] == CUSTOMER_CONDITIONS["empty"]
+    small = obj["where"] in (CUSTOMER_CONDITIONS["empty"], COUNTS[-2][1])
+    assert got.hits or small
+    assert got.suppressed == (privacy_k > 0 and obj["where"] == COUNTS[-2][1])
 
 
 def test_tampered_shard_version_is_refused(petnord_sharded, tmp_path):
