@@ -4,11 +4,12 @@
 
 Every front end calls these methods (the gRPC servicer wraps them as FeatureBase's
 HTTP and gRPC handlers wrap its API; `segsrv ... --local` calls them on a snapshot
-directory), so a rule that is not about the transport lives here once: which
-snapshot answers (``Selector``), the server's limits (largest Relate answer, most
-target values), the privacy floor (segsrv/engine/privacy.py) and the checks between
-expensive steps (segsrv/engine/cancel.py: the transport installs what "the caller
-is gone" means; in-process nothing is installed and the checks do nothing).
+directory, or on a sharded ROOT/NAME for Count and Relate: segsrv/engine/sharded.py),
+so a rule that is not about the transport lives here once: which snapshot answers
+(``Selector``), the server's limits (largest Relate answer, most target values), the
+privacy floor (segsrv/engine/privacy.py) and the checks between expensive steps
+(segsrv/engine/cancel.py: the transport installs what "the caller is gone" means;
+in-process nothing is installed and the checks do nothing).
 
 ``call(query, at)`` dispatches on the query's type, so a backend is anything with
 ``call``: this service (in-process) or segsrv.client.SegsrvClient (remote).
@@ -29,7 +30,9 @@ from .engine.predict import pending_fits, predict, score_segment
 from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
-from .engine.sharded import SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_relate
+from .engine.sharded import (
+    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_relate,
+)
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
     QUERY_TYPES, AssignQuery, CountQuery, DiscoverQuery, EvaluateQuery, ExportQuery, InfoQuery, PredictQuery,
