@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -136,6 +137,16 @@ def test_tampered_shard_version_is_refused(petnord_sharded, tmp_path):
     manifest["shards"][-1]["manifest_sha256"] = "0" * 64
     (copy / SHARDS).write_text(json.dumps(manifest))
     with pytest.raises(CorruptSnapshotError, match="does not match its manifest_sha256"):
+        local_service(copy)
+    # a shard whose dictionary differs (a value renamed), its digest in SHARDS updated to match
+    vmanifest = last / manifest["shards"][-1]["version"] / "manifest.json"
+    shard_manifest = json.loads(vmanifest.read_text())
+    field = shard_manifest["universes"]["customers"]["fields"][0]
+    field["values"][0] = field["values"][0] + "-renamed"
+    vmanifest.write_text(json.dumps(shard_manifest, sort_keys=True))
+    manifest["shards"][-1]["manifest_sha256"] = hashlib.sha256(vmanifest.read_bytes()).hexdigest()
+    (copy / SHARDS).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptSnapshotError, match="its feature dictionary is not the one .*SHARDS records"):
         local_service(copy)
 
 
