@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,15 @@ def is_sharded(location: str | Path) -> bool:
 
 
 @dataclass(frozen=True)
+class MergedUniverse:
+    """What a universe's answers over shards need that does not change within a build, found once."""
+
+    parts: list  # the universe in each shard that holds part of it
+    feature_count: np.ndarray  # each feature's rows, summed over the parts
+    identifier_like: list[str]  # the fields "every field" leaves out, judged by the summed counts
+
+
+@dataclass(frozen=True)
 class ShardedSnapshot:
     """The shards of one sharded build, open at the versions its SHARDS manifest names."""
 
@@ -55,16 +64,24 @@ class ShardedSnapshot:
     name: str
     version: str  # "shards-" + the first 16 hex digits of the SHA-256 of the shard versions, in order
     shards: list[Snapshot]
+    _merged: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def universes_of(self, universe: str | None) -> list:
-        """The universe in each shard that holds part of it: every shard (partitioned) or shard 0
-        (replicated: the same rows in every shard)."""
-        parts = [s.universe(universe) for s in self.shards]
-        first, second = parts[0], parts[-1]
-        if len(parts) > 1 and first.n_rows > 0 and first.n_rows == second.n_rows \
-                and np.array_equal(first.row_ids, second.row_ids):
-            return parts[:1]
-        return parts
+    def universe(self, universe: str | None) -> MergedUniverse:
+        """The universe over the shards: every shard holds part of a partitioned one; a replicated one
+        (the same rows in every shard) is shard 0's alone. Found on first use (comparing row ids is
+        linear in the rows), then kept: the shards do not change."""
+        merged = self._merged.get(self.shards[0].universe(universe).name)
+        if merged is None:
+            parts = [s.universe(universe) for s in self.shards]
+            first, last = parts[0], parts[-1]
+            if len(parts) > 1 and first.n_rows > 0 and first.n_rows == last.n_rows \
+                    and np.array_equal(first.row_ids, last.row_ids):
+                parts = parts[:1]
+            feature_count = np.sum([np.asarray(u.feature_count, dtype=np.int64) for u in parts], axis=0)
+            merged = MergedUniverse(parts, feature_count,
+                                    [f for f in first.fields if is_identifier_like(first, f, feature_count)])
+            self._merged[first.name] = merged  # two threads may both find it: the same answer
+        return merged
 
 
 def open_sharded(location: str | Path) -> ShardedSnapshot:
@@ -94,7 +111,7 @@ def sharded_count(sharded: ShardedSnapshot, universe: str | None,
                   where: Condition | None = None) -> CountResult:
     t0 = time.perf_counter()
     n_rows = total = 0
-    for shard, u in zip(sharded.shards, sharded.universes_of(universe)):
+    for shard, u in zip(sharded.shards, sharded.universe(universe).parts):
         bits = evaluate(shard, u, where if where is not None else All())
         n_rows += u.n_rows
         total += int(_kernels.popcount(bits))
@@ -106,16 +123,13 @@ def sharded_count(sharded: ShardedSnapshot, universe: str | None,
 def sharded_relate(sharded: ShardedSnapshot, query: RelateQuery) -> RelateResult:
     t0 = time.perf_counter()
     query.validate()
-    parts = sharded.universes_of(query.universe)
-    first = parts[0]
-    feature_count = np.sum([np.asarray(u.feature_count, dtype=np.int64) for u in parts], axis=0)
-    identifier_like = [] if query.relate else [f for f in first.fields
-                                                if is_identifier_like(first, f, feature_count)]
-    fids = select_candidates(first, query, identifier_like)
+    merged = sharded.universe(query.universe)
+    first = merged.parts[0]
+    fids = select_candidates(first, query, () if query.relate else merged.identifier_like)
     n = n_c = 0
     n_cf = np.zeros(len(fids), dtype=np.int64)
     plans = set()
-    for shard, u in zip(sharded.shards, parts):
+    for shard, u in zip(sharded.shards, merged.parts):
         cond_bits = evaluate(shard, u, query.where)
         shard_c = int(_kernels.popcount(cond_bits))
         n += u.n_rows
@@ -125,7 +139,7 @@ def sharded_relate(sharded: ShardedSnapshot, query: RelateQuery) -> RelateResult
             n_cf += counts
             plans.add(plan)
         cancel.check()
-    n_f = feature_count[fids]
+    n_f = merged.feature_count[fids]
     n_matching, hits = rank_counts(first, query, n, n_c, fids, n_f, n_cf)
     return RelateResult(
         snapshot=sharded.name, version=sharded.version, universe=first.name, n_rows=n, n_condition=n_c,
