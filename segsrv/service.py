@@ -4,7 +4,7 @@
 
 Every front end calls these methods (the gRPC servicer wraps them as FeatureBase's
 HTTP and gRPC handlers wrap its API; `segsrv ... --local` calls them on a snapshot
-directory, or on a sharded ROOT/NAME for Count and Relate: segsrv/engine/sharded.py),
+directory, or on a sharded ROOT/NAME for Count and Relate: segsrv/engine/sharded/),
 so a rule that is not about the transport lives here once: which snapshot answers
 (``Selector``), the server's limits (largest Relate answer, most target values), the
 privacy floor (segsrv/engine/privacy.py) and the checks between expensive steps

@@ -1,4 +1,4 @@
-"""Count and Relate over a sharded snapshot (segsrv/engine/sharded.py) equal the unsharded snapshot's answers."""
+"""Count and Relate over a sharded snapshot (segsrv/engine/sharded/) equal the unsharded snapshot's answers."""
 
 from __future__ import annotations
 

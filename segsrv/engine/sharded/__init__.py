@@ -1,0 +1,30 @@
+"""Answers over a sharded snapshot (ROOT/NAME with a SHARDS manifest: segsrv/snapshot/shards.py), merged
+in-process and exact.
+
+``open_sharded`` opens every shard at the version SHARDS names, and refuses a shard whose CURRENT names
+another version (a build in progress, or a shard changed since) or whose dictionary is not the shared
+one, so no answer mixes builds. All shards share one feature dictionary, so counts add feature by
+feature:
+
+* Count: the sum of the shards' counts.
+* Relate: per shard, the condition's count and each candidate's count in the condition and overall;
+  summed, they go through the unsharded engine's ``rank_counts`` (every statistic, filter, order,
+  q-value and limit). Identifier-like fields ("every field" leaves them out) are judged by the
+  summed counts, as the unsharded engine judges them by its own.
+
+A universe of a replicated table (every shard holds it whole) is answered from shard 0 alone: its
+rows would otherwise count N times. It is recognised exactly: a partitioned universe's shards hold
+disjoint ids, a replicated one's the same ids in every shard.
+
+Modules: ``open`` (opening the shards, the merged universe), one module per operation.
+"""
+
+from .count import sharded_count
+from .open import MergedUniverse, ShardedSnapshot, is_sharded, open_sharded
+from .relate import sharded_relate
+
+# the operations answered over shards so far (docs/scale.md, "Answers over shards")
+SHARDED_OPERATIONS = ("Count", "Relate")
+
+__all__ = ["SHARDED_OPERATIONS", "MergedUniverse", "ShardedSnapshot", "is_sharded", "open_sharded",
+           "sharded_count", "sharded_relate"]
