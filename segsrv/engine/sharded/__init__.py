@@ -16,15 +16,22 @@ A universe of a replicated table (every shard holds it whole) is answered from s
 rows would otherwise count N times. It is recognised exactly: a partitioned universe's shards hold
 disjoint ids, a replicated one's the same ids in every shard.
 
-Modules: ``open`` (opening the shards, the merged universe), one module per operation.
+Every operation is written as functions over one shard (``*_part``: a module-level function of the
+shard's snapshot and picklable arguments, answering counts) and a merge, run through
+``ShardedSnapshot.map``: in-process over the open shards, or on Ray shard replicas by the router, with
+the same merge.
+
+Modules: ``open`` (opening the shards, ``map``, the merged universe), one module per operation.
 """
 
-from .count import sharded_count
-from .open import MergedUniverse, ShardedSnapshot, is_sharded, open_sharded
-from .relate import sharded_relate
+from .count import count_part, sharded_count
+from .open import (
+    MergedUniverse, ShardedSnapshot, is_sharded, open_sharded, sharded_version, universe_summary,
+)
+from .relate import relate_part, sharded_relate
 
 # the operations answered over shards so far (docs/scale.md, "Answers over shards")
 SHARDED_OPERATIONS = ("Count", "Relate")
 
-__all__ = ["SHARDED_OPERATIONS", "MergedUniverse", "ShardedSnapshot", "is_sharded", "open_sharded",
-           "sharded_count", "sharded_relate"]
+__all__ = ["SHARDED_OPERATIONS", "MergedUniverse", "ShardedSnapshot", "count_part", "is_sharded", "open_sharded",
+           "relate_part", "sharded_count", "sharded_relate", "sharded_version", "universe_summary"]

@@ -6,19 +6,21 @@ import time
 
 from ... import _kernels
 from ...ops.count import CountResult
-from .. import cancel
+from ...snapshot.reader import Snapshot
 from ..conditions import All, Condition, evaluate
 from .open import ShardedSnapshot
+
+
+def count_part(shard: Snapshot, universe: str, where: Condition | None) -> int:
+    """The rows of `universe` matching `where` in one shard."""
+    u = shard.universe(universe)
+    return int(_kernels.popcount(evaluate(shard, u, where if where is not None else All())))
 
 
 def sharded_count(sharded: ShardedSnapshot, universe: str | None,
                   where: Condition | None = None) -> CountResult:
     t0 = time.perf_counter()
-    n_rows = total = 0
-    for shard, u in zip(sharded.shards, sharded.universe(universe).parts):
-        bits = evaluate(shard, u, where if where is not None else All())
-        n_rows += u.n_rows
-        total += int(_kernels.popcount(bits))
-        cancel.check()
-    return CountResult(sharded.name, sharded.version, u.name, n_rows, total,
+    merged = sharded.universe(universe)
+    total = sum(sharded.map(count_part, merged.name, where, shards=merged.shards))
+    return CountResult(sharded.name, sharded.version, merged.name, merged.n_rows, total,
                        elapsed_ms=(time.perf_counter() - t0) * 1e3)

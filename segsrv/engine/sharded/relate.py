@@ -9,34 +9,36 @@ import numpy as np
 
 from ... import _kernels
 from ...ops.relate import RelateQuery, RelateResult
-from .. import cancel
-from ..conditions import evaluate
+from ...snapshot.reader import Snapshot
+from ..conditions import Condition, evaluate
 from ..relate import count_features, rank_counts, select_candidates
 from .open import ShardedSnapshot
+
+
+def relate_part(shard: Snapshot, universe: str, where: Condition, fids: np.ndarray,
+                plan: str) -> tuple[int, np.ndarray, str | None]:
+    """(the condition's rows, each candidate's rows within them, the counting plan used or None) in one
+    shard."""
+    u = shard.universe(universe)
+    cond_bits = evaluate(shard, u, where)
+    n_c = int(_kernels.popcount(cond_bits))
+    if not n_c or not len(fids):
+        return n_c, np.zeros(len(fids), dtype=np.int64), None
+    counts, used = count_features(u, cond_bits, n_c, fids, plan)
+    return n_c, np.asarray(counts, dtype=np.int64), used
 
 
 def sharded_relate(sharded: ShardedSnapshot, query: RelateQuery) -> RelateResult:
     t0 = time.perf_counter()
     query.validate()
     merged = sharded.universe(query.universe)
-    first = merged.parts[0]
-    fids = select_candidates(first, query, () if query.relate else merged.identifier_like)
-    n = n_c = 0
-    n_cf = np.zeros(len(fids), dtype=np.int64)
-    plans = set()
-    for shard, u in zip(sharded.shards, merged.parts):
-        cond_bits = evaluate(shard, u, query.where)
-        shard_c = int(_kernels.popcount(cond_bits))
-        n += u.n_rows
-        n_c += shard_c
-        if shard_c and len(fids):
-            counts, plan = count_features(u, cond_bits, shard_c, fids, query.plan)
-            n_cf += counts
-            plans.add(plan)
-        cancel.check()
-    n_f = merged.feature_count[fids]
-    n_matching, hits = rank_counts(first, query, n, n_c, fids, n_f, n_cf)
+    fids = select_candidates(merged.schema, query, () if query.relate else merged.identifier_like)
+    parts = sharded.map(relate_part, merged.name, query.where, fids, query.plan, shards=merged.shards)
+    n_c = sum(p[0] for p in parts)
+    n_cf = np.sum([p[1] for p in parts], axis=0) if parts else np.zeros(len(fids), dtype=np.int64)
+    plans = {p[2] for p in parts if p[2] is not None}
+    n_matching, hits = rank_counts(merged.schema, query, merged.n_rows, n_c, fids, merged.feature_count[fids], n_cf)
     return RelateResult(
-        snapshot=sharded.name, version=sharded.version, universe=first.name, n_rows=n, n_condition=n_c,
-        n_candidates=len(fids), n_matching=n_matching, plan="+".join(sorted(plans)) or "none", hits=hits,
-        elapsed_ms=(time.perf_counter() - t0) * 1e3)
+        snapshot=sharded.name, version=sharded.version, universe=merged.name, n_rows=merged.n_rows,
+        n_condition=n_c, n_candidates=len(fids), n_matching=n_matching, plan="+".join(sorted(plans)) or "none",
+        hits=hits, elapsed_ms=(time.perf_counter() - t0) * 1e3)
