@@ -390,8 +390,14 @@ def cmd_discover(args) -> int:
 
 def cmd_segments_apply(args) -> int:
     from .engine.catalog import apply_segments
+    from .engine.sharded import apply_sharded_segments, is_sharded
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[segments] {msg}", file=sys.stderr, flush=True))
+    if is_sharded(args.snapshot):  # every shard gets the catalog, then SHARDS names them (docs/scale.md)
+        path, _ = apply_sharded_segments(args.snapshot, args.catalog, version=args.version, progress=say,
+                                         fit_propensities=not args.no_propensity_models)
+        print(path)
+        return 0
     vdir, changed = apply_segments(args.snapshot, args.catalog, version=args.version, progress=say,
                                    fit_propensities=not args.no_propensity_models)
     print(vdir.name)
@@ -686,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="segments_command", required=True)
     q = ssub.add_parser("apply", help="validate a catalog file and publish it as a new snapshot version "
                                       "(data files hard-linked, nothing rebuilt)")
-    q.add_argument("snapshot", help="ROOT/NAME (the catalog is applied to the CURRENT version)")
+    q.add_argument("snapshot", help="ROOT/NAME (the catalog is applied to the CURRENT version; on a sharded ROOT/NAME "
+                                    "to every shard, then SHARDS: docs/scale.md)")
     q.add_argument("catalog", help="catalog file: TOML [segments.NAME] tables (or .json)")
     q.add_argument("--version", help="name of the new version (default: a hash of the base version and catalog)")
     q.add_argument("--quiet", action="store_true", help="no progress output")

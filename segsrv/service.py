@@ -4,7 +4,7 @@
 
 Every front end calls these methods (the gRPC servicer wraps them as FeatureBase's
 HTTP and gRPC handlers wrap its API; `segsrv ... --local` calls them on a snapshot
-directory, or on a sharded ROOT/NAME for Count and Relate: segsrv/engine/sharded/),
+directory, or on a sharded ROOT/NAME for the operations answered over shards: segsrv/engine/sharded/),
 so a rule that is not about the transport lives here once: which snapshot answers
 (``Selector``), the server's limits (largest Relate answer, most target values), the
 privacy floor (segsrv/engine/privacy.py) and the checks between expensive steps
@@ -31,7 +31,7 @@ from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
 from .engine.sharded import (
-    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_relate,
+    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_assign, sharded_count, sharded_relate,
 )
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
@@ -218,8 +218,8 @@ class SegmentationService:
         return result
 
     def assign(self, query: AssignQuery, at: Selector = ANY_SNAPSHOT):
-        snap = self._snapshot(at, "Assign")
-        result = assign(snap, query, self.privacy_k)
+        snap = self._any_snapshot(at)
+        result = (sharded_assign if isinstance(snap, ShardedSnapshot) else assign)(snap, query, self.privacy_k)
         result = privacy.floor_assign(result, self.privacy_k, snap.universe(result.universe).n_rows)
         cancel.check()
         return result
@@ -263,13 +263,14 @@ class SegmentationService:
         return result
 
     def list_segments(self, query: SegmentsQuery, at: Selector = ANY_SNAPSHOT) -> SegmentsResult:
-        snap = self._snapshot(at, "ListSegments")
+        snap = self._any_snapshot(at)
         if query.universe:
             snap.universe(query.universe)  # an unknown universe is an error, not an empty list
+        counter = sharded_count if isinstance(snap, ShardedSnapshot) else count
 
         def size_of(name: str, universe: str | None) -> tuple[int, int]:
             cancel.check()
-            size = count(snap, universe, SegmentRef(name))
+            size = counter(snap, universe, SegmentRef(name))
             return privacy.floor_size(size.count, self.privacy_k, size.n_rows), size.n_rows
 
         return SegmentsResult.from_snapshot(snap, query.universe, size_of)

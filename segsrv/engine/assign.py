@@ -164,11 +164,23 @@ class _Segment:
 
 
 class CompiledCatalog:
-    """The catalog segments of one universe, compiled to programs over feature presence."""
+    """The catalog segments of one universe, compiled to programs over feature presence.
 
-    def __init__(self, snapshot: Snapshot, universe: Universe):
+    The counts its models and the privacy floor rest on (each segment's members, the members with each
+    feature or pair, the rows of a membership fit) come from the snapshot's universe; a sharded
+    snapshot's catalog (segsrv.engine.sharded.catalog.MergedCatalog) sums them over the shards through
+    the methods marked "counts"."""
+
+    def __init__(self, snapshot: Snapshot, universe: Universe, merged: tuple | None = None):
+        """merged: (n_rows, feature_count, {segment: (size, member digest)}, data version) of a universe
+        answered over shards, instead of the snapshot's own (the snapshot then gives the programs)."""
         self._snapshot = weakref.ref(snapshot)  # the cache entry must not keep a retired version mapped
         self.universe = universe
+        if merged is None:
+            self.n_rows, self.feature_count = universe.n_rows, np.asarray(universe.feature_count, dtype=np.int64)
+            sizes, self.data_version = None, catalog_models.data_version(snapshot)
+        else:
+            self.n_rows, self.feature_count, sizes, self.data_version = merged
         self.leaf_fids: set[int] = set()
         self.numeric_fields: set[str] = set()
         catalog = snapshot.segments or {}
@@ -181,12 +193,14 @@ class CompiledCatalog:
                 continue
             compiler = Evaluator(snapshot, universe, ops)  # per segment: its own `fields`
             program = compiler.evaluate(SegmentRef(name))
-            bits = evaluator.evaluate(SegmentRef(name))
-            size = int(_kernels.popcount(bits))
-            share = size / universe.n_rows if universe.n_rows else 0.0
+            if sizes is None:
+                bits = evaluator.evaluate(SegmentRef(name))
+                size, digest = int(_kernels.popcount(bits)), catalog_models.digest(bits)
+            else:
+                size, digest = sizes[name]
+            share = size / self.n_rows if self.n_rows else 0.0
             self.segments.append(_Segment(name, int(entry.get("priority", 0)), size, share, program,
-                                          frozenset(compiler.fields), catalog_models.digest(bits)))
-        self.data_version = catalog_models.data_version(snapshot)
+                                          frozenset(compiler.fields), digest))
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
         self._fid_list = self.fids.tolist()
         # Per parameter set (`propensity_params`), at most MODEL_PARAMS_KEPT of each, least recently
@@ -250,7 +264,7 @@ class CompiledCatalog:
         segment's membership as a member. Ranking keys are per segment, not per customer."""
         hit = self._orders.get(privacy_k)
         if hit is None:
-            segs, n = self.segments, self.universe.n_rows
+            segs, n = self.segments, self.n_rows
             shown = [i for i, sg in enumerate(segs) if not privacy.small_in(sg.size, n, privacy_k)]
             member_order = np.array(sorted(shown, key=lambda i: (-segs[i].priority, segs[i].share, segs[i].name)),
                                     dtype=np.int64)
@@ -276,14 +290,10 @@ class CompiledCatalog:
         if hit is not None:
             return hit
         FITS[0] += 1
-        u = self.universe
-        seg = self.segments[i]
-        bits = Evaluator(self.snapshot, u).evaluate(SegmentRef(seg.name))
-        n1 = seg.size
-        n1f, _ = count_features(u, bits, n1, np.arange(u.n_features, dtype=np.int64))
+        n1 = self.segments[i].size
+        n1f = self.member_feature_counts(i)
         smallest = self._smallest_cells(n1f, n1)
-        out = factorized_membership(n1f, np.asarray(u.feature_count, dtype=np.int64), n1, u.n_rows,
-                                    self.evidence_mask(i), a, max_p)
+        out = factorized_membership(n1f, self.feature_count, n1, self.n_rows, self.evidence_mask(i), a, max_p)
         with self._lock:
             self._cells[i] = smallest
         self._keep_partial(key, out)
@@ -300,7 +310,7 @@ class CompiledCatalog:
     def _smallest_cells(self, n1f: np.ndarray, n1: int) -> np.ndarray:
         """The smallest non-zero cell or margin of each feature's table with a segment of n1 members
         (n1f: its members with each feature)."""
-        return smallest_cells(n1f, np.asarray(self.universe.feature_count, dtype=np.int64), n1, self.universe.n_rows)
+        return smallest_cells(n1f, self.feature_count, n1, self.n_rows)
 
     def _memo(self, cache: dict, key, compute):
         """cache[key], computed (outside the lock) the first time."""
@@ -313,18 +323,30 @@ class CompiledCatalog:
             cache[key] = out
         return out
 
-    def _member_bits(self, i: int) -> np.ndarray:
+    def member_bits(self, i: int) -> np.ndarray:
         return Evaluator(self.snapshot, self.universe).evaluate(SegmentRef(self.segments[i].name))
 
-    def cells(self, i: int) -> np.ndarray:
-        """The privacy floor's input of segment i (`_smallest_cells`), counted once (one AND-count pass)."""
-        def count():
-            u = self.universe
-            n1f, _ = count_features(u, self._member_bits(i), self.segments[i].size,
-                                    np.arange(u.n_features, dtype=np.int64))
-            return self._smallest_cells(n1f, self.segments[i].size)
+    def member_feature_counts(self, i: int) -> np.ndarray:
+        """Counts: int64[n_features], segment i's members with each feature (one AND-count pass)."""
+        u = self.universe
+        n1f, _ = count_features(u, self.member_bits(i), self.segments[i].size, np.arange(u.n_features, dtype=np.int64))
+        return np.asarray(n1f, dtype=np.int64)
 
-        return self._memo(self._cells, i, count)
+    def member_pair_counts(self, i: int, pairs: np.ndarray) -> np.ndarray:
+        """Counts: int64[len(pairs)], segment i's members with both features of each pair."""
+        members = _kernels.bitset_to_ids(self.member_bits(i), self.universe.n_rows).astype(np.int64)
+        return pair_counts(self.universe, pairs, members)
+
+    def membership_fit(self, i: int, l2: float | None) -> tuple:
+        """Counts: catalog_models.fit_membership over every row of the universe (its tuple)."""
+        u = self.universe
+        member = np.unpackbits(self.member_bits(i).view(np.uint8), bitorder="little")[: u.n_rows].astype(bool)
+        return catalog_models.fit_membership(u, member, self.evidence_mask(i), l2)
+
+    def cells(self, i: int) -> np.ndarray:
+        """The privacy floor's input of segment i (`_smallest_cells`), counted once."""
+        return self._memo(self._cells, i, lambda: self._smallest_cells(self.member_feature_counts(i),
+                                                                       self.segments[i].size))
 
     # -- the logistic membership models (segsrv.engine.catalog_models) --------------------
 
@@ -340,7 +362,8 @@ class CompiledCatalog:
 
     def content_key(self, i: int, l2: float | None) -> tuple:
         """The content key of segment i's logistic model (what `segments apply` stores it under)."""
-        return catalog_models.content_key(self.data_version, self.universe, self.segments[i].digest,
+        u = self.universe
+        return catalog_models.content_key(self.data_version, u.name, self.n_rows, u.n_features, self.segments[i].digest,
                                           catalog_models.digest(self.evidence_mask(i)), l2)
 
     def fit_logistic(self, i: int, l2: float | None) -> tuple:
@@ -351,10 +374,7 @@ class CompiledCatalog:
         if hit is not None:
             return hit
         FITS[0] += 1
-        u, seg = self.universe, self.segments[i]
-        bits = Evaluator(self.snapshot, u).evaluate(SegmentRef(seg.name))
-        member = np.unpackbits(bits.view(np.uint8), bitorder="little")[: u.n_rows].astype(bool)
-        out = catalog_models.fit_membership(u, member, self.evidence_mask(i), l2)
+        out = self.membership_fit(i, l2)
         catalog_models.keep_fitted(key, out)
         return out
 
@@ -453,10 +473,8 @@ class CompiledCatalog:
         """int64[n_pairs]: the smallest non-zero cell or margin of each pair's table with segment i (the
         pair as one feature: rows with both of its features), counted once per segment and pairs."""
         def count():
-            u = self.universe
-            members = _kernels.bitset_to_ids(self._member_bits(i), u.n_rows).astype(np.int64)
-            return smallest_cells(pair_counts(u, pairs.pairs, members), np.asarray(pairs.support, dtype=np.int64),
-                                  self.segments[i].size, u.n_rows)
+            return smallest_cells(self.member_pair_counts(i, pairs.pairs), np.asarray(pairs.support, dtype=np.int64),
+                                  self.segments[i].size, self.n_rows)
 
         return self._memo(self._pair_cells, (i, pairs.pairs.tobytes()), count)
 
@@ -485,10 +503,13 @@ class CompiledCatalog:
                 self._floored.popitem(last=False)
         return bias, floored, floored_pairs
 
-    def propensities_of_rows(self, rows: np.ndarray, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0) -> np.ndarray:
-        """float64[S, len(rows)]: P(member) of each segment for each row (rows of the universe)."""
+    def propensities_of_rows(self, rows: np.ndarray, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0,
+                             index=None) -> np.ndarray:
+        """float64[S, len(rows)]: P(member) of each segment for each row (rows of the universe). index: where
+        the rows' features are read (csr_indptr, csr_indices, n_features, row_features), the universe by
+        default; a sharded Assign passes its ids' rows gathered from their shards (`RowsIndex`)."""
         bias, D, pairs = self.floored_model(params, privacy_k)
-        u = self.universe
+        u = self.universe if index is None else index
         if len(rows) == 1:  # the per-request call: the row's features, without the kernels' set-up
             feats = u.row_features(int(rows[0]))
             logits = bias + D[feats].sum(axis=0)
@@ -633,42 +654,76 @@ def _features(u: Universe, pairs) -> tuple[np.ndarray, dict[str, float]]:
     return np.array(sorted(set(fids)), dtype=np.int64), numeric
 
 
-def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> AssignResult:
-    """`privacy_k` > 1: the privacy floor's segments left out and features without weight (module docstring)."""
-    t0 = time.perf_counter()
+class RowsIndex:
+    """Some rows' features as a universe's rows index presents them (for `propensities_of_rows`): a sharded
+    Assign gathers its ids' rows from the shards holding them."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, n_features: int):
+        self.csr_indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.csr_indices = np.ascontiguousarray(indices, dtype=np.uint32)
+        self.n_features = n_features
+
+    def row_features(self, row: int) -> np.ndarray:
+        return np.asarray(self.csr_indices[int(self.csr_indptr[row]): int(self.csr_indptr[row + 1])], dtype=np.int64)
+
+
+def assign_universe(snapshot, query: AssignQuery) -> str | None:
+    """The universe an Assign answers in: the query's, else the snapshot's only one, else the one
+    universe all catalog segments are defined over (customers are assigned where the segments live)."""
     universe = query.universe
     if universe is None and len(snapshot.universes) > 1:
-        # customers are assigned where the catalog's segments live
         used = {e.get("universe") for e in (snapshot.segments or {}).values()} - {None}
         if len(used) == 1:
             universe = used.pop()
-    u = snapshot.universe(universe)
+    return universe
+
+
+def assign_params(query: AssignQuery) -> tuple:
     query.validate()
-    params = propensity_params(query.propensity_method, query.prior_strength, query.max_p_value,
-                               query.propensity_l2)
+    return propensity_params(query.propensity_method, query.prior_strength, query.max_p_value, query.propensity_l2)
+
+
+def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> AssignResult:
+    """`privacy_k` > 1: the privacy floor's segments left out and features without weight (module docstring)."""
+    t0 = time.perf_counter()
+    u = snapshot.universe(assign_universe(snapshot, query))
+    params = assign_params(query)
     ids = list(query.ids or [])
     cat = compiled_catalog(snapshot, u)
     if ids:
         rows = np.asarray(u.rows_for_ids(ids), dtype=np.int64)
         found = rows >= 0
         presence = cat.presence_of_rows(rows[found])
-        fids_of = None
-    else:
-        fids, numeric = _features(u, query.features)
-        found = np.array([True])
-        presence = cat.presence_of_features(fids, numeric)
-        fids_of = fids
-    member = cat.membership(presence)  # [S, n_found]
-    prop = None
-    if query.include_propensities and cat.segments and presence.n:
-        # stored models, or the first call fits one model per segment (cached per version; see propensity_model)
-        if fids_of is None:
+        member = cat.membership(presence)  # [S, n_found]
+        prop = None
+        if query.include_propensities and cat.segments and presence.n:
+            # stored models, or the first call fits one model per segment (cached per version; see propensity_model)
             prop = cat.propensities_of_rows(rows[found], params, privacy_k)
-        else:
-            prop = cat.propensities_of_features(fids_of, params, privacy_k)
+        out = assignments(cat, ids, found, member, prop, privacy_k)
+    else:
+        out = assign_features(cat, query, params, privacy_k)
+    return AssignResult(snapshot.name, snapshot.version, u.name, len(cat.segments), out,
+                        (time.perf_counter() - t0) * 1e3, len(cat.segments) - len(cat.orders(privacy_k)[0]))
+
+
+def assign_features(cat: CompiledCatalog, query: AssignQuery, params: tuple, privacy_k: int) -> list[Assignment]:
+    """The assignment of a new customer given by `query.features` (no row of the universe)."""
+    fids, numeric = _features(cat.universe, query.features)
+    presence = cat.presence_of_features(fids, numeric)
+    prop = None
+    if query.include_propensities and cat.segments:
+        prop = cat.propensities_of_features(fids, params, privacy_k)
+    return assignments(cat, [], np.array([True]), cat.membership(presence), prop, privacy_k)
+
+
+def assignments(cat: CompiledCatalog, ids: list, found: np.ndarray, member: np.ndarray, prop: np.ndarray | None,
+                privacy_k: int) -> list[Assignment]:
+    """The answer per id (or the one new customer when `ids` is empty): found[k] says whether id k is a row;
+    member / prop: bool / float64[S, found rows], in order (module docstring: the ranking)."""
     segs = cat.segments
     shown, member_order, size_order, templates = cat.orders(privacy_k)
-    if prop is not None and presence.n:
+    n = int(member.shape[1])
+    if prop is not None and n:
         # non-members by propensity (descending), ties by size then name: a stable sort of the
         # size-ordered rows; members sort last and are skipped
         keyed = np.where(member[size_order], np.inf, -prop[size_order])
@@ -691,5 +746,4 @@ def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> Assign
                 ms.append(Membership(sg.name, False, sg.size, sg.share, sg.priority, float(prop[i, j])))
         j += 1
         out.append(Assignment(ident, True, ms, primary))
-    return AssignResult(snapshot.name, snapshot.version, u.name, len(cat.segments), out,
-                        (time.perf_counter() - t0) * 1e3, len(segs) - len(shown))
+    return out

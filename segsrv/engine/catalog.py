@@ -228,6 +228,21 @@ def catalog_version(base_version: str, catalog: dict, propensity_models: bool = 
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def read_catalog(catalog: dict | str | Path) -> dict[str, dict]:
+    """A catalog given as a mapping or as the path of a catalog file, checked and normalised."""
+    return load_catalog_file(catalog) if isinstance(catalog, (str, Path)) else normalize_catalog(catalog)
+
+
+def resolve_entries(snap, entries: dict, drop_unresolved: bool, say: Callable[[str], None]) -> dict[str, dict]:
+    """validate_catalog, or with drop_unresolved resolvable_catalog with a warning per dropped segment."""
+    if not drop_unresolved:
+        return validate_catalog(snap, entries)
+    resolved, dropped = resolvable_catalog(snap, entries)
+    for name, why in sorted(dropped.items()):
+        say(f"warning: segment {name!r} dropped: it does not resolve on {snap.name}/{snap.version}: {why}")
+    return resolved
+
+
 def apply_segments(location: str | Path, catalog: dict | str | Path, *, version: str | None = None,
                    progress: Callable[[str], None] | None = None,
                    fit_propensities: bool = True, drop_unresolved: bool = False) -> tuple[Path, bool]:
@@ -240,15 +255,10 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     drop_unresolved: publish the segments that resolve, leaving out (with a warning through `progress`) those
     that do not, instead of refusing the catalog (a rebuild carrying a catalog over, segsrv.engine.rebuild)."""
     say = progress or (lambda msg: None)
-    entries = load_catalog_file(catalog) if isinstance(catalog, (str, Path)) else normalize_catalog(catalog)
+    entries = read_catalog(catalog)
     vdir = resolve_version_dir(location)
     snap = open_snapshot(vdir)  # every byte: a damaged base must not be linked into a new version
-    if drop_unresolved:
-        resolved, dropped = resolvable_catalog(snap, entries)
-        for name, why in sorted(dropped.items()):
-            say(f"warning: segment {name!r} dropped: it does not resolve on {snap.name}/{snap.version}: {why}")
-    else:
-        resolved = validate_catalog(snap, entries)
+    resolved = resolve_entries(snap, entries, drop_unresolved, say)
     fit = bool(fit_propensities and resolved)
     # the same catalog is "unchanged" unless its models are to be stored and the current version lacks
     # them: none stored, or stored by an older segsrv under another definition (another content key)
@@ -259,20 +269,56 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     if same:
         say(f"catalog unchanged: {snap.name}/{snap.version} already has these {len(resolved)} segments")
         return vdir, False
+    manifest, new_version = catalog_manifest(vdir, resolved, fit, version)
+
+    def fill(staging: Path) -> tuple[dict, list]:
+        t0 = time.perf_counter()
+        view = _CatalogView(snap, resolved)  # held: the compiled catalogs refer to it weakly
+        section, written = cm.fit_catalog_models(_compiled(view), staging, snap, say)
+        say(f"propensity models of {len(resolved)} segments stored ({time.perf_counter() - t0:.1f} s)")
+        return section, sorted(written)
+
+    n_bytes = sum(int(meta["bytes"]) for meta in manifest["files"].values())
+    final, published = publish_catalog_version(vdir, manifest, new_version, fill if fit else None)
+    point_current(vdir.parent, new_version)
+    if published:
+        say(f"published {snap.name}/{new_version}: {len(resolved)} segments; {len(manifest['files'])} data files "
+            f"({n_bytes / 1e6:,.1f} MB) hard-linked from {vdir.name}, nothing copied")
+    else:
+        say(f"version {new_version} already published; CURRENT points at it")
+    return final, True
+
+
+def catalog_manifest(vdir: Path, resolved: dict, fit: bool, version: str | None = None,
+                     models_of: str | None = None) -> tuple[dict, str]:
+    """(the manifest of the version that gives the version `vdir` the catalog `resolved`, without propensity
+    models yet, and its version name: `version`, or a hash of the data version and the catalog, and with
+    models (`fit`) of `models_of`, what they are fitted on when that is more than this version's data: a
+    sharded build's shards)."""
     manifest = json.loads((vdir / fmt.MANIFEST).read_text(encoding="utf-8"))
     # the version of the data files, through any number of catalog changes: the same data and
     # catalog always give the same version name
     data_version = manifest.get("data_version", manifest["version"])
-    new_version = version or catalog_version(data_version, resolved, fit)
+    base = data_version if not (fit and models_of) else f"{data_version} with models of {models_of}"
+    new_version = version or catalog_version(base, resolved, fit)
     if not new_version or "/" in new_version or new_version.startswith(".") or new_version == fmt.CURRENT:
         _fail(f"version {new_version!r} is not a valid directory name", [("version", "invalid")])
-    snapshot_dir = vdir.parent
-    final = snapshot_dir / new_version
     manifest.update(version=new_version, segments=resolved, data_version=data_version)
     # the data files stay; the base's propensity models are replaced by the new catalog's
     old_models = {rel for _, _, _, rel in catalog_model_files(manifest)}
     manifest.pop(cm.SECTION, None)
     manifest["files"] = {rel: meta for rel, meta in manifest["files"].items() if rel not in old_models}
+    return manifest, new_version
+
+
+def publish_catalog_version(vdir: Path, manifest: dict, new_version: str,
+                            fill: Callable[[Path], tuple[dict, list]] | None) -> tuple[Path, bool]:
+    """Publish `manifest` (catalog_manifest's) as ROOT/NAME/NEW_VERSION beside `vdir`, its data files hard-linked
+    from `vdir` and its propensity models written into the staging directory by fill(staging) -> (the
+    manifest's catalog_models section, the files written); CURRENT is not moved. -> (the version directory,
+    whether this call published it: False when the identical version exists already)."""
+    snapshot_dir = vdir.parent
+    final = snapshot_dir / new_version
     if final.exists():
         # a published version is immutable: only the identical catalog may reuse its name (its stored
         # propensity models are the catalog's, over the same data)
@@ -282,19 +328,14 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
         if mine != theirs or not set(manifest["files"]) <= set(there.get("files", {})):
             _fail(f"version {new_version!r} of {snapshot_dir.name!r} exists with different content; "
                   "choose another version", [("version", "exists")])
-        point_current(snapshot_dir, new_version)
-        say(f"version {new_version} already published; CURRENT points at it")
-        return final, True
+        return final, False
     tmp = new_staging_dir(snapshot_dir, "segments")
     try:
-        n_bytes = link_files(vdir, tmp, manifest["files"])
-        if fit:
-            t0 = time.perf_counter()
-            view = _CatalogView(snap, resolved)  # held: the compiled catalogs refer to it weakly
-            section, written = cm.fit_catalog_models(_compiled(view), tmp, snap, say)
+        link_files(vdir, tmp, manifest["files"])
+        if fill is not None:
+            section, written = fill(tmp)
             manifest[cm.SECTION] = section
-            manifest["files"].update(entries_of(tmp, sorted(written)))
-            say(f"propensity models of {len(resolved)} segments stored ({time.perf_counter() - t0:.1f} s)")
+            manifest["files"].update(entries_of(tmp, written))
         publish_version(tmp, snapshot_dir, new_version, fmt.dumps_manifest(manifest))
     except OSError as exc:
         discard(tmp)
@@ -302,7 +343,4 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     except BaseException:
         discard(tmp)
         raise
-    point_current(snapshot_dir, new_version)
-    say(f"published {snap.name}/{new_version}: {len(resolved)} segments; {len(manifest['files'])} data files "
-        f"({n_bytes / 1e6:,.1f} MB) hard-linked from {vdir.name}, nothing copied")
     return final, True

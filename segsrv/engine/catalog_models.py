@@ -59,9 +59,10 @@ def data_version(snapshot) -> str:
     return str(m.get("data_version", m["version"]))
 
 
-def content_key(data_ver: str, u, member_digest: str, evidence_digest: str, l2: float | None) -> tuple:
+def content_key(data_ver: str, universe: str, n_rows: int, n_features: int, member_digest: str, evidence_digest: str,
+                l2: float | None) -> tuple:
     """What identifies a segment's fitted membership model across processes and versions."""
-    return (METHOD, str(data_ver), u.name, int(u.n_rows), int(u.n_features), member_digest, evidence_digest,
+    return (METHOD, str(data_ver), universe, int(n_rows), int(n_features), member_digest, evidence_digest,
             CV_MARK if l2 is None else float(l2))
 
 
@@ -99,17 +100,32 @@ def fit_membership(u, member: np.ndarray, ev_mask: np.ndarray, l2: float | None,
     Interactions with weights [1, n_pairs]: the pairs the fit kept, none when l2 is given or without
     `interactions`, the main effects alone, for comparison: bench/assign_propensity.py).
     Without both classes among the rows: the constant model (d = 0) and l2 the fallback (or the one given)."""
-    from .predict.interactions import none as no_pairs
-    from .predict.logistic import L2_FALLBACK, fit_rows
+    from .predict.logistic import cv_folds
 
     rows = np.arange(u.n_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    owner, feats = u.rows_features(rows)
     y = np.asarray(member, dtype=bool)[rows].astype(np.int64)
-    n1, n = int(y.sum()), len(rows)
-    d = np.zeros(u.n_features)
+    return fit_membership_rows(owner, feats, y, cv_folds(u, rows), u.n_features, ev_mask, l2, interactions)
+
+
+def fit_membership_rows(owner: np.ndarray, feats: np.ndarray, y: np.ndarray, folds: np.ndarray, n_features: int,
+                        ev_mask: np.ndarray, l2: float | None, interactions: bool = True) -> tuple:
+    """`fit_membership` on the fit's rows given as their features ((owner, feature) pairs sorted by owner
+    then feature: row owner of the fit has the feature), each row's class y (1: member) and cross-validation
+    fold: from one snapshot's rows index, or gathered from the shards of a sharded one in the unsharded row
+    order (segsrv.engine.sharded.catalog)."""
+    from .predict.interactions import none as no_pairs
+    from .predict.logistic import L2_FALLBACK, design_of, fit_design
+
+    n1, n = int(y.sum()), len(y)
+    d = np.zeros(n_features)
     if n1 == 0 or n1 == n:
         return constant_bias(n1, n), d, float(L2_FALLBACK if l2 is None else l2), l2 is None, no_pairs(1)
     fids = np.flatnonzero(ev_mask).astype(np.int64)
-    b, w, used, pairs = fit_rows(u, rows, y, 2, fids, l2, interactions=interactions)
+    col_of = np.full(n_features, -1, dtype=np.int64)
+    col_of[fids] = np.arange(len(fids))
+    X = design_of(owner, feats, n, col_of, len(fids))
+    b, w, used, pairs = fit_design(X, y, folds, 2, fids, l2, interactions=interactions)
     d[fids] = w[0]
     return float(b[0]), d, used, l2 is None, pairs
 
@@ -147,6 +163,6 @@ def fit_catalog_models(catalog, staging: Path, base, say) -> tuple[dict, set]:
                 how = "fitted"
             written.add(rel)
             out[seg.name] = entry
-            say(f"propensity model {uname}/{seg.name}: {seg.size:,} of {u.n_rows:,} rows, {ev:,} evidence "
+            say(f"propensity model {uname}/{seg.name}: {seg.size:,} of {cat.n_rows:,} rows, {ev:,} evidence "
                 f"features, {len(entry.get('pairs', [])):,} pairs, l2 {entry['l2']:.4g}, {how} ({time.perf_counter() - t0:.2f} s)")
     return section, written

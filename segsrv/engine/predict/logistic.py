@@ -70,16 +70,21 @@ def _digest(*arrays: np.ndarray) -> str:
 
 def design_matrix(u: Universe, rows: np.ndarray, col_of: np.ndarray, n_cols: int):
     """scipy CSR [len(rows), n_cols] of the rows' features mapped by col_of (feature -> column, -1 = drop)."""
+    owner, feats = u.rows_features(rows)
+    return design_of(owner, feats, len(rows), col_of, n_cols)
+
+
+def design_of(owner: np.ndarray, feats: np.ndarray, n_rows: int, col_of: np.ndarray, n_cols: int):
+    """`design_matrix` of rows given as (owner, feature) pairs, sorted by owner then feature."""
     from scipy.sparse import csr_matrix
 
-    owner, feats = u.rows_features(rows)
     cols = col_of[feats]
     keep = cols >= 0
-    kept_per_row = np.bincount(owner[keep], minlength=len(rows))
-    new_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    kept_per_row = np.bincount(owner[keep], minlength=n_rows)
+    new_ptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(kept_per_row, out=new_ptr[1:])
     idx = cols[keep].astype(np.int32)
-    return csr_matrix((np.ones(len(idx)), idx, new_ptr), shape=(len(rows), n_cols))
+    return csr_matrix((np.ones(len(idx)), idx, new_ptr), shape=(n_rows, n_cols))
 
 
 _M64 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -400,14 +405,20 @@ def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndar
     feature ids and their weights, shapes as `fit_counts`: (1, n) binary, (K, n) multinomial)."""
     col_of = np.full(u.n_features, -1, dtype=np.int64)
     col_of[fids] = np.arange(len(fids))
-    X = design_matrix(u, rows, col_of, len(fids))
+    return fit_design(design_matrix(u, rows, col_of, len(fids)), y, cv_folds(u, rows), K, fids, l2, interactions)
+
+
+def fit_design(X, y: np.ndarray, folds: np.ndarray, K: int, fids: np.ndarray, l2: float | None,
+               interactions: bool = True):
+    """`fit_rows` on its design matrix X (rows x evidence columns, the columns of `fids`), each row's class y
+    and cross-validation fold: the same arithmetic whoever gathered the rows (a sharded snapshot gathers
+    them from its shards in the unsharded row order: segsrv.engine.sharded.catalog)."""
     P, inv = distinct_patterns(X)
     gtol = _gtol(X.nnz)
     N = pattern_counts(inv, y, P.shape[0], K)
     if l2 is not None:
         b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
         return b, w, float(l2), pairs_none(w.shape[0])
-    folds = cv_folds(u, rows)
     l2, _, loss, fold_thetas = choose_l2(P, inv, y, folds, K, gtol=gtol, with_loss=True)
     b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
     if interactions and loss is not None:

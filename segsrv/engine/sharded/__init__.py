@@ -12,6 +12,12 @@ feature:
   q-value and limit). Identifier-like fields ("every field" leaves them out) are judged by the
   summed counts, as the unsharded engine judges them by its own.
 
+* Assign: each id routed to the shard holding it (``ShardedSnapshot.route_ids``), its membership
+  evaluated there; segments ranked by their summed sizes and scored with the merged propensity model.
+* ListSegments: each segment's size is the sum of its sizes in the shards.
+* The segment catalog (``apply_sharded_segments``): published into every shard, then SHARDS; its
+  propensity models fitted from the shards' rows gathered in the unsharded order (``catalog``).
+
 A universe of a replicated table (every shard holds it whole) is answered from shard 0 alone: its
 rows would otherwise count N times. It is recognised exactly: a partitioned universe's shards hold
 disjoint ids, a replicated one's the same ids in every shard.
@@ -21,9 +27,12 @@ shard's snapshot and picklable arguments, answering counts) and a merge, run thr
 ``ShardedSnapshot.map``: in-process over the open shards, or on Ray shard replicas by the router, with
 the same merge.
 
-Modules: ``open`` (opening the shards, ``map``, the merged universe), one module per operation.
+Modules: ``open`` (opening the shards, ``map``, the merged universe, routing ids), one module per operation,
+``catalog`` (the catalog over shards: merged sizes and models, ``segments apply``).
 """
 
+from .assign import assign_part, sharded_assign
+from .catalog import MergedCatalog, apply_sharded_segments, merged_catalog
 from .count import count_part, sharded_count
 from .open import (
     MergedUniverse, ShardedSnapshot, is_sharded, open_sharded, sharded_version, universe_summary,
@@ -31,7 +40,8 @@ from .open import (
 from .relate import relate_part, sharded_relate
 
 # the operations answered over shards so far (docs/scale.md, "Answers over shards")
-SHARDED_OPERATIONS = ("Count", "Relate")
+SHARDED_OPERATIONS = ("Count", "Relate", "Assign", "ListSegments")
 
-__all__ = ["SHARDED_OPERATIONS", "MergedUniverse", "ShardedSnapshot", "count_part", "is_sharded", "open_sharded",
-           "relate_part", "sharded_count", "sharded_relate", "sharded_version", "universe_summary"]
+__all__ = ["SHARDED_OPERATIONS", "MergedCatalog", "MergedUniverse", "ShardedSnapshot", "apply_sharded_segments",
+           "assign_part", "count_part", "is_sharded", "merged_catalog", "open_sharded", "relate_part",
+           "sharded_assign", "sharded_count", "sharded_relate", "sharded_version", "universe_summary"]

@@ -11,8 +11,8 @@ import numpy as np
 
 from ...errors import CorruptSnapshotError
 from ...snapshot.location import read_current
-from ...snapshot.reader import Snapshot, open_snapshot
-from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest
+from ...snapshot.reader import Snapshot, _as_int, open_snapshot
+from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest, shard_of_keys
 from .. import cancel
 from ..fields import is_identifier_like
 
@@ -53,13 +53,14 @@ class ShardedSnapshot:
     """
 
     def __init__(self, path: Path, name: str, version: str, schema: Snapshot, shard_count: int,
-                 shards: list[Snapshot] | None = None):
+                 shards: list[Snapshot] | None = None, entity: str | None = None):
         self.path = Path(path)
         self.name = name
         self.version = version  # "shards-" + the first 16 hex digits of the SHA-256 of the shard versions
         self.schema = schema  # shard 0: the shared dictionary, fields and catalog
         self.shard_count = shard_count
         self.shards = shards  # the open shards (in-process), or None when `map` runs them elsewhere
+        self.entity = entity  # the shard entity's table (SHARDS' "entity"): its keys route ids
         self._merged: dict[str, MergedUniverse] = {}
 
     def map(self, fn, *args, shards=None) -> list:
@@ -70,6 +71,27 @@ class ShardedSnapshot:
             out.append(fn(self.shards[i], *args))
             cancel.check()
         return out
+
+    @property
+    def segments(self) -> dict:
+        """The segment catalog: the same in every shard (segsrv.engine.sharded.catalog publishes it so)."""
+        return self.schema.segments
+
+    def route_ids(self, universe: str | None, ids) -> np.ndarray:
+        """int64: the shard holding each id of `universe`, by the sharding rule (shard_of_keys) for the shard
+        entity's universe; 0 for a replicated universe; -1 for a universe of another partitioned table
+        (orders: a row goes with its entity row, not by its own key), which any shard may hold: ask each.
+        An id that is no key of the universe's kind is routed anywhere: its shard says it is not found."""
+        merged = self.universe(universe)
+        if merged.shards == (0,):
+            return np.zeros(len(ids), dtype=np.int64)
+        if merged.schema.table != self.entity:
+            return np.full(len(ids), -1, dtype=np.int64)
+        if merged.schema.key_kind == "int":
+            keys = np.array([_as_int(i) for i in ids], dtype=np.int64)
+        else:
+            keys = [str(i).encode("utf-8") for i in ids]
+        return shard_of_keys(keys, self.shard_count)
 
     def universe(self, universe: str | None) -> MergedUniverse:
         """The universe over the shards: every shard holds part of a partitioned one; a replicated one
@@ -108,7 +130,8 @@ def open_sharded(location: str | Path) -> ShardedSnapshot:
             raise CorruptSnapshotError(f"{snap.path}: its feature "
                                        f"dictionary is not the one {location / SHARDS} records")
         shards.append(snap)
-    return ShardedSnapshot(location, manifest["name"], sharded_version(manifest), shards[0], len(shards), shards)
+    return ShardedSnapshot(location, manifest["name"], sharded_version(manifest), shards[0], len(shards), shards,
+                           entity=manifest["entity"])
 
 
 def sharded_version(manifest: dict) -> str:

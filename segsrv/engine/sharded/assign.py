@@ -1,0 +1,84 @@
+"""Assign over shards: each id answered by the shard holding it, ranked and scored with the merged catalog.
+
+By ids: ``ShardedSnapshot.route_ids`` sends each id to its shard (every shard, for a universe of a
+partitioned table other than the shard entity's; shard 0 for a replicated one); the shard finds its row,
+evaluates the catalog's membership programs on it (``assign_part``, the unsharded engine's compiled
+catalog of the shard) and, for propensities, returns the row's features. The merge ranks the segments by
+their merged sizes (segsrv.engine.sharded.catalog.MergedCatalog) and scores the rows' features with the
+merged propensity model, through the unsharded engine's ``assignments`` and ``propensities_of_rows``.
+By features (a new customer): the merged catalog answers as the unsharded engine does. The privacy floor
+is the unsharded one over the merged counts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ...ops.assign import AssignQuery, AssignResult
+from ...snapshot.reader import Snapshot
+from ..assign import RowsIndex, assign_features, assign_params, assign_universe, assignments, compiled_catalog
+from .catalog import merge_rows, merged_catalog
+from .open import ShardedSnapshot
+
+
+def assign_part(shard: Snapshot, universe: str, ids: list, with_features: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Of `ids` in one shard: (found bool[len(ids)], membership bool[segments, found ids], and with_features
+    the CSR indptr and feature ids of the found ids' rows, else empty)."""
+    u = shard.universe(universe)
+    cat = compiled_catalog(shard, u)
+    rows = np.asarray(u.rows_for_ids(ids), dtype=np.int64)
+    found = rows >= 0
+    member = cat.membership(cat.presence_of_rows(rows[found]))
+    indptr, feats = np.zeros(1, np.int64), np.zeros(0, np.int64)
+    if with_features:
+        owner, feats = u.rows_features(rows[found])
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=int(found.sum())))]).astype(np.int64)
+    return found, member, indptr, feats
+
+
+def sharded_assign(sharded: ShardedSnapshot, query: AssignQuery, privacy_k: int = 0) -> AssignResult:
+    t0 = time.perf_counter()
+    merged = sharded.universe(assign_universe(sharded.schema, query))
+    params = assign_params(query)
+    cat = merged_catalog(sharded, merged.name)
+    ids = list(query.ids or [])
+    if ids:
+        want = bool(query.include_propensities and cat.segments)
+        found, member, index = _gather(sharded, merged.name, merged.shards, ids, len(cat.segments), want)
+        prop = None
+        if want and member.shape[1]:
+            index = RowsIndex(*index, cat.universe.n_features)
+            prop = cat.propensities_of_rows(np.arange(member.shape[1]), params, privacy_k, index=index)
+        out = assignments(cat, ids, found, member, prop, privacy_k)
+    else:
+        out = assign_features(cat, query, params, privacy_k)
+    return AssignResult(sharded.name, sharded.version, merged.name, len(cat.segments), out,
+                        (time.perf_counter() - t0) * 1e3, len(cat.segments) - len(cat.orders(privacy_k)[0]))
+
+
+def _gather(sharded: ShardedSnapshot, universe: str, held: tuple[int, ...], ids: list, n_segments: int,
+            with_features: bool) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Ask each shard about its ids -> (found bool[len(ids)], membership bool[segments, found ids], the found
+    ids' rows (indptr, features)), the found ids in the order of `ids` (an id is in one shard at most)."""
+    route = sharded.route_ids(universe, ids)
+    found = np.zeros(len(ids), dtype=bool)
+    member = np.zeros((n_segments, len(ids)), dtype=bool)
+    rows = []  # (positions in ids, CSR indptr, features) per shard
+    for shard in held:
+        at = np.flatnonzero((route == shard) | (route == -1))
+        if len(at):
+            got, m, indptr, feats = sharded.map(assign_part, universe, [ids[k] for k in at], with_features,
+                                                shards=[shard])[0]
+            at = at[got]
+            found[at] = True
+            member[:, at] = m
+            rows.append((at, indptr, feats))
+    if not with_features:
+        return found, member[:, found], (np.zeros(1, np.int64), np.zeros(0, np.int64))
+    _, owner, feats = merge_rows(rows)
+    indptr = np.zeros(int(found.sum()) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=len(indptr) - 1), out=indptr[1:])
+    return found, member[:, found], (indptr, feats)

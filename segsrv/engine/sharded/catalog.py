@@ -1,0 +1,301 @@
+"""The segment catalog over shards: its segments' sizes and propensity models from the merged counts, and
+``segments apply`` on a sharded ROOT/NAME.
+
+Every shard holds the same catalog (``apply_sharded_segments`` publishes it into each shard, then SHARDS).
+``MergedCatalog`` is the unsharded engine's ``CompiledCatalog`` (segsrv.engine.assign) over the shards:
+its programs are compiled on shard 0 (the shared dictionary), and every count it rests on is summed over
+the shards holding the universe:
+
+* a segment's size is the sum of the shards' sizes; its member digest (part of a stored model's content
+  key) is the digest of the shards' digests in shard order;
+* the factorized model and the privacy floor's cells: the members with each feature (or pair), summed;
+* the logistic membership model (the default): the fit's rows are gathered from the shards in the
+  unsharded row order (rows sort by key in every snapshot, so the rows merge by key), each with its
+  features, cross-validation fold (a hash of its id) and class, and fitted by the unsharded fit
+  (``catalog_models.fit_membership_rows``): the same design matrix, the same arithmetic, the same model,
+  bit for bit. This is the one merge that gathers rows, not counts (one shard's rows and features at a
+  time, then all of them in the fitting process: the memory of the unsharded fit).
+
+A merged model is stored in every shard (the same file), under its merged content key: the data version
+of the shards (``merged_data_version``), the universe's rows over the shards and the merged member digest.
+A shard opened on its own does not find it under its own key and fits its own model on demand (for its own
+rows), as a snapshot without stored models does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ...errors import SegsrvError, SpecError
+from ...snapshot import format as fmt
+from ...snapshot.publish import discard, point_current, withdraw_version
+from ...snapshot.reader import Snapshot
+from ...snapshot.shards import SHARDS, read_shard_manifest, write_shard_manifest
+from .. import catalog_models as cm
+from ..assign import CompiledCatalog, compiled_catalog
+from ..catalog import _CatalogView, catalog_manifest, publish_catalog_version, read_catalog, resolve_entries
+from ..predict.logistic import cv_folds
+from .open import MergedUniverse, ShardedSnapshot, open_sharded
+
+
+# --- one shard -----------------------------------------------------------------------------------------------
+
+
+def _shard_catalog(shard: Snapshot, universe: str, catalog: dict | None) -> tuple[object, CompiledCatalog]:
+    """(what must stay referenced while the compiled catalog is used, the compiled catalog) of the shard's
+    own catalog (cached with the shard) or of a candidate `catalog` (``segments apply``)."""
+    if catalog is None:
+        return shard, compiled_catalog(shard, shard.universe(universe))
+    view = _CatalogView(shard, catalog)
+    return view, CompiledCatalog(view, view.universe(universe))
+
+
+def segment_sizes_part(shard: Snapshot, universe: str, catalog: dict | None) -> tuple[str, dict[str, tuple[int, str]]]:
+    """(the shard's data version, {segment: (its members in the shard, digest of its member bitset)})."""
+    _, cat = _shard_catalog(shard, universe, catalog)
+    return cm.data_version(shard), {s.name: (s.size, s.digest) for s in cat.segments}
+
+
+def member_feature_counts_part(shard: Snapshot, universe: str, catalog: dict | None, segment: int) -> np.ndarray:
+    """int64[n_features]: the shard's members of segment number `segment` with each feature."""
+    _, cat = _shard_catalog(shard, universe, catalog)
+    return cat.member_feature_counts(segment)
+
+
+def member_pair_counts_part(shard: Snapshot, universe: str, catalog: dict | None, segment: int,
+                            pairs: np.ndarray) -> np.ndarray:
+    """int64[len(pairs)]: the shard's members of segment number `segment` with both features of each pair."""
+    _, cat = _shard_catalog(shard, universe, catalog)
+    return cat.member_pair_counts(segment, pairs)
+
+
+def fit_rows_part(shard: Snapshot, universe: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of the universe in the shard, in its order (by key): (ids, cross-validation folds,
+    CSR indptr and feature ids of their features)."""
+    u = shard.universe(universe)
+    rows = np.arange(u.n_rows, dtype=np.int64)
+    return (np.asarray(u.row_ids), cv_folds(u, rows), np.asarray(u.csr_indptr, dtype=np.int64),
+            np.asarray(u.csr_indices, dtype=np.int64))
+
+
+def members_part(shard: Snapshot, universe: str, catalog: dict | None, segment: int) -> np.ndarray:
+    """bool[rows of the universe in the shard]: the members of segment number `segment`."""
+    keep, cat = _shard_catalog(shard, universe, catalog)  # keep: referenced while the catalog is used
+    bits = cat.member_bits(segment)
+    return np.unpackbits(bits.view(np.uint8), bitorder="little")[: cat.universe.n_rows].astype(bool)
+
+
+# --- the merge -----------------------------------------------------------------------------------------------
+
+
+def merged_data_version(versions: list[str]) -> str:
+    """The data version of a sharded build: 16 hex digits of the SHA-256 of its shards' data versions."""
+    return "shards-" + hashlib.sha256("\n".join(versions).encode("utf-8")).hexdigest()[:16]
+
+
+def merge_rows(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of several shards, each part (sort keys, CSR indptr, feature ids) -> (the order that takes the
+    parts' rows, concatenated, to the order of their keys; the rows' (owner, feature) pairs in that order)."""
+    keys = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    lens = np.concatenate([np.zeros(0, np.int64)] + [np.diff(p[1]) for p in parts]).astype(np.int64)[order]
+    offsets = np.cumsum([0] + [len(p[2]) for p in parts])
+    starts = np.concatenate([np.zeros(0, np.int64)] + [p[1][:-1] + o for p, o in zip(parts, offsets)])
+    starts = starts.astype(np.int64)[order]
+    indices = np.concatenate([np.zeros(0, np.int64)] + [p[2] for p in parts]).astype(np.int64)
+    owner = np.repeat(np.arange(len(order), dtype=np.int64), lens)
+    # position j of the gather reads indices[start of its row + j - first j of that row]
+    offs = np.arange(len(owner), dtype=np.int64) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return order, owner, indices[offs]
+
+
+class GatheredRows:
+    """The rows of a universe over its shards (``fit_rows_part``'s parts) in the unsharded row order (by
+    key): their (owner, feature) pairs, folds, and the order that takes the shards' rows there."""
+
+    def __init__(self, parts: list[tuple]):
+        self.order, self.owner, self.feats = merge_rows([(p[0], p[2], p[3]) for p in parts])
+        self.folds = np.concatenate([np.zeros(0, np.int64)] + [p[1] for p in parts])[self.order]
+
+
+class MergedCatalog(CompiledCatalog):
+    """A CompiledCatalog of a universe of a sharded snapshot: programs from shard 0, counts summed over
+    the shards (module docstring). `catalog`: a candidate catalog (``segments apply``) instead of the
+    shards' own."""
+
+    def __init__(self, sharded: ShardedSnapshot, merged: MergedUniverse, catalog: dict | None = None):
+        self.sharded = sharded
+        self.catalog = catalog
+        self.shard_ids = merged.shards
+        self._gathered: GatheredRows | None = None
+        self._gather_lock = threading.Lock()
+        parts = sharded.map(segment_sizes_part, merged.name, catalog, shards=merged.shards)
+        names = sorted(parts[0][1]) if parts else []
+        sizes = {n: (sum(p[1][n][0] for p in parts), cm.digest(np.frombuffer(
+            "".join(p[1][n][1] for p in parts).encode("ascii"), dtype=np.uint8))) for n in names}
+        self.schema = sharded.schema if catalog is None else _CatalogView(sharded.schema, catalog)  # held
+        data_version = merged_data_version([p[0] for p in parts])
+        super().__init__(self.schema, merged.schema, (merged.n_rows, merged.feature_count, sizes, data_version))
+
+    def _sum(self, fn, *args) -> np.ndarray:
+        parts = self.sharded.map(fn, self.universe.name, self.catalog, *args, shards=self.shard_ids)
+        return np.sum(parts, axis=0).astype(np.int64)
+
+    def member_feature_counts(self, i: int) -> np.ndarray:
+        return self._sum(member_feature_counts_part, i)
+
+    def member_pair_counts(self, i: int, pairs: np.ndarray) -> np.ndarray:
+        if len(pairs) == 0:
+            return np.zeros(0, np.int64)
+        return self._sum(member_pair_counts_part, i, np.asarray(pairs, dtype=np.int64))
+
+    def gathered(self) -> GatheredRows:
+        """The universe's rows over the shards (gathered once per catalog)."""
+        with self._gather_lock:
+            if self._gathered is None:
+                self._gathered = GatheredRows(self.sharded.map(fit_rows_part, self.universe.name, shards=self.shard_ids))
+            return self._gathered
+
+    def membership_fit(self, i: int, l2: float | None) -> tuple:
+        rows = self.gathered()
+        member = np.concatenate(self.sharded.map(members_part, self.universe.name, self.catalog, i,
+                                                 shards=self.shard_ids))[rows.order]
+        return cm.fit_membership_rows(rows.owner, rows.feats, member.astype(np.int64), rows.folds,
+                                      self.universe.n_features, self.evidence_mask(i), l2)
+
+
+_CACHE: "weakref.WeakKeyDictionary[ShardedSnapshot, dict[str, MergedCatalog]]" = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+_BUILD_LOCK = threading.Lock()
+
+
+def merged_catalog(sharded: ShardedSnapshot, universe: str | None) -> MergedCatalog:
+    """The merged catalog of the shards' own catalog in a universe (made once per open sharded build)."""
+    merged = sharded.universe(universe)
+    with _BUILD_LOCK:
+        with _CACHE_LOCK:
+            hit = _CACHE.get(sharded, {}).get(merged.name)
+        if hit is None:
+            hit = MergedCatalog(sharded, merged)
+            with _CACHE_LOCK:
+                _CACHE.setdefault(sharded, {})[merged.name] = hit
+    return hit
+
+
+# --- segments apply ------------------------------------------------------------------------------------------
+
+
+def apply_sharded_segments(location: str | Path, catalog: dict | str | Path, *, version: str | None = None,
+                           progress: Callable[[str], None] | None = None, fit_propensities: bool = True,
+                           drop_unresolved: bool = False, sharded: ShardedSnapshot | None = None,
+                           write: bool = True) -> tuple[Path, bool]:
+    """``apply_segments`` on a sharded ROOT/NAME: validate the catalog against the shared dictionary (shard 0;
+    every shard has it), fit each segment's default propensity model from the merged counts (or reuse the
+    stored one when its merged content key is unchanged), publish the catalog and the models into every
+    shard as a new shard version, then point every shard's CURRENT at it and rewrite SHARDS (last,
+    atomically). A failure before that withdraws the versions this call published: SHARDS, every CURRENT
+    and every answer stay as they were. -> (the SHARDS path, changed).
+
+    sharded / write: the build's use (segsrv.snapshot.shardbuild, carrying a catalog over): the shards to
+    apply to, already open (not yet named by SHARDS), and write=False to publish the versions without
+    moving CURRENT or writing SHARDS; the caller reads the versions from `sharded.applied`."""
+    say = progress or (lambda msg: None)
+    location = Path(location)
+    entries = read_catalog(catalog)
+    sharded = sharded or open_sharded(location)  # every shard verified at the version SHARDS names
+    schema = sharded.schema
+    resolved = resolve_entries(schema, entries, drop_unresolved, say)
+    fit = bool(fit_propensities and resolved)
+    compiled = {u: MergedCatalog(sharded, sharded.universe(u), resolved)
+                for u in sorted({e["universe"] for e in resolved.values()})}
+    shard_dirs = [Path(s.path) for s in sharded.shards]
+    same = all(s.segments == resolved for s in sharded.shards)
+    if same and fit:
+        same = all(c.stored_default() for c in compiled.values())
+    sharded.applied = [d.name for d in shard_dirs]
+    if same:
+        say(f"catalog unchanged: the {sharded.shard_count} shards of {sharded.name} already have these "
+            f"{len(resolved)} segments")
+        return location / SHARDS, False
+    models_of = next(iter(compiled.values())).data_version if compiled else None
+    published: list[Path] = []  # versions this call published (withdrawn on failure)
+    finals: list[Path] = []
+    t0 = time.perf_counter()
+    try:
+        for index, vdir in enumerate(shard_dirs):
+            manifest, new_version = catalog_manifest(vdir, resolved, fit, version, models_of)
+            fill = None
+            if fit and index == 0:
+                def fill(staging: Path) -> tuple[dict, list]:
+                    section, written = cm.fit_catalog_models(compiled, staging, schema, say)
+                    return section, sorted(written)
+            elif fit:
+                fill = _linked_models(finals[0])
+            final, new = publish_catalog_version(vdir, manifest, new_version, fill)
+            if new:
+                published.append(final)
+            finals.append(final)
+            say(f"shard {index + 1}/{len(shard_dirs)} ({vdir.parent.name}): "
+                f"{'published' if new else 'already published:'} version {new_version}")
+        if fit:
+            say(f"propensity models of {len(resolved)} segments stored in every shard ({time.perf_counter() - t0:.1f} s)")
+        sharded.applied = [f.name for f in finals]
+        if write:
+            write_applied(location, [f.name for f in finals])
+    except BaseException as exc:
+        for final in published:  # never served: no SHARDS names them
+            discard(withdraw_version(final.parent, final.name))
+        if isinstance(exc, OSError):
+            raise SpecError(f"cannot publish the catalog into the shards of {location}: {exc}; SHARDS and every "
+                            f"shard's CURRENT are unchanged", [("location", str(exc))]) from exc
+        raise
+    say(f"published {sharded.name}: {len(resolved)} segments in each of its {len(finals)} shards; "
+        f"{'wrote ' + str(location / SHARDS) if write else 'SHARDS not written yet'}")
+    return location / SHARDS, True
+
+
+def _linked_models(first: Path) -> Callable[[Path], tuple[dict, list]]:
+    """fill() of a shard's version: the propensity models shard 0's new version stores, hard-linked (the same
+    merged models, the same bytes in every shard)."""
+    import json
+    import os
+
+    def fill(staging: Path) -> tuple[dict, list]:
+        section = json.loads((first / fmt.MANIFEST).read_text(encoding="utf-8")).get(cm.SECTION, {})
+        written = sorted({e["file"] for segs in section.values() for e in segs.values()})
+        for rel in written:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(first / rel, staging / rel)
+        return section, written
+
+    return fill
+
+
+def write_applied(location: Path, versions: list[str]) -> Path:
+    """Point each shard's CURRENT at its new version, then rewrite SHARDS to name them (last, atomically).
+    A failure puts back the CURRENTs already moved, so readers see the old build, whole."""
+    manifest = read_shard_manifest(location)
+    old = [e["version"] for e in manifest["shards"]]
+    moved = []
+    try:
+        for entry, version in zip(manifest["shards"], versions):
+            point_current(location / entry["dir"], version)
+            moved.append(entry)
+            entry["version"] = version
+            entry["manifest_sha256"] = hashlib.sha256(
+                (location / entry["dir"] / version / fmt.MANIFEST).read_bytes()).hexdigest()
+        return write_shard_manifest(location, manifest)
+    except BaseException:
+        for entry, version in zip(moved, old):
+            try:
+                point_current(location / entry["dir"], version)
+            except OSError:
+                pass
+        raise
