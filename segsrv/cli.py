@@ -88,16 +88,17 @@ def cmd_build(args) -> int:
 
     progress = (lambda m: None) if args.quiet else None
     if args.shards is not None:  # docs/scale.md
-        from .snapshot.shardbuild import build_shards
+        from .engine.rebuild import build_sharded_version
 
-        given = [flag for flag, on in [("--version", args.version), ("--band-tolerance", args.band_tolerance is not None),
-                                       ("--no-catalog", args.no_catalog),
-                                       ("--drop-unresolved-segments", args.drop_unresolved_segments)] if on]
+        given = [flag for flag, on in [("--version", args.version), ("--band-tolerance", args.band_tolerance is not None)]
+                 if on]
         if given:
-            raise SegsrvError(f"{given[0]}: not with --shards (a shard's version is its content hash; shards carry "
-                              f"no catalog and fix their band edges over the whole data: docs/scale.md)")
-        print(build_shards(args.spec, args.out, args.shards, progress=progress, threads=args.threads,
-                           fit_models=fit_declared_models))
+            raise SegsrvError(f"{given[0]}: not with --shards (a shard's version is its content hash; shards fix their "
+                              f"band edges over the whole data: docs/scale.md)")
+        print(build_sharded_version(args.spec, args.out, args.shards, progress=progress, threads=args.threads,
+                                    fit_models=fit_declared_models, carry_catalog=not args.no_catalog,
+                                    drop_unresolved=args.drop_unresolved_segments,
+                                    fit_propensities=not args.no_propensity_models))
         return 0
     tolerance = {} if args.band_tolerance is None else {"band_tolerance": args.band_tolerance}
     path = build_version(args.spec, args.out, version=args.version, progress=progress, threads=args.threads,

@@ -76,3 +76,45 @@ def build_version(spec_path: str | Path | Spec, out_root: str | Path, *, version
         raise
     point_current(snapshot_dir, vdir.name)  # also when the catalog left nothing to publish on the data
     return vdir
+
+
+def build_sharded_version(spec_path: str | Path | Spec, out_root: str | Path, count: int, *,
+                          progress: Progress | None = None, threads: int | None = None,
+                          fit_models: FitModels | None = None, carry_catalog: bool = True,
+                          drop_unresolved: bool = False, fit_propensities: bool = True) -> Path:
+    """`segsrv build SPEC --shards N` carrying the segment catalog of the build SHARDS names over, as
+    `build_version` carries an unsharded one: once every shard is built (or reused), the catalog is applied
+    to the new shards (segsrv.engine.sharded.catalog.publish_sharded_catalog: validated, its models fitted
+    from the merged counts, a catalog version of each shard published) before any CURRENT moves and SHARDS
+    is written; a catalog that does not carry over fails the build (SHARDS unchanged) unless
+    `drop_unresolved`. Without `carry_catalog` the shards end without a catalog (a reused shard that had one
+    gets a version without it). Returns the SHARDS path."""
+    from ..snapshot.shardbuild import build_shards, previous_catalog
+    from .sharded.catalog import publish_sharded_catalog
+    from .sharded.open import open_versions
+
+    spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
+    say = progress or default_progress
+    catalog = previous_catalog(Path(out_root) / spec.name) if carry_catalog else {}
+
+    def finish(snapshot_dir: Path, entries: list[dict]) -> list[str]:
+        sharded = open_versions(snapshot_dir, spec.name, [e["version"] for e in entries], entity=None)
+        if not catalog and not any(s.segments for s in sharded.shards):
+            return [e["version"] for e in entries]
+        if catalog:
+            say(f"carrying the catalog ({len(catalog)} segments) over to the {len(entries)} shards")
+        try:
+            versions, _ = publish_sharded_catalog(sharded, catalog, say=say, fit_propensities=fit_propensities,
+                                                  drop_unresolved=drop_unresolved)
+        except SpecError as exc:
+            if any(v.field.startswith("segments.") for v in exc.violations):
+                raise SpecError(
+                    f"the segment catalog of {spec.name} does not carry over to the new shards; SHARDS not written, "
+                    f"it still names the previous build. {exc.message}\nRebuild with --drop-unresolved-segments to "
+                    f"publish without these segments (each dropped with a warning), or with --no-catalog and then "
+                    f"`segsrv segments apply` a corrected catalog.", exc.violations) from None
+            raise
+        return versions
+
+    return build_shards(spec, out_root, count, progress=progress, threads=threads, fit_models=fit_models,
+                        finish=finish)

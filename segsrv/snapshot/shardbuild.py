@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 
@@ -19,7 +20,7 @@ from . import format as fmt
 from .builder import Builder, FitModels, Progress, ShardRows, Vocabulary, build_snapshot, default_progress
 from .publish import point_current
 from .shards import (HASH_NAME, SHARDS_FORMAT, SHARDS_FORMAT_VERSION, check_shard_count, dictionary_sha256,
-                     partition_plan, read_shard_manifest, shard_dir_name, write_shard_manifest)
+                     name_version, partition_plan, read_shard_manifest, shard_dir_name, write_shard_manifest)
 from .spec import Spec, load_spec
 
 
@@ -56,10 +57,24 @@ def _previous_shards(snapshot_dir: Path, progress: Progress) -> list[dict]:
         return []
 
 
+def previous_catalog(snapshot_dir: Path) -> dict:
+    """The segment catalog of the sharded build SHARDS names (shard 0's; every shard has the same), {} when
+    there is none (no build yet, an unusable SHARDS, or no catalog)."""
+    previous = _previous_shards(snapshot_dir, lambda m: None)
+    if not previous:
+        return {}
+    manifest = json.loads((snapshot_dir / previous[0]["dir"] / previous[0]["version"] / fmt.MANIFEST).read_text("utf-8"))
+    return dict(manifest.get("segments") or {})
+
+
 def build_shards(spec_path: str | Path | Spec, out_root: str | Path, count: int, *, progress: Progress | None = None,
-                 threads: int | None = None, fit_models: FitModels | None = None) -> Path:
+                 threads: int | None = None, fit_models: FitModels | None = None,
+                 finish: Callable[[Path, list[dict]], list[str]] | None = None) -> Path:
     """Build COUNT shard snapshots of the spec under OUT_ROOT/NAME/shard-III and write OUT_ROOT/NAME/SHARDS
-    last; returns the SHARDS path. A shard whose input fingerprint matches the previous build's is reused."""
+    last; returns the SHARDS path. A shard whose input fingerprint matches the previous build's is reused.
+    finish(OUT_ROOT/NAME, entries) -> the version each shard ends at: called once every shard is built,
+    before any CURRENT moves (segsrv.engine.rebuild carries the segment catalog over there: a version of
+    each shard with the catalog, hard-linked to the one built)."""
     spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
     count = check_shard_count(count)
     plan = partition_plan(spec)
@@ -108,6 +123,10 @@ def build_shards(spec_path: str | Path | Spec, out_root: str | Path, count: int,
                 f"a float link column such as 3.0 for key 3; docs/scale.md); SHARDS not written")
     if len(dictionaries) != 1:
         raise BuildError(f"the {count} shards of {spec.name!r} do not share one feature dictionary; SHARDS not written")
+    if finish is not None:
+        for entry, version in zip(entries, finish(snapshot_dir, entries)):
+            if version != entry["version"]:
+                name_version(snapshot_dir, entry, version)
     for entry in entries:  # only once every shard is built: a failed build leaves the shards' CURRENT as it was
         point_current(snapshot_dir / entry["dir"], entry["version"])
     path = write_shard_manifest(snapshot_dir, {

@@ -157,6 +157,13 @@ def dictionary_sha256(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(dictionary_of(manifest), sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def name_version(snapshot_dir: Path, entry: dict, version: str) -> None:
+    """Make a SHARDS entry name another published version of its shard (its manifest_sha256 with it)."""
+    entry["version"] = version
+    entry["manifest_sha256"] = hashlib.sha256((Path(snapshot_dir) / entry["dir"] / version / fmt.MANIFEST)
+                                              .read_bytes()).hexdigest()
+
+
 def write_shard_manifest(snapshot_dir: Path, manifest: dict) -> Path:
     path = snapshot_dir / SHARDS
     fmt.write_atomic(path, fmt.dumps_manifest(manifest))

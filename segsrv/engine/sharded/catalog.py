@@ -25,19 +25,22 @@ rows), as a snapshot without stored models does.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ...errors import SegsrvError, SpecError
+from ...errors import SpecError
 from ...snapshot import format as fmt
 from ...snapshot.publish import discard, point_current, withdraw_version
 from ...snapshot.reader import Snapshot
-from ...snapshot.shards import SHARDS, read_shard_manifest, write_shard_manifest
+from ...snapshot.shards import SHARDS, name_version, read_shard_manifest, write_shard_manifest
 from .. import catalog_models as cm
 from ..assign import CompiledCatalog, compiled_catalog
 from ..catalog import _CatalogView, catalog_manifest, publish_catalog_version, read_catalog, resolve_entries
@@ -194,22 +197,47 @@ def merged_catalog(sharded: ShardedSnapshot, universe: str | None) -> MergedCata
 
 def apply_sharded_segments(location: str | Path, catalog: dict | str | Path, *, version: str | None = None,
                            progress: Callable[[str], None] | None = None, fit_propensities: bool = True,
-                           drop_unresolved: bool = False, sharded: ShardedSnapshot | None = None,
-                           write: bool = True) -> tuple[Path, bool]:
-    """``apply_segments`` on a sharded ROOT/NAME: validate the catalog against the shared dictionary (shard 0;
-    every shard has it), fit each segment's default propensity model from the merged counts (or reuse the
-    stored one when its merged content key is unchanged), publish the catalog and the models into every
-    shard as a new shard version, then point every shard's CURRENT at it and rewrite SHARDS (last,
-    atomically). A failure before that withdraws the versions this call published: SHARDS, every CURRENT
-    and every answer stay as they were. -> (the SHARDS path, changed).
-
-    sharded / write: the build's use (segsrv.snapshot.shardbuild, carrying a catalog over): the shards to
-    apply to, already open (not yet named by SHARDS), and write=False to publish the versions without
-    moving CURRENT or writing SHARDS; the caller reads the versions from `sharded.applied`."""
+                           drop_unresolved: bool = False) -> tuple[Path, bool]:
+    """``apply_segments`` on a sharded ROOT/NAME (`publish_sharded_catalog`), then every shard's CURRENT
+    pointed at its new version and SHARDS rewritten to name them (last, atomically). A failure withdraws
+    the versions this call published: SHARDS, every CURRENT and every answer stay as they were.
+    -> (the SHARDS path, changed)."""
     say = progress or (lambda msg: None)
     location = Path(location)
-    entries = read_catalog(catalog)
-    sharded = sharded or open_sharded(location)  # every shard verified at the version SHARDS names
+    sharded = open_sharded(location)  # every shard verified at the version SHARDS names
+    versions, published = publish_sharded_catalog(sharded, read_catalog(catalog), version=version, say=say,
+                                                  fit_propensities=fit_propensities, drop_unresolved=drop_unresolved)
+    if not published and versions == [Path(s.path).name for s in sharded.shards]:
+        return location / SHARDS, False
+    with withdrawn_on_failure(published, f"point the shards of {location} at the new catalog"):
+        write_applied(location, versions)
+    say(f"wrote {location / SHARDS}: the {len(versions)} shards of {sharded.name} with the catalog")
+    return location / SHARDS, True
+
+
+@contextmanager
+def withdrawn_on_failure(published: list[Path], what: str):
+    """On a failure within, remove the versions this call published (`published`, nothing names them yet)
+    and report an OSError as the SpecError "cannot WHAT"."""
+    try:
+        yield
+    except BaseException as exc:
+        for final in published:
+            discard(withdraw_version(final.parent, final.name))
+        if isinstance(exc, OSError):
+            raise SpecError(f"cannot {what}: {exc}; SHARDS and every shard's CURRENT are unchanged",
+                            [("location", str(exc))]) from exc
+        raise
+
+
+def publish_sharded_catalog(sharded: ShardedSnapshot, entries: dict, *, version: str | None = None,
+                            say: Callable[[str], None] = lambda m: None, fit_propensities: bool = True,
+                            drop_unresolved: bool = False) -> tuple[list[str], list[Path]]:
+    """Validate the catalog `entries` (normalised) against the shared dictionary (shard 0's; every shard has
+    it), fit each segment's default propensity model from the merged counts (or reuse the stored one when its
+    merged content key is unchanged) and publish the catalog and the models into every shard of `sharded` as a
+    new version of the shard (CURRENT and SHARDS untouched). -> (the version each shard has the catalog at,
+    the versions published by this call); on failure the versions it published are withdrawn."""
     schema = sharded.schema
     resolved = resolve_entries(schema, entries, drop_unresolved, say)
     fit = bool(fit_propensities and resolved)
@@ -219,16 +247,15 @@ def apply_sharded_segments(location: str | Path, catalog: dict | str | Path, *, 
     same = all(s.segments == resolved for s in sharded.shards)
     if same and fit:
         same = all(c.stored_default() for c in compiled.values())
-    sharded.applied = [d.name for d in shard_dirs]
     if same:
         say(f"catalog unchanged: the {sharded.shard_count} shards of {sharded.name} already have these "
             f"{len(resolved)} segments")
-        return location / SHARDS, False
+        return [d.name for d in shard_dirs], []
     models_of = next(iter(compiled.values())).data_version if compiled else None
-    published: list[Path] = []  # versions this call published (withdrawn on failure)
+    published: list[Path] = []  # withdrawn on failure: nothing names them yet
     finals: list[Path] = []
     t0 = time.perf_counter()
-    try:
+    with withdrawn_on_failure(published, f"publish the catalog into the shards of {sharded.path}"):
         for index, vdir in enumerate(shard_dirs):
             manifest, new_version = catalog_manifest(vdir, resolved, fit, version, models_of)
             fill = None
@@ -244,29 +271,14 @@ def apply_sharded_segments(location: str | Path, catalog: dict | str | Path, *, 
             finals.append(final)
             say(f"shard {index + 1}/{len(shard_dirs)} ({vdir.parent.name}): "
                 f"{'published' if new else 'already published:'} version {new_version}")
-        if fit:
-            say(f"propensity models of {len(resolved)} segments stored in every shard ({time.perf_counter() - t0:.1f} s)")
-        sharded.applied = [f.name for f in finals]
-        if write:
-            write_applied(location, [f.name for f in finals])
-    except BaseException as exc:
-        for final in published:  # never served: no SHARDS names them
-            discard(withdraw_version(final.parent, final.name))
-        if isinstance(exc, OSError):
-            raise SpecError(f"cannot publish the catalog into the shards of {location}: {exc}; SHARDS and every "
-                            f"shard's CURRENT are unchanged", [("location", str(exc))]) from exc
-        raise
-    say(f"published {sharded.name}: {len(resolved)} segments in each of its {len(finals)} shards; "
-        f"{'wrote ' + str(location / SHARDS) if write else 'SHARDS not written yet'}")
-    return location / SHARDS, True
+    if fit:
+        say(f"propensity models of {len(resolved)} segments stored in every shard ({time.perf_counter() - t0:.1f} s)")
+    return [f.name for f in finals], published
 
 
 def _linked_models(first: Path) -> Callable[[Path], tuple[dict, list]]:
     """fill() of a shard's version: the propensity models shard 0's new version stores, hard-linked (the same
     merged models, the same bytes in every shard)."""
-    import json
-    import os
-
     def fill(staging: Path) -> tuple[dict, list]:
         section = json.loads((first / fmt.MANIFEST).read_text(encoding="utf-8")).get(cm.SECTION, {})
         written = sorted({e["file"] for segs in section.values() for e in segs.values()})
@@ -288,9 +300,7 @@ def write_applied(location: Path, versions: list[str]) -> Path:
         for entry, version in zip(manifest["shards"], versions):
             point_current(location / entry["dir"], version)
             moved.append(entry)
-            entry["version"] = version
-            entry["manifest_sha256"] = hashlib.sha256(
-                (location / entry["dir"] / version / fmt.MANIFEST).read_bytes()).hexdigest()
+            name_version(location, entry, version)
         return write_shard_manifest(location, manifest)
     except BaseException:
         for entry, version in zip(moved, old):

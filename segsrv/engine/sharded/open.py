@@ -12,7 +12,7 @@ import numpy as np
 from ...errors import CorruptSnapshotError
 from ...snapshot.location import read_current
 from ...snapshot.reader import Snapshot, _as_int, open_snapshot
-from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest, shard_of_keys
+from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest, shard_dir_name, shard_of_keys
 from .. import cancel
 from ..fields import is_identifier_like
 
@@ -110,6 +110,14 @@ class ShardedSnapshot:
                                     [f for f in schema.fields if is_identifier_like(schema, f, feature_count)])
             self._merged[schema.name] = merged  # two threads may both find it: the same answer
         return merged
+
+
+def open_versions(location: str | Path, name: str, versions: list[str], entity: str) -> ShardedSnapshot:
+    """The shards of ROOT/NAME at the given versions (each verified), whatever SHARDS names: a build
+    carrying its catalog over opens the shards it built before SHARDS names them."""
+    location = Path(location)
+    shards = [open_snapshot(location / shard_dir_name(i), version=v) for i, v in enumerate(versions)]
+    return ShardedSnapshot(location, name, "building", shards[0], len(shards), shards, entity=entity)
 
 
 def open_sharded(location: str | Path) -> ShardedSnapshot:
