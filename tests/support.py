@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from segsrv.snapshot.builder import band_labels
 
@@ -1047,3 +1048,20 @@ def write_shop(directory: Path, n_customers: int = 40) -> Path:
                   "channel": rng.choice(["web", "app", "store"], n_orders)}).to_csv(directory / "orders.csv", index=False)
     (directory / "spec.toml").write_text(SHARDED_SHOP_SPEC)
     return directory / "spec.toml"
+
+
+def assert_same_assign(got, want, tolerance: float = 1e-12) -> None:
+    """Two AssignResults (a sharded and an unsharded snapshot's): the same universe, assignments, segments in
+    the same order with the same sizes, shares, priorities and membership, propensities to `tolerance`."""
+    assert (got.universe, got.n_segments, got.suppressed_segments) == \
+        (want.universe, want.n_segments, want.suppressed_segments)
+    assert len(got.assignments) == len(want.assignments)
+    for a, b in zip(got.assignments, want.assignments):
+        assert (a.id, a.found, a.primary_segment) == (b.id, b.found, b.primary_segment)
+        assert [(m.segment, m.member, m.segment_size, m.share, m.priority) for m in a.segments] == \
+            [(m.segment, m.member, m.segment_size, m.share, m.priority) for m in b.segments], a.id
+        for m, n in zip(a.segments, b.segments):
+            if n.propensity is None:
+                assert m.propensity is None
+            else:
+                assert m.propensity == pytest.approx(n.propensity, rel=tolerance, abs=tolerance), (a.id, m.segment)

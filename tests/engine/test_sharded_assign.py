@@ -1,0 +1,311 @@
+"""The segment catalog over shards (segsrv/engine/sharded/catalog.py): `segments apply` on a sharded ROOT/NAME,
+Assign (ids routed to their shard) and ListSegments equal the unsharded snapshot's answers, the catalog's
+propensity models are the unsharded ones bit for bit, a failed apply changes nothing, and a sharded rebuild
+carries the catalog over."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import segsrv.engine.sharded.catalog as sharded_catalog
+from segsrv.engine.catalog import apply_segments
+from segsrv.engine.rebuild import build_sharded_version
+from segsrv.engine.sharded import apply_sharded_segments, open_sharded
+from segsrv.errors import SpecError
+from segsrv.ops import AssignQuery, SegmentsQuery
+from segsrv.service import OneSnapshot, SegmentationService, local_service
+from segsrv.snapshot.builder import build_snapshot
+from segsrv.snapshot.reader import open_snapshot
+from segsrv.snapshot.shardbuild import build_shards
+from segsrv.snapshot.shards import SHARDS, read_shard_manifest
+from support import CATALOG_A, assert_same_assign, quiet, segsrv_cli, write_shop
+
+# CATALOG_A and a segment of a handful of customers (below a privacy floor of 10)
+CATALOG = dict(CATALOG_A, tiny={"universe": "customers", "where": {
+    "tenure_months": {"$lt": 6}, "churned": True, "region": "oulu", "lifestyle": "premium"}, "priority": 5})
+FITTED = 3  # the shard count whose apply fits and stores the default models (the others: on demand, fixed l2)
+PROPENSITIES = [{"include_propensities": False}, {"include_propensities": True, "propensity_l2": 1.0},
+                {"include_propensities": True, "propensity_method": "factorized"}]
+DEFAULT = {"include_propensities": True}
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, petnord_root):
+    """The unsharded PetNord snapshot with CATALOG applied (its models fitted and stored)."""
+    root = tmp_path_factory.mktemp("petnord_catalog")
+    shutil.copytree(petnord_root / "petnord", root / "petnord")
+    apply_segments(root / "petnord", CATALOG, progress=quiet)
+    return open_snapshot(root / "petnord")
+
+
+@pytest.fixture(scope="module", params=[1, FITTED, 7], ids=lambda n: f"{n}_shards")
+def sharded(request, tmp_path_factory, petnord_spec):
+    """PetNord in 1, 3 and 7 shards with CATALOG applied (models stored with 3 shards)."""
+    root = tmp_path_factory.mktemp(f"petnord_catalog_{request.param}_shards")
+    build_shards(replace(petnord_spec, shard_entity="customers"), root, request.param, progress=quiet)
+    apply_sharded_segments(root / "petnord", CATALOG, progress=quiet, fit_propensities=request.param == FITTED)
+    return root / "petnord"
+
+
+def services(sharded_path, whole_snapshot, privacy_k: int) -> tuple[SegmentationService, SegmentationService]:
+    return (SegmentationService(local_service(sharded_path).snapshots, privacy_k=privacy_k),
+            SegmentationService(OneSnapshot(whole_snapshot), privacy_k=privacy_k))
+
+
+def customer_ids(snapshot, step: int = 11) -> list[str]:
+    return [i.decode() for i in np.asarray(snapshot.universe("customers").row_ids)[::step]]
+
+
+def assign_both(sharded_path, whole_snapshot, privacy_k: int, obj: dict):
+    mine, theirs = services(sharded_path, whole_snapshot, privacy_k)
+    return mine.call(AssignQuery.from_json(obj)), theirs.call(AssignQuery.from_json(obj))
+
+
+@pytest.mark.parametrize("privacy_k", [0, 10])
+@pytest.mark.parametrize("propensities", range(len(PROPENSITIES) + 1))
+def test_assign_by_ids_equals_unsharded(sharded, whole, privacy_k, propensities):
+    params = (PROPENSITIES + [DEFAULT])[propensities]
+    if params is DEFAULT and open_sharded(sharded).shard_count != FITTED:
+        pytest.skip("default models are stored (not fitted on demand) with 3 shards")
+    ids = customer_ids(whole) + ["CUST-99999", "nope", "", customer_ids(whole)[0]]  # unknown ids, a repeated id
+    routed = set(open_sharded(sharded).route_ids("customers", ids).tolist())
+    assert routed == set(range(open_sharded(sharded).shard_count))  # ids in every shard
+    got, want = assign_both(sharded, whole, privacy_k, dict(params, ids=ids))
+    assert_same_assign(got, want)
+    assert got.snapshot == "petnord" and got.version.startswith("shards-")
+    assert sum(not a.found for a in got.assignments) == 3
+    assert got.suppressed_segments == (1 if privacy_k else 0)  # `tiny` under the floor
+    # one id: the per-request path
+    got, want = assign_both(sharded, whole, privacy_k, dict(params, ids=ids[5:6]))
+    assert_same_assign(got, want)
+
+
+@pytest.mark.parametrize("privacy_k", [0, 10])
+def test_assign_features_equals_unsharded(sharded, whole, privacy_k):
+    features = [["segment", "cat_owner"], ["region", "oulu"], ["tenure_months", "30"], ["lifestyle", "premium"]]
+    for params in PROPENSITIES + ([DEFAULT] if open_sharded(sharded).shard_count == FITTED else []):
+        got, want = assign_both(sharded, whole, privacy_k, dict(params, features=features))
+        assert_same_assign(got, want)
+        assert got.assignments[0].segments
+
+
+@pytest.mark.parametrize("privacy_k", [0, 10])
+def test_list_segments_equals_unsharded(sharded, whole, privacy_k):
+    mine, theirs = services(sharded, whole, privacy_k)
+    for universe in (None, "customers"):
+        got, want = mine.call(SegmentsQuery(universe)), theirs.call(SegmentsQuery(universe))
+        assert got.to_json() == want.to_json()
+    sizes = {s.name: s.size for s in got.segments}
+    assert (sizes["tiny"] == 0) == (privacy_k == 10) and sizes["churners"] > 0
+
+
+def test_stored_models_are_the_unsharded_models(sharded, whole):
+    """Every shard stores the same merged models, bit for bit the unsharded snapshot's (under merged keys)."""
+    snap = open_sharded(sharded)
+    if snap.shard_count != FITTED:
+        assert all(not s.catalog_models for s in snap.shards)  # applied without models
+        return
+    sections = [s.manifest["catalog_models"] for s in snap.shards]
+    assert all(section == sections[0] for section in sections)
+    u, mine = whole.universe("customers"), snap.schema.universe("customers")
+    for name, entry in sections[0]["customers"].items():
+        theirs = whole.catalog_models["customers"][name]
+        assert entry["key"][1].startswith("shards-") and entry["key"][3] == u.n_rows
+        assert (entry["l2"], entry["pairs"], entry["members"]) == (theirs["l2"], theirs["pairs"], theirs["members"])
+        coef = mine.stored_models[tuple(entry["key"])][0]
+        assert np.array_equal(coef, u.stored_models[tuple(theirs["key"])][0])
+        assert all((s.path / entry["file"]).read_bytes() == (snap.shards[0].path / entry["file"]).read_bytes()
+                   for s in snap.shards)
+
+
+def test_membership_matches_pandas(sharded, petnord_src):
+    """An independent check: the members among some ids, from the source table."""
+    df = petnord_src.execute("SELECT customer_id, churned, tenure_months, segment FROM customers").df()
+    ids = df["customer_id"].iloc[::7].tolist()
+    got = local_service(sharded).call(AssignQuery.from_json({"ids": ids}))
+    members = {a.id: {m.segment for m in a.segments if m.member} for a in got.assignments}
+    by_id = df.set_index("customer_id")
+    for segment, rule in [("churners", lambda r: bool(r.churned)), ("long_tenure", lambda r: r.tenure_months >= 24),
+                          ("cat_people", lambda r: r.segment == "cat_owner")]:
+        want = {i for i in ids if rule(by_id.loc[i])}
+        assert {i for i in ids if segment in members[i]} == want, segment
+        assert want and len(want) < len(ids)
+
+
+def test_route_ids_names_the_one_shard_holding_each_id(sharded, whole):
+    snap = open_sharded(sharded)
+    ids = customer_ids(whole, step=1)
+    route = snap.route_ids("customers", ids)
+    for shard in range(snap.shard_count):
+        rows = snap.shards[shard].universe("customers").rows_for_ids(ids)
+        assert np.array_equal(rows >= 0, route == shard)
+    assert set(snap.route_ids("orders", [1, 2]).tolist()) == ({0} if snap.shard_count == 1 else {-1})
+
+
+# --- a synthetic shop: empty shards, an orders universe (ids not routed by their own key) ---------------------
+
+SHOP_CATALOG = {
+    "loyal": {"universe": "customers", "where": {"segment": "loyal"}},
+    "toys": {"universe": "customers", "where": {"orders.product.category": "toys"}, "priority": 2},
+    "web": {"universe": "orders", "where": {"channel": "web"}},
+    "food_app": {"universe": "orders", "where": {"product.category": "food", "channel": "app"}},
+}
+
+
+def shop_pair(tmp_path, n_customers: int, n_shards: int, catalog=SHOP_CATALOG):
+    spec = write_shop(tmp_path, n_customers=n_customers)
+    build_snapshot(spec, tmp_path / "whole", progress=quiet)
+    apply_segments(tmp_path / "whole" / "shop", catalog, progress=quiet)
+    build_shards(spec, tmp_path / "sharded", n_shards, progress=quiet)
+    apply_sharded_segments(tmp_path / "sharded" / "shop", catalog, progress=quiet)
+    return spec, tmp_path / "sharded" / "shop", open_snapshot(tmp_path / "whole" / "shop")
+
+
+def assert_shop_answers_equal(sharded_path, whole_snapshot, n_customers: int) -> None:
+    for privacy_k in (0, 10):
+        for params in PROPENSITIES + [DEFAULT]:
+            for universe, ids in [("customers", [f"c{i}" for i in range(n_customers + 2)]),
+                                  ("orders", list(range(0, 3 * n_customers + 3, 2)))]:
+                got, want = assign_both(sharded_path, whole_snapshot, privacy_k, dict(params, ids=ids, **{"from": universe}))
+                assert_same_assign(got, want)
+        mine, theirs = services(sharded_path, whole_snapshot, privacy_k)
+        assert mine.call(SegmentsQuery()).to_json() == theirs.call(SegmentsQuery()).to_json()
+
+
+@pytest.mark.parametrize("n_customers, n_shards", [(40, 4), (3, 8)])
+def test_shop_with_empty_shards(tmp_path, n_customers, n_shards):
+    _, sharded_path, whole_snapshot = shop_pair(tmp_path, n_customers, n_shards)
+    if n_customers < n_shards:
+        assert any(s.universe("customers").n_rows == 0 for s in open_sharded(sharded_path).shards)
+    assert_shop_answers_equal(sharded_path, whole_snapshot, n_customers)
+
+
+def tree(path) -> dict:
+    """Every file under `path` with its bytes: what a failed apply must leave as it was."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_failed_apply_changes_nothing(tmp_path, monkeypatch):
+    _, sharded_path, _ = shop_pair(tmp_path, 40, 4)
+    ids = {"ids": [f"c{i}" for i in range(40)], "include_propensities": True, "from": "customers"}
+    before, answer = tree(sharded_path), local_service(sharded_path).call(AssignQuery.from_json(ids)).to_json()
+
+    def unchanged():
+        assert tree(sharded_path) == before
+        after = local_service(sharded_path).call(AssignQuery.from_json(ids)).to_json()
+        assert {**after, "elapsed_ms": 0} == {**answer, "elapsed_ms": 0}
+
+    # the same catalog again: nothing to publish
+    assert apply_sharded_segments(sharded_path, SHOP_CATALOG, progress=quiet) == (sharded_path / SHARDS, False)
+    unchanged()
+    # an invalid segment: refused before anything is written
+    with pytest.raises(SpecError, match="segments.vip: field 'segment' has no value 'vip'"):
+        apply_sharded_segments(sharded_path, dict(SHOP_CATALOG, vip={"universe": "customers", "where": {"segment": "vip"}}))
+    unchanged()
+    changed = dict(SHOP_CATALOG, loyal={"universe": "customers", "where": {"segment": ["loyal", "new"]}})
+    # the last shard cannot be written: the versions already published are withdrawn
+    publish = sharded_catalog.publish_catalog_version
+
+    def failing_publish(vdir, *args):
+        if vdir.parent.name == "shard-003":
+            raise SpecError("cannot publish shard-003/x: [Errno 28] No space left on device")
+        return publish(vdir, *args)
+
+    monkeypatch.setattr(sharded_catalog, "publish_catalog_version", failing_publish)
+    with pytest.raises(SpecError, match="No space left"):
+        apply_sharded_segments(sharded_path, changed, progress=quiet)
+    unchanged()
+    monkeypatch.undo()
+    # SHARDS cannot be written after the shards' CURRENTs moved: they are put back
+    def failing_write(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sharded_catalog, "write_shard_manifest", failing_write)
+    with pytest.raises(SpecError, match="cannot point the shards .* SHARDS and every shard's CURRENT are unchanged"):
+        apply_sharded_segments(sharded_path, changed, progress=quiet)
+    unchanged()
+    monkeypatch.undo()
+    apply_sharded_segments(sharded_path, changed, progress=quiet)
+    assert open_sharded(sharded_path).segments["loyal"]["where"] == {"segment": ["loyal", "new"]}
+
+
+def test_sharded_rebuild_carries_the_catalog_over(tmp_path):
+    spec, sharded_path, _ = shop_pair(tmp_path, 40, 4)
+    versions = [e["version"] for e in read_shard_manifest(sharded_path)["shards"]]
+    said = []
+    build_sharded_version(spec, tmp_path / "sharded", 4, progress=said.append)
+    assert [e["version"] for e in read_shard_manifest(sharded_path)["shards"]] == versions  # nothing changed
+    assert any("catalog unchanged" in m for m in said)
+    # one customer's segment changes: only its shard is built again; every shard gets the catalog (its
+    # models are refitted: they rest on every shard's rows)
+    customers = pd.read_csv(tmp_path / "customers.csv")
+    customers.loc[0, "segment"] = next(s for s in ("new", "loyal", "lapsed") if s != customers.loc[0, "segment"])
+    customers.to_csv(tmp_path / "customers.csv", index=False)
+    said.clear()
+    build_sharded_version(spec, tmp_path / "sharded", 4, progress=said.append)
+    assert sum(": built version" in m for m in said) == 1 and sum("unchanged, reused" in m for m in said) == 3
+    snap = open_sharded(sharded_path)
+    assert all(s.segments == snap.segments and s.catalog_models for s in snap.shards) and len(snap.segments) == 4
+    assert_shop_answers_equal(sharded_path, open_snapshot(_whole_with(spec, tmp_path)), 40)
+    # a segment that no longer resolves: the build fails, SHARDS unchanged; dropped on request
+    customers["segment"] = customers["segment"].replace("lapsed", "new")
+    customers.to_csv(tmp_path / "customers.csv", index=False)
+    apply_sharded_segments(sharded_path, dict(SHOP_CATALOG, lapsed={"universe": "customers",
+                                                                   "where": {"segment": "lapsed"}}), progress=quiet)
+    manifest = (sharded_path / SHARDS).read_bytes()
+    with pytest.raises(SpecError, match="does not carry over to the new shards; SHARDS not written"):
+        build_sharded_version(spec, tmp_path / "sharded", 4, progress=quiet)
+    assert (sharded_path / SHARDS).read_bytes() == manifest
+    said.clear()
+    build_sharded_version(spec, tmp_path / "sharded", 4, progress=said.append, drop_unresolved=True)
+    assert any("segment 'lapsed' dropped" in m for m in said)
+    assert set(open_sharded(sharded_path).segments) == set(SHOP_CATALOG)
+    # --no-catalog: no shard keeps it (the reused ones get a version without it)
+    build_sharded_version(spec, tmp_path / "sharded", 4, progress=quiet, carry_catalog=False)
+    assert all(not s.segments for s in open_sharded(sharded_path).shards)
+
+
+def _whole_with(spec, tmp_path):
+    root = tmp_path / "whole_again"
+    build_snapshot(spec, root, progress=quiet)
+    apply_segments(root / "shop", SHOP_CATALOG, progress=quiet)
+    return root / "shop"
+
+
+def test_cli_segments_apply_list_and_assign(tmp_path):
+    spec = write_shop(tmp_path, n_customers=40)
+    build_shards(spec, tmp_path / "sharded", 3, progress=quiet)
+    build_snapshot(spec, tmp_path / "whole", progress=quiet)
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('universe = "customers"\n[segments.loyal]\nwhere = {segment = "loyal"}\n'
+                       '[segments.web_buyers]\nwhere = {"orders.channel" = "web"}\npriority = 3\n')
+    root = str(tmp_path / "sharded" / "shop")
+    done = segsrv_cli("segments", "apply", root, str(catalog))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "sharded" / "shop" / SHARDS)
+    assert "shard 3/3 (shard-002): published version" in done.stderr
+    apply_segments(tmp_path / "whole" / "shop", catalog, progress=quiet)
+    whole = SegmentationService(OneSnapshot(open_snapshot(tmp_path / "whole" / "shop")))
+
+    def cli_json(*args):
+        out = segsrv_cli(*args, "--local", root, "--format", "json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert cli_json("segments", "list") == whole.call(SegmentsQuery()).to_json()
+    got = cli_json("assign", "--id", "c1", "--id", "c7", "--id", "zz", "--propensities")
+    want = whole.call(AssignQuery.from_json({"ids": ["c1", "c7", "zz"], "include_propensities": True})).to_json()
+    for g, w in zip(got["assignments"], want["assignments"]):
+        assert [(m["segment"], m["member"], m["segment_size"]) for m in g["segments"]] == \
+            [(m["segment"], m["member"], m["segment_size"]) for m in w["segments"]]
+        for a, b in zip(g["segments"], w["segments"]):
+            assert (a["propensity"] is None) == (b["propensity"] is None)
+            assert a["propensity"] is None or a["propensity"] == pytest.approx(b["propensity"], rel=1e-12)
+    assert got["assignments"][2]["found"] is False
+    assert any(m["propensity"] for a in got["assignments"] for m in a["segments"])
