@@ -191,7 +191,7 @@ def _check_catalog(snapshot: Snapshot, catalog: dict[str, dict]) -> tuple[dict, 
                                f"unknown universe {entry['universe']!r}; known: {names}")]
     if problems:
         return resolved, problems
-    probe = _CatalogView(snapshot, resolved)
+    probe = CatalogView(snapshot, resolved)
     for name, entry in sorted(resolved.items()):
         universe = snapshot.universe(entry["universe"])
         try:
@@ -201,7 +201,7 @@ def _check_catalog(snapshot: Snapshot, catalog: dict[str, dict]) -> tuple[dict, 
     return resolved, problems
 
 
-class _CatalogView:
+class CatalogView:
     """The snapshot as the evaluator sees it, with a candidate catalog in place of its own."""
 
     def __init__(self, snapshot: Snapshot, catalog: dict):
@@ -212,7 +212,7 @@ class _CatalogView:
         return getattr(self._snapshot, name)
 
 
-def _compiled(view: "_CatalogView") -> dict:
+def _compiled(view: "CatalogView") -> dict:
     """universe -> the CompiledCatalog of the view's catalog (not cached: the view must outlive it)."""
     from .assign import CompiledCatalog
 
@@ -264,7 +264,7 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
     # them: none stored, or stored by an older segsrv under another definition (another content key)
     same = resolved == (snap.segments or {})
     if same and fit:
-        view = _CatalogView(snap, resolved)  # held while its compiled catalogs are in use
+        view = CatalogView(snap, resolved)  # held while its compiled catalogs are in use
         same = all(c.stored_default() for c in _compiled(view).values())
     if same:
         say(f"catalog unchanged: {snap.name}/{snap.version} already has these {len(resolved)} segments")
@@ -273,7 +273,7 @@ def apply_segments(location: str | Path, catalog: dict | str | Path, *, version:
 
     def fill(staging: Path) -> tuple[dict, list]:
         t0 = time.perf_counter()
-        view = _CatalogView(snap, resolved)  # held: the compiled catalogs refer to it weakly
+        view = CatalogView(snap, resolved)  # held: the compiled catalogs refer to it weakly
         section, written = cm.fit_catalog_models(_compiled(view), staging, snap, say)
         say(f"propensity models of {len(resolved)} segments stored ({time.perf_counter() - t0:.1f} s)")
         return section, sorted(written)

@@ -37,13 +37,15 @@ from typing import Callable
 import numpy as np
 
 from ...errors import SpecError
+from ...ops.conditions import SegmentRef
 from ...snapshot import format as fmt
 from ...snapshot.publish import discard, point_current, withdraw_version
 from ...snapshot.reader import Snapshot
 from ...snapshot.shards import SHARDS, name_version, read_shard_manifest, write_shard_manifest
 from .. import catalog_models as cm
 from ..assign import CompiledCatalog, compiled_catalog
-from ..catalog import _CatalogView, catalog_manifest, publish_catalog_version, read_catalog, resolve_entries
+from ..catalog import CatalogView, catalog_manifest, publish_catalog_version, read_catalog, resolve_entries
+from ..conditions import Evaluator
 from ..predict.logistic import cv_folds
 from .open import MergedUniverse, ShardedSnapshot, open_sharded
 
@@ -56,7 +58,7 @@ def _shard_catalog(shard: Snapshot, universe: str, catalog: dict | None) -> tupl
     own catalog (cached with the shard) or of a candidate `catalog` (``segments apply``)."""
     if catalog is None:
         return shard, compiled_catalog(shard, shard.universe(universe))
-    view = _CatalogView(shard, catalog)
+    view = CatalogView(shard, catalog)
     return view, CompiledCatalog(view, view.universe(universe))
 
 
@@ -88,11 +90,12 @@ def fit_rows_part(shard: Snapshot, universe: str) -> tuple[np.ndarray, np.ndarra
             np.asarray(u.csr_indices, dtype=np.int64))
 
 
-def members_part(shard: Snapshot, universe: str, catalog: dict | None, segment: int) -> np.ndarray:
-    """bool[rows of the universe in the shard]: the members of segment number `segment`."""
-    keep, cat = _shard_catalog(shard, universe, catalog)  # keep: referenced while the catalog is used
-    bits = cat.member_bits(segment)
-    return np.unpackbits(bits.view(np.uint8), bitorder="little")[: cat.universe.n_rows].astype(bool)
+def members_part(shard: Snapshot, universe: str, catalog: dict | None, segment: str) -> np.ndarray:
+    """bool[rows of the universe in the shard]: the members of the segment named `segment` (evaluated alone:
+    the catalog is not compiled for it)."""
+    u = shard.universe(universe)
+    bits = Evaluator(shard if catalog is None else CatalogView(shard, catalog), u).evaluate(SegmentRef(segment))
+    return np.unpackbits(bits.view(np.uint8), bitorder="little")[: u.n_rows].astype(bool)
 
 
 # --- the merge -----------------------------------------------------------------------------------------------
@@ -143,7 +146,7 @@ class MergedCatalog(CompiledCatalog):
         names = sorted(parts[0][1]) if parts else []
         sizes = {n: (sum(p[1][n][0] for p in parts), cm.digest(np.frombuffer(
             "".join(p[1][n][1] for p in parts).encode("ascii"), dtype=np.uint8))) for n in names}
-        self.schema = sharded.schema if catalog is None else _CatalogView(sharded.schema, catalog)  # held
+        self.schema = sharded.schema if catalog is None else CatalogView(sharded.schema, catalog)  # held
         data_version = merged_data_version([p[0] for p in parts])
         super().__init__(self.schema, merged.schema, (merged.n_rows, merged.feature_count, sizes, data_version))
 
@@ -168,8 +171,8 @@ class MergedCatalog(CompiledCatalog):
 
     def membership_fit(self, i: int, l2: float | None) -> tuple:
         rows = self.gathered()
-        member = np.concatenate(self.sharded.map(members_part, self.universe.name, self.catalog, i,
-                                                 shards=self.shard_ids))[rows.order]
+        member = np.concatenate(self.sharded.map(members_part, self.universe.name, self.catalog,
+                                                 self.segments[i].name, shards=self.shard_ids))[rows.order]
         return cm.fit_membership_rows(rows.owner, rows.feats, member.astype(np.int64), rows.folds,
                                       self.universe.n_features, self.evidence_mask(i), l2)
 
@@ -224,9 +227,11 @@ def withdrawn_on_failure(published: list[Path], what: str):
     except BaseException as exc:
         for final in published:
             discard(withdraw_version(final.parent, final.name))
-        if isinstance(exc, OSError):
-            raise SpecError(f"cannot {what}: {exc}; SHARDS and every shard's CURRENT are unchanged",
-                            [("location", str(exc))]) from exc
+        written = isinstance(exc, SpecError) and any(v.field == "location" for v in exc.violations)
+        if isinstance(exc, OSError) or written:  # a file system's refusal, not the catalog's problem
+            why = exc.message if written else str(exc)
+            raise SpecError(f"cannot {what}: {why}; SHARDS and every shard's CURRENT are unchanged",
+                            [("location", why)]) from exc
         raise
 
 
