@@ -565,7 +565,8 @@ UNIVERSE_FLAG = {"from": "--universe", "universe": "--universe"}
 def _backend_arguments(p: argparse.ArgumentParser) -> None:
     """--local | --addr, and what a remote call takes (segments list, assign)."""
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process")
+    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process (or a sharded ROOT/NAME: "
+                                                               "docs/scale.md)")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running server")
     p.add_argument("--snapshot", dest="snapshot_name", help="snapshot name (--addr, when the server has several)")
     p.add_argument("--version", help="snapshot version (default: CURRENT)")
@@ -645,8 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=QUERY_KINDS, help="query kind")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]",
-                       help="answer in-process from a snapshot directory (a sharded ROOT/NAME: count and relate; "
-                            "docs/scale.md)")
+                       help="answer in-process from a snapshot directory (a sharded ROOT/NAME: count, relate, "
+                            "assign and segments; docs/scale.md)")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
     p.add_argument("--json", required=True, metavar="QUERY", help="inline JSON, a JSON file, or - for stdin")
     p.add_argument("--version", help="snapshot version (default: CURRENT); with --addr, pins the version")

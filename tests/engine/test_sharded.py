@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from segsrv.errors import CorruptSnapshotError, SegsrvError
-from segsrv.ops import CountQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery, SegmentsQuery
+from segsrv.ops import CountQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
@@ -154,7 +154,6 @@ def test_tampered_shard_version_is_refused(petnord_sharded, tmp_path):
     ("Predict", PredictQuery.from_json({"from": "customers", "target": "churned"})),
     ("Profile", ProfileQuery.from_json({"from": "customers", "segment": {"churned": True}})),
     ("Info", InfoQuery.from_json({})),
-    ("ListSegments", SegmentsQuery.from_json({})),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_other_operations_are_refused_by_name(petnord_sharded, operation, query):
     with pytest.raises(SegsrvError, match=f"^{operation}: not yet supported for sharded snapshots"):
