@@ -12,6 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import segsrv.engine.sharded.catalog as sharded_catalog
 from segsrv.engine.catalog import apply_segments
@@ -291,6 +293,10 @@ def test_cli_segments_apply_list_and_assign(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "sharded" / "shop" / SHARDS)
     assert "shard 3/3 (shard-002): published version" in done.stderr
+    shards = (tmp_path / "sharded" / "shop" / SHARDS).read_bytes()
+    done = segsrv_cli("build", str(spec), "--out", str(tmp_path / "sharded"), "--shards", "3")  # carries it over
+    assert done.returncode == 0, done.stderr
+    assert "catalog unchanged" in done.stderr and (tmp_path / "sharded" / "shop" / SHARDS).read_bytes() == shards
     apply_segments(tmp_path / "whole" / "shop", catalog, progress=quiet)
     whole = SegmentationService(OneSnapshot(open_snapshot(tmp_path / "whole" / "shop")))
 
@@ -310,3 +316,38 @@ def test_cli_segments_apply_list_and_assign(tmp_path):
             assert a["propensity"] is None or a["propensity"] == pytest.approx(b["propensity"], rel=1e-12)
     assert got["assignments"][2]["found"] is False
     assert any(m["propensity"] for a in got["assignments"] for m in a["segments"])
+
+
+# --- random catalogs over the shop (hypothesis) ---------------------------------------------------------------
+
+SHOP_TERMS = {"customers": [("segment", ["new", "loyal", "lapsed"]), ("orders.channel", ["web", "app", "store"]),
+                            ("orders.product.category", ["food", "toys", "care"])],
+              "orders": [("channel", ["web", "app", "store"]), ("customer.segment", ["new", "loyal", "lapsed"]),
+                         ("product.category", ["food", "toys", "care"])]}
+
+
+@st.composite
+def shop_catalogs(draw):
+    """A catalog of 1-4 segments over the shop's customers or orders: conjunctions of one to two terms
+    (a value, a value list or a negation), sometimes referring to an earlier segment of the universe."""
+    catalog: dict = {}
+    for k in range(draw(st.integers(1, 4))):
+        universe = draw(st.sampled_from(sorted(SHOP_TERMS)))
+        where = {}
+        for field, values in draw(st.lists(st.sampled_from(SHOP_TERMS[universe]), min_size=1, max_size=2,
+                                           unique_by=lambda t: t[0])):
+            chosen = draw(st.lists(st.sampled_from(values), min_size=1, max_size=2, unique=True))
+            where[field] = chosen[0] if len(chosen) == 1 else ({"$ne": chosen[0]} if draw(st.booleans()) else chosen)
+        earlier = [n for n, e in catalog.items() if e["universe"] == universe]
+        if earlier and draw(st.booleans()):
+            where = {"$segment": draw(st.sampled_from(earlier)), **where}
+        catalog[f"s{k}"] = {"universe": universe, "where": where, "priority": draw(st.integers(0, 2))}
+    return catalog
+
+
+@settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(catalog=shop_catalogs(), n_shards=st.integers(1, 6))
+def test_random_catalogs_over_shards_equal_unsharded(tmp_path_factory, catalog, n_shards):
+    tmp_path = tmp_path_factory.mktemp("random_catalog")
+    _, sharded_path, whole_snapshot = shop_pair(tmp_path, 40, n_shards, catalog)
+    assert_shop_answers_equal(sharded_path, whole_snapshot, 40)
