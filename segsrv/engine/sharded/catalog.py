@@ -150,6 +150,10 @@ class MergedCatalog(CompiledCatalog):
         data_version = merged_data_version([p[0] for p in parts])
         super().__init__(self.schema, merged.schema, (merged.n_rows, merged.feature_count, sizes, data_version))
 
+    def member_bits(self, i: int) -> np.ndarray:
+        raise TypeError("a sharded catalog's members are in its shards: no one bitset holds them (the counts "
+                        "methods sum the shards')")
+
     def _sum(self, fn, *args) -> np.ndarray:
         parts = self.sharded.map(fn, self.universe.name, self.catalog, *args, shards=self.shard_ids)
         return np.sum(parts, axis=0).astype(np.int64)
