@@ -19,7 +19,7 @@ import segsrv.engine.sharded.catalog as sharded_catalog
 from segsrv.engine.catalog import apply_segments
 from segsrv.engine.rebuild import build_sharded_version
 from segsrv.engine.sharded import apply_sharded_segments, open_sharded
-from segsrv.errors import SpecError
+from segsrv.errors import SegsrvError, SpecError
 from segsrv.ops import AssignQuery, SegmentsQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
 from segsrv.snapshot.builder import build_snapshot
@@ -186,6 +186,18 @@ def test_shop_with_empty_shards(tmp_path, n_customers, n_shards):
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in open_sharded(sharded_path).shards)
     assert_shop_answers_equal(sharded_path, whole_snapshot, n_customers)
+
+
+def test_assign_errors_as_unsharded(tmp_path):
+    _, sharded_path, whole_snapshot = shop_pair(tmp_path, 40, 4)
+    for obj in [{"ids": ["c1"]}, {"ids": ["c1"], "from": "visits"}, {"features": [["nope", "x"]], "from": "customers"},
+                {"features": [["segment", "vip"]], "from": "customers"}]:
+        errors = []
+        for service in services(sharded_path, whole_snapshot, 0):
+            with pytest.raises(SegsrvError) as caught:
+                service.call(AssignQuery.from_json(obj))
+            errors.append((type(caught.value), caught.value.message, caught.value.violations))
+        assert errors[0] == errors[1], obj
 
 
 def tree(path) -> dict:
