@@ -62,6 +62,10 @@ class ShardedSnapshot:
         self.shards = shards  # the open shards (in-process), or None when `map` runs them elsewhere
         self._merged: dict[str, MergedUniverse] = {}
 
+    @property
+    def description(self) -> str:
+        return self.schema.description  # the spec's, the same in every shard
+
     def map(self, fn, *args, shards=None) -> list:
         """[fn(shard, *args) for each shard in `shards` (default all)], in that order. A transport's
         deadline or a gone caller stops it between shards (segsrv/engine/cancel.py)."""
