@@ -673,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "  segsrv export --local demo/snapshots-100000 --out churned.csv \\\n"
                               "    --json '{\"from\": \"customers\", \"where\": {\"churned\": true}}'")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
+    where.add_argument("--local", metavar="ROOT[/NAME]",
+                       help="answer in-process from a snapshot directory (a sharded ROOT/NAME: without a target; "
+                            "docs/scale.md)")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server (ExportMembers)")
     p.add_argument("--json", required=True, metavar="QUERY",
                    help='{"from", "where", "top_k", "target", "value"}: inline JSON, a JSON file, or - for stdin')

@@ -18,7 +18,7 @@ from hypothesis import strategies as hst
 
 from segsrv.engine.sharded import ShardedExportResult, open_sharded
 from segsrv.errors import PrivacyFloorError, SegsrvError
-from segsrv.ops import ExportQuery, InfoQuery, ProfileQuery
+from segsrv.ops import CountQuery, ExportQuery, InfoQuery, ProfileQuery
 from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.service import OneShardedSnapshot, OneSnapshot, SegmentationService, local_service
@@ -295,7 +295,15 @@ def test_shop_profile_info_export_with_empty_shards(tmp_path, n_customers, n_sha
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in sharded.snapshots.snapshot.shards)
     segment = pd.read_csv(tmp_path / "customers.csv")["segment"].iloc[0]  # a value every build has
+    # every row of one shard in the segment, not every row overall: that shard's values come in a second round
+    first = next(s for s in sharded.snapshots.snapshot.shards if s.universe("customers").n_rows)
+    ages = sorted(set(first.universe("customers").fields["age"].numeric.tolist()))
+    whole_shard = {"$or": [{"age": {"$gte": a, "$lte": a}} for a in ages]}
+    in_segment = answers(SegmentationService(OneSnapshot(whole_snapshot)), CountQuery,
+                         {"from": "customers", "where": whole_shard}).count
+    assert first.universe("customers").n_rows <= in_segment < n_customers
     for obj in [{"from": "customers"}, {"from": "customers", "segment": {"segment": segment}},
+                {"from": "customers", "segment": whole_shard},
                 {"from": "customers", "segment": {"age": {"$gte": 40}}},
                 {"from": "orders", "segment": {"channel": "web"}}, {"from": "products"},
                 {"from": "products", "segment": {"category": "food"}}]:

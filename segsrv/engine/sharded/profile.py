@@ -6,8 +6,9 @@ percentiles are the unsharded ones exactly, and mean and std are numpy's over th
 order (the unsharded engine sums them in row order: the two differ by rounding only).
 
 A numeric field's population statistics are found once per opened build (the first Profile that needs
-them gathers every row's value from the shards), then kept. Data moved per call: the counts, plus 8
-bytes per member of the segment per numeric field (docs/scale.md).
+them gathers every row's value from the shards), then kept; a segment of every row is the population.
+Data moved per call: the counts, plus 8 bytes per member of the segment per numeric field, except from
+a shard whose every row is in the segment when the whole segment is every row (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def sorted_present(u: Universe, bits: np.ndarray | None, fields: list[str]) -> l
 
 
 def profile_part(shard: Snapshot, universe: str, segment: Condition, fids: np.ndarray,
-                 numeric_fields: list[str]) -> tuple[int, np.ndarray, str | None, list[np.ndarray]]:
+                 numeric_fields: list[str]) -> tuple[int, np.ndarray, str | None, list[np.ndarray] | None]:
     """(the segment's rows, each value's rows within them, the counting plan used or None, each numeric
-    field's values in the segment, ascending) in one shard."""
+    field's values in the segment, ascending) in one shard; the values are None when the segment holds
+    every row of the shard (the merge has them from the population, or asks: population_values_part)."""
     u = shard.universe(universe)
     bits = evaluate(shard, u, segment)
     n_s = int(_kernels.popcount(bits))
@@ -52,14 +54,16 @@ def profile_part(shard: Snapshot, universe: str, segment: Condition, fids: np.nd
     else:
         n_sv, plan = count_features(u, bits, n_s, fids)
         n_sv = np.asarray(n_sv, dtype=np.int64)
-    values = sorted_present(u, None if n_s == u.n_rows else bits, numeric_fields) if n_s else \
-        [np.zeros(0, dtype=np.float64) for _ in numeric_fields]
+    if n_s == 0:
+        values = [np.zeros(0, dtype=np.float64) for _ in numeric_fields]
+    else:
+        values = None if n_s == u.n_rows else sorted_present(u, bits, numeric_fields)
     return n_s, n_sv, plan, values
 
 
-def population_values_part(shard: Snapshot, universe: str, field: str) -> np.ndarray:
-    """A numeric field's non-missing values over every row of one shard, ascending."""
-    return sorted_present(shard.universe(universe), None, [field])[0]
+def population_values_part(shard: Snapshot, universe: str, fields: list[str]) -> list[np.ndarray]:
+    """Each numeric field's non-missing values over every row of one shard, ascending."""
+    return sorted_present(shard.universe(universe), None, fields)
 
 
 def merged_stats(sorted_parts: list[np.ndarray]) -> NumericStats:
@@ -83,16 +87,18 @@ def sharded_profile(sharded: ShardedSnapshot, query: ProfileQuery) -> ProfileRes
     plans = {p[2] for p in parts if p[2] is not None}
     fields_out = rank_profile_counts(schema, names, n, n_s, n_v, n_sv, query.values_per_field)
 
+    segments: list[NumericStats | None] = [None] * len(numeric)  # None: every row, the population's
+    if numeric and n_s != n:
+        # a shard whose every row is in the segment sent no values: ask it for its whole columns
+        whole = iter(sharded.map(population_values_part, merged.name, numeric,
+                                 shards=[merged.shards[i] for i, p in enumerate(parts) if p[3] is None]))
+        values = [next(whole) if p[3] is None else p[3] for p in parts]
+        segments = [merged_stats([v[j] for v in values]) for j in range(len(numeric))]
     numeric_out = []
-    for j, name in enumerate(numeric):
-        segment = merged_stats([p[3][j] for p in parts])
-        key = (merged.name, name)
-        if n_s == n:  # the segment's values are every row's: the population, found without another round
-            segment = population = cached_population(sharded, key, lambda: segment)
-        else:
-            population = cached_population(sharded, key, lambda: merged_stats(
-                sharded.map(population_values_part, merged.name, name, shards=merged.shards)))
-        numeric_out.append(NumericProfile(name, segment, population))
+    for name, segment in zip(numeric, segments):
+        population = cached_population(sharded, (merged.name, name), lambda: merged_stats(
+            [v[0] for v in sharded.map(population_values_part, merged.name, [name], shards=merged.shards)]))
+        numeric_out.append(NumericProfile(name, population if segment is None else segment, population))
 
     return ProfileResult(
         snapshot=sharded.name, version=sharded.version, universe=merged.name, n_rows=n, n_segment=n_s,
