@@ -38,6 +38,11 @@ each selected field:
 Fields are names or globs as in Relate (`customer.*`, `**`); by default every
 field of the universe but identifier-like ones (segsrv/engine/fields.py), the
 segment's own condition fields included.
+
+Everything about the values is decided from counts alone by ``rank_profile_counts``,
+and the summaries by ``numeric_stats``: a sharded snapshot's Profile
+(segsrv/engine/sharded/profile.py) calls both on the shards' summed counts and
+merged values.
 """
 
 from __future__ import annotations
