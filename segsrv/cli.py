@@ -121,9 +121,19 @@ def cmd_prune(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .engine.sharded import MergedUniverseInfo, is_sharded, open_sharded
     from .snapshot.reader import open_snapshot
 
-    snap = open_snapshot(args.snapshot, version=args.version)
+    sharded = is_sharded(args.snapshot)
+    if sharded:  # ROOT/NAME holding SHARDS: the shards' rows and value counts summed (docs/scale.md)
+        if args.version:
+            raise SegsrvError(f"--version: not with a sharded snapshot ({args.snapshot}): its SHARDS manifest "
+                              f"names each shard's version")
+        snap = open_sharded(args.snapshot)
+        universes = [MergedUniverseInfo.of(snap.universe(name)) for name in snap.schema.universes]
+    else:
+        snap = open_snapshot(args.snapshot, version=args.version)
+        universes = list(snap.universes.values())
     info = {
         "name": snap.name,
         "version": snap.version,
@@ -131,7 +141,9 @@ def cmd_info(args) -> int:
         "description": snap.description,
         "universes": {},
     }
-    for u in snap.universes.values():
+    if sharded:
+        info["shards"] = snap.shard_count
+    for u in universes:
         if args.universe and u.name != args.universe:
             continue
         fields = {}
@@ -142,10 +154,10 @@ def cmd_info(args) -> int:
             if f.edges is not None:
                 entry["edges"] = f.edges
             fields[f.name] = entry
-        info["universes"][u.name] = {
-            "table": u.table, "key": u.key, "n_rows": u.n_rows, "n_features": u.n_features,
-            "n_dense": len(u.dense_features), "n_sparse": len(u.sparse_features), "fields": fields,
-        }
+        entry = {"table": u.table, "key": u.key, "n_rows": u.n_rows, "n_features": u.n_features}
+        if not sharded:  # dense or sparse is decided per shard: a storage matter, not summed
+            entry.update(n_dense=len(u.dense_features), n_sparse=len(u.sparse_features))
+        info["universes"][u.name] = dict(entry, fields=fields)
     _print_json(info)
     return 0
 
@@ -614,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("info", help="describe a snapshot: universes, fields, values")
-    p.add_argument("snapshot", help="ROOT, ROOT/NAME or ROOT/NAME/VERSION")
+    p.add_argument("snapshot", help="ROOT, ROOT/NAME or ROOT/NAME/VERSION, or a sharded ROOT/NAME (docs/scale.md)")
     p.add_argument("--version", help="version to open (default: CURRENT)")
     p.add_argument("--universe", help="only this universe")
     p.add_argument("--values", action="store_true", help="list every value with its count")
@@ -646,8 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=QUERY_KINDS, help="query kind")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]",
-                       help="answer in-process from a snapshot directory (a sharded ROOT/NAME: count, relate, "
-                            "assign and segments; docs/scale.md)")
+                       help="answer in-process from a snapshot directory (or a sharded ROOT/NAME: the operations "
+                            "answered over shards are listed in docs/scale.md)")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
     p.add_argument("--json", required=True, metavar="QUERY", help="inline JSON, a JSON file, or - for stdin")
     p.add_argument("--version", help="snapshot version (default: CURRENT); with --addr, pins the version")
@@ -669,7 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "  segsrv export --local demo/snapshots-100000 --out churned.csv \\\n"
                               "    --json '{\"from\": \"customers\", \"where\": {\"churned\": true}}'")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--local", metavar="ROOT[/NAME]", help="answer in-process from a snapshot directory")
+    where.add_argument("--local", metavar="ROOT[/NAME]",
+                       help="answer in-process from a snapshot directory (a sharded ROOT/NAME: without a target; "
+                            "docs/scale.md)")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server (ExportMembers)")
     p.add_argument("--json", required=True, metavar="QUERY",
                    help='{"from", "where", "top_k", "target", "value"}: inline JSON, a JSON file, or - for stdin')

@@ -31,7 +31,8 @@ from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
 from .engine.sharded import (
-    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_assign, sharded_count, sharded_relate,
+    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, refuse_ranked, sharded_assign, sharded_count,
+    sharded_export, sharded_info, sharded_profile, sharded_relate,
 )
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
@@ -146,11 +147,12 @@ class SegmentationService:
         cancel.check()
         return snap
 
-    def _refuse_small_rows(self, snap: Snapshot, universe: str | None, condition, what: str, field: str) -> None:
+    def _refuse_small_rows(self, snap: Snapshot | ShardedSnapshot, universe: str | None, condition, what: str,
+                           field: str) -> None:
         """The privacy floor's refusal of a segment / condition of 1..k-1 rows, or of all rows but 1..k-1,
         before the operation runs (so no other answer about those rows, an error included, comes first)."""
         if self.privacy_k > 1:
-            c = count(snap, universe, condition)
+            c = (sharded_count if isinstance(snap, ShardedSnapshot) else count)(snap, universe, condition)
             privacy.refuse_small(c.count, self.privacy_k, what, field, total=c.n_rows)
 
     # -- operations ------------------------------------------------------------------
@@ -234,7 +236,10 @@ class SegmentationService:
         (snapshot, version, total: the rows matching the condition, pending: the fits as sentences)
         lets a stream send its first message before the fit; the export's total is the same."""
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at, "Export")
+        snap = self._any_snapshot(at)
+        sharded = isinstance(snap, ShardedSnapshot)
+        if sharded:
+            refuse_ranked(snap, query)
         self._refuse_small_rows(snap, query.universe, query.condition, "the condition", "condition")
         header = None
         if query.target is not None:
@@ -246,7 +251,7 @@ class SegmentationService:
                 header = PendingHeader(snap.name, snap.version, pending, int(total))
 
         def run():
-            result = export_members(snap, query)
+            result = (sharded_export if sharded else export_members)(snap, query)
             privacy.refuse_small(result.total, self.privacy_k, "the condition", "condition")
             cancel.check()
             return result
@@ -254,9 +259,10 @@ class SegmentationService:
         return header, run
 
     def profile(self, query: ProfileQuery, at: Selector = ANY_SNAPSHOT):
-        snap = self._snapshot(at, "Profile")
-        result = profile(snap, query)
-        u = snap.universe(result.universe)
+        snap = self._any_snapshot(at)
+        sharded = isinstance(snap, ShardedSnapshot)
+        result = (sharded_profile if sharded else profile)(snap, query)
+        u = (snap.schema if sharded else snap).universe(result.universe)  # the fields' kinds
         result = privacy.floor_profile(result, self.privacy_k,
                                        lambda f: f in u.fields and not is_multi_valued(u.fields[f]))
         cancel.check()
@@ -276,9 +282,12 @@ class SegmentationService:
         return SegmentsResult.from_snapshot(snap, query.universe, size_of)
 
     def snapshot_info(self, query: InfoQuery, at: Selector = ANY_SNAPSHOT) -> InfoResult:
-        snap = self._snapshot(at, "Info")
-        universes = [snap.universe(query.universe)] if query.universe else list(snap.universes.values())
-        info = InfoResult.from_snapshot(snap, universes, query.include_values, self.snapshots.names())
+        snap = self._any_snapshot(at)
+        if isinstance(snap, ShardedSnapshot):
+            info = sharded_info(snap, query, self.snapshots.names())
+        else:
+            universes = [snap.universe(query.universe)] if query.universe else list(snap.universes.values())
+            info = InfoResult.from_snapshot(snap, universes, query.include_values, self.snapshots.names())
         return privacy.floor_info(info, self.privacy_k)
 
     def discover(self, query: DiscoverQuery, at: Selector = ANY_SNAPSHOT):

@@ -123,6 +123,11 @@ class FakeContext:
 # ----------------------------------------------------------------------------
 
 
+def answers(service, kind, obj: dict):
+    """service.call of the `kind` query read from the JSON form `obj` (a copy: from_json keeps no reference)."""
+    return service.call(kind.from_json(json.loads(json.dumps(obj))))
+
+
 def strip_elapsed(answer: dict) -> dict:
     """ANSWER without its elapsed_ms (which must be a float): what is left compares exactly."""
     assert isinstance(answer.pop("elapsed_ms"), float)
@@ -632,6 +637,26 @@ def expect_profile(answer: dict, query: dict, oracle: Oracle) -> None:
             mask = _mask(bu, f["field"], item["value"])
             assert item["segment_count"] == int((seg & mask).sum()), (f["field"], item)
             assert abs(item["population_share"] - mask.sum() / bu.n) < 1e-12, (f["field"], item)
+
+
+def expect_profile_numeric(answer: dict, query: dict, oracle: Oracle) -> None:
+    """A profile answer's numeric summaries (segment and population) against numpy over the oracle's raw values:
+    count exactly, the rest to 1e-12 (numpy's linear percentiles, population std)."""
+    bu = oracle.universe(query["from"])
+    seg = bu.eval(query.get("segment"))
+    for nf in answer["numeric"]:
+        raw = bu.fields[nf["field"]].raw
+        for part, mask in (("segment", seg), ("population", bu.all())):
+            x = raw[mask & ~np.isnan(raw)]
+            got = nf[part]
+            assert got["count"] == len(x), (nf["field"], part)
+            if not len(x):
+                continue
+            q25, q50, q75 = np.percentile(x, [25, 50, 75])
+            want = {"mean": np.mean(x), "std": np.std(x), "min": np.min(x), "p25": q25, "median": q50, "p75": q75,
+                    "max": np.max(x)}
+            for name, value in want.items():
+                assert abs(got[name] - value) <= 1e-12 * max(1.0, abs(value)), (nf["field"], part, name)
 
 
 def cli_remote_and_local(kind: str, addr: str, root, query: dict) -> tuple[dict, dict]:

@@ -38,6 +38,11 @@ each selected field:
 Fields are names or globs as in Relate (`customer.*`, `**`); by default every
 field of the universe but identifier-like ones (segsrv/engine/fields.py), the
 segment's own condition fields included.
+
+Everything about the values is decided from counts alone by ``rank_profile_counts``,
+and the summaries by ``numeric_stats``: a sharded snapshot's Profile
+(segsrv/engine/sharded/profile.py) calls both on the shards' summed counts and
+merged values.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import math
 import threading
 import time
 import weakref
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -96,20 +102,26 @@ def sorted_percentile(s: np.ndarray, q: float) -> float:
     return b - d * (1 - g) if g >= 0.5 else a + d * g
 
 
-# universe -> field -> statistics over every row (snapshots are immutable; entries go with the universe)
-_POPULATION: "weakref.WeakKeyDictionary[Universe, dict[str, NumericStats]]" = weakref.WeakKeyDictionary()
+# owner (a universe, or a sharded build) -> key (a field; a sharded build's (universe, field)) -> statistics
+# over every row (snapshots are immutable; entries go with their owner)
+_POPULATION: "weakref.WeakKeyDictionary[object, dict[Hashable, NumericStats]]" = weakref.WeakKeyDictionary()
 _POPULATION_LOCK = threading.Lock()
 
 
-def population_stats(universe: Universe, name: str) -> NumericStats:
+def cached_population(owner, key: Hashable, compute: Callable[[], NumericStats]) -> NumericStats:
+    """The population statistics of `key` kept for `owner`, computed on first use."""
     with _POPULATION_LOCK:
-        cached = _POPULATION.setdefault(universe, {}).get(name)
+        cached = _POPULATION.setdefault(owner, {}).get(key)
     if cached is not None:
         return cached
-    stats = numeric_stats(universe.fields[name].numeric)
+    stats = compute()
     with _POPULATION_LOCK:
-        _POPULATION.setdefault(universe, {})[name] = stats
+        _POPULATION.setdefault(owner, {})[key] = stats
     return stats
+
+
+def population_stats(universe: Universe, name: str) -> NumericStats:
+    return cached_population(universe, name, lambda: numeric_stats(universe.fields[name].numeric))
 
 
 # --- value profiles ---------------------------------------------------------------
@@ -147,29 +159,27 @@ def ranked_per_field(field_of: np.ndarray, n_fields: int, cand: np.ndarray, boun
     return [ranked[starts[j]: min(starts[j] + k, starts[j + 1])] for j in range(n_fields)]
 
 
-def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
-    t0 = time.perf_counter()
-    query.validate()
-    universe = snapshot.universe(query.universe)
-    n = universe.n_rows
-    skip = set() if query.fields else set(identifier_like_fields(universe))
-    names = select_fields(universe, list(query.fields) if query.fields else None, skip, key="fields")
-    bits = evaluate(snapshot, universe, query.segment)
-    n_s = int(_kernels.popcount(bits))
+def profile_fields(universe: Universe, query: ProfileQuery, identifier_like) -> list[str]:
+    """The fields a Profile describes: the request's names / globs, or every field but the identifier-like
+    ones (judged by the caller's counts: one snapshot's, or summed shards')."""
+    skip = set() if query.fields else set(identifier_like)
+    return select_fields(universe, list(query.fields) if query.fields else None, skip, key="fields")
+
+
+def profile_feature_ids(universe: Universe, names: list[str]) -> np.ndarray:
+    """The feature ids of every value of the named fields, field by field: the values Profile counts."""
     infos = [universe.fields[f] for f in names]
+    return np.concatenate([i.feature_ids for i in infos]) if infos else np.zeros(0, np.int64)
 
-    # n_{S,v} for every value of every selected field, in one counting pass
-    fids = np.concatenate([i.feature_ids for i in infos]) if infos else np.zeros(0, np.int64)
-    n_v_all = np.asarray(universe.feature_count[fids], dtype=np.int64)
-    plan = "none"
-    if n_s == 0 or len(fids) == 0:
-        n_sv_all = np.zeros(len(fids), dtype=np.int64)
-    elif n_s == n:  # every row: n_{S,v} = n_v, nothing to count
-        n_sv_all = n_v_all.copy()
-    else:
-        n_sv_all, plan = count_features(universe, bits, n_s, fids)
-        n_sv_all = np.asarray(n_sv_all, dtype=np.int64)
 
+def rank_profile_counts(universe: Universe, names: list[str], n: int, n_s: int, n_v_all: np.ndarray,
+                        n_sv_all: np.ndarray, values_per_field: int) -> list[FieldProfile]:
+    """The field profiles (over- and under-indexed values, strength, fields strongest first) from the
+    counts alone: n rows, n_s in the segment, and per value of the fields (profile_feature_ids' order)
+    its n_v rows overall and n_sv in the segment. Every statistic, p-value and order of Profile is
+    decided here, for one snapshot or summed shards."""
+    infos = [universe.fields[f] for f in names]
+    fids = profile_feature_ids(universe, names)
     with np.errstate(divide="ignore", invalid="ignore"):
         seg_share_all = n_sv_all / n_s if n_s else np.full(len(fids), np.nan)
         pop_share_all = n_v_all / n if n else np.full(len(fids), np.nan)
@@ -178,7 +188,7 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
         lift_low_all = lo / pop_share_all
         lift_high_all = hi / pop_share_all
 
-    k = int(query.values_per_field)
+    k = int(values_per_field)
     field_of = np.repeat(np.arange(len(infos)), [len(i.values) for i in infos])
     over_of = ranked_per_field(field_of, len(infos), np.flatnonzero(lift_all > 1), lift_low_all, lift_all,
                                n_sv_all, n_v_all, False, k)
@@ -205,25 +215,48 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
             lift=float(lift_all[pos]), p_value=float(p_value[pos]),
         )
 
-    fields_out = [
+    return [
         FieldProfile(infos[j].name, [value_profile(int(p), infos[j]) for p in over],
                      [value_profile(int(p), infos[j]) for p in under], strength[j])
         for j, over, under in picked
     ]
 
+
+def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
+    t0 = time.perf_counter()
+    query.validate()
+    universe = snapshot.universe(query.universe)
+    n = universe.n_rows
+    names = profile_fields(universe, query, identifier_like_fields(universe))
+    bits = evaluate(snapshot, universe, query.segment)
+    n_s = int(_kernels.popcount(bits))
+
+    # n_{S,v} for every value of every selected field, in one counting pass
+    fids = profile_feature_ids(universe, names)
+    n_v_all = np.asarray(universe.feature_count[fids], dtype=np.int64)
+    plan = "none"
+    if n_s == 0 or len(fids) == 0:
+        n_sv_all = np.zeros(len(fids), dtype=np.int64)
+    elif n_s == n:  # every row: n_{S,v} = n_v, nothing to count
+        n_sv_all = n_v_all.copy()
+    else:
+        n_sv_all, plan = count_features(universe, bits, n_s, fids)
+        n_sv_all = np.asarray(n_sv_all, dtype=np.int64)
+    fields_out = rank_profile_counts(universe, names, n, n_s, n_v_all, n_sv_all, query.values_per_field)
+
     numeric_out = []
-    numeric_infos = [i for i in infos if i.numeric is not None]
-    if numeric_infos:
-        for info in numeric_infos:
-            population = population_stats(universe, info.name)
-            if n_s == 0:
-                segment = NumericStats(**_NAN_STATS.as_dict())
-            elif n_s == n:
-                segment = population
-            else:
-                values = np.asarray(info.numeric, dtype=np.float64)  # float64 already: no copy
-                segment = numeric_stats(_kernels.gather_present(bits, values), owned=True)
-            numeric_out.append(NumericProfile(info.name, segment, population))
+    for info in (universe.fields[f] for f in names):
+        if info.numeric is None:
+            continue
+        population = population_stats(universe, info.name)
+        if n_s == 0:
+            segment = NumericStats(**_NAN_STATS.as_dict())
+        elif n_s == n:
+            segment = population
+        else:
+            values = np.asarray(info.numeric, dtype=np.float64)  # float64 already: no copy
+            segment = numeric_stats(_kernels.gather_present(bits, values), owned=True)
+        numeric_out.append(NumericProfile(info.name, segment, population))
 
     return ProfileResult(
         snapshot=snapshot.name, version=snapshot.version, universe=universe.name, n_rows=n, n_segment=n_s,

@@ -1,4 +1,6 @@
-"""Count and Relate over a sharded snapshot (segsrv/engine/sharded/) equal the unsharded snapshot's answers."""
+"""Count and Relate over a sharded snapshot (segsrv/engine/sharded/) equal the unsharded snapshot's answers.
+
+The fixture ``petnord_sharded`` (PetNord in 1, 3 and 7 shards) is in tests/engine/conftest.py."""
 
 from __future__ import annotations
 
@@ -8,19 +10,18 @@ import math
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 
 import pandas as pd
 import pytest
 
 from segsrv.errors import CorruptSnapshotError, SegsrvError
-from segsrv.ops import CountQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery
+from segsrv.ops import CountQuery, PredictQuery, RelateQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS
-from support import CUSTOMER_CONDITIONS, quiet, repo_env, write_shop
+from support import CUSTOMER_CONDITIONS, answers, quiet, repo_env, write_shop
 
 COUNTS = [("customers", where) for where in CUSTOMER_CONDITIONS.values()] + [
     ("orders", {}),
@@ -56,17 +57,6 @@ RELATES = [
     {"from": "customers", "where": CUSTOMER_CONDITIONS["empty"]},
     {"from": "customers", "where": COUNTS[-2][1]},  # a handful of rows: suppressed under a floor of 10
 ]
-
-
-@pytest.fixture(scope="module", params=[1, 3, 7], ids=lambda n: f"{n}_shards")
-def petnord_sharded(request, tmp_path_factory, petnord_spec):
-    root = tmp_path_factory.mktemp(f"petnord_{request.param}_shards")
-    build_shards(replace(petnord_spec, shard_entity="customers"), root, request.param, progress=quiet)
-    return root / "petnord"
-
-
-def answers(service: SegmentationService, kind, obj: dict):
-    return service.call(kind.from_json(json.loads(json.dumps(obj))))
 
 
 def assert_same_relate(sharded, whole) -> None:
@@ -152,8 +142,6 @@ def test_tampered_shard_version_is_refused(petnord_sharded, tmp_path):
 
 @pytest.mark.parametrize("operation, query", [
     ("Predict", PredictQuery.from_json({"from": "customers", "target": "churned"})),
-    ("Profile", ProfileQuery.from_json({"from": "customers", "segment": {"churned": True}})),
-    ("Info", InfoQuery.from_json({})),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_other_operations_are_refused_by_name(petnord_sharded, operation, query):
     with pytest.raises(SegsrvError, match=f"^{operation}: not yet supported for sharded snapshots"):

@@ -11,6 +11,12 @@ feature:
   summed, they go through the unsharded engine's ``rank_counts`` (every statistic, filter, order,
   q-value and limit). Identifier-like fields ("every field" leaves them out) are judged by the
   summed counts, as the unsharded engine judges them by its own.
+* Profile: per shard, the segment's count, each value's count in it and each numeric field's values in
+  the segment, sorted; the summed counts go through the unsharded ``rank_profile_counts``, the merged
+  values through its ``numeric_stats`` (exact order statistics; mean and std over the ascending values).
+* Info: the shared dictionary with each universe's rows and each value's rows summed.
+* Export without a target: each shard's matching rows, shard after shard; ids made per chunk by the
+  shards the chunk spans.
 
 * Assign: each id routed to the shard holding it (``ShardedSnapshot.route_ids``), its membership
   evaluated there; segments ranked by their summed sizes and scored with the merged propensity model.
@@ -34,14 +40,27 @@ Modules: ``open`` (opening the shards, ``map``, the merged universe, routing ids
 from .assign import assign_part, sharded_assign
 from .catalog import MergedCatalog, apply_sharded_segments, merged_catalog
 from .count import count_part, sharded_count
+from .export import ShardedExportResult, export_part, ids_part, refuse_ranked, sharded_export
+from .info import MergedUniverseInfo, sharded_info
 from .open import (
     MergedUniverse, ShardedSnapshot, is_sharded, open_sharded, sharded_version, universe_summary,
 )
+from .profile import population_values_part, profile_part, sharded_profile
 from .relate import relate_part, sharded_relate
 
-# the operations answered over shards so far (docs/scale.md, "Answers over shards")
-SHARDED_OPERATIONS = ("Count", "Relate", "Assign", "ListSegments")
+# the operations answered over shards (docs/scale.md, "Answers over shards"); Export: without a target
+SHARDED_OPERATIONS = (
+    "Count",
+    "Relate",
+    "Assign",
+    "ListSegments",
+    "Profile",
+    "Info",
+    "Export",
+)
 
-__all__ = ["SHARDED_OPERATIONS", "MergedCatalog", "MergedUniverse", "ShardedSnapshot", "apply_sharded_segments",
-           "assign_part", "count_part", "is_sharded", "merged_catalog", "open_sharded", "relate_part",
-           "sharded_assign", "sharded_count", "sharded_relate", "sharded_version", "universe_summary"]
+__all__ = ["SHARDED_OPERATIONS", "MergedCatalog", "MergedUniverse", "MergedUniverseInfo", "ShardedExportResult",
+           "ShardedSnapshot", "apply_sharded_segments", "assign_part", "count_part", "export_part", "ids_part",
+           "is_sharded", "merged_catalog", "open_sharded", "population_values_part", "profile_part",
+           "refuse_ranked", "relate_part", "sharded_assign", "sharded_count", "sharded_export", "sharded_info",
+           "sharded_profile", "sharded_relate", "sharded_version", "universe_summary"]

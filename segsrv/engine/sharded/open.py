@@ -63,6 +63,10 @@ class ShardedSnapshot:
         self.entity = entity  # the shard entity's table (SHARDS' "entity"): its keys route ids
         self._merged: dict[str, MergedUniverse] = {}
 
+    @property
+    def description(self) -> str:
+        return self.schema.description  # the spec's, the same in every shard
+
     def map(self, fn, *args, shards=None) -> list:
         """[fn(shard, *args) for each shard in `shards` (default all)], in that order. A transport's
         deadline or a gone caller stops it between shards (segsrv/engine/cancel.py)."""
