@@ -96,9 +96,19 @@ def cmd_build(args) -> int:
         if given:
             raise SegsrvError(f"{given[0]}: not with --shards (a shard's version is its content hash; shards carry "
                               f"no catalog and fix their band edges over the whole data: docs/scale.md)")
+        executor = {}
+        if args.ray is not None:  # docs/scale.md, "On a Ray cluster": one Ray task per shard
+            from .ray.build import ray_map_shards
+
+            if args.threads is not None and args.threads < 1:
+                raise SegsrvError(f"--threads: expected at least 1, got {args.threads}")
+            args.threads = args.threads or 1  # the CPUs each shard's task reserves: its DuckDB threads
+            executor["map_shards"] = ray_map_shards(args.ray, args.threads)
         print(build_shards(args.spec, args.out, args.shards, progress=progress, threads=args.threads,
-                           fit_models=fit_declared_models))
+                           fit_models=fit_declared_models, **executor))
         return 0
+    if args.ray is not None:
+        raise SegsrvError("--ray: only with --shards (a single snapshot is built in this process)")
     tolerance = {} if args.band_tolerance is None else {"band_tolerance": args.band_tolerance}
     path = build_version(args.spec, args.out, version=args.version, progress=progress, threads=args.threads,
                          fit_models=fit_declared_models, **tolerance,
@@ -595,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, metavar="N",
                    help="write N customer shards and ROOT/NAME/SHARDS instead of one snapshot; the spec names "
                         "the entity in [shards] (docs/scale.md)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="with --shards: build each shard as a Ray task of --threads CPUs (default 1) on the cluster "
+                        "at ADDRESS (auto, ray://HOST:10001, or local: a Ray instance started for this build); ROOT "
+                        "must be shared storage every node sees at the same path; needs pip install segsrv[ray] "
+                        "(docs/scale.md)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("prune", help="remove old versions of a snapshot, never the CURRENT one "
