@@ -26,12 +26,12 @@ Modules: ``open`` (opening the shards, ``map``, the merged universe), one module
 
 from .count import count_part, sharded_count
 from .open import (
-    MergedUniverse, ShardedSnapshot, is_sharded, open_sharded, sharded_version, universe_summary,
+    MergedUniverse, ShardedSnapshot, is_sharded, open_shard, open_sharded, sharded_version, universe_summary,
 )
 from .relate import relate_part, sharded_relate
 
 # the operations answered over shards so far (docs/scale.md, "Answers over shards")
 SHARDED_OPERATIONS = ("Count", "Relate")
 
-__all__ = ["SHARDED_OPERATIONS", "MergedUniverse", "ShardedSnapshot", "count_part", "is_sharded", "open_sharded",
+__all__ = ["SHARDED_OPERATIONS", "MergedUniverse", "ShardedSnapshot", "count_part", "is_sharded", "open_shard", "open_sharded",
            "relate_part", "sharded_count", "sharded_relate", "sharded_version", "universe_summary"]
