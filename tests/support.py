@@ -28,6 +28,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -141,6 +142,13 @@ def repo_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers that cannot be given port 0, e.g. Ray Serve's gRPC proxy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def process_alive(pid: int) -> bool:
