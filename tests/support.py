@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from segsrv.snapshot.builder import band_labels
 
@@ -1055,3 +1056,20 @@ def write_shop(directory: Path, n_customers: int = 40) -> Path:
                   "channel": rng.choice(["web", "app", "store"], n_orders)}).to_csv(directory / "orders.csv", index=False)
     (directory / "spec.toml").write_text(SHARDED_SHOP_SPEC)
     return directory / "spec.toml"
+
+
+def assert_same_relate(sharded, whole) -> None:
+    """Counts bit for bit, statistics to 1e-12, hit by hit in the same order (features by name: the
+    shards' dictionary may hold values the unsharded build left out, so ids may differ)."""
+    assert (sharded.n_rows, sharded.n_condition, sharded.n_matching, sharded.suppressed, sharded.suppressed_hits) \
+        == (whole.n_rows, whole.n_condition, whole.n_matching, whole.suppressed, whole.suppressed_hits)
+    assert [(h.field, h.value) for h in sharded.hits] == [(h.field, h.value) for h in whole.hits]
+    for hs, hw in zip(sharded.hits, whole.hits):
+        assert set(hs.stats) == set(hw.stats)
+        for name, value in hw.stats.items():
+            if name in ("support", "n_feature"):
+                assert hs.stats[name] == value, (hw.field, hw.value, name)
+            elif math.isnan(value):
+                assert math.isnan(hs.stats[name]), (hw.field, hw.value, name)
+            else:
+                assert hs.stats[name] == pytest.approx(value, rel=1e-12, abs=1e-12), (hw.field, hw.value, name)

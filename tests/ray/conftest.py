@@ -29,6 +29,11 @@ def ray_instance():
 
 
 @pytest.fixture(scope="package")
+def shard_count() -> int:
+    return SHARD_COUNT
+
+
+@pytest.fixture(scope="package")
 def petnord_sharded4(tmp_path_factory, petnord_spec):
     """PetNord built locally (in this process) with 4 shards: ROOT/petnord."""
     root = tmp_path_factory.mktemp("petnord_4_shards")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from conftest import SHARD_COUNT
 from segsrv.ray.build import ray_map_shards
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS
@@ -19,20 +18,20 @@ def manifest(location) -> dict:
 
 
 def test_ray_build_equals_the_local_build_and_reuses_unchanged_shards(ray_instance, petnord_spec, petnord_sharded4,
-                                                                       tmp_path):
+                                                                       shard_count, tmp_path):
     spec = replace(petnord_spec, shard_entity="customers")
     said: list[str] = []
-    path = build_shards(spec, tmp_path, SHARD_COUNT, progress=said.append, threads=1,
+    path = build_shards(spec, tmp_path, shard_count, progress=said.append, threads=1,
                         map_shards=ray_map_shards("local", 1))
     assert path == tmp_path / "petnord" / SHARDS
     assert manifest(tmp_path / "petnord") == manifest(petnord_sharded4)  # versions, checksums, fingerprints
     assert [m for m in said if m.startswith("shard ")] == [
-        f"shard {i + 1}/{SHARD_COUNT} (shard-{i:03d}): built version {e['version']}"
+        f"shard {i + 1}/{shard_count} (shard-{i:03d}): built version {e['version']}"
         for i, e in enumerate(manifest(petnord_sharded4)["shards"])]
     # again, input unchanged: every shard's task finds its fingerprint in SHARDS and reuses its version
     said.clear()
-    build_shards(spec, tmp_path, SHARD_COUNT, progress=said.append, threads=1, map_shards=ray_map_shards("local", 1))
-    assert sum("unchanged, reused" in m for m in said) == SHARD_COUNT
+    build_shards(spec, tmp_path, shard_count, progress=said.append, threads=1, map_shards=ray_map_shards("local", 1))
+    assert sum("unchanged, reused" in m for m in said) == shard_count
     assert manifest(tmp_path / "petnord") == manifest(petnord_sharded4)
 
 
@@ -45,18 +44,18 @@ def _sharded_petnord_spec(tmp_path):
     return spec
 
 
-def test_cli_build_with_ray(ray_instance, tmp_path):
+def test_cli_build_with_ray(ray_instance, shard_count, tmp_path):
     """The CLI joins the running instance by its address; progress as the local build prints it."""
     address = ray_instance.get_runtime_context().gcs_address
     spec = _sharded_petnord_spec(tmp_path)
-    build_shards(spec, tmp_path / "local", SHARD_COUNT, progress=quiet)  # the spec's text is part of each shard
+    build_shards(spec, tmp_path / "local", shard_count, progress=quiet)  # the spec's text is part of each shard
     done = subprocess.run([sys.executable, "-m", "segsrv", "build", str(spec), "--out",
-                           str(tmp_path / "out"), "--shards", str(SHARD_COUNT), "--ray", address], capture_output=True,
+                           str(tmp_path / "out"), "--shards", str(shard_count), "--ray", address], capture_output=True,
                           text=True, env=repo_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "out" / "petnord" / SHARDS)
     for i, entry in enumerate(manifest(tmp_path / "local" / "petnord")["shards"]):
-        assert f"[build] shard {i + 1}/{SHARD_COUNT} (shard-{i:03d}): built version {entry['version']}" in done.stderr
+        assert f"[build] shard {i + 1}/{shard_count} (shard-{i:03d}): built version {entry['version']}" in done.stderr
     assert manifest(tmp_path / "out" / "petnord") == manifest(tmp_path / "local" / "petnord")
 
 

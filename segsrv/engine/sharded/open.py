@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import CorruptSnapshotError
+from ...errors import CorruptSnapshotError, UnknownUniverseError
 from ...snapshot.location import read_current
 from ...snapshot.reader import Snapshot, open_snapshot
 from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest
@@ -75,7 +75,11 @@ class ShardedSnapshot:
         """The universe over the shards: every shard holds part of a partitioned one; a replicated one
         (the same rows in every shard) is shard 0's alone. Found on first use (hashing row ids is linear
         in the rows), then kept: the shards do not change."""
-        schema = self.schema.universe(universe)
+        try:
+            schema = self.schema.universe(universe)
+        except UnknownUniverseError as exc:  # named as the sharded snapshot, not as its shard 0
+            raise UnknownUniverseError(exc.message.replace(repr(self.schema.name), repr(self.name), 1),
+                                       exc.violations) from None
         merged = self._merged.get(schema.name)
         if merged is None:
             parts = self.map(universe_summary, schema.name)
