@@ -8,8 +8,8 @@ Deployments (one Ray Serve application, ``segsrv``):
   shard versions asked of it from the shared storage on first use, keeps the last ``KEEP_VERSIONS`` of
   each shard and runs ``fn(shard, *args)`` on them: the per-shard functions of segsrv/engine/sharded/.
 * ``router``: Ray Serve's gRPC proxy sends it every segsrv.v1 call. It holds a SegmentationService over
-  ``RayShardedSnapshot``s, whose ``map`` sends (shard's SHARDS entry, fn, args) to the group holding each
-  shard and gathers the answers, so every operation the in-process engine merges is answered here with
+  ``RayShardedSnapshot``s, whose ``map`` sends (the SHARDS entries of the shards a group holds, fn, args)
+  to each group, one call per group in parallel, and gathers the answers, so every operation the in-process engine merges is answered here with
   the same merge, the same privacy floor and the same proto conversion and error table
   (segsrv/server/servicer.py, segsrv/server/errors.py).
 
@@ -118,9 +118,12 @@ class ShardReplica:
             versions.move_to_end(entry["version"])
             return shard
 
-    def run(self, location: str, entry: dict, dictionary: str, fn, args: tuple):
-        """fn(the shard `entry` names, *args)."""
-        return fn(self._shard(location, entry, dictionary), *args)
+    def run(self, location: str, entries: list[dict], dictionary: str, fn, args: tuple) -> list:
+        """[fn(shard, *args) for the shards `entries` (SHARDS entries) name], in order."""
+        out = []
+        for entry in entries:
+            out.append(fn(self._shard(location, entry, dictionary), *args))
+        return out
 
     def pid(self) -> int:
         return os.getpid()
@@ -146,36 +149,41 @@ class RayShardedSnapshot(ShardedSnapshot):
 
     def map(self, fn, *args, shards=None) -> list:
         indices = list(range(self.shard_count) if shards is None else shards)
-        calls = [self._send(i, fn, args) for i in indices]
+        by_group: dict[int, list[int]] = {}  # one call per shard group (a hop costs more than a shard's count)
+        for i in indices:
+            by_group.setdefault(shard_group(i, self.per_replica, len(self.groups)), []).append(i)
+        entries = self.manifest["shards"]
+        calls = {g: self.groups[g].run.remote(str(self.path), [entries[i] for i in held],
+                                              self.manifest["dictionary_sha256"], fn, args)
+                 for g, held in by_group.items()}
         try:
-            return [self._gather(i, call) for i, call in zip(indices, calls)]
+            answers = {}
+            for g, call in calls.items():
+                answers.update(zip(by_group[g], self._gather(by_group[g], call)))
+            return [answers[i] for i in indices]
         finally:
-            for call in calls:  # when one failed or the caller left: the others' answers go unread
+            for call in calls.values():  # when one failed or the caller left: the others' answers go unread
                 call.cancel()
 
-    def _send(self, index: int, fn, args: tuple):
-        group = self.groups[shard_group(index, self.per_replica, len(self.groups))]
-        return group.run.remote(str(self.path), self.manifest["shards"][index], self.manifest["dictionary_sha256"],
-                                fn, args)
-
-    def _gather(self, index: int, call):
+    def _gather(self, held: list[int], call) -> list:
         while True:
             try:
                 return call.result(timeout_s=POLL_SECONDS)
-            except ray.exceptions.RayTaskError as exc:  # the shard's function raised: that is the answer
+            except ray.exceptions.RayTaskError as exc:  # a shard's function raised: that is the answer
                 cause = exc.cause
                 if isinstance(cause, _REPLICA_GONE):
-                    raise self._gone(index, cause) from None
+                    raise self._gone(held, cause) from None
                 raise (cause if isinstance(cause, Exception) else exc) from None
             except _REPLICA_GONE as exc:
-                raise self._gone(index, exc) from None
+                raise self._gone(held, exc) from None
             except TimeoutError:
                 cancel.check()  # the caller's deadline passed or it cancelled: stop here
 
-    def _gone(self, index: int, exc: BaseException) -> ShardUnavailableError:
+    def _gone(self, held: list[int], exc: BaseException) -> ShardUnavailableError:
+        shards = f"shard {held[0]}" if len(held) == 1 else f"shards {', '.join(map(str, held))}"
         return ShardUnavailableError(
-            f"shard {index} of {self.name}: its replica died or could not be reached ({type(exc).__name__}); Ray "
-            f"Serve replaces it: retry")
+            f"{shards} of {self.name}: the replica died or could not be reached ({type(exc).__name__}); Ray Serve "
+            f"replaces it: retry")
 
 
 class ShardedBuilds:

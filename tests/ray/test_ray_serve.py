@@ -162,7 +162,7 @@ def test_a_call_in_flight_on_a_dying_replica_gets_unavailable(router, served_roo
     caller.join(60)
     assert not caller.is_alive()
     assert isinstance(outcome.get("error"), ShardUnavailableError), outcome
-    assert "shard 1 of petnord: its replica died" in str(outcome["error"])
+    assert "shard 1 of petnord: the replica died" in str(outcome["error"])
     _wait_for_a_new_replica(0, name)
 
 
