@@ -365,6 +365,7 @@ def deploy(root: str, *, shards_per_replica: int, replicas: int = 1, port: int =
     serve.start(http_options={"host": "127.0.0.1", "port": http_port},
                 grpc_options=gRPCOptions(port=port, grpc_servicer_functions=SERVICER_FUNCTIONS,
                                          request_timeout_s=request_timeout))
+    _check_grpc_proxy(port)
     actor = {"num_cpus": replica_cpus}
     groups = [serve.deployment(ShardReplica).options(name=f"shards-{g}", num_replicas=replicas,
                                                      ray_actor_options=actor).bind(g)
@@ -372,6 +373,21 @@ def deploy(root: str, *, shards_per_replica: int, replicas: int = 1, port: int =
     router = serve.deployment(Router).options(name="router", ray_actor_options=actor).bind(
         str(root), groups, shards_per_replica, service_options or {}, tokens, reload_interval)
     return serve.run(router, name=APP_NAME, route_prefix=f"/{APP_NAME}")
+
+
+def _check_grpc_proxy(port: int) -> None:
+    """Refuse to deploy behind a Ray Serve started earlier on this cluster with another gRPC port or without
+    the segsrv.v1 servicer: serve.start keeps the first options (Ray Serve's private controller API: the
+    public one does not tell)."""
+    from ray.serve.context import _get_global_client
+
+    running = ray.get(_get_global_client()._controller.get_grpc_config.remote())
+    if running.port != port or not set(SERVICER_FUNCTIONS) <= set(running.grpc_servicer_functions):
+        raise SegsrvError(
+            f"Ray Serve already runs on this cluster with its gRPC proxy on port {running.port} serving "
+            f"{running.grpc_servicer_functions or 'no gRPC service'}, and keeps those options: one serve-ray per "
+            f"cluster (stop the running Serve with `serve shutdown`, or give --port {running.port} when it "
+            f"already serves segsrv.v1)")
 
 
 def wait_for_replicas(timeout: float = 120.0) -> None:

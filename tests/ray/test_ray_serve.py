@@ -4,6 +4,8 @@ answers for the unsharded PetNord; a killed shard replica is replaced; a new bui
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -17,13 +19,13 @@ from ray import cloudpickle, serve
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
 from segsrv.engine.sharded import open_shard, sharded_version
-from segsrv.errors import ShardUnavailableError
+from segsrv.errors import SegsrvError, ShardUnavailableError
 from segsrv.ops import CountQuery, RelateQuery
 from segsrv.ray.serve import APP_NAME, RayShardedSnapshot, deploy, wait_for_replicas
 from segsrv.server.app import create_server
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import read_shard_manifest
-from support import CUSTOMER_CONDITIONS, assert_same_relate, free_port, quiet
+from support import CUSTOMER_CONDITIONS, assert_same_relate, free_port, quiet, repo_env
 
 PER_REPLICA = 2  # shards per shard-replica deployment: shards-0 holds shards 0 and 1, shards-1 shards 2 and 3
 PRIVACY_K = 10  # segsrv serve's default, on both sides
@@ -52,6 +54,35 @@ def served_root(petnord_sharded4, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray_served")
     shutil.copytree(petnord_sharded4, root / "petnord")
     return root
+
+
+def test_cli_serve_ray_serves_until_sigterm(ray_instance, served_root, whole, tmp_path):
+    """`segsrv serve-ray` joins the running instance (first in this module: Serve is not started yet)."""
+    port = free_port()
+    log = tmp_path / "serve-ray.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "segsrv", "serve-ray", "--snapshots", str(served_root), "--shards-per-replica",
+             str(PER_REPLICA), "--port", str(port), "--address", ray_instance.get_runtime_context().gcs_address,
+             "--replica-cpus", "0"], stderr=err, env=repo_env())
+    try:
+        t0 = time.monotonic()
+        while f"serving petnord over gRPC on port {port}" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() - t0 < STARTUP_SECONDS, log.read_text()[-3000:]
+            time.sleep(0.5)
+        with SegsrvClient(f"127.0.0.1:{port}", timeout=STARTUP_SECONDS) as client:
+            assert_same_counts(client, whole)
+        # Serve keeps the options it started with: a second serve-ray on another port is refused
+        with pytest.raises(SegsrvError, match=f"already runs on this cluster with its gRPC proxy on port {port}"):
+            deploy(str(served_root), shards_per_replica=PER_REPLICA, port=free_port(), replica_cpus=0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(STARTUP_SECONDS) == 0
+        assert "[serve-ray] stopped" in log.read_text()
+        assert APP_NAME not in serve.status().applications  # the application is removed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        serve.shutdown()  # the router fixture starts Serve with its own port
 
 
 @pytest.fixture(scope="module")
