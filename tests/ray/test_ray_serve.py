@@ -19,7 +19,8 @@ from ray import cloudpickle, serve
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
 from segsrv.engine.sharded import open_shard, sharded_version
-from segsrv.errors import SegsrvError, ShardUnavailableError
+from segsrv.engine import cancel
+from segsrv.errors import RequestCancelled, SegsrvError, ShardUnavailableError
 from segsrv.ops import CountQuery, RelateQuery
 from segsrv.ray.serve import APP_NAME, RayShardedSnapshot, deploy, wait_for_replicas
 from segsrv.server.app import create_server
@@ -168,8 +169,8 @@ def _slow_part(shard, seconds: float) -> str:
     return shard.version
 
 
-def test_a_call_in_flight_on_a_dying_replica_gets_unavailable(router, served_root, shard_count):
-    """The router's fan-out (RayShardedSnapshot.map) run from here: the replica dies while it answers."""
+def _fan_out(served_root, shard_count) -> RayShardedSnapshot:
+    """The router's view of the served build, here: its map fans out to the shard replicas from this process."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # _slow_part is this module's: sent by value
     location = served_root / "petnord"
     manifest = read_shard_manifest(location)
@@ -177,6 +178,27 @@ def test_a_call_in_flight_on_a_dying_replica_gets_unavailable(router, served_roo
     groups = [serve.get_deployment_handle(f"shards-{g}", APP_NAME) for g in range(shard_count // PER_REPLICA)]
     sharded = RayShardedSnapshot(location, manifest, schema, groups, PER_REPLICA)
     assert sharded.map(_slow_part, 0.0) == [e["version"] for e in manifest["shards"]]
+    return sharded
+
+
+def test_a_caller_gone_stops_the_fan_out(router, served_root, shard_count):
+    """The router waits for shard answers checking its caller (what Ray Serve's cancellation sets, or a
+    deadline): once the check raises, map raises within a poll and leaves the shard calls."""
+    sharded = _fan_out(served_root, shard_count)
+    t0 = time.monotonic()
+
+    def caller_gone():
+        if time.monotonic() - t0 > 1.0:
+            raise RequestCancelled("the call was cancelled or its deadline passed")
+
+    with cancel.checking(caller_gone), pytest.raises(RequestCancelled):
+        sharded.map(_slow_part, 15.0)
+    assert time.monotonic() - t0 < 10  # not the 15 s the shards would take
+
+
+def test_a_call_in_flight_on_a_dying_replica_gets_unavailable(router, served_root, shard_count):
+    """The router's fan-out run from here: the replica dies while it answers."""
+    sharded = _fan_out(served_root, shard_count)
     outcome: dict = {}
 
     def fan_out():
