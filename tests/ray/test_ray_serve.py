@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from grpc_status import rpc_status
 import ray
 from ray import cloudpickle, serve
 
@@ -26,6 +27,8 @@ from segsrv.ray.serve import APP_NAME, RayShardedSnapshot, deploy, wait_for_repl
 from segsrv.server.app import create_server
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import read_shard_manifest
+from segsrv.v1 import segsrv_pb2 as pb
+from segsrv.v1 import segsrv_pb2_grpc as pb_grpc
 from support import CUSTOMER_CONDITIONS, assert_same_relate, free_port, quiet, repo_env
 
 PER_REPLICA = 2  # shards per shard-replica deployment: shards-0 holds shards 0 and 1, shards-1 shards 2 and 3
@@ -94,7 +97,7 @@ def router(ray_instance, served_root):
     wait_for_replicas(STARTUP_SECONDS)
     with SegsrvClient(f"127.0.0.1:{port}", timeout=60) as client:
         client.count({"from": "customers"}, timeout=STARTUP_SECONDS)  # every shard group opened its shards
-        yield SimpleNamespace(address=f"127.0.0.1:{port}", client=client)
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", port=port, client=client)
     serve.delete(APP_NAME)
 
 
@@ -272,3 +275,41 @@ def test_hot_reload_swaps_a_new_build_in_whole(router, whole, served_root, petno
         assert_same_relate(router.client.call(RelateQuery.from_json(obj)), whole.call(RelateQuery.from_json(obj)))
     opened = serve.get_deployment_handle("shards-0", APP_NAME).opened.remote().result()
     assert any(len(versions) == 2 for versions in opened.values())  # the old build's shard, kept for a while
+
+
+QUERY_TOKEN, EXPORT_TOKEN = "q" * 24, "e" * 24
+
+
+def test_tokens_as_segsrv_serve(router, served_root, tmp_path):
+    """Redeployed with --tokens: the router checks each call's bearer token and scope (last: it redeploys)."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[tokens]]\nname = "dash"\ntoken = "{QUERY_TOKEN}"\nscopes = ["query"]\n\n'
+                      f'[[tokens]]\nname = "crm"\ntoken = "{EXPORT_TOKEN}"\nscopes = ["export"]\n')
+    deploy(str(served_root), shards_per_replica=PER_REPLICA, port=router.port, service_options={"privacy_k": PRIVACY_K},
+           tokens=str(tokens), replica_cpus=0, reload_interval=0.5)
+    wait_for_replicas(STARTUP_SECONDS)
+    with grpc.insecure_channel(router.address) as channel:
+        stub = pb_grpc.SegmentationServiceStub(channel)
+        count = pb.CountRequest(universe="customers")
+
+        def code(call, *args, token=None):
+            try:
+                call(*args, timeout=STARTUP_SECONDS, metadata=(("authorization", f"Bearer {token}"),) if token else None)
+            except grpc.RpcError as err:
+                return err.code(), err
+            return grpc.StatusCode.OK, None
+
+        status, err = code(stub.Count, count)
+        assert status == grpc.StatusCode.UNAUTHENTICATED
+        assert rpc_status.from_call(err).message == "missing credentials: send metadata 'authorization: Bearer <token>'"
+        assert code(stub.Count, count, token=QUERY_TOKEN)[0] == grpc.StatusCode.OK
+        status, err = code(stub.Count, count, token=EXPORT_TOKEN)
+        assert status == grpc.StatusCode.PERMISSION_DENIED and "'crm' lacks scope 'query'" in err.details()
+
+        def export(**kwargs):
+            return list(stub.ExportMembers(pb.ExportMembersRequest(universe="customers"), **kwargs))
+
+        status, err = code(export, token=QUERY_TOKEN)  # a stream: the status and message travel, as for unary
+        assert status == grpc.StatusCode.PERMISSION_DENIED and "'dash' lacks scope 'export'" in err.details()
+        assert code(export, token=EXPORT_TOKEN)[0] not in (grpc.StatusCode.UNAUTHENTICATED,
+                                                           grpc.StatusCode.PERMISSION_DENIED)
