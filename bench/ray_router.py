@@ -15,17 +15,16 @@ Measured, each the median of CALLS calls after one warm-up (privacy floor 10, as
 * one shard's Count: the same call running the Count's per-shard function.
 
 ``router_latency(location, ...)`` returns the figures as a dict (bench/scale.py calls it); ``main`` prints
-them.
+them and writes bench/results/ray_router.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import time
 
-from common import median_ms
+from common import median_ms, write_result
 
 COUNT = {"from": "customers", "where": {"churned": True}}
 RELATE = {"from": "orders", "where": {"customer.churned": True}, "limit": 20}
@@ -107,7 +106,7 @@ def main() -> None:
     print(f"  per hop: ingress (client -> proxy -> router -> client) {r['ingress_hop_ms']:.2f}; one shard call "
           f"(router-side handle -> replica -> answer) {r['shard_hop_ms']:.2f}, with a shard's Count "
           f"{r['shard_count_ms']:.2f}")
-    print(json.dumps(r))
+    print(f"wrote {write_result('ray_router', r)}")
 
 
 if __name__ == "__main__":
