@@ -34,8 +34,12 @@ def connect(address: str):
     if not address:
         raise SegsrvError("--ray: expected a Ray address: auto, ray://HOST:PORT or local")
     if not ray.is_initialized():
-        if address == "local":
-            ray.init(include_dashboard=False)
-        else:
-            ray.init(address=address)
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False)
+            else:
+                ray.init(address=address)
+        except ConnectionError as exc:
+            raise SegsrvError(f"no Ray cluster at {address!r} ({exc}); start one (ray start --head), name its "
+                              f"address, or use local") from None
     return ray

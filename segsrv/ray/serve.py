@@ -325,14 +325,6 @@ class Router:
     def ExportMembers(self, request, grpc_context):
         yield from self._stream("ExportMembers", export_messages, request, grpc_context)
 
-    def reload(self) -> list[str]:
-        """Read SHARDS now (the reload thread does so every reload_interval); the names swapped in."""
-        return self.builds.refresh()
-
-    def versions(self) -> dict[str, str]:
-        """The build each snapshot is answered from."""
-        return {name: self.builds.resolve(name).version for name in self.builds.names()}
-
 
 def _unary_handler(method: str):
     async def handler(self, request, grpc_context):  # Ray Serve calls the router's method of the RPC's name
@@ -362,6 +354,11 @@ def deploy(root: str, *, shards_per_replica: int, replicas: int = 1, port: int =
         TokenStore.load(tokens)  # a bad file fails here, not in the router's constructor
     most = max(read_shard_manifest(location)["shard_count"] for location in sharded_locations(root).values())
     n_groups = -(-most // shards_per_replica)
+    needed, total = (n_groups * replicas + 1) * replica_cpus, ray.cluster_resources().get("CPU", 0)
+    if needed > total:  # Ray Serve would wait for CPUs that may never come: say so rather than hang silently
+        log.warning("the deployments reserve %g CPUs (%d shard replicas and the router, --replica-cpus %g) and the "
+                    "cluster has %g: Ray Serve waits until nodes join (or give a smaller --replica-cpus)",
+                    needed, n_groups * replicas, replica_cpus, total)
     serve.start(http_options={"host": "127.0.0.1", "port": http_port},
                 grpc_options=gRPCOptions(port=port, grpc_servicer_functions=SERVICER_FUNCTIONS,
                                          request_timeout_s=request_timeout))
