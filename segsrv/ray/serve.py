@@ -280,12 +280,12 @@ class Router:
         self.service = SegmentationService(self.builds, **service_options)
         self.tokens = TokenStore.load(tokens) if tokens else None
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="segsrv-router")
-        self._stop = threading.Event()
         if reload_interval > 0:
             threading.Thread(target=self._reload, args=(reload_interval,), name="segsrv-reload", daemon=True).start()
 
     def _reload(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while True:
+            time.sleep(interval)
             try:
                 self.builds.refresh()
             except Exception:  # noqa: BLE001 - the reloader must outlive a bad moment of the storage
