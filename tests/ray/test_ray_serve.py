@@ -238,7 +238,8 @@ def test_a_killed_shard_replica_is_replaced_and_later_calls_succeed(router, whol
     name, actor = _replica_actor(1)
     old_pid = serve.get_deployment_handle("shards-1", APP_NAME).pid.remote().result()
     ray.kill(actor, no_restart=True)
-    # calls right after the death: each answers, or fails UNAVAILABLE (then the clients retry), nothing else
+    # calls right after the death: each answers (Ray Serve holds a call until a live replica takes it: observed,
+    # after the replacement) or fails UNAVAILABLE (then the clients retry), nothing else
     codes = []
     with SegsrvClient(router.address, timeout=30, retry=False) as once:
         for _ in range(5):
