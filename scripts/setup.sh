@@ -2,7 +2,7 @@
 # Create .venv (once) and install segsrv in editable mode; compiles the Cython kernels and generates the
 # protobuf code. Idempotent; safe to run again after pulling.
 #   bash scripts/setup.sh          what the demo needs: segsrv and its runtime dependencies only
-#   bash scripts/setup.sh --dev    also the test and bench extras (scripts/test.sh, make bench)
+#   bash scripts/setup.sh --dev    also the test, bench and ray extras (scripts/test.sh, make bench)
 # pip is skipped when nothing that affects the install changed since the last run: .venv/.segsrv-setup holds
 # a hash of pyproject.toml, setup.py, kernels/, proto/ and the Python version, and which profile was installed
 # (--dev covers the runtime one). SEGSRV_SETUP_FORCE=1 installs anyway.
@@ -13,7 +13,7 @@ PROFILE=runtime
 case "${1:-}" in
     "") ;;
     --dev) PROFILE=dev ;;
-    *) echo "setup.sh: unknown argument '$1' (expected nothing, or --dev for the test and bench extras)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown argument '$1' (expected nothing, or --dev for the test, bench and ray extras)" >&2; exit 2 ;;
 esac
 if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv with $($PY --version)"
@@ -44,8 +44,9 @@ if [ "$PROFILE" = runtime ]; then
     echo "[setup] installing segsrv (editable, runtime dependencies; compiles kernels)"
     .venv/bin/python -m pip install -q -e .
 else
-    echo "[setup] installing segsrv (editable, with the test and bench extras; compiles kernels)"
-    .venv/bin/python -m pip install -q -e ".[test,bench]"
+    echo "[setup] installing segsrv (editable, with the test, bench and ray extras; compiles kernels)"
+    # ray: tests/ray runs the Ray build and the Ray Serve router on a local Ray instance
+    .venv/bin/python -m pip install -q -e ".[test,bench,ray]"
     # pysubgroup (the anchor of supervised discover) pins numpy<2 in its metadata but runs on numpy 2; its
     # other dependencies come with the test extra. --no-deps keeps pip from downgrading numpy under mlxtend.
     .venv/bin/python -m pip install -q --no-deps "pysubgroup==0.9.0"

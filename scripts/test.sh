@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh --dev: with the test and bench extras) and run every test CI runs:
+# Set up (scripts/setup.sh --dev: with the test, bench and ray extras) and run every test CI runs:
 #   1. buf lint of proto/ (STANDARD rules),
 #   2. the Python test suite (pytest; extra arguments go to pytest),
 #   3. scripts/clients_test.sh: buf breaking, the Go, Java and Node clients, the HTTP/JSON gateway and the generic

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -95,11 +96,21 @@ def cmd_build(args) -> int:
         if given:
             raise SegsrvError(f"{given[0]}: not with --shards (a shard's version is its content hash; shards fix their "
                               f"band edges over the whole data: docs/scale.md)")
+        executor = {}
+        if args.ray is not None:  # docs/scale.md, "On a Ray cluster": one Ray task per shard
+            from .ray.build import ray_map_shards
+
+            if args.threads is not None and args.threads < 1:
+                raise SegsrvError(f"--threads: expected at least 1, got {args.threads}")
+            args.threads = args.threads or 1  # the CPUs each shard's task reserves: its DuckDB threads
+            executor["map_shards"] = ray_map_shards(args.ray, args.threads)
         print(build_sharded_version(args.spec, args.out, args.shards, progress=progress, threads=args.threads,
                                     fit_models=fit_declared_models, carry_catalog=not args.no_catalog,
                                     drop_unresolved=args.drop_unresolved_segments,
-                                    fit_propensities=not args.no_propensity_models))
+                                    fit_propensities=not args.no_propensity_models, **executor))
         return 0
+    if args.ray is not None:
+        raise SegsrvError("--ray: only with --shards (a single snapshot is built in this process)")
     tolerance = {} if args.band_tolerance is None else {"band_tolerance": args.band_tolerance}
     path = build_version(args.spec, args.out, version=args.version, progress=progress, threads=args.threads,
                          fit_models=fit_declared_models, **tolerance,
@@ -529,6 +540,49 @@ def cmd_serve(args) -> int:
     return serve(args.snapshots, args.host, args.port, **kwargs)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve_ray(args) -> int:
+    """docs/scale.md, "On a Ray cluster"."""
+    from .ray import connect
+
+    for flag, value, ok, expected in (
+        ("--shards-per-replica", args.shards_per_replica, args.shards_per_replica >= 1, "at least 1"),
+        ("--replicas", args.replicas, args.replicas >= 1, "at least 1"),
+        ("--privacy-k", args.privacy_k, args.privacy_k >= 0, "0 or more (0 or 1: no floor)"),
+        ("--max-discover-candidates", args.max_discover_candidates, args.max_discover_candidates >= 2, "at least 2"),
+        ("--reload-interval", args.reload_interval, args.reload_interval >= 0, "0 (never) or more seconds"),
+        ("--replica-cpus", args.replica_cpus, args.replica_cpus >= 0, "0 or more"),
+        ("--request-timeout", args.request_timeout, args.request_timeout is None or args.request_timeout > 0,
+         "more than 0 seconds"),
+    ):
+        if not ok:
+            raise SegsrvError(f"{flag}: expected {expected}, got {value}")
+    ray = connect(args.address)
+    from .ray.serve import deploy, sharded_locations
+
+    served = sharded_locations(args.snapshots)  # fails before anything is deployed when there is nothing to serve
+    deploy(args.snapshots, shards_per_replica=args.shards_per_replica, replicas=args.replicas, port=args.port,
+           service_options={"privacy_k": args.privacy_k, "max_discover_candidates": args.max_discover_candidates},
+           tokens=args.tokens, reload_interval=args.reload_interval, replica_cpus=args.replica_cpus,
+           request_timeout=args.request_timeout)
+    print(f"[serve-ray] serving {', '.join(sorted(served))} over gRPC on port {args.port} (Ray Serve application "
+          f"'segsrv'); Ctrl-C to stop", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: the application removed, a local Ray stopped
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.delete("segsrv")
+        ray.shutdown()
+        print("[serve-ray] stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_diff(args) -> int:
     from .engine.diff import diff_versions, open_versions
     from .ops.diff import write_id_lists
@@ -615,6 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, metavar="N",
                    help="write N customer shards and ROOT/NAME/SHARDS instead of one snapshot; the spec names "
                         "the entity in [shards] (docs/scale.md)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="with --shards: build each shard as a Ray task of --threads CPUs (default 1) on the cluster "
+                        "at ADDRESS (auto, ray://HOST:10001, or local: a Ray instance started for this build); ROOT "
+                        "must be shared storage every node sees at the same path; needs pip install segsrv[ray] "
+                        "(docs/scale.md)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("prune", help="remove old versions of a snapshot, never the CURRENT one "
@@ -896,6 +955,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close connections after this long (clients reconnect and spread over workers "
                         "again; default 0 = never)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("serve-ray", help="serve sharded snapshots on a Ray cluster: Ray Serve shard replicas and a "
+                                         "router that speaks segsrv.v1 gRPC (docs/scale.md; pip install segsrv[ray])")
+    p.add_argument("--snapshots", required=True, metavar="ROOT_OR_URI",
+                   help="a sharded snapshot (ROOT/NAME holding SHARDS) or a root of them, on storage every Ray node "
+                        "sees at the same path (a path, or file:///path)")
+    p.add_argument("--shards-per-replica", type=int, required=True, metavar="K",
+                   help="shards each shard-replica deployment holds (of every snapshot served): ceil(N / K) "
+                        "deployments for N shards")
+    p.add_argument("--replicas", type=int, default=1, metavar="R",
+                   help="replicas of each shard deployment, for throughput (default 1)")
+    p.add_argument("--port", type=int, default=50051, help="the gRPC port of Ray Serve's proxy on every node (default "
+                                                            "50051; it listens on all interfaces)")
+    p.add_argument("--address", default="auto", metavar="ADDRESS",
+                   help="the Ray cluster: auto (the one this node belongs to; default), ray://HOST:10001, or local "
+                        "(a Ray instance started by this command, stopped with it)")
+    p.add_argument("--privacy-k", type=int, default=10, metavar="K",
+                   help="privacy floor, as segsrv serve's (default 10; 0 or 1 turns it off)")
+    p.add_argument("--max-discover-candidates", type=int, default=2000, metavar="N",
+                   help="as segsrv serve's (default 2000)")
+    p.add_argument("--tokens", metavar="FILE", help="bearer tokens with scopes, as segsrv serve's (docs/server.md)")
+    p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="how often the router reads SHARDS for a new build (default 1; 0 = never)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, metavar="N",
+                   help="CPUs Ray reserves for each replica, the router's included (default 1)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="SECONDS",
+                   help="Ray Serve's end-to-end limit per call, DEADLINE_EXCEEDED past it (default: none; a "
+                        "client's own deadline always applies)")
+    p.set_defaults(func=cmd_serve_ray)
 
     p = sub.add_parser("diff", help="drift of the segment catalog between two versions of a snapshot",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -34,6 +34,9 @@ class Violation(tuple):
         self.item = item
         return self
 
+    def __reduce__(self):  # pickles whole: errors travel from Ray shard replicas to the router (segsrv/ray)
+        return Violation, (self[0], self[1], self.kind, self.item)
+
     @property
     def field(self) -> str:
         return self[0]
@@ -104,6 +107,11 @@ class NoSnapshotServedError(SnapshotError):
 
 class SnapshotWithdrawnError(SnapshotError):
     """A served version's files changed on disk after it was verified: it is no longer served."""
+
+
+class ShardUnavailableError(SegsrvError):
+    """A shard replica of `segsrv serve-ray` died or could not be reached while answering (Ray replaces it;
+    the call is worth a retry)."""
 
 
 # --- queries ------------------------------------------------------------------
@@ -192,6 +200,7 @@ REASONS: dict[type[BaseException], str] = {
     VersionNotServedError: "VERSION_NOT_SERVED",
     NoSnapshotServedError: "NO_SNAPSHOT_SERVED",
     SnapshotWithdrawnError: "SNAPSHOT_WITHDRAWN",
+    ShardUnavailableError: "SHARD_UNAVAILABLE",
     NoCatalogError: "NO_CATALOG",
     NotBuiltYetError: "NOT_BUILT_YET",
     DeadlineExpired: "DEADLINE_EXPIRED",

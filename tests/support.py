@@ -28,6 +28,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,6 +148,13 @@ def repo_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers that cannot be given port 0, e.g. Ray Serve's gRPC proxy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def process_alive(pid: int) -> bool:
@@ -1090,3 +1098,20 @@ def assert_same_assign(got, want, tolerance: float = 1e-12) -> None:
                 assert m.propensity is None
             else:
                 assert m.propensity == pytest.approx(n.propensity, rel=tolerance, abs=tolerance), (a.id, m.segment)
+
+
+def assert_same_relate(sharded, whole) -> None:
+    """Counts bit for bit, statistics to 1e-12, hit by hit in the same order (features by name: the
+    shards' dictionary may hold values the unsharded build left out, so ids may differ)."""
+    assert (sharded.n_rows, sharded.n_condition, sharded.n_matching, sharded.suppressed, sharded.suppressed_hits) \
+        == (whole.n_rows, whole.n_condition, whole.n_matching, whole.suppressed, whole.suppressed_hits)
+    assert [(h.field, h.value) for h in sharded.hits] == [(h.field, h.value) for h in whole.hits]
+    for hs, hw in zip(sharded.hits, whole.hits):
+        assert set(hs.stats) == set(hw.stats)
+        for name, value in hw.stats.items():
+            if name in ("support", "n_feature"):
+                assert hs.stats[name] == value, (hw.field, hw.value, name)
+            elif math.isnan(value):
+                assert math.isnan(hs.stats[name]), (hw.field, hw.value, name)
+            else:
+                assert hs.stats[name] == pytest.approx(value, rel=1e-12, abs=1e-12), (hw.field, hw.value, name)

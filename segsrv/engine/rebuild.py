@@ -44,7 +44,7 @@ def build_version(spec_path: str | Path | Spec, out_root: str | Path, *, version
                   progress: Progress | None = None, threads: int | None = None,
                   fit_models: FitModels | None = None, band_tolerance: float = DEFAULT_TOLERANCE,
                   carry_catalog: bool = True, drop_unresolved: bool = False,
-                  fit_propensities: bool = True) -> Path:
+                  fit_propensities: bool = True, map_shards=map) -> Path:
     """Build the spec under OUT_ROOT/NAME, carrying the CURRENT version's catalog over (module docstring).
 
     `version` names the version CURRENT ends at (with a carried catalog: the catalog version; the data
@@ -81,14 +81,15 @@ def build_version(spec_path: str | Path | Spec, out_root: str | Path, *, version
 def build_sharded_version(spec_path: str | Path | Spec, out_root: str | Path, count: int, *,
                           progress: Progress | None = None, threads: int | None = None,
                           fit_models: FitModels | None = None, carry_catalog: bool = True,
-                          drop_unresolved: bool = False, fit_propensities: bool = True) -> Path:
+                          drop_unresolved: bool = False, fit_propensities: bool = True, map_shards=map) -> Path:
     """`segsrv build SPEC --shards N` carrying the segment catalog of the build SHARDS names over, as
     `build_version` carries an unsharded one: once every shard is built (or reused), the catalog is applied
     to the new shards (segsrv.engine.sharded.catalog.publish_sharded_catalog: validated, its models fitted
     from the merged counts, a catalog version of each shard published) before any CURRENT moves and SHARDS
     is written; a catalog that does not carry over fails the build (SHARDS unchanged) unless
     `drop_unresolved`. Without `carry_catalog` the shards end without a catalog (a reused shard that had one
-    gets a version without it). Returns the SHARDS path."""
+    gets a version without it). map_shards: the executor of the shard builds (shardbuild.MapShards; Ray's
+    in segsrv/ray/build.py). Returns the SHARDS path."""
     from ..snapshot.shardbuild import build_shards, previous_catalog
     from .sharded.catalog import publish_sharded_catalog
     from .sharded.open import open_versions
@@ -117,4 +118,4 @@ def build_sharded_version(spec_path: str | Path | Spec, out_root: str | Path, co
         return versions
 
     return build_shards(spec, out_root, count, progress=progress, threads=threads, fit_models=fit_models,
-                        finish=finish)
+                        finish=finish, map_shards=map_shards)

@@ -44,6 +44,7 @@ from grpc_status import rpc_status
 from ..errors import (
     DeadlineExpired,
     RequestCancelled,
+    ShardUnavailableError,
     Violation,
     as_violation,
     reason_for,
@@ -91,6 +92,8 @@ STATUS_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     SnapshotNotFoundError: grpc.StatusCode.NOT_FOUND,
     VersionNotServedError: grpc.StatusCode.FAILED_PRECONDITION,
     NoSnapshotServedError: grpc.StatusCode.UNAVAILABLE,
+    # a shard replica of serve-ray died mid-call (Ray replaces it): the clients retry UNAVAILABLE
+    ShardUnavailableError: grpc.StatusCode.UNAVAILABLE,
     # its files changed on disk after they were verified: the data is not what was published
     SnapshotWithdrawnError: grpc.StatusCode.DATA_LOSS,
     NotBuiltYetError: grpc.StatusCode.UNIMPLEMENTED,
@@ -168,9 +171,16 @@ def build_status(exc: BaseException, locate: Callable[[Violation], list[str]] | 
     return status, None
 
 
+def grpc_status(exc: BaseException, locate: Callable[[Violation], list[str]] | None = None,
+                method: str = "") -> grpc.Status:
+    """The status for `exc` as gRPC sends it: code, details and trailing metadata (the google.rpc.Status
+    in ``grpc-status-details-bin``). A transport that has no ``abort_with_status`` (Ray Serve's gRPC
+    context: segsrv/ray/serve.py) sets these three."""
+    return rpc_status.to_status(build_status(exc, locate, method)[0])
+
+
 def abort(context: grpc.ServicerContext, exc: BaseException,
           locate: Callable[[Violation], list[str]] | None = None, method: str = "") -> NoReturn:
     """End the RPC with the status for `exc` (raises, as grpc's abort does)."""
-    status, _ = build_status(exc, locate, method)
-    context.abort_with_status(rpc_status.to_status(status))
+    context.abort_with_status(grpc_status(exc, locate, method))
     raise AssertionError("unreachable")  # abort_with_status raises

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import duckdb
 
@@ -67,11 +68,47 @@ def previous_catalog(snapshot_dir: Path) -> dict:
     return dict(manifest.get("segments") or {})
 
 
+# map_shards(fn, indices) -> fn(index) for each index, in that order: the executor of the shard builds
+# (`map` in this process; segsrv/ray/build.py runs each as a Ray task)
+MapShards = Callable[[Callable[[int], dict], range], Iterable[dict]]
+
+
+def build_shard(spec: Spec, snapshot_dir: Path, count: int, vocabulary: Vocabulary, vocab_sha: str,
+                previous: list[dict], threads: int | None, fit_models: FitModels | None, progress: Progress,
+                index: int) -> dict:
+    """Build (or reuse) shard INDEX of COUNT under SNAPSHOT_DIR without pointing its CURRENT; returns its
+    SHARDS entry, its rows per partitioned table, its dictionary's digest and whether it was reused."""
+    name = shard_dir_name(index)
+    outcome: dict = {}
+
+    def reuse(content: str, rows: dict[str, int]) -> Path | None:
+        outcome["rows"] = rows
+        # the code that builds a shard is part of its input: an upgrade rebuilds every shard
+        fingerprint = hashlib.sha256(f"{spec.fingerprint}\n{count}\n{vocab_sha}\n{content}\nsegsrv "
+                                     f"{__version__}\nduckdb {duckdb.__version__}".encode("utf-8")).hexdigest()
+        outcome["input_sha256"] = fingerprint
+        old = previous[index] if len(previous) == count else None
+        outcome["reused"] = old is not None and old.get("input_sha256") == fingerprint
+        return snapshot_dir / name / old["version"] if outcome["reused"] else None
+
+    vdir = build_snapshot(replace(spec, name=name), snapshot_dir, progress=lambda m: progress(f"{name}: {m}"),
+                          threads=threads, fit_models=fit_models, vocabulary=vocabulary,
+                          shard=ShardRows(partition_plan(spec), index, count), reuse=reuse, set_current=False)
+    manifest_bytes = (vdir / fmt.MANIFEST).read_bytes()
+    return {"entry": {"index": index, "dir": name, "version": vdir.name,
+                      "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+                      "input_sha256": outcome["input_sha256"]},
+            "rows": outcome["rows"], "dictionary_sha256": dictionary_sha256(json.loads(manifest_bytes)),
+            "reused": outcome["reused"]}
+
+
 def build_shards(spec_path: str | Path | Spec, out_root: str | Path, count: int, *, progress: Progress | None = None,
                  threads: int | None = None, fit_models: FitModels | None = None,
-                 finish: Callable[[Path, list[dict]], list[str]] | None = None) -> Path:
+                 finish: Callable[[Path, list[dict]], list[str]] | None = None, map_shards: MapShards = map) -> Path:
     """Build COUNT shard snapshots of the spec under OUT_ROOT/NAME/shard-III and write OUT_ROOT/NAME/SHARDS
     last; returns the SHARDS path. A shard whose input fingerprint matches the previous build's is reused.
+    The dictionary pass and SHARDS are this process's; the shards are built by `map_shards` (default: one
+    after the other here), which must return their results in shard order.
     finish(OUT_ROOT/NAME, entries) -> the version each shard ends at: called once every shard is built,
     before any CURRENT moves (segsrv.engine.rebuild carries the segment catalog over there: a version of
     each shard with the catalog, hard-linked to the one built)."""
@@ -83,37 +120,21 @@ def build_shards(spec_path: str | Path | Spec, out_root: str | Path, count: int,
         f"{', '.join([plan.entity, *plan.parents])}; replicated: "
         f"{', '.join(t for t in spec.tables if not plan.partitioned(t)) or 'none'}")
     vocabulary, total_rows = plan_vocabulary(spec, lambda m: say(f"dictionary: {m}"), threads)
-    vocab_sha = _vocabulary_sha256(vocabulary)
     snapshot_dir = Path(out_root) / spec.name
     previous = _previous_shards(snapshot_dir, say)
     entries, dictionaries = [], set()
     sharded_rows = dict.fromkeys(plan.parents, 0)  # every entity row hashes to a shard; linked rows may not
-    for index in range(count):
-        name = shard_dir_name(index)
-        outcome: dict = {}
-
-        def reuse(content: str, rows: dict[str, int], index=index, name=name, outcome=outcome) -> Path | None:
-            for table in sharded_rows:
-                sharded_rows[table] += rows[table]
-            # the code that builds a shard is part of its input: an upgrade rebuilds every shard
-            fingerprint = hashlib.sha256(f"{spec.fingerprint}\n{count}\n{vocab_sha}\n{content}\nsegsrv "
-                                         f"{__version__}\nduckdb {duckdb.__version__}".encode("utf-8")).hexdigest()
-            outcome["input_sha256"] = fingerprint
-            old = previous[index] if len(previous) == count else None
-            outcome["reused"] = old is not None and old.get("input_sha256") == fingerprint
-            return snapshot_dir / name / old["version"] if outcome["reused"] else None
-
-        shard_say = lambda m, name=name: say(f"{name}: {m}")  # noqa: E731
-        vdir = build_snapshot(replace(spec, name=name), snapshot_dir, progress=shard_say, threads=threads,
-                              fit_models=fit_models, vocabulary=vocabulary, shard=ShardRows(plan, index, count),
-                              reuse=reuse, set_current=False)
-        reused = outcome["reused"]
-        manifest_bytes = (vdir / fmt.MANIFEST).read_bytes()
-        dictionaries.add(dictionary_sha256(json.loads(manifest_bytes)))
-        say(f"shard {index + 1}/{count} ({name}): {'unchanged, reused' if reused else 'built'} version {vdir.name}")
-        entries.append({"index": index, "dir": name, "version": vdir.name,
-                        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
-                        "input_sha256": outcome["input_sha256"]})
+    # absolute: a Ray task may run in another directory
+    one_shard = partial(build_shard, spec, snapshot_dir.resolve(), count, vocabulary, _vocabulary_sha256(vocabulary),
+                        previous, threads, fit_models, say)
+    for result in map_shards(one_shard, range(count)):
+        entry = result["entry"]
+        for table in sharded_rows:
+            sharded_rows[table] += result["rows"][table]
+        dictionaries.add(result["dictionary_sha256"])
+        say(f"shard {entry['index'] + 1}/{count} ({entry['dir']}): "
+            f"{'unchanged, reused' if result['reused'] else 'built'} version {entry['version']}")
+        entries.append(entry)
     for table, n in sharded_rows.items():
         if n != total_rows[table]:
             column, parent = plan.parents[table]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS
-from support import CUSTOMER_CONDITIONS, answers, quiet, repo_env, write_shop
+from support import CUSTOMER_CONDITIONS, answers, assert_same_relate, quiet, repo_env, write_shop
 
 COUNTS = [("customers", where) for where in CUSTOMER_CONDITIONS.values()] + [
     ("orders", {}),
@@ -59,21 +58,6 @@ RELATES = [
 ]
 
 
-def assert_same_relate(sharded, whole) -> None:
-    """Counts bit for bit, statistics to 1e-12, hit by hit in the same order (features by name: the
-    shards' dictionary may hold values the unsharded build left out, so ids may differ)."""
-    assert (sharded.n_rows, sharded.n_condition, sharded.n_matching, sharded.suppressed, sharded.suppressed_hits) \
-        == (whole.n_rows, whole.n_condition, whole.n_matching, whole.suppressed, whole.suppressed_hits)
-    assert [(h.field, h.value) for h in sharded.hits] == [(h.field, h.value) for h in whole.hits]
-    for hs, hw in zip(sharded.hits, whole.hits):
-        assert set(hs.stats) == set(hw.stats)
-        for name, value in hw.stats.items():
-            if name in ("support", "n_feature"):
-                assert hs.stats[name] == value, (hw.field, hw.value, name)
-            elif math.isnan(value):
-                assert math.isnan(hs.stats[name]), (hw.field, hw.value, name)
-            else:
-                assert hs.stats[name] == pytest.approx(value, rel=1e-12, abs=1e-12), (hw.field, hw.value, name)
 
 
 @pytest.mark.parametrize("privacy_k", [0, 10])

@@ -60,7 +60,7 @@ def test_a_second_run_of_an_unchanged_checkout_skips_pip(checkout):
 def test_the_dev_profile_adds_the_extras_and_covers_the_runtime_one(checkout):
     assert installs(checkout) == ["-e ."]
     dev = installs(checkout, "--dev")
-    assert dev[0] == "-e .[test,bench]" and len(dev) == 3  # plus pysubgroup and ISLP, --no-deps
+    assert dev[0] == "-e .[test,bench,ray]" and len(dev) == 3  # plus pysubgroup and ISLP, --no-deps
     assert installs(checkout) == []
     assert installs(checkout, "--dev") == []
 

@@ -43,7 +43,7 @@ from .count import count_part, sharded_count
 from .export import ShardedExportResult, export_part, ids_part, refuse_ranked, sharded_export
 from .info import MergedUniverseInfo, sharded_info
 from .open import (
-    MergedUniverse, ShardedSnapshot, is_sharded, open_sharded, sharded_version, universe_summary,
+    MergedUniverse, ShardedSnapshot, is_sharded, open_shard, open_sharded, sharded_version, universe_summary,
 )
 from .profile import population_values_part, profile_part, sharded_profile
 from .relate import relate_part, sharded_relate
@@ -61,6 +61,6 @@ SHARDED_OPERATIONS = (
 
 __all__ = ["SHARDED_OPERATIONS", "MergedCatalog", "MergedUniverse", "MergedUniverseInfo", "ShardedExportResult",
            "ShardedSnapshot", "apply_sharded_segments", "assign_part", "count_part", "export_part", "ids_part",
-           "is_sharded", "merged_catalog", "open_sharded", "population_values_part", "profile_part",
+           "is_sharded", "merged_catalog", "open_shard", "open_sharded", "population_values_part", "profile_part",
            "refuse_ranked", "relate_part", "sharded_assign", "sharded_count", "sharded_export", "sharded_info",
            "sharded_profile", "sharded_relate", "sharded_version", "universe_summary"]

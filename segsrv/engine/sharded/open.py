@@ -141,13 +141,20 @@ def open_sharded(location: str | Path) -> ShardedSnapshot:
                 f"{shard_dir}: CURRENT names version {current!r} but {location / SHARDS} names "
                 f"{entry['version']!r}: the shards are not of one build (a build in progress, or a shard "
                 f"changed since); rebuild, or wait for the build to finish")
-        snap = open_snapshot(shard_dir, version=entry["version"])
-        if dictionary_sha256(snap.manifest) != manifest["dictionary_sha256"]:
-            raise CorruptSnapshotError(f"{snap.path}: its feature "
-                                       f"dictionary is not the one {location / SHARDS} records")
-        shards.append(snap)
+        shards.append(open_shard(location, entry, manifest["dictionary_sha256"]))
     return ShardedSnapshot(location, manifest["name"], sharded_version(manifest), shards[0], len(shards), shards,
                            entity=manifest["entity"])
+
+
+def open_shard(location: str | Path, entry: dict, dictionary: str) -> Snapshot:
+    """The shard of ROOT/NAME that a SHARDS `entry` names, at its version (whatever its CURRENT says: a
+    router's request finishes on the build it started on), verified as open_snapshot verifies, and
+    refused unless its feature dictionary's digest is `dictionary` (SHARDS' dictionary_sha256)."""
+    location = Path(location)
+    snap = open_snapshot(location / entry["dir"], version=entry["version"])
+    if dictionary_sha256(snap.manifest) != dictionary:
+        raise CorruptSnapshotError(f"{snap.path}: its feature dictionary is not the one {location / SHARDS} records")
+    return snap
 
 
 def sharded_version(manifest: dict) -> str:

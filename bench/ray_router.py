@@ -1,0 +1,113 @@
+"""Count and Relate latency through the Ray Serve router (segsrv serve-ray) against in-process over the same
+shards, with the cost of each hop (docs/scale.md, "On a Ray cluster").
+
+    python bench/ray_router.py ROOT/NAME [--calls 200] [--shards-per-replica K] [--address local]
+
+Measured, each the median of CALLS calls after one warm-up (privacy floor 10, as served):
+
+* in-process: ``local_service(ROOT/NAME)``, every shard open in this process (segsrv/engine/sharded/);
+* router: a SegsrvClient over gRPC to Ray Serve's proxy -> the router -> one call per shard group on the
+  shard replicas (in parallel) -> the merge;
+* ingress hop: a call the router refuses before any shard call (an unknown snapshot name): client -> proxy
+  -> router -> back;
+* shard hop: one shard replica call from this process that does no work (the shard's version): a Ray
+  Serve handle call and its answer;
+* one shard's Count: the same call running the Count's per-shard function.
+
+``router_latency(location, ...)`` returns the figures as a dict (bench/scale.py calls it); ``main`` prints
+them and writes bench/results/ray_router.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+
+from common import median_ms, write_result
+
+COUNT = {"from": "customers", "where": {"churned": True}}
+RELATE = {"from": "orders", "where": {"customer.churned": True}, "limit": 20}
+
+
+def router_latency(location, *, calls: int = 200, shards_per_replica: int = 2, address: str = "local") -> dict:
+    """The medians (ms) of the module docstring for the sharded snapshot at LOCATION (ROOT/NAME). Starts Ray
+    Serve on `address` (a local instance by default) and removes the application at the end."""
+    from ray import serve
+
+    from segsrv.client import SegsrvClient, SegsrvRpcError
+    from segsrv.engine.sharded import count_part
+    from segsrv.ops import CountQuery, RelateQuery
+    from segsrv.ray import connect
+    from segsrv.ray.serve import APP_NAME, deploy, shard_version, wait_for_replicas
+    from segsrv.service import SegmentationService, local_service
+    from segsrv.snapshot.shards import read_shard_manifest
+
+    ray = connect(address)
+    manifest = read_shard_manifest(location)
+    in_process = SegmentationService(local_service(location).snapshots, privacy_k=10)
+    count_query, relate_query = CountQuery.from_json(COUNT), RelateQuery.from_json(RELATE)
+    out = {"shards": manifest["shard_count"], "shards_per_replica": shards_per_replica, "calls": calls,
+           "in_process_count_ms": median_ms(lambda: in_process.call(count_query), calls),
+           "in_process_relate_ms": median_ms(lambda: in_process.call(RelateQuery.from_json(RELATE)), calls)}
+    with socket.socket() as probe:  # Ray Serve's gRPC proxy needs a port number, not 0
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    t0 = time.perf_counter()
+    deploy(str(location), shards_per_replica=shards_per_replica, port=port, service_options={"privacy_k": 10},
+           replica_cpus=0, reload_interval=0)
+    wait_for_replicas()
+    try:
+        with SegsrvClient(f"127.0.0.1:{port}", timeout=120) as client:
+            client.count(COUNT)  # every shard group opens its shards
+            out["startup_s"] = time.perf_counter() - t0
+            out["router_count_ms"] = median_ms(lambda: client.call(count_query), calls)
+            out["router_relate_ms"] = median_ms(lambda: client.call(relate_query), calls)
+
+        with SegsrvClient(f"127.0.0.1:{port}", timeout=120, snapshot="no-such-snapshot") as elsewhere:
+            def refused():
+                try:
+                    elsewhere.call(count_query)
+                except SegsrvRpcError:
+                    pass
+
+            out["ingress_hop_ms"] = median_ms(refused, calls)
+        shard = serve.get_deployment_handle("shards-0", APP_NAME)
+        entry, dictionary = manifest["shards"][0], manifest["dictionary_sha256"]
+        where = count_query.where
+        out["shard_hop_ms"] = median_ms(
+            lambda: shard.run.remote(str(location), [entry], dictionary, shard_version, ()).result(), calls)
+        out["shard_count_ms"] = median_ms(
+            lambda: shard.run.remote(str(location), [entry], dictionary, count_part, ("customers", where)).result(),
+            calls)
+    finally:
+        serve.delete(APP_NAME)
+        if address == "local":
+            ray.shutdown()
+    out["router_overhead_count_ms"] = out["router_count_ms"] - out["in_process_count_ms"]
+    out["router_overhead_relate_ms"] = out["router_relate_ms"] - out["in_process_relate_ms"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("location", metavar="ROOT/NAME", help="a sharded snapshot (segsrv build --shards N)")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--shards-per-replica", type=int, default=2)
+    parser.add_argument("--address", default="local", help="the Ray cluster (default: a local instance)")
+    args = parser.parse_args()
+    r = router_latency(args.location, calls=args.calls, shards_per_replica=args.shards_per_replica,
+                       address=args.address)
+    print(f"{r['shards']} shards, {r['shards_per_replica']} per replica; median of {r['calls']} calls (ms):")
+    print(f"  Count   in-process {r['in_process_count_ms']:7.2f}   router {r['router_count_ms']:7.2f}   "
+          f"(+{r['router_overhead_count_ms']:.2f})")
+    print(f"  Relate  in-process {r['in_process_relate_ms']:7.2f}   router {r['router_relate_ms']:7.2f}   "
+          f"(+{r['router_overhead_relate_ms']:.2f})")
+    print(f"  per hop: ingress (client -> proxy -> router -> client) {r['ingress_hop_ms']:.2f}; one shard call "
+          f"(router-side handle -> replica -> answer) {r['shard_hop_ms']:.2f}, with a shard's Count "
+          f"{r['shard_count_ms']:.2f}")
+    print(f"wrote {write_result('ray_router', r)}")
+
+
+if __name__ == "__main__":
+    main()
