@@ -4,7 +4,7 @@
 
 Every front end calls these methods (the gRPC servicer wraps them as FeatureBase's
 HTTP and gRPC handlers wrap its API; `segsrv ... --local` calls them on a snapshot
-directory, or on a sharded ROOT/NAME for Count and Relate: segsrv/engine/sharded/),
+directory, or on a sharded ROOT/NAME for Count, Relate and Discover: segsrv/engine/sharded/),
 so a rule that is not about the transport lives here once: which snapshot answers
 (``Selector``), the server's limits (largest Relate answer, most target values), the
 privacy floor (segsrv/engine/privacy.py) and the checks between expensive steps
@@ -31,7 +31,7 @@ from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
 from .engine.sharded import (
-    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_relate,
+    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_discover, sharded_relate,
 )
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
@@ -281,8 +281,9 @@ class SegmentationService:
         return privacy.floor_info(info, self.privacy_k)
 
     def discover(self, query: DiscoverQuery, at: Selector = ANY_SNAPSHOT):
-        result = discover(self._snapshot(at, "Discover"), query, privacy_k=self.privacy_k,
-                          max_candidates=self.max_discover_candidates)
+        snap = self._any_snapshot(at)
+        search = sharded_discover if isinstance(snap, ShardedSnapshot) else discover
+        result = search(snap, query, privacy_k=self.privacy_k, max_candidates=self.max_discover_candidates)
         cancel.check()
         return privacy.floor_discover(result, self.privacy_k)
 
