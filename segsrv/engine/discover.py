@@ -154,6 +154,7 @@ class LocalCounts:
         self.cand = np.zeros(0, np.int64)
         self.features: FeatureSet | None = None
         self._activity: np.ndarray | None = None
+        self.edges: np.ndarray | None = None  # the activity strata's edges, once `strata` cut them
         self._strata: tuple[bytes, np.ndarray] | None = None  # (edges, stratum bitsets)
         self._kept: dict[Terms, np.ndarray] = {}  # bitsets of listed segments, asked for again
 
@@ -218,56 +219,65 @@ class LocalCounts:
         return self._strata[1]
 
     def strata(self, edges):
-        strata = self.strata_bits(edges)
+        self.edges = np.asarray(edges, dtype=np.float64)
+        strata = self.strata_bits(self.edges)
         rows = np.array([_kernels.popcount(s) for s in strata], dtype=np.int64)
         target = None if self.target is None else np.asarray(_kernels.and_count_dense(self.target, strata), np.int64)
         return rows, np.asarray(self.features.cross(strata), dtype=np.int64), target
 
     def stratum_counts(self, terms: np.ndarray) -> np.ndarray:
-        strata = self._strata[1]
+        strata = self.strata_bits(self.edges)
         out = np.zeros((len(terms), len(strata)), dtype=np.int64)
         for start in range(0, len(terms), _STRATUM_BATCH):
             rows = terms[start:start + _STRATUM_BATCH]
-            left = np.stack([self.bits(r) for r in rows])
+            left = self.bits(rows)
             out[start:start + len(rows)] = _kernels.cross_cooccurrence(left, strata)
             cancel.check()
         return out
 
-    def bits(self, terms) -> np.ndarray:
-        """Rows searched having every term, a bitset of our own."""
-        terms = [int(t) for t in terms]
-        out = np.array(self.features.bits(terms[0]), dtype=np.uint64)
-        if self.within is not None:
-            _kernels.bitset_and(out, self.within, out=out)
-        for t in terms[1:]:
-            _kernels.bitset_and(out, self.features.bits(t), out=out)
+    def bits(self, terms: list[Terms] | np.ndarray) -> np.ndarray:
+        """uint64[m, n_words]: the rows searched having every term of each conjunction, bitsets of our own.
+        Each candidate used is read (or materialised) once, the conjunctions ANDed with numpy a batch at
+        a time: a kernel call per conjunction costs more than the AND itself on a shard's few words."""
+        out = np.zeros((len(terms), self.u.n_words), dtype=np.uint64)
+        rows = [np.asarray(t, dtype=np.int64) for t in terms]
+        for length in sorted({len(r) for r in rows}):
+            which = [i for i, r in enumerate(rows) if len(r) == length]
+            group = np.stack([rows[i] for i in which])
+            used, at = np.unique(group, return_inverse=True)
+            at = at.reshape(group.shape)
+            features = np.stack([self.features.bits(int(f)) for f in used])
+            bits = features[at[:, 0]]
+            if self.within is not None:
+                bits &= self.within
+            for j in range(1, length):
+                bits &= features[at[:, j]]
+            out[which] = bits
         return out
 
-    def kept_bits(self, terms: Terms) -> np.ndarray:
-        """bits(terms) of a listed segment, kept: listed segments are counted again and again."""
-        key = tuple(int(t) for t in terms)
-        got = self._kept.get(key)
-        if got is None:
-            got = self._kept[key] = self.bits(key)
-        return got
+    def kept_bits(self, segments: list[Terms]) -> np.ndarray:
+        """bits(segments) of listed segments, kept: listed segments are counted again and again."""
+        keys = [tuple(int(t) for t in terms) for terms in segments]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._kept))
+        if missing:
+            self._kept.update(zip(missing, self.bits(missing)))
+        return np.stack([self._kept[k] for k in keys]) if keys else np.zeros((0, self.u.n_words), np.uint64)
 
     def conjunctions(self, terms):
-        counts = np.zeros(len(terms), dtype=np.int64)
-        target = None if self.target is None else np.zeros(len(terms), dtype=np.int64)
-        for i, row in enumerate(terms):
-            bits = self.bits(row)
-            counts[i] = _kernels.popcount(bits)
-            if target is not None:
-                target[i] = _kernels.and_count_dense(self.target, bits[None, :])[0]
+        bits = self.bits(terms)
+        counts = np.bitwise_count(bits).sum(axis=1, dtype=np.int64)
+        target = None
+        if self.target is not None:
+            target = np.asarray(_kernels.and_count_dense(self.target, bits), dtype=np.int64)
         return counts, target
 
     def extend(self, bases, b_idx, c_idx):
-        left = np.stack([self.bits(row) for row in bases])
+        left = self.bits(bases)
         counts = np.asarray(self.features.cross(left)[b_idx, c_idx], dtype=np.int64)
         cancel.check()
         target = None
         if self.target is not None:
-            left_t = np.stack([_kernels.bitset_and(row, self.target) for row in left])
+            left_t = left & self.target
             target = np.asarray(self.features.cross(left_t)[b_idx, c_idx], dtype=np.int64)
         return counts, target
 
@@ -284,25 +294,23 @@ class LocalCounts:
     def related(self, segments):
         if not segments:
             return np.zeros((0, len(self.cand)), dtype=np.int64)
-        return np.asarray(self.features.cross(np.stack([self.kept_bits(t) for t in segments])), dtype=np.int64)
+        return np.asarray(self.features.cross(self.kept_bits(segments)), dtype=np.int64)
 
     def outside(self, segments, union_of):
-        union = np.zeros(self.u.n_words, dtype=np.uint64)
-        for terms in union_of:
-            _kernels.bitset_or(union, self.kept_bits(terms), out=union)
-        return np.array([_kernels.popcount(_kernels.bitset_andnot(self.kept_bits(t), union)) for t in segments],
-                        dtype=np.int64)
+        union = np.bitwise_or.reduce(self.kept_bits(union_of), axis=0) if union_of else \
+            np.zeros(self.u.n_words, dtype=np.uint64)
+        return np.bitwise_count(self.kept_bits(segments) & ~union).sum(axis=1, dtype=np.int64)
 
     def layered(self, segments):
+        bits = self.kept_bits(segments)
         before = np.zeros(self.u.n_words, dtype=np.uint64)
         multi = np.zeros_like(before)
         new = np.zeros(len(segments), dtype=np.int64)
-        for i, terms in enumerate(segments):
-            bits = self.kept_bits(terms)
-            new[i] = _kernels.popcount(_kernels.bitset_andnot(bits, before))
-            multi |= before & bits
-            before |= bits
-        return new, int(_kernels.popcount(multi))
+        for i, row in enumerate(bits):
+            new[i] = np.bitwise_count(row & ~before).sum()
+            multi |= before & row
+            before |= row
+        return new, int(np.bitwise_count(multi).sum())
 
 
 class _LocalOverlaps:
@@ -310,10 +318,10 @@ class _LocalOverlaps:
     asked (only after a batch segment is listed)."""
 
     def __init__(self, counts: LocalCounts, batch: list[Terms], listed: list[Terms]):
-        self.bits = np.stack([counts.bits(t) for t in batch])
+        self.bits = counts.bits(batch)
         self.listed = np.zeros((len(batch), 0), dtype=np.int64)
         if listed:
-            self.listed = _kernels.cross_cooccurrence(self.bits, np.stack([counts.kept_bits(t) for t in listed]))
+            self.listed = _kernels.cross_cooccurrence(self.bits, counts.kept_bits(listed))
 
     def later(self, j: int) -> np.ndarray:
         return _kernels.and_count_dense(self.bits[j], self.bits, rows=np.arange(j + 1, len(self.bits), dtype=np.int64),
@@ -656,11 +664,11 @@ class _Context:
         if len(parts) == 2:
             return (s.pairs_t if target else s.pairs)[terms[:, parts[0]], terms[:, parts[1]]]
         get = s.target_count if target else s.count
-        return np.array([get(tuple(int(x) for x in row[list(parts)])) for row in terms], dtype=np.int64)
+        return np.array([get(t) for t in map(tuple, terms[:, list(parts)].tolist())], dtype=np.int64)
 
     def fetch_parts(self, terms: np.ndarray, parts: list[tuple[int, ...]]) -> None:
         """Count, in one batch, the sub-conjunctions of three or more columns that sub_counts will read."""
-        keys = {tuple(int(x) for x in row[list(p)]) for p in parts if len(p) >= 3 for row in terms}
+        keys = {t for p in parts if len(p) >= 3 for t in map(tuple, terms[:, list(p)].tolist())}
         self.s.fetch(keys)
 
     # -- unsupervised ------------------------------------------------------------------------
@@ -702,7 +710,7 @@ class _Context:
     def counts(self, terms: np.ndarray) -> np.ndarray:
         if terms.shape[1] <= 2:
             return self.sub_counts(terms, tuple(range(terms.shape[1])))
-        return np.array([self.s.counts[tuple(int(x) for x in row)] for row in terms], dtype=np.int64)
+        return np.array([self.s.counts[t] for t in map(tuple, terms.tolist())], dtype=np.int64)
 
     def implied(self, terms: np.ndarray, n_x: np.ndarray) -> np.ndarray:
         """A term holding for IMPLIED of the other terms' rows adds nothing."""
@@ -718,7 +726,7 @@ class _Context:
     def target_counts(self, terms: np.ndarray) -> np.ndarray:
         if terms.shape[1] <= 2:
             return self.sub_counts(terms, tuple(range(terms.shape[1])), target=True)
-        return np.array([self.s.target_counts[tuple(int(x) for x in row)] for row in terms], dtype=np.int64)
+        return np.array([self.s.target_counts[t] for t in map(tuple, terms.tolist())], dtype=np.int64)
 
     def judge_subgroups(self, terms: np.ndarray) -> _Level:
         s = self.s

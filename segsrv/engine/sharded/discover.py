@@ -35,8 +35,7 @@ def discover_part(shard: Snapshot, universe: str, within: Condition, target: Con
     counts = LocalCounts(shard, shard.universe(universe), within, target)
     if cand is not None:
         counts.use(cand)
-    if edges is not None:
-        counts.strata_bits(edges)
+    counts.edges = edges
     return getattr(counts, method)(*args)
 
 
