@@ -4,12 +4,14 @@ independent brute-force oracle over the SOURCE tables.
 The oracle itself (``Source``, ``BruteUniverse``: pandas joins over the PetNord JSON files,
 nothing read from the snapshot's bitsets) lives in tests/support.py; the session fixtures
 ``source`` and ``oracle`` are in tests/conftest.py. ``snap`` / ``su`` / ``bu`` are PetNord,
-its customers universe and the oracle's customers universe.
+its customers universe and the oracle's customers universe; ``petnord_sharded`` is PetNord built with
+1, 3 and 7 shards (ROOT/petnord), built once per session for every suite of merged answers.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 from hypothesis import strategies as st
 from scipy.stats import hypergeom, norm
 
+from support import quiet
 from support import scalar_text as _scalar_text
 
 # ----------------------------------------------------------------------------
@@ -271,6 +274,15 @@ def where_strategy(petnord_snapshot, oracle):
 # ----------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", params=[1, 3, 7], ids=lambda n: f"{n}_shards")
+def petnord_sharded(request, tmp_path_factory, petnord_spec):
+    from segsrv.snapshot.shardbuild import build_shards
+
+    root = tmp_path_factory.mktemp(f"petnord_{request.param}_shards")
+    build_shards(replace(petnord_spec, shard_entity="customers"), root, request.param, progress=quiet)
+    return root / "petnord"
 
 
 @pytest.fixture(scope="session")

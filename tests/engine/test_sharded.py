@@ -1,4 +1,5 @@
-"""Count and Relate over a sharded snapshot (segsrv/engine/sharded/) equal the unsharded snapshot's answers."""
+"""Count and Relate over a sharded snapshot (segsrv/engine/sharded/) equal the unsharded snapshot's answers.
+(``petnord_sharded``, PetNord built with 1, 3 and 7 shards, is in tests/engine/conftest.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import math
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -56,13 +56,6 @@ RELATES = [
     {"from": "customers", "where": CUSTOMER_CONDITIONS["empty"]},
     {"from": "customers", "where": COUNTS[-2][1]},  # a handful of rows: suppressed under a floor of 10
 ]
-
-
-@pytest.fixture(scope="module", params=[1, 3, 7], ids=lambda n: f"{n}_shards")
-def petnord_sharded(request, tmp_path_factory, petnord_spec):
-    root = tmp_path_factory.mktemp(f"petnord_{request.param}_shards")
-    build_shards(replace(petnord_spec, shard_entity="customers"), root, request.param, progress=quiet)
-    return root / "petnord"
 
 
 def answers(service: SegmentationService, kind, obj: dict):
