@@ -81,6 +81,26 @@ class FeatureSet:
         return _kernels.ids_to_bitset(np.ascontiguousarray(self.ids[self.offsets[f]:self.offsets[f + 1]]),
                                       self.n_words)
 
+    def stack(self, positions: np.ndarray) -> np.ndarray:
+        """uint64[m, n_words]: the features at `positions` as bitsets of our own, read (dense) or set (sparse)
+        in a few numpy operations, not one call per feature."""
+        at = np.asarray(positions, dtype=np.int64)
+        if self.at is not None:
+            at = self.at[at]
+        out = np.zeros((len(at), self.n_words), dtype=np.uint64)
+        dense = at < self.n_dense
+        if dense.any():
+            out[dense] = self.dense[self.dense_rows[at[dense]]]
+        sparse = np.flatnonzero(~dense)
+        if len(sparse):
+            features = self.sparse_features[at[sparse] - self.n_dense]
+            starts, lengths = self.offsets[features], self.offsets[features + 1] - self.offsets[features]
+            first = np.cumsum(lengths) - lengths  # each feature's first id among the ids gathered
+            ids = self.ids[np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))].astype(np.int64)
+            np.bitwise_or.at(out, (np.repeat(sparse, lengths), ids >> 6),
+                             np.left_shift(np.uint64(1), (ids & 63).astype(np.uint64)))
+        return out
+
     def pairs(self) -> np.ndarray:
         """int64[k, k]: rows having both features (the diagonal: each feature's rows)."""
         pairs = _kernels.cooccurrence(*self._args())

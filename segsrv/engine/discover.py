@@ -126,7 +126,8 @@ class SearchCounts(Protocol):
         """(rows of each conjunction bases[b_idx[i]] + candidate c_idx[i], with a target their target rows)."""
 
     def overlaps(self, batch: list[Terms], listed: list[Terms]) -> BatchOverlaps:
-        """The rows each segment of `batch` shares with each of `listed` and with the batch's later ones."""
+        """The rows each segment of `batch` shares with each of `listed`, and (when asked: only after a batch
+        segment is listed) with the batch's later ones."""
 
     def related(self, segments: list[Terms]) -> np.ndarray:
         """int64[s, k]: each segment's rows having each candidate."""
@@ -240,13 +241,13 @@ class LocalCounts:
         Each candidate used is read (or materialised) once, the conjunctions ANDed with numpy a batch at
         a time: a kernel call per conjunction costs more than the AND itself on a shard's few words."""
         out = np.zeros((len(terms), self.u.n_words), dtype=np.uint64)
-        rows = [np.asarray(t, dtype=np.int64) for t in terms]
-        for length in sorted({len(r) for r in rows}):
-            which = [i for i, r in enumerate(rows) if len(r) == length]
-            group = np.stack([rows[i] for i in which])
+        lengths = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
+        for length in np.unique(lengths).tolist():
+            which = np.flatnonzero(lengths == length)
+            group = np.array([terms[i] for i in which.tolist()], dtype=np.int64).reshape(len(which), length)
             used, at = np.unique(group, return_inverse=True)
             at = at.reshape(group.shape)
-            features = np.stack([self.features.bits(int(f)) for f in used])
+            features = self.features.stack(used)
             bits = features[at[:, 0]]
             if self.within is not None:
                 bits &= self.within
@@ -284,12 +285,14 @@ class LocalCounts:
     def overlaps(self, batch, listed):
         return _LocalOverlaps(self, batch, listed)
 
-    def overlap_counts(self, batch: list[Terms], listed: list[Terms]) -> tuple[np.ndarray, np.ndarray]:
-        """overlaps(batch, listed) counted at once: (int64[b, l] with the listed, int64[b, b] within the batch).
-        A shard's answer: its BatchOverlaps cannot travel."""
-        overlaps = _LocalOverlaps(self, batch, listed)
-        return np.asarray(overlaps.listed, np.int64), np.asarray(_kernels.cross_cooccurrence(overlaps.bits,
-                                                                                             overlaps.bits), np.int64)
+    def overlap_counts(self, batch: list[Terms], listed: list[Terms]) -> np.ndarray:
+        """int64[b, l]: overlaps(batch, listed).listed, a shard's answer (its BatchOverlaps cannot travel)."""
+        return np.asarray(_LocalOverlaps(self, batch, listed).listed, dtype=np.int64)
+
+    def first_overlaps(self, segments: list[Terms]) -> np.ndarray:
+        """int64[s - 1]: the rows segments[0] shares with each later one (a batch's later overlaps over shards)."""
+        bits = self.bits(segments)
+        return np.asarray(_kernels.and_count_dense(bits[0], bits[1:]), dtype=np.int64)
 
     def related(self, segments):
         if not segments:
@@ -578,8 +581,10 @@ def search(open_counts, query: DiscoverQuery, snapshot_name: str, version: str, 
 
     # 5. correction, 6. ranking, 7. redundancy
     found = _concat(levels)
-    terms = [tuple(int(t) for t in row[row >= 0]) for row in found.terms]  # ragged
-    found.score = found.score * np.array([ctx.weight[list(t)].mean() for t in terms]) if terms else found.score
+    terms = [tuple(t for t in row if t >= 0) for row in found.terms.tolist()]  # ragged
+    used = found.terms >= 0  # the mean weight of each conjunction's terms' fields, summed left to right
+    found.score = found.score * (np.where(used, ctx.weight[np.maximum(found.terms, 0)], 0.0).sum(axis=1)
+                                 / used.sum(axis=1))
     q = _conservative_bh(found.p, ctx.tested)
     keep = np.flatnonzero((q <= query.max_q_value) & (found.score > 0))
     order = keep[np.lexsort((-found.n[keep], -found.score[keep]))]

@@ -22,7 +22,7 @@ from .open import MergedUniverse, ShardedSnapshot
 
 # the LocalCounts methods a shard answers (each returns counts: ints, int64 arrays, tuples of them)
 SHARD_COUNTS = frozenset({"rows", "feature_rows", "start", "strata", "stratum_counts", "conjunctions", "extend",
-                          "overlap_counts", "related", "outside", "layered"})
+                          "overlap_counts", "first_overlaps", "related", "outside", "layered"})
 
 
 def discover_part(shard: Snapshot, universe: str, within: Condition, target: Condition | None,
@@ -52,14 +52,16 @@ def _add(parts: list):
 
 
 class _ShardedOverlaps:
-    """BatchOverlaps summed over the shards, the batch's own overlaps counted with the rest (one round)."""
+    """BatchOverlaps summed over the shards: with the listed segments in one round, a batch segment's with the
+    later ones in one more round when it is listed (at most `limit` in a search)."""
 
-    def __init__(self, listed: np.ndarray, within: np.ndarray):
-        self.listed = listed
-        self.within = within
+    def __init__(self, counts: "ShardedCounts", batch: list[Terms], listed: list[Terms]):
+        self.counts = counts
+        self.batch = batch
+        self.listed = counts._sum("overlap_counts", batch, listed)
 
     def later(self, j: int) -> np.ndarray:
-        return self.within[j, j + 1:]
+        return self.counts._sum("first_overlaps", self.batch[j:])
 
 
 class ShardedCounts:
@@ -104,7 +106,7 @@ class ShardedCounts:
         return self._sum("extend", bases, b_idx, c_idx)
 
     def overlaps(self, batch, listed):
-        return _ShardedOverlaps(*self._sum("overlap_counts", batch, listed))
+        return _ShardedOverlaps(self, batch, listed)
 
     def related(self, segments):
         return self._sum("related", segments)
