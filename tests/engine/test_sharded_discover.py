@@ -220,3 +220,23 @@ def test_cli_discover_local_on_a_sharded_snapshot(petnord_sharded, petnord_snaps
     assert got.pop("version").startswith("shards-") and isinstance(got.pop("elapsed_ms"), float)
     assert_same_answer(got, comparable(want))
     assert sorted(tomllib.loads(catalog.read_text())["segments"]) == sorted(seg.name for seg in want.segments)
+
+
+def test_candidate_positions_do_not_depend_on_the_storage(petnord_snapshot):
+    """FeatureSet.of(..., in_order=True) counts in the order given, whichever features a snapshot stores dense
+    (a shard decides from its own counts): its pairs, cross counts and bitsets are the kernels' order's,
+    permuted."""
+    from segsrv.engine.cooccurrence import FeatureSet
+
+    u = petnord_snapshot.universe("customers")
+    fids = np.arange(u.n_features, dtype=np.int64)[::-1]  # dense and sparse mixed
+    ordered, kernels = FeatureSet.of(u, fids, in_order=True), FeatureSet.of(u, fids)
+    assert 0 < kernels.n_dense < len(fids)
+    assert np.array_equal(ordered.fids, fids)
+    at = np.argsort(kernels.fids)[np.searchsorted(np.sort(kernels.fids), fids)]  # each given feature's kernel position
+    assert np.array_equal(kernels.fids[at], fids)
+    assert np.array_equal(ordered.pairs(), kernels.pairs()[np.ix_(at, at)])
+    left = ordered.stack(np.arange(5))
+    assert np.array_equal(ordered.cross(left), kernels.cross(left)[:, at])
+    for i in range(len(fids)):
+        assert np.array_equal(left[i] if i < 5 else ordered.stack([i])[0], np.asarray(kernels.bits(int(at[i]))))
