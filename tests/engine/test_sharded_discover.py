@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 import tomllib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segsrv.engine.discover import histogram_quantiles
@@ -95,12 +96,37 @@ def test_discover_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot
         assert got.min_support >= privacy_k
 
 
+@settings(max_examples=10, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_discover_requests_equal_unsharded(petnord_sharded, petnord_snapshot, where_strategy, data):
+    """Random requests: fields, depth, support, lift, a random `within` and target condition, direction,
+    personas, activity adjustment, privacy floor. Equal answers, or the same error."""
+    obj = {"from": "customers", "fields": data.draw(st.lists(st.sampled_from(FIELDS), min_size=2, max_size=10,
+                                                             unique=True), label="fields"),
+           "max_length": data.draw(st.integers(2, 4), label="max_length"),
+           "min_support": data.draw(st.sampled_from([15, 40, 100]), label="min_support"),
+           "min_lift": data.draw(st.sampled_from([1.0, 1.1, 1.25, 2.0]), label="min_lift"),
+           "k": data.draw(st.integers(0, 4), label="k"),
+           "adjust_for_activity": data.draw(st.booleans(), label="adjust")}
+    if data.draw(st.booleans(), label="with within"):
+        obj["within"] = data.draw(where_strategy("customers"), label="within")
+    if data.draw(st.booleans(), label="with target"):
+        obj["target"] = data.draw(where_strategy("customers").filter(bool), label="target")
+        obj["direction"] = data.draw(st.sampled_from(["both", "high", "low"]), label="direction")
+    sharded, whole = services(petnord_sharded, petnord_snapshot,
+                              privacy_k=data.draw(st.sampled_from([0, 10]), label="privacy_k"))
+    assert_same_discover(sharded, whole, obj)
+
+
 def test_each_batch_of_counts_is_one_map(petnord_sharded, monkeypatch):
     """A search maps once per batch of counts, every shard answering counts only (no bitset travels)."""
     calls: list[tuple[str, int]] = []
     real = sharded_module.discover_part
 
     def spy(shard, universe, within, target, cand, edges, method, args):
+        request = (universe, within, target, cand, edges, method, args)
+        assert repr(pickle.loads(pickle.dumps(request))) == repr(request)  # what a Ray router would send
         answer = real(shard, universe, within, target, cand, edges, method, args)
         for value in answer if isinstance(answer, tuple) else (answer,):
             assert value is None or isinstance(value, int) or value.dtype == np.int64, (method, value)
