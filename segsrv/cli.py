@@ -628,11 +628,10 @@ def cmd_report(args) -> int:
 UNIVERSE_FLAG = {"from": "--universe", "universe": "--universe"}
 
 
-def _backend_arguments(p: argparse.ArgumentParser) -> None:
+def _backend_arguments(p: argparse.ArgumentParser, local_help: str = "read a snapshot in-process (or a sharded ROOT/NAME: docs/scale.md)") -> None:
     """--local | --addr, and what a remote call takes (segments list, assign)."""
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--local", metavar="ROOT[/NAME]", help="read a snapshot in-process (or a sharded ROOT/NAME: "
-                                                               "docs/scale.md)")
+    where.add_argument("--local", metavar="ROOT[/NAME]", help=local_help)
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running server")
     p.add_argument("--snapshot", dest="snapshot_name", help="snapshot name (--addr, when the server has several)")
     p.add_argument("--version", help="snapshot version (default: CURRENT)")
@@ -800,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
                "Example:\n"
                "  segsrv discover --local demo/snapshots-100000 --k 5 --save segments.toml\n"
                "  segsrv discover --local demo/snapshots-100000 --target churned=true --limit 10")
-    _backend_arguments(p)
+    _backend_arguments(p, "read a snapshot in-process (also a sharded ROOT/NAME: every shard, merged; docs/scale.md)")
     p.add_argument("--json", metavar="QUERY", help="the discover query as JSON (inline, a file or -); "
                                                    "the flags below override its keys")
     p.add_argument("--from", dest="universe", metavar="UNIVERSE", help="universe (default: the only one)")

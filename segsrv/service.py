@@ -32,7 +32,7 @@ from .engine.profile import profile
 from .engine.relate import relate
 from .engine.sharded import (
     SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, refuse_ranked, sharded_assign, sharded_count,
-    sharded_export, sharded_info, sharded_profile, sharded_relate,
+    sharded_discover, sharded_export, sharded_info, sharded_profile, sharded_relate,
 )
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
@@ -291,8 +291,9 @@ class SegmentationService:
         return privacy.floor_info(info, self.privacy_k)
 
     def discover(self, query: DiscoverQuery, at: Selector = ANY_SNAPSHOT):
-        result = discover(self._snapshot(at, "Discover"), query, privacy_k=self.privacy_k,
-                          max_candidates=self.max_discover_candidates)
+        snap = self._any_snapshot(at)
+        search = sharded_discover if isinstance(snap, ShardedSnapshot) else discover
+        result = search(snap, query, privacy_k=self.privacy_k, max_candidates=self.max_discover_candidates)
         cancel.check()
         return privacy.floor_discover(result, self.privacy_k)
 

@@ -5,6 +5,7 @@
   its bitsets and sparse lists, compared with brute-force (id, value) pairs;
 * ``FakeContext`` / ``Aborted``: a gRPC servicer context whose call ends after N is_active() checks;
 * ``strip_elapsed``: an answer dict without its (checked) ``elapsed_ms``; ``segsrv_cli``: ``python -m segsrv``;
+* ``assert_same_answer``: two JSON answers equal, integers exactly and floats to 1e-12 (merged vs unsharded);
 * ``ServeProcess``: ``segsrv serve`` in a child process (JSON logs in a file); ``repo_env``, ``process_alive``;
 * ``tree_digest`` / ``root_state``: pictures of a snapshot version / root, to prove nothing changed;
 * ``SEED_QUERY``: the demo's seed question (what else is in the orders holding dog dry food);
@@ -133,6 +134,26 @@ def strip_elapsed(answer: dict) -> dict:
     """ANSWER without its elapsed_ms (which must be a float): what is left compares exactly."""
     assert isinstance(answer.pop("elapsed_ms"), float)
     return answer
+
+
+def assert_same_answer(got, want, path: str = "answer") -> None:
+    """Two JSON answers (dicts, lists, numbers, text) equal: the same keys, lists and text, integers bit for
+    bit, floats to 1e-12 (relative), NaN with NaN."""
+    assert type(got) is type(want) or {type(got), type(want)} <= {int, float}, (path, got, want)
+    if isinstance(want, dict):
+        assert list(got) == list(want), (path, list(got), list(want))
+        for key in want:
+            assert_same_answer(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), (path, len(got), len(want))
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_answer(g, w, f"{path}[{i}]")
+    elif isinstance(want, float) and math.isnan(want):
+        assert math.isnan(got), (path, got)
+    elif isinstance(want, float):
+        assert math.isclose(got, want, rel_tol=1e-12, abs_tol=0.0), (path, got, want)
+    else:
+        assert got == want, (path, got, want)
 
 
 def segsrv_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

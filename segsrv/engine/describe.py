@@ -14,7 +14,6 @@ import numpy as np
 from ..ops.discover import SegmentFeature, name_token, unique_names
 from ..snapshot.reader import Universe
 from . import stats as st
-from .cooccurrence import FeatureSet
 
 
 def segment_names(universe: Universe, segments: list[DiscoveredSegment]) -> list[str]:
@@ -60,15 +59,17 @@ def terms_phrase(universe: Universe, terms: list[tuple[str, str]]) -> str:
     return ", ".join(parts)
 
 
-def related_features(universe: Universe, features: FeatureSet, own: set[int], bits: np.ndarray, n_x: int, n: int,
-                     feature_rows: np.ndarray, min_support: int, limit: int, implied: float) -> list[SegmentFeature]:
-    """The `limit` candidates (positions not in `own`) most over-indexed among the segment's rows `bits`:
-    lift > 1, at least min_support rows, not implied by the segment (< `implied` of its rows); ranked by rows
-    times the log of the lift's lower Wilson bound (sizable and certain first), then position."""
-    others = np.array([i for i in range(len(features)) if i not in own], dtype=np.int64)
+def related_features(universe: Universe, fids: np.ndarray, own: set[int], segment_rows: np.ndarray, n_x: int,
+                     n: int, feature_rows: np.ndarray, min_support: int, limit: int,
+                     implied: float) -> list[SegmentFeature]:
+    """The `limit` candidates (positions in `fids` not in `own`) most over-indexed among the segment's n_x rows
+    (segment_rows: its rows having each candidate): lift > 1, at least min_support rows, not implied by the
+    segment (< `implied` of its rows); ranked by rows times the log of the lift's lower Wilson bound (sizable
+    and certain first), then position."""
+    others = np.array([i for i in range(len(fids)) if i not in own], dtype=np.int64)
     if not len(others) or not limit:
         return []
-    counts = features.cross(bits[None, :])[0][others]
+    counts = np.asarray(segment_rows)[others]
     base = feature_rows[others]
     lo, _ = st.wilson_interval(counts, n_x)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -78,7 +79,7 @@ def related_features(universe: Universe, features: FeatureSet, own: set[int], bi
     idx = idx[np.lexsort((others[idx], -strength[idx]))][:limit]
     out = []
     for i in idx.tolist():
-        name, value = universe.feature_name(int(features.fids[others[i]]))
+        name, value = universe.feature_name(int(fids[others[i]]))
         out.append(SegmentFeature(name, value, int(counts[i]), float(lift[i])))
     return out
 

@@ -15,79 +15,70 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels
 from ..ops.discover import DiscoveredSegment, Persona, Segmentation, primary_order
 from . import cancel
 
 _REDUNDANCY_BATCH = 128  # candidates checked against the listed segments in one cross co-occurrence pass
 
 
-def segmentation(segments: list[DiscoveredSegment], bits: list[np.ndarray], k: int, n: int) -> Segmentation:
-    stack = np.ascontiguousarray(np.vstack(bits))
+def segmentation(segments: list[DiscoveredSegment], conjunctions: list, k: int, n: int, counts) -> Segmentation:
+    """k personas among `segments` (each the conjunction conjunctions[i]) by greedy cover, counted by `counts`
+    (a segsrv.engine.discover.SearchCounts: `outside` and `layered`)."""
     sizes = np.array([s.support for s in segments], dtype=np.int64)
-    covered = np.zeros_like(bits[0])
-    multi = np.zeros_like(bits[0])
     chosen: list[int] = []
     gains: list[int] = []
     for _ in range(min(k, len(segments))):
-        gain = sizes - _kernels.and_count_dense(covered, stack)
+        # each segment's rows not covered yet (nothing is covered before the first choice)
+        gain = counts.outside(conjunctions, [conjunctions[i] for i in chosen]) if chosen else sizes.copy()
         gain[chosen] = -1
         best = int(np.argmax(gain))  # first of the largest: the listed order breaks ties
         if gain[best] <= 0:
             break
         chosen.append(best)
         gains.append(int(gain[best]))
-        multi |= covered & bits[best]
-        covered |= bits[best]
-    assigned = np.zeros_like(covered)
-    primary: dict[int, int] = {}
-    for j in primary_order([segments[i] for i in chosen]):
-        i = chosen[j]
-        primary[i] = int(_kernels.popcount(_kernels.bitset_andnot(bits[i], assigned)))
-        assigned |= bits[i]
-    n_cov = int(_kernels.popcount(covered))
+        cancel.check()
+    order = primary_order([segments[i] for i in chosen])
+    new, multi = counts.layered([conjunctions[chosen[j]] for j in order])
+    primary = {chosen[j]: int(c) for j, c in zip(order, new.tolist())}
+    n_cov = int(new.sum())  # the covered rows: each counted with the first persona holding it
     return Segmentation([Persona(i, primary[i], g) for i, g in zip(chosen, gains)], n_cov,
-                        n_cov / n if n else 0.0, int(_kernels.popcount(multi)), n - n_cov)
+                        n_cov / n if n else 0.0, int(multi), n - n_cov)
 
 
-def non_redundant(bits_of, n_words: int, n: int, terms: list[np.ndarray], sizes: np.ndarray, order: np.ndarray,
-                  max_overlap: float, max_excess_overlap: float, limit: int):
-    """Segments to list: the first `limit` of `order` (each made of `terms[i]`, `sizes[i]` rows, its member
-    bitset from `bits_of(terms[i])`) whose members overlap every one listed before by a Jaccard index of at most
-    max_overlap and an overlap beyond chance (overlap_beyond_chance) of at most max_excess_overlap.
+def non_redundant(counts, n: int, terms: list, sizes: np.ndarray, order: np.ndarray, max_overlap: float,
+                  max_excess_overlap: float, limit: int) -> list[int]:
+    """Segments to list: the first `limit` of `order` (each the conjunction `terms[i]` of `sizes[i]` rows) whose
+    members overlap every one listed before by a Jaccard index of at most max_overlap and an overlap beyond
+    chance (overlap_beyond_chance) of at most max_excess_overlap. `counts` (a segsrv.engine.discover.
+    SearchCounts) counts the overlaps.
 
     Candidates are taken _REDUNDANCY_BATCH at a time: their overlaps with the segments listed so far are one
-    cross co-occurrence pass; a segment listed from the batch adds its column for the rest of the batch."""
+    batch; a segment listed from the batch adds its overlaps with the rest of the batch."""
+    if not (max_overlap < 1.0 or max_excess_overlap < 1.0):  # nothing is redundant: no overlap to count
+        return [int(i) for i in order[:limit]]
     listed: list[int] = []
-    bits_list: list[np.ndarray] = []
-    kept = np.zeros((limit, n_words), dtype=np.uint64)
-    check = max_overlap < 1.0 or max_excess_overlap < 1.0
     for start in range(0, len(order), _REDUNDANCY_BATCH):
         if len(listed) >= limit:
             break
         idx = order[start:start + _REDUNDANCY_BATCH]
-        batch = np.stack([bits_of(terms[i]) for i in idx])
+        overlaps = counts.overlaps([terms[i] for i in idx], [terms[i] for i in listed])
         inter = np.zeros((len(idx), limit), dtype=np.int64)
-        if listed and check:
-            inter[:, :len(listed)] = _kernels.cross_cooccurrence(batch, kept[:len(listed)])
+        inter[:, :len(listed)] = overlaps.listed
         for j, i in enumerate(idx.tolist()):
             if len(listed) >= limit:
                 break
-            if listed and check:
+            if listed:
                 both = inter[j, :len(listed)]
                 union = sizes[i] + sizes[listed] - both
                 if np.any(both > max_overlap * union):
                     continue
                 if np.any(overlap_beyond_chance(n, sizes[i], sizes[listed], both) > max_excess_overlap):
                     continue
-            if j + 1 < len(idx) and check:
-                inter[j + 1:, len(listed)] = _kernels.and_count_dense(batch[j], batch, rows=np.arange(
-                    j + 1, len(idx), dtype=np.int64), n_threads=1)
-            kept[len(listed)] = batch[j]
+            if j + 1 < len(idx):
+                inter[j + 1:, len(listed)] = overlaps.later(j)
             listed.append(i)
-            bits_list.append(batch[j].copy())
         cancel.check()
-    return listed, bits_list
+    return listed
 
 
 def overlap_beyond_chance(n: int, a, b, both) -> np.ndarray:

@@ -4,8 +4,8 @@ independent brute-force oracle over the SOURCE tables.
 The oracle itself (``Source``, ``BruteUniverse``: pandas joins over the PetNord JSON files,
 nothing read from the snapshot's bitsets) lives in tests/support.py; the session fixtures
 ``source`` and ``oracle`` are in tests/conftest.py. ``snap`` / ``su`` / ``bu`` are PetNord,
-its customers universe and the oracle's customers universe; ``petnord_sharded`` is PetNord in 1, 3 and 7
-shards.
+its customers universe and the oracle's customers universe; ``petnord_sharded`` is PetNord built with
+1, 3 and 7 shards (ROOT/petnord), built once per session for every suite of merged answers.
 """
 
 from __future__ import annotations

@@ -17,12 +17,14 @@ feature:
 * Info: the shared dictionary with each universe's rows and each value's rows summed.
 * Export without a target: each shard's matching rows, shard after shard; ids made per chunk by the
   shards the chunk spans.
-
 * Assign: each id routed to the shard holding it (``ShardedSnapshot.route_ids``), its membership
   evaluated there; segments ranked by their summed sizes and scored with the merged propensity model.
 * ListSegments: each segment's size is the sum of its sizes in the shards.
 * The segment catalog (``apply_sharded_segments``): published into every shard, then SHARDS; its
   propensity models fitted from the shards' rows gathered in the unsharded order (``catalog``).
+* Discover: the unsharded search (segsrv.engine.discover.search) on counts summed over the shards, one
+  ``map`` per batch of counts it asks for (pairs, activity strata, each level's extensions, each batch of
+  the redundancy check, ...): the same segments, statistics and segmentation.
 
 A universe of a replicated table (every shard holds it whole) is answered from shard 0 alone: its
 rows would otherwise count N times. It is recognised exactly: a partitioned universe's shards hold
@@ -40,6 +42,7 @@ Modules: ``open`` (opening the shards, ``map``, the merged universe, routing ids
 from .assign import assign_part, sharded_assign
 from .catalog import MergedCatalog, apply_sharded_segments, merged_catalog
 from .count import count_part, sharded_count
+from .discover import ShardedCounts, discover_part, sharded_discover
 from .export import ShardedExportResult, export_part, ids_part, refuse_ranked, sharded_export
 from .info import MergedUniverseInfo, sharded_info
 from .open import (
@@ -57,10 +60,12 @@ SHARDED_OPERATIONS = (
     "Profile",
     "Info",
     "Export",
+    "Discover",
 )
 
-__all__ = ["SHARDED_OPERATIONS", "MergedCatalog", "MergedUniverse", "MergedUniverseInfo", "ShardedExportResult",
-           "ShardedSnapshot", "apply_sharded_segments", "assign_part", "count_part", "export_part", "ids_part",
-           "is_sharded", "merged_catalog", "open_shard", "open_sharded", "population_values_part", "profile_part",
-           "refuse_ranked", "relate_part", "sharded_assign", "sharded_count", "sharded_export", "sharded_info",
-           "sharded_profile", "sharded_relate", "sharded_version", "universe_summary"]
+__all__ = ["SHARDED_OPERATIONS", "MergedCatalog", "MergedUniverse", "MergedUniverseInfo", "ShardedCounts",
+           "ShardedExportResult", "ShardedSnapshot", "apply_sharded_segments", "assign_part", "count_part",
+           "discover_part", "export_part", "ids_part", "is_sharded", "merged_catalog", "open_shard", "open_sharded",
+           "population_values_part", "profile_part", "refuse_ranked", "relate_part", "sharded_assign",
+           "sharded_count", "sharded_discover", "sharded_export", "sharded_info", "sharded_profile",
+           "sharded_relate", "sharded_version", "universe_summary"]
