@@ -638,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=QUERY_KINDS, help="query kind")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", metavar="ROOT[/NAME]",
-                       help="answer in-process from a snapshot directory (a sharded ROOT/NAME: count and relate; "
-                            "docs/scale.md)")
+                       help="answer in-process from a snapshot directory (a sharded ROOT/NAME: count, relate, "
+                            "predict, score and evaluate; docs/scale.md)")
     where.add_argument("--addr", metavar="HOST:PORT", help="ask a running segsrv server")
     p.add_argument("--json", required=True, metavar="QUERY", help="inline JSON, a JSON file, or - for stdin")
     p.add_argument("--version", help="snapshot version (default: CURRENT); with --addr, pins the version")

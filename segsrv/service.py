@@ -4,7 +4,7 @@
 
 Every front end calls these methods (the gRPC servicer wraps them as FeatureBase's
 HTTP and gRPC handlers wrap its API; `segsrv ... --local` calls them on a snapshot
-directory, or on a sharded ROOT/NAME for Count and Relate: segsrv/engine/sharded/),
+directory, or on a sharded ROOT/NAME for the operations docs/scale.md lists: segsrv/engine/sharded/),
 so a rule that is not about the transport lives here once: which snapshot answers
 (``Selector``), the server's limits (largest Relate answer, most target values), the
 privacy floor (segsrv/engine/privacy.py) and the checks between expensive steps
@@ -31,7 +31,8 @@ from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
 from .engine.sharded import (
-    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_relate,
+    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_count, sharded_evaluate, sharded_pending_fits,
+    sharded_predict, sharded_relate, sharded_score_segment,
 )
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
@@ -150,7 +151,7 @@ class SegmentationService:
         """The privacy floor's refusal of a segment / condition of 1..k-1 rows, or of all rows but 1..k-1,
         before the operation runs (so no other answer about those rows, an error included, comes first)."""
         if self.privacy_k > 1:
-            c = count(snap, universe, condition)
+            c = (sharded_count if isinstance(snap, ShardedSnapshot) else count)(snap, universe, condition)
             privacy.refuse_small(c.count, self.privacy_k, what, field, total=c.n_rows)
 
     # -- operations ------------------------------------------------------------------
@@ -175,14 +176,16 @@ class SegmentationService:
 
     def predict(self, query: PredictQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at, "Predict")
+        snap = self._any_snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
         if self.privacy_k > 1:  # a conjunction of fewer rows would be a factor resting on a small count
             query.min_support = max(query.min_support, self.privacy_k)
+        sharded = isinstance(snap, ShardedSnapshot)
         if isinstance(query.row_id, str):  # ids travel as text; integer-keyed universes want an int
-            u = snap.universe(query.universe)
+            u = snap.universe(query.universe).schema if sharded else snap.universe(query.universe)
             query.row_id = row_id_from_text(query.row_id, u.key_kind, u.name, u.key)
-        result = privacy.floor_predict(predict(snap, query, self.privacy_k), self.privacy_k)
+        answer = sharded_predict if sharded else predict
+        result = privacy.floor_predict(answer(snap, query, self.privacy_k), self.privacy_k)
         cancel.check()
         return result
 
@@ -197,13 +200,14 @@ class SegmentationService:
         it fits. The snapshot is resolved and the query checked (the privacy floor included) before
         this returns."""
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at, "ScoreSegment")
+        snap = self._any_snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
-        pending = pending_fits(snap, query)
+        sharded = isinstance(snap, ShardedSnapshot)
+        pending = (sharded_pending_fits if sharded else pending_fits)(snap, query)
         header = PendingHeader(snap.name, snap.version, pending) if pending else None
 
         def run():
-            result = score_segment(snap, query)
+            result = (sharded_score_segment if sharded else score_segment)(snap, query)
             privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
             return result
 
@@ -211,9 +215,10 @@ class SegmentationService:
 
     def evaluate(self, query: EvaluateQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at, "Evaluate")
+        snap = self._any_snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
-        result = privacy.floor_evaluate(evaluate(snap, query), self.privacy_k)
+        answer = sharded_evaluate if isinstance(snap, ShardedSnapshot) else evaluate
+        result = privacy.floor_evaluate(answer(snap, query), self.privacy_k)
         cancel.check()
         return result
 

@@ -4,7 +4,8 @@ independent brute-force oracle over the SOURCE tables.
 The oracle itself (``Source``, ``BruteUniverse``: pandas joins over the PetNord JSON files,
 nothing read from the snapshot's bitsets) lives in tests/support.py; the session fixtures
 ``source`` and ``oracle`` are in tests/conftest.py. ``snap`` / ``su`` / ``bu`` are PetNord,
-its customers universe and the oracle's customers universe.
+its customers universe and the oracle's customers universe; ``petnord_sharded`` is PetNord built with
+1, 3 and 7 shards (a module fixture: each suite builds its own).
 """
 
 from __future__ import annotations
@@ -271,6 +272,19 @@ def where_strategy(petnord_snapshot, oracle):
 # ----------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=[1, 3, 7], ids=lambda n: f"{n}_shards")
+def petnord_sharded(request, tmp_path_factory, petnord_spec):
+    """PetNord built with 1, 3 and 7 shards by customer (ROOT/petnord holding SHARDS)."""
+    from dataclasses import replace
+
+    from segsrv.snapshot.shardbuild import build_shards
+    from support import quiet
+
+    root = tmp_path_factory.mktemp(f"petnord_{request.param}_shards")
+    build_shards(replace(petnord_spec, shard_entity="customers"), root, request.param, progress=quiet)
+    return root / "petnord"
 
 
 @pytest.fixture(scope="session")

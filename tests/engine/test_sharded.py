@@ -8,19 +8,14 @@ import math
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
-
 import pandas as pd
 import pytest
 
 from segsrv.errors import CorruptSnapshotError, SegsrvError
-from segsrv.ops import CountQuery, InfoQuery, PredictQuery, ProfileQuery, RelateQuery, SegmentsQuery
+from segsrv.ops import CountQuery, InfoQuery, ProfileQuery, RelateQuery, SegmentsQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
-from segsrv.snapshot.builder import build_snapshot
-from segsrv.snapshot.reader import open_snapshot
-from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS
-from support import CUSTOMER_CONDITIONS, quiet, repo_env, write_shop
+from support import CUSTOMER_CONDITIONS, repo_env, shop_services
 
 COUNTS = [("customers", where) for where in CUSTOMER_CONDITIONS.values()] + [
     ("orders", {}),
@@ -56,13 +51,6 @@ RELATES = [
     {"from": "customers", "where": CUSTOMER_CONDITIONS["empty"]},
     {"from": "customers", "where": COUNTS[-2][1]},  # a handful of rows: suppressed under a floor of 10
 ]
-
-
-@pytest.fixture(scope="module", params=[1, 3, 7], ids=lambda n: f"{n}_shards")
-def petnord_sharded(request, tmp_path_factory, petnord_spec):
-    root = tmp_path_factory.mktemp(f"petnord_{request.param}_shards")
-    build_shards(replace(petnord_spec, shard_entity="customers"), root, request.param, progress=quiet)
-    return root / "petnord"
 
 
 def answers(service: SegmentationService, kind, obj: dict):
@@ -151,7 +139,6 @@ def test_tampered_shard_version_is_refused(petnord_sharded, tmp_path):
 
 
 @pytest.mark.parametrize("operation, query", [
-    ("Predict", PredictQuery.from_json({"from": "customers", "target": "churned"})),
     ("Profile", ProfileQuery.from_json({"from": "customers", "segment": {"churned": True}})),
     ("Info", InfoQuery.from_json({})),
     ("ListSegments", SegmentsQuery.from_json({})),
@@ -188,10 +175,7 @@ def test_cli_query_count_and_relate_local(petnord_sharded, petnord_snapshot):
 
 @pytest.mark.parametrize("n_customers, n_shards", [(40, 4), (3, 8)])
 def test_shop_with_empty_shards_and_a_replicated_universe(tmp_path, n_customers, n_shards):
-    spec = write_shop(tmp_path, n_customers=n_customers)
-    whole = SegmentationService(OneSnapshot(open_snapshot(build_snapshot(spec, tmp_path / "whole", progress=quiet))))
-    build_shards(spec, tmp_path / "sharded", n_shards, progress=quiet)
-    sharded = local_service(tmp_path / "sharded" / "shop")
+    sharded, whole = shop_services(tmp_path, n_customers, n_shards)
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in sharded.snapshots.snapshot.shards)
     segment = pd.read_csv(tmp_path / "customers.csv")["segment"].iloc[0]  # a value every build has

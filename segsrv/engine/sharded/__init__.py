@@ -16,6 +16,17 @@ A universe of a replicated table (every shard holds it whole) is answered from s
 rows would otherwise count N times. It is recognised exactly: a partitioned universe's shards hold
 disjoint ids, a replicated one's the same ids in every shard.
 
+* Predict, and the models of ScoreSegment and Evaluate (``predict``): every count of every model is a sum
+  over shards; the conjunction grows one round per evidence that joins; the logistic fit merges the
+  shards' distinct evidence patterns with their rows per fold and class and runs the unsharded fit;
+  a Predict by id reads the row's evidence from the one shard holding it (``ShardedSnapshot.shard_of``).
+* ScoreSegment (``score``): the model fitted once over shards; each shard scores its members and answers
+  its count, its scores' sum and its top K by id; the merge keeps the global top K (score, then id:
+  the row order). ``sharded_ranked_rows`` ranks a targeted Export the same way.
+* Evaluate (``evaluate``): the holdout goes by the id's hash, so each shard knows its test rows; the model
+  is fitted over shards on the training rows; each shard sends its test rows' (id, true value,
+  probabilities) and every statistic (AUC, calibration, ...) is computed on them in row order.
+
 Every operation is written as functions over one shard (``*_part``: a module-level function of the
 shard's snapshot and picklable arguments, answering counts) and a merge, run through
 ``ShardedSnapshot.map``: in-process over the open shards, or on Ray shard replicas by the router, with
@@ -25,13 +36,17 @@ Modules: ``open`` (opening the shards, ``map``, the merged universe), one module
 """
 
 from .count import count_part, sharded_count
+from .evaluate import sharded_evaluate
 from .open import (
     MergedUniverse, ShardedSnapshot, is_sharded, open_sharded, sharded_version, universe_summary,
 )
+from .predict import sharded_predict
 from .relate import relate_part, sharded_relate
+from .score import sharded_pending_fits, sharded_ranked_rows, sharded_score_segment
 
 # the operations answered over shards so far (docs/scale.md, "Answers over shards")
-SHARDED_OPERATIONS = ("Count", "Relate")
+SHARDED_OPERATIONS = ("Count", "Relate", "Predict", "ScoreSegment", "Evaluate")
 
 __all__ = ["SHARDED_OPERATIONS", "MergedUniverse", "ShardedSnapshot", "count_part", "is_sharded", "open_sharded",
-           "relate_part", "sharded_count", "sharded_relate", "sharded_version", "universe_summary"]
+           "relate_part", "sharded_count", "sharded_evaluate", "sharded_pending_fits", "sharded_predict",
+           "sharded_ranked_rows", "sharded_relate", "sharded_score_segment", "sharded_version", "universe_summary"]

@@ -12,7 +12,7 @@ import numpy as np
 from ...errors import CorruptSnapshotError
 from ...snapshot.location import read_current
 from ...snapshot.reader import Snapshot, open_snapshot
-from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest
+from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest, shard_of_keys
 from .. import cancel
 from ..fields import is_identifier_like
 
@@ -20,6 +20,11 @@ from ..fields import is_identifier_like
 def is_sharded(location: str | Path) -> bool:
     """Whether LOCATION is a sharded snapshot's directory (ROOT/NAME holding SHARDS)."""
     return (Path(location) / SHARDS).is_file()
+
+
+def holds_row(shard: Snapshot, universe: str, row_id) -> bool:
+    """Whether this shard's part of `universe` has the row `row_id`."""
+    return bool(shard.universe(universe).rows_for_ids([row_id])[0] >= 0)
 
 
 def universe_summary(shard: Snapshot, universe: str | None) -> tuple[str, int, bytes, np.ndarray]:
@@ -53,13 +58,14 @@ class ShardedSnapshot:
     """
 
     def __init__(self, path: Path, name: str, version: str, schema: Snapshot, shard_count: int,
-                 shards: list[Snapshot] | None = None):
+                 shards: list[Snapshot] | None = None, entity: str | None = None):
         self.path = Path(path)
         self.name = name
         self.version = version  # "shards-" + the first 16 hex digits of the SHA-256 of the shard versions
         self.schema = schema  # shard 0: the shared dictionary, fields and catalog
         self.shard_count = shard_count
         self.shards = shards  # the open shards (in-process), or None when `map` runs them elsewhere
+        self.entity = entity  # the table whose key routes rows to shards (SHARDS' "entity")
         self._merged: dict[str, MergedUniverse] = {}
 
     def map(self, fn, *args, shards=None) -> list:
@@ -70,6 +76,27 @@ class ShardedSnapshot:
             out.append(fn(self.shards[i], *args))
             cancel.check()
         return out
+
+    def shard_of(self, universe: str | None, row_id) -> int:
+        """The one shard holding the row `row_id` of `universe` (an id the universe lacks: the shard that
+        would hold it, which reports it unknown as an unsharded snapshot does). The entity's universe is
+        routed by the hash of the key (segsrv.snapshot.shards.shard_of_keys); a universe of a replicated
+        table is whole in shard 0; a universe partitioned through links (orders by their customer) cannot
+        be routed from its own id, so each shard looks the id up (one round of `holds_row`)."""
+        merged = self.universe(universe)
+        if merged.shards == (0,):
+            return 0
+        if merged.schema.table == self.entity:
+            if merged.schema.key_kind == "int":
+                try:
+                    key = np.array([int(row_id)], dtype=np.int64)
+                except (TypeError, ValueError, OverflowError):
+                    return 0  # never a key: shard 0 reports it unknown
+            else:
+                key = np.array([str(row_id).encode("utf-8")], dtype=object)
+            return int(shard_of_keys(key, self.shard_count)[0])
+        held = self.map(holds_row, merged.name, row_id, shards=merged.shards)
+        return next((i for i, h in zip(merged.shards, held) if h), 0)
 
     def universe(self, universe: str | None) -> MergedUniverse:
         """The universe over the shards: every shard holds part of a partitioned one; a replicated one
@@ -108,7 +135,8 @@ def open_sharded(location: str | Path) -> ShardedSnapshot:
             raise CorruptSnapshotError(f"{snap.path}: its feature "
                                        f"dictionary is not the one {location / SHARDS} records")
         shards.append(snap)
-    return ShardedSnapshot(location, manifest["name"], sharded_version(manifest), shards[0], len(shards), shards)
+    return ShardedSnapshot(location, manifest["name"], sharded_version(manifest), shards[0], len(shards), shards,
+                          manifest.get("entity"))
 
 
 def sharded_version(manifest: dict) -> str:
