@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from segsrv.engine.predict import logistic
 from segsrv.engine.sharded import open_sharded
@@ -146,3 +148,19 @@ def test_shop_with_empty_shards(tmp_path, n_customers, n_shards):
 def same_values(sharded, whole, universe: str, target: str) -> bool:
     schema = sharded.snapshots.snapshot.schema.universe(universe)
     return schema.fields[target].values == whole.snapshots.snapshot.universe(universe).fields[target].values
+
+
+@settings(max_examples=12, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_segments_and_rows(petnord_sharded, petnord_snapshot, where_strategy, data):
+    """Random segments (condition trees), rows and methods: the same answer or the same error."""
+    sharded, whole = petnord_services(petnord_sharded, petnord_snapshot, 0)
+    row = data.draw(st.integers(0, petnord_snapshot.universe("customers").n_rows - 1), label="row")
+    obj = {"from": "customers", "segment": data.draw(where_strategy("customers"), label="segment"),
+           "target": data.draw(st.sampled_from(["churned", "lifestyle", "orders.line_categories"]), label="target"),
+           "id": petnord_snapshot.universe("customers").ids_for_rows([row])[0],
+           "evidence_fields": ["region", "pet_size", "segment", "tenure_months"]}
+    method = data.draw(st.sampled_from(list(METHODS)), label="method")
+    obj.update(METHODS[method], method=method)
+    compare_over_shards(sharded, whole, [obj], PredictQuery.from_json, assert_bit_for_bit)
