@@ -4,6 +4,8 @@ counts bit for bit, probabilities and factors to 1e-12 (measured: bit for bit), 
 from __future__ import annotations
 
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,3 +166,29 @@ def test_random_segments_and_rows(petnord_sharded, petnord_snapshot, where_strat
     method = data.draw(st.sampled_from(list(METHODS)), label="method")
     obj.update(METHODS[method], method=method)
     compare_over_shards(sharded, whole, [obj], PredictQuery.from_json, assert_bit_for_bit)
+
+
+def test_shard_calls_pickle(petnord_sharded, petnord_snapshot, monkeypatch):
+    """Every per-shard call's function, arguments and answer go through pickle (as to a Ray shard replica)
+    and the answers stay the same: Predict (each method), ScoreSegment, Evaluate."""
+    from segsrv.engine.sharded import ShardedSnapshot
+    from segsrv.ops import EvaluateQuery, ScoreQuery
+
+    in_process = ShardedSnapshot.map
+
+    def through_pickle(self, fn, *args, shards=None):
+        fn, args = pickle.loads(pickle.dumps((fn, args)))
+        return pickle.loads(pickle.dumps(in_process(self, fn, *args, shards=shards)))
+
+    monkeypatch.setattr(ShardedSnapshot, "map", through_pickle)
+    sharded, whole = petnord_services(petnord_sharded, petnord_snapshot, 0)
+    queries = [{**extra, **PREDICTS[0], "method": method, "evidence_fields": ["region", "pet_size"]}
+               for method, extra in METHODS.items()]
+    assert compare_over_shards(sharded, whole, queries, PredictQuery.from_json, assert_bit_for_bit) == 0
+    score = {"from": "customers", "target": "lifestyle", "value": "premium", "top_k": 9, "l2": 1.0,
+             "evidence_fields": ["region", "churned"]}
+    got, want = (answer_or_error(s, ScoreQuery.from_json, score) for s in (sharded, whole))
+    assert (got.ids, got.scores.tolist(), got.n_members) == (want.ids, want.scores.tolist(), want.n_members)
+    evaluation = {"from": "customers", "target": "churned", "evidence_fields": ["region"], "method": "factorized"}
+    got, want = (answer_or_error(s, EvaluateQuery.from_json, evaluation) for s in (sharded, whole))
+    assert (got.auc, got.log_loss, got.n_test) == (want.auc, want.log_loss, want.n_test)
