@@ -3,7 +3,6 @@ counts bit for bit, probabilities and factors to 1e-12 (measured: bit for bit), 
 
 from __future__ import annotations
 
-
 import pickle
 
 import numpy as np
