@@ -31,8 +31,9 @@ from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
 from .engine.sharded import (
-    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, refuse_ranked, sharded_assign, sharded_count,
-    sharded_discover, sharded_export, sharded_info, sharded_profile, sharded_relate,
+    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_assign, sharded_count,
+    sharded_discover, sharded_evaluate, sharded_export, sharded_info, sharded_pending_fits, sharded_predict,
+    sharded_profile, sharded_relate, sharded_score_segment,
 )
 from .errors import LimitExceededError, SegsrvError, SnapshotNotFoundError
 from .ops import (
@@ -177,14 +178,16 @@ class SegmentationService:
 
     def predict(self, query: PredictQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at, "Predict")
+        snap = self._any_snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
         if self.privacy_k > 1:  # a conjunction of fewer rows would be a factor resting on a small count
             query.min_support = max(query.min_support, self.privacy_k)
+        sharded = isinstance(snap, ShardedSnapshot)
         if isinstance(query.row_id, str):  # ids travel as text; integer-keyed universes want an int
-            u = snap.universe(query.universe)
+            u = snap.universe(query.universe).schema if sharded else snap.universe(query.universe)
             query.row_id = row_id_from_text(query.row_id, u.key_kind, u.name, u.key)
-        result = privacy.floor_predict(predict(snap, query, self.privacy_k), self.privacy_k)
+        answer = sharded_predict if sharded else predict
+        result = privacy.floor_predict(answer(snap, query, self.privacy_k), self.privacy_k)
         cancel.check()
         return result
 
@@ -199,13 +202,14 @@ class SegmentationService:
         it fits. The snapshot is resolved and the query checked (the privacy floor included) before
         this returns."""
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at, "ScoreSegment")
+        snap = self._any_snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
-        pending = pending_fits(snap, query)
+        sharded = isinstance(snap, ShardedSnapshot)
+        pending = (sharded_pending_fits if sharded else pending_fits)(snap, query)
         header = PendingHeader(snap.name, snap.version, pending) if pending else None
 
         def run():
-            result = score_segment(snap, query)
+            result = (sharded_score_segment if sharded else score_segment)(snap, query)
             privacy.refuse_small(result.n_members, self.privacy_k, "the segment", "segment")
             return result
 
@@ -213,9 +217,10 @@ class SegmentationService:
 
     def evaluate(self, query: EvaluateQuery, at: Selector = ANY_SNAPSHOT):
         query.max_target_values = self.max_target_values
-        snap = self._snapshot(at, "Evaluate")
+        snap = self._any_snapshot(at)
         self._refuse_small_rows(snap, query.universe, query.segment, "the segment", "segment")
-        result = privacy.floor_evaluate(evaluate(snap, query), self.privacy_k)
+        answer = sharded_evaluate if isinstance(snap, ShardedSnapshot) else evaluate
+        result = privacy.floor_evaluate(answer(snap, query), self.privacy_k)
         cancel.check()
         return result
 
@@ -238,15 +243,13 @@ class SegmentationService:
         query.max_target_values = self.max_target_values
         snap = self._any_snapshot(at)
         sharded = isinstance(snap, ShardedSnapshot)
-        if sharded:
-            refuse_ranked(snap, query)
         self._refuse_small_rows(snap, query.universe, query.condition, "the condition", "condition")
         header = None
         if query.target is not None:
             query.validate()
-            pending = pending_fits(snap, ranking_query(query))
+            pending = (sharded_pending_fits if sharded else pending_fits)(snap, ranking_query(query))
             if pending:
-                total = count(snap, query.universe, query.condition).count
+                total = (sharded_count if sharded else count)(snap, query.universe, query.condition).count
                 privacy.refuse_small(total, self.privacy_k, "the condition", "condition")
                 header = PendingHeader(snap.name, snap.version, pending, int(total))
 

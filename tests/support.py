@@ -1136,3 +1136,82 @@ def assert_same_relate(sharded, whole) -> None:
                 assert math.isnan(hs.stats[name]), (hw.field, hw.value, name)
             else:
                 assert hs.stats[name] == pytest.approx(value, rel=1e-12, abs=1e-12), (hw.field, hw.value, name)
+
+
+# ----------------------------------------------------------------------------
+# sharded answers against unsharded ones
+# ----------------------------------------------------------------------------
+
+
+def petnord_services(sharded_path, snapshot, privacy_k: int = 0):
+    """(the service over a sharded PetNord, the service over the unsharded snapshot), with the privacy floor."""
+    from segsrv.service import OneSnapshot, SegmentationService, local_service
+
+    return (SegmentationService(local_service(sharded_path).snapshots, privacy_k=privacy_k),
+            SegmentationService(OneSnapshot(snapshot), privacy_k=privacy_k))
+
+
+def answer_or_error(service, make_query, obj):
+    """service.call(make_query(obj)), or the error's (class name, message): errors must match over shards."""
+    try:
+        return service.call(make_query(json.loads(json.dumps(obj))))
+    except Exception as exc:  # compared, not hidden
+        return type(exc).__name__, str(exc)
+
+
+def compare_over_shards(sharded, whole, objs, make_query, assert_same) -> int:
+    """Each query of `objs` answered by both services: the same error, or assert_same(got, want). Returns
+    how many were errors (the privacy floor's refusals among them)."""
+    errors = 0
+    for obj in objs:
+        got, want = answer_or_error(sharded, make_query, obj), answer_or_error(whole, make_query, obj)
+        if isinstance(want, tuple):
+            assert got == want, obj
+            errors += 1
+        else:
+            assert_same(got, want)
+    return errors
+
+
+def shop_services(directory: Path, n_customers: int, n_shards: int, privacy_k: int = 0):
+    """`write_shop` in DIRECTORY built whole and with N shards: (the sharded build's service, the whole one's)."""
+    from segsrv.service import OneSnapshot, SegmentationService, local_service
+    from segsrv.snapshot.builder import build_snapshot
+    from segsrv.snapshot.reader import open_snapshot
+    from segsrv.snapshot.shardbuild import build_shards
+
+    spec = write_shop(directory, n_customers=n_customers)
+    whole = open_snapshot(build_snapshot(spec, directory / "whole", progress=quiet))
+    build_shards(spec, directory / "sharded", n_shards, progress=quiet)
+    sharded = local_service(directory / "sharded" / "shop").snapshots
+    return (SegmentationService(sharded, privacy_k=privacy_k),
+            SegmentationService(OneSnapshot(whole), privacy_k=privacy_k))
+
+
+def assert_same_factors(got, want) -> None:
+    """Two lists of Predict factors: evidence, kind, note, support and table equal; factor and p-values to
+    1e-12 (relative)."""
+    assert [(f.evidence, f.kind, f.note, f.support, f.table) for f in got] == \
+        [(f.evidence, f.kind, f.note, f.support, f.table) for f in want]
+    for g, w in zip(got, want):
+        for a, b in ((g.factor, w.factor), (g.p_value, w.p_value), (g.log10_p_value, w.log10_p_value)):
+            assert (a is None and b is None) or a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300), (g, w)
+
+
+def assert_same_predict(got, want) -> float:
+    """A Predict answer over shards against the unsharded one: counts, evidence, values, factors and the
+    regularisation exactly, probabilities to 1e-12. Returns the largest probability difference seen."""
+    assert (got.universe, got.target, got.multi_valued, got.method, got.n_segment, got.evidence,
+            got.suppressed_values) == \
+        (want.universe, want.target, want.multi_valued, want.method, want.n_segment, want.evidence,
+         want.suppressed_values)
+    assert got.regularisation == want.regularisation
+    assert [(p.value, p.count) for p in got.probabilities] == [(p.value, p.count) for p in want.probabilities]
+    largest = 0.0
+    for g, w in zip(got.probabilities, want.probabilities):
+        for a, b in ((g.probability, w.probability), (g.base_probability, w.base_probability),
+                     (g.normalizer, w.normalizer)):
+            assert a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15), (g.value, a, b)
+            largest = max(largest, abs(a - b))
+        assert_same_factors(g.factors, w.factors)
+    return largest

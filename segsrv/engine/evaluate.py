@@ -102,6 +102,13 @@ def calibration_table(pred: np.ndarray, observed: np.ndarray, n_bins: int = N_CA
     return out
 
 
+def row_cap(query: EvaluateQuery) -> int | None:
+    """The most test rows scored: max_test_rows, by default none but for the conjunction method."""
+    if query.max_test_rows is None and query.method == "conjunction":
+        return DEFAULT_MAX_TEST_ROWS_CONJUNCTION
+    return query.max_test_rows
+
+
 def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
     t0 = time.perf_counter()
     query.validate()
@@ -110,44 +117,21 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
     train_mask = bool_to_bitset(~hold, u.n_words)
     _kernels.bitset_and(train_mask, tail_mask(u.n_rows, u.n_words), train_mask)
     t = resolve_target(snapshot, u.name, query.target, query.segment, train_mask, query.max_target_values)
-    if t.multi:
-        raise QueryError(
-            f"target {t.info.name!r} is multi-valued (a row can have several values); Evaluate needs a "
-            f"single-valued target",
-            [("target", "multi-valued field")],
-        )
+    refuse_multi_valued(t.info, t.multi)
     values = list(t.info.values)
     K = len(values)
     # test rows: segment members held out that have a value of the target
     test_bits = _kernels.bitset_and(t.segment, bool_to_bitset(hold, u.n_words))
     _kernels.bitset_and(test_bits, t.has_target, test_bits)
-    test_rows = _kernels.bitset_to_ids(test_bits, u.n_rows).astype(np.int64)
-    cap = query.max_test_rows
-    if cap is None and query.method == "conjunction":
-        cap = DEFAULT_MAX_TEST_ROWS_CONJUNCTION
-    if cap is not None and len(test_rows) > cap:  # keep the rows with the smallest hash: deterministic
-        s = _splitmix64(id_keys(u)[test_rows] ^ np.uint64(0x5EED))
-        test_rows = np.sort(test_rows[np.argsort(s, kind="mergesort")[:cap]])
-    if len(test_rows) == 0:
-        raise QueryError("evaluate: no test rows (the segment has no held-out row with a target value)",
-                         [("holdout_fraction", "empty test set")])
-    # true value of each test row (single-valued: at most one value per row)
-    true_index = np.full(len(test_rows), -1, dtype=np.int64)
-    member = np.zeros(u.n_rows + 64, dtype=bool)
-    for i, bits in enumerate(t.value_bits):
-        ids = _kernels.bitset_to_ids(bits, u.n_rows)
-        member[:] = False
-        member[ids] = True
-        true_index[member[test_rows]] = i
+    test_rows = held_out_rows(u, test_bits, row_cap(query))
+    refuse_no_test_rows(len(test_rows))
+    true_index = true_values(t, test_rows)
     ev_mask = evidence_feature_mask(t, query.evidence_fields)
     classes, p0, _ = questions(t)[0]
     reg = None
     if query.method in ("factorized", "logistic"):
         log_base, W, reg, inter = bulk_weights(t, classes, p0, ev_mask, query, 0)
-        logits = class_log_scores(u, log_base, W, test_rows, inter)
-        probs = softmax(logits)
-        m = logits.max(axis=1, keepdims=True)
-        log_probs = logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
+        probs, log_probs = bulk_probabilities(u, log_base, W, inter, test_rows)
     else:
         pq = PredictQuery(target=t.info.name, prior_strength=query.prior_strength, min_support=query.min_support,
                           min_support_fraction=query.min_support_fraction, max_p_value=query.max_p_value,
@@ -162,6 +146,65 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         with np.errstate(divide="ignore"):
             log_probs = np.log(probs)
     n_train_value = np.array([_kernels.popcount(_kernels.bitset_and(t.S, c)) for c in classes], dtype=np.int64)
+    return evaluation(snapshot.name, snapshot.version, u.name, t.info.name, query.method, values, t.n_S, test_rows,
+                      true_index, probs, log_probs, n_train_value, reg, t0)
+
+
+def held_out_rows(u: Universe, test_bits: np.ndarray, cap: int | None) -> np.ndarray:
+    """The test rows (int64, row order) of the bitset `test_bits`; above `cap`, the `cap` rows of the
+    smallest id hash (deterministic)."""
+    test_rows = _kernels.bitset_to_ids(test_bits, u.n_rows).astype(np.int64)
+    if cap is not None and len(test_rows) > cap:  # keep the rows with the smallest hash: deterministic
+        test_rows = np.sort(test_rows[np.argsort(keep_hash(u, test_rows), kind="mergesort")[:cap]])
+    return test_rows
+
+
+def keep_hash(u: Universe, rows: np.ndarray) -> np.ndarray:
+    """The hash that picks the test rows kept under max_test_rows (the smallest ones)."""
+    return _splitmix64(id_keys(u)[rows] ^ np.uint64(0x5EED))
+
+
+def true_values(t, test_rows: np.ndarray) -> np.ndarray:
+    """Index of each test row's target value (single-valued: at most one value per row; -1 none)."""
+    u = t.universe
+    true_index = np.full(len(test_rows), -1, dtype=np.int64)
+    member = np.zeros(u.n_rows + 64, dtype=bool)
+    for i, bits in enumerate(t.value_bits):
+        ids = _kernels.bitset_to_ids(bits, u.n_rows)
+        member[:] = False
+        member[ids] = True
+        true_index[member[test_rows]] = i
+    return true_index
+
+
+def bulk_probabilities(u: Universe, log_base: np.ndarray, W: np.ndarray, inter, test_rows: np.ndarray):
+    """(probabilities [n, K], log-probabilities [n, K]) of the rows under a bulk model."""
+    logits = class_log_scores(u, log_base, W, test_rows, inter)
+    probs = softmax(logits)
+    m = logits.max(axis=1, keepdims=True)
+    return probs, logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
+
+
+def refuse_multi_valued(info, multi: bool) -> None:
+    if multi:
+        raise QueryError(
+            f"target {info.name!r} is multi-valued (a row can have several values); Evaluate needs a "
+            f"single-valued target",
+            [("target", "multi-valued field")],
+        )
+
+
+def refuse_no_test_rows(n_test: int) -> None:
+    if n_test == 0:
+        raise QueryError("evaluate: no test rows (the segment has no held-out row with a target value)",
+                         [("holdout_fraction", "empty test set")])
+
+
+def evaluation(name: str, version: str, universe: str, target: str, method: str, values: list, n_train: int,
+               test_rows: np.ndarray, true_index: np.ndarray, probs: np.ndarray, log_probs: np.ndarray,
+               n_train_value: np.ndarray, reg, t0: float) -> EvaluateResult:
+    """The answer of an Evaluate from its test rows' (in row order) true values and predicted probabilities."""
+    K = len(values)
     baseline = int(np.argmax(n_train_value))
     p_true = probs[np.arange(len(test_rows)), true_index]
     pred = np.argmax(probs, axis=1)
@@ -176,19 +219,19 @@ def evaluate(snapshot: Snapshot, query: EvaluateQuery) -> EvaluateResult:
         positive = values[1]
         auc = auc_score(true_index == 1, probs[:, 1])
         calibration = calibration_table(probs[:, 1], (true_index == 1).astype(np.float64))
-        calibration_of = f"P({t.info.name}={positive})"
+        calibration_of = f"P({target}={positive})"
     else:
         conf = probs[np.arange(len(test_rows)), pred]
         calibration = calibration_table(conf, (pred == true_index).astype(np.float64))
         calibration_of = "top-1 confidence (observed = accuracy)"
     return EvaluateResult(
-        snapshot=snapshot.name,
-        version=snapshot.version,
-        universe=u.name,
-        target=t.info.name,
-        method=query.method,
+        snapshot=name,
+        version=version,
+        universe=universe,
+        target=target,
+        method=method,
         values=values,
-        n_train=t.n_S,
+        n_train=n_train,
         n_test=len(test_rows),
         accuracy=float(np.mean(pred == true_index)),
         baseline_accuracy=float(np.mean(true_index == baseline)),

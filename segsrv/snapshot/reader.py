@@ -299,7 +299,7 @@ class Universe:
             if arr is not None and arr.dtype.kind == "i":
                 q = arr.astype(np.int64)
             else:  # strings, floats, huge ints, mixtures: one by one, never truncating
-                q = np.asarray([_as_int(i) for i in ids], dtype=np.int64)
+                q = np.asarray([int_key(i) for i in ids], dtype=np.int64)
         else:
             encoded = [str(i).encode("utf-8") for i in ids]
             # numpy would silently cut ids longer than the stored width (and ignore trailing NULs),
@@ -322,7 +322,7 @@ class Universe:
         return [bytes(v).decode("utf-8") for v in vals]
 
 
-def _as_int(value) -> int:
+def int_key(value) -> int:
     missing = -(2**63)  # never a key: reported as not found
     if isinstance(value, (float, np.floating)) and not float(value).is_integer():
         return missing  # 5.5 is not the id 5

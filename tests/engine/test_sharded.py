@@ -8,18 +8,14 @@ import json
 import shutil
 import subprocess
 import sys
-
 import pandas as pd
 import pytest
 
 from segsrv.errors import CorruptSnapshotError, SegsrvError
-from segsrv.ops import CountQuery, PredictQuery, RelateQuery
+from segsrv.ops import CountQuery, RelateQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
-from segsrv.snapshot.builder import build_snapshot
-from segsrv.snapshot.reader import open_snapshot
-from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS
-from support import CUSTOMER_CONDITIONS, answers, assert_same_relate, quiet, repo_env, write_shop
+from support import CUSTOMER_CONDITIONS, answers, assert_same_relate, repo_env, shop_services
 
 COUNTS = [("customers", where) for where in CUSTOMER_CONDITIONS.values()] + [
     ("orders", {}),
@@ -123,14 +119,6 @@ def test_tampered_shard_version_is_refused(petnord_sharded, tmp_path):
         local_service(copy)
 
 
-@pytest.mark.parametrize("operation, query", [
-    ("Predict", PredictQuery.from_json({"from": "customers", "target": "churned"})),
-], ids=lambda v: v if isinstance(v, str) else "")
-def test_other_operations_are_refused_by_name(petnord_sharded, operation, query):
-    with pytest.raises(SegsrvError, match=f"^{operation}: not yet supported for sharded snapshots"):
-        local_service(petnord_sharded).call(query)
-
-
 def test_version_is_refused_with_a_sharded_snapshot(petnord_sharded):
     with pytest.raises(SegsrvError, match="--version: not with a sharded snapshot"):
         local_service(petnord_sharded, version="v1")
@@ -158,10 +146,7 @@ def test_cli_query_count_and_relate_local(petnord_sharded, petnord_snapshot):
 
 @pytest.mark.parametrize("n_customers, n_shards", [(40, 4), (3, 8)])
 def test_shop_with_empty_shards_and_a_replicated_universe(tmp_path, n_customers, n_shards):
-    spec = write_shop(tmp_path, n_customers=n_customers)
-    whole = SegmentationService(OneSnapshot(open_snapshot(build_snapshot(spec, tmp_path / "whole", progress=quiet))))
-    build_shards(spec, tmp_path / "sharded", n_shards, progress=quiet)
-    sharded = local_service(tmp_path / "sharded" / "shop")
+    sharded, whole = shop_services(tmp_path, n_customers, n_shards)
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in sharded.snapshots.snapshot.shards)
     segment = pd.read_csv(tmp_path / "customers.csv")["segment"].iloc[0]  # a value every build has

@@ -93,15 +93,22 @@ def predict(snapshot: Snapshot, query: PredictQuery, privacy_k: int = 0) -> Pred
             count = int(_kernels.popcount(_kernels.bitset_and(t.S, t.value_bits[vi])))
             out.append(ValueProbability(t.info.values[vi], float(probs[c]), float(base[c]), factors[c], norm,
                                         count))
+    return predict_result(snapshot.name, snapshot.version, u, t.info, t.multi, query.method, t.n_S, fids, out,
+                          regularisation, t0)
+
+
+def predict_result(name: str, version: str, u, info, multi: bool, method: str, n_S: int, fids: np.ndarray,
+                   out: list[ValueProbability], regularisation: list[Regularisation], t0: float) -> PredictResult:
+    """The answer of a Predict from its values' probabilities (most probable first, ties in value order)."""
     order = sorted(range(len(out)), key=lambda j: (-out[j].probability, j))
     return PredictResult(
-        snapshot=snapshot.name,
-        version=snapshot.version,
+        snapshot=name,
+        version=version,
         universe=u.name,
-        target=t.info.name,
-        multi_valued=t.multi,
-        method=query.method,
-        n_segment=t.n_S,
+        target=info.name,
+        multi_valued=multi,
+        method=method,
+        n_segment=n_S,
         evidence=[u.feature_name(int(f)) for f in fids],
         probabilities=[out[j] for j in order],
         elapsed_ms=(time.perf_counter() - t0) * 1e3,
@@ -113,10 +120,15 @@ def factorized_prior(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_ma
                      question: int) -> tuple[float, Regularisation]:
     """The factorized model's prior strength for `query` (one of Predict / ScoreSegment / Evaluate): the
     caller's when given, else chosen by cross-validation (factorized.choose_prior_strength); and its report."""
-    value = t.info.values[question] if t.multi else None
+    return prior_choice(query, t.info.values[question] if t.multi else None,
+                        lambda: choose_prior_strength(t, classes, p0, ev_mask, question))
+
+
+def prior_choice(query, value: str | None, choose) -> tuple[float, Regularisation]:
+    """(the prior strength, its report): the query's when given, else choose()'s (cross-validated)."""
     if sent(query, "prior_strength", DEFAULT_PRIOR_STRENGTH):
         return float(query.prior_strength), Regularisation(None, False, value, prior_strength=float(query.prior_strength))
-    a = choose_prior_strength(t, classes, p0, ev_mask, question)
+    a = choose()
     return a, Regularisation(None, True, value, prior_strength=a)
 
 
@@ -164,14 +176,36 @@ def pending_fits(snapshot: Snapshot, query: ScoreQuery) -> list[str]:
     pending = pending_fit(t, ev_mask, None if query.l2 is None else float(query.l2), question, K, base)
     if pending is None:
         return []
-    cv, known = pending
-    what = f"{t.info.name}={t.info.values[question]}" if t.multi else f"{t.info.name} ({K} classes)"
+    return [pending_sentence(t.info, t.multi, question, K, t.n_S, int(ev_mask.sum()), *pending)]
+
+
+def pending_sentence(info, multi: bool, question: int, K: int, n_S: int, n_evidence: int, cv: bool,
+                     known: float | None) -> str:
+    """What `pending_fits` says of one logistic model to fit."""
+    what = f"{info.name}={info.values[question]}" if multi else f"{info.name} ({K} classes)"
     penalty = (f"l2 chosen by {CV_FOLDS}-fold cross-validation over a grid of {len(L2_GRID)} values and a "
                f"refining search, then the fit" if cv
                else f"l2 {known:g}")
-    return [f"fitting the logistic model of {what} within {t.n_S:,} rows over {int(ev_mask.sum()):,} evidence "
+    return (f"fitting the logistic model of {what} within {n_S:,} rows over {n_evidence:,} evidence "
             f"features ({penalty}) before scoring: it is not cached in this process and not declared in the "
-            f"snapshot (docs/spec.md, [models]); later identical calls reuse it"]
+            f"snapshot (docs/spec.md, [models]); later identical calls reuse it")
+
+
+def top_scores(rows: np.ndarray, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (rows, scores): score descending, then row (rows ascending as given; over shards, ids,
+    whose order is the row order); k = 0: all of them as given (row order)."""
+    if k and k < len(rows):
+        # the K-th best score; of the rows tied with it, the first in row order (argpartition alone would
+        # pick among them arbitrarily, and a sharded snapshot's merge could not reproduce its pick)
+        kth = probs[np.argpartition(-probs, k - 1)[k - 1]]
+        above = np.flatnonzero(probs > kth)
+        part = np.concatenate([above, np.flatnonzero(probs == kth)[: k - len(above)]])
+        part = part[np.lexsort((rows[part], -probs[part]))]
+        return rows[part], probs[part]
+    if k:
+        order = np.lexsort((rows, -probs))
+        return rows[order], probs[order]
+    return rows, probs
 
 
 def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
@@ -187,14 +221,7 @@ def score_segment(snapshot: Snapshot, query: ScoreQuery) -> ScoreResult:
     log_base, W, reg, inter = bulk_weights(t, classes, p0, ev_mask, query, question)
     members = _kernels.bitset_to_ids(t.segment, u.n_rows)
     probs = softmax(class_log_scores(u, log_base, W, members, inter))[:, ci] if len(members) else np.zeros(0)
-    rows = members.astype(np.int64)
     mean = float(probs.mean()) if len(probs) else math.nan
-    if k and k < len(rows):
-        part = np.argpartition(-probs, k - 1)[:k]
-        part = part[np.lexsort((rows[part], -probs[part]))]
-        rows, probs = rows[part], probs[part]
-    elif k:
-        order = np.lexsort((rows, -probs))
-        rows, probs = rows[order], probs[order]
+    rows, probs = top_scores(members.astype(np.int64), probs, k)
     return ScoreResult(snapshot.name, snapshot.version, u.name, t.info.name, t.info.values[vi], rows, probs,
                        len(members), mean, (time.perf_counter() - t0) * 1e3, u, regularisation=reg)

@@ -45,16 +45,27 @@ def _conjunction_tables(n_S: int, n_Sc: np.ndarray, n_Sp: int, n_Spc: np.ndarray
     return [(int(n_S), int(n_Sc[c]), int(n_Sp), int(n_Spc[c])) for c in range(len(n_Sc))]
 
 
+def conjunction_order(N: np.ndarray, n_Sc: np.ndarray, n_S: int, fids: np.ndarray) -> list[int]:
+    """The evidence (indices into fids) in the order it is tried for the conjunction: decreasing mutual
+    information with the target within S, ties by feature id."""
+    mi = mutual_information(N, n_Sc, n_S)
+    return (np.lexsort((fids, -mi)) if len(fids) else np.zeros(0, np.int64)).tolist()
+
+
+def conjunction_blocked(n_S: int, n_Sc: np.ndarray, k: int, n_tc: np.ndarray, privacy_k: int) -> bool:
+    """Whether S' AND e (k rows, n_tc per class) may not join under the privacy floor: the conjunction
+    factor would rest on a small count."""
+    return any(privacy.table_small(*t, privacy_k) for t in _conjunction_tables(n_S, n_Sc, k, n_tc))
+
+
 def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: np.ndarray,
                          fids: np.ndarray, q: PredictQuery, privacy_k: int = 0):
     """-> (base[K], factors[K][...]) for one question."""
     a = float(q.prior_strength)
-    K = len(classes)
     names, n_Sc, base, N, n_Se, factors = question_counts(u, S, n_S, classes, p0, fids, a)
 
     # greedy exact conditioning in decreasing mutual information
-    mi = mutual_information(N, n_Sc, n_S)
-    order = np.lexsort((fids, -mi)) if len(fids) else np.zeros(0, np.int64)
+    order = conjunction_order(N, n_Sc, n_S, fids)
     bits = {int(i): feature_bits(u, int(fids[i])) for i in order}  # read-only views of dense rows
     Sp = S.copy()
     n_Sp = n_S
@@ -62,12 +73,12 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
     backed: list[int] = []
     tmp = np.empty_like(S)
     min_support = effective_min_support(q, n_S)
-    for i in order.tolist():
+    for i in order:
         _kernels.bitset_and(Sp, bits[i], tmp)
         k = int(_kernels.popcount(tmp))
         if k >= min_support and privacy_k > 1:  # the conjunction factor must not rest on a small count
             n_tc = np.array([_kernels.popcount(_kernels.bitset_and(tmp, c)) for c in classes], dtype=np.int64)
-            if any(privacy.table_small(*t, privacy_k) for t in _conjunction_tables(n_S, n_Sc, k, n_tc)):
+            if conjunction_blocked(n_S, n_Sc, k, n_tc, privacy_k):
                 k = -1
         if k >= min_support:
             Sp, tmp = tmp, Sp
@@ -78,6 +89,27 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
     if conj:
         SpC = [_kernels.bitset_and(Sp, c) for c in classes]
         n_Spc = np.array([_kernels.popcount(b) for b in SpC], dtype=np.int64)
+        Np = class_feature_counts(u, SpC, n_Spc, fids[backed])
+    else:
+        n_Spc = n_Sc
+        Np = N[:, backed]
+
+    def co_counts(i: int, used: list[int]) -> np.ndarray:
+        return count_features(u, _kernels.bitset_and(S, bits[i]), int(n_Se[i]), fids[used])[0]
+
+    conjunction_factors(factors, names, base, a, n_S, n_Sc, N, n_Se, conj, backed, n_Sp, n_Spc, Np, q, co_counts)
+    return base, factors
+
+
+def conjunction_factors(factors, names, base: np.ndarray, a: float, n_S: int, n_Sc: np.ndarray, N: np.ndarray,
+                        n_Se: np.ndarray, conj: list[int], backed: list[int], n_Sp: int, n_Spc: np.ndarray,
+                        Np: np.ndarray, q: PredictQuery, co_counts) -> None:
+    """Append the conjunction's factor and each backed-off evidence's lift to `factors`, from counts:
+    S' (n_Sp rows, n_Spc per class) the conjunction of the evidence `conj` (indices into the evidence),
+    Np[K, len(backed)] each backed-off evidence's rows in S' per class (N, n_Se: in S);
+    co_counts(i, used): the rows of S with evidence i and each evidence of `used` (the redundancy test)."""
+    K = len(base)
+    if conj:
         p_conj = (n_Spc + a * base) / (n_Sp + a)
         f = p_conj / base
         tables = _conjunction_tables(n_S, n_Sc, n_Sp, n_Spc)
@@ -85,11 +117,6 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
         for c in range(K):
             factors[c].append(Factor([names[i] for i in conj], float(f[c]), n_Sp, "conjunction", "", tables[c],
                                      float(pc[0]), float(lpc[0])))
-        fb = fids[backed]
-        Np = class_feature_counts(u, SpC, n_Spc, fb)
-    else:
-        n_Spc = n_Sc
-        Np = N[:, backed]
     n_Spe = Np.sum(axis=0)
     p_Sp, lp_Sp = g_test(Np, n_Spc)
     p_S, lp_S = g_test(N, n_Sc)
@@ -110,7 +137,7 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
             continue
         redundant = None
         if used:  # rows of S with e and each used lift evidence: one counting pass
-            n12, _ = count_features(u, _kernels.bitset_and(S, bits[i]), int(n_Se[i]), fids[used])
+            n12 = co_counts(i, used)
             n1, n2 = float(n_Se[i]), n_Se[used].astype(np.float64)
             den = n1 * (n_S - n1) * n2 * (n_S - n2)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -131,4 +158,3 @@ def conjunction_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.
             add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i],
                      "within the segment (no row of the conjunction has it)", tables, p)
         used.append(i)
-    return base, factors

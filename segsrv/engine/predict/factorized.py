@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import _kernels
 from ...snapshot.reader import Universe
-from .target import (Target, add_lift, base_probabilities, class_feature_counts, g_test, lift_tables,
+from .target import (Target, add_lift, base_probabilities, class_of_rows, class_feature_counts, g_test, lift_tables,
                      question_counts, smoothed_lift)
 from ...ops.predict import PredictQuery
 
@@ -26,16 +26,21 @@ def factorized_question(u: Universe, S: np.ndarray, n_S: int, classes: list[np.n
                         fids: np.ndarray, q: PredictQuery):
     """-> (base[K], factors[K][...]) for one question."""
     a = float(q.prior_strength)
-    K = len(classes)
     names, n_Sc, base, N, n_Se, factors = question_counts(u, S, n_S, classes, p0, fids, a)
+    factorized_factors(factors, names, n_S, n_Sc, N, n_Se, a)
+    return base, factors
+
+
+def factorized_factors(factors, names, n_S: int, n_Sc: np.ndarray, N: np.ndarray, n_Se: np.ndarray, a: float) -> None:
+    """Append every evidence's lift within S (N[K, m] its rows per class, n_Se its rows) to `factors`."""
+    K = len(n_Sc)
     p_S, lp_S = g_test(N, n_Sc)  # reported, never used to drop evidence (no significance rule here)
-    for i in range(len(fids)):
+    for i in range(len(names)):
         if n_Se[i] == 0:
             add_lift(factors, names[i], np.ones(K), 0, "not observed in the segment")
         else:
             add_lift(factors, names[i], smoothed_lift(N[:, i], n_Sc, int(n_Se[i]), n_S, a), n_Se[i], "",
                      lift_tables(n_S, n_Sc, n_Se[i], N[:, i]), (p_S[i], lp_S[i]))
-    return base, factors
 
 
 def factorized_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_mask: np.ndarray,
@@ -43,15 +48,22 @@ def factorized_weights(t: Target, classes: list[np.ndarray], p0: np.ndarray, ev_
     """(log base[K], W[K, n_features]): W[c, f] = log lift_f(c) within S for evidence features seen
     in S, 0 elsewhere. Counts of every evidence feature at once (one AND-count pass per class)."""
     u = t.universe
-    K = len(classes)
     SC, n_Sc, base = base_probabilities(t.S, t.n_S, classes, p0, a)
     fids = np.flatnonzero(ev_mask).astype(np.int64)
     N = class_feature_counts(u, SC, n_Sc, fids)
+    return lift_weights(u.n_features, fids, N, n_Sc, t.n_S, base, a)
+
+
+def lift_weights(n_features: int, fids: np.ndarray, N: np.ndarray, n_Sc: np.ndarray, n_S: int, base: np.ndarray,
+                 a: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log base[K], W[K, n_features]) of `factorized_weights` from the counts: N[K, len(fids)] the rows of
+    S in each class with each evidence feature fids, n_Sc the class sizes in S."""
+    K = len(n_Sc)
     n_Se = N.sum(axis=0)
-    W = np.zeros((K, u.n_features), dtype=np.float64)
+    W = np.zeros((K, n_features), dtype=np.float64)
     seen = n_Se > 0
-    if seen.any() and t.n_S > 0:
-        qv = n_Se[seen] / t.n_S
+    if seen.any() and n_S > 0:
+        qv = n_Se[seen] / n_S
         lift = ((N[:, seen] + a * qv[None, :]) / (n_Sc[:, None] + a)) / qv[None, :]
         W[:, fids[seen]] = np.log(lift)
     return np.log(base), W
@@ -80,13 +92,9 @@ def choose_prior_strength(t: Target, classes: list[np.ndarray], p0: np.ndarray, 
         if key in PRIOR_CACHE:
             PRIOR_CACHE.move_to_end(key)
             return PRIOR_CACHE[key]
-    rows = _kernels.bitset_to_ids(t.S, u.n_rows).astype(np.int64)
+    rows, y = class_of_rows(t.S, classes, u.n_rows)
     best = 1.0
     if len(rows) >= 2:
-        y = np.full(len(rows), -1, dtype=np.int64)
-        for c, bits in enumerate(classes):
-            ids = _kernels.bitset_to_ids(_kernels.bitset_and(t.S, bits), u.n_rows).astype(np.int64)
-            y[np.searchsorted(rows, ids)] = c
         folds = cv_folds(u, rows)
         loss = np.zeros(len(grid))
         for f in np.unique(folds).tolist():
@@ -99,17 +107,27 @@ def choose_prior_strength(t: Target, classes: list[np.ndarray], p0: np.ndarray, 
             y_test = y[np.searchsorted(rows, test)]
             for j, a in enumerate(grid):
                 log_base, W = factorized_weights(t_f, classes, p0, ev_mask, float(a))
-                logits = class_log_scores(u, log_base, W, test)
-                m = logits.max(axis=1, keepdims=True)
-                lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
-                loss[j] += float((lse - logits[np.arange(len(test)), y_test]).sum())
-        if loss.any():
-            best = float(grid[int(np.argmin(loss))])  # the first minimum: the stronger prior
+                loss[j] += held_out_loss(u, log_base, W, test, y_test)
+        best = prior_of_losses(loss, grid)
     with _PRIOR_LOCK:
         PRIOR_CACHE[key] = best
         while len(PRIOR_CACHE) > PRIOR_CACHE_SIZE:
             PRIOR_CACHE.popitem(last=False)
     return best
+
+
+def held_out_loss(u: Universe, log_base: np.ndarray, W: np.ndarray, test: np.ndarray, y_test: np.ndarray) -> float:
+    """sum over the rows `test` of -ln P(their class y_test) under the per-class linear model (log_base, W)."""
+    logits = class_log_scores(u, log_base, W, test)
+    m = logits.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+    return float((lse - logits[np.arange(len(test)), y_test]).sum())
+
+
+def prior_of_losses(loss: np.ndarray, grid=PRIOR_GRID) -> float:
+    """The grid's prior strength of the smallest pooled held-out loss (the first minimum: the stronger
+    prior); 1.0 when no fold was scored."""
+    return float(grid[int(np.argmin(loss))]) if loss.any() else 1.0
 
 
 def class_log_scores(u: Universe, log_base: np.ndarray, W: np.ndarray, rows: np.ndarray,

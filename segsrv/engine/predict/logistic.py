@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ... import _kernels
 from ...snapshot.reader import Universe
 from .. import cancel
 from ..relate import count_features
@@ -34,7 +33,7 @@ from . import interactions as pairs_mod
 from .interactions import Interactions, candidate_pairs, pair_design, strongest_columns
 from .interactions import none as pairs_none
 from .models import content_key, stored_model
-from .target import Target, base_probabilities
+from .target import Target, base_probabilities, class_of_rows
 from ...ops.predict import Factor, PredictQuery, Regularisation
 
 LOGISTIC_CACHE: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray, Interactions]]" = OrderedDict()
@@ -108,11 +107,7 @@ def distinct_patterns(X, max_share: float = PATTERN_MAX_SHARE):
     n = X.shape[0]
     indptr = np.asarray(X.indptr, dtype=np.int64)
     lens = np.diff(indptr)
-    v = _mix64(np.asarray(X.indices).astype(np.uint64))
-    with np.errstate(over="ignore"):
-        cs = np.zeros(len(v) + 1, dtype=np.uint64)
-        np.cumsum(v, out=cs[1:])
-        h = _mix64((cs[indptr[1:]] - cs[indptr[:-1]]) ^ lens.astype(np.uint64))
+    h = row_hashes(X)
     uniq, first, inv = np.unique(h, return_index=True, return_inverse=True)
     if len(uniq) > max_share * n:
         return X, np.arange(n, dtype=np.int64)
@@ -136,6 +131,17 @@ def distinct_patterns(X, max_share: float = PATTERN_MAX_SHARE):
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return X[first[order]], rank[inv].astype(np.int64)
+
+
+def row_hashes(X) -> np.ndarray:
+    """uint64 hash of each row's columns (CSR with sorted column indices): what `distinct_patterns` groups by."""
+    indptr = np.asarray(X.indptr, dtype=np.int64)
+    lens = np.diff(indptr)
+    v = _mix64(np.asarray(X.indices).astype(np.uint64))
+    with np.errstate(over="ignore"):
+        cs = np.zeros(len(v) + 1, dtype=np.uint64)
+        np.cumsum(v, out=cs[1:])
+        return _mix64((cs[indptr[1:]] - cs[indptr[:-1]]) ^ lens.astype(np.uint64))
 
 
 def pattern_counts(inverse: np.ndarray, y: np.ndarray, n_patterns: int, K: int,
@@ -297,26 +303,48 @@ def _cv_threads(n_folds: int, nnz: int) -> int:
     return max(1, min(n_folds, os.cpu_count() or 1))
 
 
+def fold_table(inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, n_patterns: int, K: int,
+               k: int = CV_FOLDS) -> np.ndarray:
+    """float64[k, n_patterns, K]: rows of each fold, pattern and class (the whole counts are its sum over
+    folds; over shards, the sum of the shards' tables: folds go by the id's hash)."""
+    code = (np.asarray(folds, dtype=np.int64) * n_patterns + inverse) * K + y
+    return np.bincount(code, minlength=k * n_patterns * K).reshape(k, n_patterns, K).astype(np.float64)
+
+
 def usable_folds(n_p: int, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
                  k: int = CV_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
     """(held-out counts, training counts) per pattern and class of each fold (in fold order) with held-out
     rows and every class among its training rows."""
+    return usable_table_folds(fold_table(inverse, y, folds, n_p, K, k))
+
+
+def usable_table_folds(T: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`usable_folds` of a fold table (`fold_table`): the counts are whole numbers, so the training counts
+    (all rows minus the fold's) are exact."""
+    N = T.sum(axis=0)
     out = []
-    for f in range(k):
-        test = folds == f
-        if not test.any():
+    for f in range(T.shape[0]):
+        if not T[f].any():
             continue
-        Ntr = pattern_counts(inverse, y, n_p, K, ~test)
+        Ntr = N - T[f]
         if (Ntr.sum(axis=0) == 0).any():
             continue
-        out.append((pattern_counts(inverse, y, n_p, K, test), Ntr))
+        out.append((T[f], Ntr))
     return out
 
 
 def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
               grid=L2_GRID, k: int = CV_FOLDS, gtol: float | None = None, max_iter: int = CV_MAX_ITER,
               patience: int = CV_PATIENCE, refine: bool = True, with_loss: bool = False):
-    """K-fold cross-validation of l2 over the rows (pattern `inverse`, class `y`, `folds`). The folds
+    """`choose_l2_table` over the rows (pattern `inverse`, class `y`, `folds`)."""
+    return choose_l2_table(P, fold_table(inverse, y, folds, P.shape[0], K, k), K, grid, gtol, max_iter, patience,
+                           refine, with_loss)
+
+
+def choose_l2_table(P, T: np.ndarray, K: int, grid=L2_GRID, gtol: float | None = None,
+                    max_iter: int = CV_MAX_ITER, patience: int = CV_PATIENCE, refine: bool = True,
+                    with_loss: bool = False):
+    """K-fold cross-validation of l2 over the rows counted by the fold table T (`fold_table`). The folds
     whose training rows hold every class are fitted on the other folds, and the held-out rows'
     -ln P(y) is pooled over the folds (sum over every held-out row / their number): the CV loss of l2.
 
@@ -334,7 +362,7 @@ def choose_l2(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: int,
     -> (l2, CV loss per grid value, NaN past the stop); no usable fold: (L2_FALLBACK, None).
     with_loss: also the CV loss at the chosen l2 and each usable fold's solution there (None, None
     without a usable fold)."""
-    usable = usable_folds(P.shape[0], inverse, y, folds, K, k)
+    usable = usable_table_folds(T)
     n_test = int(sum(Nte.sum() for Nte, _ in usable))
     if n_test == 0:
         return (L2_FALLBACK, None, None, None) if with_loss else (L2_FALLBACK, None)
@@ -405,33 +433,46 @@ def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndar
     feature ids and their weights, shapes as `fit_counts`: (1, n) binary, (K, n) multinomial)."""
     col_of = np.full(u.n_features, -1, dtype=np.int64)
     col_of[fids] = np.arange(len(fids))
-    return fit_design(design_matrix(u, rows, col_of, len(fids)), y, cv_folds(u, rows), K, fids, l2, interactions)
+    folds = cv_folds(u, rows) if l2 is None else None
+    return fit_design(design_matrix(u, rows, col_of, len(fids)), y, folds, K, fids, l2, interactions)
 
 
-def fit_design(X, y: np.ndarray, folds: np.ndarray, K: int, fids: np.ndarray, l2: float | None,
+def fit_design(X, y: np.ndarray, folds: np.ndarray | None, K: int, fids: np.ndarray, l2: float | None,
                interactions: bool = True):
     """`fit_rows` on its design matrix X (rows x evidence columns, the columns of `fids`), each row's class y
-    and cross-validation fold: the same arithmetic whoever gathered the rows (a sharded snapshot gathers
+    and cross-validation fold (None when l2 is given): the same arithmetic whoever gathered the rows (a sharded snapshot gathers
     them from its shards in the unsharded row order: segsrv.engine.sharded.catalog)."""
     P, inv = distinct_patterns(X)
-    gtol = _gtol(X.nnz)
-    N = pattern_counts(inv, y, P.shape[0], K)
+    if l2 is not None:
+        folds = np.zeros(len(y), np.int64)  # (one fold: only its sum is used)
+    T = fold_table(inv, y, folds, P.shape[0], K, CV_FOLDS if l2 is None else 1)
+    return fit_patterns(P, T, K, fids, l2, _gtol(X.nnz), interactions)
+
+
+def fit_patterns(P, T: np.ndarray, K: int, fids: np.ndarray, l2: float | None, gtol: float,
+                 interactions: bool = True):
+    """`fit_rows` on the design's patterns P (CSR over the columns fids) with their rows per cross-validation
+    fold and class T[k, n_patterns, K] (`fold_table`; only its sum over folds is used when l2 is given);
+    gtol: `_gtol` of the rows' design. The objective and every fold's are sums over the patterns' counts, so
+    a sharded snapshot merges its shards' tables and fits here (segsrv.engine.sharded.predict)."""
+    T = np.ascontiguousarray(T)  # (the same memory order, the same BLAS sums: bit for bit)
+    N = T.sum(axis=0)
     if l2 is not None:
         b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
         return b, w, float(l2), pairs_none(w.shape[0])
-    l2, _, loss, fold_thetas = choose_l2(P, inv, y, folds, K, gtol=gtol, with_loss=True)
+    l2, _, loss, fold_thetas = choose_l2_table(P, T, K, gtol=gtol, with_loss=True)
     b, w, _ = fit_counts(P, N, float(l2), gtol=gtol)
     if interactions and loss is not None:
         n_pat = N.sum(axis=1)
         pairs = candidate_pairs(P, n_pat, strongest_columns(P, n_pat, w, pairs_mod.INTERACTION_FEATURES))
         # a cheap look first (the pairs at the main effects' l2, each fold's fit warm-started): pairs that do
         # not help at all there are not cross-validated (their CV costs as much as the main effects')
-        if len(pairs) and pairs_gain_z(P, inv, y, folds, K, float(l2), float(l2), gtol, fold_thetas) > 0.0:
+        if len(pairs) and pairs_gain_z_table(P, T, K, float(l2), float(l2), gtol, fold_thetas) > 0.0:
             Z = pair_design(P, pairs)
             P2 = _hstack(P, Z)
-            l2_pairs, _, loss_pairs, _ = choose_l2(P2, inv, y, folds, K, gtol=gtol, with_loss=True)
+            l2_pairs, _, loss_pairs, _ = choose_l2_table(P2, T, K, gtol=gtol, with_loss=True)
             if (loss_pairs is not None and loss_pairs < loss
-                    and pairs_gain_z(P, inv, y, folds, K, float(l2), float(l2_pairs), gtol, fold_thetas)
+                    and pairs_gain_z_table(P, T, K, float(l2), float(l2_pairs), gtol, fold_thetas)
                     >= pairs_mod.INTERACTION_MIN_Z):
                 b, w2, _ = fit_counts(P2, N, float(l2_pairs), gtol=gtol)
                 F = len(fids)
@@ -459,9 +500,15 @@ def pairs_gain_z(P, inverse: np.ndarray, y: np.ndarray, folds: np.ndarray, K: in
     d = -ln P_main(y) + ln P_pairs(y), divided by its standard error (sd(d) / sqrt(rows)). 0 without a
     usable fold. main_thetas: the main effects' solution on each usable fold at l2 (`choose_l2`'s), to
     reuse; each fold's pair model starts from it (pair weights 0)."""
+    return pairs_gain_z_table(P, fold_table(inverse, y, folds, P.shape[0], K), K, l2, l2_pairs, gtol, main_thetas)
+
+
+def pairs_gain_z_table(P, T: np.ndarray, K: int, l2: float, l2_pairs: float, gtol: float | None = None,
+                       main_thetas: list | None = None) -> float:
+    """`pairs_gain_z` over the rows counted by the fold table T (`fold_table`)."""
     F = P.shape[1]
     s1 = s2 = n = 0.0
-    for i, (Nte, Ntr) in enumerate(usable_folds(P.shape[0], inverse, y, folds, K)):
+    for i, (Nte, Ntr) in enumerate(usable_table_folds(T)):
         theta = main_thetas[i] if main_thetas is not None else None
         if theta is None:
             b, W, theta = fit_counts(P, Ntr, l2, gtol=gtol)
@@ -561,19 +608,35 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             return (*answer, key) if with_key else answer
         FITS[0] += 1
     fids = np.flatnonzero(ev_mask).astype(np.int64)
-    rows = _kernels.bitset_to_ids(t.S, u.n_rows).astype(np.int64)
-    y = np.full(len(rows), -1, dtype=np.int64)
-    for c, bits in enumerate(classes):
-        member = _kernels.bitset_and(t.S, bits)
-        ids = _kernels.bitset_to_ids(member, u.n_rows).astype(np.int64)
-        y[np.searchsorted(rows, ids)] = c
-    W = np.zeros((K, u.n_features))
-    intercept = np.log(np.asarray(base, dtype=np.float64))
+    rows, y = class_of_rows(t.S, classes, u.n_rows)
     present = np.unique(y[y >= 0]) if len(rows) else np.zeros(0, np.int64)
+    intercept, W, inter, l2 = class_weights(
+        K, u.n_features, fids, base, present, l2,
+        lambda Kp, l2_fit: fit_rows(u, rows, np.searchsorted(present, y), Kp, fids, l2_fit))
+    out = (intercept, W, inter)
+    with LOGISTIC_LOCK:
+        LOGISTIC_CACHE[skey + (float(l2),)] = out
+        while len(LOGISTIC_CACHE) > LOGISTIC_CACHE_SIZE:
+            LOGISTIC_CACHE.popitem(last=False)
+        if cv:
+            L2_CACHE[skey] = float(l2)
+            while len(L2_CACHE) > L2_CACHE_SIZE:
+                L2_CACHE.popitem(last=False)
+    answer = (intercept, W, Regularisation(float(l2), cv, value, len(inter)), inter)
+    return (*answer, key) if with_key else answer
+
+
+def class_weights(K: int, n_features: int, fids: np.ndarray, base: np.ndarray, present: np.ndarray,
+                  l2: float | None, fit):
+    """(intercept logits[K], W[K, n_features], Interactions, the l2 used) of `logistic_weights` from a fit over
+    the classes `present` in S: fit(Kp, l2) -> `fit_rows`'s answer over those Kp classes (not called with
+    fewer than two: nothing to fit, the intercepts are log base)."""
+    W = np.zeros((K, n_features))
+    intercept = np.log(np.asarray(base, dtype=np.float64))
     inter = pairs_none(K)
     if len(present) >= 2:  # fit over the classes present in S (as scikit-learn does)
         Kp = len(present)
-        b, w, l2, fitted_pairs = fit_rows(u, rows, np.searchsorted(present, y), Kp, fids, l2)
+        b, w, l2, fitted_pairs = fit(Kp, l2)
         Wp = np.zeros((K, len(fitted_pairs)))
         if Kp == 2:
             c0, c1 = int(present[0]), int(present[1])
@@ -593,17 +656,7 @@ def logistic_weights(t: Target, classes: list[np.ndarray], ev_mask: np.ndarray, 
             intercept[absent] = np.log(bp[absent] / max(1.0 - bp[absent].sum(), 1e-300)) + lse
     elif l2 is None:
         l2 = L2_FALLBACK  # nothing to fit, nothing to choose
-    out = (intercept, W, inter)
-    with LOGISTIC_LOCK:
-        LOGISTIC_CACHE[skey + (float(l2),)] = out
-        while len(LOGISTIC_CACHE) > LOGISTIC_CACHE_SIZE:
-            LOGISTIC_CACHE.popitem(last=False)
-        if cv:
-            L2_CACHE[skey] = float(l2)
-            while len(L2_CACHE) > L2_CACHE_SIZE:
-                L2_CACHE.popitem(last=False)
-    answer = (intercept, W, Regularisation(float(l2), cv, value, len(inter)), inter)
-    return (*answer, key) if with_key else answer
+    return intercept, W, inter, l2
 
 
 def fit_count() -> int:
@@ -621,15 +674,21 @@ def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndar
     evidence's (or pair's) support and the rest of S (n_S, 0, n_{S,e}, 0)."""
     u = t.universe
     a = float(q.prior_strength)
-    K = len(classes)
     _, _, base = base_probabilities(t.S, t.n_S, classes, p0, a)
     intercept, W, reg, inter = logistic_weights(t, classes, ev_mask, None if q.l2 is None else float(q.l2), qi,
                                                 base)
-    names = [u.feature_name(int(f)) for f in fids]
     n_Se = count_features(u, t.S, t.n_S, fids)[0] if len(fids) and t.n_S else np.zeros(len(fids), np.int64)
+    return base, logistic_factors(u, fids, ev_mask, n_Se, t.n_S, intercept, W, inter, base), reg
+
+
+def logistic_factors(u: Universe, fids: np.ndarray, ev_mask: np.ndarray, n_Se: np.ndarray, n_S: int,
+                     intercept: np.ndarray, W: np.ndarray, inter: Interactions, base: np.ndarray) -> list[list[Factor]]:
+    """The factors of `logistic_question` from the model and the evidence's rows in S (n_Se)."""
+    K = len(base)
+    names = [u.feature_name(int(f)) for f in fids]
     factors: list[list[Factor]] = [[] for _ in range(K)]
     for c in range(K):
-        factors[c].append(Factor([], float(math.exp(intercept[c]) / base[c]), int(t.n_S), "lift", "intercept"))
+        factors[c].append(Factor([], float(math.exp(intercept[c]) / base[c]), int(n_S), "lift", "intercept"))
         for i, f in enumerate(fids.tolist()):
             if not ev_mask[f]:
                 note = "not a feature of the model (outside the evidence fields)"
@@ -638,7 +697,7 @@ def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndar
             else:
                 note = "logistic weight"
             factors[c].append(Factor([names[i]], float(math.exp(W[c, f])), int(n_Se[i]), "lift", note,
-                                     (int(t.n_S), 0, int(n_Se[i]), 0)))
+                                     (int(n_S), 0, int(n_Se[i]), 0)))
     if len(inter):
         have = np.isin(inter.pairs, fids).all(axis=1)
         for k in np.flatnonzero(have).tolist():
@@ -647,5 +706,5 @@ def logistic_question(t: Target, qi: int, classes: list[np.ndarray], p0: np.ndar
             pair = [u.feature_name(fa), u.feature_name(fb)]
             for c in range(K):
                 factors[c].append(Factor(pair, float(math.exp(inter.weights[c, k])), n_ab, "lift",
-                                         "logistic interaction weight (both together)", (int(t.n_S), 0, n_ab, 0)))
-    return base, factors, reg
+                                         "logistic interaction weight (both together)", (int(n_S), 0, n_ab, 0)))
+    return factors

@@ -91,16 +91,22 @@ def resolve_target(snapshot: Snapshot, universe_name, target: str, segment: Cond
 
 def questions(t: Target) -> list[tuple[list[np.ndarray], np.ndarray, list[int]]]:
     """(class bitsets over the universe, prior P0 per class, value index per class) per question."""
-    K = len(t.info.values)
+    priors = question_priors(t.n_U_value, t.n_U, len(t.info.values), t.multi)
     if not t.multi:
-        p0 = (t.n_U_value + 1.0) / (t.n_U + K)
-        return [(t.value_bits, p0, list(range(K)))]
+        return [(t.value_bits, *priors[0])]
     full = tail_mask(t.universe.n_rows, t.universe.n_words)
+    return [([b, _kernels.bitset_andnot(full, b)], *prior) for b, prior in zip(t.value_bits, priors)]
+
+
+def question_priors(n_U_value: np.ndarray, n_U: int, K: int, multi: bool) -> list[tuple[np.ndarray, list[int]]]:
+    """(prior P0 per class, value index per class) per question, from the training rows' counts (the
+    classes of a single-valued target are its K values; of a multi-valued one, [value, not value])."""
+    if not multi:
+        return [((n_U_value + 1.0) / (n_U + K), list(range(K)))]
     out = []
-    for i, b in enumerate(t.value_bits):
-        n1 = float(t.n_U_value[i])
-        p0 = np.array([(n1 + 1.0) / (t.n_U + 2), (t.n_U - n1 + 1.0) / (t.n_U + 2)])
-        out.append(([b, _kernels.bitset_andnot(full, b)], p0, [i]))
+    for i in range(K):
+        n1 = float(n_U_value[i])
+        out.append((np.array([(n1 + 1.0) / (n_U + 2), (n_U - n1 + 1.0) / (n_U + 2)]), [i]))
     return out
 
 
@@ -109,7 +115,22 @@ def base_probabilities(S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: n
     """(S AND each class, their sizes, base(c) = (n_{S,c} + a P0(c)) / (n_S + a))."""
     SC = [_kernels.bitset_and(S, c) for c in classes]
     n_Sc = np.array([_kernels.popcount(b) for b in SC], dtype=np.int64)
-    return SC, n_Sc, (n_Sc + a * p0) / (n_S + a)
+    return SC, n_Sc, base_from_counts(n_Sc, n_S, p0, a)
+
+
+def base_from_counts(n_Sc: np.ndarray, n_S: int, p0: np.ndarray, a: float) -> np.ndarray:
+    """base(c) = (n_{S,c} + a P0(c)) / (n_S + a)."""
+    return (n_Sc + a * p0) / (n_S + a)
+
+
+def class_of_rows(S: np.ndarray, classes: list[np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows of S in row order, int64; each row's class index, -1 for a row in no class)."""
+    rows = _kernels.bitset_to_ids(S, n_rows).astype(np.int64)
+    y = np.full(len(rows), -1, dtype=np.int64)
+    for c, bits in enumerate(classes):
+        ids = _kernels.bitset_to_ids(_kernels.bitset_and(S, bits), n_rows).astype(np.int64)
+        y[np.searchsorted(rows, ids)] = c
+    return rows, y
 
 
 # ----------------------------------------------------------------------------
@@ -118,32 +139,54 @@ def base_probabilities(S: np.ndarray, n_S: int, classes: list[np.ndarray], p0: n
 
 
 def evidence_feature_mask(t: Target, evidence_fields: list[str] | None) -> np.ndarray:
-    """bool[n_features]: the features that count as evidence when taken from a row.
+    """bool[n_features]: the features that count as evidence when taken from a row (`evidence_mask`)."""
+    u = t.universe
+
+    def both(pairs: list[tuple[int, int]]) -> list[int]:
+        return [int(_kernels.popcount(_kernels.bitset_and(feature_bits(u, fid), t.value_bits[j]))) for fid, j in pairs]
+
+    return evidence_mask(u, t.info, u.feature_count, evidence_fields, both)
+
+
+def copy_candidates(u: Universe, info: FieldInfo, feature_count: np.ndarray,
+                    evidence_fields: list[str] | None) -> list[tuple[int, int]]:
+    """(feature, target value index) pairs that may be copies of a target value: features outside the
+    target with as many rows as the value (only those can have exactly its rows); [] with evidence_fields."""
+    if evidence_fields is not None:
+        return []
+    tcounts = np.asarray(feature_count[info.feature_ids], dtype=np.int64)
+    counts = np.asarray(feature_count, dtype=np.int64)
+    outside = np.ones(u.n_features, dtype=bool)
+    outside[info.feature_offset: info.feature_offset + len(info.values)] = False
+    return [(fid, j) for fid in np.flatnonzero(np.isin(counts, tcounts[tcounts > 0]) & outside).tolist()
+            for j in np.flatnonzero(tcounts == counts[fid]).tolist()]
+
+
+def evidence_mask(u: Universe, info: FieldInfo, feature_count: np.ndarray, evidence_fields: list[str] | None,
+                  both) -> np.ndarray:
+    """bool[n_features]: the features that count as evidence when taken from a row. `feature_count`: each
+    feature's rows in the universe; `both(pairs)`: the rows having feature f and target value j, for each
+    pair of `copy_candidates` (one call: over shards, one round).
 
     None: every field except the target and except fields having a feature identical (as a row
     set over the whole universe) to a target value (a copy of the target would leak it)."""
-    u = t.universe
     mask = np.zeros(u.n_features, dtype=bool)
     if evidence_fields is not None:
-        fields = select_fields(u, list(evidence_fields), {t.info.name})
+        fields = select_fields(u, list(evidence_fields), {info.name})
         for f in fields:
-            if f == t.info.name:
+            if f == info.name:
                 continue
-            info = u.fields[f]
-            mask[info.feature_offset: info.feature_offset + len(info.values)] = True
+            finfo = u.fields[f]
+            mask[finfo.feature_offset: finfo.feature_offset + len(finfo.values)] = True
         return mask
-    tcounts = np.asarray(u.feature_count[t.info.feature_ids], dtype=np.int64)
-    counts = np.asarray(u.feature_count, dtype=np.int64)
     mask[:] = True
-    mask[t.info.feature_offset: t.info.feature_offset + len(t.info.values)] = False
-    # only a feature with as many rows as a target value can be a copy of it
-    for fid in np.flatnonzero(np.isin(counts, tcounts[tcounts > 0]) & mask).tolist():
-        fb = feature_bits(u, fid)
-        for j in np.flatnonzero(tcounts == counts[fid]).tolist():
-            if int(_kernels.popcount(_kernels.bitset_and(fb, t.value_bits[j]))) == counts[fid]:
-                info = u.fields[u.field_names[u.feature_field[fid]]]
-                mask[info.feature_offset: info.feature_offset + len(info.values)] = False
-                break
+    mask[info.feature_offset: info.feature_offset + len(info.values)] = False
+    pairs = copy_candidates(u, info, feature_count, evidence_fields)
+    counts = np.asarray(feature_count, dtype=np.int64)
+    for (fid, _), n in zip(pairs, both(pairs) if pairs else []):
+        if int(n) == counts[fid]:
+            finfo = u.fields[u.field_names[u.feature_field[fid]]]
+            mask[finfo.feature_offset: finfo.feature_offset + len(finfo.values)] = False
     return mask
 
 
@@ -165,30 +208,42 @@ def row_features(u: Universe, row: int) -> np.ndarray:
 def evidence_fids(t: Target, q: PredictQuery) -> np.ndarray:
     """Sorted feature ids of a Predict's evidence: the row's (row_id) and the explicit pairs."""
     u = t.universe
+    explicit, explicit_fields = explicit_evidence(u, t.info, q)
+    if q.row_id is not None:
+        row = resolve_row(u, q.row_id)
+        return row_evidence(u, u.row_features(row), evidence_feature_mask(t, q.evidence_fields), explicit,
+                            explicit_fields)
+    if q.evidence_fields is not None:
+        evidence_feature_mask(t, q.evidence_fields)  # validates the names
+    return row_evidence(u, np.zeros(0, np.int64), None, explicit, explicit_fields)
+
+
+def explicit_evidence(u: Universe, info: FieldInfo, q: PredictQuery) -> tuple[list[int], set[str]]:
+    """(feature ids, field names) of a Predict's explicit (field, value) evidence, checked."""
     explicit: list[int] = []
     explicit_fields: set[str] = set()
     for i, (fname, value) in enumerate(q.evidence):
         fname, value = str(fname), str(value)
-        if fname == t.info.name:
+        if fname == info.name:
             raise QueryError(
-                f"evidence[{i}]: {fname}={value} is on the target field {t.info.name!r}; evidence must not "
+                f"evidence[{i}]: {fname}={value} is on the target field {info.name!r}; evidence must not "
                 f"mention the target",
-                [(f"evidence[{i}]", f"target field {t.info.name!r}")],
+                [(f"evidence[{i}]", f"target field {info.name!r}")],
             )
-        info = u.field(fname)  # UnknownFieldError
-        x = raw_number(info, value)  # a raw number on a numeric field is evidence of its band (as in Assign)
-        band = band_feature(info, x) if x is not None else None
+        finfo = u.field(fname)  # UnknownFieldError
+        x = raw_number(finfo, value)  # a raw number on a numeric field is evidence of its band (as in Assign)
+        band = band_feature(finfo, x) if x is not None else None
         explicit.append(band if band is not None else u.feature_id(fname, value))  # UnknownValueError
         explicit_fields.add(fname)
-    fids: list[int] = []
-    if q.row_id is not None:
-        row = resolve_row(u, q.row_id)
-        mask = evidence_feature_mask(t, q.evidence_fields)
-        for fid in u.row_features(row).tolist():
-            if mask[fid] and u.field_names[u.feature_field[fid]] not in explicit_fields:
-                fids.append(fid)
-    elif q.evidence_fields is not None:
-        evidence_feature_mask(t, q.evidence_fields)  # validates the names
+    return explicit, explicit_fields
+
+
+def row_evidence(u: Universe, row_fids: np.ndarray, mask: np.ndarray | None, explicit: list[int],
+                 explicit_fields: set[str]) -> np.ndarray:
+    """Sorted feature ids of the evidence: a row's features (`row_fids`) within `mask`, except those of
+    fields given explicitly, and the explicit ones."""
+    fids = [fid for fid in np.asarray(row_fids).tolist()
+            if mask[fid] and u.field_names[u.feature_field[fid]] not in explicit_fields]
     fids.extend(explicit)
     return np.array(sorted(set(fids)), dtype=np.int64)
 

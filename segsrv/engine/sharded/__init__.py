@@ -15,8 +15,8 @@ feature:
   the segment, sorted; the summed counts go through the unsharded ``rank_profile_counts``, the merged
   values through its ``numeric_stats`` (exact order statistics; mean and std over the ascending values).
 * Info: the shared dictionary with each universe's rows and each value's rows summed.
-* Export without a target: each shard's matching rows, shard after shard; ids made per chunk by the
-  shards the chunk spans.
+* Export: without a target each shard's matching rows, shard after shard, ids made per chunk by the
+  shards the chunk spans; with a target ranked as ScoreSegment ranks (``sharded_ranked_rows``).
 * Assign: each id routed to the shard holding it (``ShardedSnapshot.route_ids``), its membership
   evaluated there; segments ranked by their summed sizes and scored with the merged propensity model.
 * ListSegments: each segment's size is the sum of its sizes in the shards.
@@ -29,6 +29,17 @@ feature:
 A universe of a replicated table (every shard holds it whole) is answered from shard 0 alone: its
 rows would otherwise count N times. It is recognised exactly: a partitioned universe's shards hold
 disjoint ids, a replicated one's the same ids in every shard.
+
+* Predict, and the models of ScoreSegment and Evaluate (``predict``): every count of every model is a sum
+  over shards; the conjunction grows one round per evidence that joins; the logistic fit merges the
+  shards' distinct evidence patterns with their rows per fold and class and runs the unsharded fit;
+  a Predict by id reads the row's evidence from the one shard holding it (``ShardedSnapshot.shard_of``).
+* ScoreSegment (``score``): the model fitted once over shards; each shard scores its members and answers
+  its count, its scores' sum and its top K by id; the merge keeps the global top K (score, then id:
+  the row order). ``sharded_ranked_rows`` ranks a targeted Export the same way.
+* Evaluate (``evaluate``): the holdout goes by the id's hash, so each shard knows its test rows; the model
+  is fitted over shards on the training rows; each shard sends its test rows' (id, true value,
+  probabilities) and every statistic (AUC, calibration, ...) is computed on them in row order.
 
 Every operation is written as functions over one shard (``*_part``: a module-level function of the
 shard's snapshot and picklable arguments, answering counts) and a merge, run through
@@ -43,15 +54,18 @@ from .assign import assign_part, sharded_assign
 from .catalog import MergedCatalog, apply_sharded_segments, merged_catalog
 from .count import count_part, sharded_count
 from .discover import ShardedCounts, discover_part, sharded_discover
-from .export import ShardedExportResult, export_part, ids_part, refuse_ranked, sharded_export
+from .evaluate import sharded_evaluate
+from .export import ShardedExportResult, ShardedRankedExportResult, export_part, ids_part, sharded_export
 from .info import MergedUniverseInfo, sharded_info
 from .open import (
     MergedUniverse, ShardedSnapshot, is_sharded, open_shard, open_sharded, sharded_version, universe_summary,
 )
+from .predict import sharded_predict
 from .profile import population_values_part, profile_part, sharded_profile
 from .relate import relate_part, sharded_relate
+from .score import sharded_pending_fits, sharded_ranked_rows, sharded_score_segment
 
-# the operations answered over shards (docs/scale.md, "Answers over shards"); Export: without a target
+# the operations answered over shards (docs/scale.md, "Answers over shards"): every one
 SHARDED_OPERATIONS = (
     "Count",
     "Relate",
@@ -61,11 +75,15 @@ SHARDED_OPERATIONS = (
     "Info",
     "Export",
     "Discover",
+    "Predict",
+    "ScoreSegment",
+    "Evaluate",
 )
 
 __all__ = ["SHARDED_OPERATIONS", "MergedCatalog", "MergedUniverse", "MergedUniverseInfo", "ShardedCounts",
-           "ShardedExportResult", "ShardedSnapshot", "apply_sharded_segments", "assign_part", "count_part",
+           "ShardedExportResult", "ShardedRankedExportResult", "ShardedSnapshot", "apply_sharded_segments", "assign_part", "count_part",
            "discover_part", "export_part", "ids_part", "is_sharded", "merged_catalog", "open_shard", "open_sharded",
-           "population_values_part", "profile_part", "refuse_ranked", "relate_part", "sharded_assign",
-           "sharded_count", "sharded_discover", "sharded_export", "sharded_info", "sharded_profile",
-           "sharded_relate", "sharded_version", "universe_summary"]
+           "population_values_part", "profile_part", "relate_part", "sharded_assign",
+           "sharded_count", "sharded_discover", "sharded_evaluate", "sharded_export", "sharded_info",
+           "sharded_pending_fits", "sharded_predict", "sharded_profile", "sharded_ranked_rows", "sharded_relate",
+           "sharded_score_segment", "sharded_version", "universe_summary"]

@@ -267,13 +267,12 @@ def publish_sharded_catalog(sharded: ShardedSnapshot, entries: dict, *, version:
     with withdrawn_on_failure(published, f"publish the catalog into the shards of {sharded.path}"):
         for index, vdir in enumerate(shard_dirs):
             manifest, new_version = catalog_manifest(vdir, resolved, fit, version, models_of)
-            fill = None
-            if fit and index == 0:
-                def fill(staging: Path) -> tuple[dict, list]:
-                    section, written = cm.fit_catalog_models(compiled, staging, schema, say)
-                    return section, sorted(written)
-            elif fit:
-                fill = _linked_models(finals[0])
+            def fit_models(staging: Path) -> tuple[dict, list]:
+                section, written = cm.fit_catalog_models(compiled, staging, schema, say)
+                return section, sorted(written)
+
+            # shard 0 fits the models; the other shards link its files
+            fill = None if not fit else fit_models if index == 0 else _linked_models(finals[0])
             final, new = publish_catalog_version(vdir, manifest, new_version, fill)
             if new:
                 published.append(final)

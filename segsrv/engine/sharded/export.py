@@ -8,7 +8,9 @@ its row numbers into ids as text (``ids_part``): no more than one chunk of ids i
 chunks have the unsharded sizes (every one ``chunk_size`` ids but the last). An export has no option
 that picks rows by position without a target (``top_k`` needs one), so nothing depends on the order.
 
-An Export with a target (ranked by ScoreSegment) is refused by name for now.
+An Export with a target is ranked by ScoreSegment over shards (``sharded_ranked_rows``: the model fitted
+over the shards, each shard's own top K by score, merged): its ids come ranked, best first, with their
+scores, as text, in the unsharded order (ties in id order, which is row order).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ... import _kernels
-from ...errors import SegsrvError
 from ...ops.conditions import All, Condition
 from ...ops.export import ExportQuery
 from ...snapshot.reader import Snapshot
 from ..conditions import evaluate
 from ..export import ExportResult, ids_text
 from .open import ShardedSnapshot
+from .score import sharded_ranked_rows
 
 
 def export_part(shard: Snapshot, universe: str, condition: Condition) -> np.ndarray:
@@ -60,19 +62,38 @@ class ShardedExportResult(ExportResult):
         return ids, None
 
 
-def refuse_ranked(sharded: ShardedSnapshot, query: ExportQuery) -> None:
-    """An Export with a target needs ScoreSegment over shards: refused by name until it is there."""
-    if query.target is not None:
-        raise SegsrvError(f"Export with a target: not yet supported for sharded snapshots ({sharded.path} holds "
-                          f"SHARDS); an export without a target is answered over shards (docs/scale.md)")
+@dataclass
+class ShardedRankedExportResult(ExportResult):
+    """A ranked ExportResult over shards: the ranked ids (as text) and their scores; `rows` is empty (row
+    numbers differ from shard to shard; the merge ranks by id)."""
+
+    ids: list[str] = field(default_factory=list)
+
+    @property
+    def returned(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-len(self.ids) // self.chunk_size)
+
+    def chunk(self, i: int) -> tuple[list[str], np.ndarray]:
+        """(ids as text, their scores) of chunk i (0 <= i < n_chunks)."""
+        lo, hi = i * self.chunk_size, (i + 1) * self.chunk_size
+        return self.ids[lo:hi], self.scores[lo:hi]
 
 
-def sharded_export(sharded: ShardedSnapshot, query: ExportQuery) -> ShardedExportResult:
-    """Select each shard's rows; ids are made per chunk by the result."""
+def sharded_export(sharded: ShardedSnapshot, query: ExportQuery) -> ExportResult:
+    """Select each shard's rows (ids are made per chunk by the result), or rank them by a target."""
     t0 = time.perf_counter()
     query.validate()
-    refuse_ranked(sharded, query)
     merged = sharded.universe(query.universe)
+    if query.target is not None:
+        ids, scores, total = sharded_ranked_rows(sharded, query)
+        return ShardedRankedExportResult(
+            sharded.name, sharded.version, merged.name, merged.n_rows, total, np.zeros(0, dtype=np.int64),
+            np.asarray(scores, dtype=np.float64), int(query.chunk_size), query.target, query.value,
+            (time.perf_counter() - t0) * 1e3, None, ids=[str(i) for i in ids])
     parts = sharded.map(export_part, merged.name, query.condition if query.condition is not None else All(),
                         shards=merged.shards)
     rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)

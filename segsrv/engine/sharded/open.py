@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import CorruptSnapshotError, UnknownUniverseError
 from ...snapshot.location import read_current
-from ...snapshot.reader import Snapshot, _as_int, open_snapshot
+from ...snapshot.reader import Snapshot, int_key, open_snapshot
 from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest, shard_dir_name, shard_of_keys
 from .. import cancel
 from ..fields import is_identifier_like
@@ -20,6 +20,11 @@ from ..fields import is_identifier_like
 def is_sharded(location: str | Path) -> bool:
     """Whether LOCATION is a sharded snapshot's directory (ROOT/NAME holding SHARDS)."""
     return (Path(location) / SHARDS).is_file()
+
+
+def holds_row(shard: Snapshot, universe: str, row_id) -> bool:
+    """Whether this shard's part of `universe` has the row `row_id`."""
+    return bool(shard.universe(universe).rows_for_ids([row_id])[0] >= 0)
 
 
 def universe_summary(shard: Snapshot, universe: str | None) -> tuple[str, int, bytes, np.ndarray]:
@@ -92,10 +97,22 @@ class ShardedSnapshot:
         if merged.schema.table != self.entity:
             return np.full(len(ids), -1, dtype=np.int64)
         if merged.schema.key_kind == "int":
-            keys = np.array([_as_int(i) for i in ids], dtype=np.int64)
+            keys = np.array([int_key(i) for i in ids], dtype=np.int64)
         else:
             keys = [str(i).encode("utf-8") for i in ids]
         return shard_of_keys(keys, self.shard_count)
+
+    def shard_of(self, universe: str | None, row_id) -> int:
+        """The one shard holding the row `row_id` of `universe` (an id the universe lacks: the shard that
+        would hold it, which reports it unknown as an unsharded snapshot does): ``route_ids``' shard, and for
+        a universe partitioned through links (orders by their customer), which cannot be routed from its own
+        id, the shard that holds it (one round of `holds_row`)."""
+        shard = int(self.route_ids(universe, [row_id])[0])
+        if shard >= 0:
+            return shard
+        merged = self.universe(universe)
+        held = self.map(holds_row, merged.name, row_id, shards=merged.shards)
+        return next((i for i, h in zip(merged.shards, held) if h), 0)
 
     def universe(self, universe: str | None) -> MergedUniverse:
         """The universe over the shards: every shard holds part of a partitioned one; a replicated one
