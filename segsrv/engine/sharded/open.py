@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import CorruptSnapshotError
 from ...snapshot.location import read_current
-from ...snapshot.reader import Snapshot, open_snapshot
+from ...snapshot.reader import DEFAULT_VERIFY, Snapshot, open_snapshot
 from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest
 from .. import cancel
 from ..fields import is_identifier_like
@@ -71,6 +71,12 @@ class ShardedSnapshot:
             cancel.check()
         return out
 
+    def verify(self, mode: str = DEFAULT_VERIFY, threads: int | None = None) -> None:
+        """Check the open shards' bytes again (a server's scrub): raises as open_snapshot does when one
+        changed on disk."""
+        for shard in self.shards or ():
+            shard.files.verify(mode, threads)
+
     def universe(self, universe: str | None) -> MergedUniverse:
         """The universe over the shards: every shard holds part of a partitioned one; a replicated one
         (the same rows in every shard) is shard 0's alone. Found on first use (hashing row ids is linear
@@ -90,8 +96,9 @@ class ShardedSnapshot:
         return merged
 
 
-def open_sharded(location: str | Path) -> ShardedSnapshot:
-    """Every shard of ROOT/NAME at the version SHARDS names (each verified as open_snapshot verifies)."""
+def open_sharded(location: str | Path, verify: str = DEFAULT_VERIFY, threads: int | None = None) -> ShardedSnapshot:
+    """Every shard of ROOT/NAME at the version SHARDS names, each verified as open_snapshot verifies
+    (`verify` and `threads`: open_snapshot's)."""
     location = Path(location)
     manifest = read_shard_manifest(location)
     shards = []
@@ -103,7 +110,7 @@ def open_sharded(location: str | Path) -> ShardedSnapshot:
                 f"{shard_dir}: CURRENT names version {current!r} but {location / SHARDS} names "
                 f"{entry['version']!r}: the shards are not of one build (a build in progress, or a shard "
                 f"changed since); rebuild, or wait for the build to finish")
-        snap = open_snapshot(shard_dir, version=entry["version"])
+        snap = open_snapshot(shard_dir, version=entry["version"], verify=verify, threads=threads)
         if dictionary_sha256(snap.manifest) != manifest["dictionary_sha256"]:
             raise CorruptSnapshotError(f"{snap.path}: its feature "
                                        f"dictionary is not the one {location / SHARDS} records")
