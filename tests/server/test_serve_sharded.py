@@ -17,6 +17,7 @@ import pytest
 import xxhash
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
+from segsrv.errors import SnapshotWithdrawnError
 from segsrv.engine.sharded import SHARDED_OPERATIONS, sharded_version
 from segsrv.ops import RelateQuery
 from segsrv.ops.base import Selector
@@ -283,6 +284,30 @@ def test_a_refused_build_counts_as_a_failed_load_and_the_old_build_stays(side_by
     tmp.write_bytes(good)
     tmp.replace(root / "petnord" / SHARDS)
     assert registry.refresh() == [] and registry.load_counts()[("petnord", "success")] == 1
+
+
+def test_a_shard_file_changed_on_disk_withdraws_the_build_and_metrics_show_the_shards(tmp_path, petnord_spec):
+    from segsrv.server.metrics import Metrics
+
+    root = tmp_path / "root"
+    build_shards(replace(petnord_spec, shard_entity="customers"), root, 2, progress=quiet)
+    registry = SnapshotRegistry(root)
+    version = registry.resolve("petnord").version
+    text = Metrics(registry, process_metrics=False).exposition().decode()
+    assert f'segsrv_snapshot_shards{{snapshot="petnord",version="{version}"}} 2.0' in text
+    assert registry.scrub() == []
+    manifest = read_shard_manifest(root / "petnord")
+    path = max((root / "petnord" / "shard-001" / manifest["shards"][1]["version"]).rglob("*.bin"),
+               key=lambda p: p.stat().st_size)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # written in place: the served map sees it
+        f.seek(64)
+        byte = f.read(1)
+        f.seek(64)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert registry.scrub() == [f"petnord@{version}"]
+    with pytest.raises(SnapshotWithdrawnError, match="changed on disk"):
+        registry.resolve()
 
 
 # -- workers and tokens ----------------------------------------------------------------------------
