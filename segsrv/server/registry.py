@@ -260,12 +260,14 @@ class SnapshotRegistry:
             problem = component_problem(version)
             if problem:
                 raise CorruptSnapshotError(f"{current_file} names version {version[:80]!r}, which {problem}")
-            snap = open_sharded(d, verify=verify) if sharded else open_snapshot(d, version=version, verify=verify)
+            if sharded:  # opened whole from the SHARDS it reads: a newer one written meanwhile is a whole build too
+                snap = open_sharded(d, verify=verify)
+                version = snap.version
+            else:
+                snap = open_snapshot(d, version=version, verify=verify)
             if snap.version != version:
-                raise CorruptSnapshotError(f"{current_file} was replaced while it was read (it named version "
-                                           f"{version!r}, then {snap.version!r}); the next check loads it"
-                                           if sharded else f"{snap.path}: its manifest says version "
-                                           f"{snap.version!r}, but CURRENT names {version!r}")
+                raise CorruptSnapshotError(f"{snap.path}: its manifest says version {snap.version!r}, "
+                                           f"but CURRENT names {version!r}")
             with self._lock:
                 clash = self._slots.get(snap.name)
             if clash is not None and clash.directory != d:
