@@ -294,7 +294,7 @@ def main() -> None:
     args = ap.parse_args()
     sizes = sorted(args.customers)
     machine = {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-               "loadavg_start": os.getloadavg()[0], "kernel_threads": _kernels.get_num_threads()}
+               "loadavg_start": os.getloadavg()[0]}
     print(f"scale-out bench on {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']} GiB; load average "
           f"{machine['loadavg_start']:.1f} at start: the machine is shared with other jobs, figures are at that load")
 
@@ -302,8 +302,12 @@ def main() -> None:
     builds = run_builds(sizes, args.shards, args.rebuild)
 
     first = sizes[0]
-    print(f"(b) query latency at {first:,} customers, customers universe; median ms")
-    from segsrv.service import SegmentationService, local_service
+    print(f"(b) query latency at {first:,} customers, customers universe; median ms; one kernel thread per "
+          f"call in-process too, as a server runs its calls")
+    from segsrv.engine import set_kernel_threads
+    from segsrv.service import local_service
+
+    set_kernel_threads(1)  # create_server's default: the in-process and gRPC figures differ by the hop only
 
     services = {"single": local_service(build_dir(first, 1) / "demo")}
     for n in args.shards:
@@ -311,7 +315,6 @@ def main() -> None:
     snapshot = services["single"].snapshots.snapshot
     queries = query_sets(snapshot)
     inproc = in_process(services, queries, args.repeats)
-    assert all(isinstance(s, SegmentationService) for s in services.values())
     ctx = mp.get_context("spawn")  # grpc is used in this process (requests): no fork
     blobs = request_blobs(queries)
     grpc_ms = {"empty": through_grpc(ctx, "empty", None, blobs, args.calls)}
@@ -346,6 +349,7 @@ def main() -> None:
     print(f"  per hop (gRPC - in-process) ms: {capacity['per_hop_ms']}")
     print(f"  in-process cost per shard ms: {capacity['in_process_cost_per_shard_ms']}")
     machine["loadavg_end"] = os.getloadavg()[0]
+    machine["kernel_threads"] = _kernels.get_num_threads()
     print(f"load average at the end {machine['loadavg_end']:.1f}")
     result = {"machine": machine, "builds": builds, "in_process_median_ms": inproc, "grpc_p50_ms": grpc_ms,
               "ray_router": "measured" if ray else "not measured (extension point: --ray-router)",
