@@ -27,7 +27,7 @@ from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS, read_shard_manifest, write_shard_manifest
 from segsrv.v1 import segsrv_pb2 as pb
 from segsrv.v1 import segsrv_pb2_grpc
-from support import CUSTOMER_CONDITIONS, ServeProcess, quiet
+from support import CUSTOMER_CONDITIONS, Pki, ServeProcess, quiet
 
 N_SHARDS = 3
 SMALL = {"tenure_months": {"$lt": 6}, "churned": True, "region": "oulu", "lifestyle": "premium"}  # under 10 rows
@@ -340,3 +340,15 @@ def test_two_workers_with_tokens_serve_the_sharded_build(side_by_side, tmp_path)
         assert len(served_by) == 2
     finally:
         sup.close()
+
+
+def test_tls_serves_the_sharded_build(side_by_side, start_server, tmp_path):
+    pki = Pki(tmp_path)
+    r = start_server(side_by_side, tls_cert=pki.path("server.pem"), tls_key=pki.path("server.key"), warm=False)
+    with pki.channel(r.address) as channel:
+        stub = segsrv_pb2_grpc.SegmentationServiceStub(channel)
+        counts = {name: stub.Count(pb.CountRequest(snapshot=pb.SnapshotSelector(name=name), universe="orders",
+                                                   condition=RelateQuery.from_json(RELATES[2]).to_proto().condition),
+                                   timeout=30) for name in ("petnord", "petnord_whole")}
+    assert counts["petnord"].count == counts["petnord_whole"].count > 0
+    assert counts["petnord"].info.snapshot_version.startswith("shards-")
