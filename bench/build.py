@@ -11,30 +11,18 @@ tables into memory (the ingest floor the builder stands on).
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
-from common import DATA_ROOT, demo_tables, write_result
-
-
-def _child_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+from common import DATA_ROOT, child_usage, demo_tables, write_result
 
 
 def run_child(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of a child process (each run in a fresh helper)."""
-    code = (
-        "import resource, subprocess, sys, time;"
-        "t=time.perf_counter(); subprocess.run(sys.argv[1:], check=True);"
-        "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024)"
-    )
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
-    wall, peak = out.stdout.split()[-2:]
-    return float(wall), float(peak)
+    usage = child_usage(args)
+    return usage["wall_s"], usage["peak_rss_mb"]
 
 
 def main() -> None:

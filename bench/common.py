@@ -51,6 +51,20 @@ def demo_snapshot(n_customers: int) -> Path:
     return root
 
 
+def child_usage(args: list[str]) -> dict:
+    """{"wall_s", "cpu_s" (user + system), "peak_rss_mb"} of a command, run from a fresh helper process so
+    that its RUSAGE_CHILDREN holds that command (and its children) alone."""
+    code = (
+        "import json, resource, subprocess, sys, time;"
+        "t=time.perf_counter(); subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+        "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(json.dumps({'wall_s': time.perf_counter()-t, 'cpu_s': r.ru_utime+r.ru_stime,"
+        " 'peak_rss_mb': r.ru_maxrss/1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def write_result(name: str, result: dict) -> Path:
     from clients.loadtest.report import relative_paths  # the one rewrite of machine paths
 

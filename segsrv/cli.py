@@ -882,7 +882,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="serve every snapshot under ROOT over gRPC (see docs/server.md)")
-    p.add_argument("--snapshots", required=True, metavar="ROOT", help="snapshot root (ROOT/NAME/CURRENT)")
+    p.add_argument("--snapshots", required=True, metavar="ROOT",
+                   help="snapshot root (ROOT/NAME/CURRENT; a sharded build: ROOT/NAME/SHARDS, docs/scale.md)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 = any free port)")
     p.add_argument("--workers", type=int, default=None, metavar="N",

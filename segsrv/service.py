@@ -31,7 +31,7 @@ from .engine.predict.target import is_multi_valued
 from .engine.profile import profile
 from .engine.relate import relate
 from .engine.sharded import (
-    SHARDED_OPERATIONS, ShardedSnapshot, is_sharded, open_sharded, sharded_assign, sharded_count,
+    ShardedSnapshot, is_sharded, open_sharded, sharded_assign, sharded_count,
     sharded_discover, sharded_evaluate, sharded_export, sharded_info, sharded_pending_fits, sharded_predict,
     sharded_profile, sharded_relate, sharded_score_segment,
 )
@@ -134,14 +134,6 @@ class SegmentationService:
         if progress is not None and isinstance(query, (ScoreQuery, ExportQuery)):
             return self._methods[type(query)](query, at, progress=progress)
         return self._methods[type(query)](query, at)
-
-    def _snapshot(self, at: Selector, operation: str) -> Snapshot:
-        snap = self._any_snapshot(at)
-        if isinstance(snap, ShardedSnapshot):
-            raise SegsrvError(f"{operation}: not yet supported for sharded snapshots ({snap.path} holds "
-                              f"SHARDS); answered over shards so far: {', '.join(SHARDED_OPERATIONS)} "
-                              f"(docs/scale.md)")
-        return snap
 
     def _any_snapshot(self, at: Selector) -> Snapshot | ShardedSnapshot:
         snap = self.snapshots.resolve(at.name, at.version)
@@ -301,14 +293,16 @@ class SegmentationService:
         return privacy.floor_discover(result, self.privacy_k)
 
 
-def warm_version(snapshot: Snapshot, **options) -> dict:
-    """What a server does to a version before serving it (segsrv.engine.warm.warm_snapshot), its warm
+def warm_version(snapshot: Snapshot | ShardedSnapshot, **options) -> dict:
+    """What a server does to a version before serving it (segsrv.engine.warm.warm_snapshot; a sharded build:
+    warm_sharded), its warm
     queries answered by a service over that version with the server's `options` (privacy floor, limits):
     the path a request takes, so the first request runs warm code in this layer too."""
-    from .engine.warm import warm_snapshot
+    from .engine.warm import warm_sharded, warm_snapshot
 
-    served = SegmentationService(OneSnapshot(snapshot), **options)
-    plain = SegmentationService(OneSnapshot(snapshot))
+    source = OneShardedSnapshot if isinstance(snapshot, ShardedSnapshot) else OneSnapshot
+    served = SegmentationService(source(snapshot), **options)
+    plain = SegmentationService(source(snapshot))
 
     def answer(query):
         try:
@@ -316,6 +310,8 @@ def warm_version(snapshot: Snapshot, **options) -> dict:
         except SegsrvError:  # e.g. the privacy floor refuses the warm query: its code ran all the same
             return plain.call(query)
 
+    if isinstance(snapshot, ShardedSnapshot):
+        return warm_sharded(snapshot, answer)
     return warm_snapshot(snapshot, answer)
 
 

@@ -22,8 +22,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -37,8 +39,13 @@ import tomllib
 from collections import defaultdict
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pandas as pd
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import pytest
 
 from segsrv.snapshot.builder import band_labels
@@ -248,6 +255,76 @@ class ServeProcess:
                 except ProcessLookupError:
                     pass
         self.log.close()
+
+
+# ----------------------------------------------------------------------------
+# TLS: a throwaway CA, server, client and stranger certificates (tests/server)
+# ----------------------------------------------------------------------------
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool = False, server: bool = False):
+    now = dt.datetime.now(dt.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                            critical=False)
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    elif not ca:
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pem(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class Pki:
+    def __init__(self, d: Path):
+        self.dir = d
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = _cert("segsrv test CA", ca_key, _name("segsrv test CA"), ca_key, ca=True)
+        other_key = ec.generate_private_key(ec.SECP256R1())
+        other_ca = _cert("another CA", other_key, _name("another CA"), other_key, ca=True)
+        server_key = ec.generate_private_key(ec.SECP256R1())
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        stranger_key = ec.generate_private_key(ec.SECP256R1())
+        self.ca = _pem(ca)
+        self.files = {
+            "ca.pem": self.ca,
+            "server.pem": _pem(_cert("localhost", server_key, ca.subject, ca_key, server=True)),
+            "server.key": _pem_key(server_key),
+            "client.pem": _pem(_cert("client", client_key, ca.subject, ca_key)),
+            "client.key": _pem_key(client_key),
+            "stranger.pem": _pem(_cert("stranger", stranger_key, other_ca.subject, other_key)),
+            "stranger.key": _pem_key(stranger_key),
+        }
+        for name, data in self.files.items():
+            (d / name).write_bytes(data)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def channel(self, address: str, client: str | None = None) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca,
+            private_key=self.files[f"{client}.key"] if client else None,
+            certificate_chain=self.files[f"{client}.pem"] if client else None,
+        )
+        return grpc.secure_channel(address, creds)
+
 
 
 def readonly(a: np.ndarray) -> np.ndarray:
@@ -1215,3 +1292,72 @@ def assert_same_predict(got, want) -> float:
             largest = max(largest, abs(a - b))
         assert_same_factors(g.factors, w.factors)
     return largest
+
+
+# ----------------------------------------------------------------------------
+# every method over gRPC: one sharded build's server (segsrv serve, the Ray router) against another's
+# ----------------------------------------------------------------------------
+
+# what two builds with the same data may differ in (docs/scale.md): their name, version, times, the plans
+# and candidate counts of the counting, storage per shard
+BUILD_KEYS = frozenset({"snapshot", "version", "elapsed_ms", "plan", "n_candidates", "n_dense", "n_sparse",
+                        "shards", "snapshots"})
+
+
+def _without_build_keys(value):
+    if isinstance(value, dict):
+        return {k: _without_build_keys(v) for k, v in value.items() if k not in BUILD_KEYS}
+    if isinstance(value, list):
+        return [_without_build_keys(v) for v in value]
+    return value
+
+
+def every_method_answers(client) -> dict:
+    """The JSON answers of a SegsrvClient to one small request of every method (no cross-validated fit:
+    fixed l2 or the factorized method, so two servers' first calls stay quick), build keys left out and an
+    unranked export's ids sorted (shards list them shard by shard)."""
+    churned = {"from": "customers", "where": {"churned": True}}
+    ids = sorted(client.export(churned))
+    some = ids[:2] + ids[-1:] + ["no-such-customer"]
+    ranked = client.export({"from": "customers", "where": {"region": "oulu"}, "target": "churned", "value": True,
+                            "top_k": 5})
+    answers = {
+        "count": client.count(churned),
+        "relate": client.relate({"from": "orders", "where": {"customer.churned": True}, "limit": 10}),
+        "profile": client.profile({"from": "customers", "segment": {"churned": True},
+                                   "fields": ["region", "lifestyle", "tenure_months"]}),
+        "predict": client.predict({"from": "customers", "target": "churned", "id": ids[0], "method": "conjunction"}),
+        "predict_factorized": client.predict({"from": "customers", "target": "lifestyle", "prior_strength": 5,
+                                              "method": "factorized", "segment": {"region": "oulu"}}),
+        "score": client.score_segment({"from": "customers", "target": "churned", "value": "true", "top_k": 5,
+                                       "l2": 1}),
+        "evaluate": client.evaluate({"from": "customers", "target": "churned", "l2": 1,
+                                     "evidence_fields": ["region", "lifestyle"]}),
+        "discover": client.discover({"from": "customers", "limit": 5}),
+        "info": {k: v for k, v in client.snapshot_info("orders", include_values=True).items() if k != "name"},
+        "segments": client.list_segments(),
+        "assign": client.assign(some, universe="customers"),
+        "export": {"total": len(ids), "ids": ids},
+        "export_ranked": list(ranked.members()),
+    }
+    return _without_build_keys(answers)
+
+
+def assert_same_answers(got: dict, want: dict) -> None:
+    """every_method_answers of two servers: equal, floats to 1e-12 (relative); a difference names its path."""
+    _assert_same(got, want, "answers")
+
+
+def _assert_same(got, want, path: str) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (path, sorted(set(got) ^ set(want)))
+        for key in want:
+            _assert_same(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), (path, got, want)
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-300, nan_ok=True), (path, got, want)
+    else:
+        assert got == want, (path, got, want)

@@ -5,7 +5,9 @@ customer with propensities where they are stored, and answer each stored model's
 
 from __future__ import annotations
 
+from ..errors import SegsrvError
 from ..ops.assign import AssignQuery
+from ..ops.count import CountQuery
 from .assign import assign, compiled_catalog, warm_catalog
 from .predict.models import WARM_CALLS, warm_models
 
@@ -25,4 +27,20 @@ def warm_snapshot(snapshot, answer=None) -> dict:
     n_models = warm_models(snapshot, answer)
     if n_models:
         info["models"] = n_models
+    return info
+
+
+def warm_sharded(sharded, answer) -> dict:
+    """{universe: rows over the shards} of a sharded build (segsrv/engine/sharded/), before it is served:
+    each universe's merged summary (which shards hold it, summed feature counts: it hashes every shard's
+    row ids, the cost of a first request), then one Count per universe through `answer` (the server's
+    service). Shards carry no segment catalog, so there is no catalog to compile. An operation the service
+    does not answer over shards yet is skipped (its SegsrvError), so warm-up keeps working as more land."""
+    info: dict = {}
+    for name in sharded.schema.universes:
+        info[name] = sharded.universe(name).n_rows
+        try:
+            answer(CountQuery(universe=name))
+        except SegsrvError:
+            pass  # e.g. the privacy floor refused it: its code ran all the same
     return info

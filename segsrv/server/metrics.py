@@ -64,8 +64,12 @@ class _SnapshotCollector:
                                 "Seconds since the current version was built (manifest mtime)", labels=["snapshot"])
         refs = GaugeMetricFamily("segsrv_snapshot_refs", "RPCs holding each served version",
                                  labels=["snapshot", "version"])
+        shards = GaugeMetricFamily("segsrv_snapshot_shards", "Shards of each served sharded build",
+                                   labels=["snapshot", "version"])
         now = time.time()
         for row in self.snapshots.describe():
+            if row["shards"] is not None:
+                shards.add_metric([row["name"], row["version"]], row["shards"])
             info.add_metric([row["name"], row["version"], row["state"]], 1)
             refs.add_metric([row["name"], row["version"]], row["refs"])
             if row["state"] == "current":
@@ -76,7 +80,7 @@ class _SnapshotCollector:
                                       labels=["snapshot", "result"])
         for (name, result), n in sorted(self.snapshots.load_counts().items()):
             reloads.add_metric([name, result], n)
-        return [info, loaded, age, refs, reloads]
+        return [info, loaded, age, refs, shards, reloads]
 
 
 class Metrics:

@@ -10,6 +10,16 @@ the reason and skipped; the others, and the version already served under that
 name, keep serving. CURRENT itself is read only when it is a small regular
 file (segsrv.snapshot.location.read_current).
 
+A sharded snapshot ``ROOT/NAME`` (a ``SHARDS`` manifest and its shards:
+segsrv/engine/sharded/) is served next to ordinary ones, under its name and
+version ("shards-..."): every shard is opened (its own memory maps, verified
+as an ordinary version is) and answers are merged in-process. Its reload key
+is the SHARDS file (a build writes it last): a new SHARDS is a new build,
+opened and verified whole, then swapped in as one version, so a request
+finishes on the build it resolved and no answer mixes builds. A build that
+fails to open (a shard's CURRENT not the version SHARDS names, a corrupt
+shard) is refused as a broken CURRENT is, and the old build keeps serving.
+
 Scrubbing (``scrub()``, every ``--verify-interval`` by ``reload.Reloader``):
 every served version's bytes are checked again. Published files are read-only
 and must never be written (docs/server.md); if one is changed anyway, the
@@ -63,9 +73,11 @@ from ..errors import (
     SnapshotWithdrawnError,
     VersionNotServedError,
 )
+from ..engine.sharded import ShardedSnapshot, is_sharded, open_sharded, sharded_version
 from ..snapshot import format as fmt
-from ..snapshot.location import read_current, snapshot_dirs
+from ..snapshot.location import read_current
 from ..snapshot.reader import Snapshot, open_snapshot
+from ..snapshot.shards import SHARDS, read_shard_manifest
 from ..snapshot.spec import suggest
 
 log = logging.getLogger("segsrv.server")
@@ -101,7 +113,7 @@ def check_component(value: str, field_path: str, what: str) -> None:
 class ServedVersion:
     """One open version of a snapshot and the requests that hold it."""
 
-    snapshot: Snapshot
+    snapshot: Snapshot | ShardedSnapshot
     loaded_at: float  # time.time() of the swap
     published_at: float | None  # mtime of the manifest: when the build finished
     refs: int = 0
@@ -110,6 +122,11 @@ class ServedVersion:
     @property
     def version(self) -> str:
         return self.snapshot.version
+
+    @property
+    def shard_count(self) -> int | None:
+        """The shards of a sharded build (None: an ordinary snapshot)."""
+        return self.snapshot.shard_count if isinstance(self.snapshot, ShardedSnapshot) else None
 
 
 @dataclass(eq=False)
@@ -149,7 +166,7 @@ _SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("se
 
 
 def _current_key(path: Path) -> tuple:
-    """Identity of the CURRENT file: replacing it (even with the same text) changes the key."""
+    """Identity of the CURRENT (or SHARDS) file: replacing it (even with the same text) changes the key."""
     st = path.stat()
     return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
 
@@ -183,8 +200,13 @@ class SnapshotRegistry:
     # -- loading ---------------------------------------------------------------
 
     def _snapshot_dirs(self) -> list[Path]:
+        """ROOT itself when it is one snapshot (CURRENT) or one sharded snapshot (SHARDS), else each
+        ROOT/NAME that is either, by name."""
         try:
-            return snapshot_dirs(self.root)
+            if (self.root / fmt.CURRENT).exists() or is_sharded(self.root):
+                return [self.root]
+            return sorted(p for p in self.root.iterdir()
+                          if p.is_dir() and ((p / fmt.CURRENT).exists() or is_sharded(p)))
         except OSError as exc:
             log.error("cannot list snapshot root %s: %s", self.root, exc)
             return []
@@ -209,7 +231,8 @@ class SnapshotRegistry:
             return changed
 
     def _refresh_one(self, d: Path, verify: str) -> str | None:
-        current_file = d / fmt.CURRENT
+        sharded = is_sharded(d)
+        current_file = d / (SHARDS if sharded else fmt.CURRENT)  # what names the version to serve
         try:
             key = _current_key(current_file)
         except OSError as exc:
@@ -218,7 +241,7 @@ class SnapshotRegistry:
         if self._seen.get(d) == key:
             return None  # CURRENT unchanged since we last loaded or refused it
         try:
-            version = read_current(d)
+            version = sharded_version(read_shard_manifest(d)) if sharded else read_current(d)
         except (OSError, SnapshotError) as exc:
             reason = exc.message if isinstance(exc, SnapshotError) else str(exc)
             log.error("cannot read %s: %s", current_file, reason,
@@ -237,7 +260,11 @@ class SnapshotRegistry:
             problem = component_problem(version)
             if problem:
                 raise CorruptSnapshotError(f"{current_file} names version {version[:80]!r}, which {problem}")
-            snap = open_snapshot(d, version=version, verify=verify)
+            if sharded:  # opened whole from the SHARDS it reads: a newer one written meanwhile is a whole build too
+                snap = open_sharded(d, verify=verify)
+                version = snap.version
+            else:
+                snap = open_snapshot(d, version=version, verify=verify)
             if snap.version != version:
                 raise CorruptSnapshotError(f"{snap.path}: its manifest says version {snap.version!r}, "
                                            f"but CURRENT names {version!r}")
@@ -278,8 +305,8 @@ class SnapshotRegistry:
                                                "version": snap.version}})
         if snap.name != d.name and d != self.root:
             log.warning("snapshot directory %s holds snapshot named %r; serving it as %r", d, snap.name, snap.name)
-        try:
-            published = (snap.path / fmt.MANIFEST).stat().st_mtime
+        try:  # a sharded build is published when its SHARDS is written
+            published = (current_file if sharded else snap.path / fmt.MANIFEST).stat().st_mtime
         except OSError:
             published = None
         entry = ServedVersion(snap, loaded_at=time.time(), published_at=published)
@@ -300,15 +327,18 @@ class SnapshotRegistry:
         self._seen[d] = key
         self._count(snap.name, "success")
         took = (time.perf_counter() - t0) * 1e3
+        shards = f"{entry.shard_count} shards, " if sharded else ""
         if previous is None:
-            log.info("loaded snapshot %s version %s from %s (%s check, %.0f ms)", snap.name, snap.version, snap.path,
-                     verify, took, extra={"fields": {"event": "snapshot_loaded", "snapshot": snap.name,
-                                                     "version": snap.version}})
+            log.info("loaded snapshot %s version %s from %s (%s%s check, %.0f ms)", snap.name, snap.version,
+                     snap.path, shards, verify, took,
+                     extra={"fields": {"event": "snapshot_loaded", "snapshot": snap.name, "version": snap.version,
+                                       **({"shards": entry.shard_count} if sharded else {})}})
         else:
-            log.info("swapped snapshot %s to version %s (was %s; verified: %s, %.0f ms)", snap.name, snap.version,
-                     previous.version, verify, took,
+            log.info("swapped snapshot %s to version %s (was %s; %sverified: %s, %.0f ms)", snap.name, snap.version,
+                     previous.version, shards, verify, took,
                      extra={"fields": {"event": "snapshot_swapped", "snapshot": snap.name, "version": snap.version,
-                                       "previous_version": previous.version}})
+                                       "previous_version": previous.version,
+                                       **({"shards": entry.shard_count} if sharded else {})}})
         return snap.name
 
     def scrub(self, threads: int | None = 1) -> list[str]:
@@ -321,7 +351,10 @@ class SnapshotRegistry:
         withdrawn = []
         for name, entry in served:
             try:
-                entry.snapshot.files.verify("full", threads)
+                if isinstance(entry.snapshot, ShardedSnapshot):
+                    entry.snapshot.verify("full", threads)  # every shard of the build
+                else:
+                    entry.snapshot.files.verify("full", threads)
             except SnapshotError as exc:
                 self._withdraw(name, entry, exc.message)
                 withdrawn.append(f"{name}@{entry.version}")
@@ -431,13 +464,15 @@ class SnapshotRegistry:
             return [] if slot is None else [*slot.retired, slot.current.version]
 
     def describe(self) -> list[dict]:
-        """Per served version: name, version, state (current / retired), refs, loaded_at, published_at."""
+        """Per served version: name, version, state (current / retired), refs, loaded_at, published_at,
+        shards (a sharded build's shard count; None: an ordinary snapshot)."""
         out = []
         with self._lock:
             for name, slot in sorted(self._slots.items()):
                 for state, entry in [*(("retired", e) for e in slot.retired.values()), ("current", slot.current)]:
                     out.append({"name": name, "version": entry.version, "state": state, "refs": entry.refs,
-                                "loaded_at": entry.loaded_at, "published_at": entry.published_at})
+                                "loaded_at": entry.loaded_at, "published_at": entry.published_at,
+                                "shards": entry.shard_count})
         return out
 
     def resolve(self, name: str = "", version: str = "") -> Snapshot:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -22,6 +16,7 @@ from segsrv.server.auth import TokenFileError, TokenStore
 from segsrv.v1 import condition_pb2 as c
 from segsrv.v1 import segsrv_pb2 as pb
 from segsrv.v1 import segsrv_pb2_grpc
+from support import Pki
 
 QUERY_TOKEN = "q-token-0123456789abcdef"
 EXPORT_TOKEN = "e-token-0123456789abcdef"
@@ -30,71 +25,7 @@ ROWS_TOKEN = "r-token-0123456789abcdef"
 ROWS_ONLY_TOKEN = "o-token-0123456789abcdef"
 
 
-# -- certificates --------------------------------------------------------------------------------
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool = False, server: bool = False):
-    now = dt.datetime.now(dt.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                            critical=False)
-        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    elif not ca:
-        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _pem(cert) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-class Pki:
-    def __init__(self, d: Path):
-        self.dir = d
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _cert("segsrv test CA", ca_key, _name("segsrv test CA"), ca_key, ca=True)
-        other_key = ec.generate_private_key(ec.SECP256R1())
-        other_ca = _cert("another CA", other_key, _name("another CA"), other_key, ca=True)
-        server_key = ec.generate_private_key(ec.SECP256R1())
-        client_key = ec.generate_private_key(ec.SECP256R1())
-        stranger_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca = _pem(ca)
-        self.files = {
-            "ca.pem": self.ca,
-            "server.pem": _pem(_cert("localhost", server_key, ca.subject, ca_key, server=True)),
-            "server.key": _pem_key(server_key),
-            "client.pem": _pem(_cert("client", client_key, ca.subject, ca_key)),
-            "client.key": _pem_key(client_key),
-            "stranger.pem": _pem(_cert("stranger", stranger_key, other_ca.subject, other_key)),
-            "stranger.key": _pem_key(stranger_key),
-        }
-        for name, data in self.files.items():
-            (d / name).write_bytes(data)
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-    def channel(self, address: str, client: str | None = None) -> grpc.Channel:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=self.ca,
-            private_key=self.files[f"{client}.key"] if client else None,
-            certificate_chain=self.files[f"{client}.pem"] if client else None,
-        )
-        return grpc.secure_channel(address, creds)
+# -- certificates (support.Pki) ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

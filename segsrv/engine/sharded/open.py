@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import CorruptSnapshotError, UnknownUniverseError
 from ...snapshot.location import read_current
-from ...snapshot.reader import Snapshot, int_key, open_snapshot
+from ...snapshot.reader import DEFAULT_VERIFY, Snapshot, int_key, open_snapshot
 from ...snapshot.shards import SHARDS, dictionary_sha256, read_shard_manifest, shard_dir_name, shard_of_keys
 from .. import cancel
 from ..fields import is_identifier_like
@@ -114,6 +114,12 @@ class ShardedSnapshot:
         held = self.map(holds_row, merged.name, row_id, shards=merged.shards)
         return next((i for i, h in zip(merged.shards, held) if h), 0)
 
+    def verify(self, mode: str = DEFAULT_VERIFY, threads: int | None = None) -> None:
+        """Check the open shards' bytes again (a server's scrub): raises as open_snapshot does when one
+        changed on disk."""
+        for shard in self.shards or ():
+            shard.files.verify(mode, threads)
+
     def universe(self, universe: str | None) -> MergedUniverse:
         """The universe over the shards: every shard holds part of a partitioned one; a replicated one
         (the same rows in every shard) is shard 0's alone. Found on first use (hashing row ids is linear
@@ -145,8 +151,9 @@ def open_versions(location: str | Path, name: str, versions: list[str], entity: 
     return ShardedSnapshot(location, name, "building", shards[0], len(shards), shards, entity=entity)
 
 
-def open_sharded(location: str | Path) -> ShardedSnapshot:
-    """Every shard of ROOT/NAME at the version SHARDS names (each verified as open_snapshot verifies)."""
+def open_sharded(location: str | Path, verify: str = DEFAULT_VERIFY, threads: int | None = None) -> ShardedSnapshot:
+    """Every shard of ROOT/NAME at the version SHARDS names, each verified as open_snapshot verifies
+    (`verify` and `threads`: open_snapshot's)."""
     location = Path(location)
     manifest = read_shard_manifest(location)
     shards = []
@@ -158,17 +165,19 @@ def open_sharded(location: str | Path) -> ShardedSnapshot:
                 f"{shard_dir}: CURRENT names version {current!r} but {location / SHARDS} names "
                 f"{entry['version']!r}: the shards are not of one build (a build in progress, or a shard "
                 f"changed since); rebuild, or wait for the build to finish")
-        shards.append(open_shard(location, entry, manifest["dictionary_sha256"]))
+        shards.append(open_shard(location, entry, manifest["dictionary_sha256"], verify, threads))
     return ShardedSnapshot(location, manifest["name"], sharded_version(manifest), shards[0], len(shards), shards,
                            entity=manifest["entity"])
 
 
-def open_shard(location: str | Path, entry: dict, dictionary: str) -> Snapshot:
+def open_shard(location: str | Path, entry: dict, dictionary: str, verify: str = DEFAULT_VERIFY,
+               threads: int | None = None) -> Snapshot:
     """The shard of ROOT/NAME that a SHARDS `entry` names, at its version (whatever its CURRENT says: a
-    router's request finishes on the build it started on), verified as open_snapshot verifies, and
-    refused unless its feature dictionary's digest is `dictionary` (SHARDS' dictionary_sha256)."""
+    router's request finishes on the build it started on), verified as open_snapshot verifies (`verify`,
+    `threads`: open_snapshot's), and refused unless its feature dictionary's digest is `dictionary`
+    (SHARDS' dictionary_sha256)."""
     location = Path(location)
-    snap = open_snapshot(location / entry["dir"], version=entry["version"])
+    snap = open_snapshot(location / entry["dir"], version=entry["version"], verify=verify, threads=threads)
     if dictionary_sha256(snap.manifest) != dictionary:
         raise CorruptSnapshotError(f"{snap.path}: its feature dictionary is not the one {location / SHARDS} records")
     return snap

@@ -1,0 +1,361 @@
+"""Scale-out benchmark: sharded builds and merged queries on the demo shop, and the capacity plan's inputs
+(docs/scale.md, "Measured at scale" and "Capacity plan").
+
+(a) Builds of the demo shop (`segsrv demo-data`; default 1M customers, ~10M order lines) as one snapshot
+    (N = 1, `segsrv build`) and with `--shards N` (default 4 and 8), each from scratch in a fresh child
+    process: wall time, CPU seconds, peak RSS of the build process (the sharded build is one process
+    building its shards in turn), customers per second and per CPU-second. One shard's build alone and
+    the dictionary pass are measured by bench/shard_memory.py (a fresh process each). A build whose peak,
+    extrapolated linearly from a smaller measured size, does not fit in 80% of the memory available now
+    is skipped, with the reason and the extrapolation printed (a 5M single build needs ~23 GB).
+(b) Query latency on the first size: Count, Relate over ~100 features (bench/relate.py's few fields) and
+    over every field, on the customers universe, conditions drawn as bench/relate.py draws them; median
+    of --repeats calls through SegmentationService (the path a server's handler takes), unsharded (the
+    anchor) vs sharded in-process (N = 4, 8), every sharded answer checked against the unsharded one;
+    then the same requests through a gRPC server over each build (create_server in its own process, as
+    bench/grpc_relate.py runs it), next to an empty-RPC server (the anchor of one gRPC hop). Per hop:
+    the gRPC median minus the in-process median.
+    EXTENSION POINT, the Ray router: `--ray-router HOST:PORT` measures the same requests through an
+    already running `segsrv serve-ray` (issue 18, item 4; serving the N = --ray-shards build printed
+    by this bench, under the snapshot name "demo") and reports its per-hop cost beside segsrv serve's.
+    Without it the Ray rows say "not measured". Wiring that starts serve-ray here belongs in
+    `ray_router_address` once segsrv/ray* is merged.
+(c) The capacity plan's inputs: snapshot bytes per customer and per set feature (a row's feature: the
+    sum of every universe's feature counts), build CPU-seconds per customer, fan-out latency per hop and
+    per shard. docs/scale.md turns them into the plan for 100M and 1B customers.
+
+The machine is usually shared (the load average is printed and recorded): figures are for this machine
+at that load.
+
+    python bench/scale.py [--customers 1000000 [5000000]] [--shards 4 8] [--repeats 200] [--rebuild]
+                          [--ray-router HOST:PORT --ray-shards 4]
+
+Builds are kept in bench/.data/scale-CUSTOMERS/ with their measurements; a later run reuses them unless
+--rebuild is given (the query part always runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from common import DATA_ROOT, child_usage, cpu_model, demo_tables, write_result
+from grpc_relate import latency_main, start_servers, stop_servers
+from relate import conditions, pick_fields
+
+from segsrv import _kernels
+from segsrv.ops import CountQuery, RelateQuery
+from segsrv.ops.base import Selector
+
+REPO = Path(__file__).resolve().parent.parent
+SHARD_MEMORY = Path(__file__).resolve().parent / "shard_memory.py"
+MEMORY_HEADROOM = 0.8  # a build may use at most this share of the memory available when it starts
+SHAPES = ("count", "relate_100", "relate_every")
+
+
+# --- (a) builds -------------------------------------------------------------------------------------
+
+
+def sharded_spec(spec: Path) -> Path:
+    """The demo spec plus [shards] entity = "customers", beside it (its data paths are relative)."""
+    out = spec.with_name("spec-sharded.toml")
+    text = spec.read_text() + '\n[shards]\nentity = "customers"\n'
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+    return out
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build_dir(customers: int, shards: int) -> Path:
+    return DATA_ROOT / f"scale-{customers}" / ("single" if shards == 1 else f"shards-{shards}")
+
+
+def measure_build(customers: int, shards: int, rebuild: bool) -> dict:
+    """One build from scratch in a fresh process (cached with its measurement unless `rebuild`)."""
+    out = build_dir(customers, shards)
+    record = out.with_suffix(".json")
+    if not rebuild and record.exists() and out.exists():
+        return {**json.loads(record.read_text()), "cached": True}
+    spec = demo_tables(customers)
+    shutil.rmtree(out, ignore_errors=True)
+    if shards == 1:
+        usage = child_usage([sys.executable, "-m", "segsrv", "build", str(spec), "--out", str(out), "--quiet"])
+    else:
+        usage = child_usage([sys.executable, "-m", "segsrv", "build", str(sharded_spec(spec)), "--out", str(out),
+                             "--shards", str(shards), "--quiet"])
+    result = {"customers": customers, "shards": shards, **{k: round(v, 2) for k, v in usage.items()},
+              "disk_mb": round(tree_bytes(out) / 1e6, 1), "loadavg": os.getloadavg()[0]}
+    if shards > 1:  # one shard's build alone, and the dictionary pass, each in a fresh process
+        probe = DATA_ROOT / f"scale-{customers}" / "shard-probe"
+        shutil.rmtree(probe, ignore_errors=True)
+        proc = child_json([sys.executable, str(SHARD_MEMORY), str(sharded_spec(spec)), str(probe), "--shards",
+                           str(shards), "--json"])
+        shutil.rmtree(probe, ignore_errors=True)
+        result.update(one_shard_peak_rss_mb=proc["shard_peak_mb"], dictionary_peak_rss_mb=proc["dictionary_peak_mb"])
+    record.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def child_json(args: list[str]) -> dict:
+    import subprocess
+
+    out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def fits(customers: int, shards: int, measured: list[dict]) -> tuple[bool, str, float | None]:
+    """Whether a build is expected to fit in memory now: its peak extrapolated linearly in customers from
+    the largest measured build with the same N (None when there is none: it is tried)."""
+    same = [m for m in measured if m["shards"] == shards and m["customers"] < customers]
+    if not same:
+        return True, "", None
+    base = max(same, key=lambda m: m["customers"])
+    predicted = base["peak_rss_mb"] * customers / base["customers"]
+    available = psutil.virtual_memory().available / 2**20
+    if predicted <= MEMORY_HEADROOM * available:
+        return True, "", predicted
+    return False, (f"predicted peak {predicted:,.0f} MB ({base['peak_rss_mb']:,.0f} MB at {base['customers']:,} "
+                   f"customers x {customers / base['customers']:g}) exceeds {MEMORY_HEADROOM:.0%} of the "
+                   f"{available:,.0f} MB available now"), predicted
+
+
+def run_builds(sizes: list[int], shard_counts: list[int], rebuild: bool) -> list[dict]:
+    builds: list[dict] = []
+    for customers in sizes:
+        for n in [1, *shard_counts]:
+            ok, why, predicted = fits(customers, n, builds)
+            if not ok:
+                print(f"  {customers:>10,} N={n}: SKIPPED: {why}; extrapolated wall time "
+                      f"{extrapolated_wall(customers, n, builds):,.0f} s")
+                builds.append({"customers": customers, "shards": n, "skipped": why,
+                               "extrapolated_peak_rss_mb": round(predicted),
+                               "extrapolated_wall_s": round(extrapolated_wall(customers, n, builds))})
+                continue
+            b = measure_build(customers, n, rebuild)
+            builds.append(b)
+            print_build(b, next((x for x in builds if x["customers"] == customers and x["shards"] == 1
+                                 and "skipped" not in x), None))
+    return builds
+
+
+def extrapolated_wall(customers: int, shards: int, builds: list[dict]) -> float:
+    same = [m for m in builds if m["shards"] == shards and "wall_s" in m]
+    base = max(same, key=lambda m: m["customers"])
+    return base["wall_s"] * customers / base["customers"]
+
+
+def print_build(b: dict, single: dict | None) -> None:
+    line = (f"  {b['customers']:>10,} N={b['shards']}: wall {b['wall_s']:7.1f} s  cpu {b['cpu_s']:7.1f} s  "
+            f"peak RSS {b['peak_rss_mb']:7,.0f} MB  disk {b['disk_mb']:7,.0f} MB  "
+            f"{b['customers'] / b['cpu_s']:8,.0f} customers per CPU-second")
+    if b["shards"] > 1:
+        line += (f"  | one shard alone {b['one_shard_peak_rss_mb']:,.0f} MB, dictionary pass "
+                 f"{b['dictionary_peak_rss_mb']:,.0f} MB")
+        if single is not None:
+            line += (f"  | vs N=1 (anchor): peak {single['peak_rss_mb'] / b['peak_rss_mb']:.1f}x less, "
+                     f"wall {b['wall_s'] / single['wall_s']:.2f}x")
+    print(line + ("  (cached)" if b.get("cached") else ""))
+
+
+# --- (b) queries ------------------------------------------------------------------------------------
+
+
+def query_sets(snapshot) -> dict[str, list]:
+    """Per shape, the queries of the run (cycled): 20 conditions drawn from the customers' features."""
+    u = snapshot.universes["customers"]
+    conds = conditions(u)
+    few = pick_fields(u)
+    return {
+        "count": [CountQuery(where=c, universe="customers") for c in conds],
+        "relate_100": [RelateQuery(where=c, universe="customers", relate=few, limit=20) for c in conds],
+        "relate_every": [RelateQuery(where=c, universe="customers", limit=20) for c in conds],
+    }
+
+
+def same_answers(shape: str, a, b) -> bool:
+    if shape == "count":
+        return (a.count, a.n_rows) == (b.count, b.n_rows)
+    return ((a.n_rows, a.n_condition, a.n_matching) == (b.n_rows, b.n_condition, b.n_matching)
+            and [(h.field, h.value, h.stats.get("support")) for h in a.hits]
+            == [(h.field, h.value, h.stats.get("support")) for h in b.hits])
+
+
+def in_process(services: dict, queries: dict[str, list], repeats: int) -> dict:
+    """{build: {shape: median ms}}; every answer of a sharded build equal to the unsharded one's."""
+    out: dict = {}
+    reference = {shape: [services["single"].call(q) for q in qs] for shape, qs in queries.items()}
+    for build, service in services.items():
+        out[build] = {}
+        for shape, qs in queries.items():
+            n = repeats if shape != "relate_every" else max(20, repeats // 4)
+            for i, q in enumerate(qs):  # warm, and check
+                assert same_answers(shape, service.call(q), reference[shape][i]), (build, shape, i)
+            ts = []
+            for i in range(n):
+                t = time.perf_counter()
+                service.call(qs[i % len(qs)])
+                ts.append(time.perf_counter() - t)
+            out[build][shape] = round(float(np.median(ts)) * 1e3, 3)
+    return out
+
+
+def request_blobs(queries: dict[str, list]) -> dict[str, list[bytes]]:
+    return {shape: [q.to_proto(Selector("demo")).SerializeToString() for q in qs] for shape, qs in queries.items()}
+
+
+METHOD = {"count": "Count", "relate_100": "Relate", "relate_every": "Relate"}
+
+
+def through_grpc(ctx, kind: str, root: str | None, blobs: dict[str, list[bytes]], calls: int,
+                 address: str | None = None) -> dict:
+    """{shape: p50 ms} of sequential calls on one channel (bench/grpc_relate.py's latency_main), through a
+    server of `kind` ("segsrv" over `root`, or "empty": one per method) started here, or the server at
+    `address`."""
+    out = {}
+    started = None
+    try:
+        for shape, requests in blobs.items():
+            if address is None and (started is None or kind == "empty"):
+                if started is not None:
+                    stop_servers(started[1], started[2])
+                started = start_servers(ctx, kind, root, 1, METHOD[shape])
+            queue = ctx.Queue()
+            n = calls if shape != "relate_every" else max(50, calls // 4)
+            proc = ctx.Process(target=latency_main, args=(address or started[0], requests, n, None, queue,
+                                                          METHOD[shape]))
+            proc.start()
+            out[shape] = round(queue.get(timeout=1800)["p50_ms"], 3)
+            proc.join()
+    finally:
+        if started is not None:
+            stop_servers(started[1], started[2])
+    return out
+
+
+def ray_router_address(args) -> str | None:
+    """EXTENSION POINT (issue 18, item 4): the address of a `segsrv serve-ray` router serving the N =
+    args.ray_shards build of this bench as snapshot "demo". Today: the one given with --ray-router
+    (started by hand: `segsrv serve-ray --snapshots <the printed root> ...`); once segsrv/ray* is merged,
+    start a local Ray instance and the router here (and stop them after)."""
+    return args.ray_router
+
+
+# --- (c) capacity inputs ----------------------------------------------------------------------------
+
+
+def capacity_inputs(snapshot, builds: list[dict], inproc: dict, grpc_ms: dict, shard_counts: list[int]) -> dict:
+    customers = snapshot.universes["customers"].n_rows
+    single = next(b for b in builds if b["customers"] == customers and b["shards"] == 1)
+    set_features = int(sum(int(np.asarray(u.feature_count, dtype=np.int64).sum()) for u in snapshot.universes.values()))
+    rows = {name: int(u.n_rows) for name, u in snapshot.universes.items()}
+    out = {
+        "customers": customers,
+        "rows": rows,
+        "set_features": set_features,
+        "snapshot_bytes_per_customer": round(single["disk_mb"] * 1e6 / customers, 1),
+        "snapshot_bytes_per_set_feature": round(single["disk_mb"] * 1e6 / set_features, 2),
+        "build_cpu_s_per_million_customers": {
+            str(b["shards"]): round(b["cpu_s"] * 1e6 / b["customers"], 1)
+            for b in builds if b["customers"] == customers and "cpu_s" in b},
+        "grpc_hop_ms": {shape: round(grpc_ms["empty"][shape], 3) for shape in SHAPES},
+        "per_hop_ms": {build: {shape: round(grpc_ms[build][shape] - inproc[build][shape], 3) for shape in SHAPES}
+                       for build in inproc if build in grpc_ms},
+        "in_process_cost_per_shard_ms": {
+            f"shards-{n}": {shape: round((inproc[f"shards-{n}"][shape] - inproc["single"][shape]) / n, 3)
+                            for shape in SHAPES} for n in shard_counts if f"shards-{n}" in inproc},
+    }
+    for b in builds:
+        if b["customers"] == customers and b["shards"] > 1 and "disk_mb" in b:
+            out.setdefault("sharded_disk_overhead", {})[str(b["shards"])] = round(b["disk_mb"] / single["disk_mb"], 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument("--shards", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--repeats", type=int, default=200, help="in-process calls per shape (every field: a quarter)")
+    ap.add_argument("--calls", type=int, default=200, help="gRPC calls per shape (every field: a quarter)")
+    ap.add_argument("--rebuild", action="store_true", help="build again even when a measured build is kept")
+    ap.add_argument("--ray-router", metavar="HOST:PORT", help="measure through this Ray router too (see above)")
+    ap.add_argument("--ray-shards", type=int, default=4, help="the N of the build the Ray router serves")
+    args = ap.parse_args()
+    sizes = sorted(args.customers)
+    machine = {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+               "loadavg_start": os.getloadavg()[0]}
+    print(f"scale-out bench on {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']} GiB; load average "
+          f"{machine['loadavg_start']:.1f} at start: the machine is shared with other jobs, figures are at that load")
+
+    print("(a) builds (each from scratch in a fresh process; anchor: the single build, N=1)")
+    builds = run_builds(sizes, args.shards, args.rebuild)
+
+    first = sizes[0]
+    print(f"(b) query latency at {first:,} customers, customers universe; median ms; one kernel thread per "
+          f"call in-process too, as a server runs its calls")
+    from segsrv.engine import set_kernel_threads
+    from segsrv.service import local_service
+
+    set_kernel_threads(1)  # create_server's default: the in-process and gRPC figures differ by the hop only
+
+    services = {"single": local_service(build_dir(first, 1) / "demo")}
+    for n in args.shards:
+        services[f"shards-{n}"] = local_service(build_dir(first, n) / "demo")
+    snapshot = services["single"].snapshots.snapshot
+    queries = query_sets(snapshot)
+    inproc = in_process(services, queries, args.repeats)
+    ctx = mp.get_context("spawn")  # grpc is used in this process (requests): no fork
+    blobs = request_blobs(queries)
+    grpc_ms = {"empty": through_grpc(ctx, "empty", None, blobs, args.calls)}
+    for build in services:
+        grpc_ms[build] = through_grpc(ctx, "segsrv", str(build_dir(first, 1 if build == "single" else
+                                                                    int(build.split("-")[1]))), blobs, args.calls)
+    ray = ray_router_address(args)
+    if ray:
+        grpc_ms[f"ray-shards-{args.ray_shards}"] = through_grpc(ctx, "ray", None, blobs, args.calls, address=ray)
+    print(f"  {'':22s}" + "".join(f"{s:>16s}" for s in SHAPES))
+    print(f"  {'empty RPC (hop anchor)':22s}" + "".join(f"{grpc_ms['empty'][s]:16.3f}" for s in SHAPES))
+    for build in services:
+        print(f"  {build + ' in-process':22s}" + "".join(f"{inproc[build][s]:16.3f}" for s in SHAPES)
+              + ("   (anchor)" if build == "single" else "   ratio to single: "
+                 + " ".join(f"{inproc[build][s] / inproc['single'][s]:.2f}x" for s in SHAPES)))
+        print(f"  {build + ' gRPC':22s}" + "".join(f"{grpc_ms[build][s]:16.3f}" for s in SHAPES)
+              + "   per hop: " + " ".join(f"{grpc_ms[build][s] - inproc[build][s]:.3f}" for s in SHAPES))
+    if ray:
+        key = f"ray-shards-{args.ray_shards}"
+        print(f"  {key + ' router':22s}" + "".join(f"{grpc_ms[key][s]:16.3f}" for s in SHAPES))
+    else:
+        print("  Ray router: not measured (extension point: --ray-router HOST:PORT, serving "
+              f"{build_dir(first, args.ray_shards)}; see ray_router_address)")
+
+    capacity = capacity_inputs(snapshot, builds, inproc, grpc_ms, args.shards)
+    print("(c) capacity plan inputs")
+    print(f"  snapshot bytes per customer {capacity['snapshot_bytes_per_customer']:,.0f}, per set feature "
+          f"{capacity['snapshot_bytes_per_set_feature']:.2f} ({capacity['set_features']:,} set features over "
+          f"{capacity['rows']})")
+    print(f"  build CPU-seconds per million customers by N: {capacity['build_cpu_s_per_million_customers']}")
+    print(f"  sharded disk / single disk by N: {capacity.get('sharded_disk_overhead')}")
+    print(f"  per hop (gRPC - in-process) ms: {capacity['per_hop_ms']}")
+    print(f"  in-process cost per shard ms: {capacity['in_process_cost_per_shard_ms']}")
+    machine["loadavg_end"] = os.getloadavg()[0]
+    machine["kernel_threads"] = _kernels.get_num_threads()
+    print(f"load average at the end {machine['loadavg_end']:.1f}")
+    result = {"machine": machine, "builds": builds, "in_process_median_ms": inproc, "grpc_p50_ms": grpc_ms,
+              "ray_router": "measured" if ray else "not measured (extension point: --ray-router)",
+              "capacity_inputs": capacity}
+    print(f"results: {write_result('scale', result)}")
+
+
+if __name__ == "__main__":
+    main()
