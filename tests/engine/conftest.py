@@ -5,7 +5,7 @@ The oracle itself (``Source``, ``BruteUniverse``: pandas joins over the PetNord 
 nothing read from the snapshot's bitsets) lives in tests/support.py; the session fixtures
 ``source`` and ``oracle`` are in tests/conftest.py. ``snap`` / ``su`` / ``bu`` are PetNord,
 its customers universe and the oracle's customers universe; ``petnord_sharded`` is PetNord built with
-1, 3 and 7 shards (ROOT/petnord), built once per session for every suite of merged answers.
+1, 2 and 7 shards (ROOT/petnord), built once per session for every suite of merged answers.
 """
 
 from __future__ import annotations
@@ -276,9 +276,9 @@ def where_strategy(petnord_snapshot, oracle):
 # ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session", params=[1, 3, 7], ids=lambda n: f"{n}_shards")
+@pytest.fixture(scope="session", params=[1, 2, 7], ids=lambda n: f"{n}_shards")
 def petnord_sharded(request, tmp_path_factory, petnord_spec):
-    """PetNord sharded by customer into 1, 3 and 7 shards (ROOT/petnord holding SHARDS), built once each."""
+    """PetNord sharded by customer into 1, 2 and 7 shards (ROOT/petnord holding SHARDS), built once each."""
     from segsrv.snapshot.shardbuild import build_shards
 
     root = tmp_path_factory.mktemp(f"petnord_{request.param}_shards")

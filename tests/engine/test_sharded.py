@@ -1,5 +1,5 @@
 """Count and Relate over a sharded snapshot (segsrv/engine/sharded/) equal the unsharded snapshot's answers.
-(``petnord_sharded``, PetNord built with 1, 3 and 7 shards, is in tests/engine/conftest.py.)"""
+(``petnord_sharded``, PetNord built with 1, 2 and 7 shards, is in tests/engine/conftest.py.)"""
 
 from __future__ import annotations
 

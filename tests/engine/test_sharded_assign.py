@@ -31,7 +31,7 @@ from support import CATALOG_A, assert_same_assign, quiet, segsrv_cli, write_shop
 # CATALOG_A and a segment of a handful of customers (below a privacy floor of 10)
 CATALOG = dict(CATALOG_A, tiny={"universe": "customers", "where": {
     "tenure_months": {"$lt": 6}, "churned": True, "region": "oulu", "lifestyle": "premium"}, "priority": 5})
-FITTED = 3  # the shard count whose apply fits and stores the default models (the others: on demand, fixed l2)
+FITTED = 2  # the shard count whose apply fits and stores the default models (the others: on demand, fixed l2)
 PROPENSITIES = [{"include_propensities": False}, {"include_propensities": True, "propensity_l2": 1.0},
                 {"include_propensities": True, "propensity_method": "factorized"}]
 DEFAULT = {"include_propensities": True}
@@ -48,7 +48,7 @@ def whole(tmp_path_factory, petnord_root):
 
 @pytest.fixture(scope="module", params=[1, FITTED, 7], ids=lambda n: f"{n}_shards")
 def sharded(request, tmp_path_factory, petnord_spec):
-    """PetNord in 1, 3 and 7 shards with CATALOG applied (models stored with 3 shards)."""
+    """PetNord in 1, 2 and 7 shards with CATALOG applied (models stored with 2 shards)."""
     root = tmp_path_factory.mktemp(f"petnord_catalog_{request.param}_shards")
     build_shards(replace(petnord_spec, shard_entity="customers"), root, request.param, progress=quiet)
     apply_sharded_segments(root / "petnord", CATALOG, progress=quiet, fit_propensities=request.param == FITTED)
@@ -74,7 +74,7 @@ def assign_both(sharded_path, whole_snapshot, privacy_k: int, obj: dict):
 def test_assign_by_ids_equals_unsharded(sharded, whole, privacy_k, propensities):
     params = (PROPENSITIES + [DEFAULT])[propensities]
     if params is DEFAULT and open_sharded(sharded).shard_count != FITTED:
-        pytest.skip("default models are stored (not fitted on demand) with 3 shards")
+        pytest.skip("default models are stored (not fitted on demand) with 2 shards")
     ids = customer_ids(whole) + ["CUST-99999", "nope", "", customer_ids(whole)[0]]  # unknown ids, a repeated id
     routed = set(open_sharded(sharded).route_ids("customers", ids).tolist())
     assert routed == set(range(open_sharded(sharded).shard_count))  # ids in every shard

@@ -1,7 +1,7 @@
 """Profile, Info and Export (without a target) over a sharded snapshot (segsrv/engine/sharded/) equal the
 unsharded snapshot's answers, and a brute force over the source tables (pandas).
 
-``petnord_sharded`` (PetNord in 1, 3 and 7 shards) is in tests/engine/conftest.py.
+``petnord_sharded`` (PetNord in 1, 2 and 7 shards) is in tests/engine/conftest.py.
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import read_shard_manifest
 from segsrv.v1 import segsrv_pb2 as pb
 from segsrv.v1 import segsrv_pb2_grpc as pb_grpc
-from support import CUSTOMER_CONDITIONS, assert_same_relate, free_port, quiet, repo_env
+from support import (
+    CUSTOMER_CONDITIONS, assert_same_answers, assert_same_relate, every_method_answers, free_port, quiet, repo_env,
+)
 
 PER_REPLICA = 2  # shards per shard-replica deployment: shards-0 holds shards 0 and 1, shards-1 shards 2 and 3
 PRIVACY_K = 10  # segsrv serve's default, on both sides
@@ -132,6 +134,20 @@ def test_count_and_relate_equal_segsrv_serve(router, whole, served_root):
     answer = router.client.count({"from": "customers", "where": {"churned": True}})
     assert answer["snapshot"] == "petnord"
     assert answer["version"] == sharded_version(read_shard_manifest(served_root / "petnord"))
+
+
+def test_every_method_equals_segsrv_serve(router, served_root):
+    """One request of every method (Profile, Predict, ScoreSegment, Evaluate, Discover, Info, ListSegments,
+    Assign, ExportMembers ranked and not, Count, Relate) through the router equals `segsrv serve`'s answer
+    for the same sharded build (which equals the unsharded build's: tests/server/test_serve_sharded.py)."""
+    server, port = create_server(served_root, port=0, privacy_k=PRIVACY_K)
+    server.start()
+    try:
+        with SegsrvClient(f"127.0.0.1:{port}", timeout=STARTUP_SECONDS) as served, \
+                SegsrvClient(router.address, timeout=STARTUP_SECONDS) as routed:
+            assert_same_answers(every_method_answers(routed), every_method_answers(served))
+    finally:
+        server.stop(0).wait()
 
 
 def _error(call) -> SegsrvRpcError:

@@ -202,6 +202,18 @@ def test_integer_keys_hash_their_little_endian_int64_bytes():
     assert shard_of_keys(keys, 5).tolist() == expected
 
 
+def test_the_shard_of_a_key_is_pinned():
+    """The rule is part of the format (a shard's rows must not move between runs, machines or versions of
+    xxhash): these values are XXH3-64 (seed 0) of the canonical bytes, modulo N, written down once."""
+    text = [b"CUST-00001", b"CUST-00002", b"CUST-02998", "kund-\u00e4".encode("utf-8"), b""]
+    assert xxhash.xxh3_64_intdigest(b"CUST-00001") == 10091264429220785199
+    assert shard_of_keys(text, 7).tolist() == [4, 3, 6, 1, 4]
+    assert shard_of_keys(text, 1000).tolist() == [199, 299, 826, 156, 138]
+    ints = np.array([0, 1, 42, -1, 2**62], dtype=np.int64)
+    assert shard_of_keys(ints, 7).tolist() == [3, 0, 1, 4, 6]
+    assert shard_of_keys(ints, 1000).tolist() == [897, 78, 720, 627, 829]
+
+
 @pytest.mark.parametrize("count", [0, -2, True, 2.5])
 def test_bad_shard_count(shop, tmp_path, count):
     with pytest.raises(SpecError, match="--shards: expected a shard count >= 1"):
