@@ -99,9 +99,14 @@ def build_sharded_version(spec_path: str | Path | Spec, out_root: str | Path, co
     catalog = previous_catalog(Path(out_root) / spec.name) if carry_catalog else {}
 
     def finish(snapshot_dir: Path, entries: list[dict]) -> list[str]:
-        sharded = open_versions(snapshot_dir, spec.name, [e["version"] for e in entries], entity=None)
-        if not catalog and not any(s.segments for s in sharded.shards):
+        # read from the manifests: opening the shards to ask would map and check every byte of every shard
+        # in this process (its peak memory the whole data's, not a shard's)
+        if not catalog and not any(_manifest(snapshot_dir / e["dir"] / e["version"]).get("segments")
+                                   for e in entries):
             return [e["version"] for e in entries]
+        # the shards this build just wrote or reused: their sizes are checked, not every byte again (above)
+        sharded = open_versions(snapshot_dir, spec.name, [e["version"] for e in entries], entity=None,
+                                verify="sizes")
         if catalog:
             say(f"carrying the catalog ({len(catalog)} segments) over to the {len(entries)} shards")
         try:
@@ -119,3 +124,7 @@ def build_sharded_version(spec_path: str | Path | Spec, out_root: str | Path, co
 
     return build_shards(spec, out_root, count, progress=progress, threads=threads, fit_models=fit_models,
                         finish=finish, map_shards=map_shards)
+
+
+def _manifest(version_dir: Path) -> dict:
+    return json.loads((version_dir / fmt.MANIFEST).read_text("utf-8"))

@@ -143,11 +143,12 @@ class ShardedSnapshot:
         return merged
 
 
-def open_versions(location: str | Path, name: str, versions: list[str], entity: str) -> ShardedSnapshot:
-    """The shards of ROOT/NAME at the given versions (each verified), whatever SHARDS names: a build
-    carrying its catalog over opens the shards it built before SHARDS names them."""
+def open_versions(location: str | Path, name: str, versions: list[str], entity: str,
+                  verify: str = DEFAULT_VERIFY) -> ShardedSnapshot:
+    """The shards of ROOT/NAME at the given versions (each verified: `verify` as open_snapshot's), whatever
+    SHARDS names: a build carrying its catalog over opens the shards it built before SHARDS names them."""
     location = Path(location)
-    shards = [open_snapshot(location / shard_dir_name(i), version=v) for i, v in enumerate(versions)]
+    shards = [open_snapshot(location / shard_dir_name(i), version=v, verify=verify) for i, v in enumerate(versions)]
     return ShardedSnapshot(location, name, "building", shards[0], len(shards), shards, entity=entity)
 
 
