@@ -67,6 +67,25 @@ def child_usage(args: list[str]) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
+def busy_processes(min_cpu: float = 20.0) -> list[str]:
+    """Other processes using >= min_cpu % CPU (ps's lifetime average), command cut to 90 characters: what
+    else was running on a shared machine."""
+    try:
+        text = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    out = []
+    for line in text.splitlines():
+        pid, pcpu, args = (line.split(None, 2) + ["", ""])[:3]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if float(pcpu) < min_cpu:
+            break
+        out.append(f"{pcpu}% {args[:90]}")
+    return out
+
+
 def write_result(name: str, result: dict) -> Path:
     from clients.loadtest.report import relative_paths  # the one rewrite of machine paths
 
@@ -93,6 +112,16 @@ def median_ms(fn, repeat: int) -> float:
         fn()
         ts.append(time.perf_counter() - t)
     return float(np.median(ts)) * 1e3
+
+
+def best_ms(seconds: list[float], n_requests: int) -> float:
+    """The median over the requests of each one's fastest call (ms), of calls that cycled `n_requests`
+    requests in order (call i sent request i % n_requests): on a machine other jobs load, steadier than the
+    median of every call, and unlike the fastest call overall it does not pick the cheapest request."""
+    import numpy as np
+
+    n = min(n_requests, len(seconds))
+    return float(np.median([min(seconds[i::n_requests]) for i in range(n)])) * 1e3
 
 
 def cpu_model() -> str:

@@ -44,7 +44,7 @@ import os
 import threading
 import time
 
-from common import demo_snapshot, percentile, write_result
+from common import best_ms, demo_snapshot, percentile, write_result
 
 from segsrv.cpus import usable_cpus
 
@@ -160,6 +160,7 @@ def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list
         lat.append(time.perf_counter() - t)
         server_ms.append(resp.info.server_time_ms)
     result = {"p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
+              "best_ms": best_ms(lat, len(reqs)),
               "server_time_p50_ms": percentile(server_ms, 50)}
     if keep_answers:
         result["answers"] = answers

@@ -10,11 +10,13 @@
     is skipped, with the reason and the extrapolation printed (a 5M single build needs ~23 GB).
 (b) Query latency on the first size: Count, Relate over ~100 features (bench/relate.py's few fields) and
     over every field, on the customers universe, conditions drawn as bench/relate.py draws them; median
-    of --repeats calls through SegmentationService (the path a server's handler takes), unsharded (the
-    anchor) vs sharded in-process (N = 4, 8), every sharded answer checked against the unsharded one;
+    of --repeats calls through SegmentationService (the path a server's handler takes, with a server's
+    default privacy floor and one kernel thread), unsharded (the anchor) vs sharded in-process (N = 4, 8), every sharded answer checked against the unsharded one;
     then the same requests through a gRPC server over each build (create_server, what `segsrv serve`
     runs, in its own process, as bench/grpc_relate.py runs it), next to an empty-RPC server (the anchor
-    of one gRPC hop). Per hop: the gRPC median minus the in-process median.
+    of one gRPC hop). Per hop: the gRPC median minus the in-process median. Each figure is printed twice:
+    the median of every call, and the median over the 20 requests of each one's fastest call (steadier
+    on a machine other jobs load; common.best_ms).
     Then through the Ray router (issue 18, item 4), for each N of --ray-shards (default 4 and 8): a local
     Ray instance with this machine's CPUs, `segsrv serve-ray`'s deployment of the N-shard build
     (bench/common.py's ray_serve_router: ceil(N / --ray-shards-per-replica) shard groups, one replica
@@ -52,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from common import DATA_ROOT, child_usage, cpu_model, demo_tables, write_result
+from common import DATA_ROOT, best_ms, busy_processes, child_usage, cpu_model, demo_tables, write_result
 from grpc_relate import latency_main, start_servers, stop_servers
 from relate import conditions, pick_fields
 
@@ -196,12 +198,14 @@ def same_answers(shape: str, a, b) -> bool:
             == [(h.field, h.value, h.stats.get("support")) for h in b.hits])
 
 
-def in_process(services: dict, queries: dict[str, list], repeats: int) -> dict:
-    """{build: {shape: median ms}}; every answer of a sharded build equal to the unsharded one's."""
+def in_process(services: dict, queries: dict[str, list], repeats: int) -> tuple[dict, dict]:
+    """({build: {shape: median ms}}, the same of each request's fastest call: common.best_ms); every answer
+    of a sharded build equal to the unsharded one's."""
     out: dict = {}
+    best: dict = {}
     reference = {shape: [services["single"].call(q) for q in qs] for shape, qs in queries.items()}
     for build, service in services.items():
-        out[build] = {}
+        out[build], best[build] = {}, {}
         for shape, qs in queries.items():
             n = repeats if shape != "relate_every" else max(20, repeats // 4)
             for i, q in enumerate(qs):  # warm, and check
@@ -212,7 +216,8 @@ def in_process(services: dict, queries: dict[str, list], repeats: int) -> dict:
                 service.call(qs[i % len(qs)])
                 ts.append(time.perf_counter() - t)
             out[build][shape] = round(float(np.median(ts)) * 1e3, 3)
-    return out
+            best[build][shape] = round(best_ms(ts, len(qs)), 3)
+    return out, best
 
 
 def request_blobs(queries: dict[str, list]) -> dict[str, list[bytes]]:
@@ -332,8 +337,13 @@ def check_router_answers(router: dict, served: dict) -> list[str]:
 # --- (c) capacity inputs ----------------------------------------------------------------------------
 
 
+def difference(a: dict, b: dict) -> dict:
+    """{shape: a - b} (ms)."""
+    return {shape: round(a[shape] - b[shape], 3) for shape in SHAPES}
+
+
 def capacity_inputs(snapshot, builds: list[dict], inproc: dict, grpc_ms: dict, shard_counts: list[int],
-                    ray: dict) -> dict:
+                    ray: dict, inproc_best: dict, grpc_best: dict) -> dict:
     customers = snapshot.universes["customers"].n_rows
     single = next(b for b in builds if b["customers"] == customers and b["shards"] == 1)
     set_features = int(sum(int(np.asarray(u.feature_count, dtype=np.int64).sum()) for u in snapshot.universes.values()))
@@ -348,14 +358,15 @@ def capacity_inputs(snapshot, builds: list[dict], inproc: dict, grpc_ms: dict, s
             str(b["shards"]): round(b["cpu_s"] * 1e6 / b["customers"], 1)
             for b in builds if b["customers"] == customers and "cpu_s" in b},
         "grpc_hop_ms": {shape: round(grpc_ms["empty"][shape], 3) for shape in SHAPES},
-        "per_hop_ms": {build: {shape: round(grpc_ms[build][shape] - inproc[build][shape], 3) for shape in SHAPES}
-                       for build in inproc if build in grpc_ms},
+        "per_hop_ms": {build: difference(grpc_ms[build], inproc[build]) for build in inproc if build in grpc_ms},
+        "per_hop_best_ms": {build: difference(grpc_best[build], inproc_best[build])
+                            for build in inproc if build in grpc_best},
         "in_process_cost_per_shard_ms": {
             f"shards-{n}": {shape: round((inproc[f"shards-{n}"][shape] - inproc["single"][shape]) / n, 3)
                             for shape in SHAPES} for n in shard_counts if f"shards-{n}" in inproc},
         "ray_router_per_hop_ms": {
-            key: {"over_in_process": {shape: round(r["p50_ms"][shape] - inproc[key.removeprefix("ray-")][shape], 3)
-                                      for shape in SHAPES},
+            key: {"over_in_process": difference(r["p50_ms"], inproc[key.removeprefix("ray-")]),
+                  "over_in_process_best": difference(r["best_ms"], inproc_best[key.removeprefix("ray-")]),
                   **{hop: round(ms, 3) for hop, ms in r["hops"].items()}}
             for key, r in ray.items() if "error" not in r},
     }
@@ -383,7 +394,7 @@ def measure_ray(ctx, args, first: int, blobs: dict, count_where, served: dict) -
         if "error" not in r:
             differ = check_router_answers(r, served[f"shards-{n}"])
             r = {"shards": n, "shards_per_replica": per_replica, "startup_s": r["startup_s"],
-                 "p50_ms": {shape: round(r[shape]["p50_ms"], 3) for shape in SHAPES},
+                 **{stat: {shape: round(r[shape][stat], 3) for shape in SHAPES} for stat in ("p50_ms", "best_ms")},
                  "p99_ms": {shape: round(r[shape]["p99_ms"], 3) for shape in SHAPES},
                  "hops": r["hops"], "memory_mb": r["memory_mb"], "answers_equal_segsrv_serve": not differ}
             if differ:
@@ -394,7 +405,8 @@ def measure_ray(ctx, args, first: int, blobs: dict, count_where, served: dict) -
     return out
 
 
-def print_queries(inproc: dict, grpc_ms: dict, ray: dict) -> None:
+def print_queries(inproc: dict, grpc_ms: dict, ray: dict, stat: str) -> None:
+    """The table of (b), of `stat` ("p50_ms" or "best_ms": the router's figure to print)."""
     anchor = inproc["single"]
 
     def row(label: str, ms: dict, tail: str = "") -> None:
@@ -415,13 +427,20 @@ def print_queries(inproc: dict, grpc_ms: dict, ray: dict) -> None:
         if "error" in r:
             print(f"  {key + ' router':26s} failed (above)")
             continue
-        row(f"{key} router", r["p50_ms"], ratio(r["p50_ms"]) + hop(r["p50_ms"], inproc[key.removeprefix("ray-")]))
+        row(f"{key} router", r[stat], ratio(r[stat]) + hop(r[stat], inproc[key.removeprefix("ray-")]))
+        if stat != "p50_ms":
+            continue
         h = r["hops"]
         memory = ", ".join(f"{name} {m['rss']}/{m['uss']}" for name, m in r["memory_mb"].items())
         print(f"  {'':26s}ingress hop {h['ingress_hop_ms']:.3f}, one shard-group call {h['shard_hop_ms']:.3f} "
               f"(with one shard's Count {h['shard_count_ms']:.3f}); started in {r['startup_s']:.0f} s; answers "
               f"{'equal' if r['answers_equal_segsrv_serve'] else 'DIFFER from'} segsrv serve's; memory MB "
               f"(RSS/USS) {memory}")
+
+
+def print_busy(processes: list[str]) -> None:
+    print("  other processes at >= 20% CPU (ps's average over each one's life): "
+          + ("; ".join(processes) if processes else "none"))
 
 
 def main() -> None:
@@ -446,9 +465,10 @@ def main() -> None:
                  f"checked against segsrv serve's over that build)")
     sizes = sorted(args.customers)
     machine = {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-               "loadavg_start": os.getloadavg()[0]}
+               "loadavg_start": os.getloadavg()[0], "busy_processes_start": busy_processes()}
     print(f"scale-out bench on {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']} GiB; load average "
           f"{machine['loadavg_start']:.1f} at start: the machine is shared with other jobs, figures are at that load")
+    print_busy(machine["busy_processes_start"])
 
     print("(a) builds (each from scratch in a fresh process; anchor: the single build, N=1)")
     builds = run_builds(sizes, args.shards, args.rebuild)
@@ -459,39 +479,50 @@ def main() -> None:
     from segsrv.engine import set_kernel_threads
     from segsrv.service import local_service
 
-    set_kernel_threads(1)  # create_server's default: the in-process and gRPC figures differ by the hop only
+    from segsrv.engine.privacy import DEFAULT_PRIVACY_K
+    from segsrv.service import SegmentationService
 
-    services = {"single": local_service(build_dir(first, 1) / "demo")}
-    for n in args.shards:
-        services[f"shards-{n}"] = local_service(build_dir(first, n) / "demo")
+    # create_server's defaults (one kernel thread, its privacy floor): the in-process and gRPC figures
+    # differ by the hop only
+    set_kernel_threads(1)
+    services = {build: SegmentationService(local_service(build_dir(first, n) / "demo").snapshots,
+                                           privacy_k=DEFAULT_PRIVACY_K)
+                for build, n in [("single", 1), *((f"shards-{n}", n) for n in args.shards)]}
     snapshot = services["single"].snapshots.snapshot
     queries = query_sets(snapshot)
-    inproc = in_process(services, queries, args.repeats)
+    inproc, inproc_best = in_process(services, queries, args.repeats)
     ctx = mp.get_context("spawn")  # grpc is used in this process (requests): no fork
     blobs = request_blobs(queries)
     served = {"empty": through_grpc(ctx, "empty", None, blobs, args.calls)}
     for build in services:
         served[build] = through_grpc(ctx, "segsrv", str(build_dir(first, 1 if build == "single" else
                                                                    int(build.split("-")[1]))), blobs, args.calls)
-    grpc_ms = {build: {shape: round(r["p50_ms"], 3) for shape, r in by_shape.items()}
-               for build, by_shape in served.items()}
+    grpc_ms, grpc_best = ({build: {shape: round(r[stat], 3) for shape, r in by_shape.items()}
+                          for build, by_shape in served.items()} for stat in ("p50_ms", "best_ms"))
     ray = measure_ray(ctx, args, first, blobs, queries["count"][0].where, served)
-    print_queries(inproc, grpc_ms, ray)
+    print_queries(inproc, grpc_ms, ray, "p50_ms")
+    print("  the median over the 20 requests of each one's fastest call (steadier when other jobs load the "
+          "machine):")
+    print_queries(inproc_best, grpc_best, ray, "best_ms")
 
-    capacity = capacity_inputs(snapshot, builds, inproc, grpc_ms, args.shards, ray)
+    capacity = capacity_inputs(snapshot, builds, inproc, grpc_ms, args.shards, ray, inproc_best, grpc_best)
     print("(c) capacity plan inputs")
     print(f"  snapshot bytes per customer {capacity['snapshot_bytes_per_customer']:,.0f}, per set feature "
           f"{capacity['snapshot_bytes_per_set_feature']:.2f} ({capacity['set_features']:,} set features over "
           f"{capacity['rows']})")
     print(f"  build CPU-seconds per million customers by N: {capacity['build_cpu_s_per_million_customers']}")
     print(f"  sharded disk / single disk by N: {capacity.get('sharded_disk_overhead')}")
-    print(f"  per hop (segsrv serve - in-process) ms: {capacity['per_hop_ms']}")
+    print(f"  per hop (segsrv serve - in-process) ms: {capacity['per_hop_ms']}; of each request's fastest call: "
+          f"{capacity['per_hop_best_ms']}")
     print(f"  in-process cost per shard ms: {capacity['in_process_cost_per_shard_ms']}")
     print(f"  Ray router per hop ms: {capacity['ray_router_per_hop_ms']}")
     machine["loadavg_end"] = os.getloadavg()[0]
+    machine["busy_processes_end"] = busy_processes()
     machine["kernel_threads"] = _kernels.get_num_threads()
     print(f"load average at the end {machine['loadavg_end']:.1f}")
+    print_busy(machine["busy_processes_end"])
     result = {"machine": machine, "builds": builds, "in_process_median_ms": inproc, "grpc_p50_ms": grpc_ms,
+              "in_process_best_ms": inproc_best, "grpc_best_ms": grpc_best,
               "ray_router": ray, "capacity_inputs": capacity}
     print(f"results: {write_result('scale', result)}")
 
