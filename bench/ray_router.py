@@ -14,8 +14,9 @@ Measured, each the median of CALLS calls after one warm-up (privacy floor 10, as
   Serve handle call and its answer;
 * one shard's Count: the same call running the Count's per-shard function.
 
-``router_latency(location, ...)`` returns the figures as a dict (bench/scale.py calls it); ``main`` prints
-them and writes bench/results/ray_router.json.
+``router_latency(location, ...)`` returns the figures as a dict, the router started and stopped by
+bench/common.py's ``ray_serve_router`` (shared with bench/scale.py, which also calls ``hop_costs`` for the
+per-hop figures at 1M customers); ``main`` prints them and writes bench/results/ray_router.json.
 """
 
 from __future__ import annotations
