@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: the cached 1M-customer demo shop and its snapshot."""
+"""Shared helpers of the benchmarks: the cached 1M-customer demo shop and its snapshot, timing, and a
+`segsrv serve-ray` router on a local Ray instance (bench/ray_router.py, bench/scale.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -65,6 +67,25 @@ def child_usage(args: list[str]) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
+def busy_processes(min_cpu: float = 20.0) -> list[str]:
+    """Other processes using >= min_cpu % CPU (ps's lifetime average), command cut to 90 characters: what
+    else was running on a shared machine."""
+    try:
+        text = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    out = []
+    for line in text.splitlines():
+        pid, pcpu, args = (line.split(None, 2) + ["", ""])[:3]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if float(pcpu) < min_cpu:
+            break
+        out.append(f"{pcpu}% {args[:90]}")
+    return out
+
+
 def write_result(name: str, result: dict) -> Path:
     from clients.loadtest.report import relative_paths  # the one rewrite of machine paths
 
@@ -91,6 +112,16 @@ def median_ms(fn, repeat: int) -> float:
         fn()
         ts.append(time.perf_counter() - t)
     return float(np.median(ts)) * 1e3
+
+
+def best_ms(seconds: list[float], n_requests: int) -> float:
+    """The median over the requests of each one's fastest call (ms), of calls that cycled `n_requests`
+    requests in order (call i sent request i % n_requests): on a machine other jobs load, steadier than the
+    median of every call, and unlike the fastest call overall it does not pick the cheapest request."""
+    import numpy as np
+
+    n = min(n_requests, len(seconds))
+    return float(np.median([min(seconds[i::n_requests]) for i in range(n)])) * 1e3
 
 
 def cpu_model() -> str:
@@ -122,3 +153,52 @@ def random_ids(rng, n_bits: int, density: float):
         if pos[-1] >= n_bits:
             return pos[pos < n_bits].astype(np.uint32)
         m *= 2
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (Ray Serve's gRPC proxy needs a port number, not 0)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def ray_serve_router(location, *, shards_per_replica: int, address: str = "local", privacy_k: int = 10,
+                     timeout: float = 300.0):
+    """`segsrv serve-ray`'s deployment (segsrv.ray.serve.deploy) of the sharded snapshot(s) at LOCATION
+    (ROOT/NAME, or a root of them), yielding the router's gRPC address once every shard group has opened
+    its shards. ADDRESS "local": a Ray instance started here with this machine's CPUs, stopped at the end;
+    else the cluster to join (left running). Replicas reserve no CPU (they share the machine's), the
+    router does not reload, the privacy floor is `privacy_k` (segsrv serve's default). Bounded: the
+    deployment must be running, and the shards open, within `timeout` seconds (SegsrvError otherwise).
+    The application is deleted at the end."""
+    import ray
+    from ray import serve
+
+    from segsrv.client import SegsrvClient
+    from segsrv.ray import connect
+    from segsrv.ray.serve import APP_NAME, deploy, wait_for_replicas
+
+    local = address == "local" and not ray.is_initialized()
+    if local:
+        # the replicas' logs (one line per call) stay in Ray's session logs, not in this process's output
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    else:
+        connect(address)
+    port = free_port()
+    try:
+        deploy(str(location), shards_per_replica=shards_per_replica, port=port,
+               service_options={"privacy_k": privacy_k}, replica_cpus=0, reload_interval=0)
+        wait_for_replicas(timeout)
+        router = f"127.0.0.1:{port}"
+        with SegsrvClient(router, timeout=timeout) as client:
+            client.snapshot_info()  # answered over every shard: each group opens its shards now, not in a timed call
+        yield router
+    finally:
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            if local:
+                ray.shutdown()

@@ -44,7 +44,7 @@ import os
 import threading
 import time
 
-from common import demo_snapshot, percentile, write_result
+from common import best_ms, demo_snapshot, percentile, write_result
 
 from segsrv.cpus import usable_cpus
 
@@ -140,13 +140,19 @@ def _requests(blobs: list[bytes], method: str = "Relate"):
 
 
 def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list[dict] | None, out,
-                 method: str = "Relate") -> None:
-    """Sequential calls on one channel: per-call latency (raw stub), and the SegsrvClient path."""
+                 method: str = "Relate", keep_answers: bool = False) -> None:
+    """Sequential calls on one channel: per-call latency (raw stub), and the SegsrvClient path. With
+    `keep_answers`, "answers": the first answer to each request, serialized without its `info` (which
+    holds the server's time), to compare two servers' answers."""
     channel, stub = _stub(addr)
     reqs = _requests(blobs, method)
     rpc = getattr(stub, method)
-    for i in range(50):  # connect, warm caches
-        rpc(reqs[i % len(reqs)], timeout=30)
+    answers = []
+    for i in range(max(50, len(reqs))):  # connect, warm caches
+        resp = rpc(reqs[i % len(reqs)], timeout=30)
+        if i < len(reqs):
+            resp.ClearField("info")
+            answers.append(resp.SerializeToString(deterministic=True))
     lat, server_ms = [], []
     for i in range(calls):
         t = time.perf_counter()
@@ -154,7 +160,10 @@ def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list
         lat.append(time.perf_counter() - t)
         server_ms.append(resp.info.server_time_ms)
     result = {"p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
+              "best_ms": best_ms(lat, len(reqs)),
               "server_time_p50_ms": percentile(server_ms, 50)}
+    if keep_answers:
+        result["answers"] = answers
     if client_queries:  # the whole client path: JSON query -> request -> RPC -> rendered dict
         from segsrv.client import SegsrvClient
 

@@ -14,17 +14,17 @@ Measured, each the median of CALLS calls after one warm-up (privacy floor 10, as
   Serve handle call and its answer;
 * one shard's Count: the same call running the Count's per-shard function.
 
-``router_latency(location, ...)`` returns the figures as a dict (bench/scale.py calls it); ``main`` prints
-them and writes bench/results/ray_router.json.
+``router_latency(location, ...)`` returns the figures as a dict, the router started and stopped by
+bench/common.py's ``ray_serve_router`` (shared with bench/scale.py, which also calls ``hop_costs`` for the
+per-hop figures at 1M customers); ``main`` prints them and writes bench/results/ray_router.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 
-from common import median_ms, write_result
+from common import median_ms, ray_serve_router, write_result
 
 COUNT = {"from": "customers", "where": {"churned": True}}
 RELATE = {"from": "orders", "where": {"customer.churned": True}, "limit": 20}
@@ -33,59 +33,58 @@ RELATE = {"from": "orders", "where": {"customer.churned": True}, "limit": 20}
 def router_latency(location, *, calls: int = 200, shards_per_replica: int = 2, address: str = "local") -> dict:
     """The medians (ms) of the module docstring for the sharded snapshot at LOCATION (ROOT/NAME). Starts Ray
     Serve on `address` (a local instance by default) and removes the application at the end."""
-    from ray import serve
-
-    from segsrv.client import SegsrvClient, SegsrvRpcError
-    from segsrv.engine.sharded import count_part
+    from segsrv.client import SegsrvClient
     from segsrv.ops import CountQuery, RelateQuery
-    from segsrv.ray import connect
-    from segsrv.ray.serve import APP_NAME, deploy, shard_version, wait_for_replicas
     from segsrv.service import SegmentationService, local_service
     from segsrv.snapshot.shards import read_shard_manifest
 
-    ray = connect(address)
     manifest = read_shard_manifest(location)
     in_process = SegmentationService(local_service(location).snapshots, privacy_k=10)
     count_query, relate_query = CountQuery.from_json(COUNT), RelateQuery.from_json(RELATE)
     out = {"shards": manifest["shard_count"], "shards_per_replica": shards_per_replica, "calls": calls,
            "in_process_count_ms": median_ms(lambda: in_process.call(count_query), calls),
            "in_process_relate_ms": median_ms(lambda: in_process.call(RelateQuery.from_json(RELATE)), calls)}
-    with socket.socket() as probe:  # Ray Serve's gRPC proxy needs a port number, not 0
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     t0 = time.perf_counter()
-    deploy(str(location), shards_per_replica=shards_per_replica, port=port, service_options={"privacy_k": 10},
-           replica_cpus=0, reload_interval=0)
-    wait_for_replicas()
-    try:
-        with SegsrvClient(f"127.0.0.1:{port}", timeout=120) as client:
-            client.count(COUNT)  # every shard group opens its shards
-            out["startup_s"] = time.perf_counter() - t0
+    with ray_serve_router(location, shards_per_replica=shards_per_replica, address=address) as router:
+        out["startup_s"] = time.perf_counter() - t0
+        with SegsrvClient(router, timeout=120) as client:
             out["router_count_ms"] = median_ms(lambda: client.call(count_query), calls)
             out["router_relate_ms"] = median_ms(lambda: client.call(relate_query), calls)
-
-        with SegsrvClient(f"127.0.0.1:{port}", timeout=120, snapshot="no-such-snapshot") as elsewhere:
-            def refused():
-                try:
-                    elsewhere.call(count_query)
-                except SegsrvRpcError:
-                    pass
-
-            out["ingress_hop_ms"] = median_ms(refused, calls)
-        shard = serve.get_deployment_handle("shards-0", APP_NAME)
-        entry, dictionary = manifest["shards"][0], manifest["dictionary_sha256"]
-        where = count_query.where
-        out["shard_hop_ms"] = median_ms(
-            lambda: shard.run.remote(str(location), [entry], dictionary, shard_version, ()).result(), calls)
-        out["shard_count_ms"] = median_ms(
-            lambda: shard.run.remote(str(location), [entry], dictionary, count_part, ("customers", where)).result(),
-            calls)
-    finally:
-        serve.delete(APP_NAME)
-        if address == "local":
-            ray.shutdown()
+        out.update(hop_costs(router, location, count_query, calls))
     out["router_overhead_count_ms"] = out["router_count_ms"] - out["in_process_count_ms"]
     out["router_overhead_relate_ms"] = out["router_relate_ms"] - out["in_process_relate_ms"]
+    return out
+
+
+def hop_costs(router: str, location, count_query, calls: int) -> dict:
+    """The per-hop medians (ms) of the module docstring, of the router at ROUTER serving LOCATION (ROOT/NAME)
+    under its name, from a process connected to the router's Ray: "ingress_hop_ms" (a call refused before
+    any shard call), "shard_hop_ms" (one call of shard group 0, no work), "shard_count_ms" (the same call
+    running `count_query`'s per-shard function on shard 0)."""
+    from ray import serve
+
+    from segsrv.client import SegsrvClient, SegsrvRpcError
+    from segsrv.engine.sharded import count_part
+    from segsrv.ray.serve import APP_NAME, shard_version
+    from segsrv.snapshot.shards import read_shard_manifest
+
+    out = {}
+    with SegsrvClient(router, timeout=120, snapshot="no-such-snapshot") as elsewhere:
+        def refused():
+            try:
+                elsewhere.call(count_query)
+            except SegsrvRpcError:
+                pass
+
+        out["ingress_hop_ms"] = median_ms(refused, calls)
+    manifest = read_shard_manifest(location)
+    shard = serve.get_deployment_handle("shards-0", APP_NAME)
+    entry, dictionary = manifest["shards"][0], manifest["dictionary_sha256"]
+    args = (count_query.universe, count_query.where)
+    out["shard_hop_ms"] = median_ms(
+        lambda: shard.run.remote(str(location), [entry], dictionary, shard_version, ()).result(), calls)
+    out["shard_count_ms"] = median_ms(
+        lambda: shard.run.remote(str(location), [entry], dictionary, count_part, args).result(), calls)
     return out
 
 
@@ -104,7 +103,7 @@ def main() -> None:
     print(f"  Relate  in-process {r['in_process_relate_ms']:7.2f}   router {r['router_relate_ms']:7.2f}   "
           f"(+{r['router_overhead_relate_ms']:.2f})")
     print(f"  per hop: ingress (client -> proxy -> router -> client) {r['ingress_hop_ms']:.2f}; one shard call "
-          f"(router-side handle -> replica -> answer) {r['shard_hop_ms']:.2f}, with a shard's Count "
+          f"(a Serve handle in this process -> replica -> answer) {r['shard_hop_ms']:.2f}, with a shard's Count "
           f"{r['shard_count_ms']:.2f}")
     print(f"wrote {write_result('ray_router', r)}")
 

@@ -77,7 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA_ROOT, cpu_model, demo_snapshot, demo_tables, write_result
+from common import DATA_ROOT, busy_processes, cpu_model, demo_snapshot, demo_tables, write_result
 from relate import pick_fields
 
 from segsrv import _kernels
@@ -325,24 +325,6 @@ def chdb_anchors(parquet: Path, u, fids, repeat: int) -> dict:
 
 
 # --- the machine ----------------------------------------------------------------------------------
-
-
-def busy_processes(min_cpu: float = 20.0) -> list[str]:
-    """Other processes using >= min_cpu % CPU (ps's lifetime average), command cut to 90 characters."""
-    try:
-        text = subprocess.run(["ps", "-eo", "pid=,pcpu=,args=", "--sort=-pcpu"], capture_output=True, text=True,
-                              timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    out = []
-    for line in text.splitlines():
-        pid, pcpu, args = (line.split(None, 2) + ["", ""])[:3]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        if float(pcpu) < min_cpu:
-            break
-        out.append(f"{pcpu}% {args[:90]}")
-    return out
 
 
 def git_state() -> dict:
