@@ -69,7 +69,7 @@ DISCOVER_FIELDS = {"customers": ["region", "pet_type", "lifetime_value_band", "s
 PROPENSITIES = [{"include_propensities": False}, {"include_propensities": True, "propensity_l2": 1.0},
                 {"include_propensities": True, "propensity_method": "factorized"}]
 
-RANDOM = settings(max_examples=25, deadline=None, database=None,
+RANDOM = settings(max_examples=40, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -362,7 +362,7 @@ def test_logistic_fits_leave_out_values_no_row_has(demo_sharded, demo_whole, ser
 # --- Discover -----------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=12, deadline=None, database=None,
+@settings(max_examples=20, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_discover(services, where, data):
@@ -372,11 +372,24 @@ def test_discover(services, where, data):
            "fields": data.draw(st.lists(st.sampled_from(DISCOVER_FIELDS[universe]), min_size=2, max_size=8,
                                         unique=True), label="fields"),
            "max_length": data.draw(st.integers(2, 3), label="max_length"),
-           "min_support": data.draw(st.sampled_from([15, 60]), label="min_support"),
+           "min_support": data.draw(st.sampled_from([5, 15, 60]), label="min_support"),
+           "max_q_value": data.draw(st.sampled_from([0.05, 1.0]), label="max_q_value"),
            "min_lift": data.draw(st.sampled_from([1.0, 1.2, 2.0]), label="min_lift"),
            "k": data.draw(st.integers(0, 3), label="k"),
            "adjust_for_activity": data.draw(st.booleans(), label="adjust")}
     if data.draw(st.booleans(), label="with target"):
         obj["target"] = data.draw(where(universe).filter(bool), label="target")
         obj["direction"] = data.draw(st.sampled_from(["both", "high", "low"]), label="direction")
-    assert_same_discover(*pair, obj)
+    got = assert_same_discover(*pair, obj)
+    event("refused alike" if got is None else "segments found alike" if got.segments else "no segment alike")
+
+
+@pytest.mark.parametrize("privacy_k", [0, 10])
+@pytest.mark.parametrize("obj", [{"from": "customers", "target": "churned=true", "k": 3},
+                                 {"from": "order_lines", "max_length": 3, "k": 2},
+                                 {"from": "customers", "within": SMALL}],  # suppressed under a floor of 10
+                         ids=["customers_target_personas", "order_lines", "small_within"])
+def test_discover_defaults(services, privacy_k, obj):
+    got = assert_same_discover(*services[privacy_k], obj)
+    assert got.suppressed == (privacy_k > 0 and obj.get("within") == SMALL)
+    assert got.segments or got.suppressed or "within" in obj
