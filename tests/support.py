@@ -12,6 +12,10 @@
 * ``CUSTOMER_CONDITIONS``: JSON `where` conditions over PetNord's customers, one per condition shape;
 * ``write_shop``: a small synthetic shop with a ``[shards]`` section (customers, orders, products replicated);
 * ``write_small_shop``: a one-table shop (CSV + spec) to rebuild with changed data (versions over time);
+* ``build_where_strategy``: random JSON `where` trees (hypothesis) over a universe's fields and values;
+* sharded answers against unsharded ones: ``sharded_services`` (the two services), ``compare_over_shards`` /
+  ``answer_or_error`` (the same answer or the same error) and one ``assert_same_*`` per operation (Relate,
+  Profile, Info, Predict, ScoreSegment, Evaluate, Assign, Discover);
 * the brute-force oracle over the SOURCE tables (``Source``, ``BruteUniverse``, ``Oracle``): it loads
   the PetNord JSON files with the standard library + pandas, parses the TOML spec itself, walks field
   paths (forward links, reverse links with "exists" semantics, several hops) with pandas joins, and
@@ -47,6 +51,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import pytest
+from hypothesis import strategies as st
 
 from segsrv.snapshot.builder import band_labels
 
@@ -1216,16 +1221,102 @@ def assert_same_relate(sharded, whole) -> None:
 
 
 # ----------------------------------------------------------------------------
+# random conditions (hypothesis)
+# ----------------------------------------------------------------------------
+
+
+def _num(x: float):
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def build_where_strategy(u, bu=None, max_depth: int = 3):
+    """A hypothesis strategy of random JSON `where` trees (depth <= max_depth) over the universe U's fields and
+    values: terms, value lists, negations, ranges over raw numeric values and band labels, $and / $or / $not.
+    The raw values to draw range bounds from are the oracle universe BU's (PetNord), or U's own stored raw
+    values when BU is None (any other snapshot)."""
+    fields = sorted(u.fields)
+    raw_fields = sorted(f for f in fields if u.fields[f].numeric is not None)
+    raw_values = {}
+    for f in raw_fields:
+        raw = np.asarray(bu.fields[f].raw if bu is not None else u.fields[f].numeric)
+        x = np.unique(raw[~np.isnan(raw)])
+        pick = x[np.linspace(0, len(x) - 1, min(len(x), 40)).astype(int)]
+        raw_values[f] = sorted({_num(v) for v in pick} | {_num(e) for e in u.fields[f].edges or []})
+
+    def value(f):
+        vals = u.fields[f].values
+        base = st.sampled_from(vals)
+        if set(vals) <= {"true", "false"}:
+            return st.one_of(base, st.booleans())
+        if raw_fields and f in raw_values:
+            return st.one_of(base, st.sampled_from(raw_values[f]))  # band label or raw value
+        return base
+
+    field = st.sampled_from(fields)
+    term = field.flatmap(lambda f: value(f).map(lambda v: {f: v}))
+    any_of = field.flatmap(
+        lambda f: st.lists(value(f), min_size=1, max_size=3).flatmap(
+            lambda vs: st.sampled_from([{f: vs}, {f: {"$in": vs}}])
+        )
+    )
+    ne = field.flatmap(lambda f: value(f).map(lambda v: {f: {"$ne": v}}))
+
+    def bounds(f):
+        b = st.sampled_from(raw_values[f]) | st.floats(
+            min_value=float(min(raw_values[f])) - 1, max_value=float(max(raw_values[f])) + 1, allow_nan=False
+        )
+        lower = st.tuples(st.sampled_from([None, "$gte", "$gt"]), b)
+        upper = st.tuples(st.sampled_from([None, "$lte", "$lt"]), b)
+
+        def build(lu):
+            (lo_op, lo), (hi_op, hi) = lu
+            d = {}
+            if lo_op:
+                d[lo_op] = lo
+            if hi_op:
+                d[hi_op] = hi
+            return {f: d or {"$gte": lo}}
+
+        return st.tuples(lower, upper).map(build)
+
+    leaves = [term, term, any_of, ne, st.sampled_from([{}, {"$all": True}])]
+    if raw_fields:
+        leaves.append(st.sampled_from(raw_fields).flatmap(bounds))
+    leaf = st.one_of(*leaves)
+
+    def merge(pair):
+        a, b = pair
+        if set(a) & set(b) or not a or not b:
+            return {"$and": [a, b]}
+        return {**a, **b}  # several keys in one object = AND
+
+    def tree(depth):
+        if depth == 0:
+            return leaf
+        sub = tree(depth - 1)
+        return st.one_of(
+            leaf,
+            st.lists(sub, min_size=1, max_size=3).map(lambda xs: {"$and": xs}),
+            st.lists(sub, min_size=1, max_size=3).map(lambda xs: {"$or": xs}),
+            sub.map(lambda x: {"$not": x}),
+            st.tuples(sub, sub).map(merge),
+        )
+
+    return tree(max_depth)
+
+
+# ----------------------------------------------------------------------------
 # sharded answers against unsharded ones
 # ----------------------------------------------------------------------------
 
 
-def petnord_services(sharded_path, snapshot, privacy_k: int = 0):
-    """(the service over a sharded PetNord, the service over the unsharded snapshot), with the privacy floor."""
+def sharded_services(sharded_path, snapshot, privacy_k: int = 0, **options):
+    """(the service over the sharded build at ROOT/NAME, the service over the unsharded snapshot), with the
+    same privacy floor and other SegmentationService options."""
     from segsrv.service import OneSnapshot, SegmentationService, local_service
 
-    return (SegmentationService(local_service(sharded_path).snapshots, privacy_k=privacy_k),
-            SegmentationService(OneSnapshot(snapshot), privacy_k=privacy_k))
+    return (SegmentationService(local_service(sharded_path).snapshots, privacy_k=privacy_k, **options),
+            SegmentationService(OneSnapshot(snapshot), privacy_k=privacy_k, **options))
 
 
 def answer_or_error(service, make_query, obj):
@@ -1292,6 +1383,125 @@ def assert_same_predict(got, want) -> float:
             largest = max(largest, abs(a - b))
         assert_same_factors(g.factors, w.factors)
     return largest
+
+
+def same_float(got: float, want: float, exact: bool = False) -> bool:
+    """Equal floats: bit for bit when `exact`, else to 1e-12; NaN with NaN."""
+    if math.isnan(want):
+        return math.isnan(got)
+    return got == want if exact else got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def assert_same_profile(sharded, whole) -> None:
+    """Counts bit for bit, shares, lifts, p-values and strengths to 1e-12, fields and values in the same
+    order; numeric summaries: count, min, max and percentiles exactly, mean and std to 1e-12."""
+    assert (sharded.universe, sharded.n_rows, sharded.n_segment, sharded.suppressed, sharded.suppressed_values) == \
+        (whole.universe, whole.n_rows, whole.n_segment, whole.suppressed, whole.suppressed_values)
+    assert [f.field for f in sharded.fields] == [f.field for f in whole.fields]
+    for fs, fw in zip(sharded.fields, whole.fields):
+        assert same_float(fs.strength, fw.strength), fw.field
+        for got, want in ((fs.over, fw.over), (fs.under, fw.under)):
+            assert [(v.value, v.segment_count, v.population_count) for v in got] == \
+                [(v.value, v.segment_count, v.population_count) for v in want], fw.field
+            for vs, vw in zip(got, want):
+                for name in ("segment_share", "population_share", "lift", "p_value"):
+                    assert same_float(getattr(vs, name), getattr(vw, name)), (fw.field, vw.value, name)
+    assert [p.field for p in sharded.numeric] == [p.field for p in whole.numeric]
+    for ps, pw in zip(sharded.numeric, whole.numeric):
+        for got, want in ((ps.segment, pw.segment), (ps.population, pw.population)):
+            assert got.count == want.count, pw.field
+            for name in ("min", "p25", "median", "p75", "max"):
+                assert same_float(getattr(got, name), getattr(want, name), exact=True), (pw.field, name)
+            for name in ("mean", "std"):
+                assert same_float(getattr(got, name), getattr(want, name)), (pw.field, name)
+
+
+def assert_same_info(sharded, whole) -> None:
+    """The same universes, rows, fields, kinds and edges; every value the unsharded build lists with the same
+    count (the shared dictionary may hold more values, each with count 0: docs/scale.md)."""
+    assert sharded.name == whole.name and sharded.version.startswith("shards-")
+    assert sharded.description == whole.description
+    assert [u.name for u in sharded.universes] == [u.name for u in whole.universes]
+    for us, uw in zip(sharded.universes, whole.universes):
+        assert (us.table, us.key, us.n_rows) == (uw.table, uw.key, uw.n_rows)
+        assert us.n_features >= uw.n_features
+        assert [f.name for f in us.fields] == [f.name for f in uw.fields]
+        for fs, fw in zip(us.fields, uw.fields):
+            assert (fs.kind, fs.semantics, fs.has_raw_values, fs.edges) == \
+                (fw.kind, fw.semantics, fw.has_raw_values, fw.edges), fw.name
+            assert fs.n_values >= fw.n_values
+            if fw.values is None:
+                assert fs.values is None
+                continue
+            assert {v: fs.values[v] for v in fw.values} == fw.values, fw.name
+            assert not any(c for v, c in fs.values.items() if v not in fw.values), fw.name
+
+
+def exported(result) -> list[list[str]]:
+    """The chunks of ids of an unranked Export."""
+    return [ids for ids, scores in result.chunks() if scores is None]
+
+
+def assert_same_scores(got, want) -> None:
+    """Two ScoreSegment answers: the same members, ids, scores (bit for bit) and order; the mean to 1e-12."""
+    assert (got.universe, got.target, got.value, got.n_members, got.regularisation) == \
+        (want.universe, want.target, want.value, want.n_members, want.regularisation)
+    assert got.ids == want.ids
+    assert np.array_equal(got.scores, want.scores)
+    assert got.mean_score == pytest.approx(want.mean_score, rel=1e-12) or \
+        (math.isnan(got.mean_score) and math.isnan(want.mean_score))
+    assert got.to_json()["scores"] == want.to_json()["scores"]  # the ids as the transport renders them
+    assert got.version.startswith("shards-")
+
+
+def evaluate_query(obj: dict):
+    """EvaluateQuery.from_json, with `max_test_rows` (a Python caller's parameter, not a JSON key) set."""
+    from segsrv.ops import EvaluateQuery
+
+    cap = obj.pop("max_test_rows", None)
+    query = EvaluateQuery.from_json(obj)
+    query.max_test_rows = cap
+    return query
+
+
+def assert_same_evaluation(got, want) -> None:
+    """Two Evaluate answers: the same JSON (but the time and version), test rows and probabilities bit for bit."""
+    a, b = got.to_json(), want.to_json()
+    for answer in (a, b):
+        answer.pop("elapsed_ms")
+        answer.pop("version")
+    assert a == b
+    assert np.array_equal(got.true_index, want.true_index) and np.array_equal(got.probabilities, want.probabilities)
+
+
+def comparable(result) -> dict:
+    """The JSON answer without what differs by design: the time taken and the version's name."""
+    answer = result.to_json()
+    assert isinstance(answer.pop("elapsed_ms"), float)
+    answer.pop("version")
+    return json.loads(json.dumps(answer))
+
+
+def discover_outcome(service, obj: dict):
+    """(the answer, None) or (None, the error) of a Discover request."""
+    from segsrv.errors import SegsrvError
+    from segsrv.ops import DiscoverQuery
+
+    try:
+        return service.call(DiscoverQuery.from_json(json.loads(json.dumps(obj)))), None
+    except SegsrvError as err:
+        return None, err
+
+
+def assert_same_discover(sharded, whole, obj: dict):
+    """The sharded service's Discover answer equals the unsharded one's (or both refuse the request with the
+    same error); returns the sharded answer (None when refused)."""
+    (got, got_error), (want, want_error) = discover_outcome(sharded, obj), discover_outcome(whole, obj)
+    assert (type(got_error), str(got_error)) == (type(want_error), str(want_error)), obj
+    if got is not None:
+        assert got.version.startswith("shards-")
+        assert_same_answer(comparable(got), comparable(want))
+    return got
 
 
 # ----------------------------------------------------------------------------

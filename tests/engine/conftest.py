@@ -19,7 +19,7 @@ import pytest
 from hypothesis import strategies as st
 from scipy.stats import hypergeom, norm
 
-from support import quiet
+from support import build_where_strategy, quiet
 from support import scalar_text as _scalar_text
 
 # ----------------------------------------------------------------------------
@@ -181,82 +181,6 @@ def bits_to_ids(universe, bits: np.ndarray) -> set:
 # ----------------------------------------------------------------------------
 
 _STRATEGIES: dict[str, st.SearchStrategy] = {}
-
-
-def _num(x: float):
-    return int(x) if float(x).is_integer() else float(x)
-
-
-def build_where_strategy(u, bu, max_depth: int = 3) -> st.SearchStrategy:
-    """Random JSON `where` trees over the universe's own fields and values."""
-    fields = sorted(u.fields)
-    raw_fields = sorted(f for f in fields if u.fields[f].numeric is not None)
-    raw_values = {}
-    for f in raw_fields:
-        x = np.unique(bu.fields[f].raw[~np.isnan(bu.fields[f].raw)])
-        pick = x[np.linspace(0, len(x) - 1, min(len(x), 40)).astype(int)]
-        raw_values[f] = sorted({_num(v) for v in pick} | {_num(e) for e in u.fields[f].edges})
-
-    def value(f):
-        vals = u.fields[f].values
-        base = st.sampled_from(vals)
-        if set(vals) <= {"true", "false"}:
-            return st.one_of(base, st.booleans())
-        if raw_fields and f in raw_values:
-            return st.one_of(base, st.sampled_from(raw_values[f]))  # band label or raw value
-        return base
-
-    field = st.sampled_from(fields)
-    term = field.flatmap(lambda f: value(f).map(lambda v: {f: v}))
-    any_of = field.flatmap(
-        lambda f: st.lists(value(f), min_size=1, max_size=3).flatmap(
-            lambda vs: st.sampled_from([{f: vs}, {f: {"$in": vs}}])
-        )
-    )
-    ne = field.flatmap(lambda f: value(f).map(lambda v: {f: {"$ne": v}}))
-
-    def bounds(f):
-        b = st.sampled_from(raw_values[f]) | st.floats(
-            min_value=float(min(raw_values[f])) - 1, max_value=float(max(raw_values[f])) + 1, allow_nan=False
-        )
-        lower = st.tuples(st.sampled_from([None, "$gte", "$gt"]), b)
-        upper = st.tuples(st.sampled_from([None, "$lte", "$lt"]), b)
-
-        def build(lu):
-            (lo_op, lo), (hi_op, hi) = lu
-            d = {}
-            if lo_op:
-                d[lo_op] = lo
-            if hi_op:
-                d[hi_op] = hi
-            return {f: d or {"$gte": lo}}
-
-        return st.tuples(lower, upper).map(build)
-
-    leaves = [term, term, any_of, ne, st.sampled_from([{}, {"$all": True}])]
-    if raw_fields:
-        leaves.append(st.sampled_from(raw_fields).flatmap(bounds))
-    leaf = st.one_of(*leaves)
-
-    def merge(pair):
-        a, b = pair
-        if set(a) & set(b) or not a or not b:
-            return {"$and": [a, b]}
-        return {**a, **b}  # several keys in one object = AND
-
-    def tree(depth):
-        if depth == 0:
-            return leaf
-        sub = tree(depth - 1)
-        return st.one_of(
-            leaf,
-            st.lists(sub, min_size=1, max_size=3).map(lambda xs: {"$and": xs}),
-            st.lists(sub, min_size=1, max_size=3).map(lambda xs: {"$or": xs}),
-            sub.map(lambda x: {"$not": x}),
-            st.tuples(sub, sub).map(merge),
-        )
-
-    return tree(max_depth)
 
 
 @pytest.fixture(scope="session")

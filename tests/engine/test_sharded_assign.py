@@ -26,7 +26,7 @@ from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS, read_shard_manifest
-from support import CATALOG_A, assert_same_assign, quiet, segsrv_cli, write_shop
+from support import CATALOG_A, assert_same_assign, quiet, segsrv_cli, sharded_services, write_shop
 
 # CATALOG_A and a segment of a handful of customers (below a privacy floor of 10)
 CATALOG = dict(CATALOG_A, tiny={"universe": "customers", "where": {
@@ -55,17 +55,12 @@ def sharded(request, tmp_path_factory, petnord_spec):
     return root / "petnord"
 
 
-def services(sharded_path, whole_snapshot, privacy_k: int) -> tuple[SegmentationService, SegmentationService]:
-    return (SegmentationService(local_service(sharded_path).snapshots, privacy_k=privacy_k),
-            SegmentationService(OneSnapshot(whole_snapshot), privacy_k=privacy_k))
-
-
 def customer_ids(snapshot, step: int = 11) -> list[str]:
     return [i.decode() for i in np.asarray(snapshot.universe("customers").row_ids)[::step]]
 
 
 def assign_both(sharded_path, whole_snapshot, privacy_k: int, obj: dict):
-    mine, theirs = services(sharded_path, whole_snapshot, privacy_k)
+    mine, theirs = sharded_services(sharded_path, whole_snapshot, privacy_k)
     return mine.call(AssignQuery.from_json(obj)), theirs.call(AssignQuery.from_json(obj))
 
 
@@ -99,7 +94,7 @@ def test_assign_features_equals_unsharded(sharded, whole, privacy_k):
 
 @pytest.mark.parametrize("privacy_k", [0, 10])
 def test_list_segments_equals_unsharded(sharded, whole, privacy_k):
-    mine, theirs = services(sharded, whole, privacy_k)
+    mine, theirs = sharded_services(sharded, whole, privacy_k)
     for universe in (None, "customers"):
         got, want = mine.call(SegmentsQuery(universe)), theirs.call(SegmentsQuery(universe))
         assert got.to_json() == want.to_json()
@@ -176,7 +171,7 @@ def assert_shop_answers_equal(sharded_path, whole_snapshot, n_customers: int) ->
                                   ("orders", list(range(0, 3 * n_customers + 3, 2)))]:
                 got, want = assign_both(sharded_path, whole_snapshot, privacy_k, dict(params, ids=ids, **{"from": universe}))
                 assert_same_assign(got, want)
-        mine, theirs = services(sharded_path, whole_snapshot, privacy_k)
+        mine, theirs = sharded_services(sharded_path, whole_snapshot, privacy_k)
         assert mine.call(SegmentsQuery()).to_json() == theirs.call(SegmentsQuery()).to_json()
 
 
@@ -193,7 +188,7 @@ def test_assign_errors_as_unsharded(tmp_path):
     for obj in [{"ids": ["c1"]}, {"ids": ["c1"], "from": "visits"}, {"features": [["nope", "x"]], "from": "customers"},
                 {"features": [["segment", "vip"]], "from": "customers"}]:
         errors = []
-        for service in services(sharded_path, whole_snapshot, 0):
+        for service in sharded_services(sharded_path, whole_snapshot, 0):
             with pytest.raises(SegsrvError) as caught:
                 service.call(AssignQuery.from_json(obj))
             errors.append((type(caught.value), caught.value.message, caught.value.violations))

@@ -18,13 +18,16 @@ from hypothesis import strategies as st
 
 from segsrv.engine.discover import histogram_quantiles
 from segsrv.engine.sharded import discover as sharded_module
-from segsrv.errors import LimitExceededError, QueryError, SegsrvError, UnknownFieldError
+from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError
 from segsrv.ops import DiscoverQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
 from segsrv.snapshot.builder import build_snapshot
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
-from support import CUSTOMER_CONDITIONS, assert_same_answer, quiet, repo_env, write_shop
+from support import (
+    CUSTOMER_CONDITIONS, assert_same_answer, assert_same_discover, comparable, quiet, repo_env, sharded_services,
+    write_shop,
+)
 
 FIELDS = ["segment", "pet_size", "region", "lifestyle", "health_focus", "treat_affinity", "brand_loyalty",
           "orders.lines.product.category", "orders.lines.product.dietary", "impressions.surface"]
@@ -50,42 +53,10 @@ DISCOVERS = {
 }
 
 
-def comparable(result) -> dict:
-    """The JSON answer without what differs by design: the time taken and the version's name."""
-    answer = result.to_json()
-    assert isinstance(answer.pop("elapsed_ms"), float)
-    answer.pop("version")
-    return json.loads(json.dumps(answer))
-
-
-def services(sharded_path, snapshot, **options) -> tuple[SegmentationService, SegmentationService]:
-    return (SegmentationService(local_service(sharded_path).snapshots, **options),
-            SegmentationService(OneSnapshot(snapshot), **options))
-
-
-def outcome(service: SegmentationService, obj: dict):
-    """(the answer, None) or (None, the error) of a Discover request."""
-    try:
-        return service.call(DiscoverQuery.from_json(json.loads(json.dumps(obj)))), None
-    except SegsrvError as err:
-        return None, err
-
-
-def assert_same_discover(sharded: SegmentationService, whole: SegmentationService, obj: dict):
-    """The sharded answer equals the unsharded one (or both refuse the request with the same error);
-    returns the sharded answer (None when refused)."""
-    (got, got_error), (want, want_error) = outcome(sharded, obj), outcome(whole, obj)
-    assert (type(got_error), str(got_error)) == (type(want_error), str(want_error)), obj
-    if got is not None:
-        assert got.version.startswith("shards-")
-        assert_same_answer(comparable(got), comparable(want))
-    return got
-
-
 @pytest.mark.parametrize("privacy_k", [0, 10])
 @pytest.mark.parametrize("name", list(DISCOVERS))
 def test_discover_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, privacy_k, name):
-    sharded, whole = services(petnord_sharded, petnord_snapshot, privacy_k=privacy_k)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, privacy_k=privacy_k)
     got = assert_same_discover(sharded, whole, DISCOVERS[name])
     assert got.suppressed == (privacy_k > 0 and name == "small_within")
     if name not in ("small_within",):
@@ -114,7 +85,7 @@ def test_random_discover_requests_equal_unsharded(petnord_sharded, petnord_snaps
     if data.draw(st.booleans(), label="with target"):
         obj["target"] = data.draw(where_strategy("customers").filter(bool), label="target")
         obj["direction"] = data.draw(st.sampled_from(["both", "high", "low"]), label="direction")
-    sharded, whole = services(petnord_sharded, petnord_snapshot,
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot,
                               privacy_k=data.draw(st.sampled_from([0, 10]), label="privacy_k"))
     assert_same_discover(sharded, whole, obj)
 
@@ -148,7 +119,7 @@ def test_each_batch_of_counts_is_one_map(petnord_sharded, monkeypatch):
 
 
 def test_limits_and_errors_are_the_unsharded_ones(petnord_sharded, petnord_snapshot):
-    sharded, whole = services(petnord_sharded, petnord_snapshot, max_discover_candidates=100)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, max_discover_candidates=100)
     for obj, error in [({"from": "customers", "min_support": 1}, LimitExceededError),  # > 100 candidates
                        ({"from": "customers", "max_candidates": 500}, LimitExceededError),  # > the server's
                        ({"from": "customers", "fields": ["nope"]}, UnknownFieldError),
@@ -220,7 +191,7 @@ def test_shop_with_empty_shards_and_a_replicated_universe(tmp_path, n_customers,
     spec = write_shop(tmp_path, n_customers=n_customers)
     snapshot = open_snapshot(build_snapshot(spec, tmp_path / "whole", progress=quiet))
     build_shards(spec, tmp_path / "sharded", n_shards, progress=quiet)
-    sharded, whole = services(tmp_path / "sharded" / "shop", snapshot, privacy_k=privacy_k)
+    sharded, whole = sharded_services(tmp_path / "sharded" / "shop", snapshot, privacy_k=privacy_k)
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in sharded.snapshots.snapshot.shards)
     found = 0

@@ -12,9 +12,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from segsrv.engine.evaluate import holdout_rows
-from segsrv.ops import EvaluateQuery
 from segsrv.service import local_service
-from support import answer_or_error, compare_over_shards, petnord_services, shop_services
+from support import (
+    answer_or_error, assert_same_evaluation, compare_over_shards, evaluate_query, sharded_services, shop_services,
+)
 
 EVALUATES = [
     {"from": "customers", "target": "churned", "evidence_fields": ["region", "lifestyle", "pet_size"], "l2": 1.0},
@@ -30,29 +31,13 @@ EVALUATES = [
 ]
 
 
-def evaluate_query(obj: dict) -> EvaluateQuery:
-    cap = obj.pop("max_test_rows", None)  # (a Python caller's parameter, not a JSON key)
-    query = EvaluateQuery.from_json(obj)
-    query.max_test_rows = cap
-    return query
-
-
 def call(service, obj):
     return answer_or_error(service, evaluate_query, obj)
 
 
-def assert_same_evaluation(got, want) -> None:
-    a, b = got.to_json(), want.to_json()
-    for answer in (a, b):
-        answer.pop("elapsed_ms")
-        answer.pop("version")
-    assert a == b
-    assert np.array_equal(got.true_index, want.true_index) and np.array_equal(got.probabilities, want.probabilities)
-
-
 @pytest.mark.parametrize("privacy_k", [0, 10])
 def test_evaluate_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, privacy_k):
-    sharded, whole = petnord_services(petnord_sharded, petnord_snapshot, privacy_k)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, privacy_k)
     assert compare_over_shards(sharded, whole, EVALUATES, evaluate_query, assert_same_evaluation) == 2
 
 
@@ -100,5 +85,5 @@ def test_shop_with_empty_shards(tmp_path, n_customers, n_shards):
             set(want.values) < set(got.values)  # (values no row has: in the shards' dictionary only)
         if got.values == want.values:
             assert np.array_equal(got.true_index, want.true_index)
-            assert np.allclose(got.probabilities, want.probabilities, rtol=1e-12, atol=0)
+            assert np.array_equal(got.probabilities, want.probabilities)  # (evidence no row has: left out)
             assert got.log_loss == pytest.approx(want.log_loss, rel=1e-12) and not math.isnan(got.log_loss)

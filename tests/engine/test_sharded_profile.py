@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import pandas as pd
 import numpy as np
@@ -27,8 +26,8 @@ from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.v1 import segsrv_pb2 as pb
 from support import (
-    CUSTOMER_CONDITIONS, FakeContext, answers, expect_profile, expect_profile_numeric, quiet, segsrv_cli,
-    write_shop,
+    CUSTOMER_CONDITIONS, FakeContext, answers, assert_same_info, assert_same_profile, expect_profile,
+    expect_profile_numeric, exported, quiet, segsrv_cli, sharded_services, write_shop,
 )
 
 SMALL = {"tenure_months": {"$lt": 6}, "churned": True, "region": "oulu", "lifestyle": "premium"}  # below 10 rows
@@ -47,41 +46,6 @@ PROFILES = [
 ]
 
 
-def services(sharded_path, whole_snapshot, privacy_k: int) -> tuple[SegmentationService, SegmentationService]:
-    sharded = SegmentationService(local_service(sharded_path).snapshots, privacy_k=privacy_k)
-    return sharded, SegmentationService(OneSnapshot(whole_snapshot), privacy_k=privacy_k)
-
-
-def same_float(got: float, want: float, exact: bool = False) -> bool:
-    if math.isnan(want):
-        return math.isnan(got)
-    return got == want if exact else got == pytest.approx(want, rel=1e-12, abs=1e-12)
-
-
-def assert_same_profile(sharded, whole) -> None:
-    """Counts bit for bit, shares, lifts, p-values and strengths to 1e-12, fields and values in the same
-    order; numeric summaries: count, min, max and percentiles exactly, mean and std to 1e-12."""
-    assert (sharded.universe, sharded.n_rows, sharded.n_segment, sharded.suppressed, sharded.suppressed_values) == \
-        (whole.universe, whole.n_rows, whole.n_segment, whole.suppressed, whole.suppressed_values)
-    assert [f.field for f in sharded.fields] == [f.field for f in whole.fields]
-    for fs, fw in zip(sharded.fields, whole.fields):
-        assert same_float(fs.strength, fw.strength), fw.field
-        for got, want in ((fs.over, fw.over), (fs.under, fw.under)):
-            assert [(v.value, v.segment_count, v.population_count) for v in got] == \
-                [(v.value, v.segment_count, v.population_count) for v in want], fw.field
-            for vs, vw in zip(got, want):
-                for name in ("segment_share", "population_share", "lift", "p_value"):
-                    assert same_float(getattr(vs, name), getattr(vw, name)), (fw.field, vw.value, name)
-    assert [p.field for p in sharded.numeric] == [p.field for p in whole.numeric]
-    for ps, pw in zip(sharded.numeric, whole.numeric):
-        for got, want in ((ps.segment, pw.segment), (ps.population, pw.population)):
-            assert got.count == want.count, pw.field
-            for name in ("min", "p25", "median", "p75", "max"):
-                assert same_float(getattr(got, name), getattr(want, name), exact=True), (pw.field, name)
-            for name in ("mean", "std"):
-                assert same_float(getattr(got, name), getattr(want, name)), (pw.field, name)
-
-
 # --- Profile ------------------------------------------------------------------------------------------------
 
 
@@ -89,7 +53,7 @@ def assert_same_profile(sharded, whole) -> None:
 @pytest.mark.parametrize("request_index", range(len(PROFILES)))
 def test_profile_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, privacy_k, request_index):
     obj = PROFILES[request_index]
-    sharded, whole = services(petnord_sharded, petnord_snapshot, privacy_k)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, privacy_k)
     got, want = answers(sharded, ProfileQuery, obj), answers(whole, ProfileQuery, obj)
     assert_same_profile(got, want)
     assert got.snapshot == "petnord" and got.version.startswith("shards-")
@@ -114,7 +78,7 @@ def test_profile_over_shards_matches_brute_force(petnord_sharded, oracle, reques
 @given(data=hst.data())
 def test_random_segments_profile_as_unsharded(petnord_sharded, petnord_snapshot, where_strategy, data):
     where = data.draw(where_strategy("customers"))
-    sharded, whole = services(petnord_sharded, petnord_snapshot, 0)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, 0)
     obj = {"from": "customers", "segment": where, "values_per_field": 3}
     assert_same_profile(answers(sharded, ProfileQuery, obj), answers(whole, ProfileQuery, obj))
 
@@ -122,32 +86,11 @@ def test_random_segments_profile_as_unsharded(petnord_sharded, petnord_snapshot,
 # --- Info ---------------------------------------------------------------------------------------------------
 
 
-def assert_same_info(sharded, whole) -> None:
-    """The same universes, rows, fields, kinds and edges; every value the unsharded build lists with the same
-    count (the shared dictionary may hold more values, each with count 0: docs/scale.md)."""
-    assert sharded.name == whole.name and sharded.version.startswith("shards-")
-    assert sharded.description == whole.description
-    assert [u.name for u in sharded.universes] == [u.name for u in whole.universes]
-    for us, uw in zip(sharded.universes, whole.universes):
-        assert (us.table, us.key, us.n_rows) == (uw.table, uw.key, uw.n_rows)
-        assert us.n_features >= uw.n_features
-        assert [f.name for f in us.fields] == [f.name for f in uw.fields]
-        for fs, fw in zip(us.fields, uw.fields):
-            assert (fs.kind, fs.semantics, fs.has_raw_values, fs.edges) == \
-                (fw.kind, fw.semantics, fw.has_raw_values, fw.edges), fw.name
-            assert fs.n_values >= fw.n_values
-            if fw.values is None:
-                assert fs.values is None
-                continue
-            assert {v: fs.values[v] for v in fw.values} == fw.values, fw.name
-            assert not any(c for v, c in fs.values.items() if v not in fw.values), fw.name
-
-
 @pytest.mark.parametrize("privacy_k", [0, 10])
 @pytest.mark.parametrize("obj", [{}, {"include_values": True}, {"from": "orders", "include_values": True},
                                  {"from": "impressions"}], ids=["plain", "values", "orders", "impressions"])
 def test_info_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, privacy_k, obj):
-    sharded, whole = services(petnord_sharded, petnord_snapshot, privacy_k)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, privacy_k)
     assert_same_info(answers(sharded, InfoQuery, obj), answers(whole, InfoQuery, obj))
 
 
@@ -169,10 +112,6 @@ EXPORTS = [("customers", {}), ("customers", {"churned": True}), ("customers", CU
            ("order_lines", {"returned": True}), ("impressions", {"surface": "for_you", "clicked": True})]
 
 
-def exported(result) -> list[list[str]]:
-    return [ids for ids, scores in result.chunks() if scores is None]
-
-
 def shard_order_ids(sharded, universe: str, where: dict) -> list[str]:
     """The export's documented order, from the shards' row ids: shard order, then each shard's row order."""
     out = []
@@ -188,7 +127,7 @@ def shard_order_ids(sharded, universe: str, where: dict) -> list[str]:
 @pytest.mark.parametrize("chunk_size", [97, 1000, 10_000])
 @pytest.mark.parametrize("universe, where", EXPORTS, ids=[f"{u}-{i}" for i, (u, _) in enumerate(EXPORTS)])
 def test_export_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, universe, where, chunk_size):
-    sharded, whole = services(petnord_sharded, petnord_snapshot, 0)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, 0)
     query = {"from": universe, "where": where}
     asked = ExportQuery.from_json(query)
     asked.chunk_size = chunk_size
@@ -214,7 +153,7 @@ def test_export_over_shards_matches_brute_force(petnord_sharded, oracle, univers
 
 
 def test_export_privacy_floor(petnord_sharded, petnord_snapshot):
-    sharded, whole = services(petnord_sharded, petnord_snapshot, 10)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, 10)
     small = {"from": "customers", "where": SMALL}
     for service in (sharded, whole):
         with pytest.raises(PrivacyFloorError):
@@ -235,7 +174,7 @@ def ranked_export(obj: dict, chunk_size: int) -> ExportQuery:
 def test_ranked_export_over_shards_equals_unsharded(petnord_sharded, petnord_snapshot, privacy_k, obj, chunk_size):
     """An export with a target: the same ids in the same order (best first, ties in id order), the same
     scores and chunks, as unsharded."""
-    sharded, whole = services(petnord_sharded, petnord_snapshot, privacy_k)
+    sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, privacy_k)
     got, want = sharded.call(ranked_export(obj, chunk_size)), whole.call(ranked_export(obj, chunk_size))
     assert got.ranked and want.ranked
     assert (got.universe, got.n_rows, got.total, got.returned, got.n_chunks, got.target, got.value) == \
@@ -314,7 +253,7 @@ def test_shop_profile_info_export_with_empty_shards(tmp_path, n_customers, n_sha
     spec = write_shop(tmp_path, n_customers=n_customers)
     whole_snapshot = open_snapshot(build_snapshot(spec, tmp_path / "whole", progress=quiet))
     build_shards(spec, tmp_path / "sharded", n_shards, progress=quiet)
-    sharded, whole = services(tmp_path / "sharded" / "shop", whole_snapshot, privacy_k)
+    sharded, whole = sharded_services(tmp_path / "sharded" / "shop", whole_snapshot, privacy_k)
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in sharded.snapshots.snapshot.shards)
     segment = pd.read_csv(tmp_path / "customers.csv")["segment"].iloc[0]  # a value every build has

@@ -12,7 +12,8 @@ the shards holding the universe:
 * the logistic membership model (the default): the fit's rows are gathered from the shards in the
   unsharded row order (rows sort by key in every snapshot, so the rows merge by key), each with its
   features, cross-validation fold (a hash of its id) and class, and fitted by the unsharded fit
-  (``catalog_models.fit_membership_rows``): the same design matrix, the same arithmetic, the same model,
+  (``catalog_models.fit_membership_rows``) on the evidence features the unsharded build holds
+  (``MergedUniverse.unsharded_features``): the same design matrix, the same arithmetic, the same model,
   bit for bit. This is the one merge that gathers rows, not counts (one shard's rows and features at a
   time, then all of them in the fitting process: the memory of the unsharded fit).
 
@@ -140,6 +141,7 @@ class MergedCatalog(CompiledCatalog):
         self.sharded = sharded
         self.catalog = catalog
         self.shard_ids = merged.shards
+        self.unsharded_features = merged.unsharded_features()
         self._gathered: GatheredRows | None = None
         self._gather_lock = threading.Lock()
         parts = sharded.map(segment_sizes_part, merged.name, catalog, shards=merged.shards)
@@ -149,6 +151,10 @@ class MergedCatalog(CompiledCatalog):
         self.schema = sharded.schema if catalog is None else CatalogView(sharded.schema, catalog)  # held
         data_version = merged_data_version([p[0] for p in parts])
         super().__init__(self.schema, merged.schema, (merged.n_rows, merged.feature_count, sizes, data_version))
+
+    def evidence_mask(self, i: int) -> np.ndarray:
+        """The unsharded evidence mask, of the features the unsharded build holds (the same model columns)."""
+        return super().evidence_mask(i) & self.unsharded_features
 
     def member_bits(self, i: int) -> np.ndarray:
         raise TypeError("a sharded catalog's members are in its shards: no one bitset holds them (the counts "

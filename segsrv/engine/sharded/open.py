@@ -46,6 +46,17 @@ class MergedUniverse:
     feature_count: np.ndarray  # each feature's rows, summed over those shards
     identifier_like: list[str]  # the fields "every field" leaves out, judged by the summed counts
 
+    def unsharded_features(self) -> np.ndarray:
+        """bool[n_features]: the features an unsharded build of the same data holds. Its dictionary leaves out
+        a categorical or multi-valued field's values that no row of the universe reaches (count 0 in every
+        shard: a product no one ordered); the shared dictionary keeps them. A logistic fit over shards leaves
+        them out of its design, so that its columns, and so its arithmetic, are the unsharded fit's."""
+        keep = np.asarray(self.feature_count) > 0
+        for f in self.schema.fields.values():
+            if f.kind == "numeric":  # every band is in both dictionaries, reached or not
+                keep[f.feature_offset: f.feature_offset + len(f.values)] = True
+        return keep
+
 
 class ShardedSnapshot:
     """The shards of one sharded build, open at the versions its SHARDS manifest names.

@@ -160,11 +160,12 @@ class MergedTarget:
         return question_priors(self.n_U_value, self.n_U, len(self.info.values), self.multi)
 
     def evidence_mask(self, evidence_fields) -> np.ndarray:
-        """segsrv.engine.predict.target.evidence_mask over the summed counts."""
+        """segsrv.engine.predict.target.evidence_mask over the summed counts, of the features the unsharded
+        build holds (``MergedUniverse.unsharded_features``: the same model columns)."""
         key = None if evidence_fields is None else tuple(evidence_fields)
         if key not in self._masks:
             self._masks[key] = evidence_mask(self.schema, self.info, self.merged.feature_count, evidence_fields,
-                                             lambda pairs: self.both)
+                                             lambda pairs: self.both) & self.merged.unsharded_features()
         return self._masks[key]
 
     def class_feature_counts(self, fids: np.ndarray, question_list: list[int]) -> list[np.ndarray]:
