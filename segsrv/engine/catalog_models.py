@@ -100,32 +100,27 @@ def fit_membership(u, member: np.ndarray, ev_mask: np.ndarray, l2: float | None,
     Interactions with weights [1, n_pairs]: the pairs the fit kept, none when l2 is given or without
     `interactions`, the main effects alone, for comparison: bench/assign_propensity.py).
     Without both classes among the rows: the constant model (d = 0) and l2 the fallback (or the one given)."""
-    from .predict.logistic import cv_folds
+    from .predict.logistic import fit_rows
 
     rows = np.arange(u.n_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    owner, feats = u.rows_features(rows)
     y = np.asarray(member, dtype=bool)[rows].astype(np.int64)
-    return fit_membership_rows(owner, feats, y, cv_folds(u, rows), u.n_features, ev_mask, l2, interactions)
+    return membership_model(int(y.sum()), len(y), u.n_features, ev_mask, l2,
+                            lambda fids: fit_rows(u, rows, y, 2, fids, l2, interactions=interactions))
 
 
-def fit_membership_rows(owner: np.ndarray, feats: np.ndarray, y: np.ndarray, folds: np.ndarray, n_features: int,
-                        ev_mask: np.ndarray, l2: float | None, interactions: bool = True) -> tuple:
-    """`fit_membership` on the fit's rows given as their features ((owner, feature) pairs sorted by owner
-    then feature: row owner of the fit has the feature), each row's class y (1: member) and cross-validation
-    fold: from one snapshot's rows index, or gathered from the shards of a sharded one in the unsharded row
-    order (segsrv.engine.sharded.catalog)."""
+def membership_model(n1: int, n: int, n_features: int, ev_mask: np.ndarray, l2: float | None, fit) -> tuple:
+    """`fit_membership`'s tuple for a segment of n1 members among the fit's n rows, from fit(evidence feature
+    ids) -> `logistic.fit_rows`' answer over those rows (class 1: member; not called without both classes):
+    over one snapshot's rows, or over a sharded one's from the shards' pattern counts
+    (segsrv.engine.sharded.catalog)."""
     from .predict.interactions import none as no_pairs
-    from .predict.logistic import L2_FALLBACK, design_of, fit_design
+    from .predict.logistic import L2_FALLBACK
 
-    n1, n = int(y.sum()), len(y)
     d = np.zeros(n_features)
     if n1 == 0 or n1 == n:
         return constant_bias(n1, n), d, float(L2_FALLBACK if l2 is None else l2), l2 is None, no_pairs(1)
     fids = np.flatnonzero(ev_mask).astype(np.int64)
-    col_of = np.full(n_features, -1, dtype=np.int64)
-    col_of[fids] = np.arange(len(fids))
-    X = design_of(owner, feats, n, col_of, len(fids))
-    b, w, used, pairs = fit_design(X, y, folds, 2, fids, l2, interactions=interactions)
+    b, w, used, pairs = fit(fids)
     d[fids] = w[0]
     return float(b[0]), d, used, l2 is None, pairs
 

@@ -8,10 +8,11 @@ Deployments (one Ray Serve application, ``segsrv``):
   shard versions asked of it from the shared storage on first use, keeps the last ``KEEP_VERSIONS`` of
   each shard and runs ``fn(shard, *args)`` on them: the per-shard functions of segsrv/engine/sharded/.
 * ``router``: Ray Serve's gRPC proxy sends it every segsrv.v1 call. It holds a SegmentationService over
-  ``RayShardedSnapshot``s, whose ``map`` sends (the SHARDS entries of the shards a group holds, fn, args)
-  to each group, one call per group in parallel, and gathers the answers, so every operation the in-process engine merges is answered here with
-  the same merge, the same privacy floor and the same proto conversion and error table
-  (segsrv/server/servicer.py, segsrv/server/errors.py).
+  ``RayShardedSnapshot``s, whose ``map`` and ``map_each`` send (the SHARDS entries of the shards a group
+  holds, fn, each shard's args) to each group, one call per group in parallel, and gather the answers, so
+  every operation the in-process engine merges is answered here with the same merge, the same privacy
+  floor and the same proto conversion and error table (segsrv/server/servicer.py,
+  segsrv/server/errors.py).
 
 Versions: the router reads ROOT/NAME/SHARDS (every ``reload_interval`` seconds) and swaps a new build in
 whole once every shard group has opened it; a request resolves its build once, and every shard call
@@ -120,10 +121,12 @@ class ShardReplica:
 
     def run(self, location: str, entries: list[dict], dictionary: str, fn, args: tuple) -> list:
         """[fn(shard, *args) for the shards `entries` (SHARDS entries) name], in order."""
-        out = []
-        for entry in entries:
-            out.append(fn(self._shard(location, entry, dictionary), *args))
-        return out
+        return self.run_each(location, entries, dictionary, fn, [args] * len(entries))
+
+    def run_each(self, location: str, entries: list[dict], dictionary: str, fn, args_each: list[tuple]) -> list:
+        """[fn(shard, *args) for each shard `entries` (SHARDS entries) names and its args of `args_each`], in
+        order."""
+        return [fn(self._shard(location, entry, dictionary), *args) for entry, args in zip(entries, args_each)]
 
     def pid(self) -> int:
         return os.getpid()
@@ -138,8 +141,9 @@ class ShardReplica:
 
 
 class RayShardedSnapshot(ShardedSnapshot):
-    """One sharded build whose shards answer on the shard replicas: ``map`` sends each shard's call to its
-    group and gathers the answers in order (the merges of segsrv/engine/sharded/ are unchanged)."""
+    """One sharded build whose shards answer on the shard replicas: ``map_each`` (and so ``map``) sends
+    each group one call for its shards, every group's call of a round in parallel, and gathers the answers
+    in order (the merges of segsrv/engine/sharded/ are unchanged)."""
 
     def __init__(self, path: Path, manifest: dict, schema: Snapshot, groups: list, per_replica: int):
         super().__init__(path, manifest["name"], sharded_version(manifest), schema, manifest["shard_count"])
@@ -147,20 +151,21 @@ class RayShardedSnapshot(ShardedSnapshot):
         self.groups = groups
         self.per_replica = per_replica
 
-    def map(self, fn, *args, shards=None) -> list:
-        indices = list(range(self.shard_count) if shards is None else shards)
+    def map_each(self, fn, shard_args: dict[int, tuple]) -> list:
         by_group: dict[int, list[int]] = {}  # one call per shard group (a hop costs more than a shard's count)
-        for i in indices:
+        for i in shard_args:
             by_group.setdefault(shard_group(i, self.per_replica, len(self.groups)), []).append(i)
         entries = self.manifest["shards"]
-        calls = {g: self.groups[g].run.remote(str(self.path), [entries[i] for i in held],
-                                              self.manifest["dictionary_sha256"], fn, args)
+        # (``map``'s arguments are one object in every shard's place: pickled once per group call)
+        calls = {g: self.groups[g].run_each.remote(str(self.path), [entries[i] for i in held],
+                                                   self.manifest["dictionary_sha256"], fn,
+                                                   [shard_args[i] for i in held])
                  for g, held in by_group.items()}
         try:
             answers = {}
             for g, call in calls.items():
                 answers.update(zip(by_group[g], self._gather(by_group[g], call)))
-            return [answers[i] for i in indices]
+            return [answers[i] for i in shard_args]
         finally:
             for call in calls.values():  # when one failed or the caller left: the others' answers go unread
                 call.cancel()

@@ -15,10 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import segsrv.engine.predict.logistic as logistic
 import segsrv.engine.sharded.catalog as sharded_catalog
+import segsrv.engine.sharded.patterns as sharded_patterns
+from segsrv.engine.assign import compiled_catalog
 from segsrv.engine.catalog import apply_segments
 from segsrv.engine.rebuild import build_sharded_version
-from segsrv.engine.sharded import apply_sharded_segments, open_sharded
+from segsrv.engine.sharded import ShardedSnapshot, apply_sharded_segments, assign_part, open_sharded
 from segsrv.errors import SegsrvError, SpecError
 from segsrv.ops import AssignQuery, SegmentsQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
@@ -121,6 +124,24 @@ def test_stored_models_are_the_unsharded_models(sharded, whole):
                    for s in snap.shards)
 
 
+def test_membership_fit_on_merged_patterns_is_the_unsharded_fit(sharded, whole, monkeypatch):
+    """PetNord's customers have a pattern per row, so the fits above take the fallback to rows; here both sides
+    fit on patterns whatever their share (the unsharded cut-off moved to 1): the merged patterns' fit is the
+    unsharded fit bit for bit, and the shards send patterns and counts, never their rows."""
+    monkeypatch.setattr(logistic.distinct_patterns, "__defaults__", (1.0,))
+    monkeypatch.setattr(sharded_patterns, "PATTERN_MAX_SHARE", 1.0)
+    rows_sent = []
+    monkeypatch.setattr(sharded_patterns, "pattern_rows_part", lambda *args: rows_sent.append(args))
+    theirs = compiled_catalog(whole, whole.universe("customers"))
+    mine = sharded_catalog.MergedCatalog(open_sharded(sharded), open_sharded(sharded).universe("customers"))
+    for i, segment in enumerate(mine.segments):
+        for l2 in ([1.0, None] if segment.name == "churners" else [1.0]):  # (a cross-validated fit takes seconds)
+            got, want = mine.membership_fit(i, l2), theirs.membership_fit(i, l2)
+            assert got[0] == want[0] and np.array_equal(got[1], want[1]) and got[2:4] == want[2:4], (segment.name, l2)
+            assert np.array_equal(got[4].pairs, want[4].pairs) and np.array_equal(got[4].weights, want[4].weights)
+    assert not rows_sent
+
+
 def test_membership_matches_pandas(sharded, petnord_src):
     """An independent check: the members among some ids, from the source table."""
     df = petnord_src.execute("SELECT customer_id, churned, tenure_months, segment FROM customers").df()
@@ -181,6 +202,57 @@ def test_shop_with_empty_shards(tmp_path, n_customers, n_shards):
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in open_sharded(sharded_path).shards)
     assert_shop_answers_equal(sharded_path, whole_snapshot, n_customers)
+
+
+def test_shop_models_are_fitted_from_patterns_bit_for_bit(tmp_path, monkeypatch):
+    """The shop's rows share evidence patterns (at most PATTERN_MAX_SHARE of the rows, in every segment's
+    fit): the stored models come from the shards' pattern counts alone, no round asks for rows, and they
+    are bit for bit the unsharded snapshot's."""
+    rows_asked = []
+    rows_part = sharded_patterns.pattern_rows_part
+
+    def counted(shard, rows_of, args, *rest):
+        rows_asked.append(args[-1])
+        return rows_part(shard, rows_of, args, *rest)
+
+    monkeypatch.setattr(sharded_patterns, "pattern_rows_part", counted)
+    _, sharded_path, whole_snapshot = shop_pair(tmp_path, 400, 3)
+    assert rows_asked == []
+    snap = open_sharded(sharded_path)
+    for universe, section in whole_snapshot.catalog_models.items():
+        theirs, mine = whole_snapshot.universe(universe), snap.schema.universe(universe)
+        assert theirs.n_features == mine.n_features  # (the same dictionary: bit for bit is the bar)
+        for name, entry in section.items():
+            merged = snap.schema.catalog_models[universe][name]
+            assert (merged["l2"], merged["pairs"]) == (entry["l2"], entry["pairs"])
+            assert np.array_equal(mine.stored_models[tuple(merged["key"])][0],
+                                  theirs.stored_models[tuple(entry["key"])][0]), name
+    assert_shop_answers_equal(sharded_path, whole_snapshot, 400)
+
+
+def test_assign_of_ids_in_several_shards_is_one_round(tmp_path, monkeypatch):
+    """Every shard holding some of the ids is asked in one round (``map_each``), with its own ids only."""
+    _, sharded_path, whole_snapshot = shop_pair(tmp_path, 40, 4)
+    service = local_service(sharded_path)
+    ids = [f"c{i}" for i in range(40)]
+    query = AssignQuery.from_json({"ids": ids, "include_propensities": True, "from": "customers"})
+    service.call(query)  # the merged catalog and universe found once
+    rounds = []
+    map_each = ShardedSnapshot.map_each
+
+    def counting(self, fn, shard_args):
+        rounds.append((fn, {shard: args for shard, args in shard_args.items()}))
+        return map_each(self, fn, shard_args)
+
+    monkeypatch.setattr(ShardedSnapshot, "map_each", counting)
+    got = service.call(query)
+    assert [fn for fn, _ in rounds] == [assign_part]
+    asked = rounds[0][1]
+    assert len(asked) > 1 and sorted(i for args in asked.values() for i in args[1]) == sorted(ids)
+    route = open_sharded(sharded_path).route_ids("customers", ids)
+    assert all(set(route[[ids.index(i) for i in args[1]]]) == {shard} for shard, args in asked.items())
+    want = SegmentationService(OneSnapshot(whole_snapshot)).call(query)
+    assert_same_assign(got, want)
 
 
 def test_assign_errors_as_unsharded(tmp_path):

@@ -74,10 +74,10 @@ def test_prior_strength_and_l2_cross_validated(petnord_sharded, petnord_snapshot
 def test_logistic_fit_on_rows_when_patterns_are_many(petnord_sharded, petnord_snapshot, monkeypatch):
     """Patterns above PATTERN_MAX_SHARE of the rows: the unsharded fit runs on the rows themselves, and so
     does the merged one (the rows in id order)."""
-    from segsrv.engine.sharded import predict as sharded_predict_module
+    from segsrv.engine.sharded import patterns
 
     monkeypatch.setattr(logistic.distinct_patterns, "__defaults__", (0.001,))  # (the unsharded fit's cut-off)
-    monkeypatch.setattr(sharded_predict_module, "PATTERN_MAX_SHARE", 0.001)
+    monkeypatch.setattr(patterns, "PATTERN_MAX_SHARE", 0.001)
     sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, 0)
     obj = {"from": "customers", "target": "lifestyle", "id": "CUST-00005", "method": "logistic", "l2": 0.5,
            "evidence_fields": ["region", "churned"]}
@@ -173,13 +173,13 @@ def test_shard_calls_pickle(petnord_sharded, petnord_snapshot, monkeypatch):
     from segsrv.engine.sharded import ShardedSnapshot
     from segsrv.ops import EvaluateQuery, ScoreQuery
 
-    in_process = ShardedSnapshot.map
+    in_process = ShardedSnapshot.map_each  # (`map` runs through it)
 
-    def through_pickle(self, fn, *args, shards=None):
-        fn, args = pickle.loads(pickle.dumps((fn, args)))
-        return pickle.loads(pickle.dumps(in_process(self, fn, *args, shards=shards)))
+    def through_pickle(self, fn, shard_args):
+        fn, shard_args = pickle.loads(pickle.dumps((fn, shard_args)))
+        return pickle.loads(pickle.dumps(in_process(self, fn, shard_args)))
 
-    monkeypatch.setattr(ShardedSnapshot, "map", through_pickle)
+    monkeypatch.setattr(ShardedSnapshot, "map_each", through_pickle)
     sharded, whole = sharded_services(petnord_sharded, petnord_snapshot, 0)
     queries = [{**extra, **PREDICTS[0], "method": method, "evidence_fields": ["region", "pet_size"]}
                for method, extra in METHODS.items()]

@@ -13,13 +13,14 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import grpc
+import numpy as np
 import pytest
 from grpc_status import rpc_status
 import ray
 from ray import cloudpickle, serve
 
 from segsrv.client import SegsrvClient, SegsrvRpcError
-from segsrv.engine.sharded import open_shard, sharded_version
+from segsrv.engine.sharded import ids_part, open_shard, open_sharded, sharded_version
 from segsrv.engine import cancel
 from segsrv.errors import RequestCancelled, SegsrvError, ShardUnavailableError
 from segsrv.ops import CountQuery, RelateQuery
@@ -269,6 +270,23 @@ def test_a_killed_shard_replica_is_replaced_and_later_calls_succeed(router, whol
     assert serve.get_deployment_handle("shards-1", APP_NAME).pid.remote().result() != old_pid
     with SegsrvClient(router.address, timeout=STARTUP_SECONDS) as retrying:  # UNAVAILABLE is retried
         assert_same_counts(retrying, whole)
+
+
+def test_map_each_answers_as_in_process_in_one_round(router, served_root, shard_count):
+    """`map_each` through the shard replicas: each shard its own arguments, the answers in the order asked,
+    as the in-process `map_each` answers (and `map` as `map`); the groups' calls of a round run in parallel."""
+    routed = _fan_out(served_root, shard_count)
+    local = open_sharded(served_root / "petnord")
+    asked = {3: ("customers", np.array([0, 5], np.uint32)), 0: ("customers", np.array([1], np.uint32)),
+             2: ("customers", np.arange(4, dtype=np.uint32)), 1: ("customers", np.zeros(0, np.uint32))}
+    got = routed.map_each(ids_part, asked)
+    assert got == local.map_each(ids_part, asked) and [len(ids) for ids in got] == [2, 1, 4, 0]
+    assert routed.map(ids_part, "customers", np.array([7], np.uint32), shards=[2, 1]) == \
+        local.map(ids_part, "customers", np.array([7], np.uint32), shards=[2, 1])
+    versions = [e["version"] for e in read_shard_manifest(served_root / "petnord")["shards"]]
+    t0 = time.monotonic()
+    assert routed.map_each(_slow_part, {2: (3.0,), 0: (3.0,)}) == [versions[2], versions[0]]  # shards-1, shards-0
+    assert time.monotonic() - t0 < 5.5  # the two groups at once: not one after the other (6 s)
 
 
 def test_hot_reload_swaps_a_new_build_in_whole(router, whole, served_root, petnord_spec):

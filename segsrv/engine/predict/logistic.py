@@ -69,21 +69,23 @@ def _digest(*arrays: np.ndarray) -> str:
 
 def design_matrix(u: Universe, rows: np.ndarray, col_of: np.ndarray, n_cols: int):
     """scipy CSR [len(rows), n_cols] of the rows' features mapped by col_of (feature -> column, -1 = drop)."""
-    owner, feats = u.rows_features(rows)
-    return design_of(owner, feats, len(rows), col_of, n_cols)
-
-
-def design_of(owner: np.ndarray, feats: np.ndarray, n_rows: int, col_of: np.ndarray, n_cols: int):
-    """`design_matrix` of rows given as (owner, feature) pairs, sorted by owner then feature."""
     from scipy.sparse import csr_matrix
 
+    owner, feats = u.rows_features(rows)
     cols = col_of[feats]
     keep = cols >= 0
-    kept_per_row = np.bincount(owner[keep], minlength=n_rows)
-    new_ptr = np.zeros(n_rows + 1, dtype=np.int64)
+    kept_per_row = np.bincount(owner[keep], minlength=len(rows))
+    new_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(kept_per_row, out=new_ptr[1:])
     idx = cols[keep].astype(np.int32)
-    return csr_matrix((np.ones(len(idx)), idx, new_ptr), shape=(n_rows, n_cols))
+    return csr_matrix((np.ones(len(idx)), idx, new_ptr), shape=(len(rows), n_cols))
+
+
+def evidence_design(u: Universe, rows: np.ndarray, fids: np.ndarray):
+    """`design_matrix` of the rows over the evidence features `fids` (column j: feature fids[j], ascending)."""
+    col_of = np.full(u.n_features, -1, dtype=np.int64)
+    col_of[fids] = np.arange(len(fids))
+    return design_matrix(u, rows, col_of, len(fids))
 
 
 _M64 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -431,20 +433,10 @@ def fit_rows(u: Universe, rows: np.ndarray, y: np.ndarray, K: int, fids: np.ndar
     over the same folds, and it is the model when its CV loss is lower than the main effects' own and
     `pairs_gain_z` at that l2 is >= INTERACTION_MIN_Z. -> (intercepts, weights over fids, l2 used, Interactions: pairs as
     feature ids and their weights, shapes as `fit_counts`: (1, n) binary, (K, n) multinomial)."""
-    col_of = np.full(u.n_features, -1, dtype=np.int64)
-    col_of[fids] = np.arange(len(fids))
-    folds = cv_folds(u, rows) if l2 is None else None
-    return fit_design(design_matrix(u, rows, col_of, len(fids)), y, folds, K, fids, l2, interactions)
-
-
-def fit_design(X, y: np.ndarray, folds: np.ndarray | None, K: int, fids: np.ndarray, l2: float | None,
-               interactions: bool = True):
-    """`fit_rows` on its design matrix X (rows x evidence columns, the columns of `fids`), each row's class y
-    and cross-validation fold (None when l2 is given): the same arithmetic whoever gathered the rows (a sharded snapshot gathers
-    them from its shards in the unsharded row order: segsrv.engine.sharded.catalog)."""
+    X = evidence_design(u, rows, fids)
     P, inv = distinct_patterns(X)
-    if l2 is not None:
-        folds = np.zeros(len(y), np.int64)  # (one fold: only its sum is used)
+    # one fold when l2 is given: only the table's sum is used
+    folds = cv_folds(u, rows) if l2 is None else np.zeros(len(rows), np.int64)
     T = fold_table(inv, y, folds, P.shape[0], K, CV_FOLDS if l2 is None else 1)
     return fit_patterns(P, T, K, fids, l2, _gtol(X.nnz), interactions)
 

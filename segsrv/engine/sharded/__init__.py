@@ -18,10 +18,12 @@ feature:
 * Export: without a target each shard's matching rows, shard after shard, ids made per chunk by the
   shards the chunk spans; with a target ranked as ScoreSegment ranks (``sharded_ranked_rows``).
 * Assign: each id routed to the shard holding it (``ShardedSnapshot.route_ids``), its membership
-  evaluated there; segments ranked by their summed sizes and scored with the merged propensity model.
+  evaluated there, every shard asked in one round (``ShardedSnapshot.map_each``); segments ranked by their
+  summed sizes and scored with the merged propensity model.
 * ListSegments: each segment's size is the sum of its sizes in the shards.
 * The segment catalog (``apply_sharded_segments``): published into every shard, then SHARDS; its
-  propensity models fitted from the shards' rows gathered in the unsharded order (``catalog``).
+  propensity models fitted as Predict's logistic models are, from the shards' evidence patterns and
+  their members and non-members per fold (``catalog``, ``patterns``).
 * Discover: the unsharded search (segsrv.engine.discover.search) on counts summed over the shards, one
   ``map`` per batch of counts it asks for (pairs, activity strata, each level's extensions, each batch of
   the redundancy check, ...): the same segments, statistics and segmentation.
@@ -32,7 +34,8 @@ disjoint ids, a replicated one's the same ids in every shard.
 
 * Predict, and the models of ScoreSegment and Evaluate (``predict``): every count of every model is a sum
   over shards; the conjunction grows one round per evidence that joins; the logistic fit merges the
-  shards' distinct evidence patterns with their rows per fold and class and runs the unsharded fit;
+  shards' distinct evidence patterns with their rows per fold and class and runs the unsharded fit
+  (``patterns``: shared with the catalog's models);
   a Predict by id reads the row's evidence from the one shard holding it (``ShardedSnapshot.shard_of``).
 * ScoreSegment (``score``): the model fitted once over shards; each shard scores its members and answers
   its count, its scores' sum and its top K by id; the merge keeps the global top K (score, then id:
@@ -43,11 +46,12 @@ disjoint ids, a replicated one's the same ids in every shard.
 
 Every operation is written as functions over one shard (``*_part``: a module-level function of the
 shard's snapshot and picklable arguments, answering counts) and a merge, run through
-``ShardedSnapshot.map``: in-process over the open shards, or on Ray shard replicas by the router, with
-the same merge.
+``ShardedSnapshot.map`` (the same arguments for every shard) or ``map_each`` (each shard's own, in one
+round): in-process over the open shards, or on Ray shard replicas by the router, with the same merge.
 
 Modules: ``open`` (opening the shards, ``map``, the merged universe, routing ids), one module per operation,
-``catalog`` (the catalog over shards: merged sizes and models, ``segments apply``).
+``catalog`` (the catalog over shards: merged sizes and models, ``segments apply``), ``patterns`` (the
+logistic fit from the shards' pattern counts).
 """
 
 from .assign import assign_part, sharded_assign

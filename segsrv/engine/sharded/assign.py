@@ -1,9 +1,10 @@
 """Assign over shards: each id answered by the shard holding it, ranked and scored with the merged catalog.
 
 By ids: ``ShardedSnapshot.route_ids`` sends each id to its shard (every shard, for a universe of a
-partitioned table other than the shard entity's; shard 0 for a replicated one); the shard finds its row,
-evaluates the catalog's membership programs on it (``assign_part``, the unsharded engine's compiled
-catalog of the shard) and, for propensities, returns the row's features. The merge ranks the segments by
+partitioned table other than the shard entity's; shard 0 for a replicated one), every shard with its own
+ids in one round (``ShardedSnapshot.map_each``); the shard finds its row, evaluates the catalog's
+membership programs on it (``assign_part``, the unsharded engine's compiled catalog of the shard) and,
+for propensities, returns the row's features. The merge ranks the segments by
 their merged sizes (segsrv.engine.sharded.catalog.MergedCatalog) and scores the rows' features with the
 merged propensity model, through the unsharded engine's ``assignments`` and ``propensities_of_rows``.
 By features (a new customer): the merged catalog answers as the unsharded engine does. The privacy floor
@@ -19,7 +20,7 @@ import numpy as np
 from ...ops.assign import AssignQuery, AssignResult
 from ...snapshot.reader import Snapshot
 from ..assign import RowsIndex, assign_features, assign_params, assign_universe, assignments, compiled_catalog
-from .catalog import merge_rows, merged_catalog
+from .catalog import merged_catalog
 from .open import ShardedSnapshot
 
 
@@ -61,24 +62,42 @@ def sharded_assign(sharded: ShardedSnapshot, query: AssignQuery, privacy_k: int 
 
 def _gather(sharded: ShardedSnapshot, universe: str, held: tuple[int, ...], ids: list, n_segments: int,
             with_features: bool) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Ask each shard about its ids -> (found bool[len(ids)], membership bool[segments, found ids], the found
-    ids' rows (indptr, features)), the found ids in the order of `ids` (an id is in one shard at most)."""
+    """Ask each shard about its ids, every shard in one round (``ShardedSnapshot.map_each``) -> (found
+    bool[len(ids)], membership bool[segments, found ids], the found ids' rows (indptr, features)), the found
+    ids in the order of `ids` (an id is in one shard at most)."""
     route = sharded.route_ids(universe, ids)
+    at = {shard: np.flatnonzero((route == shard) | (route == -1)) for shard in held}
+    at = {shard: where for shard, where in at.items() if len(where)}
+    answers = sharded.map_each(assign_part, {shard: (universe, [ids[k] for k in where], with_features)
+                                             for shard, where in at.items()})
     found = np.zeros(len(ids), dtype=bool)
     member = np.zeros((n_segments, len(ids)), dtype=bool)
     rows = []  # (positions in ids, CSR indptr, features) per shard
-    for shard in held:
-        at = np.flatnonzero((route == shard) | (route == -1))
-        if len(at):
-            got, m, indptr, feats = sharded.map(assign_part, universe, [ids[k] for k in at], with_features,
-                                                shards=[shard])[0]
-            at = at[got]
-            found[at] = True
-            member[:, at] = m
-            rows.append((at, indptr, feats))
+    for where, (got, m, indptr, feats) in zip(at.values(), answers):
+        where = where[got]
+        found[where] = True
+        member[:, where] = m
+        rows.append((where, indptr, feats))
     if not with_features:
         return found, member[:, found], (np.zeros(1, np.int64), np.zeros(0, np.int64))
     _, owner, feats = merge_rows(rows)
     indptr = np.zeros(int(found.sum()) + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=len(indptr) - 1), out=indptr[1:])
     return found, member[:, found], (indptr, feats)
+
+
+def merge_rows(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of several shards, each part (sort keys: the rows' positions among the ids asked, CSR indptr,
+    feature ids) -> (the order that takes the parts' rows, concatenated, to the order of their keys; the
+    rows' (owner, feature) pairs in that order)."""
+    keys = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    lens = np.concatenate([np.zeros(0, np.int64)] + [np.diff(p[1]) for p in parts]).astype(np.int64)[order]
+    offsets = np.cumsum([0] + [len(p[2]) for p in parts])
+    starts = np.concatenate([np.zeros(0, np.int64)] + [p[1][:-1] + o for p, o in zip(parts, offsets)])
+    starts = starts.astype(np.int64)[order]
+    indices = np.concatenate([np.zeros(0, np.int64)] + [p[2] for p in parts]).astype(np.int64)
+    owner = np.repeat(np.arange(len(order), dtype=np.int64), lens)
+    # position j of the gather reads indices[start of its row + j - first j of that row]
+    offs = np.arange(len(owner), dtype=np.int64) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return order, owner, indices[offs]

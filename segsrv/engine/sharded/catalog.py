@@ -9,13 +9,12 @@ the shards holding the universe:
 * a segment's size is the sum of the shards' sizes; its member digest (part of a stored model's content
   key) is the digest of the shards' digests in shard order;
 * the factorized model and the privacy floor's cells: the members with each feature (or pair), summed;
-* the logistic membership model (the default): the fit's rows are gathered from the shards in the
-  unsharded row order (rows sort by key in every snapshot, so the rows merge by key), each with its
-  features, cross-validation fold (a hash of its id) and class, and fitted by the unsharded fit
-  (``catalog_models.fit_membership_rows``) on the evidence features the unsharded build holds
-  (``MergedUniverse.unsharded_features``): the same design matrix, the same arithmetic, the same model,
-  bit for bit. This is the one merge that gathers rows, not counts (one shard's rows and features at a
-  time, then all of them in the fitting process: the memory of the unsharded fit).
+* the logistic membership model (the default): fitted as Predict's logistic models are over shards
+  (``patterns.fit_over_shards``, rows from ``member_rows``): classes member / non-member over every row
+  of the universe; each shard sends its distinct evidence patterns, each one's first id and its rows per
+  fold and class; the merge runs the unsharded fit (``logistic.fit_patterns``) on their union, in the
+  unsharded order: the same model, bit for bit. No process holds the rows, except when the patterns
+  are more than PATTERN_MAX_SHARE of them (the unsharded fit then runs on the rows, and so does the merge).
 
 A merged model is stored in every shard (the same file), under its merged content key: the data version
 of the shards (``merged_data_version``), the universe's rows over the shards and the merged member digest.
@@ -47,8 +46,8 @@ from .. import catalog_models as cm
 from ..assign import CompiledCatalog, compiled_catalog
 from ..catalog import CatalogView, catalog_manifest, publish_catalog_version, read_catalog, resolve_entries
 from ..conditions import Evaluator
-from ..predict.logistic import cv_folds
 from .open import MergedUniverse, ShardedSnapshot, open_sharded
+from .patterns import fit_over_shards
 
 
 # --- one shard -----------------------------------------------------------------------------------------------
@@ -82,21 +81,14 @@ def member_pair_counts_part(shard: Snapshot, universe: str, catalog: dict | None
     return cat.member_pair_counts(segment, pairs)
 
 
-def fit_rows_part(shard: Snapshot, universe: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every row of the universe in the shard, in its order (by key): (ids, cross-validation folds,
-    CSR indptr and feature ids of their features)."""
-    u = shard.universe(universe)
-    rows = np.arange(u.n_rows, dtype=np.int64)
-    return (np.asarray(u.row_ids), cv_folds(u, rows), np.asarray(u.csr_indptr, dtype=np.int64),
-            np.asarray(u.csr_indices, dtype=np.int64))
-
-
-def members_part(shard: Snapshot, universe: str, catalog: dict | None, segment: str) -> np.ndarray:
-    """bool[rows of the universe in the shard]: the members of the segment named `segment` (evaluated alone:
-    the catalog is not compiled for it)."""
+def member_rows(shard: Snapshot, universe: str, catalog: dict | None, segment: str):
+    """The membership fit's rows in this shard (segsrv.engine.sharded.patterns' `rows_of`): (universe, every
+    row, 1 for a member of the segment named `segment` and 0 for the others, 2 classes). The segment is
+    evaluated alone (the catalog is not compiled for one segment)."""
     u = shard.universe(universe)
     bits = Evaluator(shard if catalog is None else CatalogView(shard, catalog), u).evaluate(SegmentRef(segment))
-    return np.unpackbits(bits.view(np.uint8), bitorder="little")[: u.n_rows].astype(bool)
+    member = np.unpackbits(bits.view(np.uint8), bitorder="little")[: u.n_rows].astype(np.int64)
+    return u, np.arange(u.n_rows, dtype=np.int64), member, 2
 
 
 # --- the merge -----------------------------------------------------------------------------------------------
@@ -105,31 +97,6 @@ def members_part(shard: Snapshot, universe: str, catalog: dict | None, segment: 
 def merged_data_version(versions: list[str]) -> str:
     """The data version of a sharded build: 16 hex digits of the SHA-256 of its shards' data versions."""
     return "shards-" + hashlib.sha256("\n".join(versions).encode("utf-8")).hexdigest()[:16]
-
-
-def merge_rows(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of several shards, each part (sort keys, CSR indptr, feature ids) -> (the order that takes the
-    parts' rows, concatenated, to the order of their keys; the rows' (owner, feature) pairs in that order)."""
-    keys = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    order = np.argsort(keys, kind="stable")
-    lens = np.concatenate([np.zeros(0, np.int64)] + [np.diff(p[1]) for p in parts]).astype(np.int64)[order]
-    offsets = np.cumsum([0] + [len(p[2]) for p in parts])
-    starts = np.concatenate([np.zeros(0, np.int64)] + [p[1][:-1] + o for p, o in zip(parts, offsets)])
-    starts = starts.astype(np.int64)[order]
-    indices = np.concatenate([np.zeros(0, np.int64)] + [p[2] for p in parts]).astype(np.int64)
-    owner = np.repeat(np.arange(len(order), dtype=np.int64), lens)
-    # position j of the gather reads indices[start of its row + j - first j of that row]
-    offs = np.arange(len(owner), dtype=np.int64) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-    return order, owner, indices[offs]
-
-
-class GatheredRows:
-    """The rows of a universe over its shards (``fit_rows_part``'s parts) in the unsharded row order (by
-    key): their (owner, feature) pairs, folds, and the order that takes the shards' rows there."""
-
-    def __init__(self, parts: list[tuple]):
-        self.order, self.owner, self.feats = merge_rows([(p[0], p[2], p[3]) for p in parts])
-        self.folds = np.concatenate([np.zeros(0, np.int64)] + [p[1] for p in parts])[self.order]
 
 
 class MergedCatalog(CompiledCatalog):
@@ -142,8 +109,6 @@ class MergedCatalog(CompiledCatalog):
         self.catalog = catalog
         self.shard_ids = merged.shards
         self.unsharded_features = merged.unsharded_features()
-        self._gathered: GatheredRows | None = None
-        self._gather_lock = threading.Lock()
         parts = sharded.map(segment_sizes_part, merged.name, catalog, shards=merged.shards)
         names = sorted(parts[0][1]) if parts else []
         sizes = {n: (sum(p[1][n][0] for p in parts), cm.digest(np.frombuffer(
@@ -172,19 +137,16 @@ class MergedCatalog(CompiledCatalog):
             return np.zeros(0, np.int64)
         return self._sum(member_pair_counts_part, i, np.asarray(pairs, dtype=np.int64))
 
-    def gathered(self) -> GatheredRows:
-        """The universe's rows over the shards (gathered once per catalog)."""
-        with self._gather_lock:
-            if self._gathered is None:
-                self._gathered = GatheredRows(self.sharded.map(fit_rows_part, self.universe.name, shards=self.shard_ids))
-            return self._gathered
-
     def membership_fit(self, i: int, l2: float | None) -> tuple:
-        rows = self.gathered()
-        member = np.concatenate(self.sharded.map(members_part, self.universe.name, self.catalog,
-                                                 self.segments[i].name, shards=self.shard_ids))[rows.order]
-        return cm.fit_membership_rows(rows.owner, rows.feats, member.astype(np.int64), rows.folds,
-                                      self.universe.n_features, self.evidence_mask(i), l2)
+        """catalog_models.fit_membership over the shards' rows: the unsharded fit from the shards' evidence
+        patterns and their members and non-members per fold (segsrv.engine.sharded.patterns)."""
+        def fit(fids: np.ndarray):
+            return fit_over_shards(self.sharded, self.shard_ids, member_rows,
+                                   (self.universe.name, self.catalog, self.segments[i].name), fids,
+                                   np.arange(2), l2)
+
+        return cm.membership_model(self.segments[i].size, self.n_rows, self.universe.n_features,
+                                   self.evidence_mask(i), l2, fit)
 
 
 _CACHE: "weakref.WeakKeyDictionary[ShardedSnapshot, dict[str, MergedCatalog]]" = weakref.WeakKeyDictionary()

@@ -80,8 +80,8 @@ def sharded_evaluate(sharded: ShardedSnapshot, query: EvaluateQuery) -> Evaluate
     ev_mask = mt.evidence_mask(query.evidence_fields)
     p0 = mt.priors()[0][0]
     log_base, W, reg, inter = merged_bulk_weights(mt, 0, p0, ev_mask, query)
-    parts = [sharded.map(evaluate_part, mt.args, k, log_base, W, inter, shards=[s])[0]
-             for s, k in zip(mt.merged.shards, keep)]
+    parts = sharded.map_each(evaluate_part, {s: (mt.args, k, log_base, W, inter)
+                                             for s, k in zip(mt.merged.shards, keep)})
     order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")  # row order: id order
     true_index = np.concatenate([p[1] for p in parts])[order]
     K = len(mt.info.values)

@@ -4,9 +4,10 @@ Round one (``export_part``): each shard holding the universe answers its matchin
 (4 bytes per member, as an unsharded export holds them). The export lists them in shard order, then each
 shard's row order, so its ids are the unsharded export's as a set (each id is in exactly one shard), in
 another order. Then, one chunk at a time (``ShardedExportResult.chunk``), the shards a chunk spans turn
-its row numbers into ids as text (``ids_part``): no more than one chunk of ids is ever made at once, and
-chunks have the unsharded sizes (every one ``chunk_size`` ids but the last). An export has no option
-that picks rows by position without a target (``top_k`` needs one), so nothing depends on the order.
+its row numbers into ids as text (``ids_part``, in one round: ``map_each``): no more than one chunk of
+ids is ever made at once, and chunks have the unsharded sizes (every one ``chunk_size`` ids but the
+last). An export has no option that picks rows by position without a target (``top_k`` needs one), so
+nothing depends on the order.
 
 An Export with a target is ranked by ScoreSegment over shards (``sharded_ranked_rows``: the model fitted
 over the shards, each shard's own top K by score, merged): its ids come ranked, best first, with their
@@ -54,12 +55,12 @@ class ShardedExportResult(ExportResult):
         """(ids as text, None) of chunk i (0 <= i < n_chunks), asked of the shards it spans."""
         lo = i * self.chunk_size
         hi = min(lo + self.chunk_size, len(self.rows))
-        ids: list[str] = []
+        spans = {}  # shard -> its rows in the chunk, asked of every shard in one round
         for j, shard in enumerate(self.shards):
             a, b = max(lo, int(self.shard_starts[j])), min(hi, int(self.shard_starts[j + 1]))
             if a < b:
-                ids += self._sharded.map(ids_part, self.universe, self.rows[a:b], shards=[shard])[0]
-        return ids, None
+                spans[shard] = (self.universe, self.rows[a:b])
+        return [i for part in self._sharded.map_each(ids_part, spans) for i in part], None
 
 
 @dataclass

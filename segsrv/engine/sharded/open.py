@@ -63,9 +63,10 @@ class ShardedSnapshot:
 
     Every merged operation runs through ``map``: a module-level function ``fn(shard, *args)`` over one
     shard's snapshot, applied to each shard named, its (small, picklable) answers returned in shard
-    order. In-process (this class) ``map`` calls it on each open shard in turn; the Ray router runs the
-    same functions on the shard replicas. So one merge serves both, and a partial answer is counts,
-    never a shard's bitsets.
+    order (``map_each``: the same with each shard's own arguments, still one round). In-process (this
+    class) they call it on each open shard in turn; the Ray router runs the same functions on the shard
+    replicas, every shard group's call of a round in parallel. So one merge serves both, and a partial
+    answer is counts, never a shard's bitsets.
     """
 
     def __init__(self, path: Path, name: str, version: str, schema: Snapshot, shard_count: int,
@@ -84,10 +85,16 @@ class ShardedSnapshot:
         return self.schema.description  # the spec's, the same in every shard
 
     def map(self, fn, *args, shards=None) -> list:
-        """[fn(shard, *args) for each shard in `shards` (default all)], in that order. A transport's
-        deadline or a gone caller stops it between shards (segsrv/engine/cancel.py)."""
+        """[fn(shard, *args) for each shard in `shards` (default all)], in that order: one round
+        (``map_each`` with the same arguments for every shard)."""
+        return self.map_each(fn, {i: args for i in (range(self.shard_count) if shards is None else shards)})
+
+    def map_each(self, fn, shard_args: dict[int, tuple]) -> list:
+        """[fn(shard i, *shard_args[i]) for each shard i of `shard_args`], in its order: one round, as ``map``,
+        with each shard's own arguments (an Assign's ids of each shard). A transport's deadline or a gone
+        caller stops it between shards (segsrv/engine/cancel.py)."""
         out = []
-        for i in range(self.shard_count) if shards is None else shards:
+        for i, args in shard_args.items():
             out.append(fn(self.shards[i], *args))
             cancel.check()
         return out

@@ -14,12 +14,9 @@ unsharded engine's arithmetic runs on the sums:
   are one more round when it is needed;
 * logistic: the fit's objective and every cross-validation fold's are sums over the distinct evidence
   patterns' rows per class (and per fold: folds go by the id's hash, so each shard knows its rows'
-  folds). Each shard sends its patterns, the id of each pattern's first row and its rows per fold and
-  class; the router takes the union in the order of first occurrence over all rows (the unsharded
-  order: rows are in id order) and runs the same fit (``logistic.fit_patterns``): the same objective,
-  term for term in the same order, so the same weights. When the patterns are more than
-  PATTERN_MAX_SHARE of the rows the unsharded fit runs on the rows themselves; one more round then
-  sends each row's (id, pattern, class, fold) and the router fits on the rows in id order, as it does;
+  folds): ``segsrv.engine.sharded.patterns.fit_over_shards`` merges the shards' patterns and counts of
+  the rows of S (``target_rows``) and runs the unsharded ``logistic.fit_patterns`` (the same weights;
+  the fallback to rows when the patterns are more than PATTERN_MAX_SHARE of them, as unsharded);
 * the factorized prior strength's cross-validation: per fold, the held-out rows' counts (one round),
   then each shard scores its held-out rows under every fold's and grid value's model (one round); the
   pooled loss is the sum of the shards' sums (the same choice unless two grid values' losses are
@@ -48,13 +45,12 @@ from ..relate import count_features
 from ..predict import predict_result, prior_choice
 from ..predict.conjunction import conjunction_blocked, conjunction_factors, conjunction_order
 from ..predict.factorized import PRIOR_GRID, factorized_factors, held_out_loss, lift_weights, prior_of_losses
-from ..predict.logistic import (CV_FOLDS, FITS, LOGISTIC_LOCK, PATTERN_MAX_SHARE, _digest, _gtol,
-                                class_weights, cv_folds, design_matrix, distinct_patterns, fit_patterns, fold_table,
-                                logistic_factors, row_hashes)
+from ..predict.logistic import CV_FOLDS, FITS, LOGISTIC_LOCK, _digest, class_weights, cv_folds, logistic_factors
 from ..predict.target import (base_from_counts, class_feature_counts, class_of_rows, combine_factors,
                               copy_candidates, effective_min_support, evidence_mask, explicit_evidence, is_multi_valued,
                               question_priors, questions, resolve_row, resolve_target, row_evidence)
 from .open import MergedUniverse, ShardedSnapshot
+from .patterns import fit_over_shards
 
 # what a shard needs to find the target and S: (universe, target field, segment, holdout or None,
 # max_target_values); holdout (fraction, seed): the training rows are the others (Evaluate's split)
@@ -412,68 +408,13 @@ def merged_prior_strength(mt: MergedTarget, qi: int, p0: np.ndarray, ev_mask: np
 # --- the logistic model ----------------------------------------------------------------------------------
 
 
-def pattern_part(shard: Snapshot, args: TargetArgs, question: int, fids: np.ndarray, n_folds: int):
-    """This shard's rows of S as distinct evidence patterns: (the patterns' CSR indptr and column indices,
-    the id of each pattern's first row, float64[n_folds, n_patterns, K] its rows per fold and class)."""
-    u, P, inverse, rows, y, folds, K = _design(shard, args, question, fids, n_folds)
-    first = np.unique(inverse, return_index=True)[1] if len(rows) else np.zeros(0, np.int64)
-    return (np.asarray(P.indptr, np.int64), np.asarray(P.indices, np.int32), u.row_ids[rows[first]],
-            fold_table(inverse, y, folds, P.shape[0], K, n_folds))
-
-
-def pattern_rows_part(shard: Snapshot, args: TargetArgs, question: int, fids: np.ndarray, n_folds: int):
-    """Each row of S in this shard: (its id, its pattern in `pattern_part`'s answer, its class, its fold)."""
-    u, _, inverse, rows, y, folds, _ = _design(shard, args, question, fids, n_folds)
-    return u.row_ids[rows], inverse, y, folds
-
-
-def _design(shard: Snapshot, args: TargetArgs, question: int, fids: np.ndarray, n_folds: int):
+def target_rows(shard: Snapshot, args: TargetArgs, question: int):
+    """The logistic fit's rows in this shard (segsrv.engine.sharded.patterns' `rows_of`): (universe, the rows
+    of S, each one's class of question `question`, the question's number of classes)."""
     t = shard_target(shard, args)
-    u = t.universe
     classes = questions(t)[question][0]
-    rows, y = class_of_rows(t.S, classes, u.n_rows)
-    col_of = np.full(u.n_features, -1, dtype=np.int64)
-    col_of[fids] = np.arange(len(fids))
-    X = design_matrix(u, rows, col_of, len(fids))
-    P, inverse = distinct_patterns(X, max_share=1.0) if len(rows) else (X, np.zeros(0, np.int64))
-    folds = cv_folds(u, rows) if n_folds > 1 else np.zeros(len(rows), np.int64)
-    return u, P, inverse, rows, y, folds, len(classes)
-
-
-def merged_patterns(mt: MergedTarget, qi: int, fids: np.ndarray, present: np.ndarray, n_folds: int):
-    """(the design's distinct patterns P over all rows of S, in the order of their first row by id, as the
-    unsharded distinct_patterns orders them; their rows per fold and class present T[n_folds, n_p, Kp];
-    the design's non-zeros over the rows); the rows themselves in id order when the patterns are more than
-    PATTERN_MAX_SHARE of the rows (the unsharded fit's cut-off)."""
-    from scipy.sparse import csr_matrix, vstack
-
-    F = len(fids)
-    parts = mt.map(pattern_part, qi, fids, n_folds)
-    blocks = [csr_matrix((np.ones(len(p[1])), p[1], p[0]), shape=(len(p[0]) - 1, F)) for p in parts]
-    first_ids = np.concatenate([p[2] for p in parts])
-    order = np.argsort(first_ids, kind="stable")
-    Q = vstack(blocks, format="csr")[order]
-    P, inverse_q = distinct_patterns(Q, max_share=1.0)
-    K = parts[0][3].shape[2]
-    T = np.zeros((n_folds, P.shape[0], K))
-    where = np.empty(len(order), np.int64)
-    where[order] = inverse_q  # global pattern of each shard's pattern, in shard order
-    offsets = np.cumsum([0] + [b.shape[0] for b in blocks])
-    for s, p in enumerate(parts):
-        T[:, where[offsets[s]:offsets[s + 1]], :] += p[3]  # a shard's patterns are distinct: no index repeats
-    T = np.ascontiguousarray(T[:, :, present])  # (the fit's dot products take C order, as unsharded)
-    n_pat = T.sum(axis=(0, 2))
-    nnz = int(np.diff(P.indptr).astype(np.int64) @ n_pat.astype(np.int64))
-    if len(np.unique(row_hashes(P))) > PATTERN_MAX_SHARE * n_pat.sum():
-        rows = mt.map(pattern_rows_part, qi, fids, n_folds)
-        ids = np.concatenate([r[0] for r in rows])
-        pattern = np.concatenate([where[offsets[s]:offsets[s + 1]][r[1]] for s, r in enumerate(rows)])
-        y = np.searchsorted(present, np.concatenate([r[2] for r in rows]))
-        folds = np.concatenate([r[3] for r in rows])
-        by_id = np.argsort(ids, kind="stable")
-        P = P[pattern[by_id]]
-        T = fold_table(np.arange(len(by_id)), y[by_id], folds[by_id], len(by_id), len(present), n_folds)
-    return P, T, nnz
+    rows, y = class_of_rows(t.S, classes, t.universe.n_rows)
+    return t.universe, rows, y, len(classes)
 
 
 def merged_logistic_weights(mt: MergedTarget, qi: int, ev_mask: np.ndarray, l2, base: np.ndarray):
@@ -493,8 +434,7 @@ def merged_logistic_weights(mt: MergedTarget, qi: int, ev_mask: np.ndarray, l2, 
         present = np.flatnonzero(mt.n_Sc[qi] > 0)
 
         def fit(Kp: int, l2_fit):
-            P, T, nnz = merged_patterns(mt, qi, fids, present, CV_FOLDS if l2_fit is None else 1)
-            return fit_patterns(P, T, Kp, fids, l2_fit, _gtol(nnz))
+            return fit_over_shards(mt.sharded, mt.merged.shards, target_rows, (mt.args, qi), fids, present, l2_fit)
 
         intercept, W, inter, l2 = class_weights(K, mt.schema.n_features, fids, base, present, l2, fit)
         hit = (intercept, W, inter, float(l2))
