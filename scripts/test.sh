@@ -17,7 +17,7 @@ fi
 echo "[test] buf lint (proto/, STANDARD rules)"
 .venv/bin/buf lint
 echo "[test] buf lint ok"
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=20 "$@"  # the slowest 20: where the suite's time goes
 if [ "${SEGSRV_SKIP_CLIENTS:-0}" = "1" ]; then
     echo "[test] SEGSRV_SKIP_CLIENTS=1: client checks skipped"
 else

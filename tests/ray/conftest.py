@@ -16,11 +16,19 @@ from support import quiet
 ray = pytest.importorskip("ray")
 
 SHARD_COUNT = 4
+RAY_START_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="package")
 def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for attempt in range(RAY_START_ATTEMPTS):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            break
+        except Exception:  # Ray waits a fixed 30 s for its raylet to register: a loaded machine may miss it
+            ray.shutdown()
+            if attempt == RAY_START_ATTEMPTS - 1:
+                raise
     yield ray
     from ray import serve
 
