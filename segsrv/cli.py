@@ -487,7 +487,7 @@ def cmd_serve(args) -> int:
     if args.workers is None:
         args.workers = default_workers()
 
-    for flag, value, ok, expected in (
+    _check_flags((
         ("--workers", args.workers, args.workers >= 1, "at least 1"),
         ("--max-workers", args.max_workers, args.max_workers >= 1, "at least 1"),
         ("--max-concurrent-rpcs", args.max_concurrent_rpcs, args.max_concurrent_rpcs >= 1, "at least 1"),
@@ -507,9 +507,7 @@ def cmd_serve(args) -> int:
         ("--probe-interval", args.probe_interval, args.probe_interval > 0, "more than 0 seconds"),
         ("--probe-timeout", args.probe_timeout, args.probe_timeout > 0, "more than 0 seconds"),
         ("--probe-failures", args.probe_failures, args.probe_failures >= 1, "at least 1"),
-    ):
-        if not ok:
-            raise SegsrvError(f"{flag}: expected {expected}, got {value}")
+    ))
     kwargs = dict(
         grace_seconds=args.grace, max_workers=args.max_workers, max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_receive_message_bytes=int(args.max_message_mb * MIB), kernel_threads=args.kernel_threads,
@@ -540,6 +538,13 @@ def cmd_serve(args) -> int:
     return serve(args.snapshots, args.host, args.port, **kwargs)
 
 
+def _check_flags(checks) -> None:
+    """(flag, value, ok, what is expected): the first flag not ok is an error naming it."""
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise SegsrvError(f"{flag}: expected {expected}, got {value}")
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -548,7 +553,7 @@ def cmd_serve_ray(args) -> int:
     """docs/scale.md, "On a Ray cluster"."""
     from .ray import connect
 
-    for flag, value, ok, expected in (
+    _check_flags((
         ("--shards-per-replica", args.shards_per_replica, args.shards_per_replica >= 1, "at least 1"),
         ("--replicas", args.replicas, args.replicas >= 1, "at least 1"),
         ("--privacy-k", args.privacy_k, args.privacy_k >= 0, "0 or more (0 or 1: no floor)"),
@@ -557,9 +562,7 @@ def cmd_serve_ray(args) -> int:
         ("--replica-cpus", args.replica_cpus, args.replica_cpus >= 0, "0 or more"),
         ("--request-timeout", args.request_timeout, args.request_timeout is None or args.request_timeout > 0,
          "more than 0 seconds"),
-    ):
-        if not ok:
-            raise SegsrvError(f"{flag}: expected {expected}, got {value}")
+    ))
     ray = connect(args.address)
     from .ray.serve import deploy, sharded_locations
 

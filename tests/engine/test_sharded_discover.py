@@ -21,12 +21,9 @@ from segsrv.engine.sharded import discover as sharded_module
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError
 from segsrv.ops import DiscoverQuery
 from segsrv.service import OneSnapshot, SegmentationService, local_service
-from segsrv.snapshot.builder import build_snapshot
-from segsrv.snapshot.reader import open_snapshot
-from segsrv.snapshot.shardbuild import build_shards
 from support import (
-    CUSTOMER_CONDITIONS, assert_same_answer, assert_same_discover, comparable, quiet, repo_env, sharded_services,
-    write_shop,
+    CUSTOMER_CONDITIONS, assert_same_answer, assert_same_discover, comparable, repo_env, sharded_services,
+    shop_services,
 )
 
 FIELDS = ["segment", "pet_size", "region", "lifestyle", "health_focus", "treat_affinity", "brand_loyalty",
@@ -188,10 +185,7 @@ def test_histogram_quantiles_are_numpys_quantiles(values):
 @pytest.mark.parametrize("privacy_k", [0, 10])
 @pytest.mark.parametrize("n_customers, n_shards", [(400, 4), (3, 8)])
 def test_shop_with_empty_shards_and_a_replicated_universe(tmp_path, n_customers, n_shards, privacy_k):
-    spec = write_shop(tmp_path, n_customers=n_customers)
-    snapshot = open_snapshot(build_snapshot(spec, tmp_path / "whole", progress=quiet))
-    build_shards(spec, tmp_path / "sharded", n_shards, progress=quiet)
-    sharded, whole = sharded_services(tmp_path / "sharded" / "shop", snapshot, privacy_k=privacy_k)
+    sharded, whole = shop_services(tmp_path, n_customers, n_shards, privacy_k)
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in sharded.snapshots.snapshot.shards)
     found = 0

@@ -21,13 +21,10 @@ from segsrv.ops import CountQuery, ExportQuery, InfoQuery, ProfileQuery
 from segsrv.server.registry import SnapshotRegistry
 from segsrv.server.servicer import SegmentationServiceServicer
 from segsrv.service import OneShardedSnapshot, OneSnapshot, SegmentationService, local_service
-from segsrv.snapshot.builder import build_snapshot
-from segsrv.snapshot.reader import open_snapshot
-from segsrv.snapshot.shardbuild import build_shards
 from segsrv.v1 import segsrv_pb2 as pb
 from support import (
     CUSTOMER_CONDITIONS, FakeContext, answers, assert_same_info, assert_same_profile, expect_profile,
-    expect_profile_numeric, exported, quiet, segsrv_cli, sharded_services, write_shop,
+    expect_profile_numeric, exported, segsrv_cli, sharded_services, shop_services,
 )
 
 SMALL = {"tenure_months": {"$lt": 6}, "churned": True, "region": "oulu", "lifestyle": "premium"}  # below 10 rows
@@ -250,10 +247,7 @@ def test_cli_info_refuses_version_with_a_sharded_snapshot(petnord_sharded):
 @pytest.mark.parametrize("privacy_k", [0, 10])
 @pytest.mark.parametrize("n_customers, n_shards", [(40, 4), (3, 8)])
 def test_shop_profile_info_export_with_empty_shards(tmp_path, n_customers, n_shards, privacy_k):
-    spec = write_shop(tmp_path, n_customers=n_customers)
-    whole_snapshot = open_snapshot(build_snapshot(spec, tmp_path / "whole", progress=quiet))
-    build_shards(spec, tmp_path / "sharded", n_shards, progress=quiet)
-    sharded, whole = sharded_services(tmp_path / "sharded" / "shop", whole_snapshot, privacy_k)
+    sharded, whole = shop_services(tmp_path, n_customers, n_shards, privacy_k)
     if n_customers < n_shards:
         assert any(s.universe("customers").n_rows == 0 for s in sharded.snapshots.snapshot.shards)
     segment = pd.read_csv(tmp_path / "customers.csv")["segment"].iloc[0]  # a value every build has
@@ -261,7 +255,7 @@ def test_shop_profile_info_export_with_empty_shards(tmp_path, n_customers, n_sha
     first = next(s for s in sharded.snapshots.snapshot.shards if s.universe("customers").n_rows)
     ages = sorted(set(first.universe("customers").fields["age"].numeric.tolist()))
     whole_shard = {"$or": [{"age": {"$gte": a, "$lte": a}} for a in ages]}
-    in_segment = answers(SegmentationService(OneSnapshot(whole_snapshot)), CountQuery,
+    in_segment = answers(SegmentationService(whole.snapshots), CountQuery,
                          {"from": "customers", "where": whole_shard}).count
     assert first.universe("customers").n_rows <= in_segment < n_customers
     for obj in [{"from": "customers"}, {"from": "customers", "segment": {"segment": segment}},
