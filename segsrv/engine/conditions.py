@@ -4,7 +4,12 @@
 (bits past n_rows are zero). The ``Evaluator`` resolves a tree once (fields, values,
 ranges, segment references and their errors: cycles and segments of other universes are
 refused) for any ops object (``BitsetOps`` by default; segsrv.engine.assign builds
-membership programs with the same resolution).
+membership programs with the same resolution; segsrv.engine.count counts without building
+what a count does not need).
+
+``BitsetOps`` reads a dense feature's row of the memory-mapped matrix in place: a
+combination writes into a bitset it allocates, and only a tree that is one dense feature
+is copied (at the top, so every caller still owns what ``Evaluator.evaluate`` returns).
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ class BitsetOps:
         self.universe = universe
 
     def feature(self, fid: int) -> np.ndarray:
-        return feature_bitset(self.universe, fid)
+        return feature_bits(self.universe, fid)  # read in place; `owned` copies it if it is the answer
 
     def range(self, info, cond: Range) -> np.ndarray:
         return bool_to_bitset(range_mask(np.asarray(info.numeric), cond), self.universe.n_words)
@@ -126,11 +131,21 @@ class BitsetOps:
     def everything(self) -> np.ndarray:
         return tail_mask(self.universe.n_rows, self.universe.n_words)
 
+    @staticmethod
+    def owned(bits: np.ndarray) -> np.ndarray:
+        """The answer as a bitset of the caller's own: a dense feature's row (read-only) copied."""
+        return bits if bits.flags.writeable else bits.copy()
+
 
 def _fold(parts, combine) -> np.ndarray:
-    """Combine bitsets into the first one, in place (each part is a fresh bitset of its own)."""
+    """Combine bitsets (read-only rows of the snapshot among them): the first combination writes a new
+    bitset, the later ones write into it."""
     parts = iter(parts)
     bits = next(parts)
+    second = next(parts, None)
+    if second is None:
+        return bits
+    bits = combine(bits, second)
     for b in parts:
         combine(bits, b, bits)
     return bits
@@ -148,6 +163,12 @@ class Evaluator:
         self._segment_stack: list[str] = []
 
     def evaluate(self, cond: Condition):
+        """What the ops object builds for `cond` (a bitset of the caller's own with BitsetOps)."""
+        out = self._evaluate(cond)
+        owned = getattr(self.ops, "owned", None)
+        return out if owned is None else owned(out)
+
+    def _evaluate(self, cond: Condition):
         ops = self.ops
         if isinstance(cond, Term):
             return self._term(cond.field, cond.value)
@@ -156,11 +177,11 @@ class Evaluator:
         if isinstance(cond, Range):
             return self._range(cond)
         if isinstance(cond, And):
-            return ops.all_of(self.evaluate(item) for item in cond.items)
+            return ops.all_of(self._evaluate(item) for item in cond.items)
         if isinstance(cond, Or):
-            return ops.any_of(self.evaluate(item) for item in cond.items)
+            return ops.any_of(self._evaluate(item) for item in cond.items)
         if isinstance(cond, Not):
-            return ops.negate(self.evaluate(cond.item))
+            return ops.negate(self._evaluate(cond.item))
         if isinstance(cond, All):
             return ops.everything()
         if isinstance(cond, SegmentRef):
@@ -215,7 +236,7 @@ class Evaluator:
             )
         self._segment_stack.append(name)
         try:
-            return self.evaluate(parse_where(seg["where"], f"segment {name}"))
+            return self._evaluate(parse_where(seg["where"], f"segment {name}"))
         finally:
             self._segment_stack.pop()
 

@@ -240,9 +240,13 @@ def create_server(
         options=server_options(reuse_port=reuse_port, max_receive_message_bytes=max_receive_message_bytes,
                                max_send_message_bytes=max_send_message_bytes, keepalive=keepalive),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
-        interceptors=[pipeline, *interceptors],
+        # the pipeline runs first; alone, it wraps the handlers at registration (no interceptor per call)
+        interceptors=[pipeline, *interceptors] if interceptors else None,
     )
-    segsrv_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
+    if interceptors:
+        segsrv_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server)
+    else:
+        pipeline.register(server, segsrv_pb2_grpc.add_SegmentationServiceServicer_to_server, servicer)
 
     health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segsrv-health")
     health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=health_pool)

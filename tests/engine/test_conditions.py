@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segsrv.engine.conditions import evaluate, validate_fields
+from segsrv.engine.count import count_matching
 from segsrv.ops.conditions import All, And, AnyOf, Not, Or, Range, SegmentRef, Term, check_limits, parse_where
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
 
@@ -371,6 +372,67 @@ def test_random_conditions_equal_bruteforce(petnord_snapshot, oracle, ref, where
     where = data.draw(where_strategy(universe_name), label="where")
     got = engine_ids(petnord_snapshot, universe_name, where, ref)
     assert got == bu.id_set(bu.eval(where))
+
+
+@pytest.mark.parametrize("universe_name", UNIVERSES)
+@settings(max_examples=80, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_counts_equal_bruteforce(petnord_snapshot, oracle, where_strategy, universe_name, data):
+    """count_matching (stored feature counts, a conjunction's feature counted against the AND of the rest)
+    equals the oracle's count for random trees."""
+    bu = oracle.universe(universe_name)
+    where = data.draw(where_strategy(universe_name), label="where")
+    u = petnord_snapshot.universe(universe_name)
+    assert count_matching(petnord_snapshot, u, parse_where(where)) == int(bu.eval(where).sum())
+
+
+def _features_by_storage(u) -> tuple[list, list]:
+    """(dense, sparse) features of u as (field, value) pairs."""
+    dense, sparse = [], []
+    for fid in range(u.n_features):
+        (dense if u.is_dense(fid) else sparse).append(u.feature_name(fid))
+    return dense, sparse
+
+
+@pytest.mark.parametrize("universe_name", UNIVERSES)
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_conjunction_counts_equal_bruteforce(petnord_snapshot, oracle, universe_name, data):
+    """Conjunctions of 1-4 features, dense and sparse mixed (the counted feature is the sparsest one, read
+    as a dense row or as sparse ids), nested $and, with a negation or a value list among the parts."""
+    u = petnord_snapshot.universe(universe_name)
+    bu = oracle.universe(universe_name)
+    dense, sparse = _features_by_storage(u)
+    assert dense and sparse, "the fixture must hold both storages"
+    feature = st.sampled_from(dense) | st.sampled_from(sparse)
+    parts = data.draw(st.lists(feature, min_size=1, max_size=4), label="features")
+    items = [{f: v} for f, v in parts]
+    if data.draw(st.booleans(), label="negated part"):
+        f, v = data.draw(feature, label="negated")
+        items.append({"$not": {f: v}})
+    if len(items) > 2 and data.draw(st.booleans(), label="nested"):
+        items = [{"$and": items[:2]}] + items[2:]
+    where = {"$and": items}
+    got = count_matching(petnord_snapshot, u, parse_where(where))
+    assert got == int(bu.eval(where).sum())
+    assert got == int(np.bitwise_count(evaluate(petnord_snapshot, u, parse_where(where))).sum())
+
+
+def test_evaluate_owns_its_answer_and_never_writes_the_snapshot(petnord_snapshot):
+    """Features are read in place: what evaluate returns is the caller's to write (a tree that is one
+    dense feature is copied), and folding never writes a row of the snapshot."""
+    u = petnord_snapshot.universe("customers")
+    dense, _ = _features_by_storage(u)
+    (f1, v1), (f2, v2) = dense[0], dense[1]
+    before = np.array(u.dense)
+    for where in ({f1: v1}, {f1: [v1]}, {"$and": [{f1: v1}, {f2: v2}]}, {"$or": [{f1: v1}, {f2: v2}]},
+                  {"$and": [{f1: v1}]}, {"$not": {f1: v1}}):
+        bits = evaluate(petnord_snapshot, u, parse_where(where))
+        assert bits.flags.writeable and bits.flags.owndata, where
+        bits[:] = ~bits
+    assert np.array_equal(np.asarray(u.dense), before)
 
 
 def test_numeric_term_is_raw_equality_or_band(petnord_snapshot, oracle, ref):

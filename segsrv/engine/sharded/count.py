@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 
-from ... import _kernels
 from ...ops.count import CountResult
 from ...snapshot.reader import Snapshot
-from ..conditions import All, Condition, evaluate
+from ..conditions import All, Condition
+from ..count import count_matching
 from .open import ShardedSnapshot
 
 
 def count_part(shard: Snapshot, universe: str, where: Condition | None) -> int:
     """The rows of `universe` matching `where` in one shard."""
     u = shard.universe(universe)
-    return int(_kernels.popcount(evaluate(shard, u, where if where is not None else All())))
+    return count_matching(shard, u, where if where is not None else All())
 
 
 def sharded_count(sharded: ShardedSnapshot, universe: str | None,
