@@ -1203,6 +1203,57 @@ def assert_same_assign(got, want, tolerance: float = 1e-12) -> None:
                 assert m.propensity == pytest.approx(n.propensity, rel=tolerance, abs=tolerance), (a.id, m.segment)
 
 
+def _one_by_one(snap, universe, ids, privacy_k, **options):
+    from segsrv.engine.assign import assign
+    from segsrv.ops.assign import AssignQuery
+
+    return [assign(snap, AssignQuery(universe=universe, ids=[i], **options), privacy_k).assignments[0] for i in ids]
+
+
+def _old_one_row_propensities(cat, row, options, privacy_k):
+    """The one-row propensities as the per-request path computed them before its plain-Python rewrite (the bits
+    the answer must keep): D's rows summed, each pair model's [s, s] block through np.ix_."""
+    from segsrv.engine.assign import _sigmoid, assign_params
+    from segsrv.ops.assign import AssignQuery
+
+    bias, D, pairs = cat.floored_model(assign_params(AssignQuery(ids=[0], **options)), privacy_k)
+    feats = cat.universe.row_features(row)
+    logits = bias + D[feats].sum(axis=0)
+    for i, p in enumerate(pairs):
+        if len(p):
+            slot_of, Um = p.slot_of(cat.universe.n_features)
+            s = slot_of[feats]
+            s = s[s >= 0]
+            logits[i] += Um[0][np.ix_(s, s)].sum()
+    return _sigmoid(logits)
+
+
+def assert_single_ids_equal_batch(snap, universe, ids, privacy_k, options):
+    """Assign of each id alone (the per-request path) against the batch of all: the same answers (propensities
+    to 1e-12: the batch sums in its kernel's order), and propensities bit for bit those of the one-row
+    computation as it was. Returns (batch result, single assignments)."""
+    import dataclasses
+
+    from segsrv.engine.assign import assign, compiled_catalog
+    from segsrv.ops.assign import AssignQuery
+
+    batch = assign(snap, AssignQuery(universe=universe, ids=ids, **options), privacy_k)
+    single = _one_by_one(snap, universe, ids, privacy_k, **options)
+    assert_same_assign(dataclasses.replace(batch, assignments=single), batch, tolerance=1e-12)
+    if not options:  # memberships only: the very Membership objects
+        assert [a.segments for a in single] == [a.segments for a in batch.assignments]
+    else:
+        u = snap.universe(universe)
+        cat = compiled_catalog(snap, u)
+        names = [sg.name for sg in cat.segments]
+        for i, a in zip(ids, single):
+            if a.found:
+                want = _old_one_row_propensities(cat, int(u.rows_for_ids([i])[0]), options, privacy_k)
+                got = {m.segment: m.propensity for m in a.segments if not m.member}
+                assert got == {n: float(want[j]) for j, n in enumerate(names) if n in got}, i
+    return batch, single
+
+
 def assert_same_relate(sharded, whole) -> None:
     """Counts bit for bit, statistics to 1e-12, hit by hit in the same order (features by name: the
     shards' dictionary may hold values the unsharded build left out, so ids may differ)."""

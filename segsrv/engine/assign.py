@@ -6,8 +6,11 @@ presence* by the condition evaluator of segsrv.engine.conditions (the same resol
 errors as bitset evaluation) with presence ops: Term / AnyOf leaves become feature ids;
 Range leaves read the raw numeric column; segment references are inlined. For a batch of known ids the programs run
 vectorised over the batch's rows of the CSR index (row -> feature ids); for a new
-customer they run over the given feature list. Both agree with evaluating the condition
-to a bitset over the whole universe (tests/engine/test_assign.py checks it).
+customer they run over the given feature list. For a single id (the per-request call) each condition is
+compiled a second time to plain Python over the row's feature set and raw numbers (``_ScalarOps``; numpy
+over one-element arrays costs more than the whole answer), and the answer is built for the one row. All
+agree with evaluating the condition to a bitset over the whole universe (tests/engine/test_assign.py checks
+it, and that one id's answer is its batch entry).
 
 Propensity (``include_propensities``): for a segment the customer is not in, P(member) from the
 customer's features. Two methods (``propensity_method``; docs/assign.md), both with evidence = every
@@ -56,6 +59,7 @@ Membership objects.
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import time
 import weakref
@@ -152,6 +156,52 @@ class _PresenceOps:
         return lambda p: np.ones(p.n, dtype=bool)
 
 
+class _ScalarOps:
+    """The same programs for one customer in plain Python (the per-request Assign: numpy over 1-element
+    arrays costs more than the whole answer): each node becomes a callable(present, numeric) -> bool, with
+    present the customer's feature ids (a set) and numeric its raw value of each numeric field (NaN:
+    missing)."""
+
+    def feature(self, fid: int):
+        fid = int(fid)
+        return lambda present, numeric: fid in present
+
+    def range(self, info, cond: Range):
+        fname = cond.field
+        try:  # range_mask compares float64 values with the bounds as numpy does: the bounds as float64
+            bounds = [(float(b), op) for b, op in ((cond.gte, _GE), (cond.gt, _GT), (cond.lte, _LE), (cond.lt, _LT))
+                      if b is not None]
+        except (OverflowError, TypeError, ValueError):  # a bound no float holds: range_mask's own answer
+            return lambda present, numeric: bool(range_mask(np.array([numeric[fname]], dtype=np.float64), cond)[0])
+
+        def within(present, numeric):
+            x = numeric[fname]
+            if x != x:  # NaN (missing) is never within
+                return False
+            for b, op in bounds:
+                if not op(x, b):
+                    return False
+            return True
+        return within
+
+    def all_of(self, parts):  # all / any stop at the first part that decides
+        parts = tuple(parts)
+        return lambda present, numeric: all(f(present, numeric) for f in parts)
+
+    def any_of(self, parts):
+        parts = tuple(parts)
+        return lambda present, numeric: any(f(present, numeric) for f in parts)
+
+    def negate(self, inner):
+        return lambda present, numeric: not inner(present, numeric)
+
+    def everything(self):
+        return lambda present, numeric: True
+
+
+_GE, _GT, _LE, _LT = operator.ge, operator.gt, operator.le, operator.lt
+
+
 @dataclass
 class _Segment:
     name: str
@@ -161,6 +211,7 @@ class _Segment:
     program: object  # callable(_Presence) -> bool[n]
     fields: frozenset[str]  # fields its condition mentions, through references too
     digest: str = ""  # of its member bitset (the stored model's content key)
+    scalar: object = None  # the same program for one customer: callable(present set, numeric dict) -> bool
 
 
 class CompiledCatalog:
@@ -193,6 +244,7 @@ class CompiledCatalog:
                 continue
             compiler = Evaluator(snapshot, universe, ops)  # per segment: its own `fields`
             program = compiler.evaluate(SegmentRef(name))
+            scalar = Evaluator(snapshot, universe, _ScalarOps()).evaluate(SegmentRef(name))
             if sizes is None:
                 bits = evaluator.evaluate(SegmentRef(name))
                 size, digest = int(_kernels.popcount(bits)), catalog_models.digest(bits)
@@ -200,7 +252,7 @@ class CompiledCatalog:
                 size, digest = sizes[name]
             share = size / self.n_rows if self.n_rows else 0.0
             self.segments.append(_Segment(name, int(entry.get("priority", 0)), size, share, program,
-                                          frozenset(compiler.fields), digest))
+                                          frozenset(compiler.fields), digest, scalar))
         self.fids = np.array(sorted(self.leaf_fids), dtype=np.int64)
         self._fid_list = self.fids.tolist()
         # Per parameter set (`propensity_params`), at most MODEL_PARAMS_KEPT of each, least recently
@@ -218,6 +270,7 @@ class CompiledCatalog:
         self._fitting: dict[tuple, threading.Lock] = {}  # one fit per pair at a time (others wait)
         self._lock = threading.Lock()
         self._orders: dict[int, tuple] = {}  # privacy_k -> orders() (a dict store is atomic under the GIL)
+        self._numeric_cols: list | None = None  # numeric_of_row's columns
 
     @property
     def snapshot(self) -> Snapshot:
@@ -251,6 +304,14 @@ class CompiledCatalog:
             has = {int(f): np.zeros(n, dtype=bool) for f in self.fids}
         numeric = {f: np.asarray(u.field(f).numeric)[rows].astype(np.float64) for f in self.numeric_fields}
         return _Presence(n, has, numeric)
+
+    def numeric_of_row(self, row: int) -> dict[str, float]:
+        """What the scalar programs read of one row besides its features: its raw numeric values."""
+        cols = self._numeric_cols
+        if cols is None:  # the columns, looked up once (memory-mapped with the universe this catalog holds)
+            u = self.universe
+            cols = self._numeric_cols = [(f, np.asarray(u.field(f).numeric)) for f in sorted(self.numeric_fields)]
+        return {f: float(c[row]) for f, c in cols}
 
     def presence_of_features(self, fids: np.ndarray, numeric: dict[str, float]) -> _Presence:
         s = set(int(f) for f in fids)
@@ -511,15 +572,7 @@ class CompiledCatalog:
         bias, D, pairs = self.floored_model(params, privacy_k)
         u = self.universe if index is None else index
         if len(rows) == 1:  # the per-request call: the row's features, without the kernels' set-up
-            feats = u.row_features(int(rows[0]))
-            logits = bias + D[feats].sum(axis=0)
-            for i, p in enumerate(pairs):
-                if len(p):
-                    slot_of, U = p.slot_of(u.n_features)
-                    s = slot_of[feats]
-                    s = s[s >= 0]
-                    logits[i] += U[0][np.ix_(s, s)].sum()  # U holds pair (a, b) at [a, b], a < b
-            return _sigmoid(logits)[:, None]
+            return _one_row_propensities(u.row_features(int(rows[0])), bias, D, pairs, u.n_features)[:, None]
         r = np.ascontiguousarray(rows, dtype=np.uint32)
         logits = _kernels.csr_row_scores(u.csr_indptr, u.csr_indices, D, r)
         logits += bias[None, :]
@@ -527,6 +580,12 @@ class CompiledCatalog:
             if len(p):
                 logits[:, i] += pair_scores(u, p, r)[:, 0]
         return _sigmoid(logits).T
+
+    def propensities_of_row(self, feats: np.ndarray, params: tuple = DEFAULT_PARAMS, privacy_k: int = 0) -> np.ndarray:
+        """float64[S]: P(member) of each segment for one row of the universe with features `feats` (its CSR
+        row): `propensities_of_rows` of that row."""
+        bias, D, pairs = self.floored_model(params, privacy_k)
+        return _one_row_propensities(feats, bias, D, pairs, self.universe.n_features)
 
     def propensities_of_features(self, fids: np.ndarray, params: tuple = DEFAULT_PARAMS,
                                  privacy_k: int = 0) -> np.ndarray:
@@ -563,6 +622,28 @@ def factorized_membership(n1f: np.ndarray, nf: np.ndarray, n1: int, n: int, evid
         q = nf[keep] / n
         W[:, keep] = np.log(((N[:, keep] + a * q[None, :]) / (n_c[:, None] + a)) / q[None, :])
     return np.log(base), W
+
+
+def _one_row_propensities(feats: np.ndarray, bias: np.ndarray, D: np.ndarray, pairs: tuple,
+                          n_features: int) -> np.ndarray:
+    """float64[S]: P(member) of each segment for one row with features `feats` (ascending). The sums are
+    numpy's over the same arrays as ever (D's rows; a pair model's [s, s] block), so the same bits; take
+    and add.reduce only skip the fancy indexing's and ndarray.sum's set-up."""
+    logits = bias + _add(D.take(feats, axis=0), axis=0)
+    for i, p in enumerate(pairs):
+        if len(p):
+            slot_of, U = p.slot_of(n_features)
+            s = slot_of.take(feats)
+            s = s[s >= 0]
+            if len(s) > 1:  # U holds pair (a, b) at [a, b], a < b (one feature: no pair, adds 0)
+                logits[i] += _add(U[0].take(s, axis=0).take(s, axis=1), axis=None)
+    # exp(-x) cannot overflow: no errstate (entering it costs more than the arithmetic; values are the same)
+    if min(logits.tolist(), default=0.0) > -700.0:
+        return 1.0 / (1.0 + np.exp(-logits))
+    return _sigmoid(logits)
+
+
+_add = np.add.reduce
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -690,7 +771,9 @@ def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> Assign
     params = assign_params(query)
     ids = list(query.ids or [])
     cat = compiled_catalog(snapshot, u)
-    if ids:
+    if len(ids) == 1:  # the per-request call: plain Python over the one row (the same answer as a batch)
+        out = [assign_row(cat, ids[0], u.row_for_id(ids[0]), query.include_propensities, params, privacy_k)]
+    elif ids:
         rows = np.asarray(u.rows_for_ids(ids), dtype=np.int64)
         found = rows >= 0
         presence = cat.presence_of_rows(rows[found])
@@ -704,6 +787,31 @@ def assign(snapshot: Snapshot, query: AssignQuery, privacy_k: int = 0) -> Assign
         out = assign_features(cat, query, params, privacy_k)
     return AssignResult(snapshot.name, snapshot.version, u.name, len(cat.segments), out,
                         (time.perf_counter() - t0) * 1e3, len(cat.segments) - len(cat.orders(privacy_k)[0]))
+
+
+def assign_row(cat: CompiledCatalog, ident, row: int, include_propensities: bool, params: tuple,
+               privacy_k: int) -> Assignment:
+    """The assignment of one id at `row` (-1: not found): what `assignments` gives for it in a batch."""
+    if row < 0:
+        return Assignment(ident, False, [], None)
+    segs = cat.segments
+    feats = cat.universe.row_features(row)
+    present, numeric = set(feats.tolist()), cat.numeric_of_row(row)
+    col = [sg.scalar(present, numeric) for sg in segs]
+    shown, member_order, size_order, templates = cat.orders(privacy_k)
+    ms = [templates[i] for i in member_order.tolist() if col[i]]
+    primary = ms[0].segment if ms else None
+    if include_propensities and segs:
+        prop = cat.propensities_of_row(feats, params, privacy_k).tolist()
+        others = [i for i in size_order.tolist() if not col[i]]
+        if any(prop[i] != prop[i] for i in others):  # NaN: the batch's argsort order (after the members)
+            member = np.array(col, dtype=bool)[:, None]
+            return assignments(cat, [ident], np.array([True]), member, np.array(prop)[:, None], privacy_k)[0]
+        # by propensity (descending); Python's sort is stable: ties keep the size order, as the batch's
+        for i in sorted(others, key=lambda i: -prop[i]):
+            sg = segs[i]
+            ms.append(Membership(sg.name, False, sg.size, sg.share, sg.priority, prop[i]))
+    return Assignment(ident, True, ms, primary)
 
 
 def assign_features(cat: CompiledCatalog, query: AssignQuery, params: tuple, privacy_k: int) -> list[Assignment]:

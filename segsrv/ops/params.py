@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..errors import LimitExceededError, QueryError
@@ -160,6 +160,7 @@ class Param:
     limit: int | None = None
     none: bool = False
     hint: str = ""
+    _accepted: set = field(default_factory=set, init=False, repr=False, compare=False, hash=False)
 
     @property
     def name(self) -> str:
@@ -168,6 +169,11 @@ class Param:
     def check(self, value) -> None:
         if value is None and self.none:
             return
+        # A plain scalar this parameter accepted before is accepted again (acceptance depends on the type
+        # and value only): a per-request query re-sends the same few values, mostly the defaults.
+        key = (type(value), value) if type(value) in _MEMO_TYPES else None
+        if key is not None and key in self._accepted:
+            return
         if not self.constraint.accepts(value):
             if isinstance(self.constraint, Options) and isinstance(value, str):
                 raise bad(self.key, f"must be {self.constraint}, got {value!r}{suggest(value, self.constraint.values)}")
@@ -175,6 +181,12 @@ class Param:
         if self.limit is not None and value > self.limit:
             raise LimitExceededError(f"{self.key}: {value} exceeds the maximum {self.limit}",
                                      [(self.key, f"at most {self.limit}")])
+        if key is not None and len(self._accepted) < _MEMO_SIZE:  # bounded: values come from requests
+            self._accepted.add(key)
+
+
+_MEMO_TYPES = frozenset({bool, int, float, str})  # immutable, hashable, compared by value (NaN never hits)
+_MEMO_SIZE = 64
 
 
 def check_params(query: Any, params: Iterable[Param]) -> None:

@@ -315,6 +315,26 @@ class Universe:
             found &= valid
         return np.where(found, pos, -1).astype(np.int64)
 
+    def row_for_id(self, ident) -> int:
+        """Row of one external id, -1 when it is not in the universe: `rows_for_ids([ident])[0]` without
+        building arrays (the per-request Assign's lookup)."""
+        n = self.n_rows
+        if not n:
+            return -1
+        if self.key_kind == "int":
+            # rows_for_ids takes an int64-representable integer as it is, anything else through int_key
+            if isinstance(ident, (int, np.signedinteger)) and not isinstance(ident, bool) \
+                    and -(2**63) <= ident < 2**63:
+                key = int(ident)
+            else:
+                key = int_key(ident)
+        else:
+            key = str(ident).encode("utf-8")
+            if len(key) > self.row_ids.dtype.itemsize or key.endswith(b"\0"):
+                return -1  # numpy would cut it (or drop its NULs) and match another id: never a key
+        pos = int(self.row_ids.searchsorted(key))
+        return pos if pos < n and self.row_ids[pos] == key else -1
+
     def ids_for_rows(self, rows) -> list:
         vals = self.row_ids[np.asarray(rows, dtype=np.int64)]
         if self.key_kind == "int":

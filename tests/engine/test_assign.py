@@ -11,15 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segsrv.engine.assign import assign, compiled_catalog
+from segsrv.engine.assign import _ScalarOps, assign, compiled_catalog
 from segsrv.ops.assign import AssignQuery
 from segsrv.engine.catalog import apply_segments
-from segsrv.engine.conditions import evaluate
-from segsrv.ops.conditions import SegmentRef
+from segsrv.engine.conditions import Evaluator, evaluate
+from segsrv.ops.conditions import SegmentRef, parse_where
 from segsrv.engine.predict.target import g_test_p as _g_test_p
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
 from segsrv.snapshot.reader import open_snapshot
-from support import row_features
+from support import assert_single_ids_equal_batch, quiet, row_features, write_small_shop
 
 U = "customers"
 F = "factorized"  # these tests check the factorized propensities (the logistic ones: test_catalog_models.py)
@@ -328,3 +328,115 @@ def test_membership_of_known_rows_one_at_a_time_and_in_batches(snap, truth):
     batch = assign(snap, AssignQuery(universe=U, ids=ids))
     one_by_one = [assign(snap, AssignQuery(universe=U, ids=[i])).assignments[0] for i in ids]
     assert [a.segments for a in batch.assignments] == [a.segments for a in one_by_one]
+
+
+# -- one id (the per-request path: plain Python over the row) against the batch -------------------------
+
+PROPENSITY_CASES = [{}, {"include_propensities": True, "propensity_method": F},
+                    {"include_propensities": True, "propensity_l2": 1.0}]  # pair models: test_catalog_pairs.py
+
+
+@pytest.mark.parametrize("privacy_k", [0, 10])
+@pytest.mark.parametrize("options", PROPENSITY_CASES, ids=["members", "factorized", "logistic"])
+def test_single_id_equals_its_batch_entry(snap, truth, privacy_k, options):
+    """Every row of PetNord (text ids) and ids that are not keys: the single-id Assign (row_for_id, the scalar
+    programs, the one-row propensities and ranking) answers as the batch does for that id."""
+    u = snap.universe(U)
+    known = list(u.ids_for_rows(np.arange(u.n_rows)))
+    width = u.row_ids.dtype.itemsize
+    unknown = ["NOPE", "", known[0] + "\0", known[0][:-1], known[0] + "0", "x" * (width + 1), 5, None]
+    batch, single = assert_single_ids_equal_batch(snap, U, known + unknown, privacy_k, options)
+    assert [a.found for a in single] == [True] * len(known) + [False] * len(unknown)
+    for row, a in enumerate(single[: len(known)]):
+        assert {m.segment for m in a.segments if m.member} <= {n for n in CATALOG if truth[n][row]}
+    if privacy_k == 0:
+        for row, a in enumerate(single[: len(known)]):
+            assert {m.segment for m in a.segments if m.member} == {n for n in CATALOG if truth[n][row]}
+
+
+def test_scalar_programs_read_missing_numbers_as_outside_every_range(shop):
+    """Range segments (and their negations) over rows without a raw value: never within, as range_mask."""
+    u = shop.universe("customers")
+    cat = compiled_catalog(shop, u)
+    missing = np.flatnonzero(np.isnan(np.asarray(u.field("spend").numeric, dtype=np.float64)))
+    assert len(missing) > 10
+    by_name = {sg.name: sg for sg in cat.segments}
+    for r in missing.tolist():
+        present, numeric = set(u.row_features(r).tolist()), cat.numeric_of_row(r)
+        assert math.isnan(numeric["spend"])
+        assert not by_name["big_spenders"].scalar(present, numeric) and not by_name["mid_spend"].scalar(present, numeric)
+        assert by_name["not_big"].scalar(present, numeric)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_scalar_programs_equal_bitset_evaluation(snap, where_strategy, data):
+    """A random condition (terms, value lists, ranges with missing values, $not / $or / nested $and, and catalog
+    segment references) compiled to a scalar program: per row, what the whole-universe bitset says."""
+    u = snap.universe(U)
+    where = data.draw(where_strategy(U))
+    ref = data.draw(st.sampled_from([None] + sorted(CATALOG)))
+    if ref is not None:
+        where = data.draw(st.sampled_from([{"$and": [where, {"$segment": ref}]}, {"$or": [where, {"$segment": ref}]},
+                                           {"$not": {"$segment": ref}, "$or": [where]}]))
+    cond = parse_where(where)
+    try:
+        bits = evaluate(snap, u, cond)
+    except QueryError as e:
+        with pytest.raises(type(e)):
+            Evaluator(snap, u, _ScalarOps()).evaluate(cond)
+        return
+    want = np.unpackbits(bits.view(np.uint8), bitorder="little")[: u.n_rows].astype(bool)
+    program = Evaluator(snap, u, _ScalarOps()).evaluate(cond)
+    numeric_cols = {f: np.asarray(info.numeric, dtype=np.float64) for f, info in u.fields.items()
+                    if info.numeric is not None}
+    rows = data.draw(st.lists(st.integers(0, u.n_rows - 1), min_size=1, max_size=60))
+    for r in rows:
+        got = program(set(u.row_features(r).tolist()), {f: float(c[r]) for f, c in numeric_cols.items()})
+        assert got == bool(want[r]), (where, r)
+
+
+SHOP_CATALOG = {
+    "north": {"where": {"region": "north"}, "priority": 2},
+    "north_or_east": {"where": {"region": ["north", "east"]}},
+    "big_spenders": {"where": {"spend": {"$gte": 80}}, "priority": 3},
+    "mid_spend": {"where": {"spend": {"$gt": 20, "$lte": 80}}},
+    "not_big": {"where": {"$not": {"$segment": "big_spenders"}}},
+    "pro_or_old": {"where": {"$or": [{"plan": "pro"}, {"age": {"$gte": 60}}]}, "priority": 2},
+    "north_pro_long": {"where": {"$and": [{"$segment": "north"}, {"$and": [{"plan": "pro"},
+                                                                         {"tenure": {"$gte": 30}}]}]}},
+    "tenure_12": {"where": {"tenure": 12}},
+}
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A small shop with integer customer ids and missing spend values, with SHOP_CATALOG applied."""
+    import pandas as pd
+
+    from segsrv.snapshot.builder import build_snapshot
+
+    d = tmp_path_factory.mktemp("int_ids")
+    spec = write_small_shop(d / "data", 400, seed=5)
+    df = pd.read_csv(d / "data" / "customers.csv")
+    df.loc[df.index % 7 == 3, "spend"] = np.nan
+    df.to_csv(d / "data" / "customers.csv", index=False)
+    root = d / "root"
+    build_snapshot(spec, root, progress=quiet)
+    apply_segments(root / "shop", {k: dict(v, universe="customers") for k, v in SHOP_CATALOG.items()},
+                   fit_propensities=False)
+    return open_snapshot(root / "shop")
+
+
+@pytest.mark.parametrize("privacy_k", [0, 10])
+@pytest.mark.parametrize("options", PROPENSITY_CASES, ids=["members", "factorized", "logistic"])
+def test_single_int_id_equals_its_batch_entry(shop, privacy_k, options):
+    """Integer ids: every row, and ids given as text, floats and numpy integers, or that are no key (5.5,
+    past int64, unknown)."""
+    u = shop.universe("customers")
+    assert u.key_kind == "int" and np.isnan(np.asarray(u.field("spend").numeric)).any()
+    known = list(u.ids_for_rows(np.arange(u.n_rows)))
+    others = ["5", 5.0, np.int64(7), np.uint8(9), " 11", 5.5, "5.5", 2**70, -(2**63), -1, 10**6, "x", "", None]
+    batch, single = assert_single_ids_equal_batch(shop, "customers", known + others, privacy_k, options)
+    assert all(a.found for a in single[: len(known)])
+    assert [a.found for a in single[len(known):]] == [True, True, True, True, True] + [False] * 9

@@ -117,3 +117,42 @@ def test_integer_param_accepts_exactly_its_domain(value):
         assert not ok
     else:
         assert ok
+
+
+def _outcome(param: Param, value):
+    try:
+        param.check(value)
+    except (QueryError, LimitExceededError) as e:
+        return type(e), str(e)
+    return None
+
+
+_SCALARS = st.one_of(st.integers(-3, 12), st.floats(), st.booleans(), st.none(), st.sampled_from(["a", "b", "", "c"]),
+                     st.sampled_from([0.0, -0.0, 1, 1.0, True, 0, False]))
+
+
+@given(st.lists(_SCALARS, min_size=1, max_size=30))
+def test_check_after_accepting_values_answers_as_the_first_time(values):
+    """Param.check remembers the plain scalars it accepted (the per-request fast path): over any sequence of
+    values every answer, accepted or the very error, is that of a parameter that has seen none before."""
+    declared = [Param("limit", Integer(low=1), limit=10), Param("p", Real(0, 1, open="low")),
+                Param("a", Real(low=0, open="low")), Param("x", Boolean()), Param("m", Options(("a", "b"))),
+                Param("u", Text(), none=True)]
+    for p in declared:
+        for v in values:
+            fresh = Param(p.key, p.constraint, p.attr, p.limit, p.none, p.hint)
+            assert _outcome(p, v) == _outcome(fresh, v), (p.key, v)
+
+
+def test_accepted_values_do_not_stand_for_equal_values_of_other_types():
+    p = Param("limit", Integer(low=1))
+    p.check(1)
+    p.check(1)  # remembered
+    with pytest.raises(QueryError, match="limit: must be a positive integer, got True"):
+        p.check(True)  # True == 1, but not an integer parameter's value
+    with pytest.raises(QueryError, match="got 1.0"):
+        p.check(1.0)
+    b = Param("x", Boolean())
+    b.check(False)
+    with pytest.raises(QueryError, match="x: must be true or false, got 0"):
+        b.check(0)

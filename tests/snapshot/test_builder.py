@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from segsrv.errors import BuildError
 from segsrv.snapshot import format as fmt
@@ -507,6 +509,32 @@ def test_custom_row_ids(custom):
     assert pu.rows_for_ids(["a9", "a", "a100", "b"]).tolist() == [2, -1, -1, 3]
     assert snap.universes["lines"].ids_for_rows(range(7)) == [f"L{i}" for i in range(1, 8)]
     assert snap.universes["big"].ids_for_rows(range(2)) == [3, 7]
+
+
+def _id_candidates(u):
+    """Ids for a universe's lookups: its own, as text / floats / numpy scalars, cut and lengthened, with NULs,
+    and others (numbers past int64, booleans, None, ...)."""
+    known = u.ids_for_rows(range(u.n_rows))
+    own = st.sampled_from(known)
+    return st.one_of(
+        own, own.map(str), own.map(lambda i: str(i) + "\0"), own.map(lambda i: str(i)[:-1]),
+        own.map(lambda i: str(i) + "0"), own.map(lambda i: "\0" + str(i)),
+        own.filter(lambda i: isinstance(i, int)).map(float), own.filter(lambda i: isinstance(i, int)).map(np.int32),
+        own.filter(lambda i: isinstance(i, int)).map(np.uint64),
+        st.integers(-(2**64), 2**64), st.sampled_from([-(2**63), 2**63 - 1, 2**63, True, False, None, 7.5, "7.5",
+                                                          "", " 7", float("nan"), float("inf"), np.int64(-(2**63))]),
+        st.text(max_size=6), st.floats())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@pytest.mark.parametrize("universe", ["customers", "products", "lines", "big"])
+def test_row_for_id_equals_rows_for_ids(custom, universe, data):
+    """One id's row without arrays (the per-request Assign's lookup) is the batch lookup's: int keys by int_key,
+    never truncated; text keys never cut or matched through NULs."""
+    u = custom[0].universes[universe]
+    ident = data.draw(_id_candidates(u))
+    assert u.row_for_id(ident) == u.rows_for_ids([ident])[0], repr(ident)
 
 
 @pytest.mark.parametrize("universe", ["customers", "lines", "products", "orders", "big"])
