@@ -45,6 +45,7 @@ cdef extern from "popcnt.h" nogil:
                                size_t n_words, const int64_t *rows, int64_t row_base,
                                size_t k, int64_t *out, size_t block)
     size_t segsrv_row_pf_words
+    int segsrv_rows_in_flight
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long x) nogil
@@ -99,6 +100,17 @@ def _set_dense_prefetch_words(size_t n):
     global segsrv_row_pf_words
     cdef size_t old = segsrv_row_pf_words
     segsrv_row_pf_words = n
+    return old
+
+
+def _set_dense_rows_in_flight(int n):
+    """Tuning hook (benchmarks, tests): rows the AVX-512 dense path reads together, 1, 2, 4 or 8.
+    Returns the previous value."""
+    global segsrv_rows_in_flight
+    if n not in (1, 2, 4, 8):
+        raise ValueError(f"rows in flight must be 1, 2, 4 or 8, got {n}")
+    cdef int old = segsrv_rows_in_flight
+    segsrv_rows_in_flight = n
     return old
 
 

@@ -306,6 +306,67 @@ static inline uint64_t segsrv_andpop_avx512_rows(const uint64_t *a, const uint64
     return (uint64_t)_mm512_reduce_add_epi64(s0);
 }
 
+/* Two rows against one query in one pass: two memory streams in flight, each
+ * query vector loaded once for both.  Where the hardware prefetcher ramps up
+ * slowly at each short row's start (AMD Zen 4: one row at a time read 1M-bit
+ * rows at 0.58-0.65 of the probe), a second stream keeps the memory busy. */
+__attribute__((target("avx512f,avx512vpopcntdq")))
+static inline void segsrv_andpop2_avx512(const uint64_t *a, const uint64_t *b0, const uint64_t *b1, size_t n,
+                                         uint64_t *c0, uint64_t *c1) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, t0 = s0, t1 = s0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i x0 = _mm512_loadu_si512((const void *)(a + i));
+        __m512i x1 = _mm512_loadu_si512((const void *)(a + i + 8));
+        s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(_mm512_and_si512(x0, _mm512_loadu_si512((const void *)(b0 + i)))));
+        t0 = _mm512_add_epi64(t0, _mm512_popcnt_epi64(_mm512_and_si512(x0, _mm512_loadu_si512((const void *)(b1 + i)))));
+        s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_and_si512(x1, _mm512_loadu_si512((const void *)(b0 + i + 8)))));
+        t1 = _mm512_add_epi64(t1, _mm512_popcnt_epi64(_mm512_and_si512(x1, _mm512_loadu_si512((const void *)(b1 + i + 8)))));
+    }
+    for (; i < n; i += 8) {
+        size_t left = n - i;
+        __mmask8 m = (__mmask8)(left >= 8 ? 0xFF : ((1u << left) - 1u));
+        __m512i x = _mm512_maskz_loadu_epi64(m, (const void *)(a + i));
+        s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(_mm512_and_si512(x, _mm512_maskz_loadu_epi64(m, (const void *)(b0 + i)))));
+        t0 = _mm512_add_epi64(t0, _mm512_popcnt_epi64(_mm512_and_si512(x, _mm512_maskz_loadu_epi64(m, (const void *)(b1 + i)))));
+    }
+    *c0 = (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1));
+    *c1 = (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(t0, t1));
+}
+
+/* R rows (4 or 8) against one query in one pass (as segsrv_andpop2_avx512): R
+ * streams in flight, each query vector loaded once for all R. */
+#define SEGSRV_ANDPOP_ROWS_AVX512(NAME, R)                                                          \
+__attribute__((target("avx512f,avx512vpopcntdq")))                                                 \
+static inline void NAME(const uint64_t *a, const uint64_t *const *b, size_t n, uint64_t *c) {      \
+    __m512i s[R], t[R];                                                                            \
+    size_t i = 0;                                                                                  \
+    int r;                                                                                         \
+    for (r = 0; r < R; r++) s[r] = t[r] = _mm512_setzero_si512();                                  \
+    for (; i + 16 <= n; i += 16) {                                                                 \
+        __m512i x0 = _mm512_loadu_si512((const void *)(a + i));                                    \
+        __m512i x1 = _mm512_loadu_si512((const void *)(a + i + 8));                                \
+        for (r = 0; r < R; r++) {                                                                  \
+            s[r] = _mm512_add_epi64(s[r], _mm512_popcnt_epi64(_mm512_and_si512(                    \
+                       x0, _mm512_loadu_si512((const void *)(b[r] + i)))));                        \
+            t[r] = _mm512_add_epi64(t[r], _mm512_popcnt_epi64(_mm512_and_si512(                    \
+                       x1, _mm512_loadu_si512((const void *)(b[r] + i + 8)))));                    \
+        }                                                                                          \
+    }                                                                                              \
+    for (; i < n; i += 8) {                                                                        \
+        size_t left = n - i;                                                                       \
+        __mmask8 m = (__mmask8)(left >= 8 ? 0xFF : ((1u << left) - 1u));                           \
+        __m512i x = _mm512_maskz_loadu_epi64(m, (const void *)(a + i));                            \
+        for (r = 0; r < R; r++)                                                                    \
+            s[r] = _mm512_add_epi64(s[r], _mm512_popcnt_epi64(_mm512_and_si512(                    \
+                       x, _mm512_maskz_loadu_epi64(m, (const void *)(b[r] + i)))));                \
+    }                                                                                              \
+    for (r = 0; r < R; r++)                                                                        \
+        c[r] = (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(s[r], t[r]));                    \
+}
+SEGSRV_ANDPOP_ROWS_AVX512(segsrv_andpop4_avx512, 4)
+SEGSRV_ANDPOP_ROWS_AVX512(segsrv_andpop8_avx512, 8)
+
 __attribute__((target("avx512f,avx512vpopcntdq")))
 static uint64_t segsrv_andpop_avx512(const uint64_t *a, const uint64_t *b, size_t n) {
     return segsrv_andpop_avx512_rows(a, b, n, NULL, 0);
@@ -479,6 +540,9 @@ static inline size_t segsrv_probe_count_path(const uint64_t *q, uint64_t n_bits,
 #define SEGSRV_ROW_PF_WORDS 256
 #endif
 static size_t segsrv_row_pf_words = SEGSRV_ROW_PF_WORDS;
+/* Rows read together on the AVX-512 path (1, 2, 4 or 8; the tuning hook of bench/kernels.py,
+ * _set_dense_rows_in_flight). */
+static int segsrv_rows_in_flight = 4;
 
 static void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t stride,
                                   size_t n_words, const int64_t *rows, int64_t row_base,
@@ -494,6 +558,31 @@ static void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t s
             int64_t r = rows ? rows[i] : row_base + (int64_t)i;
             const uint64_t *row = M + (size_t)r * stride + w0;
 #if SEGSRV_X86
+            if (segsrv_level == SEGSRV_PATH_AVX512 && segsrv_rows_in_flight >= 4 && i + 3 < k) {
+                const uint64_t *bs[8];
+                uint64_t cs[8];
+                size_t j, g = (segsrv_rows_in_flight == 8 && i + 7 < k) ? 8 : 4;
+                bs[0] = row;
+                for (j = 1; j < g; j++)
+                    bs[j] = M + (size_t)(rows ? rows[i + j] : row_base + (int64_t)(i + j)) * stride + w0;
+                if (g == 8)
+                    segsrv_andpop8_avx512(q + w0, bs, len, cs);
+                else
+                    segsrv_andpop4_avx512(q + w0, bs, len, cs);
+                for (j = 0; j < g; j++)
+                    out[i + j] += (int64_t)cs[j];
+                i += g - 1;
+                continue;
+            }
+            if (segsrv_level == SEGSRV_PATH_AVX512 && segsrv_rows_in_flight >= 2 && i + 1 < k) {
+                const uint64_t *row1 = M + (size_t)(rows ? rows[i + 1] : row_base + (int64_t)i + 1) * stride + w0;
+                uint64_t c0, c1;
+                segsrv_andpop2_avx512(q + w0, row, row1, len, &c0, &c1);
+                out[i] += (int64_t)c0;
+                out[i + 1] += (int64_t)c1;
+                i++;
+                continue;
+            }
             if (segsrv_level == SEGSRV_PATH_AVX512 && pf > 0) {
                 const uint64_t *next = NULL;
                 if (i + 1 < k)

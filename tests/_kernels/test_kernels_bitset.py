@@ -173,6 +173,31 @@ def test_and_count_dense_prefetch_and_blocks(cpu_path, prefetch_words, block_wor
         B._set_dense_block_words(0)
 
 
+@pytest.mark.parametrize("rows_in_flight", [1, 2, 4, 8])
+@pytest.mark.parametrize("n_words", [1, 7, 8, 15, 16, 17, 33, 157])
+def test_and_count_dense_rows_in_flight(cpu_path, rows_in_flight, n_words):
+    """Rows read together (AVX-512: 2, 4 or 8 rows per pass over the query) change no count: every row
+    count (k = 1..9, so every remainder of 2, 4 and 8), repeated rows, lengths around the 8- and
+    16-word steps, with and without column blocks."""
+    rng = np.random.default_rng(rows_in_flight * 1000 + n_words)
+    m = rand_bits(rng, n_words, 0.4, shape=(9,))
+    q = rand_bits(rng, n_words, 0.6)
+    old = B._set_dense_rows_in_flight(rows_in_flight)
+    try:
+        for block_words in (0, 5):
+            B._set_dense_block_words(block_words)
+            for k in range(1, 10):
+                rows = np.array([(3 * i + 1) % 9 for i in range(k - 1)] + [2], dtype=np.int64)
+                np.testing.assert_array_equal(K.and_count_dense(q, m, rows=rows, n_threads=1),
+                                              N.and_count_dense(q, m, rows))
+            np.testing.assert_array_equal(K.and_count_dense(q, m, n_threads=1), N.and_count_dense(q, m))
+    finally:
+        B._set_dense_rows_in_flight(old)
+        B._set_dense_block_words(0)
+    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+        B._set_dense_rows_in_flight(3)
+
+
 def test_and_count_dense_memmap_out_and_threads(cpu_path, tmp_path):
     rng = np.random.default_rng(7)
     n_words = 2053
