@@ -138,12 +138,15 @@ def rank_counts(universe: Universe, query: RelateQuery, n: int, n_c: int, fids: 
         if query.min_lift is not None:
             keep &= lift >= query.min_lift
     order_by = query.order_by or "mutual_information"  # docs/query.md, "Default order"
-    p_value = np.full(len(fids), np.nan)
-    q_value = np.full(len(fids), np.nan)
+    # per candidate (NaN where not computed), only when something needs more than the returned hits'
+    p_value = q_value = None
     if query.wants_q_values:  # a q-value is a rank among every tested candidate's p-value
+        p_value = np.full(len(fids), np.nan)
+        q_value = np.full(len(fids), np.nan)
         p_value[tested] = st.p_values(n, n_c, n_f[tested], n_cf[tested], query.direction)
         q_value[tested] = st.benjamini_hochberg(p_value[tested])
     elif query.max_p_value is not None or order_by == "p_value":
+        p_value = np.full(len(fids), np.nan)
         p_value[keep] = st.p_values(n, n_c, n_f[keep], n_cf[keep], query.direction)
     if query.max_p_value is not None:
         keep &= p_value <= query.max_p_value
@@ -162,21 +165,25 @@ def rank_counts(universe: Universe, query: RelateQuery, n: int, n_c: int, fids: 
     key = np.where(np.isnan(key), np.inf if ascending else -np.inf, key)
     order = np.lexsort((fids[idx], key if ascending else -key))
     top = idx[order[: query.effective_limit]]
-    need_p = np.isnan(p_value[top])
-    if need_p.any():
-        sel = top[need_p]
-        p_value[sel] = st.p_values(n, n_c, n_f[sel], n_cf[sel], query.direction)
-    return len(idx), _hits(universe, n, n_c, fids[top], n_f[top], n_cf[top], p_value[top], q_value[top],
-                           query.prior_strength)
+    top_f, top_cf = n_f[top], n_cf[top]
+    if p_value is None:
+        top_p = st.p_values(n, n_c, top_f, top_cf, query.direction) if len(top) else np.zeros(0)
+    else:
+        top_p = p_value[top]
+        need_p = np.isnan(top_p)
+        if need_p.any():
+            top_p[need_p] = st.p_values(n, n_c, top_f[need_p], top_cf[need_p], query.direction)
+    top_q = np.full(len(top), np.nan) if q_value is None else q_value[top]
+    return len(idx), _hits(universe, n, n_c, fids[top], top_f, top_cf, top_p, top_q, query.prior_strength)
+
+
+# a hit's statistics, in this order: the kernel's table, then the counts and the tails
+_HIT_STATS = (*_kernels.TABLE_STATISTICS, "support", "n_feature", "p_value", "q_value")
 
 
 def _hits(universe: Universe, n: int, n_c: int, fids, n_f, n_cf, p_value, q_value, prior_strength) -> list[RelateHit]:
     table = _kernels.table_statistics(n, n_c, n_f, n_cf, prior_strength).tolist()
-    hits = []
-    for fid, row, f, cf, p, q in zip(fids.tolist(), table, n_f.tolist(), n_cf.tolist(), p_value.tolist(),
-                                     q_value.tolist()):
-        fname, value = universe.feature_name(fid)
-        stats = dict(zip(_kernels.TABLE_STATISTICS, row))
-        stats.update(support=cf, n_feature=f, p_value=p, q_value=q)
-        hits.append(RelateHit(fid, fname, value, stats))
-    return hits
+    feature_name = universe.feature_name
+    return [RelateHit(fid, *feature_name(fid), dict(zip(_HIT_STATS, row + [cf, f, p, q])))
+            for fid, row, f, cf, p, q in zip(fids.tolist(), table, n_f.tolist(), n_cf.tolist(), p_value.tolist(),
+                                             q_value.tolist())]
