@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,27 +38,46 @@ _MEMO_LOCK = threading.Lock()
 _ASCENDING_ALWAYS = {"p_value", "q_value"}
 _ASCENDING_UNDER = {"lift", "lift_low", "lift_high", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
 
-def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto") -> tuple[np.ndarray, str]:
-    """n_CF for each feature id in `fids` (exact), and the plan used."""
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Where a set of features' rows are stored (request-independent: memoised with Relate's candidates)."""
+    dense: np.ndarray  # positions (in the feature ids) of the features stored as dense bitsets
+    dense_slots: np.ndarray  # their rows of universe.dense
+    sparse: np.ndarray  # positions of those stored as sorted id arrays
+    sparse_slots: np.ndarray  # their slots in universe.sparse_offsets
+    scan_cost: float  # what the scan plan reads: dense words and sparse ids
+
+
+def feature_layout(universe: Universe, fids: np.ndarray) -> FeatureLayout:
     slots = np.asarray(universe.feature_slot[fids])
     dense_mask = slots >= 0
+    scan_cost = float(dense_mask.sum()) * universe.n_words + float(universe.feature_count[fids[~dense_mask]].sum())
+    return FeatureLayout(np.flatnonzero(dense_mask), np.ascontiguousarray(slots[dense_mask]),
+                         np.flatnonzero(~dense_mask), np.ascontiguousarray(-slots[~dense_mask] - 1), scan_cost)
+
+
+def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto",
+                   layout: FeatureLayout | None = None) -> tuple[np.ndarray, str]:
+    """n_CF for each feature id in `fids` (exact), and the plan used. layout: feature_layout(universe, fids)
+    when the caller has it."""
+    if layout is None:
+        layout = feature_layout(universe, fids)
     if plan == "auto":
         n_nnz = len(universe.csr_indices)
         avg_row = n_nnz / universe.n_rows if universe.n_rows else 0.0
-        scan_cost = float(dense_mask.sum()) * universe.n_words + float(universe.feature_count[fids[~dense_mask]].sum())
         hist_cost = HISTOGRAM_COST_FACTOR * n_c * avg_row + universe.n_words
-        plan = "histogram" if hist_cost < scan_cost else "scan"
+        plan = "histogram" if hist_cost < layout.scan_cost else "scan"
     out = np.zeros(len(fids), dtype=np.int64)
     if plan == "histogram":
         rows = _kernels.bitset_to_ids(cond_bits, universe.n_rows)
         hist = _kernels.csr_histogram(universe.csr_indptr, universe.csr_indices, rows, universe.n_features)
         out[:] = hist[fids]
         return out, plan
-    if dense_mask.any():
-        out[dense_mask] = _kernels.and_count_dense(cond_bits, universe.dense, np.ascontiguousarray(slots[dense_mask]))
-    if (~dense_mask).any():
-        sparse_slots = np.ascontiguousarray(-slots[~dense_mask] - 1)
-        out[~dense_mask] = _kernels.and_count_sparse(cond_bits, universe.sparse_ids, universe.sparse_offsets, sparse_slots)
+    if len(layout.dense):
+        out[layout.dense] = _kernels.and_count_dense(cond_bits, universe.dense, layout.dense_slots)
+    if len(layout.sparse):
+        out[layout.sparse] = _kernels.and_count_sparse(cond_bits, universe.sparse_ids, universe.sparse_offsets,
+                                                       layout.sparse_slots)
     return out, plan
 
 
@@ -73,19 +93,28 @@ def select_candidates(universe: Universe, query: RelateQuery, identifier_like) -
 def candidate_features(universe: Universe, query: RelateQuery) -> np.ndarray:
     """select_candidates, memoised per universe: the same request shapes come back, and resolving globs
     and identifier-like fields costs more than a small universe's counts."""
+    return _candidates(universe, query)[0]
+
+
+def _candidates(universe: Universe, query: RelateQuery) -> tuple[np.ndarray, np.ndarray, FeatureLayout]:
+    """(candidate_features, their rows overall, their layout), memoised together per universe."""
     skip = frozenset(condition_fields(query.where) if query.exclude_condition_fields else ())
     key = (tuple(query.relate) if query.relate else None, skip)
     with _MEMO_LOCK:
         memo = _MEMO.setdefault(universe, {})
-        fids = memo.get(key)
-    if fids is None:
+        found = memo.get(key)
+    if found is None:
         fids = select_candidates(universe, query, () if query.relate else identifier_like_fields(universe))
-        fids.setflags(write=False)
+        n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
+        layout = feature_layout(universe, fids)
+        for a in (fids, n_f, layout.dense, layout.dense_slots, layout.sparse, layout.sparse_slots):
+            a.setflags(write=False)
+        found = (fids, n_f, layout)
         with _MEMO_LOCK:
             if len(memo) >= _MEMO_SHAPES:
                 memo.clear()
-            memo[key] = fids
-    return fids
+            memo[key] = found
+    return found
 
 
 def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
@@ -98,13 +127,12 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     cond_bits = evaluate(snapshot, universe, query.where)
     n_c = int(_kernels.popcount(cond_bits))
     n = universe.n_rows
-    fids = candidate_features(universe, query)
-    n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
+    fids, n_f, layout = _candidates(universe, query)
     plan = "none"
     if n_c == 0 or len(fids) == 0:
         n_cf = np.zeros(len(fids), dtype=np.int64)
     else:
-        n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan)
+        n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan, layout)
 
     n_matching, hits = rank_counts(universe, query, n, n_c, fids, n_f, n_cf)
     return RelateResult(
