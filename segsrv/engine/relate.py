@@ -22,7 +22,7 @@ from .. import _kernels
 from ..ops.relate import RelateHit, RelateQuery, RelateResult
 from ..snapshot.reader import Snapshot, Universe
 from . import stats as st
-from .conditions import condition_fields, evaluate
+from .conditions import condition_fields, evaluate_to_read
 from .fields import identifier_like_fields, select_fields
 
 # one (row, feature) entry of the CSR histogram (random access) costs about as much as this many
@@ -124,7 +124,7 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     t0 = time.perf_counter()
     query.validate()
     universe = snapshot.universe(query.universe)
-    cond_bits = evaluate(snapshot, universe, query.where)
+    cond_bits = evaluate_to_read(snapshot, universe, query.where)  # only counted
     n_c = int(_kernels.popcount(cond_bits))
     n = universe.n_rows
     fids, n_f, layout = _candidates(universe, query)
