@@ -111,6 +111,14 @@ def table_small(n: int, a: int, b: int, ab: int, k: int) -> bool:
     return False
 
 
+def _relate_hit_small(n: int, c: int, b, ab, k: int) -> bool:
+    """table_small(n, c, b, ab, k) for k > 1 where the condition's margins (c, n - c) are known not small:
+    the check per Relate hit, without the conversions and the loop."""
+    b, ab = int(b), int(ab)
+    return (0 < ab < k or 0 < c - ab < k or 0 < b - ab < k or 0 < n - c - b + ab < k
+            or 0 < b < k or 0 < n - b < k)
+
+
 def floor_size(count: int, k: int, total: int | None = None) -> int:
     """The count, or 0 when it (or, given the total, the rest) is small."""
     small = is_small(count, k) if total is None else small_in(count, total, k)
@@ -159,11 +167,11 @@ def floor_relate(result, k: int):
     """RelateResult -> the result without what the floor hides (marked suppressed / suppressed_hits)."""
     if k <= 1:
         return result
-    n, c = result.n_rows, result.n_condition
+    n, c = int(result.n_rows), int(result.n_condition)
     if small_in(c, n, k):
         return dataclasses.replace(result, n_condition=0, n_matching=0, hits=[], suppressed=True,
                                    suppressed_hits=len(result.hits))
-    kept = [h for h in result.hits if not table_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
+    kept = [h for h in result.hits if not _relate_hit_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
     dropped = len(result.hits) - len(kept)
     if not dropped:  # the usual case (Relate's min_support is the floor already): nothing to copy
         return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .. import _kernels
 from ..ops.relate import RelateHit, RelateQuery, RelateResult
 from ..snapshot.reader import Snapshot, Universe
 from . import stats as st
-from .conditions import condition_fields, evaluate
+from .conditions import condition_fields, evaluate_to_read
 from .fields import identifier_like_fields, select_fields
 
 # one (row, feature) entry of the CSR histogram (random access) costs about as much as this many
@@ -37,27 +38,46 @@ _MEMO_LOCK = threading.Lock()
 _ASCENDING_ALWAYS = {"p_value", "q_value"}
 _ASCENDING_UNDER = {"lift", "lift_low", "lift_high", "lift_smoothed", "leverage", "zhang", "certainty", "conviction", "p", "kulczynski", "jaccard"}
 
-def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto") -> tuple[np.ndarray, str]:
-    """n_CF for each feature id in `fids` (exact), and the plan used."""
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Where a set of features' rows are stored (request-independent: memoised with Relate's candidates)."""
+    dense: np.ndarray  # positions (in the feature ids) of the features stored as dense bitsets
+    dense_slots: np.ndarray  # their rows of universe.dense
+    sparse: np.ndarray  # positions of those stored as sorted id arrays
+    sparse_slots: np.ndarray  # their slots in universe.sparse_offsets
+    scan_cost: float  # what the scan plan reads: dense words and sparse ids
+
+
+def feature_layout(universe: Universe, fids: np.ndarray) -> FeatureLayout:
     slots = np.asarray(universe.feature_slot[fids])
     dense_mask = slots >= 0
+    scan_cost = float(dense_mask.sum()) * universe.n_words + float(universe.feature_count[fids[~dense_mask]].sum())
+    return FeatureLayout(np.flatnonzero(dense_mask), np.ascontiguousarray(slots[dense_mask]),
+                         np.flatnonzero(~dense_mask), np.ascontiguousarray(-slots[~dense_mask] - 1), scan_cost)
+
+
+def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto",
+                   layout: FeatureLayout | None = None) -> tuple[np.ndarray, str]:
+    """n_CF for each feature id in `fids` (exact), and the plan used. layout: feature_layout(universe, fids)
+    when the caller has it."""
+    if layout is None:
+        layout = feature_layout(universe, fids)
     if plan == "auto":
         n_nnz = len(universe.csr_indices)
         avg_row = n_nnz / universe.n_rows if universe.n_rows else 0.0
-        scan_cost = float(dense_mask.sum()) * universe.n_words + float(universe.feature_count[fids[~dense_mask]].sum())
         hist_cost = HISTOGRAM_COST_FACTOR * n_c * avg_row + universe.n_words
-        plan = "histogram" if hist_cost < scan_cost else "scan"
+        plan = "histogram" if hist_cost < layout.scan_cost else "scan"
     out = np.zeros(len(fids), dtype=np.int64)
     if plan == "histogram":
         rows = _kernels.bitset_to_ids(cond_bits, universe.n_rows)
         hist = _kernels.csr_histogram(universe.csr_indptr, universe.csr_indices, rows, universe.n_features)
         out[:] = hist[fids]
         return out, plan
-    if dense_mask.any():
-        out[dense_mask] = _kernels.and_count_dense(cond_bits, universe.dense, np.ascontiguousarray(slots[dense_mask]))
-    if (~dense_mask).any():
-        sparse_slots = np.ascontiguousarray(-slots[~dense_mask] - 1)
-        out[~dense_mask] = _kernels.and_count_sparse(cond_bits, universe.sparse_ids, universe.sparse_offsets, sparse_slots)
+    if len(layout.dense):
+        out[layout.dense] = _kernels.and_count_dense(cond_bits, universe.dense, layout.dense_slots)
+    if len(layout.sparse):
+        out[layout.sparse] = _kernels.and_count_sparse(cond_bits, universe.sparse_ids, universe.sparse_offsets,
+                                                       layout.sparse_slots)
     return out, plan
 
 
@@ -73,19 +93,28 @@ def select_candidates(universe: Universe, query: RelateQuery, identifier_like) -
 def candidate_features(universe: Universe, query: RelateQuery) -> np.ndarray:
     """select_candidates, memoised per universe: the same request shapes come back, and resolving globs
     and identifier-like fields costs more than a small universe's counts."""
+    return _candidates(universe, query)[0]
+
+
+def _candidates(universe: Universe, query: RelateQuery) -> tuple[np.ndarray, np.ndarray, FeatureLayout]:
+    """(candidate_features, their rows overall, their layout), memoised together per universe."""
     skip = frozenset(condition_fields(query.where) if query.exclude_condition_fields else ())
     key = (tuple(query.relate) if query.relate else None, skip)
     with _MEMO_LOCK:
         memo = _MEMO.setdefault(universe, {})
-        fids = memo.get(key)
-    if fids is None:
+        found = memo.get(key)
+    if found is None:
         fids = select_candidates(universe, query, () if query.relate else identifier_like_fields(universe))
-        fids.setflags(write=False)
+        n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
+        layout = feature_layout(universe, fids)
+        for a in (fids, n_f, layout.dense, layout.dense_slots, layout.sparse, layout.sparse_slots):
+            a.setflags(write=False)
+        found = (fids, n_f, layout)
         with _MEMO_LOCK:
             if len(memo) >= _MEMO_SHAPES:
                 memo.clear()
-            memo[key] = fids
-    return fids
+            memo[key] = found
+    return found
 
 
 def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
@@ -95,16 +124,15 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     t0 = time.perf_counter()
     query.validate()
     universe = snapshot.universe(query.universe)
-    cond_bits = evaluate(snapshot, universe, query.where)
+    cond_bits = evaluate_to_read(snapshot, universe, query.where)  # only counted
     n_c = int(_kernels.popcount(cond_bits))
     n = universe.n_rows
-    fids = candidate_features(universe, query)
-    n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
+    fids, n_f, layout = _candidates(universe, query)
     plan = "none"
     if n_c == 0 or len(fids) == 0:
         n_cf = np.zeros(len(fids), dtype=np.int64)
     else:
-        n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan)
+        n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan, layout)
 
     n_matching, hits = rank_counts(universe, query, n, n_c, fids, n_f, n_cf)
     return RelateResult(
@@ -138,12 +166,15 @@ def rank_counts(universe: Universe, query: RelateQuery, n: int, n_c: int, fids: 
         if query.min_lift is not None:
             keep &= lift >= query.min_lift
     order_by = query.order_by or "mutual_information"  # docs/query.md, "Default order"
-    p_value = np.full(len(fids), np.nan)
-    q_value = np.full(len(fids), np.nan)
+    # per candidate (NaN where not computed), only when something needs more than the returned hits'
+    p_value = q_value = None
     if query.wants_q_values:  # a q-value is a rank among every tested candidate's p-value
+        p_value = np.full(len(fids), np.nan)
+        q_value = np.full(len(fids), np.nan)
         p_value[tested] = st.p_values(n, n_c, n_f[tested], n_cf[tested], query.direction)
         q_value[tested] = st.benjamini_hochberg(p_value[tested])
     elif query.max_p_value is not None or order_by == "p_value":
+        p_value = np.full(len(fids), np.nan)
         p_value[keep] = st.p_values(n, n_c, n_f[keep], n_cf[keep], query.direction)
     if query.max_p_value is not None:
         keep &= p_value <= query.max_p_value
@@ -160,23 +191,37 @@ def rank_counts(universe: Universe, query: RelateQuery, n: int, n_c: int, fids: 
         key = table[:, _kernels.TABLE_STATISTICS.index(order_by)]
     ascending = order_by in _ASCENDING_ALWAYS or (query.direction == "under" and order_by in _ASCENDING_UNDER)
     key = np.where(np.isnan(key), np.inf if ascending else -np.inf, key)
-    order = np.lexsort((fids[idx], key if ascending else -key))
-    top = idx[order[: query.effective_limit]]
-    need_p = np.isnan(p_value[top])
-    if need_p.any():
-        sel = top[need_p]
-        p_value[sel] = st.p_values(n, n_c, n_f[sel], n_cf[sel], query.direction)
-    return len(idx), _hits(universe, n, n_c, fids[top], n_f[top], n_cf[top], p_value[top], q_value[top],
-                           query.prior_strength)
+    top = idx[first_by(key if ascending else -key, fids[idx], query.effective_limit)]
+    top_f, top_cf = n_f[top], n_cf[top]
+    if p_value is None:
+        top_p = st.p_values(n, n_c, top_f, top_cf, query.direction) if len(top) else np.zeros(0)
+    else:
+        top_p = p_value[top]
+        need_p = np.isnan(top_p)
+        if need_p.any():
+            top_p[need_p] = st.p_values(n, n_c, top_f[need_p], top_cf[need_p], query.direction)
+    top_q = np.full(len(top), np.nan) if q_value is None else q_value[top]
+    return len(idx), _hits(universe, n, n_c, fids[top], top_f, top_cf, top_p, top_q, query.prior_strength)
+
+
+def first_by(key: np.ndarray, ties: np.ndarray, limit: int) -> np.ndarray:
+    """np.lexsort((ties, key))[:limit] (key without NaN, ties distinct). Where `limit` is a small part of many
+    candidates, only the keys up to a bound are sorted: the limit-th smallest of every stride-th key, which at
+    least `limit` keys reach (so the first `limit` of the whole order are among them), about 16 x limit keys."""
+    if len(key) <= max(256, 4 * limit):
+        return np.lexsort((ties, key))[:limit]
+    sample = key[:: max(1, len(key) // (16 * limit))]
+    near = np.flatnonzero(key <= np.partition(sample, limit - 1)[limit - 1])
+    return near[np.lexsort((ties[near], key[near]))[:limit]]
+
+
+# a hit's statistics, in this order: the kernel's table, then the counts and the tails
+_HIT_STATS = (*_kernels.TABLE_STATISTICS, "support", "n_feature", "p_value", "q_value")
 
 
 def _hits(universe: Universe, n: int, n_c: int, fids, n_f, n_cf, p_value, q_value, prior_strength) -> list[RelateHit]:
     table = _kernels.table_statistics(n, n_c, n_f, n_cf, prior_strength).tolist()
-    hits = []
-    for fid, row, f, cf, p, q in zip(fids.tolist(), table, n_f.tolist(), n_cf.tolist(), p_value.tolist(),
-                                     q_value.tolist()):
-        fname, value = universe.feature_name(fid)
-        stats = dict(zip(_kernels.TABLE_STATISTICS, row))
-        stats.update(support=cf, n_feature=f, p_value=p, q_value=q)
-        hits.append(RelateHit(fid, fname, value, stats))
-    return hits
+    feature_name = universe.feature_name
+    return [RelateHit(fid, *feature_name(fid), dict(zip(_HIT_STATS, row + [cf, f, p, q])))
+            for fid, row, f, cf, p, q in zip(fids.tolist(), table, n_f.tolist(), n_cf.tolist(), p_value.tolist(),
+                                             q_value.tolist())]

@@ -85,13 +85,21 @@ def _tail(population, n_a, n_b, n_ab, upper: bool) -> np.ndarray:
     element's own rows). Exact tail sums in segsrv._kernels.hypergeom_tail (about a microsecond each; scipy's
     Boost tails cost up to ~200 us at populations near 1e5)."""
     pop, *counts = (np.asarray(v, dtype=np.int64) for v in (population, n_a, n_b, n_ab))
-    shape = np.broadcast_shapes(pop.shape, *(c.shape for c in counts))
-    # views where the shapes already agree (Relate's n_f, n_cf): a copy only of what broadcasting repeats
-    n_a, n_b, n_ab = (np.ascontiguousarray(np.broadcast_to(c, shape)).ravel() for c in counts)
-    if len(n_ab) == 0:
-        return np.zeros(0)
-    one = pop.ndim == 0 or pop.min() == pop.max()  # one population: the kernel's scalar form
-    pops = int(pop.flat[0]) if one else np.ascontiguousarray(np.broadcast_to(pop, shape)).ravel()
+    lengths = {c.shape[0] for c in counts if c.ndim == 1}
+    if pop.ndim == 0 and len(lengths) == 1 and max(c.ndim for c in counts) == 1:
+        # Relate's shape (one population, per-feature vectors beside scalars): the broadcasting below costs
+        # more than the kernel at a page of hits
+        m = lengths.pop()
+        n_a, n_b, n_ab = (np.ascontiguousarray(c) if c.ndim else np.full(m, c, dtype=np.int64) for c in counts)
+        pops = int(pop)
+    else:
+        shape = np.broadcast_shapes(pop.shape, *(c.shape for c in counts))
+        # views where the shapes already agree: a copy only of what broadcasting repeats
+        n_a, n_b, n_ab = (np.ascontiguousarray(np.broadcast_to(c, shape)).ravel() for c in counts)
+        if len(n_ab) == 0:
+            return np.zeros(0)
+        one = pop.ndim == 0 or pop.min() == pop.max()  # one population: the kernel's scalar form
+        pops = int(pop.flat[0]) if one else np.ascontiguousarray(np.broadcast_to(pop, shape)).ravel()
     out = _kernels.hypergeom_tail(n_ab, n_a, n_b, pops, upper=upper)
     return np.clip(out, 0.0, 1.0, out=out)
 

@@ -224,17 +224,18 @@ class RelateResult:
         return out
 
     def to_proto(self, server_ms: float) -> pb.RelateResponse:
-        hits = []
-        for h in self.hits:
-            kw = dict(h.stats)  # STAT_NAMES, which are RelateHit's fields but for n_feature
-            kw["support"], kw["feature_count"] = int(kw["support"]), int(kw.pop("n_feature"))
-            hits.append(pb.RelateHit(field=h.field, value=h.value, **kw))
-        return pb.RelateResponse(
+        resp = pb.RelateResponse(
             info=response_info(self, server_ms), universe=self.universe, row_count=self.n_rows,
             condition_count=self.n_condition, candidate_count=self.n_candidates, matching_count=self.n_matching,
             plan=enum_to_proto(pb.RelatePlan, "RELATE_PLAN_", self.plan),  # "none" (nothing counted) -> UNSPECIFIED
-            hits=hits, suppressed=self.suppressed, suppressed_hit_count=self.suppressed_hits,
+            suppressed=self.suppressed, suppressed_hit_count=self.suppressed_hits,
         )
+        add_hit = resp.hits.add  # built in place: a list of RelateHit messages would be copied in again
+        for h in self.hits:
+            kw = dict(h.stats)  # STAT_NAMES, which are RelateHit's fields but for n_feature
+            kw["support"], kw["feature_count"] = int(kw["support"]), int(kw.pop("n_feature"))
+            add_hit(field=h.field, value=h.value, **kw)
+        return resp
 
     @classmethod
     def from_proto(cls, resp: pb.RelateResponse) -> "RelateResult":

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segsrv.engine.conditions import evaluate, validate_fields
+from segsrv.engine.conditions import evaluate, evaluate_to_read, validate_fields
 from segsrv.engine.count import count_matching
 from segsrv.ops.conditions import All, And, AnyOf, Not, Or, Range, SegmentRef, Term, check_limits, parse_where
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownValueError
@@ -434,6 +434,23 @@ def test_evaluate_owns_its_answer_and_never_writes_the_snapshot(petnord_snapshot
         bits[:] = ~bits
     assert np.array_equal(np.asarray(u.dense), before)
 
+
+
+@pytest.mark.parametrize("universe_name", UNIVERSES)
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_evaluate_to_read_equals_evaluate(petnord_snapshot, where_strategy, universe_name, data):
+    """Relate's bitset to read = evaluate's (random trees, and each storage's single feature, a dense one
+    being the snapshot's row itself)."""
+    u = petnord_snapshot.universe(universe_name)
+    dense, sparse = _features_by_storage(u)
+    f, v = data.draw(st.sampled_from(dense) | st.sampled_from(sparse), label="feature")
+    for where in (data.draw(where_strategy(universe_name), label="where"), {f: v}):
+        cond = parse_where(where)
+        assert np.array_equal(evaluate_to_read(petnord_snapshot, u, cond), evaluate(petnord_snapshot, u, cond))
+    f, v = dense[0]
+    assert not evaluate_to_read(petnord_snapshot, u, parse_where({f: v})).flags.writeable
 
 def test_numeric_term_is_raw_equality_or_band(petnord_snapshot, oracle, ref):
     """A numeric field's term is its band when the text is a band label, else equality on the raw value."""

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from segsrv.engine.conditions import evaluate
 from segsrv.ops.conditions import parse_where
 from segsrv.service import run_json
-from segsrv.engine.relate import count_features, relate
+from segsrv.engine.relate import count_features, first_by, relate
 from segsrv.ops.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownUniverseError
 
@@ -477,3 +477,21 @@ def test_published_figure_dryfood_dentaltreats(petnord_snapshot, source, ref):
     want = ref.stats(n, n_c, n_f, n_cf)
     for name in want:
         assert ref.close(hit.stats[name], want[name]), name
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(data=st.data())
+def test_first_by_equals_full_lexsort(data):
+    """Relate's top `limit` (past 256 candidates, bounded by a strided sample's limit-th key) = the first
+    `limit` of the full sort by key then feature id, with many ties, infinities, signed zeros, ordered keys."""
+    m = data.draw(st.integers(0, 1200))
+    pool = data.draw(st.lists(st.sampled_from([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, 3e-300, 7.25]), min_size=1,
+                              max_size=5))
+    key = np.array([data.draw(st.sampled_from(pool)) for _ in range(m)], dtype=np.float64)
+    if data.draw(st.booleans()):
+        key = key + np.arange(m) % data.draw(st.integers(1, 40))
+    if data.draw(st.booleans()):  # ordered keys: the strided sample misses the smallest
+        key = np.sort(key)[:: data.draw(st.sampled_from([1, -1]))].copy()
+    ties = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).permutation(3 * m)[:m].astype(np.int64)
+    limit = data.draw(st.one_of(st.integers(1, 60), st.integers(1, MAX_LIMIT)))
+    assert np.array_equal(first_by(key, ties, limit), np.lexsort((ties, key))[:limit])

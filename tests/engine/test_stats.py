@@ -141,6 +141,24 @@ def test_p_values_exact(data):
     assert math.isclose(under, exact_tail(n, n_c, n_f, n_cf, False), rel_tol=1e-7, abs_tol=1e-14)
 
 
+@settings(max_examples=100, deadline=None, database=None)
+@given(data=st.data())
+def test_tails_one_population_vectors_equal_broadcast_form(data):
+    """One population beside per-feature vectors (Relate's shape, a path without broadcasting) = the same
+    tails through the broadcasting path (the population as an array, the scalar repeated)."""
+    n = data.draw(st.integers(1, 300))
+    n_c = data.draw(st.integers(0, n))
+    n_f = np.array(data.draw(st.lists(st.integers(0, n), min_size=0, max_size=12)), dtype=np.int64)
+    n_cf = np.array([data.draw(st.integers(max(0, n_c + f - n), min(n_c, f))) for f in n_f], dtype=np.int64)
+    m = len(n_f)
+    for upper in (True, False):
+        got = stats._tail(n, n_f, n_c, n_cf, upper)
+        want = stats._tail(np.full(m, n), n_f, np.full(m, n_c), n_cf, upper)
+        assert got.dtype == want.dtype and got.shape == want.shape == (m,)
+        assert np.array_equal(got, want)
+        assert np.array_equal(stats._tail(n, n_f[::-1][::-1], n_c, n_cf.tolist(), upper), got)
+
+
 # ----------------------------------------------------------------------------
 # relate_statistics (vectorised) vs the scalar reference
 # ----------------------------------------------------------------------------

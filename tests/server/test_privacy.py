@@ -482,3 +482,17 @@ def test_snapshot_info_value_counts_leave_no_small_rest(snap_and_terms):
         assert not any(0 < c < k or 0 < n - c < k for c in stated if c), f.name
         if f.name in single:
             assert not 0 < n - sum(stated) < k, (f.name, k)
+
+
+def test_relate_floor_per_hit_check_equals_table_small():
+    """floor_relate's per-hit check = table_small wherever the condition itself passed the floor (every
+    table of small n around the k boundaries)."""
+    from segsrv.engine.privacy import _relate_hit_small, small_in, table_small
+
+    for k in (2, 3, 10):
+        for n in range(0, 2 * k + 3):
+            for c, b in itertools.product(range(n + 1), repeat=2):
+                if small_in(c, n, k):
+                    continue
+                for ab in range(max(0, c + b - n), min(c, b) + 1):
+                    assert _relate_hit_small(n, c, np.int64(b), ab, k) == table_small(n, c, b, ab, k)

@@ -10,7 +10,7 @@ import numpy as np
 from ... import _kernels
 from ...ops.relate import RelateQuery, RelateResult
 from ...snapshot.reader import Snapshot
-from ..conditions import Condition, evaluate
+from ..conditions import Condition, evaluate_to_read
 from ..relate import count_features, rank_counts, select_candidates
 from .open import ShardedSnapshot
 
@@ -20,7 +20,7 @@ def relate_part(shard: Snapshot, universe: str, where: Condition, fids: np.ndarr
     """(the condition's rows, each candidate's rows within them, the counting plan used or None) in one
     shard."""
     u = shard.universe(universe)
-    cond_bits = evaluate(shard, u, where)
+    cond_bits = evaluate_to_read(shard, u, where)  # only counted
     n_c = int(_kernels.popcount(cond_bits))
     if not n_c or not len(fids):
         return n_c, np.zeros(len(fids), dtype=np.int64), None
