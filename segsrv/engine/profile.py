@@ -68,35 +68,59 @@ from .relate import count_features
 _NAN_STATS = NumericStats(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
 
 
+# Integer values spanning at most this many have their order statistics read off a histogram (a few
+# passes) instead of a sort: numpy sorts 100k floats in 0.47 ms on an Intel Xeon, 2.4 ms on an AMD
+# EPYC (Zen 4), where ages, months and counts made Profile's numeric summaries most of its time.
+MAX_HISTOGRAM_SPAN = 1 << 16
+
+
 def numeric_stats(x: np.ndarray, *, owned: bool = False) -> NumericStats:
     """Summary of the non-NaN values of x (count 0 and NaN statistics when there are none). owned: x is
-    the caller's scratch array of float64 without NaN (gather_present's), sorted in place instead of
+    the caller's scratch array of float64 without NaN (gather_present's), sorted in place (when it is sorted) instead of
     copied (each fresh copy of a 100k-value array costs more than the sort)."""
     x = np.asarray(x, dtype=np.float64)
     if not owned:
         x = x[~np.isnan(x)]
-    if len(x) == 0:
+    n = len(x)
+    if n == 0:
         return NumericStats(**_NAN_STATS.as_dict())
     mean, std = float(np.mean(x)), float(np.std(x))  # summed in row order, before any sort
-    # numpy's vectorised sort, then the order statistics read off it: np.percentile partitions even a
-    # sorted array (100k values: sort 0.47 ms, then percentile 0.30 ms; unsorted 1.7 ms)
+    kth = order_statistic_reader(x, owned)
+    return NumericStats(count=n, mean=mean, std=std, min=kth(0), p25=percentile_of(kth, n, 0.25),
+                        median=percentile_of(kth, n, 0.5), p75=percentile_of(kth, n, 0.75), max=kth(n - 1))
+
+
+def order_statistic_reader(x: np.ndarray, owned: bool = False) -> Callable[[int], float]:
+    """k -> the k-th smallest of x (float64, non-empty, NaN-free), exactly the value a sort puts at k.
+
+    Integer values (below 2^52, no negative zero) spanning at most MAX_HISTOGRAM_SPAN: from the
+    cumulative counts of a histogram. Otherwise numpy's vectorised sort (in place when `owned`)."""
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo < MAX_HISTOGRAM_SPAN and max(-lo, hi) < 2.0 ** 52 and lo == math.floor(lo):
+        if np.array_equal(x, np.floor(x)) and not (np.signbit(x) & (x == 0)).any():
+            # x - lo is exact: integers below 2^53 (checked on x itself: x - lo could round a fraction away)
+            below = np.cumsum(np.bincount((x - lo).astype(np.int64)))  # values <= lo + j
+            return lambda k: lo + float(np.searchsorted(below, k, side="right"))
     if owned:
         x.sort()
         s = x
     else:
         s = np.sort(x)
-    return NumericStats(count=int(len(s)), mean=mean, std=std, min=float(s[0]), p25=sorted_percentile(s, 0.25),
-                        median=sorted_percentile(s, 0.5), p75=sorted_percentile(s, 0.75), max=float(s[-1]))
+    return lambda k: float(s[k])
 
 
 def sorted_percentile(s: np.ndarray, q: float) -> float:
-    """np.percentile(s, 100 q) of sorted, non-empty, NaN-free s, the same number: numpy's default
-    ("linear", Hyndman & Fan's 7th) interpolation between the order statistics at floor and ceil of
-    (n - 1) q, computed as numpy's _lerp computes it (from the upper end when the weight is >= 1/2)."""
-    n = len(s)
+    """np.percentile(s, 100 q) of sorted, non-empty, NaN-free s, the same number (`percentile_of`)."""
+    return percentile_of(lambda k: float(s[k]), len(s), q)
+
+
+def percentile_of(kth: Callable[[int], float], n: int, q: float) -> float:
+    """np.percentile of n values whose k-th smallest is kth(k): numpy's default ("linear", Hyndman &
+    Fan's 7th) interpolation between the order statistics at floor and ceil of (n - 1) q, computed as
+    numpy's _lerp computes it (from the upper end when the weight is >= 1/2)."""
     v = (n - 1) * q
     lo = math.floor(v)
-    a, b = float(s[lo]), float(s[min(lo + 1, n - 1)])
+    a, b = kth(lo), kth(min(lo + 1, n - 1))
     g = v - lo
     d = b - a
     return b - d * (1 - g) if g >= 0.5 else a + d * g

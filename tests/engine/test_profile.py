@@ -23,7 +23,7 @@ from scipy.stats import hypergeom
 
 from segsrv.engine.catalog import apply_segments
 from segsrv.ops.conditions import parse_where
-from segsrv.engine.profile import numeric_stats, profile, ranked_per_field, sorted_percentile
+from segsrv.engine.profile import numeric_stats, order_statistic_reader, profile, ranked_per_field, sorted_percentile
 from segsrv.ops.profile import (
     DEFAULT_VALUES_PER_FIELD,
     MAX_FIELD_PATTERNS,
@@ -295,6 +295,47 @@ def test_percentiles_are_numpys_to_the_bit(values):
     s = np.sort(np.array(values, dtype=np.float64))
     for q in (0.25, 0.5, 0.75):
         assert sorted_percentile(s, q) == float(np.percentile(s, 100 * q))
+
+
+def _bits(x: float) -> bytes:
+    return np.float64(x).tobytes()  # == would not tell 0.0 from -0.0
+
+
+_INTEGERS = st.one_of(st.integers(-40, 120), st.integers(-2 ** 53, 2 ** 53), st.sampled_from([0, 65535, 65536, -65536]))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's own, on infinities (inf - inf)
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_INTEGERS.map(float), st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([math.inf, -math.inf]),
+                          st.just(-0.0)), min_size=1, max_size=300),
+       st.booleans(), st.booleans())
+def test_order_statistics_are_numpys_to_the_bit(values, integers_only, owned):
+    """numeric_stats' min, quartiles and max equal numpy's, bit for bit (the order statistics' signed zeros too), whether they
+    come from the histogram of integer values of a small span or from the sort; owned or copied input."""
+    if integers_only:
+        values = [float(int(v)) if math.isfinite(v) else 7.0 for v in values]
+    x = np.array(values, dtype=np.float64)
+    want = np.sort(x)
+    got = numeric_stats(x.copy(), owned=owned)
+    assert _bits(got.min) == _bits(want[0]) and _bits(got.max) == _bits(want[-1])
+    for q, name in ((0.25, "p25"), (0.5, "median"), (0.75, "p75")):
+        p, ref_p = getattr(got, name), float(np.percentile(want, 100 * q))
+        # the interpolation's own zero sign is sorted_percentile's, not the order statistics' (unchanged here)
+        assert (math.isnan(p) and math.isnan(ref_p)) or (p == ref_p and (p == 0 or _bits(p) == _bits(ref_p))), name
+    for k in {0, len(x) // 3, len(x) - 1}:
+        assert _bits(order_statistic_reader(x.copy())(k)) == _bits(want[k])
+
+
+def test_order_statistics_of_small_integer_spans_come_from_a_histogram():
+    """Ages and months (integer values, small span): the k-th value without sorting the input."""
+    x = np.array([40.0, 18.0, 95.0, 18.0, 33.0, 61.0], dtype=np.float64)
+    before = x.copy()
+    kth = order_statistic_reader(x, owned=True)
+    assert [kth(k) for k in range(6)] == sorted(before.tolist())
+    assert np.array_equal(x, before)  # the histogram path does not sort in place
+    wide = np.array([0.0, 70000.0, 5.0])
+    order_statistic_reader(wide, owned=True)
+    assert wide.tolist() == [0.0, 5.0, 70000.0]  # past the span: sorted in place
 
 
 # ----------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def population_values_part(shard: Snapshot, universe: str, fields: list[str]) ->
 def merged_stats(sorted_parts: list[np.ndarray]) -> NumericStats:
     """The statistics of the union of the shards' sorted values (a k-way merge: concatenate and sort)."""
     values = np.concatenate(sorted_parts) if sorted_parts else np.zeros(0, dtype=np.float64)
-    return numeric_stats(values, owned=True)  # sorts in place, then mean and std over ascending values
+    return numeric_stats(values, owned=True)  # exact order statistics; mean and std summed in shard order
 
 
 def sharded_profile(sharded: ShardedSnapshot, query: ProfileQuery) -> ProfileResult:
