@@ -76,8 +76,8 @@ MAX_HISTOGRAM_SPAN = 1 << 16
 
 def numeric_stats(x: np.ndarray, *, owned: bool = False) -> NumericStats:
     """Summary of the non-NaN values of x (count 0 and NaN statistics when there are none). owned: x is
-    the caller's scratch array of float64 without NaN (gather_present's), sorted in place (when it is sorted) instead of
-    copied (each fresh copy of a 100k-value array costs more than the sort)."""
+    the caller's scratch array of float64 without NaN (gather_present's), sorted in place (when the order
+    statistics need a sort) instead of copied (each fresh copy of a 100k-value array costs more than the sort)."""
     x = np.asarray(x, dtype=np.float64)
     if not owned:
         x = x[~np.isnan(x)]
