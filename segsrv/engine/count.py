@@ -80,12 +80,13 @@ class _CountOps(BitsetOps):
                 stack.extend(p.parts)
             else:
                 parts.append(p)
+        if len(parts) == 1:
+            return self.count(parts[0])
         features = [p for p in parts if isinstance(p, _Feature)]
-        if not features or len(parts) == 1:
-            return self.count(parts[0]) if len(parts) == 1 else int(_kernels.popcount(self.bits(_AllOf(parts))))
+        if not features:
+            return int(_kernels.popcount(self.bits(_AllOf(parts))))
         probe = min(features, key=lambda f: int(u.feature_count[f.fid]))
-        parts = [p for p in parts if p is not probe]
-        rest = self.bits(_AllOf(parts)) if len(parts) > 1 else self.bits(parts[0])
+        rest = self.bits(_AllOf([p for p in parts if p is not probe]))
         slot = int(u.feature_slot[probe.fid])
         if slot >= 0:
             return int(_kernels.and_count_dense(rest, u.dense, np.array([slot], dtype=np.int64))[0])

@@ -105,18 +105,9 @@ def table_small(n: int, a: int, b: int, ab: int, k: int) -> bool:
     if k <= 1:
         return False
     n, a, b, ab = int(n), int(a), int(b), int(ab)
-    for c in (ab, a - ab, b - ab, n - a - b + ab, a, n - a, b, n - b):  # a loop, not any(): Relate calls it per hit
-        if 0 < c < k:
-            return True
-    return False
-
-
-def _relate_hit_small(n: int, c: int, b, ab, k: int) -> bool:
-    """table_small(n, c, b, ab, k) for k > 1 where the condition's margins (c, n - c) are known not small:
-    the check per Relate hit, without the conversions and the loop."""
-    b, ab = int(b), int(ab)
-    return (0 < ab < k or 0 < c - ab < k or 0 < b - ab < k or 0 < n - c - b + ab < k
-            or 0 < b < k or 0 < n - b < k)
+    # one short-circuit expression, not a loop or any(): Relate calls it per hit
+    return (0 < ab < k or 0 < a - ab < k or 0 < b - ab < k or 0 < n - a - b + ab < k
+            or 0 < a < k or 0 < n - a < k or 0 < b < k or 0 < n - b < k)
 
 
 def floor_size(count: int, k: int, total: int | None = None) -> int:
@@ -171,7 +162,7 @@ def floor_relate(result, k: int):
     if small_in(c, n, k):
         return dataclasses.replace(result, n_condition=0, n_matching=0, hits=[], suppressed=True,
                                    suppressed_hits=len(result.hits))
-    kept = [h for h in result.hits if not _relate_hit_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
+    kept = [h for h in result.hits if not table_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
     dropped = len(result.hits) - len(kept)
     if not dropped:  # the usual case (Relate's min_support is the floor already): nothing to copy
         return result

@@ -105,3 +105,43 @@ def test_request_ids_are_16_hex_digits_distinct_and_differ_in_a_forked_worker():
     # a client's own safe id is kept, an unsafe one replaced
     assert logs.new_request_id("trace-42") == "trace-42"
     assert logs.new_request_id("bad id") != "bad id"
+
+
+class RecordingServer:
+    """The two grpc.Server methods `register` calls."""
+
+    def __init__(self):
+        self.generic = []
+        self.registered = {}
+
+    def add_generic_rpc_handlers(self, handlers):
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service_name, handlers):
+        self.registered[service_name] = handlers
+
+
+def test_register_puts_every_method_wrapped_where_grpc_finds_it(pipeline, monkeypatch):
+    """Without other interceptors the server adds the service's handlers wrapped once (no interceptor
+    runs per call): every method of the service is registered, and a call goes through the pipeline."""
+    from segsrv.v1 import segsrv_pb2_grpc
+
+    class Servicer(segsrv_pb2_grpc.SegmentationServiceServicer):
+        def Count(self, request, context):
+            return pb.CountResponse(count=7)
+
+    server = RecordingServer()
+    pipeline.register(server, segsrv_pb2_grpc.add_SegmentationServiceServicer_to_server, Servicer())
+    methods = set(pb.DESCRIPTOR.services_by_name["SegmentationService"].methods_by_name)
+    assert set(server.registered[SERVICE]) == methods
+    assert server.generic[0].service(Details(f"/{SERVICE}/Count")) is server.registered[SERVICE]["Count"]
+    seen = []
+
+    def start(self, method, context):  # the pipeline's first step: record the call, go no further
+        seen.append(method)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(RequestPipeline, "_start", start)
+    with pytest.raises(RuntimeError, match="stop"):
+        server.registered[SERVICE]["Count"].unary_unary(pb.CountRequest(), Context())
+    assert seen == ["Count"]
