@@ -84,7 +84,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from ..errors import PrivacyFloorError
+from ..ops.relate import RelateHits
 
 DEFAULT_PRIVACY_K = 10
 FLOOR_NOTE = "below the privacy floor"
@@ -102,12 +105,20 @@ def small_in(count: int, total: int, k: int) -> bool:
 def table_small(n: int, a: int, b: int, ab: int, k: int) -> bool:
     """A 2x2 table over n rows: a rows in A, b in B, ab in both. True when a cell (ab, a - ab, b - ab,
     n - a - b + ab) or a margin (a, n - a, b, n - b) is small."""
+    return tables_small(n, a, (b,), (ab,), k)[0]
+
+
+def tables_small(n: int, a: int, bs, abs_, k: int) -> list[bool]:
+    """table_small(n, a, b, ab, k) for each (b, ab) of bs and abs_ (Relate's hits: one condition, many
+    features), in one loop."""
     if k <= 1:
-        return False
-    n, a, b, ab = int(n), int(a), int(b), int(ab)
-    # one short-circuit expression, not a loop or any(): Relate calls it per hit
-    return (0 < ab < k or 0 < a - ab < k or 0 < b - ab < k or 0 < n - a - b + ab < k
-            or 0 < a < k or 0 < n - a < k or 0 < b < k or 0 < n - b < k)
+        return [False] * len(bs)
+    n, a = int(n), int(a)
+    if 0 < a < k or 0 < n - a < k:
+        return [True] * len(bs)
+    # one short-circuit expression per table, no call: Relate checks every hit
+    return [0 < ab < k or 0 < a - ab < k or 0 < b - ab < k or 0 < n - a - b + ab < k or 0 < b < k or 0 < n - b < k
+            for b, ab in zip(map(int, bs), map(int, abs_))]
 
 
 def floor_size(count: int, k: int, total: int | None = None) -> int:
@@ -162,11 +173,18 @@ def floor_relate(result, k: int):
     if small_in(c, n, k):
         return dataclasses.replace(result, n_condition=0, n_matching=0, hits=[], suppressed=True,
                                    suppressed_hits=len(result.hits))
-    kept = [h for h in result.hits if not table_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
-    dropped = len(result.hits) - len(kept)
+    hits = result.hits
+    if isinstance(hits, RelateHits):  # the engine's columns: no hit object built
+        small = tables_small(n, c, hits.n_feature.tolist(), hits.support.tolist(), k)
+        dropped = sum(small)
+        if dropped:
+            hits = hits.take(np.flatnonzero(~np.array(small, dtype=bool)))
+    else:
+        hits = [h for h in hits if not table_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
+        dropped = len(result.hits) - len(hits)
     if not dropped:  # the usual case (Relate's min_support is the floor already): nothing to copy
         return result
-    return dataclasses.replace(result, hits=kept, n_matching=result.n_matching - dropped, suppressed_hits=dropped)
+    return dataclasses.replace(result, hits=hits, n_matching=result.n_matching - dropped, suppressed_hits=dropped)
 
 
 # --- Profile --------------------------------------------------------------------------------------

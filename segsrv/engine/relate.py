@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _kernels
-from ..ops.relate import RelateHit, RelateQuery, RelateResult
+from ..ops.relate import HIT_FLOAT_STATS, RelateHits, RelateQuery, RelateResult
 from ..snapshot.reader import Snapshot, Universe
 from . import stats as st
 from .conditions import condition_fields, evaluate_to_read
@@ -150,7 +150,7 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
 
 
 def rank_counts(universe: Universe, query: RelateQuery, n: int, n_c: int, fids: np.ndarray, n_f: np.ndarray,
-                n_cf: np.ndarray) -> tuple[int, list[RelateHit]]:
+                n_cf: np.ndarray) -> tuple[int, RelateHits]:
     """(candidates passing every filter, the first `limit` of them as hits) from the counts alone: n rows,
     n_c in the condition, and per candidate feature fids its n_f rows overall and n_cf in the condition.
     Every statistic, filter and order of Relate is decided here, for one snapshot or summed shards."""
@@ -215,13 +215,16 @@ def first_by(key: np.ndarray, ties: np.ndarray, limit: int) -> np.ndarray:
     return near[np.lexsort((ties[near], key[near]))[:limit]]
 
 
-# a hit's statistics, in this order: the kernel's table, then the counts and the tails
-_HIT_STATS = (*_kernels.TABLE_STATISTICS, "support", "n_feature", "p_value", "q_value")
+# where the table kernel's statistics and the tails go among a hit's float statistics
+_TABLE_COLUMNS = np.array([HIT_FLOAT_STATS.index(name) for name in _kernels.TABLE_STATISTICS])
+_P_COLUMN, _Q_COLUMN = HIT_FLOAT_STATS.index("p_value"), HIT_FLOAT_STATS.index("q_value")
 
 
-def _hits(universe: Universe, n: int, n_c: int, fids, n_f, n_cf, p_value, q_value, prior_strength) -> list[RelateHit]:
-    table = _kernels.table_statistics(n, n_c, n_f, n_cf, prior_strength).tolist()
-    feature_name = universe.feature_name
-    return [RelateHit(fid, *feature_name(fid), dict(zip(_HIT_STATS, row + [cf, f, p, q])))
-            for fid, row, f, cf, p, q in zip(fids.tolist(), table, n_f.tolist(), n_cf.tolist(), p_value.tolist(),
-                                             q_value.tolist())]
+def _hits(universe: Universe, n: int, n_c: int, fids, n_f, n_cf, p_value, q_value, prior_strength) -> RelateHits:
+    stats = np.empty((len(fids), len(HIT_FLOAT_STATS)))
+    stats[:, _TABLE_COLUMNS] = _kernels.table_statistics(n, n_c, n_f, n_cf, prior_strength)
+    stats[:, _P_COLUMN] = p_value
+    stats[:, _Q_COLUMN] = q_value
+    names = [universe.feature_name(fid) for fid in fids.tolist()]
+    return RelateHits(np.asarray(fids, dtype=np.int64), [f for f, _ in names], [v for _, v in names], stats,
+                      np.asarray(n_cf, dtype=np.int64), np.asarray(n_f, dtype=np.int64))

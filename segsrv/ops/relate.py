@@ -12,7 +12,10 @@ docs/query.md. A new parameter is declared in PARAMS and mapped in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..errors import QueryError
 from ..v1 import segsrv_pb2 as pb
@@ -65,6 +68,15 @@ _ORDER_PROTO_NAMES = {v: k for k, v in _ORDER_ALIASES.items()}
 # RelateHit proto field of each statistic
 _STAT_FIELDS = {name: name for name in STAT_NAMES} | {"n_feature": "feature_count"}
 _INT_STATS = {"support", "n_feature"}
+# a hit's statistics that are floats, in the order of RelateHits.stats' columns
+HIT_FLOAT_STATS = tuple(s for s in STAT_NAMES if s not in _INT_STATS)
+# RelateHit.stats' keys, in the order the engine has always given them: the table kernel's statistics
+# (segsrv._kernels.TABLE_STATISTICS), then support, n_feature, p_value, q_value
+STAT_DICT_ORDER = ("support_ratio", "p", "p_base", "p_not", "lift", "lift_smoothed", "lift_low", "lift_high",
+                   "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "mutual_information",
+                   "support", "n_feature", "p_value", "q_value")
+_HIT_DICT_HEAD = [HIT_FLOAT_STATS.index(s) for s in STAT_DICT_ORDER[:STAT_DICT_ORDER.index("support")]]
+_HIT_DICT_TAIL = [HIT_FLOAT_STATS.index(s) for s in STAT_DICT_ORDER[STAT_DICT_ORDER.index("n_feature") + 1:]]
 
 
 @dataclass
@@ -182,6 +194,60 @@ class RelateHit:
             raise AttributeError(name) from None
 
 
+class RelateHits(Sequence):
+    """A Relate's hits as columns, as the engine computes them, read as a sequence of RelateHit (built on
+    first access): the gRPC answer and the privacy floor read the columns, so a server builds no object
+    per hit. stats: float64[k, len(HIT_FLOAT_STATS)], columns in that order; support and n_feature:
+    int64[k]; feature_ids: int64[k]; fields, values: k names."""
+
+    __slots__ = ("feature_ids", "fields", "values", "stats", "support", "n_feature", "_list")
+
+    def __init__(self, feature_ids: np.ndarray, fields: list[str], values: list[str], stats: np.ndarray,
+                 support: np.ndarray, n_feature: np.ndarray):
+        self.feature_ids, self.fields, self.values = feature_ids, fields, values
+        self.stats, self.support, self.n_feature = stats, support, n_feature
+        self._list: list[RelateHit] | None = None
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __getitem__(self, i):
+        return self.as_list()[i]
+
+    def __iter__(self):
+        return iter(self.as_list())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and self.as_list() == list(other)
+
+    def __repr__(self) -> str:
+        return f"RelateHits({self.as_list()!r})"
+
+    def as_list(self) -> list[RelateHit]:
+        if self._list is None:
+            rows = self.stats.tolist()
+            self._list = [  # the statistics in STAT_DICT_ORDER
+                RelateHit(fid, f, v, dict(zip(STAT_DICT_ORDER, [row[j] for j in _HIT_DICT_HEAD] + [s, nf]
+                                              + [row[j] for j in _HIT_DICT_TAIL])))
+                for fid, f, v, row, s, nf in zip(self.feature_ids.tolist(), self.fields, self.values, rows,
+                                                 self.support.tolist(), self.n_feature.tolist())]
+        return self._list
+
+    def take(self, keep: np.ndarray) -> "RelateHits":
+        """The hits at positions `keep` (int array), in that order."""
+        idx = keep.tolist()
+        return RelateHits(self.feature_ids[keep], [self.fields[i] for i in idx], [self.values[i] for i in idx],
+                          self.stats[keep], self.support[keep], self.n_feature[keep])
+
+    def add_to(self, repeated) -> None:
+        """Append the hits to a RelateResponse's repeated `hits` (built in place: a list of RelateHit
+        messages would be copied in again)."""
+        add_hit = repeated.add
+        for f, v, row, s, nf in zip(self.fields, self.values, self.stats.tolist(), self.support.tolist(),
+                                    self.n_feature.tolist()):
+            add_hit(field=f, value=v, support=s, feature_count=nf, **dict(zip(HIT_FLOAT_STATS, row)))
+
+
 @dataclass
 class RelateResult:
     snapshot: str
@@ -192,7 +258,7 @@ class RelateResult:
     n_candidates: int
     n_matching: int  # candidates passing every filter (hits is the first `limit` of them)
     plan: str
-    hits: list[RelateHit]
+    hits: Sequence[RelateHit]  # the engine's: RelateHits
     elapsed_ms: float
     suppressed: bool = False  # the condition is below the privacy floor: no hits
     suppressed_hits: int = 0  # hits dropped by the privacy floor
@@ -230,6 +296,9 @@ class RelateResult:
             plan=enum_to_proto(pb.RelatePlan, "RELATE_PLAN_", self.plan),  # "none" (nothing counted) -> UNSPECIFIED
             suppressed=self.suppressed, suppressed_hit_count=self.suppressed_hits,
         )
+        if isinstance(self.hits, RelateHits):
+            self.hits.add_to(resp.hits)
+            return resp
         add_hit = resp.hits.add  # built in place: a list of RelateHit messages would be copied in again
         for h in self.hits:
             kw = dict(h.stats)  # STAT_NAMES, which are RelateHit's fields but for n_feature
@@ -251,3 +320,4 @@ class RelateResult:
             hits=hits, elapsed_ms=resp.info.server_time_ms, suppressed=resp.suppressed,
             suppressed_hits=resp.suppressed_hit_count,
         )
+

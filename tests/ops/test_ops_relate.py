@@ -123,3 +123,46 @@ def test_q_values_are_asked_for():
     assert selected.q_values and selected.to_proto().q_values
     ordered = RelateQuery.from_json({"order_by": "q_value"})
     assert ordered.wants_q_values and not ordered.q_values
+
+
+_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(-0.0), st.just(0.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**40), st.text(max_size=12), st.text(max_size=12),
+                          st.lists(_FLOATS, min_size=17, max_size=17), st.integers(0, 2**62), st.integers(0, 2**62)),
+                max_size=12),
+       st.data())
+def test_relate_hits_columns_read_and_encode_as_the_hit_objects(rows, data):
+    """RelateHits (the engine's columns) reads as the RelateHit objects of the same hits (the statistics dict
+    in the engine's order, ints for the counts), answers the same RelateResponse (NaN, infinities and -0.0
+    kept, bit for bit), and `take` keeps the chosen hits in the chosen order."""
+    import numpy as np
+
+    from segsrv._kernels import TABLE_STATISTICS
+    from segsrv.ops.relate import HIT_FLOAT_STATS, STAT_DICT_ORDER, RelateHits
+
+    assert STAT_DICT_ORDER == (*TABLE_STATISTICS, "support", "n_feature", "p_value", "q_value")
+    hits = RelateHits(np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows], [r[2] for r in rows],
+                      np.array([r[3] for r in rows], dtype=np.float64).reshape(len(rows), len(HIT_FLOAT_STATS)),
+                      np.array([r[4] for r in rows], dtype=np.int64), np.array([r[5] for r in rows], dtype=np.int64))
+    objects = [RelateHit(fid, f, v, {**{name: x for name, x in zip(HIT_FLOAT_STATS, floats)}, "support": s,
+                                     "n_feature": nf})
+               for fid, f, v, floats, s, nf in rows]
+    assert len(hits) == len(objects)
+    for got, want in zip(hits, objects):
+        assert (got.feature_id, got.field, got.value) == (want.feature_id, want.field, want.value)
+        assert list(got.stats) == list(STAT_DICT_ORDER)
+        assert type(got.stats["support"]) is int and type(got.stats["n_feature"]) is int
+        assert np.array_equal(np.array([got.stats[k] for k in STAT_DICT_ORDER], dtype=np.float64).view(np.uint64),
+                              np.array([want.stats[k] for k in STAT_DICT_ORDER], dtype=np.float64).view(np.uint64))
+    result = RelateResult("s", "v", "u", 10, 5, 7, len(rows), "scan", hits, 1.0)
+    as_objects = RelateResult("s", "v", "u", 10, 5, 7, len(rows), "scan", objects, 1.0)
+    assert result.to_proto(1.0).SerializeToString() == as_objects.to_proto(1.0).SerializeToString()
+    keep = np.array(data.draw(st.lists(st.integers(0, max(len(rows) - 1, 0)), max_size=len(rows))) if rows else [],
+                    dtype=np.int64)
+    taken = hits.take(keep)
+    assert [h.field for h in taken] == [objects[i].field for i in keep.tolist()]
+    assert RelateResult("s", "v", "u", 10, 5, 7, len(keep), "scan", taken, 1.0).to_proto(1.0).SerializeToString() == \
+        RelateResult("s", "v", "u", 10, 5, 7, len(keep), "scan", [objects[i] for i in keep.tolist()],
+                     1.0).to_proto(1.0).SerializeToString()

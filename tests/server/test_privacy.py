@@ -485,15 +485,18 @@ def test_snapshot_info_value_counts_leave_no_small_rest(snap_and_terms):
 
 
 def test_relate_floor_per_hit_check_equals_table_small():
-    """floor_relate's per-hit check (table_small) = its definition, a cell or margin of 1..k-1 rows, on
-    every table of small n around the k boundaries, with numpy counts as Relate's hits hold them."""
-    from segsrv.engine.privacy import small_in, table_small
+    """table_small and floor_relate's per-hit check (tables_small, one condition against many features) =
+    their definition, a cell or margin of 1..k-1 rows, on every table of small n around the k boundaries,
+    with numpy counts as Relate's hits hold them; with the floor off, nothing is small."""
+    from segsrv.engine.privacy import table_small, tables_small
 
-    for k in (2, 3, 10):
+    for k in (0, 1, 2, 3, 10):
         for n in range(0, 2 * k + 3):
-            for c, b in itertools.product(range(n + 1), repeat=2):
-                if small_in(c, n, k):
-                    continue
-                for ab in range(max(0, c + b - n), min(c, b) + 1):
-                    cells = (ab, c - ab, b - ab, n - c - b + ab, c, n - c, b, n - b)
-                    assert table_small(n, c, np.int64(b), ab, k) == any(0 < x < k for x in cells)
+            for c in range(n + 1):
+                tables = [(b, ab) for b in range(n + 1) for ab in range(max(0, c + b - n), min(c, b) + 1)]
+                want = [k > 1 and any(0 < x < k for x in (ab, c - ab, b - ab, n - c - b + ab, c, n - c, b, n - b))
+                        for b, ab in tables]
+                assert [table_small(n, c, np.int64(b), ab, k) for b, ab in tables] == want
+                bs, abs_ = (np.array(col, dtype=np.int64) for col in zip(*tables))
+                assert tables_small(n, c, bs.tolist(), abs_.tolist(), k) == want
+                assert tables_small(np.int64(n), np.int64(c), bs, abs_, k) == want
