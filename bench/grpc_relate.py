@@ -71,7 +71,6 @@ def _empty_server(method: str = "Relate", port: int = 0, reuse_port: bool = Fals
 
     import grpc
 
-    from segsrv.v1 import segsrv_pb2 as pb
 
     d = _server_defaults()
     options = [
@@ -312,7 +311,7 @@ def counted_bytes(root, queries: list[dict]) -> dict[str, float]:
 
     from segsrv import _kernels
     from segsrv.engine.conditions import evaluate
-    from segsrv.engine.relate import candidate_features, count_features
+    from segsrv.engine.relate import candidate_features, count_features, feature_layout
     from segsrv.ops.relate import RelateQuery
     from segsrv.snapshot.reader import open_snapshot
 
@@ -335,8 +334,10 @@ def counted_bytes(root, queries: list[dict]) -> dict[str, float]:
         if plan == "histogram":
             rows = _kernels.bitset_to_ids(bits, u.n_rows).astype(np.int64)
             plan_bytes += query_bytes + 4.0 * float((indptr[rows + 1] - indptr[rows]).sum()) + 16.0 * len(rows)
-        else:
-            plan_bytes += scan
+        else:  # Relate's layout: a partitioning field's costliest value is derived from the others, not read
+            layout = feature_layout(u, fids, derive_partitions=True)
+            plan_bytes += query_bytes + 8.0 * u.n_words * len(layout.dense) + 4.0 * float(
+                np.asarray(u.feature_count[fids[layout.sparse]]).sum())
     return {"bitsets": bitsets / len(queries), "plan": plan_bytes / len(queries)}
 
 

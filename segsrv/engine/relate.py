@@ -14,13 +14,13 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _kernels
 from ..ops.relate import HIT_FLOAT_STATS, RelateHits, RelateQuery, RelateResult
-from ..snapshot.reader import Snapshot, Universe
+from ..snapshot.reader import FieldInfo, Snapshot, Universe
 from . import stats as st
 from .conditions import condition_fields, evaluate_to_read
 from .fields import identifier_like_fields, select_fields
@@ -46,20 +46,53 @@ class FeatureLayout:
     sparse: np.ndarray  # positions of those stored as sorted id arrays
     sparse_slots: np.ndarray  # their slots in universe.sparse_offsets
     scan_cost: float  # what the scan plan reads: dense words and sparse ids
+    # positions counted without reading their rows, one per field whose values partition the rows (each
+    # row holds exactly one): its costliest value, whose count is the condition's minus the field's others
+    derived: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    partition_members: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the others' positions
+    partition_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # each one's index in derived
 
 
-def feature_layout(universe: Universe, fids: np.ndarray) -> FeatureLayout:
+def partition_fields(universe: Universe) -> list[FieldInfo]:
+    """The fields whose values partition the universe's rows: a row holds at most one value (own or forward,
+    not multi-valued: snapshot.format) and the values' rows add up to every row, so each row holds exactly one."""
+    return [f for f in universe.fields.values() if f.semantics in ("own", "forward") and f.kind != "multi"
+            and int(np.asarray(universe.feature_count[f.feature_ids], dtype=np.int64).sum()) == universe.n_rows]
+
+
+def feature_layout(universe: Universe, fids: np.ndarray, derive_partitions: bool = False) -> FeatureLayout:
+    """derive_partitions: where every value of a partitioning field is among fids (once), leave its costliest
+    value's row unread (FeatureLayout.derived): only for callers whose n_c is the condition's exact count."""
     slots = np.asarray(universe.feature_slot[fids])
-    dense_mask = slots >= 0
-    scan_cost = float(dense_mask.sum()) * universe.n_words + float(universe.feature_count[fids[~dense_mask]].sum())
+    derived, members, member_of = [], [], []
+    if derive_partitions and len(fids) and len(np.unique(fids)) == len(fids):
+        position = np.full(universe.n_features, -1, dtype=np.int64)
+        position[fids] = np.arange(len(fids))
+        for info in partition_fields(universe):
+            where = position[info.feature_ids]
+            if len(where) < 2 or (where < 0).any():
+                continue
+            counts = np.asarray(universe.feature_count[info.feature_ids], dtype=np.int64)
+            # a dense row costs n_words words, sparse ids one word each per row they hold
+            cost = np.where(slots[where] >= 0, universe.n_words, counts)
+            costliest = int(np.argmax(cost))
+            derived.append(int(where[costliest]))
+            members.extend(np.delete(where, costliest).tolist())
+            member_of.extend([len(derived) - 1] * (len(where) - 1))
+    read = np.ones(len(fids), dtype=bool)
+    read[derived] = False
+    dense_mask, sparse_mask = (slots >= 0) & read, (slots < 0) & read
+    scan_cost = float(dense_mask.sum()) * universe.n_words + float(universe.feature_count[fids[sparse_mask]].sum())
     return FeatureLayout(np.flatnonzero(dense_mask), np.ascontiguousarray(slots[dense_mask]),
-                         np.flatnonzero(~dense_mask), np.ascontiguousarray(-slots[~dense_mask] - 1), scan_cost)
+                         np.flatnonzero(sparse_mask), np.ascontiguousarray(-slots[sparse_mask] - 1), scan_cost,
+                         np.array(derived, dtype=np.int64), np.array(members, dtype=np.int64),
+                         np.array(member_of, dtype=np.int64))
 
 
 def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto",
                    layout: FeatureLayout | None = None) -> tuple[np.ndarray, str]:
     """n_CF for each feature id in `fids` (exact), and the plan used. layout: feature_layout(universe, fids)
-    when the caller has it."""
+    when the caller has it (with derive_partitions only when n_c is popcount(cond_bits))."""
     if layout is None:
         layout = feature_layout(universe, fids)
     if plan == "auto":
@@ -78,6 +111,9 @@ def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np
     if len(layout.sparse):
         out[layout.sparse] = _kernels.and_count_sparse(cond_bits, universe.sparse_ids, universe.sparse_offsets,
                                                        layout.sparse_slots)
+    if len(layout.derived):  # the rest of the condition's rows (weights below 2^53: exact)
+        others = np.bincount(layout.partition_of, weights=out[layout.partition_members], minlength=len(layout.derived))
+        out[layout.derived] = n_c - others.astype(np.int64)
     return out, plan
 
 
@@ -106,8 +142,9 @@ def _candidates(universe: Universe, query: RelateQuery) -> tuple[np.ndarray, np.
     if found is None:
         fids = select_candidates(universe, query, () if query.relate else identifier_like_fields(universe))
         n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
-        layout = feature_layout(universe, fids)
-        for a in (fids, n_f, layout.dense, layout.dense_slots, layout.sparse, layout.sparse_slots):
+        layout = feature_layout(universe, fids, derive_partitions=True)  # relate's n_c is the popcount
+        for a in (fids, n_f, layout.dense, layout.dense_slots, layout.sparse, layout.sparse_slots, layout.derived,
+                  layout.partition_members, layout.partition_of):
             a.setflags(write=False)
         found = (fids, n_f, layout)
         with _MEMO_LOCK:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from segsrv.engine.conditions import evaluate
 from segsrv.ops.conditions import parse_where
 from segsrv.service import run_json
-from segsrv.engine.relate import count_features, first_by, relate
+from segsrv.engine.relate import count_features, feature_layout, first_by, partition_fields, relate
 from segsrv.ops.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownUniverseError
 
@@ -216,6 +216,12 @@ def test_random_relate_equals_bruteforce(petnord_snapshot, oracle, ref, where_st
             got, used = count_features(u, bits, n_c, fids, plan)
             assert used == plan
             np.testing.assert_array_equal(got, want)
+        # the partitioning fields' costliest values derived from the rest, not read; their fields in any order
+        shuffled = np.random.default_rng(n_c).permutation(fids)
+        for ids in (fids, shuffled):
+            layout = feature_layout(u, ids, derive_partitions=True)
+            got, _ = count_features(u, bits, n_c, ids, "scan", layout)
+            np.testing.assert_array_equal(got, want[ids])
 
 
 @pytest.mark.parametrize("universe_name", ["customers", "order_lines", "orders"])
@@ -495,3 +501,28 @@ def test_first_by_equals_full_lexsort(data):
     ties = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).permutation(3 * m)[:m].astype(np.int64)
     limit = data.draw(st.one_of(st.integers(1, 60), st.integers(1, MAX_LIMIT)))
     assert np.array_equal(first_by(key, ties, limit), np.lexsort((ties, key))[:limit])
+
+
+@pytest.mark.parametrize("universe_name", ["customers", "order_lines", "orders"])
+def test_partition_fields_are_the_fields_every_row_holds_exactly_one_value_of(petnord_snapshot, oracle, universe_name):
+    """partition_fields = the fields whose values' row masks (the oracle's, from the source tables) give every
+    row exactly one value; a derived layout leaves exactly one value of each, when all its values are asked
+    for once, and none of a field asked for in part or twice."""
+    u, bu = petnord_snapshot.universe(universe_name), oracle.universe(universe_name)
+    want = []
+    for name in u.fields:
+        masks = [bu.feature_mask(name, v) for v in u.fields[name].values]
+        if masks and (np.sum(masks, axis=0) == 1).all():
+            want.append(name)
+    assert [f.name for f in partition_fields(u)] == want
+    fids = np.arange(u.n_features, dtype=np.int64)
+    layout = feature_layout(u, fids, derive_partitions=True)
+    several = [f for f in partition_fields(u) if len(f.values) > 1]
+    assert sorted(u.feature_name(int(fids[p]))[0] for p in layout.derived) == sorted(f.name for f in several)
+    read = np.concatenate([layout.dense, layout.sparse, layout.derived])
+    assert sorted(read.tolist()) == list(range(len(fids)))  # every position read or derived, once
+    if several:
+        part = several[0].feature_ids
+        assert len(feature_layout(u, part[1:], derive_partitions=True).derived) == 0
+        assert len(feature_layout(u, np.concatenate([part, part]), derive_partitions=True).derived) == 0
+        assert len(feature_layout(u, part).derived) == 0  # only when asked for
