@@ -71,7 +71,6 @@ def _empty_server(method: str = "Relate", port: int = 0, reuse_port: bool = Fals
 
     import grpc
 
-
     d = _server_defaults()
     options = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
