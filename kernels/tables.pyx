@@ -27,7 +27,7 @@ from segsrv._kernels.bitset import _check, _check_out
 from libc.stdint cimport int64_t
 from libc.math cimport log2, sqrt, INFINITY, NAN, isnan
 
-__all__ = ["TABLE_STATISTICS", "table_statistics", "table_mutual_information"]
+__all__ = ["TABLE_STATISTICS", "table_statistics", "table_mutual_information", "top_by_mutual_information"]
 
 TABLE_STATISTICS = (
     "support_ratio", "p", "p_base", "p_not", "lift", "lift_smoothed", "lift_low", "lift_high", "leverage",
@@ -170,3 +170,125 @@ def table_mutual_information(n, n_c, n_f, n_cf, out=None):
     with nogil:
         _mutual_information_core(nn, nc, &fv[0], &cfv[0], k, &ov[0])
     return out
+
+
+_DIRECTIONS = {"all": 0, "over": 1, "under": 2}
+
+
+cdef inline bint _ranks_before(double key_a, int64_t tie_a, double key_b, int64_t tie_b) noexcept nogil:
+    """a comes first: the larger key, then the smaller tie."""
+    return key_a > key_b or (key_a == key_b and tie_a < tie_b)
+
+
+cdef void _sift_down(double *key, int64_t *tie, int64_t *pos, size_t h, size_t i) noexcept nogil:
+    """Restore the heap below i: every parent ranks after (or level with) its children (the root: the last)."""
+    cdef size_t child, worst
+    cdef double tk
+    cdef int64_t tt, tp
+    while True:
+        worst = i
+        child = 2 * i + 1
+        if child < h and _ranks_before(key[worst], tie[worst], key[child], tie[child]):
+            worst = child
+        child += 1
+        if child < h and _ranks_before(key[worst], tie[worst], key[child], tie[child]):
+            worst = child
+        if worst == i:
+            return
+        tk, tt, tp = key[i], tie[i], pos[i]
+        key[i], tie[i], pos[i] = key[worst], tie[worst], pos[worst]
+        key[worst], tie[worst], pos[worst] = tk, tt, tp
+        i = worst
+
+
+cdef int64_t _top_core(int64_t n, int64_t n_c, const int64_t *n_f, const int64_t *n_cf, const int64_t *ties,
+                       size_t k, int64_t min_support, int direction, bint has_min_lift, double min_lift,
+                       size_t limit, double *key, int64_t *tie, int64_t *pos, size_t *n_top) noexcept nogil:
+    cdef int64_t matching = 0
+    cdef size_t i, h = 0, j, parent
+    cdef double lift, mi, tk
+    cdef int64_t f, cf, tt, tp
+    for i in range(k):
+        f = n_f[i]
+        cf = n_cf[i]
+        if not (0 < f < n) or cf < min_support or n_c <= 0:
+            continue
+        if direction != 0 or has_min_lift:
+            lift = (<double>cf / <double>n_c) / (<double>f / <double>n)
+            if (direction == 1 and not lift > 1) or (direction == 2 and not lift < 1) or \
+                    (has_min_lift and not lift >= min_lift):
+                continue
+        matching += 1
+        mi = _mutual_information(<double>n, <double>n_c, <double>f, <double>cf)
+        if isnan(mi):
+            mi = -INFINITY
+        if h < limit:  # room: add it, then up while it ranks after its parent
+            j = h
+            key[j], tie[j], pos[j] = mi, ties[i], <int64_t>i
+            h += 1
+            while j > 0:
+                parent = (j - 1) // 2
+                if not _ranks_before(key[parent], tie[parent], key[j], tie[j]):
+                    break
+                tk, tt, tp = key[j], tie[j], pos[j]
+                key[j], tie[j], pos[j] = key[parent], tie[parent], pos[parent]
+                key[parent], tie[parent], pos[parent] = tk, tt, tp
+                j = parent
+        elif _ranks_before(mi, ties[i], key[0], tie[0]):  # better than the last kept: replaces it
+            key[0], tie[0], pos[0] = mi, ties[i], <int64_t>i
+            _sift_down(key, tie, pos, h, 0)
+    n_top[0] = h
+    # heapsort: the last-ranked goes to the end, then the next, ...: first-ranked at 0
+    j = h
+    while j > 1:
+        j -= 1
+        tk, tt, tp = key[0], tie[0], pos[0]
+        key[0], tie[0], pos[0] = key[j], tie[j], pos[j]
+        key[j], tie[j], pos[j] = tk, tt, tp
+        _sift_down(key, tie, pos, j, 0)
+    return matching
+
+
+def top_by_mutual_information(n, n_c, n_f, n_cf, ties, min_support, direction, min_lift, limit):
+    """(candidates kept, positions of the first `limit` of them) -> (int, int64[m]): Relate's default
+    order in one pass.
+
+    Candidate i is the table (n, n_c, n_f[i], n_cf[i]); it is kept when 0 < n_f[i] < n, n_cf[i] >=
+    min_support, n_c > 0 and, by its lift (n_cf / n_c) / (n_f / n), lift > 1 for direction "over",
+    lift < 1 for "under" (any for "all") and lift >= min_lift (unless None). The kept are ordered by
+    mutual information, largest first (NaN last), then by ties[i] ascending (distinct ties: a total
+    order), as segsrv.engine.relate orders them with numpy (the naive twin); a bounded heap keeps the
+    first `limit`.
+    """
+    cdef size_t k = _table_args(n, n_c, n_f, n_cf)
+    _check(ties, "ties", np.int64, 1)
+    if ties.shape[0] != <Py_ssize_t>k:
+        raise ValueError(f"ties must have the length of n_f, {k}, got {ties.shape[0]}")
+    for name, v in (("min_support", min_support), ("limit", limit)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction must be one of {sorted(_DIRECTIONS)}, got {direction!r}")
+    cdef int dcode = _DIRECTIONS[direction]
+    cdef bint has_min_lift = min_lift is not None
+    cdef double lift_floor = float(min_lift) if has_min_lift else 0.0
+    cdef size_t cap = min(<size_t>limit, k)
+    keys = np.empty(cap, dtype=np.float64)
+    tie_of = np.empty(cap, dtype=np.int64)
+    top = np.empty(cap, dtype=np.int64)
+    if k == 0:
+        return 0, top
+    cdef const int64_t[::1] fv = n_f
+    cdef const int64_t[::1] cfv = n_cf
+    cdef const int64_t[::1] tv = ties
+    cdef double[::1] kv = keys
+    cdef int64_t[::1] tov = tie_of
+    cdef int64_t[::1] pv = top
+    cdef int64_t nn = n, nc = n_c, ms = min_support, matching
+    cdef size_t n_top = 0
+    with nogil:
+        matching = _top_core(nn, nc, &fv[0], &cfv[0], &tv[0], k, ms, dcode, has_min_lift, lift_floor, cap,
+                             &kv[0], &tov[0], &pv[0], &n_top)
+    return int(matching), top[:n_top]

@@ -123,4 +123,4 @@ from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
 from .csr import PAIR_MAX_SLOTS, csr_histogram, csr_pair_scores, csr_row_scores  # noqa: E402
 from .cooccur import cooccurrence, cross_cooccurrence  # noqa: E402
 from .hypergeom import hypergeom_log_tail, hypergeom_tail  # noqa: E402
-from .tables import TABLE_STATISTICS, table_mutual_information, table_statistics  # noqa: E402
+from .tables import TABLE_STATISTICS, table_mutual_information, table_statistics, top_by_mutual_information  # noqa: E402

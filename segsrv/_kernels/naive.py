@@ -32,6 +32,7 @@ __all__ = [
     "hypergeom_tail",
     "table_statistics",
     "table_mutual_information",
+    "top_by_mutual_information",
 ]
 
 
@@ -275,3 +276,21 @@ def table_statistics(n, n_c, n_f, n_cf, prior_strength=10.0):
 def table_mutual_information(n, n_c, n_f, n_cf):
     return np.array([_table_mi(n, n_c, f, cf) for f, cf in zip(np.asarray(n_f).tolist(), np.asarray(n_cf).tolist())],
                     dtype=np.float64)
+
+
+def top_by_mutual_information(n, n_c, n_f, n_cf, ties, min_support, direction, min_lift, limit):
+    """The filter of Relate's candidates as vectors, then a full sort by (-mutual information, tie)."""
+    n_f, n_cf, ties = (np.asarray(a, dtype=np.int64) for a in (n_f, n_cf, ties))
+    keep = (n_f > 0) & (n_f < n) & (n_cf >= min_support) & (n_c > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = (n_cf / n_c) / (n_f / n)
+    if direction == "over":
+        keep &= lift > 1
+    elif direction == "under":
+        keep &= lift < 1
+    if min_lift is not None:
+        keep &= lift >= min_lift
+    idx = np.flatnonzero(keep)
+    key = table_mutual_information(n, n_c, n_f[idx], n_cf[idx])
+    key = np.where(np.isnan(key), -np.inf, key)
+    return len(idx), idx[np.lexsort((ties[idx], -key))[:limit]].astype(np.int64)

@@ -101,3 +101,75 @@ def test_errors():
     with pytest.raises(ValueError, match="out"):
         K.table_statistics(5, 1, f, f, out=np.empty((1, 3)))
     assert T.TABLE_STATISTICS == K.TABLE_STATISTICS
+
+
+def _top_with_numpy(n, n_c, n_f, n_cf, ties, min_support, direction, min_lift, limit):
+    """The engine's vector form of the default order (filters, then a lexsort by -key and tie) over the
+    kernel's own mutual information: the same numbers, so the same order, ties included."""
+    keep = (n_f > 0) & (n_f < n) & (n_cf >= min_support) & (n_c > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = (n_cf / n_c) / (n_f / n)
+    if direction == "over":
+        keep &= lift > 1
+    elif direction == "under":
+        keep &= lift < 1
+    if min_lift is not None:
+        keep &= lift >= min_lift
+    idx = np.flatnonzero(keep)
+    key = K.table_mutual_information(n, n_c, n_f[idx], n_cf[idx])
+    key = np.where(np.isnan(key), -np.inf, key)
+    return len(idx), idx[np.lexsort((ties[idx], -key))[:limit]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables(), st.data())
+def test_top_by_mutual_information_is_the_sorted_filter(table, data):
+    """The kernel's (kept, first `limit`) = filtering and fully sorting the candidates, for every direction,
+    lift floor and limit (repeated tables, so equal keys, ordered by their distinct ties); the naive twin
+    keeps the same candidates, its keys within rounding."""
+    n, n_c, n_f, n_cf, _ = table
+    if len(n_f) and data.draw(st.booleans()):  # repeat tables: equal keys, told apart by the ties
+        n_f, n_cf = np.tile(n_f, 3), np.tile(n_cf, 3)
+    ties = np.array(data.draw(st.permutations(range(0, 5 * len(n_f), 5))), dtype=np.int64)
+    min_support = data.draw(st.integers(0, 3))
+    direction = data.draw(st.sampled_from(["over", "under", "all"]))
+    min_lift = data.draw(st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, 1.5]), st.floats(0, 10)))
+    limit = data.draw(st.integers(1, len(n_f) + 3))
+    args = (n, n_c, n_f, n_cf, ties, min_support, direction, min_lift, limit)
+    matching, top = K.top_by_mutual_information(*args)
+    want_matching, want_top = _top_with_numpy(*args)
+    assert matching == want_matching
+    assert top.dtype == np.int64 and top.tolist() == want_top.tolist()
+    naive_matching, naive_top = N.top_by_mutual_information(*args)
+    assert naive_matching == matching and len(naive_top) == len(top)
+    mi = N.table_mutual_information(n, n_c, n_f, n_cf)
+    np.testing.assert_allclose(np.nan_to_num(mi[naive_top], nan=-1.0), np.nan_to_num(mi[top], nan=-1.0),
+                               rtol=1e-12, atol=1e-300)
+
+
+def test_top_by_mutual_information_picks_the_best_of_many():
+    """More candidates than the limit, in every arrival order: the heap keeps the best, best first."""
+    rng = np.random.default_rng(7)
+    n, n_c = 10_000, 1_000
+    n_f = rng.integers(1, n, 2_000).astype(np.int64)
+    n_cf = np.minimum(n_f, rng.integers(0, n_c, 2_000)).astype(np.int64)
+    ties = rng.permutation(2_000).astype(np.int64)
+    for limit in (1, 20, 1_999, 2_000, 5_000):
+        got = K.top_by_mutual_information(n, n_c, n_f, n_cf, ties, 1, "all", None, limit)
+        want = _top_with_numpy(n, n_c, n_f, n_cf, ties, 1, "all", None, limit)
+        assert got[0] == want[0] and got[1].tolist() == want[1].tolist()
+
+
+def test_top_by_mutual_information_errors():
+    f = np.array([1, 2], np.int64)
+    with pytest.raises(ValueError, match="ties must have the length"):
+        K.top_by_mutual_information(10, 5, f, f, np.array([1], np.int64), 1, "over", None, 5)
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        K.top_by_mutual_information(10, 5, f, f, f, 1, "over", None, 0)
+    with pytest.raises(ValueError, match="direction must be one of"):
+        K.top_by_mutual_information(10, 5, f, f, f, 1, "sideways", None, 5)
+    with pytest.raises(TypeError, match="limit must be an int"):
+        K.top_by_mutual_information(10, 5, f, f, f, 1, "over", None, 2.0)
+    with pytest.raises(ValueError, match="n_c must be within"):
+        K.top_by_mutual_information(10, 11, f, f, f, 1, "over", None, 5)
+    assert K.top_by_mutual_information(10, 5, f[:0], f[:0], f[:0], 1, "over", None, 5)[1].tolist() == []

@@ -526,3 +526,26 @@ def test_partition_fields_are_the_fields_every_row_holds_exactly_one_value_of(pe
         assert len(feature_layout(u, part[1:], derive_partitions=True).derived) == 0
         assert len(feature_layout(u, np.concatenate([part, part]), derive_partitions=True).derived) == 0
         assert len(feature_layout(u, part).derived) == 0  # only when asked for
+
+
+@pytest.mark.parametrize("universe_name", ["customers", "order_lines", "orders"])
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_default_order_kernel_equals_the_vector_form(petnord_snapshot, where_strategy, universe_name, data):
+    """The default request (mutual information, no p-value filter, no q-values) is ranked by one kernel pass
+    (top_by_mutual_information); max_p_value = 1 keeps every candidate but takes the vector form: the same
+    hits, statistics and count of matching candidates, bit for bit, for every direction, lift floor, support
+    floor and limit."""
+    where = parse_where(data.draw(where_strategy(universe_name), label="where"))
+    params = dict(direction=data.draw(st.sampled_from(["over", "under", "all"]), label="direction"),
+                  min_lift=data.draw(st.sampled_from([None, 0.5, 1.0, 2.0]), label="min_lift"),
+                  min_support=data.draw(st.sampled_from([0, 1, 5]), label="min_support"),
+                  limit=data.draw(st.sampled_from([1, 3, 20, MAX_LIMIT]), label="limit"))
+    fast = relate(petnord_snapshot, RelateQuery(where=where, universe=universe_name, **params))
+    vector = relate(petnord_snapshot, RelateQuery(where=where, universe=universe_name, max_p_value=1.0, **params))
+    assert (fast.n_condition, fast.n_matching) == (vector.n_condition, vector.n_matching)
+    assert [h.feature_id for h in fast.hits] == [h.feature_id for h in vector.hits]
+    for a, b in zip(fast.hits, vector.hits):
+        assert a.stats.keys() == b.stats.keys()
+        assert all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.stats.values(), b.stats.values()))
