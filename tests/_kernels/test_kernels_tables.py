@@ -104,29 +104,21 @@ def test_errors():
 
 
 def _top_with_numpy(n, n_c, n_f, n_cf, ties, min_support, direction, min_lift, limit):
-    """The engine's vector form of the default order (filters, then a lexsort by -key and tie) over the
-    kernel's own mutual information: the same numbers, so the same order, ties included."""
-    keep = (n_f > 0) & (n_f < n) & (n_cf >= min_support) & (n_c > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lift = (n_cf / n_c) / (n_f / n)
-    if direction == "over":
-        keep &= lift > 1
-    elif direction == "under":
-        keep &= lift < 1
-    if min_lift is not None:
-        keep &= lift >= min_lift
-    idx = np.flatnonzero(keep)
-    key = K.table_mutual_information(n, n_c, n_f[idx], n_cf[idx])
+    """The naive twin's kept candidates, fully sorted (lexsort by -key, then tie) by the kernel's own mutual
+    information: the same numbers as the kernel's, so the same order, ties included."""
+    matching, kept = N.top_by_mutual_information(n, n_c, n_f, n_cf, ties, min_support, direction, min_lift,
+                                                 max(len(n_f), 1))
+    key = K.table_mutual_information(n, n_c, n_f[kept], n_cf[kept])
     key = np.where(np.isnan(key), -np.inf, key)
-    return len(idx), idx[np.lexsort((ties[idx], -key))[:limit]]
+    return matching, kept[np.lexsort((ties[kept], -key))[:limit]]
 
 
 @settings(max_examples=300, deadline=None)
 @given(tables(), st.data())
 def test_top_by_mutual_information_is_the_sorted_filter(table, data):
-    """The kernel's (kept, first `limit`) = filtering and fully sorting the candidates, for every direction,
-    lift floor and limit (repeated tables, so equal keys, ordered by their distinct ties); the naive twin
-    keeps the same candidates, its keys within rounding."""
+    """The kernel's (kept, first `limit`) = the naive twin's filter, fully sorted, for every direction, lift
+    floor and limit (repeated tables, so equal keys, ordered by their distinct ties); the naive twin's own
+    order has the same keys within rounding."""
     n, n_c, n_f, n_cf, _ = table
     if len(n_f) and data.draw(st.booleans()):  # repeat tables: equal keys, told apart by the ties
         n_f, n_cf = np.tile(n_f, 3), np.tile(n_cf, 3)
