@@ -17,6 +17,7 @@ The popcount inner loops are chosen at import by CPU dispatch (popcnt.h):
 "avx512vpopcntdq" > "avx2" > "popcnt" > "generic".  Env SEGSRV_CPU_PATH may
 force a lower path; ``set_cpu_path`` does the same at run time (for tests).
 """
+import math
 import os
 import warnings
 
@@ -84,6 +85,7 @@ __all__ = [
     "bitset_andnot",
     "bitset_to_ids",
     "gather_present",
+    "histogram_present",
     "ids_to_bitset",
     "set_bits",
     "read_bandwidth_probe",
@@ -707,24 +709,32 @@ def bitset_to_ids(bits, n_bits=None):
     return out
 
 
+cdef inline void _prefetch_member_values(const uint64_t *bits, size_t n_words, size_t w,
+                                         const double *values) noexcept nogil:
+    """Prefetch the values of word w + _GATHER_AHEAD's set bits (none past the last word)."""
+    cdef uint64_t ahead
+    cdef size_t j = 0
+    if w + _GATHER_AHEAD >= n_words:
+        return
+    # byte j of a word is 8 rows, one 64-byte line of float64 values (the columns are 64-byte aligned):
+    # fetch the lines that hold set bits, _GATHER_AHEAD words ahead (a gather is latency-bound on a
+    # column the counts pushed out of cache: 0.95 ms per 100k rows)
+    ahead = bits[w + _GATHER_AHEAD]
+    while ahead:
+        if ahead & 0xFF:
+            __builtin_prefetch(values + ((w + _GATHER_AHEAD) << 6) + 8 * j)
+        ahead >>= 8
+        j += 1
+
+
 cdef size_t _gather_present_core(const uint64_t *bits, size_t n_words, uint64_t n_bits, const double *values,
                                  double *out) noexcept nogil:
     """values[row] for the set bits below n_bits, in row order, NaN skipped; returns how many written."""
-    cdef size_t w, c = 0, j
-    cdef uint64_t x, base, ahead
+    cdef size_t w, c = 0
+    cdef uint64_t x, base
     cdef double v
     for w in range(n_words):
-        if w + _GATHER_AHEAD < n_words:
-            # byte j of a word is 8 rows, one 64-byte line of float64 values (the columns are 64-byte
-            # aligned): fetch the lines that hold set bits, _GATHER_AHEAD words ahead (the gather is
-            # latency-bound on a column the counts pushed out of cache: 0.95 ms per 100k rows)
-            ahead = bits[w + _GATHER_AHEAD]
-            j = 0
-            while ahead:
-                if ahead & 0xFF:
-                    __builtin_prefetch(values + ((w + _GATHER_AHEAD) << 6) + 8 * j)
-                ahead >>= 8
-                j += 1
+        _prefetch_member_values(bits, n_words, w, values)
         x = bits[w]
         base = <uint64_t>w << 6
         if base >= n_bits:
@@ -773,6 +783,85 @@ def gather_present(bits, values, out=None):
     with nogil:
         k = _gather_present_core(&bv[0], n_words, nb, &vv[0], &ov[0])
     return out[:k]
+
+
+cdef int64_t _histogram_present_core(const uint64_t *bits, size_t n_words, uint64_t n_bits,
+                                    const double *values, double lo, int64_t n_bins,
+                                    int64_t *out) noexcept nogil:
+    """out[v - lo] += 1 for each non-NaN v = values[row] of the set bits below n_bits; returns -1, or the
+    first row whose value is not an integer in [lo, lo + n_bins) (out then holds the counts of the rows
+    before it). lo + k is exact for every bin k (the wrapper's bounds), so `lo + k == v` tells a value of
+    bin k from a fraction, even one that v - lo rounds to an integer."""
+    cdef size_t w
+    cdef uint64_t x, base, row
+    cdef double v, offset
+    cdef double top = <double>n_bins  # exact: n_bins <= 2^53
+    cdef int64_t k
+    for w in range(n_words):
+        _prefetch_member_values(bits, n_words, w, values)
+        x = bits[w]
+        base = <uint64_t>w << 6
+        if base >= n_bits:
+            break
+        if base + 64 > n_bits:
+            x &= (~(<uint64_t>0)) >> (64 - (n_bits - base))
+        while x:
+            row = base + <uint64_t>__builtin_ctzll(x)
+            v = values[row]
+            if v == v:  # not NaN
+                offset = v - lo
+                if not (offset >= 0 and offset < top):  # below lo, at or past lo + n_bins, infinite
+                    return <int64_t>row
+                k = <int64_t>offset  # 0 <= k < n_bins whatever the fraction
+                if lo + <double>k != v:
+                    return <int64_t>row
+                out[k] += 1
+            x &= x - 1
+    return -1
+
+
+def histogram_present(bits, values, lo, n_bins, out=None):
+    """out[j] = how many rows whose bit is set have the value lo + j -> int64[n_bins] (`out` zeroed first
+    when given, allocated otherwise). NaN values are skipped; -0.0 counts as 0.
+
+    bits, values: as gather_present's. lo: an integer (int or integral float), n_bins >= 1, with
+    -2^53 <= lo, lo + n_bins <= 2^53 and n_bins <= 2^53 (every bin's value and n_bins exact in float64).
+    A set row whose value is not NaN and not an integer in [lo, lo + n_bins) raises ValueError naming the
+    row and the value (nothing is written outside `out`; its counts are then partial). The histogram of
+    Profile's numeric summaries of integer fields of a small span, in one pass over the bitset and the
+    members' values.
+    """
+    _check(bits, "bits", np.uint64, 1)
+    _check(values, "values", np.float64, 1)
+    if isinstance(lo, (bool, np.bool_)) or not isinstance(lo, (int, float, np.integer, np.floating)):
+        raise TypeError(f"lo must be an int or a float, got {type(lo).__name__}")
+    if isinstance(lo, (float, np.floating)) and not (math.isfinite(lo) and lo == math.floor(lo)):
+        raise ValueError(f"lo must be an integer, got {lo!r}")
+    n_bins = _check_int(n_bins, "n_bins", 1)
+    if int(lo) < -(1 << 53) or int(lo) + n_bins > (1 << 53) or n_bins > (1 << 53):
+        raise ValueError(f"lo = {lo!r} and n_bins = {n_bins} must satisfy -2**53 <= lo, lo + n_bins <= 2**53 "
+                         f"and n_bins <= 2**53")
+    cdef size_t n_words = bits.shape[0]
+    cdef uint64_t nb = values.shape[0]
+    if (nb + 63) // 64 != n_words:
+        raise ValueError(f"bits must have (len(values) + 63) // 64 = {(nb + 63) // 64} words, got {n_words}")
+    out = _check_out(out, "out", np.int64, (n_bins,))
+    cdef int64_t[::1] ov = out
+    cdef size_t nbins = n_bins
+    with nogil:
+        memset(&ov[0], 0, nbins * 8)
+    if n_words == 0:
+        return out
+    cdef const uint64_t[::1] bv = bits
+    cdef const double[::1] vv = values
+    cdef double lo_value = <double>int(lo)
+    cdef int64_t bad
+    with nogil:
+        bad = _histogram_present_core(&bv[0], n_words, nb, &vv[0], lo_value, <int64_t>nbins, &ov[0])
+    if bad >= 0:
+        raise ValueError(f"values[{bad}] = {float(values[bad])!r} is not an integer in "
+                         f"[lo, lo + n_bins) = [{lo_value!r}, {lo_value + n_bins!r})")
+    return out
 
 
 cdef Py_ssize_t _ids_to_bits_core(const uint32_t *ids, size_t n, uint64_t *o,

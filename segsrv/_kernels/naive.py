@@ -20,6 +20,7 @@ __all__ = [
     "bitset_andnot",
     "bitset_to_ids",
     "gather_present",
+    "histogram_present",
     "ids_to_bitset",
     "set_bits",
     "read_bandwidth_probe",
@@ -53,6 +54,19 @@ def gather_present(bits, values):
     values = np.asarray(values, dtype=np.float64)
     picked = values[_bools(bits)[: len(values)]]
     return picked[~np.isnan(picked)]
+
+
+def histogram_present(bits, values, lo, n_bins):
+    values = np.asarray(values, dtype=np.float64)
+    rows = np.flatnonzero(_bools(bits)[: len(values)])
+    rows = rows[~np.isnan(values[rows])]
+    present = values[rows]
+    outside = (present != np.floor(present)) | (present < lo) | (present >= lo + n_bins)
+    if outside.any():
+        row = int(rows[np.argmax(outside)])
+        raise ValueError(f"values[{row}] = {float(values[row])!r} is not an integer in "
+                         f"[lo, lo + n_bins) = [{float(lo)!r}, {float(lo) + n_bins!r})")
+    return np.bincount((present - lo).astype(np.int64), minlength=n_bins).astype(np.int64)
 
 
 def popcount(bits):

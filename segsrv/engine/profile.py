@@ -42,7 +42,9 @@ segment's own condition fields included.
 Everything about the values is decided from counts alone by ``rank_profile_counts``,
 and the summaries by ``numeric_stats``: a sharded snapshot's Profile
 (segsrv/engine/sharded/profile.py) calls both on the shards' summed counts and
-merged values.
+merged values. A segment's summary of a field whose values are integers of a small
+span (ages, months, counts: ``histogram_domain``) comes instead from one kernel pass
+that histograms the members' values (``histogram_stats``: the same numbers).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ _NAN_STATS = NumericStats(0, math.nan, math.nan, math.nan, math.nan, math.nan, m
 
 # Integer values spanning at most this many have their order statistics read off a histogram (a few
 # passes) instead of a sort: numpy sorts 100k floats in 0.47 ms on an Intel Xeon, 2.4 ms on an AMD
-# EPYC (Zen 4), where ages, months and counts made Profile's numeric summaries most of its time.
+# EPYC (Zen 4), where ages, months and counts made Profile's numeric summaries most of its time. A
+# segment of such a field is histogrammed straight from its rows (histogram_present), not gathered.
 MAX_HISTOGRAM_SPAN = 1 << 16
 
 
@@ -90,23 +93,39 @@ def numeric_stats(x: np.ndarray, *, owned: bool = False) -> NumericStats:
                         median=percentile_of(kth, n, 0.5), p75=percentile_of(kth, n, 0.75), max=kth(n - 1))
 
 
-def order_statistic_reader(x: np.ndarray, owned: bool = False) -> Callable[[int], float]:
-    """k -> the k-th smallest of x (float64, non-empty, NaN-free), exactly the value a sort puts at k.
-
-    Integer values (below 2^52, no negative zero) spanning at most MAX_HISTOGRAM_SPAN: from the
-    cumulative counts of a histogram. Otherwise numpy's vectorised sort (in place when `owned`)."""
+def small_integer_span(x: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of x (float64, non-empty, NaN-free) when its values are integers below 2^52 in absolute
+    value, none of them negative zero, spanning at most MAX_HISTOGRAM_SPAN (max - min < the span): the
+    values a histogram of max - min + 1 bins holds exactly. None otherwise."""
     lo, hi = float(x.min()), float(x.max())
     if hi - lo < MAX_HISTOGRAM_SPAN and max(-lo, hi) < 2.0 ** 52 and lo == math.floor(lo):
         if np.array_equal(x, np.floor(x)) and not (np.signbit(x) & (x == 0)).any():
-            # x - lo is exact: integers below 2^53 (checked on x itself: x - lo could round a fraction away)
-            below = np.cumsum(np.bincount((x - lo).astype(np.int64)))  # values <= lo + j
-            return lambda k: lo + float(np.searchsorted(below, k, side="right"))
+            return lo, hi
+    return None
+
+
+def order_statistic_reader(x: np.ndarray, owned: bool = False) -> Callable[[int], float]:
+    """k -> the k-th smallest of x (float64, non-empty, NaN-free), exactly the value a sort puts at k.
+
+    Values of a `small_integer_span`: from the cumulative counts of a histogram. Otherwise numpy's
+    vectorised sort (in place when `owned`)."""
+    span = small_integer_span(x)
+    if span is not None:
+        lo = span[0]
+        # x - lo is exact: integers below 2^53 (checked on x itself: x - lo could round a fraction away)
+        return cumulative_count_reader(np.cumsum(np.bincount((x - lo).astype(np.int64))), lo)
     if owned:
         x.sort()
         s = x
     else:
         s = np.sort(x)
     return lambda k: float(s[k])
+
+
+def cumulative_count_reader(below: np.ndarray, lo: float) -> Callable[[int], float]:
+    """k -> the k-th smallest of the values a histogram counts, from its cumulative counts: below[j] values
+    are <= lo + j (lo + j exact)."""
+    return lambda k: lo + float(np.searchsorted(below, k, side="right"))
 
 
 def sorted_percentile(s: np.ndarray, q: float) -> float:
@@ -126,26 +145,84 @@ def percentile_of(kth: Callable[[int], float], n: int, q: float) -> float:
     return b - d * (1 - g) if g >= 0.5 else a + d * g
 
 
+def histogram_stats(counts: np.ndarray, lo: float) -> NumericStats:
+    """Summary of the values a histogram counts, counts[j] (int64) of them equal to lo + j (integers below
+    2^52 in absolute value): numeric_stats' numbers for those values in any order, when their count times
+    the largest absolute value is below 2^53 (the caller's to check).
+
+    Then every partial sum of the values is an exact integer, so numpy's float sum is the exact sum and
+    mean (the exact sum / count, correctly rounded) is np.mean's bit for bit; std sums count_j times
+    numpy's own (lo + j - mean)^2 by bin instead of by value (the same squares summed in another order:
+    np.std's up to rounding, tested to rtol 1e-13); min, the quartiles and max are the order statistics
+    numeric_stats reads off the same cumulative counts."""
+    below = np.cumsum(counts)
+    n = int(below[-1])
+    if n == 0:
+        return NumericStats(**_NAN_STATS.as_dict())
+    offsets = np.arange(len(counts), dtype=np.int64)
+    mean = (n * int(lo) + int(np.dot(counts, offsets))) / n  # int / int: the exact quotient, rounded once
+    deviation = (lo + offsets) - mean  # lo + j exact: the same float numpy subtracts the mean from
+    std = math.sqrt(float(np.dot(counts, deviation * deviation)) / n)
+    kth = cumulative_count_reader(below, lo)
+    return NumericStats(count=n, mean=mean, std=std, min=kth(0), p25=percentile_of(kth, n, 0.25),
+                        median=percentile_of(kth, n, 0.5), p75=percentile_of(kth, n, 0.75), max=kth(n - 1))
+
+
+def histogram_domain_of(x: np.ndarray) -> tuple[float, int] | None:
+    """(lo, n_bins) of the histogram that holds the non-NaN values of x exactly (`small_integer_span`: lo
+    their minimum, n_bins their span + 1), or None (no value, or values of no such span)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    span = small_integer_span(x) if len(x) else None
+    return None if span is None else (span[0], int(span[1] - span[0]) + 1)
+
+
+def segment_numeric_stats(bits: np.ndarray, n_s: int, values: np.ndarray,
+                          domain: tuple[float, int] | None) -> NumericStats:
+    """numeric_stats of the values (float64, one per row) of the n_s rows of `bits`. With a histogram
+    domain (histogram_domain_of all the values) whose sums over n_s values stay exact (n_s times the
+    largest absolute value below 2^53: histogram_stats), from one pass that histograms the members'
+    values (histogram_present); otherwise from their gathered values."""
+    if domain is not None:
+        lo, n_bins = domain
+        if n_s * max(-lo, lo + n_bins - 1) < 2.0 ** 53:
+            return histogram_stats(_kernels.histogram_present(bits, values, lo, n_bins), lo)
+    return numeric_stats(_kernels.gather_present(bits, values), owned=True)
+
+
 # owner (a universe, or a sharded build) -> key (a field; a sharded build's (universe, field)) -> statistics
-# over every row (snapshots are immutable; entries go with their owner)
+# over every row, or a field's histogram domain (snapshots are immutable; entries go with their owner)
 _POPULATION: "weakref.WeakKeyDictionary[object, dict[Hashable, NumericStats]]" = weakref.WeakKeyDictionary()
-_POPULATION_LOCK = threading.Lock()
+_HISTOGRAM_DOMAIN: "weakref.WeakKeyDictionary[object, dict[Hashable, tuple[float, int] | None]]" = (
+    weakref.WeakKeyDictionary())
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(cache: weakref.WeakKeyDictionary, owner, key: Hashable, compute: Callable[[], object]):
+    """cache[owner][key], computed on first use (a None result is kept too)."""
+    with _CACHE_LOCK:
+        entries = cache.setdefault(owner, {})
+        if key in entries:
+            return entries[key]
+    value = compute()
+    with _CACHE_LOCK:
+        cache.setdefault(owner, {})[key] = value
+    return value
 
 
 def cached_population(owner, key: Hashable, compute: Callable[[], NumericStats]) -> NumericStats:
     """The population statistics of `key` kept for `owner`, computed on first use."""
-    with _POPULATION_LOCK:
-        cached = _POPULATION.setdefault(owner, {}).get(key)
-    if cached is not None:
-        return cached
-    stats = compute()
-    with _POPULATION_LOCK:
-        _POPULATION.setdefault(owner, {})[key] = stats
-    return stats
+    return _cached(_POPULATION, owner, key, compute)
 
 
 def population_stats(universe: Universe, name: str) -> NumericStats:
     return cached_population(universe, name, lambda: numeric_stats(universe.fields[name].numeric))
+
+
+def histogram_domain(universe: Universe, name: str) -> tuple[float, int] | None:
+    """The histogram domain of a numeric field's values over every row (histogram_domain_of), kept per
+    universe: a segment's values are among them."""
+    return _cached(_HISTOGRAM_DOMAIN, universe, name, lambda: histogram_domain_of(universe.fields[name].numeric))
 
 
 # --- value profiles ---------------------------------------------------------------
@@ -279,7 +356,7 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
             segment = population
         else:
             values = np.asarray(info.numeric, dtype=np.float64)  # float64 already: no copy
-            segment = numeric_stats(_kernels.gather_present(bits, values), owned=True)
+            segment = segment_numeric_stats(bits, n_s, values, histogram_domain(universe, info.name))
         numeric_out.append(NumericProfile(info.name, segment, population))
 
     return ProfileResult(

@@ -1,4 +1,5 @@
 """segsrv._kernels.bitset vs its naive numpy twin, on every dispatch path."""
+import math
 import os
 import subprocess
 import sys
@@ -543,3 +544,116 @@ def test_gather_present_errors():
     with pytest.raises(ValueError, match="at least"):
         K.gather_present(np.full(1, np.uint64(3)), np.zeros(10), out=np.zeros(1))
     assert K.gather_present(np.zeros(0, np.uint64), np.zeros(0)).shape == (0,)
+
+
+@st.composite
+def histogram_cases(draw):
+    """(bits, values, lo, n_bins): random bitsets (empty, all set, lengths not a multiple of 64, bits set
+    past the last row), integer values in [lo, lo + n_bins) with NaNs and negative zeros."""
+    n_rows = draw(st.integers(0, 3000))
+    density = draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0, 1)))
+    nan_share = draw(st.one_of(st.just(0.0), st.floats(0, 1)))
+    lo = draw(st.one_of(st.integers(-50, 50), st.integers(-2 ** 52, 2 ** 52 - 200)))
+    n_bins = draw(st.one_of(st.integers(1, 100), st.integers(1, 5000)))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    values = (lo + rng.integers(0, n_bins, n_rows)).astype(np.float64)
+    if lo <= 0 < lo + n_bins:
+        values[(values == 0) & (rng.random(n_rows) < 0.5)] = -0.0  # counts as 0
+    values[rng.random(n_rows) < nan_share] = np.nan
+    return rand_bits(rng, (n_rows + 63) // 64, density), values, float(lo), n_bins
+
+
+@HYP
+@given(histogram_cases())
+def test_histogram_present_vs_naive_and_bincount(case):
+    """The counts of the set rows' non-NaN values by value: the naive twin's, and np.bincount's over the
+    gathered values; `out` (pre-filled) is zeroed first and returned, inputs may be read-only."""
+    bits, values, lo, n_bins = case
+    got = K.histogram_present(bits, values, lo, n_bins)
+    assert got.dtype == np.int64 and got.shape == (n_bins,)
+    np.testing.assert_array_equal(got, N.histogram_present(bits, values, lo, n_bins))
+    present = K.gather_present(bits, values)
+    np.testing.assert_array_equal(got, np.bincount((present - lo).astype(np.int64), minlength=n_bins))
+    out = np.full(n_bins, 7, np.int64)
+    assert K.histogram_present(readonly(bits), readonly(values), int(lo), n_bins, out=out) is out
+    np.testing.assert_array_equal(out, got)
+
+
+_OUTSIDE = {"fraction": lambda lo, n_bins: lo + n_bins // 2 + 0.5, "below lo": lambda lo, n_bins: lo - 1,
+            "at lo + n_bins": lambda lo, n_bins: lo + n_bins, "inf": lambda lo, n_bins: math.inf,
+            "-inf": lambda lo, n_bins: -math.inf, "tiny fraction": lambda lo, n_bins: lo + 1e-9,
+            "denormal": lambda lo, n_bins: 5e-324}
+
+
+@HYP
+@given(st.sampled_from(sorted(_OUTSIDE)), st.integers(-60, 60), st.integers(1, 40), st.integers(1, 1500),
+       st.integers(0, 2 ** 32 - 1))
+def test_histogram_present_rejects_values_outside_its_bins(kind, lo, n_bins, n_rows, seed):
+    """A set row's value that is not an integer in [lo, lo + n_bins) raises ValueError naming the first such
+    row and its value (the naive twin the same), and nothing is written outside `out`; the same value on a
+    row whose bit is clear is ignored."""
+    rng = np.random.default_rng(seed)
+    values = (lo + rng.integers(0, n_bins, n_rows)).astype(np.float64)
+    values[rng.random(n_rows) < 0.2] = np.nan
+    bits = rand_bits(rng, (n_rows + 63) // 64, 0.5)
+    set_rows = np.flatnonzero(N._bools(bits)[:n_rows])
+    clear_rows = np.setdiff1d(np.arange(n_rows), set_rows)
+    bad = _OUTSIDE[kind](float(lo), n_bins)
+    if len(clear_rows):
+        values[rng.choice(clear_rows)] = bad
+        np.testing.assert_array_equal(K.histogram_present(bits, values, lo, n_bins),
+                                      N.histogram_present(bits, values, lo, n_bins))
+    if not len(set_rows):
+        return
+    row = int(rng.choice(set_rows))
+    values[row] = bad
+    values[set_rows[set_rows > row][:3]] = bad  # later bad rows: the first is named
+    guard = np.full(n_bins + 2 * 64, -5, np.int64)
+    with pytest.raises(ValueError, match=rf"values\[{row}\] = ") as raised:
+        K.histogram_present(bits, values, lo, n_bins, out=guard[64:-64])
+    assert (guard[:64] == -5).all() and (guard[-64:] == -5).all()
+    assert guard[64:-64].sum() <= len(set_rows)  # the counts of the rows before it
+    with pytest.raises(ValueError) as naive_raised:
+        N.histogram_present(bits, values, lo, n_bins)
+    assert str(naive_raised.value) == str(raised.value)
+
+
+def test_histogram_present_tells_a_fraction_from_its_bin_near_2_to_the_51():
+    """Where float64 still has halves, lo + 0.5 lands in bin 0 by truncation: the kernel rejects it."""
+    lo = 2.0 ** 51
+    values = np.array([lo, lo + 1, lo + 0.5])
+    bits = np.array([0b111], np.uint64)
+    np.testing.assert_array_equal(K.histogram_present(np.array([0b011], np.uint64), values, lo, 2), [1, 1])
+    with pytest.raises(ValueError, match=r"values\[2\] = 2251799813685248.5"):
+        K.histogram_present(bits, values, lo, 2)
+
+
+def test_histogram_present_errors():
+    bits, values = np.full(1, np.uint64(3)), np.array([1.0, 2.0])
+    with pytest.raises(ValueError, match="words"):
+        K.histogram_present(np.zeros(2, np.uint64), np.zeros(10), 0, 4)
+    with pytest.raises(TypeError, match="values"):
+        K.histogram_present(bits, values.astype(np.float32), 0, 4)
+    with pytest.raises(TypeError, match="lo"):
+        K.histogram_present(bits, values, "0", 4)
+    with pytest.raises(TypeError, match="lo"):
+        K.histogram_present(bits, values, True, 4)
+    for lo in (0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="lo must be an integer"):
+            K.histogram_present(bits, values, lo, 4)
+    with pytest.raises(ValueError, match="n_bins"):
+        K.histogram_present(bits, values, 0, 0)
+    with pytest.raises(TypeError, match="n_bins"):
+        K.histogram_present(bits, values, 0, 4.0)
+    with pytest.raises(ValueError, match=r"2\*\*53"):
+        K.histogram_present(bits, values, 2 ** 53 - 1, 2)
+    with pytest.raises(ValueError, match=r"2\*\*53"):
+        K.histogram_present(bits, values, -2 ** 53 - 1, 2)
+    with pytest.raises(ValueError, match="shape"):
+        K.histogram_present(bits, values, 0, 4, out=np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="out"):
+        K.histogram_present(bits, values, 0, 4, out=np.zeros(4))
+    with pytest.raises(ValueError, match="writable"):
+        K.histogram_present(bits, values, 0, 4, out=readonly(np.zeros(4, np.int64)))
+    np.testing.assert_array_equal(K.histogram_present(bits, values, np.float64(1), np.int64(2)), [1, 1])
+    np.testing.assert_array_equal(K.histogram_present(np.zeros(0, np.uint64), np.zeros(0), -3, 2), [0, 0])

@@ -23,7 +23,18 @@ from scipy.stats import hypergeom
 
 from segsrv.engine.catalog import apply_segments
 from segsrv.ops.conditions import parse_where
-from segsrv.engine.profile import numeric_stats, order_statistic_reader, profile, ranked_per_field, sorted_percentile
+from segsrv import _kernels
+from segsrv.engine.profile import (
+    MAX_HISTOGRAM_SPAN,
+    histogram_domain,
+    histogram_domain_of,
+    numeric_stats,
+    order_statistic_reader,
+    profile,
+    ranked_per_field,
+    segment_numeric_stats,
+    sorted_percentile,
+)
 from segsrv.ops.profile import (
     DEFAULT_VALUES_PER_FIELD,
     MAX_FIELD_PATTERNS,
@@ -336,6 +347,102 @@ def test_order_statistics_of_small_integer_spans_come_from_a_histogram():
     wide = np.array([0.0, 70000.0, 5.0])
     order_statistic_reader(wide, owned=True)
     assert wide.tolist() == [0.0, 5.0, 70000.0]  # past the span: sorted in place
+
+
+# ----------------------------------------------------------------------------
+# a segment's summary of an integer field of a small span, off a histogram of its rows
+# ----------------------------------------------------------------------------
+
+
+def assert_numpys_summary(got, x: np.ndarray) -> None:
+    """count, mean, min, quartiles and max numpy's exactly (np.percentile, method linear), std within
+    rtol 1e-13 of np.std, over the non-NaN values of x (in row order)."""
+    want = ref_numeric(x)
+    assert got.count == want["count"]
+    if not got.count:
+        assert all(math.isnan(getattr(got, s)) for s in NUMERIC_STATS[1:])
+        return
+    assert got.mean == want["mean"]
+    assert got.std == pytest.approx(want["std"], rel=1e-13, abs=0)
+    assert all(getattr(got, s) == want[s] for s in ("min", "p25", "median", "p75", "max")), (got, want)
+
+
+def _member_bits(mask: np.ndarray) -> np.ndarray:
+    padded = np.zeros((len(mask) + 63) // 64 * 64, dtype=bool)
+    padded[: len(mask)] = mask
+    return np.packbits(padded, bitorder="little").view(np.uint64)
+
+
+class _KernelCalls:
+    """Which of histogram_present / gather_present Profile's summaries called (monkeypatched spies)."""
+
+    def __init__(self, monkeypatch):
+        self.names: list[str] = []
+        for name in ("histogram_present", "gather_present"):
+            kernel = getattr(_kernels, name)
+            monkeypatch.setattr(_kernels, name, self._spy(name, kernel))
+
+    def _spy(self, name, kernel):
+        def spy(*args, **kwargs):
+            self.names.append(name)
+            return kernel(*args, **kwargs)
+        return spy
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3000), st.one_of(st.integers(-100, 100), st.integers(-2 ** 51, 2 ** 51)),
+       st.one_of(st.integers(0, 100), st.integers(0, MAX_HISTOGRAM_SPAN - 1)),
+       st.one_of(st.just(1.0), st.floats(0, 1)), st.one_of(st.just(0.0), st.floats(0, 1)), st.integers(0, 2 ** 32 - 1))
+def test_segment_summary_of_small_integer_spans_is_numpys(n_rows, lo, span, density, nan_share, seed):
+    """Integer values of a small span with NaNs: the summary of a segment's values (off the histogram of its
+    rows, or gathered when the sums could be inexact) is numpy's."""
+    rng = np.random.default_rng(seed)
+    values = (lo + rng.integers(0, span + 1, n_rows)).astype(np.float64)
+    values[rng.random(n_rows) < nan_share] = np.nan
+    mask = rng.random(n_rows) < density
+    domain = histogram_domain_of(values)
+    assert (domain is None) == bool(np.isnan(values).all())
+    got = segment_numeric_stats(_member_bits(mask), int(mask.sum()), values, domain)
+    assert_numpys_summary(got, values[mask])
+
+
+@pytest.mark.parametrize("values,histogrammed", [
+    ([3.0, 1.0, np.nan, 2.0, 40.0, 1.0], True),  # integers of a small span
+    ([-7.0, 0.0, np.nan, 5.0, 0.0], True),
+    ([3.0, 1.5, 2.0, 40.0], False),  # a fraction
+    ([3.0, -0.0, 2.0, 1.0], False),  # a negative zero
+    ([0.0, float(MAX_HISTOGRAM_SPAN), 2.0], False),  # past the span
+    ([2.0 ** 52, 2.0 ** 52 + 1], False),  # too large
+    ([2.0 ** 51 - 1] * 4 + [2.0 ** 51 + 3] * 4, False),  # sums of 8 values past 2^53: gathered
+    ([2.0 ** 51 - 1, 2.0 ** 51 + 3], True),  # of 2 values below 2^53
+    ([np.nan, np.nan], False),  # no value
+])
+def test_a_segment_is_histogrammed_only_when_its_values_allow_it(monkeypatch, values, histogrammed):
+    """Fields whose values are not integers of a small span (or whose sums could be inexact) keep the
+    gather; either way the summary is numpy's."""
+    x = np.array(values, dtype=np.float64)
+    mask = np.ones(len(x), dtype=bool)
+    calls = _KernelCalls(monkeypatch)
+    got = segment_numeric_stats(_member_bits(mask), len(x), x, histogram_domain_of(x))
+    assert calls.names == ["histogram_present" if histogrammed else "gather_present"]
+    assert_numpys_summary(got, x)
+
+
+def test_profile_histograms_integer_fields_and_gathers_the_others(petnord_snapshot, oracle, monkeypatch):
+    """PetNord's customers: tenure_months (integers, 1..28) from the histogram of the segment's rows,
+    total_spent_eur (cents) gathered; both numpy's numbers over the oracle's raw values."""
+    u = petnord_snapshot.universe("customers")
+    assert histogram_domain(u, "tenure_months") == (1.0, 28) and histogram_domain(u, "total_spent_eur") is None
+    where = CUSTOMER_CONDITIONS["negation"]
+    bu = oracle.universe("customers")
+    seg = bu.eval(where)
+    assert 0 < seg.sum() < bu.n
+    calls = _KernelCalls(monkeypatch)
+    res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe="customers",
+                                                 fields=["tenure_months", "total_spent_eur"]))
+    assert calls.names == ["histogram_present", "gather_present"]
+    for p in res.numeric:
+        assert_numpys_summary(p.segment, bu.fields[p.field].raw[seg])
 
 
 # ----------------------------------------------------------------------------
