@@ -63,7 +63,7 @@ from ..snapshot.reader import Snapshot, Universe
 from . import stats as st
 from .conditions import evaluate
 from .fields import identifier_like_fields, select_fields
-from .relate import count_features
+from .relate import count_features, feature_layout
 
 # --- numeric summaries ------------------------------------------------------------
 
@@ -341,7 +341,9 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
     elif n_s == n:  # every row: n_{S,v} = n_v, nothing to count
         n_sv_all = n_v_all.copy()
     else:
-        n_sv_all, plan = count_features(universe, bits, n_s, fids)
+        # n_s is the popcount: a partitioning field's costliest value is the rest of the segment, not read
+        layout = feature_layout(universe, fids, derive_partitions=True)
+        n_sv_all, plan = count_features(universe, bits, n_s, fids, layout=layout)
         n_sv_all = np.asarray(n_sv_all, dtype=np.int64)
     fields_out = rank_profile_counts(universe, names, n, n_s, n_v_all, n_sv_all, query.values_per_field)
 
