@@ -53,11 +53,21 @@ class FeatureLayout:
     partition_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # each one's index in derived
 
 
+_PARTITIONS: "weakref.WeakKeyDictionary[Universe, list[FieldInfo]]" = weakref.WeakKeyDictionary()
+
+
 def partition_fields(universe: Universe) -> list[FieldInfo]:
     """The fields whose values partition the universe's rows: a row holds at most one value (own or forward,
-    not multi-valued: snapshot.format) and the values' rows add up to every row, so each row holds exactly one."""
-    return [f for f in universe.fields.values() if f.semantics in ("own", "forward") and f.kind != "multi"
-            and int(np.asarray(universe.feature_count[f.feature_ids], dtype=np.int64).sum()) == universe.n_rows]
+    not multi-valued: snapshot.format) and the values' rows add up to every row, so each row holds exactly one
+    (found once per universe: snapshots are immutable)."""
+    with _MEMO_LOCK:
+        found = _PARTITIONS.get(universe)
+    if found is None:
+        found = [f for f in universe.fields.values() if f.semantics in ("own", "forward") and f.kind != "multi"
+                 and int(np.asarray(universe.feature_count[f.feature_ids], dtype=np.int64).sum()) == universe.n_rows]
+        with _MEMO_LOCK:
+            _PARTITIONS[universe] = found
+    return found
 
 
 def feature_layout(universe: Universe, fids: np.ndarray, derive_partitions: bool = False) -> FeatureLayout:
@@ -65,9 +75,13 @@ def feature_layout(universe: Universe, fids: np.ndarray, derive_partitions: bool
     value's row unread (FeatureLayout.derived): only for callers whose n_c is the condition's exact count."""
     slots = np.asarray(universe.feature_slot[fids])
     derived, members, member_of = [], [], []
-    if derive_partitions and len(fids) and len(np.unique(fids)) == len(fids):
+    position = None
+    if derive_partitions and len(fids):
         position = np.full(universe.n_features, -1, dtype=np.int64)
         position[fids] = np.arange(len(fids))
+        if (position[fids] != np.arange(len(fids))).any():  # a feature asked for twice: none derived
+            position = None
+    if position is not None:
         for info in partition_fields(universe):
             where = position[info.feature_ids]
             if len(where) < 2 or (where < 0).any():

@@ -562,3 +562,24 @@ def test_ranking_per_field_equals_a_full_sort(data):
         mine = cand[field_of[cand] == j]
         order = np.lexsort((mine, -n_v[mine], -n_sv[mine], sign * lift[mine], sign * bound[mine]))
         np.testing.assert_array_equal(got[j], mine[order][:k])
+
+
+def test_counting_layout_is_kept_per_field_list_and_bounded(petnord_snapshot):
+    """Profile's counting layout is built once per field list (the same object again, equal to a fresh one),
+    and not kept forever: past 256 other field lists it is built again (a caller cycling through field lists
+    cannot grow the cache)."""
+    from segsrv.engine import profile as engine_profile
+    from segsrv.engine.relate import feature_layout
+
+    u = petnord_snapshot.universe("customers")
+    names = list(u.fields)
+    fids = np.concatenate([u.fields[f].feature_ids for f in names])
+    layout = engine_profile.counting_layout(u, names, fids)
+    assert engine_profile.counting_layout(u, names, fids) is layout
+    fresh = feature_layout(u, fids, derive_partitions=True)
+    for a, b in zip(layout.__dict__.values(), fresh.__dict__.values()):
+        assert np.array_equal(a, b)
+    for i in range(300):
+        one = [names[i % len(names)]] * (1 + i // len(names))
+        engine_profile.counting_layout(u, one, np.concatenate([u.fields[f].feature_ids for f in one]))
+    assert engine_profile.counting_layout(u, names, fids) is not layout
