@@ -727,6 +727,16 @@ cdef inline void _prefetch_member_values(const uint64_t *bits, size_t n_words, s
         j += 1
 
 
+cdef inline uint64_t _member_bits(const uint64_t *bits, size_t w, uint64_t n_bits) noexcept nogil:
+    """Word w of the bitset without the bits of rows at or past n_bits (rows w * 64 + bit)."""
+    cdef uint64_t base = <uint64_t>w << 6
+    if base >= n_bits:
+        return 0
+    if base + 64 > n_bits:
+        return bits[w] & ((~(<uint64_t>0)) >> (64 - (n_bits - base)))
+    return bits[w]
+
+
 cdef size_t _gather_present_core(const uint64_t *bits, size_t n_words, uint64_t n_bits, const double *values,
                                  double *out) noexcept nogil:
     """values[row] for the set bits below n_bits, in row order, NaN skipped; returns how many written."""
@@ -735,12 +745,8 @@ cdef size_t _gather_present_core(const uint64_t *bits, size_t n_words, uint64_t 
     cdef double v
     for w in range(n_words):
         _prefetch_member_values(bits, n_words, w, values)
-        x = bits[w]
+        x = _member_bits(bits, w, n_bits)
         base = <uint64_t>w << 6
-        if base >= n_bits:
-            break
-        if base + 64 > n_bits:
-            x &= (~(<uint64_t>0)) >> (64 - (n_bits - base))
         while x:
             v = values[base + <uint64_t>__builtin_ctzll(x)]
             if v == v:  # not NaN
@@ -799,12 +805,8 @@ cdef int64_t _histogram_present_core(const uint64_t *bits, size_t n_words, uint6
     cdef int64_t k
     for w in range(n_words):
         _prefetch_member_values(bits, n_words, w, values)
-        x = bits[w]
+        x = _member_bits(bits, w, n_bits)
         base = <uint64_t>w << 6
-        if base >= n_bits:
-            break
-        if base + 64 > n_bits:
-            x &= (~(<uint64_t>0)) >> (64 - (n_bits - base))
         while x:
             row = base + <uint64_t>__builtin_ctzll(x)
             v = values[row]

@@ -180,11 +180,16 @@ cdef inline bint _ranks_before(double key_a, int64_t tie_a, double key_b, int64_
     return key_a > key_b or (key_a == key_b and tie_a < tie_b)
 
 
+cdef inline void _swap(double *key, int64_t *tie, int64_t *pos, size_t i, size_t j) noexcept nogil:
+    cdef double tk = key[i]
+    cdef int64_t tt = tie[i], tp = pos[i]
+    key[i], tie[i], pos[i] = key[j], tie[j], pos[j]
+    key[j], tie[j], pos[j] = tk, tt, tp
+
+
 cdef void _sift_down(double *key, int64_t *tie, int64_t *pos, size_t h, size_t i) noexcept nogil:
     """Restore the heap below i: every parent ranks after (or level with) its children (the root: the last)."""
     cdef size_t child, worst
-    cdef double tk
-    cdef int64_t tt, tp
     while True:
         worst = i
         child = 2 * i + 1
@@ -195,9 +200,7 @@ cdef void _sift_down(double *key, int64_t *tie, int64_t *pos, size_t h, size_t i
             worst = child
         if worst == i:
             return
-        tk, tt, tp = key[i], tie[i], pos[i]
-        key[i], tie[i], pos[i] = key[worst], tie[worst], pos[worst]
-        key[worst], tie[worst], pos[worst] = tk, tt, tp
+        _swap(key, tie, pos, i, worst)
         i = worst
 
 
@@ -206,8 +209,8 @@ cdef int64_t _top_core(int64_t n, int64_t n_c, const int64_t *n_f, const int64_t
                        size_t limit, double *key, int64_t *tie, int64_t *pos, size_t *n_top) noexcept nogil:
     cdef int64_t matching = 0
     cdef size_t i, h = 0, j, parent
-    cdef double lift, mi, tk
-    cdef int64_t f, cf, tt, tp
+    cdef double lift, mi
+    cdef int64_t f, cf
     for i in range(k):
         f = n_f[i]
         cf = n_cf[i]
@@ -230,9 +233,7 @@ cdef int64_t _top_core(int64_t n, int64_t n_c, const int64_t *n_f, const int64_t
                 parent = (j - 1) // 2
                 if not _ranks_before(key[parent], tie[parent], key[j], tie[j]):
                     break
-                tk, tt, tp = key[j], tie[j], pos[j]
-                key[j], tie[j], pos[j] = key[parent], tie[parent], pos[parent]
-                key[parent], tie[parent], pos[parent] = tk, tt, tp
+                _swap(key, tie, pos, j, parent)
                 j = parent
         elif _ranks_before(mi, ties[i], key[0], tie[0]):  # better than the last kept: replaces it
             key[0], tie[0], pos[0] = mi, ties[i], <int64_t>i
@@ -242,9 +243,7 @@ cdef int64_t _top_core(int64_t n, int64_t n_c, const int64_t *n_f, const int64_t
     j = h
     while j > 1:
         j -= 1
-        tk, tt, tp = key[0], tie[0], pos[0]
-        key[0], tie[0], pos[0] = key[j], tie[j], pos[j]
-        key[j], tie[j], pos[j] = tk, tt, tp
+        _swap(key, tie, pos, 0, j)
         _sift_down(key, tie, pos, j, 0)
     return matching
 

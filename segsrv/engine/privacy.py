@@ -174,16 +174,15 @@ def floor_relate(result, k: int):
         return dataclasses.replace(result, n_condition=0, n_matching=0, hits=[], suppressed=True,
                                    suppressed_hits=len(result.hits))
     hits = result.hits
-    if isinstance(hits, RelateHits):  # the engine's columns: no hit object built
-        small = tables_small(n, c, hits.n_feature.tolist(), hits.support.tolist(), k)
-        dropped = sum(small)
-        if dropped:
-            hits = hits.take(np.flatnonzero(~np.array(small, dtype=bool)))
-    else:
-        hits = [h for h in hits if not table_small(n, c, h.stats["n_feature"], h.stats["support"], k)]
-        dropped = len(result.hits) - len(hits)
+    columns = isinstance(hits, RelateHits)  # the engine's: read without building a hit object
+    n_f, support = ((hits.n_feature.tolist(), hits.support.tolist()) if columns
+                    else ([h.stats["n_feature"] for h in hits], [h.stats["support"] for h in hits]))
+    small = tables_small(n, c, n_f, support, k)
+    dropped = sum(small)
     if not dropped:  # the usual case (Relate's min_support is the floor already): nothing to copy
         return result
+    keep = [i for i, s in enumerate(small) if not s]
+    hits = hits.take(np.array(keep, dtype=np.int64)) if columns else [hits[i] for i in keep]
     return dataclasses.replace(result, hits=hits, n_matching=result.n_matching - dropped, suppressed_hits=dropped)
 
 

@@ -320,4 +320,3 @@ class RelateResult:
             hits=hits, elapsed_ms=resp.info.server_time_ms, suppressed=resp.suppressed,
             suppressed_hits=resp.suppressed_hit_count,
         )
-
