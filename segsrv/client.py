@@ -56,8 +56,8 @@ SERVICE_CONFIG = {
     "methodConfig": [{
         "name": [{"service": "segsrv.v1.SegmentationService"}],
         "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.05s",
+            "maxAttempts": 5,
+            "initialBackoff": "0.1s",
             "maxBackoff": "1s",
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
@@ -116,7 +116,7 @@ class SegsrvClient:
     snapshot    snapshot name sent with every request ("" : the server's only snapshot)
     version     snapshot version to pin ("" : the version the server currently serves)
     channel_options  grpc channel options; grpc.max_receive_message_length defaults to 64 MiB
-    retry       send a call that failed with UNAVAILABLE again (up to 4 attempts in all, 50 ms back-off
+    retry       send a call that failed with UNAVAILABLE again (up to 5 attempts in all, 100 ms back-off
                 doubling to 1 s, within the call's deadline: SERVICE_CONFIG); a "grpc.service_config"
                 in channel_options replaces this policy
     """

@@ -28,6 +28,7 @@ class _CallLoop:
         self.call = call  # () -> row count; raises grpc.RpcError or SegsrvRpcError
         self.stop = threading.Event()
         self.results: list[tuple[float, float, str]] = []
+        self.errors: list[tuple[float, float, str]] = []  # (start, end, "CODE: details") of each failure
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run) for _ in range(n_threads)]
         for t in self.threads:
@@ -36,14 +37,18 @@ class _CallLoop:
     def _run(self) -> None:
         while not self.stop.is_set():
             t0 = time.monotonic()
+            error = None
             try:
                 outcome = "ok" if self.call() == 3000 else "wrong"
             except grpc.RpcError as exc:
-                outcome = exc.code().name
+                outcome, error = exc.code().name, f"{exc.code().name}: {exc.details()}"
             except SegsrvRpcError as exc:
-                outcome = exc.code.name
+                outcome, error = exc.code.name, f"{exc.code.name}: {exc}"
+            t1 = time.monotonic()
             with self._lock:
-                self.results.append((t0, time.monotonic(), outcome))
+                self.results.append((t0, t1, outcome))
+                if error is not None:
+                    self.errors.append((t0, t1, error))
 
     def wait_for(self, n: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -55,6 +60,16 @@ class _CallLoop:
         self.stop.set()
         for t in self.threads:
             t.join(60)
+
+
+def _what_happened(loop: _CallLoop, t_kill: float, sup: ServeProcess) -> str:
+    """For a failed assertion: each failed call (seconds from the kill, its status and details) and the
+    supervisor's worker events (a second worker lost, a missed probe, ...)."""
+    failed = [f"  {t0 - t_kill:+.3f} .. {t1 - t_kill:+.3f} s  {error}" for t0, t1, error in loop.errors[:20]]
+    events = [f"  {rec.get('ts')} {rec.get('message')}" for rec in sup.records()
+              if str(rec.get("event", "")).startswith(("worker_", "probe_"))]
+    return "\n".join([f"{len(loop.errors)} failed calls of {len(loop.results)}:", *failed,
+                      "supervisor events:", *events])
 
 
 def _serving_pid(sup: ServeProcess) -> int:
@@ -108,7 +123,7 @@ def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petn
 
             loop, t_kill, killed, new_pid = _kill_serving_worker(sup, raw_count)
         failed = [(t0, t1, o) for t0, t1, o in loop.results if o != "ok"]
-        assert {o for _, _, o in failed} <= {"UNAVAILABLE"}, failed
+        assert {o for _, _, o in failed} <= {"UNAVAILABLE"}, _what_happened(loop, t_kill, sup)
         # Only calls sent on the killed worker's connection fail: those in flight when it died, and
         # those a thread sent in the instant before gRPC dropped the reset connection (its first
         # failure arrives a moment before the transport is closed). Once a call has succeeded on
@@ -125,7 +140,7 @@ def test_workers_share_the_port_survive_a_killed_worker_and_stop_on_sigterm(petn
         with SegsrvClient(sup.address, timeout=20) as client:
             loop, t_kill, killed_again, _ = _kill_serving_worker(
                 sup, lambda: client.count({"from": "customers"})["n_rows"])
-        assert [o for _, _, o in loop.results if o != "ok"] == []
+        assert [o for _, _, o in loop.results if o != "ok"] == [], _what_happened(loop, t_kill, sup)
         assert sum(1 for t0, _, o in loop.results if o == "ok" and t0 > t_kill) >= 10
 
         # fresh connections reach every worker, replacements included (a local subchannel pool:

@@ -11,7 +11,7 @@ import _ "embed"
 var OpenAPI []byte
 
 // ServiceConfig is proto/segsrv/v1/segsrv_grpc_service_config.json: the retry policy
-// (UNAVAILABLE, up to 4 attempts) every segsrv client uses.
+// (UNAVAILABLE, up to 5 attempts) every segsrv client uses.
 //
 //go:embed service_config.json
 var ServiceConfig string

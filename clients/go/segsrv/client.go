@@ -51,7 +51,7 @@ var DefaultKeepalive = keepalive.ClientParameters{
 
 // ServiceConfig is the gRPC service config Dial gives the channel: a call that fails with
 // UNAVAILABLE (its server process was killed, its connection reset, no snapshot loaded yet)
-// is sent again, up to 4 attempts in all with a back-off from 50 ms doubling to 1 s, within
+// is sent again, up to 5 attempts in all with a back-off from 100 ms doubling to 1 s, within
 // the call's deadline. Every segsrv method is read-only, so a retry is safe. It is
 // proto/segsrv/v1/segsrv_grpc_service_config.json, which the tests compare with this.
 const ServiceConfig = `{
@@ -59,8 +59,8 @@ const ServiceConfig = `{
     {
       "name": [{"service": "segsrv.v1.SegmentationService"}],
       "retryPolicy": {
-        "maxAttempts": 4,
-        "initialBackoff": "0.05s",
+        "maxAttempts": 5,
+        "initialBackoff": "0.1s",
         "maxBackoff": "1s",
         "backoffMultiplier": 2,
         "retryableStatusCodes": ["UNAVAILABLE"]

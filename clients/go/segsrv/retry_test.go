@@ -88,7 +88,7 @@ func TestRetry(t *testing.T) {
 		wantAttempts int
 	}{
 		{"unavailable is retried", 3, codes.Unavailable, true, codes.OK, 4},
-		{"retries stop after 4 attempts", 100, codes.Unavailable, true, codes.Unavailable, 4},
+		{"retries stop after 5 attempts", 100, codes.Unavailable, true, codes.Unavailable, 5},
 		{"invalid argument is not retried", 1, codes.InvalidArgument, true, codes.InvalidArgument, 1},
 		{"resource exhausted is not retried", 1, codes.ResourceExhausted, true, codes.ResourceExhausted, 1},
 		{"WithRetry(false) sends once", 1, codes.Unavailable, false, codes.Unavailable, 1},

@@ -39,8 +39,8 @@ export const GRPCIO_MIN_PING_INTERVAL_MS = 5 * 60 * 1000;
 
 /**
  * The service config every client's channel gets: a call that fails with UNAVAILABLE (its server
- * process was killed, its connection reset, no snapshot loaded yet) is sent again, up to 4
- * attempts in all with a back-off from 50 ms doubling to 1 s, within the call's deadline. Every
+ * process was killed, its connection reset, no snapshot loaded yet) is sent again, up to 5
+ * attempts in all with a back-off from 100 ms doubling to 1 s, within the call's deadline. Every
  * segsrv method is read-only, so a retry is safe. It is
  * proto/segsrv/v1/segsrv_grpc_service_config.json, which the tests compare with this.
  */
@@ -49,8 +49,8 @@ export const SERVICE_CONFIG = {
     {
       name: [{ service: "segsrv.v1.SegmentationService" }],
       retryPolicy: {
-        maxAttempts: 4,
-        initialBackoff: "0.05s",
+        maxAttempts: 5,
+        initialBackoff: "0.1s",
         maxBackoff: "1s",
         backoffMultiplier: 2,
         retryableStatusCodes: ["UNAVAILABLE"],

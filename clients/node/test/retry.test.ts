@@ -54,7 +54,7 @@ describe("retry", () => {
     assert.deepEqual(SERVICE_CONFIG, JSON.parse(readFileSync(CONTRACT, "utf8")));
   });
 
-  it("UNAVAILABLE is sent again, up to 4 attempts", async () => {
+  it("UNAVAILABLE is sent again, up to 5 attempts", async () => {
     const attempts = await withFlaky(3, status.UNAVAILABLE, async (target) => {
       const client = new SegsrvClient(target);
       try {
@@ -66,7 +66,7 @@ describe("retry", () => {
     assert.equal(attempts, 4);
   });
 
-  it("stops after 4 attempts with UNAVAILABLE", async () => {
+  it("stops after 5 attempts with UNAVAILABLE", async () => {
     const attempts = await withFlaky(100, status.UNAVAILABLE, async (target) => {
       const client = new SegsrvClient(target);
       try {
@@ -75,7 +75,7 @@ describe("retry", () => {
         client.close();
       }
     });
-    assert.equal(attempts, 4);
+    assert.equal(attempts, 5);
   });
 
   for (const code of [status.INVALID_ARGUMENT, status.RESOURCE_EXHAUSTED]) {

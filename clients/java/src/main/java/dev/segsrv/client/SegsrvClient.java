@@ -67,7 +67,7 @@ public final class SegsrvClient implements AutoCloseable {
   /**
    * The service config {@link Builder#build()} gives the channel: a call that fails with
    * UNAVAILABLE (its server process was killed, its connection reset, no snapshot loaded yet) is
-   * sent again, up to 4 attempts in all with a back-off from 50 ms doubling to 1 s, within the
+   * sent again, up to 5 attempts in all with a back-off from 100 ms doubling to 1 s, within the
    * call's deadline. Every segsrv method is read-only, so a retry is safe. It is
    * proto/segsrv/v1/segsrv_grpc_service_config.json (numbers as Double, as grpc-java's
    * defaultServiceConfig expects), which the tests compare with this.
@@ -80,8 +80,8 @@ public final class SegsrvClient implements AutoCloseable {
                   "name", List.of(Map.of("service", "segsrv.v1.SegmentationService")),
                   "retryPolicy",
                       Map.of(
-                          "maxAttempts", 4.0,
-                          "initialBackoff", "0.05s",
+                          "maxAttempts", 5.0,
+                          "initialBackoff", "0.1s",
                           "maxBackoff", "1s",
                           "backoffMultiplier", 2.0,
                           "retryableStatusCodes", List.of("UNAVAILABLE")))));

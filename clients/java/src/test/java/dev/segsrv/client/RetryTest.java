@@ -86,7 +86,7 @@ class RetryTest {
   }
 
   @Test
-  @DisplayName("retry: UNAVAILABLE is sent again, up to 4 attempts")
+  @DisplayName("retry: UNAVAILABLE is sent again, up to 5 attempts")
   void unavailableIsRetried() throws IOException {
     Flaky flaky = new Flaky(3, Status.UNAVAILABLE);
     try (SegsrvClient client = SegsrvClient.builder(start(flaky)).build()) {
@@ -96,7 +96,7 @@ class RetryTest {
   }
 
   @Test
-  @DisplayName("retry: stops after 4 attempts with UNAVAILABLE")
+  @DisplayName("retry: stops after 5 attempts with UNAVAILABLE")
   void retriesStop() throws IOException {
     Flaky flaky = new Flaky(100, Status.UNAVAILABLE);
     try (SegsrvClient client = SegsrvClient.builder(start(flaky)).build()) {
@@ -104,7 +104,7 @@ class RetryTest {
           assertThrows(SegsrvException.class, () -> client.count("customers", null));
       assertEquals(Status.Code.UNAVAILABLE, e.code());
     }
-    assertEquals(4, flaky.attempts.get());
+    assertEquals(5, flaky.attempts.get());
   }
 
   @Test
