@@ -539,15 +539,16 @@ def _prepare(dense, dense_rows, ids, offsets, sparse_features):
 
 def _work_words(size_t rows_a, size_t rows_b, size_t n_words, bint tri, offsets, feats, probe_pos,
                 size_t n_probe_rows, bint sym):
-    # pair-words of the tile pass cost ~1/8 of a streamed word; a probe ~1 word
+    # pair-words of the tile pass cost ~1/8 of a streamed word; a probe ~4 words (as in
+    # bitset.pyx's and_count_sparse: 0.4 against 0.12 ns on a 2-core EPYC)
     pairs = rows_a * (rows_a + 1) // 2 if tri else rows_a * rows_b
     w = pairs * n_words // 8
     if len(probe_pos):
         f = feats[probe_pos]
         m = int((offsets[f + 1] - offsets[f]).sum())
-        w += m * n_probe_rows
+        w += 4 * m * n_probe_rows
         if sym:
-            w += m * len(probe_pos) // 2
+            w += 4 * m * len(probe_pos) // 2
     return w
 
 

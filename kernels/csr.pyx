@@ -50,6 +50,13 @@ cdef extern from *:
 cdef size_t _PF_PTR = 32
 cdef size_t _PF_IDX = 16
 
+# A row's index costs about this many streamed words (thread policy, resolve_threads): a gather of
+# its weight (scores, ~2 ns) or an increment of a histogram bin (~1.4 ns; its private copies per
+# thread make its team dearer, hence the lower weight) on a 2-core EPYC, where two threads win
+# from ~100k (scores) and ~400k (histogram) indices
+cdef int64_t _SCORE_INDEX_WORDS = 16
+cdef int64_t _HISTOGRAM_INDEX_WORDS = 4
+
 
 # err[0] = code, err[1] = position (index into rows) of the first error
 cdef void _hist_range(const int64_t *indptr, int64_t n_rows, const uint32_t *indices,
@@ -165,7 +172,7 @@ def csr_histogram(indptr, indices, rows, n_features, out=None, n_threads=None):
     cdef int64_t nr = n_rows
     # work: expected number of indices touched, plus the private histograms
     cdef int64_t work = <int64_t>k * (n_idx // max(nr, 1) + 1)
-    cdef int nt = _pkg.resolve_threads(n_threads, work)
+    cdef int nt = _pkg.resolve_threads(n_threads, _HISTOGRAM_INDEX_WORDS * work)
     if nt > 1 and nf * (nt - 1) > 4 * work:
         nt = 1  # zeroing/reducing private histograms would dominate
     errs = np.zeros(2 * nt, dtype=np.int64)
@@ -290,7 +297,8 @@ def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None
     cdef int64_t n_w = weights.shape[0]
     cdef int64_t ncol = n_cols
     cdef size_t kk = k
-    cdef int nt = _pkg.resolve_threads(n_threads, <int64_t>kk * (n_idx // max(nr, 1) + 1) * ncol)
+    cdef int nt = _pkg.resolve_threads(n_threads,
+                                       _SCORE_INDEX_WORDS * <int64_t>kk * (n_idx // max(nr, 1) + 1) * ncol)
     # several chunks per thread (dynamic) to balance uneven row lengths
     cdef int nc = 1 if nt <= 1 else <int>min(<size_t>(8 * nt), kk)
     errs = np.zeros(2 * nc, dtype=np.int64)
@@ -419,7 +427,7 @@ def csr_pair_scores(indptr, indices, slot_of, U, rows=None, out=None, n_threads=
     cdef int64_t m = U.shape[1]
     cdef int64_t n_cls = U.shape[0]
     cdef size_t kk = k
-    cdef int nt = _pkg.resolve_threads(n_threads, <int64_t>kk * (n_idx // max(nr, 1) + 1))
+    cdef int nt = _pkg.resolve_threads(n_threads, _SCORE_INDEX_WORDS * <int64_t>kk * (n_idx // max(nr, 1) + 1))
     cdef int nc = 1 if nt <= 1 else <int>min(<size_t>(8 * nt), kk)
     errs = np.zeros(2 * nc, dtype=np.int64)
     cdef int64_t[::1] ev = errs

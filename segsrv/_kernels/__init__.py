@@ -48,9 +48,12 @@ __all__ = [
     *_KERNELS,
 ]
 
-#: Below this many 64-bit words of work a kernel runs on one thread (thread
-#: start-up and the GIL release cost more than they save).
-SMALL_WORK_WORDS = 1 << 16
+#: Below this many 64-bit words of work (streamed-word equivalents: each kernel
+#: weighs its random probes, gathers and elements by what they cost against a
+#: streamed word) a kernel runs on one thread, and each further thread needs as
+#: much again: waking a sleeping (passive) team member costs 15-60 us, so two
+#: threads only win from ~1M words (~150 us) of work (measured, docs/kernels.md).
+SMALL_WORK_WORDS = 1 << 20
 
 _num_threads: int | None = None
 

@@ -492,6 +492,37 @@ def test_thread_policy(monkeypatch):
         K.get_num_threads()
 
 
+def _threads_picked(monkeypatch, call) -> int:
+    """The thread count the policy gives `call` (its wrapper asks resolve_threads once)."""
+    picked = []
+    resolve = K.resolve_threads
+    monkeypatch.setattr(K, "resolve_threads", lambda n, work: picked.append(resolve(n, work)) or picked[-1])
+    call()
+    monkeypatch.setattr(K, "resolve_threads", resolve)
+    return picked[-1]
+
+
+def test_a_second_thread_only_for_work_it_wins_back(monkeypatch):
+    """Waking a passive team member costs 15-60 us: with two CPUs, each kernel runs one thread until its
+    work, weighed in streamed words, passes SMALL_WORK_WORDS (the crossovers bench/thread_crossover.py
+    measured): 90 dense rows of 1M bits and 300k random probes on one, 200 rows and 1M probes on two."""
+    monkeypatch.delenv("SEGSRV_NUM_THREADS", raising=False)
+    K.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(0)
+        n_words = 15_625
+        q = rng.integers(0, 2 ** 63, size=n_words, dtype=np.int64).view(np.uint64)
+        m = np.zeros((200, n_words), dtype=np.uint64)
+        assert _threads_picked(monkeypatch, lambda: K.and_count_dense(q, m, np.arange(90, dtype=np.int64))) == 1
+        assert _threads_picked(monkeypatch, lambda: K.and_count_dense(q, m)) == 2
+        for n_ids, threads in ((300_000, 1), (1_000_000, 2)):
+            ids = np.sort(rng.integers(0, n_words * 64, size=n_ids).astype(np.uint32))
+            offsets = np.linspace(0, n_ids, 101).astype(np.int64)
+            assert _threads_picked(monkeypatch, lambda: K.and_count_sparse(q, ids, offsets)) == threads, n_ids
+    finally:
+        K.set_num_threads(None)
+
+
 @pytest.mark.parametrize("n_words", [1, 65, 1031, 40_000])
 def test_and_count_sparse_on_every_path(cpu_path, n_words):
     """Features of every length around the AVX-512 path's blocks of 64 ids (and its scalar tail), dense
