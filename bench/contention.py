@@ -23,7 +23,11 @@ policies, and "idle CPU": the CPU the process burns in the second after its quie
 (spinning team threads). Target (issue 16): segsrv's default with a busy neighbour within 2x of quiet,
 median and p90.
 
-    python bench/contention.py [--customers 1000000] [--calls 400] [--neighbours 1]
+"threads" is the process's cap, "used" what the thread policy gives one call's kernels at most: with
+segsrv's policy 90 features over 1M customers run on one thread (no team: every policy is then the
+same), so --features 600 is where the wait policies still differ.
+
+    python bench/contention.py [--customers 1000000] [--calls 400] [--neighbours 1] [--features 90]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ POLICIES = {
 SPIN = "import time\nend = time.time() + {s}\nwhile time.time() < end:\n    pass\n"
 
 
-def child(root: str, policy: str, calls: int, neighbours: int, max_seconds: float) -> dict:
+def child(root: str, policy: str, calls: int, neighbours: int, max_seconds: float, n_features: int) -> dict:
     import numpy as np
 
     from relate import conditions, pick_fields
@@ -62,7 +66,7 @@ def child(root: str, policy: str, calls: int, neighbours: int, max_seconds: floa
         _kernels.set_num_threads(1)
     snap = open_snapshot(root)
     u = snap.universe("customers")
-    fids = np.concatenate([u.fields[f].feature_ids for f in pick_fields(u, 90)]).astype(np.int64)
+    fids = np.concatenate([u.fields[f].feature_ids for f in pick_fields(u, n_features)]).astype(np.int64)
     bits = [evaluate(snap, u, c) for c in conditions(u)]
     sizes = [int(_kernels.popcount(b)) for b in bits]
 
@@ -76,6 +80,11 @@ def child(root: str, policy: str, calls: int, neighbours: int, max_seconds: floa
         return out
 
     run()  # pages mapped, caches warm
+    picked = []  # the thread counts the policy gives one call's kernels
+    resolve = _kernels.resolve_threads
+    _kernels.resolve_threads = lambda n, work: picked.append(resolve(n, work)) or picked[-1]
+    count_features(u, bits[0], sizes[0], fids, plan="scan")
+    _kernels.resolve_threads = resolve
     quiet = run()
     cpu0 = time.process_time()  # what the team costs while the process waits for its next request
     time.sleep(1.0)
@@ -88,7 +97,8 @@ def child(root: str, policy: str, calls: int, neighbours: int, max_seconds: floa
         for p in procs:
             p.kill()
             p.wait()
-    return {"features": int(len(fids)), "threads": _kernels.get_num_threads(), "cpu_path": _kernels.cpu_path(),
+    return {"features": int(len(fids)), "threads": _kernels.get_num_threads(), "threads_used": max(picked),
+            "cpu_path": _kernels.cpu_path(),
             "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "idle_cpu_s_per_s": idle_cpu,
             "quiet": {"median_ms": statistics.median(quiet) * 1e3, "p90_ms": percentile(quiet, 90) * 1e3},
             "busy": {"median_ms": statistics.median(busy) * 1e3, "p90_ms": percentile(busy, 90) * 1e3}}
@@ -99,11 +109,14 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=1_000_000)
     ap.add_argument("--calls", type=int, default=400, help="count calls per measurement (20 conditions in turn)")
     ap.add_argument("--neighbours", type=int, default=1, help="busy processes beside the busy measurement")
+    ap.add_argument("--features", type=int, default=90,
+                    help="about this many features per call (bench/relate.py's pick_fields); from ~600 the thread policy forms a team, which is where the wait policies differ")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         root, policy = args.child
-        print(json.dumps(child(root, policy, args.calls, args.neighbours, max_seconds=300)))
+        print(json.dumps(child(root, policy, args.calls, args.neighbours, max_seconds=300,
+                               n_features=args.features)))
         return
     root = demo_snapshot(args.customers) / "demo"
     got = {}
@@ -111,7 +124,7 @@ def main() -> None:
         environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         environ.update(env)
         proc = subprocess.run([sys.executable, __file__, "--calls", str(args.calls), "--neighbours",
-                               str(args.neighbours), "--child", str(root), policy],
+                               str(args.neighbours), "--features", str(args.features), "--child", str(root), policy],
                               capture_output=True, text=True, env=environ,
                               cwd=os.path.dirname(os.path.abspath(__file__)))
         if proc.returncode:
@@ -122,14 +135,14 @@ def main() -> None:
     print(f"[contention] {args.customers:,} customers, {got['default']['features']} features per call, "
           f"{args.calls} calls per measurement, {args.neighbours} busy neighbour(s); {cpu_model()}; "
           f"{os.cpu_count()} CPUs; load average {load[0]:.2f}")
-    print(f"  {'policy':<9} {'threads':>7} {'quiet p50':>10} {'p90':>8} {'busy p50':>10} {'p90':>8} "
+    print(f"  {'policy':<9} {'threads':>7} {'used':>5} {'quiet p50':>10} {'p90':>8} {'busy p50':>10} {'p90':>8} "
           f"{'busy/quiet p50':>14} {'p90':>6} {'busy p50/best quiet':>20} {'idle CPU':>9}")
     for policy, r in got.items():
         q, b = r["quiet"], r["busy"]
         r["busy_over_quiet"] = b["median_ms"] / q["median_ms"]
         r["busy_over_quiet_p90"] = b["p90_ms"] / q["p90_ms"]
         r["busy_over_best_quiet"] = b["median_ms"] / best_quiet
-        print(f"  {policy:<9} {r['threads']:>7} {q['median_ms']:>8.2f}ms {q['p90_ms']:>6.2f}ms "
+        print(f"  {policy:<9} {r['threads']:>7} {r['threads_used']:>5} {q['median_ms']:>8.2f}ms {q['p90_ms']:>6.2f}ms "
               f"{b['median_ms']:>8.2f}ms {b['p90_ms']:>6.2f}ms {r['busy_over_quiet']:>14.2f} "
               f"{r['busy_over_quiet_p90']:>6.2f} {r['busy_over_best_quiet']:>20.2f} {r['idle_cpu_s_per_s']:>8.0%}")
     d = got["default"]
