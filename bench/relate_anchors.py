@@ -14,10 +14,11 @@ the same counts as segsrv, exactly (asserted; the run prints "same answers: yes"
                     every statistic and the ordering (include_condition_fields, so the
                     condition's own fields are counted too; limit 20). Also the counts
                     alone (count_features on the evaluated condition), shown for scale.
-                    Both with the default kernel threads and again on one
-                    (_kernels.set_num_threads(1)): on a shared machine the OpenMP team
-                    can spin while a member is descheduled (FIELD-NOTES), which one
-                    thread avoids. The ratios and the target use the default.
+                    Both with the default kernel threads and on one
+                    (_kernels.set_num_threads(1)), taking turns call by call: on a
+                    shared machine the OpenMP team can spin while a member is
+                    descheduled (FIELD-NOTES), which one thread avoids. The ratios and
+                    the target use the default.
   duckdb pairs      DuckDB SQL over a (row uint32, feature uint32) table of every
                     customer's features (the snapshot's CSR; a native in-memory DuckDB
                     table sorted by feature then row): the condition's rows as a CTE
@@ -127,18 +128,42 @@ def median_ms(fn, repeat: int) -> tuple[float, object]:
     return float(np.median(times) * 1e3), out
 
 
-def segsrv_side(snap, u, fields, fids, repeat: int) -> dict:
+def interleaved_ms(fn, repeat: int, thread_settings) -> list[tuple[float, object]]:
+    """(median ms, last answer) of fn under each kernel thread setting (set_num_threads), the settings taking
+    turns call by call after one warm-up each: the host's drift and the process's warming fall on all alike."""
+    outs = []
+    try:
+        for n in thread_settings:
+            _kernels.set_num_threads(n)
+            outs.append(fn())
+        times = [[] for _ in thread_settings]
+        for _ in range(repeat):
+            for i, n in enumerate(thread_settings):
+                _kernels.set_num_threads(n)
+                t = time.perf_counter()
+                outs[i] = fn()
+                times[i].append(time.perf_counter() - t)
+    finally:
+        _kernels.set_num_threads(None)
+    return [(float(np.median(ts) * 1e3), out) for ts, out in zip(times, outs)]
+
+
+def segsrv_sides(snap, u, fields, fids, repeat: int) -> tuple[dict, dict]:
+    """segsrv's relate and counts with the default kernel threads and on one thread, interleaved."""
     query = RelateQuery(where=CONDITION, universe=u.name, relate=fields, limit=20, exclude_condition_fields=False)
-    relate_ms, res = median_ms(lambda: relate(snap, query), repeat)
+    relates = interleaved_ms(lambda: relate(snap, query), repeat, (None, 1))
     bits = evaluate(snap, u, CONDITION)
     n_c = int(_kernels.popcount(bits))
-    counts_ms, (counts, plan) = median_ms(lambda: count_features(u, bits, n_c, fids), repeat)
+    counts = interleaved_ms(lambda: count_features(u, bits, n_c, fids), repeat, (None, 1))
     # the service's answer itself: every feature's support (direction all, no floor) against the counts
     every = relate(snap, RelateQuery(where=CONDITION, universe=u.name, relate=fields, limit=MAX_LIMIT,
                                      direction="all", min_support=0, exclude_condition_fields=False))
     supports = {int(h.feature_id): int(h.support) for h in every.hits}
-    return {"relate_ms": relate_ms, "counts_ms": counts_ms, "counts": np.asarray(counts, dtype=np.int64),
-            "n_condition": n_c, "plan": plan, "relate_plan": res.plan, "relate_supports": supports}
+    sides = []
+    for (relate_ms, res), (counts_ms, (n_cf, plan)) in zip(relates, counts):
+        sides.append({"relate_ms": relate_ms, "counts_ms": counts_ms, "counts": np.asarray(n_cf, dtype=np.int64),
+                      "n_condition": n_c, "plan": plan, "relate_plan": res.plan, "relate_supports": supports})
+    return sides[0], sides[1]
 
 
 # --- the (row, feature) pairs ------------------------------------------------------------------
@@ -368,12 +393,8 @@ def main() -> None:
           f"{len(fields)} fields, condition {CONDITION}; {os.cpu_count()} cores, {cpu_model()}, "
           f"load average {load_before[0]:.2f}", flush=True)
 
-    ours = segsrv_side(snap, u, fields, fids, args.repeat_ours)
-    _kernels.set_num_threads(1)  # the same on one kernel thread: no OpenMP team to wait for on a busy box
-    try:
-        one = segsrv_side(snap, u, fields, fids, args.repeat_ours)
-    finally:
-        _kernels.set_num_threads(None)
+    # the default kernel threads and one thread (no OpenMP team to wait for on a busy box), call by call
+    ours, one = segsrv_sides(snap, u, fields, fids, args.repeat_ours)
     assert np.array_equal(one["counts"], ours["counts"])
     print(f"  segsrv: {ours['n_condition']:,} customers in the condition, counts plan {ours['plan']}", flush=True)
     t = time.perf_counter()

@@ -8,7 +8,9 @@ Thread policy
 -------------
 * ``set_num_threads(n)`` sets the process-wide default; ``set_num_threads(None)``
   restores the built-in default: env ``SEGSRV_NUM_THREADS`` if set, else
-  ``len(os.sched_getaffinity(0))`` (the CPUs this process may run on).
+  ``len(os.sched_getaffinity(0))`` (the CPUs this process may run on), read at
+  its first use and kept (a system call per kernel call cost ~1.5 us); call
+  ``set_num_threads(None)`` again to read them anew.
 * ``resolve_threads(n_threads, work_words)`` is what every kernel wrapper calls:
   an explicit ``n_threads >= 1`` wins; otherwise the default, scaled down for
   small work (1 thread below ``SMALL_WORK_WORDS`` words, at most one thread per
@@ -56,6 +58,7 @@ __all__ = [
 SMALL_WORK_WORDS = 1 << 20
 
 _num_threads: int | None = None
+_default: int | None = None  # _default_num_threads(), read once (set_num_threads(None) reads it again)
 
 
 def _default_num_threads() -> int:
@@ -73,16 +76,19 @@ def _default_num_threads() -> int:
 
 def get_num_threads() -> int:
     """The default number of threads kernels may use."""
-    if _num_threads is None:
-        return _default_num_threads()
-    return _num_threads
+    global _default
+    if _num_threads is not None:
+        return _num_threads
+    if _default is None:
+        _default = _default_num_threads()
+    return _default
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the default thread count (``None``: env SEGSRV_NUM_THREADS or CPU affinity)."""
-    global _num_threads
+    """Set the default thread count (``None``: env SEGSRV_NUM_THREADS or CPU affinity, read again)."""
+    global _num_threads, _default
     if n is None:
-        _num_threads = None
+        _num_threads = _default = None
         return
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int or None, got {type(n).__name__}")

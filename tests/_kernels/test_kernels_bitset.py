@@ -472,6 +472,8 @@ def test_thread_policy(monkeypatch):
     assert K.resolve_threads(None, 1 << 40) == default
     assert K.resolve_threads(3, 10) == 3
     monkeypatch.setenv("SEGSRV_NUM_THREADS", "5")
+    assert K.get_num_threads() == default  # read once, at first use
+    K.set_num_threads(None)  # read again
     assert K.get_num_threads() == 5
     assert K.resolve_threads(None, 1 << 40) == 5
     assert K.resolve_threads(None, 2 * K.SMALL_WORK_WORDS) == 2
@@ -488,8 +490,11 @@ def test_thread_policy(monkeypatch):
     with pytest.raises(ValueError):
         K.set_num_threads(0)
     monkeypatch.setenv("SEGSRV_NUM_THREADS", "zero")
+    K.set_num_threads(None)
     with pytest.raises(ValueError, match="SEGSRV_NUM_THREADS"):
         K.get_num_threads()
+    monkeypatch.delenv("SEGSRV_NUM_THREADS")
+    K.set_num_threads(None)
 
 
 def _threads_picked(monkeypatch, call) -> int:
