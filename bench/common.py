@@ -95,6 +95,21 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def threads_picked(call) -> int:
+    """The most threads segsrv._kernels' policy gives the kernel calls of `call()` (each wrapper asks
+    resolve_threads(n_threads, work) once)."""
+    from segsrv import _kernels
+
+    picked = []
+    resolve = _kernels.resolve_threads
+    _kernels.resolve_threads = lambda n, work: picked.append(resolve(n, work)) or picked[-1]
+    try:
+        call()
+    finally:
+        _kernels.resolve_threads = resolve
+    return max(picked)
+
+
 def percentile(values, q: float) -> float:
     import numpy as np
 

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 
-from common import cpu_model, demo_snapshot, percentile, write_result
+from common import cpu_model, demo_snapshot, percentile, threads_picked, write_result
 
 POLICIES = {
     "default": {},
@@ -80,11 +80,7 @@ def child(root: str, policy: str, calls: int, neighbours: int, max_seconds: floa
         return out
 
     run()  # pages mapped, caches warm
-    picked = []  # the thread counts the policy gives one call's kernels
-    resolve = _kernels.resolve_threads
-    _kernels.resolve_threads = lambda n, work: picked.append(resolve(n, work)) or picked[-1]
-    count_features(u, bits[0], sizes[0], fids, plan="scan")
-    _kernels.resolve_threads = resolve
+    used = threads_picked(lambda: count_features(u, bits[0], sizes[0], fids, plan="scan"))
     quiet = run()
     cpu0 = time.process_time()  # what the team costs while the process waits for its next request
     time.sleep(1.0)
@@ -97,7 +93,7 @@ def child(root: str, policy: str, calls: int, neighbours: int, max_seconds: floa
         for p in procs:
             p.kill()
             p.wait()
-    return {"features": int(len(fids)), "threads": _kernels.get_num_threads(), "threads_used": max(picked),
+    return {"features": int(len(fids)), "threads": _kernels.get_num_threads(), "threads_used": used,
             "cpu_path": _kernels.cpu_path(),
             "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "idle_cpu_s_per_s": idle_cpu,
             "quiet": {"median_ms": statistics.median(quiet) * 1e3, "p90_ms": percentile(quiet, 90) * 1e3},

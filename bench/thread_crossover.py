@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 
-from common import cpu_model, write_result
+from common import cpu_model, threads_picked, write_result
 
 
-def _median_us(fn, n_threads: int, samples: list[float]) -> None:
+def _time_us(fn, n_threads: int, samples: list[float]) -> None:
     t = time.perf_counter()
     fn(n_threads)
     samples.append((time.perf_counter() - t) * 1e6)
@@ -41,13 +41,13 @@ def cases(rng):
         rows = rng.choice(600, size=n_rows, replace=False).astype(np.int64)
         yield ("and_count_dense", "rows of 1M bits", n_rows,
                lambda nt, rows=rows: K.and_count_dense(query, matrix, rows, n_threads=nt),
-               K.resolve_threads(None, n_rows * n_words))
+               threads_picked(lambda: K.and_count_dense(query, matrix, rows)))
     for n_ids in (30_000, 100_000, 300_000, 1_000_000, 3_000_000):
         ids = np.sort(rng.integers(0, n_words * 64, size=n_ids).astype(np.uint32))
         offsets = np.linspace(0, n_ids, 101).astype(np.int64)
         yield ("and_count_sparse", "ids over 100 features", n_ids,
                lambda nt, ids=ids, offsets=offsets: K.and_count_sparse(query, ids, offsets, n_threads=nt),
-               _threads_of(lambda: K.and_count_sparse(query, ids, offsets)))
+               threads_picked(lambda: K.and_count_sparse(query, ids, offsets)))
     n_csr, n_feat = 1_000_000, 5_000
     lengths = rng.integers(10, 30, size=n_csr)
     indptr = np.zeros(n_csr + 1, dtype=np.int64)
@@ -58,10 +58,10 @@ def cases(rng):
         rows = np.sort(rng.choice(n_csr, size=k, replace=False)).astype(np.uint32)
         yield ("csr_row_scores", "rows of ~20 features", k,
                lambda nt, rows=rows: K.csr_row_scores(indptr, indices, weights, rows=rows, n_threads=nt),
-               _threads_of(lambda: K.csr_row_scores(indptr, indices, weights, rows=rows)))
+               threads_picked(lambda: K.csr_row_scores(indptr, indices, weights, rows=rows)))
         yield ("csr_histogram", "rows of ~20 features", k,
                lambda nt, rows=rows: K.csr_histogram(indptr, indices, rows, n_feat, n_threads=nt),
-               _threads_of(lambda: K.csr_histogram(indptr, indices, rows, n_feat)))
+               threads_picked(lambda: K.csr_histogram(indptr, indices, rows, n_feat)))
     for m in (64, 256, 1024, 4096):
         successes = rng.integers(1_000, 200_000, size=m).astype(np.int64)
         draws = rng.integers(1_000, 200_000, size=m).astype(np.int64)
@@ -69,27 +69,7 @@ def cases(rng):
         k = (successes * draws // 1_000_000 + rng.integers(0, 50, size=m)).astype(np.int64)
         yield ("hypergeom_tail", "tables", m,
                lambda nt, k=k, s=successes, d=draws, p=population: K.hypergeom_tail(k, s, d, p, n_threads=nt),
-               _threads_of(lambda: K.hypergeom_tail(k, successes, draws, population)))
-
-
-def _threads_of(call) -> int:
-    """The thread count the policy gives `call` (its wrapper asks resolve_threads(None, work))."""
-    from segsrv import _kernels as K
-
-    picked = []
-    original = K.resolve_threads
-
-    def spy(n_threads, work_words):
-        n = original(n_threads, work_words)
-        picked.append(n)
-        return n
-
-    K.resolve_threads = spy
-    try:
-        call()
-    finally:
-        K.resolve_threads = original
-    return picked[-1]
+               threads_picked(lambda: K.hypergeom_tail(k, successes, draws, population)))
 
 
 def main() -> None:
@@ -111,7 +91,7 @@ def main() -> None:
         samples = {1: [], 2: []}
         for _ in range(args.repeats):
             for nt in (1, 2):
-                _median_us(call, nt, samples[nt])
+                _time_us(call, nt, samples[nt])
         one, two = statistics.median(samples[1]), statistics.median(samples[2])
         pick = one if picked == 1 else two
         row = {"kernel": kernel, "size": size, "unit": label, "one_thread_us": round(one, 1),

@@ -93,7 +93,9 @@ __all__ = [
 
 # A random probe of a bitset costs about this many streamed words (thread policy, resolve_threads):
 # 0.4 against 0.12 ns per word on a 2-core EPYC, where two threads win from ~300k probes
+# (PROBE_WORDS: the same weight for cooccur.pyx's probes)
 cdef int64_t _PROBE_WORDS = 4
+PROBE_WORDS = _PROBE_WORDS
 
 # Column block (in 64-bit words) for one-vs-many dense AND-count: the query
 # block stays in L1/L2 while each matrix row block streams from memory.

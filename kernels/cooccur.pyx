@@ -41,7 +41,7 @@ import numpy as np
 
 import segsrv._kernels as _pkg
 from segsrv._kernels import bitset as _bitset
-from segsrv._kernels.bitset import _check, _check_out
+from segsrv._kernels.bitset import PROBE_WORDS, _check, _check_out
 
 from cython.parallel cimport prange
 from libc.stdint cimport uint64_t, uint32_t, int64_t
@@ -539,16 +539,15 @@ def _prepare(dense, dense_rows, ids, offsets, sparse_features):
 
 def _work_words(size_t rows_a, size_t rows_b, size_t n_words, bint tri, offsets, feats, probe_pos,
                 size_t n_probe_rows, bint sym):
-    # pair-words of the tile pass cost ~1/8 of a streamed word; a probe ~4 words (as in
-    # bitset.pyx's and_count_sparse: 0.4 against 0.12 ns on a 2-core EPYC)
+    # pair-words of the tile pass cost ~1/8 of a streamed word; a probe PROBE_WORDS (bitset.pyx)
     pairs = rows_a * (rows_a + 1) // 2 if tri else rows_a * rows_b
     w = pairs * n_words // 8
     if len(probe_pos):
         f = feats[probe_pos]
         m = int((offsets[f + 1] - offsets[f]).sum())
-        w += 4 * m * n_probe_rows
+        w += PROBE_WORDS * m * n_probe_rows
         if sym:
-            w += 4 * m * len(probe_pos) // 2
+            w += PROBE_WORDS * m * len(probe_pos) // 2
     return w
 
 
