@@ -10,9 +10,8 @@ nothing.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from typing import Callable, Iterator
+from typing import Callable
 
 _CHECK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("segsrv_check", default=None)
 
@@ -24,10 +23,17 @@ def check() -> None:
         fn()
 
 
-@contextlib.contextmanager
-def checking(fn: Callable[[], None]) -> Iterator[None]:
-    token = _CHECK.set(fn)
-    try:
-        yield
-    finally:
-        _CHECK.reset(token)
+class checking:
+    """``with checking(fn):`` installs fn as the check of the current call (a class, not
+    contextlib.contextmanager: every RPC enters one, and a generator costs ~2 us more)."""
+
+    __slots__ = ("fn", "token")
+
+    def __init__(self, fn: Callable[[], None]):
+        self.fn = fn
+
+    def __enter__(self) -> None:
+        self.token = _CHECK.set(self.fn)
+
+    def __exit__(self, *exc) -> None:
+        _CHECK.reset(self.token)

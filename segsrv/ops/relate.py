@@ -245,7 +245,18 @@ class RelateHits(Sequence):
         add_hit = repeated.add
         for f, v, row, s, nf in zip(self.fields, self.values, self.stats.tolist(), self.support.tolist(),
                                     self.n_feature.tolist()):
-            add_hit(field=f, value=v, support=s, feature_count=nf, **dict(zip(HIT_FLOAT_STATS, row)))
+            h = add_hit(field=f, value=v, support=s, feature_count=nf)
+            # one tuple assignment in HIT_FLOAT_STATS' order (checked below the class): half the time of
+            # the same values as keyword arguments, which build a dict per hit
+            (h.support_ratio, h.p, h.p_base, h.p_not, h.lift, h.lift_smoothed, h.lift_low, h.lift_high, h.p_value,
+             h.q_value, h.leverage, h.conviction, h.jaccard, h.certainty, h.kulczynski, h.zhang,
+             h.mutual_information) = row
+
+
+# the order RelateHits.add_to assigns a hit's floats in
+_ADD_TO_ORDER = ("support_ratio", "p", "p_base", "p_not", "lift", "lift_smoothed", "lift_low", "lift_high", "p_value",
+                 "q_value", "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "mutual_information")
+assert HIT_FLOAT_STATS == _ADD_TO_ORDER, "RelateHits.add_to assigns the floats in another order"
 
 
 @dataclass
