@@ -14,7 +14,8 @@ Every open checks, before anything is served:
   the checksums and is only for measuring what they cost (bench/verify.py);
 * the numbers the manifest states about the data (row, feature, dense and sparse counts, each
   field's value counts and feature range) against the arrays they describe: every feature's
-  count is recounted from its bitset or id list.
+  count is recounted from its bitset or id list, and the row -> features indexes (the CSR, and
+  from format version 2 the sparse features' CSR) are checked against those counts.
 """
 
 from __future__ import annotations
@@ -262,31 +263,45 @@ class Universe:
 
     def _sparse_csr_problems(self, actual: np.ndarray, sparse: np.ndarray) -> list[str]:
         """What is wrong with the sparse CSR (format version 2): it must list, per row, ascending, the
-        sparse-stored features the row has: as many per row as sparse_ids.bin holds of the row, and per
-        sparse feature as many rows as it has (`actual`: every feature's recounted rows; `sparse`: mask)."""
+        sparse-stored features the row has: its entries' rows those of sparse_ids.bin (their sum), and per
+        sparse feature as many rows as it has (`actual`: every feature's recounted rows; `sparse`: mask).
+        Each check is one pass over an array (on the 1M demo ~30 ms for the customers' 7.0M entries, as
+        much for the order lines' 10.3M rows)."""
         from .._kernels import csr_histogram
 
         n, nf = self.n_rows, self.n_features
         indptr, indices = np.asarray(self.sparse_csr_indptr), np.asarray(self.sparse_csr_indices)
         name = "sparse_csr_indices.bin"
-        if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        per_row = np.diff(indptr)
+        if indptr[0] != 0 or (n and per_row.min() < 0):
             return ["sparse_csr_indptr.bin does not rise from 0"]
-        if not np.array_equal(np.diff(indptr), np.bincount(np.asarray(self.sparse_ids), minlength=n)[:n]):
-            return ["sparse_csr_indptr.bin's rows hold other numbers of sparse features than sparse_ids.bin"]
+        # the entries' rows add up to sparse_ids.bin's, modulo 2^64 (entries moved between rows show): the sum
+        # over rows r of r x per_row[r] is n x len(indices) - sum(indptr[1:])
+        wrap = 1 << 64
+        rows_sum = (n * len(indices) - int(np.add.reduce(indptr[1:], dtype=np.uint64))) % wrap
+        if rows_sum != int(np.add.reduce(np.asarray(self.sparse_ids), dtype=np.uint64)):
+            return ["sparse_csr_indptr.bin's rows are not those of sparse_ids.bin's entries"]
         if not len(indices):
             return []
         if int(indices.max()) >= nf:
             return [f"{name} names features past n_features"]
-        if not sparse[indices].all():
+        # csr_histogram over every row is the histogram of all the indices (indptr covers each once): one
+        # "row" holding them all, the kernel's one pass
+        hist = csr_histogram(np.array([0, len(indices)], dtype=np.int64), indices, np.zeros(1, np.uint32), nf)
+        if hist[~sparse].any():
             return [f"{name} names features stored dense (feature_slot >= 0)"]
-        steps = np.diff(indices.astype(np.int64))
-        starts = np.zeros(len(indices), dtype=bool)
-        starts[indptr[:-1][indptr[:-1] < len(indices)]] = True
-        if np.any(steps[~starts[1:]] <= 0):
-            return [f"{name}: a row's features are not strictly ascending"]
-        hist = csr_histogram(indptr, indices, np.arange(n, dtype=np.uint32), nf)
         if not np.array_equal(hist, np.where(sparse, actual, 0)):
             return [f"{name} (rows -> sparse features) disagrees with sparse_ids.bin's feature counts"]
+        # strictly ascending per row: where the ids do not rise, a row must start
+        falls = np.flatnonzero(indices[1:] <= indices[:-1]) + 1
+        if len(falls) * 16 < n:
+            ascending = np.array_equal(indptr[np.searchsorted(indptr, falls)], falls)
+        else:
+            starts = np.zeros(len(indices) + 1, dtype=bool)
+            starts[indptr] = True
+            ascending = bool(starts[falls].all())
+        if not ascending:
+            return [f"{name}: a row's features are not strictly ascending"]
         return []
 
     # -- fields and features ---------------------------------------------------

@@ -170,7 +170,7 @@ SPARSE_CSR_DAMAGE = {
     "a dense feature": (None, [0, 1, 2, 9, 3], "sparse_csr_indices.bin names features stored dense"),
     "past n_features": (None, [0, 4, 2, 12, 3], "sparse_csr_indices.bin names features past n_features"),
     "counts per feature": (None, [0, 3, 2, 9, 3], "sparse_csr_indices.bin (rows -> sparse features) disagrees"),
-    "rows moved": ([0, 1, 1, 1, 4, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin's rows hold other numbers"),
+    "rows moved": ([0, 1, 1, 1, 4, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin's rows are not those of sparse_ids"),
     "not from 0": ([1, 2, 2, 2, 4, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin does not rise from 0"),
     "short indptr": ([0, 2, 2, 2, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin length (5,), expected 6"),
     "ends early": ([0, 2, 2, 2, 4, 4], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin does not end at len(sparse_csr_indices"),
