@@ -41,7 +41,7 @@ from .fields import identifier_like_fields, select_fields
 HISTOGRAM_COST_FACTOR = 10.0
 # The scan's two ways of counting the sparse features (sparse_method), estimated in nanoseconds. Measured on
 # the 1M demo snapshot (customers: 5,191 features, 7.04M sparse ids, 7.04 sparse entries per row on average)
-# with `python bench/sparse_rows.py --fit --threads 1` (the 20 conditions of bench/relate.py, every field; one
+# with `python bench/sparse_rows.py --fit` (the 20 conditions of bench/relate.py, every field; one
 # kernel thread, as `segsrv serve` runs them), on the shared 2-core AMD EPYC (AVX-512), 2026-12-07, three runs
 # on a quiet machine and two at a load average of 4-8:
 #   probing (and_count_sparse): 0.53-0.57 ns per id (median per run; single calls 0.50-0.80)
