@@ -35,13 +35,17 @@ def demo_tables(n_customers: int) -> Path:
 
 
 def _stale(root: Path) -> bool:
-    """A cached snapshot written before its files had fast checksums (rebuilt: opens would fall back
-    to SHA-256 and the benchmarks would measure that)."""
+    """A cached snapshot written before its files had fast checksums (opens would fall back to SHA-256
+    and the benchmarks would measure that) or in an older format version (format version 1 has no sparse
+    CSR: the engine would only probe rare features); both are rebuilt."""
+    from segsrv.snapshot.format import FORMAT_VERSION
+
     current = root / "demo" / "CURRENT"
     if not current.exists():
         return True
     manifest = json.loads((root / "demo" / current.read_text().strip() / "manifest.json").read_text())
-    return not all("xxh3" in entry for entry in manifest["files"].values())
+    return (manifest.get("format_version") != FORMAT_VERSION
+            or not all("xxh3" in entry for entry in manifest["files"].values()))
 
 
 def demo_snapshot(n_customers: int) -> Path:
@@ -51,6 +55,22 @@ def demo_snapshot(n_customers: int) -> Path:
     if _stale(root):
         subprocess.run([sys.executable, "-m", "segsrv", "build", str(spec), "--out", str(root)], check=True)
     return root
+
+
+def sparse_bytes(u, bits, n_c: int, layout) -> float:
+    """Bytes the scan plan's sparse part reads for a condition (bitset `bits`, n_c rows) and a feature layout
+    (segsrv.engine.relate.feature_layout): the layout's sparse ids when they are probed, else the listed rows'
+    entries of the sparse CSR and their two indptr entries (the rows method; sparse_method picks)."""
+    import numpy as np
+
+    from segsrv import _kernels
+    from segsrv.engine.relate import sparse_method
+
+    if len(layout.sparse) and sparse_method(u, layout, n_c) == "rows":
+        listed = _kernels.bitset_to_ids(np.invert(bits) if 2 * n_c > u.n_rows else bits, u.n_rows).astype(np.int64)
+        indptr = np.asarray(u.sparse_csr_indptr)
+        return 4.0 * float((indptr[listed + 1] - indptr[listed]).sum()) + 16.0 * len(listed)
+    return 4.0 * float(layout.sparse_ids)
 
 
 def child_usage(args: list[str]) -> dict:

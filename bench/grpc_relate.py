@@ -44,7 +44,7 @@ import os
 import threading
 import time
 
-from common import best_ms, demo_snapshot, percentile, write_result
+from common import best_ms, demo_snapshot, percentile, sparse_bytes, write_result
 
 from segsrv.cpus import usable_cpus
 
@@ -305,7 +305,8 @@ def counted_bytes(root, queries: list[dict]) -> dict[str, float]:
     """Mean bytes the counts of these Relate queries read (module docstring: the floor), as
     {"bitsets": the condition's bitset and each candidate's dense row or sparse ids (the scan plan's
     reads, the issue's "~11 MB"), "plan": the same under the plan count_features chooses, where the
-    histogram plan reads the condition's rows of the CSR index instead}."""
+    histogram plan reads the condition's rows of the CSR index instead, and the scan's rows method the listed
+    rows of the sparse CSR instead of the sparse ids}."""
     import numpy as np
 
     from segsrv import _kernels
@@ -335,8 +336,7 @@ def counted_bytes(root, queries: list[dict]) -> dict[str, float]:
             plan_bytes += query_bytes + 4.0 * float((indptr[rows + 1] - indptr[rows]).sum()) + 16.0 * len(rows)
         else:  # Relate's layout: a partitioning field's costliest value is derived from the others, not read
             layout = feature_layout(u, fids, derive_partitions=True)
-            plan_bytes += query_bytes + 8.0 * u.n_words * len(layout.dense) + 4.0 * float(
-                np.asarray(u.feature_count[fids[layout.sparse]]).sum())
+            plan_bytes += query_bytes + 8.0 * u.n_words * len(layout.dense) + sparse_bytes(u, bits, n_c, layout)
     return {"bitsets": bitsets / len(queries), "plan": plan_bytes / len(queries)}
 
 

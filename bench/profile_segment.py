@@ -9,7 +9,8 @@ snapshot, as in a server).
 
 Counted bytes, what any implementation over the snapshot's indexes must read:
   * the segment's bitset, and each profiled value's dense row or sparse ids under the scan plan
-    (Relate's "counted bytes"; bench/grpc_relate.py), or the segment's rows of the CSR index when
+    (Relate's "counted bytes"; bench/grpc_relate.py), the sparse ids replaced by the listed rows of the
+    sparse CSR where the scan counts them by the rows method, or the segment's rows of the CSR index when
     count_features picks the histogram plan (the cheaper estimate)
   * per numeric field, its value at each member row (8 bytes each) and the members' row ids (4 bytes
     each, listed once)
@@ -26,7 +27,7 @@ import argparse
 
 import numpy as np
 
-from common import cpu_model, demo_snapshot, median_ms, write_result
+from common import cpu_model, demo_snapshot, median_ms, sparse_bytes, write_result
 from grpc_relate import probed_bandwidth
 
 from segsrv import _kernels
@@ -34,7 +35,7 @@ from segsrv.engine.conditions import evaluate
 from segsrv.engine.fields import identifier_like_fields, select_fields
 from segsrv.engine.privacy import DEFAULT_PRIVACY_K
 from segsrv.engine.profile import histogram_domain, segment_numeric_stats
-from segsrv.engine.relate import count_features
+from segsrv.engine.relate import count_features, feature_layout
 from segsrv.ops.conditions import Term
 from segsrv.ops.profile import ProfileQuery
 from segsrv.service import OneSnapshot, SegmentationService
@@ -82,8 +83,8 @@ def main() -> None:
         indptr = np.asarray(u.csr_indptr)
         count_bytes = bitset_bytes + 4.0 * float((indptr[rows + 1] - indptr[rows]).sum()) + 16.0 * n_s
     else:
-        count_bytes = bitset_bytes + 8.0 * u.n_words * int(dense.sum()) + 4.0 * float(
-            np.asarray(u.feature_count[fids[~dense]]).sum())
+        count_bytes = bitset_bytes + 8.0 * u.n_words * int(dense.sum()) + sparse_bytes(u, bits, n_s,
+                                                                                        feature_layout(u, fids))
     numeric_bytes = (4.0 * n_s + 8.0 * n_s * len(numeric)) if numeric else 0.0
     counted = count_bytes + numeric_bytes
     bandwidth = probed_bandwidth()

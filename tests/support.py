@@ -2,12 +2,14 @@
 
 * ``quiet``: a progress callback that prints nothing;
 * ``rows_of_feature`` / ``ids_by_value`` / ``assert_field_matches``: a built universe's features read from
-  its bitsets and sparse lists, compared with brute-force (id, value) pairs;
+  its bitsets and sparse lists, compared with brute-force (id, value) pairs; ``assert_sparse_csr``: its
+  rows -> sparse features index is the transpose of its sparse lists;
 * ``FakeContext`` / ``Aborted``: a gRPC servicer context whose call ends after N is_active() checks;
 * ``strip_elapsed``: an answer dict without its (checked) ``elapsed_ms``; ``segsrv_cli``: ``python -m segsrv``;
 * ``assert_same_answer``: two JSON answers equal, integers exactly and floats to 1e-12 (merged vs unsharded);
 * ``ServeProcess``: ``segsrv serve`` in a child process (JSON logs in a file); ``repo_env``, ``process_alive``;
 * ``tree_digest`` / ``root_state``: pictures of a snapshot version / root, to prove nothing changed;
+* ``as_format_version_1``: a copied snapshot version turned into what a format-version-1 build wrote;
 * ``SEED_QUERY``: the demo's seed question (what else is in the orders holding dog dry food);
 * ``CUSTOMER_CONDITIONS``: JSON `where` conditions over PetNord's customers, one per condition shape;
 * ``write_shop``: a small synthetic shop with a ``[shards]`` section (customers, orders, products replicated);
@@ -73,6 +75,27 @@ def rows_of_feature(u, fid: int) -> np.ndarray:
         assert not bits[u.n_rows:].any(), "bits past n_rows must be zero"
         return np.flatnonzero(bits[: u.n_rows])
     return np.asarray(u.sparse_feature_ids(fid), dtype=np.int64)
+
+
+def transpose_of_sparse_ids(u) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) of the rows -> sparse features index, by brute force: every (row, feature) pair of
+    sparse_ids.bin, sorted by row then feature with pandas."""
+    fid_of_slot = np.empty(len(u.sparse_features), dtype=np.int64)
+    fid_of_slot[-np.asarray(u.feature_slot)[u.sparse_features] - 1] = u.sparse_features
+    pairs = pd.DataFrame({"row": np.asarray(u.sparse_ids, dtype=np.int64),
+                          "feature": np.repeat(fid_of_slot, np.diff(np.asarray(u.sparse_offsets)))})
+    pairs = pairs.sort_values(["row", "feature"], kind="stable")
+    indptr = np.zeros(u.n_rows + 1, dtype=np.int64)
+    np.cumsum(pairs.groupby("row").size().reindex(range(u.n_rows), fill_value=0).to_numpy(), out=indptr[1:])
+    return indptr, pairs["feature"].to_numpy()
+
+
+def assert_sparse_csr(u) -> None:
+    """The sparse CSR (format version 2) is the transpose of sparse_ids.bin, rows ascending."""
+    indptr, indices = transpose_of_sparse_ids(u)
+    assert u.sparse_csr_indptr.dtype == np.int64 and u.sparse_csr_indices.dtype == np.uint32
+    assert np.array_equal(np.asarray(u.sparse_csr_indptr), indptr)
+    assert np.array_equal(np.asarray(u.sparse_csr_indices, dtype=np.int64), indices)
 
 
 def ids_by_value(u, field: str) -> dict[str, set]:
@@ -353,6 +376,29 @@ def tree_digest(vdir: Path) -> dict[str, str]:
         for p in sorted(vdir.rglob("*"))
         if p.is_file()
     }
+
+
+def as_format_version_1(vdir: Path) -> None:
+    """Turn a (copied) version directory of the current format into a format-version-1 one: no sparse CSR
+    files (nor manifest entries), format_version 1 in the manifest and in every array file's header, every
+    file entry recomputed (segsrv.snapshot.format, Compatibility)."""
+    from segsrv.snapshot import format as fmt
+    from segsrv.snapshot.builder import file_entries
+    from segsrv.snapshot.reader import SPARSE_CSR_FILES
+
+    manifest = json.loads((vdir / fmt.MANIFEST).read_text())
+    for name in manifest["universes"]:
+        for f in SPARSE_CSR_FILES:
+            (vdir / "universes" / name / f).unlink()
+    for path in vdir.rglob("*.bin"):
+        raw = bytearray(path.read_bytes())
+        raw[8:10] = (1).to_bytes(2, "little")
+        path.unlink()  # published files are read-only (and may be hard links): write new ones
+        path.write_bytes(bytes(raw))
+    manifest["format_version"] = 1
+    manifest["files"] = {rel: entry for rel, entry in file_entries(vdir).items() if rel != fmt.MANIFEST}
+    (vdir / fmt.MANIFEST).unlink()
+    (vdir / fmt.MANIFEST).write_bytes(fmt.dumps_manifest(manifest))
 
 
 def root_state(root: Path) -> dict:

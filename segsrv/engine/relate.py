@@ -7,6 +7,14 @@ Counting plans (chosen per request, or forced with `plan`):
   histogram  list the condition's rows and histogram their features through
              the row -> features CSR index; cost ~ rows in C x features per row.
 Both give identical counts; the cheaper is picked from those two estimates.
+
+Within the scan, the rare features (stored as sorted id arrays) are counted one of two ways, whichever a
+cost model (below) estimates cheaper; both exact, and the plan reported is "scan" either way:
+  probe      look up each of their ids' bit in the condition; cost ~ their ids, whatever the condition.
+  rows       list the condition's rows (or, when it holds more than half the rows, the rows outside it:
+             count = n_F - that) and histogram their rare features through the row -> sparse features
+             CSR (snapshot format version 2; without it, always probe); cost ~ rows listed x rare
+             features per row, plus one pass over the condition's words.
 """
 
 from __future__ import annotations
@@ -31,6 +39,27 @@ from .fields import identifier_like_fields, select_fields
 # 1.0-1.9x the average entries; 0.5 ns per dense word and per sparse id). The high end: where the two
 # are close the scan wins, its rows being the ones every request reads (cache-resident under load)
 HISTOGRAM_COST_FACTOR = 10.0
+# The scan's two ways of counting the sparse features (sparse_method), estimated in nanoseconds. Measured on
+# the 1M demo snapshot (customers: 5,191 features, 7.04M sparse ids, 7.04 sparse entries per row on average)
+# with `python bench/sparse_rows.py --fit` (the 20 conditions of bench/relate.py, every field; one
+# kernel thread, as `segsrv serve` runs them), on the shared 2-core AMD EPYC (AVX-512), 2026-12-07, three runs
+# on a quiet machine and two at a load average of 4-8:
+#   probing (and_count_sparse): 0.53-0.57 ns per id (median per run; single calls 0.50-0.80)
+#   bitset_to_ids: 0.83-1.16 ns per word of the condition, 1.0 ns per listed row
+#   csr_histogram through the sparse CSR: 7.7-10.9 ns per listed row + 0.59-0.77 ns per entry (least squares
+#     over the 20 conditions' row lists; 8.1 + 0.87-1.03 under load). The listed rows hold 0.3-3.3x the
+#     universe's average sparse entries (median 1.5x: customers in a condition are the more active ones): the
+#     estimate takes 1.5x the average
+PROBE_ID_NS = 0.55
+ROWS_WORD_NS = 1.0
+ROWS_ROW_NS = 9.0  # the histogram's ~8 and bitset_to_ids' 1
+ROWS_ENTRY_NS = 0.75
+LISTED_ENTRIES_OVER_AVERAGE = 1.5
+# the rows method only when estimated this much cheaper than probing: where the two are close, probing, whose
+# cost does not depend on the condition's rows (on the 1M demo: rows below ~180k listed rows, where one thread
+# measured the two equal at ~200k)
+ROWS_MARGIN = 1.25
+SPARSE_METHODS = ("auto", "probe", "rows")
 # request shapes (fields, condition fields) whose candidate features a universe remembers
 _MEMO_SHAPES = 256
 _MEMO: "weakref.WeakKeyDictionary[Universe, dict]" = weakref.WeakKeyDictionary()
@@ -51,6 +80,7 @@ class FeatureLayout:
     derived: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     partition_members: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the others' positions
     partition_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # each one's index in derived
+    sparse_ids: int = 0  # the ids of the features at `sparse` (what probing them reads)
 
 
 _PARTITIONS: "weakref.WeakKeyDictionary[Universe, list[FieldInfo]]" = weakref.WeakKeyDictionary()
@@ -96,17 +126,62 @@ def feature_layout(universe: Universe, fids: np.ndarray, derive_partitions: bool
     read = np.ones(len(fids), dtype=bool)
     read[derived] = False
     dense_mask, sparse_mask = (slots >= 0) & read, (slots < 0) & read
-    scan_cost = float(dense_mask.sum()) * universe.n_words + float(universe.feature_count[fids[sparse_mask]].sum())
+    sparse_ids = int(np.asarray(universe.feature_count[fids[sparse_mask]], dtype=np.int64).sum())
+    scan_cost = float(dense_mask.sum()) * universe.n_words + float(sparse_ids)
     return FeatureLayout(np.flatnonzero(dense_mask), np.ascontiguousarray(slots[dense_mask]),
                          np.flatnonzero(sparse_mask), np.ascontiguousarray(-slots[sparse_mask] - 1), scan_cost,
                          np.array(derived, dtype=np.int64), np.array(members, dtype=np.int64),
-                         np.array(member_of, dtype=np.int64))
+                         np.array(member_of, dtype=np.int64), sparse_ids)
+
+
+def sparse_costs(universe: Universe, layout: FeatureLayout, n_c: int) -> tuple[float, float | None]:
+    """Estimated ns of counting the layout's sparse features in a condition of n_c rows: (probing their ids,
+    the rows method; None when the universe has no sparse CSR)."""
+    probe = PROBE_ID_NS * layout.sparse_ids
+    if universe.sparse_csr_indices is None:
+        return probe, None
+    n = universe.n_rows
+    listed = min(n_c, n - n_c)  # more than half the rows: the complement's
+    per_row = LISTED_ENTRIES_OVER_AVERAGE * len(universe.sparse_csr_indices) / n if n else 0.0
+    rows = ROWS_WORD_NS * universe.n_words + listed * (ROWS_ROW_NS + ROWS_ENTRY_NS * per_row)
+    return probe, rows
+
+
+def sparse_method(universe: Universe, layout: FeatureLayout, n_c: int, sparse: str = "auto") -> str:
+    """How the scan plan counts the layout's sparse features: "probe" or "rows" (module docstring). sparse:
+    "auto" (the cheaper estimate, probing unless the rows method is ROWS_MARGIN times cheaper) or either
+    method forced ("rows" needs the universe's sparse CSR, snapshot format version 2)."""
+    if sparse not in SPARSE_METHODS:
+        raise ValueError(f"sparse must be one of {SPARSE_METHODS}, got {sparse!r}")
+    if sparse == "rows" and universe.sparse_csr_indices is None:
+        raise ValueError(f"universe {universe.name!r} has no sparse CSR (a snapshot of format version 1): "
+                         f"its sparse features can only be probed")
+    if sparse != "auto":
+        return sparse
+    probe, rows = sparse_costs(universe, layout, n_c)
+    return "rows" if rows is not None and rows * ROWS_MARGIN < probe else "probe"
+
+
+def count_sparse_by_rows(universe: Universe, cond_bits: np.ndarray, n_c: int, sparse_fids: np.ndarray) -> np.ndarray:
+    """n_CF of sparse-stored features `sparse_fids` by the rows method: the histogram of the condition's rows'
+    sparse features (or, when n_c is more than half the rows, n_F minus that of the rows outside it)."""
+    n = universe.n_rows
+    complement = 2 * n_c > n
+    rows = _kernels.bitset_to_ids(np.invert(cond_bits) if complement else cond_bits, n)
+    hist = _kernels.csr_histogram(universe.sparse_csr_indptr, universe.sparse_csr_indices, rows,
+                                  universe.n_features)[sparse_fids]
+    if complement:
+        return np.asarray(universe.feature_count[sparse_fids], dtype=np.int64) - hist
+    return hist
 
 
 def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto",
-                   layout: FeatureLayout | None = None) -> tuple[np.ndarray, str]:
+                   layout: FeatureLayout | None = None, sparse: str = "auto") -> tuple[np.ndarray, str]:
     """n_CF for each feature id in `fids` (exact), and the plan used. layout: feature_layout(universe, fids)
-    when the caller has it (with derive_partitions only when n_c is popcount(cond_bits))."""
+    when the caller has it (with derive_partitions only when n_c is popcount(cond_bits)). sparse: how the
+    scan plan counts the sparse-stored features (sparse_method: "auto", "probe" or "rows")."""
+    if sparse not in SPARSE_METHODS:
+        raise ValueError(f"sparse must be one of {SPARSE_METHODS}, got {sparse!r}")
     if layout is None:
         layout = feature_layout(universe, fids)
     if plan == "auto":
@@ -123,8 +198,11 @@ def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np
     if len(layout.dense):
         out[layout.dense] = _kernels.and_count_dense(cond_bits, universe.dense, layout.dense_slots)
     if len(layout.sparse):
-        out[layout.sparse] = _kernels.and_count_sparse(cond_bits, universe.sparse_ids, universe.sparse_offsets,
-                                                       layout.sparse_slots)
+        if sparse_method(universe, layout, n_c, sparse) == "rows":
+            out[layout.sparse] = count_sparse_by_rows(universe, cond_bits, n_c, fids[layout.sparse])
+        else:
+            out[layout.sparse] = _kernels.and_count_sparse(cond_bits, universe.sparse_ids, universe.sparse_offsets,
+                                                           layout.sparse_slots)
     if len(layout.derived):  # the rest of the condition's rows (weights below 2^53: exact)
         others = np.bincount(layout.partition_of, weights=out[layout.partition_members], minlength=len(layout.derived))
         out[layout.derived] = n_c - others.astype(np.int64)

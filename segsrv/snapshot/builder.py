@@ -802,37 +802,44 @@ class Builder:
         fmt.write_array(udir / "dense.bin", dense)
         del dense
         sparse_ids = np.concatenate(sparse_ids_blocks).astype(np.uint32) if sparse_ids_blocks else np.zeros(0, np.uint32)
+        del sparse_ids_blocks
         sizes = np.concatenate(sparse_sizes) if sparse_sizes else np.zeros(0, np.int64)
         fmt.write_array(udir / "sparse_ids.bin", sparse_ids)
         fmt.write_array(udir / "sparse_offsets.bin", np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-        fmt.write_array(udir / "feature_slot.bin", np.concatenate(slots) if slots else np.zeros(0, np.int64))
+        slot_all = np.concatenate(slots) if slots else np.zeros(0, np.int64)
+        fmt.write_array(udir / "feature_slot.bin", slot_all)
         fmt.write_array(udir / "feature_count.bin", np.concatenate(counts_all) if counts_all else np.zeros(0, np.int64))
 
-        # CSR: fields are visited in feature-id order, so each row's ids come out ascending
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(row_counts, out=indptr[1:])
+        # CSR: fields are visited in feature-id order, so each row's ids come out ascending; the sparse CSR
+        # (the transpose of sparse_ids.bin) is the same index restricted to the sparse-stored features, filled
+        # in the same pass (a counting sort: each row's slots are reserved, then filled feature by feature)
+        indices, cursor, indptr = _csr_slots(row_counts)
         del row_counts
-        indices = np.empty(int(indptr[-1]), dtype=np.uint32)
-        cursor = indptr[:-1].copy()
+        sparse_indices, sparse_cursor, sparse_indptr = _csr_slots(np.bincount(sparse_ids, minlength=n))
+        del sparse_ids
+        is_sparse = slot_all < 0
         for fd, offset in datas:
             if fd.codes_by_row is not None:
                 rows = np.flatnonzero(fd.codes_by_row >= 0)
-                indices[cursor[rows]] = fd.codes_by_row[rows].astype(np.uint32) + np.uint32(offset)
-                cursor[rows] += 1
+                fids = fd.codes_by_row[rows].astype(np.uint32) + np.uint32(offset)
+                unique_rows = True
             else:  # pairs sorted by (row, code)
-                rows = fd.rows.astype(np.int64)
-                idx = np.arange(len(rows))
-                first = np.ones(len(rows), dtype=bool)
-                first[1:] = rows[1:] != rows[:-1]
-                rank = idx - np.maximum.accumulate(np.where(first, idx, 0))
-                indices[cursor[rows] + rank] = fd.codes + np.uint32(offset)
-                cursor += np.bincount(rows, minlength=n)
+                rows, fids = fd.rows.astype(np.int64), fd.codes + np.uint32(offset)
+                unique_rows = False
             fd.codes_by_row = fd.rows = fd.codes = None
-        del cursor
+            _csr_fill(indices, cursor, rows, fids, unique_rows)
+            keep = is_sparse[fids]
+            if keep.any():
+                _csr_fill(sparse_indices, sparse_cursor, rows[keep], fids[keep], unique_rows)
+            del rows, fids, keep
+        del cursor, sparse_cursor
         fmt.write_array(udir / "csr_indptr.bin", indptr)
         fmt.write_array(udir / "csr_indices.bin", indices)
+        fmt.write_array(udir / "sparse_csr_indptr.bin", sparse_indptr)
+        fmt.write_array(udir / "sparse_csr_indices.bin", sparse_indices)
         fmt.write_array(udir / "row_ids.bin", self.keys[uspec.table])
-        self._say(f"universe {name}: {n:,} rows, {len(indices):,} row-feature pairs written")
+        self._say(f"universe {name}: {n:,} rows, {len(indices):,} row-feature pairs written "
+                  f"({len(sparse_indices):,} of sparse features)")
         return {
             "table": uspec.table,
             "key": self.spec.tables[uspec.table].key,
@@ -844,6 +851,28 @@ class Builder:
             "dense_threshold": threshold,
             "fields": field_meta,
         }
+
+
+def _csr_slots(row_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices to fill, each row's next free position, indptr) of a CSR with `row_counts` entries per row."""
+    indptr = np.zeros(len(row_counts) + 1, dtype=np.int64)
+    np.cumsum(row_counts, out=indptr[1:])
+    return np.empty(int(indptr[-1]), dtype=np.uint32), indptr[:-1].copy(), indptr
+
+
+def _csr_fill(indices: np.ndarray, cursor: np.ndarray, rows: np.ndarray, fids: np.ndarray, unique_rows: bool) -> None:
+    """Append feature ids `fids` to their `rows`' lists (rows ascending; unique_rows: each row at most once,
+    else each row's ids contiguous and ascending) and advance the rows' cursors."""
+    if unique_rows:
+        indices[cursor[rows]] = fids
+        cursor[rows] += 1
+        return
+    idx = np.arange(len(rows))
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    rank = idx - np.maximum.accumulate(np.where(first, idx, 0))  # position among the row's ids
+    indices[cursor[rows] + rank] = fids
+    cursor += np.bincount(rows, minlength=len(cursor))
 
 
 #: after DuckDB's CSV fixes: which of them a spec sets, and how to apply the others (docs/spec.md)

@@ -1,4 +1,4 @@
-"""On-disk format of a segsrv snapshot (format version 1). This docstring is the spec.
+"""On-disk format of a segsrv snapshot (format version 2). This docstring is the spec.
 
 Layout
 ------
@@ -24,6 +24,10 @@ Inside a version directory::
     universes/<universe>/feature_count.bin int64 [n_features]        rows having each feature
     universes/<universe>/csr_indptr.bin  int64 [n_rows + 1]          row -> features index (CSR)
     universes/<universe>/csr_indices.bin uint32 [nnz]                feature ids, ascending per row
+    universes/<universe>/sparse_csr_indptr.bin int64 [n_rows + 1]    row -> sparse features index (CSR;
+                                                                      format version >= 2)
+    universes/<universe>/sparse_csr_indices.bin uint32 [nnz_sparse] ids of the row's sparse-stored features
+                                                                      (feature_slot < 0), ascending per row
     universes/<universe>/row_ids.bin     int64 [n_rows] or |S<w> [n_rows]  external id of each row
     universes/<universe>/numeric/<k>.bin float64 [n_rows]            raw numeric column (NaN = missing)
 
@@ -31,6 +35,12 @@ Rows of a universe are numbered 0..n_rows-1 in ascending order of the key, so
 ``row_ids.bin`` is sorted and is itself the id -> row index (binary search; for
 byte-string ids the comparison is bytewise). Bit ``r`` of a bitset is bit
 ``r & 63`` of word ``r >> 6``; bits past n_rows are zero.
+
+The sparse CSR is the transpose of ``sparse_ids.bin``: the part of ``csr_indices.bin`` that names
+sparse-stored features, so ``nnz_sparse`` is ``len(sparse_ids.bin)`` and feature f (sparse) is
+in row r's list exactly when r is among f's sorted ids. It lets a condition of few rows count the
+rare features by histogramming its rows' lists rather than probing every id of every rare feature
+(segsrv.engine.relate, "Counting plans").
 
 Array files
 -----------
@@ -53,7 +63,7 @@ Manifest
 ``manifest.json`` is UTF-8 JSON with sorted keys. Top level::
 
     format          "segsrv-snapshot"
-    format_version  1
+    format_version  2 (1: written before the sparse CSR existed; see Compatibility)
     name, version   snapshot name and version
     source          {"spec_sha256": ...} fingerprint of the build input
     universes       {universe: {table, key, key_kind ("int"|"bytes"), n_rows,
@@ -73,7 +83,8 @@ Manifest
                     existed, which opens check by "sha256" instead); "sha256" is the strong
                     digest `segsrv verify` also recomputes. Paths are relative, normalised,
                     inside the version directory. The list must name every file the
-                    format requires: the eight array files of each universe and each
+                    format requires: the ten array files of each universe (eight in
+                    format version 1, which has no sparse_csr_*.bin) and each
                     numeric field's ``numeric_file`` (under ``universes/<universe>/``); a
                     reader refuses a manifest that leaves one out.
 
@@ -94,6 +105,12 @@ feature recounted); a disagreement is a corrupt snapshot.
 
 Compatibility: readers accept MIN_READ_VERSION <= format_version <=
 FORMAT_VERSION and raise distinct errors for too-old and too-new snapshots.
+Every array file's header carries the format version of the segsrv that wrote it.
+Format version 2 added ``sparse_csr_indptr.bin`` and ``sparse_csr_indices.bin``; a
+version-2 manifest must list them (a reader refuses one that leaves either out), a
+version-1 manifest has neither, opens as before and answers identically (the engine
+then counts rare features by probing their ids only). A catalog version
+(`segsrv segments apply`) keeps its base's format version, since it shares its files.
 """
 
 from __future__ import annotations
@@ -116,8 +133,10 @@ from ..errors import (
 from .mapping import map_file
 
 FORMAT_NAME = "segsrv-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MIN_READ_VERSION = 1
+#: the format version that added the sparse CSR (sparse_csr_indptr.bin, sparse_csr_indices.bin)
+SPARSE_CSR_VERSION = 2
 ARRAY_MAGIC = b"\x93SEGARR\x00"
 HEADER_BYTES = 64
 MANIFEST = "manifest.json"

@@ -9,6 +9,7 @@ Benjamini-Hochberg. Nothing here reads counts from the snapshot.
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -18,9 +19,14 @@ from hypothesis import strategies as st
 from segsrv.engine.conditions import evaluate
 from segsrv.ops.conditions import parse_where
 from segsrv.service import run_json
-from segsrv.engine.relate import count_features, feature_layout, first_by, partition_fields, relate
+from segsrv import _kernels
+from segsrv.engine import relate as relate_engine
+from segsrv.engine.relate import (count_features, feature_layout, first_by, partition_fields, relate, sparse_costs,
+                                  sparse_method)
+from segsrv.snapshot.reader import open_snapshot
 from segsrv.ops.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownUniverseError
+from support import as_format_version_1, assert_same_answer, strip_elapsed
 
 ALL_ORDER_KEYS = (
     "lift_low", "lift_high", "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p", "leverage",
@@ -549,3 +555,161 @@ def test_default_order_kernel_equals_the_vector_form(petnord_snapshot, where_str
     for a, b in zip(fast.hits, vector.hits):
         assert a.stats.keys() == b.stats.keys()
         assert all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.stats.values(), b.stats.values()))
+
+
+# ----------------------------------------------------------------------------
+# the sparse features' two methods: probing their ids, histogramming the condition's rows (or its complement's)
+# ----------------------------------------------------------------------------
+
+_MASKS: dict[str, np.ndarray] = {}
+
+
+def oracle_masks(u, bu) -> np.ndarray:
+    """bool[n_features, n_rows]: each feature's rows by the oracle (source tables, not the snapshot)."""
+    if u.name not in _MASKS:
+        _MASKS[u.name] = np.array([bu.feature_mask(*u.feature_name(fid)) for fid in range(u.n_features)], dtype=bool)
+    return _MASKS[u.name]
+
+
+def as_bits(mask: np.ndarray) -> np.ndarray:
+    """The condition bitset of a row mask (bit r of word r >> 6)."""
+    padded = np.zeros(-(-len(mask) // 64) * 64, dtype=bool)
+    padded[:len(mask)] = mask
+    return np.packbits(padded, bitorder="little").view(np.uint64).copy()
+
+
+def assert_every_method_counts(u, masks, cond: np.ndarray) -> None:
+    """count_features' scan by each sparse method, with and without derived partitions, on every feature and on
+    a shuffled part of them, equals the naive numpy count masks & cond."""
+    bits, n_c = as_bits(cond), int(cond.sum())
+    want = (masks & cond).sum(axis=1)
+    fids = np.arange(u.n_features, dtype=np.int64)
+    rng = np.random.default_rng(n_c)
+    part = rng.permutation(np.union1d(rng.permutation(fids)[: u.n_features // 3], u.sparse_features[::2]))
+    for ids in (fids, part):
+        for layout in (feature_layout(u, ids), feature_layout(u, ids, derive_partitions=True)):
+            assert len(layout.sparse), "the test wants sparse features"
+            for sparse in ("probe", "rows", "auto"):
+                got, plan = count_features(u, bits, n_c, ids, "scan", layout, sparse=sparse)
+                assert plan == "scan"
+                np.testing.assert_array_equal(got, want[ids], err_msg=f"sparse={sparse}, n_c={n_c}")
+
+
+@pytest.mark.parametrize("universe_name", ["customers", "orders"])
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_sparse_methods_equal_naive_counts_of_random_conditions(petnord_snapshot, oracle, universe_name, data):
+    """Random row sets, below and above half the rows (the rows method lists the complement above half)."""
+    u = petnord_snapshot.universe(universe_name)
+    masks = oracle_masks(u, oracle.universe(universe_name))
+    density = data.draw(st.one_of(st.floats(0.0, 0.5), st.floats(0.5, 1.0), st.sampled_from([0.0, 1.0])),
+                        label="density")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    cond = rng.random(u.n_rows) < density
+    assert_every_method_counts(u, masks, cond)
+
+
+def test_sparse_rows_method_complement_path(petnord_snapshot, oracle, monkeypatch):
+    """Above half the rows the histogram is of the rows outside the condition (count = n_F - theirs): every
+    row, every row but one, half and one more, exactly half (listed directly), one row."""
+    u = petnord_snapshot.universe("customers")
+    masks = oracle_masks(u, oracle.universe("customers"))
+    listed = []
+    to_ids = _kernels.bitset_to_ids
+    monkeypatch.setattr(_kernels, "bitset_to_ids", lambda bits, n=None: listed.append(to_ids(bits, n)) or listed[-1])
+    n = u.n_rows
+    for size, lists in ((n, 0), (n - 1, 1), (n // 2 + 1, n - n // 2 - 1), (n // 2, n // 2), (1, 1)):
+        cond = np.zeros(n, dtype=bool)
+        cond[np.random.default_rng(size).permutation(n)[:size]] = True
+        listed.clear()
+        assert_every_method_counts(u, masks, cond)
+        assert {len(rows) for rows in listed} == {lists}, size  # what "rows" listed: the smaller side
+        outside = np.flatnonzero(~cond) if 2 * size > n else np.flatnonzero(cond)
+        assert np.array_equal(listed[0], outside)
+
+
+def test_sparse_method_choice_and_errors(petnord_snapshot, tmp_path, petnord_root, monkeypatch):
+    u = petnord_snapshot.universe("order_lines")
+    fids = np.arange(u.n_features, dtype=np.int64)
+    layout = feature_layout(u, fids)
+    assert layout.sparse_ids == int(np.asarray(u.feature_count)[fids[layout.sparse]].sum()) > 0
+    # the cheaper estimate, probing unless the rows method is ROWS_MARGIN times cheaper; the rows method's
+    # estimate is the same for a condition and its complement; the forced methods are what they say
+    for n_c in (1, 2, u.n_rows // 2, u.n_rows - 2, u.n_rows - 1):
+        probe, rows = sparse_costs(u, layout, n_c)
+        assert probe == relate_engine.PROBE_ID_NS * layout.sparse_ids
+        assert rows == sparse_costs(u, layout, u.n_rows - n_c)[1]
+        assert sparse_method(u, layout, n_c) == ("rows" if rows * relate_engine.ROWS_MARGIN < probe else "probe")
+        assert sparse_method(u, layout, n_c, "probe") == "probe" and sparse_method(u, layout, n_c, "rows") == "rows"
+    # PetNord's rare features hold too few ids for listing rows to pay (1,150 of order_lines' 38,013 rows): as if
+    # probing cost more, a one-row condition is listed, half the rows are probed
+    monkeypatch.setattr(relate_engine, "PROBE_ID_NS", 10.0)
+    assert sparse_method(u, layout, 1) == "rows" and sparse_method(u, layout, u.n_rows // 2) == "probe"
+    # "auto" counts by the method it picks: that one-row condition through the sparse CSR
+    histogrammed = []
+    histogram = _kernels.csr_histogram
+    monkeypatch.setattr(_kernels, "csr_histogram", lambda indptr, *a, **k: histogrammed.append(indptr) or histogram(
+        indptr, *a, **k))
+    bits = np.zeros(u.n_words, dtype=np.uint64)
+    bits[0] = 1
+    count_features(u, bits, 1, fids, "scan", layout)
+    assert len(histogrammed) == 1 and histogrammed[0] is u.sparse_csr_indptr
+    monkeypatch.setattr(_kernels, "csr_histogram", histogram)
+    # no sparse feature asked for: probing costs nothing
+    dense_only = feature_layout(u, u.dense_features.astype(np.int64))
+    assert sparse_method(u, dense_only, 1) == "probe"
+    bits = np.zeros(u.n_words, dtype=np.uint64)
+    for bad in ("ids", "", None, "Rows"):
+        with pytest.raises(ValueError, match="sparse must be one of"):
+            count_features(u, bits, 0, fids, sparse=bad)
+    # a snapshot of format version 1 has no sparse CSR: "auto" probes, "rows" is refused
+    u1 = version_1(petnord_root, tmp_path).universe("order_lines")
+    assert u1.sparse_csr_indptr is None and sparse_method(u1, feature_layout(u1, fids), 1) == "probe"
+    with pytest.raises(ValueError, match="no sparse CSR"):
+        count_features(u1, bits, 1, fids, "scan", sparse="rows")
+
+
+def version_1(petnord_root, tmp_path):
+    """PetNord as format version 1 wrote it (no sparse CSR), opened."""
+    root = tmp_path / "v1"
+    shutil.copytree(petnord_root, root)
+    vdir = next(p for p in (root / "petnord").iterdir() if p.is_dir() and not p.name.startswith("."))
+    as_format_version_1(vdir)
+    return open_snapshot(root)
+
+
+VERSION_1_QUERIES = [
+    ("relate", {"from": "customers", "where": {"region": "helsinki"}, "limit": 20, "plan": "scan"}),
+    ("relate", {"from": "customers", "where": {"$not": {"region": "helsinki"}}, "limit": 20}),  # above half
+    ("relate", {"from": "customers", "where": {"lifestyle": "premium", "churned": "true"}, "limit": 200,
+                "direction": "all", "plan": "scan"}),
+    ("relate", {"from": "orders", "where": {"customer.segment": "multi_pet"}, "limit": 20, "plan": "scan"}),
+    ("relate", {"from": "order_lines", "where": {"order.customer.region": "oulu"}, "limit": 20}),
+    ("relate", {"from": "order_lines", "where": {"$not": {"order.customer.region": "oulu"}}, "limit": 20}),
+    ("profile", {"from": "customers", "segment": {"region": "helsinki"}}),
+    ("profile", {"from": "customers", "segment": {"$not": {"region": "helsinki"}}}),
+    ("profile", {"from": "order_lines", "segment": {"order.customer.segment": "aquarium_owner"}}),
+]
+
+
+@pytest.mark.parametrize("kind,query", VERSION_1_QUERIES)
+def test_a_version_1_snapshot_answers_as_version_2(petnord_snapshot, petnord_root, tmp_path_factory, monkeypatch,
+                                                   kind, query):
+    """Without the sparse CSR (format version 1) the engine probes; with it (as if probing cost a lot, so that
+    the rows method counts wherever the scan plan counts sparse features) the answers are the same."""
+    if "v1" not in _V1:
+        _V1["v1"] = version_1(petnord_root, tmp_path_factory.mktemp("petnord_v1"))
+    v1 = _V1["v1"]
+    assert v1.manifest["format_version"] == 1 and petnord_snapshot.manifest["format_version"] == 2
+    want = strip_elapsed(run_json(kind, v1, query))
+    methods = []
+    pick = relate_engine.sparse_method
+    monkeypatch.setattr(relate_engine, "PROBE_ID_NS", 1e6)
+    monkeypatch.setattr(relate_engine, "sparse_method", lambda *a, **k: methods.append(pick(*a, **k)) or methods[-1])
+    got = strip_elapsed(run_json(kind, petnord_snapshot, query))
+    assert methods and set(methods) == {"rows"}
+    assert_same_answer(got, want)
+
+
+_V1: dict = {}

@@ -24,7 +24,7 @@ from segsrv.errors import BuildError
 from segsrv.snapshot import format as fmt
 from segsrv.snapshot.builder import band_labels, build_snapshot
 from segsrv.snapshot.reader import open_snapshot
-from support import assert_field_matches, ids_by_value, quiet, rows_of_feature
+from support import assert_field_matches, assert_sparse_csr, quiet, rows_of_feature
 
 
 # --- helpers over an opened universe -----------------------------------------
@@ -65,6 +65,7 @@ def assert_consistent(u) -> None:
     rid = np.asarray(u.row_ids)
     assert len(rid) == u.n_rows
     assert np.all(rid[1:] > rid[:-1]), "row_ids must be strictly ascending"
+    assert_sparse_csr(u)
 
 
 def assert_density_rule(u) -> None:
@@ -227,6 +228,19 @@ def test_petnord_raw_numeric(petnord, petnord_src):
     assert u.field("product.weight_kg").numeric.dtype == np.float64
     # exists fields have no raw column
     assert petnord.universes["customers"].field("orders.lines.product.category").numeric is None
+
+
+def test_petnord_sparse_csr_is_the_transpose_of_sparse_ids(petnord):
+    assert petnord.manifest["format_version"] == fmt.FORMAT_VERSION == 2
+    for u in petnord.universes.values():
+        assert_sparse_csr(u)
+    u = petnord.universes["customers"]
+    assert len(u.sparse_features) and len(u.sparse_csr_indices) == len(u.sparse_ids) > 0
+    # a row's sparse features are its CSR row's sparse-stored ones
+    for r in range(0, u.n_rows, 97):
+        row = u.row_features(r)
+        assert u.sparse_csr_indices[u.sparse_csr_indptr[r]:u.sparse_csr_indptr[r + 1]].tolist() == \
+            row[np.asarray(u.feature_slot)[row] < 0].tolist()
 
 
 def test_petnord_manifest_lists_every_file(petnord):

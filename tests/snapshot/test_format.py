@@ -115,7 +115,7 @@ def test_header_layout(tmp_path):
     fmt.write_array(tmp_path / "a.bin", arr)
     raw = (tmp_path / "a.bin").read_bytes()
     magic, version, reserved, dtype, ndim, d0, d1, d2, d3, nbytes = struct.unpack("<8sHH8sI4QQ", raw[:64])
-    assert magic == b"\x93SEGARR\x00" and version == fmt.FORMAT_VERSION == 1 and reserved == 0
+    assert magic == b"\x93SEGARR\x00" and version == fmt.FORMAT_VERSION == 2 and reserved == 0
     assert dtype == b"<u4     " and ndim == 2 and (d0, d1, d2, d3) == (3, 4, 0, 0) and nbytes == 48
 
 
@@ -134,7 +134,7 @@ def _write_with(tmp_path: Path, **fields) -> Path:
 @pytest.mark.parametrize("fields,cls,pattern", [
     ({"magic": b"\x93SEGARX\x00"}, CorruptSnapshotError, "bad magic"),
     ({"magic": b"\x93NUMPY\x01\x00"}, CorruptSnapshotError, "not a segsrv array file"),
-    ({"version": 2}, SnapshotFormatTooNewError, "newer than this segsrv reads"),
+    ({"version": fmt.FORMAT_VERSION + 1}, SnapshotFormatTooNewError, "newer than this segsrv reads"),
     ({"version": 0}, SnapshotFormatTooOldError, "older than this segsrv reads"),
     ({"dtype": b"<zz     "}, CorruptSnapshotError, "bad dtype"),
     # never map object pointers from a file (numpy would dereference them: a segfault)

@@ -26,7 +26,9 @@ from segsrv.snapshot import checksum
 from segsrv.snapshot import format as fmt
 from segsrv.snapshot.builder import file_entries
 from segsrv.snapshot.location import read_current
-from segsrv.snapshot.reader import UNIVERSE_FILES, open_snapshot, required_files
+from segsrv.snapshot.reader import (SPARSE_CSR_FILES, UNIVERSE_FILES, UNIVERSE_FILES_V1, open_snapshot,
+                                    required_files)
+from support import as_format_version_1
 
 U = "customers"
 
@@ -152,6 +154,74 @@ def test_manifest_counts_must_match_the_data(tiny_copy):
     relist(v, m, rel)
     msg = refused(tiny_copy, "feature counts in feature_count.bin differ from their rows")
     assert f"feature {fid}:" in msg
+
+
+def _rewrite(v: Path, m: dict, rel: str, array: np.ndarray) -> None:
+    """Replace array file `rel` by `array`, its manifest entry matching (checksums consistent)."""
+    (v / rel).unlink()
+    fmt.write_array(v / rel, array)
+    relist(v, m, rel)
+
+
+# the tiny customers' sparse CSR is indptr [0, 2, 2, 2, 4, 5], indices [0, 4, 2, 9, 3] (features 0, 2, 3, 4, 9
+# sparse; 1 dense; 12 features): each case rewrites (indptr, indices) and names the file it must blame
+SPARSE_CSR_DAMAGE = {
+    "not ascending": (None, [4, 0, 2, 9, 3], "sparse_csr_indices.bin: a row's features are not strictly ascending"),
+    "a dense feature": (None, [0, 1, 2, 9, 3], "sparse_csr_indices.bin names features stored dense"),
+    "past n_features": (None, [0, 4, 2, 12, 3], "sparse_csr_indices.bin names features past n_features"),
+    "counts per feature": (None, [0, 3, 2, 9, 3], "sparse_csr_indices.bin (rows -> sparse features) disagrees"),
+    "rows moved": ([0, 1, 1, 1, 4, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin's rows are not those of sparse_ids"),
+    "not from 0": ([1, 2, 2, 2, 4, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin does not rise from 0"),
+    "short indptr": ([0, 2, 2, 2, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin length (5,), expected 6"),
+    "ends early": ([0, 2, 2, 2, 4, 4], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin does not end at len(sparse_csr_indices"),
+    "an entry lost": ([0, 2, 2, 2, 4, 4], [0, 4, 2, 9], "sparse_csr_indices.bin length (4,), expected len(sparse_ids"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPARSE_CSR_DAMAGE))
+def test_a_sparse_csr_that_disagrees_with_the_data_is_refused(tiny_copy, case):
+    """Checksums consistent, the sparse CSR (format version 2) wrong: the open names the file."""
+    v = vdir_of(tiny_copy)
+    m = manifest_of(v)
+    u = open_snapshot(tiny_copy).universes[U]
+    assert u.sparse_csr_indptr.tolist() == [0, 2, 2, 2, 4, 5] and u.sparse_csr_indices.tolist() == [0, 4, 2, 9, 3]
+    assert u.sparse_features.tolist() == [0, 2, 3, 4, 9] and u.n_features == 12
+    indptr, indices, match = SPARSE_CSR_DAMAGE[case]
+    if indptr is not None:
+        _rewrite(v, m, f"universes/{U}/sparse_csr_indptr.bin", np.array(indptr, dtype=np.int64))
+    if indices != u.sparse_csr_indices.tolist():
+        _rewrite(v, m, f"universes/{U}/sparse_csr_indices.bin", np.array(indices, dtype=np.uint32))
+    refused(tiny_copy, match)
+
+
+def test_a_version_1_snapshot_requires_no_sparse_csr(tiny_copy):
+    """Format version 1 has eight files per universe: it opens without the sparse CSR (None), and its
+    manifest leaving out one of the eight is refused as before."""
+    v = vdir_of(tiny_copy)
+    as_format_version_1(v)
+    m = manifest_of(v)
+    assert m["format_version"] == 1 and not any("sparse_csr" in rel for rel in m["files"])
+    required = required_files(m)
+    assert not any("sparse_csr" in rel for rel in required)
+    assert {rel for rel in required if rel.startswith(f"universes/{U}/") and "numeric" not in rel} == {
+        f"universes/{U}/{f}" for f in UNIVERSE_FILES_V1}
+    snap = open_snapshot(tiny_copy)
+    assert all(u.sparse_csr_indptr is None and u.sparse_csr_indices is None for u in snap.universes.values())
+    del m["files"][f"universes/{U}/csr_indices.bin"]
+    write_manifest(v, m)
+    assert f"universes/{U}/csr_indices.bin" in refused(tiny_copy, "does not list 1 required file")
+
+
+def test_a_version_2_manifest_requires_the_sparse_csr(tiny_copy):
+    v = vdir_of(tiny_copy)
+    m = manifest_of(v)
+    assert m["format_version"] == 2 and set(UNIVERSE_FILES) == set(UNIVERSE_FILES_V1) | set(SPARSE_CSR_FILES)
+    assert {f"universes/{U}/{f}" for f in SPARSE_CSR_FILES} <= set(required_files(m))
+    del m["files"][f"universes/{U}/sparse_csr_indptr.bin"]
+    del m["files"][f"universes/{U}/sparse_csr_indices.bin"]
+    write_manifest(v, m)
+    msg = refused(tiny_copy, "does not list 2 required file")
+    assert "sparse_csr_indptr.bin" in msg and "sparse_csr_indices.bin" in msg
 
 
 @pytest.mark.parametrize("numeric_file", ["../../../etc/passwd", "/etc/passwd", "universes/customers/../../x.bin",
@@ -280,6 +350,19 @@ def test_published_files_are_read_only(tiny_copy):
     files = manifest_of(new)["files"]
     models = {rel for rel in files if rel.startswith("models/catalog/")}
     assert len(models) == 1 and {k: x for k, x in files.items() if k not in models} == manifest_of(v)["files"]
+
+
+def test_segments_apply_on_a_version_1_base_keeps_its_format(tiny_copy):
+    """A catalog version shares its base's files: a version-1 base gives a version-1 catalog version (no
+    sparse CSR required), which opens and counts as its base does."""
+    v = vdir_of(tiny_copy)
+    as_format_version_1(v)
+    new, changed = apply_segments(tiny_copy / "tiny", {"north": {"where": {"region": "north"}, "universe": U}})
+    assert changed and manifest_of(new)["format_version"] == 1
+    assert not any("sparse_csr" in rel for rel in manifest_of(new)["files"])
+    snap = open_snapshot(tiny_copy)
+    assert snap.version == new.name and snap.universe(U).sparse_csr_indptr is None
+    assert snap.segments["north"]["where"] == {"region": "north"}
 
 
 def test_segments_apply_refuses_a_damaged_base(tiny_copy):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from segsrv.snapshot.reader import open_snapshot
 from segsrv.snapshot.shardbuild import build_shards
 from segsrv.snapshot.shards import SHARDS, dictionary_of, read_shard_manifest, shard_dir_name, shard_of_keys
 from segsrv.snapshot.spec import load_spec, parse_spec
-from support import SHARDED_SHOP_SPEC as SPEC, quiet, segsrv_cli, write_shop
+from support import SHARDED_SHOP_SPEC as SPEC, assert_sparse_csr, quiet, segsrv_cli, write_shop
 
 N_SHARDS = 3
 
@@ -68,6 +67,9 @@ def test_petnord_shards_partition_each_universe(petnord_sharded, petnord_snapsho
     _, shards = petnord_sharded
     assert_partition(petnord_snapshot, shards, universe)
     assert_counts_add_up(petnord_snapshot, shards, universe)
+    for s in shards:  # each shard is a snapshot of the current format, its sparse CSR included
+        assert s.manifest["format_version"] == 2
+        assert_sparse_csr(s.universe(universe))
 
 
 def as_id(value):
