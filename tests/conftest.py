@@ -74,6 +74,27 @@ def petnord_root(tmp_path_factory, petnord_spec) -> Path:
 
 
 @pytest.fixture(scope="session")
+def petnord_rare_root(tmp_path_factory, petnord_spec) -> Path:
+    """PetNord built with build.dense_threshold 0.3 (every value below 30% of the rows stored as sparse ids),
+    so that each universe holds enough sparse ids for a sparse CSR (segsrv.snapshot.format.sparse_csr_pays;
+    the default build's universes hold too few, and have none): the rows method's tests count through it."""
+    import dataclasses
+
+    from segsrv.snapshot.builder import build_snapshot
+
+    root = tmp_path_factory.mktemp("petnord_rare")
+    build_snapshot(dataclasses.replace(petnord_spec, dense_threshold=0.3), root, progress=quiet)
+    return root
+
+
+@pytest.fixture(scope="session")
+def petnord_rare_snapshot(petnord_rare_root):
+    from segsrv.snapshot.reader import open_snapshot
+
+    return open_snapshot(petnord_rare_root)
+
+
+@pytest.fixture(scope="session")
 def petnord_snapshot(petnord_root):
     from segsrv.snapshot.reader import open_snapshot
 

@@ -91,7 +91,15 @@ def transpose_of_sparse_ids(u) -> tuple[np.ndarray, np.ndarray]:
 
 
 def assert_sparse_csr(u) -> None:
-    """The sparse CSR (format version 2) is the transpose of sparse_ids.bin, rows ascending."""
+    """The sparse CSR (format version 2) is the transpose of sparse_ids.bin, rows ascending; not built (both
+    files empty, the universe's attributes None) where the universe holds too few sparse ids for it."""
+    from segsrv.snapshot import format as fmt
+
+    files = [u.dir / f for f in ("sparse_csr_indptr.bin", "sparse_csr_indices.bin")]
+    if not fmt.sparse_csr_pays(len(u.sparse_ids), u.n_rows):
+        assert u.sparse_csr_indptr is None and u.sparse_csr_indices is None
+        assert all(fmt.read_header(f)[1] == (0,) for f in files)
+        return
     indptr, indices = transpose_of_sparse_ids(u)
     assert u.sparse_csr_indptr.dtype == np.int64 and u.sparse_csr_indices.dtype == np.uint32
     assert np.array_equal(np.asarray(u.sparse_csr_indptr), indptr)

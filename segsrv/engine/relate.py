@@ -150,12 +150,13 @@ def sparse_costs(universe: Universe, layout: FeatureLayout, n_c: int) -> tuple[f
 def sparse_method(universe: Universe, layout: FeatureLayout, n_c: int, sparse: str = "auto") -> str:
     """How the scan plan counts the layout's sparse features: "probe" or "rows" (module docstring). sparse:
     "auto" (the cheaper estimate, probing unless the rows method is ROWS_MARGIN times cheaper) or either
-    method forced ("rows" needs the universe's sparse CSR, snapshot format version 2)."""
+    method forced ("rows" needs the universe's sparse CSR: snapshot format version 2, where it pays)."""
     if sparse not in SPARSE_METHODS:
         raise ValueError(f"sparse must be one of {SPARSE_METHODS}, got {sparse!r}")
     if sparse == "rows" and universe.sparse_csr_indices is None:
-        raise ValueError(f"universe {universe.name!r} has no sparse CSR (a snapshot of format version 1): "
-                         f"its sparse features can only be probed")
+        raise ValueError(f"universe {universe.name!r} has no sparse CSR (a snapshot of format version 1, or too "
+                         f"few sparse ids for one: segsrv.snapshot.format.sparse_csr_pays): its sparse features "
+                         f"can only be probed")
     if sparse != "auto":
         return sparse
     probe, rows = sparse_costs(universe, layout, n_c)

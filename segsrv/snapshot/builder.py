@@ -815,7 +815,12 @@ class Builder:
         # in the same pass (a counting sort: each row's slots are reserved, then filled feature by feature)
         indices, cursor, indptr = _csr_slots(row_counts)
         del row_counts
-        sparse_indices, sparse_cursor, sparse_indptr = _csr_slots(np.bincount(sparse_ids, minlength=n))
+        # ... where it can pay off: too few sparse ids and it is left empty (segsrv.snapshot.format)
+        with_sparse_csr = fmt.sparse_csr_pays(len(sparse_ids), n)
+        sparse_indices, sparse_cursor, sparse_indptr = _csr_slots(
+            np.bincount(sparse_ids, minlength=n) if with_sparse_csr else np.zeros(0, np.int64))
+        if not with_sparse_csr:
+            sparse_indptr = np.zeros(0, np.int64)
         del sparse_ids
         is_sparse = slot_all < 0
         for fd, offset in datas:
@@ -829,7 +834,7 @@ class Builder:
             fd.codes_by_row = fd.rows = fd.codes = None
             _csr_fill(indices, cursor, rows, fids, unique_rows)
             keep = is_sparse[fids]
-            if keep.any():
+            if with_sparse_csr and keep.any():
                 _csr_fill(sparse_indices, sparse_cursor, rows[keep], fids[keep], unique_rows)
             del rows, fids, keep
         del cursor, sparse_cursor

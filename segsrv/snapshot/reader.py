@@ -123,8 +123,9 @@ class Universe:
         # row -> sparse-stored features (format version >= 2; None before: rare features are then only probed)
         self.sparse_csr_indptr = self.sparse_csr_indices = None
         if files.format_version >= fmt.SPARSE_CSR_VERSION:
-            self.sparse_csr_indptr = files.array(rel + "sparse_csr_indptr.bin")
-            self.sparse_csr_indices = files.array(rel + "sparse_csr_indices.bin")
+            indptr, indices = files.array(rel + "sparse_csr_indptr.bin"), files.array(rel + "sparse_csr_indices.bin")
+            if indptr.shape != (0,) or indices.shape != (0,):  # both empty: not built (fmt.sparse_csr_pays)
+                self.sparse_csr_indptr, self.sparse_csr_indices = indptr, indices
         self._check_shapes(udir)
         self.fields: dict[str, FieldInfo] = {}
         for f in meta["fields"]:

@@ -21,6 +21,7 @@ from segsrv.ops.conditions import parse_where
 from segsrv.service import run_json
 from segsrv import _kernels
 from segsrv.engine import relate as relate_engine
+from segsrv.snapshot import format as fmt
 from segsrv.engine.relate import (count_features, feature_layout, first_by, partition_fields, relate, sparse_costs,
                                   sparse_method)
 from segsrv.snapshot.reader import open_snapshot
@@ -599,9 +600,9 @@ def assert_every_method_counts(u, masks, cond: np.ndarray) -> None:
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_sparse_methods_equal_naive_counts_of_random_conditions(petnord_snapshot, oracle, universe_name, data):
+def test_sparse_methods_equal_naive_counts_of_random_conditions(petnord_rare_snapshot, oracle, universe_name, data):
     """Random row sets, below and above half the rows (the rows method lists the complement above half)."""
-    u = petnord_snapshot.universe(universe_name)
+    u = petnord_rare_snapshot.universe(universe_name)
     masks = oracle_masks(u, oracle.universe(universe_name))
     density = data.draw(st.one_of(st.floats(0.0, 0.5), st.floats(0.5, 1.0), st.sampled_from([0.0, 1.0])),
                         label="density")
@@ -610,10 +611,10 @@ def test_sparse_methods_equal_naive_counts_of_random_conditions(petnord_snapshot
     assert_every_method_counts(u, masks, cond)
 
 
-def test_sparse_rows_method_complement_path(petnord_snapshot, oracle, monkeypatch):
+def test_sparse_rows_method_complement_path(petnord_rare_snapshot, oracle, monkeypatch):
     """Above half the rows the histogram is of the rows outside the condition (count = n_F - theirs): every
     row, every row but one, half and one more, exactly half (listed directly), one row."""
-    u = petnord_snapshot.universe("customers")
+    u = petnord_rare_snapshot.universe("customers")
     masks = oracle_masks(u, oracle.universe("customers"))
     listed = []
     to_ids = _kernels.bitset_to_ids
@@ -629,8 +630,9 @@ def test_sparse_rows_method_complement_path(petnord_snapshot, oracle, monkeypatc
         assert np.array_equal(listed[0], outside)
 
 
-def test_sparse_method_choice_and_errors(petnord_snapshot, tmp_path, petnord_root, monkeypatch):
-    u = petnord_snapshot.universe("order_lines")
+def test_sparse_method_choice_and_errors(petnord_rare_snapshot, tmp_path, petnord_rare_root, petnord_snapshot,
+                                          monkeypatch):
+    u = petnord_rare_snapshot.universe("order_lines")
     fids = np.arange(u.n_features, dtype=np.int64)
     layout = feature_layout(u, fids)
     assert layout.sparse_ids == int(np.asarray(u.feature_count)[fids[layout.sparse]].sum()) > 0
@@ -642,10 +644,11 @@ def test_sparse_method_choice_and_errors(petnord_snapshot, tmp_path, petnord_roo
         assert rows == sparse_costs(u, layout, u.n_rows - n_c)[1]
         assert sparse_method(u, layout, n_c) == ("rows" if rows * relate_engine.ROWS_MARGIN < probe else "probe")
         assert sparse_method(u, layout, n_c, "probe") == "probe" and sparse_method(u, layout, n_c, "rows") == "rows"
-    # PetNord's rare features hold too few ids for listing rows to pay (1,150 of order_lines' 38,013 rows): as if
-    # probing cost more, a one-row condition is listed, half the rows are probed
-    monkeypatch.setattr(relate_engine, "PROBE_ID_NS", 10.0)
-    assert sparse_method(u, layout, 1) == "rows" and sparse_method(u, layout, u.n_rows // 2) == "probe"
+    # as if probing cost more, a one-row condition is listed, and as if it cost less, half the rows are probed
+    monkeypatch.setattr(relate_engine, "PROBE_ID_NS", 0.001)
+    assert sparse_method(u, layout, u.n_rows // 2) == "probe"
+    monkeypatch.setattr(relate_engine, "PROBE_ID_NS", 1e6)
+    assert sparse_method(u, layout, 1) == "rows"
     # "auto" counts by the method it picks: that one-row condition through the sparse CSR
     histogrammed = []
     histogram = _kernels.csr_histogram
@@ -663,17 +666,22 @@ def test_sparse_method_choice_and_errors(petnord_snapshot, tmp_path, petnord_roo
     for bad in ("ids", "", None, "Rows"):
         with pytest.raises(ValueError, match="sparse must be one of"):
             count_features(u, bits, 0, fids, sparse=bad)
-    # a snapshot of format version 1 has no sparse CSR: "auto" probes, "rows" is refused
-    u1 = version_1(petnord_root, tmp_path).universe("order_lines")
-    assert u1.sparse_csr_indptr is None and sparse_method(u1, feature_layout(u1, fids), 1) == "probe"
-    with pytest.raises(ValueError, match="no sparse CSR"):
-        count_features(u1, bits, 1, fids, "scan", sparse="rows")
+    # a snapshot of format version 1 has no sparse CSR, nor a universe with too few sparse ids for one (the
+    # default PetNord's order lines: 1,150 ids in 38,013 rows): "auto" probes (however dear), "rows" is refused
+    u1 = version_1(petnord_rare_root, tmp_path).universe("order_lines")
+    few = petnord_snapshot.universe("order_lines")
+    assert not fmt.sparse_csr_pays(len(few.sparse_ids), few.n_rows) and len(few.sparse_ids)
+    for v in (u1, few):
+        f = np.arange(v.n_features, dtype=np.int64)
+        assert v.sparse_csr_indptr is None and sparse_method(v, feature_layout(v, f), 1) == "probe"
+        with pytest.raises(ValueError, match="no sparse CSR"):
+            count_features(v, np.zeros(v.n_words, dtype=np.uint64), 1, f, "scan", sparse="rows")
 
 
-def version_1(petnord_root, tmp_path):
-    """PetNord as format version 1 wrote it (no sparse CSR), opened."""
+def version_1(root_v2, tmp_path):
+    """A snapshot root of PetNord as format version 1 wrote it (no sparse CSR), opened."""
     root = tmp_path / "v1"
-    shutil.copytree(petnord_root, root)
+    shutil.copytree(root_v2, root)
     vdir = next(p for p in (root / "petnord").iterdir() if p.is_dir() and not p.name.startswith("."))
     as_format_version_1(vdir)
     return open_snapshot(root)
@@ -694,20 +702,20 @@ VERSION_1_QUERIES = [
 
 
 @pytest.mark.parametrize("kind,query", VERSION_1_QUERIES)
-def test_a_version_1_snapshot_answers_as_version_2(petnord_snapshot, petnord_root, tmp_path_factory, monkeypatch,
-                                                   kind, query):
+def test_a_version_1_snapshot_answers_as_version_2(petnord_rare_snapshot, petnord_rare_root, tmp_path_factory,
+                                                   monkeypatch, kind, query):
     """Without the sparse CSR (format version 1) the engine probes; with it (as if probing cost a lot, so that
     the rows method counts wherever the scan plan counts sparse features) the answers are the same."""
     if "v1" not in _V1:
-        _V1["v1"] = version_1(petnord_root, tmp_path_factory.mktemp("petnord_v1"))
+        _V1["v1"] = version_1(petnord_rare_root, tmp_path_factory.mktemp("petnord_v1"))
     v1 = _V1["v1"]
-    assert v1.manifest["format_version"] == 1 and petnord_snapshot.manifest["format_version"] == 2
+    assert v1.manifest["format_version"] == 1 and petnord_rare_snapshot.manifest["format_version"] == 2
     want = strip_elapsed(run_json(kind, v1, query))
     methods = []
     pick = relate_engine.sparse_method
     monkeypatch.setattr(relate_engine, "PROBE_ID_NS", 1e6)
     monkeypatch.setattr(relate_engine, "sparse_method", lambda *a, **k: methods.append(pick(*a, **k)) or methods[-1])
-    got = strip_elapsed(run_json(kind, petnord_snapshot, query))
+    got = strip_elapsed(run_json(kind, petnord_rare_snapshot, query))
     assert methods and set(methods) == {"rows"}
     assert_same_answer(got, want)
 

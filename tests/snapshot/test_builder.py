@@ -230,11 +230,16 @@ def test_petnord_raw_numeric(petnord, petnord_src):
     assert petnord.universes["customers"].field("orders.lines.product.category").numeric is None
 
 
-def test_petnord_sparse_csr_is_the_transpose_of_sparse_ids(petnord):
-    assert petnord.manifest["format_version"] == fmt.FORMAT_VERSION == 2
-    for u in petnord.universes.values():
-        assert_sparse_csr(u)
-    u = petnord.universes["customers"]
+def test_petnord_sparse_csr_is_the_transpose_of_sparse_ids(petnord, petnord_rare_snapshot):
+    """Built where a universe holds enough sparse ids (PetNord with build.dense_threshold 0.3: every
+    universe), the transpose of sparse_ids.bin; both files empty where it holds too few (the default build:
+    every universe of PetNord holds fewer than one per 8 rows)."""
+    for snap, built in ((petnord, False), (petnord_rare_snapshot, True)):
+        assert snap.manifest["format_version"] == fmt.FORMAT_VERSION == 2
+        for u in snap.universes.values():
+            assert fmt.sparse_csr_pays(len(u.sparse_ids), u.n_rows) is built, u.name
+            assert_sparse_csr(u)
+    u = petnord_rare_snapshot.universes["customers"]
     assert len(u.sparse_features) and len(u.sparse_csr_indices) == len(u.sparse_ids) > 0
     # a row's sparse features are its CSR row's sparse-stored ones
     for r in range(0, u.n_rows, 97):

@@ -197,3 +197,9 @@ def test_write_atomic_and_manifest_dump(tmp_path):
     assert a == fmt.dumps_manifest({"a": {"y": [1, 2], "z": "ä"}, "b": 1})  # sorted keys
     assert a.decode("utf-8").index('"a"') < a.decode("utf-8").index('"b"') and "ä" in a.decode("utf-8")
     assert a.endswith(b"\n")
+
+
+def test_the_sparse_csr_is_built_from_one_sparse_id_per_8_rows():
+    assert fmt.SPARSE_CSR_MIN_IDS_PER_ROW == 1 / 8
+    assert fmt.sparse_csr_pays(125, 1000) and not fmt.sparse_csr_pays(124, 1000)
+    assert fmt.sparse_csr_pays(0, 0) and not fmt.sparse_csr_pays(0, 1)

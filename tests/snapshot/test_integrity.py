@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segsrv.engine.catalog import apply_segments
+from segsrv.engine.relate import count_features
 from segsrv.errors import CorruptSnapshotError, SnapshotError, SnapshotNotFoundError
 from segsrv.snapshot import checksum
 from segsrv.snapshot import format as fmt
@@ -175,7 +176,27 @@ SPARSE_CSR_DAMAGE = {
     "short indptr": ([0, 2, 2, 2, 5], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin length (5,), expected 6"),
     "ends early": ([0, 2, 2, 2, 4, 4], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin does not end at len(sparse_csr_indices"),
     "an entry lost": ([0, 2, 2, 2, 4, 4], [0, 4, 2, 9], "sparse_csr_indices.bin length (4,), expected len(sparse_ids"),
+    # empty means "not built" only when both files are (format.sparse_csr_pays)
+    "indptr emptied": ([], [0, 4, 2, 9, 3], "sparse_csr_indptr.bin length (0,), expected 6"),
+    "indices emptied": (None, [], "sparse_csr_indices.bin length (0,), expected len(sparse_ids"),
 }
+
+
+def test_a_sparse_csr_left_empty_is_not_built(tiny_copy):
+    """Both files empty (what the builder writes where too few sparse ids make it pay): the universe opens
+    without it and its rare features are probed, with the same counts."""
+    v = vdir_of(tiny_copy)
+    before = open_snapshot(tiny_copy).universes[U]
+    fids = np.arange(before.n_features, dtype=np.int64)
+    bits = np.zeros(before.n_words, dtype=np.uint64)
+    bits[0] = 0b10110
+    want = count_features(before, bits, 3, fids, "scan", sparse="rows")[0]
+    m = manifest_of(v)
+    _rewrite(v, m, f"universes/{U}/sparse_csr_indptr.bin", np.zeros(0, dtype=np.int64))
+    _rewrite(v, m, f"universes/{U}/sparse_csr_indices.bin", np.zeros(0, dtype=np.uint32))
+    u = open_snapshot(tiny_copy).universes[U]
+    assert u.sparse_csr_indptr is None and u.sparse_csr_indices is None
+    assert np.array_equal(count_features(u, bits, 3, fids, "scan")[0], want)
 
 
 @pytest.mark.parametrize("case", list(SPARSE_CSR_DAMAGE))
