@@ -34,7 +34,7 @@ def demo_tables(n_customers: int) -> Path:
     return spec
 
 
-def _stale(root: Path) -> bool:
+def stale_snapshot(root: Path) -> bool:
     """A cached snapshot written before its files had fast checksums (opens would fall back to SHA-256
     and the benchmarks would measure that) or in an older format version (format version 1 has no sparse
     CSR: the engine would only probe rare features); both are rebuilt."""
@@ -52,7 +52,7 @@ def demo_snapshot(n_customers: int) -> Path:
     """Build the demo snapshot once (cached, rebuilt when stale); returns the snapshot root."""
     spec = demo_tables(n_customers)
     root = DATA_ROOT / f"snap-{n_customers}"
-    if _stale(root):
+    if stale_snapshot(root):
         subprocess.run([sys.executable, "-m", "segsrv", "build", str(spec), "--out", str(root)], check=True)
     return root
 

@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 
-from common import DATA_ROOT, cpu_model, write_result
+from common import DATA_ROOT, cpu_model, stale_snapshot, write_result
 from grpc_relate import CONCURRENCY, TARGET_RATIO, run_server_bench
 
 METHODS = ("Count", "Assign", "Assign+propensity")
@@ -80,9 +80,10 @@ def main() -> None:
         raise SystemExit(f"--methods: expected a subset of {', '.join(METHODS)} (got {args.methods!r}); "
                          f"--rounds: at least 1 (got {args.rounds})")
     root = DATA_ROOT / f"snap-models-{args.customers}"
-    if not (root / "demo" / "CURRENT").exists():
-        raise SystemExit(f"{root}: no snapshot; run `python bench/declared_models.py --customers {args.customers}` "
-                         "once first (it builds the demo with the catalog and its stored models)")
+    if stale_snapshot(root):
+        raise SystemExit(f"{root}: no snapshot, or one of an older format; run `python bench/declared_models.py "
+                         f"--customers {args.customers}` once first (it builds the demo with the catalog and its "
+                         "stored models)")
     ctx = mp.get_context("spawn")
     out: dict = {}
     t0 = time.perf_counter()
