@@ -35,7 +35,7 @@ from segsrv import _kernels
 from segsrv.engine.conditions import evaluate
 from segsrv.engine.fields import identifier_like_fields, select_fields
 from segsrv.engine.privacy import DEFAULT_PRIVACY_K
-from segsrv.engine.profile import histogram_domain, segment_numeric_stats
+from segsrv.engine.profile import field_codes, histogram_domain, segment_numeric_stats
 from segsrv.engine.relate import count_features, feature_layout
 from segsrv.ops.conditions import Term
 from segsrv.ops.profile import ProfileQuery
@@ -101,7 +101,7 @@ def main() -> None:
     def summaries():  # as Profile computes them
         for f in numeric:
             segment_numeric_stats(bits, n_s, np.asarray(u.fields[f].numeric, dtype=np.float64),
-                                  histogram_domain(u, f))
+                                  histogram_domain(u, f), field_codes(u, f))
 
     numeric_ms = median_ms(summaries, args.repeat)
     ratio = whole / floor_ms

@@ -26,7 +26,7 @@ import numpy as np
 import segsrv._kernels as _pkg
 
 from cython.parallel cimport prange
-from libc.stdint cimport uint64_t, uint32_t, int64_t
+from libc.stdint cimport uint64_t, uint32_t, uint16_t, uint8_t, int64_t
 from libc.string cimport memset
 
 cdef extern from "popcnt.h" nogil:
@@ -86,6 +86,7 @@ __all__ = [
     "bitset_to_ids",
     "gather_present",
     "histogram_present",
+    "histogram_codes_present",
     "ids_to_bitset",
     "set_bits",
     "read_bandwidth_probe",
@@ -869,6 +870,69 @@ def histogram_present(bits, values, lo, n_bins, out=None):
     if bad >= 0:
         raise ValueError(f"values[{bad}] = {float(values[bad])!r} is not an integer in "
                          f"[lo, lo + n_bins) = [{lo_value!r}, {lo_value + n_bins!r})")
+    return out
+
+
+ctypedef fused bin_code:
+    uint8_t
+    uint16_t
+
+
+cdef void _histogram_codes_core(const uint64_t *bits, size_t n_words, uint64_t n_bits, const bin_code *codes,
+                                size_t n_bins, int64_t *out) noexcept nogil:
+    """out[codes[row]] += 1 for the set bits below n_bits whose code is below n_bins."""
+    cdef size_t w
+    cdef uint64_t x, base
+    cdef size_t c
+    for w in range(n_words):
+        x = _member_bits(bits, w, n_bits)
+        base = <uint64_t>w << 6
+        while x:
+            c = codes[base + <uint64_t>__builtin_ctzll(x)]
+            if c < n_bins:
+                out[c] += 1
+            x &= x - 1
+
+
+def histogram_codes_present(bits, codes, n_bins, out=None):
+    """out[j] = how many rows whose bit is set have code j -> int64[n_bins] (`out` zeroed first when
+    given, allocated otherwise); codes at or above n_bins (an absent value's) are not counted.
+
+    bits: uint64[(len(codes) + 63) // 64]; codes: uint8 or uint16, one per row; 1 <= n_bins <= 2^16.
+    histogram_present over a column's small-integer codes (value - lo, kept beside the snapshot by
+    the engine): one byte or two per row instead of eight, so a segment's values of a column the counts
+    pushed out of cache are read from 1-2 MB per million rows instead of 8.
+    """
+    _check(bits, "bits", np.uint64, 1)
+    if not isinstance(codes, np.ndarray) or codes.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"codes must be a numpy.ndarray of dtype uint8 or uint16, got "
+                        f"{type(codes).__name__ if not isinstance(codes, np.ndarray) else codes.dtype}")
+    _check(codes, "codes", codes.dtype, 1)
+    n_bins = _check_int(n_bins, "n_bins", 1)
+    if n_bins > (1 << 16):
+        raise ValueError(f"n_bins must be at most 2**16 = 65536, got {n_bins}")
+    cdef size_t n_words = bits.shape[0]
+    cdef uint64_t nb = codes.shape[0]
+    if (nb + 63) // 64 != n_words:
+        raise ValueError(f"bits must have (len(codes) + 63) // 64 = {(nb + 63) // 64} words, got {n_words}")
+    out = _check_out(out, "out", np.int64, (n_bins,))
+    cdef int64_t[::1] ov = out
+    cdef size_t nbins = n_bins
+    with nogil:
+        memset(&ov[0], 0, nbins * 8)
+    if n_words == 0:
+        return out
+    cdef const uint64_t[::1] bv = bits
+    cdef const uint8_t[::1] c8
+    cdef const uint16_t[::1] c16
+    if codes.dtype == np.uint8:
+        c8 = codes
+        with nogil:
+            _histogram_codes_core(&bv[0], n_words, nb, &c8[0], nbins, &ov[0])
+    else:
+        c16 = codes
+        with nogil:
+            _histogram_codes_core(&bv[0], n_words, nb, &c16[0], nbins, &ov[0])
     return out
 
 

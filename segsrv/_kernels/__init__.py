@@ -123,6 +123,7 @@ from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
     cpu_path,
     gather_present,
     has_openmp,
+    histogram_codes_present,
     histogram_present,
     ids_to_bitset,
     popcount,

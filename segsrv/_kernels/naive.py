@@ -21,6 +21,7 @@ __all__ = [
     "bitset_to_ids",
     "gather_present",
     "histogram_present",
+    "histogram_codes_present",
     "ids_to_bitset",
     "set_bits",
     "read_bandwidth_probe",
@@ -67,6 +68,12 @@ def histogram_present(bits, values, lo, n_bins):
         raise ValueError(f"values[{row}] = {float(values[row])!r} is not an integer in "
                          f"[lo, lo + n_bins) = [{float(lo)!r}, {float(lo) + n_bins!r})")
     return np.bincount((present - lo).astype(np.int64), minlength=n_bins).astype(np.int64)
+
+
+def histogram_codes_present(bits, codes, n_bins):
+    codes = np.asarray(codes)
+    picked = codes[_bools(bits)[: len(codes)]].astype(np.int64)
+    return np.bincount(picked[picked < n_bins], minlength=n_bins).astype(np.int64)
 
 
 def popcount(bits):

@@ -208,8 +208,10 @@ def floor_profile(result, k: int, single_valued=lambda field: False):
         return dataclasses.replace(result, n_segment=0, fields=[], numeric=[], suppressed=True)
     dropped = 0
     fields = []
+    listed = [v for f in result.fields for v in (*f.over, *f.under)]  # every value's table in one loop
+    small = iter(tables_small(n, s, [v.population_count for v in listed], [v.segment_count for v in listed], k))
     for f in result.fields:
-        values = [v for v in (*f.over, *f.under) if not table_small(n, s, v.population_count, v.segment_count, k)]
+        values = [v for v, is_small_table in zip((*f.over, *f.under), small) if not is_small_table]
         if single_valued(f.field):
             while values and (is_small(s - sum(v.segment_count for v in values), k)
                               or is_small(n - sum(v.population_count for v in values), k)):

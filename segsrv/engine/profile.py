@@ -49,6 +49,7 @@ that histograms the members' values (``histogram_stats``: the same numbers).
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -177,16 +178,36 @@ def histogram_domain_of(x: np.ndarray) -> tuple[float, int] | None:
     return None if span is None else (span[0], int(span[1] - span[0]) + 1)
 
 
+def numeric_codes(x: np.ndarray, domain: tuple[float, int] | None) -> np.ndarray | None:
+    """x's values (float64) as the bins of their histogram domain (histogram_domain_of x): value - lo, in
+    uint8 when the domain holds at most 255 bins, else uint16 when at most 65,535; an absent (NaN) value
+    is the dtype's largest, past every bin. None without a domain or of a wider one. One or two bytes per
+    row instead of eight: the column a segment's histogram reads (histogram_codes_present)."""
+    if domain is None:
+        return None
+    lo, n_bins = domain
+    dtype = np.uint8 if n_bins <= 255 else np.uint16 if n_bins <= 65535 else None
+    if dtype is None:
+        return None
+    x = np.asarray(x, dtype=np.float64)
+    absent = np.isnan(x)
+    codes = np.where(absent, np.iinfo(dtype).max, x - lo)  # every present value is lo + a bin: exact
+    return codes.astype(dtype)
+
+
 def segment_numeric_stats(bits: np.ndarray, n_s: int, values: np.ndarray,
-                          domain: tuple[float, int] | None) -> NumericStats:
+                          domain: tuple[float, int] | None, codes: np.ndarray | None = None) -> NumericStats:
     """numeric_stats of the values (float64, one per row) of the n_s rows of `bits`. With a histogram
     domain (histogram_domain_of all the values) whose sums over n_s values stay exact (n_s times the
     largest absolute value below 2^53: histogram_stats), from one pass that histograms the members'
-    values (histogram_present); otherwise from their gathered values."""
+    codes (numeric_codes(values, domain), when given: histogram_codes_present) or values
+    (histogram_present); otherwise from their gathered values."""
     if domain is not None:
         lo, n_bins = domain
         if n_s * max(-lo, lo + n_bins - 1) < 2.0 ** 53:
-            return histogram_stats(_kernels.histogram_present(bits, values, lo, n_bins), lo)
+            counts = (_kernels.histogram_present(bits, values, lo, n_bins) if codes is None
+                      else _kernels.histogram_codes_present(bits, codes, n_bins))
+            return histogram_stats(counts, lo)
     return numeric_stats(_kernels.gather_present(bits, values), owned=True)
 
 
@@ -195,6 +216,8 @@ def segment_numeric_stats(bits: np.ndarray, n_s: int, values: np.ndarray,
 _POPULATION: "weakref.WeakKeyDictionary[object, dict[Hashable, NumericStats]]" = weakref.WeakKeyDictionary()
 _HISTOGRAM_DOMAIN: "weakref.WeakKeyDictionary[object, dict[Hashable, tuple[float, int] | None]]" = (
     weakref.WeakKeyDictionary())
+# universe -> numeric field -> its numeric_codes (1-2 bytes per row, in memory beside the mapped snapshot)
+_CODES: "weakref.WeakKeyDictionary[object, dict[Hashable, np.ndarray | None]]" = weakref.WeakKeyDictionary()
 # universe -> the field lists of recent Profiles -> their counting layout (counting_layout)
 _LAYOUTS: "weakref.WeakKeyDictionary[object, dict[Hashable, FeatureLayout]]" = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
@@ -239,13 +262,14 @@ def histogram_domain(universe: Universe, name: str) -> tuple[float, int] | None:
     return _cached(_HISTOGRAM_DOMAIN, universe, name, lambda: histogram_domain_of(universe.fields[name].numeric))
 
 
+def field_codes(universe: Universe, name: str) -> np.ndarray | None:
+    """numeric_codes of a numeric field's values over its histogram_domain, kept per universe (the
+    process's memory: one byte per row for a span of at most 255 values, two up to 65,535)."""
+    return _cached(_CODES, universe, name,
+                   lambda: numeric_codes(universe.fields[name].numeric, histogram_domain(universe, name)))
+
+
 # --- value profiles ---------------------------------------------------------------
-
-
-def _two_sided_p(n: int, n_s: int, n_v: np.ndarray, n_sv: np.ndarray) -> np.ndarray:
-    upper = st.p_value_over(n, n_s, n_v, n_sv)
-    lower = st.p_value_under(n, n_s, n_v, n_sv)
-    return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
 
 
 def ranked_per_field(field_of: np.ndarray, n_fields: int, cand: np.ndarray, bound: np.ndarray, lift: np.ndarray,
@@ -311,30 +335,25 @@ def rank_profile_counts(universe: Universe, names: list[str], n: int, n_s: int, 
                                 n_sv_all, n_v_all, True, k)
     # (field index, over positions, under positions)
     picked: list[tuple[int, np.ndarray, np.ndarray]] = [(j, over_of[j], under_of[j]) for j in range(len(infos))]
-    strength = [max([1.0] + [float(lift_low_all[p]) for p in over if np.isfinite(lift_low_all[p])])
-                for _, over, _ in picked]
+    finite_low = np.where(np.isfinite(lift_low_all), lift_low_all, -np.inf)
+    strength = [max(1.0, float(finite_low[over].max())) if len(over) else 1.0 for _, over, _ in picked]
     picked = [picked[i] for i in sorted(range(len(picked)), key=lambda i: (-strength[i], i))]
 
-    # p-values only for the values that are returned
+    # p-values only for the values that are returned; each listed value's numbers as Python lists, once
     chosen = np.concatenate([np.concatenate((o, u)) for _, o, u in picked]) if picked else np.zeros(0, np.int64)
     chosen = chosen.astype(np.int64)
-    p_value = np.ones(len(fids))
-    if len(chosen):
-        p_value[chosen] = _two_sided_p(n, n_s, n_v_all[chosen], n_sv_all[chosen])
+    p_value = st.p_value_two_sided(n, n_s, n_v_all[chosen], n_sv_all[chosen]) if len(chosen) else np.zeros(0)
+    listed = zip(fids[chosen].tolist(), n_sv_all[chosen].tolist(), n_v_all[chosen].tolist(),
+                 seg_share_all[chosen].tolist(), pop_share_all[chosen].tolist(), lift_all[chosen].tolist(),
+                 p_value.tolist())
 
-    def value_profile(pos: int, info) -> ValueProfile:
-        return ValueProfile(
-            value=info.values[int(fids[pos]) - info.feature_offset],
-            segment_count=int(n_sv_all[pos]), population_count=int(n_v_all[pos]),
-            segment_share=float(seg_share_all[pos]), population_share=float(pop_share_all[pos]),
-            lift=float(lift_all[pos]), p_value=float(p_value[pos]),
-        )
+    def value_profiles(info, m: int) -> list[ValueProfile]:
+        return [ValueProfile(info.values[fid - info.feature_offset], n_sv, n_v, seg_share, pop_share, lift, p)
+                for fid, n_sv, n_v, seg_share, pop_share, lift, p in itertools.islice(listed, m)]
 
-    return [
-        FieldProfile(infos[j].name, [value_profile(int(p), infos[j]) for p in over],
-                     [value_profile(int(p), infos[j]) for p in under], strength[j])
-        for j, over, under in picked
-    ]
+    return [FieldProfile(infos[j].name, value_profiles(infos[j], len(over)), value_profiles(infos[j], len(under)),
+                         strength[j])
+            for j, over, under in picked]
 
 
 def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
@@ -371,7 +390,8 @@ def profile(snapshot: Snapshot, query: ProfileQuery) -> ProfileResult:
             segment = population
         else:
             values = np.asarray(info.numeric, dtype=np.float64)  # float64 already: no copy
-            segment = segment_numeric_stats(bits, n_s, values, histogram_domain(universe, info.name))
+            segment = segment_numeric_stats(bits, n_s, values, histogram_domain(universe, info.name),
+                                            field_codes(universe, info.name))
         numeric_out.append(NumericProfile(info.name, segment, population))
 
     return ProfileResult(

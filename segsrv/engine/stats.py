@@ -79,6 +79,27 @@ def p_value_under(n, n_c, n_f, n_cf) -> np.ndarray:
     return _tail(n, n_f, n_c, n_cf, False)
 
 
+# A tail at most this is the smaller of the two at its point, whatever their rounding: the two tails at a
+# point sum to 1 + its probability
+ONE_TAIL_ENOUGH = 0.25
+
+
+def p_value_two_sided(n: int, n_c: int, n_f, n_cf) -> np.ndarray:
+    """min(1, 2 min(P(X >= n_cf), P(X <= n_cf))) per feature (n_f, n_cf: int arrays), X as in p_value_over.
+    The tail away from the expected count (n_c n_f / n) is summed first; the other only where that one
+    exceeds ONE_TAIL_ENOUGH (else it is the larger): half the tail sums, the same numbers as both."""
+    n_f, n_cf = np.asarray(n_f, dtype=np.int64), np.asarray(n_cf, dtype=np.int64)
+    above = n_cf.astype(np.float64) * n > float(n_c) * n_f.astype(np.float64)  # a near tie: either tail first
+    smaller = np.empty(len(n_cf))
+    smaller[above] = p_value_over(n, n_c, n_f[above], n_cf[above])
+    smaller[~above] = p_value_under(n, n_c, n_f[~above], n_cf[~above])
+    unsure = smaller > ONE_TAIL_ENOUGH
+    if unsure.any():
+        smaller[unsure] = np.minimum(p_value_over(n, n_c, n_f[unsure], n_cf[unsure]),
+                                     p_value_under(n, n_c, n_f[unsure], n_cf[unsure]))
+    return np.minimum(1.0, 2.0 * smaller)
+
+
 def _tail(population, n_a, n_b, n_ab, upper: bool) -> np.ndarray:
     """P(X >= n_ab) (upper) or P(X <= n_ab), X ~ Hypergeometric(population, successes n_a, draws n_b); every
     argument an integer array or scalar (broadcast; a population per element is the test within each

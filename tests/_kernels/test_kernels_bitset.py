@@ -654,6 +654,49 @@ def test_histogram_present_rejects_values_outside_its_bins(kind, lo, n_bins, n_r
     assert str(naive_raised.value) == str(raised.value)
 
 
+@HYP
+@given(st.integers(0, 3000), st.sampled_from([np.uint8, np.uint16]), st.one_of(st.just(0.0), st.just(1.0), st.floats(0, 1)),
+       st.integers(1, 1 << 16), st.integers(0, 2 ** 32 - 1))
+def test_histogram_codes_present_vs_naive_and_bincount(n_rows, dtype, density, n_bins, seed):
+    """The counts of the set rows' codes below n_bins (codes at or past it, an absent value's, not counted):
+    the naive twin's and np.bincount's over the set rows; `out` (pre-filled) zeroed first, read-only and
+    inputs accepted, bits past the last row ignored."""
+    rng = np.random.default_rng(seed)
+    top = int(np.iinfo(dtype).max)
+    codes = rng.integers(0, min(n_bins, top + 1), n_rows).astype(dtype)
+    wide = rng.random(n_rows) < 0.1  # anywhere in the dtype's range, at or past n_bins too
+    codes[wide] = rng.integers(0, top + 1, int(wide.sum()))
+    codes[rng.random(n_rows) < 0.1] = top  # absent
+    bits = rand_bits(rng, (n_rows + 63) // 64, density)
+    got = K.histogram_codes_present(bits, codes, n_bins)
+    assert got.dtype == np.int64 and got.shape == (n_bins,)
+    np.testing.assert_array_equal(got, N.histogram_codes_present(bits, codes, n_bins))
+    member = N._bools(bits)[:n_rows]
+    picked = codes[member].astype(np.int64)
+    np.testing.assert_array_equal(got, np.bincount(picked[picked < n_bins], minlength=n_bins))
+    out = np.full(n_bins, 7, np.int64)
+    assert K.histogram_codes_present(readonly(bits), readonly(codes), n_bins, out=out) is out
+    np.testing.assert_array_equal(out, got)
+
+
+def test_histogram_codes_present_errors():
+    """Wrong dtypes, shapes and bin counts are refused, naming the argument."""
+    bits, codes = np.zeros(1, np.uint64), np.zeros(10, np.uint8)
+    with pytest.raises(TypeError, match="codes must be a numpy.ndarray of dtype uint8 or uint16"):
+        K.histogram_codes_present(bits, codes.astype(np.uint32), 4)
+    with pytest.raises(TypeError, match="codes must be"):
+        K.histogram_codes_present(bits, [0, 1], 4)
+    with pytest.raises(ValueError, match="bits must have"):
+        K.histogram_codes_present(np.zeros(2, np.uint64), codes, 4)
+    with pytest.raises(ValueError, match="n_bins"):
+        K.histogram_codes_present(bits, codes, 0)
+    with pytest.raises(ValueError, match="n_bins must be at most"):
+        K.histogram_codes_present(bits, codes, (1 << 16) + 1)
+    with pytest.raises(ValueError, match="out must have shape"):
+        K.histogram_codes_present(bits, codes, 4, out=np.zeros(3, np.int64))
+    assert K.histogram_codes_present(np.zeros(0, np.uint64), np.zeros(0, np.uint16), 3).tolist() == [0, 0, 0]
+
+
 def test_histogram_present_tells_a_fraction_from_its_bin_near_2_to_the_51():
     """Where float64 still has halves, lo + 0.5 lands in bin 0 by truncation: the kernel rejects it."""
     lo = 2.0 ** 51

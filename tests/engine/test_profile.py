@@ -28,6 +28,7 @@ from segsrv.engine.profile import (
     MAX_HISTOGRAM_SPAN,
     histogram_domain,
     histogram_domain_of,
+    numeric_codes,
     numeric_stats,
     order_statistic_reader,
     profile,
@@ -374,11 +375,12 @@ def _member_bits(mask: np.ndarray) -> np.ndarray:
 
 
 class _KernelCalls:
-    """Which of histogram_present / gather_present Profile's summaries called (monkeypatched spies)."""
+    """Which of histogram_codes_present / histogram_present / gather_present Profile's summaries called
+    (monkeypatched spies)."""
 
     def __init__(self, monkeypatch):
         self.names: list[str] = []
-        for name in ("histogram_present", "gather_present"):
+        for name in ("histogram_codes_present", "histogram_present", "gather_present"):
             kernel = getattr(_kernels, name)
             monkeypatch.setattr(_kernels, name, self._spy(name, kernel))
 
@@ -404,6 +406,31 @@ def test_segment_summary_of_small_integer_spans_is_numpys(n_rows, lo, span, dens
     assert (domain is None) == bool(np.isnan(values).all())
     got = segment_numeric_stats(_member_bits(mask), int(mask.sum()), values, domain)
     assert_numpys_summary(got, values[mask])
+    codes = numeric_codes(values, domain)
+    if codes is not None:  # the same summary off the codes
+        assert_numpys_summary(segment_numeric_stats(_member_bits(mask), int(mask.sum()), values, domain, codes),
+                              values[mask])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2000), st.integers(-2 ** 51, 2 ** 51), st.one_of(st.integers(0, 300), st.integers(0, 70000)),
+       st.one_of(st.just(0.0), st.floats(0, 1)), st.integers(0, 2 ** 32 - 1))
+def test_numeric_codes_are_the_bins_of_the_domain(n_rows, lo, span, nan_share, seed):
+    """numeric_codes: value - lo in uint8 up to 255 bins, uint16 up to 65,535, an absent value the dtype's
+    largest (past every bin); None past 65,535 bins or without a domain."""
+    rng = np.random.default_rng(seed)
+    values = (lo + rng.integers(0, span + 1, n_rows)).astype(np.float64)
+    values[rng.random(n_rows) < nan_share] = np.nan
+    domain = histogram_domain_of(values)
+    codes = numeric_codes(values, domain)
+    if domain is None or domain[1] > 65535:
+        assert codes is None
+        return
+    assert codes.dtype == (np.uint8 if domain[1] <= 255 else np.uint16)
+    absent = np.isnan(values)
+    assert (codes[absent] == np.iinfo(codes.dtype).max).all()
+    np.testing.assert_array_equal(codes[~absent].astype(np.float64) + domain[0], values[~absent])
+    assert (codes[~absent] < domain[1]).all()
 
 
 @pytest.mark.parametrize("values,histogrammed", [
@@ -429,7 +456,7 @@ def test_a_segment_is_histogrammed_only_when_its_values_allow_it(monkeypatch, va
 
 
 def test_profile_histograms_integer_fields_and_gathers_the_others(petnord_snapshot, oracle, monkeypatch):
-    """PetNord's customers: tenure_months (integers, 1..28) from the histogram of the segment's rows,
+    """PetNord's customers: tenure_months (integers, 1..28) from the histogram of the segment's rows' codes,
     total_spent_eur (cents) gathered; both numpy's numbers over the oracle's raw values."""
     u = petnord_snapshot.universe("customers")
     assert histogram_domain(u, "tenure_months") == (1.0, 28) and histogram_domain(u, "total_spent_eur") is None
@@ -440,7 +467,7 @@ def test_profile_histograms_integer_fields_and_gathers_the_others(petnord_snapsh
     calls = _KernelCalls(monkeypatch)
     res = profile(petnord_snapshot, ProfileQuery(segment=parse_where(where), universe="customers",
                                                  fields=["tenure_months", "total_spent_eur"]))
-    assert calls.names == ["histogram_present", "gather_present"]
+    assert calls.names == ["histogram_codes_present", "gather_present"]  # tenure's codes: uint8
     for p in res.numeric:
         assert_numpys_summary(p.segment, bu.fields[p.field].raw[seg])
 

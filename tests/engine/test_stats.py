@@ -159,6 +159,26 @@ def test_tails_one_population_vectors_equal_broadcast_form(data):
         assert np.array_equal(stats._tail(n, n_f[::-1][::-1], n_c, n_cf.tolist(), upper), got)
 
 
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=st.data())
+def test_two_sided_p_value_sums_one_tail_and_equals_both(data):
+    """p_value_two_sided = min(1, 2 min(both tails)) bit for bit (small and large populations, counts at
+    the support's edges and near the expectation), and the exact two-sided value of the definition."""
+    n = data.draw(st.one_of(st.integers(1, 300), st.integers(1, 10**7)))
+    n_c = data.draw(st.integers(0, n))
+    n_f = np.array(data.draw(st.lists(st.integers(0, n), min_size=0, max_size=12)), dtype=np.int64)
+    near = [max(0, n_c + f - n, min(n_c, f, round(n_c * f / n) + data.draw(st.integers(-3, 3)))) for f in n_f]
+    n_cf = np.array([data.draw(st.one_of(st.just(x), st.integers(max(0, n_c + f - n), min(n_c, f))))
+                     for x, f in zip(near, n_f)], dtype=np.int64)
+    got = stats.p_value_two_sided(n, n_c, n_f, n_cf)
+    both = np.minimum(stats.p_value_over(n, n_c, n_f, n_cf), stats.p_value_under(n, n_c, n_f, n_cf))
+    assert got.shape == (len(n_f),) and np.array_equal(got, np.minimum(1.0, 2.0 * both))
+    if n <= 300:
+        for f, cf, p in zip(n_f.tolist(), n_cf.tolist(), got.tolist()):
+            want = min(1.0, 2 * min(exact_tail(n, n_c, f, cf, True), exact_tail(n, n_c, f, cf, False)))
+            assert math.isclose(p, want, rel_tol=1e-7, abs_tol=1e-14)
+
+
 # ----------------------------------------------------------------------------
 # relate_statistics (vectorised) vs the scalar reference
 # ----------------------------------------------------------------------------
