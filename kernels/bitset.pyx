@@ -744,6 +744,20 @@ cdef inline uint64_t _member_bits(const uint64_t *bits, size_t w, uint64_t n_bit
     return bits[w]
 
 
+def _check_rows_bits(bits, column, name):
+    """bits must be the bitset of a column's rows: (len(column) + 63) // 64 words."""
+    if (column.shape[0] + 63) // 64 != bits.shape[0]:
+        raise ValueError(f"bits must have (len({name}) + 63) // 64 = {(column.shape[0] + 63) // 64} words, "
+                         f"got {bits.shape[0]}")
+
+
+def _zeroed_bins(out, n_bins):
+    """out (validated) or a new int64[n_bins], zeroed: a histogram's bins."""
+    out = _check_out(out, "out", np.int64, (n_bins,))
+    out[:] = 0
+    return out
+
+
 cdef size_t _gather_present_core(const uint64_t *bits, size_t n_words, uint64_t n_bits, const double *values,
                                  double *out) noexcept nogil:
     """values[row] for the set bits below n_bits, in row order, NaN skipped; returns how many written."""
@@ -773,10 +787,9 @@ def gather_present(bits, values, out=None):
     """
     _check(bits, "bits", np.uint64, 1)
     _check(values, "values", np.float64, 1)
+    _check_rows_bits(bits, values, "values")
     cdef size_t n_words = bits.shape[0]
     cdef uint64_t nb = values.shape[0]
-    if (nb + 63) // 64 != n_words:
-        raise ValueError(f"bits must have (len(values) + 63) // 64 = {(nb + 63) // 64} words, got {n_words}")
     cdef uint64_t cnt = 0
     cdef const uint64_t[::1] bv = bits
     if n_words:
@@ -850,15 +863,12 @@ def histogram_present(bits, values, lo, n_bins, out=None):
     if int(lo) < -(1 << 53) or int(lo) + n_bins > (1 << 53) or n_bins > (1 << 53):
         raise ValueError(f"lo = {lo!r} and n_bins = {n_bins} must satisfy -2**53 <= lo, lo + n_bins <= 2**53 "
                          f"and n_bins <= 2**53")
+    _check_rows_bits(bits, values, "values")
     cdef size_t n_words = bits.shape[0]
     cdef uint64_t nb = values.shape[0]
-    if (nb + 63) // 64 != n_words:
-        raise ValueError(f"bits must have (len(values) + 63) // 64 = {(nb + 63) // 64} words, got {n_words}")
-    out = _check_out(out, "out", np.int64, (n_bins,))
+    out = _zeroed_bins(out, n_bins)
     cdef int64_t[::1] ov = out
     cdef size_t nbins = n_bins
-    with nogil:
-        memset(&ov[0], 0, nbins * 8)
     if n_words == 0:
         return out
     cdef const uint64_t[::1] bv = bits
@@ -911,15 +921,12 @@ def histogram_codes_present(bits, codes, n_bins, out=None):
     n_bins = _check_int(n_bins, "n_bins", 1)
     if n_bins > (1 << 16):
         raise ValueError(f"n_bins must be at most 2**16 = 65536, got {n_bins}")
+    _check_rows_bits(bits, codes, "codes")
     cdef size_t n_words = bits.shape[0]
     cdef uint64_t nb = codes.shape[0]
-    if (nb + 63) // 64 != n_words:
-        raise ValueError(f"bits must have (len(codes) + 63) // 64 = {(nb + 63) // 64} words, got {n_words}")
-    out = _check_out(out, "out", np.int64, (n_bins,))
+    out = _zeroed_bins(out, n_bins)
     cdef int64_t[::1] ov = out
     cdef size_t nbins = n_bins
-    with nogil:
-        memset(&ov[0], 0, nbins * 8)
     if n_words == 0:
         return out
     cdef const uint64_t[::1] bv = bits
