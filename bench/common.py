@@ -60,16 +60,21 @@ def demo_snapshot(n_customers: int) -> Path:
 def sparse_bytes(u, bits, n_c: int, layout) -> float:
     """Bytes the scan plan's sparse part reads for a condition (bitset `bits`, n_c rows) and a feature layout
     (segsrv.engine.relate.feature_layout): the layout's sparse ids when they are probed, else the listed rows'
-    entries of the sparse CSR and their two indptr entries (the rows method; sparse_method picks)."""
+    entries of the sparse CSR and their two row pointers, in the compact form the rows method reads
+    (segsrv.engine.compact_csr: its entries' and pointers' sizes; sparse_method picks the method)."""
     import numpy as np
 
     from segsrv import _kernels
+    from segsrv.engine.compact_csr import compact_sparse_csr
     from segsrv.engine.relate import sparse_method
 
     if len(layout.sparse) and sparse_method(u, layout, n_c) == "rows":
         listed = _kernels.bitset_to_ids(np.invert(bits) if 2 * n_c > u.n_rows else bits, u.n_rows).astype(np.int64)
         indptr = np.asarray(u.sparse_csr_indptr)
-        return 4.0 * float((indptr[listed + 1] - indptr[listed]).sum()) + 16.0 * len(listed)
+        compact = compact_sparse_csr(u)
+        entry, pointer = ((compact.indices.itemsize, compact.within.itemsize) if compact is not None
+                          else (u.sparse_csr_indices.itemsize, indptr.itemsize))
+        return entry * float((indptr[listed + 1] - indptr[listed]).sum()) + 2.0 * pointer * len(listed)
     return 4.0 * float(layout.sparse_ids)
 
 

@@ -3,12 +3,13 @@
 For the 20 conditions of bench/relate.py and the "every field" Relate (RelateQuery.from_json({"from":
 "customers", "where": ..., "limit": 20})), times the sparse part of the scan plan both ways (median of
 --repeat calls each): probing every id of the candidates' sparse features (and_count_sparse) and the rows
-method (bitset_to_ids of the condition or its complement, csr_histogram through the sparse CSR), says which
+method (bitset_to_ids of the condition or its complement, compact_csr_histogram through the compact sparse CSR,
+segsrv.engine.compact_csr), says which
 one the cost model picks, and sums the picked method and probing over the 20 requests and over those of the
 scan plan (the histogram plan, which small conditions get, counts every feature through the full CSR: no
 sparse part). Also the whole count_features, probing and "auto". --fit measures the cost model's constants
 instead (ns per probed id; per listed word and row of bitset_to_ids; per listed row and per CSR entry of
-csr_histogram through the sparse CSR: least squares over the same conditions, whose rows hold 2 to 23
+the histogram through the compact sparse CSR: least squares over the same conditions, whose rows hold 2 to 23
 sparse entries each, with no constant term).
 
     python bench/sparse_rows.py [--root ROOT] [--repeat 5] [--threads 1] [--fit]
@@ -27,6 +28,7 @@ from relate import conditions
 
 from segsrv import _kernels
 from segsrv.engine import relate as rel
+from segsrv.engine.compact_csr import compact_sparse_csr
 from segsrv.engine.conditions import evaluate
 from segsrv.ops.conditions import where_json
 from segsrv.ops.relate import RelateQuery
@@ -80,6 +82,7 @@ def fit(snap, u, repeat: int) -> dict:
     """The cost model's constants, least squares over the 20 conditions (ns)."""
     probe, lists, hists = [], [], []
     indptr, indices = u.sparse_csr_indptr, u.sparse_csr_indices
+    compact = compact_sparse_csr(u)
     for _, bits, n_c, _, layout in requests(snap, u):
         if layout.sparse_ids:
             t = median_ms(lambda: _kernels.and_count_sparse(bits, u.sparse_ids, u.sparse_offsets, layout.sparse_slots),
@@ -90,7 +93,7 @@ def fit(snap, u, repeat: int) -> dict:
         lists.append((len(rows), median_ms(lambda: _kernels.bitset_to_ids(b, u.n_rows), repeat) * 1e6))
         ip = np.asarray(indptr)
         entries = int((ip[rows.astype(np.int64) + 1] - ip[rows]).sum())
-        t = median_ms(lambda: _kernels.csr_histogram(indptr, indices, rows, u.n_features), repeat) * 1e6
+        t = median_ms(lambda: compact.histogram(rows, u.n_features), repeat) * 1e6
         hists.append((len(rows), entries, t))
     m, t = np.array(lists, dtype=float).T
     (list_row, list_const), *_ = np.linalg.lstsq(np.stack([m, np.ones_like(m)], 1), t, rcond=None)

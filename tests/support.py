@@ -1676,3 +1676,21 @@ def _assert_same(got, want, path: str) -> None:
         assert got == pytest.approx(want, rel=1e-12, abs=1e-300, nan_ok=True), (path, got, want)
     else:
         assert got == want, (path, got, want)
+
+
+# universe name -> oracle_masks (the session's oracle is one, over PetNord's source tables)
+_MASKS: dict[str, np.ndarray] = {}
+
+
+def oracle_masks(u, bu) -> np.ndarray:
+    """bool[n_features, n_rows]: each feature's rows by the oracle (source tables, not the snapshot)."""
+    if u.name not in _MASKS:
+        _MASKS[u.name] = np.array([bu.feature_mask(*u.feature_name(fid)) for fid in range(u.n_features)], dtype=bool)
+    return _MASKS[u.name]
+
+
+def as_bits(mask: np.ndarray) -> np.ndarray:
+    """The condition bitset of a row mask (bit r of word r >> 6)."""
+    padded = np.zeros(-(-len(mask) // 64) * 64, dtype=bool)
+    padded[:len(mask)] = mask
+    return np.packbits(padded, bitorder="little").view(np.uint64).copy()

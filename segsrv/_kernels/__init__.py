@@ -47,6 +47,7 @@ __all__ = [
     "set_cpu_path",
     "has_openmp",
     "TABLE_STATISTICS",
+    "COMPACT_BLOCK_ROWS",
     *_KERNELS,
 ]
 
@@ -131,7 +132,14 @@ from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
     set_bits,
     set_cpu_path,
 )
-from .csr import PAIR_MAX_SLOTS, csr_histogram, csr_pair_scores, csr_row_scores  # noqa: E402
+from .csr import (  # noqa: E402
+    COMPACT_BLOCK_ROWS,
+    PAIR_MAX_SLOTS,
+    compact_csr_histogram,
+    csr_histogram,
+    csr_pair_scores,
+    csr_row_scores,
+)
 from .cooccur import cooccurrence, cross_cooccurrence  # noqa: E402
 from .hypergeom import hypergeom_log_tail, hypergeom_tail  # noqa: E402
 from .tables import TABLE_STATISTICS, table_mutual_information, table_statistics, top_by_mutual_information  # noqa: E402

@@ -26,6 +26,7 @@ __all__ = [
     "set_bits",
     "read_bandwidth_probe",
     "csr_histogram",
+    "compact_csr_histogram",
     "csr_row_scores",
     "csr_pair_scores",
     "cooccurrence",
@@ -155,6 +156,11 @@ def csr_histogram(indptr, indices, rows, n_features):
         for f in indices[indptr[r]:indptr[r + 1]].tolist():
             out[f] += 1
     return out
+
+
+def compact_csr_histogram(block_base, within, indices, rows, n_features):
+    starts = np.asarray(block_base)[np.arange(len(within)) >> 6] + np.asarray(within, dtype=np.int64)
+    return csr_histogram(starts, np.asarray(indices), rows, n_features)
 
 
 def csr_row_scores(indptr, indices, weights, rows=None):

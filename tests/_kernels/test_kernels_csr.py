@@ -243,3 +243,64 @@ def test_pair_scores_errors():
         K.csr_pair_scores(indptr, indices, slot_of, U, np.array([5], np.uint32))
     with pytest.raises(TypeError, match="slot_of"):
         K.csr_pair_scores(indptr, indices, slot_of.astype(np.int64), U)
+
+
+def compact(indptr):
+    """(block_base, within) of a CSR's row pointer: blocks of COMPACT_BLOCK_ROWS rows."""
+    block_base = np.ascontiguousarray(indptr[::K.COMPACT_BLOCK_ROWS])
+    within = (indptr - block_base[np.arange(len(indptr)) // K.COMPACT_BLOCK_ROWS]).astype(np.uint16)
+    return block_base, within
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 70000), st.floats(0, 8), st.integers(0, 400), st.integers(1, 2),
+       st.integers(0, 2 ** 32 - 1))
+def test_compact_csr_histogram_is_csr_histogram(n_rows, n_features, mean_len, n_listed, nt, seed):
+    """The histogram through the compact form (uint16 ids below 65,536 features, else uint32; rows across
+    several 64-row blocks, listed in any order and repeated; one thread or two) = csr_histogram's = the
+    naive twin's; `out` (pre-filled) is zeroed first, inputs may be read-only."""
+    rng = np.random.default_rng(seed)
+    indptr, indices = make_csr(rng, n_rows, n_features, mean_len)
+    block_base, within = compact(indptr)
+    narrow = indices.astype(np.uint16) if n_features <= 1 << 16 else indices
+    rows = rng.integers(0, n_rows, n_listed if n_rows else 0).astype(np.uint32)
+    want = K.csr_histogram(indptr, indices, rows, n_features)
+    got = K.compact_csr_histogram(block_base, within, narrow, rows, n_features, n_threads=nt)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(N.compact_csr_histogram(block_base, within, narrow, rows, n_features), want)
+    out = np.full(n_features, 3, np.int64)
+    assert K.compact_csr_histogram(readonly(block_base), readonly(within), readonly(narrow), readonly(rows),
+                                   n_features, out=out) is out
+    np.testing.assert_array_equal(out, want)
+
+
+def test_compact_csr_histogram_errors():
+    """Bad rows, pointers and feature ids are refused naming the row; wrong dtypes and shapes naming the
+    argument."""
+    indptr = np.array([0, 2, 3], np.int64)
+    indices = np.array([0, 4, 1], np.uint16)
+    block_base, within = compact(indptr)
+    rows = np.array([0, 1], np.uint32)
+    for nt in (1, 2):
+        with pytest.raises(ValueError, match=r"row 0 has a feature id >= n_features = 4"):
+            K.compact_csr_histogram(block_base, within, indices, rows, 4, n_threads=nt)
+        with pytest.raises(ValueError, match=r"rows\[0\] = 2 is out of range for 2 rows \(len\(within\) - 1\)"):
+            K.compact_csr_histogram(block_base, within, indices, np.array([2], np.uint32), 5, n_threads=nt)
+    with pytest.raises(ValueError, match="the pointers of row 1 are invalid"):
+        K.compact_csr_histogram(block_base, np.array([0, 2, 9], np.uint16), indices, rows, 5)
+    with pytest.raises(ValueError, match="the pointers of row 0 are invalid"):
+        K.compact_csr_histogram(np.array([-1], np.int64), within, indices, rows, 5)
+    with pytest.raises(ValueError, match=r"block_base must have \(len\(within\) - 1\) // 64 \+ 1 = 1 entries"):
+        K.compact_csr_histogram(np.zeros(2, np.int64), within, indices, rows, 5)
+    with pytest.raises(TypeError, match="within"):
+        K.compact_csr_histogram(block_base, within.astype(np.uint32), indices, rows, 5)
+    with pytest.raises(TypeError, match="indices must be a numpy.ndarray of dtype uint16 or uint32"):
+        K.compact_csr_histogram(block_base, within, indices.astype(np.int64), rows, 5)
+    with pytest.raises(TypeError, match="rows"):
+        K.compact_csr_histogram(block_base, within, indices, rows.astype(np.int64), 5)
+    with pytest.raises(ValueError, match="within must have n_rows"):
+        K.compact_csr_histogram(block_base, np.zeros(0, np.uint16), indices, rows, 5)
+    with pytest.raises(ValueError, match="out"):
+        K.compact_csr_histogram(block_base, within, indices, rows, 5, out=np.zeros(4, np.int64))
+    np.testing.assert_array_equal(K.compact_csr_histogram(block_base, within, indices, rows, 5), [1, 1, 0, 0, 1])
+    np.testing.assert_array_equal(K.compact_csr_histogram(block_base, within, indices, rows[:0], 0), [])

@@ -27,7 +27,7 @@ from segsrv.engine.relate import (count_features, feature_layout, first_by, part
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.ops.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownUniverseError
-from support import as_format_version_1, assert_same_answer, strip_elapsed
+from support import as_bits, as_format_version_1, assert_same_answer, oracle_masks, strip_elapsed
 
 ALL_ORDER_KEYS = (
     "lift_low", "lift_high", "lift_smoothed", "lift", "support", "p_value", "q_value", "mutual_information", "p", "leverage",
@@ -562,23 +562,6 @@ def test_default_order_kernel_equals_the_vector_form(petnord_snapshot, where_str
 # the sparse features' two methods: probing their ids, histogramming the condition's rows (or its complement's)
 # ----------------------------------------------------------------------------
 
-_MASKS: dict[str, np.ndarray] = {}
-
-
-def oracle_masks(u, bu) -> np.ndarray:
-    """bool[n_features, n_rows]: each feature's rows by the oracle (source tables, not the snapshot)."""
-    if u.name not in _MASKS:
-        _MASKS[u.name] = np.array([bu.feature_mask(*u.feature_name(fid)) for fid in range(u.n_features)], dtype=bool)
-    return _MASKS[u.name]
-
-
-def as_bits(mask: np.ndarray) -> np.ndarray:
-    """The condition bitset of a row mask (bit r of word r >> 6)."""
-    padded = np.zeros(-(-len(mask) // 64) * 64, dtype=bool)
-    padded[:len(mask)] = mask
-    return np.packbits(padded, bitorder="little").view(np.uint64).copy()
-
-
 def assert_every_method_counts(u, masks, cond: np.ndarray) -> None:
     """count_features' scan by each sparse method, with and without derived partitions, on every feature and on
     a shuffled part of them, equals the naive numpy count masks & cond."""
@@ -649,16 +632,17 @@ def test_sparse_method_choice_and_errors(petnord_rare_snapshot, tmp_path, petnor
     assert sparse_method(u, layout, u.n_rows // 2) == "probe"
     monkeypatch.setattr(relate_engine, "PROBE_ID_NS", 1e6)
     assert sparse_method(u, layout, 1) == "rows"
-    # "auto" counts by the method it picks: that one-row condition through the sparse CSR
+    # "auto" counts by the method it picks: that one-row condition through the sparse CSR (its compact form)
     histogrammed = []
-    histogram = _kernels.csr_histogram
-    monkeypatch.setattr(_kernels, "csr_histogram", lambda indptr, *a, **k: histogrammed.append(indptr) or histogram(
-        indptr, *a, **k))
+    histogram = _kernels.compact_csr_histogram
+    monkeypatch.setattr(_kernels, "compact_csr_histogram", lambda base, within, indices, rows, *a, **k: (
+        histogrammed.append((within, rows)) or histogram(base, within, indices, rows, *a, **k)))
     bits = np.zeros(u.n_words, dtype=np.uint64)
     bits[0] = 1
     count_features(u, bits, 1, fids, "scan", layout)
-    assert len(histogrammed) == 1 and histogrammed[0] is u.sparse_csr_indptr
-    monkeypatch.setattr(_kernels, "csr_histogram", histogram)
+    assert len(histogrammed) == 1 and len(histogrammed[0][0]) == u.n_rows + 1
+    assert histogrammed[0][1].tolist() == [0]
+    monkeypatch.setattr(_kernels, "compact_csr_histogram", histogram)
     # no sparse feature asked for: probing costs nothing
     dense_only = feature_layout(u, u.dense_features.astype(np.int64))
     assert sparse_method(u, dense_only, 1) == "probe"
