@@ -44,7 +44,9 @@ and the summaries by ``numeric_stats``: a sharded snapshot's Profile
 (segsrv/engine/sharded/profile.py) calls both on the shards' summed counts and
 merged values. A segment's summary of a field whose values are integers of a small
 span (ages, months, counts: ``histogram_domain``) comes instead from one kernel pass
-that histograms the members' values (``histogram_stats``: the same numbers).
+that histograms the members' values (``histogram_stats``: the same numbers), read as the
+field's codes (``field_codes``: value minus its minimum in one or two bytes per row, kept
+per universe) where the span allows.
 """
 
 from __future__ import annotations
