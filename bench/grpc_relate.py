@@ -26,13 +26,18 @@ fields (~100 features, bench/relate.py's pick_fields) and 20 conditions
     reads the condition's rows of the CSR index instead, fewer bytes at random places; the engine picks
     it only where it estimates it cheaper, and the ratio against those bytes is printed beside.
     Printed: segsrv's server CPU per Relate / floor at the highest concurrency (target <= 1.5), for the
-    few-fields request and for "every field" (no `relate`: every field but the identifier-like ones),
-    the latter one closed-loop run at the highest concurrency on the same server.
+    few-fields request and for "every field" (no `relate`: every field but the identifier-like ones).
+    The host's speed drifts by tens of percent over minutes, so the floor is measured in --floor-rounds
+    interleaved rounds (default 3) on servers started side by side: each round probes the memory bandwidth,
+    runs the empty server, then segsrv on the few-fields requests, then on "every field", one closed-loop
+    window each, and its ratios divide by that round's floor (its empty-RPC CPU and its bandwidth); the
+    median over the rounds is the figure.
 
 Both servers run as --processes processes sharing the port (SO_REUSEPORT), by default one per CPU as
 `segsrv serve` does; server CPU is the sum over them.
 
     python bench/grpc_relate.py [--seconds 5] [--calls 500] [--customers 1000000] [--processes N]
+                                [--floor-rounds 3]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import argparse
 import inspect
 import multiprocessing as mp
 import os
+import statistics
 import threading
 import time
 
@@ -301,6 +307,32 @@ def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: lis
         stop_servers(procs, stop)
 
 
+def floor_rounds(ctx, root: str, shapes: dict[str, list[bytes]], args) -> list[dict]:
+    """Interleaved closed-loop windows at the highest concurrency (module docstring: the floor): both servers
+    started side by side, then per round the memory probe, the empty server on the first shape's requests,
+    then segsrv on each shape -> per round {"bandwidth": bytes/s, "empty": its throughput run, shape: segsrv's
+    run}."""
+    top = CONCURRENCY[-1]
+    started = {}
+    try:
+        for kind in ("empty", "segsrv"):
+            started[kind] = start_servers(ctx, kind, root, args.processes)
+        empty_blobs = next(iter(shapes.values()))
+        rounds = []
+        for _ in range(args.floor_rounds):
+            addr, procs, _stop = started["empty"]
+            one = {"bandwidth": probed_bandwidth(),
+                   "empty": throughput(ctx, addr, empty_blobs, top, args.seconds, [p.pid for p in procs])}
+            addr, procs, _stop = started["segsrv"]
+            for shape, blobs in shapes.items():
+                one[shape] = throughput(ctx, addr, blobs, top, args.seconds, [p.pid for p in procs])
+            rounds.append(one)
+        return rounds
+    finally:
+        for procs_stop in started.values():
+            stop_servers(procs_stop[1], procs_stop[2])
+
+
 def counted_bytes(root, queries: list[dict]) -> dict[str, float]:
     """Mean bytes the counts of these Relate queries read (module docstring: the floor), as
     {"bitsets": the condition's bitset and each candidate's dense row or sparse ids (the scan plan's
@@ -385,9 +417,13 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=usable_cpus(),
                     help="server processes sharing the port, for both servers (default: one per CPU, as "
                          "`segsrv serve` runs by default; 1: one process)")
+    ap.add_argument("--floor-rounds", type=int, default=3,
+                    help="interleaved rounds of the floor's windows (module docstring; default 3)")
     args = ap.parse_args()
     if args.processes < 1:
         ap.error("--processes must be at least 1")
+    if args.floor_rounds < 1:
+        ap.error("--floor-rounds must be at least 1")
     root = str(demo_snapshot(args.customers))
     blobs, fields, queries, n_features, n_rows = build_requests(root)
     every_queries = [{k: v for k, v in q.items() if k != "relate"} for q in queries]
@@ -399,8 +435,8 @@ def main() -> None:
     bandwidth = probed_bandwidth()
     ctx = mp.get_context("spawn")  # this process has used grpc (request building): no fork
     t0 = time.perf_counter()
-    servers = {kind: run_server_bench(ctx, kind, root, blobs, queries, args,
-                                      every_blobs if kind == "segsrv" else None) for kind in ("empty", "segsrv")}
+    servers = {kind: run_server_bench(ctx, kind, root, blobs, queries, args) for kind in ("empty", "segsrv")}
+    rounds = floor_rounds(ctx, root, {"few fields": blobs, "every field": every_blobs}, args)
     empty, ours = servers["empty"], servers["segsrv"]
     ratios = {c: ours["throughput"][c]["qps"] / empty["throughput"][c]["qps"] for c in map(str, CONCURRENCY)}
 
@@ -419,14 +455,23 @@ def main() -> None:
         f"side here ({e['server_cores']:.2f} server cores), so the measured ratio is higher"
     )
     floor = {}
-    for shape, run in (("few fields", o), ("every field", ours["every_field"])):
-        floor_us = e["server_cpu_us_per_rpc"] + floor_bytes[shape]["bitsets"] / bandwidth * 1e6
-        plan_floor_us = e["server_cpu_us_per_rpc"] + floor_bytes[shape]["plan"] / bandwidth * 1e6
-        floor[shape] = {"counted_bytes": floor_bytes[shape]["bitsets"], "floor_us": floor_us,
-                        "server_cpu_us_per_rpc": run["server_cpu_us_per_rpc"], "qps": run["qps"],
-                        "ratio": run["server_cpu_us_per_rpc"] / floor_us,
-                        "plan_bytes": floor_bytes[shape]["plan"],
-                        "ratio_to_plan_bytes": run["server_cpu_us_per_rpc"] / plan_floor_us}
+    for shape in floor_bytes:
+        per_round = []
+        for one in rounds:
+            empty_us, run, bw = one["empty"]["server_cpu_us_per_rpc"], one[shape], one["bandwidth"]
+            floor_us = empty_us + floor_bytes[shape]["bitsets"] / bw * 1e6
+            plan_floor_us = empty_us + floor_bytes[shape]["plan"] / bw * 1e6
+            per_round.append({"empty_us": empty_us, "bandwidth_gbs": bw / 1e9, "floor_us": floor_us,
+                              "server_cpu_us_per_rpc": run["server_cpu_us_per_rpc"], "qps": run["qps"],
+                              "ratio": run["server_cpu_us_per_rpc"] / floor_us,
+                              "ratio_to_plan_bytes": run["server_cpu_us_per_rpc"] / plan_floor_us,
+                              "errors": run["errors"] + one["empty"]["errors"]})
+        mid = sorted(per_round, key=lambda r: r["ratio"])[(len(per_round) - 1) // 2]  # the median round
+        floor[shape] = {"counted_bytes": floor_bytes[shape]["bitsets"], "plan_bytes": floor_bytes[shape]["plan"],
+                        **{k: mid[k] for k in ("empty_us", "bandwidth_gbs", "floor_us", "server_cpu_us_per_rpc", "qps")},
+                        "ratio": statistics.median(r["ratio"] for r in per_round),
+                        "ratio_to_plan_bytes": statistics.median(r["ratio_to_plan_bytes"] for r in per_round),
+                        "rounds": per_round}
     result = {
         "customers": n_rows,
         "probed_bandwidth_gbs": bandwidth / 1e9,
@@ -435,6 +480,7 @@ def main() -> None:
         "n_features": n_features,
         "requests": len(blobs),
         "seconds_per_run": args.seconds,
+        "floor_rounds": args.floor_rounds,
         "sequential_calls": args.calls,
         "cpu_count": cores,
         "server_processes": args.processes,
@@ -466,13 +512,17 @@ def main() -> None:
               f"   clients {et['client_cores']:.2f} / {ot['client_cores']:.2f} cores"
               + (f"  errors {et['errors']}/{ot['errors']}" if et["errors"] or ot["errors"] else ""))
     print(f"what limits it: {limit_line}")
-    print(f"floor (issue 16): server CPU per Relate <= {FLOOR_TARGET} x (empty RPC {e['server_cpu_us_per_rpc']:.0f} us + counted "
-          f"bytes / {bandwidth / 1e9:.1f} GB/s probed), at c={top}:")
+    print(f"floor (issue 16): server CPU per Relate <= {FLOOR_TARGET} x (empty RPC + counted bytes / the memory "
+          f"bandwidth probed in the same round), at c={top}, {args.floor_rounds} interleaved round(s) (median):")
     for shape, f in floor.items():
-        print(f"  {shape:<12} {f['counted_bytes'] / 1e6:6.2f} MB counted, floor {f['floor_us']:6.0f} us, segsrv "
-              f"{f['server_cpu_us_per_rpc']:6.0f} us ({f['qps']:.0f} QPS): {f['ratio']:.2f}x "
-              f"({'met' if f['ratio'] <= FLOOR_TARGET else 'NOT met'}); against the chosen plans' "
-              f"{f['plan_bytes'] / 1e6:.2f} MB: {f['ratio_to_plan_bytes']:.2f}x")
+        print(f"  {shape:<12} {f['counted_bytes'] / 1e6:6.2f} MB counted, floor {f['floor_us']:6.0f} us (empty RPC "
+              f"{f['empty_us']:.0f} us, {f['bandwidth_gbs']:.1f} GB/s), segsrv {f['server_cpu_us_per_rpc']:6.0f} us "
+              f"({f['qps']:.0f} QPS): "
+              f"{f['ratio']:.2f}x ({'met' if f['ratio'] <= FLOOR_TARGET else 'NOT met'}); against the chosen "
+              f"plans' {f['plan_bytes'] / 1e6:.2f} MB: {f['ratio_to_plan_bytes']:.2f}x")
+        print(f"  {'':<12} rounds: " + ", ".join(f"{r['ratio']:.2f}x ({r['server_cpu_us_per_rpc']:.0f} / "
+                                                 f"{r['floor_us']:.0f} us)" for r in f["rounds"])
+              + (f"; errors {sum(r['errors'] for r in f['rounds'])}" if any(r["errors"] for r in f["rounds"]) else ""))
     print(f"results: {write_result('grpc_relate', result)}")
 
 

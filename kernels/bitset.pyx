@@ -25,6 +25,7 @@ import numpy as np
 
 import segsrv._kernels as _pkg
 
+cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport uint64_t, uint32_t, uint16_t, uint8_t, int64_t
 from libc.string cimport memset
@@ -236,12 +237,23 @@ cdef inline size_t _addr(arr):
     return <size_t>arr.__array_interface__["data"][0]
 
 
+def _overlaps(a, b):
+    """Whether two C-contiguous arrays' bytes overlap (False where either is not an array or is empty):
+    np.may_share_memory's bounds test for the kernels' checked arguments, without its release of the
+    GIL (segsrv._kernels.releases_gil)."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return False
+    cdef size_t lo_a = <size_t>cnp.PyArray_DATA(a), lo_b = <size_t>cnp.PyArray_DATA(b)
+    cdef size_t n_a = <size_t>cnp.PyArray_NBYTES(a), n_b = <size_t>cnp.PyArray_NBYTES(b)
+    return n_a > 0 and n_b > 0 and lo_a < lo_b + n_b and lo_b < lo_a + n_a
+
+
 def _check_alias(out, name, *inputs):
     """out may be exactly one of the inputs (in place) but must not partially overlap."""
     for arg_name, a in inputs:
         if out is a:
             continue
-        if np.may_share_memory(out, a) and _addr(out) != _addr(a):
+        if _overlaps(out, a) and _addr(out) != _addr(a):
             raise ValueError(f"{name} partially overlaps {arg_name}; "
                              f"it must be the same array or disjoint")
 
@@ -282,7 +294,10 @@ def popcount(bits, n_threads=None):
     cdef uint64_t r = 0
     if n == 0:
         return 0
-    with nogil:
+    if _pkg.releases_gil(n, nt):
+        with nogil:
+            r = _popcount_core(&b[0], n, nt)
+    else:
         r = _popcount_core(&b[0], n, nt)
     return int(r)
 
@@ -390,7 +405,10 @@ def and_count_dense(query, matrix, rows=None, out=None, n_threads=None):
     cdef const uint64_t[::1] qv = query
     cdef const uint64_t[:, ::1] mv = matrix
     cdef int nt = _pkg.resolve_threads(n_threads, k * n_words)
-    with nogil:
+    if _pkg.releases_gil(k * n_words, nt):
+        with nogil:
+            _dense_core(&qv[0], &mv[0, 0], n_words, rp, k, &ov[0], nt)
+    else:
         _dense_core(&qv[0], &mv[0, 0], n_words, rp, k, &ov[0], nt)
     return out
 
@@ -527,8 +545,12 @@ def and_count_sparse(query, ids, offsets, features=None, out=None, n_threads=Non
     cdef int64_t nf = n_feat
     cdef size_t kk = k
     # work estimate: average feature length * k probes, each ~_PROBE_WORDS streamed words
-    cdef int nt = _pkg.resolve_threads(n_threads, _PROBE_WORDS * ((n_ids * kk) // max(nf, 1) + kk))
-    with nogil:
+    cdef int64_t work = _PROBE_WORDS * ((n_ids * kk) // max(nf, 1) + kk)
+    cdef int nt = _pkg.resolve_threads(n_threads, work)
+    if _pkg.releases_gil(work, nt):
+        with nogil:
+            _sparse_core(qp, n_bits, ip, n_ids, &ofv[0], nf, fp, kk, &ov[0], nt)
+    else:
         _sparse_core(qp, n_bits, ip, n_ids, &ofv[0], nf, fp, kk, &ov[0], nt)
     if out.min() < 0:
         _raise_sparse_error(out, features, n_feat, n_ids, f"64 * len(query) = {n_bits}")
@@ -583,9 +605,12 @@ def and_count_ids(query_ids, ids, offsets, features=None, out=None, n_threads=No
     cdef int64_t n_ids = iv.shape[0]
     cdef int64_t nf = n_feat
     cdef size_t kk = k
-    cdef int nt = _pkg.resolve_threads(
-        n_threads, (n_ids * kk) // max(nf, 1) + kk * min(nq, 64))
-    with nogil:
+    cdef int64_t work = (n_ids * kk) // max(nf, 1) + kk * min(nq, 64)
+    cdef int nt = _pkg.resolve_threads(n_threads, work)
+    if _pkg.releases_gil(work, nt):
+        with nogil:
+            _ids_core(qp, nq, ip, n_ids, &ofv[0], nf, fp, kk, &ov[0], nt)
+    else:
         _ids_core(qp, nq, ip, n_ids, &ofv[0], nf, fp, kk, &ov[0], nt)
     if out.min() < 0:
         _raise_sparse_error(out, features, n_feat, n_ids)
@@ -648,7 +673,10 @@ def _binop(int op, a, b, out):
     cdef const uint64_t[::1] bv = b
     cdef uint64_t[::1] ov = out
     cdef int nt = _pkg.resolve_threads(None, 3 * n)
-    with nogil:
+    if _pkg.releases_gil(3 * n, nt):
+        with nogil:
+            _binop_core(op, &av[0], &bv[0], &ov[0], n, nt)
+    else:
         _binop_core(op, &av[0], &bv[0], &ov[0], n, nt)
     return out
 
@@ -705,13 +733,19 @@ def bitset_to_ids(bits, n_bits=None):
         return np.empty(0, dtype=np.uint32)
     cdef const uint64_t[::1] bv = bits
     cdef uint64_t cnt
-    with nogil:
+    if _pkg.releases_gil(n_words, 1):
+        with nogil:
+            cnt = _masked_popcount(&bv[0], n_words, nb)
+    else:
         cnt = _masked_popcount(&bv[0], n_words, nb)
     out = np.empty(cnt, dtype=np.uint32)
     if cnt == 0:
         return out
     cdef uint32_t[::1] ov = out
-    with nogil:
+    if _pkg.releases_gil(n_words + cnt, 1):
+        with nogil:
+            segsrv_bits_to_ids(&bv[0], n_words, nb, &ov[0])
+    else:
         segsrv_bits_to_ids(&bv[0], n_words, nb, &ov[0])
     return out
 
@@ -793,7 +827,10 @@ def gather_present(bits, values, out=None):
     cdef uint64_t cnt = 0
     cdef const uint64_t[::1] bv = bits
     if n_words:
-        with nogil:
+        if _pkg.releases_gil(n_words, 1):
+            with nogil:
+                cnt = _masked_popcount(&bv[0], n_words, nb)
+        else:
             cnt = _masked_popcount(&bv[0], n_words, nb)
     if out is None:
         out = np.empty(cnt, dtype=np.float64)
@@ -806,7 +843,10 @@ def gather_present(bits, values, out=None):
     cdef const double[::1] vv = values
     cdef double[::1] ov = out
     cdef size_t k
-    with nogil:
+    if _pkg.releases_gil(n_words + 4 * cnt, 1):
+        with nogil:
+            k = _gather_present_core(&bv[0], n_words, nb, &vv[0], &ov[0])
+    else:
         k = _gather_present_core(&bv[0], n_words, nb, &vv[0], &ov[0])
     return out[:k]
 
@@ -875,7 +915,10 @@ def histogram_present(bits, values, lo, n_bins, out=None):
     cdef const double[::1] vv = values
     cdef double lo_value = <double>int(lo)
     cdef int64_t bad
-    with nogil:
+    if _pkg.releases_gil(n_words + nb // 8, 1):
+        with nogil:
+            bad = _histogram_present_core(&bv[0], n_words, nb, &vv[0], lo_value, <int64_t>nbins, &ov[0])
+    else:
         bad = _histogram_present_core(&bv[0], n_words, nb, &vv[0], lo_value, <int64_t>nbins, &ov[0])
     if bad >= 0:
         raise ValueError(f"values[{bad}] = {float(values[bad])!r} is not an integer in "
@@ -934,11 +977,17 @@ def histogram_codes_present(bits, codes, n_bins, out=None):
     cdef const uint16_t[::1] c16
     if codes.dtype == np.uint8:
         c8 = codes
-        with nogil:
+        if _pkg.releases_gil(n_words + nb // 8, 1):
+            with nogil:
+                _histogram_codes_core(&bv[0], n_words, nb, &c8[0], nbins, &ov[0])
+        else:
             _histogram_codes_core(&bv[0], n_words, nb, &c8[0], nbins, &ov[0])
     else:
         c16 = codes
-        with nogil:
+        if _pkg.releases_gil(n_words + nb // 8, 1):
+            with nogil:
+                _histogram_codes_core(&bv[0], n_words, nb, &c16[0], nbins, &ov[0])
+        else:
             _histogram_codes_core(&bv[0], n_words, nb, &c16[0], nbins, &ov[0])
     return out
 
@@ -963,7 +1012,7 @@ def ids_to_bitset(ids, n_words, out=None):
     _check(ids, "ids", np.uint32, 1)
     n_words = _check_int(n_words, "n_words")
     out = _check_out(out, "out", np.uint64, (n_words,))
-    if np.may_share_memory(out, ids):
+    if _overlaps(out, ids):
         raise ValueError("out must not share memory with ids")
     cdef size_t nw = n_words
     cdef uint64_t[::1] ov
@@ -971,14 +1020,20 @@ def ids_to_bitset(ids, n_words, out=None):
     cdef Py_ssize_t bad = -1
     if nw:
         ov = out
-        with nogil:
+        if _pkg.releases_gil(nw, 1):
+            with nogil:
+                memset(&ov[0], 0, nw * 8)
+        else:
             memset(&ov[0], 0, nw * 8)
     cdef size_t n = iv.shape[0]
     if n == 0:
         return out
     if nw == 0:
         raise ValueError(f"ids[0] = {ids[0]} is out of range for n_words = 0")
-    with nogil:
+    if _pkg.releases_gil(nw + n, 1):
+        with nogil:
+            bad = _ids_to_bits_core(&iv[0], n, &ov[0], <uint64_t>nw * 64)
+    else:
         bad = _ids_to_bits_core(&iv[0], n, &ov[0], <uint64_t>nw * 64)
     if bad >= 0:
         raise ValueError(f"ids[{bad}] = {ids[bad]} is out of range for n_words = {nw} "

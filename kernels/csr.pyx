@@ -206,7 +206,10 @@ def csr_histogram(indptr, indices, rows, n_features, out=None, n_threads=None):
     cdef int64_t *op
     if nt <= 1:
         hv = out if nf else dummy_hist
-        with nogil:
+        if _pkg.releases_gil(_HISTOGRAM_INDEX_WORDS * k * (n_idx // max(nr, 1) + 1), 1):
+            with nogil:
+                _hist_core(&ipv[0], nr, ip, n_idx, &rv[0], k, &hv[0], nf, &ev[0], 1)
+        else:
             _hist_core(&ipv[0], nr, ip, n_idx, &rv[0], k, &hv[0], nf, &ev[0], 1)
     else:
         hists = np.zeros(nt * nf if nf else 1, dtype=np.int64)
@@ -283,6 +286,16 @@ cdef void _chist_core(const int64_t *base, const uint16_t *within, int64_t n_row
                          hists + <size_t>t * <size_t>n_features, n_features, errs + 2 * t)
 
 
+cdef void _chist_either(bint narrow, const int64_t *base, const uint16_t *within, int64_t n_rows,
+                        const uint16_t *indices16, const uint32_t *indices32, int64_t n_idx, const uint32_t *rows,
+                        size_t k, int64_t *hists, int64_t n_features, int64_t *errs, int nt) noexcept nogil:
+    """_chist_core over the uint16 ids (narrow) or the uint32 ones."""
+    if narrow:
+        _chist_core(base, within, n_rows, indices16, n_idx, rows, k, hists, n_features, errs, nt)
+    else:
+        _chist_core(base, within, n_rows, indices32, n_idx, rows, k, hists, n_features, errs, nt)
+
+
 def compact_csr_histogram(block_base, within, indices, rows, n_features, out=None, n_threads=None):
     """csr_histogram over a compact CSR -> int64[n_features]: out[f] = number of the listed rows that
     have feature f.
@@ -338,11 +351,11 @@ def compact_csr_histogram(block_base, within, indices, rows, n_features, out=Non
     elif n_idx:
         i32 = indices
         p32 = &i32[0]
-    with nogil:
-        if narrow:
-            _chist_core(&bv[0], &wv[0], nr, p16, n_idx, &rv[0], k, &hv[0], nf, &ev[0], nt)
-        else:
-            _chist_core(&bv[0], &wv[0], nr, p32, n_idx, &rv[0], k, &hv[0], nf, &ev[0], nt)
+    if _pkg.releases_gil(_HISTOGRAM_INDEX_WORDS * k * (n_idx // max(nr, 1) + 1), nt):
+        with nogil:
+            _chist_either(narrow, &bv[0], &wv[0], nr, p16, p32, n_idx, &rv[0], k, &hv[0], nf, &ev[0], nt)
+    else:
+        _chist_either(narrow, &bv[0], &wv[0], nr, p16, p32, n_idx, &rv[0], k, &hv[0], nf, &ev[0], nt)
     if errs.any():
         _raise_csr_error(errs, rows, nr, n_idx, nf, compact=True)
     if nt > 1 and nf:
@@ -446,8 +459,8 @@ def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None
     cdef int64_t n_w = weights.shape[0]
     cdef int64_t ncol = n_cols
     cdef size_t kk = k
-    cdef int nt = _pkg.resolve_threads(n_threads,
-                                       _SCORE_INDEX_WORDS * <int64_t>kk * (n_idx // max(nr, 1) + 1) * ncol)
+    cdef int64_t work = _SCORE_INDEX_WORDS * <int64_t>kk * (n_idx // max(nr, 1) + 1) * ncol
+    cdef int nt = _pkg.resolve_threads(n_threads, work)
     # several chunks per thread (dynamic) to balance uneven row lengths
     cdef int nc = 1 if nt <= 1 else <int>min(<size_t>(8 * nt), kk)
     errs = np.zeros(2 * nc, dtype=np.int64)
@@ -456,12 +469,15 @@ def csr_row_scores(indptr, indices, weights, rows=None, out=None, n_threads=None
     cdef const int64_t *ipp = &ipv[0]
     cdef double *op = &ov[0]
     cdef int64_t *ep = &ev[0]
-    with nogil:
-        if nc <= 1:
-            _scores_range(ipp, nr, ip, n_idx, wp, n_w, ncol, rp, 0, kk, op, ep)
-        else:
-            for c in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
-                _scores_part(c, nc, ipp, nr, ip, n_idx, wp, n_w, ncol, rp, kk, op, ep)
+    if nc <= 1 and not _pkg.releases_gil(work, 1):
+        _scores_range(ipp, nr, ip, n_idx, wp, n_w, ncol, rp, 0, kk, op, ep)
+    else:
+        with nogil:
+            if nc <= 1:
+                _scores_range(ipp, nr, ip, n_idx, wp, n_w, ncol, rp, 0, kk, op, ep)
+            else:
+                for c in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
+                    _scores_part(c, nc, ipp, nr, ip, n_idx, wp, n_w, ncol, rp, kk, op, ep)
     if errs.any():
         _raise_csr_error(errs, rows, nr, n_idx, n_w, what="len(weights)")
     return out
@@ -576,7 +592,8 @@ def csr_pair_scores(indptr, indices, slot_of, U, rows=None, out=None, n_threads=
     cdef int64_t m = U.shape[1]
     cdef int64_t n_cls = U.shape[0]
     cdef size_t kk = k
-    cdef int nt = _pkg.resolve_threads(n_threads, _SCORE_INDEX_WORDS * <int64_t>kk * (n_idx // max(nr, 1) + 1))
+    cdef int64_t work = _SCORE_INDEX_WORDS * <int64_t>kk * (n_idx // max(nr, 1) + 1)
+    cdef int nt = _pkg.resolve_threads(n_threads, work)
     cdef int nc = 1 if nt <= 1 else <int>min(<size_t>(8 * nt), kk)
     errs = np.zeros(2 * nc, dtype=np.int64)
     cdef int64_t[::1] ev = errs
@@ -584,12 +601,15 @@ def csr_pair_scores(indptr, indices, slot_of, U, rows=None, out=None, n_threads=
     cdef const int64_t *ipp = &ipv[0]
     cdef double *op = &ov[0]
     cdef int64_t *ep = &ev[0]
-    with nogil:
-        if nc <= 1:
-            _pairs_range(ipp, nr, ip, n_idx, sp, n_f, up, m, n_cls, rp, 0, kk, op, ep)
-        else:
-            for c in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
-                _pairs_part(c, nc, ipp, nr, ip, n_idx, sp, n_f, up, m, n_cls, rp, kk, op, ep)
+    if nc <= 1 and not _pkg.releases_gil(work, 1):
+        _pairs_range(ipp, nr, ip, n_idx, sp, n_f, up, m, n_cls, rp, 0, kk, op, ep)
+    else:
+        with nogil:
+            if nc <= 1:
+                _pairs_range(ipp, nr, ip, n_idx, sp, n_f, up, m, n_cls, rp, 0, kk, op, ep)
+            else:
+                for c in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
+                    _pairs_part(c, nc, ipp, nr, ip, n_idx, sp, n_f, up, m, n_cls, rp, kk, op, ep)
     if errs.any():
         _raise_csr_error(errs, rows, nr, n_idx, n_f, what="len(slot_of)")
     return out

@@ -24,7 +24,7 @@ nogil`` core over raw pointers, OpenMP over elements when there are many.
 import numpy as np
 
 import segsrv._kernels as _pkg
-from segsrv._kernels.bitset import _check, _check_int, _check_out
+from segsrv._kernels.bitset import _check, _check_int, _check_out, _overlaps
 
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
@@ -103,7 +103,7 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
         raise TypeError(f"upper must be a bool, got {type(upper).__name__}")
     out = _check_out(out, "out", np.float64, (m,))
     for name, a in (("k", k), ("successes", successes), ("draws", draws), ("population", population)):
-        if np.may_share_memory(out, a):
+        if _overlaps(out, a):
             raise ValueError(f"out must not share memory with {name}")
     if m == 0:
         return out
@@ -118,7 +118,10 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
         Np = &Nv[0]
     cdef int which = 0
     cdef Py_ssize_t bad
-    with nogil:
+    if _pkg.releases_gil(m, 1):
+        with nogil:
+            bad = _first_bad(&Kv[0], &nv[0], m, Np, stride, &which)
+    else:
         bad = _first_bad(&Kv[0], &nv[0], m, Np, stride, &which)
     if bad >= 0:
         N = int(Np[bad * stride])
@@ -132,7 +135,10 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
     cdef int nt = _pkg.resolve_threads(n_threads, m * _ELEMENT_WORDS)
     if <size_t>nt > m:
         nt = <int>m
-    with nogil:
+    if _pkg.releases_gil(m * _ELEMENT_WORDS, nt):
+        with nogil:
+            _tail_core(&kv[0], &Kv[0], &nv[0], Np, stride, up, m, &ov[0], nt)
+    else:
         _tail_core(&kv[0], &Kv[0], &nv[0], Np, stride, up, m, &ov[0], nt)
     return out
 

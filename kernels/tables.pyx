@@ -22,10 +22,16 @@ core over raw pointers (one thread: the work is microseconds).
 """
 import numpy as np
 
+import segsrv._kernels as _pkg
+
 from segsrv._kernels.bitset import _check, _check_out
 
 from libc.stdint cimport int64_t
 from libc.math cimport log2, sqrt, INFINITY, NAN, isnan
+
+# a table's statistics cost about this many streamed words (20-40 ns of logs and square roots): the
+# GIL policy's weight (segsrv._kernels.releases_gil)
+cdef int64_t _TABLE_ELEMENT_WORDS = 64
 
 __all__ = ["TABLE_STATISTICS", "table_statistics", "table_mutual_information", "top_by_mutual_information"]
 
@@ -152,7 +158,10 @@ def table_statistics(n, n_c, n_f, n_cf, prior_strength=10.0, out=None):
     cdef const int64_t[::1] cfv = n_cf
     cdef double[:, ::1] ov = out
     cdef int64_t nn = n, nc = n_c
-    with nogil:
+    if _pkg.releases_gil(k * _TABLE_ELEMENT_WORDS, 1):
+        with nogil:
+            _statistics_core(nn, nc, &fv[0], &cfv[0], k, a, &ov[0, 0])
+    else:
         _statistics_core(nn, nc, &fv[0], &cfv[0], k, a, &ov[0, 0])
     return out
 
@@ -167,7 +176,10 @@ def table_mutual_information(n, n_c, n_f, n_cf, out=None):
     cdef const int64_t[::1] cfv = n_cf
     cdef double[::1] ov = out
     cdef int64_t nn = n, nc = n_c
-    with nogil:
+    if _pkg.releases_gil(k * _TABLE_ELEMENT_WORDS, 1):
+        with nogil:
+            _mutual_information_core(nn, nc, &fv[0], &cfv[0], k, &ov[0])
+    else:
         _mutual_information_core(nn, nc, &fv[0], &cfv[0], k, &ov[0])
     return out
 
@@ -287,7 +299,11 @@ def top_by_mutual_information(n, n_c, n_f, n_cf, ties, min_support, direction, m
     cdef int64_t[::1] pv = top
     cdef int64_t nn = n, nc = n_c, ms = min_support, matching
     cdef size_t n_top = 0
-    with nogil:
+    if _pkg.releases_gil(k * _TABLE_ELEMENT_WORDS, 1):
+        with nogil:
+            matching = _top_core(nn, nc, &fv[0], &cfv[0], &tv[0], k, ms, dcode, has_min_lift, lift_floor, cap,
+                                 &kv[0], &tov[0], &pv[0], &n_top)
+    else:
         matching = _top_core(nn, nc, &fv[0], &cfv[0], &tv[0], k, ms, dcode, has_min_lift, lift_floor, cap,
                              &kv[0], &tov[0], &pv[0], &n_top)
     return int(matching), top[:n_top]

@@ -41,6 +41,8 @@ __all__ = [
     "set_num_threads",
     "resolve_threads",
     "SMALL_WORK_WORDS",
+    "GIL_RELEASE_WORDS",
+    "releases_gil",
     # re-exported from .bitset / .csr / .cooccur / .hypergeom below
     "cpu_path",
     "available_cpu_paths",
@@ -57,6 +59,14 @@ __all__ = [
 #: much again: waking a sleeping (passive) team member costs 15-60 us, so two
 #: threads only win from ~1M words (~150 us) of work (measured, docs/kernels.md).
 SMALL_WORK_WORDS = 1 << 20
+
+#: A kernel call releases the GIL only from this many words of work (the same
+#: streamed-word equivalents; ~40-80 us) or when it runs a team of threads. A shorter
+#: call is cheaper with the GIL held: on a server whose handler threads queue for
+#: the GIL, each release hands it to another thread, and getting it back costs two
+#: context switches (~10 us each on a 2-core VM), measured as 23 switches per Relate
+#: against 9 for an empty RPC (docs/server.md).
+GIL_RELEASE_WORDS = 1 << 17
 
 _num_threads: int | None = None
 _default: int | None = None  # _default_num_threads(), read once (set_num_threads(None) reads it again)
@@ -110,6 +120,12 @@ def resolve_threads(n_threads: int | None, work_words: int) -> int:
     if work_words < SMALL_WORK_WORDS:
         return 1
     return max(1, min(default, int(work_words) // SMALL_WORK_WORDS))
+
+
+def releases_gil(work_words: int, n_threads: int = 1) -> bool:
+    """Whether a kernel call of about ``work_words`` words of work on ``n_threads`` threads releases the GIL
+    (GIL_RELEASE_WORDS)."""
+    return n_threads > 1 or work_words >= GIL_RELEASE_WORDS
 
 
 from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
