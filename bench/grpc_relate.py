@@ -17,7 +17,8 @@ fields (~100 features, bench/relate.py's pick_fields) and 20 conditions
   * throughput at concurrency 1, 8, 32: closed loop for ~5 s, the load spread
     over up to 4 client processes (each with its own channel / connection),
     threads within a process sharing its channel
-  * server CPU per RPC (from /proc/PID/stat) and client CPU, to say what limits it
+  * server CPU per RPC (from /proc/PID/stat) and client CPU, to say what limits it, and the server's
+    context switches per RPC (its threads' /proc/PID/task/*/status: GIL and thread hand-offs)
   * the floor (issue 16, item 1): what a Relate must cost at least, the empty RPC's server CPU plus
     the bytes its counts read at the memory bandwidth this machine's probe reads
     (segsrv._kernels.read_bandwidth_probe, one thread, 256 MB, best of 5). Counted bytes: the
@@ -43,6 +44,7 @@ Both servers run as --processes processes sharing the port (SO_REUSEPORT), by de
 from __future__ import annotations
 
 import argparse
+import glob
 import inspect
 import multiprocessing as mp
 import os
@@ -124,6 +126,19 @@ def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def proc_context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of every thread of process `pid` so far (threads that
+    ended are not counted: the servers' thread pools keep theirs)."""
+    total = 0
+    for status in glob.glob(f"/proc/{pid}/task/*/status"):
+        try:
+            with open(status) as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except OSError:  # the thread ended meanwhile
+            pass
+    return total
 
 
 # --- clients ------------------------------------------------------------------------------
@@ -240,8 +255,10 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     start.value = start_at
     time.sleep(max(0.0, start_at - time.time()))
     cpu0 = sum(map(proc_cpu_seconds, server_pids))
+    switches0 = sum(map(proc_context_switches, server_pids))
     time.sleep(max(0.0, stop_at - time.time()))
     cpu1 = sum(map(proc_cpu_seconds, server_pids))
+    switches1 = sum(map(proc_context_switches, server_pids))
     results = [out.get(timeout=120) for _ in workers]
     for w in workers:
         w.join()
@@ -254,6 +271,7 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
         "qps": calls / seconds,
         "server_cores": (cpu1 - cpu0) / seconds,
         "server_cpu_us_per_rpc": (cpu1 - cpu0) / calls * 1e6 if calls else None,
+        "server_context_switches_per_rpc": (switches1 - switches0) / calls if calls else None,
         "client_cores": sum(r["cpu_s"] for r in results) / seconds,
     }
 
@@ -462,13 +480,16 @@ def main() -> None:
             floor_us = empty_us + floor_bytes[shape]["bitsets"] / bw * 1e6
             plan_floor_us = empty_us + floor_bytes[shape]["plan"] / bw * 1e6
             per_round.append({"empty_us": empty_us, "bandwidth_gbs": bw / 1e9, "floor_us": floor_us,
+                              "switches_per_rpc": run["server_context_switches_per_rpc"],
+                              "empty_switches_per_rpc": one["empty"]["server_context_switches_per_rpc"],
                               "server_cpu_us_per_rpc": run["server_cpu_us_per_rpc"], "qps": run["qps"],
                               "ratio": run["server_cpu_us_per_rpc"] / floor_us,
                               "ratio_to_plan_bytes": run["server_cpu_us_per_rpc"] / plan_floor_us,
                               "errors": run["errors"] + one["empty"]["errors"]})
         mid = sorted(per_round, key=lambda r: r["ratio"])[(len(per_round) - 1) // 2]  # the median round
         floor[shape] = {"counted_bytes": floor_bytes[shape]["bitsets"], "plan_bytes": floor_bytes[shape]["plan"],
-                        **{k: mid[k] for k in ("empty_us", "bandwidth_gbs", "floor_us", "server_cpu_us_per_rpc", "qps")},
+                        **{k: mid[k] for k in ("empty_us", "bandwidth_gbs", "floor_us", "server_cpu_us_per_rpc", "qps",
+                                               "switches_per_rpc", "empty_switches_per_rpc")},
                         "ratio": statistics.median(r["ratio"] for r in per_round),
                         "ratio_to_plan_bytes": statistics.median(r["ratio_to_plan_bytes"] for r in per_round),
                         "rounds": per_round}
@@ -520,6 +541,8 @@ def main() -> None:
               f"({f['qps']:.0f} QPS): "
               f"{f['ratio']:.2f}x ({'met' if f['ratio'] <= FLOOR_TARGET else 'NOT met'}); against the chosen "
               f"plans' {f['plan_bytes'] / 1e6:.2f} MB: {f['ratio_to_plan_bytes']:.2f}x")
+        print(f"  {'':<12} context switches per RPC (median round): segsrv {f['switches_per_rpc']:.1f}, empty "
+              f"{f['empty_switches_per_rpc']:.1f}")
         print(f"  {'':<12} rounds: " + ", ".join(f"{r['ratio']:.2f}x ({r['server_cpu_us_per_rpc']:.0f} / "
                                                  f"{r['floor_us']:.0f} us)" for r in f["rounds"])
               + (f"; errors {sum(r['errors'] for r in f['rounds'])}" if any(r["errors"] for r in f["rounds"]) else ""))
