@@ -304,9 +304,8 @@ def stop_servers(procs, stop) -> None:
 
 
 def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: list[dict] | None, args,
-                     every_field: list[bytes] | None = None, method: str = "Relate") -> dict:
-    """Latency, throughput at each concurrency (and "every field" at the highest) of `kind` served by
-    args.processes processes (default 1)."""
+                     method: str = "Relate") -> dict:
+    """Latency and throughput at each concurrency of `kind` served by args.processes processes (default 1)."""
     addr, procs, stop = start_servers(ctx, kind, root, getattr(args, "processes", 1), method)
     pids = [p.pid for p in procs]
     try:
@@ -317,10 +316,7 @@ def run_server_bench(ctx, kind: str, root: str, blobs: list[bytes], queries: lis
         latency = out.get(timeout=300)
         lat.join()
         runs = [throughput(ctx, addr, blobs, c, args.seconds, pids, method) for c in CONCURRENCY]
-        out = {"latency": latency, "throughput": {str(r["concurrency"]): r for r in runs}}
-        if every_field:
-            out["every_field"] = throughput(ctx, addr, every_field, CONCURRENCY[-1], args.seconds, pids)
-        return out
+        return {"latency": latency, "throughput": {str(r["concurrency"]): r for r in runs}}
     finally:
         stop_servers(procs, stop)
 

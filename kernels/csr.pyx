@@ -151,13 +151,18 @@ def _raise_csr_error(errs, rows, n_rows, n_idx, n_features, what="n_features", c
     raise ValueError(f"row {r} has a feature id >= {what} = {n_features}")
 
 
+def _histogram_work(k, n_idx, n_rows):
+    """The streamed-word equivalents of a histogram of k listed rows of a CSR of n_idx entries over n_rows
+    rows: the entries it is expected to touch, each _HISTOGRAM_INDEX_WORDS."""
+    return _HISTOGRAM_INDEX_WORDS * k * (n_idx // max(n_rows, 1) + 1)
+
+
 def _histogram_threads(n_threads, k, n_idx, n_rows, n_features):
-    """Threads for a histogram of k listed rows of a CSR of n_idx entries over n_rows rows: the expected
-    entries touched weighed as streamed words (resolve_threads), one thread where zeroing and reducing the
-    private histograms would dominate."""
-    work = k * (n_idx // max(n_rows, 1) + 1)
-    nt = _pkg.resolve_threads(n_threads, _HISTOGRAM_INDEX_WORDS * work)
-    return 1 if nt > 1 and n_features * (nt - 1) > 4 * work else nt
+    """Threads for that histogram (resolve_threads of _histogram_work), one thread where zeroing and
+    reducing the private histograms would dominate."""
+    work = _histogram_work(k, n_idx, n_rows)
+    nt = _pkg.resolve_threads(n_threads, work)
+    return 1 if nt > 1 and n_features * (nt - 1) > 4 * (work // _HISTOGRAM_INDEX_WORDS) else nt
 
 
 def _check_indptr(indptr, indices):
@@ -206,7 +211,7 @@ def csr_histogram(indptr, indices, rows, n_features, out=None, n_threads=None):
     cdef int64_t *op
     if nt <= 1:
         hv = out if nf else dummy_hist
-        if _pkg.releases_gil(_HISTOGRAM_INDEX_WORDS * k * (n_idx // max(nr, 1) + 1), 1):
+        if _pkg.releases_gil(_histogram_work(k, n_idx, nr), 1):
             with nogil:
                 _hist_core(&ipv[0], nr, ip, n_idx, &rv[0], k, &hv[0], nf, &ev[0], 1)
         else:
@@ -351,7 +356,7 @@ def compact_csr_histogram(block_base, within, indices, rows, n_features, out=Non
     elif n_idx:
         i32 = indices
         p32 = &i32[0]
-    if _pkg.releases_gil(_HISTOGRAM_INDEX_WORDS * k * (n_idx // max(nr, 1) + 1), nt):
+    if _pkg.releases_gil(_histogram_work(k, n_idx, nr), nt):
         with nogil:
             _chist_either(narrow, &bv[0], &wv[0], nr, p16, p32, n_idx, &rv[0], k, &hv[0], nf, &ev[0], nt)
     else:

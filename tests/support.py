@@ -1694,3 +1694,13 @@ def as_bits(mask: np.ndarray) -> np.ndarray:
     padded = np.zeros(-(-len(mask) // 64) * 64, dtype=bool)
     padded[:len(mask)] = mask
     return np.packbits(padded, bitorder="little").view(np.uint64).copy()
+
+
+def compact(indptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(block_base, within) of a CSR's row pointer, the compact form's pointers (segsrv.engine.compact_csr):
+    blocks of COMPACT_BLOCK_ROWS rows."""
+    from segsrv._kernels import COMPACT_BLOCK_ROWS
+
+    block_base = np.ascontiguousarray(indptr[::COMPACT_BLOCK_ROWS])
+    within = (indptr - block_base[np.arange(len(indptr)) // COMPACT_BLOCK_ROWS]).astype(np.uint16)
+    return block_base, within

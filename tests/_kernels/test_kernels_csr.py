@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import segsrv._kernels as K
 from segsrv._kernels import naive as N
-from support import readonly
+from support import compact, readonly
 
 
 def make_csr(rng, n_rows, n_features, mean_len):
@@ -243,13 +243,6 @@ def test_pair_scores_errors():
         K.csr_pair_scores(indptr, indices, slot_of, U, np.array([5], np.uint32))
     with pytest.raises(TypeError, match="slot_of"):
         K.csr_pair_scores(indptr, indices, slot_of.astype(np.int64), U)
-
-
-def compact(indptr):
-    """(block_base, within) of a CSR's row pointer: blocks of COMPACT_BLOCK_ROWS rows."""
-    block_base = np.ascontiguousarray(indptr[::K.COMPACT_BLOCK_ROWS])
-    within = (indptr - block_base[np.arange(len(indptr)) // K.COMPACT_BLOCK_ROWS]).astype(np.uint16)
-    return block_base, within
 
 
 @settings(max_examples=80, deadline=None)

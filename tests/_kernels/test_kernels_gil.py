@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import segsrv._kernels as K
 from segsrv._kernels import naive as N
 from segsrv._kernels.bitset import _overlaps
+from support import compact
 
 NEVER = 1 << 62
 
@@ -31,6 +32,8 @@ def _bits(rng, n_words):
 
 
 def _csr(rng, n_rows, n_features, mean_len):
+    """A CSR whose rows hold distinct, sorted features (csr_pair_scores needs them distinct; test_kernels_csr's
+    make_csr draws them with repeats)."""
     lengths = np.minimum(rng.poisson(mean_len, size=n_rows), n_features)
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
@@ -53,9 +56,7 @@ def _cases(rng):
     codes16 = rng.integers(0, 300, size=n_rows).astype(np.uint16)
     indptr, indices = _csr(rng, n_rows, 50, 6)
     listed = np.sort(rng.choice(n_rows, size=120, replace=False)).astype(np.uint32)
-    n_blocks = n_rows // K.COMPACT_BLOCK_ROWS + 1
-    block_base = indptr[np.arange(n_blocks) * K.COMPACT_BLOCK_ROWS]
-    within = (indptr - np.repeat(block_base, K.COMPACT_BLOCK_ROWS)[:n_rows + 1]).astype(np.uint16)
+    block_base, within = compact(indptr)
     weights = rng.normal(size=50)
     slot_of = np.full(50, -1, dtype=np.int32)
     slot_of[rng.choice(50, size=6, replace=False)] = np.arange(6, dtype=np.int32)
