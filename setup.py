@@ -17,7 +17,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-KERNEL_MODULES = ["bitset", "csr", "cooccur", "hypergeom", "tables"]
+KERNEL_MODULES = ["bitset", "csr", "cooccur", "hypergeom", "tables", "wire"]
 
 
 def _compiler_supports_openmp() -> bool:

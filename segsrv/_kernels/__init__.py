@@ -2,7 +2,8 @@
 
 Kernels: bitset algebra and AND-counts (.bitset), CSR histograms and scores
 (.csr), all-pairs co-occurrence (.cooccur), hypergeometric tails (.hypergeom),
-statistics of 2x2 tables (.tables).
+statistics of 2x2 tables (.tables), protobuf wire encoding of a page of
+messages (.wire).
 
 Thread policy
 -------------
@@ -50,6 +51,7 @@ __all__ = [
     "has_openmp",
     "TABLE_STATISTICS",
     "COMPACT_BLOCK_ROWS",
+    "WireLayout",
     *_KERNELS,
 ]
 
@@ -159,3 +161,4 @@ from .csr import (  # noqa: E402
 from .cooccur import cooccurrence, cross_cooccurrence  # noqa: E402
 from .hypergeom import hypergeom_log_tail, hypergeom_tail  # noqa: E402
 from .tables import TABLE_STATISTICS, table_mutual_information, table_statistics, top_by_mutual_information  # noqa: E402
+from .wire import WireLayout, encode_messages  # noqa: E402

@@ -36,6 +36,7 @@ __all__ = [
     "table_statistics",
     "table_mutual_information",
     "top_by_mutual_information",
+    "encode_messages",
 ]
 
 
@@ -321,3 +322,31 @@ def top_by_mutual_information(n, n_c, n_f, n_cf, ties, min_support, direction, m
     key = table_mutual_information(n, n_c, n_f[idx], n_cf[idx])
     key = np.where(np.isnan(key), -np.inf, key)
     return len(idx), idx[np.lexsort((ties[idx], -key))[:limit]].astype(np.int64)
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1  # protobuf int64: a negative value as its two's complement
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def encode_messages(layout, texts, ints, doubles):
+    """segsrv._kernels.wire.encode_messages: each message's fields written one by one."""
+    import struct
+
+    out = []
+    for i in range(len(ints)):
+        body = b""
+        for field, column in zip(layout.text_fields, texts):
+            data = column[i].encode("utf-8")
+            body += _varint(field << 3 | 2) + _varint(len(data)) + data
+        for field, value in zip(layout.int_fields, ints[i]):
+            body += _varint(field << 3) + _varint(int(value))
+        for field, value in zip(layout.double_fields, doubles[i]):
+            body += _varint(field << 3 | 1) + struct.pack("<d", float(value))
+        out.append(_varint(layout.outer_field << 3 | 2) + _varint(len(body)) + body)
+    return b"".join(out)

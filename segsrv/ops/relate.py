@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import _kernels
 from ..errors import QueryError
 from ..v1 import segsrv_pb2 as pb
 from . import conditions as cond
@@ -239,24 +240,23 @@ class RelateHits(Sequence):
         return RelateHits(self.feature_ids[keep], [self.fields[i] for i in idx], [self.values[i] for i in idx],
                           self.stats[keep], self.support[keep], self.n_feature[keep])
 
-    def add_to(self, repeated) -> None:
-        """Append the hits to a RelateResponse's repeated `hits` (built in place: a list of RelateHit
-        messages would be copied in again)."""
-        add_hit = repeated.add
-        for f, v, row, s, nf in zip(self.fields, self.values, self.stats.tolist(), self.support.tolist(),
-                                    self.n_feature.tolist()):
-            h = add_hit(field=f, value=v, support=s, feature_count=nf)
-            # one tuple assignment in HIT_FLOAT_STATS' order (checked below the class): half the time of
-            # the same values as keyword arguments, which build a dict per hit
-            (h.support_ratio, h.p, h.p_base, h.p_not, h.lift, h.lift_smoothed, h.lift_low, h.lift_high, h.p_value,
-             h.q_value, h.leverage, h.conviction, h.jaccard, h.certainty, h.kulczynski, h.zhang,
-             h.mutual_information) = row
+    def wire_bytes(self) -> bytes:
+        """The hits as RelateResponse's repeated `hits` (field 8) on the wire, for the response's
+        MergeFromString: one kernel pass (segsrv._kernels.encode_messages) instead of ~20 attribute
+        assignments per hit through the protobuf runtime."""
+        ints = np.empty((len(self.fields), 2), dtype=np.int64)
+        ints[:, 0], ints[:, 1] = self.support, self.n_feature
+        return _kernels.encode_messages(_HITS_LAYOUT, (self.fields, self.values), ints,
+                                        np.ascontiguousarray(self.stats, dtype=np.float64))
 
 
-# the order RelateHits.add_to assigns a hit's floats in
-_ADD_TO_ORDER = ("support_ratio", "p", "p_base", "p_not", "lift", "lift_smoothed", "lift_low", "lift_high", "p_value",
-                 "q_value", "leverage", "conviction", "jaccard", "certainty", "kulczynski", "zhang", "mutual_information")
-assert HIT_FLOAT_STATS == _ADD_TO_ORDER, "RelateHits.add_to assigns the floats in another order"
+# RelateResponse.hits on the wire, its field numbers read from the generated descriptor
+_HIT_FIELDS = pb.RelateHit.DESCRIPTOR.fields_by_name
+_HITS_LAYOUT = _kernels.WireLayout(
+    pb.RelateResponse.DESCRIPTOR.fields_by_name["hits"].number,
+    text_fields=[_HIT_FIELDS[name].number for name in ("field", "value")],
+    int_fields=[_HIT_FIELDS[_STAT_FIELDS[name]].number for name in ("support", "n_feature")],
+    double_fields=[_HIT_FIELDS[_STAT_FIELDS[name]].number for name in HIT_FLOAT_STATS])
 
 
 @dataclass
@@ -308,7 +308,8 @@ class RelateResult:
             suppressed=self.suppressed, suppressed_hit_count=self.suppressed_hits,
         )
         if isinstance(self.hits, RelateHits):
-            self.hits.add_to(resp.hits)
+            if len(self.hits):
+                resp.MergeFromString(self.hits.wire_bytes())
             return resp
         add_hit = resp.hits.add  # built in place: a list of RelateHit messages would be copied in again
         for h in self.hits:

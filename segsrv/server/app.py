@@ -32,6 +32,7 @@ from ..engine.discover import DEFAULT_MAX_CANDIDATES
 from ..ops.predict import DEFAULT_MAX_TARGET_VALUES
 from ..engine.privacy import DEFAULT_PRIVACY_K
 from ..v1 import segsrv_pb2, segsrv_pb2_grpc
+from . import heap
 from .auth import TokenStore
 from .options import (
     DEFAULT_MAX_CONCURRENT_RPCS,
@@ -135,6 +136,14 @@ class SegsrvServer(grpc.Server):
         return self._server.wait_for_termination(timeout)
 
 
+def prepare_version(snapshot, *, warm: bool = True, **options) -> dict | None:
+    """What the registry does to each version it opens before serving it: warm it (segsrv.service.warm_version,
+    with the server's `options`) unless `warm` is false, then freeze the heap (heap.py) -> the warm-up's summary."""
+    info = warm_version(snapshot, **options) if warm else None
+    heap.freeze()
+    return info
+
+
 def create_server(
     snapshot_root: str | Path,
     *,
@@ -221,10 +230,10 @@ def create_server(
 
     if registry is None:
         # warm-up through a service with this server's options: the path its requests take
-        prepare = functools.partial(warm_version, privacy_k=privacy_k, max_result_hits=max_result_hits,
+        prepare = functools.partial(prepare_version, warm=warm, privacy_k=privacy_k, max_result_hits=max_result_hits,
                                     max_target_values=max_target_values,
                                     max_discover_candidates=max_discover_candidates)
-        registry = SnapshotRegistry(snapshot_root, keep_versions=keep_versions, prepare=prepare if warm else None)
+        registry = SnapshotRegistry(snapshot_root, keep_versions=keep_versions, prepare=prepare)
     metrics = None
     if metrics_port is not None:
         from .metrics import Metrics  # prometheus-client, only when asked for
