@@ -29,16 +29,17 @@ fields (~100 features, bench/relate.py's pick_fields) and 20 conditions
     Printed: segsrv's server CPU per Relate / floor at the highest concurrency (target <= 1.5), for the
     few-fields request and for "every field" (no `relate`: every field but the identifier-like ones).
     The host's speed drifts by tens of percent over minutes, so the floor is measured in --floor-rounds
-    interleaved rounds (default 3) on servers started side by side: each round probes the memory bandwidth,
+    interleaved rounds (default 5) on servers started side by side: each round probes the memory bandwidth,
     runs the empty server, then segsrv on the few-fields requests, then on "every field", one closed-loop
     window each, and its ratios divide by that round's floor (its empty-RPC CPU and its bandwidth); the
-    median over the rounds is the figure.
+    median over the rounds is the figure (five rounds: a single round on this shared host has come out a third
+    above its neighbours, and three left the median one such round from the figure).
 
 Both servers run as --processes processes sharing the port (SO_REUSEPORT), by default one per CPU as
 `segsrv serve` does; server CPU is the sum over them.
 
     python bench/grpc_relate.py [--seconds 5] [--calls 500] [--customers 1000000] [--processes N]
-                                [--floor-rounds 3]
+                                [--floor-rounds 5]
 """
 
 from __future__ import annotations
@@ -431,8 +432,8 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=usable_cpus(),
                     help="server processes sharing the port, for both servers (default: one per CPU, as "
                          "`segsrv serve` runs by default; 1: one process)")
-    ap.add_argument("--floor-rounds", type=int, default=3,
-                    help="interleaved rounds of the floor's windows (module docstring; default 3)")
+    ap.add_argument("--floor-rounds", type=int, default=5,
+                    help="interleaved rounds of the floor's windows (module docstring; default 5)")
     args = ap.parse_args()
     if args.processes < 1:
         ap.error("--processes must be at least 1")

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _kernels
 from ..errors import QueryError
 from ..v1 import segsrv_pb2 as pb
 from . import conditions as cond
@@ -241,22 +240,32 @@ class RelateHits(Sequence):
                           self.stats[keep], self.support[keep], self.n_feature[keep])
 
     def wire_bytes(self) -> bytes:
-        """The hits as RelateResponse's repeated `hits` (field 8) on the wire, for the response's
-        MergeFromString: one kernel pass (segsrv._kernels.encode_messages) instead of ~20 attribute
-        assignments per hit through the protobuf runtime."""
+        """The hits as RelateResponse's repeated `hits` on the wire, for the response's MergeFromString: one
+        kernel pass (segsrv._kernels.encode_messages) instead of ~20 attribute assignments per hit through
+        the protobuf runtime."""
+        encode, layout = _hits_encoder()
         ints = np.empty((len(self.fields), 2), dtype=np.int64)
         ints[:, 0], ints[:, 1] = self.support, self.n_feature
-        return _kernels.encode_messages(_HITS_LAYOUT, (self.fields, self.values), ints,
-                                        np.ascontiguousarray(self.stats, dtype=np.float64))
+        return encode(layout, (self.fields, self.values), ints, np.ascontiguousarray(self.stats, dtype=np.float64))
 
 
-# RelateResponse.hits on the wire, its field numbers read from the generated descriptor
-_HIT_FIELDS = pb.RelateHit.DESCRIPTOR.fields_by_name
-_HITS_LAYOUT = _kernels.WireLayout(
-    pb.RelateResponse.DESCRIPTOR.fields_by_name["hits"].number,
-    text_fields=[_HIT_FIELDS[name].number for name in ("field", "value")],
-    int_fields=[_HIT_FIELDS[_STAT_FIELDS[name]].number for name in ("support", "n_feature")],
-    double_fields=[_HIT_FIELDS[_STAT_FIELDS[name]].number for name in HIT_FLOAT_STATS])
+_ENCODER: tuple | None = None
+
+
+def _hits_encoder() -> tuple:
+    """(segsrv._kernels.encode_messages, the WireLayout of RelateResponse.hits), loaded on a server's first
+    answer: ops imports no compiled kernels, so a client (which only reads answers) never loads them."""
+    global _ENCODER
+    if _ENCODER is None:
+        from .._kernels import WireLayout, encode_messages
+
+        fields = pb.RelateHit.DESCRIPTOR.fields_by_name  # the field numbers, from the generated descriptor
+        _ENCODER = (encode_messages, WireLayout(
+            pb.RelateResponse.DESCRIPTOR.fields_by_name["hits"].number,
+            text_fields=[fields[name].number for name in ("field", "value")],
+            int_fields=[fields[_STAT_FIELDS[name]].number for name in ("support", "n_feature")],
+            double_fields=[fields[_STAT_FIELDS[name]].number for name in HIT_FLOAT_STATS]))
+    return _ENCODER
 
 
 @dataclass
