@@ -46,6 +46,9 @@ cdef extern from "popcnt.h" nogil:
     void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t stride,
                                size_t n_words, const int64_t *rows, int64_t row_base,
                                size_t k, int64_t *out, size_t block)
+    void segsrv_and_count_rows_many(const uint64_t *Q, size_t q_stride, size_t n_q, const uint64_t *M,
+                                    size_t stride, size_t n_words, const int64_t *rows, size_t k,
+                                    int64_t *out, size_t out_stride, size_t block)
     size_t segsrv_row_pf_words
     int segsrv_rows_in_flight
 
@@ -79,6 +82,7 @@ __all__ = [
     "has_openmp",
     "popcount",
     "and_count_dense",
+    "and_count_dense_many",
     "and_count_sparse",
     "and_count_ids",
     "bitset_and",
@@ -102,6 +106,9 @@ PROBE_WORDS = _PROBE_WORDS
 # Column block (in 64-bit words) for one-vs-many dense AND-count: the query
 # block stays in L1/L2 while each matrix row block streams from memory.
 cdef size_t _DENSE_BLOCK_WORDS = 0
+# Column block (words) of and_count_dense_many: a group of rows' blocks (4 x 16 KB on the AVX-512 path) and the
+# queries' blocks stay in L2 while each query takes its turn over them
+cdef size_t _MANY_BLOCK_WORDS = 2048
 
 
 def _set_dense_prefetch_words(size_t n):
@@ -367,18 +374,26 @@ cdef Py_ssize_t _first_bad_index(const int64_t *idx, size_t k, int64_t limit) no
     return -1
 
 
+def _dense_args(query, name, int ndim, matrix):
+    """Check a query (ndim 1) or queries (ndim 2, one per row) against a matrix's rows -> (n_words, n_rows)."""
+    _check(query, name, np.uint64, ndim)
+    _check(matrix, "matrix", np.uint64, 2)
+    n_words = matrix.shape[1]
+    if query.shape[ndim - 1] != n_words:
+        raise ValueError(f"{name} {'has' if ndim == 1 else 'have'} {query.shape[ndim - 1]} words but matrix rows "
+                         f"have {n_words}")
+    return n_words, matrix.shape[0]
+
+
 def and_count_dense(query, matrix, rows=None, out=None, n_threads=None):
     """out[i] = popcount(query & matrix[rows[i]]) -> int64[k].
 
     query: uint64[n_words]; matrix: uint64[n_features, n_words] C-contiguous;
     rows: int64 row indices into matrix (default: all rows, k = n_features).
     """
-    _check(query, "query", np.uint64, 1)
-    _check(matrix, "matrix", np.uint64, 2)
-    cdef size_t n_words = matrix.shape[1]
-    cdef int64_t n_rows = matrix.shape[0]
-    if query.shape[0] != <Py_ssize_t>n_words:
-        raise ValueError(f"query has {query.shape[0]} words but matrix rows have {n_words}")
+    cdef size_t n_words
+    cdef int64_t n_rows
+    n_words, n_rows = _dense_args(query, "query", 1, matrix)
     cdef const int64_t[::1] rv
     cdef const int64_t *rp = NULL
     cdef size_t k
@@ -411,6 +426,63 @@ def and_count_dense(query, matrix, rows=None, out=None, n_threads=None):
     else:
         _dense_core(&qv[0], &mv[0, 0], n_words, rp, k, &ov[0], nt)
     return out
+
+
+def and_count_dense_many(queries, matrix, rows=None, out=None, n_threads=None):
+    """out[j, i] = popcount(queries[j] & matrix[rows[i]]) -> int64[n_queries, k]: and_count_dense of several
+    queries in one pass over the rows, each row block read from memory once for all of them (a shared scan).
+
+    queries: uint64[n_queries, n_words] C-contiguous; matrix, rows: as and_count_dense.
+    """
+    cdef size_t n_words
+    cdef int64_t n_rows
+    n_words, n_rows = _dense_args(queries, "queries", 2, matrix)
+    if rows is None:
+        rows = np.arange(n_rows, dtype=np.int64)
+    _check(rows, "rows", np.int64, 1)
+    cdef size_t k = rows.shape[0]
+    cdef size_t n_q = queries.shape[0]
+    cdef const int64_t[::1] rv = rows
+    cdef Py_ssize_t bad
+    if k:
+        bad = _first_bad_index(&rv[0], k, n_rows)
+        if bad >= 0:
+            raise ValueError(f"rows[{bad}] = {rows[bad]} is out of range for a matrix with {n_rows} rows")
+    out = _check_out(out, "out", np.int64, (n_q, k))
+    if k == 0 or n_q == 0:
+        return out
+    if n_words == 0:
+        out[:] = 0
+        return out
+    cdef const uint64_t[:, ::1] qv = queries
+    cdef const uint64_t[:, ::1] mv = matrix
+    cdef int64_t[:, ::1] ov = out
+    cdef int nt = _pkg.resolve_threads(n_threads, n_q * k * n_words)
+    if _pkg.releases_gil(n_q * k * n_words, nt):
+        with nogil:
+            _dense_many_core(&qv[0, 0], n_q, &mv[0, 0], n_words, &rv[0], k, &ov[0, 0], nt)
+    else:
+        _dense_many_core(&qv[0, 0], n_q, &mv[0, 0], n_words, &rv[0], k, &ov[0, 0], nt)
+    return out
+
+
+cdef void _dense_many_core(const uint64_t *Q, size_t n_q, const uint64_t *M, size_t n_words,
+                           const int64_t *rows, size_t k, int64_t *out, int nt) noexcept nogil:
+    cdef int t, nc
+    cdef size_t lo, hi, groups = (k + 3) // 4
+    if nt <= 1 or groups < <size_t>nt:
+        segsrv_and_count_rows_many(Q, n_words, n_q, M, n_words, n_words, rows, k, out, k, _MANY_BLOCK_WORDS)
+        return
+    # chunks of whole row groups (4 rows), handed out dynamically as and_count_dense's
+    nc = <int>(groups if groups < <size_t>(8 * nt) else <size_t>(8 * nt))
+    for t in prange(nc, num_threads=nt, schedule="dynamic", chunksize=1):
+        lo = groups * <size_t>t // <size_t>nc * 4
+        hi = groups * <size_t>(t + 1) // <size_t>nc * 4
+        if hi > k:
+            hi = k
+        if lo < hi:
+            segsrv_and_count_rows_many(Q, n_words, n_q, M, n_words, n_words, rows + lo, hi - lo, out + lo, k,
+                                       _MANY_BLOCK_WORDS)
 
 
 # sparse: error codes written into out[i] (race-free), turned into ValueError

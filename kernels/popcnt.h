@@ -596,4 +596,44 @@ static void segsrv_and_count_rows(const uint64_t *q, const uint64_t *M, size_t s
     }
 }
 
+/* Many queries against the same rows (a shared scan: concurrent Relates over the same features):
+ * out[j * out_stride + i] = popcount(Q[j] & M[rows[i]]), Q's rows q_stride words apart.  Column blocks of
+ * `block` words, and within a block the rows in groups (4 on the AVX-512 path): a group's blocks are read
+ * from memory for the first query and from cache for the others, so the rows cost their bytes once for all
+ * the queries. */
+static void segsrv_and_count_rows_many(const uint64_t *Q, size_t q_stride, size_t n_q, const uint64_t *M,
+                                       size_t stride, size_t n_words, const int64_t *rows, size_t k,
+                                       int64_t *out, size_t out_stride, size_t block) {
+    segsrv_andpop_fn f = segsrv_andpop_ptr;
+    size_t i, j, w0;
+    for (j = 0; j < n_q; j++)
+        for (i = 0; i < k; i++) out[j * out_stride + i] = 0;
+    if (block == 0 || block >= n_words) block = n_words;
+    for (w0 = 0; w0 < n_words; w0 += block) {
+        size_t len = n_words - w0 < block ? n_words - w0 : block;
+        for (i = 0; i < k; i++) {
+            const uint64_t *row = M + (size_t)rows[i] * stride + w0;
+#if SEGSRV_X86
+            if (segsrv_level == SEGSRV_PATH_AVX512 && i + 3 < k) {
+                const uint64_t *bs[4];
+                uint64_t cs[4];
+                size_t g;
+                bs[0] = row;
+                for (g = 1; g < 4; g++)
+                    bs[g] = M + (size_t)rows[i + g] * stride + w0;
+                for (j = 0; j < n_q; j++) {
+                    segsrv_andpop4_avx512(Q + j * q_stride + w0, bs, len, cs);
+                    for (g = 0; g < 4; g++)
+                        out[j * out_stride + i + g] += (int64_t)cs[g];
+                }
+                i += 3;
+                continue;
+            }
+#endif
+            for (j = 0; j < n_q; j++)
+                out[j * out_stride + i] += (int64_t)f(Q + j * q_stride + w0, row, len);
+        }
+    }
+}
+
 #endif /* SEGSRV_POPCNT_H */

@@ -132,6 +132,7 @@ def releases_gil(work_words: int, n_threads: int = 1) -> bool:
 
 from .bitset import (  # noqa: E402  (the wrappers call resolve_threads above)
     and_count_dense,
+    and_count_dense_many,
     and_count_ids,
     and_count_sparse,
     available_cpu_paths,

@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "popcount",
     "and_count_dense",
+    "and_count_dense_many",
     "and_count_sparse",
     "and_count_ids",
     "bitset_and",
@@ -88,6 +89,11 @@ def and_count_dense(query, matrix, rows=None):
         rows = np.arange(matrix.shape[0], dtype=np.int64)
     q = _bools(query)
     return np.array([int((q & _bools(matrix[r])).sum()) for r in rows], dtype=np.int64)
+
+
+def and_count_dense_many(queries, matrix, rows=None):
+    return np.array([and_count_dense(q, matrix, rows) for q in queries], dtype=np.int64).reshape(
+        len(queries), matrix.shape[0] if rows is None else len(rows))
 
 
 def _feature(ids, offsets, f):

@@ -34,6 +34,7 @@ from . import stats as st
 from .compact_csr import compact_sparse_csr
 from .conditions import condition_fields, evaluate_to_read
 from .fields import identifier_like_fields, select_fields
+from .shared_scan import shared_scans
 
 # one (row, feature) entry of the CSR histogram (random access) costs about as much as this many
 # bitset words of the scan, with the condition's rows holding more entries than the average row
@@ -186,10 +187,11 @@ def count_sparse_by_rows(universe: Universe, cond_bits: np.ndarray, n_c: int, sp
 
 
 def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto",
-                   layout: FeatureLayout | None = None, sparse: str = "auto") -> tuple[np.ndarray, str]:
+                   layout: FeatureLayout | None = None, sparse: str = "auto", family=None) -> tuple[np.ndarray, str]:
     """n_CF for each feature id in `fids` (exact), and the plan used. layout: feature_layout(universe, fids)
     when the caller has it (with derive_partitions only when n_c is popcount(cond_bits)). sparse: how the
-    scan plan counts the sparse-stored features (sparse_method: "auto", "probe" or "rows")."""
+    scan plan counts the sparse-stored features (sparse_method: "auto", "probe" or "rows"). family: concurrent
+    counts of one family share their dense scans (segsrv.engine.shared_scan)."""
     if sparse not in SPARSE_METHODS:
         raise ValueError(f"sparse must be one of {SPARSE_METHODS}, got {sparse!r}")
     if layout is None:
@@ -206,7 +208,8 @@ def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np
         out[:] = hist[fids]
         return out, plan
     if len(layout.dense):
-        out[layout.dense] = _kernels.and_count_dense(cond_bits, universe.dense, layout.dense_slots)
+        # concurrent scans of the same rows read them once (shared_scan)
+        out[layout.dense] = shared_scans.and_count_dense(cond_bits, universe.dense, layout.dense_slots, family)
     if len(layout.sparse):
         if sparse_method(universe, layout, n_c, sparse) == "rows":
             out[layout.sparse] = count_sparse_by_rows(universe, cond_bits, n_c, fids[layout.sparse])
@@ -271,7 +274,10 @@ def relate(snapshot: Snapshot, query: RelateQuery) -> RelateResult:
     if n_c == 0 or len(fids) == 0:
         n_cf = np.zeros(len(fids), dtype=np.int64)
     else:
-        n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan, layout)
+        # requests for the same fields share their scans under concurrent load (their rows differ only by
+        # their conditions' own fields)
+        family = ("relate", tuple(query.relate) if query.relate else None)
+        n_cf, plan = count_features(universe, cond_bits, n_c, fids, query.plan, layout, family=family)
 
     n_matching, hits = rank_counts(universe, query, n, n_c, fids, n_f, n_cf)
     return RelateResult(

@@ -254,6 +254,76 @@ def test_and_count_dense_empty_and_errors():
 
 
 # ---------------------------------------------------------------------------
+# dense many-vs-many (shared scans)
+# ---------------------------------------------------------------------------
+
+@HYP
+@given(n_q=st.integers(0, 6), n_words=st.integers(0, 200), k=st.integers(0, 11), density=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1))
+def test_and_count_dense_many_vs_naive_hypothesis(cpu_path, n_q, n_words, k, density, seed):
+    """Each query's counts equal and_count_dense's and the naive twin's: any number of queries and rows
+    (every remainder of the AVX-512 path's groups of 4), repeated rows, one and two threads."""
+    rng = np.random.default_rng(seed)
+    m = rand_bits(rng, n_words, density, shape=(7,))
+    qs = rand_bits(rng, n_words, 1 - density, shape=(n_q,))
+    rows = rng.integers(0, 7, size=k).astype(np.int64)
+    want = N.and_count_dense_many(qs, m, rows)
+    assert want.shape == (n_q, k)
+    for nt in (1, 2):
+        got = K.and_count_dense_many(qs, m, rows, n_threads=nt)
+        np.testing.assert_array_equal(got, want)
+        for j in range(n_q):
+            np.testing.assert_array_equal(got[j], K.and_count_dense(qs[j], m, rows, n_threads=1))
+
+
+@pytest.mark.parametrize("n_words", [2047, 2048, 2049, 4100])
+def test_and_count_dense_many_column_blocks(cpu_path, n_words):
+    """Rows longer than the 2,048-word column block: each block's counts add up, the last one short."""
+    rng = np.random.default_rng(n_words)
+    m = rand_bits(rng, n_words, 0.5, shape=(13,))
+    qs = rand_bits(rng, n_words, 0.3, shape=(3,))
+    rows = np.array([12, 0, 5, 5, 1, 7, 3, 2, 9, 11], dtype=np.int64)
+    for nt in (1, 2):
+        np.testing.assert_array_equal(K.and_count_dense_many(qs, m, rows, n_threads=nt),
+                                      N.and_count_dense_many(qs, m, rows))
+    np.testing.assert_array_equal(K.and_count_dense_many(qs, m), N.and_count_dense_many(qs, m))
+
+
+def test_and_count_dense_many_memmap_out_and_errors(tmp_path):
+    rng = np.random.default_rng(3)
+    m = rand_bits(rng, 70, 0.4, shape=(5,))
+    qs = rand_bits(rng, 70, 0.6, shape=(2,))
+    out = np.full((2, 5), -1, dtype=np.int64)
+    res = K.and_count_dense_many(as_memmap(tmp_path, qs, "qs"), as_memmap(tmp_path, m, "m"), out=out)
+    assert res is out
+    np.testing.assert_array_equal(out, N.and_count_dense_many(qs, m))
+    np.testing.assert_array_equal(K.and_count_dense_many(readonly(qs), readonly(m), readonly(np.arange(5))),
+                                  out)
+    assert K.and_count_dense_many(qs[:0], m).shape == (0, 5)
+    assert K.and_count_dense_many(qs, m, np.zeros(0, np.int64)).shape == (2, 0)
+    np.testing.assert_array_equal(K.and_count_dense_many(np.zeros((2, 0), np.uint64), np.zeros((3, 0), np.uint64)),
+                                  np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="queries"):
+        K.and_count_dense_many(qs.astype(np.int64), m)
+    with pytest.raises(ValueError, match="queries"):
+        K.and_count_dense_many(qs[0], m)
+    with pytest.raises(ValueError, match="queries have 69 words"):
+        K.and_count_dense_many(np.ascontiguousarray(qs[:, :69]), m)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.and_count_dense_many(qs.T, m)
+    with pytest.raises(TypeError, match="matrix"):
+        K.and_count_dense_many(qs, m.astype(np.uint32))
+    with pytest.raises(TypeError, match="rows"):
+        K.and_count_dense_many(qs, m, np.array([0], np.int32))
+    with pytest.raises(ValueError, match=r"rows\[1\] = 5 is out of range"):
+        K.and_count_dense_many(qs, m, np.array([0, 5], np.int64))
+    with pytest.raises(ValueError, match="out"):
+        K.and_count_dense_many(qs, m, out=np.zeros((5, 2), np.int64))
+    with pytest.raises(ValueError, match="n_threads"):
+        K.and_count_dense_many(qs, m, n_threads=0)
+
+
+# ---------------------------------------------------------------------------
 # sparse features
 # ---------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ def _cases(rng):
         ("popcount", (q,), {}),
         ("bitset_and", (a, b), {}), ("bitset_or", (a, b), {}), ("bitset_andnot", (a, b), {}),
         ("and_count_dense", (q, matrix, np.array([3, 0, 8, 3], dtype=np.int64)), {}),
+        ("and_count_dense_many", (np.stack([q, a, b]), matrix, np.array([3, 0, 8, 3, 5], dtype=np.int64)), {}),
         ("and_count_sparse", (q, ids, offsets, np.array([0, 1, 2, 3, 1], dtype=np.int64)), {}),
         ("and_count_ids", (query_ids, ids, offsets, np.array([3, 1, 0], dtype=np.int64)), {}),
         ("bitset_to_ids", (q, n_rows), {}),
