@@ -106,9 +106,10 @@ PROBE_WORDS = _PROBE_WORDS
 # Column block (in 64-bit words) for one-vs-many dense AND-count: the query
 # block stays in L1/L2 while each matrix row block streams from memory.
 cdef size_t _DENSE_BLOCK_WORDS = 0
-# Column block (words) of and_count_dense_many: a group of rows' blocks (4 x 16 KB on the AVX-512 path) and the
-# queries' blocks stay in L2 while each query takes its turn over them
-cdef size_t _MANY_BLOCK_WORDS = 2048
+# Column block (words) of and_count_dense_many: a group of rows' blocks (4 x 128 KB on the AVX-512 path) stays in
+# L2 while each query takes its turn over it (whole rows at 1M bits: the first query reads them at the one-query
+# kernel's speed; 2,048-word blocks broke the rows into short streams and read them 30% slower)
+cdef size_t _MANY_BLOCK_WORDS = 16384
 
 
 def _set_dense_prefetch_words(size_t n):

@@ -276,9 +276,9 @@ def test_and_count_dense_many_vs_naive_hypothesis(cpu_path, n_q, n_words, k, den
             np.testing.assert_array_equal(got[j], K.and_count_dense(qs[j], m, rows, n_threads=1))
 
 
-@pytest.mark.parametrize("n_words", [2047, 2048, 2049, 4100])
+@pytest.mark.parametrize("n_words", [16383, 16384, 16385, 33000])
 def test_and_count_dense_many_column_blocks(cpu_path, n_words):
-    """Rows longer than the 2,048-word column block: each block's counts add up, the last one short."""
+    """Rows longer than the 16,384-word column block: each block's counts add up, the last one short."""
     rng = np.random.default_rng(n_words)
     m = rand_bits(rng, n_words, 0.5, shape=(13,))
     qs = rand_bits(rng, n_words, 0.3, shape=(3,))

@@ -1,6 +1,6 @@
-"""Shared scans (segsrv.engine.shared_scan): concurrent counts of the same rows run as one pass, every
-count equal to the naive twin's, whatever the batch; errors reach every waiting caller; Relates run
-concurrently answer what they answer one at a time."""
+"""Shared scans (segsrv.engine.shared_scan): concurrent counts of the same rows join one circular scan,
+every count equal to the naive twin's whatever chunk it joined at; errors reach every caller in the scan;
+Relates run concurrently answer what they answer one at a time."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from support import CUSTOMER_CONDITIONS
 
 
 class _HeldKernels:
-    """Stands in for segsrv._kernels in shared_scan: the first single-query pass waits until released,
-    so that the callers that come meanwhile queue behind it (a deterministic batch)."""
+    """Stands in for segsrv._kernels in shared_scan: the first chunk counted waits until released, so that
+    the callers that come meanwhile join the scan at its second chunk (a deterministic schedule)."""
 
     def __init__(self, fail_many: bool = False):
         self.entered = threading.Event()
@@ -46,8 +46,8 @@ class _HeldKernels:
 
 
 def _run_held(scans: SharedScans, held: _HeldKernels, calls, monkeypatch):
-    """Run calls [(query, matrix, rows, family)] on threads: the first leads and is held until the others
-    wait behind it -> each call's result or exception."""
+    """Run calls [(query, matrix, rows, family)] on threads: the first starts the scan and is held in its
+    first chunk until the others are about to join -> each call's result or exception."""
     monkeypatch.setattr(shared_scan, "_kernels", held)
     out: list = [None] * len(calls)
 
@@ -78,11 +78,12 @@ def test_a_single_caller_counts_at_once_as_the_kernel_does():
     rng = np.random.default_rng(1)
     m = rng.integers(0, 2**63, size=(9, 40), dtype=np.uint64)
     q = rng.integers(0, 2**63, size=40, dtype=np.uint64)
-    rows = np.array([8, 0, 3, 3], dtype=np.int64)
-    scans = SharedScans(min_bytes=0)
+    rows = np.array([8, 0, 3, 3, 5], dtype=np.int64)
+    scans = SharedScans(chunk_bytes=2 * 40 * 8, min_bytes=0)  # chunks of 2 rows: 3 chunks
     for family in (None, "f"):
         np.testing.assert_array_equal(scans.and_count_dense(q, m, rows, family), naive.and_count_dense(q, m, rows))
-    assert (scans.passes, scans.queries, scans.waiting()) == (2, 2, 0)
+    assert (scans.scans, scans.queries, scans.chunks, scans.chunk_queries) == (2, 2, 6, 6)
+    assert (scans.waiting(), scans.running()) == (0, 0)
 
 
 def test_small_scans_do_not_share():
@@ -92,45 +93,48 @@ def test_small_scans_do_not_share():
     scans = SharedScans(min_bytes=4 * 16 * 8 + 1)  # one byte more than the rows
     rows = np.arange(4, dtype=np.int64)
     np.testing.assert_array_equal(scans.and_count_dense(q, m, rows), naive.and_count_dense(q, m, rows))
-    assert scans.passes == 0  # the kernel, directly
+    np.testing.assert_array_equal(SharedScans(min_bytes=0).and_count_dense(q, m, rows[:0]), np.zeros(0))
+    assert scans.scans == 0  # the kernel, directly
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n_followers=st.integers(1, 6), max_batch=st.integers(1, 4), same_rows=st.booleans(),
+@given(n_joining=st.integers(1, 6), chunk_rows=st.integers(1, 5), same_rows=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
-def test_callers_that_wait_share_one_pass_and_get_their_own_counts(monkeypatch, n_followers, max_batch, same_rows,
-                                                                   seed):
-    """One caller holds the rows; the others queue and then run in passes of at most max_batch, over the
-    union of their rows (a family) or the same rows: each gets exactly its own counts."""
+def test_callers_that_join_a_scan_go_round_it_once_and_get_their_own_counts(monkeypatch, n_joining, chunk_rows,
+                                                                            same_rows, seed):
+    """One caller starts the scan and is held in its first chunk; the others join at the second chunk, go
+    round (past the last chunk to the first) and take the scan over as each one before them completes: each
+    gets exactly its own counts (a family's rows that the scan does not read counted apart), and every chunk
+    after the first was counted once for all of them."""
     rng = np.random.default_rng(seed)
     n_words = int(rng.integers(1, 70))
     m = rng.integers(0, 2**63, size=(12, n_words), dtype=np.uint64)
-    shared_rows = rng.integers(0, 12, size=7).astype(np.int64)
-    calls = []
-    for _ in range(1 + n_followers):
-        rows = shared_rows if same_rows else np.sort(rng.choice(12, size=int(rng.integers(1, 12)), replace=False))
+    first_rows = rng.integers(0, 12, size=7).astype(np.int64)
+    calls = [(rng.integers(0, 2**63, size=n_words, dtype=np.uint64), m, first_rows, None if same_rows else "f")]
+    for _ in range(n_joining):
+        rows = first_rows if same_rows else rng.choice(12, size=int(rng.integers(1, 12)), replace=False)
         calls.append((rng.integers(0, 2**63, size=n_words, dtype=np.uint64), m, rows.astype(np.int64, copy=False),
-                      None if same_rows else "family"))
-    scans = SharedScans(max_batch=max_batch, min_bytes=0)
-    held = _HeldKernels()
-    out = _run_held(scans, held, calls, monkeypatch)
+                      None if same_rows else "f"))
+    scans = SharedScans(chunk_bytes=chunk_rows * n_words * 8, min_bytes=0)
+    out = _run_held(scans, _HeldKernels(), calls, monkeypatch)
     for (q, _, rows, _), got in zip(calls, out):
         np.testing.assert_array_equal(got, naive.and_count_dense(q, m, rows))
-    want_passes = 1 + -(-n_followers // max_batch)
-    assert (scans.passes, scans.queries, scans.waiting()) == (want_passes, 1 + n_followers, 0)
-    assert sum(held.many_calls) + (scans.passes - len(held.many_calls)) == 1 + n_followers
+    n_chunks = -(-7 // chunk_rows)
+    # the first chunk alone, the rest with every caller, then the joiners' way round to the second chunk
+    assert scans.chunks == n_chunks + (1 if n_chunks > 1 else 0)
+    assert scans.chunk_queries == 1 + (n_chunks - 1) * (1 + n_joining) + n_joining
+    assert (scans.scans, scans.queries, scans.waiting(), scans.running()) == (1, 1 + n_joining, 0, 0)
 
 
-def test_an_error_in_a_shared_pass_reaches_every_caller_of_it_and_the_next_pass_runs(monkeypatch):
+def test_an_error_in_a_shared_chunk_reaches_every_caller_in_it_and_the_next_scan_runs(monkeypatch):
     rng = np.random.default_rng(4)
     m = rng.integers(0, 2**63, size=(5, 8), dtype=np.uint64)
     rows = np.arange(5, dtype=np.int64)
     calls = [(rng.integers(0, 2**63, size=8, dtype=np.uint64), m, rows, None) for _ in range(4)]
-    scans = SharedScans(min_bytes=0)
+    scans = SharedScans(chunk_bytes=2 * 8 * 8, min_bytes=0)
     out = _run_held(scans, _HeldKernels(fail_many=True), calls, monkeypatch)
-    np.testing.assert_array_equal(out[0], naive.and_count_dense(calls[0][0], m, rows))  # the held pass, alone
-    assert all(isinstance(e, RuntimeError) and str(e) == "kernel failed" for e in out[1:])
-    assert scans.waiting() == 0
+    assert all(isinstance(e, RuntimeError) and str(e) == "kernel failed" for e in out)
+    assert (scans.waiting(), scans.running()) == (0, 0)
     monkeypatch.setattr(shared_scan, "_kernels", _kernels)
     np.testing.assert_array_equal(scans.and_count_dense(*calls[1]), naive.and_count_dense(calls[1][0], m, rows))
 
@@ -143,11 +147,11 @@ def test_bad_arguments_are_refused_before_anything_waits():
         scans.and_count_dense(np.zeros(4, np.int64), m, rows)
     with pytest.raises(ValueError, match="query has 5 words but matrix rows have 4"):
         scans.and_count_dense(np.zeros(5, np.uint64), m, rows)
-    with pytest.raises(ValueError, match="max_batch must be at least 1, got 0"):
-        SharedScans(max_batch=0)
+    with pytest.raises(ValueError, match="chunk_bytes must be at least 1, got 0"):
+        SharedScans(chunk_bytes=0)
     with pytest.raises(ValueError, match="min_bytes must be at least 0, got -1"):
         SharedScans(min_bytes=-1)
-    assert scans.passes == 0
+    assert scans.scans == 0
 
 
 @pytest.mark.parametrize("relate_fields", [None, ["region", "pet_size", "lifestyle", "segment"]])
@@ -159,6 +163,7 @@ def test_concurrent_relates_answer_as_one_at_a_time(petnord_snapshot, monkeypatc
                for where in CUSTOMER_CONDITIONS.values()]
     scans = shared_scan.shared_scans
     monkeypatch.setattr(scans, "min_bytes", 0)
+    monkeypatch.setattr(scans, "chunk_bytes", 3 * petnord_snapshot.universe("customers").n_words * 8)
     before = scans.queries
     alone = [relate(petnord_snapshot, q) for q in queries]
     counted_alone = scans.queries - before  # the scans with dense rows to count (not an empty condition)
@@ -172,4 +177,4 @@ def test_concurrent_relates_answer_as_one_at_a_time(petnord_snapshot, monkeypatc
         assert [(h.field, h.value, h.stats["support"]) for h in got.hits] == \
                [(h.field, h.value, h.stats["support"]) for h in want.hits]
     assert scans.queries - before == 8 * counted_alone
-    assert scans.waiting() == 0
+    assert (scans.waiting(), scans.running()) == (0, 0)
