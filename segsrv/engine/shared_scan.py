@@ -132,7 +132,22 @@ class SharedScans:
 
     def _run(self, key: tuple, scan: _Scan, me: _Job) -> None:
         """Count chunks for every job in the scan until `me` has had every chunk; then hand the scan to the
-        next job in it (or close it)."""
+        next job in it (or close it). Whatever fails, no job is left waiting: each gets the error."""
+        try:
+            self._run_chunks(key, scan, me)
+        except BaseException as exc:
+            with self._lock:
+                stranded = scan.jobs + scan.joining
+                scan.jobs, scan.joining = [], []
+                if self._scans.get(key) is scan:
+                    del self._scans[key]
+            for job in stranded:
+                job.error, job.remaining = exc, 0
+                if job is not me:
+                    job.wake.set()
+            me.error = exc
+
+    def _run_chunks(self, key: tuple, scan: _Scan, me: _Job) -> None:
         while True:
             with self._lock:
                 for job in scan.joining:  # they take part from this chunk on
@@ -148,18 +163,16 @@ class SharedScans:
                     return
                 jobs = list(scan.jobs)
                 lo, hi = scan.chunks[scan.position]
-                if len(jobs) > 1 and (len(jobs) != len(scan.stacked_jobs)
-                                      or any(a is not b for a, b in zip(jobs, scan.stacked_jobs))):
-                    scan.stacked = np.stack([j.bits for j in jobs])  # re-stacked only when the jobs change
-                    scan.stacked_jobs = jobs
-                stacked = scan.stacked
             error = None
             counts = None
-            try:
+            try:  # only this thread runs the scan now: its stacked queries are its own
                 if len(jobs) == 1:
                     counts = _kernels.and_count_dense(jobs[0].bits, scan.matrix, scan.rows[lo:hi])[None, :]
                 else:
-                    counts = _kernels.and_count_dense_many(stacked, scan.matrix, scan.rows[lo:hi])
+                    if len(jobs) != len(scan.stacked_jobs) or any(a is not b for a, b in zip(jobs, scan.stacked_jobs)):
+                        scan.stacked = np.stack([j.bits for j in jobs])  # re-stacked only when the jobs change
+                        scan.stacked_jobs = jobs
+                    counts = _kernels.and_count_dense_many(scan.stacked, scan.matrix, scan.rows[lo:hi])
             except BaseException as exc:  # every job of the chunk gets it: none is left waiting
                 error = exc
             complete = []

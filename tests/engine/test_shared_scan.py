@@ -139,6 +139,48 @@ def test_an_error_in_a_shared_chunk_reaches_every_caller_in_it_and_the_next_scan
     np.testing.assert_array_equal(scans.and_count_dense(*calls[1]), naive.and_count_dense(calls[1][0], m, rows))
 
 
+def test_a_failure_to_stack_the_queries_reaches_every_caller_in_the_chunk(monkeypatch):
+    rng = np.random.default_rng(5)
+    m = rng.integers(0, 2**63, size=(5, 8), dtype=np.uint64)
+    rows = np.arange(5, dtype=np.int64)
+    calls = [(rng.integers(0, 2**63, size=8, dtype=np.uint64), m, rows, None) for _ in range(3)]
+
+    def no_memory(arrays):
+        raise MemoryError("no memory for the stacked queries")
+
+    monkeypatch.setattr(shared_scan.np, "stack", no_memory)
+    scans = SharedScans(chunk_bytes=2 * 8 * 8, min_bytes=0)
+    out = _run_held(scans, _HeldKernels(), calls, monkeypatch)
+    assert all(isinstance(e, MemoryError) for e in out)
+    assert (scans.waiting(), scans.running()) == (0, 0)
+
+
+def test_a_failure_outside_the_kernel_call_leaves_no_caller_waiting(monkeypatch):
+    """Memory for a joining count's counts runs out as it joins: every caller in the scan gets the error
+    and the scan is closed (a later count starts a new one)."""
+    rng = np.random.default_rng(6)
+    m = rng.integers(0, 2**63, size=(5, 8), dtype=np.uint64)
+    rows = np.arange(5, dtype=np.int64)
+    calls = [(rng.integers(0, 2**63, size=8, dtype=np.uint64), m, rows, None) for _ in range(3)]
+    real_zeros = np.zeros
+    made = []
+
+    def zeros_once(*args, **kwargs):
+        made.append(1)
+        if len(made) == 2:  # the first joiner's
+            raise MemoryError("no memory for the counts")
+        return real_zeros(*args, **kwargs)
+
+    monkeypatch.setattr(shared_scan.np, "zeros", zeros_once)
+    scans = SharedScans(chunk_bytes=2 * 8 * 8, min_bytes=0)
+    out = _run_held(scans, _HeldKernels(), calls, monkeypatch)
+    assert all(isinstance(e, MemoryError) for e in out)
+    assert (scans.waiting(), scans.running()) == (0, 0)
+    monkeypatch.setattr(shared_scan.np, "zeros", real_zeros)
+    monkeypatch.setattr(shared_scan, "_kernels", _kernels)
+    np.testing.assert_array_equal(scans.and_count_dense(*calls[0]), naive.and_count_dense(calls[0][0], m, rows))
+
+
 def test_bad_arguments_are_refused_before_anything_waits():
     scans = SharedScans(min_bytes=0)
     m = np.zeros((3, 4), np.uint64)
