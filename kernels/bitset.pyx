@@ -386,6 +386,19 @@ def _dense_args(query, name, int ndim, matrix):
     return n_words, matrix.shape[0]
 
 
+def _check_rows(rows, int64_t n_rows):
+    """Check int64 row indices into a matrix of n_rows rows -> how many."""
+    _check(rows, "rows", np.int64, 1)
+    cdef size_t k = rows.shape[0]
+    cdef const int64_t[::1] rv = rows
+    cdef Py_ssize_t bad
+    if k:
+        bad = _first_bad_index(&rv[0], k, n_rows)
+        if bad >= 0:
+            raise ValueError(f"rows[{bad}] = {rows[bad]} is out of range for a matrix with {n_rows} rows")
+    return k
+
+
 def and_count_dense(query, matrix, rows=None, out=None, n_threads=None):
     """out[i] = popcount(query & matrix[rows[i]]) -> int64[k].
 
@@ -398,19 +411,13 @@ def and_count_dense(query, matrix, rows=None, out=None, n_threads=None):
     cdef const int64_t[::1] rv
     cdef const int64_t *rp = NULL
     cdef size_t k
-    cdef Py_ssize_t bad
     if rows is None:
         k = <size_t>n_rows
     else:
-        _check(rows, "rows", np.int64, 1)
-        k = rows.shape[0]
+        k = _check_rows(rows, n_rows)
         if k:
             rv = rows
             rp = &rv[0]
-            bad = _first_bad_index(rp, k, n_rows)
-            if bad >= 0:
-                raise ValueError(f"rows[{bad}] = {rows[bad]} is out of range for a matrix "
-                                 f"with {n_rows} rows")
     out = _check_out(out, "out", np.int64, (k,))
     cdef int64_t[::1] ov = out
     if k == 0:
@@ -440,15 +447,9 @@ def and_count_dense_many(queries, matrix, rows=None, out=None, n_threads=None):
     n_words, n_rows = _dense_args(queries, "queries", 2, matrix)
     if rows is None:
         rows = np.arange(n_rows, dtype=np.int64)
-    _check(rows, "rows", np.int64, 1)
-    cdef size_t k = rows.shape[0]
+    cdef size_t k = _check_rows(rows, n_rows)
     cdef size_t n_q = queries.shape[0]
     cdef const int64_t[::1] rv = rows
-    cdef Py_ssize_t bad
-    if k:
-        bad = _first_bad_index(&rv[0], k, n_rows)
-        if bad >= 0:
-            raise ValueError(f"rows[{bad}] = {rows[bad]} is out of range for a matrix with {n_rows} rows")
     out = _check_out(out, "out", np.int64, (n_q, k))
     if k == 0 or n_q == 0:
         return out

@@ -35,18 +35,17 @@ from .. import _kernels
 CHUNK_BYTES = 8 << 20
 # the rows a scan must read for it to share (module docstring). Measured on the 1M demo snapshot (2-core AMD
 # EPYC, 32 MB L3 shared with other tenants, two server processes at 32 concurrent Relates, December 2026):
-# 17 fields (10 MB of dense rows, read at cache speed) cost more per Relate when their counts waited for each
-# other (1,282 against 1,167 us of server CPU) than they saved
+# 17 fields (10 MB of dense rows, read at cache speed) gained nothing from sharing (1,337-1,496 against 1,339 us
+# of server CPU per Relate)
 MIN_SHARED_BYTES = 32 << 20
 
 
 class _Job:
-    __slots__ = ("bits", "rows", "wake", "counts", "error", "lead", "start", "remaining", "scanned")
+    __slots__ = ("bits", "rows", "wake", "error", "lead", "remaining", "scanned")
 
     def __init__(self, bits: np.ndarray, rows: np.ndarray):
         self.bits, self.rows = bits, rows
         self.wake = threading.Event()  # set once: the count is complete, or this thread is to run the scan
-        self.counts: np.ndarray | None = None
         self.error: BaseException | None = None
         self.lead = False
         self.remaining = 0  # chunks still to count
@@ -103,6 +102,7 @@ class SharedScans:
         """popcount(query & matrix[rows[i]]) for each i -> int64[len(rows)], as _kernels.and_count_dense.
         family: a hashable naming the requests whose rows mostly agree (module docstring); None: the same
         `rows` array only."""
+        # checked before joining: one caller's bad query must not fail the others' chunks
         if not isinstance(query, np.ndarray) or query.dtype != np.uint64 or query.ndim != 1:
             raise TypeError("query must be a 1-D numpy.ndarray of dtype uint64")
         if query.shape[0] != matrix.shape[1]:
