@@ -15,8 +15,9 @@ fields (~100 features, bench/relate.py's pick_fields) and 20 conditions
 
   * sequential latency p50/p99: one client, one channel, ~500 calls
   * throughput at concurrency 1, 8, 32: closed loop for ~5 s, the load spread
-    over up to 4 client processes (each with its own channel / connection),
-    threads within a process sharing its channel
+    over up to 4 client processes (each with its own channel / connection, or
+    4 of them when the server runs as several processes: below), threads within
+    a process sharing its channel(s)
   * server CPU per RPC (from /proc/PID/stat) and client CPU, to say what limits it, and the server's
     context switches per RPC (its threads' /proc/PID/task/*/status: GIL and thread hand-offs)
   * the floor (issue 16, item 1): what a Relate must cost at least, the empty RPC's server CPU plus
@@ -36,7 +37,13 @@ fields (~100 features, bench/relate.py's pick_fields) and 20 conditions
     above its neighbours, and three left the median one such round from the figure).
 
 Both servers run as --processes processes sharing the port (SO_REUSEPORT), by default one per CPU as
-`segsrv serve` does; server CPU is the sum over them.
+`segsrv serve` does; server CPU is the sum over them. The kernel hashes each client connection to a process,
+so with one connection per client process (4 in all) a window put every connection on one process about one
+time in eight (24 trials: 13 even, 8 three to one, 3 all on one), which then served alone with the other
+idle, its handler threads taking turns at its GIL (19 context switches per Relate against 7): with several
+server processes each client process opens CONNECTIONS_PER_CLIENT connections (16 in all), its threads
+spread over them, as many callers would. Each floor round prints the part of the servers' CPU their busiest
+process took (an even spread: 1 / processes).
 
     python bench/grpc_relate.py [--seconds 5] [--calls 500] [--customers 1000000] [--processes N]
                                 [--floor-rounds 5]
@@ -59,6 +66,7 @@ from segsrv.cpus import usable_cpus
 
 CONCURRENCY = (1, 8, 32)
 MAX_CLIENT_PROCS = 4
+CONNECTIONS_PER_CLIENT = 4  # per client process, when the server runs as several processes
 TARGET_RATIO = 0.60  # Count and single-id Assign QPS against the empty server's (bench/grpc_calls.py)
 FLOOR_TARGET = 1.5  # Relate's server CPU against its floor (issue 16, item 1)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -202,13 +210,14 @@ def latency_main(addr: str, blobs: list[bytes], calls: int, client_queries: list
 
 
 def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float, ready, out,
-              method: str = "Relate") -> None:
-    """Closed loop: `threads` threads sharing one channel, for `seconds` from the shared start time."""
-    channel, stub = _stub(addr)
+              method: str = "Relate", connections: int = 1) -> None:
+    """Closed loop: `threads` threads over `connections` channels (each its own connection; thread k on channel
+    k mod connections), for `seconds` from the shared start time."""
+    channels = [_stub(addr) for _ in range(max(1, min(connections, threads)))]
     reqs = _requests(blobs, method)
-    rpc = getattr(stub, method)
-    for i in range(20):
-        rpc(reqs[i % len(reqs)], timeout=30)
+    rpcs = [getattr(stub, method) for _, stub in channels]
+    for i in range(max(20, len(rpcs))):
+        rpcs[i % len(rpcs)](reqs[i % len(reqs)], timeout=30)
     ready.put(True)
     while start.value == 0.0:
         time.sleep(0.002)
@@ -219,6 +228,7 @@ def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float
 
     def loop(k: int) -> None:
         i = k
+        rpc = rpcs[k % len(rpcs)]
         while time.time() < start_at:
             time.sleep(0.001)
         while time.time() < stop_at:
@@ -236,16 +246,21 @@ def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float
     for t in ts:
         t.join()
     out.put({"calls": sum(counts), "errors": sum(errors), "cpu_s": time.process_time() - cpu0})
-    channel.close()
+    for channel, _ in channels:
+        channel.close()
 
 
 def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: float, server_pids: list[int],
                method: str = "Relate") -> dict:
     procs = min(concurrency, MAX_CLIENT_PROCS)
     per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    # several server processes: several connections per client process, so that the kernel's placement of
+    # connections on processes (a hash per connection) is about even in every window (module docstring)
+    connections = CONNECTIONS_PER_CLIENT if len(server_pids) > 1 else 1
     ready, out = ctx.Queue(), ctx.Queue()
     start = ctx.Value("d", 0.0)  # set once every client is connected and warm
-    workers = [ctx.Process(target=load_main, args=(addr, blobs, n, start, seconds, ready, out, method))
+    workers = [ctx.Process(target=load_main, args=(addr, blobs, n, start, seconds, ready, out, method,
+                                                   connections))
                for n in per]
     for w in workers:
         w.start()
@@ -255,11 +270,16 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     stop_at = start_at + seconds
     start.value = start_at
     time.sleep(max(0.0, start_at - time.time()))
-    cpu0 = sum(map(proc_cpu_seconds, server_pids))
+    cpus0 = [proc_cpu_seconds(pid) for pid in server_pids]
     switches0 = sum(map(proc_context_switches, server_pids))
     time.sleep(max(0.0, stop_at - time.time()))
-    cpu1 = sum(map(proc_cpu_seconds, server_pids))
+    cpus1 = [proc_cpu_seconds(pid) for pid in server_pids]
     switches1 = sum(map(proc_context_switches, server_pids))
+    cpu0, cpu1 = sum(cpus0), sum(cpus1)
+    # the kernel places each client connection on a server process (SO_REUSEPORT): with 4 connections over
+    # 2 processes, all 4 land on one about one window in eight, the other process idles and the busy one's
+    # handler threads queue for its GIL (context switches per RPC x2.5)
+    busiest = max((b - a for a, b in zip(cpus0, cpus1)), default=0.0) / (cpu1 - cpu0) if cpu1 > cpu0 else None
     results = [out.get(timeout=120) for _ in workers]
     for w in workers:
         w.join()
@@ -267,12 +287,14 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     return {
         "concurrency": concurrency,
         "client_processes": procs,
+        "connections": procs * connections,
         "calls": calls,
         "errors": sum(r["errors"] for r in results),
         "qps": calls / seconds,
         "server_cores": (cpu1 - cpu0) / seconds,
         "server_cpu_us_per_rpc": (cpu1 - cpu0) / calls * 1e6 if calls else None,
         "server_context_switches_per_rpc": (switches1 - switches0) / calls if calls else None,
+        "busiest_process_cpu_share": busiest,
         "client_cores": sum(r["cpu_s"] for r in results) / seconds,
     }
 
@@ -480,6 +502,7 @@ def main() -> None:
                               "switches_per_rpc": run["server_context_switches_per_rpc"],
                               "empty_switches_per_rpc": one["empty"]["server_context_switches_per_rpc"],
                               "server_cpu_us_per_rpc": run["server_cpu_us_per_rpc"], "qps": run["qps"],
+                              "busiest_process_cpu_share": run["busiest_process_cpu_share"],
                               "ratio": run["server_cpu_us_per_rpc"] / floor_us,
                               "ratio_to_plan_bytes": run["server_cpu_us_per_rpc"] / plan_floor_us,
                               "errors": run["errors"] + one["empty"]["errors"]})
@@ -541,9 +564,16 @@ def main() -> None:
         print(f"  {'':<12} context switches per RPC (median round): segsrv {f['switches_per_rpc']:.1f}, empty "
               f"{f['empty_switches_per_rpc']:.1f}")
         print(f"  {'':<12} rounds: " + ", ".join(f"{r['ratio']:.2f}x ({r['server_cpu_us_per_rpc']:.0f} / "
-                                                 f"{r['floor_us']:.0f} us)" for r in f["rounds"])
+                                                 f"{r['floor_us']:.0f} us{_share(r)})" for r in f["rounds"])
               + (f"; errors {sum(r['errors'] for r in f['rounds'])}" if any(r["errors"] for r in f["rounds"]) else ""))
     print(f"results: {write_result('grpc_relate', result)}")
+
+
+def _share(run: dict) -> str:
+    """', busiest process 74%': the part of the servers' CPU its busiest process took (an even spread of the
+    client connections over N processes: 1/N)."""
+    share = run.get("busiest_process_cpu_share")
+    return "" if share is None else f", busiest process {share:.0%}"
 
 
 if __name__ == "__main__":
