@@ -213,7 +213,7 @@ def load_main(addr: str, blobs: list[bytes], threads: int, start, seconds: float
               method: str = "Relate", connections: int = 1) -> None:
     """Closed loop: `threads` threads over `connections` channels (each its own connection; thread k on channel
     k mod connections), for `seconds` from the shared start time."""
-    channels = [_stub(addr) for _ in range(max(1, min(connections, threads)))]
+    channels = [_stub(addr) for _ in range(max(1, connections))]
     reqs = _requests(blobs, method)
     rpcs = [getattr(stub, method) for _, stub in channels]
     for i in range(max(20, len(rpcs))):
@@ -256,12 +256,11 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     # several server processes: several connections per client process, so that the kernel's placement of
     # connections on processes (a hash per connection) is about even in every window (module docstring)
-    connections = CONNECTIONS_PER_CLIENT if len(server_pids) > 1 else 1
+    connections = [min(n, CONNECTIONS_PER_CLIENT if len(server_pids) > 1 else 1) for n in per]
     ready, out = ctx.Queue(), ctx.Queue()
     start = ctx.Value("d", 0.0)  # set once every client is connected and warm
-    workers = [ctx.Process(target=load_main, args=(addr, blobs, n, start, seconds, ready, out, method,
-                                                   connections))
-               for n in per]
+    workers = [ctx.Process(target=load_main, args=(addr, blobs, n, start, seconds, ready, out, method, m))
+               for n, m in zip(per, connections)]
     for w in workers:
         w.start()
     for _ in workers:
@@ -276,9 +275,7 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     cpus1 = [proc_cpu_seconds(pid) for pid in server_pids]
     switches1 = sum(map(proc_context_switches, server_pids))
     cpu0, cpu1 = sum(cpus0), sum(cpus1)
-    # the kernel places each client connection on a server process (SO_REUSEPORT): with 4 connections over
-    # 2 processes, all 4 land on one about one window in eight, the other process idles and the busy one's
-    # handler threads queue for its GIL (context switches per RPC x2.5)
+    # how evenly the kernel placed the connections on the processes (module docstring)
     busiest = max((b - a for a, b in zip(cpus0, cpus1)), default=0.0) / (cpu1 - cpu0) if cpu1 > cpu0 else None
     results = [out.get(timeout=120) for _ in workers]
     for w in workers:
@@ -287,7 +284,7 @@ def throughput(ctx, addr: str, blobs: list[bytes], concurrency: int, seconds: fl
     return {
         "concurrency": concurrency,
         "client_processes": procs,
-        "connections": procs * connections,
+        "connections": sum(connections),
         "calls": calls,
         "errors": sum(r["errors"] for r in results),
         "qps": calls / seconds,
