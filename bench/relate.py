@@ -6,7 +6,10 @@ and every field. Conditions are drawn from the snapshot's own features
 whole relate call (condition, counts, every statistic, ordering), the count
 step alone, and the anchor: numpy counting the same intersections
 (np.bitwise_count(cond & dense_rows).sum(axis=1) plus np.isin for sparse
-features), with the ratio.
+features), with the ratio; and the default order's selection alone (the first
+20 by mutual information among the over-indexed: _kernels.top_by_mutual_information
+on those counts) against its numpy twin (segsrv._kernels.naive: every
+candidate's mutual information, then a full sort), the same keys checked.
 
     python bench/relate.py [--customers N] [--repeats R]
 """
@@ -26,6 +29,7 @@ from segsrv.engine.relate import count_features, relate
 from segsrv.ops.relate import RelateQuery
 from segsrv.snapshot.reader import open_snapshot
 from segsrv import _kernels
+from segsrv._kernels import naive
 
 
 def pick_fields(universe, target: int = 100) -> list[str]:
@@ -64,9 +68,10 @@ def numpy_counts(universe, cond_bits, fids) -> np.ndarray:
 
 
 def bench_shape(snap, universe, fields, conds, repeats: int) -> dict:
-    total, count_t, numpy_t, plans = [], [], [], {}
-    fids = (np.concatenate([universe.fields[f].feature_ids for f in fields]) if fields
-            else np.arange(universe.n_features))
+    total, count_t, numpy_t, top_t, numpy_top_t, plans = [], [], [], [], [], {}
+    fids = np.ascontiguousarray(np.concatenate([universe.fields[f].feature_ids for f in fields]) if fields
+                                else np.arange(universe.n_features), dtype=np.int64)
+    n_f = np.asarray(universe.feature_count[fids], dtype=np.int64)
     for r in range(repeats):
         cond = conds[r % len(conds)]
         t = time.perf_counter()
@@ -78,11 +83,20 @@ def bench_shape(snap, universe, fields, conds, repeats: int) -> dict:
         t = time.perf_counter()
         ours, _ = count_features(universe, bits, n_c, fids)
         count_t.append(time.perf_counter() - t)
+        top_args = (universe.n_rows, n_c, n_f, ours, fids, 1, "over", None, 20)
+        t = time.perf_counter()
+        matching, top = _kernels.top_by_mutual_information(*top_args)
+        top_t.append(time.perf_counter() - t)
         if r < max(5, repeats // 5):
             t = time.perf_counter()
             ref = numpy_counts(universe, bits, fids)
             numpy_t.append(time.perf_counter() - t)
             assert np.array_equal(ref, ours)
+            t = time.perf_counter()
+            ref_matching, ref_top = naive.top_by_mutual_information(*top_args)
+            numpy_top_t.append(time.perf_counter() - t)
+            mi = _kernels.table_mutual_information(universe.n_rows, n_c, n_f, ours)
+            assert matching == ref_matching and np.allclose(mi[top], mi[ref_top], rtol=1e-12, atol=0)
     return {
         "n_features": int(len(fids)),
         "relate_median_ms": round(np.median(total) * 1e3, 3),
@@ -90,6 +104,9 @@ def bench_shape(snap, universe, fields, conds, repeats: int) -> dict:
         "count_median_ms": round(np.median(count_t) * 1e3, 3),
         "numpy_count_median_ms": round(np.median(numpy_t) * 1e3, 3),
         "ratio_numpy_over_ours_count": round(np.median(numpy_t) / np.median(count_t), 1),
+        "top20_median_us": round(np.median(top_t) * 1e6, 1),
+        "numpy_top20_median_us": round(np.median(numpy_top_t) * 1e6, 1),
+        "ratio_numpy_over_ours_top20": round(np.median(numpy_top_t) / np.median(top_t), 1),
         "plans": plans,
     }
 
@@ -120,6 +137,8 @@ def main() -> None:
         print(f"  {shape:10s} {r['n_features']:5d} features: relate median {r['relate_median_ms']:8.3f} ms "
               f"p99 {r['relate_p99_ms']:8.3f} ms | counts {r['count_median_ms']:7.3f} ms vs numpy "
               f"{r['numpy_count_median_ms']:8.3f} ms ({r['ratio_numpy_over_ours_count']}x) | plans {r['plans']}")
+        print(f"  {'':10s} first 20 by mutual information {r['top20_median_us']:7.1f} us vs numpy "
+              f"{r['numpy_top20_median_us']:8.1f} us ({r['ratio_numpy_over_ours_top20']}x)")
     print(f"results: {write_result('relate', result)}")
 
 

@@ -152,6 +152,40 @@ def test_top_by_mutual_information_picks_the_best_of_many():
         assert got[0] == want[0] and got[1].tolist() == want[1].tolist()
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 10**9), st.data())
+def test_mutual_information_is_at_most_its_chi_square_bound(n, data):
+    """What the top kernel leaves out without computing: a table's mutual information (bits, as the kernel
+    computes it) <= log2(1 + phi^2), phi^2 = (n n_cf - n_c n_f)^2 / (n_c (n - n_c) n_f (n - n_f)), within the
+    kernel's margin of 1e-12 bits."""
+    n_c = data.draw(st.integers(1, n - 1))
+    n_f = data.draw(st.integers(1, n - 1))
+    n_cf = data.draw(st.integers(max(0, n_c + n_f - n), min(n_c, n_f)))
+    mi = K.table_mutual_information(n, n_c, np.array([n_f], np.int64), np.array([n_cf], np.int64))[0]
+    phi2 = (n * n_cf - n_c * n_f) ** 2 / (n_c * (n - n_c) * n_f * (n - n_f))  # exact integers, then one division
+    assert mi <= math.log2(1 + phi2) + 1e-12
+
+
+def test_top_by_mutual_information_bound_keeps_ties_at_the_last_key():
+    """Many candidates near independence (left out by the bound) and 30 copies of one strong table, whose
+    equal keys straddle the limit: the copies with the smallest ties are kept, as by the full sort."""
+    rng = np.random.default_rng(11)
+    n, n_c = 1_000_000, 100_000
+    weak_f = rng.integers(1_000, 900_000, 4_970)
+    weak_cf = np.clip(np.round(weak_f * n_c / n + rng.normal(0, 5, 4_970)), 0, np.minimum(weak_f, n_c))
+    n_f = np.concatenate([weak_f, np.full(30, 50_000)]).astype(np.int64)
+    n_cf = np.concatenate([weak_cf, np.full(30, 20_000)]).astype(np.int64)
+    order = rng.permutation(5_000)
+    n_f, n_cf = n_f[order], n_cf[order]
+    ties = rng.permutation(5_000).astype(np.int64)
+    for direction in ("over", "all"):
+        got = K.top_by_mutual_information(n, n_c, n_f, n_cf, ties, 1, direction, None, 20)
+        want = _top_with_numpy(n, n_c, n_f, n_cf, ties, 1, direction, None, 20)
+        assert got[0] == want[0] and got[1].tolist() == want[1].tolist()
+        assert set(n_f[got[1]].tolist()) == {50_000}  # the 20 copies with the smallest ties
+        assert sorted(ties[got[1]].tolist()) == sorted(ties[n_f == 50_000].tolist())[:20]
+
+
 def test_top_by_mutual_information_errors():
     f = np.array([1, 2], np.int64)
     with pytest.raises(ValueError, match="ties must have the length"):
