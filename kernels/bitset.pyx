@@ -204,8 +204,24 @@ def has_openmp():
 # validation helpers (shared with csr.pyx)
 # ---------------------------------------------------------------------------
 
+cdef dict _NATIVE = {}
+
+
+cdef object _native(dtype):
+    """np.dtype(dtype), kept per argument (the native dtypes are singletons: compared by identity)."""
+    found = _NATIVE.get(dtype)
+    if found is None:
+        found = _NATIVE[dtype] = np.dtype(dtype)
+    return found
+
+
 def _check(arr, name, dtype, ndim=1):
     """Validate an input array: ndarray, exact (native) dtype, ndim, C-contiguous."""
+    # the accepted case first, without a Python-level attribute read: every kernel call checks its arrays
+    if isinstance(arr, np.ndarray) and (ndim is None or cnp.PyArray_NDIM(<cnp.ndarray>arr) == ndim) \
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>arr) \
+            and <object>cnp.PyArray_DESCR(<cnp.ndarray>arr) is _native(dtype):
+        return arr
     dtype = np.dtype(dtype)
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of dtype {dtype.name}, "

@@ -155,8 +155,13 @@ static int64_t segsrv_hg_mode(int64_t K, int64_t n, int64_t N, int64_t lo, int64
     return m < lo ? lo : (m > hi ? hi : m);
 }
 
-/* log P(X >= k). */
-static double segsrv_hg_log_upper(int64_t k, int64_t K, int64_t n, int64_t N) {
+/* Kullback-Leibler divergence D(t || p) of Bernoulli(t) from Bernoulli(p), 0 < p < t <= 1. */
+static double segsrv_kl(double t, double p) {
+    return t * log(t / p) + (t < 1.0 ? (1.0 - t) * log((1.0 - t) / (1.0 - p)) : 0.0);
+}
+
+/* log P(X >= k); -INFINITY, without the walk, where it is bounded below `floor` (-INFINITY: never). */
+static double segsrv_hg_log_upper(int64_t k, int64_t K, int64_t n, int64_t N, double floor) {
     int64_t lo = n + K - N > 0 ? n + K - N : 0;
     int64_t hi = n < K ? n : K;
     int64_t mode;
@@ -165,9 +170,27 @@ static double segsrv_hg_log_upper(int64_t k, int64_t K, int64_t n, int64_t N) {
     if (k > hi) return -INFINITY;
     /* lo < k <= hi: a support of >= 2 points, so 0 < n < N and 0 < K < N */
     mode = segsrv_hg_mode(K, n, N, lo, hi);
-    if (k > mode)
-        return segsrv_hg_logpmf((double)k, dK, dn, dN) +
-               segsrv_hg_log_sum_up((double)k, (double)hi, dK, dn, dN);
+    if (k > mode) {
+        double lp, t = (double)k / dn, pk = dK / dN;
+        if (floor > -INFINITY && t > pk) {
+            /* Hoeffding (1963): P(X >= k) <= exp(-n D(k/n || K/N)) for k/n >= K/N, as for the binomial,
+             * and the same with n and K swapped (X's law is symmetric in them); two logs each instead of
+             * log pmf's ten */
+            double tK = (double)k / dK, pn = dn / dN;
+            if (-dn * segsrv_kl(t, pk) < floor || (tK > pn && -dK * segsrv_kl(tK, pn) < floor))
+                return -INFINITY;
+        }
+        lp = segsrv_hg_logpmf((double)k, dK, dn, dN);
+        if (lp < floor) {
+            /* the terms decrease at least as fast as their first ratio r (log-concave pmf): the sum of
+             * pmf(x)/pmf(k) over x >= k is at most 1 / (1 - r) */
+            double r = k < hi ? ((dK - (double)k) * (dn - (double)k)) /
+                                    (((double)k + 1) * (dN - dK - dn + (double)k + 1))
+                              : 0.0;
+            if (r < 1.0 && lp - log1p(-r) < floor) return -INFINITY;
+        }
+        return lp + segsrv_hg_log_sum_up((double)k, (double)hi, dK, dn, dN);
+    }
     /* the tail holds the mode: complement P(X <= k-1), k-1 < mode */
     logc = segsrv_hg_logpmf((double)(k - 1), dK, dn, dN) +
            segsrv_hg_log_sum_down((double)(k - 1), (double)lo, dK, dn, dN);
@@ -198,14 +221,14 @@ static double segsrv_hg_log_upper(int64_t k, int64_t K, int64_t n, int64_t N) {
 /* log P(X >= k) (upper != 0) or log P(X <= k); P(X <= k) = P(n - X >= n - k)
  * with n - X ~ Hypergeometric(N, N-K, n).  Arguments validated by the caller
  * (0 <= K <= N, 0 <= n <= N). */
-static double segsrv_hg_log_tail(int64_t k, int64_t K, int64_t n, int64_t N, int upper) {
+static double segsrv_hg_log_tail(int64_t k, int64_t K, int64_t n, int64_t N, int upper, double floor) {
     int64_t lo, hi;
-    if (upper) return segsrv_hg_log_upper(k, K, n, N);
+    if (upper) return segsrv_hg_log_upper(k, K, n, N, floor);
     lo = n + K - N > 0 ? n + K - N : 0;
     hi = n < K ? n : K;
     if (k >= hi) return 0.0;
     if (k < lo) return -INFINITY;
-    return segsrv_hg_log_upper(n - k, N - K, n, N);
+    return segsrv_hg_log_upper(n - k, N - K, n, N, floor);
 }
 
 #endif /* SEGSRV_HYPERGEOM_H */

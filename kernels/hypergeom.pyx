@@ -28,10 +28,10 @@ from segsrv._kernels.bitset import _check, _check_int, _check_out, _overlaps
 
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
-from libc.math cimport exp
+from libc.math cimport INFINITY, exp
 
 cdef extern from "hypergeom.h" nogil:
-    double segsrv_hg_log_tail(int64_t k, int64_t K, int64_t n, int64_t N, int upper)
+    double segsrv_hg_log_tail(int64_t k, int64_t K, int64_t n, int64_t N, int upper, double floor)
 
 __all__ = ["hypergeom_log_tail", "hypergeom_tail"]
 
@@ -60,16 +60,21 @@ cdef Py_ssize_t _first_bad(const int64_t *K, const int64_t *n, size_t m, const i
 
 
 cdef void _tail_core(const int64_t *k, const int64_t *K, const int64_t *n, const int64_t *N, size_t stride,
-                     int upper, size_t m, double *out, int nt) noexcept nogil:
+                     int upper, double floor, size_t m, double *out, int nt) noexcept nogil:
     cdef Py_ssize_t i
     if nt <= 1:
         for i in range(<Py_ssize_t>m):
-            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N[<size_t>i * stride], upper)
+            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N[<size_t>i * stride], upper, floor)
     else:
         # dynamic: elements differ in cost (walk length), and a descheduled
         # thread (shared machine) does not hold up the others
         for i in prange(<Py_ssize_t>m, num_threads=nt, schedule="dynamic", chunksize=256):
-            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N[<size_t>i * stride], upper)
+            out[i] = segsrv_hg_log_tail(k[i], K[i], n[i], N[<size_t>i * stride], upper, floor)
+
+
+# exp(x) of a double is 0.0 below log(2**-1075) = -745.133...; a log tail bounded below this is 0.0 as a
+# probability, whatever its walk would sum (the margin, ~0.87, far beyond the logs' rounding)
+cdef double _EXP_UNDERFLOW = -746.0
 
 
 def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_threads=None):
@@ -80,6 +85,11 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
     0 <= N <= 2**53; 0 <= K <= N and 0 <= n <= N element-wise (ValueError
     otherwise).  k outside the support gives exactly 0.0 (log 1) or -inf (log 0).
     """
+    return _log_tail(k, successes, draws, population, upper, out, n_threads, -INFINITY)
+
+
+def _log_tail(k, successes, draws, population, upper, out, n_threads, double floor):
+    """hypergeom_log_tail, with -inf for every tail bounded below `floor` (hypergeom.h)."""
     _check(k, "k", np.int64, 1)
     _check(successes, "successes", np.int64, 1)
     _check(draws, "draws", np.int64, 1)
@@ -137,18 +147,18 @@ def hypergeom_log_tail(k, successes, draws, population, upper=True, out=None, n_
         nt = <int>m
     if _pkg.releases_gil(m * _ELEMENT_WORDS, nt):
         with nogil:
-            _tail_core(&kv[0], &Kv[0], &nv[0], Np, stride, up, m, &ov[0], nt)
+            _tail_core(&kv[0], &Kv[0], &nv[0], Np, stride, up, floor, m, &ov[0], nt)
     else:
-        _tail_core(&kv[0], &Kv[0], &nv[0], Np, stride, up, m, &ov[0], nt)
+        _tail_core(&kv[0], &Kv[0], &nv[0], Np, stride, up, floor, m, &ov[0], nt)
     return out
 
 
 def hypergeom_tail(k, successes, draws, population, upper=True, out=None, n_threads=None):
     """P(X >= k) (upper) or P(X <= k) -> float64[m]: exp of ``hypergeom_log_tail``.
 
-    Underflows to 0.0 below ~1e-308; use the log for deep tails.
+    Underflows to 0.0 below ~5e-324 (the log for deep tails): a tail bounded below that
+    is 0.0 without its walk (hypergeom.h), the same value as exp of its log.
     """
-    out = hypergeom_log_tail(k, successes, draws, population, upper=upper, out=out,
-                             n_threads=n_threads)
+    out = _log_tail(k, successes, draws, population, upper, out, n_threads, _EXP_UNDERFLOW)
     np.exp(out, out=out)
     return out

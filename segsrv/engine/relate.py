@@ -37,11 +37,16 @@ from .fields import identifier_like_fields, select_fields
 from .shared_scan import shared_scans
 
 # one (row, feature) entry of the CSR histogram (random access) costs about as much as this many
-# bitset words of the scan, with the condition's rows holding more entries than the average row
-# (measured on the 1M demo snapshot, one thread, December 2026: 1.0-2.1 ns per entry, conditions' rows
-# 1.0-1.9x the average entries; 0.5 ns per dense word and per sparse id). The high end: where the two
-# are close the scan wins, its rows being the ones every request reads (cache-resident under load)
-HISTOGRAM_COST_FACTOR = 10.0
+# bitset words of the scan, with the condition's rows holding more entries than the average row. Measured
+# on the 1M demo snapshot, one thread, by `python bench/plan_choice.py` (December 2026): counted one request
+# after another, as a server counts them, an entry costs 2.7-2.9 ns (the CSR's lines are not in the cache the
+# scans leave) and a scanned word 0.13-0.3 ns (the 4-rows AVX-512 path, its rows in L3 or not), with the
+# conditions' rows holding 1.4-1.9x the average entries: 15-30. Over the bench's 20 conditions, factors of
+# 12.5-60 chose as well as the faster plan per request for a few fields; for every field 10-15 in one run and
+# 20-40 in another (the others within 0.1-1.4% of the best: a request whose two plans tie). At 10 (set when a
+# scanned word cost 0.5 ns) a few-fields Relate over a 2,681-row condition took the histogram plan, estimated
+# 1% cheaper, at 2.9-3.9x the scan's time
+HISTOGRAM_COST_FACTOR = 15.0
 # The scan's two ways of counting the sparse features (sparse_method), estimated in nanoseconds. Measured on
 # the 1M demo snapshot (customers: 5,191 features, 7.04M sparse ids, 7.04 sparse entries per row on average)
 # with `python bench/sparse_rows.py --fit` (the 20 conditions of bench/relate.py, every field; one
@@ -186,6 +191,14 @@ def count_sparse_by_rows(universe: Universe, cond_bits: np.ndarray, n_c: int, sp
     return hist
 
 
+def histogram_cost(universe: Universe, n_c: int) -> float:
+    """The histogram plan's estimated cost, in the scan's unit (FeatureLayout.scan_cost: words read): listing
+    a condition of n_c rows (one pass over its words) and HISTOGRAM_COST_FACTOR per CSR entry of its rows, taken
+    as the universe's average row."""
+    avg_row = len(universe.csr_indices) / universe.n_rows if universe.n_rows else 0.0
+    return HISTOGRAM_COST_FACTOR * n_c * avg_row + universe.n_words
+
+
 def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto",
                    layout: FeatureLayout | None = None, sparse: str = "auto", family=None) -> tuple[np.ndarray, str]:
     """n_CF for each feature id in `fids` (exact), and the plan used. layout: feature_layout(universe, fids)
@@ -197,10 +210,7 @@ def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np
     if layout is None:
         layout = feature_layout(universe, fids)
     if plan == "auto":
-        n_nnz = len(universe.csr_indices)
-        avg_row = n_nnz / universe.n_rows if universe.n_rows else 0.0
-        hist_cost = HISTOGRAM_COST_FACTOR * n_c * avg_row + universe.n_words
-        plan = "histogram" if hist_cost < layout.scan_cost else "scan"
+        plan = "histogram" if histogram_cost(universe, n_c) < layout.scan_cost else "scan"
     out = np.zeros(len(fids), dtype=np.int64)
     if plan == "histogram":
         rows = _kernels.bitset_to_ids(cond_bits, universe.n_rows)

@@ -187,6 +187,47 @@ def test_tail_probability_vs_scipy():
         assert ((p >= 0) & (p <= 1)).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 10**9), st.floats(0.001, 0.999), st.floats(0.001, 0.999), st.booleans())
+def test_probability_is_exp_of_log_across_the_underflow(N_, fk, fn, upper):
+    """hypergeom_tail leaves out the walk of tails bounded below exp's underflow: the same 0.0, and every
+    tail above it the same value as exp of the log, over the whole support (it crosses -745.13 once)."""
+    K_, n = max(1, int(fk * N_)), max(1, int(fn * N_))
+    lo, hi = support(K_, n, N_)
+    k = np.unique(np.linspace(lo - 1, hi + 1, 3000).astype(np.int64))
+    Ks, ns = np.full(len(k), K_, np.int64), np.full(len(k), n, np.int64)
+    log_p = K.hypergeom_log_tail(k, Ks, ns, N_, upper=upper)
+    p = K.hypergeom_tail(k, Ks, ns, N_, upper=upper)
+    np.testing.assert_array_equal(p, np.exp(log_p))
+
+
+@pytest.mark.parametrize("n", [1500, 4000])
+@pytest.mark.parametrize("K_", [10**9 // 2, 10**8, 3 * 10**8])
+def test_probability_where_the_binomial_bound_is_tight(n, K_):
+    """Few draws from a large population (a near-binomial tail, where Hoeffding's bound is within a few
+    units of the log tail): every point of the support, exp of its log."""
+    N_ = 10**9
+    k = np.arange(0, n + 2, dtype=np.int64)
+    for upper in (True, False):
+        log_p = K.hypergeom_log_tail(k, np.full(len(k), K_), np.full(len(k), n), N_, upper=upper)
+        p = K.hypergeom_tail(k, np.full(len(k), K_), np.full(len(k), n), N_, upper=upper)
+        np.testing.assert_array_equal(p, np.exp(log_p))
+        if upper:  # the upper tails cross the underflow (the lower ones too where K is half the population)
+            assert (log_p < -760).any() and ((log_p > -745.13) & (log_p < -700)).any()
+
+
+def test_probability_near_the_underflow():
+    """Tails whose logs straddle exp's underflow (-745.13) one point apart: each is exp of its log."""
+    N_, K_, n = 1_000_000, 100_000, 300_000
+    k = np.arange(30_000, 50_000, dtype=np.int64)
+    log_p = K.hypergeom_log_tail(k, np.full(len(k), K_), np.full(len(k), n), N_)
+    near = np.flatnonzero((log_p > -760) & (log_p < -730))
+    assert len(near) > 10 and (log_p[near] < -745.14).any() and (log_p[near] > -745.13).any()
+    p = K.hypergeom_tail(k[near], np.full(len(near), K_), np.full(len(near), n), N_)
+    np.testing.assert_array_equal(p, np.exp(log_p[near]))
+    assert (p[log_p[near] > -745.13] > 0).all()
+
+
 # ---------------------------------------------------------------------------
 # structure: monotone in k, complements, threads, paths
 # ---------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from segsrv.service import run_json
 from segsrv import _kernels
 from segsrv.engine import relate as relate_engine
 from segsrv.snapshot import format as fmt
-from segsrv.engine.relate import (count_features, feature_layout, first_by, partition_fields, relate, sparse_costs,
-                                  sparse_method)
+from segsrv.engine.relate import (candidate_features, count_features, feature_layout, first_by, histogram_cost,
+                                  partition_fields, relate, sparse_costs, sparse_method)
 from segsrv.snapshot.reader import open_snapshot
 from segsrv.ops.relate import MAX_LIMIT, ORDER_KEYS, STAT_NAMES, RelateQuery
 from segsrv.errors import LimitExceededError, QueryError, UnknownFieldError, UnknownUniverseError
@@ -177,6 +177,11 @@ def run_both_plans(snapshot, query: RelateQuery):
     same(scan, results["auto"])
     if scan.n_condition and scan.n_candidates:
         assert scan.plan == "scan" and hist.plan == "histogram"
+        # "auto" takes the plan of the smaller estimate, in the scan's unit (the words and ids it reads)
+        u = snapshot.universe(query.universe)
+        layout = feature_layout(u, candidate_features(u, query), derive_partitions=True)
+        cheaper = "histogram" if histogram_cost(u, scan.n_condition) < layout.scan_cost else "scan"
+        assert results["auto"].plan == cheaper
     return scan
 
 
