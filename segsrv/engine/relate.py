@@ -45,7 +45,7 @@ from .shared_scan import shared_scans
 # 12.5-60 chose as well as the faster plan per request for a few fields; for every field 10-15 in one run and
 # 20-40 in another (the others within 0.1-1.4% of the best: a request whose two plans tie). At 10 (set when a
 # scanned word cost 0.5 ns) a few-fields Relate over a 2,681-row condition took the histogram plan, estimated
-# 1% cheaper, at 2.9-3.9x the scan's time
+# 1% cheaper, at 2.9-4.7x the scan's time
 HISTOGRAM_COST_FACTOR = 15.0
 # The scan's two ways of counting the sparse features (sparse_method), estimated in nanoseconds. Measured on
 # the 1M demo snapshot (customers: 5,191 features, 7.04M sparse ids, 7.04 sparse entries per row on average)
