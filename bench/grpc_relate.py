@@ -412,17 +412,7 @@ def counted_bytes(root, queries: list[dict]) -> dict[str, float]:
 
 def probed_bandwidth() -> float:
     """Bytes per second of one thread's streaming read (best of 5 over 256 MB)."""
-    import numpy as np
-
-    from segsrv import _kernels
-
-    buf = np.ones(32 << 20, dtype=np.uint64)
-    best = 0.0
-    for _ in range(5):
-        t = time.perf_counter()
-        _kernels.read_bandwidth_probe(buf)
-        best = max(best, buf.nbytes / (time.perf_counter() - t))
-    return best
+    return concurrent_bandwidth(1)
 
 
 def concurrent_bandwidth(streams: int) -> float:

@@ -45,7 +45,8 @@ def requests(snap, u, fields: list[str] | None) -> list[tuple]:
             query["relate"] = fields
         q = RelateQuery.from_json(query)
         bits = evaluate(snap, u, q.where)
-        fids, _, layout = rel._candidates(u, q)
+        fids = rel.candidate_features(u, q)
+        layout = rel.feature_layout(u, fids, derive_partitions=True)  # as Relate lays them out
         out.append((bits, int(_kernels.popcount(bits)), fids, layout))
     return out
 
@@ -66,12 +67,9 @@ def shape_table(u, reqs: list[tuple], repeat: int) -> dict:
     ms = timed(u, reqs, repeat)
     scan, hist = ms["scan"], ms["histogram"]
     best = float(np.minimum(scan, hist).sum())
-    avg_row = len(u.csr_indices) / u.n_rows
-    scan_cost = np.array([layout.scan_cost for *_, layout in reqs])
-    listing = np.array([n_c * avg_row for _, n_c, _, _ in reqs])
 
     def total(factor: float) -> tuple[float, int]:
-        pick = factor * listing + u.n_words < scan_cost
+        pick = np.array([rel.histogram_cost(u, n_c, factor) < layout.scan_cost for _, n_c, _, layout in reqs])
         return float(np.where(pick, hist, scan).sum()), int(pick.sum())
 
     rows = []

@@ -191,12 +191,12 @@ def count_sparse_by_rows(universe: Universe, cond_bits: np.ndarray, n_c: int, sp
     return hist
 
 
-def histogram_cost(universe: Universe, n_c: int) -> float:
+def histogram_cost(universe: Universe, n_c: int, factor: float = HISTOGRAM_COST_FACTOR) -> float:
     """The histogram plan's estimated cost, in the scan's unit (FeatureLayout.scan_cost: words read): listing
-    a condition of n_c rows (one pass over its words) and HISTOGRAM_COST_FACTOR per CSR entry of its rows, taken
-    as the universe's average row."""
+    a condition of n_c rows (one pass over its words) and `factor` per CSR entry of its rows, taken as the
+    universe's average row (bench/plan_choice.py tries other factors)."""
     avg_row = len(universe.csr_indices) / universe.n_rows if universe.n_rows else 0.0
-    return HISTOGRAM_COST_FACTOR * n_c * avg_row + universe.n_words
+    return factor * n_c * avg_row + universe.n_words
 
 
 def count_features(universe: Universe, cond_bits: np.ndarray, n_c: int, fids: np.ndarray, plan: str = "auto",
